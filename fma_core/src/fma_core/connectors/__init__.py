@@ -1,0 +1,27 @@
+"""The interfaces the round engine needs, and the implementations that need no server."""
+
+from fma_core.connectors.local import LocalDirectoryWeightStore
+from fma_core.connectors.memory import InMemoryMetadataStore
+from fma_core.connectors.metadata import (
+    AggregateDraft,
+    AggregateRecord,
+    ExperimentConfig,
+    MetadataStore,
+    RoundClaim,
+    UpdateRecord,
+)
+from fma_core.connectors.weight_store import StoredObject, WeightStore, check_key
+
+__all__ = [
+    "AggregateDraft",
+    "AggregateRecord",
+    "ExperimentConfig",
+    "InMemoryMetadataStore",
+    "LocalDirectoryWeightStore",
+    "MetadataStore",
+    "RoundClaim",
+    "StoredObject",
+    "UpdateRecord",
+    "WeightStore",
+    "check_key",
+]

@@ -1,0 +1,128 @@
+"""The metadata a round needs, and ``MetadataStore``: the interface the round engine drives.
+
+Records are plain frozen dataclasses, so the engine and the policies never see an ORM object.
+fma-django implements the store on PostgreSQL or SQLite; ``InMemoryMetadataStore`` serves tests
+and simulations. The contract every implementation keeps:
+
+- ``claim_round`` gives at most one live claim per experiment; the claim carries a fencing token
+  and a snapshot of the pending updates; an expired claim may be taken over by another worker;
+- ``commit_round`` records the aggregate and marks exactly its updates consumed, in one
+  transaction, and only if the claim's token is still the current one (else ``LeaseLost``);
+- an update is pending, consumed by exactly one aggregate, or quarantined with a reason.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from fma_core.requirements import PendingUpdate, RoundState
+from fma_core.weights import TensorSpec
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """What the round engine needs to know of an experiment."""
+
+    experiment_id: str
+    aggregator: str = "fedavg"
+    aggregator_params: Mapping[str, Any] = field(default_factory=dict)
+    round_policy: Any = None  # a fma_core.requirements configuration
+    tensor_spec: TensorSpec | None = None
+    max_staleness: int | None = None  # rounds an update's base may lag behind; None: any
+
+
+@dataclass(frozen=True)
+class UpdateRecord:
+    """A stored update waiting for (or consumed by) a round."""
+
+    update_id: str
+    experiment_id: str
+    client_id: str
+    weights_key: str
+    content_id: str
+    num_examples: int
+    base_round: int  # round number of the aggregate it was trained from; 0 = the initial model
+    received_at: float
+
+
+@dataclass(frozen=True)
+class RoundClaim:
+    """A worker's exclusive, expiring right to turn an experiment's pending updates into a round."""
+
+    experiment: ExperimentConfig
+    token: str
+    worker: str
+    round_number: int
+    parent_aggregate_id: str | None
+    updates: tuple[UpdateRecord, ...]
+    enrolled_clients: frozenset[str]
+    claimed_at: float
+    expires_at: float
+
+    def state(self, now: float) -> RoundState:
+        return RoundState(
+            updates=tuple(PendingUpdate(u.client_id, u.received_at) for u in self.updates),
+            enrolled_clients=self.enrolled_clients,
+            now=now,
+        )
+
+
+@dataclass(frozen=True)
+class AggregateDraft:
+    """A computed aggregate, written to the weight store, waiting to be committed."""
+
+    weights_key: str
+    content_id: str
+    size_bytes: int
+    update_ids: tuple[str, ...]
+    input_weights: tuple[float, ...] | None  # each update's share when the algorithm is linear
+    aggregator: str
+    aggregator_params: Mapping[str, Any]
+    duration_seconds: float
+
+
+@dataclass(frozen=True)
+class AggregateRecord:
+    """A committed aggregate: one version of the global model."""
+
+    aggregate_id: str
+    experiment_id: str
+    round_number: int
+    parent_aggregate_id: str | None
+    draft: AggregateDraft
+    created_at: float
+
+
+class MetadataStore(ABC):
+    """Experiments, updates, rounds and aggregates, as the round engine sees them."""
+
+    @abstractmethod
+    def experiment(self, experiment_id: str) -> ExperimentConfig:
+        """The experiment's configuration; LookupError if there is none."""
+
+    @abstractmethod
+    def pending_updates(self, experiment_id: str) -> list[UpdateRecord]:
+        """Updates accepted and not yet consumed or quarantined, oldest first."""
+
+    @abstractmethod
+    def claim_round(self, experiment_id: str, *, worker: str, lease_seconds: float) -> RoundClaim | None:
+        """Claim the next round, or None when nothing is pending or another worker's lease is live."""
+
+    @abstractmethod
+    def renew_lease(self, claim: RoundClaim, *, lease_seconds: float) -> RoundClaim:
+        """Extend a live claim; LeaseLost if another worker has taken the round over."""
+
+    @abstractmethod
+    def release_round(self, claim: RoundClaim, *, failure: str | None = None) -> None:
+        """Give the round up, its updates left pending; ``failure`` says why when it failed."""
+
+    @abstractmethod
+    def quarantine_update(self, claim: RoundClaim, update_id: str, reason: str) -> None:
+        """Set a claimed update aside for good, with the reason; LeaseLost if the claim is stale."""
+
+    @abstractmethod
+    def commit_round(self, claim: RoundClaim, draft: AggregateDraft) -> AggregateRecord:
+        """Atomically record the aggregate and mark exactly ``draft.update_ids`` consumed."""

@@ -1,0 +1,69 @@
+"""``WeightStore``: where weight bytes live (a local directory, S3, ...), addressed by key."""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from fma_core.errors import InvalidKey
+from fma_core.weights import SafetensorsReader, open_weights
+
+_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """What ``put`` wrote: the key, its size and the SHA-256 of its bytes, measured while writing."""
+
+    key: str
+    size: int
+    sha256: str
+
+
+class WeightStore(ABC):
+    """Streams bytes in and out by key; never holds a whole object in memory."""
+
+    @abstractmethod
+    def put(self, key: str, stream: BinaryIO, *, max_bytes: int | None = None) -> StoredObject:
+        """Store a stream under ``key`` atomically (all or nothing), measuring size and SHA-256.
+
+        Raises InvalidWeights, leaving nothing behind, if the stream exceeds ``max_bytes``.
+        """
+
+    @abstractmethod
+    def open(self, key: str) -> BinaryIO:
+        """A binary stream of the object; ObjectNotFound if there is none."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove the object; removing a missing key is not an error."""
+
+    def open_weights(self, key: str, *, max_bytes: int | None = None) -> SafetensorsReader:
+        """The object as weights, read tensor by tensor (stores with ranged reads override this)."""
+        return open_weights(self.open(key), max_bytes=max_bytes)
+
+    def presigned_download_url(self, key: str, *, expires_in: int) -> str | None:
+        """A URL a client can GET the object from directly, or None to stream it through the API."""
+        return None
+
+    def presigned_upload_url(self, key: str, *, expires_in: int) -> str | None:
+        """A URL a client can PUT the object to directly, or None to upload it through the API."""
+        return None
+
+
+def check_key(key: str) -> str:
+    """Keys are relative paths of plain segments: nothing absolute, no ``..``, no hidden names."""
+    if not isinstance(key, str) or not key:
+        raise InvalidKey("a weight-store key must be a non-empty string")
+    segments = key.split("/")
+    if not all(_SEGMENT.fullmatch(segment) for segment in segments):
+        raise InvalidKey(
+            f"invalid key {key!r}: use '/'-separated segments of letters, digits, '.', '_' and '-', "
+            "each starting with a letter or digit"
+        )
+    return key

@@ -1,0 +1,45 @@
+"""The exceptions fma-core raises; callers map them to HTTP errors, task retries or log lines."""
+
+
+class FmaError(Exception):
+    """Base class of every error raised on purpose by FMA."""
+
+
+class InvalidWeights(FmaError, ValueError):
+    """Weights that cannot be accepted: malformed file, wrong tensors, non-finite values, too big.
+
+    ``tensor`` names the offending tensor when there is one, so an API can point at it.
+    """
+
+    def __init__(self, message: str, *, tensor: str | None = None) -> None:
+        super().__init__(f"tensor {tensor!r}: {message}" if tensor else message)
+        self.tensor = tensor
+
+
+class ConfigurationError(FmaError, ValueError):
+    """An experiment's aggregator, parameters or round policy are not usable as given."""
+
+
+class UnknownAggregator(ConfigurationError, LookupError):
+    """No aggregation algorithm is registered under the requested name."""
+
+
+class UpdateUnreadable(FmaError):
+    """One update's weights could not be read while aggregating; the round goes on without it."""
+
+    def __init__(self, update_id: str, reason: str) -> None:
+        super().__init__(f"update {update_id}: {reason}")
+        self.update_id = update_id
+        self.reason = reason
+
+
+class LeaseLost(FmaError):
+    """A round's claim is no longer the current one: another worker took the round over."""
+
+
+class InvalidKey(FmaError, ValueError):
+    """A weight-store key that is empty, absolute, or would escape the store's root."""
+
+
+class ObjectNotFound(FmaError, LookupError):
+    """The weight store holds no object under the requested key."""
