@@ -203,7 +203,9 @@ def wiring_errors(module: Module, tree: dict[Path, Module]) -> list[str]:
             continue
         passed = set(attributes(body)) - MODULE_META_ARGUMENTS
         for unknown in sorted(passed - set(child.variables)):
-            errors.append(f"{module.path.name}: module {call} passes {unknown}, which {child_path.name} does not declare")
+            errors.append(
+                f"{module.path.name}: module {call} passes {unknown}, which {child_path.name} does not declare"
+            )
         for missing in sorted(required_variables(child) - passed):
             errors.append(f"{module.path.name}: module {call} misses required variable {missing}")
     return errors

@@ -35,7 +35,9 @@ def test_references_and_module_calls_resolve(path):
 def test_every_variable_is_typed_and_described(path):
     for name, body in TREE[path].variables.items():
         assert "type" in body, f"{path.name}: variable {name} has no type"
-        assert unquote(body.get("description", "")).strip(), f"{path.name}: variable {name} has no description"
+        assert unquote(body.get("description", "")).strip(), (
+            f"{path.name}: variable {name} has no description"
+        )
 
 
 @pytest.mark.parametrize("path", sorted(TREE), ids=lambda p: p.name)
