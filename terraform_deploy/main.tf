@@ -81,6 +81,7 @@ module "database" {
   iam_database_authentication_enabled = var.db_iam_authentication
   monitoring_interval                 = var.db_monitoring_interval
   performance_insights_enabled        = var.db_performance_insights
+  log_retention_days                  = var.log_retention_days
 }
 
 module "weights_bucket" {

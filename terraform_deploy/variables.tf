@@ -121,8 +121,8 @@ variable "db_max_allocated_storage_gb" {
   default     = 100
 
   validation {
-    condition     = var.db_max_allocated_storage_gb >= 21 && var.db_max_allocated_storage_gb <= 65536
-    error_message = "db_max_allocated_storage_gb must be between 21 and 65536 GiB."
+    condition     = var.db_max_allocated_storage_gb > var.db_allocated_storage_gb && var.db_max_allocated_storage_gb <= 65536
+    error_message = "db_max_allocated_storage_gb must exceed db_allocated_storage_gb and be at most 65536 GiB."
   }
 }
 

@@ -4,6 +4,7 @@
 
 locals {
   major_version = split(".", var.engine_version)[0]
+  log_exports   = ["postgresql", "upgrade"]
 }
 
 resource "aws_db_subnet_group" "this" {
@@ -30,7 +31,7 @@ resource "aws_vpc_security_group_ingress_rule" "postgres_from_functions" {
 }
 
 resource "aws_db_parameter_group" "this" {
-  name        = "${var.name_prefix}-postgres${local.major_version}"
+  name_prefix = "${var.name_prefix}-postgres${local.major_version}-" # unique, so create_before_destroy works
   family      = "postgres${local.major_version}"
   description = "FMA: TLS only, DDL and slow statements logged"
 
@@ -81,6 +82,16 @@ resource "aws_iam_role_policy_attachment" "monitoring" {
   policy_arn = "arn:aws:iam::aws:policy/service-role/AmazonRDSEnhancedMonitoringRole"
 }
 
+# RDS would create its exported log groups itself, unencrypted and kept forever; creating them
+# first gives them the deployment's retention and key.
+resource "aws_cloudwatch_log_group" "exports" {
+  for_each = toset(local.log_exports)
+
+  name              = "/aws/rds/instance/${var.name_prefix}/${each.key}"
+  retention_in_days = var.log_retention_days
+  kms_key_id        = var.kms_key_arn
+}
+
 resource "aws_db_instance" "this" {
   identifier     = var.name_prefix
   engine         = "postgres"
@@ -116,11 +127,13 @@ resource "aws_db_instance" "this" {
   delete_automated_backups  = false
 
   auto_minor_version_upgrade      = true
-  enabled_cloudwatch_logs_exports = ["postgresql", "upgrade"]
+  enabled_cloudwatch_logs_exports = local.log_exports
   monitoring_interval             = var.monitoring_interval
   monitoring_role_arn             = var.monitoring_interval > 0 ? aws_iam_role.monitoring[0].arn : null
 
   performance_insights_enabled          = var.performance_insights_enabled
   performance_insights_kms_key_id       = var.performance_insights_enabled ? var.kms_key_arn : null
   performance_insights_retention_period = var.performance_insights_enabled ? 7 : null
+
+  depends_on = [aws_cloudwatch_log_group.exports]
 }

@@ -88,3 +88,8 @@ variable "performance_insights_enabled" {
   type        = bool
   description = "Enable Performance Insights (7 days, free tier)."
 }
+
+variable "log_retention_days" {
+  type        = number
+  description = "Retention of the exported PostgreSQL log groups, in days."
+}

@@ -9,6 +9,9 @@ data "aws_availability_zones" "available" {
 
 locals {
   azs = slice(data.aws_availability_zones.available.names, 0, var.az_count)
+  # Computed from the variables (not read back from the subnets) so that for_each keys built from
+  # them are known at plan time.
+  subnet_cidrs = [for index in range(var.az_count) : cidrsubnet(var.vpc_cidr, 4, index)]
 }
 
 resource "aws_vpc" "this" {
@@ -30,7 +33,7 @@ resource "aws_subnet" "private" {
 
   vpc_id                  = aws_vpc.this.id
   availability_zone       = local.azs[count.index]
-  cidr_block              = cidrsubnet(var.vpc_cidr, 4, count.index)
+  cidr_block              = local.subnet_cidrs[count.index]
   map_public_ip_on_launch = false
 
   tags = { Name = "${var.name_prefix}-private-${local.azs[count.index]}" }
@@ -85,7 +88,7 @@ resource "aws_vpc_security_group_egress_rule" "function_https_s3" {
 
 resource "aws_vpc_security_group_egress_rule" "function_postgres" {
   # The database lives in the same private subnets; its own group decides who gets in.
-  for_each = { for pair in setproduct(keys(aws_security_group.function), aws_subnet.private[*].cidr_block) : "${pair[0]}-${pair[1]}" => pair }
+  for_each = { for pair in setproduct(keys(aws_security_group.function), local.subnet_cidrs) : "${pair[0]}-${pair[1]}" => pair }
 
   security_group_id = aws_security_group.function[each.value[0]].id
   description       = "PostgreSQL to the database in the private subnets"
