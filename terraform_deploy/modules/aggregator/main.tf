@@ -27,15 +27,11 @@ data "aws_iam_policy_document" "aggregator" {
     resources = [local.object_arns]
   }
 
+  # Unconditioned for the same reason as the API's: missing keys must answer 404, not 403.
   statement {
     sid       = "WeightsList"
     actions   = ["s3:ListBucket"]
     resources = [var.bucket_arn]
-    condition {
-      test     = "StringLike"
-      variable = "s3:prefix"
-      values   = ["${var.s3_prefix}*"]
-    }
   }
 
   statement {

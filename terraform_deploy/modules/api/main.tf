@@ -27,15 +27,13 @@ data "aws_iam_policy_document" "api" {
     resources = [local.object_arns]
   }
 
+  # Not limited by s3:prefix: S3 answers a read of a missing key with 404 only to callers that
+  # may list the bucket, and a HEAD request carries no prefix for the condition to match. Listing
+  # reveals key names, never content.
   statement {
     sid       = "WeightsList"
-    actions   = ["s3:ListBucket", "s3:ListBucketMultipartUploads"]
+    actions   = ["s3:ListBucket"]
     resources = [var.bucket_arn]
-    condition {
-      test     = "StringLike"
-      variable = "s3:prefix"
-      values   = ["${var.s3_prefix}*"]
-    }
   }
 
   statement {
