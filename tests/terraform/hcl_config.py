@@ -175,6 +175,20 @@ def required_variables(module: Module) -> set[str]:
     return {name for name, body in module.variables.items() if "default" not in body}
 
 
+def documentation_errors(module: Module) -> list[str]:
+    """Variables without a type or description, outputs without a description."""
+    errors = []
+    for name, body in module.variables.items():
+        if "type" not in body:
+            errors.append(f"{module.path.name}: variable {name} has no type")
+        if not str(unquote(body.get("description", ""))).strip():
+            errors.append(f"{module.path.name}: variable {name} has no description")
+    for name, body in module.outputs.items():
+        if not str(unquote(body.get("description", ""))).strip():
+            errors.append(f"{module.path.name}: output {name} has no description")
+    return errors
+
+
 def wiring_errors(module: Module, tree: dict[Path, Module]) -> list[str]:
     """Everything `terraform validate` would reject about names: dangling references, and module
     calls that pass unknown arguments or miss required ones."""

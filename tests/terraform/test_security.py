@@ -11,6 +11,7 @@ from .security_rules import (
     environment_keys,
     iam_wildcard_problems,
     lambda_problems,
+    log_group_problems,
     open_ingress_problems,
     scoped_access_problems,
 )
@@ -259,3 +260,31 @@ def test_iam_checker_rejects_writes_on_star_wildcards_and_raw_json():
     assert "statement 1 uses a wildcard action" in problems
     assert "statement 2" not in problems  # read-only on * is allowed
     assert "aws_iam_role_policy.raw is not built from an aws_iam_policy_document" in problems
+
+
+LOOSE_FUNCTION_POLICY = """
+data "aws_iam_policy_document" "fn" {
+  statement {
+    actions   = ["s3:GetObject"]
+    resources = ["arn:aws:s3:::someone-elses-bucket/*"]
+  }
+  statement {
+    actions   = ["secretsmanager:GetSecretValue"]
+    resources = [var.secret_arns, var.other_secret_arn]
+  }
+}
+
+resource "aws_cloudwatch_log_group" "forever" {
+  name = "/aws/lambda/x"
+}
+"""
+
+
+def test_scoping_and_log_group_checkers_reject_loose_policies_and_logs():
+    module = parse_text(LOOSE_FUNCTION_POLICY)
+    problems = "\n".join(scoped_access_problems(module))
+    assert "statement 0: s3 actions not limited to var.bucket_arn" in problems
+    assert "statement 1: secretsmanager actions not limited to var.secret_arns" in problems
+    assert log_group_problems(module) == [
+        "aws_cloudwatch_log_group.forever lacks retention or KMS encryption"
+    ]

@@ -7,7 +7,15 @@ from pathlib import Path
 import hcl2
 import pytest
 
-from .hcl_config import TERRAFORM_DIR, attributes, load_tree, unquote, wiring_errors
+from .hcl_config import (
+    TERRAFORM_DIR,
+    attributes,
+    documentation_errors,
+    load_tree,
+    parse_text,
+    unquote,
+    wiring_errors,
+)
 
 TREE = load_tree()
 ROOT = TREE[TERRAFORM_DIR]
@@ -32,18 +40,8 @@ def test_references_and_module_calls_resolve(path):
 
 
 @pytest.mark.parametrize("path", sorted(TREE), ids=lambda p: p.name)
-def test_every_variable_is_typed_and_described(path):
-    for name, body in TREE[path].variables.items():
-        assert "type" in body, f"{path.name}: variable {name} has no type"
-        assert unquote(body.get("description", "")).strip(), (
-            f"{path.name}: variable {name} has no description"
-        )
-
-
-@pytest.mark.parametrize("path", sorted(TREE), ids=lambda p: p.name)
-def test_every_output_is_described(path):
-    for name, body in TREE[path].outputs.items():
-        assert unquote(body.get("description", "")).strip(), f"{path.name}: output {name} has no description"
+def test_every_variable_is_typed_and_described_and_every_output_described(path):
+    assert documentation_errors(TREE[path]) == []
 
 
 def test_root_variables_are_validated_where_a_value_can_be_wrong():
@@ -136,3 +134,11 @@ def test_wiring_checker_reports_each_kind_of_broken_reference(tmp_path: Path):
     assert "module child passes bogus" in errors
     assert "module child misses required variable needed" in errors
     assert wiring_errors(tree[(tmp_path / "child").resolve()], tree) == []
+
+
+def test_documentation_checker_reports_untyped_and_undescribed_names():
+    module = parse_text('variable "loose" {}\n\noutput "bare" {\n  value = 1\n}\n')
+    errors = "\n".join(documentation_errors(module))
+    assert "variable loose has no type" in errors
+    assert "variable loose has no description" in errors
+    assert "output bare has no description" in errors

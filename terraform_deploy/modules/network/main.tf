@@ -3,8 +3,15 @@
 # interface endpoints), so there is no NAT gateway to pay for and no route out to defend.
 
 data "aws_availability_zones" "available" {
-  #checkov:skip=CKV_AWS_394:Only the first az_count zones in name order are used (local.azs); AWS appends new zones with later letters, so a new zone never changes the selection.
+  #checkov:skip=CKV_AWS_394:Only the first az_count regular zones in name order are used (local.azs); AWS gives new zones later letters, so a new zone never changes the selection.
   state = "available"
+
+  # Regular zones only: opted-in Local Zones (us-east-1-bos-1a) sort before us-east-1a and would
+  # shift the selection, and most services have no endpoints there.
+  filter {
+    name   = "opt-in-status"
+    values = ["opt-in-not-required"]
+  }
 }
 
 locals {
