@@ -164,8 +164,17 @@ def _key_policy_documents(module: Module) -> set[str]:
     }
 
 
+def _actions(statement: dict[str, Any]) -> list[str] | None:
+    """The statement's actions, or None when they are an expression this check cannot read."""
+    actions = statement.get("actions", [])
+    if not isinstance(actions, list) or any("${" in str(a) for a in actions):
+        return None
+    return [unquote(a) for a in actions]
+
+
 def iam_wildcard_problems(module: Module) -> list[str]:
-    """No Allow statement grants a write action on "*", and no statement uses a wildcard action."""
+    """No Allow statement grants a write action on "*", no statement uses a wildcard action, and
+    every action list is written out (an expression could hide either)."""
     problems = []
     key_policies = _key_policy_documents(module)
     for name, document in module.data_of("aws_iam_policy_document").items():
@@ -174,10 +183,13 @@ def iam_wildcard_problems(module: Module) -> list[str]:
         for index, statement in enumerate(blocks(document, "statement")):
             if unquote(statement.get("effect", '"Allow"')) != "Allow":
                 continue
-            actions = [unquote(a) for a in statement.get("actions", [])]
+            actions = _actions(statement)
             resources = statement.get("resources", [])
             resources = resources if isinstance(resources, list) else [resources]
             where = f"data.aws_iam_policy_document.{name} statement {index}"
+            if actions is None:
+                problems.append(f"{where} computes its actions; write them out so they can be checked")
+                continue
             if any(a == "*" or a.endswith(":*") for a in actions) or "not_actions" in statement:
                 problems.append(f"{where} uses a wildcard action")
             if "*" in {unquote(r) for r in resources} or "not_resources" in statement:
@@ -215,7 +227,7 @@ def scoped_access_problems(module: Module) -> list[str]:
     problems = []
     for name, document in module.data_of("aws_iam_policy_document").items():
         for index, statement in enumerate(blocks(document, "statement")):
-            services = {unquote(a).split(":")[0] for a in statement.get("actions", [])}
+            services = {action.split(":")[0] for action in _actions(statement) or []}
             for service in services & set(expected):
                 # The object ARNs are built from the bucket ARN and FMA's key prefix.
                 aimed_at = statement_resources(module, statement) - {Reference("var", ("s3_prefix",))}

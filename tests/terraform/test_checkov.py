@@ -3,7 +3,6 @@ Makefile from terraform_deploy/requirements-checkov.txt): zero failed checks, an
 that does not run is on the justified skip list."""
 
 import json
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 import yaml
 
 from .hcl_config import TERRAFORM_DIR
+from .tools import require_tool
 
 REPO = TERRAFORM_DIR.parent
 CHECKOV = REPO / ".venv-checkov" / "bin" / "checkov"
@@ -20,12 +20,9 @@ INLINE_SKIP = re.compile(r"#checkov:skip=(CKV2?_AWS_\d+):(.*)")
 
 
 def run_checkov(directory: Path) -> dict:
-    if not CHECKOV.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(
-                f"{CHECKOV} is missing: under CI=true checkov must run (make .venv-checkov/.installed)"
-            )
-        pytest.skip(f"{CHECKOV} is missing (make test builds it); under CI=true this fails instead")
+    require_tool(
+        CHECKOV.exists(), f"{CHECKOV} is missing (make test builds it: make .venv-checkov/.installed)"
+    )
     result = subprocess.run(
         [str(CHECKOV), "--directory", str(directory), "--config-file", str(CONFIG), "--output", "json"],
         capture_output=True,

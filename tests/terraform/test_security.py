@@ -36,8 +36,9 @@ def test_the_checked_resources_exist():
     assert MODULES["aggregator"].data_of("aws_iam_policy_document")
 
 
-@pytest.mark.parametrize("name", ["api", "aggregator"])
+@pytest.mark.parametrize("name", ["function", "api", "aggregator"])
 def test_function_policies_aim_each_service_at_its_one_resource(name):
+    assert MODULES[name].data_of("aws_iam_policy_document")
     assert scoped_access_problems(MODULES[name]) == []
 
 
@@ -137,14 +138,14 @@ def test_alarms_cover_failed_rounds_errors_and_5xx():
     monitoring = MODULES["monitoring"]
     (metric_filter,) = monitoring.resources_of("aws_cloudwatch_log_metric_filter").values()
     assert "round failed" in unquote(metric_filter["pattern"])
-    metrics = {
-        unquote(a["metric_name"]) for a in monitoring.resources_of("aws_cloudwatch_metric_alarm").values()
-    }
-    assert {"Errors", "5xx"} <= metrics
-    assert any(
-        "rounds_failed" in str(a["metric_name"])
-        for a in monitoring.resources_of("aws_cloudwatch_metric_alarm").values()
-    )
+    alarms = monitoring.locals["alarms"]
+    metrics = {name: unquote(alarm["metric"]) for name, alarm in alarms.items()}
+    assert metrics["aggregator-errors"] == "Errors"
+    assert metrics["api-5xx"] == "5xx"
+    assert "aws_cloudwatch_log_metric_filter.rounds_failed" in metrics["rounds-failed"]
+    (alarm,) = monitoring.resources_of("aws_cloudwatch_metric_alarm").values()
+    assert alarm["for_each"] == "${local.alarms}"
+    assert alarm["alarm_actions"] == ["${aws_sns_topic.alarms.arn}"]
     (topic,) = monitoring.resources_of("aws_sns_topic").values()
     assert topic.get("kms_master_key_id")
 
@@ -217,6 +218,10 @@ data "aws_iam_policy_document" "p" {
     actions   = ["ec2:DescribeInstances"]
     resources = ["*"]
   }
+  statement {
+    actions   = var.anything
+    resources = [var.bucket_arn]
+  }
 }
 
 resource "aws_iam_role_policy" "raw" {
@@ -259,6 +264,7 @@ def test_iam_checker_rejects_writes_on_star_wildcards_and_raw_json():
     assert "statement 0 grants ['s3:PutObject'] on *" in problems
     assert "statement 1 uses a wildcard action" in problems
     assert "statement 2" not in problems  # read-only on * is allowed
+    assert "statement 3 computes its actions" in problems
     assert "aws_iam_role_policy.raw is not built from an aws_iam_policy_document" in problems
 
 

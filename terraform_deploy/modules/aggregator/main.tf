@@ -3,44 +3,23 @@
 # aggregation crashed. Asynchronous invocations that still fail after the retries land in an
 # encrypted SQS queue, so no round is lost silently.
 
-locals {
-  object_arns = "${var.bucket_arn}/${var.s3_prefix}*"
-}
-
 resource "aws_sqs_queue" "failed_invocations" {
   name                      = "${var.function_name}-failed"
   kms_master_key_id         = var.kms_key_arn
   message_retention_seconds = 1209600 # 14 days, SQS's maximum: time to read and replay a failure
 }
 
+# Beyond the shared access (modules/function): the aggregator's object actions and the failure
+# queue.
 data "aws_iam_policy_document" "aggregator" {
-  statement {
-    sid       = "ReadOwnSecrets"
-    actions   = ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"]
-    resources = var.secret_arns
-  }
-
-  # Reads updates, writes aggregates, and removes rejected or superseded objects under FMA's prefix.
+  # Reads updates, writes aggregates, removes rejected or superseded objects under FMA's prefix.
   statement {
     sid       = "WeightsObjects"
     actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"]
-    resources = [local.object_arns]
+    resources = ["${var.bucket_arn}/${var.s3_prefix}*"]
   }
 
-  # Unconditioned for the same reason as the API's: missing keys must answer 404, not 403.
-  statement {
-    sid       = "WeightsList"
-    actions   = ["s3:ListBucket"]
-    resources = [var.bucket_arn]
-  }
-
-  statement {
-    sid       = "UseDeploymentKey"
-    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
-    resources = [var.kms_key_arn]
-  }
-
-  # Lambda delivers the on-failure record with the function's own role.
+  # Lambda delivers the on-failure record of an asynchronous invocation with the function's role.
   statement {
     sid       = "ReportFailedInvocations"
     actions   = ["sqs:SendMessage"]
@@ -65,7 +44,9 @@ module "function" {
   security_group_id    = var.security_group_id
   kms_key_arn          = var.kms_key_arn
   log_retention_days   = var.log_retention_days
-  policy_json          = data.aws_iam_policy_document.aggregator.json
+  secret_arns          = var.secret_arns
+  bucket_arn           = var.bucket_arn
+  extra_policy_json    = data.aws_iam_policy_document.aggregator.json
 }
 
 resource "aws_lambda_function_event_invoke_config" "this" {

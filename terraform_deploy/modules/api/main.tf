@@ -2,17 +2,9 @@
 # HTTP API whose single $default route proxies every request (payload format 2.0) to it. Django
 # does the routing and the authentication; API Gateway only terminates TLS and throttles.
 
-locals {
-  object_arns = "${var.bucket_arn}/${var.s3_prefix}*"
-}
-
+# Beyond the shared access (modules/function): the API's object actions and handing a ready
+# round to the aggregator.
 data "aws_iam_policy_document" "api" {
-  statement {
-    sid       = "ReadOwnSecrets"
-    actions   = ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"]
-    resources = var.secret_arns
-  }
-
   # Presigned URLs carry the signer's permissions: clients upload parts and download aggregates
   # with exactly these object actions, limited to FMA's prefix.
   statement {
@@ -24,25 +16,9 @@ data "aws_iam_policy_document" "api" {
       "s3:AbortMultipartUpload",
       "s3:ListMultipartUploadParts",
     ]
-    resources = [local.object_arns]
+    resources = ["${var.bucket_arn}/${var.s3_prefix}*"]
   }
 
-  # Not limited by s3:prefix: S3 answers a read of a missing key with 404 only to callers that
-  # may list the bucket, and a HEAD request carries no prefix for the condition to match. Listing
-  # reveals key names, never content.
-  statement {
-    sid       = "WeightsList"
-    actions   = ["s3:ListBucket"]
-    resources = [var.bucket_arn]
-  }
-
-  statement {
-    sid       = "UseDeploymentKey"
-    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
-    resources = [var.kms_key_arn]
-  }
-
-  # A round that becomes ready is handed to the aggregator with an asynchronous invoke.
   statement {
     sid       = "StartRounds"
     actions   = ["lambda:InvokeFunction"]
@@ -66,7 +42,9 @@ module "function" {
   security_group_id    = var.security_group_id
   kms_key_arn          = var.kms_key_arn
   log_retention_days   = var.log_retention_days
-  policy_json          = data.aws_iam_policy_document.api.json
+  secret_arns          = var.secret_arns
+  bucket_arn           = var.bucket_arn
+  extra_policy_json    = data.aws_iam_policy_document.api.json
 }
 
 resource "aws_apigatewayv2_api" "this" {

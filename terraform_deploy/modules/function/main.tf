@@ -29,10 +29,37 @@ resource "aws_iam_role_policy_attachment" "vpc_access" {
   policy_arn = "arn:aws:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole"
 }
 
+# What every FMA function needs: its two secrets, listing the weights bucket and the deployment
+# key. Each caller adds its own statements (its object actions first) through extra_policy_json.
+data "aws_iam_policy_document" "access" {
+  source_policy_documents = [var.extra_policy_json]
+
+  statement {
+    sid       = "ReadOwnSecrets"
+    actions   = ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"]
+    resources = var.secret_arns
+  }
+
+  # Not limited by s3:prefix: S3 answers a read of a missing key with 404 only to callers that
+  # may list the bucket, and a HEAD request carries no prefix for the condition to match. Listing
+  # reveals key names, never content.
+  statement {
+    sid       = "WeightsList"
+    actions   = ["s3:ListBucket"]
+    resources = [var.bucket_arn]
+  }
+
+  statement {
+    sid       = "UseDeploymentKey"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+    resources = [var.kms_key_arn]
+  }
+}
+
 resource "aws_iam_role_policy" "this" {
   name   = "fma-access"
   role   = aws_iam_role.this.id
-  policy = var.policy_json
+  policy = data.aws_iam_policy_document.access.json
 }
 
 resource "aws_cloudwatch_log_group" "this" {

@@ -69,7 +69,17 @@ variable "log_retention_days" {
   description = "Retention of the function's log group, in days."
 }
 
-variable "policy_json" {
+variable "secret_arns" {
+  type        = list(string)
+  description = "Secrets the function may read."
+}
+
+variable "bucket_arn" {
   type        = string
-  description = "Inline IAM policy (JSON) with the function's own permissions."
+  description = "ARN of the weights bucket."
+}
+
+variable "extra_policy_json" {
+  type        = string
+  description = "IAM policy document (JSON) with the function's own further statements."
 }

@@ -35,66 +35,57 @@ resource "aws_cloudwatch_log_metric_filter" "rounds_failed" {
   }
 }
 
-resource "aws_cloudwatch_metric_alarm" "rounds_failed" {
-  alarm_name          = "${var.name_prefix}-rounds-failed"
-  alarm_description   = "At least one FMA round failed (log line 'round failed' in the aggregator)."
-  namespace           = local.namespace
-  metric_name         = aws_cloudwatch_log_metric_filter.rounds_failed.metric_transformation[0].name
-  statistic           = "Sum"
-  period              = 300
-  evaluation_periods  = 1
-  threshold           = 1
-  comparison_operator = "GreaterThanOrEqualToThreshold"
-  treat_missing_data  = "notBreaching"
-  actions_enabled     = true
-  alarm_actions       = [aws_sns_topic.alarms.arn]
-  ok_actions          = [aws_sns_topic.alarms.arn]
+# One alarm per condition an operator must act on; all fire at the first occurrence in five
+# minutes (the API's at a configurable count) and all notify the topic, also when they clear.
+locals {
+  alarms = {
+    rounds-failed = {
+      description = "At least one FMA round failed (log line 'round failed' in the aggregator)."
+      namespace   = local.namespace
+      metric      = aws_cloudwatch_log_metric_filter.rounds_failed.metric_transformation[0].name
+      dimensions  = {}
+      statistic   = "Sum"
+      threshold   = 1
+    }
+    aggregator-errors = {
+      description = "The aggregator function raised or timed out."
+      namespace   = "AWS/Lambda"
+      metric      = "Errors"
+      dimensions  = { FunctionName = var.aggregator_function_name }
+      statistic   = "Sum"
+      threshold   = 1
+    }
+    api-5xx = {
+      description = "The FMA HTTP API answered with server errors (function errors, timeouts, throttles)."
+      namespace   = "AWS/ApiGateway"
+      metric      = "5xx"
+      dimensions  = { ApiId = var.api_id }
+      statistic   = "Sum"
+      threshold   = var.api_5xx_threshold
+    }
+    aggregator-invocations-given-up = {
+      description = "Asynchronous aggregator invocations failed every retry and wait in the queue."
+      namespace   = "AWS/SQS"
+      metric      = "ApproximateNumberOfMessagesVisible"
+      dimensions  = { QueueName = var.failed_invocations_queue_name }
+      statistic   = "Maximum"
+      threshold   = 1
+    }
+  }
 }
 
-resource "aws_cloudwatch_metric_alarm" "aggregator_errors" {
-  alarm_name          = "${var.name_prefix}-aggregator-errors"
-  alarm_description   = "The aggregator function raised or timed out."
-  namespace           = "AWS/Lambda"
-  metric_name         = "Errors"
-  dimensions          = { FunctionName = var.aggregator_function_name }
-  statistic           = "Sum"
-  period              = 300
-  evaluation_periods  = 1
-  threshold           = 1
-  comparison_operator = "GreaterThanOrEqualToThreshold"
-  treat_missing_data  = "notBreaching"
-  actions_enabled     = true
-  alarm_actions       = [aws_sns_topic.alarms.arn]
-  ok_actions          = [aws_sns_topic.alarms.arn]
-}
+resource "aws_cloudwatch_metric_alarm" "this" {
+  for_each = local.alarms
 
-resource "aws_cloudwatch_metric_alarm" "api_5xx" {
-  alarm_name          = "${var.name_prefix}-api-5xx"
-  alarm_description   = "The FMA HTTP API answered with server errors (function errors, timeouts, throttles)."
-  namespace           = "AWS/ApiGateway"
-  metric_name         = "5xx"
-  dimensions          = { ApiId = var.api_id }
-  statistic           = "Sum"
+  alarm_name          = "${var.name_prefix}-${each.key}"
+  alarm_description   = each.value.description
+  namespace           = each.value.namespace
+  metric_name         = each.value.metric
+  dimensions          = each.value.dimensions
+  statistic           = each.value.statistic
   period              = 300
   evaluation_periods  = 1
-  threshold           = var.api_5xx_threshold
-  comparison_operator = "GreaterThanOrEqualToThreshold"
-  treat_missing_data  = "notBreaching"
-  actions_enabled     = true
-  alarm_actions       = [aws_sns_topic.alarms.arn]
-  ok_actions          = [aws_sns_topic.alarms.arn]
-}
-
-resource "aws_cloudwatch_metric_alarm" "failed_invocations" {
-  alarm_name          = "${var.name_prefix}-aggregator-invocations-given-up"
-  alarm_description   = "Asynchronous aggregator invocations failed every retry and wait in the queue."
-  namespace           = "AWS/SQS"
-  metric_name         = "ApproximateNumberOfMessagesVisible"
-  dimensions          = { QueueName = var.failed_invocations_queue_name }
-  statistic           = "Maximum"
-  period              = 300
-  evaluation_periods  = 1
-  threshold           = 1
+  threshold           = each.value.threshold
   comparison_operator = "GreaterThanOrEqualToThreshold"
   treat_missing_data  = "notBreaching"
   actions_enabled     = true
