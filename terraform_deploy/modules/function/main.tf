@@ -22,8 +22,9 @@ resource "aws_iam_role" "this" {
   assume_role_policy = data.aws_iam_policy_document.trust.json
 }
 
-# The AWS managed policy grants exactly the ENI actions a VPC function needs plus writing to its
-# own logs; ec2:CreateNetworkInterface cannot be scoped to a resource, which is why it is managed.
+# The AWS managed policy grants the ENI actions a VPC function needs and CloudWatch Logs writes;
+# ec2:CreateNetworkInterface cannot be scoped to a resource, so a hand-written policy would need
+# "*" just the same, and the managed one follows Lambda's changes.
 resource "aws_iam_role_policy_attachment" "vpc_access" {
   role       = aws_iam_role.this.name
   policy_arn = "arn:aws:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole"
