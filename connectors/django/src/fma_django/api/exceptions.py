@@ -1,0 +1,27 @@
+"""One place that turns refusals into HTTP: ``{"detail": ..., "code": ...}`` with the right 4xx."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from fma_core.errors import ConfigurationError, InvalidWeights
+from fma_django.errors import DomainError
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, DomainError):
+        return Response({"detail": exc.detail, "code": exc.code}, status=exc.status)
+    if isinstance(exc, InvalidWeights):
+        return Response({"detail": str(exc), "code": "invalid_weights"}, status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, ConfigurationError):
+        return Response(
+            {"detail": str(exc), "code": "invalid_configuration"}, status=status.HTTP_400_BAD_REQUEST
+        )
+    response = drf_exception_handler(exc, context)
+    if response is not None and isinstance(response.data, dict) and set(response.data) == {"detail"}:
+        response.data["code"] = getattr(response.data["detail"], "code", "error")
+    return response
