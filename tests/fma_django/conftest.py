@@ -148,3 +148,9 @@ def require_postgresql() -> None:
     ):
         pytest.fail("this test needs PostgreSQL, and the suite is not running on it")
     pytest.skip("needs PostgreSQL: runs in the FMA_TEST_DATABASE=postgresql pass of `make test`")
+
+
+@pytest.fixture
+def api_for() -> Callable[[User], APIClient]:
+    """An API caller authenticated with the user's DRF token."""
+    return token_client

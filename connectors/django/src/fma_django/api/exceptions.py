@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -13,6 +15,12 @@ from fma_django.errors import DomainError
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, RequestDataTooBig):
+        # A JSON body above DATA_UPLOAD_MAX_MEMORY_SIZE: JSON is parsed in memory, binary is not.
+        detail = f"the request body is above the limit of {settings.DATA_UPLOAD_MAX_MEMORY_SIZE:,} bytes for JSON; upload weights as safetensors to models/<id>/upload_update/"
+        return Response(
+            {"detail": detail, "code": "too_large"}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+        )
     if isinstance(exc, DomainError):
         return Response({"detail": exc.detail, "code": exc.code}, status=exc.status)
     if isinstance(exc, InvalidWeights):

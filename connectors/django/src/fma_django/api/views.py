@@ -52,6 +52,10 @@ def _visible(queryset: Any, pk: Any, what: str) -> Any:
         raise NotFound(f"no {what} {pk} that you can access") from None
 
 
+def _default(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
 class ExperimentViewSet(viewsets.ModelViewSet):
     """Experiments (the original's federated models). Developers manage their own; clients read theirs."""
 
@@ -232,7 +236,7 @@ class ExperimentViewSet(viewsets.ModelViewSet):
             client=request.user.client,
             stream=body,
             content_length=body.length,
-            num_examples=int_option(django_request, "num_examples", "X-FMA-Num-Examples") or 1,
+            num_examples=_default(int_option(django_request, "num_examples", "X-FMA-Num-Examples"), 1),
             base_aggregate_id=int_option(django_request, "base_aggregate", "X-FMA-Base-Aggregate"),
             metrics=json_option(django_request, "metrics", "X-FMA-Metrics"),
             idempotency_key=upload_option(django_request, "idempotency_key", "Idempotency-Key"),
