@@ -16,13 +16,15 @@ run: $(STAMP)
 test: $(STAMP) $(CHECKOV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest
+	FMA_TEST_DATABASE=sqlite $(BIN)/python -m pytest
+	# the Django packages again, on PostgreSQL (127.0.0.1:5432; FMA_TEST_DATABASE_URL to change)
+	FMA_TEST_DATABASE=postgresql $(BIN)/python -m pytest tests/fma_django
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-$(STAMP): requirements.txt fma_core/pyproject.toml
+$(STAMP): requirements.txt fma_core/pyproject.toml connectors/django/pyproject.toml api_service/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt

@@ -1,0 +1,175 @@
+"""Settings of the FMA service, all from environment variables with defaults for one laptop.
+
+With nothing set, the service keeps everything under ``FMA_DATA_DIR`` (default ``./.fma-data``):
+the SQLite database and the weight directory. ``FMA_DATABASE_URL=postgresql://...`` switches to
+PostgreSQL. DEBUG is off unless ``FMA_DEBUG=1``; ``FMA_SECRET_KEY`` is required unless
+``FMA_DEVELOPMENT=1`` (or DEBUG), where a key is generated and kept in the data dir.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from django.core.exceptions import ImproperlyConfigured
+
+
+def _flag(name: str, default: bool = False) -> bool:
+    return os.environ.get(name, "1" if default else "0").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+DATA_DIR = Path(os.environ.get("FMA_DATA_DIR", ".fma-data")).resolve()
+DEBUG = _flag("FMA_DEBUG")
+DEVELOPMENT = DEBUG or _flag("FMA_DEVELOPMENT")
+
+
+def _secret_key() -> str:
+    key = os.environ.get("FMA_SECRET_KEY", "")
+    if key:
+        return key
+    if not DEVELOPMENT:
+        raise ImproperlyConfigured(
+            "FMA_SECRET_KEY is not set. Set it to a long random string, or set FMA_DEVELOPMENT=1 on a development machine."
+        )
+    path = DATA_DIR / "secret_key"
+    if not path.exists():
+        DATA_DIR.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _database(url: str) -> dict:
+    if not url:
+        DATA_DIR.mkdir(parents=True, exist_ok=True)
+        return {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": DATA_DIR / "fma.sqlite3",
+            # IMMEDIATE: a transaction takes the write lock when it starts, so concurrent
+            # writers wait for each other (up to the timeout) instead of failing mid-way.
+            "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 30},
+        }
+    parts = urlsplit(url)
+    if parts.scheme not in {"postgres", "postgresql"}:
+        raise ImproperlyConfigured(f"FMA_DATABASE_URL must be a postgresql:// URL, not {parts.scheme}://")
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": unquote(parts.path.lstrip("/")),
+        "USER": unquote(parts.username or ""),
+        "PASSWORD": unquote(parts.password or ""),
+        "HOST": parts.hostname or "",
+        "PORT": str(parts.port or ""),
+        "CONN_MAX_AGE": int(os.environ.get("FMA_DB_CONN_MAX_AGE", "60")),
+    }
+
+
+SECRET_KEY = _secret_key()
+ALLOWED_HOSTS = _list("FMA_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]" if not DEBUG else "*")
+CSRF_TRUSTED_ORIGINS = _list("FMA_CSRF_TRUSTED_ORIGINS", "")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "fma_django",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "fma_service.urls"
+WSGI_APPLICATION = "fma_service.wsgi.application"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+DATABASES = {"default": _database(os.environ.get("FMA_DATABASE_URL", ""))}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = Path(os.environ.get("FMA_STATIC_ROOT", DATA_DIR / "static"))
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+# WhiteNoise serves the admin's and Swagger UI's files (bundled by drf-spectacular-sidecar) from
+# the installed apps, so no internet and no separate web server are needed.
+WHITENOISE_USE_FINDERS = True
+
+# Weights: bytes live in the weight store, never in Django's request buffers.
+FMA_WEIGHTS_DIR = Path(os.environ.get("FMA_WEIGHTS_DIR", DATA_DIR / "weights"))
+FMA_WEIGHT_STORE = os.environ.get("FMA_WEIGHT_STORE", "")
+FMA_MAX_UPDATE_BYTES = int(os.environ.get("FMA_MAX_UPDATE_BYTES", str(2 * 1024**3)))
+# The v1 JSON path parses the whole body in memory (that is what JSON costs); cap it.
+DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("FMA_MAX_JSON_BYTES", str(1024**3)))
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024**2
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "fma_django.api.authentication.ClientCredentialAuthentication",
+        "fma_django.api.authentication.LegacyClientUUIDAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "fma_django.api.pagination.Pagination",
+    "DEFAULT_FILTER_BACKENDS": [
+        "django_filters.rest_framework.DjangoFilterBackend",
+        "rest_framework.filters.OrderingFilter",
+    ],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "fma_django.api.exceptions.exception_handler",
+    "PAGE_SIZE": 50,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "FMA API",
+    "DESCRIPTION": "Federated model aggregation: the v1 protocol of the original FMA, plus binary weights.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("FMA_LOG_LEVEL", "INFO")},
+}

@@ -1,0 +1,29 @@
+"""Settings for the test suite: the service's settings with a throwaway key, data dir and database.
+
+``FMA_TEST_DATABASE=postgresql`` runs on PostgreSQL (``FMA_TEST_DATABASE_URL``, default
+``postgresql://postgres@127.0.0.1:5432/fma``; Django creates and drops ``test_fma``); anything
+else runs on SQLite.
+"""
+
+import os
+import tempfile
+
+os.environ.setdefault("FMA_DEVELOPMENT", "1")
+os.environ.setdefault("FMA_DATA_DIR", tempfile.mkdtemp(prefix="fma-test-"))
+
+from fma_service.settings import *  # noqa: F403
+from fma_service.settings import DATA_DIR, _database
+
+TEST_DATABASE = os.environ.get("FMA_TEST_DATABASE", "sqlite")
+if TEST_DATABASE == "postgresql":
+    DATABASES = {
+        "default": _database(
+            os.environ.get("FMA_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/fma")
+        )
+    }
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+else:
+    DATABASES = {"default": _database("")}
+    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast; tests only

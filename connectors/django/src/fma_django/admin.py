@@ -1,0 +1,229 @@
+"""The admin: every entity, with the state a developer looks for, and actions that call the services."""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.db.models import Count, Max, Q, QuerySet
+from django.http import HttpRequest
+
+from fma_django import services
+from fma_django.errors import DomainError
+from fma_django.models import (
+    Client,
+    ClientAggregateScore,
+    Enrollment,
+    EnrollmentToken,
+    Event,
+    Experiment,
+    ModelAggregate,
+    ModelArtifact,
+    ModelUpdate,
+    RoundLease,
+    UpdateStatus,
+)
+
+
+class EnrollmentInline(admin.TabularInline):
+    model = Enrollment
+    extra = 0
+    fields = ["client", "via", "created_on", "revoked_at"]
+    readonly_fields = fields
+    can_delete = False
+
+
+@admin.register(Experiment)
+class ExperimentAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "name",
+        "developer",
+        "aggregator",
+        "allow_aggregation",
+        "legacy_mode",
+        "rounds",
+        "pending_updates",
+        "client_count",
+        "current_artifact",
+        "last_modified",
+    ]
+    list_filter = ["allow_aggregation", "legacy_mode", "open_enrollment", "aggregator", "developer"]
+    search_fields = ["name", "developer__username"]
+    readonly_fields = ["current_artifact", "created_on", "last_modified"]
+    inlines = [EnrollmentInline]
+    actions = ["pause_aggregation", "resume_aggregation"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Experiment]:
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                _rounds=Max("aggregates__round_number"),
+                _pending=Count(
+                    "model_updates", filter=Q(model_updates__status=UpdateStatus.PENDING), distinct=True
+                ),
+                _clients=Count("enrollments", filter=Q(enrollments__revoked_at__isnull=True), distinct=True),
+            )
+        )
+
+    @admin.display(description="rounds", ordering="_rounds")
+    def rounds(self, experiment: Experiment) -> int:
+        return experiment._rounds or 0
+
+    @admin.display(description="pending updates", ordering="_pending")
+    def pending_updates(self, experiment: Experiment) -> int:
+        return experiment._pending
+
+    @admin.display(description="clients", ordering="_clients")
+    def client_count(self, experiment: Experiment) -> int:
+        return experiment._clients
+
+    def _set_aggregation(self, request: HttpRequest, queryset: QuerySet[Experiment], allowed: bool) -> None:
+        for experiment in queryset:
+            services.experiment_set_aggregation(experiment=experiment, allowed=allowed, user=request.user)
+        self.message_user(
+            request, f"{'Resumed' if allowed else 'Paused'} aggregation of {len(queryset)} experiment(s)."
+        )
+
+    @admin.action(description="Pause aggregation")
+    def pause_aggregation(self, request: HttpRequest, queryset: QuerySet[Experiment]) -> None:
+        self._set_aggregation(request, queryset, False)
+
+    @admin.action(description="Resume aggregation")
+    def resume_aggregation(self, request: HttpRequest, queryset: QuerySet[Experiment]) -> None:
+        self._set_aggregation(request, queryset, True)
+
+
+@admin.register(Client)
+class ClientAdmin(admin.ModelAdmin):
+    list_display = ["uuid", "experiment_count", "update_count", "last_seen", "revoked_at", "created_on"]
+    list_filter = ["revoked_at", "last_seen"]
+    search_fields = ["uuid"]
+    readonly_fields = ["uuid", "revoked_at", "last_seen", "created_on"]
+    exclude = ["secret_hash"]
+    inlines = [EnrollmentInline]
+    actions = ["revoke"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Client]:
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                _experiments=Count("enrollments", distinct=True),
+                _updates=Count("model_updates", distinct=True),
+            )
+        )
+
+    @admin.display(description="experiments", ordering="_experiments")
+    def experiment_count(self, client: Client) -> int:
+        return client._experiments
+
+    @admin.display(description="updates", ordering="_updates")
+    def update_count(self, client: Client) -> int:
+        return client._updates
+
+    @admin.action(description="Revoke the credential of the selected clients")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[Client]) -> None:
+        clients = [c for c in queryset if not c.is_revoked]
+        for client in clients:
+            services.client_revoke(client=client, user=request.user, reason="revoked in the admin")
+        self.message_user(request, f"Revoked {len(clients)} client(s).")
+
+
+@admin.register(ModelUpdate)
+class ModelUpdateAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "experiment",
+        "client",
+        "status",
+        "base_round",
+        "aggregate",
+        "num_examples",
+        "size_bytes",
+        "created_on",
+    ]
+    list_filter = ["status", "experiment"]
+    search_fields = ["client__uuid", "content_id", "idempotency_key"]
+    readonly_fields = [f.name for f in ModelUpdate._meta.fields]
+
+
+@admin.register(ModelAggregate)
+class ModelAggregateAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "experiment",
+        "round_number",
+        "update_count",
+        "aggregator",
+        "duration_seconds",
+        "validation_score",
+        "created_on",
+    ]
+    list_filter = ["experiment", "aggregator"]
+    readonly_fields = [f.name for f in ModelAggregate._meta.fields if f.name != "validation_score"]
+    actions = ["publish"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ModelAggregate]:
+        return super().get_queryset(request).annotate(_updates=Count("updates"))
+
+    @admin.display(description="updates", ordering="_updates")
+    def update_count(self, aggregate: ModelAggregate) -> int:
+        return aggregate._updates
+
+    @admin.action(description="Publish as the next version (round number)")
+    def publish(self, request: HttpRequest, queryset: QuerySet[ModelAggregate]) -> None:
+        for aggregate in queryset:
+            version = f"round-{aggregate.round_number}"
+            try:
+                services.aggregate_publish(aggregate=aggregate, version=version, user=request.user)
+            except DomainError as error:
+                self.message_user(request, f"{aggregate}: {error.detail}", level=messages.ERROR)
+            else:
+                self.message_user(request, f"Published {aggregate} as version {version}.")
+
+
+@admin.register(ModelArtifact)
+class ModelArtifactAdmin(admin.ModelAdmin):
+    list_display = ["id", "experiment", "version", "aggregate", "size_bytes", "created_on"]
+    list_filter = ["experiment"]
+    readonly_fields = [f.name for f in ModelArtifact._meta.fields]
+
+
+@admin.register(ClientAggregateScore)
+class ClientAggregateScoreAdmin(admin.ModelAdmin):
+    list_display = ["id", "aggregate", "client", "created_on"]
+    list_filter = ["aggregate__experiment"]
+    readonly_fields = [f.name for f in ClientAggregateScore._meta.fields]
+
+
+@admin.register(EnrollmentToken)
+class EnrollmentTokenAdmin(admin.ModelAdmin):
+    list_display = ["id", "experiment", "created_by", "uses", "max_uses", "expires_at", "created_on"]
+    list_filter = ["experiment"]
+    exclude = ["token_hash"]
+    readonly_fields = ["experiment", "created_by", "uses", "created_on"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # a token is shown once, so it is issued through the API, never typed in
+
+
+@admin.register(RoundLease)
+class RoundLeaseAdmin(admin.ModelAdmin):
+    list_display = ["experiment", "round_number", "worker", "expires_at"]
+    readonly_fields = ["experiment", "token", "worker", "round_number", "expires_at"]
+
+
+@admin.register(Event)
+class EventAdmin(admin.ModelAdmin):
+    list_display = ["created_on", "kind", "experiment", "client", "user", "detail"]
+    list_filter = ["kind", "experiment"]
+    search_fields = ["client__uuid"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Event | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Event | None = None) -> bool:
+        return False

@@ -1,0 +1,35 @@
+"""One place that turns refusals into HTTP: ``{"detail": ..., "code": ...}`` with the right 4xx."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from rest_framework import status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from fma_core.errors import ConfigurationError, InvalidWeights
+from fma_django.errors import DomainError
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, RequestDataTooBig):
+        # A JSON body above DATA_UPLOAD_MAX_MEMORY_SIZE: JSON is parsed in memory, binary is not.
+        detail = f"the request body is above the limit of {settings.DATA_UPLOAD_MAX_MEMORY_SIZE:,} bytes for JSON; upload weights as safetensors to models/<id>/upload_update/"
+        return Response(
+            {"detail": detail, "code": "too_large"}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+        )
+    if isinstance(exc, DomainError):
+        return Response({"detail": exc.detail, "code": exc.code}, status=exc.status)
+    if isinstance(exc, InvalidWeights):
+        return Response({"detail": str(exc), "code": "invalid_weights"}, status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, ConfigurationError):
+        return Response(
+            {"detail": str(exc), "code": "invalid_configuration"}, status=status.HTTP_400_BAD_REQUEST
+        )
+    response = drf_exception_handler(exc, context)
+    if response is not None and isinstance(response.data, dict) and set(response.data) == {"detail"}:
+        response.data["code"] = getattr(response.data["detail"], "code", "error")
+    return response

@@ -1,0 +1,235 @@
+"""Shapes of the v1 resources (field names of the original FMA) and of request bodies.
+
+Serializers only shape and check types; the rules are in ``fma_django.services``. The original's
+``federated_model`` is our Experiment; ``data``, ``result`` and ``values`` are links to the
+weights as safetensors rather than files of JSON floats.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.urls import reverse
+from rest_framework import serializers
+
+from fma_core.aggregators import available
+from fma_django.models import ClientAggregateScore, Experiment, ModelAggregate, ModelArtifact, ModelUpdate
+
+
+def _absolute(context: dict[str, Any], name: str, pk: int) -> str:
+    path = reverse(f"fma-api:{name}", kwargs={"pk": pk})
+    request = context.get("request")
+    return request.build_absolute_uri(path) if request is not None else path
+
+
+class ExperimentSerializer(serializers.ModelSerializer):
+    """``/api/v1/models/``: the original's FederatedModel fields, plus FMA's own settings."""
+
+    aggregator = serializers.ChoiceField(choices=available(), default="fedavg")
+    requirement = serializers.ChoiceField(
+        choices=["", "all_clients", "require_x_updates"], required=False, allow_blank=True
+    )
+    developer = serializers.IntegerField(
+        source="developer_id", required=False, help_text="defaults to you; only staff may name another user"
+    )
+    clients = serializers.SerializerMethodField()
+    current_artifact = serializers.PrimaryKeyRelatedField(read_only=True)
+    initial_model = serializers.JSONField(
+        write_only=True,
+        required=False,
+        help_text="the original's JSON weights: a list of layers (nested lists)",
+    )
+
+    class Meta:
+        model = Experiment
+        fields = [
+            "id",
+            "name",
+            "developer",
+            "aggregator",
+            "aggregator_params",
+            "requirement",
+            "requirement_args",
+            "round_policy",
+            "furthest_base_agg",
+            "allow_aggregation",
+            "tensor_spec",
+            "update_schema",
+            "client_agg_results_schema",
+            "open_enrollment",
+            "legacy_mode",
+            "max_update_bytes",
+            "current_artifact",
+            "clients",
+            "created_on",
+            "last_modified",
+            "initial_model",
+        ]
+        read_only_fields = ["id", "created_on", "last_modified"]
+
+    def get_clients(self, experiment: Experiment) -> list[str]:
+        return [
+            str(u)
+            for u in experiment.enrollments.filter(revoked_at__isnull=True).values_list(
+                "client__uuid", flat=True
+            )
+        ]
+
+
+class RegisterClientSerializer(serializers.Serializer):
+    enrollment_token = serializers.CharField(required=False, allow_blank=True)
+
+
+class RegisteredClientSerializer(serializers.Serializer):
+    uuid = serializers.UUIDField()
+    credential = serializers.CharField(
+        required=False, help_text="shown once: send it as 'Authorization: Client <credential>'"
+    )
+
+
+class EnrollmentTokenRequestSerializer(serializers.Serializer):
+    expires_in_seconds = serializers.IntegerField(required=False, min_value=1)
+    max_uses = serializers.IntegerField(required=False, min_value=1)
+
+
+class EnrollmentTokenSerializer(serializers.Serializer):
+    token = serializers.CharField()
+
+
+class ClientRefSerializer(serializers.Serializer):
+    client = serializers.UUIDField()
+
+
+class CredentialSerializer(serializers.Serializer):
+    uuid = serializers.UUIDField()
+    credential = serializers.CharField()
+
+
+class ModelUpdateSerializer(serializers.ModelSerializer):
+    federated_model = serializers.IntegerField(source="experiment_id", read_only=True)
+    client = serializers.UUIDField(source="client.uuid", read_only=True)
+    applied_aggregate = serializers.IntegerField(source="aggregate_id", read_only=True, allow_null=True)
+    base_aggregate = serializers.IntegerField(source="base_aggregate_id", read_only=True, allow_null=True)
+    data = serializers.SerializerMethodField(help_text="URL of the update's weights (safetensors)")
+
+    class Meta:
+        model = ModelUpdate
+        fields = [
+            "id",
+            "client",
+            "federated_model",
+            "data",
+            "status",
+            "status_reason",
+            "created_on",
+            "base_aggregate",
+            "base_round",
+            "applied_aggregate",
+            "aggregate_weight",
+            "num_examples",
+            "metrics",
+            "idempotency_key",
+            "content_id",
+            "size_bytes",
+        ]
+        read_only_fields = fields
+
+    def get_data(self, update: ModelUpdate) -> str:
+        return _absolute(self.context, "model_update-weights", update.pk)
+
+
+class ModelUpdateCreateSerializer(serializers.Serializer):
+    """The v1 JSON submission (what fma-connect sends), with FMA's optional extras."""
+
+    federated_model = serializers.IntegerField()
+    data = serializers.JSONField(help_text="a list of layers, each a (nested) list of numbers")
+    base_aggregate = serializers.IntegerField(required=False, allow_null=True)
+    num_examples = serializers.IntegerField(required=False, default=1, min_value=1)
+    metrics = serializers.JSONField(required=False, allow_null=True, default=None)
+    idempotency_key = serializers.CharField(required=False, allow_blank=True, max_length=128, default="")
+
+
+class ModelAggregateSerializer(serializers.ModelSerializer):
+    federated_model = serializers.IntegerField(source="experiment_id", read_only=True)
+    parent = serializers.IntegerField(source="parent_id", read_only=True, allow_null=True)
+    result = serializers.SerializerMethodField(help_text="URL of the aggregate's weights (safetensors)")
+
+    class Meta:
+        model = ModelAggregate
+        fields = [
+            "id",
+            "federated_model",
+            "result",
+            "validation_score",
+            "created_on",
+            "parent",
+            "round_number",
+            "aggregator",
+            "aggregator_params",
+            "content_id",
+            "size_bytes",
+            "duration_seconds",
+        ]
+        read_only_fields = [f for f in fields if f != "validation_score"]
+
+    def get_result(self, aggregate: ModelAggregate) -> str:
+        return _absolute(self.context, "model_aggregate-weights", aggregate.pk)
+
+
+class ModelAggregateDetailSerializer(ModelAggregateSerializer):
+    """One aggregate with the exact updates that went in and each one's share."""
+
+    updates = serializers.SerializerMethodField()
+
+    class Meta(ModelAggregateSerializer.Meta):
+        fields = [*ModelAggregateSerializer.Meta.fields, "updates"]
+
+    def get_updates(self, aggregate: ModelAggregate) -> list[dict[str, Any]]:
+        return [
+            {"id": pk, "weight": weight}
+            for pk, weight in aggregate.updates.order_by("id").values_list("id", "aggregate_weight")
+        ]
+
+
+class PublishSerializer(serializers.Serializer):
+    version = serializers.CharField(max_length=255)
+
+
+class ModelArtifactSerializer(serializers.ModelSerializer):
+    federated_model = serializers.IntegerField(source="experiment_id", read_only=True)
+    aggregate = serializers.IntegerField(source="aggregate_id", read_only=True, allow_null=True)
+    values = serializers.SerializerMethodField(help_text="URL of the artifact's weights (safetensors)")
+
+    class Meta:
+        model = ModelArtifact
+        fields = [
+            "id",
+            "values",
+            "version",
+            "created_on",
+            "federated_model",
+            "aggregate",
+            "content_id",
+            "size_bytes",
+        ]
+        read_only_fields = fields
+
+    def get_values(self, artifact: ModelArtifact) -> str:
+        return _absolute(self.context, "model_artifact-weights", artifact.pk)
+
+
+class ClientAggregateScoreSerializer(serializers.ModelSerializer):
+    client = serializers.UUIDField(source="client.uuid", read_only=True)
+    aggregate = serializers.IntegerField(source="aggregate_id", read_only=True)
+
+    class Meta:
+        model = ClientAggregateScore
+        fields = ["id", "client", "validation_results", "created_on", "aggregate"]
+        read_only_fields = fields
+
+
+class ClientAggregateScoreCreateSerializer(serializers.Serializer):
+    aggregate = serializers.IntegerField()
+    validation_results = serializers.JSONField()
+    client = serializers.UUIDField(required=False, allow_null=True, help_text="must be the caller if given")
+    federated_model = serializers.IntegerField(required=False, help_text="ignored, as in the original")

@@ -1,0 +1,133 @@
+"""Weight bytes over HTTP: a request body streamed into the weight store, a stored object streamed out.
+
+Uploads read the WSGI input directly in the weight store's chunks, so Django never buffers the
+body and server memory per upload stays at one chunk. Downloads stream the stored object (or
+redirect to the store's presigned URL), with the SHA-256 as ETag and single-range support.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
+from rest_framework.renderers import BaseRenderer
+
+from fma_django.errors import LengthRequired, ValidationFailed
+from fma_django.storage import weight_store
+
+SAFETENSORS = "application/octet-stream"
+_CHUNK = 1 << 20
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
+PRESIGNED_SECONDS = 900
+
+
+class SafetensorsRenderer(BaseRenderer):
+    """Lets ``Accept: application/octet-stream`` through content negotiation; errors stay JSON."""
+
+    media_type = SAFETENSORS
+    format = "safetensors"
+    charset = None
+    render_style = "binary"
+
+    def render(
+        self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None
+    ) -> bytes:
+        return json.dumps(data).encode() if data is not None else b""
+
+
+class BodyStream:
+    """A file-like view of the request body that reads at most Content-Length bytes, chunk by chunk."""
+
+    def __init__(self, request: HttpRequest) -> None:
+        length = request.META.get("CONTENT_LENGTH")
+        if not length:
+            raise LengthRequired(
+                "send the weights with a Content-Length header (chunked uploads are not supported)"
+            )
+        try:
+            self.length = int(length)
+        except ValueError:
+            raise ValidationFailed(f"Content-Length {length!r} is not a number") from None
+        self._request = request
+
+    def read(self, size: int = -1) -> bytes:
+        return self._request.read(_CHUNK if size is None or size < 0 else size)
+
+
+def upload_option(request: HttpRequest, name: str, header: str) -> str | None:
+    """An upload's metadata from the ``X-FMA-...`` header, else from the query string."""
+    value = request.META.get("HTTP_" + header.upper().replace("-", "_"))
+    return value if value is not None else request.GET.get(name)
+
+
+def int_option(request: HttpRequest, name: str, header: str) -> int | None:
+    value = upload_option(request, name, header)
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValidationFailed(f"{name} must be a whole number, not {value!r}") from None
+
+
+def json_option(request: HttpRequest, name: str, header: str) -> Any:
+    value = upload_option(request, name, header)
+    if value in (None, ""):
+        return None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as error:
+        raise ValidationFailed(f"{name} is not valid JSON: {error}") from None
+
+
+def weights_response(
+    request: HttpRequest, *, key: str, content_id: str, size: int, filename: str
+) -> HttpResponse:
+    """The stored weights as a download: 302 to a presigned URL, 304, 206 for a range, else 200."""
+    store = weight_store()
+    url = store.presigned_download_url(key, expires_in=PRESIGNED_SECONDS)
+    if url:
+        return HttpResponseRedirect(url)
+    etag = f'"{content_id}"'
+    headers = {
+        "ETag": etag,
+        "Accept-Ranges": "bytes",
+        "Content-Disposition": f'attachment; filename="{filename}"',
+        "Cache-Control": "private, max-age=0",
+    }
+    if etag in [t.strip() for t in request.META.get("HTTP_IF_NONE_MATCH", "").split(",")]:
+        return HttpResponse(status=304, headers=headers)
+    start, stop = 0, size
+    status = 200
+    requested = _RANGE.match(request.META.get("HTTP_RANGE", "").strip())
+    if requested and request.META.get("HTTP_IF_RANGE", etag) == etag:
+        first, last = requested.groups()
+        if first:
+            start, stop = int(first), min(int(last) + 1, size) if last else size
+        elif last:
+            start = max(size - int(last), 0)
+        if start >= stop:
+            return HttpResponse(status=416, headers={**headers, "Content-Range": f"bytes */{size}"})
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+    stream = store.open(key)
+    if start:
+        stream.seek(start)
+    response = StreamingHttpResponse(
+        _chunks(stream, stop - start), status=status, content_type=SAFETENSORS, headers=headers
+    )
+    response["Content-Length"] = str(stop - start)
+    return response
+
+
+def _chunks(stream: BinaryIO, remaining: int) -> Iterator[bytes]:
+    with stream:
+        while remaining > 0:
+            chunk = stream.read(min(_CHUNK, remaining))
+            if not chunk:
+                return
+            remaining -= len(chunk)
+            yield chunk

@@ -1,0 +1,285 @@
+"""The metadata FMA keeps in the database; weight bytes live in a ``WeightStore``, rows hold their keys.
+
+Names follow DESIGN.md. The v1 API calls an Experiment a "federated model" (``/api/v1/models/``)
+and its foreign key ``federated_model``; the serializers translate, the tables keep our names.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.core.validators import MinValueValidator
+from django.db import models
+
+
+class Experiment(models.Model):
+    """A federated model being trained: its aggregator, round policy, expected tensors and who may join."""
+
+    name = models.CharField(max_length=255)
+    developer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="experiments"
+    )
+    aggregator = models.CharField(max_length=64, default="fedavg")
+    aggregator_params = models.JSONField(default=dict, blank=True)
+    # The original's form (a requirement name and positional args) and ours (a policy config);
+    # ``round_policy`` wins when both are given.
+    requirement = models.CharField(max_length=64, blank=True, default="")
+    requirement_args = models.JSONField(null=True, blank=True)
+    round_policy = models.JSONField(null=True, blank=True)
+    tensor_spec = models.JSONField(null=True, blank=True, help_text="[{name, dtype, shape}, ...]")
+    update_schema = models.JSONField(null=True, blank=True, help_text="JSON Schema of an update's metrics")
+    client_agg_results_schema = models.JSONField(null=True, blank=True)
+    furthest_base_agg = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="accept updates trained on one of the newest k aggregates (k=1: only the newest)",
+    )
+    allow_aggregation = models.BooleanField(default=True, help_text="False pauses rounds")
+    open_enrollment = models.BooleanField(default=False, help_text="clients may enroll without a token")
+    legacy_mode = models.BooleanField(
+        default=False,
+        help_text="WEAKER: anonymous self-registration and the CLIENT-UUID header as the only credential",
+    )
+    max_update_bytes = models.PositiveBigIntegerField(null=True, blank=True)
+    current_artifact = models.OneToOneField(
+        "ModelArtifact", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_on = models.DateTimeField(auto_now_add=True)
+    last_modified = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_on", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} (#{self.pk})"
+
+
+class Client(models.Model):
+    """A data holder. ``uuid`` is its public id; the secret is kept only as a SHA-256 hash."""
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    secret_hash = models.CharField(max_length=64, blank=True, default="", editable=False)
+    experiments = models.ManyToManyField(Experiment, through="Enrollment", related_name="clients")
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_seen = models.DateTimeField(null=True, blank=True)
+    created_on = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_on", "-id"]
+
+    def __str__(self) -> str:
+        return str(self.uuid)
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+
+class Enrollment(models.Model):
+    """A client's membership of one experiment; revoking it shuts the client out of that experiment only."""
+
+    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="enrollments")
+    client = models.ForeignKey(Client, on_delete=models.CASCADE, related_name="enrollments")
+    via = models.CharField(
+        max_length=16, choices=[("token", "token"), ("open", "open"), ("legacy", "legacy")]
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    created_on = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["experiment", "client"], name="fma_one_enrollment_per_client")
+        ]
+
+
+class EnrollmentToken(models.Model):
+    """A developer-issued invitation to enroll in an experiment; only its hash is kept."""
+
+    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="enrollment_tokens")
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    expires_at = models.DateTimeField(null=True, blank=True)
+    max_uses = models.PositiveIntegerField(null=True, blank=True)
+    uses = models.PositiveIntegerField(default=0)
+    created_on = models.DateTimeField(auto_now_add=True)
+
+
+class ModelArtifact(models.Model):
+    """A published, versioned model (FMA's "publish"); version "1.0.0" is the initial model."""
+
+    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="artifacts")
+    aggregate = models.ForeignKey(
+        "ModelAggregate", null=True, blank=True, on_delete=models.RESTRICT, related_name="artifacts"
+    )
+    version = models.CharField(max_length=255)
+    weights_key = models.CharField(max_length=512)
+    content_id = models.CharField(max_length=64)
+    size_bytes = models.PositiveBigIntegerField()
+    created_on = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_on", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["experiment", "version"], name="unique version to model")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.experiment_id} v{self.version}"
+
+
+class ModelAggregate(models.Model):
+    """One version of the global model, produced by exactly one round."""
+
+    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="aggregates")
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.RESTRICT, related_name="children"
+    )
+    round_number = models.PositiveIntegerField()
+    weights_key = models.CharField(max_length=512)
+    content_id = models.CharField(max_length=64)
+    size_bytes = models.PositiveBigIntegerField()
+    aggregator = models.CharField(max_length=64)
+    aggregator_params = models.JSONField(default=dict)
+    duration_seconds = models.FloatField()
+    validation_score = models.FloatField(null=True, blank=True)
+    created_on = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-round_number", "-id"]
+        constraints = [
+            # The last line of defence against double aggregation: a round number is used once.
+            models.UniqueConstraint(fields=["experiment", "round_number"], name="fma_one_aggregate_per_round")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.experiment_id} round {self.round_number}"
+
+
+class UpdateStatus(models.TextChoices):
+    PENDING = "pending"
+    CONSUMED = "consumed"
+    QUARANTINED = "quarantined"
+
+
+class ModelUpdate(models.Model):
+    """One client's contribution to a round; consumed by exactly one aggregate, or quarantined."""
+
+    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="model_updates")
+    client = models.ForeignKey(Client, on_delete=models.CASCADE, related_name="model_updates")
+    status = models.CharField(max_length=16, choices=UpdateStatus.choices, default=UpdateStatus.PENDING)
+    status_reason = models.TextField(blank=True, default="")
+    base_aggregate = models.ForeignKey(
+        ModelAggregate, null=True, blank=True, on_delete=models.SET_NULL, related_name="updates_using_this"
+    )
+    base_round = models.PositiveIntegerField(
+        default=0, help_text="round of the base aggregate; 0 = initial model"
+    )
+    aggregate = models.ForeignKey(
+        ModelAggregate, null=True, blank=True, on_delete=models.RESTRICT, related_name="updates"
+    )
+    aggregate_weight = models.FloatField(
+        null=True, blank=True, help_text="this update's share in the aggregate"
+    )
+    num_examples = models.PositiveBigIntegerField(default=1)
+    metrics = models.JSONField(null=True, blank=True)
+    idempotency_key = models.CharField(max_length=128, null=True, blank=True)
+    weights_key = models.CharField(max_length=512)
+    content_id = models.CharField(max_length=64)
+    size_bytes = models.PositiveBigIntegerField()
+    created_on = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_on", "-id"]
+        indexes = [models.Index(fields=["experiment", "status"], name="fma_update_exp_status")]
+        constraints = [
+            models.UniqueConstraint(fields=["client", "idempotency_key"], name="fma_update_idempotency_key"),
+            models.UniqueConstraint(
+                fields=["experiment", "client", "base_round", "content_id"], name="fma_update_content_base"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"update {self.pk} ({self.status})"
+
+
+class ClientAggregateScore(models.Model):
+    """A client's evaluation of an aggregate; one per client per aggregate."""
+
+    aggregate = models.ForeignKey(ModelAggregate, on_delete=models.CASCADE, related_name="client_scores")
+    client = models.ForeignKey(Client, on_delete=models.CASCADE, related_name="aggregate_scores")
+    validation_results = models.JSONField()
+    created_on = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_on", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["aggregate", "client"], name="fma_one_score_per_client")
+        ]
+
+
+class RoundLease(models.Model):
+    """The claim row of an experiment's current round: token, holder and expiry (epoch seconds).
+
+    Taken and released only with conditional UPDATEs, which are atomic on PostgreSQL and SQLite.
+    """
+
+    experiment = models.OneToOneField(
+        Experiment, on_delete=models.CASCADE, primary_key=True, related_name="lease"
+    )
+    token = models.CharField(max_length=64, blank=True, default="")
+    worker = models.CharField(max_length=255, blank=True, default="")
+    round_number = models.PositiveIntegerField(default=0)
+    expires_at = models.FloatField(default=0.0)
+
+
+class EventKind(models.TextChoices):
+    EXPERIMENT_CREATED = "experiment_created"
+    CLIENT_REGISTERED = "client_registered"
+    UPDATE_ACCEPTED = "update_accepted"
+    UPDATE_REJECTED = "update_rejected"
+    UPDATE_QUARANTINED = "update_quarantined"
+    ROUND_STARTED = "round_started"
+    ROUND_COMPLETED = "round_completed"
+    ROUND_FAILED = "round_failed"
+    PUBLISHED = "published"
+    AGGREGATION_PAUSED = "aggregation_paused"
+    AGGREGATION_RESUMED = "aggregation_resumed"
+    CREDENTIAL_ROTATED = "credential_rotated"
+    CREDENTIAL_REVOKED = "credential_revoked"
+
+
+class AppendOnly(Exception):
+    """The event log is never rewritten."""
+
+
+class Event(models.Model):
+    """Append-only history of what happened to an experiment and why."""
+
+    kind = models.CharField(max_length=32, choices=EventKind.choices)
+    experiment = models.ForeignKey(
+        Experiment, null=True, blank=True, on_delete=models.SET_NULL, related_name="events"
+    )
+    client = models.ForeignKey(
+        Client, null=True, blank=True, on_delete=models.SET_NULL, related_name="events"
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    detail = models.JSONField(default=dict, blank=True)
+    created_on = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_on", "-id"]
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        if self.pk is not None:
+            raise AppendOnly("events are never changed")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: object, **kwargs: object) -> None:
+        raise AppendOnly("events are never deleted")
+
+    def __str__(self) -> str:
+        return f"{self.created_on:%Y-%m-%d %H:%M:%S} {self.kind}"

@@ -1,0 +1,546 @@
+"""The rules of FMA as plain functions over the models: every write the API, admin and CLI make.
+
+Each function takes keyword-only arguments, checks what it needs, changes the database in one
+transaction and raises a ``fma_django.errors`` exception when the request cannot be honoured.
+Weight bytes go to the configured WeightStore first and are removed again if the request fails,
+so a rejected request leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any, BinaryIO
+
+import jsonschema
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from fma_core.aggregators import create_aggregator
+from fma_core.errors import ConfigurationError, InvalidWeights
+from fma_core.requirements import policy_from_config
+from fma_core.weights import TensorSpec, Weights, from_legacy_json, to_bytes, validate
+from fma_django import credentials
+from fma_django.errors import Conflict, Forbidden, NotFound, TooLarge, ValidationFailed
+from fma_django.models import (
+    Client,
+    ClientAggregateScore,
+    Enrollment,
+    EnrollmentToken,
+    Event,
+    EventKind,
+    Experiment,
+    ModelAggregate,
+    ModelArtifact,
+    ModelUpdate,
+)
+from fma_django.storage import max_update_bytes, weight_store
+
+INITIAL_VERSION = "1.0.0"
+CONFIG_FIELDS = (
+    "name",
+    "aggregator",
+    "aggregator_params",
+    "requirement",
+    "requirement_args",
+    "round_policy",
+    "tensor_spec",
+    "update_schema",
+    "client_agg_results_schema",
+    "furthest_base_agg",
+    "allow_aggregation",
+    "open_enrollment",
+    "legacy_mode",
+    "max_update_bytes",
+)
+
+
+def event_record(
+    *,
+    kind: EventKind,
+    experiment: Experiment | None = None,
+    client: Client | None = None,
+    user: AbstractBaseUser | None = None,
+    **detail: Any,
+) -> Event:
+    user = user if user is not None and user.is_authenticated and user.pk else None
+    return Event.objects.create(kind=kind, experiment=experiment, client=client, user=user, detail=detail)
+
+
+# Experiments
+
+
+def effective_round_policy(experiment: Experiment) -> Any:
+    """The policy configuration the round engine uses: ``round_policy``, else the original's pair."""
+    if experiment.round_policy is not None:
+        return experiment.round_policy
+    if experiment.requirement:
+        return {"requirement": experiment.requirement, "requirement_args": experiment.requirement_args or []}
+    return None
+
+
+def _check_config(experiment: Experiment) -> None:
+    """Refuse a configuration the round engine could not run, naming the field at fault."""
+    try:
+        create_aggregator(experiment.aggregator, experiment.aggregator_params or {})
+    except ConfigurationError as error:
+        raise ValidationFailed(f"aggregator: {error}", code="invalid_aggregator") from None
+    try:
+        policy_from_config(effective_round_policy(experiment))
+    except ConfigurationError as error:
+        raise ValidationFailed(f"round policy: {error}", code="invalid_round_policy") from None
+    if experiment.tensor_spec is not None:
+        try:
+            TensorSpec.from_json(experiment.tensor_spec)
+        except InvalidWeights as error:
+            raise ValidationFailed(f"tensor_spec: {error}", code="invalid_tensor_spec") from None
+    for field in ("update_schema", "client_agg_results_schema"):
+        schema = getattr(experiment, field)
+        if schema is not None:
+            try:
+                jsonschema.validators.validator_for(schema).check_schema(schema)
+            except jsonschema.SchemaError as error:
+                raise ValidationFailed(
+                    f"{field} is not a JSON Schema: {error.message}", code="invalid_schema"
+                ) from None
+
+
+def experiment_create(
+    *, developer: AbstractBaseUser, initial_model: Weights | list | None = None, **config: Any
+) -> Experiment:
+    """Create an experiment; its initial model, if given, becomes artifact 1.0.0 and sets the spec.
+
+    ``initial_model`` is weights, or the original's JSON (a list of layers).
+    """
+    unknown = set(config) - set(CONFIG_FIELDS)
+    if unknown:
+        raise ValidationFailed(f"unknown experiment fields: {', '.join(sorted(unknown))}")
+    experiment = Experiment(developer=developer, **config)
+    _check_config(experiment)
+    stored_key = None
+    try:
+        with transaction.atomic():
+            experiment.save()
+            if initial_model is not None:
+                artifact = _store_initial_model(experiment, initial_model)
+                stored_key = artifact.weights_key
+            event_record(kind=EventKind.EXPERIMENT_CREATED, experiment=experiment, user=developer)
+    except BaseException:
+        if stored_key:
+            weight_store().delete(stored_key)
+        raise
+    return experiment
+
+
+def _store_initial_model(experiment: Experiment, weights: Weights | list) -> ModelArtifact:
+    spec = TensorSpec.from_json(experiment.tensor_spec) if experiment.tensor_spec is not None else None
+    try:
+        if isinstance(weights, list):
+            weights = from_legacy_json(weights, spec)
+        data = to_bytes(weights)
+        actual = validate(data, spec)
+    except InvalidWeights as error:
+        raise ValidationFailed(f"initial_model: {error}", code="invalid_weights") from None
+    if spec is None:
+        experiment.tensor_spec = actual.to_json()
+        experiment.save(update_fields=["tensor_spec"])
+    key = f"artifacts/{experiment.pk}/{uuid.uuid4().hex}.safetensors"
+    stored = weight_store().put(key, io.BytesIO(data))
+    artifact = ModelArtifact.objects.create(
+        experiment=experiment,
+        version=INITIAL_VERSION,
+        weights_key=key,
+        content_id=stored.sha256,
+        size_bytes=stored.size,
+    )
+    experiment.current_artifact = artifact
+    experiment.save(update_fields=["current_artifact"])
+    return artifact
+
+
+def experiment_update(*, experiment: Experiment, user: AbstractBaseUser, **changes: Any) -> Experiment:
+    unknown = set(changes) - set(CONFIG_FIELDS)
+    if unknown:
+        raise ValidationFailed(f"these fields cannot be changed: {', '.join(sorted(unknown))}")
+    was_allowed = experiment.allow_aggregation
+    for name, value in changes.items():
+        setattr(experiment, name, value)
+    _check_config(experiment)
+    with transaction.atomic():
+        experiment.save()
+        if experiment.allow_aggregation != was_allowed:
+            kind = (
+                EventKind.AGGREGATION_RESUMED
+                if experiment.allow_aggregation
+                else EventKind.AGGREGATION_PAUSED
+            )
+            event_record(kind=kind, experiment=experiment, user=user)
+    return experiment
+
+
+def experiment_delete(*, experiment: Experiment) -> None:
+    """Delete an experiment with everything it owns; its weight objects go once the delete commits."""
+    keys = {
+        *experiment.model_updates.values_list("weights_key", flat=True),
+        *experiment.aggregates.values_list("weights_key", flat=True),
+        *experiment.artifacts.values_list("weights_key", flat=True),
+    }
+    store = weight_store()
+    with transaction.atomic():
+        experiment.delete()
+        transaction.on_commit(lambda: [store.delete(key) for key in keys])
+
+
+def experiment_set_aggregation(
+    *, experiment: Experiment, allowed: bool, user: AbstractBaseUser
+) -> Experiment:
+    """Pause (False) or resume (True) rounds; a paused experiment still accepts updates."""
+    return experiment_update(experiment=experiment, user=user, allow_aggregation=allowed)
+
+
+# Clients and enrollment
+
+
+def enrollment_token_issue(
+    *,
+    experiment: Experiment,
+    user: AbstractBaseUser,
+    expires_in: timedelta | None = None,
+    max_uses: int | None = None,
+) -> str:
+    """A new invitation to enroll; the returned token is shown once and stored only as a hash."""
+    token = credentials.new_secret()
+    EnrollmentToken.objects.create(
+        experiment=experiment,
+        token_hash=credentials.hash_secret(token),
+        created_by=user,
+        expires_at=timezone.now() + expires_in if expires_in else None,
+        max_uses=max_uses,
+    )
+    return token
+
+
+def _use_enrollment_token(experiment: Experiment, token: str) -> None:
+    now = timezone.now()
+    used = EnrollmentToken.objects.filter(
+        Q(expires_at__isnull=True) | Q(expires_at__gt=now),
+        Q(max_uses__isnull=True) | Q(uses__lt=F("max_uses")),
+        experiment=experiment,
+        token_hash=credentials.hash_secret(token),
+    ).update(uses=F("uses") + 1)
+    if not used:
+        raise Forbidden(
+            "the enrollment token is unknown, expired, used up, or for another experiment",
+            code="bad_enrollment_token",
+        )
+
+
+def client_register(
+    *,
+    experiment: Experiment,
+    client: Client | None = None,
+    enrollment_token: str | None = None,
+    legacy: bool = False,
+) -> tuple[Client, str | None]:
+    """Enroll a client, creating it if needed; returns it and its new credential (None in legacy mode).
+
+    ``legacy`` is the original's anonymous self-registration (or a known ``CLIENT-UUID``): allowed
+    only when the experiment opted into legacy mode. Otherwise an enrollment token is needed
+    unless the experiment has open enrollment.
+    """
+    if legacy and not experiment.legacy_mode:
+        raise Forbidden(
+            "this experiment does not accept legacy (CLIENT-UUID) clients; enroll with an enrollment token",
+            code="legacy_disabled",
+        )
+    if client is not None and client.is_revoked:
+        raise Forbidden("this client's credential is revoked", code="revoked")
+    with transaction.atomic():
+        existing = (
+            Enrollment.objects.select_for_update().filter(experiment=experiment, client=client).first()
+            if client is not None
+            else None
+        )
+        if existing is not None:
+            if existing.revoked_at is not None:
+                raise Forbidden("this client's enrollment in the experiment was revoked", code="revoked")
+            return client, None
+        if not legacy:
+            if enrollment_token:
+                _use_enrollment_token(experiment, enrollment_token)
+            elif not experiment.open_enrollment:
+                raise Forbidden(
+                    "enrolling in this experiment needs an enrollment token from its developer",
+                    code="token_required",
+                )
+        secret = None
+        if client is None:
+            client = Client.objects.create()
+            if not legacy:
+                secret = credentials.new_secret()
+                client.secret_hash = credentials.hash_secret(secret)
+                client.save(update_fields=["secret_hash"])
+        via = "legacy" if legacy else ("token" if enrollment_token else "open")
+        Enrollment.objects.create(experiment=experiment, client=client, via=via)
+        event_record(kind=EventKind.CLIENT_REGISTERED, experiment=experiment, client=client, via=via)
+    return client, credentials.credential(client.uuid, secret) if secret else None
+
+
+def client_rotate_credential(*, client: Client) -> str:
+    """Replace the client's secret; the old credential stops working at once."""
+    if client.is_revoked:
+        raise Forbidden("this client's credential is revoked", code="revoked")
+    secret = credentials.new_secret()
+    with transaction.atomic():
+        Client.objects.filter(pk=client.pk).update(secret_hash=credentials.hash_secret(secret))
+        event_record(kind=EventKind.CREDENTIAL_ROTATED, client=client)
+    client.secret_hash = credentials.hash_secret(secret)
+    return credentials.credential(client.uuid, secret)
+
+
+def client_revoke(*, client: Client, user: AbstractBaseUser | None = None, reason: str = "") -> Client:
+    """Revoke the client's credential everywhere (staff); its updates stay as they are."""
+    with transaction.atomic():
+        client.revoked_at = timezone.now()
+        client.save(update_fields=["revoked_at"])
+        event_record(
+            kind=EventKind.CREDENTIAL_REVOKED, client=client, user=user, reason=reason, scope="client"
+        )
+    return client
+
+
+def enrollment_revoke(*, experiment: Experiment, client: Client, user: AbstractBaseUser) -> None:
+    """Shut a client out of one experiment (what its developer may do); other experiments are untouched."""
+    with transaction.atomic():
+        revoked = Enrollment.objects.filter(
+            experiment=experiment, client=client, revoked_at__isnull=True
+        ).update(revoked_at=timezone.now())
+        if not revoked:
+            raise NotFound("this client is not enrolled in the experiment")
+        event_record(
+            kind=EventKind.CREDENTIAL_REVOKED,
+            experiment=experiment,
+            client=client,
+            user=user,
+            scope="enrollment",
+        )
+
+
+def _check_enrolled(experiment: Experiment, client: Client) -> None:
+    if (
+        client.is_revoked
+        or not Enrollment.objects.filter(
+            experiment=experiment, client=client, revoked_at__isnull=True
+        ).exists()
+    ):
+        raise NotFound("no such experiment for this client")
+
+
+# Updates
+
+
+def update_submit(
+    *,
+    experiment: Experiment,
+    client: Client,
+    stream: BinaryIO,
+    num_examples: int = 1,
+    base_aggregate_id: int | None = None,
+    metrics: Any = None,
+    idempotency_key: str | None = None,
+    content_length: int | None = None,
+) -> tuple[ModelUpdate, bool]:
+    """Accept one update from a safetensors stream; returns ``(update, created)``.
+
+    The bytes are streamed to the weight store (memory bounded by the store's chunk), then
+    checked against the experiment's tensor spec. Any failure removes the stored object and
+    records a rejection event, so nothing of a refused update remains but the reason. A retry
+    (same idempotency key, or same client, base and content) returns the first update.
+    """
+    _check_enrolled(experiment, client)
+    if idempotency_key:
+        first = ModelUpdate.objects.filter(client=client, idempotency_key=idempotency_key).first()
+        if first is not None:
+            if first.experiment_id != experiment.pk:
+                raise Conflict("this idempotency key was used for an update of another experiment")
+            return first, False
+    try:
+        base_round, base = _check_update_metadata(experiment, num_examples, base_aggregate_id, metrics)
+        limit = max_update_bytes(experiment.max_update_bytes)
+        if content_length is not None and content_length > limit:
+            raise TooLarge(f"the update is {content_length:,} bytes; the limit is {limit:,} bytes")
+    except (ValidationFailed, TooLarge) as error:
+        event_record(
+            kind=EventKind.UPDATE_REJECTED, experiment=experiment, client=client, reason=error.detail
+        )
+        raise
+    store = weight_store()
+    key = f"updates/{experiment.pk}/{uuid.uuid4().hex}.safetensors"
+    try:
+        stored = store.put(key, stream, max_bytes=limit)
+        twin = ModelUpdate.objects.filter(
+            experiment=experiment, client=client, base_round=base_round, content_id=stored.sha256
+        ).first()
+        if twin is not None:
+            store.delete(key)
+            return twin, False
+        spec = TensorSpec.from_json(experiment.tensor_spec) if experiment.tensor_spec is not None else None
+        with store.open_weights(key, max_bytes=limit) as reader:
+            validate(reader, spec)
+    except InvalidWeights as error:
+        store.delete(key)
+        code = "too_large" if "larger than the limit" in str(error) else "invalid_weights"
+        event_record(kind=EventKind.UPDATE_REJECTED, experiment=experiment, client=client, reason=str(error))
+        raise (TooLarge if code == "too_large" else ValidationFailed)(str(error), code=code) from None
+    except BaseException:
+        store.delete(key)
+        raise
+    try:
+        with transaction.atomic():
+            update = ModelUpdate.objects.create(
+                experiment=experiment,
+                client=client,
+                base_aggregate=base,
+                base_round=base_round,
+                num_examples=num_examples,
+                metrics=metrics,
+                idempotency_key=idempotency_key or None,
+                weights_key=key,
+                content_id=stored.sha256,
+                size_bytes=stored.size,
+            )
+            event_record(
+                kind=EventKind.UPDATE_ACCEPTED,
+                experiment=experiment,
+                client=client,
+                update=update.pk,
+                size=stored.size,
+            )
+    except IntegrityError:
+        # A concurrent or earlier twin won: keep its row, drop our bytes.
+        store.delete(key)
+        twin = Q(experiment=experiment, client=client, base_round=base_round, content_id=stored.sha256)
+        if idempotency_key:
+            twin |= Q(client=client, idempotency_key=idempotency_key)
+        first = ModelUpdate.objects.filter(twin).first()
+        if first is None:
+            raise
+        return first, False
+    except BaseException:
+        store.delete(key)
+        raise
+    return update, True
+
+
+def update_submit_legacy_json(
+    *, experiment: Experiment, client: Client, data: Any, base_aggregate_id: int | None = None, **options: Any
+) -> tuple[ModelUpdate, bool]:
+    """The original's JSON ``data`` (a list of layers), converted to safetensors and then submitted."""
+    spec = TensorSpec.from_json(experiment.tensor_spec) if experiment.tensor_spec is not None else None
+    try:
+        payload = to_bytes(from_legacy_json(data, spec))
+    except InvalidWeights as error:
+        event_record(kind=EventKind.UPDATE_REJECTED, experiment=experiment, client=client, reason=str(error))
+        raise ValidationFailed(f"data: {error}", code="invalid_weights") from None
+    return update_submit(
+        experiment=experiment,
+        client=client,
+        stream=io.BytesIO(payload),
+        base_aggregate_id=base_aggregate_id,
+        content_length=len(payload),
+        **options,
+    )
+
+
+def _check_update_metadata(
+    experiment: Experiment, num_examples: int, base_aggregate_id: int | None, metrics: Any
+) -> tuple[int, ModelAggregate | None]:
+    if not isinstance(num_examples, int) or isinstance(num_examples, bool) or num_examples < 1:
+        raise ValidationFailed(f"num_examples must be a whole number of at least 1, not {num_examples!r}")
+    base = None
+    if base_aggregate_id is not None:
+        base = ModelAggregate.objects.filter(pk=base_aggregate_id, experiment=experiment).first()
+        if base is None:
+            raise ValidationFailed(
+                f"base_aggregate {base_aggregate_id} is not an aggregate of this experiment",
+                code="invalid_base",
+            )
+    if experiment.update_schema is not None:
+        _check_schema(experiment.update_schema, metrics, "metrics")
+    return (base.round_number if base else 0), base
+
+
+def _check_schema(schema: Mapping[str, Any], value: Any, what: str) -> None:
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path)
+        raise ValidationFailed(
+            f"{what} do not match the experiment's schema{f' at {where}' if where else ''}: {error.message}",
+            code="schema_mismatch",
+        )
+
+
+# Aggregates, artifacts, scores
+
+
+def aggregate_publish(
+    *, aggregate: ModelAggregate, version: str, user: AbstractBaseUser | None
+) -> ModelArtifact:
+    """Make an aggregate the experiment's current artifact under a new version name."""
+    version = (version or "").strip()
+    if not version:
+        raise ValidationFailed("version: a non-empty version name is required", code="required")
+    if len(version) > 255:
+        raise ValidationFailed("version: at most 255 characters")
+    experiment = aggregate.experiment
+    try:
+        with transaction.atomic():
+            artifact = ModelArtifact.objects.create(
+                experiment=experiment,
+                aggregate=aggregate,
+                version=version,
+                weights_key=aggregate.weights_key,
+                content_id=aggregate.content_id,
+                size_bytes=aggregate.size_bytes,
+            )
+            Experiment.objects.filter(pk=experiment.pk).update(current_artifact=artifact)
+            event_record(
+                kind=EventKind.PUBLISHED,
+                experiment=experiment,
+                user=user,
+                aggregate=aggregate.pk,
+                version=version,
+            )
+    except IntegrityError:
+        raise ValidationFailed(
+            f"version {version!r} is already published for this experiment", code="duplicate_version"
+        ) from None
+    return artifact
+
+
+def aggregate_set_validation_score(*, aggregate: ModelAggregate, score: float | None) -> ModelAggregate:
+    aggregate.validation_score = score
+    aggregate.save(update_fields=["validation_score"])
+    return aggregate
+
+
+def score_submit(
+    *, aggregate: ModelAggregate, client: Client, validation_results: Any
+) -> ClientAggregateScore:
+    """Record a client's evaluation of an aggregate of an experiment it is enrolled in."""
+    experiment = aggregate.experiment
+    _check_enrolled(experiment, client)
+    if experiment.client_agg_results_schema is not None:
+        _check_schema(experiment.client_agg_results_schema, validation_results, "validation_results")
+    try:
+        with transaction.atomic():
+            return ClientAggregateScore.objects.create(
+                aggregate=aggregate, client=client, validation_results=validation_results
+            )
+    except IntegrityError:
+        raise ValidationFailed("this client already scored this aggregate", code="duplicate_score") from None

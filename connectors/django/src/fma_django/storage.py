@@ -1,0 +1,36 @@
+"""The WeightStore the service writes weight bytes to, built once from settings.
+
+``FMA_WEIGHT_STORE`` names a ``WeightStore`` class (dotted path) and ``FMA_WEIGHT_STORE_OPTIONS``
+its keyword arguments; by default it is a ``LocalDirectoryWeightStore`` under ``FMA_WEIGHTS_DIR``.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+from django.utils.module_loading import import_string
+
+from fma_core.connectors import LocalDirectoryWeightStore, WeightStore
+
+
+@cache
+def weight_store() -> WeightStore:
+    dotted = getattr(settings, "FMA_WEIGHT_STORE", None)
+    if dotted:
+        return import_string(dotted)(**getattr(settings, "FMA_WEIGHT_STORE_OPTIONS", {}))
+    return LocalDirectoryWeightStore(settings.FMA_WEIGHTS_DIR)
+
+
+@receiver(setting_changed)
+def _forget_store(*, setting: str, **kwargs: object) -> None:
+    if setting.startswith("FMA_WEIGHT"):
+        weight_store.cache_clear()
+
+
+def max_update_bytes(experiment_limit: int | None) -> int:
+    """The experiment's own limit, never above the service's."""
+    service_limit = int(settings.FMA_MAX_UPDATE_BYTES)
+    return min(experiment_limit, service_limit) if experiment_limit else service_limit

@@ -1,0 +1,247 @@
+"""``DjangoMetadataStore``: fma-core's MetadataStore on the Django ORM (PostgreSQL or SQLite).
+
+The round lease is one row per experiment (``RoundLease``), taken and given back only with
+conditional UPDATEs (``... WHERE token = '' OR expires_at <= now``), which both databases
+execute atomically: of two workers, one updates the row and the other updates nothing. On
+PostgreSQL the claim first locks the row with ``SKIP LOCKED``, so a second worker returns at
+once instead of queueing behind the first. ``commit_round`` re-checks the token under a row
+lock and marks exactly the drafted updates consumed, in the transaction that creates the
+aggregate; the unique (experiment, round number) constraint is the last guard.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Max, Q
+
+from fma_core.connectors import (
+    AggregateDraft,
+    AggregateRecord,
+    ExperimentConfig,
+    MetadataStore,
+    RoundClaim,
+    UpdateRecord,
+)
+from fma_core.errors import LeaseLost
+from fma_core.weights import TensorSpec
+from fma_django.models import (
+    EventKind,
+    Experiment,
+    ModelAggregate,
+    ModelUpdate,
+    RoundLease,
+    UpdateStatus,
+)
+from fma_django.services import effective_round_policy, event_record
+
+
+def experiment_config(experiment: Experiment) -> ExperimentConfig:
+    return ExperimentConfig(
+        experiment_id=str(experiment.pk),
+        aggregator=experiment.aggregator,
+        aggregator_params=dict(experiment.aggregator_params or {}),
+        round_policy=effective_round_policy(experiment),
+        tensor_spec=TensorSpec.from_json(experiment.tensor_spec)
+        if experiment.tensor_spec is not None
+        else None,
+        # furthest_base_agg=k accepts the newest k aggregates, i.e. a lag of at most k-1 rounds
+        max_staleness=experiment.furthest_base_agg - 1 if experiment.furthest_base_agg else None,
+    )
+
+
+def _record(update: ModelUpdate) -> UpdateRecord:
+    return UpdateRecord(
+        update_id=str(update.pk),
+        experiment_id=str(update.experiment_id),
+        client_id=str(update.client.uuid),
+        weights_key=update.weights_key,
+        content_id=update.content_id,
+        num_examples=update.num_examples,
+        base_round=update.base_round,
+        received_at=update.created_on.timestamp(),
+    )
+
+
+class DjangoMetadataStore(MetadataStore):
+    """Safe to use from many threads and processes at once; ``clock`` gives epoch seconds."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+
+    def experiment(self, experiment_id: str) -> ExperimentConfig:
+        try:
+            return experiment_config(Experiment.objects.get(pk=int(experiment_id)))
+        except (Experiment.DoesNotExist, ValueError):
+            raise LookupError(f"no experiment {experiment_id!r}") from None
+
+    def pending_updates(self, experiment_id: str) -> list[UpdateRecord]:
+        return [_record(u) for u in self._pending(int(experiment_id))]
+
+    def claim_round(self, experiment_id: str, *, worker: str, lease_seconds: float) -> RoundClaim | None:
+        try:
+            experiment = Experiment.objects.get(pk=int(experiment_id))
+        except (Experiment.DoesNotExist, ValueError):
+            raise LookupError(f"no experiment {experiment_id!r}") from None
+        if not experiment.allow_aggregation:
+            return None
+        RoundLease.objects.get_or_create(experiment=experiment)
+        token = uuid.uuid4().hex
+        with transaction.atomic():
+            # PostgreSQL: a second worker skips a row being claimed instead of queueing behind it.
+            skip_locked = connection.features.has_select_for_update_skip_locked
+            if skip_locked and not self._lock_free_lease(experiment.pk):
+                return None
+            now = self._clock()
+            latest = ModelAggregate.objects.filter(experiment=experiment).aggregate(Max("round_number"))
+            round_number = (latest["round_number__max"] or 0) + 1
+            taken = RoundLease.objects.filter(Q(token="") | Q(expires_at__lte=now), pk=experiment.pk).update(
+                token=token, worker=worker, round_number=round_number, expires_at=now + lease_seconds
+            )
+            if not taken:
+                return None
+            pending = [_record(u) for u in self._pending(experiment.pk)]
+            if not pending:
+                RoundLease.objects.filter(pk=experiment.pk, token=token).update(token="", worker="")
+                return None
+            parent = ModelAggregate.objects.filter(
+                experiment=experiment, round_number=round_number - 1
+            ).first()
+            enrolled = frozenset(
+                str(u)
+                for u in experiment.enrollments.filter(
+                    revoked_at__isnull=True, client__revoked_at__isnull=True
+                ).values_list("client__uuid", flat=True)
+            )
+            event_record(
+                kind=EventKind.ROUND_STARTED,
+                experiment=experiment,
+                round=round_number,
+                worker=worker,
+                updates=len(pending),
+            )
+        return RoundClaim(
+            experiment=experiment_config(experiment),
+            token=token,
+            worker=worker,
+            round_number=round_number,
+            parent_aggregate_id=str(parent.pk) if parent else None,
+            updates=tuple(pending),
+            enrolled_clients=enrolled,
+            claimed_at=now,
+            expires_at=now + lease_seconds,
+        )
+
+    def renew_lease(self, claim: RoundClaim, *, lease_seconds: float) -> RoundClaim:
+        expires_at = self._clock() + lease_seconds
+        renewed = RoundLease.objects.filter(pk=self._pk(claim), token=claim.token).update(
+            expires_at=expires_at
+        )
+        if not renewed:
+            raise self._lost(claim)
+        return replace(claim, expires_at=expires_at)
+
+    def release_round(self, claim: RoundClaim, *, failure: str | None = None) -> None:
+        with transaction.atomic():
+            RoundLease.objects.filter(pk=self._pk(claim), token=claim.token).update(token="", worker="")
+            if failure:
+                event_record(
+                    kind=EventKind.ROUND_FAILED,
+                    experiment=Experiment.objects.filter(pk=self._pk(claim)).first(),
+                    round=claim.round_number,
+                    reason=failure,
+                )
+
+    def quarantine_update(self, claim: RoundClaim, update_id: str, reason: str) -> None:
+        with transaction.atomic():
+            self._lock_current(claim)
+            update = ModelUpdate.objects.select_related("experiment", "client").get(pk=int(update_id))
+            changed = ModelUpdate.objects.filter(pk=update.pk, status=UpdateStatus.PENDING).update(
+                status=UpdateStatus.QUARANTINED, status_reason=reason
+            )
+            if changed:
+                event_record(
+                    kind=EventKind.UPDATE_QUARANTINED,
+                    experiment=update.experiment,
+                    client=update.client,
+                    update=update.pk,
+                    reason=reason,
+                )
+
+    def commit_round(self, claim: RoundClaim, draft: AggregateDraft) -> AggregateRecord:
+        claimed = {u.update_id for u in claim.updates}
+        stray = [u for u in draft.update_ids if u not in claimed]
+        if stray:
+            raise LeaseLost(f"updates {stray} are not part of this claim")
+        pk = self._pk(claim)
+        try:
+            with transaction.atomic():
+                self._lock_current(claim)
+                aggregate = ModelAggregate.objects.create(
+                    experiment_id=pk,
+                    parent_id=int(claim.parent_aggregate_id) if claim.parent_aggregate_id else None,
+                    round_number=claim.round_number,
+                    weights_key=draft.weights_key,
+                    content_id=draft.content_id,
+                    size_bytes=draft.size_bytes,
+                    aggregator=draft.aggregator,
+                    aggregator_params=dict(draft.aggregator_params),
+                    duration_seconds=draft.duration_seconds,
+                )
+                shares = draft.input_weights or (None,) * len(draft.update_ids)
+                for update_id, share in zip(draft.update_ids, shares, strict=True):
+                    marked = ModelUpdate.objects.filter(
+                        pk=int(update_id), experiment_id=pk, status=UpdateStatus.PENDING
+                    ).update(status=UpdateStatus.CONSUMED, aggregate=aggregate, aggregate_weight=share)
+                    if not marked:
+                        raise LeaseLost(f"update {update_id} is no longer pending")
+                RoundLease.objects.filter(pk=pk, token=claim.token).update(token="", worker="")
+                event_record(
+                    kind=EventKind.ROUND_COMPLETED,
+                    experiment=aggregate.experiment,
+                    round=claim.round_number,
+                    aggregate=aggregate.pk,
+                    updates=len(draft.update_ids),
+                    duration_seconds=draft.duration_seconds,
+                )
+        except IntegrityError:
+            raise LeaseLost(f"round {claim.round_number} of experiment {pk} is already committed") from None
+        return AggregateRecord(
+            aggregate_id=str(aggregate.pk),
+            experiment_id=str(pk),
+            round_number=claim.round_number,
+            parent_aggregate_id=claim.parent_aggregate_id,
+            draft=draft,
+            created_at=aggregate.created_on.timestamp(),
+        )
+
+    @staticmethod
+    def _pk(claim: RoundClaim) -> int:
+        return int(claim.experiment.experiment_id)
+
+    def _lock_current(self, claim: RoundClaim) -> None:
+        """Inside a transaction: hold the lease row, and fail unless the claim's token is current."""
+        if not RoundLease.objects.select_for_update().filter(pk=self._pk(claim), token=claim.token).exists():
+            raise self._lost(claim)
+
+    @staticmethod
+    def _lock_free_lease(experiment_pk: int) -> bool:
+        return RoundLease.objects.select_for_update(skip_locked=True).filter(pk=experiment_pk).exists()
+
+    @staticmethod
+    def _lost(claim: RoundClaim) -> LeaseLost:
+        return LeaseLost(
+            f"round {claim.round_number} of experiment {claim.experiment.experiment_id} was taken over"
+        )
+
+    @staticmethod
+    def _pending(experiment_pk: int) -> list[ModelUpdate]:
+        return list(
+            ModelUpdate.objects.filter(experiment_id=experiment_pk, status=UpdateStatus.PENDING)
+            .select_related("client")
+            .order_by("created_on", "id")
+        )

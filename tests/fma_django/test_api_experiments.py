@@ -1,0 +1,245 @@
+"""The v1 resources: experiments CRUD, enrollment and credentials, aggregates, publishing, scores, downloads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from rest_framework.test import APIClient
+
+from fma_core.rounds import RoundEngine
+from fma_core.weights import load
+from fma_django.models import Client, Event, EventKind, Experiment, ModelArtifact
+from fma_django.storage import weight_store
+from fma_django.store import DjangoMetadataStore
+
+INITIAL = [np.zeros((4, 3)).tolist(), [0.0, 0.0, 0.0]]
+
+
+def run_round(experiment) -> None:
+    outcome = RoundEngine(DjangoMetadataStore(), weight_store(), threads=1).run_round(str(experiment.pk))
+    assert outcome.status == "committed", outcome
+
+
+@pytest.fixture
+def aggregated(experiment, client_api, uploader, safetensors):
+    assert uploader(client_api, experiment.pk, safetensors(2.0)).status_code == 201
+    run_round(experiment)
+    return experiment.aggregates.get()
+
+
+def test_create_experiment_with_initial_model_sets_spec_and_artifact(dev_api, developer, weights_dir):
+    response = dev_api.post(
+        "/api/v1/models/",
+        {
+            "name": "m",
+            "aggregator": "avg_values_if_data",
+            "requirement": "all_clients",
+            "initial_model": INITIAL,
+        },
+        format="json",
+    )
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["developer"] == developer.pk
+    assert body["tensor_spec"] == [
+        {"name": "0", "dtype": "F32", "shape": [4, 3]},
+        {"name": "1", "dtype": "F32", "shape": [3]},
+    ]
+    artifact = ModelArtifact.objects.get(pk=body["current_artifact"])
+    assert artifact.version == "1.0.0"
+    assert "initial_model" not in body
+    assert Event.objects.filter(kind=EventKind.EXPERIMENT_CREATED).count() == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({"name": "m", "aggregator": "nope"}, "aggregator"),
+        ({"name": "m", "aggregator_params": {"bogus": 1}}, "bogus"),
+        ({"name": "m", "requirement": "require_x_updates", "requirement_args": []}, "require_x_updates"),
+        ({"name": "m", "round_policy": {"policy": "someday"}}, "someday"),
+        ({"name": "m", "tensor_spec": [{"name": "w", "dtype": "BOOL", "shape": [1]}]}, "BOOL"),
+        ({"name": "m", "update_schema": {"type": 12}}, "update_schema"),
+        ({"name": "m", "furthest_base_agg": 0}, "furthest_base_agg"),
+    ],
+)
+def test_invalid_configuration_is_refused(dev_api, body, says):
+    response = dev_api.post("/api/v1/models/", body, format="json")
+    assert response.status_code == 400
+    assert says in str(response.json())
+    assert not Experiment.objects.exists()
+
+
+def test_a_developer_cannot_act_for_another_user(dev_api, other_developer, experiment):
+    response = dev_api.post("/api/v1/models/", {"name": "m", "developer": other_developer.pk}, format="json")
+    assert response.status_code == 403
+    moved = dev_api.patch(
+        f"/api/v1/models/{experiment.pk}/", {"developer": other_developer.pk}, format="json"
+    )
+    assert moved.status_code == 403
+    experiment.refresh_from_db()
+    assert experiment.developer_id != other_developer.pk
+    assert Experiment.objects.count() == 1
+
+
+def test_staff_sees_all_and_may_assign_a_developer(api_for, experiment, make_experiment, other_developer):
+    from django.contrib.auth.models import User
+
+    make_experiment(owner=other_developer, name="theirs")
+    staff = api_for(User.objects.create_user("admin", is_staff=True))
+    assert staff.get("/api/v1/models/").json()["count"] == 2
+    created = staff.post(
+        "/api/v1/models/", {"name": "for them", "developer": other_developer.pk}, format="json"
+    )
+    assert created.status_code == 201
+    assert created.json()["developer"] == other_developer.pk
+
+
+def test_list_is_paginated_with_count_and_next(dev_api, make_experiment):
+    for n in range(3):
+        make_experiment(name=f"e{n}", initial_model=None)
+    first = dev_api.get("/api/v1/models/?page_size=2").json()
+    assert (first["count"], len(first["results"])) == (3, 2)
+    assert first["next"] is not None
+    second = dev_api.get(first["next"]).json()
+    assert (len(second["results"]), second["next"]) == (1, None)
+    assert dev_api.get("/api/v1/models/?name=e1").json()["count"] == 1
+
+
+def test_update_pause_and_delete(dev_api, experiment, stored_files, django_capture_on_commit_callbacks):
+    paused = dev_api.patch(f"/api/v1/models/{experiment.pk}/", {"allow_aggregation": False}, format="json")
+    assert paused.status_code == 200
+    assert paused.json()["allow_aggregation"] is False
+    assert Event.objects.filter(kind=EventKind.AGGREGATION_PAUSED).exists()
+    assert dev_api.get("/api/v1/models/?allow_aggregation=false").json()["count"] == 1
+    assert stored_files()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert dev_api.delete(f"/api/v1/models/{experiment.pk}/").status_code == 204
+    assert not Experiment.objects.exists()
+    assert stored_files() == []
+
+
+def test_enrollment_needs_a_token_unless_open(experiment, dev_api, make_experiment):
+    anonymous = APIClient()
+    refused = anonymous.post(f"/api/v1/models/{experiment.pk}/register_client/")
+    assert refused.status_code == 403
+    assert refused.json()["code"] == "token_required"
+    assert (
+        anonymous.post(
+            f"/api/v1/models/{experiment.pk}/register_client/", {"enrollment_token": "forged"}, format="json"
+        ).status_code
+        == 403
+    )
+    assert not Client.objects.exists()
+
+    token = dev_api.post(
+        f"/api/v1/models/{experiment.pk}/enrollment_tokens/", {"max_uses": 1}, format="json"
+    ).json()["token"]
+    first = anonymous.post(
+        f"/api/v1/models/{experiment.pk}/register_client/", {"enrollment_token": token}, format="json"
+    )
+    assert first.status_code == 200
+    assert first.json()["credential"].startswith(first.json()["uuid"] + ".")
+    used_up = anonymous.post(
+        f"/api/v1/models/{experiment.pk}/register_client/", {"enrollment_token": token}, format="json"
+    )
+    assert used_up.status_code == 403
+
+    open_experiment = make_experiment(name="open", open_enrollment=True)
+    assert anonymous.post(f"/api/v1/models/{open_experiment.pk}/register_client/").status_code == 200
+    client = Client.objects.get(uuid=first.json()["uuid"])
+    assert len(client.secret_hash) == 64
+    assert first.json()["credential"].split(".", 1)[1] not in client.secret_hash
+
+
+def test_legacy_header_only_works_in_legacy_mode(experiment, client_api):
+    legacy = APIClient()
+    legacy.credentials(HTTP_CLIENT_UUID=client_api.uuid)  # a token client's public id is not a credential
+    assert legacy.get(f"/api/v1/models/{experiment.pk}/get_latest_aggregate/").status_code == 401
+    assert (
+        APIClient().post(f"/api/v1/models/{experiment.pk}/register_client/").json()["code"]
+        == "token_required"
+    )
+
+
+def test_rotate_and_revoke_credentials(experiment, client_api, dev_api):
+    old = client_api._credentials["HTTP_AUTHORIZATION"]
+    rotated = client_api.post("/api/v1/clients/rotate_credential/")
+    assert rotated.status_code == 200
+    stale = APIClient()
+    stale.credentials(HTTP_AUTHORIZATION=old)
+    assert stale.get(f"/api/v1/models/{experiment.pk}/get_latest_aggregate/").status_code == 401
+    fresh = APIClient()
+    fresh.credentials(HTTP_AUTHORIZATION=f"Client {rotated.json()['credential']}")
+    assert fresh.get(f"/api/v1/models/{experiment.pk}/get_latest_aggregate/").status_code == 200
+
+    revoked = dev_api.post(
+        f"/api/v1/models/{experiment.pk}/revoke_client/", {"client": client_api.uuid}, format="json"
+    )
+    assert revoked.status_code == 204
+    assert fresh.get(f"/api/v1/models/{experiment.pk}/get_latest_aggregate/").status_code == 404
+    assert Event.objects.filter(kind=EventKind.CREDENTIAL_REVOKED).exists()
+
+
+def test_latest_model_aggregate_and_artifact(experiment, client_api, aggregated):
+    latest = client_api.get(f"/api/v1/models/{experiment.pk}/get_latest_aggregate/").json()
+    assert (latest["id"], latest["round_number"]) == (aggregated.pk, 1)
+    model = client_api.get(f"/api/v1/models/{experiment.pk}/get_latest_model/").json()
+    assert model["aggregate"] == aggregated.pk
+    assert np.asarray(model["values"][0]) == pytest.approx(np.full((4, 3), 2.0))
+    artifact = client_api.get(f"/api/v1/models/{experiment.pk}/get_current_artifact/").json()
+    assert artifact["version"] == "1.0.0"
+    detail = client_api.get(f"/api/v1/model_aggregates/{aggregated.pk}/").json()
+    assert [u["weight"] for u in detail["updates"]] == [1.0]
+
+
+def test_download_has_etag_range_and_304(experiment, client_api, aggregated):
+    url = f"/api/v1/models/{experiment.pk}/latest_weights/"
+    full = client_api.get(url, HTTP_ACCEPT="application/octet-stream")
+    body = b"".join(full.streaming_content)
+    assert full.status_code == 200
+    assert full["ETag"] == f'"{aggregated.content_id}"'
+    assert load(body)["dense"] == pytest.approx(2.0)
+    part = client_api.get(url, HTTP_RANGE="bytes=8-15")
+    assert part.status_code == 206
+    assert b"".join(part.streaming_content) == body[8:16]
+    assert part["Content-Range"] == f"bytes 8-15/{len(body)}"
+    assert client_api.get(url, HTTP_IF_NONE_MATCH=full["ETag"]).status_code == 304
+    assert client_api.get(url, HTTP_RANGE=f"bytes={len(body)}-").status_code == 416
+
+
+def test_publish_aggregate(experiment, dev_api, aggregated):
+    url = f"/api/v1/model_aggregates/{aggregated.pk}/publish_aggregate/"
+    missing = dev_api.post(url, {}, format="json")
+    assert (missing.status_code, missing.json()["code"]) == (400, "required")
+    published = dev_api.post(url, {"version": "2.0.0"}, format="json")
+    assert published.status_code == 201
+    duplicate = dev_api.post(url, {"version": "2.0.0"}, format="json")
+    assert (duplicate.status_code, duplicate.json()["code"]) == (400, "duplicate_version")
+    experiment.refresh_from_db()
+    assert experiment.current_artifact_id == published.json()["id"]
+    assert Event.objects.filter(kind=EventKind.PUBLISHED).count() == 1
+    scored = dev_api.patch(
+        f"/api/v1/model_aggregates/{aggregated.pk}/", {"validation_score": 0.75}, format="json"
+    )
+    assert scored.json()["validation_score"] == 0.75
+
+
+def test_scores_one_per_client_and_schema_checked(make_experiment, enroll, uploader, safetensors):
+    experiment = make_experiment(client_agg_results_schema={"type": "object", "required": ["f1"]})
+    client = enroll(experiment)
+    uploader(client, experiment.pk, safetensors(1.0))
+    run_round(experiment)
+    aggregate = experiment.aggregates.get()
+    url = "/api/v1/client_aggregate_scores/"
+    bad = client.post(url, {"aggregate": aggregate.pk, "validation_results": {"acc": 1}}, format="json")
+    assert (bad.status_code, bad.json()["code"]) == (400, "schema_mismatch")
+    good = client.post(
+        url,
+        {"aggregate": aggregate.pk, "validation_results": {"f1": 0.9}, "client": client.uuid},
+        format="json",
+    )
+    assert good.status_code == 201
+    again = client.post(url, {"aggregate": aggregate.pk, "validation_results": {"f1": 0.9}}, format="json")
+    assert (again.status_code, again.json()["code"]) == (400, "duplicate_score")
+    assert client.get(f"{url}?aggregate={aggregate.pk}").json()["count"] == 1

@@ -1,0 +1,210 @@
+"""Submitting updates: binary and v1 JSON bodies, every refusal a clear 4xx leaving nothing behind, retries idempotent."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fma_core.rounds import RoundEngine
+from fma_core.weights import load, to_bytes
+from fma_django.models import Event, EventKind, ModelUpdate, UpdateStatus
+from fma_django.storage import weight_store
+from fma_django.store import DjangoMetadataStore
+
+
+@pytest.fixture
+def before(stored_files, experiment):
+    """The files present once the experiment (and its initial model) exist."""
+    return stored_files()
+
+
+def test_binary_upload_is_stored_and_downloadable(
+    experiment, client_api, uploader, safetensors, before, stored_files
+):
+    body = safetensors(0.25)
+    response = uploader(
+        client_api,
+        experiment.pk,
+        body,
+        X_FMA_NUM_EXAMPLES="7",
+        X_FMA_METRICS='{"loss": 0.5}',
+        IDEMPOTENCY_KEY="k1",
+    )
+    assert response.status_code == 201, response.content
+    data = response.json()
+    assert (data["status"], data["num_examples"], data["metrics"], data["client"]) == (
+        "pending",
+        7,
+        {"loss": 0.5},
+        client_api.uuid,
+    )
+    assert len(stored_files()) == len(before) + 1
+
+    download = client_api.get(data["data"])
+    assert download.status_code == 200
+    assert download["ETag"] == f'"{data["content_id"]}"'
+    assert b"".join(download.streaming_content) == body
+    assert Event.objects.filter(kind=EventKind.UPDATE_ACCEPTED).count() == 1
+
+
+def test_v1_json_update_is_converted_to_the_experiments_tensors(experiment, client_api):
+    data = [np.full((4, 3), 2.0).tolist(), [1.0, 2.0, 3.0]]
+    response = client_api.post(
+        "/api/v1/model_updates/",
+        {"federated_model": experiment.pk, "data": data, "base_aggregate": None},
+        format="json",
+    )
+    assert response.status_code == 201, response.content
+    update = ModelUpdate.objects.get()
+    weights = load(client_api.get(response.json()["data"]).getvalue())
+    assert list(weights) == ["dense", "bias"]
+    assert weights["bias"].tolist() == [1.0, 2.0, 3.0]
+    assert weights["dense"].dtype == np.float32
+    assert update.num_examples == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "says"),
+    [
+        (b"not a safetensors file at all", "invalid_weights", ""),
+        (
+            to_bytes({"dense": np.zeros((3, 4), np.float32), "bias": np.zeros(3, np.float32)}),
+            "invalid_weights",
+            "shape",
+        ),
+        (
+            to_bytes({"dense": np.zeros((4, 3), np.float64), "bias": np.zeros(3, np.float64)}),
+            "invalid_weights",
+            "dtype",
+        ),
+        (to_bytes({"dense": np.zeros((4, 3), np.float32)}), "invalid_weights", "missing"),
+        (
+            to_bytes({"dense": np.full((4, 3), np.nan, np.float32), "bias": np.zeros(3, np.float32)}),
+            "invalid_weights",
+            "NaN",
+        ),
+    ],
+    ids=["malformed", "wrong-shape", "wrong-dtype", "missing-tensor", "nan"],
+)
+def test_bad_weights_are_refused_and_nothing_is_stored(
+    experiment, client_api, uploader, body, code, says, before, stored_files
+):
+    response = uploader(client_api, experiment.pk, body)
+    assert response.status_code == 400, response.content
+    assert response.json()["code"] == code
+    assert says in response.json()["detail"]
+    assert ModelUpdate.objects.count() == 0
+    assert stored_files() == before
+    assert Event.objects.filter(kind=EventKind.UPDATE_REJECTED).count() == 1
+
+
+def test_oversized_update_is_refused_with_413(make_experiment, enroll, uploader, safetensors, stored_files):
+    experiment = make_experiment(max_update_bytes=64)
+    client = enroll(experiment)
+    before = stored_files()
+    response = uploader(client, experiment.pk, safetensors(1.0))
+    assert response.status_code == 413
+    assert response.json()["code"] == "too_large"
+    assert "64" in response.json()["detail"]
+    assert (ModelUpdate.objects.count(), stored_files()) == (0, before)
+
+
+def test_oversized_json_body_is_refused_before_parsing(settings, experiment, client_api):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 100
+    response = client_api.post(
+        "/api/v1/model_updates/",
+        {"federated_model": experiment.pk, "data": [[0.0] * 50, [0.0] * 3]},
+        format="json",
+    )
+    assert response.status_code == 413
+    assert "upload_update" in response.json()["detail"]
+
+
+def test_metrics_must_match_the_experiments_schema(
+    make_experiment, enroll, uploader, safetensors, stored_files
+):
+    schema = {"type": "object", "properties": {"loss": {"type": "number"}}, "required": ["loss"]}
+    experiment = make_experiment(update_schema=schema)
+    client = enroll(experiment)
+    before = stored_files()
+    response = uploader(client, experiment.pk, safetensors(1.0), X_FMA_METRICS='{"loss": "low"}')
+    assert response.status_code == 400
+    assert response.json()["code"] == "schema_mismatch"
+    assert "loss" in response.json()["detail"]
+    assert (ModelUpdate.objects.count(), stored_files()) == (0, before)
+    assert uploader(client, experiment.pk, safetensors(1.0), X_FMA_METRICS='{"loss": 0.1}').status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("headers", "says"),
+    [
+        ({"X_FMA_NUM_EXAMPLES": "0"}, "num_examples"),
+        ({"X_FMA_NUM_EXAMPLES": "many"}, "num_examples"),
+        ({"X_FMA_METRICS": "{not json"}, "metrics"),
+        ({"X_FMA_BASE_AGGREGATE": "424242"}, "base_aggregate"),
+    ],
+)
+def test_bad_metadata_is_refused(
+    experiment, client_api, uploader, safetensors, headers, says, before, stored_files
+):
+    response = uploader(client_api, experiment.pk, safetensors(1.0), **headers)
+    assert response.status_code == 400
+    assert says in response.json()["detail"]
+    assert (ModelUpdate.objects.count(), stored_files()) == (0, before)
+
+
+def test_malformed_json_body_is_refused(experiment, client_api):
+    response = client_api.generic(
+        "POST", "/api/v1/model_updates/", b'{"federated_model": 1, "data": [', content_type="application/json"
+    )
+    assert response.status_code == 400
+    ragged = client_api.post(
+        "/api/v1/model_updates/",
+        {"federated_model": experiment.pk, "data": [[1.0, 2.0], [1.0]]},
+        format="json",
+    )
+    assert ragged.status_code == 400
+    assert ModelUpdate.objects.count() == 0
+
+
+def test_a_base_aggregate_of_another_experiment_is_refused(
+    make_experiment, experiment, client_api, enroll, uploader, safetensors
+):
+    other = make_experiment(name="other")
+    assert uploader(enroll(other), other.pk, safetensors(1.0)).status_code == 201
+    RoundEngine(DjangoMetadataStore(), weight_store(), threads=1).run_round(str(other.pk))
+    foreign = other.aggregates.get()
+
+    response = uploader(client_api, experiment.pk, safetensors(1.0), X_FMA_BASE_AGGREGATE=str(foreign.pk))
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_base"
+    assert not ModelUpdate.objects.filter(experiment=experiment).exists()
+
+
+def test_retries_return_the_first_update(experiment, client_api, uploader, safetensors, stored_files):
+    first = uploader(client_api, experiment.pk, safetensors(1.0), IDEMPOTENCY_KEY="once")
+    files = stored_files()
+    again = uploader(client_api, experiment.pk, safetensors(1.0), IDEMPOTENCY_KEY="once")
+    same_key_other_body = uploader(client_api, experiment.pk, safetensors(2.0), IDEMPOTENCY_KEY="once")
+    same_content_no_key = uploader(client_api, experiment.pk, safetensors(1.0))
+    assert first.status_code == 201
+    assert [r.status_code for r in (again, same_key_other_body, same_content_no_key)] == [200, 200, 200]
+    assert {r.json()["id"] for r in (first, again, same_key_other_body, same_content_no_key)} == {
+        first.json()["id"]
+    }
+    assert ModelUpdate.objects.count() == 1
+    assert stored_files() == files
+
+    json_body = {"federated_model": experiment.pk, "data": [np.full((4, 3), 3.0).tolist(), [0.0] * 3]}
+    json_first = client_api.post("/api/v1/model_updates/", json_body, format="json")
+    json_again = client_api.post("/api/v1/model_updates/", json_body, format="json")
+    assert (json_first.status_code, json_again.status_code) == (201, 201)
+    assert json_first.json()["id"] == json_again.json()["id"]
+    assert ModelUpdate.objects.filter(status=UpdateStatus.PENDING).count() == 2
+
+
+def test_upload_needs_a_content_length(experiment, client_api):
+    response = client_api.generic(
+        "POST", f"/api/v1/models/{experiment.pk}/upload_update/", b"", content_type="application/octet-stream"
+    )
+    assert response.status_code == 411

@@ -1,0 +1,152 @@
+"""DjangoMetadataStore keeps fma-core's store contract, and RoundEngine runs rounds on it."""
+
+from __future__ import annotations
+
+import pytest
+
+from fma_core.connectors import AggregateDraft
+from fma_core.errors import LeaseLost
+from fma_core.rounds import RoundEngine
+from fma_core.weights import load
+from fma_django import services
+from fma_django.models import Event, EventKind, ModelAggregate, ModelUpdate, UpdateStatus
+from fma_django.storage import weight_store
+from fma_django.store import DjangoMetadataStore
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def submit(experiment, client_api, uploader, body: bytes, **headers: str) -> int:
+    response = uploader(client_api, experiment.pk, body, **headers)
+    assert response.status_code == 201, response.content
+    return response.json()["id"]
+
+
+def draft_for(claim, update_ids) -> AggregateDraft:
+    return AggregateDraft(
+        weights_key="aggregates/x/y.safetensors",
+        content_id="0" * 64,
+        size_bytes=1,
+        update_ids=tuple(update_ids),
+        input_weights=None,
+        aggregator="fedavg",
+        aggregator_params={},
+        duration_seconds=0.0,
+    )
+
+
+def test_one_live_claim_per_experiment_and_takeover_after_expiry(
+    experiment, client_api, uploader, safetensors
+):
+    submit(experiment, client_api, uploader, safetensors(1.0))
+    clock = Clock()
+    store = DjangoMetadataStore(clock=clock)
+    first = store.claim_round(str(experiment.pk), worker="a", lease_seconds=60)
+    assert first is not None
+    assert first.round_number == 1
+    assert [u.update_id for u in first.updates] == [str(ModelUpdate.objects.get().pk)]
+    assert store.claim_round(str(experiment.pk), worker="b", lease_seconds=60) is None
+
+    clock.now += 61
+    second = store.claim_round(str(experiment.pk), worker="b", lease_seconds=60)
+    assert second is not None
+    assert second.token != first.token
+    with pytest.raises(LeaseLost):
+        store.renew_lease(first, lease_seconds=60)
+    with pytest.raises(LeaseLost):
+        store.commit_round(first, draft_for(first, [u.update_id for u in first.updates]))
+    assert ModelUpdate.objects.get().status == UpdateStatus.PENDING
+
+
+def test_nothing_pending_or_paused_gives_no_claim(experiment, client_api, uploader, safetensors):
+    store = DjangoMetadataStore()
+    assert store.claim_round(str(experiment.pk), worker="a", lease_seconds=60) is None
+    submit(experiment, client_api, uploader, safetensors(1.0))
+    services.experiment_set_aggregation(experiment=experiment, allowed=False, user=experiment.developer)
+    assert store.claim_round(str(experiment.pk), worker="a", lease_seconds=60) is None
+    with pytest.raises(LookupError):
+        store.claim_round("999999", worker="a", lease_seconds=60)
+
+
+def test_commit_marks_exactly_the_drafted_updates(experiment, enroll, uploader, safetensors):
+    first, second = enroll(experiment), enroll(experiment)
+    a = submit(experiment, first, uploader, safetensors(1.0))
+    b = submit(experiment, second, uploader, safetensors(2.0))
+    store = DjangoMetadataStore()
+    claim = store.claim_round(str(experiment.pk), worker="w", lease_seconds=60)
+    store.quarantine_update(claim, str(b), "looks poisoned")
+    record = store.commit_round(claim, draft_for(claim, [str(a)]))
+
+    assert record.round_number == 1
+    assert ModelUpdate.objects.get(pk=a).status == UpdateStatus.CONSUMED
+    assert ModelUpdate.objects.get(pk=a).aggregate_id == int(record.aggregate_id)
+    quarantined = ModelUpdate.objects.get(pk=b)
+    assert (quarantined.status, quarantined.status_reason) == (UpdateStatus.QUARANTINED, "looks poisoned")
+    with pytest.raises(LeaseLost):  # the claim ended with the commit
+        store.commit_round(claim, draft_for(claim, [str(a)]))
+    kinds = set(Event.objects.values_list("kind", flat=True))
+    assert {EventKind.ROUND_STARTED, EventKind.ROUND_COMPLETED, EventKind.UPDATE_QUARANTINED} <= kinds
+
+
+def test_release_with_failure_leaves_updates_pending_and_logs_it(
+    experiment, client_api, uploader, safetensors
+):
+    submit(experiment, client_api, uploader, safetensors(1.0))
+    store = DjangoMetadataStore()
+    claim = store.claim_round(str(experiment.pk), worker="w", lease_seconds=60)
+    store.release_round(claim, failure="disk full")
+    assert ModelUpdate.objects.get().status == UpdateStatus.PENDING
+    assert Event.objects.get(kind=EventKind.ROUND_FAILED).detail["reason"] == "disk full"
+    assert store.claim_round(str(experiment.pk), worker="w", lease_seconds=60) is not None
+
+
+def test_round_engine_aggregates_with_fedavg_weights(experiment, enroll, uploader, safetensors):
+    submit(experiment, enroll(experiment), uploader, safetensors(1.0), X_FMA_NUM_EXAMPLES="1")
+    submit(experiment, enroll(experiment), uploader, safetensors(4.0), X_FMA_NUM_EXAMPLES="2")
+    engine = RoundEngine(DjangoMetadataStore(), weight_store(), threads=1)
+
+    outcome = engine.run_round(str(experiment.pk))
+
+    assert outcome.status == "committed"
+    aggregate = ModelAggregate.objects.get()
+    assert (aggregate.round_number, aggregate.parent_id, aggregate.aggregator) == (1, None, "fedavg")
+    with weight_store().open(aggregate.weights_key) as stream:
+        result = load(stream)
+    assert result["dense"] == pytest.approx(3.0)  # (1·1 + 4·2) / 3
+    shares = sorted(aggregate.updates.values_list("aggregate_weight", flat=True))
+    assert shares == pytest.approx([1 / 3, 2 / 3])
+    assert engine.run_round(str(experiment.pk)).status == "idle"
+
+
+def test_staleness_window_accepts_the_newest_aggregate(make_experiment, enroll, uploader, safetensors):
+    """furthest_base_agg=1 keeps updates trained on the newest aggregate (the original dropped them)."""
+    experiment = make_experiment(furthest_base_agg=1)
+    client = enroll(experiment)
+    engine = RoundEngine(DjangoMetadataStore(), weight_store(), threads=1)
+    submit(experiment, client, uploader, safetensors(1.0))
+    assert engine.run_round(str(experiment.pk)).status == "committed"
+    newest = ModelAggregate.objects.get()
+
+    fresh = submit(experiment, client, uploader, safetensors(2.0), X_FMA_BASE_AGGREGATE=str(newest.pk))
+    stale = submit(experiment, client, uploader, safetensors(3.0))  # trained on the initial model
+    outcome = engine.run_round(str(experiment.pk))
+
+    assert outcome.status == "committed"
+    assert ModelUpdate.objects.get(pk=fresh).status == UpdateStatus.CONSUMED
+    assert ModelUpdate.objects.get(pk=stale).status == UpdateStatus.QUARANTINED
+    assert ModelAggregate.objects.get(round_number=2).parent_id == newest.pk
+
+
+def test_round_policy_from_the_original_requirement(make_experiment, enroll, uploader, safetensors):
+    experiment = make_experiment(requirement="require_x_updates", requirement_args=[2])
+    engine = RoundEngine(DjangoMetadataStore(), weight_store(), threads=1)
+    submit(experiment, enroll(experiment), uploader, safetensors(1.0))
+    assert engine.run_round(str(experiment.pk)).status == "not_ready"
+    submit(experiment, enroll(experiment), uploader, safetensors(2.0))
+    assert engine.run_round(str(experiment.pk)).status == "committed"
