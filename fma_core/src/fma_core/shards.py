@@ -59,7 +59,9 @@ class RoundPlan:
 
     def partial_key(self, index: int) -> str:
         """Where shard ``index`` is written: fixed per claim, so a redelivered shard rewrites the same object."""
-        return f"partials/{self.experiment_id}/r{self.claim.round_number}-{self.claim.token}/{index}.safetensors"
+        return (
+            f"partials/{self.experiment_id}/r{self.claim.round_number}-{self.claim.token}/{index}.safetensors"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         claim = self.claim
