@@ -18,13 +18,13 @@ test: $(STAMP) $(CHECKOV_STAMP)
 	$(BIN)/ruff format --check .
 	FMA_TEST_DATABASE=sqlite $(BIN)/python -m pytest
 	# the Django packages again, on PostgreSQL (127.0.0.1:5432; FMA_TEST_DATABASE_URL to change)
-	FMA_TEST_DATABASE=postgresql $(BIN)/python -m pytest tests/fma_django
+	FMA_TEST_DATABASE=postgresql $(BIN)/python -m pytest tests/fma_django tests/api_service tests/aggregator
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-$(STAMP): requirements.txt fma_core/pyproject.toml connectors/django/pyproject.toml api_service/pyproject.toml
+$(STAMP): requirements.txt fma_core/pyproject.toml connectors/django/pyproject.toml api_service/pyproject.toml aggregator/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt

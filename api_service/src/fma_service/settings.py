@@ -86,6 +86,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "fma_django",
+    "fma_aggregator",
 ]
 
 MIDDLEWARE = [
@@ -138,6 +139,10 @@ FMA_MAX_UPDATE_BYTES = int(os.environ.get("FMA_MAX_UPDATE_BYTES", str(2 * 1024**
 # The v1 JSON path parses the whole body in memory (that is what JSON costs); cap it.
 DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("FMA_MAX_JSON_BYTES", str(1024**3)))
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024**2
+
+# Who runs a round once an accepted update may have made it ready: "inprocess" (a background
+# thread of this process), "celery", "lambda" or "none"; see fma_aggregator.config.
+FMA_AGGREGATOR_RUNNER = os.environ.get("FMA_AGGREGATOR_RUNNER", "inprocess")
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

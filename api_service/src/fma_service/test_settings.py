@@ -26,4 +26,7 @@ else:
     DATABASES = {"default": _database("")}
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}
 
+# Tests start the runner they exercise; the API's own tests run no rounds behind their back.
+FMA_AGGREGATOR_RUNNER = os.environ.get("FMA_TEST_AGGREGATOR_RUNNER", "none")
+
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast; tests only

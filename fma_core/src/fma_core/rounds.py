@@ -10,6 +10,11 @@ updates pending until the lease expires and another worker claims them.
 An update that cannot be used (missing object, malformed file, tensors that don't match the
 spec, too stale) is quarantined with its reason and the round goes on without it: one bad
 client never blocks an experiment.
+
+Large models can be sharded: ``start_round`` claims and checks the round and cuts its tensors
+into a ``RoundPlan`` (see ``fma_core.shards``); ``compute_shard`` aggregates one shard into a
+partial object, anywhere; ``combine_and_commit`` joins the partials and commits once. ``run_round``
+is the same path with every shard computed in the calling process.
 """
 
 from __future__ import annotations
@@ -21,10 +26,11 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Literal
 
-from fma_core.aggregators import UpdateInput, canonical_order, create_aggregator
+from fma_core.aggregators import Aggregator, UpdateInput, canonical_order, create_aggregator
 from fma_core.connectors.metadata import (
     AggregateDraft,
     AggregateRecord,
@@ -33,9 +39,11 @@ from fma_core.connectors.metadata import (
     UpdateRecord,
 )
 from fma_core.connectors.weight_store import WeightStore
-from fma_core.errors import FmaError, InvalidWeights, UpdateUnreadable
-from fma_core.requirements import policy_from_config
-from fma_core.weights import TensorSpec, content_id, write_file
+from fma_core.errors import FmaError, InvalidWeights, LeaseLost, UpdateUnreadable
+from fma_core.peak_memory import PeakMemory
+from fma_core.requirements import PendingUpdate, RoundState, policy_from_config
+from fma_core.shards import PEAK_MEMORY_KEY, RoundPlan, balance_shards
+from fma_core.weights import TensorSpec, Weights, content_id, write_file
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +59,7 @@ class RoundOutcome:
     aggregate: AggregateRecord | None = None
     quarantined: tuple[str, ...] = ()
     reason: str | None = None
+    wakeup_at: float | None = None  # not ready yet, but time alone makes it ready then (a deadline)
 
 
 @dataclass(frozen=True)
@@ -62,7 +71,11 @@ class ComputedRound:
 
 
 class RoundEngine:
-    """Runs rounds against a MetadataStore and a WeightStore; safe to run from many workers at once."""
+    """Runs rounds against a MetadataStore and a WeightStore; safe to run from many workers at once.
+
+    ``shard_bytes``: a model larger than this is planned as several shards (``start_round``);
+    None keeps every round in one piece.
+    """
 
     def __init__(
         self,
@@ -72,6 +85,7 @@ class RoundEngine:
         worker_id: str | None = None,
         lease_seconds: float = 900.0,
         threads: int | None = None,
+        shard_bytes: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.metadata = metadata
@@ -79,44 +93,75 @@ class RoundEngine:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.lease_seconds = lease_seconds
         self.threads = threads
+        self.shard_bytes = shard_bytes
         self.clock = clock
 
     def run_round(self, experiment_id: str) -> RoundOutcome:
-        """Run the experiment's next round if its policy says it is ready."""
+        """Run the experiment's next round, here and now, if its policy says it is ready."""
+        started = self.start_round(experiment_id)
+        if isinstance(started, RoundOutcome):
+            return started
+        return self.finish_round(started)
+
+    def start_round(self, experiment_id: str) -> RoundOutcome | RoundPlan:
+        """Claim the round and check its updates; a RoundPlan to compute, or the outcome if there is none.
+
+        The policy is checked before claiming (so a round that is not ready leaves no trace) and
+        again on the claimed snapshot, which is the one that counts.
+        """
+        waiting = self._waiting(experiment_id)
+        if waiting is not None:
+            return waiting
         claim = self.claim(experiment_id)
         if claim is None:
             return RoundOutcome(
                 "idle", experiment_id, reason="nothing pending, or another worker holds the round"
             )
-        if not policy_from_config(claim.experiment.round_policy).is_ready(claim.state(self.clock())):
+        policy = policy_from_config(claim.experiment.round_policy)
+        state = claim.state(self.clock())
+        if not policy.is_ready(state):
             self.metadata.release_round(claim)
-            return RoundOutcome("not_ready", experiment_id, reason="the round policy is not met yet")
+            return RoundOutcome(
+                "not_ready",
+                experiment_id,
+                reason="the round policy is not met yet",
+                wakeup_at=policy.wakeup_at(state),
+            )
         try:
-            computed = self.compute(claim)
+            plan = self.plan_shards(claim)
         except Exception as error:
-            # Give the round back now rather than at lease expiry; its updates stay pending.
-            self.metadata.release_round(claim, failure=f"{type(error).__name__}: {error}")
-            if not isinstance(error, FmaError):
-                raise
-            logger.warning("round %s of %s failed: %s", claim.round_number, experiment_id, error)
-            return RoundOutcome("failed", experiment_id, reason=str(error))
-        if computed.draft is None:
+            return self._give_up(claim, error)
+        if not plan.update_ids:
             self.metadata.release_round(claim)
             return RoundOutcome(
                 "no_valid_updates",
                 experiment_id,
+                quarantined=plan.quarantined,
+                reason="every update was unusable",
+            )
+        return plan
+
+    def finish_round(self, plan: RoundPlan) -> RoundOutcome:
+        """Compute a planned round in this process (every shard, if it has several) and commit it."""
+        claim = plan.claim
+        try:
+            if len(plan.shards) > 1:
+                for index in range(len(plan.shards)):
+                    self.compute_shard(plan, index)
+                record = self.combine_and_commit(plan)
+                return self._committed(record, plan.quarantined)
+            computed = self._compute_whole(plan)
+        except Exception as error:
+            return self._give_up(claim, error)
+        if computed.draft is None:
+            self.metadata.release_round(claim)
+            return RoundOutcome(
+                "no_valid_updates",
+                plan.experiment_id,
                 quarantined=computed.quarantined,
                 reason="every update was unusable",
             )
-        record = self.metadata.commit_round(claim, computed.draft)
-        logger.info(
-            "round %s of %s committed: %s updates, %.3f s",
-            record.round_number,
-            experiment_id,
-            len(record.draft.update_ids),
-            record.draft.duration_seconds,
-        )
-        return RoundOutcome("committed", experiment_id, aggregate=record, quarantined=computed.quarantined)
+        return self._committed(self.commit(claim, computed), computed.quarantined)
 
     def claim(self, experiment_id: str) -> RoundClaim | None:
         return self.metadata.claim_round(
@@ -124,10 +169,18 @@ class RoundEngine:
         )
 
     def compute(self, claim: RoundClaim) -> ComputedRound:
-        """Aggregate the claim's usable updates and write the result; nothing is committed here."""
-        started = time.perf_counter()
-        config = claim.experiment
-        aggregator = create_aggregator(config.aggregator, config.aggregator_params, threads=self.threads)
+        """Aggregate the claim's usable updates in one piece and write the result; nothing is committed here."""
+        return self._compute_whole(self.plan_shards(claim, shard_bytes=None))
+
+    def commit(self, claim: RoundClaim, computed: ComputedRound) -> AggregateRecord:
+        assert computed.draft is not None
+        return self.metadata.commit_round(claim, computed.draft)
+
+    def plan_shards(self, claim: RoundClaim, *, shard_bytes: int | None = -1) -> RoundPlan:
+        """Check the claimed updates (quarantining the unusable) and cut the spec into shards.
+
+        ``shard_bytes`` defaults to the engine's; None gives one shard.
+        """
         quarantined: list[str] = []
 
         def quarantine(update: UpdateRecord, reason: str) -> None:
@@ -135,35 +188,171 @@ class RoundEngine:
             quarantined.append(update.update_id)
 
         usable, spec = self._usable_updates(claim, quarantine)
-        while usable:
+        limit = self.shard_bytes if shard_bytes == -1 else shard_bytes
+        return RoundPlan(
+            claim=claim,
+            update_ids=tuple(u.update_id for u in usable),
+            spec=spec,
+            shards=balance_shards(spec, limit),
+            quarantined=tuple(quarantined),
+        )
+
+    def compute_shard(self, plan: RoundPlan, index: int) -> str:
+        """Aggregate one shard's tensors into a partial object; returns its key. Nothing is committed.
+
+        An unreadable update is quarantined and the shard fails: the round is given up and the
+        next attempt goes on without that update.
+        """
+        claim = plan.claim
+        aggregator = self._aggregator(claim)
+        with PeakMemory() as peak:
             try:
-                weights = aggregator.aggregate([self._input(u) for u in usable], spec)
-                break
+                weights = aggregator.aggregate(self._inputs(plan), plan.spec.subset(plan.shards[index]))
             except UpdateUnreadable as error:
-                bad = next(u for u in usable if u.update_id == error.update_id)
-                quarantine(bad, error.reason)
-                usable.remove(bad)
-        if not usable:
-            return ComputedRound(None, tuple(quarantined))
+                self.metadata.quarantine_update(claim, error.update_id, error.reason)
+                raise
         self.metadata.renew_lease(claim, lease_seconds=self.lease_seconds)
-        key, size, digest = self._write_aggregate(config.experiment_id, weights)
-        inputs = canonical_order(self._input(u) for u in usable)
+        key = plan.partial_key(index)
+        self._write(key, weights, metadata={PEAK_MEMORY_KEY: str(peak.bytes)})
+        return key
+
+    def combine_and_commit(self, plan: RoundPlan) -> AggregateRecord:
+        """Join the shards' partial objects in the spec's order, write the aggregate and commit it once."""
+        claim = plan.claim
+        aggregator = self._aggregator(claim)
+        shard_peaks = []
+        with PeakMemory() as peak, ExitStack() as stack:
+            weights: Weights = {}
+            for index, names in enumerate(plan.shards):
+                reader = stack.enter_context(self.weights.open_weights(plan.partial_key(index)))
+                plan.spec.subset(names).check(reader.tensors)
+                shard_peaks.append(int(reader.metadata.get(PEAK_MEMORY_KEY, "0")))
+                weights.update((name, reader.read(name)) for name in names)
+            weights = {name: weights[name] for name in plan.spec.names}
+            key, size, digest = self._write_aggregate(plan.experiment_id, weights)
+            del weights
+        draft = self._draft(
+            plan,
+            aggregator,
+            key=key,
+            size=size,
+            digest=digest,
+            duration=max(0.0, self.clock() - claim.claimed_at),
+            peak=max(peak.bytes, *shard_peaks),
+        )
+        try:
+            record = self.metadata.commit_round(claim, draft)
+        except LeaseLost:
+            self._delete_partials(plan)
+            raise
+        self._delete_partials(plan)
+        return record
+
+    def fail_round(self, plan: RoundPlan, reason: str) -> None:
+        """Give a planned round up (a shard failed): its updates stay pending, the reason is recorded."""
+        self.metadata.release_round(plan.claim, failure=reason)
+        self._delete_partials(plan)
+
+    def _waiting(self, experiment_id: str) -> RoundOutcome | None:
+        """The outcome without claiming when nothing is pending or the policy is not met; else None."""
+        pending = self.metadata.pending_updates(experiment_id)
+        if not pending:
+            return RoundOutcome("idle", experiment_id, reason="nothing pending")
+        policy = policy_from_config(self.metadata.experiment(experiment_id).round_policy)
+        state = RoundState(
+            updates=tuple(PendingUpdate(u.client_id, u.received_at) for u in pending),
+            enrolled_clients=self.metadata.enrolled_clients(experiment_id),
+            now=self.clock(),
+        )
+        if policy.is_ready(state):
+            return None
+        return RoundOutcome(
+            "not_ready",
+            experiment_id,
+            reason="the round policy is not met yet",
+            wakeup_at=policy.wakeup_at(state),
+        )
+
+    def _give_up(self, claim: RoundClaim, error: Exception) -> RoundOutcome:
+        """Give the round back now rather than at lease expiry; its updates stay pending."""
+        self.metadata.release_round(claim, failure=f"{type(error).__name__}: {error}")
+        if not isinstance(error, FmaError):
+            raise error
+        logger.warning("round %s of %s failed: %s", claim.round_number, claim.experiment.experiment_id, error)
+        return RoundOutcome("failed", claim.experiment.experiment_id, reason=str(error))
+
+    def _committed(self, record: AggregateRecord, quarantined: tuple[str, ...]) -> RoundOutcome:
+        logger.info(
+            "round %s of %s committed: %s updates, %.3f s",
+            record.round_number,
+            record.experiment_id,
+            len(record.draft.update_ids),
+            record.draft.duration_seconds,
+        )
+        return RoundOutcome("committed", record.experiment_id, aggregate=record, quarantined=quarantined)
+
+    def _compute_whole(self, plan: RoundPlan) -> ComputedRound:
+        started = time.perf_counter()
+        claim = plan.claim
+        aggregator = self._aggregator(claim)
+        quarantined = list(plan.quarantined)
+        wanted = set(plan.update_ids)
+        usable = [u for u in claim.updates if u.update_id in wanted]
+        with PeakMemory() as peak:
+            while usable:
+                try:
+                    weights = aggregator.aggregate([self._input(u) for u in usable], plan.spec)
+                    break
+                except UpdateUnreadable as error:
+                    bad = next(u for u in usable if u.update_id == error.update_id)
+                    self.metadata.quarantine_update(claim, bad.update_id, error.reason)
+                    quarantined.append(bad.update_id)
+                    usable.remove(bad)
+            if not usable:
+                return ComputedRound(None, tuple(quarantined))
+            self.metadata.renew_lease(claim, lease_seconds=self.lease_seconds)
+            key, size, digest = self._write_aggregate(plan.experiment_id, weights)
+            del weights
+        used = RoundPlan(claim, tuple(u.update_id for u in usable), plan.spec, plan.shards)
+        draft = self._draft(
+            used,
+            aggregator,
+            key=key,
+            size=size,
+            digest=digest,
+            duration=time.perf_counter() - started,
+            peak=peak.bytes,
+        )
+        return ComputedRound(draft, tuple(quarantined))
+
+    def _draft(
+        self,
+        plan: RoundPlan,
+        aggregator: Aggregator,
+        *,
+        key: str,
+        size: int,
+        digest: str,
+        duration: float,
+        peak: int,
+    ) -> AggregateDraft:
+        inputs = canonical_order(self._inputs(plan))
         shares = aggregator.input_weights(inputs)
-        draft = AggregateDraft(
+        return AggregateDraft(
             weights_key=key,
             content_id=digest,
             size_bytes=size,
             update_ids=tuple(i.update_id for i in inputs),
             input_weights=tuple(shares) if shares is not None else None,
-            aggregator=config.aggregator,
+            aggregator=plan.claim.experiment.aggregator,
             aggregator_params=aggregator.params.to_dict(),
-            duration_seconds=time.perf_counter() - started,
+            duration_seconds=duration,
+            peak_memory_bytes=peak or None,
         )
-        return ComputedRound(draft, tuple(quarantined))
 
-    def commit(self, claim: RoundClaim, computed: ComputedRound) -> AggregateRecord:
-        assert computed.draft is not None
-        return self.metadata.commit_round(claim, computed.draft)
+    def _aggregator(self, claim: RoundClaim) -> Aggregator:
+        config = claim.experiment
+        return create_aggregator(config.aggregator, config.aggregator_params, threads=self.threads)
 
     def _usable_updates(
         self, claim: RoundClaim, quarantine: Callable[[UpdateRecord, str], None]
@@ -188,6 +377,10 @@ class RoundEngine:
             usable.append(update)
         return usable, spec or TensorSpec(())
 
+    def _inputs(self, plan: RoundPlan) -> list[UpdateInput]:
+        wanted = set(plan.update_ids)
+        return [self._input(u) for u in plan.claim.updates if u.update_id in wanted]
+
     def _input(self, update: UpdateRecord) -> UpdateInput:
         return UpdateInput(
             update_id=update.update_id,
@@ -196,7 +389,7 @@ class RoundEngine:
             open=lambda: self.weights.open_weights(update.weights_key),
         )
 
-    def _write_aggregate(self, experiment_id: str, weights: dict) -> tuple[str, int, str]:
+    def _write_aggregate(self, experiment_id: str, weights: Weights) -> tuple[str, int, str]:
         """Write under a content-derived key, so a retried or duplicated round rewrites the same object."""
         with tempfile.TemporaryDirectory(prefix="fma-aggregate-") as tmp:
             path = os.path.join(tmp, "aggregate.safetensors")
@@ -208,3 +401,15 @@ class RoundEngine:
         if stored.sha256 != digest:
             raise InvalidWeights("the aggregate changed while it was being stored")
         return key, stored.size, digest
+
+    def _write(self, key: str, weights: Weights, *, metadata: dict[str, str]) -> None:
+        with tempfile.TemporaryDirectory(prefix="fma-partial-") as tmp:
+            path = os.path.join(tmp, "partial.safetensors")
+            write_file(weights, path, metadata=metadata)
+            with open(path, "rb") as file:
+                self.weights.put(key, file)
+
+    def _delete_partials(self, plan: RoundPlan) -> None:
+        if len(plan.shards) > 1:
+            for index in range(len(plan.shards)):
+                self.weights.delete(plan.partial_key(index))

@@ -143,6 +143,9 @@ class ModelAggregate(models.Model):
     aggregator = models.CharField(max_length=64)
     aggregator_params = models.JSONField(default=dict)
     duration_seconds = models.FloatField()
+    peak_memory_bytes = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="highest resident memory of the worker(s) computing the round"
+    )
     validation_score = models.FloatField(null=True, blank=True)
     created_on = models.DateTimeField(auto_now_add=True)
 

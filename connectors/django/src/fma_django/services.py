@@ -12,6 +12,7 @@ import io
 import uuid
 from collections.abc import Mapping
 from datetime import timedelta
+from functools import partial
 from typing import Any, BinaryIO
 
 import jsonschema
@@ -38,6 +39,7 @@ from fma_django.models import (
     ModelArtifact,
     ModelUpdate,
 )
+from fma_django.signals import announce_round_may_be_ready
 from fma_django.storage import max_update_bytes, weight_store
 
 INITIAL_VERSION = "1.0.0"
@@ -420,6 +422,7 @@ def update_submit(
                 update=update.pk,
                 size=stored.size,
             )
+            transaction.on_commit(partial(announce_round_may_be_ready, experiment.pk))
     except IntegrityError:
         # A concurrent or earlier twin won: keep its row, drop our bytes.
         store.delete(key)

@@ -30,6 +30,7 @@ from fma_core.connectors import (
 from fma_core.errors import LeaseLost
 from fma_core.weights import TensorSpec
 from fma_django.models import (
+    Enrollment,
     EventKind,
     Experiment,
     ModelAggregate,
@@ -82,6 +83,19 @@ class DjangoMetadataStore(MetadataStore):
     def pending_updates(self, experiment_id: str) -> list[UpdateRecord]:
         return [_record(u) for u in self._pending(int(experiment_id))]
 
+    def enrolled_clients(self, experiment_id: str) -> frozenset[str]:
+        return self._enrolled(int(experiment_id))
+
+    def experiments_to_sweep(self, *, now: float) -> list[str]:
+        live = RoundLease.objects.exclude(token="").filter(expires_at__gt=now).values("experiment_id")
+        waiting = (
+            ModelUpdate.objects.filter(status=UpdateStatus.PENDING, experiment__allow_aggregation=True)
+            .exclude(experiment_id__in=live)
+            .values_list("experiment_id", flat=True)
+            .distinct()
+        )
+        return [str(pk) for pk in sorted(set(waiting))]
+
     def claim_round(self, experiment_id: str, *, worker: str, lease_seconds: float) -> RoundClaim | None:
         try:
             experiment = Experiment.objects.get(pk=int(experiment_id))
@@ -111,12 +125,7 @@ class DjangoMetadataStore(MetadataStore):
             parent = ModelAggregate.objects.filter(
                 experiment=experiment, round_number=round_number - 1
             ).first()
-            enrolled = frozenset(
-                str(u)
-                for u in experiment.enrollments.filter(
-                    revoked_at__isnull=True, client__revoked_at__isnull=True
-                ).values_list("client__uuid", flat=True)
-            )
+            enrolled = self._enrolled(experiment.pk)
             event_record(
                 kind=EventKind.ROUND_STARTED,
                 experiment=experiment,
@@ -191,6 +200,7 @@ class DjangoMetadataStore(MetadataStore):
                     aggregator=draft.aggregator,
                     aggregator_params=dict(draft.aggregator_params),
                     duration_seconds=draft.duration_seconds,
+                    peak_memory_bytes=draft.peak_memory_bytes,
                 )
                 shares = draft.input_weights or (None,) * len(draft.update_ids)
                 for update_id, share in zip(draft.update_ids, shares, strict=True):
@@ -207,6 +217,7 @@ class DjangoMetadataStore(MetadataStore):
                     aggregate=aggregate.pk,
                     updates=len(draft.update_ids),
                     duration_seconds=draft.duration_seconds,
+                    peak_memory_bytes=draft.peak_memory_bytes,
                 )
         except IntegrityError:
             raise LeaseLost(f"round {claim.round_number} of experiment {pk} is already committed") from None
@@ -236,6 +247,15 @@ class DjangoMetadataStore(MetadataStore):
     def _lost(claim: RoundClaim) -> LeaseLost:
         return LeaseLost(
             f"round {claim.round_number} of experiment {claim.experiment.experiment_id} was taken over"
+        )
+
+    @staticmethod
+    def _enrolled(experiment_pk: int) -> frozenset[str]:
+        return frozenset(
+            str(u)
+            for u in Enrollment.objects.filter(
+                experiment_id=experiment_pk, revoked_at__isnull=True, client__revoked_at__isnull=True
+            ).values_list("client__uuid", flat=True)
         )
 
     @staticmethod

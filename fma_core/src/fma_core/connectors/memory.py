@@ -116,6 +116,16 @@ class InMemoryMetadataStore(MetadataStore):
         with self._lock:
             return self._pending(experiment_id)
 
+    def enrolled_clients(self, experiment_id: str) -> frozenset[str]:
+        with self._lock:
+            return frozenset(self._enrolled[experiment_id])
+
+    def experiments_to_sweep(self, *, now: float) -> list[str]:
+        with self._lock:
+            waiting = {u.record.experiment_id for u in self._updates.values() if u.status == PENDING}
+            live = {e for e, claim in self._claims.items() if claim.expires_at > now}
+            return sorted(waiting - live)
+
     def claim_round(self, experiment_id: str, *, worker: str, lease_seconds: float) -> RoundClaim | None:
         with self._lock:
             now = self._clock()

@@ -8,7 +8,9 @@ and simulations. The contract every implementation keeps:
   and a snapshot of the pending updates; an expired claim may be taken over by another worker;
 - ``commit_round`` records the aggregate and marks exactly its updates consumed, in one
   transaction, and only if the claim's token is still the current one (else ``LeaseLost``);
-- an update is pending, consumed by exactly one aggregate, or quarantined with a reason.
+- an update is pending, consumed by exactly one aggregate, or quarantined with a reason;
+- ``experiments_to_sweep`` lists what a scheduler must look at again: experiments with pending
+  updates and no live claim (a deadline may have passed, or a worker died holding the round).
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class AggregateDraft:
     aggregator: str
     aggregator_params: Mapping[str, Any]
     duration_seconds: float
+    peak_memory_bytes: int | None = None  # highest RSS of the worker(s) while computing the round
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,14 @@ class MetadataStore(ABC):
     @abstractmethod
     def pending_updates(self, experiment_id: str) -> list[UpdateRecord]:
         """Updates accepted and not yet consumed or quarantined, oldest first."""
+
+    @abstractmethod
+    def enrolled_clients(self, experiment_id: str) -> frozenset[str]:
+        """The clients currently enrolled (not revoked), as round policies count them."""
+
+    @abstractmethod
+    def experiments_to_sweep(self, *, now: float) -> list[str]:
+        """Experiments open to rounds with pending updates and no live claim at ``now``."""
 
     @abstractmethod
     def claim_round(self, experiment_id: str, *, worker: str, lease_seconds: float) -> RoundClaim | None:

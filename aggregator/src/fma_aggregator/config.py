@@ -1,0 +1,89 @@
+"""The aggregator's settings, all from environment variables, with defaults for one machine.
+
+=============================== ====================================== =================================
+variable                        default                                meaning
+=============================== ====================================== =================================
+``FMA_AGGREGATOR_RUNNER``       ``inprocess``                          who runs a round the API says may be
+                                                                       ready: ``inprocess``, ``celery``,
+                                                                       ``lambda`` or ``none`` (a Django
+                                                                       setting of the same name wins)
+``FMA_LEASE_SECONDS``           ``900``                                how long a claimed round is held
+                                                                       before another worker may take over
+``FMA_SWEEP_SECONDS``           ``60``                                 how often deadlines and expired
+                                                                       leases are swept
+``FMA_SHARD_BYTES``             unset (never shard)                    models larger than this are split
+                                                                       into shards aggregated in parallel
+``FMA_BROKER_URL``              ``redis://127.0.0.1:6379/0``           Celery broker (``amqp://`` for
+                                                                       RabbitMQ)
+``FMA_RESULT_BACKEND``          the broker URL if it is Redis          Celery result backend; sharded
+                                                                       rounds (chords) need one
+``FMA_CELERY_QUEUE``            ``fma``                                the queue tasks go to
+``FMA_BROKER_VISIBILITY_TIMEOUT`` ``3600``                             Redis: seconds before an unacked
+                                                                       task is redelivered
+``FMA_AGGREGATOR_LAMBDA``       unset                                  the aggregator function's name or
+                                                                       ARN, for the ``lambda`` runner
+=============================== ====================================== =================================
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from fma_core.errors import ConfigurationError
+
+RUNNERS = ("inprocess", "celery", "lambda", "none")
+
+
+@dataclass(frozen=True)
+class AggregatorConfig:
+    lease_seconds: float = 900.0
+    sweep_seconds: float = 60.0
+    shard_bytes: int | None = None
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    result_backend: str | None = None
+    queue: str = "fma"
+    visibility_timeout: int = 3600
+    lambda_function: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> AggregatorConfig:
+        broker = env.get("FMA_BROKER_URL") or cls.broker_url
+        backend = env.get("FMA_RESULT_BACKEND") or (broker if broker.startswith("redis") else None)
+        shard = env.get("FMA_SHARD_BYTES")
+        return cls(
+            lease_seconds=_number(env, "FMA_LEASE_SECONDS", cls.lease_seconds),
+            sweep_seconds=_number(env, "FMA_SWEEP_SECONDS", cls.sweep_seconds),
+            shard_bytes=int(_number(env, "FMA_SHARD_BYTES", 0)) if shard else None,
+            broker_url=broker,
+            result_backend=backend,
+            queue=env.get("FMA_CELERY_QUEUE") or cls.queue,
+            visibility_timeout=int(_number(env, "FMA_BROKER_VISIBILITY_TIMEOUT", cls.visibility_timeout)),
+            lambda_function=env.get("FMA_AGGREGATOR_LAMBDA") or None,
+        )
+
+
+def runner_name() -> str:
+    """The runner the API notifies: the Django setting ``FMA_AGGREGATOR_RUNNER``, else the environment."""
+    from django.conf import settings
+
+    name = getattr(settings, "FMA_AGGREGATOR_RUNNER", None) or os.environ.get(
+        "FMA_AGGREGATOR_RUNNER", "inprocess"
+    )
+    if name not in RUNNERS:
+        raise ConfigurationError(f"FMA_AGGREGATOR_RUNNER must be one of {', '.join(RUNNERS)}, not {name!r}")
+    return name
+
+
+def _number(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number, not {raw!r}") from None
+    if value <= 0:
+        raise ConfigurationError(f"{name} must be positive, not {raw!r}")
+    return value

@@ -1,0 +1,123 @@
+"""The in-process runner: one background thread per process that runs rounds when told they may be ready.
+
+The API notifies it after an accepted update commits; it never runs a round inside a request.
+Notifications are deduplicated per experiment (a burst of a hundred updates queues the experiment
+once), a round whose policy has a deadline sets a timer for it, and a periodic sweep picks up
+what no notification covers: expired leases of workers that died, and rounds left pending by a
+previous process. Exactly-once comes from the round engine's lease, so any number of processes
+(gunicorn workers, a standalone ``fma-aggregator worker``) can each run one of these.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from fma_core.rounds import RoundOutcome
+
+logger = logging.getLogger(__name__)
+
+
+class InProcessRunner:
+    """``run`` runs one experiment's round; ``sweep`` lists the experiments to look at again."""
+
+    def __init__(
+        self,
+        *,
+        run: Callable[[str], RoundOutcome],
+        sweep: Callable[[], list[str]],
+        sweep_seconds: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._run = run
+        self._sweep = sweep
+        self.sweep_seconds = sweep_seconds
+        self._clock = clock
+        self._wake = threading.Condition()
+        self._queued: dict[str, None] = {}  # an ordered set: each experiment at most once
+        self._timers: list[tuple[float, str]] = []
+        self._next_sweep = 0.0  # sweep as soon as the thread starts
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.outcomes: list[RoundOutcome] = []  # the recent outcomes, newest last, for status and tests
+
+    def notify(self, experiment_id: str | int) -> None:
+        """The experiment may be ready: queue it (once) and make sure the thread runs. Never blocks."""
+        with self._wake:
+            self._queued[str(experiment_id)] = None
+            self._wake.notify()
+        self.start()
+
+    def start(self) -> None:
+        """Start the thread if it is not running (also in a process forked from one where it was)."""
+        with self._wake:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stopping = False
+            self._thread = threading.Thread(target=self._loop, name="fma-inprocess-runner", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Let the current round finish, then end the thread."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def run_forever(self) -> None:
+        """Run in the calling thread until ``stop`` (the standalone worker's main loop)."""
+        self._loop()
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stopping and not self._due():
+                    self._wake.wait(self._seconds_to_next())
+                if self._stopping:
+                    return
+                batch, sweep_now = self._take()
+            if sweep_now:
+                try:
+                    batch.extend(e for e in self._sweep() if e not in batch)
+                except Exception:
+                    logger.exception("sweeping for rounds failed; trying again in %s s", self.sweep_seconds)
+            for experiment_id in batch:
+                self._run_one(experiment_id)
+
+    def _due(self) -> bool:
+        now = self._clock()
+        return (
+            bool(self._queued) or now >= self._next_sweep or bool(self._timers and self._timers[0][0] <= now)
+        )
+
+    def _seconds_to_next(self) -> float:
+        times = [self._next_sweep] + ([self._timers[0][0]] if self._timers else [])
+        return max(0.0, min(times) - self._clock())
+
+    def _take(self) -> tuple[list[str], bool]:
+        now = self._clock()
+        while self._timers and self._timers[0][0] <= now:
+            self._queued[heapq.heappop(self._timers)[1]] = None
+        batch, self._queued = list(self._queued), {}
+        sweep_now = now >= self._next_sweep
+        if sweep_now:
+            self._next_sweep = now + self.sweep_seconds
+        return batch, sweep_now
+
+    def _run_one(self, experiment_id: str) -> None:
+        try:
+            outcome = self._run(experiment_id)
+        except Exception:
+            logger.exception("round of experiment %s failed; the sweep will retry it", experiment_id)
+            return
+        self.outcomes = [*self.outcomes[-99:], outcome]
+        with self._wake:
+            if outcome.status == "committed":
+                # updates that arrived after the claim may already make the next round
+                self._queued[experiment_id] = None
+            elif outcome.wakeup_at is not None and (outcome.wakeup_at, experiment_id) not in self._timers:
+                heapq.heappush(self._timers, (outcome.wakeup_at, experiment_id))

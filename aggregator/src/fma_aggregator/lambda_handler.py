@@ -1,0 +1,117 @@
+"""The aggregator's AWS Lambda entry point: ``fma_aggregator.lambda_handler.handler``.
+
+One function serves every event the deployment sends it:
+
+- an EventBridge scheduled event (``"source": "aws.events"``, ``"detail-type": "Scheduled Event"``)
+  sweeps: each experiment with pending updates and no live lease gets an asynchronous "round
+  ready" invocation of this function. The original FMA's per-model rules, whose ``detail`` holds
+  a ``model_id``, run that experiment's round directly;
+- ``{"fma": "round_ready", "experiment_id": "3"}``, sent asynchronously by the API when an update
+  is accepted, runs the round; a model above ``FMA_SHARD_BYTES`` is fanned out instead as one
+  asynchronous ``{"fma": "shard", ...}`` invocation per shard;
+- ``{"fma": "shard", "plan": {...}, "index": i}`` aggregates one shard; the shard that finds all
+  partials written invokes ``{"fma": "combine", "plan": {...}}``, which commits the round once;
+- ``{"manage": "migrate"}`` or ``{"manage": ["createsuperuser", "--noinput", ...]}`` runs a Django
+  management command (``DJANGO_SUPERUSER_PASSWORD`` etc. come from the function's environment).
+
+Returns a JSON-serializable dict saying what was done.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from typing import Any
+
+from fma_aggregator.django_setup import setup_django
+
+setup_django()  # at cold start, before the imports below reach Django models
+
+from django.core.management import call_command  # noqa: E402
+from django.db import close_old_connections  # noqa: E402
+
+from fma_aggregator import sharded  # noqa: E402
+from fma_aggregator.config import AggregatorConfig  # noqa: E402
+from fma_aggregator.engine import build_engine  # noqa: E402
+from fma_aggregator.lambda_invoke import LambdaInvoker  # noqa: E402
+from fma_core.rounds import RoundOutcome  # noqa: E402
+from fma_core.shards import RoundPlan  # noqa: E402
+from fma_django.store import DjangoMetadataStore  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    close_old_connections()  # a warm container may hold a connection the database has since dropped
+    if "manage" in event:
+        return _manage(event["manage"])
+    if event.get("source") == "aws.events" and event.get("detail-type") == "Scheduled Event":
+        model_id = (event.get("detail") or {}).get("model_id")
+        return _run_round(str(model_id), context) if model_id is not None else _sweep(context)
+    kind = event.get("fma")
+    if kind == "round_ready":
+        return _run_round(str(event["experiment_id"]), context)
+    if kind == "shard":
+        return _shard(event["plan"], int(event["index"]), context)
+    if kind == "combine":
+        return _combine(event["plan"])
+    raise ValueError(f"the aggregator does not know this event: keys {sorted(event)}")
+
+
+def _invoker(context: Any) -> LambdaInvoker:
+    config = AggregatorConfig.from_env()
+    return LambdaInvoker(config.lambda_function or context.invoked_function_arn)
+
+
+def _sweep(context: Any) -> dict[str, Any]:
+    due = DjangoMetadataStore().experiments_to_sweep(now=time.time())
+    invoker = _invoker(context) if due else None
+    for experiment_id in due:
+        invoker.round_ready(experiment_id)
+    return {"status": "swept", "round_ready": due}
+
+
+def _run_round(experiment_id: str, context: Any) -> dict[str, Any]:
+    engine = build_engine()
+    started = engine.start_round(experiment_id)
+    if isinstance(started, RoundOutcome):
+        return sharded.summary(started)
+    if len(started.shards) == 1:
+        return sharded.summary(engine.finish_round(started))
+    invoker = _invoker(context)
+    for index in range(len(started.shards)):
+        invoker.shard(started, index)
+    return {"status": "sharded", "experiment_id": experiment_id, "shards": len(started.shards)}
+
+
+def _shard(plan_data: dict[str, Any], index: int, context: Any) -> dict[str, Any]:
+    engine = build_engine()
+    plan = RoundPlan.from_dict(plan_data)
+    try:
+        key = engine.compute_shard(plan, index)
+    except Exception as error:
+        sharded.fail(engine, plan, f"shard {index} failed: {type(error).__name__}: {error}")
+        raise
+    complete = sharded.partials_complete(engine, plan)
+    if complete:
+        _invoker(context).combine(plan)
+    return {"status": "shard_done", "experiment_id": plan.experiment_id, "key": key, "combine": complete}
+
+
+def _combine(plan_data: dict[str, Any]) -> dict[str, Any]:
+    return sharded.summary(sharded.combine(build_engine(), RoundPlan.from_dict(plan_data)))
+
+
+def _manage(command: str | list[str]) -> dict[str, Any]:
+    args = [command] if isinstance(command, str) else list(command)
+    if not args or not all(isinstance(a, str) for a in args):
+        raise ValueError(
+            '"manage" takes a command name or a list of strings: ["createsuperuser", "--noinput"]'
+        )
+    if args[0] == "migrate" and "--noinput" not in args:
+        args.append("--noinput")
+    out, err = io.StringIO(), io.StringIO()
+    call_command(*args, stdout=out, stderr=err)
+    logger.info("manage %s done", args[0])
+    return {"status": "ok", "command": args, "output": out.getvalue(), "errors": err.getvalue()}

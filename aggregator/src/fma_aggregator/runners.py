@@ -1,0 +1,59 @@
+"""Where a round the API says may be ready goes: the one place that reads ``FMA_AGGREGATOR_RUNNER``.
+
+``notify(experiment_id)`` is connected to fma-django's ``round_may_be_ready`` signal (see
+``apps.py``), which the API sends after an accepted update commits. Every runner only *tells*
+something to try the round; the round engine's claim decides, so a lost or repeated notification
+is harmless (the sweep catches up on lost ones).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from fma_aggregator.config import AggregatorConfig, runner_name
+from fma_aggregator.engine import build_engine, fresh_connection
+from fma_aggregator.inprocess import InProcessRunner
+from fma_core.rounds import RoundOutcome
+from fma_django.store import DjangoMetadataStore
+
+_lock = threading.Lock()
+_inprocess: InProcessRunner | None = None
+
+
+def notify(experiment_id: str | int) -> None:
+    """Hand the experiment to the configured runner; returns at once."""
+    name = runner_name()
+    if name == "inprocess":
+        inprocess_runner().notify(experiment_id)
+    elif name == "celery":
+        from fma_aggregator.celery import app
+
+        app.send_task("fma.run_round", args=[str(experiment_id)])
+    elif name == "lambda":
+        from fma_aggregator.lambda_invoke import LambdaInvoker
+
+        LambdaInvoker.from_config(AggregatorConfig.from_env()).round_ready(str(experiment_id))
+
+
+def inprocess_runner(config: AggregatorConfig | None = None) -> InProcessRunner:
+    """This process's in-process runner, created on first use."""
+    global _inprocess
+    with _lock:
+        if _inprocess is None:
+            _inprocess = django_inprocess_runner(config or AggregatorConfig.from_env())
+        return _inprocess
+
+
+def django_inprocess_runner(config: AggregatorConfig) -> InProcessRunner:
+    """An in-process runner over the service's database and weight store."""
+
+    def run(experiment_id: str) -> RoundOutcome:
+        with fresh_connection():
+            return build_engine(config).run_round(experiment_id)
+
+    def sweep() -> list[str]:
+        with fresh_connection():
+            return DjangoMetadataStore().experiments_to_sweep(now=time.time())
+
+    return InProcessRunner(run=run, sweep=sweep, sweep_seconds=config.sweep_seconds)

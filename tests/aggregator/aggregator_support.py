@@ -1,0 +1,118 @@
+"""Helpers of the aggregator tests (importable by the tests and by worker processes: see conftest.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fma_core.weights import to_bytes
+from fma_django import services
+from fma_django.models import Experiment, ModelUpdate
+
+HERE = Path(__file__).parent
+SHAPES = {"dense": (4, 3), "bias": (3,)}
+
+
+def weights(value: float, shapes: dict = SHAPES) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(int(value * 1000))
+    return {name: (rng.standard_normal(shape) + value).astype(np.float32) for name, shape in shapes.items()}
+
+
+def wait_for(condition: Callable[[], object], *, timeout: float = 120, what: str = "the condition") -> object:
+    """Poll until ``condition()`` is truthy; generous timeouts, since the machine is shared."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.2)
+
+
+def service_available(host: str, port: int, name: str) -> None:
+    """Skip without the service on a developer's machine; fail under CI, where it must be there."""
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{name} is not reachable on {host}:{port}, and CI needs it")
+        pytest.skip(f"needs {name} on {host}:{port}")
+
+
+def submit(
+    experiment: Experiment, value: float, *, num_examples: int = 1, shapes: dict = SHAPES
+) -> ModelUpdate:
+    """A new client enrolls and submits one update, as the API would."""
+    client, _ = services.client_register(experiment=experiment)
+    update, created = services.update_submit(
+        experiment=experiment,
+        client=client,
+        stream=io.BytesIO(to_bytes(weights(value, shapes))),
+        num_examples=num_examples,
+    )
+    assert created
+    return update
+
+
+class Process:
+    """A worker in its own process group, so a SIGKILL takes down all its processes at once."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self._out = open(log, "wb")  # noqa: SIM115 - closed in stop()/kill()
+        self.proc = subprocess.Popen(
+            args, env=env, stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+        self.proc.wait(timeout=60)
+        self._out.close()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self._signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._signal(signal.SIGKILL)
+                self.proc.wait(timeout=30)
+        self._out.close()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def _signal(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signum)
+
+
+def celery_worker_args(name: str, *, beat: bool, tmp_path: Path) -> list[str]:
+    args = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "fma_aggregator",
+        "worker",
+        "-P",
+        "solo",
+        "-n",
+        f"{name}@%h",
+    ]
+    args += ["--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO"]
+    if beat:
+        args += ["-B", "-s", str(tmp_path / f"beat-{name}")]
+    return args

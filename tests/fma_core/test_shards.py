@@ -1,0 +1,191 @@
+"""fma_core.shards and the engine's sharded path: balanced plans, bit-identical results, one commit."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fma_core.connectors import ExperimentConfig, InMemoryMetadataStore, LocalDirectoryWeightStore
+from fma_core.errors import LeaseLost, UpdateUnreadable
+from fma_core.peak_memory import PeakMemory
+from fma_core.rounds import RoundEngine, RoundOutcome
+from fma_core.shards import RoundPlan, balance_shards
+from fma_core.weights import TensorSpec, to_bytes
+
+SHAPES = {"embed": (300, 64), "dense": (64, 64), "out": (64, 10), "bias": (10,), "steps": ()}
+SPEC = TensorSpec.from_json(
+    [{"name": n, "dtype": "I64" if n == "steps" else "F32", "shape": list(s)} for n, s in SHAPES.items()]
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 5_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def model(seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    weights = {n: rng.standard_normal(s).astype(np.float32) for n, s in SHAPES.items() if n != "steps"}
+    weights["steps"] = np.array(seed * 7, dtype=np.int64)
+    return weights
+
+
+def world(root, **config):
+    clock = Clock()
+    metadata = InMemoryMetadataStore(clock=clock)
+    metadata.create_experiment(ExperimentConfig("e", tensor_spec=SPEC, **config), clients=["a", "b"])
+    weights = LocalDirectoryWeightStore(root)
+    for i in range(5):
+        stored = weights.put(f"updates/{i}.safetensors", io.BytesIO(to_bytes(model(i))))
+        metadata.add_update(
+            "e", client_id="ab"[i % 2], weights_key=stored.key, content_id=stored.sha256, num_examples=i + 1
+        )
+    return clock, metadata, weights
+
+
+@given(
+    sizes=st.lists(st.integers(0, 10_000), min_size=1, max_size=30),
+    shard_bytes=st.integers(1, 50_000),
+)
+def test_shards_cover_every_tensor_once_in_spec_order_and_balance(sizes, shard_bytes):
+    spec = TensorSpec.from_json([{"name": f"t{i}", "dtype": "U8", "shape": [n]} for i, n in enumerate(sizes)])
+    shards = balance_shards(spec, shard_bytes)
+    flat = [name for shard in shards for name in shard]
+    assert sorted(flat) == sorted(spec.names)
+    for shard in shards:
+        assert list(shard) == [n for n in spec.names if n in shard]
+    if spec.nbytes <= shard_bytes:
+        assert len(shards) == 1
+    loads = [sum(spec.subset(s).nbytes for s in [shard]) for shard in shards]
+    biggest = max(t.nbytes for t in spec)
+    assert max(loads) <= spec.nbytes / len(shards) + biggest
+
+
+def test_no_limit_or_a_small_model_is_one_shard():
+    assert balance_shards(SPEC, None) == (tuple(SPEC.names),)
+    assert balance_shards(SPEC, SPEC.nbytes) == (tuple(SPEC.names),)
+
+
+@pytest.mark.parametrize("aggregator", ["fedavg", "median", "trimmed_mean"])
+def test_a_sharded_round_is_bit_identical_to_the_unsharded_one(tmp_path, aggregator):
+    params = {"trim_fraction": 0.2} if aggregator == "trimmed_mean" else {}
+    _, whole_meta, whole_store = world(tmp_path / "whole", aggregator=aggregator, aggregator_params=params)
+    whole = RoundEngine(whole_meta, whole_store).run_round("e").aggregate
+
+    _, meta, store = world(tmp_path / "sharded", aggregator=aggregator, aggregator_params=params)
+    engine = RoundEngine(meta, store, shard_bytes=SPEC.nbytes // 3)
+    plan = engine.start_round("e")
+    assert isinstance(plan, RoundPlan)
+    assert len(plan.shards) >= 3
+    # every shard computed by a different "worker" from the plan as it travels: JSON
+    for index in reversed(range(len(plan.shards))):
+        travelled = RoundPlan.from_dict(json.loads(json.dumps(plan.to_dict())))
+        RoundEngine(meta, store, worker_id=f"shard-{index}").compute_shard(travelled, index)
+    record = RoundEngine(meta, store, worker_id="combiner").combine_and_commit(plan)
+
+    assert record.draft.content_id == whole.draft.content_id
+    with store.open(record.draft.weights_key) as a, whole_store.open(whole.draft.weights_key) as b:
+        assert a.read() == b.read()
+    assert sorted(record.draft.update_ids) == sorted(whole.draft.update_ids)
+    assert record.draft.input_weights == whole.draft.input_weights
+    assert record.draft.peak_memory_bytes > 0
+    assert not list((tmp_path / "sharded" / "partials").rglob("*.safetensors"))  # cleaned up
+    assert meta.pending_updates("e") == []
+
+
+def test_run_round_computes_every_shard_itself_when_nothing_distributes_them(tmp_path):
+    _, meta, store = world(tmp_path / "a")
+    _, whole_meta, whole_store = world(tmp_path / "b")
+    sharded = RoundEngine(meta, store, shard_bytes=1).run_round("e")
+    whole = RoundEngine(whole_meta, whole_store).run_round("e")
+    assert sharded.status == "committed"
+    assert sharded.aggregate.draft.content_id == whole.aggregate.draft.content_id
+
+
+def test_a_plan_from_a_round_taken_over_cannot_commit(tmp_path):
+    clock, meta, store = world(tmp_path)
+    engine = RoundEngine(meta, store, lease_seconds=10, shard_bytes=SPEC.nbytes // 2, clock=clock)
+    plan = engine.start_round("e")
+    for index in range(len(plan.shards)):
+        engine.compute_shard(plan, index)
+    clock.now += 11
+    assert RoundEngine(meta, store, clock=clock).run_round("e").status == "committed"
+    with pytest.raises(LeaseLost):
+        engine.combine_and_commit(plan)
+    assert len(meta.aggregates("e")) == 1
+
+
+def test_a_failed_shard_gives_the_round_back_with_its_reason(tmp_path):
+    _, meta, store = world(tmp_path)
+    engine = RoundEngine(meta, store, shard_bytes=SPEC.nbytes // 2)
+    plan = engine.start_round("e")
+    engine.compute_shard(plan, 0)
+    engine.fail_round(plan, "worker lost")
+    assert meta.failures("e") == ["worker lost"]
+    assert len(meta.pending_updates("e")) == 5
+    assert not list((tmp_path / "partials").rglob("*.safetensors"))
+    assert engine.run_round("e").status == "committed"
+
+
+def test_an_update_unreadable_in_a_shard_is_quarantined_and_the_retry_goes_on_without_it(tmp_path):
+    _, meta, store = world(tmp_path)
+    engine = RoundEngine(meta, store, shard_bytes=SPEC.nbytes // 2)
+    plan = engine.start_round("e")
+    victim = meta.pending_updates("e")[2]
+    path = tmp_path / victim.weights_key
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # truncated after the header check
+    failures = []
+    for index in range(len(plan.shards)):
+        try:
+            engine.compute_shard(plan, index)
+        except UpdateUnreadable as error:
+            failures.append(error.update_id)
+    assert failures
+    assert set(failures) == {victim.update_id}
+    engine.fail_round(plan, "shard failed")
+    assert meta.update_status(victim.update_id)[0] == "quarantined"
+    outcome = engine.run_round("e")
+    assert outcome.status == "committed"
+    assert victim.update_id not in outcome.aggregate.draft.update_ids
+    assert len(outcome.aggregate.draft.update_ids) == 4
+
+
+def test_a_deadline_policy_says_when_to_wake_up_without_claiming(tmp_path):
+    clock, meta, store = world(tmp_path, round_policy={"policy": "deadline", "seconds": 30})
+    first = min(u.received_at for u in meta.pending_updates("e"))
+    outcome = RoundEngine(meta, store, clock=clock).run_round("e")
+    assert outcome == RoundOutcome(
+        "not_ready", "e", reason="the round policy is not met yet", wakeup_at=first + 30
+    )
+    assert meta.experiments_to_sweep(now=clock.now) == ["e"]  # no claim was left behind
+    clock.now = first + 30
+    assert RoundEngine(meta, store, clock=clock).run_round("e").status == "committed"
+    assert meta.experiments_to_sweep(now=clock.now) == []
+
+
+def test_the_sweep_lists_experiments_whose_worker_died_once_the_lease_expires(tmp_path):
+    clock, meta, store = world(tmp_path)
+    assert RoundEngine(meta, store, lease_seconds=10, clock=clock).claim("e") is not None  # then dies
+    assert meta.experiments_to_sweep(now=clock.now) == []
+    clock.now += 10
+    assert meta.experiments_to_sweep(now=clock.now) == ["e"]
+    assert meta.enrolled_clients("e") == frozenset({"a", "b"})
+
+
+def test_peak_memory_sees_an_allocation_made_inside_it():
+    with PeakMemory() as before:
+        pass
+    with PeakMemory() as peak:
+        block = np.ones(64 * 1024 * 1024, dtype=np.uint8)
+        block[::4096] = 2
+        del block
+    assert peak.bytes >= before.bytes
+    assert peak.bytes > 32 * 1024 * 1024
