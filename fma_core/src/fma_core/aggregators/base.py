@@ -89,7 +89,9 @@ class Aggregator(ABC):
 
     name: ClassVar[str]
     Params: ClassVar[type[AggregatorParams]] = NoParams
-    block_elements: ClassVar[int] = 1 << 17  # 512 KiB of float32: a block and its scratch stay in cache
+    block_elements: ClassVar[int] = (
+        1 << 18
+    )  # 1 MiB of float32: big enough to amortize Python, small enough for L2/L3
 
     def __init__(
         self, params: AggregatorParams | Mapping[str, Any] | None = None, *, threads: int | None = None
@@ -204,10 +206,10 @@ class CoordinateWiseAggregator(Aggregator):
     """Per coordinate, a statistic of the N updates' values (median, trimmed mean).
 
     Needs the N updates' values of a block at once: N × block elements per thread. The block
-    shrinks as N grows so that stays near 16 MiB per thread.
+    shrinks as N grows so that stays near 4 MiB (float32) per thread.
     """
 
-    stack_elements: ClassVar[int] = 1 << 22
+    stack_elements: ClassVar[int] = 1 << 20
 
     @abstractmethod
     def reduce(self, stack: np.ndarray, out: np.ndarray) -> None:

@@ -105,7 +105,7 @@ def _prepared(weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     for name, array in weights.items():
         array = np.asarray(array)
         dtype_code(array.dtype)
-        arrays[name] = np.ascontiguousarray(array.astype(array.dtype.newbyteorder("<"), copy=False))
+        arrays[name] = np.asarray(array, dtype=array.dtype.newbyteorder("<"), order="C")
     return arrays
 
 
@@ -172,7 +172,7 @@ class ArrayReader(WeightsReader):
     """A reader over weights already in memory (the JSON path, simulations, benchmarks)."""
 
     def __init__(self, weights: Mapping[str, np.ndarray]) -> None:
-        self._arrays = {name: np.ascontiguousarray(array).reshape(-1) for name, array in weights.items()}
+        self._arrays = {name: np.asarray(array, order="C").reshape(-1) for name, array in weights.items()}
         self._tensors = {
             name: TensorInfo(name, dtype_code(array.dtype), np.shape(array))
             for name, array in weights.items()
@@ -195,14 +195,15 @@ class SafetensorsReader(WeightsReader):
 
     def __init__(self, source: _ByteSource, *, max_bytes: int | None = None) -> None:
         self._source = source
+        self.nbytes = source.size
         try:
-            size = source.size
-            if max_bytes is not None and size > max_bytes:
-                raise InvalidWeights(f"weights are {size:,} bytes, above the limit of {max_bytes:,} bytes")
-            self.nbytes = size
+            if max_bytes is not None and self.nbytes > max_bytes:
+                raise InvalidWeights(
+                    f"weights are {self.nbytes:,} bytes, above the limit of {max_bytes:,} bytes"
+                )
             self.metadata, self._tensors, self._offsets = _parse_header(source)
         except BaseException:
-            source.close()  # the reader owns the source; a refused file must not leak its descriptor
+            source.close()  # the reader owns its source from the start
             raise
 
     @property

@@ -144,7 +144,9 @@ def _all_finite(reader: WeightsReader, info: TensorInfo) -> bool:
         block = reader.read_block(info.name, start, min(start + _FINITE_BLOCK, info.size), buffer)
         # One float64 sum is NaN/Inf when any element is; only then is the exact test needed,
         # since a sum of huge but finite float64 values may overflow.
-        if not np.isfinite(np.sum(block, dtype=np.float64)) and not np.isfinite(block).all():
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = np.sum(block, dtype=np.float64)
+        if not np.isfinite(total) and not np.isfinite(block).all():
             return False
     return True
 

@@ -1,0 +1,200 @@
+"""How fast fma-core aggregates, against baselines measured in the same run.
+
+N updates × P float32 parameters in 10 tensors (default N=100, P=10M; ``--quick``: N=20, P=2M).
+Measured side by side, each the best of several runs:
+
+- fma-core ``fedavg`` over arrays in memory, and over safetensors files on disk;
+- the machine's floor: a plain in-place ``acc += x`` over the same arrays (unweighted, so
+  it is less work than FedAvg; one thread, as numpy does it);
+- Flower's ``flwr.server.strategy.aggregate.aggregate`` (weighted copies of every update);
+- the original FMA's method: JSON lists parsed, ``np.average`` per layer, ``.tolist()``.
+  It is ~100× slower and needs ~30 bytes of Python objects per parameter, so it runs on a
+  sample (at most 5 updates × 200k parameters) and its rate is per byte like the others.
+
+Throughput is GB/s of float32 update bytes consumed. Peak extra memory is what fedavg allocates
+beyond its inputs (tracemalloc, which sees numpy's buffers), next to the model size.
+
+    python benchmarks/aggregate.py [--quick] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from fma_core.aggregators import UpdateInput, create_aggregator
+from fma_core.weights import ArrayReader, TensorSpec, open_weights, write_file
+
+TENSORS = 10
+FMA_SAMPLE_UPDATES = 5
+FMA_SAMPLE_PARAMS = 200_000
+
+
+def make_updates(count: int, params: int, seed: int = 0) -> tuple[list[dict[str, np.ndarray]], list[int]]:
+    rng = np.random.default_rng(seed)
+    per_tensor = params // TENSORS
+    updates = [
+        {f"layer{t}.weight": rng.random(per_tensor, dtype=np.float32) - 0.5 for t in range(TENSORS)}
+        for _ in range(count)
+    ]
+    num_examples = rng.integers(10, 1000, size=count).tolist()
+    return updates, num_examples
+
+
+def best_time(run: Callable[[], object], repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def floor(updates: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    acc = {name: np.zeros_like(array) for name, array in updates[0].items()}
+    for update in updates:
+        for name, array in update.items():
+            acc[name] += array
+    return acc
+
+
+def flower(updates: list[dict[str, np.ndarray]], num_examples: list[int]) -> object:
+    from flwr.server.strategy.aggregate import aggregate
+
+    return aggregate([(list(u.values()), n) for u, n in zip(updates, num_examples, strict=True)])
+
+
+def original_fma(payloads: list[str]) -> list[object]:
+    """``average_layers`` of the original FMA, starting from the JSON it stored."""
+    data = [json.loads(p) for p in payloads]
+    return [np.average([u[layer] for u in data], axis=0).tolist() for layer in range(len(data[0]))]
+
+
+def inputs_in_memory(updates: list[dict[str, np.ndarray]], num_examples: list[int]) -> list[UpdateInput]:
+    return [
+        UpdateInput(str(i), f"{i:064x}", n, lambda u=u: ArrayReader(u))
+        for i, (u, n) in enumerate(zip(updates, num_examples, strict=True))
+    ]
+
+
+def inputs_on_disk(paths: list[Path], num_examples: list[int]) -> list[UpdateInput]:
+    return [
+        UpdateInput(str(i), f"{i:064x}", n, lambda p=p: open_weights(p))
+        for i, (p, n) in enumerate(zip(paths, num_examples, strict=True))
+    ]
+
+
+def run(count: int, params: int, repeat: int) -> dict[str, float | int]:
+    updates, num_examples = make_updates(count, params)
+    spec = TensorSpec.from_weights(updates[0])
+    model_bytes = spec.nbytes
+    total_bytes = count * model_bytes
+    fedavg = create_aggregator("fedavg")
+    in_memory = inputs_in_memory(updates, num_examples)
+
+    floor_s = fedavg_s = float("inf")
+    for _ in range(repeat):  # interleaved, so both see the same machine
+        floor_s = min(floor_s, best_time(lambda: floor(updates), 1))
+        fedavg_s = min(fedavg_s, best_time(lambda: fedavg.aggregate(in_memory, spec), 1))
+
+    tracemalloc.start()
+    fedavg.aggregate(in_memory, spec)
+    peak_extra = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+
+    flower_s = best_time(lambda: flower(updates, num_examples), max(1, repeat // 2))
+
+    with tempfile.TemporaryDirectory(prefix="fma-bench-") as tmp:
+        paths = []
+        for i, update in enumerate(updates):
+            paths.append(Path(tmp) / f"update-{i}.safetensors")
+            write_file(update, paths[-1])
+        files_s = best_time(lambda: fedavg.aggregate(inputs_on_disk(paths, num_examples), spec), repeat)
+
+    sample_n, sample_p = min(count, FMA_SAMPLE_UPDATES), min(params, FMA_SAMPLE_PARAMS)
+    sample, _ = make_updates(sample_n, sample_p, seed=1)
+    payloads = [json.dumps([a.tolist() for a in u.values()]) for u in sample]
+    fma_s = best_time(lambda: original_fma(payloads), 1)
+    fma_bytes = sample_n * TensorSpec.from_weights(sample[0]).nbytes
+
+    gbps = {
+        "fedavg_gbps": total_bytes / fedavg_s / 1e9,
+        "fedavg_files_gbps": total_bytes / files_s / 1e9,
+        "floor_gbps": total_bytes / floor_s / 1e9,
+        "flower_gbps": total_bytes / flower_s / 1e9,
+        "fma_gbps": fma_bytes / fma_s / 1e9,
+    }
+    return {
+        **{k: round(v, 4) for k, v in gbps.items()},
+        "ratio_vs_floor": round(gbps["fedavg_gbps"] / gbps["floor_gbps"], 3),
+        "ratio_vs_flower": round(gbps["fedavg_gbps"] / gbps["flower_gbps"], 2),
+        "ratio_vs_fma": round(gbps["fedavg_gbps"] / gbps["fma_gbps"], 1),
+        "peak_extra_bytes": peak_extra,
+        "model_bytes": model_bytes,
+        "updates": count,
+        "params": params,
+        "threads": fedavg.threads,
+        "fma_sample": f"{sample_n}x{sample_p}",
+    }
+
+
+def table(result: dict[str, float | int]) -> str:
+    rows = [
+        ("fma-core fedavg, arrays in memory", result["fedavg_gbps"], "1.00×"),
+        ("fma-core fedavg, safetensors files", result["fedavg_files_gbps"], ""),
+        ("floor: acc += x (1 thread)", result["floor_gbps"], f"{result['ratio_vs_floor']:.2f}× of floor"),
+        ("Flower aggregate()", result["flower_gbps"], f"fedavg is {result['ratio_vs_flower']:.1f}× faster"),
+        (
+            f"original FMA JSON method ({result['fma_sample']})",
+            result["fma_gbps"],
+            f"fedavg is {result['ratio_vs_fma']:.0f}× faster",
+        ),
+    ]
+    width = max(len(r[0]) for r in rows)
+    lines = [
+        f"Aggregating {result['updates']} updates × {result['params']:,} float32 parameters "
+        f"({result['model_bytes'] / 1e6:.0f} MB each), {result['threads']} thread(s)",
+        "",
+        f"{'method':<{width}}  {'GB/s':>8}  comparison",
+        f"{'-' * width}  {'-' * 8}  {'-' * 28}",
+    ]
+    lines += [f"{name:<{width}}  {rate:>8.3f}  {note}" for name, rate, note in rows]
+    lines += [
+        "",
+        f"peak extra memory of fedavg: {result['peak_extra_bytes'] / 1e6:.1f} MB "
+        f"= {result['peak_extra_bytes'] / result['model_bytes']:.2f}× the model",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="N=20 updates × P=2M parameters")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--updates", type=int, help="number of updates N")
+    parser.add_argument("--params", type=int, help="parameters per update P")
+    parser.add_argument("--repeat", type=int, help="runs per method (the best one counts)")
+    args = parser.parse_args(argv)
+    count = args.updates or (20 if args.quick else 100)
+    params = args.params or (2_000_000 if args.quick else 10_000_000)
+    repeat = args.repeat or (9 if args.quick else 3)
+    if params < TENSORS:
+        parser.error(f"--params must be at least {TENSORS}")
+    if not args.json:
+        print(f"fma-core aggregation benchmark (pid {os.getpid()}) ...", file=sys.stderr)
+    result = run(count, params, repeat)
+    print(json.dumps(result) if args.json else table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""benchmarks/aggregate.py runs end to end and reports every figure the README quotes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARK = Path(__file__).parents[2] / "benchmarks" / "aggregate.py"
+KEYS = {
+    "fedavg_gbps",
+    "floor_gbps",
+    "flower_gbps",
+    "fma_gbps",
+    "ratio_vs_floor",
+    "ratio_vs_flower",
+    "ratio_vs_fma",
+    "peak_extra_bytes",
+    "model_bytes",
+}
+
+
+def test_json_output_has_every_key_with_sane_values():
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARK), "--updates", "4", "--params", "20000", "--repeat", "1", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    figures = json.loads(result.stdout)
+    assert set(figures) >= KEYS
+    assert figures["model_bytes"] == 20000 * 4
+    assert all(figures[key] > 0 for key in KEYS)
+    assert figures["ratio_vs_floor"] == round(figures["fedavg_gbps"] / figures["floor_gbps"], 3)
+
+
+def test_table_output_names_every_baseline():
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARK), "--updates", "3", "--params", "1000", "--repeat", "1"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for label in ("fma-core fedavg", "floor", "Flower", "original FMA", "peak extra memory"):
+        assert label in result.stdout
