@@ -13,7 +13,9 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest
+	FMA_TEST_DATABASE=sqlite $(BIN)/python -m pytest
+	# the Django packages again, on PostgreSQL (127.0.0.1:5432; FMA_TEST_DATABASE_URL to change)
+	FMA_TEST_DATABASE=postgresql $(BIN)/python -m pytest tests/fma_django tests/api_service
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
