@@ -90,9 +90,11 @@ def test_keras_list_and_torch_state_dict_are_sent_by_name(server, experiment, en
 def test_a_push_that_does_not_fit_the_experiment_is_refused_with_the_reason(
     server, experiment, enrollment_token
 ):
-    with Client.enroll(server, experiment.pk, enrollment_token=enrollment_token, quiet=True) as client:
-        with pytest.raises(ValidationError) as refused:
-            client.push({"dense": np.zeros((2, 2), np.float32)}, num_examples=1)
+    with (
+        Client.enroll(server, experiment.pk, enrollment_token=enrollment_token, quiet=True) as client,
+        pytest.raises(ValidationError) as refused,
+    ):
+        client.push({"dense": np.zeros((2, 2), np.float32)}, num_examples=1)
     assert refused.value.status_code == 400
     assert "bias" in str(refused.value) or "dense" in str(refused.value)
     assert not ModelUpdate.objects.exists()
