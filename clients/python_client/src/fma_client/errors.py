@@ -7,6 +7,7 @@ The server answers errors as JSON ``{"detail": ..., "code": ...}``; DRF's field 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import requests
@@ -92,7 +93,10 @@ def describe_body(response: requests.Response) -> tuple[str, str | None]:
     try:
         body: Any = response.json()
     except ValueError:
-        text = " ".join(response.text.split())
+        text = response.text
+        if "html" in response.headers.get("Content-Type", "") or text.lstrip().startswith("<"):
+            text = re.sub(r"<[^>]*>", " ", text)  # a proxy's error page: keep its words
+        text = " ".join(text.split())
         if not text:
             return (response.reason or "no details given"), None
         return (text[:300] + ("…" if len(text) > 300 else "")), None

@@ -29,6 +29,7 @@ from fma_client.errors import FmaClientError, ServerUnavailable, TransferError, 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 PROGRESS_ABOVE_BYTES = 4 * 1024 * 1024
 _CHUNK = 1 << 20
+_READ = 1 << 16  # downloads are written in small pieces so a broken one keeps most of what arrived
 _BROKEN = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 _SHA256_ETAG = re.compile(r'^(?:W/)?"?([0-9a-f]{64})"?$')
 
@@ -183,7 +184,7 @@ class Transport:
                     total = received + int(response.headers.get("Content-Length", 0) or 0)
                     progress.total = total or None
                     try:
-                        for chunk in response.iter_content(_CHUNK):
+                        for chunk in response.iter_content(_READ):
                             file.write(chunk)
                             digest.update(chunk)
                             received += len(chunk)
@@ -320,10 +321,14 @@ def _refused(error: Exception) -> bool:
 
 
 def _reason(error: Exception) -> str:
-    """The innermost useful words of a requests/urllib3 error, without its object reprs."""
+    """The useful words of a requests/urllib3 error, without the object reprs around them."""
     text = str(error)
+    short = re.search(r"IncompleteRead\((\d+) bytes read, (\d+) more expected\)", text)
+    if short:
+        return f"the connection closed with {int(short.group(2)):,} bytes still to come"
     match = re.search(
-        r"(Connection refused|Connection reset by peer|Read timed out|timed out|Failed to resolve[^)']*|Remote end closed connection without response|IncompleteRead\([^)]*\)|Connection broken[^\"')]*)",
+        r"Connection refused|Connection reset by peer|Read timed out|timed out|Failed to resolve '[^']*'"
+        r"|Remote end closed connection without response",
         text,
     )
-    return match.group(1) if match else text[:200]
+    return match.group(0) if match else text[:200]
