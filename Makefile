@@ -15,7 +15,7 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	FMA_TEST_DATABASE=sqlite $(BIN)/python -m pytest
 	# the Django packages again, on PostgreSQL (127.0.0.1:5432; FMA_TEST_DATABASE_URL to change)
-	FMA_TEST_DATABASE=postgresql $(BIN)/python -m pytest tests/fma_django tests/api_service
+	FMA_TEST_DATABASE=postgresql $(BIN)/python -m pytest tests/fma_django
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
