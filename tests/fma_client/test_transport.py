@@ -9,9 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
+import ssl
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +22,7 @@ import pytest
 from fma_client import (
     Client,
     ConflictError,
+    FmaClientError,
     NotFound,
     Retry,
     ServerUnavailable,
@@ -46,7 +50,7 @@ def fake() -> Iterator[Callable]:
     """Start a server whose answers come from ``respond(handler, attempt_number, recorded)``."""
     servers = []
 
-    def start(respond: Callable) -> tuple[str, Recorded]:
+    def start(respond: Callable, *, tls: tuple[Path, Path] | None = None) -> tuple[str, Recorded]:
         recorded = Recorded()
 
         class Handler(BaseHTTPRequestHandler):
@@ -64,9 +68,14 @@ def fake() -> Iterator[Callable]:
             do_GET = do_POST = handle_one  # noqa: N815
 
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            server.socket = context.wrap_socket(server.socket, server_side=True)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}", recorded
+        scheme = "https" if tls else "http"
+        return f"{scheme}://127.0.0.1:{server.server_address[1]}", recorded
 
     yield start
     for server in servers:
@@ -244,3 +253,36 @@ def test_web_client_survives_a_non_json_error_body(fake):
         client.get_current_artifact()
     assert failed.value.status_code == 502
     assert "Bad Gateway" in str(failed.value)
+
+
+def test_tls_is_verified_by_default_and_a_ca_bundle_makes_a_private_certificate_trusted(fake, tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    url, recorded = fake(lambda h, attempt, r: reply(h, 200, {}), tls=(cert, key))
+    with (
+        Client(url, 7, token="u.s", retry=FAST, quiet=True) as client,
+        pytest.raises(FmaClientError) as refused,
+    ):
+        client.latest()
+    assert "CA bundle" in str(refused.value)
+    assert recorded.requests == []
+    with Client(url, 7, token="u.s", retry=FAST, quiet=True, verify=str(cert)) as client:
+        assert client.latest() == {}
+
+
+def test_a_progress_bar_shows_for_large_transfers_unless_quiet(fake, capsys):
+    url, _ = fake(lambda h, attempt, r: reply(h, 201, {"id": 1}))
+    large = {"w": np.zeros(2 * 1024 * 1024, np.float32)}  # 8 MiB
+    with Client(url, 7, token="u.s", retry=FAST) as client:
+        client.push(large, num_examples=1)
+        assert "update" in capsys.readouterr().err
+        client.push({"w": np.zeros(10, np.float32)}, num_examples=1)
+        assert capsys.readouterr().err == ""
+    with Client(url, 7, token="u.s", retry=FAST, quiet=True) as client:
+        client.push(large, num_examples=1)
+        assert capsys.readouterr().err == ""

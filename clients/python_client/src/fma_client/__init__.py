@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 from fma_client.client import Client, Model
 from fma_client.compat import WebClient
+from fma_client.developer import Developer
 from fma_client.errors import (
     AuthenticationError,
     ConflictError,
@@ -26,6 +27,7 @@ __all__ = [
     "AuthenticationError",
     "Client",
     "ConflictError",
+    "Developer",
     "FmaClientError",
     "Model",
     "NotFound",

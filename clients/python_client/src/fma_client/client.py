@@ -168,14 +168,13 @@ class Client:
         if metrics is not None:
             headers["X-FMA-Metrics"] = json.dumps(metrics)
         with self._transport.progress("update", len(body)) as progress:
-            response = self._transport.request(
+            return self._transport.json(
                 "POST",
                 self._path("upload_update"),
                 body=ProgressBody(body, progress),
                 headers=headers,
                 idempotent=True,
             )
-        return response.json()
 
     def wait_for_new_model(
         self, after: int | None = None, timeout: float | None = None, *, poll_interval: float = 5.0

@@ -76,7 +76,8 @@ class Transport:
         self.retry = retry or Retry()
         self.quiet = quiet
         self.session = session or requests.Session()
-        self.session.verify = verify
+        # Given with each request: requests would let REQUESTS_CA_BUNDLE override a session's setting.
+        self.verify = verify
         self.session.headers["User-Agent"] = f"fma-client/{__version__} {requests.utils.default_user_agent()}"
         if authorization:
             self.session.headers["Authorization"] = authorization
@@ -106,6 +107,7 @@ class Transport:
             idempotent = method.upper() in {"GET", "HEAD", "OPTIONS"}
         url = self.absolute(path)
         kwargs.setdefault("timeout", self.timeout)
+        kwargs.setdefault("verify", self.verify)
         attempt = 0
         while True:
             attempt += 1
@@ -113,6 +115,11 @@ class Transport:
                 body.seek(0)
             try:
                 response = self.session.request(method, url, data=body, **kwargs)
+            except requests.exceptions.SSLError as error:
+                raise FmaClientError(
+                    f"could not set up a secure connection to {self.url}: {_reason(error)}; if the service "
+                    "uses a private certificate authority, pass its CA bundle (verify=PATH, or --ca-bundle)"
+                ) from error
             except (requests.ConnectionError, requests.Timeout) as error:
                 # A refused connection never reached the server, so it is always safe to repeat.
                 unsent = isinstance(error, requests.ConnectTimeout) or _refused(error)
@@ -328,7 +335,7 @@ def _reason(error: Exception) -> str:
         return f"the connection closed with {int(short.group(2)):,} bytes still to come"
     match = re.search(
         r"Connection refused|Connection reset by peer|Read timed out|timed out|Failed to resolve '[^']*'"
-        r"|Remote end closed connection without response",
+        r"|Remote end closed connection without response|certificate verify failed: [^(]*[^ (]",
         text,
     )
     return match.group(0) if match else text[:200]
