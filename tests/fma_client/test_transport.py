@@ -22,6 +22,7 @@ import pytest
 from fma_client import (
     Client,
     ConflictError,
+    Developer,
     FmaClientError,
     NotFound,
     Retry,
@@ -29,6 +30,7 @@ from fma_client import (
     TransferError,
     ValidationError,
     WebClient,
+    read_file,
 )
 from fma_client.weights import encode
 
@@ -286,3 +288,33 @@ def test_a_progress_bar_shows_for_large_transfers_unless_quiet(fake, capsys):
     with Client(url, 7, token="u.s", retry=FAST, quiet=True) as client:
         client.push(large, num_examples=1)
         assert capsys.readouterr().err == ""
+
+
+def test_weights_come_from_the_target_the_server_names_without_the_credential(fake, tmp_path):
+    storage, stored = fake(lambda h, attempt, r: serve_weights(h))
+
+    def respond(handler, attempt, recorded):
+        if handler.path.endswith("get_latest_aggregate/"):  # a presigned link, as with S3
+            reply(handler, 200, {"id": 4, "result": f"{storage}/bucket/agg-4?X-Amz-Signature=abc"})
+        else:  # the API's own download endpoint redirecting to storage
+            handler.send_response(302)
+            handler.send_header("Location", f"{storage}/bucket/latest?X-Amz-Signature=def")
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+
+    url, api = fake(respond)
+    with Client(url, 7, token="u.s", retry=FAST, quiet=True) as client:
+        weights, aggregate = client.pull()
+    with Developer(url, token="dev-token", retry=FAST, quiet=True) as dev:
+        assert read_file(dev.download(7, tmp_path / "latest.safetensors"))["w"].shape == (300_000,)
+    assert aggregate == 4
+    np.testing.assert_array_equal(weights["b"], WEIGHTS["b"])
+    assert [path for _, path, _, _ in stored.requests] == [
+        "/bucket/agg-4?X-Amz-Signature=abc",
+        "/bucket/latest?X-Amz-Signature=def",
+    ]
+    assert all("Authorization" not in headers for _, _, headers, _ in stored.requests)
+    assert [headers["Authorization"] for _, _, headers, _ in api.requests] == [
+        "Client u.s",
+        "Token dev-token",
+    ]

@@ -211,5 +211,5 @@ class Client:
         """Replace this client's secret; the old token stops working at once. Save the new ``token``."""
         answer = self._transport.json("POST", "api/v1/clients/rotate_credential/", idempotent=False)
         self.token = answer["credential"]
-        self._transport.session.headers["Authorization"] = f"Client {self.token}"
+        self._transport.authorization = f"Client {self.token}"
         return self.token

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import requests
 
@@ -79,8 +79,9 @@ class Transport:
         # Given with each request: requests would let REQUESTS_CA_BUNDLE override a session's setting.
         self.verify = verify
         self.session.headers["User-Agent"] = f"fma-client/{__version__} {requests.utils.default_user_agent()}"
-        if authorization:
-            self.session.headers["Authorization"] = authorization
+        self.authorization = authorization
+        parts = urlsplit(self.url)
+        self._origin = (parts.scheme, parts.netloc)
 
     def absolute(self, path: str) -> str:
         """``path`` under the service URL (kept as is when it is already a full URL)."""
@@ -108,6 +109,10 @@ class Transport:
         url = self.absolute(path)
         kwargs.setdefault("timeout", self.timeout)
         kwargs.setdefault("verify", self.verify)
+        parts = urlsplit(url)
+        if self.authorization and (parts.scheme, parts.netloc) == self._origin:
+            # Only to the service itself: a presigned storage URL must never see the credential.
+            kwargs["headers"] = {"Authorization": self.authorization, **(kwargs.get("headers") or {})}
         attempt = 0
         while True:
             attempt += 1
