@@ -200,15 +200,19 @@ class Developer:
         ``after`` is the last aggregate id already known; by default only rounds that complete
         from now on are yielded.
         """
+        params = {"federated_model": int(experiment)}  # the API lists the newest round first
         if after is None:
-            latest = self._transport.json(
-                "GET", "api/v1/model_aggregates/", params={"federated_model": int(experiment), "page_size": 1}
+            newest = next(
+                iter(self._transport.pages("api/v1/model_aggregates/", {**params, "page_size": 1})), None
             )
-            rows = latest.get("results", []) if isinstance(latest, dict) else latest
-            after = rows[0]["id"] if rows else 0
+            after = newest["id"] if newest else 0
         while True:
-            fresh = sorted((a for a in self.aggregates(experiment) if a["id"] > after), key=lambda a: a["id"])
-            for aggregate in fresh:
+            fresh = []
+            for aggregate in self._transport.pages("api/v1/model_aggregates/", params):
+                if aggregate["id"] <= after:
+                    break  # newest first: the rest were seen already, so later pages are never fetched
+                fresh.append(aggregate)
+            for aggregate in reversed(fresh):
                 after = aggregate["id"]
                 yield aggregate
             time.sleep(poll_interval)
