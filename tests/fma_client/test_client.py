@@ -124,3 +124,14 @@ def test_rotating_the_credential_retires_the_old_one(server, experiment, enrollm
         assert client.pull().aggregate is None
     with Client(server, experiment.pk, token=old, quiet=True) as stale, pytest.raises(AuthenticationError):
         stale.pull()
+
+
+def test_a_list_pushed_before_any_pull_is_refused_with_the_advice_to_pull_first(
+    server, experiment, enrollment_token
+):
+    layers = [np.ones((4, 3), np.float32), np.ones(3, np.float32)]
+    with Client.enroll(server, experiment.pk, enrollment_token=enrollment_token, quiet=True) as client:
+        with pytest.raises(ValidationError, match=r"call pull\(\) before pushing a list"):
+            client.push(layers, num_examples=1)
+        client.pull()
+        assert client.push(layers, num_examples=1)["status"] == "pending"

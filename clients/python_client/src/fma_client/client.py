@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from fma_client.errors import FmaClientError, NotFound, WaitTimeout
+from fma_client.errors import FmaClientError, NotFound, ValidationError, WaitTimeout
 from fma_client.transport import ProgressBody, Retry, Transport
 from fma_client.weights import SafetensorsBody, Weights, as_weights, read_file
 
@@ -167,14 +167,25 @@ class Client:
             headers["X-FMA-Base-Aggregate"] = str(base)
         if metrics is not None:
             headers["X-FMA-Metrics"] = json.dumps(metrics)
-        with self._transport.progress("update", len(body)) as progress:
-            return self._transport.json(
-                "POST",
-                self._path("upload_update"),
-                body=ProgressBody(body, progress),
-                headers=headers,
-                idempotent=True,
-            )
+        try:
+            with self._transport.progress("update", len(body)) as progress:
+                return self._transport.json(
+                    "POST",
+                    self._path("upload_update"),
+                    body=ProgressBody(body, progress),
+                    headers=headers,
+                    idempotent=True,
+                )
+        except ValidationError as error:
+            if isinstance(weights, list | tuple) and self._names is None:
+                raise ValidationError(
+                    f"{error.detail} (a list of arrays is named by position, 0, 1, …, until pull() "
+                    "has given the model's tensor names: call pull() before pushing a list)",
+                    status_code=error.status_code,
+                    code=error.code,
+                    response=error.response,
+                ) from None
+            raise
 
     def wait_for_new_model(
         self, after: int | None = None, timeout: float | None = None, *, poll_interval: float = 5.0
