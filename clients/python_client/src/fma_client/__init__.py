@@ -1,0 +1,46 @@
+"""fma-client: take part in a federated experiment, or run one, from Python or the ``fma`` command.
+
+Data holders use ``Client`` (pull, push, wait_for_new_model, report_scores); developers use
+``Developer``; scripts written for the original fma-connect use ``WebClient`` unchanged.
+"""
+
+__version__ = "0.1.0"
+
+from fma_client.client import Client, Model
+from fma_client.compat import WebClient
+from fma_client.developer import Developer
+from fma_client.errors import (
+    AuthenticationError,
+    ConflictError,
+    FmaClientError,
+    NotFound,
+    PermissionDenied,
+    ServerUnavailable,
+    TransferError,
+    ValidationError,
+    WaitTimeout,
+)
+from fma_client.transport import Retry
+from fma_client.weights import as_weights, read_file, to_list, write_file
+
+__all__ = [
+    "AuthenticationError",
+    "Client",
+    "ConflictError",
+    "Developer",
+    "FmaClientError",
+    "Model",
+    "NotFound",
+    "PermissionDenied",
+    "Retry",
+    "ServerUnavailable",
+    "TransferError",
+    "ValidationError",
+    "WaitTimeout",
+    "WebClient",
+    "__version__",
+    "as_weights",
+    "read_file",
+    "to_list",
+    "write_file",
+]

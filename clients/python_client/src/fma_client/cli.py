@@ -1,0 +1,357 @@
+"""The ``fma`` command: drive experiments from a shell, on top of ``fma_client.Developer``.
+
+Output is a table for people and, with ``--json``, JSON for scripts. The service URL and token
+come from ``--url``/``--token``, else ``FMA_URL``/``FMA_TOKEN``, else the file ``fma login`` wrote
+(``$FMA_CONFIG``, default ``~/.config/fma/config.json``, readable only by you).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from fma_client import __version__
+from fma_client.developer import Developer
+from fma_client.errors import FmaClientError
+
+EXPERIMENT_COLUMNS = [
+    "id",
+    "name",
+    "aggregator",
+    "allow_aggregation",
+    "current_artifact",
+    "clients",
+    "created_on",
+]
+AGGREGATE_COLUMNS = [
+    "id",
+    "round_number",
+    "parent",
+    "aggregator",
+    "size_bytes",
+    "validation_score",
+    "created_on",
+]
+
+
+class UsageError(Exception):
+    """A problem with how ``fma`` was called; exits with status 2."""
+
+
+def config_path() -> Path:
+    if os.environ.get("FMA_CONFIG"):
+        return Path(os.environ["FMA_CONFIG"])
+    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(base) / "fma" / "config.json"
+
+
+def read_config() -> dict[str, Any]:
+    path = config_path()
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_config(config: dict[str, Any]) -> Path:
+    """Save the config where only this user can read it: it holds an API token."""
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        json.dump(config, file, indent=2)
+    path.chmod(0o600)  # also when the file existed with wider permissions
+    return path
+
+
+# Output
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return str(len(value))
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    text = str(value)
+    return text[:19].replace("T", " ") if len(text) > 19 and text[4:5] == "-" and "T" in text else text
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """Rows as aligned columns under a header; lists show as their length, timestamps to the second."""
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def details(item: dict[str, Any]) -> str:
+    """One resource as ``field: value`` lines; nested values as compact JSON."""
+    width = max(map(len, item), default=0)
+    return "\n".join(
+        f"{k.ljust(width)}  {json.dumps(v) if isinstance(v, dict | list) else _cell(v)}"
+        for k, v in item.items()
+    )
+
+
+def emit(args: argparse.Namespace, value: Any, human: Callable[[], str]) -> None:
+    print(json.dumps(value, indent=2) if args.json else human())
+
+
+# Commands
+
+
+def developer(args: argparse.Namespace) -> Developer:
+    config = read_config()
+    url = args.url or os.environ.get("FMA_URL") or config.get("url")
+    token = args.token or os.environ.get("FMA_TOKEN") or config.get("token")
+    if not url or not token:
+        raise UsageError("not logged in: run `fma login --url https://your-fma-service` first")
+    return Developer(url, token=token, verify=args.ca_bundle or True, quiet=args.quiet or args.json)
+
+
+def cmd_login(args: argparse.Namespace) -> None:
+    url = args.url or os.environ.get("FMA_URL") or read_config().get("url")
+    if not url:
+        raise UsageError("give the service's address: fma login --url https://your-fma-service")
+    verify = args.ca_bundle or True
+    token = args.token or os.environ.get("FMA_TOKEN")
+    if token:
+        Developer(url, token=token, verify=verify).experiments(page_size=1)  # check it before saving
+    else:
+        username = args.username or input("Username: ")
+        password = sys.stdin.readline().rstrip("\n") if args.password_stdin else getpass.getpass()
+        token = Developer.login(url, username, password, verify=verify).token
+    path = write_config({"url": url, "token": token})
+    emit(args, {"url": url, "config": str(path)}, lambda: f"Logged in to {url}; token saved in {path}")
+
+
+def cmd_experiments_create(args: argparse.Namespace) -> None:
+    with developer(args) as dev:
+        created = dev.create_experiment(args.file)
+    emit(
+        args, created, lambda: f"Created experiment {created['id']} ({created['name']})\n\n{details(created)}"
+    )
+
+
+def cmd_experiments_list(args: argparse.Namespace) -> None:
+    with developer(args) as dev:
+        rows = dev.experiments(**({"name": args.name} if args.name else {}))
+    emit(args, rows, lambda: table(rows, EXPERIMENT_COLUMNS) if rows else "No experiments yet.")
+
+
+def cmd_experiments_show(args: argparse.Namespace) -> None:
+    with developer(args) as dev:
+        item = dev.experiment(args.experiment)
+    emit(args, item, lambda: details(item))
+
+
+def cmd_aggregates(args: argparse.Namespace) -> None:
+    with developer(args) as dev:
+        rows = dev.aggregates(args.experiment)
+    emit(args, rows, lambda: table(rows, AGGREGATE_COLUMNS) if rows else "No rounds completed yet.")
+
+
+def cmd_enroll_token(args: argparse.Namespace) -> None:
+    with developer(args) as dev:
+        token = dev.issue_enrollment_token(
+            args.experiment, expires_in=args.expires_in, max_uses=args.max_uses
+        )
+    emit(
+        args,
+        {"experiment": args.experiment, "token": token},
+        lambda: (
+            f"{token}\n\nGive this to a data holder (shown only once). It enrolls with:\n"
+            f'  Client.enroll("{dev.url}", {args.experiment}, enrollment_token="…")'
+        ),
+    )
+
+
+def cmd_watch(args: argparse.Namespace) -> None:
+    with developer(args) as dev:
+        if not args.json:
+            print(f"Watching experiment {args.experiment} for new rounds (Ctrl-C to stop)…", flush=True)
+        for seen, aggregate in enumerate(
+            dev.watch(args.experiment, poll_interval=args.interval, after=args.after), start=1
+        ):
+            if args.json:
+                print(json.dumps(aggregate), flush=True)
+            else:
+                print(
+                    f"round {aggregate['round_number']}: aggregate {aggregate['id']} "
+                    f"({aggregate['aggregator']}, {aggregate['size_bytes']:,} bytes) at {_cell(aggregate['created_on'])}",
+                    flush=True,
+                )
+            if args.count and seen >= args.count:
+                return
+
+
+def cmd_publish(args: argparse.Namespace) -> None:
+    with developer(args) as dev:
+        aggregate = args.aggregate
+        if aggregate is None:
+            done = dev.aggregates(args.experiment)
+            if not done:
+                raise UsageError(f"experiment {args.experiment} has no aggregate to publish yet")
+            aggregate = done[0]["id"]
+        artifact = dev.publish(aggregate, args.version)
+    emit(args, artifact, lambda: f"Published aggregate {aggregate} as version {artifact['version']}")
+
+
+def cmd_download(args: argparse.Namespace) -> None:
+    output = args.output or f"experiment-{args.experiment}.safetensors"
+    with developer(args) as dev:
+        path = dev.download(args.experiment, output, aggregate=args.aggregate, version=args.version)
+    emit(
+        args,
+        {"path": str(path), "bytes": path.stat().st_size},
+        lambda: f"Saved {path} ({path.stat().st_size:,} bytes)",
+    )
+
+
+def cmd_revoke(args: argparse.Namespace) -> None:
+    with developer(args) as dev:
+        dev.revoke(args.experiment, args.client)
+    emit(
+        args,
+        {"experiment": args.experiment, "revoked": args.client},
+        lambda: f"Client {args.client} can no longer take part in experiment {args.experiment}",
+    )
+
+
+# Parser
+
+
+def _common(*, suppress: bool) -> argparse.ArgumentParser:
+    """The options every command takes, before or after its name (``suppress``: for subcommands,
+    so that their defaults do not overwrite what was given before the command name)."""
+    common = argparse.ArgumentParser(add_help=False)
+    options = common.add_argument_group("connection and output")
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    options.add_argument("--url", default=default(None),
+                         help="the FMA service, e.g. https://fma.example.org (or FMA_URL)")  # fmt: skip
+    options.add_argument("--token", default=default(None),
+                         help="a developer API token (or FMA_TOKEN); `fma login` saves one")  # fmt: skip
+    options.add_argument("--ca-bundle", metavar="PATH", default=default(os.environ.get("FMA_CA_BUNDLE")),
+                         help="CA certificates to trust for TLS (or FMA_CA_BUNDLE)")  # fmt: skip
+    options.add_argument("--json", action="store_true", default=default(False),
+                         help="print JSON for scripts instead of tables")  # fmt: skip
+    options.add_argument(
+        "-q", "--quiet", action="store_true", default=default(False), help="no progress bars"
+    )
+    return common
+
+
+def parser() -> argparse.ArgumentParser:
+    common = _common(suppress=True)
+    top = argparse.ArgumentParser(
+        prog="fma",
+        description="Run federated-learning experiments on an FMA service.",
+        epilog="Start with `fma login --url URL`, then `fma experiments create experiment.yaml`. "
+        "`fma COMMAND --help` explains each command.",
+        parents=[_common(suppress=False)],
+    )
+    top.add_argument("--version", action="version", version=f"fma-client {__version__}")
+    commands = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, summary: str, run: Callable[[argparse.Namespace], None], group: Any = commands):
+        sub = group.add_parser(name, help=summary, description=summary, parents=[common])
+        sub.set_defaults(run=run)
+        return sub
+
+    login = command("login", "Save the service URL and your API token for the next commands.", cmd_login)
+    login.add_argument("--username", help="your username (asked if not given)")
+    login.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+
+    experiments = commands.add_parser("experiments", help="Create, list and show experiments.",
+                                      description="Create, list and show experiments.")  # fmt: skip
+    each = experiments.add_subparsers(dest="action", metavar="ACTION", required=True)
+    create = command(
+        "create",
+        "Create an experiment from a YAML or JSON file: name, aggregator and aggregator_params, "
+        "round_policy, tensor_spec or initial_model (a .safetensors path), enrollment (token|open|legacy).",
+        cmd_experiments_create,
+        each,
+    )
+    create.add_argument("file", type=Path, help="the experiment definition (.yaml, .yml or .json)")
+    listing = command("list", "List your experiments, newest first.", cmd_experiments_list, each)
+    listing.add_argument("--name", help="only experiments whose name contains this")
+    show = command("show", "Show one experiment's settings.", cmd_experiments_show, each)
+    show.add_argument("experiment", type=int, help="experiment id")
+
+    rounds = command(
+        "aggregates", "List an experiment's aggregates (one per completed round).", cmd_aggregates
+    )
+    rounds.add_argument("experiment", type=int, help="experiment id")
+
+    token = command(
+        "enroll-token", "Issue a token a data holder uses to enroll in an experiment.", cmd_enroll_token
+    )
+    token.add_argument("experiment", type=int, help="experiment id")
+    token.add_argument(
+        "--expires-in", type=int, metavar="SECONDS", help="valid for this long (default: until used up)"
+    )
+    token.add_argument(
+        "--max-uses", type=int, metavar="N", help="how many clients may enroll with it (default: any)"
+    )
+
+    watch = command("watch", "Print each round of an experiment as it completes.", cmd_watch)
+    watch.add_argument("experiment", type=int, help="experiment id")
+    watch.add_argument(
+        "--interval", type=float, default=5.0, metavar="SECONDS", help="how often to ask (default 5)"
+    )
+    watch.add_argument(
+        "--after",
+        type=int,
+        metavar="ID",
+        help="also print aggregates newer than this one (default: only new rounds)",
+    )
+    watch.add_argument("--count", type=int, metavar="N", help="stop after N rounds (default: never)")
+
+    publish = command("publish", "Publish an aggregate as a version of the experiment's model.", cmd_publish)
+    publish.add_argument("experiment", type=int, help="experiment id")
+    publish.add_argument("version", help="the version name, e.g. 1.1.0")
+    publish.add_argument("--aggregate", type=int, metavar="ID", help="which aggregate (default: the latest)")
+
+    download = command("download", "Save an experiment's model as a safetensors file.", cmd_download)
+    download.add_argument("experiment", type=int, help="experiment id")
+    download.add_argument(
+        "-o", "--output", type=Path, help="file to write (default experiment-ID.safetensors)"
+    )
+    which = download.add_mutually_exclusive_group()
+    which.add_argument(
+        "--aggregate", type=int, metavar="ID", help="this aggregate (default: the latest model)"
+    )
+    which.add_argument("--version", metavar="NAME", help="this published version")
+
+    revoke = command("revoke", "Shut a client out of an experiment.", cmd_revoke)
+    revoke.add_argument("experiment", type=int, help="experiment id")
+    revoke.add_argument("client", help="the client's UUID")
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.run(args)
+    except UsageError as error:
+        print(f"fma: {error}", file=sys.stderr)
+        return 2
+    except FmaClientError as error:
+        print(f"fma: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

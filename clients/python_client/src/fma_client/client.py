@@ -1,0 +1,226 @@
+"""``Client``: what a data holder's training script uses to take part in an experiment.
+
+    client = Client(url, experiment=7, token=credential)
+    weights, aggregate = client.pull()
+    ...train...
+    client.push(model.state_dict(), num_examples=len(dataset))
+
+Weights are downloaded from the link the server gives for the aggregate (streamed through the
+API, or a presigned storage URL), so the script is the same for every deployment.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from fma_client.errors import FmaClientError, NotFound, ValidationError, WaitTimeout
+from fma_client.transport import ProgressBody, Retry, Transport
+from fma_client.weights import SafetensorsBody, Weights, as_weights, read_file
+
+
+class Model(NamedTuple):
+    """Weights of the global model and the aggregate they come from (None: the initial model)."""
+
+    weights: Weights
+    aggregate: int | None
+
+
+class Client:
+    """An enrolled data holder in one experiment, authenticated by its credential (``token``).
+
+    ``token`` is the credential ``Client.enroll`` returned (``"<uuid>.<secret>"``); keep it secret.
+    Transport options: ``timeout`` (seconds, or a (connect, read) pair), ``retry``
+    (``fma_client.Retry``), ``verify`` (True, or a CA bundle path), ``quiet`` (no progress bars).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        experiment: int,
+        *,
+        token: str,
+        timeout: float | tuple[float, float] = (10.0, 60.0),
+        retry: Retry | None = None,
+        verify: bool | str = True,
+        quiet: bool = False,
+    ) -> None:
+        self.experiment = int(experiment)
+        self.token = token
+        self._transport = Transport(
+            url,
+            authorization=f"Client {token}",
+            timeout=timeout,
+            retry=retry,
+            verify=verify,
+            quiet=quiet,
+        )
+        self._last_aggregate: int | None = None
+        self._names: list[str] | None = None
+
+    @classmethod
+    def enroll(
+        cls,
+        url: str,
+        experiment: int,
+        *,
+        enrollment_token: str | None = None,
+        **options: Any,
+    ) -> Client:
+        """Enroll a new client with a developer's enrollment token (or openly, if the experiment allows).
+
+        The returned client's ``token`` is its credential: it is shown only this once, so save it
+        (e.g. in a secrets store) and pass it to ``Client(...)`` next time.
+        """
+        transport = Transport(url, **options)
+        try:
+            body = {"enrollment_token": enrollment_token} if enrollment_token else {}
+            # Not retried after it reached the server: a second call would use the token again.
+            enrolled = transport.json(
+                "POST", f"api/v1/models/{int(experiment)}/register_client/", json=body, idempotent=False
+            )
+        finally:
+            transport.close()
+        if "credential" not in enrolled:
+            raise FmaClientError(
+                "the server enrolled this client without a credential (a legacy-mode experiment); "
+                "use fma_client.WebClient for legacy experiments"
+            )
+        return cls(url, experiment, token=enrolled["credential"], **options)
+
+    @property
+    def uuid(self) -> str:
+        """The client's public id (the part of the token before the dot)."""
+        return self.token.partition(".")[0]
+
+    @property
+    def url(self) -> str:
+        return self._transport.url
+
+    def close(self) -> None:
+        self._transport.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _path(self, action: str) -> str:
+        return f"api/v1/models/{self.experiment}/{action}/"
+
+    def latest(self) -> dict[str, Any]:
+        """Metadata of the newest aggregate (``{}`` before the first round)."""
+        return self._transport.json("GET", self._path("get_latest_aggregate"))
+
+    def pull(self) -> Model:
+        """The current global model: the newest aggregate's weights, else the initial model."""
+        aggregate = self.latest()
+        if aggregate:
+            return self._download(aggregate["result"], aggregate["id"])
+        artifact = self._transport.json("GET", self._path("get_current_artifact"))
+        if not artifact:
+            raise NotFound(
+                f"experiment {self.experiment} has no model yet: no initial model and no round done; "
+                "ask its developer to give it an initial model"
+            )
+        return self._download(artifact["values"], None)
+
+    def _download(self, link: str, aggregate: int | None) -> Model:
+        what = f"aggregate {aggregate}" if aggregate is not None else "initial model"
+        with self._transport.temporary_download(link, what=what) as path:
+            weights = read_file(path)
+        self._last_aggregate = aggregate
+        self._names = list(weights)
+        return Model(weights, aggregate)
+
+    def push(
+        self,
+        weights: Mapping[str, Any] | list[Any],
+        num_examples: int,
+        metrics: Mapping[str, Any] | None = None,
+        *,
+        base_aggregate: int | None = None,
+    ) -> dict[str, Any]:
+        """Submit an update trained from the last pulled model; returns the accepted update.
+
+        ``weights``: a dict of arrays, a PyTorch ``state_dict`` or a Keras ``get_weights()`` list.
+        ``num_examples`` weighs the update in the average. ``base_aggregate`` defaults to the
+        aggregate of the last ``pull()``. Retries are safe: each push has one idempotency key, so
+        the server counts it once however often it is sent.
+        """
+        if isinstance(num_examples, bool) or not isinstance(num_examples, int | np.integer):
+            raise TypeError(f"num_examples must be a whole number, not {num_examples!r}")
+        base = base_aggregate if base_aggregate is not None else self._last_aggregate
+        body = SafetensorsBody(as_weights(weights, names=self._names))
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Idempotency-Key": uuid.uuid4().hex,
+            "X-FMA-Num-Examples": str(int(num_examples)),
+        }
+        if base is not None:
+            headers["X-FMA-Base-Aggregate"] = str(base)
+        if metrics is not None:
+            headers["X-FMA-Metrics"] = json.dumps(metrics)
+        try:
+            with self._transport.progress("update", len(body)) as progress:
+                return self._transport.json(
+                    "POST",
+                    self._path("upload_update"),
+                    body=ProgressBody(body, progress),
+                    headers=headers,
+                    idempotent=True,
+                )
+        except ValidationError as error:
+            if isinstance(weights, list | tuple) and self._names is None:
+                raise ValidationError(
+                    f"{error.detail} (a list of arrays is named by position, 0, 1, …, until pull() "
+                    "has given the model's tensor names: call pull() before pushing a list)",
+                    status_code=error.status_code,
+                    code=error.code,
+                    response=error.response,
+                ) from None
+            raise
+
+    def wait_for_new_model(
+        self, after: int | None = None, timeout: float | None = None, *, poll_interval: float = 5.0
+    ) -> Model:
+        """Block until an aggregate newer than ``after`` exists, then pull it.
+
+        ``after`` defaults to the aggregate of the last ``pull()`` (so any aggregate counts if
+        nothing was pulled yet). ``timeout`` (seconds) raises ``WaitTimeout``; None waits forever.
+        """
+        after = after if after is not None else self._last_aggregate
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            aggregate = self.latest()
+            if aggregate and (after is None or aggregate["id"] > after):
+                return self._download(aggregate["result"], aggregate["id"])
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(
+                    f"no aggregate newer than {after} in experiment {self.experiment} after {timeout} s; "
+                    "the round may still be waiting for other clients' updates"
+                )
+            pause = poll_interval if deadline is None else min(poll_interval, deadline - time.monotonic())
+            time.sleep(max(pause, 0.0))
+
+    def report_scores(self, aggregate: int, results: Any) -> dict[str, Any]:
+        """Send this client's evaluation of an aggregate (any JSON the experiment's schema allows)."""
+        return self._transport.json(
+            "POST",
+            "api/v1/client_aggregate_scores/",
+            json={"aggregate": int(aggregate), "validation_results": results},
+            idempotent=False,
+        )
+
+    def rotate_credential(self) -> str:
+        """Replace this client's secret; the old token stops working at once. Save the new ``token``."""
+        answer = self._transport.json("POST", "api/v1/clients/rotate_credential/", idempotent=False)
+        self.token = answer["credential"]
+        self._transport.authorization = f"Client {self.token}"
+        return self.token

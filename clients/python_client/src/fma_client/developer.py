@@ -1,0 +1,262 @@
+"""``Developer``: run experiments from Python — what the ``fma`` command is built on.
+
+An experiment is defined by a mapping (or a YAML/JSON file) with the server's fields —
+``name``, ``aggregator``, ``aggregator_params``, ``round_policy``, ``tensor_spec``,
+``update_schema``, ``client_agg_results_schema``, ``max_update_bytes``, … — plus two conveniences:
+``initial_model`` may be a path to a safetensors file, and ``enrollment`` is ``token`` (the
+default: clients need an enrollment token), ``open`` or ``legacy`` (fma-connect's CLIENT-UUID).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from fma_client.errors import FmaClientError, NotFound, ValidationError
+from fma_client.transport import Retry, Transport
+from fma_client.weights import read_file
+
+ENROLLMENT_MODES = {
+    "token": {"open_enrollment": False, "legacy_mode": False},
+    "open": {"open_enrollment": True, "legacy_mode": False},
+    "legacy": {"open_enrollment": False, "legacy_mode": True},
+}
+
+
+def load_definition(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
+    """An experiment definition from a mapping or a ``.yaml``/``.yml``/``.json`` file.
+
+    A relative ``initial_model`` path in a file is taken relative to that file's folder.
+    """
+    if isinstance(source, Mapping):
+        return dict(source)
+    path = Path(source)
+    text = path.read_text()
+    if path.suffix.lower() in {".yaml", ".yml"}:
+        import yaml  # only the CLI's YAML files need it
+
+        definition = yaml.safe_load(text)
+    else:
+        definition = json.loads(text)
+    if not isinstance(definition, dict):
+        raise ValidationError(
+            f"{path} must hold a mapping of experiment fields, not a {type(definition).__name__}"
+        )
+    model = definition.get("initial_model")
+    if isinstance(model, str) and not Path(model).is_absolute():
+        definition["initial_model"] = str(path.parent / model)
+    return definition
+
+
+def to_request(definition: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``POST models/`` body for a definition: enrollment mode expanded, a model file read.
+
+    The API takes an initial model as JSON (a list of layers), so a safetensors file is sent as
+    its layers plus the tensor spec (names, dtypes, shapes) that makes the server rebuild it
+    exactly.
+    """
+    body = dict(definition)
+    mode = body.pop("enrollment", None)
+    if mode is not None:
+        if mode not in ENROLLMENT_MODES:
+            raise ValidationError(f"enrollment must be one of {', '.join(ENROLLMENT_MODES)}, not {mode!r}")
+        body.update(ENROLLMENT_MODES[mode])
+    model = body.get("initial_model")
+    if isinstance(model, str | os.PathLike):
+        if not Path(model).is_file():
+            raise ValidationError(f"initial_model: no file {model}")
+        weights = read_file(model)
+        body["initial_model"] = [array.tolist() for array in weights.values()]
+        spec = [{"name": n, "dtype": _code(a), "shape": list(a.shape)} for n, a in weights.items()]
+        if body.get("tensor_spec") is None:
+            body["tensor_spec"] = spec
+    return body
+
+
+def _code(array: Any) -> str:
+    kind = {"f": "F", "i": "I", "u": "U"}[array.dtype.kind]
+    return f"{kind}{array.dtype.itemsize * 8}"
+
+
+class Developer:
+    """A developer's session with one FMA service, authenticated by a DRF token.
+
+    Get a token with ``Developer.login(url, username, password)`` (or ``fma login``).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str,
+        timeout: float | tuple[float, float] = (10.0, 60.0),
+        retry: Retry | None = None,
+        verify: bool | str = True,
+        quiet: bool = False,
+    ) -> None:
+        self.token = token
+        self._transport = Transport(
+            url, authorization=f"Token {token}", timeout=timeout, retry=retry, verify=verify, quiet=quiet
+        )
+
+    @classmethod
+    def login(cls, url: str, username: str, password: str, **options: Any) -> Developer:
+        """Exchange a username and password for the developer's API token."""
+        transport = Transport(url, **options)
+        try:
+            answer = transport.json(
+                "POST", "api-token-auth/", json={"username": username, "password": password}, idempotent=True
+            )
+        except ValidationError as error:  # DRF answers bad credentials with a 400
+            raise type(error)(
+                f"{error.detail}; check the username and password", status_code=error.status_code
+            ) from None
+        finally:
+            transport.close()
+        return cls(url, token=answer["token"], **options)
+
+    @property
+    def url(self) -> str:
+        return self._transport.url
+
+    def close(self) -> None:
+        self._transport.close()
+
+    def __enter__(self) -> Developer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # Experiments
+
+    def create_experiment(self, definition: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
+        """Create an experiment from a definition (mapping or YAML/JSON file); returns it."""
+        body = to_request(load_definition(definition))
+        return self._transport.json("POST", "api/v1/models/", json=body, idempotent=False)
+
+    def experiments(self, **filters: Any) -> list[dict[str, Any]]:
+        """Your experiments, newest first; filters as the API's (``name=`` matches a part)."""
+        return list(self._transport.pages("api/v1/models/", filters))
+
+    def experiment(self, experiment: int) -> dict[str, Any]:
+        return self._transport.json("GET", f"api/v1/models/{int(experiment)}/")
+
+    def update_experiment(self, experiment: int, **changes: Any) -> dict[str, Any]:
+        """Change settings, e.g. ``allow_aggregation=False`` to pause rounds."""
+        return self._transport.json(
+            "PATCH", f"api/v1/models/{int(experiment)}/", json=changes, idempotent=True
+        )
+
+    # Clients
+
+    def issue_enrollment_token(
+        self, experiment: int, *, expires_in: float | None = None, max_uses: int | None = None
+    ) -> str:
+        """A new enrollment token for the experiment, shown only now; hand it to one data holder (or more)."""
+        body: dict[str, Any] = {}
+        if expires_in is not None:
+            body["expires_in_seconds"] = int(expires_in)
+        if max_uses is not None:
+            body["max_uses"] = int(max_uses)
+        answer = self._transport.json(
+            "POST", f"api/v1/models/{int(experiment)}/enrollment_tokens/", json=body, idempotent=False
+        )
+        return answer["token"]
+
+    def revoke(self, experiment: int, client: str) -> None:
+        """Shut a client (its UUID) out of the experiment; its credential stops working there."""
+        self._transport.json(
+            "POST",
+            f"api/v1/models/{int(experiment)}/revoke_client/",
+            json={"client": client},
+            idempotent=True,
+        )
+
+    # Rounds and their results
+
+    def updates(self, experiment: int, *, status: str | None = None) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"federated_model": int(experiment)}
+        if status:
+            params["status"] = status
+        return list(self._transport.pages("api/v1/model_updates/", params))
+
+    def aggregates(self, experiment: int) -> list[dict[str, Any]]:
+        """The experiment's aggregates, newest round first."""
+        return list(self._transport.pages("api/v1/model_aggregates/", {"federated_model": int(experiment)}))
+
+    def aggregate(self, aggregate: int) -> dict[str, Any]:
+        return self._transport.json("GET", f"api/v1/model_aggregates/{int(aggregate)}/")
+
+    def watch(
+        self, experiment: int, *, poll_interval: float = 5.0, after: int | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Yield each new aggregate as its round completes (oldest first), forever.
+
+        ``after`` is the last aggregate id already known; by default only rounds that complete
+        from now on are yielded.
+        """
+        params = {"federated_model": int(experiment)}  # the API lists the newest round first
+        if after is None:
+            newest = next(
+                iter(self._transport.pages("api/v1/model_aggregates/", {**params, "page_size": 1})), None
+            )
+            after = newest["id"] if newest else 0
+        while True:
+            fresh = []
+            for aggregate in self._transport.pages("api/v1/model_aggregates/", params):
+                if aggregate["id"] <= after:
+                    break  # newest first: the rest were seen already, so later pages are never fetched
+                fresh.append(aggregate)
+            for aggregate in reversed(fresh):
+                after = aggregate["id"]
+                yield aggregate
+            time.sleep(poll_interval)
+
+    def publish(self, aggregate: int, version: str) -> dict[str, Any]:
+        """Publish an aggregate as the experiment's current artifact under ``version``."""
+        return self._transport.json(
+            "POST",
+            f"api/v1/model_aggregates/{int(aggregate)}/publish_aggregate/",
+            json={"version": version},
+            idempotent=False,
+        )
+
+    def artifacts(self, experiment: int) -> list[dict[str, Any]]:
+        """The experiment's published versions, newest first."""
+        return [
+            a
+            for a in self._transport.pages("api/v1/model_artifacts/")
+            if a["federated_model"] == int(experiment)
+        ]
+
+    def download(
+        self,
+        experiment: int,
+        destination: str | os.PathLike,
+        *,
+        aggregate: int | None = None,
+        version: str | None = None,
+    ) -> Path:
+        """Save weights as a safetensors file: an aggregate, a published version, or else the latest model."""
+        if aggregate is not None and version is not None:
+            raise ValueError("give an aggregate or a version, not both")
+        if aggregate is not None:
+            link = self.aggregate(aggregate)["result"]
+            what = f"aggregate {aggregate}"
+        elif version is not None:
+            match = [a for a in self.artifacts(experiment) if a["version"] == version]
+            if not match:
+                raise NotFound(f"experiment {experiment} has no published version {version!r}")
+            link, what = match[0]["values"], f"version {version}"
+        else:
+            link, what = f"api/v1/models/{int(experiment)}/latest_weights/", "latest model"
+        try:
+            return self._transport.download(link, destination, what=what)
+        except FmaClientError:
+            Path(destination).unlink(missing_ok=True)
+            raise

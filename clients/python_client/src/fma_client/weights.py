@@ -1,0 +1,173 @@
+"""Weights on the wire: safetensors with an ``fma.order`` metadata entry that keeps tensor order.
+
+Uploads are a file-like ``SafetensorsBody`` that serves the header and then each array's own
+buffer, so pushing a model never builds a second copy of it in memory, and a retry just rewinds.
+Downloads land in a file first and are read back with the ``safetensors`` package.
+
+Models come in three shapes, converted by ``as_weights``: a mapping name → numpy array (the
+native form), a PyTorch ``state_dict`` (name → tensor), or a Keras ``get_weights()`` list.
+Neither framework is imported: tensors are recognised by their ``detach``/``numpy`` methods.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import safetensors
+
+ORDER_KEY = "fma.order"
+Weights = dict[str, np.ndarray]
+"""An ordered mapping tensor name → numpy array: one model's parameters."""
+
+_CODES = {
+    np.dtype("<f2"): "F16",
+    np.dtype("<f4"): "F32",
+    np.dtype("<f8"): "F64",
+    np.dtype("i1"): "I8",
+    np.dtype("<i2"): "I16",
+    np.dtype("<i4"): "I32",
+    np.dtype("<i8"): "I64",
+    np.dtype("u1"): "U8",
+    np.dtype("<u2"): "U16",
+    np.dtype("<u4"): "U32",
+    np.dtype("<u8"): "U64",
+}
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    """A numpy array from an array, a nested list, or a framework tensor (PyTorch: detach → cpu → numpy)."""
+    if hasattr(value, "detach") and hasattr(value, "numpy"):
+        value = value.detach()
+        if hasattr(value, "cpu"):
+            value = value.cpu()
+        return np.asarray(value.numpy())
+    return np.asarray(value)
+
+
+def as_weights(model: Any, *, names: Sequence[str] | None = None) -> Weights:
+    """Weights from a mapping (a ``state_dict`` too) or a list of arrays (Keras ``get_weights()``).
+
+    A list's tensors are named by ``names`` when given (the names of the model last pulled, so
+    they match the experiment), else by position ``"0"``, ``"1"``, …, as the server names them.
+    """
+    if isinstance(model, Mapping):
+        return {str(name): _to_numpy(value) for name, value in model.items()}
+    if isinstance(model, list | tuple):
+        if names is None or len(names) != len(model):
+            names = [str(position) for position in range(len(model))]
+        return {name: _to_numpy(value) for name, value in zip(names, model, strict=True)}
+    raise TypeError(
+        f"cannot send a {type(model).__name__} as weights: pass a dict of arrays, a PyTorch "
+        "state_dict, or a Keras get_weights() list"
+    )
+
+
+def to_list(weights: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """The arrays in order, as Keras ``model.set_weights()`` takes them."""
+    return list(weights.values())
+
+
+class SafetensorsBody:
+    """Safetensors bytes of ``weights``, read piece by piece straight from the arrays' buffers.
+
+    ``len()`` is the exact size (so requests sends a Content-Length), ``seek(0)`` restarts it
+    for a retry. Arrays that are not little-endian and C-contiguous are converted one at a time.
+    """
+
+    def __init__(self, weights: Mapping[str, np.ndarray]) -> None:
+        arrays = {}
+        header: dict[str, Any] = {"__metadata__": {ORDER_KEY: json.dumps(list(weights))}}
+        offset = 0
+        for name, value in weights.items():
+            array = np.asarray(value)
+            code = _CODES.get(array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype)
+            if code is None:
+                raise TypeError(
+                    f"tensor {name!r} has dtype {array.dtype}, which FMA does not aggregate; "
+                    f"convert it to one of {', '.join(sorted(set(_CODES.values())))}"
+                )
+            arrays[name] = array
+            header[name] = {
+                "dtype": code,
+                "shape": list(array.shape),
+                "data_offsets": [offset, offset + array.nbytes],
+            }
+            offset += array.nbytes
+        encoded = json.dumps(header, separators=(",", ":")).encode()
+        encoded += b" " * (-len(encoded) % 8)  # the format aligns tensor data to 8 bytes
+        self._head = struct.pack("<Q", len(encoded)) + encoded
+        self._arrays = list(arrays.values())
+        self._size = len(self._head) + offset
+        self.seek(0)
+
+    def __len__(self) -> int:
+        return self._size - self._position
+
+    def __iter__(self):  # requests treats an iterable with a length as a body to stream
+        while chunk := self.read(1 << 20):
+            yield chunk
+
+    def seek(self, position: int, whence: int = os.SEEK_SET) -> int:
+        if position != 0 or whence != os.SEEK_SET:
+            raise OSError("a SafetensorsBody can only be rewound to its start")
+        self._position = 0
+        self._pieces = iter([self._head, *self._arrays])
+        self._current = memoryview(b"")
+        return 0
+
+    def tell(self) -> int:
+        return self._position
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = self._size - self._position
+        out = bytearray()
+        while len(out) < size:
+            if not self._current:
+                piece = next(self._pieces, None)
+                if piece is None:
+                    break
+                self._current = _bytes_view(piece)
+                continue
+            taken = self._current[: size - len(out)]
+            out += taken
+            self._current = self._current[len(taken) :]
+        self._position += len(out)
+        return bytes(out)
+
+
+def _bytes_view(piece: bytes | np.ndarray) -> memoryview:
+    if isinstance(piece, bytes):
+        return memoryview(piece)
+    array = np.ascontiguousarray(piece, dtype=piece.dtype.newbyteorder("<"))
+    return memoryview(array.reshape(-1).view(np.uint8))
+
+
+def encode(weights: Mapping[str, np.ndarray]) -> bytes:
+    """The safetensors bytes of ``weights`` at once (for files; uploads stream a ``SafetensorsBody``)."""
+    return SafetensorsBody(weights).read()
+
+
+def read_file(path: str | os.PathLike) -> Weights:
+    """Weights from a safetensors file, in their ``fma.order`` (or file) order."""
+    with safetensors.safe_open(os.fspath(path), framework="numpy") as file:
+        metadata = file.metadata() or {}
+        names = list(file.keys())
+        if ORDER_KEY in metadata:
+            order = json.loads(metadata[ORDER_KEY])
+            if sorted(order) == sorted(names):
+                names = order
+        return {name: file.get_tensor(name) for name in names}
+
+
+def write_file(weights: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
+    """Write weights as a safetensors file that keeps their order, streaming from the arrays."""
+    body = SafetensorsBody(weights)
+    with open(path, "wb") as file:
+        while chunk := body.read(1 << 20):
+            file.write(chunk)

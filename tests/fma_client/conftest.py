@@ -1,0 +1,63 @@
+"""A live FMA service over real HTTP (pytest-django's ``live_server``), and rounds run in the test.
+
+The client only ever talks HTTP to it; the fixtures use the server's own code just to set the
+scene (a developer and her token, an experiment) and to run a round, which the background
+runners would do in a deployment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from django.contrib.auth.models import User
+from rest_framework.authtoken.models import Token
+
+from fma_core.rounds import RoundEngine
+from fma_django import services
+from fma_django.models import Experiment
+from fma_django.storage import weight_store
+from fma_django.store import DjangoMetadataStore
+
+INITIAL = {"dense": np.zeros((4, 3), dtype=np.float32), "bias": np.zeros(3, dtype=np.float32)}
+
+
+@pytest.fixture
+def server(live_server, transactional_db, settings, tmp_path: Path) -> str:
+    """The live service's base URL, with weights kept in this test's own directory."""
+    settings.FMA_WEIGHTS_DIR = tmp_path / "weights"
+    return live_server.url
+
+
+@pytest.fixture
+def developer(server: str) -> User:
+    return User.objects.create_user("dev", password="dev-password")
+
+
+@pytest.fixture
+def dev_token(developer: User) -> str:
+    return Token.objects.get_or_create(user=developer)[0].key
+
+
+@pytest.fixture
+def experiment(developer: User) -> Experiment:
+    return services.experiment_create(developer=developer, name="mnist", initial_model=dict(INITIAL))
+
+
+@pytest.fixture
+def enrollment_token(experiment: Experiment) -> str:
+    return services.enrollment_token_issue(experiment=experiment, user=experiment.developer)
+
+
+@pytest.fixture
+def run_round() -> Callable[[int], int]:
+    """Run the experiment's round now; returns the new aggregate's id."""
+
+    def run(experiment_id: int) -> int:
+        outcome = RoundEngine(DjangoMetadataStore(), weight_store(), threads=1).run_round(str(experiment_id))
+        assert outcome.status == "committed", outcome
+        return int(outcome.aggregate.aggregate_id)
+
+    return run

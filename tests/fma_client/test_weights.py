@@ -1,0 +1,108 @@
+"""The client's safetensors encoding and its model adapters, checked against the safetensors package and fma-core."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import safetensors.numpy
+
+from fma_client.weights import SafetensorsBody, as_weights, encode, read_file, to_list, write_file
+from fma_core.weights import load
+
+MIXED = {
+    "z.kernel": np.arange(12, dtype=np.float32).reshape(3, 4),
+    "a.bias": np.array([1, -2, 3], dtype=np.int64),
+    "m.scale": np.float64(2.5) * np.ones((2, 1, 2)),
+    "scalar": np.array(7, dtype=np.uint8),
+    "empty": np.zeros((0, 3), dtype=np.float16),
+}
+
+
+def test_encoding_is_read_identically_by_safetensors_and_by_the_server_in_the_given_order():
+    data = encode(MIXED)
+    by_package = safetensors.numpy.load(data)
+    by_server = load(data)
+    assert list(by_server) == list(MIXED)  # order kept although safetensors sorts names
+    for name, array in MIXED.items():
+        for decoded in (by_package[name], by_server[name]):
+            assert decoded.dtype == array.dtype
+            np.testing.assert_array_equal(decoded, array)
+
+
+def test_non_contiguous_and_big_endian_arrays_are_sent_as_little_endian_values():
+    transposed = np.arange(6, dtype=np.float32).reshape(2, 3).T
+    big = np.arange(4, dtype=">i4")
+    decoded = load(encode({"t": transposed, "big": big}))
+    np.testing.assert_array_equal(decoded["t"], transposed)
+    np.testing.assert_array_equal(decoded["big"], big)
+    assert decoded["big"].dtype == np.dtype("<i4")
+
+
+def test_a_body_reads_in_pieces_reports_its_length_and_rewinds_for_a_retry():
+    body = SafetensorsBody(MIXED)
+    whole = encode(MIXED)
+    assert len(body) == len(whole)
+    pieces = []
+    while chunk := body.read(7):
+        pieces.append(chunk)
+    assert b"".join(pieces) == whole
+    assert len(body) == 0
+    body.seek(0)
+    assert (len(body), body.read()) == (len(whole), whole)
+    with pytest.raises(OSError, match="rewound"):
+        body.seek(5)
+
+
+def test_dtypes_the_server_cannot_aggregate_are_refused_before_sending():
+    with pytest.raises(TypeError, match="bool"):
+        SafetensorsBody({"mask": np.ones(3, dtype=bool)})
+
+
+def test_files_round_trip_in_order(tmp_path):
+    write_file(MIXED, tmp_path / "m.safetensors")
+    assert list(read_file(tmp_path / "m.safetensors")) == list(MIXED)
+
+
+def test_files_without_an_order_entry_are_read_in_the_file_order(tmp_path):
+    safetensors.numpy.save_file({"b": np.ones(2, np.float32), "a": np.zeros(1, np.float32)}, tmp_path / "x")
+    assert sorted(read_file(tmp_path / "x")) == ["a", "b"]
+
+
+def test_a_keras_list_takes_the_pulled_names_or_positions():
+    layers = [np.ones((2, 2), np.float32), [0.5, 0.5]]
+    assert list(as_weights(layers)) == ["0", "1"]
+    named = as_weights(layers, names=["dense/kernel", "dense/bias"])
+    assert list(named) == ["dense/kernel", "dense/bias"]
+    np.testing.assert_array_equal(named["dense/bias"], [0.5, 0.5])
+    assert list(as_weights(layers, names=["only-one"])) == ["0", "1"]  # names of another model are ignored
+    assert [a.shape for a in to_list(named)] == [(2, 2), (2,)]
+
+
+def test_a_state_dict_of_tensors_is_detached_moved_to_the_cpu_and_converted():
+    calls = []
+
+    class Tensor:  # the part of torch.Tensor the adapter uses
+        def __init__(self, array):
+            self.array = array
+
+        def detach(self):
+            calls.append("detach")
+            return self
+
+        def cpu(self):
+            calls.append("cpu")
+            return self
+
+        def numpy(self):
+            calls.append("numpy")
+            return self.array
+
+    weights = as_weights({"fc.weight": Tensor(np.eye(2, dtype=np.float32)), "fc.bias": np.zeros(2)})
+    assert list(weights) == ["fc.weight", "fc.bias"]
+    np.testing.assert_array_equal(weights["fc.weight"], np.eye(2))
+    assert calls == ["detach", "cpu", "numpy"]
+
+
+def test_other_objects_are_refused_with_what_to_pass_instead():
+    with pytest.raises(TypeError, match="state_dict"):
+        as_weights("model.pt")
