@@ -1,0 +1,93 @@
+"""One data holder of the quickstart, run as its own process by ``run.py``.
+
+It enrolls with the enrollment token it is given (environment ``FMA_ENROLLMENT_TOKEN``), tells
+the orchestrator on stdout, waits for "go" on stdin (so that every client is enrolled before the
+first round can close), then for each round: pull the global model, train on its own slice of
+the data (which never leaves this process), push the update. A ``--bad`` client pushes random
+noise of the right shape instead, to show what robust aggregators buy.
+
+Stdout carries one JSON object per line for the orchestrator; human-readable errors go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+
+import numpy as np
+
+from digits import dirichlet_partition, load
+from fma_client import Client
+
+NOISE_SCALE = 5.0
+
+
+def say(event: str, **fields: object) -> None:
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--experiment", type=int, required=True)
+    parser.add_argument("--index", type=int, required=True, help="which slice of the data (0-based)")
+    parser.add_argument("--clients", type=int, required=True)
+    parser.add_argument("--alpha", type=float, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rounds", type=int, required=True)
+    parser.add_argument("--epochs", type=int, required=True)
+    parser.add_argument("--lr", type=float, required=True)
+    parser.add_argument("--model", default="softmax", help="module with train() and accuracy()")
+    parser.add_argument("--bad", action="store_true", help="push noise instead of training")
+    parser.add_argument("--round-timeout", type=float, default=120.0)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    model = importlib.import_module(args.model)
+    split = load(args.seed)
+    mine = dirichlet_partition(split.y_train, clients=args.clients, alpha=args.alpha, seed=args.seed)[
+        args.index
+    ]
+    x, y = split.x_train[mine], split.y_train[mine]
+    rng = np.random.default_rng([args.seed, args.index])
+
+    client = Client.enroll(
+        args.url, args.experiment, enrollment_token=os.environ["FMA_ENROLLMENT_TOKEN"], quiet=True
+    )
+    say("enrolled", client=client.uuid, examples=len(mine))
+    if sys.stdin.readline().strip() != "go":
+        return  # the orchestrator gave up before the start
+    with client:
+        weights, _ = client.pull()
+        for round_index in range(args.rounds):
+            if args.bad:
+                update = {
+                    name: (rng.standard_normal(array.shape) * NOISE_SCALE).astype(array.dtype)
+                    for name, array in weights.items()
+                }
+            elif len(y):
+                update = model.train(
+                    weights,
+                    x,
+                    y,
+                    epochs=args.epochs,
+                    learning_rate=args.lr,
+                    seed=int(rng.integers(2**31)),
+                )
+            else:
+                update = weights  # an empty slice: nothing to learn, weighs nothing in fedavg
+            metrics = {"train_accuracy": model.accuracy(update, x, y)} if len(y) else None
+            pushed = client.push(update, num_examples=len(y), metrics=metrics)
+            say("pushed", round=round_index + 1, update=pushed.get("id"))
+            if round_index + 1 < args.rounds:
+                weights, _ = client.wait_for_new_model(timeout=args.round_timeout, poll_interval=0.1)
+    say("done")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,493 @@
+"""FMA quickstart: federated training of a real model, end to end, on the embedded default.
+
+    python examples/quickstart/run.py [--clients 10] [--rounds 30] [--alpha 0.5]
+        [--aggregator fedavg|trimmed_mean|median|mean] [--bad-clients 0] [--seed 0]
+
+What it does, all on this machine with nothing else installed or running:
+
+1. starts the real service (``python -m fma_service``: gunicorn, SQLite, a local weight directory,
+   the in-process aggregation runner) on a free loopback port, in a temporary data directory;
+2. creates a developer account, logs in through the API and creates the experiment with
+   fma-client's ``Developer`` (the initial model, the aggregator, and the round policy "every
+   enrolled client has pushed, or 30 s after the round's first update": a slow or crashed client
+   cannot stall training);
+3. issues one enrollment token per client and starts each client as its own process
+   (``client.py``): it enrolls, then pulls, trains on its own non-IID slice of the data and
+   pushes, round after round;
+4. follows the rounds through the API, downloads each new aggregate and measures it on the
+   held-out test set (one line per round), trains the same model centrally on the pooled data
+   for comparison, prints the table and writes ``accuracy.png`` and ``rounds.csv`` in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import importlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import IO, Any
+
+import requests
+
+from digits import dirichlet_partition, load
+from fma_client import Developer, read_file, write_file
+
+HERE = Path(__file__).resolve().parent
+AGGREGATORS = ("fedavg", "trimmed_mean", "median", "mean")
+USERNAME = "quickstart"
+
+
+@dataclass
+class Row:
+    round: int
+    participants: int
+    accuracy: float
+    seconds: float
+
+
+def parse(argv: list[str] | None, defaults: dict[str, Any] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Federated training of a real model against a real FMA service, end to end.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--clients", type=int, default=10, help="data holders, one process each")
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet α of the non-IID split")
+    parser.add_argument("--aggregator", choices=AGGREGATORS, default="fedavg")
+    parser.add_argument("--bad-clients", type=int, default=0, help="clients that push noise")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=5, help="local epochs per round")
+    parser.add_argument("--lr", type=float, default=0.5, help="learning rate of local SGD")
+    parser.add_argument(
+        "--deadline", type=float, default=30.0, help="seconds after a round's first update to close it"
+    )
+    parser.add_argument("--out", type=Path, default=Path("out/quickstart"), help="table and plot go here")
+    parser.add_argument("--model", default="softmax", help="module with the model (see softmax.py)")
+    parser.add_argument("--keep-data", action="store_true", help="keep the service's data directory")
+    parser.add_argument(
+        "--serve", action="store_true", help="keep the service running at the end, until Ctrl-C"
+    )
+    if defaults:
+        parser.set_defaults(**defaults)
+    args = parser.parse_args(argv)
+    if args.clients < 1 or args.rounds < 1:
+        parser.error("--clients and --rounds must be at least 1")
+    if not 0 <= args.bad_clients < args.clients:
+        parser.error("--bad-clients must be between 0 and --clients - 1")
+    return args
+
+
+def aggregator_params(name: str, clients: int, bad: int) -> dict[str, Any]:
+    """Trimmed mean cuts at least the bad clients' share at each end (10 % when there are none)."""
+    if name == "trimmed_mean":
+        return {"trim_fraction": min(0.49, max(0.1, (bad + 0.5) / clients))}
+    return {}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Service:
+    """The real FMA service in a subprocess: ``python -m fma_service`` on the embedded default."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("FMA_", "DJANGO_"))},
+            "FMA_DATA_DIR": str(data_dir),
+            "FMA_DEVELOPMENT": "1",  # a secret key generated and kept in the data dir
+            "FMA_BIND": f"127.0.0.1:{self.port}",
+            "FMA_AGGREGATOR_RUNNER": "inprocess",
+            "FMA_WORKERS": "2",
+            "FMA_LOG_LEVEL": "WARNING",
+            "DJANGO_SETTINGS_MODULE": "fma_service.settings",
+        }
+        self.log_path = data_dir / "server.log"
+        self._log: IO[bytes] | None = None
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120.0) -> None:
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "fma_service"],
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the service exited with {self.process.returncode}:\n{self.log_tail()}")
+            with contextlib.suppress(requests.ConnectionError):
+                if requests.get(self.url + "api/schema/", timeout=5).status_code < 500:
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"the service did not answer within {timeout} s:\n{self.log_tail()}")
+
+    def create_developer(self, password: str) -> None:
+        """The developer account, as an operator makes one: ``createsuperuser`` (so the admin works too)."""
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "django",
+                "createsuperuser",
+                "--noinput",
+                "--username",
+                USERNAME,
+                "--email",
+                "quickstart@example.com",
+            ],
+            env={**self.env, "DJANGO_SUPERUSER_PASSWORD": password},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if done.returncode:
+            raise RuntimeError(f"createsuperuser failed:\n{done.stderr}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()  # gunicorn's graceful stop
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._log is not None:
+            self._log.close()
+
+
+class ClientProcess:
+    """One data holder in its own process; its stdout lines (JSON events) are read by a thread."""
+
+    def __init__(self, index: int, command: list[str], token: str, log_path: Path) -> None:
+        self.index = index
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            command,
+            env={**os.environ, "FMA_ENROLLMENT_TOKEN": token, "PYTHONPATH": _pythonpath()},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+        )
+        self.events: list[dict[str, Any]] = []
+        self.enrolled = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with contextlib.suppress(json.JSONDecodeError):
+                event = json.loads(line)
+                self.events.append(event)
+                if event.get("event") == "enrolled":
+                    self.enrolled.set()
+
+    def go(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write("go\n")
+        self.process.stdin.flush()
+
+    def failed(self) -> bool:
+        return self.process.poll() not in (None, 0)
+
+    def error(self) -> str:
+        """The last line the client wrote to stderr (its exception, if it died of one)."""
+        self._log.flush()
+        lines = self.log_path.read_text(errors="replace").strip().splitlines()
+        return lines[-1] if lines else f"exit code {self.process.returncode}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+
+def _pythonpath() -> str:
+    return os.pathsep.join([str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
+def follow_rounds(
+    developer: Developer,
+    experiment: int,
+    model: ModuleType,
+    x_test: Any,
+    y_test: Any,
+    *,
+    rounds: int,
+    clients: list[ClientProcess],
+    scratch: Path,
+    started: float,
+    stall_seconds: float,
+) -> list[Row]:
+    """Poll the API for new aggregates; download and score each one, printing a line per round."""
+    rows: list[Row] = []
+    seen: set[int] = set()
+    last_time = started
+    last_progress = time.monotonic()
+    while len(rows) < rounds:
+        fresh = [a for a in developer.aggregates(experiment) if a["id"] not in seen]
+        for aggregate in sorted(fresh, key=lambda a: a["round_number"]):
+            seen.add(aggregate["id"])
+            detail = developer.aggregate(aggregate["id"])
+            path = developer.download(
+                experiment, scratch / f"{aggregate['id']}.safetensors", aggregate=aggregate["id"]
+            )
+            accuracy = model.accuracy(read_file(path), x_test, y_test)
+            now = time.monotonic()
+            row = Row(aggregate["round_number"], len(detail["updates"]), accuracy, now - last_time)
+            last_time = last_progress = now
+            rows.append(row)
+            print(
+                f"  round {row.round:3d}: {row.participants:2d} clients, test accuracy {row.accuracy:6.1%}"
+                f"  ({row.seconds:.1f} s)",
+                flush=True,
+            )
+        if len(rows) >= rounds:
+            break
+        clients_gone = all(c.process.poll() is not None for c in clients)
+        if clients_gone and not fresh and time.monotonic() - last_progress > 5:
+            break  # every client has exited and no round is coming
+        if time.monotonic() - last_progress > stall_seconds:
+            print(f"  no round completed in {stall_seconds:.0f} s; stopping", flush=True)
+            break
+        time.sleep(0.2)
+    return rows
+
+
+def write_results(out: Path, rows: list[Row], initial: float, central: float, title: str) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "rounds.csv").open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["round", "participants", "test_accuracy", "seconds"])
+        writer.writerow([0, 0, f"{initial:.4f}", ""])
+        writer.writerows([r.round, r.participants, f"{r.accuracy:.4f}", f"{r.seconds:.2f}"] for r in rows)
+    import matplotlib
+
+    matplotlib.use("Agg")  # no screen needed
+    from matplotlib import pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.2), dpi=110)
+    axes.plot(
+        [0, *(r.round for r in rows)],
+        [initial, *(r.accuracy for r in rows)],
+        marker="o",
+        markersize=3,
+        label="federated (FMA), global model",
+    )
+    axes.axhline(
+        central, color="tab:orange", linestyle="--", label=f"centralized, pooled data ({central:.1%})"
+    )
+    axes.set(xlabel="round", ylabel="test accuracy", title=title, ylim=(0, 1.02))
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    path = out / "accuracy.png"
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def main(
+    argv: list[str] | None = None,
+    *,
+    defaults: dict[str, Any] | None = None,
+    model_dirs: tuple[Path, ...] = (),
+) -> dict[str, Any]:
+    """Run the quickstart; returns its results (also for the tests)."""
+    args = parse(argv, defaults)
+    started = time.monotonic()
+    for folder in (HERE, *model_dirs):
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
+    extra_path = os.pathsep.join(str(d) for d in model_dirs)
+    if extra_path:
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [extra_path, os.environ.get("PYTHONPATH")]))
+    model = importlib.import_module(args.model)
+    split = load(args.seed)
+    parts = dirichlet_partition(split.y_train, clients=args.clients, alpha=args.alpha, seed=args.seed)
+
+    data_dir = Path(tempfile.mkdtemp(prefix="fma-quickstart-"))
+    service = Service(data_dir)
+    clients: list[ClientProcess] = []
+    try:
+        print(
+            f"Starting the FMA service (SQLite + local weights + in-process aggregator) in {data_dir}",
+            flush=True,
+        )
+        service.start()
+        password = secrets.token_urlsafe(12)
+        service.create_developer(password)
+        print(f"  API       {service.url}api/v1/")
+        print(f"  API docs  {service.url}api/docs/")
+        print(f"  admin     {service.url}admin/   (user {USERNAME}, password {password})")
+        print(f"  ready after {time.monotonic() - started:.1f} s", flush=True)
+
+        developer = Developer.login(service.url, USERNAME, password, quiet=True)
+        initial_path = data_dir / "initial.safetensors"
+        initial_weights = model.initial_weights(args.seed)
+        write_file(initial_weights, initial_path)
+        experiment = developer.create_experiment(
+            {
+                "name": f"quickstart-digits-{args.model}",
+                "description": "scikit-learn digits, non-IID across clients (examples/quickstart)",
+                "aggregator": args.aggregator,
+                "aggregator_params": aggregator_params(args.aggregator, args.clients, args.bad_clients),
+                "round_policy": {
+                    "any_of": [
+                        {"policy": "all_clients"},
+                        {"policy": "deadline", "seconds": args.deadline, "min_updates": 1},
+                    ]
+                },
+                "initial_model": str(initial_path),
+                "enrollment": "token",
+            }
+        )
+        experiment_id = experiment["id"]
+        bad = set(range(args.clients - args.bad_clients, args.clients))
+        print(
+            f"Experiment {experiment_id}: {args.aggregator}, {args.clients} clients"
+            + (f" ({len(bad)} pushing noise)" if bad else "")
+            + f", {args.rounds} rounds of {args.epochs} local epochs, Dirichlet α={args.alpha}; "
+            f"examples per client: {', '.join(str(len(p)) for p in parts)}",
+            flush=True,
+        )
+        for index in range(args.clients):
+            token = developer.issue_enrollment_token(experiment_id, max_uses=1)
+            command = [
+                sys.executable,
+                str(HERE / "client.py"),
+                "--url", service.url,
+                "--experiment", str(experiment_id),
+                "--index", str(index),
+                "--clients", str(args.clients),
+                "--alpha", str(args.alpha),
+                "--seed", str(args.seed),
+                "--rounds", str(args.rounds),
+                "--epochs", str(args.epochs),
+                "--lr", str(args.lr),
+                "--model", args.model,
+                "--round-timeout", str(args.deadline * 4),
+            ] + (["--bad"] if index in bad else [])  # fmt: skip
+            clients.append(ClientProcess(index, command, token, data_dir / f"client-{index}.log"))
+        for client in clients:
+            while not client.enrolled.wait(0.2):
+                if client.process.poll() is not None:
+                    raise RuntimeError(f"client {client.index} exited before enrolling: {client.error()}")
+        print(
+            f"{args.clients} clients enrolled after {time.monotonic() - started:.1f} s; training:", flush=True
+        )
+        rounds_started = time.monotonic()
+        for client in clients:
+            client.go()
+
+        rows = follow_rounds(
+            developer,
+            experiment_id,
+            model,
+            split.x_test,
+            split.y_test,
+            rounds=args.rounds,
+            clients=clients,
+            scratch=data_dir,
+            started=rounds_started,
+            stall_seconds=args.deadline * 4,
+        )
+        for client in clients:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                client.process.wait(10)  # each exits after its last push
+        failed = [client.index for client in clients if client.failed()]
+        for client in clients:
+            if client.failed():
+                print(f"  client {client.index} failed: {client.error()}", flush=True)
+        developer.close()
+    finally:
+        for client in clients:
+            client.stop()
+        if not args.serve:
+            service.stop()
+
+    central_weights = model.train(
+        initial_weights,
+        split.x_train,
+        split.y_train,
+        epochs=args.rounds * args.epochs,
+        learning_rate=args.lr,
+        seed=args.seed,
+    )
+    central = model.accuracy(central_weights, split.x_test, split.y_test)
+    initial = model.accuracy(initial_weights, split.x_test, split.y_test)
+
+    print()
+    print("round  clients  test accuracy  seconds")
+    print(f"{0:5d}  {'-':>7}  {initial:13.1%}  {'':>7}   (initial model)")
+    for row in rows:
+        print(f"{row.round:5d}  {row.participants:7d}  {row.accuracy:13.1%}  {row.seconds:7.1f}")
+    final = rows[-1].accuracy if rows else float("nan")
+    print()
+    print(f"federated ({args.aggregator}, {len(rows)} rounds):  {final:.1%}")
+    print(f"centralized (pooled data, {args.rounds * args.epochs} epochs): {central:.1%}")
+    print(f"gap: {(central - final) * 100:+.1f} points")
+    title = f"{args.model} on digits: {args.clients} clients, α={args.alpha}, {args.aggregator}" + (
+        f", {args.bad_clients} bad" if args.bad_clients else ""
+    )
+    plot = write_results(args.out, rows, initial, central, title)
+    print(f"table: {args.out / 'rounds.csv'}   plot: {plot}")
+    elapsed = time.monotonic() - started
+    print(f"elapsed: {elapsed:.1f} s", flush=True)
+
+    if args.serve:
+        print(f"The service keeps running at {service.url} (admin {service.url}admin/); Ctrl-C stops it.")
+        with contextlib.suppress(KeyboardInterrupt):
+            service.process.wait()
+        service.stop()
+    if args.keep_data:
+        print(f"data kept in {data_dir}")
+    else:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    return {
+        "rows": rows,
+        "initial": initial,
+        "central": central,
+        "final": final,
+        "elapsed": elapsed,
+        "plot": plot,
+        "failed_clients": failed,
+    }
+
+
+if __name__ == "__main__":
+    main()
