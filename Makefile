@@ -8,9 +8,14 @@ STAMP := $(VENV)/.installed
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
-.PHONY: run test lint format clean
+.PHONY: run test bench format clean
 
+# federated training end to end on the embedded default; options: make run ARGS="--aggregator median --bad-clients 2"
 run: $(STAMP)
+	$(BIN)/python examples/quickstart/run.py $(ARGS)
+
+# the aggregation benchmark (the README's performance table)
+bench: $(STAMP)
 	$(BIN)/python benchmarks/aggregate.py
 
 test: $(STAMP) $(CHECKOV_STAMP)

@@ -1,6 +1,6 @@
 """One data holder of the quickstart, run as its own process by ``run.py``.
 
-It enrolls with the enrollment token it is given (environment ``FMA_ENROLLMENT_TOKEN``), tells
+Its data is its own file (``--data``, written by ``run.py`` from the non-IID split). It enrolls with the enrollment token it is given (environment ``FMA_ENROLLMENT_TOKEN``), tells
 the orchestrator on stdout, waits for "go" on stdin (so that every client is enrolled before the
 first round can close), then for each round: pull the global model, train on its own slice of
 the data (which never leaves this process), push the update. A ``--bad`` client pushes random
@@ -16,10 +16,12 @@ import importlib
 import json
 import os
 import sys
+import zlib
+from pathlib import Path
 
 import numpy as np
 
-from digits import dirichlet_partition, load
+from digits import load_slice
 from fma_client import Client
 
 NOISE_SCALE = 5.0
@@ -33,9 +35,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--url", required=True)
     parser.add_argument("--experiment", type=int, required=True)
-    parser.add_argument("--index", type=int, required=True, help="which slice of the data (0-based)")
-    parser.add_argument("--clients", type=int, required=True)
-    parser.add_argument("--alpha", type=float, required=True)
+    parser.add_argument("--data", type=Path, required=True, help="this client's examples (.npz)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rounds", type=int, required=True)
     parser.add_argument("--epochs", type=int, required=True)
@@ -49,17 +49,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     model = importlib.import_module(args.model)
-    split = load(args.seed)
-    mine = dirichlet_partition(split.y_train, clients=args.clients, alpha=args.alpha, seed=args.seed)[
-        args.index
-    ]
-    x, y = split.x_train[mine], split.y_train[mine]
-    rng = np.random.default_rng([args.seed, args.index])
+    x, y = load_slice(args.data)
+    rng = np.random.default_rng([args.seed, zlib.crc32(args.data.name.encode())])
 
     client = Client.enroll(
         args.url, args.experiment, enrollment_token=os.environ["FMA_ENROLLMENT_TOKEN"], quiet=True
     )
-    say("enrolled", client=client.uuid, examples=len(mine))
+    say("enrolled", client=client.uuid, examples=len(y))
     if sys.stdin.readline().strip() != "go":
         return  # the orchestrator gave up before the start
     with client:

@@ -8,10 +8,9 @@ from a Dirichlet(α) distribution (small α: each client sees mostly a few digit
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 CLASSES = 10
 FEATURES = 64
@@ -26,6 +25,9 @@ class Split:
 
 
 def load(seed: int = 0) -> Split:
+    from sklearn.datasets import load_digits  # imported here: the client processes never need it
+    from sklearn.model_selection import train_test_split
+
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype(np.float32)
     x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.25, random_state=seed, stratify=y)
@@ -43,3 +45,13 @@ def dirichlet_partition(labels: np.ndarray, *, clients: int, alpha: float, seed:
         for part, chunk in zip(parts, np.split(indices, cuts), strict=True):
             part.extend(chunk.tolist())
     return [np.array(sorted(part), dtype=np.int64) for part in parts]
+
+
+def save_slice(path: Path, x: np.ndarray, y: np.ndarray) -> None:
+    """One data holder's own examples, as a file on "its" disk (the quickstart simulates them)."""
+    np.savez(path, x=x, y=y)
+
+
+def load_slice(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path) as data:
+        return data["x"], data["y"]

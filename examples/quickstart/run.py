@@ -29,7 +29,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,16 +37,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import IO, Any
+from typing import Any
 
-import requests
-
-from digits import dirichlet_partition, load
+from digits import dirichlet_partition, load, save_slice
 from fma_client import Developer, read_file, write_file
+from local_service import USERNAME, Service
 
 HERE = Path(__file__).resolve().parent
 AGGREGATORS = ("fedavg", "trimmed_mean", "median", "mean")
-USERNAME = "quickstart"
 
 
 @dataclass
@@ -97,101 +94,16 @@ def aggregator_params(name: str, clients: int, bad: int) -> dict[str, Any]:
     return {}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Service:
-    """The real FMA service in a subprocess: ``python -m fma_service`` on the embedded default."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("FMA_", "DJANGO_"))},
-            "FMA_DATA_DIR": str(data_dir),
-            "FMA_DEVELOPMENT": "1",  # a secret key generated and kept in the data dir
-            "FMA_BIND": f"127.0.0.1:{self.port}",
-            "FMA_AGGREGATOR_RUNNER": "inprocess",
-            "FMA_WORKERS": "2",
-            "FMA_LOG_LEVEL": "WARNING",
-            "DJANGO_SETTINGS_MODULE": "fma_service.settings",
-        }
-        self.log_path = data_dir / "server.log"
-        self._log: IO[bytes] | None = None
-        self.process: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 120.0) -> None:
-        self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "fma_service"],
-            env=self.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the service exited with {self.process.returncode}:\n{self.log_tail()}")
-            with contextlib.suppress(requests.ConnectionError):
-                if requests.get(self.url + "api/schema/", timeout=5).status_code < 500:
-                    return
-            time.sleep(0.2)
-        raise RuntimeError(f"the service did not answer within {timeout} s:\n{self.log_tail()}")
-
-    def create_developer(self, password: str) -> None:
-        """The developer account, as an operator makes one: ``createsuperuser`` (so the admin works too)."""
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "django",
-                "createsuperuser",
-                "--noinput",
-                "--username",
-                USERNAME,
-                "--email",
-                "quickstart@example.com",
-            ],
-            env={**self.env, "DJANGO_SUPERUSER_PASSWORD": password},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if done.returncode:
-            raise RuntimeError(f"createsuperuser failed:\n{done.stderr}")
-
-    def log_tail(self, lines: int = 30) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()  # gunicorn's graceful stop
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self._log is not None:
-            self._log.close()
-
-
 class ClientProcess:
     """One data holder in its own process; its stdout lines (JSON events) are read by a thread."""
 
-    def __init__(self, index: int, command: list[str], token: str, log_path: Path) -> None:
+    def __init__(self, index: int, command: list[str], token: str, log_path: Path, pythonpath: str) -> None:
         self.index = index
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
             command,
-            env={**os.environ, "FMA_ENROLLMENT_TOKEN": token, "PYTHONPATH": _pythonpath()},
+            env={**os.environ, "FMA_ENROLLMENT_TOKEN": token, "PYTHONPATH": pythonpath},
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._log,
@@ -234,10 +146,6 @@ class ClientProcess:
                 self.process.kill()
                 self.process.wait()
         self._log.close()
-
-
-def _pythonpath() -> str:
-    return os.pathsep.join([str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
 def follow_rounds(
@@ -333,9 +241,10 @@ def main(
     for folder in (HERE, *model_dirs):
         if str(folder) not in sys.path:
             sys.path.insert(0, str(folder))
-    extra_path = os.pathsep.join(str(d) for d in model_dirs)
-    if extra_path:
-        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [extra_path, os.environ.get("PYTHONPATH")]))
+    # the client processes import the model module and digits.py from the same folders
+    pythonpath = os.pathsep.join(
+        [str(HERE), *map(str, model_dirs), *filter(None, [os.environ.get("PYTHONPATH")])]
+    )
     model = importlib.import_module(args.model)
     split = load(args.seed)
     parts = dirichlet_partition(split.y_train, clients=args.clients, alpha=args.alpha, seed=args.seed)
@@ -386,15 +295,15 @@ def main(
             flush=True,
         )
         for index in range(args.clients):
+            data_file = data_dir / f"client-{index}.npz"
+            save_slice(data_file, split.x_train[parts[index]], split.y_train[parts[index]])
             token = developer.issue_enrollment_token(experiment_id, max_uses=1)
             command = [
                 sys.executable,
                 str(HERE / "client.py"),
                 "--url", service.url,
                 "--experiment", str(experiment_id),
-                "--index", str(index),
-                "--clients", str(args.clients),
-                "--alpha", str(args.alpha),
+                "--data", str(data_file),
                 "--seed", str(args.seed),
                 "--rounds", str(args.rounds),
                 "--epochs", str(args.epochs),
@@ -402,7 +311,7 @@ def main(
                 "--model", args.model,
                 "--round-timeout", str(args.deadline * 4),
             ] + (["--bad"] if index in bad else [])  # fmt: skip
-            clients.append(ClientProcess(index, command, token, data_dir / f"client-{index}.log"))
+            clients.append(ClientProcess(index, command, token, data_dir / f"client-{index}.log", pythonpath))
         for client in clients:
             while not client.enrolled.wait(0.2):
                 if client.process.poll() is not None:
