@@ -34,6 +34,7 @@ def quickstart() -> Any:
         sys.path.insert(0, str(QUICKSTART))  # for its own imports (digits, softmax)
     spec = importlib.util.spec_from_file_location("quickstart_run", QUICKSTART / "run.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
