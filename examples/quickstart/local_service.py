@@ -39,7 +39,8 @@ class Service:
             "FMA_DEVELOPMENT": "1",  # a secret key generated and kept in the data dir
             "FMA_BIND": f"127.0.0.1:{self.port}",
             "FMA_AGGREGATOR_RUNNER": "inprocess",
-            "FMA_WORKERS": "2",
+            "FMA_WORKERS": "1",  # one process: its in-process runner sees every update
+            "FMA_THREADS": "8",
             "FMA_LOG_LEVEL": "WARNING",
             "DJANGO_SETTINGS_MODULE": "fma_service.settings",
         }
