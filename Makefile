@@ -14,8 +14,8 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	FMA_TEST_DATABASE=sqlite $(BIN)/python -m pytest
-	# the Django packages again, on PostgreSQL (127.0.0.1:5432; FMA_TEST_DATABASE_URL to change)
-	FMA_TEST_DATABASE=postgresql $(BIN)/python -m pytest tests/fma_django tests/api_service tests/aggregator
+	# the Django package and the aggregator again, on PostgreSQL (127.0.0.1:5432; FMA_TEST_DATABASE_URL to change)
+	FMA_TEST_DATABASE=postgresql $(BIN)/python -m pytest tests/fma_django tests/aggregator
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

@@ -42,7 +42,7 @@ class ExperimentAdmin(admin.ModelAdmin):
         "legacy_mode",
         "rounds",
         "pending_updates",
-        "clients",
+        "client_count",
         "current_artifact",
         "last_modified",
     ]
@@ -74,7 +74,7 @@ class ExperimentAdmin(admin.ModelAdmin):
         return experiment._pending
 
     @admin.display(description="clients", ordering="_clients")
-    def clients(self, experiment: Experiment) -> int:
+    def client_count(self, experiment: Experiment) -> int:
         return experiment._clients
 
     def _set_aggregation(self, request: HttpRequest, queryset: QuerySet[Experiment], allowed: bool) -> None:

@@ -1,0 +1,128 @@
+"""The deployable project: settings from the environment, manage.py, and `fma-server` serving the API,
+the Swagger UI (offline) and the admin from one command."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+MANAGE = Path(__file__).resolve().parents[2] / "api_service" / "manage.py"
+
+
+def clean_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FMA_", "DJANGO_"))}
+    return {**env, "FMA_DATA_DIR": str(data_dir), "DJANGO_SETTINGS_MODULE": "fma_service.settings", **extra}
+
+
+def settings_value(env: dict[str, str], expression: str) -> subprocess.CompletedProcess:
+    code = f"import django; django.setup(); from django.conf import settings; print({expression})"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_secret_key_is_required_outside_development(tmp_path):
+    refused = settings_value(clean_env(tmp_path), "settings.SECRET_KEY")
+    assert refused.returncode != 0
+    assert "FMA_SECRET_KEY is not set" in refused.stderr
+    given = settings_value(
+        clean_env(tmp_path, FMA_SECRET_KEY="s3cret"), "settings.SECRET_KEY, settings.DEBUG"
+    )
+    assert given.stdout.strip() == "s3cret False"
+
+
+def test_embedded_defaults_live_under_the_data_dir(tmp_path):
+    result = settings_value(
+        clean_env(tmp_path, FMA_DEVELOPMENT="1"),
+        "settings.DATABASES['default']['NAME'], settings.FMA_WEIGHTS_DIR, settings.DEBUG",
+    )
+    assert result.stdout.split() == [str(tmp_path / "fma.sqlite3"), str(tmp_path / "weights"), "False"]
+
+
+def test_database_url_selects_postgresql(tmp_path):
+    result = settings_value(
+        clean_env(
+            tmp_path, FMA_DEVELOPMENT="1", FMA_DATABASE_URL="postgresql://fma:p%40ss@db.local:6543/fmadb"
+        ),
+        "sorted((k, v) for k, v in settings.DATABASES['default'].items() if k in {'ENGINE','NAME','USER','PASSWORD','HOST','PORT'})",
+    )
+    assert result.stdout.strip() == str(
+        [
+            ("ENGINE", "django.db.backends.postgresql"),
+            ("HOST", "db.local"),
+            ("NAME", "fmadb"),
+            ("PASSWORD", "p@ss"),
+            ("PORT", "6543"),
+            ("USER", "fma"),
+        ]
+    )
+
+
+def test_manage_py_migrates_and_creates_a_superuser(tmp_path):
+    env = clean_env(tmp_path, FMA_DEVELOPMENT="1", DJANGO_SUPERUSER_PASSWORD="pw-for-tests")
+    for command in (
+        ["migrate", "--noinput"],
+        ["createsuperuser", "--noinput", "--username", "admin", "--email", "admin@example.com"],
+    ):
+        done = subprocess.run(
+            [sys.executable, str(MANAGE), *command], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+    assert (tmp_path / "fma.sqlite3").exists()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    port = free_port()
+    env = clean_env(tmp_path, FMA_SECRET_KEY="test-key", FMA_BIND=f"127.0.0.1:{port}", FMA_WORKERS="1")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fma_service"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"fma-server exited: {process.stdout.read()}")
+        try:
+            requests.get(url + "/api/schema/", timeout=2)
+            break
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    try:
+        yield url
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+
+
+def test_one_command_serves_api_docs_and_admin(server):
+    schema = requests.get(server + "/api/schema/", timeout=10)
+    assert schema.status_code == 200
+    assert "/api/v1/models/{id}/upload_update/" in schema.text
+    docs = requests.get(server + "/api/docs/", timeout=10)
+    assert docs.status_code == 200
+    assets = [
+        line.split('"')[1]
+        for line in docs.text.splitlines()
+        if "swagger-ui-bundle.js" in line and '"' in line
+    ]
+    assert assets
+    assert assets[0].startswith("/static/")  # served by the service itself: no internet needed
+    assert requests.get(server + assets[0], timeout=10).status_code == 200
+    assert requests.get(server + "/admin/login/", timeout=10).status_code == 200
+    assert requests.get(server + "/api/v1/models/", timeout=10).status_code == 401

@@ -1,0 +1,93 @@
+"""The admin lists every entity with its state, and its actions go through the services."""
+
+from __future__ import annotations
+
+import pytest
+from django.urls import reverse
+
+from fma_core.rounds import RoundEngine
+from fma_django.models import Client, Event, EventKind, ModelAggregate
+from fma_django.storage import weight_store
+from fma_django.store import DjangoMetadataStore
+
+
+@pytest.fixture
+def populated(experiment, client_api, uploader, safetensors):
+    assert uploader(client_api, experiment.pk, safetensors(1.0)).status_code == 201
+    RoundEngine(DjangoMetadataStore(), weight_store(), threads=1).run_round(str(experiment.pk))
+    return experiment
+
+
+MODELS = [
+    "experiment",
+    "client",
+    "modelupdate",
+    "modelaggregate",
+    "modelartifact",
+    "clientaggregatescore",
+    "enrollmenttoken",
+    "roundlease",
+    "event",
+]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_changelist_renders(admin_client, populated, model):
+    response = admin_client.get(reverse(f"admin:fma_django_{model}_changelist"))
+    assert response.status_code == 200
+
+
+def test_experiment_list_shows_round_progress_and_clients(admin_client, populated):
+    page = admin_client.get(reverse("admin:fma_django_experiment_changelist")).content.decode()
+    assert 'class="field-rounds">1<' in page
+    assert 'class="field-client_count">1<' in page
+    assert 'class="field-pending_updates">0<' in page
+
+
+def test_actions_pause_resume_publish_and_revoke(admin_client, populated):
+    experiments = reverse("admin:fma_django_experiment_changelist")
+    admin_client.post(experiments, {"action": "pause_aggregation", "_selected_action": [populated.pk]})
+    populated.refresh_from_db()
+    assert populated.allow_aggregation is False
+    admin_client.post(experiments, {"action": "resume_aggregation", "_selected_action": [populated.pk]})
+    populated.refresh_from_db()
+    assert populated.allow_aggregation is True
+
+    aggregate = ModelAggregate.objects.get()
+    admin_client.post(
+        reverse("admin:fma_django_modelaggregate_changelist"),
+        {"action": "publish", "_selected_action": [aggregate.pk]},
+    )
+    populated.refresh_from_db()
+    assert populated.current_artifact.aggregate_id == aggregate.pk
+
+    client = Client.objects.get()
+    admin_client.post(
+        reverse("admin:fma_django_client_changelist"), {"action": "revoke", "_selected_action": [client.pk]}
+    )
+    client.refresh_from_db()
+    assert client.is_revoked
+    kinds = set(Event.objects.values_list("kind", flat=True))
+    assert {
+        EventKind.AGGREGATION_PAUSED,
+        EventKind.AGGREGATION_RESUMED,
+        EventKind.PUBLISHED,
+        EventKind.CREDENTIAL_REVOKED,
+    } <= kinds
+
+
+def test_events_are_append_only(admin_client, populated):
+    from fma_django.models import AppendOnly
+
+    event = Event.objects.first()
+    with pytest.raises(AppendOnly):
+        event.save()
+    with pytest.raises(AppendOnly):
+        event.delete()
+    assert admin_client.get(reverse("admin:fma_django_event_change", args=[event.pk])).status_code == 200
+    assert (
+        admin_client.post(
+            reverse("admin:fma_django_event_delete", args=[event.pk]), {"post": "yes"}
+        ).status_code
+        == 403
+    )
