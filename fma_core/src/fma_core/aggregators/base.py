@@ -89,9 +89,9 @@ class Aggregator(ABC):
 
     name: ClassVar[str]
     Params: ClassVar[type[AggregatorParams]] = NoParams
-    block_elements: ClassVar[int] = (
-        1 << 18
-    )  # 1 MiB of float32: big enough to amortize Python, small enough for L2/L3
+    # Elements per block: 1 MiB of float32, big enough to amortize Python's per-call cost,
+    # small enough that a block and its scratch stay in the L2/L3 caches.
+    block_elements: ClassVar[int] = 1 << 18
 
     def __init__(
         self, params: AggregatorParams | Mapping[str, Any] | None = None, *, threads: int | None = None
@@ -117,11 +117,8 @@ class Aggregator(ABC):
             raise ValueError("nothing to aggregate: no updates")
         plan = self._plan(ordered)
         out = {t.name: np.empty(t.shape, t.numpy_dtype) for t in spec}
-        tasks = [
-            (t, start, min(start + self._block(len(ordered)), t.size))
-            for t in spec
-            for start in self._starts(t, len(ordered))
-        ]
+        block = self._block(len(ordered))
+        tasks = [(t, start, min(start + block, t.size)) for t in spec for start in range(0, t.size, block)]
         with ExitStack() as stack:
             readers = [_Opened(update, stack) for update in ordered]
             workers = max(1, min(self.threads, len(tasks)))
@@ -142,9 +139,6 @@ class Aggregator(ABC):
 
     def _block(self, count: int) -> int:
         return self.block_elements
-
-    def _starts(self, info: TensorInfo, count: int) -> range:
-        return range(0, info.size, self._block(count)) if info.size else range(0)
 
     def _plan(self, updates: Sequence[UpdateInput]) -> Any:
         """Per-round data the block hook needs (e.g. coefficients), computed once."""
@@ -174,12 +168,12 @@ class LinearAggregator(Aggregator):
     def input_weights(self, updates: Sequence[UpdateInput]) -> list[float]:
         return self.coefficients(canonical_order(updates)).tolist()
 
-    def _plan(self, updates: Sequence[UpdateInput]) -> np.ndarray | None:
-        """The coefficients, or None when they are all equal: then sum and scale once, which is faster."""
+    def _plan(self, updates: Sequence[UpdateInput]) -> np.ndarray | float:
+        """The coefficients, or their one value when all are equal: then sum and scale once, faster."""
         coefficients = np.asarray(self.coefficients(updates), dtype=np.float64)
         if coefficients.shape != (len(updates),) or not np.isfinite(coefficients).all():
             raise FmaError(f"aggregator {self.name!r} gave invalid coefficients")
-        return None if (coefficients == coefficients[0]).all() else coefficients
+        return float(coefficients[0]) if (coefficients == coefficients[0]).all() else coefficients
 
     def _combine(self, readers, plan, info, start, stop, out, scratch) -> None:
         acc_dtype = accumulator_dtype(info.numpy_dtype)
@@ -188,11 +182,11 @@ class LinearAggregator(Aggregator):
         term = scratch.get("term", count, acc_dtype)
         read = scratch.get("read", count, info.numpy_dtype)
         blocks = (reader.read_block(info.name, start, stop, read) for reader in readers)
-        if plan is None:  # equal shares: sum, then scale once
+        if isinstance(plan, float):  # equal shares: sum, then scale once
             np.copyto(acc, next(blocks), casting="safe")
             for block in blocks:
                 np.add(acc, block, acc)
-            np.multiply(acc, acc_dtype.type(1 / len(readers)), acc)
+            np.multiply(acc, acc_dtype.type(plan), acc)
         else:
             coefficients = plan.astype(acc_dtype)
             np.multiply(next(blocks), coefficients[0], acc)

@@ -1,0 +1,81 @@
+# The aggregator: one Lambda function started two ways. The API invokes it asynchronously when a
+# round becomes ready; an EventBridge schedule sweeps for rounds whose deadline passed or whose
+# aggregation crashed. Asynchronous invocations that still fail after the retries land in an
+# encrypted SQS queue, so no round is lost silently.
+
+resource "aws_sqs_queue" "failed_invocations" {
+  name                      = "${var.function_name}-failed"
+  kms_master_key_id         = var.kms_key_arn
+  message_retention_seconds = 1209600 # 14 days, SQS's maximum: time to read and replay a failure
+}
+
+# Beyond the shared access (modules/function): the aggregator's object actions and the failure
+# queue.
+data "aws_iam_policy_document" "aggregator" {
+  # Reads updates, writes aggregates, removes rejected or superseded objects under FMA's prefix.
+  statement {
+    sid       = "WeightsObjects"
+    actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"]
+    resources = ["${var.bucket_arn}/${var.s3_prefix}*"]
+  }
+
+  # Lambda delivers the on-failure record of an asynchronous invocation with the function's role.
+  statement {
+    sid       = "ReportFailedInvocations"
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.failed_invocations.arn]
+  }
+}
+
+module "function" {
+  source = "../function"
+
+  function_name        = var.function_name
+  description          = "FMA aggregator (rounds: async invoke and scheduled sweep)"
+  package_bucket       = var.package_bucket
+  package_path         = var.package_path
+  handler              = var.handler
+  memory_size          = var.memory_size
+  timeout              = var.timeout
+  reserved_concurrency = var.reserved_concurrency
+  ephemeral_storage_mb = var.ephemeral_storage_mb
+  environment          = var.environment
+  subnet_ids           = var.subnet_ids
+  security_group_id    = var.security_group_id
+  kms_key_arn          = var.kms_key_arn
+  log_retention_days   = var.log_retention_days
+  secret_arns          = var.secret_arns
+  bucket_arn           = var.bucket_arn
+  extra_policy_json    = data.aws_iam_policy_document.aggregator.json
+}
+
+resource "aws_lambda_function_event_invoke_config" "this" {
+  function_name                = module.function.function_name
+  maximum_retry_attempts       = var.max_retry_attempts
+  maximum_event_age_in_seconds = 3600 # a round request older than an hour is picked up by the sweep anyway
+
+  destination_config {
+    on_failure {
+      destination = aws_sqs_queue.failed_invocations.arn
+    }
+  }
+}
+
+resource "aws_cloudwatch_event_rule" "sweep" {
+  name                = "${var.function_name}-sweep"
+  description         = "Periodic FMA round sweep: deadlines, stalled aggregations"
+  schedule_expression = var.sweep_schedule
+}
+
+resource "aws_cloudwatch_event_target" "sweep" {
+  rule = aws_cloudwatch_event_rule.sweep.name
+  arn  = module.function.function_arn
+}
+
+resource "aws_lambda_permission" "sweep" {
+  statement_id  = "AllowSweepFromEventBridge"
+  action        = "lambda:InvokeFunction"
+  function_name = module.function.function_name
+  principal     = "events.amazonaws.com"
+  source_arn    = aws_cloudwatch_event_rule.sweep.arn
+}
