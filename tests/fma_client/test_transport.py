@@ -45,6 +45,7 @@ class Recorded:
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
+        self.peers: list[tuple[str, int]] = []  # the client's address: one per TCP connection
 
 
 @pytest.fixture
@@ -65,6 +66,7 @@ def fake() -> Iterator[Callable]:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 recorded.requests.append((self.command, self.path, dict(self.headers), body))
+                recorded.peers.append(self.client_address)
                 respond(self, len(recorded.requests), recorded)
 
             do_GET = do_POST = handle_one  # noqa: N815
@@ -257,14 +259,20 @@ def test_web_client_survives_a_non_json_error_body(fake):
     assert "Bad Gateway" in str(failed.value)
 
 
-def test_tls_is_verified_by_default_and_a_ca_bundle_makes_a_private_certificate_trusted(fake, tmp_path):
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+def _certificate(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1: a private CA's, as far as the client knows."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
          "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
         check=True,
         capture_output=True,
     )  # fmt: skip
+    return cert, key
+
+
+def test_tls_is_verified_by_default_and_a_ca_bundle_makes_a_private_certificate_trusted(fake, tmp_path):
+    cert, key = _certificate(tmp_path)
     url, recorded = fake(lambda h, attempt, r: reply(h, 200, {}), tls=(cert, key))
     with (
         Client(url, 7, token="u.s", retry=FAST, quiet=True) as client,
@@ -275,6 +283,29 @@ def test_tls_is_verified_by_default_and_a_ca_bundle_makes_a_private_certificate_
     assert recorded.requests == []
     with Client(url, 7, token="u.s", retry=FAST, quiet=True, verify=str(cert)) as client:
         assert client.latest() == {}
+
+
+def test_links_to_the_service_written_as_http_behind_a_tls_proxy_are_followed_over_https(fake, tmp_path):
+    cert, key = _certificate(tmp_path)
+    port = []
+
+    def respond(handler, attempt, recorded):
+        if handler.path.endswith(
+            "get_latest_aggregate/"
+        ):  # what Django writes without SECURE_PROXY_SSL_HEADER
+            reply(
+                handler,
+                200,
+                {"id": 2, "result": f"http://127.0.0.1:{port[0]}/api/v1/model_aggregates/2/weights/"},
+            )
+        else:
+            serve_weights(handler)
+
+    url, recorded = fake(respond, tls=(cert, key))
+    port.append(url.rsplit(":", 1)[1])
+    with Client(url, 7, token="u.s", retry=FAST, quiet=True, verify=str(cert)) as client:
+        assert client.pull().aggregate == 2
+    assert [headers["Authorization"] for _, _, headers, _ in recorded.requests] == ["Client u.s"] * 2
 
 
 def test_a_progress_bar_shows_for_large_transfers_unless_quiet(fake, capsys):
@@ -318,3 +349,12 @@ def test_weights_come_from_the_target_the_server_names_without_the_credential(fa
         "Client u.s",
         "Token dev-token",
     ]
+
+
+def test_one_connection_is_reused_for_every_call_of_a_client(fake):
+    url, recorded = fake(lambda h, attempt, r: reply(h, 200, {}))
+    with Client(url, 7, token="u.s", retry=FAST, quiet=True) as client:
+        for _ in range(3):
+            client.latest()
+    assert len(recorded.peers) == 3
+    assert len(set(recorded.peers)) == 1
