@@ -49,6 +49,11 @@ class Service:
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 120.0) -> None:
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the server process and return at once (it migrates, then serves)."""
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "fma_service"],
@@ -57,12 +62,15 @@ class Service:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """Block until the API answers (any answer but a 5xx: the API root asks for credentials)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the service exited with {self.process.returncode}:\n{self.log_tail()}")
             with contextlib.suppress(requests.ConnectionError):
-                if requests.get(self.url + "api/schema/", timeout=5).status_code < 500:
+                if requests.get(self.url + "api/v1/", timeout=5).status_code < 500:
                     return
             time.sleep(0.2)
         raise RuntimeError(f"the service did not answer within {timeout} s:\n{self.log_tail()}")

@@ -245,9 +245,6 @@ def main(
     pythonpath = os.pathsep.join(
         [str(HERE), *map(str, model_dirs), *filter(None, [os.environ.get("PYTHONPATH")])]
     )
-    model = importlib.import_module(args.model)
-    split = load(args.seed)
-    parts = dirichlet_partition(split.y_train, clients=args.clients, alpha=args.alpha, seed=args.seed)
 
     data_dir = Path(tempfile.mkdtemp(prefix="fma-quickstart-"))
     service = Service(data_dir)
@@ -257,7 +254,12 @@ def main(
             f"Starting the FMA service (SQLite + local weights + in-process aggregator) in {data_dir}",
             flush=True,
         )
-        service.start()
+        service.launch()
+        # while the server migrates and boots: the data, the split, the model
+        model = importlib.import_module(args.model)
+        split = load(args.seed)
+        parts = dirichlet_partition(split.y_train, clients=args.clients, alpha=args.alpha, seed=args.seed)
+        service.wait_ready()
         password = secrets.token_urlsafe(12)
         service.create_developer(password)
         print(f"  API       {service.url}api/v1/")
