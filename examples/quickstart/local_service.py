@@ -75,6 +75,9 @@ class Service:
             time.sleep(0.2)
         raise RuntimeError(f"the service did not answer within {timeout} s:\n{self.log_tail()}")
 
+    def has_page(self, path: str) -> bool:
+        return requests.get(self.url + path, timeout=10, allow_redirects=False).status_code != 404
+
     def create_developer(self, password: str) -> None:
         """The developer account, as an operator makes one: ``createsuperuser`` (so the admin works too)."""
         done = subprocess.run(

@@ -262,6 +262,8 @@ def main(
         service.wait_ready()
         password = secrets.token_urlsafe(12)
         service.create_developer(password)
+        if service.has_page("dashboard/"):  # served once the dashboard lands; not on every build
+            print(f"  dashboard {service.url}dashboard/")
         print(f"  API       {service.url}api/v1/")
         print(f"  API docs  {service.url}api/docs/")
         print(f"  admin     {service.url}admin/   (user {USERNAME}, password {password})")
