@@ -195,14 +195,15 @@ class SafetensorsReader(WeightsReader):
 
     def __init__(self, source: _ByteSource, *, max_bytes: int | None = None) -> None:
         self._source = source
+        self.nbytes = source.size
         try:
-            size = source.size
-            if max_bytes is not None and size > max_bytes:
-                raise InvalidWeights(f"weights are {size:,} bytes, above the limit of {max_bytes:,} bytes")
-            self.nbytes = size
+            if max_bytes is not None and self.nbytes > max_bytes:
+                raise InvalidWeights(
+                    f"weights are {self.nbytes:,} bytes, above the limit of {max_bytes:,} bytes"
+                )
             self.metadata, self._tensors, self._offsets = _parse_header(source)
         except BaseException:
-            source.close()  # the reader owns the source; a refused file must not leak its descriptor
+            source.close()  # the reader owns its source from the start
             raise
 
     @property
