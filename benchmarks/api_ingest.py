@@ -74,7 +74,9 @@ def setup_experiment(tensors: int) -> tuple[int, str]:
         developer=developer,
         name=f"ingest-{tensors}",
         open_enrollment=True,
-        tensor_spec=[{"name": f"layer{n}", "dtype": "F32", "shape": [TENSOR_ELEMENTS]} for n in range(tensors)],
+        tensor_spec=[
+            {"name": f"layer{n}", "dtype": "F32", "shape": [TENSOR_ELEMENTS]} for n in range(tensors)
+        ],
     )
     return experiment.pk, f"/api/v1/models/{experiment.pk}/"
 
