@@ -45,12 +45,16 @@ def two_rounds(alice, make_experiment, enroll, submit, run_round):
     """Round 1 from three clients (10, 30 and 60 examples), each scoring it; round 2 from one client."""
     experiment = make_experiment(alice, "mnist")
     clients = [enroll(experiment) for _ in range(3)]
-    for client, value, examples, loss in zip(clients, (1.0, 2.0, 3.0), (10, 30, 60), (0.9, 0.6, 0.3), strict=True):
+    for client, value, examples, loss in zip(
+        clients, (1.0, 2.0, 3.0), (10, 30, 60), (0.9, 0.6, 0.3), strict=True
+    ):
         submit(experiment, client, value, num_examples=examples, metrics={"loss": loss, "tag": "x"})
     first = run_round(experiment)
     for client, accuracy, examples in zip(clients, (0.5, 0.7, 0.9), (100, 300, 600), strict=True):
         services.score_submit(
-            aggregate=first, client=client, validation_results={"accuracy": accuracy, "num_examples": examples}
+            aggregate=first,
+            client=client,
+            validation_results={"accuracy": accuracy, "num_examples": examples},
         )
     submit(experiment, clients[0], 4.0, num_examples=5, metrics={"loss": 0.25}, base_aggregate_id=first.pk)
     second = run_round(experiment)

@@ -133,7 +133,9 @@ def aggregate_publish(request: HttpRequest, pk: int) -> HttpResponse:
     except ValidationFailed as error:
         messages.error(request, error.detail)
     else:
-        messages.success(request, f"Round {aggregate.round_number} is published as version {artifact.version}.")
+        messages.success(
+            request, f"Round {aggregate.round_number} is published as version {artifact.version}."
+        )
     return redirect("dashboard:experiment", pk=experiment.pk)
 
 

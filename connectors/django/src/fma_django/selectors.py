@@ -189,9 +189,9 @@ def aggregate_metrics(experiment: Experiment) -> list[AggregateMetrics]:
     """
     aggregates = list(experiment.aggregates.order_by("round_number"))
     training: dict[int, list[tuple[Any, int]]] = {a.pk: [] for a in aggregates}
-    for aggregate_id, metrics, examples in ModelUpdate.objects.filter(
-        aggregate__in=aggregates
-    ).values_list("aggregate_id", "metrics", "num_examples"):
+    for aggregate_id, metrics, examples in ModelUpdate.objects.filter(aggregate__in=aggregates).values_list(
+        "aggregate_id", "metrics", "num_examples"
+    ):
         training[aggregate_id].append((metrics, examples))
     evaluation: dict[int, list[tuple[Any, int]]] = {a.pk: [] for a in aggregates}
     for aggregate_id, results in ClientAggregateScore.objects.filter(aggregate__in=aggregates).values_list(
