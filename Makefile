@@ -7,13 +7,15 @@ STAMP := $(VENV)/.installed
 # checkov gets its own environment: its pins (python-hcl2, boto3, ...) clash with the app's.
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+# The dashboard's browser tests drive Debian's Chromium (Playwright never downloads a browser here).
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: run test lint format clean
 
 run: $(STAMP)
 	$(BIN)/python benchmarks/aggregate.py
 
-test: $(STAMP) $(CHECKOV_STAMP)
+test: $(STAMP) $(CHECKOV_STAMP) $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	FMA_TEST_DATABASE=sqlite $(BIN)/python -m pytest
@@ -35,6 +37,10 @@ $(CHECKOV_STAMP): terraform_deploy/requirements-checkov.txt
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r terraform_deploy/requirements-checkov.txt
 	touch $@
+
+$(CHROMIUM):
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache .ruff_cache
