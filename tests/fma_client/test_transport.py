@@ -257,14 +257,20 @@ def test_web_client_survives_a_non_json_error_body(fake):
     assert "Bad Gateway" in str(failed.value)
 
 
-def test_tls_is_verified_by_default_and_a_ca_bundle_makes_a_private_certificate_trusted(fake, tmp_path):
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+def _certificate(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1: a private CA's, as far as the client knows."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
          "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
         check=True,
         capture_output=True,
     )  # fmt: skip
+    return cert, key
+
+
+def test_tls_is_verified_by_default_and_a_ca_bundle_makes_a_private_certificate_trusted(fake, tmp_path):
+    cert, key = _certificate(tmp_path)
     url, recorded = fake(lambda h, attempt, r: reply(h, 200, {}), tls=(cert, key))
     with (
         Client(url, 7, token="u.s", retry=FAST, quiet=True) as client,
@@ -275,6 +281,29 @@ def test_tls_is_verified_by_default_and_a_ca_bundle_makes_a_private_certificate_
     assert recorded.requests == []
     with Client(url, 7, token="u.s", retry=FAST, quiet=True, verify=str(cert)) as client:
         assert client.latest() == {}
+
+
+def test_links_to_the_service_written_as_http_behind_a_tls_proxy_are_followed_over_https(fake, tmp_path):
+    cert, key = _certificate(tmp_path)
+    port = []
+
+    def respond(handler, attempt, recorded):
+        if handler.path.endswith(
+            "get_latest_aggregate/"
+        ):  # what Django writes without SECURE_PROXY_SSL_HEADER
+            reply(
+                handler,
+                200,
+                {"id": 2, "result": f"http://127.0.0.1:{port[0]}/api/v1/model_aggregates/2/weights/"},
+            )
+        else:
+            serve_weights(handler)
+
+    url, recorded = fake(respond, tls=(cert, key))
+    port.append(url.rsplit(":", 1)[1])
+    with Client(url, 7, token="u.s", retry=FAST, quiet=True, verify=str(cert)) as client:
+        assert client.pull().aggregate == 2
+    assert [headers["Authorization"] for _, _, headers, _ in recorded.requests] == ["Client u.s"] * 2
 
 
 def test_a_progress_bar_shows_for_large_transfers_unless_quiet(fake, capsys):

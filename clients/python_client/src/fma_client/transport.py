@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
 
@@ -84,8 +84,15 @@ class Transport:
         self._origin = (parts.scheme, parts.netloc)
 
     def absolute(self, path: str) -> str:
-        """``path`` under the service URL (kept as is when it is already a full URL)."""
-        return urljoin(self.url, path.lstrip("/")) if "://" not in path else path
+        """``path`` under the service URL; a full URL is kept, except that one on the service's
+        own host keeps this client's scheme (behind a TLS proxy the server may write ``http://``
+        links, and following them would send the credential in clear text)."""
+        if "://" not in path:
+            return urljoin(self.url, path.lstrip("/"))
+        parts = urlsplit(path)
+        if parts.netloc == self._origin[1] and parts.scheme != self._origin[0]:
+            return urlunsplit(parts._replace(scheme=self._origin[0]))
+        return path
 
     def close(self) -> None:
         self.session.close()
