@@ -150,10 +150,16 @@ def test_a_developer_watches_her_rounds_on_the_plot_and_publishes_one(
         for client, (accuracy, examples) in zip(clients, round_scores, strict=True):
             aggregate = client.wait_for_new_model(timeout=WAIT_MS / 1000, poll_interval=0.2).aggregate
             client.report_scores(aggregate, {"accuracy": accuracy, "num_examples": examples})
-        point = page.locator(f'[data-chart="evaluation-accuracy"] circle[data-round="{round_number}"]')
-        expect(point).to_have_count(1)
+        # The round's point, once both clients' scores are in: their accuracies weighted 1:3.
         weighted = (round_scores[0][0] * 100 + round_scores[1][0] * 300) / 400
-        assert float(point.get_attribute("data-value")) == pytest.approx(weighted)
+        page.wait_for_function(
+            """([round, expected]) => {
+                const point = document.querySelector(
+                    `[data-chart="evaluation-accuracy"] circle[data-round="${round}"]`);
+                return point !== null && Math.abs(Number(point.dataset.value) - expected) < 1e-9;
+            }""",
+            arg=[round_number, weighted],
+        )
         expect(page.locator("[data-field=current-round]")).to_have_text(str(round_number))
     assert page.evaluate("window.fmaSamePage") is True
     expect(page.locator('[data-chart="training-loss"] circle')).to_have_count(3)

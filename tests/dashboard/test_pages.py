@@ -191,3 +191,17 @@ def test_pause_and_resume_record_who_did_it(alice, make_experiment, alice_browse
         .values_list("kind", flat=True)
     )
     assert kinds == [EventKind.AGGREGATION_PAUSED, EventKind.AGGREGATION_RESUMED]
+
+
+def test_the_polled_json_sends_the_regions_only_when_the_experiment_changed(
+    alice, make_experiment, enroll, submit, alice_browser
+):
+    experiment = make_experiment(alice, "mnist")
+    url = f"/dashboard/experiments/{experiment.pk}/live.json"
+    first = alice_browser.get(url).json()
+    assert set(first["sections"]) == {"summary", "plots", "rounds", "problems", "lineage"}
+    assert alice_browser.get(url, {"since": first["stamp"]}).json()["sections"] == {}
+    submit(experiment, enroll(experiment), 1.0)
+    changed = alice_browser.get(url, {"since": first["stamp"]}).json()
+    assert changed["stamp"] != first["stamp"]
+    assert "<dd>1</dd>" in changed["sections"]["summary"]  # one update waiting

@@ -100,21 +100,24 @@ def experiment_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @require_GET
 @login_required
 def experiment_live(request: HttpRequest, pk: int) -> JsonResponse:
-    """What the detail page polls: the round count, the state and each live region freshly rendered."""
+    """What the detail page polls: a stamp of the state and, when it differs from ``since``, each
+    live region freshly rendered (an unchanged experiment costs a few counts, not five templates)."""
     experiment = _experiment(request, pk)
-    context = _detail_context(request, experiment)
-    summary = context["summary"]
-    return JsonResponse(
-        {
-            "stamp": dashboard.experiment_stamp(summary),
-            "state": summary.state,
-            "current_round": summary.current_round,
-            "sections": {
-                name: render_to_string(f"dashboard/_{name}.html", context, request=request)
-                for name in LIVE_SECTIONS
-            },
+    summary = dashboard.experiment_summary(experiment)
+    stamp = dashboard.experiment_stamp(summary)
+    answer: dict[str, Any] = {
+        "stamp": stamp,
+        "state": summary.state,
+        "current_round": summary.current_round,
+        "sections": {},
+    }
+    if request.GET.get("since") != stamp:
+        context = _detail_context(request, experiment)
+        answer["sections"] = {
+            name: render_to_string(f"dashboard/_{name}.html", context, request=request)
+            for name in LIVE_SECTIONS
         }
-    )
+    return JsonResponse(answer)
 
 
 @require_POST

@@ -34,9 +34,19 @@
     });
   };
 
+  // Ask for the regions only when something changed since every region was last rendered.
+  const since = () => {
+    const stamps = new Set(regions.map((region) => region.dataset.stamp));
+    return stamps.size === 1 ? `?since=${encodeURIComponent(regions[0].dataset.stamp)}` : "";
+  };
+
   const poll = async () => {
+    if (document.hidden) {
+      window.setTimeout(poll, period);
+      return;
+    }
     try {
-      const response = await fetch(url, {
+      const response = await fetch(url + since(), {
         headers: { Accept: "application/json" },
         credentials: "same-origin",
         cache: "no-store",
