@@ -19,8 +19,10 @@ test: $(STAMP) $(CHECKOV_STAMP) $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	FMA_TEST_DATABASE=sqlite $(BIN)/python -m pytest
-	# the Django packages again, on PostgreSQL (127.0.0.1:5432; FMA_TEST_DATABASE_URL to change)
-	FMA_TEST_DATABASE=postgresql $(BIN)/python -m pytest tests/fma_django tests/api_service tests/aggregator
+	# the Django packages, the aggregator and the dashboard's Django tests again, on PostgreSQL
+	# (127.0.0.1:5432; FMA_TEST_DATABASE_URL to change)
+	FMA_TEST_DATABASE=postgresql $(BIN)/python -m pytest tests/fma_django tests/api_service tests/aggregator \
+		tests/dashboard/test_metrics.py tests/dashboard/test_pages.py
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
