@@ -45,6 +45,7 @@ class Recorded:
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
+        self.peers: list[tuple[str, int]] = []  # the client's address: one per TCP connection
 
 
 @pytest.fixture
@@ -65,6 +66,7 @@ def fake() -> Iterator[Callable]:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 recorded.requests.append((self.command, self.path, dict(self.headers), body))
+                recorded.peers.append(self.client_address)
                 respond(self, len(recorded.requests), recorded)
 
             do_GET = do_POST = handle_one  # noqa: N815
@@ -347,3 +349,12 @@ def test_weights_come_from_the_target_the_server_names_without_the_credential(fa
         "Client u.s",
         "Token dev-token",
     ]
+
+
+def test_one_connection_is_reused_for_every_call_of_a_client(fake):
+    url, recorded = fake(lambda h, attempt, r: reply(h, 200, {}))
+    with Client(url, 7, token="u.s", retry=FAST, quiet=True) as client:
+        for _ in range(3):
+            client.latest()
+    assert len(recorded.peers) == 3
+    assert len(set(recorded.peers)) == 1

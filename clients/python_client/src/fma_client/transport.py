@@ -67,7 +67,6 @@ class Transport:
         retry: Retry | None = None,
         verify: bool | str = True,
         quiet: bool = False,
-        session: requests.Session | None = None,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"the service URL must start with http:// or https://, not {url!r}")
@@ -75,7 +74,7 @@ class Transport:
         self.timeout = timeout
         self.retry = retry or Retry()
         self.quiet = quiet
-        self.session = session or requests.Session()
+        self.session = requests.Session()  # one per client: connections are reused across calls
         # Given with each request: requests would let REQUESTS_CA_BUNDLE override a session's setting.
         self.verify = verify
         self.session.headers["User-Agent"] = f"fma-client/{__version__} {requests.utils.default_user_agent()}"
