@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from django.contrib.auth.models import User
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from fma_aggregator import runners
 from fma_client import Client
@@ -35,9 +36,6 @@ FLAGS = [
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "out" / "screenshots"
 WAIT_MS = 90_000  # a page condition, not a sleep: it passes as soon as the point is drawn
 INITIAL = {"dense": np.zeros((4, 3), dtype=np.float32), "bias": np.zeros(3, dtype=np.float32)}
-
-pytest.importorskip("playwright", reason="playwright is installed by requirements.txt")
-from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
 
 
 @pytest.fixture(scope="module")
