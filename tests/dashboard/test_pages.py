@@ -104,7 +104,7 @@ def test_the_state_is_paused_aggregating_or_failed_as_the_rounds_go(alice, make_
 def test_the_detail_page_shows_plots_rounds_rejections_and_lineage(
     alice, make_experiment, enroll, submit, run_round, alice_browser
 ):
-    experiment = make_experiment(alice, "mnist", update_schema={"type": "object"})
+    experiment = make_experiment(alice, "mnist", metrics_schema={"type": "object"})
     first, second = enroll(experiment), enroll(experiment)
     u1 = submit(experiment, first, 1.0, num_examples=1, metrics={"accuracy": 0.5})
     u2 = submit(experiment, second, 3.0, num_examples=3, metrics={"accuracy": 0.9})
@@ -123,7 +123,7 @@ def test_the_detail_page_shows_plots_rounds_rejections_and_lineage(
     assert aggregate.content_id in page
     assert u1.content_id in page
     assert u2.content_id in page
-    assert "metrics do not match the experiment&#x27;s schema" in page
+    assert "metrics does not match the experiment&#x27;s schema" in page
     assert f"/api/v1/model_aggregates/{aggregate.pk}/weights/?format=safetensors" in page
     for region in ("summary", "plots", "rounds", "problems", "lineage"):
         assert f'data-live="{region}" aria-live="polite"' in page
