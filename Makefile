@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 # checkov gets its own environment: its pins (python-hcl2, boto3, ...) clash with the app's.
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+# The dashboard's browser tests drive Debian's Chromium (Playwright never downloads a browser here).
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: run test bench format clean
 
@@ -18,12 +20,14 @@ run: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/aggregate.py
 
-test: $(STAMP) $(CHECKOV_STAMP)
+test: $(STAMP) $(CHECKOV_STAMP) $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	FMA_TEST_DATABASE=sqlite $(BIN)/python -m pytest
-	# the Django packages again, on PostgreSQL (127.0.0.1:5432; FMA_TEST_DATABASE_URL to change)
-	FMA_TEST_DATABASE=postgresql $(BIN)/python -m pytest tests/fma_django tests/api_service tests/aggregator
+	# the Django packages, the aggregator and the dashboard's Django tests again, on PostgreSQL
+	# (127.0.0.1:5432; FMA_TEST_DATABASE_URL to change)
+	FMA_TEST_DATABASE=postgresql $(BIN)/python -m pytest tests/fma_django tests/api_service tests/aggregator \
+		tests/dashboard/test_metrics.py tests/dashboard/test_pages.py
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
@@ -40,6 +44,10 @@ $(CHECKOV_STAMP): terraform_deploy/requirements-checkov.txt
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r terraform_deploy/requirements-checkov.txt
 	touch $@
+
+$(CHROMIUM):
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache .ruff_cache

@@ -124,3 +124,12 @@ def test_one_command_serves_api_docs_and_admin(server):
     assert requests.get(server + assets[0], timeout=60).status_code == 200
     assert requests.get(server + "/admin/login/", timeout=60).status_code == 200
     assert requests.get(server + "/api/v1/models/", timeout=60).status_code == 401
+
+
+def test_the_dashboard_and_its_static_files_are_served_by_the_service_itself(server):
+    login = requests.get(server + "/", timeout=60)
+    assert login.status_code == 200
+    assert login.url == server + "/dashboard/login/?next=/dashboard/"
+    assert "https://" not in login.text  # nothing from a CDN
+    for asset in ("/static/dashboard/dashboard.css", "/static/dashboard/live.js"):
+        assert requests.get(server + asset, timeout=60).status_code == 200

@@ -20,11 +20,13 @@ def main(argv: list[str] | None = None) -> None:
     call_command("collectstatic", interactive=False, verbosity=0)
     from gunicorn.app.wsgiapp import run
 
+    bind = os.environ.get("FMA_BIND", "127.0.0.1:8000")
+    print(f"FMA dashboard: http://{bind}/dashboard/ (log in with your developer account)", flush=True)
     sys.argv = [
         "gunicorn",
         "fma_service.wsgi:application",
         "--bind",
-        os.environ.get("FMA_BIND", "127.0.0.1:8000"),
+        bind,
         "--workers",
         os.environ.get("FMA_WORKERS", "2"),
         "--threads",

@@ -87,6 +87,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "fma_django",
     "fma_aggregator",
+    "fma_service.dashboard",
 ]
 
 MIDDLEWARE = [
@@ -124,6 +125,11 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+
+# The dashboard's pages use Django's session login.
+LOGIN_URL = "dashboard:login"
+LOGIN_REDIRECT_URL = "dashboard:experiments"
+LOGOUT_REDIRECT_URL = "dashboard:login"
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(os.environ.get("FMA_STATIC_ROOT", DATA_DIR / "static"))

@@ -1,11 +1,14 @@
-"""Routes: the admin, the v1 API (``fma_django.api``), the token endpoint and the OpenAPI docs."""
+"""Routes: the dashboard, the admin, the v1 API (``fma_django.api``), the token endpoint and the OpenAPI docs."""
 
 from django.contrib import admin
 from django.urls import include, path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.authtoken.views import obtain_auth_token
 
 urlpatterns = [
+    path("", RedirectView.as_view(pattern_name="dashboard:experiments"), name="home"),
+    path("dashboard/", include("fma_service.dashboard.urls")),
     path("admin/", admin.site.urls),
     path("api/", include("fma_django.api.urls")),
     path("api-token-auth/", obtain_auth_token, name="api-token-auth"),

@@ -38,6 +38,7 @@ AGGREGATE_COLUMNS = [
     "validation_score",
     "created_on",
 ]
+METRIC_COLUMNS = ["round", "source", "metric", "count", "examples", "weighted_mean", "mean", "min", "max"]
 
 
 class UsageError(Exception):
@@ -155,6 +156,28 @@ def cmd_aggregates(args: argparse.Namespace) -> None:
     with developer(args) as dev:
         rows = dev.aggregates(args.experiment)
     emit(args, rows, lambda: table(rows, AGGREGATE_COLUMNS) if rows else "No rounds completed yet.")
+
+
+def metric_rows(items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``Developer.metrics`` as one row per round, source and metric, in round order (6 significant digits)."""
+    return [
+        {
+            "round": item["round_number"],
+            "source": source,
+            "metric": name,
+            **{k: f"{v:.6g}" if isinstance(v, float) else v for k, v in summary.items()},
+        }
+        for item in items
+        for source in ("evaluation", "training")
+        for name, summary in item[source].items()
+    ]
+
+
+def cmd_metrics(args: argparse.Namespace) -> None:
+    with developer(args) as dev:
+        items = dev.metrics(args.experiment)
+    rows = metric_rows(items)
+    emit(args, items, lambda: table(rows, METRIC_COLUMNS) if rows else "No client has reported metrics yet.")
 
 
 def cmd_enroll_token(args: argparse.Namespace) -> None:
@@ -291,6 +314,14 @@ def parser() -> argparse.ArgumentParser:
         "aggregates", "List an experiment's aggregates (one per completed round).", cmd_aggregates
     )
     rounds.add_argument("experiment", type=int, help="experiment id")
+
+    metrics = command(
+        "metrics",
+        "Show the clients' reported metrics per round, combined by the server "
+        "(mean weighted by examples, mean, min, max).",
+        cmd_metrics,
+    )
+    metrics.add_argument("experiment", type=int, help="experiment id")
 
     token = command(
         "enroll-token", "Issue a token a data holder uses to enroll in an experiment.", cmd_enroll_token

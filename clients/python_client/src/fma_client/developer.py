@@ -192,6 +192,16 @@ class Developer:
     def aggregate(self, aggregate: int) -> dict[str, Any]:
         return self._transport.json("GET", f"api/v1/model_aggregates/{int(aggregate)}/")
 
+    def metrics(self, experiment: int) -> list[dict[str, Any]]:
+        """Per aggregate, oldest first, the clients' reported metrics combined by the server.
+
+        Each item has ``aggregate``, ``round_number``, ``training`` (the metrics pushed with the
+        round's updates) and ``evaluation`` (the clients' scores of the aggregate); each of those
+        maps a metric name to ``count``, ``examples``, ``mean``, ``weighted_mean`` (by examples),
+        ``min`` and ``max``.
+        """
+        return self._transport.json("GET", f"api/v1/models/{int(experiment)}/metrics/")
+
     def watch(
         self, experiment: int, *, poll_interval: float = 5.0, after: int | None = None
     ) -> Iterator[dict[str, Any]]:

@@ -8,7 +8,9 @@ so the API answers 404 for them rather than revealing that they exist.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import QuerySet
@@ -99,3 +101,109 @@ def enrolled_client(experiment: Experiment, client_uuid: object) -> Client | Non
         enrollments__experiment=experiment,
         enrollments__revoked_at__isnull=True,
     ).first()
+
+
+# Clients' reported metrics, combined per aggregate (the original's open issue #5)
+
+
+@dataclass(frozen=True)
+class MetricSummary:
+    """One metric over the clients that reported it for one aggregate.
+
+    ``weighted_mean`` weights each client's value by its examples, so a client that trained or
+    evaluated on ten times the data counts ten times as much, as FedAvg weights the model itself.
+    """
+
+    count: int
+    examples: int
+    mean: float
+    weighted_mean: float
+    min: float
+    max: float
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {
+            "count": self.count,
+            "examples": self.examples,
+            "mean": self.mean,
+            "weighted_mean": self.weighted_mean,
+            "min": self.min,
+            "max": self.max,
+        }
+
+
+def metric_summarize(values: list[tuple[float, int]]) -> MetricSummary:
+    """Combine ``(value, examples)`` pairs; ``values`` must not be empty and every weight is ≥ 1."""
+    numbers = [value for value, _ in values]
+    examples = sum(weight for _, weight in values)
+    return MetricSummary(
+        count=len(values),
+        examples=examples,
+        mean=math.fsum(numbers) / len(numbers),
+        weighted_mean=math.fsum(value * weight for value, weight in values) / examples,
+        min=min(numbers),
+        max=max(numbers),
+    )
+
+
+def _numeric(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _examples(value: Any) -> int:
+    """A score's weight: its own ``num_examples`` when it reports a positive whole number, else 1."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else 1
+
+
+def metrics_combine(reports: list[tuple[Any, int]]) -> dict[str, MetricSummary]:
+    """Per metric name, the summary of the numeric top-level values in ``(metrics, examples)`` reports.
+
+    Reports that are not JSON objects, and values that are not finite numbers (strings, lists,
+    booleans), are left out: a metric's count says how many clients it is computed over.
+    """
+    by_name: dict[str, list[tuple[float, int]]] = {}
+    for metrics, examples in reports:
+        if not isinstance(metrics, dict):
+            continue
+        for name, value in metrics.items():
+            if name != "num_examples" and _numeric(value):
+                by_name.setdefault(name, []).append((float(value), examples))
+    return {name: metric_summarize(by_name[name]) for name in sorted(by_name)}
+
+
+@dataclass(frozen=True)
+class AggregateMetrics:
+    """What clients reported for one aggregate: with the updates it was built from, and when scoring it."""
+
+    aggregate: ModelAggregate
+    training: dict[str, MetricSummary]
+    evaluation: dict[str, MetricSummary]
+
+
+def aggregate_metrics(experiment: Experiment) -> list[AggregateMetrics]:
+    """Every aggregate of the experiment, oldest round first, with its clients' metrics combined.
+
+    ``training``: the ``metrics`` of the updates the round consumed, weighted by their
+    ``num_examples``. ``evaluation``: the clients' scores of the aggregate, weighted by the
+    ``num_examples`` a score reports (1 when it reports none).
+    """
+    aggregates = list(experiment.aggregates.order_by("round_number"))
+    training: dict[int, list[tuple[Any, int]]] = {a.pk: [] for a in aggregates}
+    for aggregate_id, metrics, examples in ModelUpdate.objects.filter(aggregate__in=aggregates).values_list(
+        "aggregate_id", "metrics", "num_examples"
+    ):
+        training[aggregate_id].append((metrics, examples))
+    evaluation: dict[int, list[tuple[Any, int]]] = {a.pk: [] for a in aggregates}
+    for aggregate_id, results in ClientAggregateScore.objects.filter(aggregate__in=aggregates).values_list(
+        "aggregate_id", "validation_results"
+    ):
+        examples = _examples(results.get("num_examples")) if isinstance(results, dict) else 1
+        evaluation[aggregate_id].append((results, examples))
+    return [
+        AggregateMetrics(
+            aggregate=a,
+            training=metrics_combine(training[a.pk]),
+            evaluation=metrics_combine(evaluation[a.pk]),
+        )
+        for a in aggregates
+    ]

@@ -234,3 +234,26 @@ class ClientAggregateScoreCreateSerializer(serializers.Serializer):
     validation_results = serializers.JSONField()
     client = serializers.UUIDField(required=False, allow_null=True, help_text="must be the caller if given")
     federated_model = serializers.IntegerField(required=False, help_text="ignored, as in the original")
+
+
+class MetricSummarySerializer(serializers.Serializer):
+    count = serializers.IntegerField(help_text="clients that reported this metric")
+    examples = serializers.IntegerField(help_text="their examples added up: the weights' total")
+    mean = serializers.FloatField()
+    weighted_mean = serializers.FloatField(help_text="weighted by each client's examples")
+    min = serializers.FloatField()
+    max = serializers.FloatField()
+
+
+class AggregateMetricsSerializer(serializers.Serializer):
+    """One aggregate's combined client metrics (``fma_django.selectors.aggregate_metrics``)."""
+
+    aggregate = serializers.IntegerField(source="aggregate.pk")
+    round_number = serializers.IntegerField(source="aggregate.round_number")
+    created_on = serializers.DateTimeField(source="aggregate.created_on")
+    training = serializers.DictField(
+        child=MetricSummarySerializer(), help_text="metrics sent with the updates the round consumed"
+    )
+    evaluation = serializers.DictField(
+        child=MetricSummarySerializer(), help_text="the clients' scores of this aggregate"
+    )

@@ -12,7 +12,7 @@ import json
 import queue
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
@@ -178,18 +178,22 @@ def weights_response(
             return HttpResponse(status=416, headers={**headers, "Content-Range": f"bytes */{size}"})
         status = 206
         headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
-    stream = store.open(key)
-    if start:
-        stream.seek(start)
     response = StreamingHttpResponse(
-        _chunks(stream, stop - start), status=status, content_type=SAFETENSORS, headers=headers
+        _chunks(lambda: store.open(key), start, stop - start),
+        status=status,
+        content_type=SAFETENSORS,
+        headers=headers,
     )
     response["Content-Length"] = str(stop - start)
     return response
 
 
-def _chunks(stream: BinaryIO, remaining: int) -> Iterator[bytes]:
-    with stream:
+def _chunks(open_stream: Callable[[], BinaryIO], start: int, remaining: int) -> Iterator[bytes]:
+    """The bytes from ``start``, from a file opened at the first read: a response that is never
+    read (a HEAD request, a client that went away) leaves no file open."""
+    with open_stream() as stream:
+        if start:
+            stream.seek(start)
         while remaining > 0:
             chunk = stream.read(min(_CHUNK, remaining))
             if not chunk:

@@ -176,6 +176,13 @@ class ExperimentViewSet(viewsets.ModelViewSet):
             return Response({})
         return Response(s.ModelAggregateSerializer(aggregate, context=self.get_serializer_context()).data)
 
+    @extend_schema(responses=s.AggregateMetricsSerializer(many=True))
+    @action(detail=True, methods=["get"], pagination_class=None)
+    def metrics(self, request: Request, pk: str) -> Response:
+        """Per aggregate, oldest first: the clients' reported metrics combined (count, mean, weighted mean, min, max)."""
+        experiment = self.get_object()
+        return Response(s.AggregateMetricsSerializer(selectors.aggregate_metrics(experiment), many=True).data)
+
     @extend_schema(responses=s.ModelArtifactSerializer)
     @action(detail=True, methods=["get"])
     def get_current_artifact(self, request: Request, pk: str) -> Response:

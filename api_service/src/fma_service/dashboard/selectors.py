@@ -1,0 +1,172 @@
+"""Reads for the dashboard's pages: what an experiment is doing now and what each round did.
+
+Rows are always reached through ``fma_django.selectors.experiments_visible``, so a developer sees
+her own experiments and staff sees all; nothing here writes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import Count, Max, Q, Sum
+from django.utils import timezone
+
+from fma_django import selectors
+from fma_django.models import (
+    ClientAggregateScore,
+    Event,
+    EventKind,
+    Experiment,
+    ModelAggregate,
+    ModelArtifact,
+    ModelUpdate,
+    RoundLease,
+    UpdateStatus,
+)
+
+# A client counts as active when it called the API this recently (``Client.last_seen`` is
+# refreshed at most once a minute by the authentication classes).
+ACTIVE_WINDOW = timedelta(minutes=15)
+PROBLEM_KINDS = (EventKind.UPDATE_REJECTED, EventKind.UPDATE_QUARANTINED, EventKind.ROUND_FAILED)
+
+
+@dataclass(frozen=True)
+class ExperimentSummary:
+    """One line of the experiments list, and the head of the detail page."""
+
+    experiment: Experiment
+    state: str  # collecting | aggregating | paused | failed
+    current_round: int
+    clients_enrolled: int
+    clients_active: int
+    updates_waiting: int
+    last_aggregate_on: datetime | None
+    failure: str
+
+
+@dataclass(frozen=True)
+class RoundRow:
+    """What one round did: who took part, how long it took, how many bytes went in and out."""
+
+    aggregate: ModelAggregate
+    updates: int
+    clients: int
+    examples: int
+    bytes_in: int
+    versions: tuple[str, ...]
+    inputs: tuple[ModelUpdate, ...]  # in the canonical (content hash) order the round used
+
+
+def experiment_state(experiment: Experiment, *, now: float | None = None) -> tuple[str, str]:
+    """The experiment's state and, when it is ``failed``, the reason of the last round's failure.
+
+    Paused wins (no round will start); a live round lease means a round is being aggregated;
+    a last round that failed (and none started since) means failed; otherwise updates are collected.
+    """
+    if not experiment.allow_aggregation:
+        return "paused", ""
+    now = time.time() if now is None else now
+    if RoundLease.objects.filter(experiment=experiment, expires_at__gt=now).exclude(token="").exists():
+        return "aggregating", ""
+    last = (
+        Event.objects.filter(
+            experiment=experiment, kind__in=(EventKind.ROUND_COMPLETED, EventKind.ROUND_FAILED)
+        )
+        .order_by("-created_on", "-id")
+        .first()
+    )
+    if last is not None and last.kind == EventKind.ROUND_FAILED:
+        return "failed", str(last.detail.get("reason", ""))
+    return "collecting", ""
+
+
+def experiment_summary(experiment: Experiment) -> ExperimentSummary:
+    enrolled = experiment.enrollments.filter(revoked_at__isnull=True, client__revoked_at__isnull=True)
+    latest = experiment.aggregates.aggregate(round=Max("round_number"), on=Max("created_on"))
+    state, failure = experiment_state(experiment)
+    return ExperimentSummary(
+        experiment=experiment,
+        state=state,
+        current_round=latest["round"] or 0,
+        clients_enrolled=enrolled.count(),
+        clients_active=enrolled.filter(client__last_seen__gte=timezone.now() - ACTIVE_WINDOW).count(),
+        updates_waiting=experiment.model_updates.filter(status=UpdateStatus.PENDING).count(),
+        last_aggregate_on=latest["on"],
+        failure=failure,
+    )
+
+
+def experiment_summaries(user: AbstractBaseUser) -> list[ExperimentSummary]:
+    """The experiments list: the user's own experiments (all of them for staff), newest first."""
+    experiments = selectors.experiments_visible(user).select_related("developer")
+    return [experiment_summary(e) for e in experiments]
+
+
+def round_rows(experiment: Experiment) -> list[RoundRow]:
+    """Every round of the experiment, oldest first, with its participation and transfer figures."""
+    aggregates = (
+        experiment.aggregates.select_related("parent")
+        .annotate(
+            n_updates=Count("updates"),
+            n_clients=Count("updates__client", distinct=True),
+            n_examples=Sum("updates__num_examples"),
+            n_bytes=Sum("updates__size_bytes"),
+        )
+        .order_by("round_number")
+    )
+    versions: dict[int, list[str]] = {}
+    for aggregate_id, version in ModelArtifact.objects.filter(
+        experiment=experiment, aggregate__isnull=False
+    ).values_list("aggregate_id", "version"):
+        versions.setdefault(aggregate_id, []).append(version)
+    inputs: dict[int, list[ModelUpdate]] = {}
+    for update in (
+        ModelUpdate.objects.filter(experiment=experiment, aggregate__isnull=False)
+        .select_related("client")
+        .order_by("content_id", "id")
+    ):
+        inputs.setdefault(update.aggregate_id, []).append(update)
+    return [
+        RoundRow(
+            aggregate=a,
+            updates=a.n_updates,
+            clients=a.n_clients,
+            examples=a.n_examples or 0,
+            bytes_in=a.n_bytes or 0,
+            versions=tuple(sorted(versions.get(a.pk, []))),
+            inputs=tuple(inputs.get(a.pk, [])),
+        )
+        for a in aggregates
+    ]
+
+
+def problem_events(experiment: Experiment, *, limit: int = 50) -> list[Event]:
+    """The newest rejected and quarantined updates and failed rounds, with their reasons."""
+    return list(
+        Event.objects.filter(Q(kind__in=PROBLEM_KINDS), experiment=experiment)
+        .select_related("client")
+        .order_by("-created_on", "-id")[:limit]
+    )
+
+
+def experiment_stamp(summary: ExperimentSummary) -> str:
+    """Changes whenever anything the detail page shows changes, so the page re-renders only then."""
+    experiment = summary.experiment
+    last_event = Event.objects.filter(experiment=experiment).aggregate(last=Max("id"))["last"]
+    scores = ClientAggregateScore.objects.filter(aggregate__experiment=experiment).count()
+    return ":".join(
+        str(part)
+        for part in (
+            summary.state,
+            summary.current_round,
+            summary.clients_enrolled,
+            summary.clients_active,
+            summary.updates_waiting,
+            last_event,
+            scores,
+            experiment.current_artifact_id,
+        )
+    )

@@ -1,0 +1,22 @@
+"""``/dashboard/``: the experiments list, one experiment's page and its polled JSON, login and logout."""
+
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from fma_service.dashboard import views
+
+app_name = "dashboard"
+
+urlpatterns = [
+    path("", views.experiment_list, name="experiments"),
+    path("experiments/<int:pk>/", views.experiment_detail, name="experiment"),
+    path("experiments/<int:pk>/live.json", views.experiment_live, name="experiment-live"),
+    path("experiments/<int:pk>/publish/", views.aggregate_publish, name="publish"),
+    path("experiments/<int:pk>/aggregation/", views.experiment_aggregation, name="aggregation"),
+    path(
+        "login/",
+        auth_views.LoginView.as_view(template_name="dashboard/login.html", redirect_authenticated_user=True),
+        name="login",
+    ),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+]

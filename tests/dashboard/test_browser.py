@@ -1,0 +1,181 @@
+"""The dashboard in a real browser: Debian's headless Chromium, driven by Playwright, against a live server.
+
+Clients train over real HTTP with fma-client and the service's in-process runner aggregates their
+rounds, so the page is watched doing what it does for a developer. Screenshots of the two pages go
+to ``out/screenshots/`` for a person to look at. Chromium is installed by ``make test``; when it
+is missing these tests fail under ``CI=true`` and are skipped, with the reason, elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from django.contrib.auth.models import User
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from fma_aggregator import runners
+from fma_client import Client
+from fma_django import services
+from fma_django.models import Experiment, ModelArtifact
+
+CHROMIUM = Path(os.environ.get("FMA_CHROMIUM", "/usr/bin/chromium"))
+# Chromium must not reach for Google's services: this machine has no internet, and tests need none.
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "out" / "screenshots"
+WAIT_MS = 90_000  # a page condition, not a sleep: it passes as soon as the point is drawn
+INITIAL = {"dense": np.zeros((4, 3), dtype=np.float32), "bias": np.zeros(3, dtype=np.float32)}
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        reason = f"{CHROMIUM} is missing; `make test` installs Debian's chromium package"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    # Playwright's synchronous API keeps an event loop in this thread; the ORM calls the test
+    # makes between browser steps are ordinary blocking calls, so tell Django they are meant.
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
+            yield browser
+            browser.close()
+    finally:
+        if previous is None:
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
+
+
+@pytest.fixture
+def server(live_server, transactional_db, settings, tmp_path) -> str:
+    settings.FMA_WEIGHTS_DIR = tmp_path / "weights"
+    return live_server.url
+
+
+@pytest.fixture
+def page(chromium: Browser, server: str) -> Iterator[Page]:
+    context = chromium.new_context(base_url=server, viewport={"width": 1366, "height": 900})
+    context.set_default_timeout(WAIT_MS)
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def inprocess_rounds(settings) -> Iterator[None]:
+    """Accepted updates wake the service's in-process runner, as in the embedded default."""
+    settings.FMA_AGGREGATOR_RUNNER = "inprocess"
+    yield
+    if runners._inprocess is not None:
+        runners._inprocess.stop(timeout=120)
+        runners._inprocess = None
+
+
+def _experiment(developer: User, name: str) -> Experiment:
+    return services.experiment_create(
+        developer=developer,
+        name=name,
+        initial_model=dict(INITIAL),
+        open_enrollment=True,
+        round_policy={"policy": "require_x_updates", "x": 2},
+    )
+
+
+def log_in(page: Page, username: str, password: str) -> None:
+    page.goto("/dashboard/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("heading", name="Experiments")).to_be_visible()
+
+
+def test_without_login_the_pages_lead_to_the_login_form(page: Page, server: str):
+    owner = User.objects.create_user("alice", password="alice-password")
+    experiment = _experiment(owner, "alice-mnist")
+    for path in ("/", "/dashboard/", f"/dashboard/experiments/{experiment.pk}/"):
+        page.goto(path)
+        assert page.url.startswith(f"{server}/dashboard/login/?next=")
+        expect(page.get_by_label("Username")).to_be_visible()
+    page.get_by_label("Username").fill("alice")
+    page.get_by_label("Password").fill("wrong")
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("alert")).to_contain_text("enter a correct username and password")
+    assert "alice-mnist" not in page.content()
+
+
+def test_a_developer_watches_her_rounds_on_the_plot_and_publishes_one(
+    page: Page, server: str, inprocess_rounds: None
+):
+    alice = User.objects.create_user("alice", password="alice-password")
+    bob = User.objects.create_user("bob", password="bob-password")
+    experiment = _experiment(alice, "alice-mnist")
+    other = _experiment(bob, "bob-secret")
+
+    log_in(page, "alice", "alice-password")
+    experiments = page.get_by_role("table", name="Your experiments")
+    expect(experiments.get_by_role("link", name="alice-mnist")).to_be_visible()
+    expect(page.get_by_text("bob-secret")).to_have_count(0)
+    assert page.goto(f"/dashboard/experiments/{other.pk}/").status == 404
+
+    page.goto(f"/dashboard/experiments/{experiment.pk}/")
+    expect(page.get_by_role("heading", name="alice-mnist")).to_be_visible()
+    page.evaluate("window.fmaSamePage = true")  # gone if the page reloads
+
+    clients = [Client.enroll(server, experiment.pk, quiet=True) for _ in range(2)]
+    # (accuracy reported by each client on its own data, its examples) for rounds 1, 2 and 3
+    scores = [((0.50, 100), (0.70, 300)), ((0.60, 100), (0.90, 300)), ((0.70, 100), (0.95, 300))]
+    for round_number, round_scores in enumerate(scores, start=1):
+        aggregate = None
+        for client, (accuracy, examples) in zip(clients, round_scores, strict=True):
+            model = client.pull()
+            trained = {name: array + accuracy for name, array in model.weights.items()}
+            client.push(trained, num_examples=examples, metrics={"loss": 1 - accuracy})
+        for client, (accuracy, examples) in zip(clients, round_scores, strict=True):
+            aggregate = client.wait_for_new_model(timeout=WAIT_MS / 1000, poll_interval=0.2).aggregate
+            client.report_scores(aggregate, {"accuracy": accuracy, "num_examples": examples})
+        # The round's point, once both clients' scores are in: their accuracies weighted 1:3.
+        weighted = (round_scores[0][0] * 100 + round_scores[1][0] * 300) / 400
+        page.wait_for_function(
+            """([round, expected]) => {
+                const point = document.querySelector(
+                    `[data-chart="evaluation-accuracy"] circle[data-round="${round}"]`);
+                return point !== null && Math.abs(Number(point.dataset.value) - expected) < 1e-9;
+            }""",
+            arg=[round_number, weighted],
+        )
+        expect(page.locator("[data-field=current-round]")).to_have_text(str(round_number))
+    assert page.evaluate("window.fmaSamePage") is True
+    expect(page.locator('[data-chart="training-loss"] circle')).to_have_count(3)
+    expect(page.get_by_role("status").filter(has_text="Round 3 completed")).to_be_visible()
+
+    # Publish round 3 with the keyboard alone: type the version and press Enter.
+    version = page.get_by_label("Version for round 3")
+    version.focus()
+    page.keyboard.type("3.0")
+    page.keyboard.press("Enter")
+    expect(page.get_by_text("Round 3 is published as version 3.0.")).to_be_visible()
+    expect(page.locator(".summary")).to_contain_text("version 3.0")
+    artifact = ModelArtifact.objects.get(experiment=experiment, version="3.0")
+    assert artifact.aggregate.round_number == 3
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / "experiment-detail.png", full_page=True)
+    page.get_by_role("link", name="Experiments", exact=True).click()
+    row = page.get_by_role("row").filter(has_text="alice-mnist")
+    expect(row).to_contain_text("collecting")
+    page.screenshot(path=SCREENSHOTS / "experiments-list.png", full_page=True)

@@ -1,0 +1,207 @@
+"""The dashboard's pages through Django's test client: login, tenancy, what they show, and the forms."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client as Browser
+
+from fma_django.models import Event, EventKind, ModelArtifact, RoundLease
+
+
+@pytest.fixture
+def alice_browser(alice) -> Browser:
+    browser = Browser(enforce_csrf_checks=True)
+    browser.force_login(alice)
+    return browser
+
+
+def _csrf(browser: Browser, url: str) -> str:
+    browser.get(url)
+    return browser.cookies["csrftoken"].value
+
+
+def test_anonymous_visitors_are_sent_to_the_login_page(alice, make_experiment):
+    experiment = make_experiment(alice, "mnist")
+    for url in ("/", "/dashboard/", f"/dashboard/experiments/{experiment.pk}/"):
+        answer = Browser().get(url, follow=True)
+        assert answer.redirect_chain[-1][0].startswith("/dashboard/login/")
+    answer = Browser().get(f"/dashboard/experiments/{experiment.pk}/live.json")
+    assert answer.status_code == 302
+    assert answer["Location"].startswith("/dashboard/login/?next=")
+
+
+def test_logging_in_with_the_form_leads_to_the_experiments(alice):
+    browser = Browser(enforce_csrf_checks=True)
+    token = _csrf(browser, "/dashboard/login/")
+    answer = browser.post(
+        "/dashboard/login/",
+        {"username": "alice", "password": "alice-password", "csrfmiddlewaretoken": token},
+        follow=True,
+    )
+    assert answer.redirect_chain[-1][0] == "/dashboard/"
+    assert b"You have no experiments yet" in answer.content
+    wrong = Browser().post("/dashboard/login/", {"username": "alice", "password": "nope"})
+    assert wrong.status_code == 200
+    assert b'role="alert"' in wrong.content
+
+
+def test_a_developer_sees_only_her_experiments_and_staff_sees_all(
+    alice, bob, make_experiment, alice_browser, django_user_model
+):
+    mine = make_experiment(alice, "alice-mnist")
+    theirs = make_experiment(bob, "bob-secret")
+    page = alice_browser.get("/dashboard/").content.decode()
+    assert "alice-mnist" in page
+    assert "bob-secret" not in page
+    assert alice_browser.get(f"/dashboard/experiments/{mine.pk}/").status_code == 200
+    assert alice_browser.get(f"/dashboard/experiments/{theirs.pk}/").status_code == 404
+    assert alice_browser.get(f"/dashboard/experiments/{theirs.pk}/live.json").status_code == 404
+    staff = Browser()
+    staff.force_login(django_user_model.objects.create_user("ops", password="x", is_staff=True))
+    page = staff.get("/dashboard/").content.decode()
+    assert "alice-mnist" in page
+    assert "bob-secret" in page
+
+
+def test_the_list_shows_state_round_clients_and_waiting_updates(
+    alice, make_experiment, enroll, submit, run_round, alice_browser
+):
+    experiment = make_experiment(alice, "mnist")
+    first, second = enroll(experiment), enroll(experiment)
+    submit(experiment, first, 1.0)
+    run_round(experiment)
+    submit(experiment, second, 2.0)
+    answer = alice_browser.get("/dashboard/")
+    (summary,) = answer.context["summaries"]
+    assert (summary.state, summary.current_round, summary.clients_enrolled, summary.updates_waiting) == (
+        "collecting",
+        1,
+        2,
+        1,
+    )
+    assert summary.last_aggregate_on is not None
+    assert b'<span class="state state-collecting">collecting</span>' in answer.content
+
+
+def test_the_state_is_paused_aggregating_or_failed_as_the_rounds_go(alice, make_experiment, alice_browser):
+    experiment = make_experiment(alice, "mnist")
+    url = f"/dashboard/experiments/{experiment.pk}/live.json"
+    RoundLease.objects.create(experiment=experiment, token="t", worker="w", round_number=1, expires_at=4e9)
+    assert alice_browser.get(url).json()["state"] == "aggregating"
+    RoundLease.objects.filter(experiment=experiment).update(token="")
+    Event.objects.create(
+        kind=EventKind.ROUND_FAILED, experiment=experiment, detail={"round": 1, "reason": "disk full"}
+    )
+    answer = alice_browser.get(url).json()
+    assert answer["state"] == "failed"
+    assert "disk full" in answer["sections"]["summary"]
+    assert "disk full" in answer["sections"]["problems"]
+    experiment.allow_aggregation = False
+    experiment.save()
+    assert alice_browser.get(url).json()["state"] == "paused"
+
+
+def test_the_detail_page_shows_plots_rounds_rejections_and_lineage(
+    alice, make_experiment, enroll, submit, run_round, alice_browser
+):
+    experiment = make_experiment(alice, "mnist", metrics_schema={"type": "object"})
+    first, second = enroll(experiment), enroll(experiment)
+    u1 = submit(experiment, first, 1.0, num_examples=1, metrics={"accuracy": 0.5})
+    u2 = submit(experiment, second, 3.0, num_examples=3, metrics={"accuracy": 0.9})
+    aggregate = run_round(experiment)
+    with pytest.raises(Exception, match="schema"):
+        submit(experiment, first, 2.0, metrics=[1, 2])
+    answer = alice_browser.get(f"/dashboard/experiments/{experiment.pk}/")
+    page = answer.content.decode()
+    (chart,) = answer.context["metric_charts"]
+    assert chart.key == "training-accuracy"
+    assert [(p.round_number, p.value) for p in chart.points] == [(1, pytest.approx(0.8))]
+    assert 'data-chart="training-accuracy"' in page
+    assert 'circle class="point"' in page
+    (row,) = answer.context["rounds"]
+    assert (row.updates, row.clients, row.examples, row.bytes_in) == (2, 2, 4, u1.size_bytes + u2.size_bytes)
+    assert aggregate.content_id in page
+    assert u1.content_id in page
+    assert u2.content_id in page
+    assert "metrics does not match the experiment&#x27;s schema" in page
+    assert f"/api/v1/model_aggregates/{aggregate.pk}/weights/?format=safetensors" in page
+    for region in ("summary", "plots", "rounds", "problems", "lineage"):
+        assert f'data-live="{region}" aria-live="polite"' in page
+
+
+def test_the_download_link_serves_the_aggregates_bytes_to_the_logged_in_developer(
+    alice, bob, make_experiment, enroll, submit, run_round, alice_browser
+):
+    experiment = make_experiment(alice, "mnist")
+    submit(experiment, enroll(experiment), 1.0)
+    aggregate = run_round(experiment)
+    url = f"/api/v1/model_aggregates/{aggregate.pk}/weights/?format=safetensors"
+    answer = alice_browser.get(url)
+    assert answer.status_code == 200
+    assert len(b"".join(answer.streaming_content)) == aggregate.size_bytes
+    other = Browser()
+    other.force_login(bob)
+    assert other.get(url).status_code == 404
+
+
+def test_publishing_goes_through_the_service_with_csrf(
+    alice, bob, make_experiment, enroll, submit, run_round, alice_browser
+):
+    experiment = make_experiment(alice, "mnist")
+    submit(experiment, enroll(experiment), 1.0)
+    aggregate = run_round(experiment)
+    url = f"/dashboard/experiments/{experiment.pk}/publish/"
+    no_token = alice_browser.post(url, {"aggregate": aggregate.pk, "version": "2.0"})
+    assert no_token.status_code == 403
+    token = _csrf(alice_browser, f"/dashboard/experiments/{experiment.pk}/")
+    answer = alice_browser.post(
+        url, {"aggregate": aggregate.pk, "version": "2.0", "csrfmiddlewaretoken": token}, follow=True
+    )
+    assert "Round 1 is published as version 2.0." in answer.content.decode()
+    artifact = ModelArtifact.objects.get(experiment=experiment, version="2.0")
+    assert artifact.aggregate == aggregate
+    experiment.refresh_from_db()
+    assert experiment.current_artifact == artifact
+    again = alice_browser.post(
+        url, {"aggregate": aggregate.pk, "version": "2.0", "csrfmiddlewaretoken": token}, follow=True
+    )
+    assert "already published" in again.content.decode()
+    other = Browser()
+    other.force_login(bob)
+    assert other.post(url, {"aggregate": aggregate.pk, "version": "3.0"}).status_code == 404
+    assert not ModelArtifact.objects.filter(version="3.0").exists()
+
+
+def test_pause_and_resume_record_who_did_it(alice, make_experiment, alice_browser):
+    experiment = make_experiment(alice, "mnist")
+    url = f"/dashboard/experiments/{experiment.pk}/aggregation/"
+    token = _csrf(alice_browser, f"/dashboard/experiments/{experiment.pk}/")
+    answer = alice_browser.post(url, {"allowed": "0", "csrfmiddlewaretoken": token}, follow=True)
+    assert "Rounds are paused." in answer.content.decode()
+    assert b"Resume rounds" in answer.content
+    experiment.refresh_from_db()
+    assert not experiment.allow_aggregation
+    alice_browser.post(url, {"allowed": "1", "csrfmiddlewaretoken": token})
+    experiment.refresh_from_db()
+    assert experiment.allow_aggregation
+    kinds = list(
+        Event.objects.filter(experiment=experiment, user=alice)
+        .exclude(kind=EventKind.EXPERIMENT_CREATED)
+        .order_by("id")
+        .values_list("kind", flat=True)
+    )
+    assert kinds == [EventKind.AGGREGATION_PAUSED, EventKind.AGGREGATION_RESUMED]
+
+
+def test_the_polled_json_sends_the_regions_only_when_the_experiment_changed(
+    alice, make_experiment, enroll, submit, alice_browser
+):
+    experiment = make_experiment(alice, "mnist")
+    url = f"/dashboard/experiments/{experiment.pk}/live.json"
+    first = alice_browser.get(url).json()
+    assert set(first["sections"]) == {"summary", "plots", "rounds", "problems", "lineage"}
+    assert alice_browser.get(url, {"since": first["stamp"]}).json()["sections"] == {}
+    submit(experiment, enroll(experiment), 1.0)
+    changed = alice_browser.get(url, {"since": first["stamp"]}).json()
+    assert changed["stamp"] != first["stamp"]
+    assert "<dd>1</dd>" in changed["sections"]["summary"]  # one update waiting
