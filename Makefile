@@ -7,13 +7,16 @@ STAMP := $(VENV)/.installed
 # checkov gets its own environment: its pins (python-hcl2, boto3, ...) clash with the app's.
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+# Zappa too: it packages the API for AWS Lambda (deploy/package.py), and its pins are its own.
+ZAPPA_VENV := .venv-zappa
+ZAPPA_STAMP := $(ZAPPA_VENV)/.installed
 
-.PHONY: run test lint format clean
+.PHONY: run test lint format clean lambda-packages
 
 run: $(STAMP)
 	$(BIN)/python benchmarks/aggregate.py
 
-test: $(STAMP) $(CHECKOV_STAMP)
+test: $(STAMP) $(CHECKOV_STAMP) $(ZAPPA_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	FMA_TEST_DATABASE=sqlite $(BIN)/python -m pytest
@@ -36,5 +39,16 @@ $(CHECKOV_STAMP): terraform_deploy/requirements-checkov.txt
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r terraform_deploy/requirements-checkov.txt
 	touch $@
 
+# The two zips terraform_deploy/ deploys: api_service/dist/ and aggregator/dist/ (deploy/package.py).
+lambda-packages: $(STAMP) $(ZAPPA_STAMP)
+	$(BIN)/python deploy/package.py
+
+$(ZAPPA_STAMP): deploy/requirements-zappa.txt
+	test -x $(ZAPPA_VENV)/bin/python || $(PYTHON) -m venv $(ZAPPA_VENV)
+	$(ZAPPA_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(ZAPPA_VENV)/bin/python -m pip install --quiet -r deploy/requirements-zappa.txt
+	touch $@
+
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) $(ZAPPA_VENV) .pytest_cache .ruff_cache build .cache/lambda-wheels \
+		api_service/dist aggregator/dist
