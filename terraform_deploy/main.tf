@@ -20,6 +20,8 @@ locals {
     FMA_S3_BUCKET             = module.weights_bucket.bucket_name
     FMA_S3_PREFIX             = var.s3_prefix
     FMA_S3_KMS_KEY_ID         = module.kms.key_id
+    # Lambda's only writable directory: Django's settings create their data dir at start-up.
+    FMA_DATA_DIR = "/tmp/fma"
   }
 }
 
@@ -130,8 +132,8 @@ module "api" {
   timeout              = var.api_timeout_seconds
   reserved_concurrency = var.api_reserved_concurrency
   environment = merge(local.common_environment, {
-    FMA_AGGREGATOR_RUNNER   = "lambda"
-    FMA_AGGREGATOR_FUNCTION = module.aggregator.function_name
+    FMA_AGGREGATOR_RUNNER = "lambda"
+    FMA_AGGREGATOR_LAMBDA = module.aggregator.function_name
   })
   subnet_ids              = module.network.private_subnet_ids
   security_group_id       = module.network.api_security_group_id
