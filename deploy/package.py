@@ -156,7 +156,9 @@ def build_api(wheels: list[Path], pins: Path) -> Package:
     venv = BUILD / "api-venv"
     shutil.rmtree(venv, ignore_errors=True)
     # Zappa reads <VIRTUAL_ENV>/lib/python<its own version>/site-packages.
-    version = output([ZAPPA_PYTHON, "-c", "import sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}')"])
+    version = output(
+        [ZAPPA_PYTHON, "-c", "import sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}')"]
+    )
     site = venv / "lib" / f"python{version.strip()}" / "site-packages"
     install(site, [*wheels, *ZAPPA_RUNTIME], pins)
     # The handler module in the zip is the CLI's own handler.py: its package must be the same version.
