@@ -15,18 +15,22 @@ the newer glibc of python3.12's Amazon Linux 2023 (2.34), hence ``manylinux_2_34
 Versions: every third-party package gets exactly the version installed in ``.venv`` (``make
 test`` tests those), through a constraints file made from ``pip freeze``. The FMA packages are
 built as wheels from this checkout. Downloaded wheels are kept in ``.cache/lambda-wheels/``; once
-it holds them, a build needs no network at all.
+it holds them, a build needs no network at all. The installed dependencies are kept in
+``build/lambda/deps/`` and reused while nothing that decides them changed.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
 import shutil
 import subprocess
 import sys
 import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,16 +146,61 @@ def install(target: Path, requirements: Iterable[str | Path], pins: Path, *, dep
     offline += ["--no-index", "--find-links", CACHE, *common]
     if subprocess.run([str(a) for a in offline], capture_output=True).returncode != 0:
         run([ZAPPA_PYTHON, "-m", "pip", "download", "--dest", CACHE, *common])
-        for local in CACHE.glob("fma_*.whl"):  # the checkout's own wheels are rebuilt every time
-            local.unlink()
         run(offline)  # pip installs into --target only after it resolved everything: nothing to undo
 
 
+def third_party_requirements(wheels: Iterable[Path]) -> list[str]:
+    """What the FMA packages require from PyPI, read from their wheels' metadata."""
+    requirements = []
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as archive:
+            (metadata,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+            for line in archive.read(metadata).decode().splitlines():
+                if line.startswith("Requires-Dist:") and "extra ==" not in line:
+                    requirement = line.split(":", 1)[1].strip()
+                    if not requirement.lower().startswith("fma-"):
+                        requirements.append(requirement)
+    return sorted(set(requirements))
+
+
+def dependencies(name: str, wheels: list[Path], pins: Path, *, extra: Sequence[str] = ()) -> Path:
+    """The third-party packages for Lambda, installed once per set of inputs and reused.
+
+    Installing some 130 MB of packages is most of a build's time; the folder is named after a
+    hash of everything that decides its content (pins, platform, requirements), so a change to
+    any of them installs afresh and an unchanged set is reused as it is.
+    """
+    requirements = third_party_requirements(wheels)
+    inputs = "\n".join([pins.read_text(), *PLATFORM, *requirements, *extra, zappa_version()])
+    folder = BUILD / "deps" / f"{name}-{hashlib.sha256(inputs.encode()).hexdigest()[:16]}"
+    if folder.exists():
+        return folder
+    for stale in folder.parent.glob(f"{name}-*"):
+        shutil.rmtree(stale)
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    install(partial, [*requirements, *extra], pins)
+    if name == "api":
+        # The zip's handler.py is the CLI's own copy: its zappa package must be the same version.
+        install(partial, [f"zappa=={zappa_version()}"], pins, deps=False)
+    partial.rename(folder)
+    return folder
+
+
+def fma_packages(wheels: list[Path], pins: Path) -> Path:
+    """The FMA packages of this checkout, installed on their own (their dependencies are above)."""
+    target = BUILD / "fma"
+    shutil.rmtree(target, ignore_errors=True)
+    install(target, wheels, pins, deps=False)
+    return target
+
+
+@cache
 def zappa_version() -> str:
     return output([ZAPPA_PYTHON, "-c", "import importlib.metadata as m; print(m.version('zappa'))"]).strip()
 
 
-def build_api(wheels: list[Path], pins: Path) -> Package:
+def build_api(wheels: list[Path], fma: Path, pins: Path) -> Package:
     """``zappa package`` over a virtual environment of cp312 wheels (see the module docstring)."""
     venv = BUILD / "api-venv"
     shutil.rmtree(venv, ignore_errors=True)
@@ -160,9 +209,9 @@ def build_api(wheels: list[Path], pins: Path) -> Package:
         [ZAPPA_PYTHON, "-c", "import sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}')"]
     )
     site = venv / "lib" / f"python{version.strip()}" / "site-packages"
-    install(site, [*wheels, *ZAPPA_RUNTIME], pins)
-    # The handler module in the zip is the CLI's own handler.py: its package must be the same version.
-    install(site, [f"zappa=={zappa_version()}"], pins, deps=False)
+    # hard links: the reused dependencies appear in the environment without being copied
+    shutil.copytree(dependencies("api", wheels, pins, extra=ZAPPA_RUNTIME), site, copy_function=os.link)
+    shutil.copytree(fma, site, dirs_exist_ok=True)
 
     API_ZIP.parent.mkdir(parents=True, exist_ok=True)
     API_ZIP.unlink(missing_ok=True)
@@ -176,22 +225,27 @@ def build_api(wheels: list[Path], pins: Path) -> Package:
     }
     # --json: machine-readable output, which also skips Zappa's look for a newer version on PyPI.
     run([zappa, "package", ZAPPA_STAGE, "--json", "--output", API_ZIP], cwd=ROOT / "api_service", env=env)
+    shutil.rmtree(venv)
     return Package.of(API_ZIP)
 
 
-def build_aggregator(wheels: list[Path], pins: Path) -> Package:
+def build_aggregator(wheels: list[Path], fma: Path, pins: Path) -> Package:
     """The aggregator's handler and the same dependencies (it sets Django up with the service's settings)."""
-    site = BUILD / "aggregator-site"
-    shutil.rmtree(site, ignore_errors=True)
-    install(site, wheels, pins)
     AGGREGATOR_ZIP.parent.mkdir(parents=True, exist_ok=True)
     partial = AGGREGATOR_ZIP.with_suffix(".partial")
-    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(site.rglob("*")):
+    files = {}
+    for site in (dependencies("aggregator", wheels, pins), fma):
+        for path in site.rglob("*"):
             relative = path.relative_to(site)
-            if path.is_dir() or EXCLUDED_NAMES & set(relative.parts) or path.suffix in EXCLUDED_SUFFIXES:
-                continue
-            info = zipfile.ZipInfo(str(relative), date_time=(2020, 1, 1, 0, 0, 0))  # reproducible bytes
+            if (
+                path.is_file()
+                and not EXCLUDED_NAMES & set(relative.parts)
+                and path.suffix not in EXCLUDED_SUFFIXES
+            ):
+                files[str(relative)] = path
+    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, path in sorted(files.items()):
+            info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))  # reproducible bytes
             info.external_attr = 0o644 << 16  # readable by Lambda's sandbox user
             info.compress_type = zipfile.ZIP_DEFLATED
             archive.writestr(info, path.read_bytes())
@@ -208,11 +262,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     BUILD.mkdir(parents=True, exist_ok=True)
     pins = constraints()
     wheels = local_wheels()
+    fma = fma_packages(wheels, pins)
     built = []
     if only in (None, "api"):
-        built.append(build_api(wheels, pins))
+        built.append(build_api(wheels, fma, pins))
     if only in (None, "aggregator"):
-        built.append(build_aggregator(wheels, pins))
+        built.append(build_aggregator(wheels, fma, pins))
     for package in built:
         package.check_limits()
         print(package.describe())
