@@ -73,24 +73,22 @@ class Unpacked:
 
     package: Path
     compiled: Path
-    borrowed: tuple[str, ...]
+    compiled_packages: tuple[str, ...]
 
 
 def unpack(archive: Path, destination: Path) -> Unpacked:
     package, compiled = destination / "task", destination / "compiled"
     shutil.rmtree(destination, ignore_errors=True)
     compiled.mkdir(parents=True)
-    with zipfile.ZipFile(archive) as zipped:
-        zipped.extractall(package)
     site = Path(sysconfig.get_paths()["purelib"])
-    borrowed = []
-    for entry in sorted(package.iterdir()):
-        if entry.suffix == ".so" or (entry.is_dir() and next(entry.rglob("*.so"), None)):
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-            if (site / entry.name).exists():
-                (compiled / entry.name).symlink_to(site / entry.name)
-                borrowed.append(entry.name)
-    return Unpacked(package, compiled, tuple(borrowed))
+    with zipfile.ZipFile(archive) as zipped:
+        members = zipped.namelist()
+        binary = sorted({name.split("/")[0] for name in members if name.endswith(".so")})
+        zipped.extractall(package, [name for name in members if name.split("/")[0] not in binary])
+    for name in binary:
+        if (site / name).exists():
+            (compiled / name).symlink_to(site / name)
+    return Unpacked(package, compiled, tuple(binary))
 
 
 @pytest.fixture(scope="session")
@@ -152,6 +150,7 @@ def child_environment(tmp_path: Path, **extra: str) -> dict[str, str]:
         "HOME": str(tmp_path),
         "LANG": "C.UTF-8",
         "PYTHONDONTWRITEBYTECODE": "1",  # /var/task is read-only on Lambda
+        "PYTHONUNBUFFERED": "1",  # as on Lambda: each print reaches the log at once
         **extra,
     }
 

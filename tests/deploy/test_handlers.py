@@ -95,6 +95,9 @@ def test_the_api_zip_migrates_creates_an_account_and_answers_http_api_requests(
     api_package: Unpacked, secrets_manager: SecretsManager, start_lambda, tmp_path: Path
 ):
     arn = secrets_manager.create("fma-test/api/django-secret-key", "k" * 50)
+    # only these come from this machine (see Unpacked); the rest is the zip's own code
+    assert {"numpy", "psycopg_binary", "safetensors"} <= set(api_package.compiled_packages)
+    assert not {"django", "rest_framework", "fma_service", "zappa"} & set(api_package.compiled_packages)
     before = snapshot(api_package.package)
     api = start_lambda(
         api_package, "handler.lambda_handler", lambda_environment(tmp_path, secrets_manager, arn)

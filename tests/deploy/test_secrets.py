@@ -70,7 +70,9 @@ def test_a_database_secret_without_every_key_is_refused_without_showing_its_valu
     secret = json.loads(database_secret(password="never-print-me"))
     del secret["host"], secret["dbname"]
     database = secrets_manager.create("fma-test/settings/partial-database", json.dumps(secret))
-    loaded = load_settings(tmp_path, secrets_manager, FMA_DATABASE_SECRET_ARN=database, FMA_SECRET_KEY="k" * 50)
+    loaded = load_settings(
+        tmp_path, secrets_manager, FMA_DATABASE_SECRET_ARN=database, FMA_SECRET_KEY="k" * 50
+    )
     assert loaded.returncode != 0
     assert f"the database secret {database} lacks host, dbname" in loaded.stderr
     assert "never-print-me" not in loaded.stderr
@@ -78,7 +80,9 @@ def test_a_database_secret_without_every_key_is_refused_without_showing_its_valu
 
 def test_a_database_secret_that_is_not_json_is_refused(secrets_manager: SecretsManager, tmp_path):
     database = secrets_manager.create("fma-test/settings/plain-database", "fma:never-print-me")
-    loaded = load_settings(tmp_path, secrets_manager, FMA_DATABASE_SECRET_ARN=database, FMA_SECRET_KEY="k" * 50)
+    loaded = load_settings(
+        tmp_path, secrets_manager, FMA_DATABASE_SECRET_ARN=database, FMA_SECRET_KEY="k" * 50
+    )
     assert loaded.returncode != 0
     assert f"the database secret {database} is not a JSON document" in loaded.stderr
     assert "never-print-me" not in loaded.stderr
