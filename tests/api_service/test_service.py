@@ -86,35 +86,33 @@ def free_port() -> int:
 def server(tmp_path):
     port = free_port()
     env = clean_env(tmp_path, FMA_SECRET_KEY="test-key", FMA_BIND=f"127.0.0.1:{port}", FMA_WORKERS="1")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fma_service"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    log = tmp_path / "server.log"
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"fma-server exited: {process.stdout.read()}")
-        try:
-            requests.get(url + "/api/schema/", timeout=2)
-            break
-        except requests.ConnectionError:
-            time.sleep(0.2)
+    with open(log, "w") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fma_service"], env=env, stdout=output, stderr=output
+        )
     try:
+        deadline = time.monotonic() + 120
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"fma-server did not come up: {log.read_text()}")
+            try:
+                requests.get(url + "/api/v1/", timeout=10)
+                break
+            except requests.RequestException:
+                time.sleep(0.2)
         yield url
     finally:
         process.terminate()
-        process.communicate(timeout=30)
+        process.wait(timeout=60)
 
 
 def test_one_command_serves_api_docs_and_admin(server):
-    schema = requests.get(server + "/api/schema/", timeout=10)
+    schema = requests.get(server + "/api/schema/", timeout=60)
     assert schema.status_code == 200
     assert "/api/v1/models/{id}/upload_update/" in schema.text
-    docs = requests.get(server + "/api/docs/", timeout=10)
+    docs = requests.get(server + "/api/docs/", timeout=60)
     assert docs.status_code == 200
     assets = [
         line.split('"')[1]
@@ -123,6 +121,6 @@ def test_one_command_serves_api_docs_and_admin(server):
     ]
     assert assets
     assert assets[0].startswith("/static/")  # served by the service itself: no internet needed
-    assert requests.get(server + assets[0], timeout=10).status_code == 200
-    assert requests.get(server + "/admin/login/", timeout=10).status_code == 200
-    assert requests.get(server + "/api/v1/models/", timeout=10).status_code == 401
+    assert requests.get(server + assets[0], timeout=60).status_code == 200
+    assert requests.get(server + "/admin/login/", timeout=60).status_code == 200
+    assert requests.get(server + "/api/v1/models/", timeout=60).status_code == 401

@@ -124,7 +124,7 @@ def test_metrics_must_match_the_experiments_schema(
     make_experiment, enroll, uploader, safetensors, stored_files
 ):
     schema = {"type": "object", "properties": {"loss": {"type": "number"}}, "required": ["loss"]}
-    experiment = make_experiment(update_schema=schema)
+    experiment = make_experiment(metrics_schema=schema)
     client = enroll(experiment)
     before = stored_files()
     response = uploader(client, experiment.pk, safetensors(1.0), X_FMA_METRICS='{"loss": "low"}')
@@ -133,6 +133,22 @@ def test_metrics_must_match_the_experiments_schema(
     assert "loss" in response.json()["detail"]
     assert (ModelUpdate.objects.count(), stored_files()) == (0, before)
     assert uploader(client, experiment.pk, safetensors(1.0), X_FMA_METRICS='{"loss": 0.1}').status_code == 201
+
+
+def test_the_originals_update_schema_checks_json_data(make_experiment, enroll):
+    two_layers = {"type": "array", "minItems": 2, "maxItems": 2}
+    experiment = make_experiment(update_schema=two_layers)
+    client = enroll(experiment)
+    url = "/api/v1/model_updates/"
+    refused = client.post(url, {"federated_model": experiment.pk, "data": [[[0.0] * 3] * 4]}, format="json")
+    assert refused.status_code == 400
+    assert refused.json()["code"] == "schema_mismatch"
+    assert "data" in refused.json()["detail"]
+    accepted = client.post(
+        url, {"federated_model": experiment.pk, "data": [[[0.0] * 3] * 4, [0.0] * 3]}, format="json"
+    )
+    assert accepted.status_code == 201
+    assert ModelUpdate.objects.count() == 1
 
 
 @pytest.mark.parametrize(

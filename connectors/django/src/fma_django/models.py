@@ -28,7 +28,12 @@ class Experiment(models.Model):
     requirement_args = models.JSONField(null=True, blank=True)
     round_policy = models.JSONField(null=True, blank=True)
     tensor_spec = models.JSONField(null=True, blank=True, help_text="[{name, dtype, shape}, ...]")
-    update_schema = models.JSONField(null=True, blank=True, help_text="JSON Schema of an update's metrics")
+    update_schema = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="the original's JSON Schema of an update's JSON 'data' (v1 JSON path)",
+    )
+    metrics_schema = models.JSONField(null=True, blank=True, help_text="JSON Schema of an update's metrics")
     client_agg_results_schema = models.JSONField(null=True, blank=True)
     furthest_base_agg = models.PositiveIntegerField(
         null=True,

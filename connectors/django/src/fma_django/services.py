@@ -52,6 +52,7 @@ CONFIG_FIELDS = (
     "round_policy",
     "tensor_spec",
     "update_schema",
+    "metrics_schema",
     "client_agg_results_schema",
     "furthest_base_agg",
     "allow_aggregation",
@@ -100,7 +101,7 @@ def _check_config(experiment: Experiment) -> None:
             TensorSpec.from_json(experiment.tensor_spec)
         except InvalidWeights as error:
             raise ValidationFailed(f"tensor_spec: {error}", code="invalid_tensor_spec") from None
-    for field in ("update_schema", "client_agg_results_schema"):
+    for field in ("update_schema", "metrics_schema", "client_agg_results_schema"):
         schema = getattr(experiment, field)
         if schema is not None:
             try:
@@ -445,7 +446,14 @@ def update_submit_legacy_json(
     """The original's JSON ``data`` (a list of layers), converted to safetensors and then submitted."""
     spec = TensorSpec.from_json(experiment.tensor_spec) if experiment.tensor_spec is not None else None
     try:
+        if experiment.update_schema is not None:
+            _check_schema(experiment.update_schema, data, "data")
         payload = to_bytes(from_legacy_json(data, spec))
+    except ValidationFailed as error:
+        event_record(
+            kind=EventKind.UPDATE_REJECTED, experiment=experiment, client=client, reason=error.detail
+        )
+        raise
     except InvalidWeights as error:
         event_record(kind=EventKind.UPDATE_REJECTED, experiment=experiment, client=client, reason=str(error))
         raise ValidationFailed(f"data: {error}", code="invalid_weights") from None
@@ -472,8 +480,8 @@ def _check_update_metadata(
                 f"base_aggregate {base_aggregate_id} is not an aggregate of this experiment",
                 code="invalid_base",
             )
-    if experiment.update_schema is not None:
-        _check_schema(experiment.update_schema, metrics, "metrics")
+    if experiment.metrics_schema is not None:
+        _check_schema(experiment.metrics_schema, metrics, "metrics")
     return (base.round_number if base else 0), base
 
 
@@ -483,7 +491,7 @@ def _check_schema(schema: Mapping[str, Any], value: Any, what: str) -> None:
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path)
         raise ValidationFailed(
-            f"{what} do not match the experiment's schema{f' at {where}' if where else ''}: {error.message}",
+            f"{what} does not match the experiment's schema{f' at {where}' if where else ''}: {error.message}",
             code="schema_mismatch",
         )
 

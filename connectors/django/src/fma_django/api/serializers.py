@@ -55,6 +55,7 @@ class ExperimentSerializer(serializers.ModelSerializer):
             "allow_aggregation",
             "tensor_spec",
             "update_schema",
+            "metrics_schema",
             "client_agg_results_schema",
             "open_enrollment",
             "legacy_mode",

@@ -7,8 +7,11 @@ redirect to the store's presigned URL), with the SHA-256 as ETag and single-rang
 
 from __future__ import annotations
 
+import contextlib
 import json
+import queue
 import re
+import threading
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
@@ -55,6 +58,68 @@ class BodyStream:
 
     def read(self, size: int = -1) -> bytes:
         return self._request.read(_CHUNK if size is None or size < 0 else size)
+
+
+class Prefetched:
+    """Reads a stream one chunk ahead in a thread, so receiving overlaps hashing and writing.
+
+    The socket loop of the WSGI server holds the GIL while hashing and file writes release it, so
+    the two run side by side. At most ``depth`` chunks wait in the queue: memory stays bounded.
+    Use as a context manager; leaving it stops the reader before the response is sent.
+    """
+
+    def __init__(self, source: BodyStream, *, depth: int = 4) -> None:
+        self._source = source
+        self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=depth)
+        self._closed = threading.Event()
+        self._pending = b""
+        self._finished = False
+        self._thread = threading.Thread(target=self._pump, name="fma-upload-reader", daemon=True)
+
+    def __enter__(self) -> Prefetched:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._closed.set()
+        while self._thread.is_alive():  # unblock a reader waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                self._queue.get(timeout=0.05)
+        self._thread.join()
+
+    def _pump(self) -> None:
+        item: bytes | BaseException | None = None
+        try:
+            while not self._closed.is_set():
+                item = self._source.read(_CHUNK)
+                if not item:
+                    item = None
+                    break
+                self._put(item)
+        except BaseException as error:  # handed to the consumer, raised there
+            item = error
+        self._put(item if not isinstance(item, bytes) else None)
+
+    def _put(self, item: bytes | BaseException | None) -> None:
+        while not self._closed.is_set():
+            try:
+                self._queue.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+    def read(self, size: int = -1) -> bytes:
+        size = _CHUNK if size is None or size < 0 else size
+        while len(self._pending) < size and not self._finished:
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            if item is None:
+                self._finished = True
+            else:
+                self._pending = self._pending + item if self._pending else item
+        chunk, self._pending = self._pending[:size], self._pending[size:]
+        return chunk
 
 
 def upload_option(request: HttpRequest, name: str, header: str) -> str | None:

@@ -29,6 +29,7 @@ from fma_django.api.filters import (
 from fma_django.api.permissions import IsClient, IsDeveloper, IsDeveloperOrClient
 from fma_django.api.transfer import (
     BodyStream,
+    Prefetched,
     SafetensorsRenderer,
     int_option,
     json_option,
@@ -231,16 +232,20 @@ class ExperimentViewSet(viewsets.ModelViewSet):
         experiment = self.get_object()
         django_request = request._request
         body = BodyStream(django_request)
-        update, created = services.update_submit(
-            experiment=experiment,
-            client=request.user.client,
-            stream=body,
-            content_length=body.length,
-            num_examples=_default(int_option(django_request, "num_examples", "X-FMA-Num-Examples"), 1),
-            base_aggregate_id=int_option(django_request, "base_aggregate", "X-FMA-Base-Aggregate"),
-            metrics=json_option(django_request, "metrics", "X-FMA-Metrics"),
-            idempotency_key=upload_option(django_request, "idempotency_key", "Idempotency-Key"),
-        )
+        options = {
+            "num_examples": _default(int_option(django_request, "num_examples", "X-FMA-Num-Examples"), 1),
+            "base_aggregate_id": int_option(django_request, "base_aggregate", "X-FMA-Base-Aggregate"),
+            "metrics": json_option(django_request, "metrics", "X-FMA-Metrics"),
+            "idempotency_key": upload_option(django_request, "idempotency_key", "Idempotency-Key"),
+        }
+        with Prefetched(body) as stream:
+            update, created = services.update_submit(
+                experiment=experiment,
+                client=request.user.client,
+                stream=stream,
+                content_length=body.length,
+                **options,
+            )
         data = s.ModelUpdateSerializer(update, context=self.get_serializer_context()).data
         return Response(data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
