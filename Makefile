@@ -20,7 +20,7 @@ test: $(STAMP) $(CHECKOV_STAMP) $(ZAPPA_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	FMA_TEST_DATABASE=sqlite $(BIN)/python -m pytest
-	# the Django packages again, on PostgreSQL (127.0.0.1:5432; FMA_TEST_DATABASE_URL to change)
+	# the Django packages and the aggregator again, on PostgreSQL (127.0.0.1:5432; FMA_TEST_DATABASE_URL to change)
 	FMA_TEST_DATABASE=postgresql $(BIN)/python -m pytest tests/fma_django tests/api_service tests/aggregator
 
 format: $(STAMP)

@@ -71,7 +71,7 @@ class AwsLambda:
 
 @pytest.fixture
 def aws(monkeypatch) -> Iterator[AwsLambda]:
-    monkeypatch.setenv("FMA_AGGREGATOR_LAMBDA", FUNCTION)
+    monkeypatch.setenv("FMA_AGGREGATOR_FUNCTION", FUNCTION)
     fake = AwsLambda()
     monkeypatch.setattr(lambda_invoke, "lambda_client", lambda: fake.client)
     with fake.stubber:

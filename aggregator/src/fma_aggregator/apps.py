@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.apps import AppConfig
 
 
-class AggregatorConfig(AppConfig):
+class AggregatorAppConfig(AppConfig):
     name = "fma_aggregator"
     label = "fma_aggregator"
     verbose_name = "FMA aggregator"

@@ -1,28 +1,20 @@
 """The aggregator's settings, all from environment variables, with defaults for one machine.
 
-=============================== ====================================== =================================
-variable                        default                                meaning
-=============================== ====================================== =================================
-``FMA_AGGREGATOR_RUNNER``       ``inprocess``                          who runs a round the API says may be
-                                                                       ready: ``inprocess``, ``celery``,
-                                                                       ``lambda`` or ``none`` (a Django
-                                                                       setting of the same name wins)
-``FMA_LEASE_SECONDS``           ``900``                                how long a claimed round is held
-                                                                       before another worker may take over
-``FMA_SWEEP_SECONDS``           ``60``                                 how often deadlines and expired
-                                                                       leases are swept
-``FMA_SHARD_BYTES``             unset (never shard)                    models larger than this are split
-                                                                       into shards aggregated in parallel
-``FMA_BROKER_URL``              ``redis://127.0.0.1:6379/0``           Celery broker (``amqp://`` for
-                                                                       RabbitMQ)
-``FMA_RESULT_BACKEND``          the broker URL if it is Redis          Celery result backend; sharded
-                                                                       rounds (chords) need one
-``FMA_CELERY_QUEUE``            ``fma``                                the queue tasks go to
-``FMA_BROKER_VISIBILITY_TIMEOUT`` ``3600``                             Redis: seconds before an unacked
-                                                                       task is redelivered
-``FMA_AGGREGATOR_LAMBDA``       unset                                  the aggregator function's name or
-                                                                       ARN, for the ``lambda`` runner
-=============================== ====================================== =================================
+- ``FMA_AGGREGATOR_RUNNER`` (``inprocess``): who runs a round the API says may be ready:
+  ``inprocess``, ``celery``, ``lambda`` or ``none``. The Django setting of the same name wins.
+- ``FMA_LEASE_SECONDS`` (900): how long a claimed round is held before another worker may take
+  it over; longer than the slowest round.
+- ``FMA_SWEEP_SECONDS`` (60): how often deadlines and expired leases are swept.
+- ``FMA_SHARD_BYTES`` (unset: never shard): models larger than this are split into shards
+  aggregated in parallel (Celery chord, parallel Lambda invocations).
+- ``FMA_BROKER_URL`` (``redis://127.0.0.1:6379/0``): the Celery broker; ``amqp://...`` for RabbitMQ.
+- ``FMA_RESULT_BACKEND`` (the broker URL if it is Redis, else none): sharded Celery rounds
+  (chords) need one; without it a worker computes every shard itself.
+- ``FMA_CELERY_QUEUE`` (``fma``): the queue the tasks go to.
+- ``FMA_BROKER_VISIBILITY_TIMEOUT`` (3600): Redis only, seconds before a task whose worker died
+  unacknowledged is delivered again.
+- ``FMA_AGGREGATOR_FUNCTION`` (unset): name or ARN of the aggregator Lambda function, for the
+  ``lambda`` runner (the function itself falls back to its own ARN).
 """
 
 from __future__ import annotations
@@ -60,7 +52,7 @@ class AggregatorConfig:
             result_backend=backend,
             queue=env.get("FMA_CELERY_QUEUE") or cls.queue,
             visibility_timeout=int(_number(env, "FMA_BROKER_VISIBILITY_TIMEOUT", cls.visibility_timeout)),
-            lambda_function=env.get("FMA_AGGREGATOR_LAMBDA") or None,
+            lambda_function=env.get("FMA_AGGREGATOR_FUNCTION") or None,
         )
 
 

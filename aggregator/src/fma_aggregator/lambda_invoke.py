@@ -33,7 +33,7 @@ class LambdaInvoker:
     def from_config(cls, config: AggregatorConfig) -> LambdaInvoker:
         if not config.lambda_function:
             raise ConfigurationError(
-                "FMA_AGGREGATOR_LAMBDA must name the aggregator function for the lambda runner"
+                "FMA_AGGREGATOR_FUNCTION must name the aggregator function for the lambda runner"
             )
         return cls(config.lambda_function)
 

@@ -170,17 +170,17 @@ class RoundEngine:
 
     def compute(self, claim: RoundClaim) -> ComputedRound:
         """Aggregate the claim's usable updates in one piece and write the result; nothing is committed here."""
-        return self._compute_whole(self.plan_shards(claim, shard_bytes=None))
+        return self._compute_whole(self._plan(claim, None))
 
     def commit(self, claim: RoundClaim, computed: ComputedRound) -> AggregateRecord:
         assert computed.draft is not None
         return self.metadata.commit_round(claim, computed.draft)
 
-    def plan_shards(self, claim: RoundClaim, *, shard_bytes: int | None = -1) -> RoundPlan:
-        """Check the claimed updates (quarantining the unusable) and cut the spec into shards.
+    def plan_shards(self, claim: RoundClaim) -> RoundPlan:
+        """Check the claimed updates (quarantining the unusable) and cut the spec into shards of ``shard_bytes``."""
+        return self._plan(claim, self.shard_bytes)
 
-        ``shard_bytes`` defaults to the engine's; None gives one shard.
-        """
+    def _plan(self, claim: RoundClaim, shard_bytes: int | None) -> RoundPlan:
         quarantined: list[str] = []
 
         def quarantine(update: UpdateRecord, reason: str) -> None:
@@ -188,12 +188,11 @@ class RoundEngine:
             quarantined.append(update.update_id)
 
         usable, spec = self._usable_updates(claim, quarantine)
-        limit = self.shard_bytes if shard_bytes == -1 else shard_bytes
         return RoundPlan(
             claim=claim,
             update_ids=tuple(u.update_id for u in usable),
             spec=spec,
-            shards=balance_shards(spec, limit),
+            shards=balance_shards(spec, shard_bytes),
             quarantined=tuple(quarantined),
         )
 

@@ -1,0 +1,282 @@
+"""One full aggregation round through the service's own code, then the same round sharded over Celery workers.
+
+N updates × P float32 parameters in 10 tensors (default N=50, P=10M; ``--quick``: N=20, P=2M),
+submitted through fma-django's services (the API's path: streamed to the local weight store,
+checked, recorded) into a throwaway PostgreSQL database. Then:
+
+1. one round, ``RoundEngine.run_round`` over ``DjangoMetadataStore``, in a fresh process with the
+   default aggregation threads; ``round_seconds`` runs from the claim to the commit,
+   ``round_gbps`` is update bytes consumed per second, ``peak_rss_bytes`` is that process's peak
+   resident memory (Python, Django and numpy included);
+2. the same round (the same update objects, in new experiments) split in two shards
+   (``FMA_SHARD_BYTES`` = half the model) as a Celery chord, on one worker and then on two, each
+   with ``FMA_AGGREGATION_THREADS=1``, timed from enqueueing ``fma.run_round`` to the commit,
+   after one warm-up round on the same workers; ``speedup_2_workers`` = one worker's time / two
+   workers' time.
+
+All the aggregates must be bit-identical; the benchmark fails otherwise.
+
+    python benchmarks/round.py [--quick] [--json]
+
+Needs PostgreSQL (``--postgres``, default postgresql://postgres@127.0.0.1:5432/postgres, which
+may create databases) and Redis (``--broker``, default redis://127.0.0.1:6379/0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+
+TENSORS = 10
+CELERY_WORKER = [sys.executable, "-m", "celery", "-A", "fma_aggregator", "worker", "-P", "solo", "-l", "INFO"]
+CELERY_WORKER += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+TARGETS = {"round_gbps": 1.0, "speedup_2_workers": 1.5}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="N=20 updates of P=2M parameters")
+    parser.add_argument("--updates", type=int, help="N, the number of updates (default 50)")
+    parser.add_argument("--params", type=int, help="P, float32 parameters per update (default 10M)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--broker", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--child-round", metavar="ID", help=argparse.SUPPRESS)  # the timed round's process
+    args = parser.parse_args()
+    if args.child_round:
+        child_round(args.child_round)
+        return
+    count = args.updates or (20 if args.quick else 50)
+    params = args.params or (2_000_000 if args.quick else 10_000_000)
+    figures = run(count=count, params=params, postgres=args.postgres, broker=args.broker)
+    if args.json:
+        print(json.dumps(figures, indent=2))
+    else:
+        report(figures)
+
+
+def run(*, count: int, params: int, postgres: str, broker: str) -> dict[str, object]:
+    database = f"fma_bench_{uuid.uuid4().hex[:8]}"
+    work = Path(tempfile.mkdtemp(prefix="fma-bench-round-"))
+    admin = _connect(postgres)
+    admin.execute(f'CREATE DATABASE "{database}"')
+    os.environ.update(
+        DJANGO_SETTINGS_MODULE="fma_service.settings",
+        FMA_DEVELOPMENT="1",
+        FMA_DATA_DIR=str(work / "data"),
+        FMA_WEIGHTS_DIR=str(work / "weights"),
+        FMA_DATABASE_URL=urlunsplit(urlsplit(postgres)._replace(path=f"/{database}")),
+        FMA_DB_CONN_MAX_AGE="0",
+        FMA_AGGREGATOR_RUNNER="none",  # the benchmark starts each round itself
+        FMA_BROKER_URL=broker,
+        FMA_CELERY_QUEUE=f"fma-bench-{database}",
+    )
+    try:
+        import django
+        from django.core.management import call_command
+
+        django.setup()
+        call_command("migrate", verbosity=0)
+        experiments, model_bytes = setup_round(count=count, params=params, copies=5)
+        single = timed_child_round(experiments[0])
+        one = celery_round(experiments[1:3], workers=1, shard_bytes=model_bytes // 2, work=work)
+        two = celery_round(experiments[3:5], workers=2, shard_bytes=model_bytes // 2, work=work)
+        from fma_django.models import ModelAggregate
+
+        contents = {ModelAggregate.objects.get(experiment_id=e).content_id for e in experiments}
+        if len(contents) != 1:
+            raise SystemExit(f"the sharded aggregates differ from the unsharded one: {contents}")
+        aggregate = ModelAggregate.objects.get(experiment_id=experiments[0])
+        from django.db import connections
+
+        connections.close_all()
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        admin.close()
+        shutil.rmtree(work, ignore_errors=True)
+    input_bytes = count * model_bytes
+    return {
+        "updates": count,
+        "params": params,
+        "model_bytes": model_bytes,
+        "round_seconds": round(single["seconds"], 3),
+        "round_gbps": round(input_bytes / single["seconds"] / 1e9, 3),
+        "peak_rss_bytes": single["peak_rss_bytes"],
+        "peak_rss_limit_bytes": 2 * model_bytes + 300 * 1024**2,
+        "engine_peak_memory_bytes": aggregate.peak_memory_bytes,
+        "sharded_1_worker_seconds": round(one, 3),
+        "sharded_2_workers_seconds": round(two, 3),
+        "speedup_2_workers": round(one / two, 3),
+        "bit_identical": True,
+        "cpus": len(os.sched_getaffinity(0)),
+    }
+
+
+def setup_round(*, count: int, params: int, copies: int) -> tuple[list[str], int]:
+    """N clients submit one update each through the services; the copies reuse the same update objects."""
+    from django.contrib.auth.models import User
+
+    from fma_core.weights import to_bytes
+    from fma_django import services
+    from fma_django.models import ModelUpdate
+
+    per_tensor = params // TENSORS
+    spec = [{"name": f"layer{t}.weight", "dtype": "F32", "shape": [per_tensor]} for t in range(TENSORS)]
+    developer = User.objects.create_user("bench")
+    experiments = [
+        services.experiment_create(
+            developer=developer, name=f"bench-{n}", open_enrollment=True, tensor_spec=spec
+        )
+        for n in range(copies)
+    ]
+    rng = np.random.default_rng(0)
+    for _ in range(count):
+        client, _ = services.client_register(experiment=experiments[0])
+        body = to_bytes({t["name"]: rng.random(per_tensor, dtype=np.float32) - 0.5 for t in spec})
+        services.update_submit(
+            experiment=experiments[0],
+            client=client,
+            stream=io.BytesIO(body),
+            num_examples=int(rng.integers(10, 1000)),
+        )
+    originals = list(ModelUpdate.objects.filter(experiment=experiments[0]))
+    for copy in experiments[1:]:
+        ModelUpdate.objects.bulk_create(
+            ModelUpdate(
+                experiment=copy,
+                client=u.client,
+                num_examples=u.num_examples,
+                weights_key=u.weights_key,
+                content_id=u.content_id,
+                size_bytes=u.size_bytes,
+            )
+            for u in originals
+        )
+    return [str(e.pk) for e in experiments], per_tensor * TENSORS * 4
+
+
+def timed_child_round(experiment_id: str) -> dict[str, float]:
+    result = subprocess.run(
+        [sys.executable, __file__, "--child-round", experiment_id], capture_output=True, text=True, check=True
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def child_round(experiment_id: str) -> None:
+    """In a fresh process: one round, timed from claim to commit; prints seconds and this process's peak RSS."""
+    import django
+
+    django.setup()
+    from fma_aggregator.engine import build_engine
+
+    engine = build_engine()
+    started = time.perf_counter()
+    outcome = engine.run_round(experiment_id)
+    seconds = time.perf_counter() - started
+    if outcome.status != "committed":
+        raise SystemExit(f"the round did not commit: {outcome}")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"seconds": seconds, "peak_rss_bytes": peak}))
+
+
+def celery_round(experiment_ids: list[str], *, workers: int, shard_bytes: int, work: Path) -> float:
+    """Seconds from enqueueing a round to its commit, on ``workers`` Celery worker processes.
+
+    The first experiment's round warms the workers up (database connections, first imports);
+    the second one is timed.
+    """
+    from fma_aggregator.celery import app
+    from fma_django.models import ModelAggregate
+
+    env = {**os.environ, "FMA_SHARD_BYTES": str(shard_bytes), "FMA_AGGREGATION_THREADS": "1"}
+    started = []
+    try:
+        for n in range(workers):
+            log = work / f"worker-{workers}-{n}.log"
+            process = subprocess.Popen(
+                [*CELERY_WORKER, "-n", f"bench{n}@%h"],
+                env=env,
+                stdout=open(log, "wb"),  # noqa: SIM115 - the child owns it
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            started.append((process, log))
+        for _, log in started:
+            _wait(lambda log=log: b" ready." in log.read_bytes(), f"worker ready ({log})", timeout=120)
+        for experiment_id in experiment_ids:
+            begun = time.perf_counter()
+            app.send_task("fma.run_round", args=[experiment_id])
+            committed = ModelAggregate.objects.filter(experiment_id=experiment_id)
+            _wait(committed.exists, "a round", pause=0.02)
+        return time.perf_counter() - begun
+    finally:
+        for process, _ in started:
+            os.killpg(process.pid, signal.SIGTERM)
+        for process, _ in started:
+            process.wait(timeout=60)
+
+
+def report(figures: dict[str, object]) -> None:
+    model = figures["model_bytes"]
+    limit = figures["peak_rss_limit_bytes"]
+    mark = lambda ok: "ok" if ok else "MISSED"  # noqa: E731
+    print(
+        f"round of {figures['updates']} updates × {figures['params']:,} float32 ({model / 1e6:.0f} MB model)"
+    )
+    print(
+        f"  one round, in-process      {figures['round_seconds']:8.3f} s   "
+        f"{figures['round_gbps']:6.2f} GB/s   target ≥ {TARGETS['round_gbps']}  {mark(figures['round_gbps'] >= TARGETS['round_gbps'])}"
+    )
+    print(
+        f"  peak RSS of that process   {figures['peak_rss_bytes'] / 1e6:8.0f} MB   "
+        f"limit 2 × model + 300 MB = {limit / 1e6:.0f} MB  {mark(figures['peak_rss_bytes'] <= limit)}"
+    )
+    print(f"  sharded, 1 Celery worker   {figures['sharded_1_worker_seconds']:8.3f} s")
+    print(
+        f"  sharded, 2 Celery workers  {figures['sharded_2_workers_seconds']:8.3f} s   speedup "
+        f"{figures['speedup_2_workers']:.2f}×  target ≥ {TARGETS['speedup_2_workers']}  "
+        f"{mark(figures['speedup_2_workers'] >= TARGETS['speedup_2_workers'])}   ({figures['cpus']} CPUs)"
+    )
+    print("  every aggregate bit-identical to the unsharded one")
+
+
+def _wait(condition, what: str, *, timeout: float = 600, pause: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(pause)
+
+
+def _connect(url: str):
+    import psycopg
+
+    parts = urlsplit(url)
+    return psycopg.connect(
+        host=parts.hostname,
+        port=parts.port or 5432,
+        user=parts.username or "postgres",
+        password=parts.password,
+        dbname=parts.path.lstrip("/") or "postgres",
+        autocommit=True,
+    )
+
+
+if __name__ == "__main__":
+    main()

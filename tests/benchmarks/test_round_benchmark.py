@@ -1,0 +1,45 @@
+"""benchmarks/round.py runs end to end (PostgreSQL, local weights, live Celery workers) and reports every key."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARK = Path(__file__).parents[2] / "benchmarks" / "round.py"
+KEYS = {"round_seconds", "round_gbps", "peak_rss_bytes", "model_bytes", "speedup_2_workers"}
+
+
+@pytest.fixture
+def services() -> None:
+    for name, port in (("PostgreSQL", 5432), ("Redis", 6379)):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        except OSError:
+            if os.environ.get("CI") == "true":
+                pytest.fail(f"{name} is not reachable on 127.0.0.1:{port}, and CI needs it")
+            pytest.skip(f"needs {name} on 127.0.0.1:{port}")
+
+
+def test_json_output_has_every_key_with_sane_values(services):
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARK), "--updates", "4", "--params", "40000", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    figures = json.loads(result.stdout)
+    assert set(figures) >= KEYS
+    assert figures["model_bytes"] == 40000 * 4
+    assert all(figures[key] > 0 for key in KEYS)
+    assert figures["bit_identical"] is True
+    # the figures are rounded to 3 decimals, so compare loosely
+    assert figures["round_gbps"] == pytest.approx(
+        4 * figures["model_bytes"] / figures["round_seconds"] / 1e9, abs=0.002
+    )
