@@ -132,8 +132,8 @@ module "api" {
   timeout              = var.api_timeout_seconds
   reserved_concurrency = var.api_reserved_concurrency
   environment = merge(local.common_environment, {
-    FMA_AGGREGATOR_RUNNER = "lambda"
-    FMA_AGGREGATOR_LAMBDA = module.aggregator.function_name
+    FMA_AGGREGATOR_RUNNER   = "lambda"
+    FMA_AGGREGATOR_FUNCTION = module.aggregator.function_name
   })
   subnet_ids              = module.network.private_subnet_ids
   security_group_id       = module.network.api_security_group_id

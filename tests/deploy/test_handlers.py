@@ -80,7 +80,7 @@ def lambda_environment(
         FMA_DATA_DIR=str(tmp_path / "lambda-tmp"),
         FMA_ALLOWED_HOSTS=API_HOST,
         FMA_AGGREGATOR_RUNNER="lambda",
-        FMA_AGGREGATOR_LAMBDA="fma-aggregator",
+        FMA_AGGREGATOR_FUNCTION="fma-aggregator",
         AWS_LAMBDA_FUNCTION_NAME="fma-api",
         **secrets.environment,
         **extra,

@@ -105,8 +105,7 @@ def test_functions_receive_the_settings_the_code_reads():
     assert unquote(ROOT.locals["common_environment"]["FMA_DATA_DIR"]).startswith("/tmp/")
     api = environment_keys(ROOT.module_calls["api"]["environment"])
     aggregator = environment_keys(ROOT.module_calls["aggregator"]["environment"])
-    # fma_aggregator.config reads the function to invoke from FMA_AGGREGATOR_LAMBDA
-    assert {"FMA_AGGREGATOR_RUNNER", "FMA_AGGREGATOR_LAMBDA"} <= api
+    assert {"FMA_AGGREGATOR_RUNNER", "FMA_AGGREGATOR_FUNCTION"} <= api
     assert "FMA_AGGREGATOR_RUNNER" in aggregator
 
 
