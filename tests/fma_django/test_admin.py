@@ -25,6 +25,7 @@ MODELS = [
     "modelaggregate",
     "modelartifact",
     "clientaggregatescore",
+    "enrollment",
     "enrollmenttoken",
     "roundlease",
     "event",

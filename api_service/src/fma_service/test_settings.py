@@ -22,6 +22,8 @@ if TEST_DATABASE == "postgresql":
         )
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+    # The server is shared (other checkouts, CI): one test database per run, dropped at its end.
+    DATABASES["default"]["TEST"] = {"NAME": f"test_fma_{os.getpid()}"}
 else:
     DATABASES = {"default": _database("")}
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}

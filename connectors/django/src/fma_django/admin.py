@@ -196,6 +196,14 @@ class ClientAggregateScoreAdmin(admin.ModelAdmin):
     readonly_fields = [f.name for f in ClientAggregateScore._meta.fields]
 
 
+@admin.register(Enrollment)
+class EnrollmentAdmin(admin.ModelAdmin):
+    list_display = ["experiment", "client", "via", "created_on", "revoked_at"]
+    list_filter = ["via", "experiment", "revoked_at"]
+    search_fields = ["client__uuid"]
+    readonly_fields = ["experiment", "client", "via", "created_on", "revoked_at"]
+
+
 @admin.register(EnrollmentToken)
 class EnrollmentTokenAdmin(admin.ModelAdmin):
     list_display = ["id", "experiment", "created_by", "uses", "max_uses", "expires_at", "created_on"]
