@@ -5,9 +5,10 @@ submitted through fma-django's services (the API's path: streamed to the local w
 checked, recorded) into a throwaway PostgreSQL database. Then:
 
 1. one round, ``RoundEngine.run_round`` over ``DjangoMetadataStore``, in a fresh process with the
-   default aggregation threads; ``round_seconds`` runs from the claim to the commit,
-   ``round_gbps`` is update bytes consumed per second, ``peak_rss_bytes`` is that process's peak
-   resident memory (Python, Django and numpy included);
+   default aggregation threads; ``round_seconds`` runs from the policy check to the commit
+   (``engine_seconds`` is the aggregating and writing part of it), ``round_gbps`` is update
+   bytes consumed per second, ``peak_rss_bytes`` is that process's peak resident memory
+   (``VmHWM``: Python, Django and numpy included);
 2. the same round (the same update objects, in new experiments) split in two shards
    (``FMA_SHARD_BYTES`` = half the model) as a Celery chord, on one worker and then on two, each
    with ``FMA_AGGREGATION_THREADS=1``, timed from enqueueing ``fma.run_round`` to the commit,
@@ -28,7 +29,6 @@ import argparse
 import io
 import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -120,6 +120,7 @@ def run(*, count: int, params: int, postgres: str, broker: str) -> dict[str, obj
         "peak_rss_bytes": single["peak_rss_bytes"],
         "peak_rss_limit_bytes": 2 * model_bytes + 300 * 1024**2,
         "engine_peak_memory_bytes": aggregate.peak_memory_bytes,
+        "engine_seconds": round(aggregate.duration_seconds, 3),  # aggregating and writing, within the round
         "sharded_1_worker_seconds": round(one, 3),
         "sharded_2_workers_seconds": round(two, 3),
         "speedup_2_workers": round(one / two, 3),
@@ -184,6 +185,7 @@ def child_round(experiment_id: str) -> None:
 
     django.setup()
     from fma_aggregator.engine import build_engine
+    from fma_core.peak_memory import lifetime_peak_rss
 
     engine = build_engine()
     started = time.perf_counter()
@@ -191,8 +193,7 @@ def child_round(experiment_id: str) -> None:
     seconds = time.perf_counter() - started
     if outcome.status != "committed":
         raise SystemExit(f"the round did not commit: {outcome}")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"seconds": seconds, "peak_rss_bytes": peak}))
+    print(json.dumps({"seconds": seconds, "peak_rss_bytes": lifetime_peak_rss()}))
 
 
 def celery_round(experiment_ids: list[str], *, workers: int, shard_bytes: int, work: Path) -> float:

@@ -42,7 +42,7 @@ class InProcessRunner:
         self._next_sweep = 0.0  # sweep as soon as the thread starts
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self.outcomes: list[RoundOutcome] = []  # the recent outcomes, newest last, for status and tests
+        self.outcomes: list[RoundOutcome] = []  # the last 100 outcomes, newest last
 
     def notify(self, experiment_id: str | int) -> None:
         """The experiment may be ready: queue it (once) and make sure the thread runs. Never blocks."""

@@ -45,6 +45,7 @@ def compute_shard(plan: dict[str, Any], index: int) -> str:
 
 @app.task(name="fma.combine_shards")
 def combine_shards(partial_keys: list[str], plan: dict[str, Any]) -> dict[str, Any]:
+    """The chord's body: Celery passes the shards' keys first; the plan names the same objects."""
     return sharded.summary(sharded.combine(build_engine(config), RoundPlan.from_dict(plan)))
 
 

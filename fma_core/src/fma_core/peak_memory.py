@@ -26,7 +26,18 @@ def current_rss() -> int | None:
 
 
 def lifetime_peak_rss() -> int:
-    """The process's peak RSS since it started, in bytes."""
+    """The process's peak RSS since it started, in bytes.
+
+    Linux's ``VmHWM`` first: ``ru_maxrss`` also counts the parent's memory that a forked and
+    exec'd process briefly shared, which would charge a small worker for its launcher.
+    """
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
 
