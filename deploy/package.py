@@ -10,7 +10,7 @@ Python 3.11 machine: ``python deploy/package.py`` (or ``make lambda-packages``).
 
 Why not the machine's own packages: numpy, psycopg-binary and safetensors ship compiled code,
 and the cp311 builds of this machine do not load on Lambda's python3.12; numpy ≥ 2.3 also needs
-the newer glibc of python3.12's Amazon Linux 2023 (2.34), hence ``manylinux_2_34_x86_64``.
+the newer glibc of python3.12's Amazon Linux 2023 (2.34): wheels for any manylinux up to 2.34.
 
 Versions: every third-party package gets exactly the version installed in ``.venv`` (``make
 test`` tests those), through a constraints file made from ``pip freeze``. The FMA packages are

@@ -182,17 +182,32 @@ def weights_response(
     if start:
         stream.seek(start)
     response = StreamingHttpResponse(
-        _chunks(stream, stop - start), status=status, content_type=SAFETENSORS, headers=headers
+        _Chunks(stream, stop - start), status=status, content_type=SAFETENSORS, headers=headers
     )
     response["Content-Length"] = str(stop - start)
     return response
 
 
-def _chunks(stream: BinaryIO, remaining: int) -> Iterator[bytes]:
-    with stream:
-        while remaining > 0:
-            chunk = stream.read(min(_CHUNK, remaining))
-            if not chunk:
-                return
-            remaining -= len(chunk)
-            yield chunk
+class _Chunks:
+    """``remaining`` bytes of ``stream`` in chunks, as a response body.
+
+    Django calls ``close()`` when the response is closed, also when the body was never read (a
+    client that hung up, a HEAD request): a generator's ``with stream`` would not run then, and
+    the file would stay open until garbage collection.
+    """
+
+    def __init__(self, stream: BinaryIO, remaining: int) -> None:
+        self._stream = stream
+        self._remaining = remaining
+
+    def __iter__(self) -> Iterator[bytes]:
+        with self._stream:
+            while self._remaining > 0:
+                chunk = self._stream.read(min(_CHUNK, self._remaining))
+                if not chunk:
+                    return
+                self._remaining -= len(chunk)
+                yield chunk
+
+    def close(self) -> None:
+        self._stream.close()
