@@ -9,8 +9,11 @@ CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 # The dashboard's browser tests drive Debian's Chromium (Playwright never downloads a browser here).
 CHROMIUM := /usr/bin/chromium
+# Zappa too: it packages the API for AWS Lambda (deploy/package.py), and its pins are its own.
+ZAPPA_VENV := .venv-zappa
+ZAPPA_STAMP := $(ZAPPA_VENV)/.installed
 
-.PHONY: run test bench format clean
+.PHONY: run test bench format clean lambda-packages
 
 # federated training end to end on the embedded default; options: make run ARGS="--aggregator median --bad-clients 2"
 run: $(STAMP)
@@ -20,7 +23,7 @@ run: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/aggregate.py
 
-test: $(STAMP) $(CHECKOV_STAMP) $(CHROMIUM)
+test: $(STAMP) $(CHECKOV_STAMP) $(ZAPPA_STAMP) $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	FMA_TEST_DATABASE=sqlite $(BIN)/python -m pytest
@@ -49,5 +52,16 @@ $(CHROMIUM):
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
+# The two zips terraform_deploy/ deploys: api_service/dist/ and aggregator/dist/ (deploy/package.py).
+lambda-packages: $(STAMP) $(ZAPPA_STAMP)
+	$(BIN)/python deploy/package.py
+
+$(ZAPPA_STAMP): deploy/requirements-zappa.txt
+	test -x $(ZAPPA_VENV)/bin/python || $(PYTHON) -m venv $(ZAPPA_VENV)
+	$(ZAPPA_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(ZAPPA_VENV)/bin/python -m pip install --quiet -r deploy/requirements-zappa.txt
+	touch $@
+
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) $(ZAPPA_VENV) .pytest_cache .ruff_cache build .cache/lambda-wheels \
+		api_service/dist aggregator/dist

@@ -20,6 +20,8 @@ locals {
     FMA_S3_BUCKET             = module.weights_bucket.bucket_name
     FMA_S3_PREFIX             = var.s3_prefix
     FMA_S3_KMS_KEY_ID         = module.kms.key_id
+    # Lambda's only writable directory: Django's settings create their data dir at start-up.
+    FMA_DATA_DIR = "/tmp/fma"
   }
 }
 

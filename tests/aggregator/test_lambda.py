@@ -182,12 +182,16 @@ def test_an_unknown_event_is_refused(transactional_db):
         handler({"Records": []}, LambdaContext())
 
 
-def test_a_failed_round_is_in_the_event_log_with_its_reason(aws, make_experiment):
+def test_a_failed_round_is_in_the_event_log_with_its_reason(aws, make_experiment, caplog):
     experiment = make_experiment(aggregator="trimmed_mean", aggregator_params={"trim_fraction": 0.45})
     submit(experiment, 1.0)
     type(experiment).objects.filter(pk=experiment.pk).update(aggregator_params={"trim_fraction": 0.9})
     result = handler({"fma": "round_ready", "experiment_id": str(experiment.pk)}, LambdaContext())
     assert result["status"] == "failed"
+    # the line terraform_deploy's alarm counts (a metric filter on the phrase "round failed")
+    [logged] = [r for r in caplog.records if "round failed" in r.getMessage()]
+    assert logged.levelname == "ERROR"
+    assert f"experiment {experiment.pk}:" in logged.getMessage()
     failed = Event.objects.get(experiment=experiment, kind=EventKind.ROUND_FAILED)
     assert "trim_fraction" in failed.detail["reason"]
     assert ModelUpdate.objects.get(experiment=experiment).status == UpdateStatus.PENDING

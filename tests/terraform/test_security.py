@@ -99,12 +99,23 @@ def test_functions_receive_the_settings_the_code_reads():
         "FMA_S3_PREFIX",
         "FMA_S3_KMS_KEY_ID",
         "DJANGO_SETTINGS_MODULE",
+        "FMA_DATA_DIR",
     }
     assert needed <= common
+    assert unquote(ROOT.locals["common_environment"]["FMA_DATA_DIR"]).startswith("/tmp/")
     api = environment_keys(ROOT.module_calls["api"]["environment"])
     aggregator = environment_keys(ROOT.module_calls["aggregator"]["environment"])
     assert {"FMA_AGGREGATOR_RUNNER", "FMA_AGGREGATOR_FUNCTION"} <= api
     assert "FMA_AGGREGATOR_RUNNER" in aggregator
+
+
+def test_the_api_function_allows_its_own_execute_api_host():
+    """Django refuses requests whose Host it does not know; API Gateway sends its execute-api host."""
+    api = MODULES["api"]
+    assert unquote(api.module_calls["function"]["environment"]) == "${local.environment}"
+    environment = api.locals["environment"]
+    assert "FMA_ALLOWED_HOSTS" in environment_keys(environment)
+    assert "aws_apigatewayv2_api.this.api_endpoint" in str(environment)
 
 
 def test_api_is_an_http_api_proxying_everything_to_the_function():

@@ -14,7 +14,8 @@ One function serves every event the deployment sends it:
 - ``{"manage": "migrate"}`` or ``{"manage": ["createsuperuser", "--noinput", ...]}`` runs a Django
   management command (``DJANGO_SUPERUSER_PASSWORD`` etc. come from the function's environment).
 
-Returns a JSON-serializable dict saying what was done.
+Returns a JSON-serializable dict saying what was done. A round that failed is also logged as
+``round failed: ...``, the line the deployment's alarm counts (terraform_deploy/modules/monitoring).
 """
 
 from __future__ import annotations
@@ -43,6 +44,13 @@ logger = logging.getLogger(__name__)
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    result = _dispatch(event, context)
+    if result.get("status") == "failed":
+        logger.error("round failed: experiment %s: %s", result.get("experiment_id"), result.get("reason"))
+    return result
+
+
+def _dispatch(event: dict[str, Any], context: Any) -> dict[str, Any]:
     close_old_connections()  # a warm container may hold a connection the database has since dropped
     if "manage" in event:
         return _manage(event["manage"])

@@ -4,6 +4,9 @@ With nothing set, the service keeps everything under ``FMA_DATA_DIR`` (default `
 the SQLite database and the weight directory. ``FMA_DATABASE_URL=postgresql://...`` switches to
 PostgreSQL. DEBUG is off unless ``FMA_DEBUG=1``; ``FMA_SECRET_KEY`` is required unless
 ``FMA_DEVELOPMENT=1`` (or DEBUG), where a key is generated and kept in the data dir.
+
+On AWS Lambda (``terraform_deploy/``) the database credentials and the key come from Secrets
+Manager instead: ``FMA_DATABASE_SECRET_ARN`` and ``FMA_SECRET_KEY_SECRET_ARN`` (see aws_secrets).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
+
+from fma_service import aws_secrets
 
 
 def _flag(name: str, default: bool = False) -> bool:
@@ -33,6 +38,9 @@ def _secret_key() -> str:
     key = os.environ.get("FMA_SECRET_KEY", "")
     if key:
         return key
+    arn = os.environ.get("FMA_SECRET_KEY_SECRET_ARN", "")
+    if arn:
+        return aws_secrets.secret_string(arn)
     if not DEVELOPMENT:
         raise ImproperlyConfigured(
             "FMA_SECRET_KEY is not set. Set it to a long random string, or set FMA_DEVELOPMENT=1 on a development machine."
@@ -118,7 +126,14 @@ TEMPLATES = [
     }
 ]
 
-DATABASES = {"default": _database(os.environ.get("FMA_DATABASE_URL", ""))}
+if os.environ.get("FMA_DATABASE_SECRET_ARN"):
+    DATABASES = {
+        "default": aws_secrets.database_settings(
+            os.environ["FMA_DATABASE_SECRET_ARN"], int(os.environ.get("FMA_DB_CONN_MAX_AGE", "60"))
+        )
+    }
+else:
+    DATABASES = {"default": _database(os.environ.get("FMA_DATABASE_URL", ""))}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LANGUAGE_CODE = "en-us"

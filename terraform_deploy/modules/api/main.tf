@@ -2,6 +2,14 @@
 # HTTP API whose single $default route proxies every request (payload format 2.0) to it. Django
 # does the routing and the authentication; API Gateway only terminates TLS and throttles.
 
+locals {
+  # Django answers only the hosts it is told about (FMA_ALLOWED_HOSTS); API Gateway passes on the
+  # host the client called, the API's execute-api host.
+  environment = merge(var.environment, {
+    FMA_ALLOWED_HOSTS = trimprefix(aws_apigatewayv2_api.this.api_endpoint, "https://")
+  })
+}
+
 # Beyond the shared access (modules/function): the API's object actions and handing a ready
 # round to the aggregator.
 data "aws_iam_policy_document" "api" {
@@ -37,7 +45,7 @@ module "function" {
   memory_size          = var.memory_size
   timeout              = var.timeout
   reserved_concurrency = var.reserved_concurrency
-  environment          = var.environment
+  environment          = local.environment
   subnet_ids           = var.subnet_ids
   security_group_id    = var.security_group_id
   kms_key_arn          = var.kms_key_arn

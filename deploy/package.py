@@ -1,0 +1,278 @@
+"""Build the two AWS Lambda zips terraform_deploy/ deploys, for python3.12 on x86_64, from this
+Python 3.11 machine: ``python deploy/package.py`` (or ``make lambda-packages``).
+
+- ``api_service/dist/fma-service-lambda.zip``: ``zappa package`` of the Django API (handler
+  ``handler.lambda_handler``), run from ``.venv-zappa``. Zappa zips the site-packages of the
+  virtual environment named by ``VIRTUAL_ENV``; that environment is made here and holds only
+  cp312 manylinux wheels, so Zappa packages Lambda's dependencies instead of this machine's.
+- ``aggregator/dist/fma-aggregator-lambda.zip``: the same dependencies without Zappa (handler
+  ``fma_aggregator.lambda_handler.handler``).
+
+Why not the machine's own packages: numpy, psycopg-binary and safetensors ship compiled code,
+and the cp311 builds of this machine do not load on Lambda's python3.12; numpy ≥ 2.3 also needs
+the newer glibc of python3.12's Amazon Linux 2023 (2.34): wheels for any manylinux up to 2.34.
+
+Versions: every third-party package gets exactly the version installed in ``.venv`` (``make
+test`` tests those), through a constraints file made from ``pip freeze``. The FMA packages are
+built as wheels from this checkout. Downloaded wheels are kept in ``.cache/lambda-wheels/``; once
+it holds them, a build needs no network at all. The installed dependencies are kept in
+``build/lambda/deps/`` and reused while nothing that decides them changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = ROOT / "build" / "lambda"
+CACHE = ROOT / ".cache" / "lambda-wheels"
+ZAPPA_PYTHON = ROOT / ".venv-zappa" / "bin" / "python"
+ZAPPA_STAGE = "production"
+
+API_ZIP = ROOT / "api_service" / "dist" / "fma-service-lambda.zip"
+AGGREGATOR_ZIP = ROOT / "aggregator" / "dist" / "fma-aggregator-lambda.zip"
+
+# The FMA packages, built from this checkout (they are not on PyPI).
+LOCAL_PACKAGES = ("fma_core", "connectors/django", "aggregator", "api_service")
+# What Zappa's handler imports at run time besides the standard library and boto3.
+ZAPPA_RUNTIME = ("werkzeug", "durationpy")
+
+# Lambda's python3.12 runtime: CPython 3.12 on Amazon Linux 2023 (glibc 2.34), x86_64 as in
+# terraform_deploy/modules/function. pip takes a platform tag literally, so every manylinux tag
+# that glibc 2.34 satisfies is named (numpy's wheels say manylinux_2_28, psycopg's 2_17).
+GLIBC_MINOR = 34
+PLATFORM = (
+    *(f"--platform=manylinux_2_{minor}_x86_64" for minor in range(GLIBC_MINOR, 4, -1)),
+    "--platform=manylinux2014_x86_64",
+    "--platform=manylinux2010_x86_64",
+    "--platform=manylinux1_x86_64",
+    "--python-version=3.12",
+    "--implementation=cp",
+    "--abi=cp312",
+    "--only-binary=:all:",
+)
+
+# Lambda's limits: 250 MB unzipped for any package; 50 MB zipped for a direct upload (Terraform
+# uploads through S3, so only the first binds, but staying under both keeps either way open).
+MAX_UNZIPPED_BYTES = 250 * 1024 * 1024
+MAX_ZIPPED_BYTES = 50 * 1024 * 1024
+
+# Left out of the aggregator zip, as Zappa's "exclude" leaves them out of the API's
+# (api_service/zappa_settings.json): bytecode of the build machine's Python, type stubs, the
+# packages' own test suites, and translation sources (Django reads only the compiled .mo files).
+EXCLUDED_NAMES = frozenset({"__pycache__", "tests", "bin"})
+EXCLUDED_SUFFIXES = (".pyc", ".pyi", ".po")
+
+
+@dataclass(frozen=True)
+class Package:
+    """One built zip and what Lambda will think of it."""
+
+    path: Path
+    zipped_bytes: int
+    unzipped_bytes: int
+
+    def check_limits(self) -> None:
+        if self.unzipped_bytes > MAX_UNZIPPED_BYTES:
+            raise SystemExit(f"{self.path}: {self.unzipped_bytes} bytes unzipped, over Lambda's 250 MB")
+        if self.zipped_bytes > MAX_ZIPPED_BYTES:
+            raise SystemExit(f"{self.path}: {self.zipped_bytes} bytes zipped, over Lambda's 50 MB")
+
+    def describe(self) -> str:
+        return (
+            f"{self.path.relative_to(ROOT)}: {self.zipped_bytes / 1e6:.1f} MB zipped, "
+            f"{self.unzipped_bytes / 1e6:.1f} MB unzipped"
+        )
+
+    @classmethod
+    def of(cls, path: Path) -> Package:
+        with zipfile.ZipFile(path) as archive:
+            unzipped = sum(info.file_size for info in archive.infolist())
+        return cls(path, path.stat().st_size, unzipped)
+
+
+def run(args: Sequence[str | Path], **kwargs: object) -> None:
+    subprocess.run([str(a) for a in args], check=True, **kwargs)
+
+
+def output(args: Sequence[str | Path]) -> str:
+    return subprocess.run([str(a) for a in args], check=True, capture_output=True, text=True).stdout
+
+
+def constraints() -> Path:
+    """Pin every third-party package to the version ``.venv`` has (the FMA packages are editable there)."""
+    frozen = output([sys.executable, "-m", "pip", "freeze", "--exclude-editable"])
+    pins = [line for line in frozen.splitlines() if "==" in line and not line.startswith("-")]
+    path = BUILD / "constraints.txt"
+    path.write_text("\n".join(pins) + "\n")
+    return path
+
+
+def local_wheels() -> list[Path]:
+    """Wheels of the FMA packages from this checkout; pure Python, so any platform takes them."""
+    wheels = BUILD / "wheels"
+    shutil.rmtree(wheels, ignore_errors=True)
+    # No build isolation: .venv-zappa has the setuptools the packages need, and isolation
+    # would fetch it from the index on every build.
+    run(
+        [ZAPPA_PYTHON, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", wheels]
+        + [ROOT / package for package in LOCAL_PACKAGES]
+    )
+    for package in LOCAL_PACKAGES:  # setuptools builds in the source tree; leave the checkout clean
+        shutil.rmtree(ROOT / package / "build", ignore_errors=True)
+    return sorted(wheels.glob("*.whl"))
+
+
+def install(target: Path, requirements: Iterable[str | Path], pins: Path, *, deps: bool = True) -> None:
+    """``pip install --target`` for Lambda's platform, from the wheel cache when it can.
+
+    The first attempt never touches the network. Only when the cache lacks a wheel are the
+    missing ones downloaded from the index into the cache, and the install is repeated offline.
+    """
+    CACHE.mkdir(parents=True, exist_ok=True)
+    requirements = [str(r) for r in requirements]
+    common = [*PLATFORM, "--quiet", "-c", pins, *([] if deps else ["--no-deps"]), *requirements]
+    offline = [ZAPPA_PYTHON, "-m", "pip", "install", "--no-compile", "--target", target]
+    offline += ["--no-index", "--find-links", CACHE, *common]
+    if subprocess.run([str(a) for a in offline], capture_output=True).returncode != 0:
+        run([ZAPPA_PYTHON, "-m", "pip", "download", "--dest", CACHE, *common])
+        run(offline)  # pip installs into --target only after it resolved everything: nothing to undo
+
+
+def third_party_requirements(wheels: Iterable[Path]) -> list[str]:
+    """What the FMA packages require from PyPI, read from their wheels' metadata."""
+    requirements = []
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as archive:
+            (metadata,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+            for line in archive.read(metadata).decode().splitlines():
+                if line.startswith("Requires-Dist:") and "extra ==" not in line:
+                    requirement = line.split(":", 1)[1].strip()
+                    if not requirement.lower().startswith("fma-"):
+                        requirements.append(requirement)
+    return sorted(set(requirements))
+
+
+def dependencies(name: str, wheels: list[Path], pins: Path, *, extra: Sequence[str] = ()) -> Path:
+    """The third-party packages for Lambda, installed once per set of inputs and reused.
+
+    Installing some 130 MB of packages is most of a build's time; the folder is named after a
+    hash of everything that decides its content (pins, platform, requirements), so a change to
+    any of them installs afresh and an unchanged set is reused as it is.
+    """
+    requirements = third_party_requirements(wheels)
+    inputs = "\n".join([pins.read_text(), *PLATFORM, *requirements, *extra, zappa_version()])
+    folder = BUILD / "deps" / f"{name}-{hashlib.sha256(inputs.encode()).hexdigest()[:16]}"
+    if folder.exists():
+        return folder
+    for stale in folder.parent.glob(f"{name}-*"):
+        shutil.rmtree(stale)
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    install(partial, [*requirements, *extra], pins)
+    if name == "api":
+        # The zip's handler.py is the CLI's own copy: its zappa package must be the same version.
+        install(partial, [f"zappa=={zappa_version()}"], pins, deps=False)
+    partial.rename(folder)
+    return folder
+
+
+def fma_packages(wheels: list[Path], pins: Path) -> Path:
+    """The FMA packages of this checkout, installed on their own (their dependencies are above)."""
+    target = BUILD / "fma"
+    shutil.rmtree(target, ignore_errors=True)
+    install(target, wheels, pins, deps=False)
+    return target
+
+
+@cache
+def zappa_version() -> str:
+    return output([ZAPPA_PYTHON, "-c", "import importlib.metadata as m; print(m.version('zappa'))"]).strip()
+
+
+def build_api(wheels: list[Path], fma: Path, pins: Path) -> Package:
+    """``zappa package`` over a virtual environment of cp312 wheels (see the module docstring)."""
+    venv = BUILD / "api-venv"
+    shutil.rmtree(venv, ignore_errors=True)
+    # Zappa reads <VIRTUAL_ENV>/lib/python<its own version>/site-packages.
+    version = output(
+        [ZAPPA_PYTHON, "-c", "import sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}')"]
+    )
+    site = venv / "lib" / f"python{version.strip()}" / "site-packages"
+    # hard links: the reused dependencies appear in the environment without being copied
+    shutil.copytree(dependencies("api", wheels, pins, extra=ZAPPA_RUNTIME), site, copy_function=os.link)
+    shutil.copytree(fma, site, dirs_exist_ok=True)
+
+    API_ZIP.parent.mkdir(parents=True, exist_ok=True)
+    API_ZIP.unlink(missing_ok=True)
+    zappa = ZAPPA_PYTHON.parent / "zappa"
+    env = {
+        "PATH": f"{ZAPPA_PYTHON.parent}:/usr/bin:/bin",
+        "VIRTUAL_ENV": str(venv),
+        "HOME": str(BUILD),
+        # Packaging talks to no AWS service, but boto3 wants a region to create its session.
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    # --json: machine-readable output, which also skips Zappa's look for a newer version on PyPI.
+    run([zappa, "package", ZAPPA_STAGE, "--json", "--output", API_ZIP], cwd=ROOT / "api_service", env=env)
+    shutil.rmtree(venv)
+    return Package.of(API_ZIP)
+
+
+def build_aggregator(wheels: list[Path], fma: Path, pins: Path) -> Package:
+    """The aggregator's handler and the same dependencies (it sets Django up with the service's settings)."""
+    AGGREGATOR_ZIP.parent.mkdir(parents=True, exist_ok=True)
+    partial = AGGREGATOR_ZIP.with_suffix(".partial")
+    files = {}
+    for site in (dependencies("aggregator", wheels, pins), fma):
+        for path in site.rglob("*"):
+            relative = path.relative_to(site)
+            if (
+                path.is_file()
+                and not EXCLUDED_NAMES & set(relative.parts)
+                and path.suffix not in EXCLUDED_SUFFIXES
+            ):
+                files[str(relative)] = path
+    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, path in sorted(files.items()):
+            info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))  # reproducible bytes
+            info.external_attr = 0o644 << 16  # readable by Lambda's sandbox user
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, path.read_bytes())
+    partial.replace(AGGREGATOR_ZIP)
+    return Package.of(AGGREGATOR_ZIP)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", choices=["api", "aggregator"], help="build one of the two zips")
+    only = parser.parse_args(argv).only
+    if not ZAPPA_PYTHON.exists():
+        raise SystemExit(f"{ZAPPA_PYTHON} is missing: run `make lambda-packages`, which creates it")
+    BUILD.mkdir(parents=True, exist_ok=True)
+    pins = constraints()
+    wheels = local_wheels()
+    fma = fma_packages(wheels, pins)
+    built = []
+    if only in (None, "api"):
+        built.append(build_api(wheels, fma, pins))
+    if only in (None, "aggregator"):
+        built.append(build_aggregator(wheels, fma, pins))
+    for package in built:
+        package.check_limits()
+        print(package.describe())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
