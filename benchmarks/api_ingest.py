@@ -109,6 +109,9 @@ def main() -> None:
         "FMA_THREADS": "2",
         "FMA_MAX_JSON_BYTES": str(4 * 1024**3),
         "FMA_LOG_LEVEL": "WARNING",
+        # ingest alone: with the in-process runner each upload would also start a round in the
+        # server, whose aggregate (a model's worth of memory) is benchmarks/round.py's business
+        "FMA_AGGREGATOR_RUNNER": "none",
         "DJANGO_SETTINGS_MODULE": "fma_service.settings",
     }
     os.environ.update({k: env[k] for k in ("FMA_DATA_DIR", "FMA_SECRET_KEY", "DJANGO_SETTINGS_MODULE")})
