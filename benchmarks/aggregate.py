@@ -134,10 +134,10 @@ def run(count: int, params: int, repeat: int) -> dict[str, float | int]:
         "fma_gbps": fma_bytes / fma_s / 1e9,
     }
     return {
-        **{k: round(v, 4) for k, v in gbps.items()},
-        "ratio_vs_floor": round(gbps["fedavg_gbps"] / gbps["floor_gbps"], 3),
-        "ratio_vs_flower": round(gbps["fedavg_gbps"] / gbps["flower_gbps"], 2),
-        "ratio_vs_fma": round(gbps["fedavg_gbps"] / gbps["fma_gbps"], 1),
+        **{k: _significant(v) for k, v in gbps.items()},
+        "ratio_vs_floor": _significant(gbps["fedavg_gbps"] / gbps["floor_gbps"]),
+        "ratio_vs_flower": _significant(gbps["fedavg_gbps"] / gbps["flower_gbps"]),
+        "ratio_vs_fma": _significant(gbps["fedavg_gbps"] / gbps["fma_gbps"]),
         "peak_extra_bytes": peak_extra,
         "model_bytes": model_bytes,
         "updates": count,
@@ -145,6 +145,11 @@ def run(count: int, params: int, repeat: int) -> dict[str, float | int]:
         "threads": fedavg.threads,
         "fma_sample": f"{sample_n}x{sample_p}",
     }
+
+
+def _significant(value: float) -> float:
+    """Four significant digits: readable, and a small rate is never rounded to zero."""
+    return float(f"{value:.4g}")
 
 
 def table(result: dict[str, float | int]) -> str:
