@@ -3,8 +3,8 @@
     python examples/fma_connect/demo.py [--clients 2] [--rounds 3]
 
 Starts the service on the embedded default (as the quickstart does), creates a legacy-mode
-experiment (fma-connect authenticates with a bare CLIENT-UUID) whose rounds close when every
-registered client has sent an update, runs ``client.py`` once per client with ``--url`` pointing
+experiment (fma-connect authenticates with a bare CLIENT-UUID) whose rounds close when one update
+per client has arrived, runs ``client.py`` once per client with ``--url`` pointing
 at the service, and prints what each one printed.
 """
 
@@ -45,10 +45,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 {
                     "name": "fma-connect-digits",
                     "aggregator": "fedavg",
+                    # one update per client, counted rather than "all_clients": the scripts start
+                    # together, and a client that registers after another's first update must
+                    # still be in round 1; the deadline keeps a crashed client from stalling it
                     "round_policy": {
                         "any_of": [
-                            {"policy": "all_clients"},
-                            {"policy": "deadline", "seconds": 60, "min_updates": 1},
+                            {"policy": "require_x_updates", "x": args.clients},
+                            {"policy": "deadline", "seconds": 120, "min_updates": 1},
                         ]
                     },
                     # the original's JSON layers: W (64 × 10) and b (10), zeros to start from

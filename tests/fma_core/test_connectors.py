@@ -15,6 +15,8 @@ from fma_core.connectors import (
 )
 from fma_core.errors import InvalidKey, InvalidWeights, LeaseLost, ObjectNotFound
 
+from .multipart_contract import CONTRACT
+
 
 class Clock:
     def __init__(self) -> None:
@@ -161,3 +163,14 @@ def test_submitting_the_same_update_id_twice_stores_it_once():
     )
     assert a == b
     assert len(store.pending_updates("e1")) == 3
+
+
+@pytest.mark.parametrize("check", CONTRACT, ids=lambda check: check.__name__)
+def test_local_store_multipart_uploads(tmp_path, check):
+    check(LocalDirectoryWeightStore(tmp_path), 1 << 16)
+
+
+def test_local_store_ignores_upload_ids_that_are_paths(tmp_path):
+    store = LocalDirectoryWeightStore(tmp_path)
+    with pytest.raises(ObjectNotFound):
+        store.uploaded_parts("updates/a.safetensors", "../../etc")

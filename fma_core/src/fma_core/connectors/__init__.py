@@ -10,7 +10,7 @@ from fma_core.connectors.metadata import (
     RoundClaim,
     UpdateRecord,
 )
-from fma_core.connectors.weight_store import StoredObject, WeightStore, check_key
+from fma_core.connectors.weight_store import StoredObject, UploadedPart, WeightStore, check_key
 
 __all__ = [
     "AggregateDraft",
@@ -22,6 +22,7 @@ __all__ = [
     "RoundClaim",
     "StoredObject",
     "UpdateRecord",
+    "UploadedPart",
     "WeightStore",
     "check_key",
 ]

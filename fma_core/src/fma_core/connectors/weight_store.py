@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -22,8 +23,23 @@ class StoredObject:
     sha256: str
 
 
+@dataclass(frozen=True)
+class UploadedPart:
+    """One received part of a multipart upload: its 1-based number, size and the store's ETag."""
+
+    number: int
+    size: int
+    etag: str
+
+
 class WeightStore(ABC):
-    """Streams bytes in and out by key; never holds a whole object in memory."""
+    """Streams bytes in and out by key; never holds a whole object in memory.
+
+    Large objects arrive as multipart uploads: ``start_upload``, then numbered parts in any order
+    and in parallel (through ``put_part``, or straight from the client to a presigned part URL),
+    then ``complete_upload`` joins them into the object, or ``abort_upload`` drops them. Parts
+    received are listed by ``uploaded_parts``, so a broken upload resumes with the missing ones.
+    """
 
     @abstractmethod
     def put(self, key: str, stream: BinaryIO, *, max_bytes: int | None = None) -> StoredObject:
@@ -51,8 +67,37 @@ class WeightStore(ABC):
         """A URL a client can GET the object from directly, or None to stream it through the API."""
         return None
 
-    def presigned_upload_url(self, key: str, *, expires_in: int) -> str | None:
-        """A URL a client can PUT the object to directly, or None to upload it through the API."""
+    @abstractmethod
+    def start_upload(self, key: str) -> str:
+        """Begin a multipart upload of ``key``; returns its upload id."""
+
+    @abstractmethod
+    def put_part(
+        self, key: str, upload_id: str, number: int, stream: BinaryIO, *, max_bytes: int | None = None
+    ) -> UploadedPart:
+        """Store part ``number`` (from 1) of an upload; sending a number again replaces that part.
+
+        Raises InvalidWeights, keeping nothing of this part, if it exceeds ``max_bytes``.
+        """
+
+    @abstractmethod
+    def uploaded_parts(self, key: str, upload_id: str) -> list[UploadedPart]:
+        """The parts received so far, by number; ObjectNotFound if the upload is unknown or ended."""
+
+    @abstractmethod
+    def complete_upload(self, key: str, upload_id: str, parts: Sequence[UploadedPart]) -> StoredObject:
+        """Join ``parts`` (numbers 1..n, each as listed by ``uploaded_parts``) into the object.
+
+        The size and SHA-256 returned are measured by the store from the joined bytes, never
+        taken from the client. Raises InvalidWeights if a part is missing or differs.
+        """
+
+    @abstractmethod
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        """Drop an upload and every part received; aborting an unknown upload is not an error."""
+
+    def presigned_part_url(self, key: str, upload_id: str, number: int, *, expires_in: int) -> str | None:
+        """A URL a client can PUT part ``number`` to directly, or None to send it through the API."""
         return None
 
 
