@@ -56,6 +56,28 @@ def test_only_the_api_may_invoke_the_aggregator():
     assert invoke_statements(MODULES["aggregator"]) == []
 
 
+def object_actions(module):
+    return {
+        unquote(action)
+        for document in module.data_of("aws_iam_policy_document").values()
+        for statement in blocks(document, "statement")
+        for action in statement.get("actions", [])
+        if unquote(action).startswith("s3:")
+    }
+
+
+def test_functions_may_do_the_multipart_calls_their_code_makes():
+    """The API starts, lists and aborts presigned multipart uploads; the aggregator's sweep aborts
+    abandoned ones and its multipart writes abort on failure (CreateMultipartUpload, UploadPart and
+    CompleteMultipartUpload are authorised by s3:PutObject)."""
+    assert {"s3:PutObject", "s3:ListMultipartUploadParts", "s3:AbortMultipartUpload"} <= object_actions(
+        MODULES["api"]
+    )
+    assert {"s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"} <= object_actions(
+        MODULES["aggregator"]
+    )
+
+
 def test_database_defaults_keep_it_safe():
     assert ROOT.variables["db_deletion_protection"]["default"] is True
     assert ROOT.variables["db_backup_retention_days"]["default"] >= 7
