@@ -13,9 +13,10 @@ resource "aws_sqs_queue" "failed_invocations" {
 # queue.
 data "aws_iam_policy_document" "aggregator" {
   # Reads updates, writes aggregates, removes rejected or superseded objects under FMA's prefix.
+  # Aggregates larger than a part (FMA_S3_PART_SIZE) go up as multipart uploads, aborted on failure.
   statement {
     sid       = "WeightsObjects"
-    actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"]
+    actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"]
     resources = ["${var.bucket_arn}/${var.s3_prefix}*"]
   }
 

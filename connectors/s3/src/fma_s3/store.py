@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import BinaryIO
 
 import boto3
@@ -185,15 +186,15 @@ class S3WeightStore(WeightStore):
         name = self._name(key)
         s3_upload_id = _unbind(name, upload_id)
         _check_number(number)
-        # S3 answers a part for an ended upload with NoSuchUpload, but some S3-compatible servers
-        # (moto) fail with a 500 instead: one small ListParts first gives the same answer everywhere.
-        self._list_parts(key, upload_id, MaxParts=1)
-        # S3 needs a part's length before its bytes: spool it (in memory up to 8 MiB, then on disk),
-        # which also refuses an oversized part before anything is sent.
-        with tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY) as spool:
-            size = _copy(stream, spool, max_bytes=max_bytes)
-            spool.seek(0)
-            try:
+        with _upload_errors(key, upload_id):
+            # S3 answers a part for an ended upload with NoSuchUpload, but some S3-compatible servers
+            # (moto) fail with a 500: one small ListParts first gives the same answer everywhere.
+            self.client.list_parts(Bucket=self.bucket, Key=name, UploadId=s3_upload_id, MaxParts=1)
+            # S3 needs a part's length before its bytes: spool it (in memory up to 8 MiB, then on
+            # disk), which also refuses an oversized part before anything is sent.
+            with tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY) as spool:
+                size = _copy(stream, spool, max_bytes=max_bytes)
+                spool.seek(0)
                 sent = self.client.upload_part(
                     Bucket=self.bucket,
                     Key=name,
@@ -202,17 +203,17 @@ class S3WeightStore(WeightStore):
                     Body=spool,
                     ContentLength=size,
                 )
-            except ClientError as error:
-                if is_missing(error):
-                    raise _no_upload(key, upload_id) from None
-                raise
         return UploadedPart(number=number, size=size, etag=_etag(sent["ETag"]))
 
     def uploaded_parts(self, key: str, upload_id: str) -> list[UploadedPart]:
-        parts = []
-        for page in self._list_parts(key, upload_id):
-            parts += [
+        name = self._name(key)
+        pages = self.client.get_paginator("list_parts").paginate(
+            Bucket=self.bucket, Key=name, UploadId=_unbind(name, upload_id)
+        )
+        with _upload_errors(key, upload_id):
+            parts = [
                 UploadedPart(number=part["PartNumber"], size=part["Size"], etag=_etag(part["ETag"]))
+                for page in pages
                 for part in page.get("Parts", [])
             ]
         return sorted(parts, key=lambda part: part.number)
@@ -272,20 +273,6 @@ class S3WeightStore(WeightStore):
             ExpiresIn=expires_in,
         )
 
-    def _list_parts(self, key: str, upload_id: str, **options: int) -> list[dict]:
-        """Pages of S3's ListParts for the upload; ObjectNotFound if it is unknown or ended."""
-        name = self._name(key)
-        s3_upload_id = _unbind(name, upload_id)
-        arguments = {"Bucket": self.bucket, "Key": name, "UploadId": s3_upload_id}
-        try:
-            if options:
-                return [self.client.list_parts(**arguments, **options)]
-            return list(self.client.get_paginator("list_parts").paginate(**arguments))
-        except ClientError as error:
-            if is_missing(error):
-                raise _no_upload(key, upload_id) from None
-            raise
-
     def _name(self, key: str) -> str:
         return self.prefix + check_key(key)
 
@@ -329,6 +316,17 @@ def _tag(name: str, s3_upload_id: str) -> str:
 
 def _no_upload(key: str, upload_id: str) -> ObjectNotFound:
     return ObjectNotFound(f"no upload {upload_id!r} in progress for {key!r}")
+
+
+@contextmanager
+def _upload_errors(key: str, upload_id: str) -> Iterator[None]:
+    """S3's NoSuchUpload (unknown, completed or aborted upload) as ObjectNotFound."""
+    try:
+        yield
+    except ClientError as error:
+        if is_missing(error):
+            raise _no_upload(key, upload_id) from None
+        raise
 
 
 def _check_number(number: int) -> None:
