@@ -126,3 +126,19 @@ def test_weights_load_through_open_too(store):
         loaded = load(stream)
     for name, array in model.items():
         np.testing.assert_array_equal(loaded[name], array)
+
+
+def test_an_endpoint_that_ignores_ranges_is_refused_instead_of_downloaded(store):
+    data = to_bytes(weights())
+    store.put(KEY, io.BytesIO(data))
+
+    def drop_range(request, **kwargs) -> None:  # what a server without Range support sees
+        del request.headers["Range"]
+
+    store.client.meta.events.register("before-sign.s3.GetObject", drop_range)
+    with pytest.raises(OSError, match="whole object"):
+        store.open_weights(KEY)
+    with store.open(KEY) as stream:
+        stream.seek(1000)
+        with pytest.raises(OSError, match="answered with"):
+            stream.read(10)

@@ -109,6 +109,9 @@ class RangedSource(ByteSource):
             if error_code(error) == "InvalidRange":  # the object is empty: no byte 0 to start from
                 return cls(ObjectVersion.head(client, bucket, key), b"")
             raise
+        if response["ContentLength"] > HEADER_PREFETCH:  # an endpoint that ignores Range
+            response["Body"].close()
+            raise OSError(f"the S3 endpoint answered a ranged GET of {key!r} with the whole object")
         with response["Body"] as body:
             prefix = body.read()
         content_range = response.get("ContentRange")  # "bytes 0-65535/123456"

@@ -265,9 +265,9 @@ def _spool(stream: BinaryIO, max_bytes: int | None) -> BinaryIO:
 class ByteSource(ABC):
     """Random access to the bytes of one safetensors object of known ``size``.
 
-    ``SafetensorsReader`` checks the header and reads tensors through it, so every place bytes
-    can live (memory, a file, a stream, ranged GETs on an object store) gets the same checks.
-    Both reads raise InvalidWeights when the bytes end before ``offset + count``.
+    ``SafetensorsReader`` checks the header against ``size``, then reads tensors through it, so
+    every place bytes can live (memory, a file, a stream, ranged GETs on an object store) gets
+    the same checks. A read that finds fewer bytes than ``size`` promised raises InvalidWeights.
     """
 
     size: int
