@@ -8,10 +8,11 @@ import struct
 
 import numpy as np
 import pytest
+from botocore.exceptions import ResponseStreamingError
 
 from fma_core.errors import InvalidWeights
 from fma_core.weights import load, to_bytes
-from fma_s3.reading import HEADER_PREFETCH
+from fma_s3.reading import HEADER_PREFETCH, READ_ATTEMPTS
 
 from .conftest import FetchedBytes
 
@@ -142,3 +143,51 @@ def test_an_endpoint_that_ignores_ranges_is_refused_instead_of_downloaded(store)
         stream.seek(1000)
         with pytest.raises(OSError, match="answered with"):
             stream.read(10)
+
+
+class BreakingBody:
+    """A response body whose connection breaks once ``after`` bytes have come through."""
+
+    def __init__(self, body, after: int) -> None:
+        self._body = body
+        self._left = after
+
+    def readinto(self, buffer) -> int:
+        if not self._left:
+            raise ResponseStreamingError(error="connection reset by peer")
+        got = self._body.readinto(memoryview(buffer)[: self._left])
+        self._left -= got
+        return got
+
+    def close(self) -> None:
+        self._body.close()
+
+
+def break_bodies(s3_client, count: int, after: int) -> None:
+    """Break the next ``count`` GET bodies after ``after`` bytes each."""
+    remaining = [count]
+
+    def breaking(parsed, **kwargs) -> None:
+        if remaining[0]:
+            remaining[0] -= 1
+            parsed["Body"] = BreakingBody(parsed["Body"], after)
+
+    s3_client.meta.events.register("after-call.s3.GetObject", breaking)
+
+
+def test_a_block_whose_connection_breaks_is_resumed_where_it_broke(store):
+    model = weights()
+    store.put(KEY, io.BytesIO(to_bytes(model)))
+    with store.open_weights(KEY) as reader:
+        fetched = FetchedBytes(store.client)
+        break_bodies(store.client, count=READ_ATTEMPTS - 1, after=100_000)
+        np.testing.assert_array_equal(reader.read_block("big", 0, 1 << 18), model["big"][: 1 << 18])
+    assert fetched.requests == [1 << 20, (1 << 20) - 100_000, (1 << 20) - 200_000]
+
+
+def test_a_block_that_keeps_breaking_fails_after_the_last_attempt(store):
+    store.put(KEY, io.BytesIO(to_bytes(weights())))
+    with store.open_weights(KEY) as reader:
+        break_bodies(store.client, count=READ_ATTEMPTS, after=100_000)
+        with pytest.raises(ResponseStreamingError):
+            reader.read_block("big", 0, 1 << 18)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadError
 
 from fma_core.errors import InvalidWeights, ObjectNotFound
 from fma_core.weights import ByteSource
@@ -21,7 +21,12 @@ from fma_s3.errors import error_code, is_missing
 HEADER_PREFETCH = 64 * 1024
 """Bytes of the first GET of ``open_weights``: the length and the JSON header of most models."""
 
+READ_ATTEMPTS = 3
+"""GETs a block of a tensor may take when its body breaks while streaming."""
+
 _CHUNK = 1 << 20
+# The connection broke, or ended early, while a body streamed (botocore raises no retry for these).
+_BROKEN_BODY = (HTTPClientError, IncompleteReadError)
 
 
 @dataclass(frozen=True)
@@ -69,19 +74,27 @@ class ObjectVersion:
         return response["Body"]
 
     def read_into(self, first: int, view: memoryview) -> None:
-        """Fill ``view`` with the bytes from ``first``: one GET, read straight into the buffer."""
-        if not len(view):
-            return
-        body = self.get(first, len(view))
-        try:
-            done = 0
-            while done < len(view):
-                got = body.readinto(view[done:])
-                if not got:
-                    raise InvalidWeights(f"object {self.key!r} ended while it was read")
-                done += got
-        finally:
-            body.close()
+        """Fill ``view`` with the bytes from ``first``: one GET, read straight into the buffer.
+
+        botocore retries a request that fails before its answer, not a body that breaks while it
+        streams; here a broken body is resumed where it broke (``READ_ATTEMPTS`` GETs in all), so a
+        network blip does not make a round quarantine a good update.
+        """
+        done = attempts = 0
+        while done < len(view):
+            attempts += 1
+            body = self.get(first + done, len(view) - done)
+            try:
+                while done < len(view):
+                    got = body.readinto(view[done:])
+                    if not got:
+                        raise InvalidWeights(f"object {self.key!r} ended while it was read")
+                    done += got
+            except _BROKEN_BODY:
+                if attempts == READ_ATTEMPTS:
+                    raise
+            finally:
+                body.close()
 
 
 class RangedSource(ByteSource):
