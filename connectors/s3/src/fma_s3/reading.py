@@ -77,7 +77,7 @@ class ObjectVersion:
         """Fill ``view`` with the bytes from ``first``: one GET, read straight into the buffer.
 
         botocore retries a request that fails before its answer, not a body that breaks while it
-        streams; here a broken body is resumed where it broke (``READ_ATTEMPTS`` GETs in all), so a
+        streams; here a broken body is resumed where it broke (``READ_ATTEMPTS`` GETs at most), so a
         network blip does not make a round quarantine a good update.
         """
         done = attempts = 0
