@@ -36,7 +36,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-$(STAMP): requirements.txt fma_core/pyproject.toml connectors/django/pyproject.toml api_service/pyproject.toml aggregator/pyproject.toml clients/python_client/pyproject.toml
+$(STAMP): requirements.txt fma_core/pyproject.toml connectors/django/pyproject.toml connectors/s3/pyproject.toml api_service/pyproject.toml aggregator/pyproject.toml clients/python_client/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt

@@ -43,7 +43,7 @@ API_ZIP = ROOT / "api_service" / "dist" / "fma-service-lambda.zip"
 AGGREGATOR_ZIP = ROOT / "aggregator" / "dist" / "fma-aggregator-lambda.zip"
 
 # The FMA packages, built from this checkout (they are not on PyPI).
-LOCAL_PACKAGES = ("fma_core", "connectors/django", "aggregator", "api_service")
+LOCAL_PACKAGES = ("fma_core", "connectors/django", "connectors/s3", "aggregator", "api_service")
 # What Zappa's handler imports at run time besides the standard library and boto3.
 ZAPPA_RUNTIME = ("werkzeug", "durationpy")
 

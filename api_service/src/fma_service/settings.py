@@ -155,7 +155,23 @@ WHITENOISE_USE_FINDERS = True
 
 # Weights: bytes live in the weight store, never in Django's request buffers.
 FMA_WEIGHTS_DIR = Path(os.environ.get("FMA_WEIGHTS_DIR", DATA_DIR / "weights"))
-FMA_WEIGHT_STORE = os.environ.get("FMA_WEIGHT_STORE", "")
+
+
+def _weight_store() -> tuple[str, dict]:
+    """``FMA_WEIGHT_STORE``: empty for the directory ``FMA_WEIGHTS_DIR``, ``s3`` for fma-s3's store
+    configured by the ``FMA_S3_*`` variables, anything else a ``WeightStore`` class's dotted path."""
+    name = os.environ.get("FMA_WEIGHT_STORE", "").strip()
+    if name != "s3":
+        return name, {}
+    from fma_s3 import options_from_env  # only S3 deployments need boto3 at start-up
+
+    try:
+        return "fma_s3.S3WeightStore", options_from_env(os.environ)
+    except ValueError as error:
+        raise ImproperlyConfigured(f"FMA_WEIGHT_STORE=s3: {error}") from None
+
+
+FMA_WEIGHT_STORE, FMA_WEIGHT_STORE_OPTIONS = _weight_store()
 FMA_MAX_UPDATE_BYTES = int(os.environ.get("FMA_MAX_UPDATE_BYTES", str(2 * 1024**3)))
 # The v1 JSON path parses the whole body in memory (that is what JSON costs); cap it.
 DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("FMA_MAX_JSON_BYTES", str(1024**3)))

@@ -12,8 +12,9 @@ resource "aws_sqs_queue" "failed_invocations" {
 # Beyond the shared access (modules/function): the aggregator's object actions and the failure
 # queue.
 data "aws_iam_policy_document" "aggregator" {
-  # Reads updates, writes aggregates (multipart), removes rejected or expired objects under FMA's
-  # prefix, and aborts the multipart uploads clients abandoned (the sweep expires stale uploads).
+  # Reads updates, writes aggregates (multipart above FMA_S3_PART_SIZE, aborted on failure),
+  # removes rejected or expired objects under FMA's prefix, and aborts the multipart uploads
+  # clients abandoned (the sweep expires stale upload sessions).
   statement {
     sid       = "WeightsObjects"
     actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"]

@@ -2,6 +2,8 @@
 
 ``FMA_WEIGHT_STORE`` names a ``WeightStore`` class (dotted path) and ``FMA_WEIGHT_STORE_OPTIONS``
 its keyword arguments; by default it is a ``LocalDirectoryWeightStore`` under ``FMA_WEIGHTS_DIR``.
+(fma-service's settings turn the environment's ``FMA_WEIGHT_STORE=s3`` into
+``fma_s3.S3WeightStore`` with options from the ``FMA_S3_*`` variables.)
 """
 
 from __future__ import annotations

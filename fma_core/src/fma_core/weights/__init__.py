@@ -3,6 +3,7 @@
 from fma_core.weights.format import (
     DTYPES,
     ArrayReader,
+    ByteSource,
     SafetensorsReader,
     Source,
     TensorInfo,
@@ -21,6 +22,7 @@ from fma_core.weights.spec import TensorSpec, validate
 __all__ = [
     "DTYPES",
     "ArrayReader",
+    "ByteSource",
     "SafetensorsReader",
     "Source",
     "TensorInfo",

@@ -193,7 +193,7 @@ class SafetensorsReader(WeightsReader):
     offsets, overlaps, trailing bytes, size limit) before any tensor is read.
     """
 
-    def __init__(self, source: _ByteSource, *, max_bytes: int | None = None) -> None:
+    def __init__(self, source: ByteSource, *, max_bytes: int | None = None) -> None:
         self._source = source
         self.nbytes = source.size
         try:
@@ -262,22 +262,29 @@ def _spool(stream: BinaryIO, max_bytes: int | None) -> BinaryIO:
     return spooled
 
 
-class _ByteSource(ABC):
+class ByteSource(ABC):
+    """Random access to the bytes of one safetensors object of known ``size``.
+
+    ``SafetensorsReader`` checks the header against ``size``, then reads tensors through it, so
+    every place bytes can live (memory, a file, a stream, ranged GETs on an object store) gets
+    the same checks. A read that finds fewer bytes than ``size`` promised raises InvalidWeights.
+    """
+
     size: int
 
     @abstractmethod
-    def read_bytes(self, offset: int, count: int) -> bytes | memoryview: ...
+    def read_bytes(self, offset: int, count: int) -> bytes | memoryview:
+        """``count`` bytes from ``offset`` (the header: small reads)."""
 
     @abstractmethod
-    def read_array(
-        self, offset: int, count: int, dtype: np.dtype, buffer: np.ndarray | None
-    ) -> np.ndarray: ...
+    def read_array(self, offset: int, count: int, dtype: np.dtype, buffer: np.ndarray | None) -> np.ndarray:
+        """``count`` elements of ``dtype`` from ``offset``, into ``buffer`` when one is given."""
 
     def close(self) -> None:  # noqa: B027 - memory needs no release
         pass
 
 
-class _BufferSource(_ByteSource):
+class _BufferSource(ByteSource):
     def __init__(self, buffer: memoryview) -> None:
         self._buffer = buffer.cast("B")
         self.size = len(self._buffer)
@@ -289,7 +296,7 @@ class _BufferSource(_ByteSource):
         return np.frombuffer(self._buffer, dtype=dtype, count=count, offset=offset)
 
 
-class _FileSource(_ByteSource):
+class _FileSource(ByteSource):
     """A real file: ``os.preadv`` into the caller's buffer, safe from many threads at once."""
 
     def __init__(self, file: BinaryIO) -> None:
@@ -318,7 +325,7 @@ class _FileSource(_ByteSource):
         self._file.close()
 
 
-class _StreamSource(_ByteSource):
+class _StreamSource(ByteSource):
     """A seekable stream without a file descriptor; reads are serialized by a lock."""
 
     def __init__(self, stream: BinaryIO) -> None:
@@ -348,7 +355,7 @@ class _StreamSource(_ByteSource):
         self._stream.close()
 
 
-def _parse_header(source: _ByteSource) -> tuple[dict[str, str], dict[str, TensorInfo], dict[str, int]]:
+def _parse_header(source: ByteSource) -> tuple[dict[str, str], dict[str, TensorInfo], dict[str, int]]:
     if source.size < 8:
         raise InvalidWeights(
             f"not a safetensors file: {source.size} bytes, fewer than the 8-byte header length"

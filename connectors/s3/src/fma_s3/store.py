@@ -1,0 +1,359 @@
+"""``S3WeightStore``: weights in an S3 bucket (AWS or any S3-compatible server), read by byte range."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import BinaryIO
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from fma_core.connectors import StoredObject, UploadedPart, WeightStore, check_key
+from fma_core.errors import ConfigurationError, InvalidWeights, ObjectNotFound
+from fma_core.weights import SafetensorsReader
+from fma_s3.config import options_from_env
+from fma_s3.errors import error_code, is_missing
+from fma_s3.reading import ObjectStream, ObjectVersion, RangedSource
+
+MIN_PART_SIZE = 5 * 1024**2
+"""S3's smallest part, for every part of a multipart upload but the last."""
+MAX_PART_SIZE = 5 * 1024**3
+MAX_PARTS = 10_000
+DEFAULT_PART_SIZE = 16 * 1024**2
+ENCRYPTIONS = ("AES256", "aws:kms")
+ADDRESSING_STYLES = ("auto", "path", "virtual")
+
+_SPOOL_IN_MEMORY = 8 * 1024**2
+_CHUNK = 1 << 20
+# S3 refuses a completion with these codes when the parts themselves are wrong.
+_BAD_PARTS = frozenset({"EntityTooSmall", "InvalidPart", "InvalidPartOrder", "MalformedXML"})
+
+
+class S3WeightStore(WeightStore):
+    """Objects under ``prefix`` in ``bucket``, written with server-side encryption.
+
+    - Writes are atomic, as S3 makes every PUT and completed multipart upload: readers see the
+      whole object or none. ``put`` sends a stream of any length as a multipart upload of
+      ``part_size`` parts (one PUT when it fits in one part), hashing it on the way, and aborts
+      the upload when the stream is over ``max_bytes``.
+    - ``open_weights`` reads the safetensors header with one small ranged GET, then each block of
+      a tensor with its own (``RangedSource``): an aggregator holds blocks, never an update.
+    - Multipart uploads are S3's. Clients PUT parts straight to presigned part URLs; completion
+      checks the parts against S3's listing, then reads the joined object back to measure its
+      size and SHA-256. An upload id names its key (``<S3 upload id>~<tag>``): S3 refuses a part
+      sent to another key's upload, but not every S3-compatible server does, so the store checks.
+    - Every write is encrypted at rest: ``encryption="AES256"`` (S3-managed keys, the default) or
+      ``"aws:kms"`` with ``kms_key_id`` (the bucket's default KMS key when None).
+
+    ``endpoint_url`` points at an S3-compatible server (MinIO, Ceph, moto...), most of which want
+    ``addressing_style="path"``; ``client_config`` is merged into the botocore ``Config`` (timeouts,
+    retries, checksum behaviour). Credentials and, when ``region`` is None, the region come from
+    boto3's usual chain (environment, profile, instance or Lambda role).
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        prefix: str = "",
+        region: str | None = None,
+        endpoint_url: str | None = None,
+        encryption: str = "AES256",
+        kms_key_id: str | None = None,
+        part_size: int = DEFAULT_PART_SIZE,
+        addressing_style: str = "auto",
+        client_config: Config | None = None,
+    ) -> None:
+        if not isinstance(bucket, str) or not bucket:
+            raise ConfigurationError("an S3 weight store needs a bucket name")
+        if encryption not in ENCRYPTIONS:
+            raise ConfigurationError(
+                f"encryption must be one of {', '.join(ENCRYPTIONS)}, not {encryption!r}"
+            )
+        if kms_key_id and encryption != "aws:kms":
+            raise ConfigurationError("a KMS key id needs encryption='aws:kms'")
+        if isinstance(part_size, bool) or not isinstance(part_size, int):
+            raise ConfigurationError(f"part_size must be a whole number of bytes, not {part_size!r}")
+        if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
+            raise ConfigurationError(
+                f"part_size must be between S3's limits of {MIN_PART_SIZE:,} and {MAX_PART_SIZE:,} bytes, "
+                f"not {part_size:,}"
+            )
+        if addressing_style not in ADDRESSING_STYLES:
+            raise ConfigurationError(
+                f"addressing_style must be one of {', '.join(ADDRESSING_STYLES)}, not {addressing_style!r}"
+            )
+        self.bucket = bucket
+        self.prefix = _prefix(prefix)
+        self.part_size = part_size
+        self._encryption = {"ServerSideEncryption": encryption}
+        if kms_key_id:
+            self._encryption["SSEKMSKeyId"] = kms_key_id
+        config = Config(
+            signature_version="s3v4",  # presigned URLs in every region
+            s3={"addressing_style": addressing_style},
+            retries={"mode": "standard"},
+        )
+        self.client = boto3.session.Session().client(
+            "s3",
+            region_name=region,
+            endpoint_url=endpoint_url,
+            config=config.merge(client_config) if client_config else config,
+        )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> S3WeightStore:
+        """The store the ``FMA_S3_*`` variables describe (see ``fma_s3.config``)."""
+        return cls(**options_from_env(os.environ if environ is None else environ))
+
+    def put(self, key: str, stream: BinaryIO, *, max_bytes: int | None = None) -> StoredObject:
+        name = self._name(key)
+        digest = hashlib.sha256()
+        size = 0
+
+        def next_part() -> bytes:
+            nonlocal size
+            data = _read_up_to(stream, self.part_size)
+            size += len(data)
+            if max_bytes is not None and size > max_bytes:
+                raise InvalidWeights(f"upload is larger than the limit of {max_bytes:,} bytes")
+            digest.update(data)
+            return data
+
+        data = next_part()
+        if len(data) < self.part_size:  # the whole object fits in one part: one PUT
+            self.client.put_object(Bucket=self.bucket, Key=name, Body=data, **self._encryption)
+            return StoredObject(key=key, size=size, sha256=digest.hexdigest())
+        upload_id = self._create_upload(name)
+        try:
+            parts = []
+            while data:
+                number = len(parts) + 1
+                if number > MAX_PARTS:
+                    raise InvalidWeights(
+                        f"upload is larger than S3's {MAX_PARTS:,} parts of {self.part_size:,} bytes"
+                    )
+                sent = self.client.upload_part(
+                    Bucket=self.bucket, Key=name, UploadId=upload_id, PartNumber=number, Body=data
+                )
+                parts.append({"PartNumber": number, "ETag": sent["ETag"]})
+                data = next_part()
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=name, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        except BaseException:
+            self._abort(name, upload_id)
+            raise
+        return StoredObject(key=key, size=size, sha256=digest.hexdigest())
+
+    def open(self, key: str) -> BinaryIO:
+        return ObjectStream(ObjectVersion.head(self.client, self.bucket, self._name(key)))
+
+    def open_weights(self, key: str, *, max_bytes: int | None = None) -> SafetensorsReader:
+        return SafetensorsReader(
+            RangedSource.open(self.client, self.bucket, self._name(key)), max_bytes=max_bytes
+        )
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._name(key))
+        except ClientError as error:
+            if is_missing(error):
+                return False
+            raise
+        return True
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._name(key))
+
+    def presigned_download_url(self, key: str, *, expires_in: int) -> str:
+        return self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self._name(key)}, ExpiresIn=expires_in
+        )
+
+    def start_upload(self, key: str) -> str:
+        name = self._name(key)
+        return _bind(name, self._create_upload(name))
+
+    def put_part(
+        self, key: str, upload_id: str, number: int, stream: BinaryIO, *, max_bytes: int | None = None
+    ) -> UploadedPart:
+        name = self._name(key)
+        s3_upload_id = _unbind(name, upload_id)
+        _check_number(number)
+        with _upload_errors(key, upload_id):
+            # S3 answers a part for an ended upload with NoSuchUpload, but some S3-compatible servers
+            # (moto) fail with a 500: one small ListParts first gives the same answer everywhere.
+            self.client.list_parts(Bucket=self.bucket, Key=name, UploadId=s3_upload_id, MaxParts=1)
+            # S3 needs a part's length before its bytes: spool it (in memory up to 8 MiB, then on
+            # disk), which also refuses an oversized part before anything is sent.
+            with tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY) as spool:
+                size = _copy(stream, spool, max_bytes=max_bytes)
+                spool.seek(0)
+                sent = self.client.upload_part(
+                    Bucket=self.bucket,
+                    Key=name,
+                    UploadId=s3_upload_id,
+                    PartNumber=number,
+                    Body=spool,
+                    ContentLength=size,
+                )
+        return UploadedPart(number=number, size=size, etag=_etag(sent["ETag"]))
+
+    def uploaded_parts(self, key: str, upload_id: str) -> list[UploadedPart]:
+        name = self._name(key)
+        pages = self.client.get_paginator("list_parts").paginate(
+            Bucket=self.bucket, Key=name, UploadId=_unbind(name, upload_id)
+        )
+        with _upload_errors(key, upload_id):
+            parts = [
+                UploadedPart(number=part["PartNumber"], size=part["Size"], etag=_etag(part["ETag"]))
+                for page in pages
+                for part in page.get("Parts", [])
+            ]
+        return sorted(parts, key=lambda part: part.number)
+
+    def complete_upload(self, key: str, upload_id: str, parts: Sequence[UploadedPart]) -> StoredObject:
+        """Join the parts once each matches S3's listing (ETags quoted or not), then measure the object."""
+        name = self._name(key)
+        s3_upload_id = _unbind(name, upload_id)
+        if not parts or [part.number for part in parts] != list(range(1, len(parts) + 1)):
+            raise InvalidWeights("an upload completes with its parts numbered 1, 2, ... n, in order")
+        received = {part.number: part for part in self.uploaded_parts(key, upload_id)}
+        for part in parts:
+            listed = received.get(part.number)
+            if listed is None or (listed.size, listed.etag) != (part.size, _etag(part.etag)):
+                raise InvalidWeights(f"part {part.number} was not received as listed")
+        try:
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=name,
+                UploadId=s3_upload_id,
+                MultipartUpload={
+                    "Parts": [
+                        {"PartNumber": part.number, "ETag": received[part.number].etag} for part in parts
+                    ]
+                },
+            )
+        except ClientError as error:
+            if is_missing(error):
+                raise _no_upload(key, upload_id) from None
+            if error_code(error) in _BAD_PARTS:
+                message = error.response.get("Error", {}).get("Message", error_code(error))
+                raise InvalidWeights(
+                    f"S3 refused to join the parts ({message}); every part but the last must be at least "
+                    f"{MIN_PART_SIZE:,} bytes"
+                ) from None
+            raise
+        with ObjectStream(ObjectVersion.head(self.client, self.bucket, name)) as joined:
+            sha256 = hashlib.file_digest(joined, "sha256").hexdigest()
+            size = joined.tell()
+        return StoredObject(key=key, size=size, sha256=sha256)
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        name = self._name(key)
+        try:
+            s3_upload_id = _unbind(name, upload_id)
+        except ObjectNotFound:
+            return
+        self._abort(name, s3_upload_id)
+
+    def presigned_part_url(self, key: str, upload_id: str, number: int, *, expires_in: int) -> str:
+        name = self._name(key)
+        s3_upload_id = _unbind(name, upload_id)
+        _check_number(number)
+        return self.client.generate_presigned_url(
+            "upload_part",
+            Params={"Bucket": self.bucket, "Key": name, "UploadId": s3_upload_id, "PartNumber": number},
+            ExpiresIn=expires_in,
+        )
+
+    def _name(self, key: str) -> str:
+        return self.prefix + check_key(key)
+
+    def _create_upload(self, name: str) -> str:
+        created = self.client.create_multipart_upload(Bucket=self.bucket, Key=name, **self._encryption)
+        return created["UploadId"]
+
+    def _abort(self, name: str, s3_upload_id: str) -> None:
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=name, UploadId=s3_upload_id)
+        except ClientError as error:
+            if not is_missing(error):
+                raise
+
+
+def _prefix(prefix: str) -> str:
+    """``"fma"`` or ``"fma/"`` → ``"fma/"``; empty stays empty. Terraform's ``s3_prefix`` ends in '/'."""
+    stripped = prefix.strip("/")
+    if not stripped:
+        return ""
+    if any(segment in {"", ".", ".."} for segment in stripped.split("/")):
+        raise ConfigurationError(f"S3 prefix {prefix!r} has an empty, '.' or '..' segment")
+    return stripped + "/"
+
+
+def _bind(name: str, s3_upload_id: str) -> str:
+    return f"{s3_upload_id}~{_tag(name, s3_upload_id)}"
+
+
+def _unbind(name: str, upload_id: str) -> str:
+    """The S3 upload id inside ``upload_id``, if it was made for the object ``name``."""
+    s3_upload_id, _, tag = str(upload_id).rpartition("~")
+    if not s3_upload_id or tag != _tag(name, s3_upload_id):
+        raise _no_upload(name, upload_id)
+    return s3_upload_id
+
+
+def _tag(name: str, s3_upload_id: str) -> str:
+    return hashlib.sha256(f"{name}\0{s3_upload_id}".encode()).hexdigest()[:16]
+
+
+def _no_upload(key: str, upload_id: str) -> ObjectNotFound:
+    return ObjectNotFound(f"no upload {upload_id!r} in progress for {key!r}")
+
+
+@contextmanager
+def _upload_errors(key: str, upload_id: str) -> Iterator[None]:
+    """S3's NoSuchUpload (unknown, completed or aborted upload) as ObjectNotFound."""
+    try:
+        yield
+    except ClientError as error:
+        if is_missing(error):
+            raise _no_upload(key, upload_id) from None
+        raise
+
+
+def _check_number(number: int) -> None:
+    if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= MAX_PARTS:
+        raise InvalidWeights(f"part numbers go from 1 to {MAX_PARTS:,}, not {number!r}")
+
+
+def _etag(etag: str) -> str:
+    """S3 quotes ETags (``"9b2c..."``); parts are compared and listed without the quotes."""
+    return etag.strip('"')
+
+
+def _read_up_to(stream: BinaryIO, count: int) -> bytes:
+    """``count`` bytes, fewer only at the end of the stream (a socket may return less per read)."""
+    chunks = []
+    remaining = count
+    while remaining and (chunk := stream.read(remaining)):
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def _copy(stream: BinaryIO, target: BinaryIO, *, max_bytes: int | None) -> int:
+    size = 0
+    while chunk := stream.read(_CHUNK):
+        size += len(chunk)
+        if max_bytes is not None and size > max_bytes:
+            raise InvalidWeights(f"part is larger than the limit of {max_bytes:,} bytes")
+        target.write(chunk)
+    return size

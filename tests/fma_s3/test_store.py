@@ -1,0 +1,212 @@
+"""S3WeightStore against moto's S3 server: objects, multipart uploads, presigned URLs, encryption."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+
+import pytest
+import requests
+
+from fma_core.errors import ConfigurationError, InvalidKey, InvalidWeights, ObjectNotFound
+from fma_s3 import S3WeightStore
+from fma_s3.store import MIN_PART_SIZE
+
+from ..fma_core.multipart_contract import CONTRACT, KEY
+from .conftest import client
+
+PART = MIN_PART_SIZE
+
+
+class Trickle(io.RawIOBase):
+    """A non-seekable stream that hands out at most ``step`` bytes per read, like a socket."""
+
+    def __init__(self, data: bytes, step: int = 1_000_003) -> None:
+        self._data = memoryview(data)
+        self._step = step
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        count = min(len(buffer), self._step, len(self._data))
+        buffer[:count] = self._data[:count]
+        self._data = self._data[count:]
+        return count
+
+
+def pending_uploads(s3, bucket: str) -> list[str]:
+    return [upload["Key"] for upload in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+
+
+def object_keys(s3, bucket: str) -> list[str]:
+    return [item["Key"] for item in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+@pytest.mark.parametrize("check", CONTRACT, ids=lambda check: check.__name__)
+def test_multipart_contract(store, check):
+    check(store, PART)
+
+
+def test_put_open_exists_delete_under_the_prefix(store, s3, bucket):
+    data = os.urandom(300_000)
+    stored = store.put("updates/1/a.safetensors", io.BytesIO(data))
+    assert (stored.key, stored.size, stored.sha256) == (
+        "updates/1/a.safetensors",
+        len(data),
+        hashlib.sha256(data).hexdigest(),
+    )
+    assert object_keys(s3, bucket) == ["fma/updates/1/a.safetensors"]
+    assert store.exists("updates/1/a.safetensors")
+    with store.open("updates/1/a.safetensors") as file:
+        assert file.read() == data
+    store.delete("updates/1/a.safetensors")
+    store.delete("updates/1/a.safetensors")  # removing a missing key is not an error
+    assert not store.exists("updates/1/a.safetensors")
+    with pytest.raises(ObjectNotFound):
+        store.open("updates/1/a.safetensors")
+    with pytest.raises(ObjectNotFound):
+        store.open_weights("updates/1/a.safetensors")
+
+
+def test_keys_that_could_escape_the_prefix_are_refused(store):
+    for key in ("../outside", "/absolute", "updates/../../x", ""):
+        with pytest.raises(InvalidKey):
+            store.put(key, io.BytesIO(b"x"))
+        with pytest.raises(InvalidKey):
+            store.open(key)
+
+
+def test_put_streams_a_large_object_as_a_multipart_upload(store, s3, bucket):
+    data = os.urandom(2 * PART + 12_345)
+    stored = store.put("aggregates/big.safetensors", Trickle(data))  # short reads, no seek, no length
+    assert (stored.size, stored.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+    head = s3.head_object(Bucket=bucket, Key="fma/aggregates/big.safetensors")
+    assert head["ETag"].strip('"').endswith("-3")  # S3's ETag of an object joined from 3 parts
+    with store.open("aggregates/big.safetensors") as file:
+        assert file.read() == data
+    assert pending_uploads(s3, bucket) == []
+
+
+@pytest.mark.parametrize("size", [1000, 2 * PART + 1], ids=["one-put", "multipart"])
+def test_put_over_max_bytes_leaves_nothing(store, s3, bucket, size):
+    with pytest.raises(InvalidWeights, match="larger than the limit"):
+        store.put("updates/1/big.safetensors", io.BytesIO(os.urandom(size)), max_bytes=size - 1)
+    assert object_keys(s3, bucket) == []
+    assert pending_uploads(s3, bucket) == []
+    stored = store.put("updates/1/big.safetensors", io.BytesIO(b"x" * 10), max_bytes=10)  # at the limit
+    assert stored.size == 10
+
+
+def test_open_is_a_seekable_stream(store):
+    data = os.urandom(3 * 1024 * 1024)
+    store.put("updates/1/a.safetensors", io.BytesIO(data))
+    with store.open("updates/1/a.safetensors") as file:
+        assert file.seekable()
+        assert file.seek(0, io.SEEK_END) == len(data)
+        assert file.seek(1_000_000) == 1_000_000
+        assert file.read(10) == data[1_000_000:1_000_010]
+        assert file.read(10) == data[1_000_010:1_000_020]  # continues the same GET
+        file.seek(-5, io.SEEK_END)
+        assert file.read(100) == data[-5:]
+        assert file.read(100) == b""
+        file.seek(0)
+        assert file.read() == data
+
+
+def test_presigned_part_urls_take_parts_from_plain_http(store, s3, bucket):
+    data = os.urandom(PART + 999)
+    upload = store.start_upload(KEY)
+    etags = {}
+    for number, chunk in ((2, data[PART:]), (1, data[:PART])):
+        url = store.presigned_part_url(KEY, upload, number, expires_in=600)
+        response = requests.put(url, data=chunk, timeout=30)
+        assert response.status_code == 200, response.text
+        etags[number] = response.headers["ETag"]  # quoted, as S3 sends it
+    listed = store.uploaded_parts(KEY, upload)
+    assert [(p.number, p.size, f'"{p.etag}"') for p in listed] == [
+        (1, PART, etags[1]),
+        (2, 999, etags[2]),
+    ]
+    stored = store.complete_upload(KEY, upload, listed)
+    assert (stored.size, stored.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+    assert s3.get_object(Bucket=bucket, Key=f"fma/{KEY}")["Body"].read() == data
+    with pytest.raises(ObjectNotFound):
+        store.presigned_part_url("updates/7/other.safetensors", upload, 1, expires_in=600)
+
+
+def test_completion_takes_etags_as_the_part_puts_returned_them(store):
+    upload = store.start_upload(KEY)
+    part = store.put_part(KEY, upload, 1, io.BytesIO(b"z" * 100))
+    quoted = type(part)(number=1, size=100, etag=f'"{part.etag}"')
+    assert store.complete_upload(KEY, upload, [quoted]).sha256 == hashlib.sha256(b"z" * 100).hexdigest()
+
+
+def test_completion_refuses_parts_s3_cannot_join(store):
+    upload = store.start_upload(KEY)
+    store.put_part(KEY, upload, 1, io.BytesIO(b"a" * 100))  # below S3's 5 MiB for a part that is not last
+    store.put_part(KEY, upload, 2, io.BytesIO(b"b" * 100))
+    with pytest.raises(InvalidWeights, match="at least"):
+        store.complete_upload(KEY, upload, store.uploaded_parts(KEY, upload))
+    assert not store.exists(KEY)
+    store.abort_upload(KEY, upload)
+
+
+def test_a_presigned_download_url_serves_the_object(store):
+    data = os.urandom(50_000)
+    store.put("aggregates/a.safetensors", io.BytesIO(data))
+    response = requests.get(
+        store.presigned_download_url("aggregates/a.safetensors", expires_in=60), timeout=30
+    )
+    assert response.status_code == 200
+    assert response.content == data
+
+
+@pytest.mark.parametrize("size", [1000, PART + 1], ids=["one-put", "multipart"])
+def test_every_write_is_encrypted_with_s3_managed_keys_by_default(store, s3, bucket, size):
+    store.put("updates/1/a.safetensors", io.BytesIO(os.urandom(size)))
+    upload = store.start_upload("updates/1/b.safetensors")
+    store.complete_upload(
+        "updates/1/b.safetensors",
+        upload,
+        [store.put_part("updates/1/b.safetensors", upload, 1, io.BytesIO(b"b" * 10))],
+    )
+    for key in ("fma/updates/1/a.safetensors", "fma/updates/1/b.safetensors"):
+        assert s3.head_object(Bucket=bucket, Key=key)["ServerSideEncryption"] == "AES256"
+
+
+def test_writes_use_the_kms_key_when_one_is_given(make_store, moto_endpoint, s3, bucket):
+    key_id = client(moto_endpoint, "kms").create_key(Description="fma weights")["KeyMetadata"]["KeyId"]
+    store = make_store(encryption="aws:kms", kms_key_id=key_id)
+    store.put("updates/1/small.safetensors", io.BytesIO(b"s" * 1000))
+    store.put("updates/1/large.safetensors", io.BytesIO(os.urandom(PART + 1)))
+    upload = store.start_upload("updates/1/parts.safetensors")
+    part = store.put_part("updates/1/parts.safetensors", upload, 1, io.BytesIO(b"p" * 10))
+    store.complete_upload("updates/1/parts.safetensors", upload, [part])
+    for name in ("small", "large", "parts"):
+        head = s3.head_object(Bucket=bucket, Key=f"fma/updates/1/{name}.safetensors")
+        assert head["ServerSideEncryption"] == "aws:kms"
+        assert head["SSEKMSKeyId"].endswith(key_id)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"part_size": MIN_PART_SIZE - 1}, "part_size must be between"),
+        ({"encryption": "rot13"}, "encryption must be one of"),
+        ({"kms_key_id": "k-1"}, "needs encryption='aws:kms'"),
+        ({"addressing_style": "sideways"}, "addressing_style must be one of"),
+        ({"prefix": "fma/../x/"}, "'..' segment"),
+    ],
+)
+def test_unusable_options_are_refused(options, message):
+    with pytest.raises(ConfigurationError, match=message):
+        S3WeightStore("bucket", **options)
+
+
+def test_the_prefix_is_optional_and_normalized(make_store, s3, bucket):
+    assert make_store(prefix="").prefix == ""
+    assert make_store(prefix="/team/fma").prefix == "team/fma/"
+    make_store(prefix="").put("updates/1/a.safetensors", io.BytesIO(b"a"))
+    assert object_keys(s3, bucket) == ["updates/1/a.safetensors"]
