@@ -667,6 +667,6 @@ def update_weights_prune(*, now: datetime | None = None) -> int:
                 update=update.pk,
                 retention_days=days,
             )
-            transaction.on_commit(partial(store.delete, update.weights_key))
+        store.delete(update.weights_key)
         removed += 1
     return removed

@@ -208,11 +208,9 @@ def upload_complete(*, session: UploadSession) -> tuple[ModelUpdate, bool]:
     """
     failure: DomainError | None = None
     with transaction.atomic():
-        session = (
-            UploadSession.objects.select_for_update()
-            .select_related("experiment", "client", "update", "base_aggregate")
-            .get(pk=session.pk)
-        )
+        # No joins in the locking query: on PostgreSQL a query that waited for the lock sees the
+        # row as committed, but joined rows as they were before, i.e. without the update.
+        session = UploadSession.objects.select_for_update().get(pk=session.pk)
         if session.state == UploadState.COMPLETED and session.update is not None:
             return session.update, False
         _require_open(session)
@@ -323,11 +321,7 @@ def _reject(session: UploadSession, detail: str, *, code: str = "invalid") -> Va
 def upload_abort(*, session: UploadSession) -> UploadSession:
     """Drop an open upload and its parts; aborting again is harmless, aborting a finished one is not."""
     with transaction.atomic():
-        session = (
-            UploadSession.objects.select_for_update()
-            .select_related("experiment", "client")
-            .get(pk=session.pk)
-        )
+        session = UploadSession.objects.select_for_update().get(pk=session.pk)
         if session.state == UploadState.ABORTED:
             return session
         _require_open(session)
@@ -359,10 +353,7 @@ def uploads_expire_stale(*, now: datetime | None = None) -> int:
         try:
             with transaction.atomic():
                 session = (
-                    UploadSession.objects.select_for_update()
-                    .select_related("experiment", "client")
-                    .filter(pk=pk, state=UploadState.OPEN)
-                    .first()
+                    UploadSession.objects.select_for_update().filter(pk=pk, state=UploadState.OPEN).first()
                 )
                 if session is None:  # completed or aborted meanwhile
                     continue
