@@ -28,7 +28,7 @@ from fma_core.errors import ConfigurationError, InvalidWeights
 from fma_core.requirements import policy_from_config
 from fma_core.weights import TensorSpec, Weights, from_legacy_json, to_bytes, validate
 from fma_django import credentials
-from fma_django.errors import Conflict, Forbidden, NotFound, TooLarge, ValidationFailed
+from fma_django.errors import Conflict, DomainError, Forbidden, NotFound, TooLarge, ValidationFailed
 from fma_django.models import (
     Client,
     ClientAggregateScore,
@@ -410,7 +410,7 @@ def update_key(experiment: Experiment) -> str:
     return f"updates/{experiment.pk}/{uuid.uuid4().hex}.safetensors"
 
 
-def _update_rejected(experiment: Experiment, client: Client, error: InvalidWeights) -> ValidationFailed:
+def _update_rejected(experiment: Experiment, client: Client, error: InvalidWeights) -> DomainError:
     """Record why an update's bytes were refused; the error to raise (413 above the limit, else 400)."""
     event_record(kind=EventKind.UPDATE_REJECTED, experiment=experiment, client=client, reason=str(error))
     if "larger than the limit" in str(error):
