@@ -5,7 +5,8 @@ directory in a temporary data dir), then sends the same update (100 MB: 25M floa
 tensors; ``--quick``: 20 MB) twice: as a binary upload to ``models/<id>/upload_update/``, and
 as the original FMA's JSON (``{"data": [[...floats...], ...]}``) to ``model_updates/``. The binary
 upload is the median of five (distinct updates); each is timed from the first byte sent to the
-response, the JSON body being encoded beforehand.
+response, the JSON body being encoded beforehand. Five more go through ``fma_client``'s
+``Client.push`` (an upload session: hash, parts in parallel, complete), timed from the arrays.
 Throughputs count model bytes (MB = 10^6 bytes), so the ratio compares the two protocols for
 the same update. The server worker's resident memory is sampled during the binary upload.
 
@@ -29,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 import requests
+
+from fma_client import Client
 
 TENSOR_ELEMENTS = 1_000_000
 BINARY_REPEATS = 5
@@ -152,6 +155,17 @@ def main() -> None:
         peak = monitor.stop()
         binary_seconds = statistics.median(timings)
 
+        # The same size through an upload session, as fma_client.Client.push sends every update:
+        # SHA-256 of the serialization, then the parts in parallel, then complete.
+        with Client(url, experiment_id, token=credential, quiet=True) as client:
+            session_timings = []
+            for seed in range(11, 11 + BINARY_REPEATS):
+                update = make_update(tensors, seed=seed)
+                started = time.perf_counter()
+                client.push(update, num_examples=100)
+                session_timings.append(time.perf_counter() - started)
+        session_seconds = statistics.median(session_timings)
+
         legacy = {"federated_model": experiment_id, "data": to_legacy_json(make_update(tensors, seed=99))}
         json_body = json.dumps(legacy).encode()
         del legacy
@@ -177,6 +191,8 @@ def main() -> None:
         "binary_runs_seconds": [round(t, 3) for t in timings],
         "json_seconds": round(json_seconds, 3),
         "binary_mbps": round(binary_mbps, 1),
+        "session_seconds": round(session_seconds, 3),
+        "session_mbps": round(model_bytes / 1e6 / session_seconds, 1),
         "json_mbps": round(json_mbps, 2),
         "ratio": round(binary_mbps / json_mbps, 1),
         "server_peak_rss_growth_bytes": max(peak - baseline, 0),

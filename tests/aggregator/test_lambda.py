@@ -112,6 +112,8 @@ def test_a_scheduled_event_sweeps_every_experiment_with_pending_updates(aws, mak
     assert handler(SCHEDULED_EVENT, LambdaContext()) == {
         "status": "swept",
         "round_ready": [str(waiting.pk), str(deadline.pk)],
+        "uploads_expired": 0,
+        "update_weights_removed": 0,
     }
     invocations = aws.take()
     assert {i["FunctionName"] for i in invocations} == {FUNCTION}

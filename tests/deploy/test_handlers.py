@@ -174,7 +174,12 @@ def test_the_aggregator_zip_answers_eventbridge_async_and_manage_events(
         "resources": ["arn:aws:events:us-east-1:123456789012:rule/fma-aggregator-sweep"],
         "detail": {},
     }
-    assert aggregator.invoke(scheduled) == {"status": "swept", "round_ready": []}
+    assert aggregator.invoke(scheduled) == {
+        "status": "swept",
+        "round_ready": [],
+        "uploads_expired": 0,
+        "update_weights_removed": 0,
+    }
 
     # Two experiments with one update each, made through the API package (raw_command) in the
     # same database. The API's own invocation of the aggregator is tested with botocore's

@@ -69,7 +69,7 @@ def fake() -> Iterator[Callable]:
                 recorded.peers.append(self.client_address)
                 respond(self, len(recorded.requests), recorded)
 
-            do_GET = do_POST = handle_one  # noqa: N815
+            do_GET = do_POST = do_PUT = handle_one  # noqa: N815
 
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         if tls:
@@ -114,22 +114,129 @@ def serve_weights(handler: BaseHTTPRequestHandler, *, cut_at: int | None = None)
         handler.close_connection = True
 
 
-def test_push_is_retried_on_5xx_with_the_same_idempotency_key_and_the_whole_body(fake):
-    def respond(handler, attempt, recorded):
-        if attempt < 3:
-            reply(handler, 503, b"<html>upstream busy</html>", content_type="text/html")
-        else:
-            reply(handler, 201, {"id": 1, "status": "pending"})
+class UploadService:
+    """The upload-session protocol as the FMA service speaks it, in parts of ``PART`` bytes.
 
-    url, recorded = fake(respond)
-    with Client(url, 7, token="u.s", retry=FAST, quiet=True) as client:
+    ``fail(handler, number, recorded)`` may answer a part's PUT itself (return True) to make it
+    fail; ``storage``, when given, is the base URL of presigned targets (another fake server).
+    """
+
+    PART = 1 << 19
+
+    def __init__(self, fail: Callable | None = None, storage: str | None = None) -> None:
+        self.fail = fail or (lambda handler, number, recorded: False)
+        self.storage = storage
+        self.start: dict = {}
+        self.parts: dict[int, bytes] = {}
+
+    def session(self, base: str) -> dict:
+        size = self.start["size"]
+        targets = []
+        for number, offset in enumerate(range(0, size, self.PART), start=1):
+            where = self.storage or base
+            url = f"{where}/api/v1/models/7/uploads/u1/parts/{number}/"
+            if self.storage:
+                url = f"{where}/bucket/key?partNumber={number}&X-Amz-Signature=s{number}"
+            targets.append(
+                {
+                    "number": number,
+                    "offset": offset,
+                    "size": min(self.PART, size - offset),
+                    "method": "PUT",
+                    "url": url,
+                    "headers": {},
+                }
+            )
+        parts = [{"number": n, "size": len(b), "etag": "e"} for n, b in sorted(self.parts.items())]
+        return {"id": "u1", "state": "open", "parts": parts, "targets": targets}
+
+    def respond(self, handler, attempt, recorded) -> None:
+        method, path, _, body = recorded.requests[-1]
+        base = f"http://127.0.0.1:{handler.server.server_address[1]}"
+        if method == "PUT":
+            number = int(path.split("/parts/")[1].strip("/")) if "/parts/" in path else int(path[-1])
+            if not self.fail(handler, number, recorded):
+                self.parts[number] = body
+                reply(handler, 200, {"number": number, "size": len(body), "etag": "e"})
+        elif path.endswith("/uploads/"):
+            self.start, self.parts = json.loads(body), {}
+            reply(handler, 201, self.session(base))
+        elif path.endswith("/complete/"):
+            joined = b"".join(self.parts[n] for n in sorted(self.parts))
+            assert hashlib.sha256(joined).hexdigest() == self.start["sha256"]
+            reply(handler, 201, {"id": 1, "status": "pending", "size_bytes": len(joined)})
+        else:
+            reply(handler, 200, self.session(base))
+
+
+def puts(recorded: Recorded) -> list[str]:
+    return [path for method, path, _, _ in recorded.requests if method == "PUT"]
+
+
+def test_a_part_is_retried_on_5xx_with_its_whole_body_under_one_idempotency_key(fake):
+    service = UploadService(
+        fail=lambda h, number, r: (
+            number == 2
+            and len([p for p in puts(r) if "/parts/2/" in p]) < 3
+            and reply(h, 503, b"<html>upstream busy</html>", content_type="text/html") is None
+        )
+    )
+    url, recorded = fake(service.respond)
+    with Client(url, 7, token="u.s", retry=FAST, quiet=True, threads=2) as client:
         assert client.push(WEIGHTS, num_examples=4)["id"] == 1
-    keys = {headers["Idempotency-Key"] for _, _, headers, _ in recorded.requests}
-    assert len(recorded.requests) == 3
-    assert len(keys) == 1
-    assert all(body == BLOB for _, _, _, body in recorded.requests)
-    assert recorded.requests[0][1] == "/api/v1/models/7/upload_update/"
-    assert recorded.requests[0][2]["X-FMA-Num-Examples"] == "4"
+    assert recorded.requests[0][1] == "/api/v1/models/7/uploads/"
+    assert (service.start["num_examples"], service.start["size"]) == (4, len(BLOB))
+    assert service.start["sha256"] == hashlib.sha256(BLOB).hexdigest()
+    second = [body for method, path, _, body in recorded.requests if path.endswith("/parts/2/")]
+    assert second == [BLOB[UploadService.PART : 2 * UploadService.PART]] * 3
+    assert b"".join(service.parts[n] for n in sorted(service.parts)) == BLOB
+    assert all(headers["Authorization"] == "Client u.s" for _, _, headers, _ in recorded.requests)
+
+
+def test_a_part_that_keeps_breaking_is_resumed_and_only_the_missing_parts_are_sent_again(fake):
+    def cut(handler, number, recorded):
+        if number == 1 and len([p for p in puts(recorded) if "/parts/1/" in p]) <= FAST.attempts:
+            handler.close_connection = True  # the connection breaks with no answer
+            return True
+        return False
+
+    service = UploadService(fail=cut)
+    url, recorded = fake(service.respond)
+    with Client(url, 7, token="u.s", retry=FAST, quiet=True) as client:
+        assert client.push(WEIGHTS, num_examples=1)["id"] == 1
+    sent = puts(recorded)
+    assert sorted(p.split("/parts/")[1] for p in sent) == ["1/"] * (FAST.attempts + 1) + ["2/", "3/"]
+    methods = [(m, p) for m, p, _, _ in recorded.requests if m != "PUT"]
+    assert methods == [
+        ("POST", "/api/v1/models/7/uploads/"),
+        ("GET", "/api/v1/models/7/uploads/u1/"),
+        ("POST", "/api/v1/models/7/uploads/u1/complete/"),
+    ]
+
+
+def test_parts_go_to_presigned_targets_without_the_credential(fake):
+    storage_parts: dict[int, bytes] = {}
+
+    def store(handler, attempt, recorded):
+        number = int(handler.path.split("partNumber=")[1].split("&")[0])
+        storage_parts[number] = recorded.requests[-1][3]
+        reply(handler, 200, b"", ETag='"etag"')
+
+    storage, stored = fake(store)
+    service = UploadService(storage=storage)
+
+    def respond(handler, attempt, recorded):
+        if recorded.requests[-1][1].endswith("/complete/"):
+            service.parts = storage_parts
+        service.respond(handler, attempt, recorded)
+
+    url, api = fake(respond)
+    with Client(url, 7, token="u.s", retry=FAST, quiet=True) as client:
+        assert client.push(WEIGHTS, num_examples=1)["id"] == 1
+    assert len(stored.requests) == 3
+    assert all("Authorization" not in headers for _, _, headers, _ in stored.requests)
+    assert all(headers["Authorization"] == "Client u.s" for _, _, headers, _ in api.requests)
+    assert puts(api) == []
 
 
 def test_429_is_retried_and_giving_up_says_how_often_it_tried(fake):
@@ -309,7 +416,7 @@ def test_links_to_the_service_written_as_http_behind_a_tls_proxy_are_followed_ov
 
 
 def test_a_progress_bar_shows_for_large_transfers_unless_quiet(fake, capsys):
-    url, _ = fake(lambda h, attempt, r: reply(h, 201, {"id": 1}))
+    url, _ = fake(UploadService().respond)
     large = {"w": np.zeros(2 * 1024 * 1024, np.float32)}  # 8 MiB
     with Client(url, 7, token="u.s", retry=FAST) as client:
         client.push(large, num_examples=1)

@@ -49,8 +49,20 @@ def test_a_body_reads_in_pieces_reports_its_length_and_rewinds_for_a_retry():
     assert len(body) == 0
     body.seek(0)
     assert (len(body), body.read()) == (len(whole), whole)
-    with pytest.raises(OSError, match="rewound"):
-        body.seek(5)
+    with pytest.raises(OSError, match="seeks to a position"):
+        body.seek(len(whole) + 1)
+
+
+@pytest.mark.parametrize("start", [0, 5, 8, 100, 101, 131])
+def test_a_body_reads_from_any_position_and_copies_share_the_arrays(start):
+    body = SafetensorsBody(MIXED)
+    whole = encode(MIXED)
+    copy = body.copy()
+    body.seek(start)
+    assert (body.tell(), len(body)) == (start, len(whole) - start)
+    assert body.read(37) == whole[start : start + 37]
+    assert copy.read() == whole  # a copy reads on its own
+    assert copy.size == body.size == len(whole)
 
 
 def test_dtypes_the_server_cannot_aggregate_are_refused_before_sending():

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import pytest
@@ -21,6 +22,7 @@ from fma_django.models import (
     ModelAggregate,
     ModelArtifact,
     ModelUpdate,
+    UploadSession,
 )
 from fma_django.storage import weight_store
 from fma_django.store import DjangoMetadataStore
@@ -35,6 +37,7 @@ class World:
     aggregate: ModelAggregate
     artifact: ModelArtifact
     score: ClientAggregateScore
+    upload: UploadSession
     callers: dict[str, APIClient]
     member_uuid: str
 
@@ -53,6 +56,18 @@ def world(make_experiment, enroll, uploader, api_for, other_developer, safetenso
     )
     assert score.status_code == 201
 
+    data = body()
+    started = member.post(
+        f"/api/v1/models/{experiment.pk}/uploads/",
+        {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()},
+        format="json",
+    )
+    assert started.status_code == 201, started.content
+    part = member.generic(
+        "PUT", started.json()["targets"][0]["url"], data, content_type="application/octet-stream"
+    )
+    assert part.status_code == 200, part.content
+
     elsewhere = make_experiment(owner=other_developer, name="elsewhere")
     revoked = enroll(experiment)
     services.client_revoke(client=Client.objects.get(uuid=revoked.uuid))
@@ -62,6 +77,7 @@ def world(make_experiment, enroll, uploader, api_for, other_developer, safetenso
         aggregate=aggregate,
         artifact=experiment.artifacts.get(),
         score=ClientAggregateScore.objects.get(pk=score.json()["id"]),
+        upload=UploadSession.objects.get(),
         callers={
             "owner": api_for(experiment.developer),
             "member": member,
@@ -102,6 +118,11 @@ ENDPOINTS = [
         "member",
         201,
     ),
+    ("upload start", "post", "/api/v1/models/{e}/uploads/", {"size": 100, "sha256": "a" * 64}, "member", 201),
+    ("upload status", "get", "/api/v1/models/{e}/uploads/{up}/", None, "member", 200),
+    ("upload part", "put", "/api/v1/models/{e}/uploads/{up}/parts/1/", b"", "member", 200),
+    ("upload complete", "post", "/api/v1/models/{e}/uploads/{up}/complete/", None, "member", 201),
+    ("upload abort", "delete", "/api/v1/models/{e}/uploads/{up}/", None, "member", 200),
     ("update detail", "get", "/api/v1/model_updates/{u}/", None, "member", 200),
     ("update weights", "get", "/api/v1/model_updates/{u}/weights/", None, "owner", 200),
     ("aggregate detail", "get", "/api/v1/model_aggregates/{a}/", None, "member", 200),
@@ -137,6 +158,7 @@ def fill(value, world: World):
         "{a}": world.aggregate.pk,
         "{r}": world.artifact.pk,
         "{s}": world.score.pk,
+        "{up}": world.upload.uuid,
         "{member}": world.member_uuid,
         "{json}": [[[2.0] * 3] * 4, [0.0] * 3],
     }
@@ -172,6 +194,7 @@ def snapshot(world: World) -> dict:
         "aggregates": list(ModelAggregate.objects.order_by("pk").values()),
         "artifacts": list(ModelArtifact.objects.order_by("pk").values()),
         "scores": list(ClientAggregateScore.objects.order_by("pk").values()),
+        "uploads": list(UploadSession.objects.order_by("pk").values()),
     }
 
 

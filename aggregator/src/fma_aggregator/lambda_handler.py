@@ -4,7 +4,8 @@ One function serves every event the deployment sends it:
 
 - an EventBridge scheduled event (``"source": "aws.events"``, ``"detail-type": "Scheduled Event"``)
   sweeps: each experiment with pending updates and no live lease gets an asynchronous "round
-  ready" invocation of this function. The original FMA's per-model rules, whose ``detail`` holds
+  ready" invocation of this function, and stale upload sessions and old update bytes are cleaned
+  up (``fma_django.housekeeping``). The original FMA's per-model rules, whose ``detail`` holds
   a ``model_id``, run that experiment's round directly;
 - ``{"fma": "round_ready", "experiment_id": "3"}``, sent asynchronously by the API when an update
   is accepted, runs the round; a model above ``FMA_SHARD_BYTES`` is fanned out instead as one
@@ -38,6 +39,7 @@ from fma_aggregator.engine import build_engine  # noqa: E402
 from fma_aggregator.lambda_invoke import LambdaInvoker  # noqa: E402
 from fma_core.rounds import RoundOutcome  # noqa: E402
 from fma_core.shards import RoundPlan  # noqa: E402
+from fma_django.housekeeping import housekeeping_sweep  # noqa: E402
 from fma_django.store import DjangoMetadataStore  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -73,11 +75,12 @@ def _invoker(context: Any) -> LambdaInvoker:
 
 
 def _sweep(context: Any) -> dict[str, Any]:
+    housekeeping = housekeeping_sweep()
     due = DjangoMetadataStore().experiments_to_sweep(now=time.time())
     invoker = _invoker(context) if due else None
     for experiment_id in due:
         invoker.round_ready(experiment_id)
-    return {"status": "swept", "round_ready": due}
+    return {"status": "swept", "round_ready": due, **housekeeping}
 
 
 def _run_round(experiment_id: str, context: Any) -> dict[str, Any]:

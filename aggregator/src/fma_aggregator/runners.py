@@ -15,6 +15,7 @@ from fma_aggregator.config import AggregatorConfig, runner_name
 from fma_aggregator.engine import build_engine, fresh_connection
 from fma_aggregator.inprocess import InProcessRunner
 from fma_core.rounds import RoundOutcome
+from fma_django.housekeeping import housekeeping_sweep
 from fma_django.store import DjangoMetadataStore
 
 _lock = threading.Lock()
@@ -54,6 +55,7 @@ def django_inprocess_runner(config: AggregatorConfig) -> InProcessRunner:
 
     def sweep() -> list[str]:
         with fresh_connection():
+            housekeeping_sweep()
             return DjangoMetadataStore().experiments_to_sweep(now=time.time())
 
     return InProcessRunner(run=run, sweep=sweep, sweep_seconds=config.sweep_seconds)

@@ -13,6 +13,7 @@ from fma_aggregator.celery import app, config
 from fma_aggregator.engine import build_engine
 from fma_core.rounds import RoundOutcome
 from fma_core.shards import RoundPlan
+from fma_django.housekeeping import housekeeping_sweep
 from fma_django.store import DjangoMetadataStore
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,11 @@ def combine_shards(partial_keys: list[str], plan: dict[str, Any]) -> dict[str, A
 
 @app.task(name="fma.sweep")
 def sweep() -> list[str]:
-    """Queue a round for every experiment with pending updates and no live lease (deadlines, dead workers)."""
+    """Queue a round for every experiment with pending updates and no live lease (deadlines, dead workers).
+
+    Also expires stale upload sessions and prunes old update bytes (``housekeeping_sweep``).
+    """
+    housekeeping_sweep()
     due = DjangoMetadataStore().experiments_to_sweep(now=time.time())
     for experiment_id in due:
         run_round.delay(experiment_id)

@@ -176,6 +176,14 @@ FMA_MAX_UPDATE_BYTES = int(os.environ.get("FMA_MAX_UPDATE_BYTES", str(2 * 1024**
 # The v1 JSON path parses the whole body in memory (that is what JSON costs); cap it.
 DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("FMA_MAX_JSON_BYTES", str(1024**3)))
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024**2
+# Upload sessions (fma_django.uploads): the size of each part (S3 needs at least 5 MiB for every
+# part but the last), and how long a session may stay open before the sweep aborts it.
+FMA_UPLOAD_PART_BYTES = int(os.environ.get("FMA_UPLOAD_PART_BYTES", str(64 * 1024**2)))
+FMA_UPLOAD_TIMEOUT_SECONDS = int(os.environ.get("FMA_UPLOAD_TIMEOUT_SECONDS", "86400"))
+# Days after its round completed that an update's raw bytes are deleted; unset keeps them forever.
+FMA_UPDATE_RETENTION_DAYS = (
+    float(os.environ["FMA_UPDATE_RETENTION_DAYS"]) if os.environ.get("FMA_UPDATE_RETENTION_DAYS") else None
+)
 
 # Who runs a round once an accepted update may have made it ready: "inprocess" (a background
 # thread of this process), "celery", "lambda" or "none"; see fma_aggregator.config.

@@ -5,22 +5,23 @@
     ...train...
     client.push(model.state_dict(), num_examples=len(dataset))
 
-Weights are downloaded from the link the server gives for the aggregate (streamed through the
-API, or a presigned storage URL), so the script is the same for every deployment.
+Weights are downloaded from the link the server gives for the aggregate, and uploaded in parts to
+the targets of an upload session (the API itself, or presigned storage URLs), so the script is
+the same for every deployment.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import time
-import uuid
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from fma_client.errors import FmaClientError, NotFound, ValidationError, WaitTimeout
-from fma_client.transport import ProgressBody, Retry, Transport
+from fma_client.transport import Retry, Transport
+from fma_client.uploads import THREADS, FileSource, Source, Upload, WeightsSource
 from fma_client.weights import SafetensorsBody, Weights, as_weights, read_file
 
 
@@ -36,7 +37,8 @@ class Client:
 
     ``token`` is the credential ``Client.enroll`` returned (``"<uuid>.<secret>"``); keep it secret.
     Transport options: ``timeout`` (seconds, or a (connect, read) pair), ``retry``
-    (``fma_client.Retry``), ``verify`` (True, or a CA bundle path), ``quiet`` (no progress bars).
+    (``fma_client.Retry``), ``verify`` (True, or a CA bundle path), ``quiet`` (no progress bars),
+    ``threads`` (parts of an upload sent at once).
     """
 
     def __init__(
@@ -49,9 +51,11 @@ class Client:
         retry: Retry | None = None,
         verify: bool | str = True,
         quiet: bool = False,
+        threads: int = THREADS,
     ) -> None:
         self.experiment = int(experiment)
         self.token = token
+        self.threads = threads
         self._transport = Transport(
             url,
             authorization=f"Client {token}",
@@ -77,6 +81,7 @@ class Client:
         The returned client's ``token`` is its credential: it is shown only this once, so save it
         (e.g. in a secrets store) and pass it to ``Client(...)`` next time.
         """
+        threads = options.pop("threads", THREADS)
         transport = Transport(url, **options)
         try:
             body = {"enrollment_token": enrollment_token} if enrollment_token else {}
@@ -91,7 +96,7 @@ class Client:
                 "the server enrolled this client without a credential (a legacy-mode experiment); "
                 "use fma_client.WebClient for legacy experiments"
             )
-        return cls(url, experiment, token=enrolled["credential"], **options)
+        return cls(url, experiment, token=enrolled["credential"], threads=threads, **options)
 
     @property
     def uuid(self) -> str:
@@ -146,36 +151,21 @@ class Client:
         metrics: Mapping[str, Any] | None = None,
         *,
         base_aggregate: int | None = None,
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
         """Submit an update trained from the last pulled model; returns the accepted update.
 
         ``weights``: a dict of arrays, a PyTorch ``state_dict`` or a Keras ``get_weights()`` list.
         ``num_examples`` weighs the update in the average. ``base_aggregate`` defaults to the
-        aggregate of the last ``pull()``. Retries are safe: each push has one idempotency key, so
-        the server counts it once however often it is sent.
+        aggregate of the last ``pull()``. The bytes go in parts, in parallel, through an upload
+        session; a part that fails is retried, and a broken upload resumes with the parts the
+        server does not have yet. Each push has one idempotency key, so the server counts it once
+        however often it is sent; pass the key of a push that was interrupted (the error names
+        it) to resume that upload instead of starting again.
         """
-        if isinstance(num_examples, bool) or not isinstance(num_examples, int | np.integer):
-            raise TypeError(f"num_examples must be a whole number, not {num_examples!r}")
-        base = base_aggregate if base_aggregate is not None else self._last_aggregate
         body = SafetensorsBody(as_weights(weights, names=self._names))
-        headers = {
-            "Content-Type": "application/octet-stream",
-            "Idempotency-Key": uuid.uuid4().hex,
-            "X-FMA-Num-Examples": str(int(num_examples)),
-        }
-        if base is not None:
-            headers["X-FMA-Base-Aggregate"] = str(base)
-        if metrics is not None:
-            headers["X-FMA-Metrics"] = json.dumps(metrics)
         try:
-            with self._transport.progress("update", len(body)) as progress:
-                return self._transport.json(
-                    "POST",
-                    self._path("upload_update"),
-                    body=ProgressBody(body, progress),
-                    headers=headers,
-                    idempotent=True,
-                )
+            return self._upload(WeightsSource(body), num_examples, metrics, base_aggregate, idempotency_key)
         except ValidationError as error:
             if isinstance(weights, list | tuple) and self._names is None:
                 raise ValidationError(
@@ -186,6 +176,33 @@ class Client:
                     response=error.response,
                 ) from None
             raise
+
+    def push_file(
+        self,
+        path: str | os.PathLike,
+        num_examples: int,
+        metrics: Mapping[str, Any] | None = None,
+        *,
+        base_aggregate: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Submit an update saved as a safetensors file, streamed from disk in parts (as ``push``)."""
+        return self._upload(FileSource(path), num_examples, metrics, base_aggregate, idempotency_key)
+
+    def _upload(
+        self,
+        source: Source,
+        num_examples: int,
+        metrics: Mapping[str, Any] | None,
+        base_aggregate: int | None,
+        idempotency_key: str | None,
+    ) -> dict[str, Any]:
+        if isinstance(num_examples, bool) or not isinstance(num_examples, int | np.integer):
+            raise TypeError(f"num_examples must be a whole number, not {num_examples!r}")
+        base = base_aggregate if base_aggregate is not None else self._last_aggregate
+        metadata = {"num_examples": int(num_examples), "base_aggregate": base, "metrics": metrics}
+        upload = Upload(self._transport, self._path("uploads"), threads=self.threads)
+        return upload.run(source, metadata, idempotency_key=idempotency_key)
 
     def wait_for_new_model(
         self, after: int | None = None, timeout: float | None = None, *, poll_interval: float = 5.0

@@ -82,6 +82,22 @@ class Transport:
         parts = urlsplit(self.url)
         self._origin = (parts.scheme, parts.netloc)
 
+    def fork(self) -> Transport:
+        """A transport with the same settings and a connection of its own (one per thread)."""
+        return Transport(
+            self.url,
+            authorization=self.authorization,
+            timeout=self.timeout,
+            retry=self.retry,
+            verify=self.verify,
+            quiet=self.quiet,
+        )
+
+    def is_service(self, url: str) -> bool:
+        """Whether ``url`` is on the service's own origin (the only one that sees the credential)."""
+        parts = urlsplit(self.absolute(url))
+        return (parts.scheme, parts.netloc) == self._origin
+
     def absolute(self, path: str) -> str:
         """``path`` under the service URL; a full URL is kept, except that one on the service's
         own host keeps this client's scheme (behind a TLS proxy the server may write ``http://``
@@ -115,8 +131,7 @@ class Transport:
         url = self.absolute(path)
         kwargs.setdefault("timeout", self.timeout)
         kwargs.setdefault("verify", self.verify)
-        parts = urlsplit(url)
-        if self.authorization and (parts.scheme, parts.netloc) == self._origin:
+        if self.authorization and self.is_service(url):
             # Only to the service itself: a presigned storage URL must never see the credential.
             kwargs["headers"] = {"Authorization": self.authorization, **(kwargs.get("headers") or {})}
         attempt = 0
@@ -254,33 +269,6 @@ class Transport:
             yield bar
         finally:
             bar.close()
-
-
-class ProgressBody:
-    """Wraps an upload body so each read advances a progress bar; rewinding resets the bar."""
-
-    def __init__(self, body: Any, progress: Any) -> None:
-        self._body = body
-        self._progress = progress
-
-    def __len__(self) -> int:
-        return len(self._body)
-
-    def __iter__(self) -> Iterator[bytes]:
-        while chunk := self.read(_CHUNK):
-            yield chunk
-
-    def seek(self, position: int, whence: int = os.SEEK_SET) -> int:
-        self._progress.reset()
-        return self._body.seek(position, whence)
-
-    def tell(self) -> int:
-        return self._body.tell()
-
-    def read(self, size: int = -1) -> bytes:
-        chunk = self._body.read(size)
-        self._progress.update(len(chunk))
-        return chunk
 
 
 class _NoProgress:

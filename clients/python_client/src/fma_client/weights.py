@@ -11,6 +11,8 @@ Neither framework is imported: tensors are recognised by their ``detach``/``nump
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import os
 import struct
@@ -75,8 +77,10 @@ def to_list(weights: Mapping[str, np.ndarray]) -> list[np.ndarray]:
 class SafetensorsBody:
     """Safetensors bytes of ``weights``, read piece by piece straight from the arrays' buffers.
 
-    ``len()`` is the exact size (so requests sends a Content-Length), ``seek(0)`` restarts it
-    for a retry. Arrays that are not little-endian and C-contiguous are converted one at a time.
+    ``len()`` is the bytes left to read (so requests sends a Content-Length), ``seek`` moves
+    anywhere, for a retry or for one part of a multipart upload, and ``copy()`` gives another
+    reader of the same bytes (one per thread) without serializing again. Arrays that are not
+    little-endian and C-contiguous are converted one at a time, as they are read.
     """
 
     def __init__(self, weights: Mapping[str, np.ndarray]) -> None:
@@ -100,10 +104,23 @@ class SafetensorsBody:
             offset += array.nbytes
         encoded = json.dumps(header, separators=(",", ":")).encode()
         encoded += b" " * (-len(encoded) % 8)  # the format aligns tensor data to 8 bytes
-        self._head = struct.pack("<Q", len(encoded)) + encoded
-        self._arrays = list(arrays.values())
-        self._size = len(self._head) + offset
+        head = struct.pack("<Q", len(encoded)) + encoded
+        self._pieces: list[bytes | np.ndarray] = [head, *arrays.values()]
+        self._starts = list(itertools.accumulate((_nbytes(p) for p in self._pieces), initial=0))
+        self._size = self._starts[-1]
         self.seek(0)
+
+    @property
+    def size(self) -> int:
+        """The whole body's bytes, wherever reading stands."""
+        return self._size
+
+    def copy(self) -> SafetensorsBody:
+        """Another reader of the same bytes, at position 0, sharing the arrays."""
+        twin = object.__new__(SafetensorsBody)
+        twin._pieces, twin._starts, twin._size = self._pieces, self._starts, self._size
+        twin.seek(0)
+        return twin
 
     def __len__(self) -> int:
         return self._size - self._position
@@ -113,12 +130,14 @@ class SafetensorsBody:
             yield chunk
 
     def seek(self, position: int, whence: int = os.SEEK_SET) -> int:
-        if position != 0 or whence != os.SEEK_SET:
-            raise OSError("a SafetensorsBody can only be rewound to its start")
-        self._position = 0
-        self._pieces = iter([self._head, *self._arrays])
+        if whence != os.SEEK_SET or not 0 <= position <= self._size:
+            raise OSError(f"a SafetensorsBody seeks to a position from 0 to {self._size}, not {position}")
+        index = max(bisect.bisect_right(self._starts, position) - 1, 0)
+        self._next = index
         self._current = memoryview(b"")
-        return 0
+        self._skip = position - self._starts[index]
+        self._position = position
+        return position
 
     def tell(self) -> int:
         return self._position
@@ -129,16 +148,21 @@ class SafetensorsBody:
         out = bytearray()
         while len(out) < size:
             if not self._current:
-                piece = next(self._pieces, None)
-                if piece is None:
+                if self._next >= len(self._pieces):
                     break
-                self._current = _bytes_view(piece)
+                self._current = _bytes_view(self._pieces[self._next])[self._skip :]
+                self._next += 1
+                self._skip = 0
                 continue
             taken = self._current[: size - len(out)]
             out += taken
             self._current = self._current[len(taken) :]
         self._position += len(out)
         return bytes(out)
+
+
+def _nbytes(piece: bytes | np.ndarray) -> int:
+    return len(piece) if isinstance(piece, bytes) else piece.nbytes
 
 
 def _bytes_view(piece: bytes | np.ndarray) -> memoryview:

@@ -20,6 +20,7 @@ from fma_django.models import (
     ModelUpdate,
     RoundLease,
     UpdateStatus,
+    UploadSession,
 )
 
 
@@ -140,11 +141,29 @@ class ModelUpdateAdmin(admin.ModelAdmin):
         "aggregate",
         "num_examples",
         "size_bytes",
+        "weights_removed_on",
         "created_on",
     ]
     list_filter = ["status", "experiment"]
     search_fields = ["client__uuid", "content_id", "idempotency_key"]
     readonly_fields = [f.name for f in ModelUpdate._meta.fields]
+
+
+@admin.register(UploadSession)
+class UploadSessionAdmin(admin.ModelAdmin):
+    list_display = [
+        "uuid",
+        "experiment",
+        "client",
+        "state",
+        "size_bytes",
+        "part_bytes",
+        "update",
+        "created_on",
+    ]
+    list_filter = ["state", "experiment"]
+    search_fields = ["uuid", "client__uuid", "idempotency_key"]
+    readonly_fields = [f.name for f in UploadSession._meta.fields]
 
 
 @admin.register(ModelAggregate)

@@ -32,6 +32,10 @@ class Conflict(DomainError):
     status, code = 409, "conflict"
 
 
+class Gone(DomainError):
+    status, code = 410, "gone"
+
+
 class LengthRequired(DomainError):
     status, code = 411, "length_required"
 

@@ -196,6 +196,9 @@ class ModelUpdate(models.Model):
     weights_key = models.CharField(max_length=512)
     content_id = models.CharField(max_length=64)
     size_bytes = models.PositiveBigIntegerField()
+    weights_removed_on = models.DateTimeField(
+        null=True, blank=True, help_text="when the retention period removed its bytes (the hash stays)"
+    )
     created_on = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -210,6 +213,66 @@ class ModelUpdate(models.Model):
 
     def __str__(self) -> str:
         return f"update {self.pk} ({self.status})"
+
+
+class UploadState(models.TextChoices):
+    OPEN = "open"
+    COMPLETED = "completed"
+    ABORTED = "aborted"
+    EXPIRED = "expired"
+    REJECTED = "rejected"
+
+
+class UploadSession(models.Model):
+    """An update's bytes arriving in parts (a multipart upload of the weight store), then completed.
+
+    The metadata is checked when the session starts and kept here; the bytes go to
+    ``weights_key`` through the store's upload ``store_upload_id`` and become a ``ModelUpdate``
+    when the client completes the session. ``size_bytes`` and ``sha256`` are what the client
+    declared: the store's own measurement must match them.
+    """
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="uploads")
+    client = models.ForeignKey(Client, on_delete=models.CASCADE, related_name="uploads")
+    state = models.CharField(max_length=16, choices=UploadState.choices, default=UploadState.OPEN)
+    reason = models.TextField(blank=True, default="", help_text="why the upload was rejected")
+    weights_key = models.CharField(max_length=512)
+    store_upload_id = models.CharField(max_length=1024)
+    size_bytes = models.PositiveBigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    part_bytes = models.PositiveBigIntegerField()
+    num_examples = models.PositiveBigIntegerField(default=1)
+    base_aggregate = models.ForeignKey(
+        ModelAggregate, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    base_round = models.PositiveIntegerField(default=0)
+    metrics = models.JSONField(null=True, blank=True)
+    idempotency_key = models.CharField(max_length=128, null=True, blank=True)
+    update = models.ForeignKey(
+        ModelUpdate, null=True, blank=True, on_delete=models.SET_NULL, related_name="uploads"
+    )
+    created_on = models.DateTimeField(auto_now_add=True)
+    updated_on = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_on", "-id"]
+        indexes = [models.Index(fields=["state", "created_on"], name="fma_upload_state_created")]
+        constraints = [
+            models.UniqueConstraint(fields=["client", "idempotency_key"], name="fma_upload_idempotency_key")
+        ]
+
+    def __str__(self) -> str:
+        return f"upload {self.uuid} ({self.state})"
+
+    @property
+    def part_count(self) -> int:
+        return -(-self.size_bytes // self.part_bytes)
+
+    def part_range(self, number: int) -> tuple[int, int]:
+        """``(offset, size)`` of part ``number`` (1-based): every part is ``part_bytes`` but the last."""
+        offset = (number - 1) * self.part_bytes
+        return offset, min(self.part_bytes, self.size_bytes - offset)
 
 
 class ClientAggregateScore(models.Model):
@@ -248,6 +311,9 @@ class EventKind(models.TextChoices):
     UPDATE_ACCEPTED = "update_accepted"
     UPDATE_REJECTED = "update_rejected"
     UPDATE_QUARANTINED = "update_quarantined"
+    UPLOAD_ABORTED = "upload_aborted"
+    UPLOAD_EXPIRED = "upload_expired"
+    UPDATE_WEIGHTS_REMOVED = "update_weights_removed"
     ROUND_STARTED = "round_started"
     ROUND_COMPLETED = "round_completed"
     ROUND_FAILED = "round_failed"

@@ -11,22 +11,24 @@ from __future__ import annotations
 import io
 import uuid
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, BinaryIO
 
 import jsonschema
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from fma_core.aggregators import create_aggregator
+from fma_core.connectors import StoredObject
 from fma_core.errors import ConfigurationError, InvalidWeights
 from fma_core.requirements import policy_from_config
 from fma_core.weights import TensorSpec, Weights, from_legacy_json, to_bytes, validate
 from fma_django import credentials
-from fma_django.errors import Conflict, Forbidden, NotFound, TooLarge, ValidationFailed
+from fma_django.errors import Conflict, DomainError, Forbidden, NotFound, TooLarge, ValidationFailed
 from fma_django.models import (
     Client,
     ClientAggregateScore,
@@ -333,7 +335,8 @@ def enrollment_revoke(*, experiment: Experiment, client: Client, user: AbstractB
         )
 
 
-def _check_enrolled(experiment: Experiment, client: Client) -> None:
+def check_enrolled(experiment: Experiment, client: Client) -> None:
+    """404 unless the client is enrolled in the experiment and neither it nor its enrollment is revoked."""
     if (
         client.is_revoked
         or not Enrollment.objects.filter(
@@ -364,27 +367,80 @@ def update_submit(
     records a rejection event, so nothing of a refused update remains but the reason. A retry
     (same idempotency key, or same client, base and content) returns the first update.
     """
-    _check_enrolled(experiment, client)
+    check_enrolled(experiment, client)
     if idempotency_key:
         first = ModelUpdate.objects.filter(client=client, idempotency_key=idempotency_key).first()
         if first is not None:
             if first.experiment_id != experiment.pk:
                 raise Conflict("this idempotency key was used for an update of another experiment")
             return first, False
-    try:
-        base_round, base = _check_update_metadata(experiment, num_examples, base_aggregate_id, metrics)
-        limit = max_update_bytes(experiment.max_update_bytes)
-        if content_length is not None and content_length > limit:
-            raise TooLarge(f"the update is {content_length:,} bytes; the limit is {limit:,} bytes")
-    except (ValidationFailed, TooLarge) as error:
-        event_record(
-            kind=EventKind.UPDATE_REJECTED, experiment=experiment, client=client, reason=error.detail
-        )
-        raise
+    base_round, base, limit = update_check_metadata(
+        experiment=experiment,
+        client=client,
+        num_examples=num_examples,
+        base_aggregate_id=base_aggregate_id,
+        metrics=metrics,
+        size=content_length,
+    )
     store = weight_store()
-    key = f"updates/{experiment.pk}/{uuid.uuid4().hex}.safetensors"
+    key = update_key(experiment)
     try:
         stored = store.put(key, stream, max_bytes=limit)
+    except InvalidWeights as error:
+        store.delete(key)
+        raise _update_rejected(experiment, client, error) from None
+    except BaseException:
+        store.delete(key)
+        raise
+    return update_accept(
+        experiment=experiment,
+        client=client,
+        stored=stored,
+        base_aggregate=base,
+        base_round=base_round,
+        num_examples=num_examples,
+        metrics=metrics,
+        idempotency_key=idempotency_key,
+        limit=limit,
+    )
+
+
+def update_key(experiment: Experiment) -> str:
+    """A new weight-store key for an update's bytes."""
+    return f"updates/{experiment.pk}/{uuid.uuid4().hex}.safetensors"
+
+
+def _update_rejected(experiment: Experiment, client: Client, error: InvalidWeights) -> DomainError:
+    """Record why an update's bytes were refused; the error to raise (413 above the limit, else 400)."""
+    event_record(kind=EventKind.UPDATE_REJECTED, experiment=experiment, client=client, reason=str(error))
+    if "larger than the limit" in str(error):
+        return TooLarge(str(error), code="too_large")
+    return ValidationFailed(str(error), code="invalid_weights")
+
+
+def update_accept(
+    *,
+    experiment: Experiment,
+    client: Client,
+    stored: StoredObject,
+    base_aggregate: ModelAggregate | None,
+    base_round: int,
+    num_examples: int,
+    metrics: Any,
+    idempotency_key: str | None,
+    limit: int,
+) -> tuple[ModelUpdate, bool]:
+    """A stored object becomes an accepted update: ``(update, created)``.
+
+    Both ways of sending bytes end here (one request, or an upload session's parts), so the
+    same checks decide: a twin (same client, base and content) or a concurrent retry returns
+    the first update and drops these bytes; weights that do not match the experiment's spec
+    are removed and the rejection recorded; otherwise the update is created and the round
+    announced once the transaction commits. The metadata was checked by the caller.
+    """
+    store = weight_store()
+    key = stored.key
+    try:
         twin = ModelUpdate.objects.filter(
             experiment=experiment, client=client, base_round=base_round, content_id=stored.sha256
         ).first()
@@ -396,9 +452,7 @@ def update_submit(
             validate(reader, spec)
     except InvalidWeights as error:
         store.delete(key)
-        code = "too_large" if "larger than the limit" in str(error) else "invalid_weights"
-        event_record(kind=EventKind.UPDATE_REJECTED, experiment=experiment, client=client, reason=str(error))
-        raise (TooLarge if code == "too_large" else ValidationFailed)(str(error), code=code) from None
+        raise _update_rejected(experiment, client, error) from None
     except BaseException:
         store.delete(key)
         raise
@@ -407,7 +461,7 @@ def update_submit(
             update = ModelUpdate.objects.create(
                 experiment=experiment,
                 client=client,
-                base_aggregate=base,
+                base_aggregate=base_aggregate,
                 base_round=base_round,
                 num_examples=num_examples,
                 metrics=metrics,
@@ -465,6 +519,32 @@ def update_submit_legacy_json(
         content_length=len(payload),
         **options,
     )
+
+
+def update_check_metadata(
+    *,
+    experiment: Experiment,
+    client: Client,
+    num_examples: int,
+    base_aggregate_id: int | None,
+    metrics: Any,
+    size: int | None,
+) -> tuple[int, ModelAggregate | None, int]:
+    """Check an update's metadata and size before any byte is stored: ``(base_round, base, limit)``.
+
+    ``limit`` is the largest update the experiment takes; a refusal is recorded as a rejection.
+    """
+    try:
+        base_round, base = _check_update_metadata(experiment, num_examples, base_aggregate_id, metrics)
+        limit = max_update_bytes(experiment.max_update_bytes)
+        if size is not None and size > limit:
+            raise TooLarge(f"the update is {size:,} bytes; the limit is {limit:,} bytes")
+    except (ValidationFailed, TooLarge) as error:
+        event_record(
+            kind=EventKind.UPDATE_REJECTED, experiment=experiment, client=client, reason=error.detail
+        )
+        raise
+    return base_round, base, limit
 
 
 def _check_update_metadata(
@@ -545,7 +625,7 @@ def score_submit(
 ) -> ClientAggregateScore:
     """Record a client's evaluation of an aggregate of an experiment it is enrolled in."""
     experiment = aggregate.experiment
-    _check_enrolled(experiment, client)
+    check_enrolled(experiment, client)
     if experiment.client_agg_results_schema is not None:
         _check_schema(experiment.client_agg_results_schema, validation_results, "validation_results")
     try:
@@ -555,3 +635,38 @@ def score_submit(
             )
     except IntegrityError:
         raise ValidationFailed("this client already scored this aggregate", code="duplicate_score") from None
+
+
+def update_weights_prune(*, now: datetime | None = None) -> int:
+    """Delete the bytes of updates whose round completed ``FMA_UPDATE_RETENTION_DAYS`` ago; returns how many.
+
+    Raw updates are the bulk of the storage and, once aggregated, are needed only for audits;
+    the update row stays with its hash and is marked ``weights_removed_on``, while aggregates
+    and artifacts are kept. Unset (the default) keeps everything. Each row is marked before
+    its bytes go, so a crash in between leaves an unreferenced object, never a dangling row.
+    """
+    days = settings.FMA_UPDATE_RETENTION_DAYS
+    if days is None:
+        return 0
+    now = now or timezone.now()
+    store = weight_store()
+    due = ModelUpdate.objects.filter(
+        weights_removed_on__isnull=True, aggregate__created_on__lt=now - timedelta(days=float(days))
+    ).select_related("experiment", "client")
+    removed = 0
+    for update in due.iterator():
+        with transaction.atomic():
+            if not ModelUpdate.objects.filter(pk=update.pk, weights_removed_on__isnull=True).update(
+                weights_removed_on=now
+            ):
+                continue
+            event_record(
+                kind=EventKind.UPDATE_WEIGHTS_REMOVED,
+                experiment=update.experiment,
+                client=update.client,
+                update=update.pk,
+                retention_days=days,
+            )
+        store.delete(update.weights_key)
+        removed += 1
+    return removed

@@ -10,10 +10,20 @@ from __future__ import annotations
 from typing import Any
 
 from django.urls import reverse
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from fma_core.aggregators import available
-from fma_django.models import ClientAggregateScore, Experiment, ModelAggregate, ModelArtifact, ModelUpdate
+from fma_django import uploads
+from fma_django.models import (
+    ClientAggregateScore,
+    Experiment,
+    ModelAggregate,
+    ModelArtifact,
+    ModelUpdate,
+    UploadSession,
+    UploadState,
+)
 
 
 def _absolute(context: dict[str, Any], name: str, pk: int) -> str:
@@ -132,6 +142,7 @@ class ModelUpdateSerializer(serializers.ModelSerializer):
             "idempotency_key",
             "content_id",
             "size_bytes",
+            "weights_removed_on",
         ]
         read_only_fields = fields
 
@@ -148,6 +159,100 @@ class ModelUpdateCreateSerializer(serializers.Serializer):
     num_examples = serializers.IntegerField(required=False, default=1, min_value=1)
     metrics = serializers.JSONField(required=False, allow_null=True, default=None)
     idempotency_key = serializers.CharField(required=False, allow_blank=True, max_length=128, default="")
+
+
+class UploadStartSerializer(serializers.Serializer):
+    """Starting an upload session: the update's metadata and what its bytes will be."""
+
+    size = serializers.IntegerField(min_value=1, help_text="bytes of the safetensors file")
+    sha256 = serializers.RegexField(r"^[0-9a-fA-F]{64}$", help_text="SHA-256 of the whole file, in hex")
+    num_examples = serializers.IntegerField(required=False, default=1, min_value=1)
+    base_aggregate = serializers.IntegerField(required=False, allow_null=True, default=None)
+    metrics = serializers.JSONField(required=False, allow_null=True, default=None)
+    idempotency_key = serializers.CharField(
+        required=False, allow_blank=True, max_length=128, default="", help_text="or header Idempotency-Key"
+    )
+
+
+class UploadedPartSerializer(serializers.Serializer):
+    number = serializers.IntegerField()
+    size = serializers.IntegerField()
+    etag = serializers.CharField()
+
+
+class UploadTargetSerializer(serializers.Serializer):
+    number = serializers.IntegerField(help_text="part number, from 1")
+    offset = serializers.IntegerField(help_text="where the part starts in the file")
+    size = serializers.IntegerField(help_text="exact bytes of the part")
+    method = serializers.CharField()
+    url = serializers.URLField(help_text="the API's part endpoint, or a presigned storage URL")
+    headers = serializers.DictField(child=serializers.CharField(), help_text="headers to send with the part")
+    expires_at = serializers.DateTimeField(required=False, help_text="presigned URLs only")
+
+
+class UploadSessionSerializer(serializers.ModelSerializer):
+    """An upload session: its parts' targets and the parts received while open, its update once completed.
+
+    Credentials go only to the service's own URLs, never to a presigned storage URL.
+    """
+
+    id = serializers.UUIDField(source="uuid", read_only=True)
+    federated_model = serializers.IntegerField(source="experiment_id", read_only=True)
+    size = serializers.IntegerField(source="size_bytes", read_only=True)
+    part_size = serializers.IntegerField(source="part_bytes", read_only=True)
+    part_count = serializers.IntegerField(read_only=True)
+    base_aggregate = serializers.IntegerField(source="base_aggregate_id", read_only=True, allow_null=True)
+    expires_at = serializers.SerializerMethodField(help_text="when the sweep aborts it if still open")
+    parts = serializers.SerializerMethodField(help_text="parts received so far (open sessions)")
+    targets = serializers.SerializerMethodField(help_text="where to send each part (open sessions)")
+    update = ModelUpdateSerializer(read_only=True, allow_null=True)
+
+    class Meta:
+        model = UploadSession
+        fields = [
+            "id",
+            "federated_model",
+            "state",
+            "reason",
+            "size",
+            "sha256",
+            "part_size",
+            "part_count",
+            "num_examples",
+            "base_aggregate",
+            "metrics",
+            "idempotency_key",
+            "created_on",
+            "expires_at",
+            "parts",
+            "targets",
+            "update",
+        ]
+        read_only_fields = fields
+
+    def get_expires_at(self, session: UploadSession) -> Any:
+        return serializers.DateTimeField().to_representation(uploads.upload_expires_at(session))
+
+    @extend_schema_field(UploadedPartSerializer(many=True))
+    def get_parts(self, session: UploadSession) -> list[dict[str, Any]]:
+        return UploadedPartSerializer(uploads.upload_parts_received(session), many=True).data
+
+    @extend_schema_field(UploadTargetSerializer(many=True))
+    def get_targets(self, session: UploadSession) -> list[dict[str, Any]]:
+        if session.state != UploadState.OPEN:
+            return []
+
+        def api_part_url(number: int) -> str:
+            path = reverse(
+                "fma-api:upload-part",
+                kwargs={"experiment_pk": session.experiment_id, "upload_id": session.uuid, "number": number},
+            )
+            request = self.context.get("request")
+            return request.build_absolute_uri(path) if request is not None else path
+
+        return UploadTargetSerializer(
+            uploads.upload_targets(session, api_part_url=api_part_url), many=True
+        ).data
 
 
 class ModelAggregateSerializer(serializers.ModelSerializer):

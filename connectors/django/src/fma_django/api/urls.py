@@ -1,9 +1,9 @@
-"""``/api/v1/``: the original's collections and actions, plus weights downloads and client credentials."""
+"""``/api/v1/``: the original's collections and actions, plus weights downloads, upload sessions and client credentials."""
 
 from django.urls import include, path
 from rest_framework.routers import DefaultRouter
 
-from fma_django.api import views
+from fma_django.api import uploads, views
 
 app_name = "fma-api"
 
@@ -16,7 +16,26 @@ router.register(
     "client_aggregate_scores", views.ClientAggregateScoreViewSet, basename="client_aggregate_score"
 )
 
+upload = "v1/models/<int:experiment_pk>/uploads/"
+upload_session = upload + "<uuid:upload_id>/"
+
 urlpatterns = [
     path("v1/clients/rotate_credential/", views.RotateCredentialView.as_view(), name="rotate-credential"),
+    path(upload, uploads.UploadViewSet.as_view({"post": "create"}), name="uploads"),
+    path(
+        upload_session,
+        uploads.UploadViewSet.as_view({"get": "retrieve", "delete": "destroy"}),
+        name="upload",
+    ),
+    path(
+        upload_session + "parts/<int:number>/",
+        uploads.UploadViewSet.as_view({"put": "part"}),
+        name="upload-part",
+    ),
+    path(
+        upload_session + "complete/",
+        uploads.UploadViewSet.as_view({"post": "complete"}),
+        name="upload-complete",
+    ),
     path("v1/", include(router.urls)),
 ]

@@ -36,7 +36,7 @@ from fma_django.api.transfer import (
     upload_option,
     weights_response,
 )
-from fma_django.errors import Forbidden, NotFound, TooLarge, ValidationFailed
+from fma_django.errors import Forbidden, Gone, NotFound, TooLarge, ValidationFailed
 from fma_django.models import Experiment, ModelAggregate
 from fma_django.selectors import ClientPrincipal
 from fma_django.storage import weight_store
@@ -295,6 +295,12 @@ class ModelUpdateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
     @action(detail=True, methods=["get"], renderer_classes=DOWNLOAD_RENDERERS)
     def weights(self, request: Request, pk: str) -> Any:
         update = self.get_object()
+        if update.weights_removed_on is not None:
+            raise Gone(
+                f"the weights of update {update.pk} were deleted on {update.weights_removed_on:%Y-%m-%d} "
+                f"after the retention period; its SHA-256 was {update.content_id}",
+                code="weights_removed",
+            )
         return weights_response(
             request._request,
             key=update.weights_key,

@@ -1,0 +1,202 @@
+"""Pushing an update's bytes through an upload session: parts in parallel, retried, resumed, then completed.
+
+The server names a target for every part (its own part endpoint, or a presigned storage URL), so
+this is one code path for every deployment. Each part is read from the source at its offset
+(a ``SafetensorsBody`` straight from the arrays, or a file on disk), so nothing is held twice in
+memory. A part that keeps failing does not end the push: the session is asked which parts it
+holds, and only the missing ones are sent again, to fresh targets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+from fma_client.errors import (
+    FmaClientError,
+    PermissionDenied,
+    ServerUnavailable,
+    TransferError,
+    ValidationError,
+)
+from fma_client.transport import Transport
+from fma_client.weights import SafetensorsBody
+
+THREADS = 4
+_CHUNK = 1 << 20
+
+
+class Source(Protocol):
+    """Bytes to upload: their size, and a new independent reader for each part."""
+
+    size: int
+
+    def open(self) -> Any: ...
+
+
+class WeightsSource:
+    """A model serialized on the fly: each reader is a copy of one ``SafetensorsBody``."""
+
+    def __init__(self, body: SafetensorsBody) -> None:
+        self._body = body
+        self.size = body.size
+
+    def open(self) -> SafetensorsBody:
+        return self._body.copy()
+
+
+class FileSource:
+    """A safetensors file on disk, read by each part at its own offset."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.size = self.path.stat().st_size
+
+    def open(self) -> BinaryIO:
+        return open(self.path, "rb")
+
+
+def sha256_of(source: Source) -> str:
+    """One streaming pass over the source: the server checks the joined parts against it."""
+    digest = hashlib.sha256()
+    reader = source.open()
+    try:
+        while chunk := reader.read(_CHUNK):
+            digest.update(chunk)
+    finally:
+        _close(reader)
+    return digest.hexdigest()
+
+
+class Part:
+    """Bytes ``[offset, offset + size)`` of a reader, as a request body: rewinds to its start for a retry.
+
+    Each byte read advances ``progress``; a rewind takes back what this part had counted.
+    """
+
+    def __init__(self, reader: Any, offset: int, size: int, progress: Callable[[int], None]) -> None:
+        self._reader, self._offset, self._size = reader, offset, size
+        self._progress = progress
+        self._sent = 0
+        self.seek(0)
+
+    def __len__(self) -> int:
+        return self._size - self._sent
+
+    def __iter__(self) -> Iterator[bytes]:
+        while chunk := self.read(_CHUNK):
+            yield chunk
+
+    def seek(self, position: int, whence: int = os.SEEK_SET) -> int:
+        if position != 0 or whence != os.SEEK_SET:
+            raise OSError("a part can only be rewound to its start")
+        self._progress(-self._sent)
+        self._reader.seek(self._offset)
+        self._sent = 0
+        return 0
+
+    def tell(self) -> int:
+        return self._sent
+
+    def read(self, size: int = -1) -> bytes:
+        left = self._size - self._sent
+        chunk = self._reader.read(left if size is None or size < 0 else min(size, left))
+        self._sent += len(chunk)
+        self._progress(len(chunk))
+        return chunk
+
+
+class Upload:
+    """One push through an upload session of ``transport``'s service, under ``path`` (``…/uploads/``)."""
+
+    def __init__(self, transport: Transport, path: str, *, threads: int = THREADS) -> None:
+        self._transport = transport
+        self._path = path
+        self._threads = threads
+        self._local = threading.local()
+        self._lock = threading.Lock()
+
+    def run(
+        self, source: Source, metadata: dict[str, Any], *, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        """Start (or resume, with the same idempotency key) a session, send the parts, complete it."""
+        key = idempotency_key or uuid.uuid4().hex
+        start = {"size": source.size, "sha256": sha256_of(source), "idempotency_key": key, **metadata}
+        session = self._transport.json("POST", self._path, json=start, idempotent=True)
+        if session["state"] == "completed":
+            return session["update"]
+        here = f"{self._path}{session['id']}/"
+        attempts = self._transport.retry.attempts
+        with self._transport.progress("update", source.size) as bar:
+            for attempt in itertools.count(1):
+                received = {p["number"]: p["size"] for p in session["parts"]}
+                missing = [t for t in session["targets"] if received.get(t["number"]) != t["size"]]
+                bar.reset()
+                bar.update(source.size - sum(t["size"] for t in missing))
+                failure = self._send(source, missing, bar)
+                if failure is None:
+                    try:
+                        return self._transport.json("POST", f"{here}complete/", idempotent=True)
+                    except ValidationError as error:
+                        if error.code != "incomplete_upload":
+                            raise
+                        failure = error
+                if attempt >= attempts:
+                    raise TransferError(
+                        f"the upload of the update did not complete after {attempts} rounds of parts: "
+                        f"{failure}; push again with idempotency_key={key!r} to resume it"
+                    ) from failure
+                session = self._transport.json("GET", here)  # the parts received, fresh targets
+
+    def _send(self, source: Source, targets: list[dict], bar: Any) -> FmaClientError | None:
+        """PUT the targets' parts in parallel; the first error that a resume can fix, else None."""
+        if not targets:
+            return None
+        transports: list[Transport] = []
+
+        def progress(n: int) -> None:
+            with self._lock:
+                bar.update(n)
+
+        def send(target: dict) -> FmaClientError | None:
+            transport = getattr(self._local, "transport", None)
+            if transport is None:  # one connection per thread: requests' sessions are not shared
+                transport = self._local.transport = self._transport.fork()
+                with self._lock:
+                    transports.append(transport)
+            reader = source.open()
+            try:
+                part = Part(reader, target["offset"], target["size"], progress)
+                response = transport.request(
+                    target["method"], target["url"], body=part, headers=target.get("headers"), idempotent=True
+                )
+                response.close()
+            except (ServerUnavailable, TransferError) as error:
+                return error
+            except PermissionDenied as error:
+                if transport.is_service(target["url"]):
+                    raise
+                return error  # a presigned URL that expired: the resume asks for fresh ones
+            finally:
+                _close(reader)
+            return None
+
+        try:
+            with ThreadPoolExecutor(min(self._threads, len(targets)), thread_name_prefix="fma-part") as pool:
+                failures = [f for f in pool.map(send, targets) if f is not None]
+        finally:
+            for transport in transports:
+                transport.close()
+        return failures[0] if failures else None
+
+
+def _close(reader: Any) -> None:
+    if hasattr(reader, "close"):
+        reader.close()

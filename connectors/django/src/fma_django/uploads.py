@@ -1,0 +1,382 @@
+"""Upload sessions: an update's bytes sent in parts, in parallel and resumably, then completed.
+
+The same protocol serves every weight store. ``upload_start`` checks the update's metadata
+(as ``update_submit`` does) and opens a multipart upload in the store; the client sends each
+part to its target (a presigned store URL when the store gives one, else the API's part
+endpoint, ``upload_part_put``); ``upload_complete`` joins the parts, compares the store's own
+size and SHA-256 with the declared ones and hands the object to ``services.update_accept``,
+the one function that turns stored bytes into an accepted update. A rejected upload leaves
+no bytes behind; sessions left open are aborted by ``uploads_expire_stale`` from the sweep.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from fma_core.connectors import StoredObject, UploadedPart
+from fma_core.errors import InvalidWeights, ObjectNotFound
+from fma_django import services
+from fma_django.errors import Conflict, DomainError, TooLarge, ValidationFailed
+from fma_django.models import (
+    Client,
+    EventKind,
+    Experiment,
+    ModelUpdate,
+    UploadSession,
+    UploadState,
+)
+from fma_django.storage import max_update_bytes, weight_store
+
+logger = logging.getLogger(__name__)
+
+MAX_PARTS = 10_000  # S3's limit, the strictest store's: larger uploads get larger parts
+PART_URL_SECONDS = 3600
+_CHUNK = 1 << 20
+
+
+def upload_part_bytes(size: int) -> int:
+    """The part size for an upload of ``size`` bytes: ``FMA_UPLOAD_PART_BYTES``, grown to fit MAX_PARTS."""
+    configured = int(settings.FMA_UPLOAD_PART_BYTES)
+    return max(configured, -(-size // MAX_PARTS))
+
+
+def upload_start(
+    *,
+    experiment: Experiment,
+    client: Client,
+    size: int,
+    sha256: str,
+    num_examples: int = 1,
+    base_aggregate_id: int | None = None,
+    metrics: Any = None,
+    idempotency_key: str | None = None,
+) -> tuple[UploadSession, bool]:
+    """Open an upload of ``size`` bytes hashing to ``sha256``; returns ``(session, created)``.
+
+    The metadata is checked now, so a client learns before sending any byte that its update
+    would be refused (413 above the size limit). A retry with the same idempotency key
+    returns the first session.
+    """
+    services.check_enrolled(experiment, client)
+    sha256 = sha256.lower()
+    if idempotency_key:
+        first = UploadSession.objects.filter(client=client, idempotency_key=idempotency_key).first()
+        if first is not None:
+            return _same_upload(first, experiment, size, sha256), False
+        update = ModelUpdate.objects.filter(client=client, idempotency_key=idempotency_key).first()
+        if update is not None:
+            raise Conflict(
+                f"this idempotency key was used for update {update.pk}, sent in one request; "
+                "use a new key for a new update"
+            )
+    base_round, base, _ = services.update_check_metadata(
+        experiment=experiment,
+        client=client,
+        num_examples=num_examples,
+        base_aggregate_id=base_aggregate_id,
+        metrics=metrics,
+        size=size,
+    )
+    store = weight_store()
+    key = services.update_key(experiment)
+    upload_id = store.start_upload(key)
+    try:
+        with transaction.atomic():
+            session = UploadSession.objects.create(
+                experiment=experiment,
+                client=client,
+                weights_key=key,
+                store_upload_id=upload_id,
+                size_bytes=size,
+                sha256=sha256,
+                part_bytes=upload_part_bytes(size),
+                num_examples=num_examples,
+                base_aggregate=base,
+                base_round=base_round,
+                metrics=metrics,
+                idempotency_key=idempotency_key or None,
+            )
+    except IntegrityError:
+        # A concurrent start with the same idempotency key won: answer with its session.
+        store.abort_upload(key, upload_id)
+        first = UploadSession.objects.filter(client=client, idempotency_key=idempotency_key).first()
+        if first is None:
+            raise
+        return _same_upload(first, experiment, size, sha256), False
+    except BaseException:
+        store.abort_upload(key, upload_id)
+        raise
+    return session, True
+
+
+def _same_upload(session: UploadSession, experiment: Experiment, size: int, sha256: str) -> UploadSession:
+    """The first session of an idempotency key, if the retry describes the same bytes."""
+    if session.experiment_id != experiment.pk:
+        raise Conflict("this idempotency key was used for an upload to another experiment")
+    if (session.size_bytes, session.sha256) != (size, sha256):
+        raise Conflict(
+            "this idempotency key was used for an upload of other bytes (another size or SHA-256); "
+            "use a new key for a new update"
+        )
+    return session
+
+
+def upload_expires_at(session: UploadSession) -> datetime:
+    """When ``uploads_expire_stale`` aborts the session if it is still open."""
+    return session.created_on + timedelta(seconds=int(settings.FMA_UPLOAD_TIMEOUT_SECONDS))
+
+
+def upload_targets(session: UploadSession, *, api_part_url: Callable[[int], str]) -> list[dict[str, Any]]:
+    """Where to send each part: the store's presigned URL (with its expiry) or the API's endpoint."""
+    store = weight_store()
+    expires_at = timezone.now() + timedelta(seconds=PART_URL_SECONDS)
+    targets = []
+    for number in range(1, session.part_count + 1):
+        offset, size = session.part_range(number)
+        url = store.presigned_part_url(
+            session.weights_key, session.store_upload_id, number, expires_in=PART_URL_SECONDS
+        )
+        target: dict[str, Any] = {"number": number, "offset": offset, "size": size, "method": "PUT"}
+        if url:
+            target.update(url=url, headers={}, expires_at=expires_at)
+        else:
+            target.update(url=api_part_url(number), headers={"Content-Type": "application/octet-stream"})
+        targets.append(target)
+    return targets
+
+
+def upload_parts_received(session: UploadSession) -> list[UploadedPart]:
+    """The parts the store holds for an open session (none once it has ended)."""
+    if session.state != UploadState.OPEN:
+        return []
+    try:
+        return weight_store().uploaded_parts(session.weights_key, session.store_upload_id)
+    except ObjectNotFound:
+        return []
+
+
+def upload_part_put(*, session: UploadSession, number: int, stream: Any, length: int) -> UploadedPart:
+    """Store part ``number`` from ``stream`` (``length`` bytes, from Content-Length), replacing any earlier one.
+
+    A part must be exactly its size in the session's layout: larger is refused before a byte
+    is stored (413), smaller or cut short is refused (400), so the client sends it again.
+    """
+    _require_open(session)
+    if not 1 <= number <= session.part_count:
+        raise ValidationFailed(
+            f"part {number} is out of range: this upload has parts 1 to {session.part_count}",
+            code="invalid_part",
+        )
+    _, size = session.part_range(number)
+    if length > size:
+        raise TooLarge(f"part {number} is {length:,} bytes; it must be {size:,} bytes")
+    if length < size:
+        raise ValidationFailed(
+            f"part {number} is {length:,} bytes; it must be {size:,} bytes", code="part_size"
+        )
+    try:
+        part = weight_store().put_part(
+            session.weights_key, session.store_upload_id, number, stream, max_bytes=size
+        )
+    except InvalidWeights as error:
+        raise TooLarge(f"part {number}: {error}") from None
+    except ObjectNotFound:
+        raise Conflict("the weight store no longer has this upload; start a new one") from None
+    if part.size != size:
+        raise ValidationFailed(
+            f"part {number} arrived with {part.size:,} of its {size:,} bytes; send it again", code="part_size"
+        )
+    return part
+
+
+def upload_complete(*, session: UploadSession) -> tuple[ModelUpdate, bool]:
+    """Join the parts into the update's object and accept it: ``(update, created)``.
+
+    Missing or mis-sized parts leave the session open (400 ``incomplete_upload``: send them,
+    then complete again). Any other refusal (size or SHA-256 differ from the declared ones,
+    weights that do not fit the experiment) removes the object, marks the session rejected and
+    records why. The session row stays locked until the outcome is committed, so concurrent
+    completes wait for the first and then return its update; completing again does too.
+    """
+    failure: DomainError | None = None
+    with transaction.atomic():
+        # No joins in the locking query: on PostgreSQL a query that waited for the lock sees the
+        # row as committed, but joined rows as they were before, i.e. without the update.
+        session = UploadSession.objects.select_for_update().get(pk=session.pk)
+        if session.state == UploadState.COMPLETED and session.update is not None:
+            return session.update, False
+        _require_open(session)
+        experiment, client = session.experiment, session.client
+        services.check_enrolled(experiment, client)
+        try:
+            stored = _join(session)
+            _check_declared(session, stored)
+            update, created = services.update_accept(
+                experiment=experiment,
+                client=client,
+                stored=stored,
+                base_aggregate=session.base_aggregate,
+                base_round=session.base_round,
+                num_examples=session.num_examples,
+                metrics=session.metrics,
+                idempotency_key=session.idempotency_key,
+                limit=max_update_bytes(experiment.max_update_bytes),
+            )
+        except _Incomplete as error:
+            raise ValidationFailed(str(error), code="incomplete_upload") from None
+        except DomainError as error:  # update_accept removed the object and recorded why
+            failure = error
+            session.state, session.reason = UploadState.REJECTED, error.detail
+            session.save(update_fields=["state", "reason", "updated_on"])
+        else:
+            session.state, session.update = UploadState.COMPLETED, update
+            session.save(update_fields=["state", "update", "updated_on"])
+    if failure is not None:
+        raise failure
+    return update, created
+
+
+class _Incomplete(Exception):
+    """Parts are missing or mis-sized: the client can still send them."""
+
+
+def _join(session: UploadSession) -> StoredObject:
+    """The joined object, from the store's parts, or from an earlier complete that died after joining."""
+    store = weight_store()
+    key, upload_id = session.weights_key, session.store_upload_id
+    try:
+        received = {part.number: part for part in store.uploaded_parts(key, upload_id)}
+    except ObjectNotFound:
+        if store.exists(key):
+            return _measure(key)
+        raise _reject(
+            session, "the weight store no longer has this upload's parts; start a new upload"
+        ) from None
+    missing = [n for n in range(1, session.part_count + 1) if n not in received]
+    wrong = [
+        f"part {n} has {received[n].size:,} bytes, not {session.part_range(n)[1]:,}"
+        for n in range(1, session.part_count + 1)
+        if n in received and received[n].size != session.part_range(n)[1]
+    ]
+    if missing or wrong:
+        problems = ([f"parts missing: {', '.join(map(str, missing))}"] if missing else []) + wrong
+        raise _Incomplete(
+            f"the upload is incomplete ({'; '.join(problems)}): send those parts again, then complete"
+        )
+    try:
+        return store.complete_upload(key, upload_id, [received[n] for n in range(1, session.part_count + 1)])
+    except InvalidWeights as error:
+        store.abort_upload(key, upload_id)
+        raise _reject(session, f"the weight store could not join the parts: {error}") from None
+
+
+def _measure(key: str) -> StoredObject:
+    """Size and SHA-256 of a stored object, read back (only after a complete was interrupted)."""
+    digest, size = hashlib.sha256(), 0
+    with weight_store().open(key) as stream:
+        while chunk := stream.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return StoredObject(key=key, size=size, sha256=digest.hexdigest())
+
+
+def _check_declared(session: UploadSession, stored: StoredObject) -> None:
+    """The store measured the joined bytes; they must be what the client said it would send."""
+    if stored.size != session.size_bytes:
+        weight_store().delete(stored.key)
+        raise _reject(
+            session,
+            f"the parts add up to {stored.size:,} bytes; the upload declared {session.size_bytes:,}",
+            code="size_mismatch",
+        )
+    if stored.sha256 != session.sha256:
+        weight_store().delete(stored.key)
+        raise _reject(
+            session,
+            f"the joined parts have SHA-256 {stored.sha256}, not the declared {session.sha256}: "
+            "a part was corrupted or the declared hash is wrong",
+            code="hash_mismatch",
+        )
+
+
+def _reject(session: UploadSession, detail: str, *, code: str = "invalid") -> ValidationFailed:
+    services.event_record(
+        kind=EventKind.UPDATE_REJECTED,
+        experiment=session.experiment,
+        client=session.client,
+        upload=str(session.uuid),
+        reason=detail,
+    )
+    return ValidationFailed(detail, code=code)
+
+
+def upload_abort(*, session: UploadSession) -> UploadSession:
+    """Drop an open upload and its parts; aborting again is harmless, aborting a finished one is not."""
+    with transaction.atomic():
+        session = UploadSession.objects.select_for_update().get(pk=session.pk)
+        if session.state == UploadState.ABORTED:
+            return session
+        _require_open(session)
+        weight_store().abort_upload(session.weights_key, session.store_upload_id)
+        session.state = UploadState.ABORTED
+        session.save(update_fields=["state", "updated_on"])
+        services.event_record(
+            kind=EventKind.UPLOAD_ABORTED,
+            experiment=session.experiment,
+            client=session.client,
+            upload=str(session.uuid),
+        )
+    return session
+
+
+def uploads_expire_stale(*, now: datetime | None = None) -> int:
+    """Abort the sessions still open ``FMA_UPLOAD_TIMEOUT_SECONDS`` after they started; returns how many.
+
+    Run by every runner's periodic sweep. A session that fails to abort (the store is
+    unreachable) is logged and tried again at the next sweep.
+    """
+    now = now or timezone.now()
+    timeout = int(settings.FMA_UPLOAD_TIMEOUT_SECONDS)
+    stale = UploadSession.objects.filter(
+        state=UploadState.OPEN, created_on__lte=now - timedelta(seconds=timeout)
+    ).values_list("pk", flat=True)
+    expired = 0
+    for pk in list(stale):
+        try:
+            with transaction.atomic():
+                session = (
+                    UploadSession.objects.select_for_update().filter(pk=pk, state=UploadState.OPEN).first()
+                )
+                if session is None:  # completed or aborted meanwhile
+                    continue
+                weight_store().abort_upload(session.weights_key, session.store_upload_id)
+                session.state = UploadState.EXPIRED
+                session.reason = f"not completed within {timeout:,} s"
+                session.save(update_fields=["state", "reason", "updated_on"])
+                services.event_record(
+                    kind=EventKind.UPLOAD_EXPIRED,
+                    experiment=session.experiment,
+                    client=session.client,
+                    upload=str(session.uuid),
+                )
+        except Exception:
+            logger.exception("expiring upload session %s failed; the next sweep tries again", pk)
+            continue
+        expired += 1
+    return expired
+
+
+def _require_open(session: UploadSession) -> None:
+    if session.state != UploadState.OPEN:
+        reason = f": {session.reason}" if session.reason else ""
+        raise Conflict(
+            f"this upload is {session.state}{reason}; start a new upload", code=f"upload_{session.state}"
+        )

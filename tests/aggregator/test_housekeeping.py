@@ -1,0 +1,51 @@
+"""Every runner's periodic sweep also expires upload sessions left open (``fma_django.housekeeping``)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from aggregator_support import wait_for
+from django.utils import timezone
+
+from fma_aggregator import runners, tasks
+from fma_aggregator.lambda_handler import handler
+from fma_core.errors import ObjectNotFound
+from fma_django import services, uploads
+from fma_django.models import UploadSession, UploadState
+from fma_django.storage import weight_store
+
+from .test_lambda import SCHEDULED_EVENT, LambdaContext
+
+
+def stale_and_fresh_sessions(experiment) -> tuple[UploadSession, UploadSession]:
+    client, _ = services.client_register(experiment=experiment)
+    stale, _ = uploads.upload_start(experiment=experiment, client=client, size=100, sha256="a" * 64)
+    fresh, _ = uploads.upload_start(experiment=experiment, client=client, size=100, sha256="b" * 64)
+    UploadSession.objects.filter(pk=stale.pk).update(created_on=timezone.now() - timedelta(days=2))
+    return stale, fresh
+
+
+def state(session: UploadSession) -> str:
+    return UploadSession.objects.get(pk=session.pk).state
+
+
+@pytest.mark.parametrize("runner", ["lambda", "celery", "inprocess"])
+def test_each_runners_sweep_expires_stale_upload_sessions(runner, settings, make_experiment):
+    stale, fresh = stale_and_fresh_sessions(make_experiment())
+    if runner == "lambda":
+        assert handler(SCHEDULED_EVENT, LambdaContext())["uploads_expired"] == 1
+    elif runner == "celery":
+        assert tasks.sweep() == []  # the beat's task, run here: no round is due
+    else:
+        settings.FMA_AGGREGATOR_RUNNER = "inprocess"
+        runners.inprocess_runner().start()  # the runner sweeps as soon as it starts
+        try:
+            wait_for(lambda: state(stale) == UploadState.EXPIRED, what="the sweep")
+        finally:
+            runners._inprocess.stop(timeout=120)
+            runners._inprocess = None
+    assert (state(stale), state(fresh)) == (UploadState.EXPIRED, UploadState.OPEN)
+    with pytest.raises(ObjectNotFound):  # the store's upload is aborted too
+        weight_store().uploaded_parts(stale.weights_key, stale.store_upload_id)
+    assert weight_store().uploaded_parts(fresh.weights_key, fresh.store_upload_id) == []

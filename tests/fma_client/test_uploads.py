@@ -1,0 +1,117 @@
+"""``Client.push`` and ``push_file`` through upload sessions, against the live service in small parts:
+what the server received, part by part, and a push that resumes an interrupted upload."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import requests
+from django.core.signals import request_started
+
+from fma_client import Client, ValidationError, write_file
+from fma_client.weights import encode
+from fma_django.models import ModelUpdate, UploadSession
+
+from .conftest import INITIAL
+
+PART = 32
+
+
+@pytest.fixture
+def small_parts(settings) -> None:
+    settings.FMA_UPLOAD_PART_BYTES = PART
+
+
+@pytest.fixture
+def received_parts() -> Iterator[list[int]]:
+    """The part numbers the live server was sent, in the order the requests arrived."""
+    numbers: list[int] = []
+
+    def record(environ, **kwargs) -> None:
+        path = environ["PATH_INFO"]
+        if environ["REQUEST_METHOD"] == "PUT" and "/parts/" in path:
+            numbers.append(int(path.rstrip("/").rsplit("/", 1)[1]))
+
+    request_started.connect(record)
+    yield numbers
+    request_started.disconnect(record)
+
+
+def trained(value: float) -> dict[str, np.ndarray]:
+    return {name: np.full_like(array, value) for name, array in INITIAL.items()}
+
+
+def test_push_sends_each_part_once_in_parallel_and_the_update_is_the_bytes(
+    server, experiment, enrollment_token, small_parts, received_parts
+):
+    weights = trained(1.5)
+    blob = encode(weights)
+    with Client.enroll(
+        server, experiment.pk, enrollment_token=enrollment_token, quiet=True, threads=3
+    ) as client:
+        update = client.push(weights, num_examples=5, metrics={"loss": 0.1})
+    count = -(-len(blob) // PART)
+    assert count > 3
+    assert sorted(received_parts) == list(range(1, count + 1))
+    assert (update["num_examples"], update["metrics"]) == (5, {"loss": 0.1})
+    assert update["content_id"] == hashlib.sha256(blob).hexdigest()
+    assert UploadSession.objects.get().state == "completed"
+
+
+def test_a_push_resumes_an_interrupted_upload_sending_only_the_missing_parts(
+    server, experiment, enrollment_token, small_parts, received_parts
+):
+    weights = trained(2.5)
+    blob = encode(weights)
+    client = Client.enroll(server, experiment.pk, enrollment_token=enrollment_token, quiet=True)
+    # A first push that died after two parts: its session holds parts 1 and 3.
+    http = requests.Session()
+    http.headers["Authorization"] = f"Client {client.token}"
+    session = http.post(
+        f"{server}/api/v1/models/{experiment.pk}/uploads/",
+        json={"size": len(blob), "sha256": hashlib.sha256(blob).hexdigest(), "idempotency_key": "push-7"},
+        timeout=30,
+    ).json()
+    for target in session["targets"][0], session["targets"][2]:
+        part = blob[target["offset"] : target["offset"] + target["size"]]
+        assert http.put(target["url"], data=part, headers=target["headers"], timeout=30).status_code == 200
+    received_parts.clear()
+
+    with client:
+        update = client.push(weights, num_examples=1, idempotency_key="push-7")
+    assert sorted(received_parts) == [n for n in range(1, session["part_count"] + 1) if n not in (1, 3)]
+    assert update["content_id"] == hashlib.sha256(blob).hexdigest()
+    assert update["idempotency_key"] == "push-7"
+    assert UploadSession.objects.count() == 1
+
+
+def test_push_file_streams_a_safetensors_file_from_disk(
+    server, experiment, enrollment_token, small_parts, received_parts, tmp_path
+):
+    path = tmp_path / "update.safetensors"
+    write_file(trained(0.5), path)
+    with Client.enroll(server, experiment.pk, enrollment_token=enrollment_token, quiet=True) as client:
+        update = client.push_file(path, num_examples=3)
+        assert update["content_id"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert len(received_parts) == -(-path.stat().st_size // PART)
+        again = client.push_file(path, num_examples=3)  # the same bytes from the same base: one update
+    assert again["id"] == update["id"]
+    assert ModelUpdate.objects.count() == 1
+
+
+def test_a_file_that_does_not_fit_the_experiment_is_refused_and_nothing_kept(
+    server, experiment, enrollment_token, small_parts, tmp_path
+):
+    path = tmp_path / "wrong.safetensors"
+    write_file({"dense": np.zeros((3, 4), np.float32), "bias": np.zeros(3, np.float32)}, path)
+    with (
+        Client.enroll(server, experiment.pk, enrollment_token=enrollment_token, quiet=True) as client,
+        pytest.raises(ValidationError) as refused,
+    ):
+        client.push_file(path, num_examples=1)
+    assert refused.value.code == "invalid_weights"
+    assert "shape" in refused.value.detail
+    assert (ModelUpdate.objects.count(), UploadSession.objects.get().state) == (0, "rejected")
