@@ -43,7 +43,8 @@ from fma_core.errors import FmaError, InvalidWeights, LeaseLost, UpdateUnreadabl
 from fma_core.peak_memory import PeakMemory
 from fma_core.requirements import PendingUpdate, RoundState, policy_from_config
 from fma_core.shards import PEAK_MEMORY_KEY, RoundPlan, balance_shards
-from fma_core.weights import TensorSpec, Weights, content_id, write_file
+from fma_core.weights import TensorSpec, Weights, WeightsReader, content_id, write_file
+from fma_core.weights.delta import DeltaReader
 
 logger = logging.getLogger(__name__)
 
@@ -385,8 +386,20 @@ class RoundEngine:
             update_id=update.update_id,
             content_id=update.content_id,
             num_examples=update.num_examples,
-            open=lambda: self.weights.open_weights(update.weights_key),
+            open=lambda: self._open_update(update),
         )
+
+    def _open_update(self, update: UpdateRecord) -> WeightsReader:
+        """The update's weights; an update sent as a delta reads as its base plus the delta."""
+        reader = self.weights.open_weights(update.weights_key)
+        if update.base_weights_key is None:
+            return reader
+        try:
+            base = self.weights.open_weights(update.base_weights_key)
+        except BaseException:
+            reader.close()
+            raise
+        return DeltaReader(reader, base)
 
     def _write_aggregate(self, experiment_id: str, weights: Weights) -> tuple[str, int, str]:
         """Write under a content-derived key, so a retried or duplicated round rewrites the same object."""

@@ -66,6 +66,8 @@ class Client:
         )
         self._last_aggregate: int | None = None
         self._names: list[str] | None = None
+        self._update_kind: str | None = None  # the experiment's, learnt with the model
+        self._base: Weights | None = None  # the last pulled model, kept when updates are deltas
 
     @classmethod
     def enroll(
@@ -127,21 +129,27 @@ class Client:
         """The current global model: the newest aggregate's weights, else the initial model."""
         aggregate = self.latest()
         if aggregate:
-            return self._download(aggregate["result"], aggregate["id"])
+            return self._download(aggregate["result"], aggregate["id"], aggregate.get("update_kind"))
+        artifact = self._current_artifact()
+        return self._download(artifact["values"], None, artifact.get("update_kind"))
+
+    def _current_artifact(self) -> dict[str, Any]:
         artifact = self._transport.json("GET", self._path("get_current_artifact"))
         if not artifact:
             raise NotFound(
                 f"experiment {self.experiment} has no model yet: no initial model and no round done; "
                 "ask its developer to give it an initial model"
             )
-        return self._download(artifact["values"], None)
+        return artifact
 
-    def _download(self, link: str, aggregate: int | None) -> Model:
+    def _download(self, link: str, aggregate: int | None, update_kind: str | None) -> Model:
         what = f"aggregate {aggregate}" if aggregate is not None else "initial model"
         with self._transport.temporary_download(link, what=what) as path:
             weights = read_file(path)
         self._last_aggregate = aggregate
         self._names = list(weights)
+        self._update_kind = update_kind or "weights"
+        self._base = weights if self._update_kind == "delta" else None
         return Model(weights, aggregate)
 
     def push(
@@ -163,7 +171,7 @@ class Client:
         however often it is sent; pass the key of a push that was interrupted (the error names
         it) to resume that upload instead of starting again.
         """
-        body = SafetensorsBody(as_weights(weights, names=self._names))
+        body = SafetensorsBody(self._as_update(as_weights(weights, names=self._names), base_aggregate))
         try:
             return self._upload(WeightsSource(body), num_examples, metrics, base_aggregate, idempotency_key)
         except ValidationError as error:
@@ -177,6 +185,25 @@ class Client:
                 ) from None
             raise
 
+    def _as_update(self, weights: Weights, base_aggregate: int | None) -> Weights:
+        """What the experiment takes: the weights, or (``update_kind`` delta) their change from
+        the model they were trained from, which must be the one last pulled."""
+        if self._update_kind != "delta":  # the server refuses weights where it expects deltas
+            return weights
+        if self._base is None or base_aggregate not in (None, self._last_aggregate):  # pulled: kept
+            raise FmaClientError(
+                f"experiment {self.experiment} takes deltas (trained weights minus the model trained "
+                "from): pull() that model, train from it, then push without another base_aggregate"
+            )
+        mine = {name: np.shape(value) for name, value in weights.items()}
+        pulled = {name: value.shape for name, value in self._base.items()}
+        if list(mine.items()) != list(pulled.items()):
+            raise ValidationError(f"the update's tensors {mine} are not the pulled model's {pulled}")
+        return {
+            name: np.subtract(value, self._base[name], dtype=self._base[name].dtype)
+            for name, value in weights.items()
+        }
+
     def push_file(
         self,
         path: str | os.PathLike,
@@ -186,7 +213,10 @@ class Client:
         base_aggregate: int | None = None,
         idempotency_key: str | None = None,
     ) -> dict[str, Any]:
-        """Submit an update saved as a safetensors file, streamed from disk in parts (as ``push``)."""
+        """Submit an update saved as a safetensors file, streamed from disk in parts (as ``push``).
+
+        The file is sent as it is: for an experiment that takes deltas, it must hold the delta.
+        """
         return self._upload(FileSource(path), num_examples, metrics, base_aggregate, idempotency_key)
 
     def _upload(
@@ -200,7 +230,12 @@ class Client:
         if isinstance(num_examples, bool) or not isinstance(num_examples, int | np.integer):
             raise TypeError(f"num_examples must be a whole number, not {num_examples!r}")
         base = base_aggregate if base_aggregate is not None else self._last_aggregate
-        metadata = {"num_examples": int(num_examples), "base_aggregate": base, "metrics": metrics}
+        metadata = {
+            "num_examples": int(num_examples),
+            "base_aggregate": base,
+            "metrics": metrics,
+            "update_kind": self._update_kind or "weights",
+        }
         upload = Upload(self._transport, self._path("uploads"), threads=self.threads)
         return upload.run(source, metadata, idempotency_key=idempotency_key)
 
@@ -217,7 +252,7 @@ class Client:
         while True:
             aggregate = self.latest()
             if aggregate and (after is None or aggregate["id"] > after):
-                return self._download(aggregate["result"], aggregate["id"])
+                return self._download(aggregate["result"], aggregate["id"], aggregate.get("update_kind"))
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeout(
                     f"no aggregate newer than {after} in experiment {self.experiment} after {timeout} s; "

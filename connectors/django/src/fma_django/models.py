@@ -13,6 +13,13 @@ from django.core.validators import MinValueValidator
 from django.db import models
 
 
+class UpdateKind(models.TextChoices):
+    """What clients send: their trained weights, or the change from the model they trained from."""
+
+    WEIGHTS = "weights"
+    DELTA = "delta"
+
+
 class Experiment(models.Model):
     """A federated model being trained: its aggregator, round policy, expected tensors and who may join."""
 
@@ -48,6 +55,12 @@ class Experiment(models.Model):
         help_text="WEAKER: anonymous self-registration and the CLIENT-UUID header as the only credential",
     )
     max_update_bytes = models.PositiveBigIntegerField(null=True, blank=True)
+    update_kind = models.CharField(
+        max_length=16,
+        choices=UpdateKind.choices,
+        default=UpdateKind.WEIGHTS,
+        help_text="delta: clients push trained - base; rounds read each update as its base + delta",
+    )
     current_artifact = models.OneToOneField(
         "ModelArtifact", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

@@ -22,6 +22,7 @@ from fma_django.models import (
     ModelAggregate,
     ModelArtifact,
     ModelUpdate,
+    UpdateKind,
 )
 
 
@@ -75,11 +76,15 @@ def updates_visible(principal: Principal) -> QuerySet[ModelUpdate]:
 
 
 def aggregates_visible(principal: Principal) -> QuerySet[ModelAggregate]:
-    return ModelAggregate.objects.filter(experiment__in=experiments_visible(principal))
+    return ModelAggregate.objects.filter(experiment__in=experiments_visible(principal)).select_related(
+        "experiment"
+    )
 
 
 def artifacts_visible(principal: Principal) -> QuerySet[ModelArtifact]:
-    return ModelArtifact.objects.filter(experiment__in=experiments_visible(principal))
+    return ModelArtifact.objects.filter(experiment__in=experiments_visible(principal)).select_related(
+        "experiment"
+    )
 
 
 def scores_visible(principal: Principal) -> QuerySet[ClientAggregateScore]:
@@ -91,6 +96,26 @@ def scores_visible(principal: Principal) -> QuerySet[ClientAggregateScore]:
 
 def latest_aggregate(experiment: Experiment) -> ModelAggregate | None:
     return experiment.aggregates.order_by("-round_number").first()
+
+
+def initial_artifact(experiment_id: int) -> ModelArtifact | None:
+    """The model the experiment was created with (the artifact no round produced)."""
+    return (
+        ModelArtifact.objects.filter(experiment_id=experiment_id, aggregate__isnull=True)
+        .order_by("pk")
+        .first()
+    )
+
+
+def delta_base_key(update: ModelUpdate) -> str | None:
+    """The weights an update sent as a delta applies to (its base aggregate, else the initial
+    model); None when the experiment takes full weights."""
+    if update.experiment.update_kind != UpdateKind.DELTA:
+        return None
+    if update.base_aggregate is not None:
+        return update.base_aggregate.weights_key
+    initial = initial_artifact(update.experiment_id)
+    return initial.weights_key if initial is not None else None
 
 
 def enrolled_client(experiment: Experiment, client_uuid: object) -> Client | None:

@@ -40,6 +40,7 @@ from fma_django.models import (
     ModelAggregate,
     ModelArtifact,
     ModelUpdate,
+    UpdateKind,
 )
 from fma_django.signals import announce_round_may_be_ready
 from fma_django.storage import max_update_bytes, weight_store
@@ -61,6 +62,7 @@ CONFIG_FIELDS = (
     "open_enrollment",
     "legacy_mode",
     "max_update_bytes",
+    "update_kind",
 )
 
 
@@ -103,6 +105,11 @@ def _check_config(experiment: Experiment) -> None:
             TensorSpec.from_json(experiment.tensor_spec)
         except InvalidWeights as error:
             raise ValidationFailed(f"tensor_spec: {error}", code="invalid_tensor_spec") from None
+    if experiment.update_kind == UpdateKind.DELTA and experiment.legacy_mode:
+        raise ValidationFailed(
+            "update_kind 'delta' needs fma-client: legacy (fma-connect) clients send full weights",
+            code="invalid_update_kind",
+        )
     for field in ("update_schema", "metrics_schema", "client_agg_results_schema"):
         schema = getattr(experiment, field)
         if schema is not None:
@@ -126,6 +133,11 @@ def experiment_create(
         raise ValidationFailed(f"unknown experiment fields: {', '.join(sorted(unknown))}")
     experiment = Experiment(developer=developer, **config)
     _check_config(experiment)
+    if experiment.update_kind == UpdateKind.DELTA and initial_model is None:
+        raise ValidationFailed(
+            "update_kind 'delta' needs an initial_model: the first round's deltas apply to it",
+            code="invalid_update_kind",
+        )
     stored_key = None
     try:
         with transaction.atomic():
@@ -171,6 +183,15 @@ def experiment_update(*, experiment: Experiment, user: AbstractBaseUser, **chang
     unknown = set(changes) - set(CONFIG_FIELDS)
     if unknown:
         raise ValidationFailed(f"these fields cannot be changed: {', '.join(sorted(unknown))}")
+    if (
+        "update_kind" in changes
+        and changes["update_kind"] != experiment.update_kind
+        and experiment.model_updates.exists()
+    ):
+        raise Conflict(
+            "update_kind cannot change once clients have sent updates: they would be read as the "
+            "other kind; create a new experiment instead"
+        )
     was_allowed = experiment.allow_aggregation
     for name, value in changes.items():
         setattr(experiment, name, value)
@@ -359,6 +380,7 @@ def update_submit(
     metrics: Any = None,
     idempotency_key: str | None = None,
     content_length: int | None = None,
+    update_kind: str = UpdateKind.WEIGHTS,
 ) -> tuple[ModelUpdate, bool]:
     """Accept one update from a safetensors stream; returns ``(update, created)``.
 
@@ -381,6 +403,7 @@ def update_submit(
         base_aggregate_id=base_aggregate_id,
         metrics=metrics,
         size=content_length,
+        update_kind=update_kind,
     )
     store = weight_store()
     key = update_key(experiment)
@@ -529,12 +552,22 @@ def update_check_metadata(
     base_aggregate_id: int | None,
     metrics: Any,
     size: int | None,
+    update_kind: str = UpdateKind.WEIGHTS,
 ) -> tuple[int, ModelAggregate | None, int]:
     """Check an update's metadata and size before any byte is stored: ``(base_round, base, limit)``.
 
     ``limit`` is the largest update the experiment takes; a refusal is recorded as a rejection.
+    ``update_kind`` is what the client says it sends: weights read as a delta (or the reverse)
+    would aggregate into garbage, so a client that has not learnt the experiment's kind is told.
     """
     try:
+        if update_kind != experiment.update_kind:
+            raise ValidationFailed(
+                f"experiment {experiment.pk} takes updates as {experiment.update_kind!r}, not "
+                f"{update_kind!r}: pull the current model (fma-client then sends what the experiment "
+                "takes), or declare update_kind",
+                code="wrong_update_kind",
+            )
         base_round, base = _check_update_metadata(experiment, num_examples, base_aggregate_id, metrics)
         limit = max_update_bytes(experiment.max_update_bytes)
         if size is not None and size > limit:

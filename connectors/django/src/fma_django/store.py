@@ -29,6 +29,7 @@ from fma_core.connectors import (
 )
 from fma_core.errors import LeaseLost
 from fma_core.weights import TensorSpec
+from fma_django import selectors
 from fma_django.models import (
     Enrollment,
     EventKind,
@@ -57,6 +58,7 @@ def experiment_config(experiment: Experiment) -> ExperimentConfig:
 
 def _record(update: ModelUpdate) -> UpdateRecord:
     return UpdateRecord(
+        base_weights_key=selectors.delta_base_key(update),
         update_id=str(update.pk),
         experiment_id=str(update.experiment_id),
         client_id=str(update.client.uuid),
@@ -270,6 +272,6 @@ class DjangoMetadataStore(MetadataStore):
     def _pending(experiment_pk: int) -> list[ModelUpdate]:
         return list(
             ModelUpdate.objects.filter(experiment_id=experiment_pk, status=UpdateStatus.PENDING)
-            .select_related("client")
+            .select_related("client", "experiment", "base_aggregate")
             .order_by("created_on", "id")
         )

@@ -30,6 +30,7 @@ from fma_django.models import (
     EventKind,
     Experiment,
     ModelUpdate,
+    UpdateKind,
     UploadSession,
     UploadState,
 )
@@ -58,6 +59,7 @@ def upload_start(
     base_aggregate_id: int | None = None,
     metrics: Any = None,
     idempotency_key: str | None = None,
+    update_kind: str = UpdateKind.WEIGHTS,
 ) -> tuple[UploadSession, bool]:
     """Open an upload of ``size`` bytes hashing to ``sha256``; returns ``(session, created)``.
 
@@ -84,6 +86,7 @@ def upload_start(
         base_aggregate_id=base_aggregate_id,
         metrics=metrics,
         size=size,
+        update_kind=update_kind,
     )
     store = weight_store()
     key = services.update_key(experiment)

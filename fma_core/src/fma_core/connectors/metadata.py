@@ -48,6 +48,7 @@ class UpdateRecord:
     num_examples: int
     base_round: int  # round number of the aggregate it was trained from; 0 = the initial model
     received_at: float
+    base_weights_key: str | None = None  # set when the update is a delta: the weights it applies to
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from fma_django.models import (
     ModelAggregate,
     ModelArtifact,
     ModelUpdate,
+    UpdateKind,
     UploadSession,
     UploadState,
 )
@@ -70,6 +71,7 @@ class ExperimentSerializer(serializers.ModelSerializer):
             "open_enrollment",
             "legacy_mode",
             "max_update_bytes",
+            "update_kind",
             "current_artifact",
             "clients",
             "created_on",
@@ -172,6 +174,11 @@ class UploadStartSerializer(serializers.Serializer):
     idempotency_key = serializers.CharField(
         required=False, allow_blank=True, max_length=128, default="", help_text="or header Idempotency-Key"
     )
+    update_kind = serializers.ChoiceField(
+        choices=UpdateKind.choices,
+        default=UpdateKind.WEIGHTS,
+        help_text="what the bytes are: the trained weights, or (experiments that take deltas) the change",
+    )
 
 
 class UploadedPartSerializer(serializers.Serializer):
@@ -259,6 +266,11 @@ class ModelAggregateSerializer(serializers.ModelSerializer):
     federated_model = serializers.IntegerField(source="experiment_id", read_only=True)
     parent = serializers.IntegerField(source="parent_id", read_only=True, allow_null=True)
     result = serializers.SerializerMethodField(help_text="URL of the aggregate's weights (safetensors)")
+    update_kind = serializers.CharField(
+        source="experiment.update_kind",
+        read_only=True,
+        help_text="what clients training from this model push: 'weights', or 'delta' (trained - this model)",
+    )
 
     class Meta:
         model = ModelAggregate
@@ -275,6 +287,7 @@ class ModelAggregateSerializer(serializers.ModelSerializer):
             "content_id",
             "size_bytes",
             "duration_seconds",
+            "update_kind",
         ]
         read_only_fields = [f for f in fields if f != "validation_score"]
 
@@ -305,6 +318,11 @@ class ModelArtifactSerializer(serializers.ModelSerializer):
     federated_model = serializers.IntegerField(source="experiment_id", read_only=True)
     aggregate = serializers.IntegerField(source="aggregate_id", read_only=True, allow_null=True)
     values = serializers.SerializerMethodField(help_text="URL of the artifact's weights (safetensors)")
+    update_kind = serializers.CharField(
+        source="experiment.update_kind",
+        read_only=True,
+        help_text="what clients training from this model push: 'weights', or 'delta' (trained - this model)",
+    )
 
     class Meta:
         model = ModelArtifact
@@ -317,6 +335,7 @@ class ModelArtifactSerializer(serializers.ModelSerializer):
             "aggregate",
             "content_id",
             "size_bytes",
+            "update_kind",
         ]
         read_only_fields = fields
 

@@ -73,6 +73,7 @@ class UploadViewSet(viewsets.ViewSet):
             base_aggregate_id=data["base_aggregate"],
             metrics=data["metrics"],
             idempotency_key=data["idempotency_key"] or request.META.get("HTTP_IDEMPOTENCY_KEY") or None,
+            update_kind=data["update_kind"],
         )
         return self._answer(session, status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 

@@ -230,6 +230,9 @@ class ExperimentViewSet(viewsets.ModelViewSet):
             OpenApiParameter("base_aggregate", int, description="or header X-FMA-Base-Aggregate"),
             OpenApiParameter("metrics", str, description="JSON; or header X-FMA-Metrics"),
             OpenApiParameter("idempotency_key", str, description="or header Idempotency-Key"),
+            OpenApiParameter(
+                "update_kind", str, enum=["weights", "delta"], description="or header X-FMA-Update-Kind"
+            ),
         ],
         responses={201: s.ModelUpdateSerializer, 200: s.ModelUpdateSerializer},
     )
@@ -244,6 +247,7 @@ class ExperimentViewSet(viewsets.ModelViewSet):
             "base_aggregate_id": int_option(django_request, "base_aggregate", "X-FMA-Base-Aggregate"),
             "metrics": json_option(django_request, "metrics", "X-FMA-Metrics"),
             "idempotency_key": upload_option(django_request, "idempotency_key", "Idempotency-Key"),
+            "update_kind": upload_option(django_request, "update_kind", "X-FMA-Update-Kind") or "weights",
         }
         with Prefetched(body) as stream:
             update, created = services.update_submit(
