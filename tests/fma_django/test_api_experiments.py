@@ -240,6 +240,8 @@ def test_scores_one_per_client_and_schema_checked(make_experiment, enroll, uploa
         format="json",
     )
     assert good.status_code == 201
-    again = client.post(url, {"aggregate": aggregate.pk, "validation_results": {"f1": 0.9}}, format="json")
-    assert (again.status_code, again.json()["code"]) == (400, "duplicate_score")
+    retried = client.post(url, {"aggregate": aggregate.pk, "validation_results": {"f1": 0.9}}, format="json")
+    assert (retried.status_code, retried.json()["id"]) == (200, good.json()["id"])  # a retry: the same score
+    changed = client.post(url, {"aggregate": aggregate.pk, "validation_results": {"f1": 0.8}}, format="json")
+    assert (changed.status_code, changed.json()["code"]) == (400, "duplicate_score")
     assert client.get(f"{url}?aggregate={aggregate.pk}").json()["count"] == 1

@@ -267,8 +267,7 @@ class Client:
             "POST",
             "api/v1/client_aggregate_scores/",
             json={"aggregate": int(aggregate), "validation_results": results},
-            idempotent=False,
-        )
+        )  # retried safely: the server keeps one score per client and aggregate
 
     def rotate_credential(self) -> str:
         """Replace this client's secret; the old token stops working at once. Save the new ``token``."""

@@ -655,19 +655,30 @@ def aggregate_set_validation_score(*, aggregate: ModelAggregate, score: float | 
 
 def score_submit(
     *, aggregate: ModelAggregate, client: Client, validation_results: Any
-) -> ClientAggregateScore:
-    """Record a client's evaluation of an aggregate of an experiment it is enrolled in."""
+) -> tuple[ClientAggregateScore, bool]:
+    """Record a client's evaluation of an aggregate of an experiment it is enrolled in.
+
+    Returns ``(score, created)``: one score per client and aggregate, so a retry of the same
+    results returns the first score, while different results for a scored aggregate are refused.
+    """
     experiment = aggregate.experiment
     check_enrolled(experiment, client)
     if experiment.client_agg_results_schema is not None:
         _check_schema(experiment.client_agg_results_schema, validation_results, "validation_results")
     try:
         with transaction.atomic():
-            return ClientAggregateScore.objects.create(
+            score = ClientAggregateScore.objects.create(
                 aggregate=aggregate, client=client, validation_results=validation_results
             )
+            return score, True
     except IntegrityError:
-        raise ValidationFailed("this client already scored this aggregate", code="duplicate_score") from None
+        first = ClientAggregateScore.objects.get(aggregate=aggregate, client=client)
+        if first.validation_results == validation_results:
+            return first, False
+        raise ValidationFailed(
+            f"this client already scored aggregate {aggregate.pk} with other results; a score cannot change",
+            code="duplicate_score",
+        ) from None
 
 
 def update_weights_prune(*, now: datetime | None = None) -> int:

@@ -409,7 +409,8 @@ class ClientAggregateScoreViewSet(mixins.ListModelMixin, mixins.RetrieveModelMix
         return selectors.scores_visible(self.request.user)
 
     @extend_schema(
-        request=s.ClientAggregateScoreCreateSerializer, responses={201: s.ClientAggregateScoreSerializer}
+        request=s.ClientAggregateScoreCreateSerializer,
+        responses={201: s.ClientAggregateScoreSerializer, 200: s.ClientAggregateScoreSerializer},
     )
     def create(self, request: Request) -> Response:
         body = s.ClientAggregateScoreCreateSerializer(data=request.data)
@@ -419,10 +420,12 @@ class ClientAggregateScoreViewSet(mixins.ListModelMixin, mixins.RetrieveModelMix
         if data.get("client") not in (None, client.uuid):
             raise Forbidden("a client can only submit its own scores")
         aggregate = _visible(selectors.aggregates_visible(request.user), data["aggregate"], "aggregate")
-        score = services.score_submit(
+        score, created = services.score_submit(
             aggregate=aggregate, client=client, validation_results=data["validation_results"]
         )
-        return Response(self.get_serializer(score).data, status=status.HTTP_201_CREATED)
+        return Response(
+            self.get_serializer(score).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        )
 
 
 class RotateCredentialView(APIView):
