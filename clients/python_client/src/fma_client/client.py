@@ -267,7 +267,8 @@ class Client:
             "POST",
             "api/v1/client_aggregate_scores/",
             json={"aggregate": int(aggregate), "validation_results": results},
-        )  # retried safely: the server keeps one score per client and aggregate
+            idempotent=True,  # the server keeps one score per client and aggregate: a retry is safe
+        )
 
     def rotate_credential(self) -> str:
         """Replace this client's secret; the old token stops working at once. Save the new ``token``."""
