@@ -301,7 +301,7 @@ def main(
         for index in range(args.clients):
             data_file = data_dir / f"client-{index}.npz"
             save_slice(data_file, split.x_train[parts[index]], split.y_train[parts[index]])
-            token = developer.issue_enrollment_token(experiment_id, max_uses=1)
+            token = developer.issue_enrollment_token(experiment_id, max_uses=1)["token"]
             command = [
                 sys.executable,
                 str(HERE / "client.py"),

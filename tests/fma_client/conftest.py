@@ -48,7 +48,7 @@ def experiment(developer: User) -> Experiment:
 
 @pytest.fixture
 def enrollment_token(experiment: Experiment) -> str:
-    return services.enrollment_token_issue(experiment=experiment, user=experiment.developer)
+    return services.enrollment_token_issue(experiment=experiment, user=experiment.developer)[1]
 
 
 @pytest.fixture

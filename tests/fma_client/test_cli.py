@@ -70,6 +70,17 @@ def test_cli_drives_an_experiment_from_creation_to_a_published_model(
 
     status, out, _ = fma("enroll-token", experiment, "--max-uses", "1", "--json")
     token = json.loads(out)["token"]
+    status, out, _ = fma("enroll-token", experiment)
+    spare = int(out.split("fma revoke-enroll-token")[1].split()[1])
+    status, out, _ = fma("revoke-enroll-token", experiment, spare)
+    assert (status, f"Enrollment token {spare} of experiment {experiment} enrolls nobody else") == (
+        0,
+        out.split(" (")[0],
+    )
+    status, out, _ = fma("enroll-tokens", experiment)
+    header, *rows = out.splitlines()
+    assert header.split()[:3] == ["ID", "CREATED_ON", "CREATED_BY"]
+    assert [row.split()[-1] for row in rows] == ["no", "yes"]  # the spare revoked, the first active
 
     with Client.enroll(server, experiment, enrollment_token=token, quiet=True) as client:
         weights, _ = client.pull()

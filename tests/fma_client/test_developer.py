@@ -92,10 +92,45 @@ def test_definitions_are_checked_before_anything_is_sent(dev, tmp_path):
 
 
 def test_enrollment_tokens_honour_their_limits(dev, experiment):
-    token = dev.issue_enrollment_token(experiment.pk, max_uses=1, expires_in=3600)
+    token = dev.issue_enrollment_token(experiment.pk, max_uses=1, expires_in=3600)["token"]
     Client.enroll(dev.url, experiment.pk, enrollment_token=token, quiet=True).close()
     with pytest.raises(PermissionDenied, match="used up"):
         Client.enroll(dev.url, experiment.pk, enrollment_token=token, quiet=True)
+
+
+def test_a_leaked_enrollment_token_is_listed_and_revoked(dev, experiment):
+    leaked = dev.issue_enrollment_token(experiment.pk)
+    kept = dev.issue_enrollment_token(experiment.pk, max_uses=5)
+    Client.enroll(dev.url, experiment.pk, enrollment_token=leaked["token"], quiet=True).close()
+
+    listed = dev.enrollment_tokens(experiment.pk)
+    assert [t["id"] for t in listed] == [kept["id"], leaked["id"]]  # newest first
+    assert all("token" not in t for t in listed)  # the secrets are never shown again
+    assert [(t["uses"], t["active"]) for t in listed] == [(0, True), (1, True)]
+
+    revoked = dev.revoke_enrollment_token(experiment.pk, leaked["id"])
+    assert revoked["revoked_at"] is not None
+    assert revoked["active"] is False
+    assert dev.revoke_enrollment_token(experiment.pk, leaked["id"])["revoked_at"] == revoked["revoked_at"]
+    with pytest.raises(PermissionDenied, match="revoked"):
+        Client.enroll(dev.url, experiment.pk, enrollment_token=leaked["token"], quiet=True)
+    Client.enroll(dev.url, experiment.pk, enrollment_token=kept["token"], quiet=True).close()
+    assert experiment.events.filter(kind="enrollment_token_revoked").count() == 1
+
+
+def test_another_developers_tokens_are_not_found(dev, experiment, server):
+    from django.contrib.auth.models import User
+    from rest_framework.authtoken.models import Token
+
+    issued = dev.issue_enrollment_token(experiment.pk)
+    other = User.objects.create_user("mallory", password="x")
+    with Developer(server, token=Token.objects.create(user=other).key, quiet=True) as mallory:
+        with pytest.raises(NotFound):
+            mallory.enrollment_tokens(experiment.pk)
+        with pytest.raises(NotFound):
+            mallory.revoke_enrollment_token(experiment.pk, issued["id"])
+    with pytest.raises(NotFound, match="no enrollment token"):
+        dev.revoke_enrollment_token(experiment.pk, issued["id"] + 100)
 
 
 def test_a_bad_token_is_an_authentication_error(server, experiment):

@@ -257,8 +257,21 @@ def test_a_request_without_idempotency_is_not_repeated_after_it_reached_the_serv
         lambda h, attempt, r: reply(h, 500, b"Internal Server Error", content_type="text/plain")
     )
     with Client(url, 7, token="u.s", retry=FAST, quiet=True) as client, pytest.raises(ServerUnavailable):
-        client.report_scores(3, {"f1": 0.5})
+        client.rotate_credential()  # a second rotation would lose the first one's new secret
     assert len(recorded.requests) == 1
+
+
+def test_a_score_report_is_retried_since_the_server_keeps_one_per_aggregate(fake):
+    url, recorded = fake(
+        lambda h, attempt, r: (
+            reply(h, 500, b"Internal Server Error", content_type="text/plain")
+            if attempt == 1
+            else reply(h, 201, {"id": 1, "aggregate": 3})
+        )
+    )
+    with Client(url, 7, token="u.s", retry=FAST, quiet=True) as client:
+        assert client.report_scores(3, {"f1": 0.5})["aggregate"] == 3
+    assert len(recorded.requests) == 2
 
 
 def test_an_unreachable_server_is_reported_after_the_retries():

@@ -101,7 +101,7 @@ def enroll() -> Callable[[Experiment], APIClient]:
     """A new client enrolled through the API with an enrollment token; returns an API caller for it."""
 
     def enrolled(experiment: Experiment) -> APIClient:
-        token = services.enrollment_token_issue(experiment=experiment, user=experiment.developer)
+        _, token = services.enrollment_token_issue(experiment=experiment, user=experiment.developer)
         response = APIClient().post(
             f"/api/v1/models/{experiment.pk}/register_client/", {"enrollment_token": token}, format="json"
         )

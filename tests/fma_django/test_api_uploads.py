@@ -362,7 +362,7 @@ def test_concurrent_completes_create_one_update(
     experiment = services.experiment_create(
         developer=developer, name="race", initial_model={"w": np.zeros(64, np.float32)}
     )
-    token = services.enrollment_token_issue(experiment=experiment, user=developer)
+    _, token = services.enrollment_token_issue(experiment=experiment, user=developer)
     registered = requests.post(
         f"{live_server.url}/api/v1/models/{experiment.pk}/register_client/",
         json={"enrollment_token": token},

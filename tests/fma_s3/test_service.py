@@ -55,7 +55,7 @@ def new_experiment(developer: User, **config: Any):
 
 
 def enroll(service: str, experiment) -> Client:
-    token = services.enrollment_token_issue(experiment=experiment, user=experiment.developer)
+    _, token = services.enrollment_token_issue(experiment=experiment, user=experiment.developer)
     return Client.enroll(service, experiment.pk, enrollment_token=token, quiet=True)
 
 

@@ -38,6 +38,7 @@ AGGREGATE_COLUMNS = [
     "validation_score",
     "created_on",
 ]
+TOKEN_COLUMNS = ["id", "created_on", "created_by", "expires_at", "max_uses", "uses", "revoked_at", "active"]
 METRIC_COLUMNS = ["round", "source", "metric", "count", "examples", "weighted_mean", "mean", "min", "max"]
 
 
@@ -182,15 +183,43 @@ def cmd_metrics(args: argparse.Namespace) -> None:
 
 def cmd_enroll_token(args: argparse.Namespace) -> None:
     with developer(args) as dev:
-        token = dev.issue_enrollment_token(
+        issued = dev.issue_enrollment_token(
             args.experiment, expires_in=args.expires_in, max_uses=args.max_uses
         )
     emit(
         args,
-        {"experiment": args.experiment, "token": token},
+        {"experiment": args.experiment, **issued},
         lambda: (
-            f"{token}\n\nGive this to a data holder (shown only once). It enrolls with:\n"
-            f'  Client.enroll("{dev.url}", {args.experiment}, enrollment_token="…")'
+            f"{issued['token']}\n\nGive this to a data holder (shown only once). It enrolls with:\n"
+            f'  Client.enroll("{dev.url}", {args.experiment}, enrollment_token="…")\n'
+            f"Revoke it if it leaks: fma revoke-enroll-token {args.experiment} {issued['id']}"
+        ),
+    )
+
+
+def cmd_enroll_tokens(args: argparse.Namespace) -> None:
+    with developer(args) as dev:
+        tokens = dev.enrollment_tokens(args.experiment)
+    emit(
+        args,
+        tokens,
+        lambda: (
+            table(tokens, TOKEN_COLUMNS)
+            if tokens
+            else f"Experiment {args.experiment} has no enrollment token."
+        ),
+    )
+
+
+def cmd_revoke_enroll_token(args: argparse.Namespace) -> None:
+    with developer(args) as dev:
+        token = dev.revoke_enrollment_token(args.experiment, args.token_id)
+    emit(
+        args,
+        token,
+        lambda: (
+            f"Enrollment token {args.token_id} of experiment {args.experiment} enrolls nobody else "
+            f"({token['uses']} client(s) enrolled with it stay enrolled; revoke them with `fma revoke`)."
         ),
     )
 
@@ -332,6 +361,21 @@ def parser() -> argparse.ArgumentParser:
     )
     token.add_argument(
         "--max-uses", type=int, metavar="N", help="how many clients may enroll with it (default: any)"
+    )
+
+    tokens = command(
+        "enroll-tokens", "List an experiment's enrollment tokens (never the secrets).", cmd_enroll_tokens
+    )
+    tokens.add_argument("experiment", type=int, help="experiment id")
+
+    revoke_token = command(
+        "revoke-enroll-token",
+        "Revoke an enrollment token so nobody else enrolls with it.",
+        cmd_revoke_enroll_token,
+    )
+    revoke_token.add_argument("experiment", type=int, help="experiment id")
+    revoke_token.add_argument(
+        "token_id", type=int, help="the token's id (from enroll-token or enroll-tokens)"
     )
 
     watch = command("watch", "Print each round of an experiment as it completes.", cmd_watch)

@@ -156,17 +156,27 @@ class Developer:
 
     def issue_enrollment_token(
         self, experiment: int, *, expires_in: float | None = None, max_uses: int | None = None
-    ) -> str:
-        """A new enrollment token for the experiment, shown only now; hand it to one data holder (or more)."""
+    ) -> dict[str, Any]:
+        """A new enrollment token for the experiment: ``token`` is the secret to hand to a data
+        holder (shown only now), ``id`` names it to ``revoke_enrollment_token`` later."""
         body: dict[str, Any] = {}
         if expires_in is not None:
             body["expires_in_seconds"] = int(expires_in)
         if max_uses is not None:
             body["max_uses"] = int(max_uses)
-        answer = self._transport.json(
+        return self._transport.json(
             "POST", f"api/v1/models/{int(experiment)}/enrollment_tokens/", json=body, idempotent=False
         )
-        return answer["token"]
+
+    def enrollment_tokens(self, experiment: int) -> list[dict[str, Any]]:
+        """The experiment's enrollment tokens, newest first: uses, limits, whether still active (never the secret)."""
+        return self._transport.json("GET", f"api/v1/models/{int(experiment)}/enrollment_tokens/")
+
+    def revoke_enrollment_token(self, experiment: int, token_id: int) -> dict[str, Any]:
+        """Stop a (leaked) enrollment token from enrolling anyone else; enrolled clients stay."""
+        return self._transport.json(
+            "DELETE", f"api/v1/models/{int(experiment)}/enrollment_tokens/{int(token_id)}/", idempotent=True
+        )
 
     def revoke(self, experiment: int, client: str) -> None:
         """Shut a client (its UUID) out of the experiment; its credential stops working there."""

@@ -121,7 +121,13 @@ class EnrollmentToken(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     max_uses = models.PositiveIntegerField(null=True, blank=True)
     uses = models.PositiveIntegerField(default=0)
+    revoked_at = models.DateTimeField(
+        null=True, blank=True, help_text="a leaked token is revoked, not deleted"
+    )
     created_on = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_on", "-id"]
 
 
 class ModelArtifact(models.Model):
@@ -321,6 +327,7 @@ class RoundLease(models.Model):
 class EventKind(models.TextChoices):
     EXPERIMENT_CREATED = "experiment_created"
     CLIENT_REGISTERED = "client_registered"
+    ENROLLMENT_TOKEN_REVOKED = "enrollment_token_revoked"
     UPDATE_ACCEPTED = "update_accepted"
     UPDATE_REJECTED = "update_rejected"
     UPDATE_QUARANTINED = "update_quarantined"

@@ -237,16 +237,34 @@ def enrollment_token_issue(
     user: AbstractBaseUser,
     expires_in: timedelta | None = None,
     max_uses: int | None = None,
-) -> str:
-    """A new invitation to enroll; the returned token is shown once and stored only as a hash."""
+) -> tuple[EnrollmentToken, str]:
+    """A new invitation to enroll: the row (to list or revoke it later) and the token itself,
+    which is shown once and stored only as a hash."""
     token = credentials.new_secret()
-    EnrollmentToken.objects.create(
+    row = EnrollmentToken.objects.create(
         experiment=experiment,
         token_hash=credentials.hash_secret(token),
         created_by=user,
         expires_at=timezone.now() + expires_in if expires_in else None,
         max_uses=max_uses,
     )
+    return row, token
+
+
+def enrollment_token_revoke(*, token: EnrollmentToken, user: AbstractBaseUser) -> EnrollmentToken:
+    """Stop a token from enrolling anyone else (clients it already enrolled stay enrolled)."""
+    if token.revoked_at is None:
+        with transaction.atomic():
+            EnrollmentToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(
+                revoked_at=timezone.now()
+            )
+            event_record(
+                kind=EventKind.ENROLLMENT_TOKEN_REVOKED,
+                experiment=token.experiment,
+                user=user,
+                token=token.pk,
+            )
+        token.refresh_from_db()
     return token
 
 
@@ -255,12 +273,13 @@ def _use_enrollment_token(experiment: Experiment, token: str) -> None:
     used = EnrollmentToken.objects.filter(
         Q(expires_at__isnull=True) | Q(expires_at__gt=now),
         Q(max_uses__isnull=True) | Q(uses__lt=F("max_uses")),
+        revoked_at__isnull=True,
         experiment=experiment,
         token_hash=credentials.hash_secret(token),
     ).update(uses=F("uses") + 1)
     if not used:
         raise Forbidden(
-            "the enrollment token is unknown, expired, used up, or for another experiment",
+            "the enrollment token is unknown, expired, used up, revoked, or for another experiment",
             code="bad_enrollment_token",
         )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.urls import reverse
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -17,6 +18,7 @@ from fma_core.aggregators import available
 from fma_django import uploads
 from fma_django.models import (
     ClientAggregateScore,
+    EnrollmentToken,
     Experiment,
     ModelAggregate,
     ModelArtifact,
@@ -105,8 +107,31 @@ class EnrollmentTokenRequestSerializer(serializers.Serializer):
     max_uses = serializers.IntegerField(required=False, min_value=1)
 
 
-class EnrollmentTokenSerializer(serializers.Serializer):
-    token = serializers.CharField()
+class EnrollmentTokenSerializer(serializers.ModelSerializer):
+    """An enrollment token as listed: never the token itself, which is shown once when issued."""
+
+    created_by = serializers.CharField(source="created_by.get_username", read_only=True)
+    active = serializers.SerializerMethodField(help_text="may still enroll clients")
+
+    class Meta:
+        model = EnrollmentToken
+        fields = ["id", "created_on", "created_by", "expires_at", "max_uses", "uses", "revoked_at", "active"]
+        read_only_fields = fields
+
+    def get_active(self, token: EnrollmentToken) -> bool:
+        return (
+            token.revoked_at is None
+            and (token.expires_at is None or token.expires_at > timezone.now())
+            and (token.max_uses is None or token.uses < token.max_uses)
+        )
+
+
+class IssuedEnrollmentTokenSerializer(EnrollmentTokenSerializer):
+    token = serializers.CharField(read_only=True, help_text="shown only now: hand it to a data holder")
+
+    class Meta(EnrollmentTokenSerializer.Meta):
+        fields = [*EnrollmentTokenSerializer.Meta.fields, "token"]
+        read_only_fields = fields
 
 
 class ClientRefSerializer(serializers.Serializer):

@@ -138,21 +138,41 @@ class ExperimentViewSet(viewsets.ModelViewSet):
             body["credential"] = credential
         return Response(body)
 
-    @extend_schema(request=s.EnrollmentTokenRequestSerializer, responses={201: s.EnrollmentTokenSerializer})
-    @action(detail=True, methods=["post"])
+    @extend_schema(
+        methods=["post"],
+        request=s.EnrollmentTokenRequestSerializer,
+        responses={201: s.IssuedEnrollmentTokenSerializer},
+    )
+    @extend_schema(methods=["get"], responses=s.EnrollmentTokenSerializer(many=True))
+    @action(detail=True, methods=["get", "post"], pagination_class=None)
     def enrollment_tokens(self, request: Request, pk: str) -> Response:
-        """Issue an enrollment token for this experiment (shown once)."""
+        """POST: issue an enrollment token (shown once). GET: the experiment's tokens, newest first."""
         experiment = self.get_object()
+        if request.method == "GET":
+            tokens = experiment.enrollment_tokens.select_related("created_by")
+            return Response(s.EnrollmentTokenSerializer(tokens, many=True).data)
         body = s.EnrollmentTokenRequestSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         seconds = body.validated_data.get("expires_in_seconds")
-        token = services.enrollment_token_issue(
+        row, token = services.enrollment_token_issue(
             experiment=experiment,
             user=request.user,
             expires_in=timedelta(seconds=seconds) if seconds else None,
             max_uses=body.validated_data.get("max_uses"),
         )
-        return Response({"token": token}, status=status.HTTP_201_CREATED)
+        row.token = token
+        return Response(s.IssuedEnrollmentTokenSerializer(row).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses=s.EnrollmentTokenSerializer)
+    @action(detail=True, methods=["delete"], url_path=r"enrollment_tokens/(?P<token_id>[0-9]+)")
+    def revoke_enrollment_token(self, request: Request, pk: str, token_id: str) -> Response:
+        """Revoke an enrollment token: nobody else enrolls with it (enrolled clients stay)."""
+        experiment = self.get_object()
+        token = experiment.enrollment_tokens.filter(pk=int(token_id)).first()
+        if token is None:
+            raise NotFound(f"experiment {experiment.pk} has no enrollment token {token_id}")
+        token = services.enrollment_token_revoke(token=token, user=request.user)
+        return Response(s.EnrollmentTokenSerializer(token).data)
 
     @extend_schema(request=s.ClientRefSerializer, responses={204: None})
     @action(detail=True, methods=["post"])
