@@ -199,6 +199,7 @@ def test_download_has_etag_range_and_304(experiment, client_api, aggregated):
     body = b"".join(full.streaming_content)
     assert full.status_code == 200
     assert full["ETag"] == f'"{aggregated.content_id}"'
+    assert full["X-FMA-Aggregate"] == str(aggregated.pk)  # the base to name in the next update
     assert load(body)["dense"] == pytest.approx(2.0)
     part = client_api.get(url, HTTP_RANGE="bytes=8-15")
     assert part.status_code == 206

@@ -130,6 +130,7 @@ def test_downloads_redirect_to_a_presigned_get_that_needs_no_credential(service,
             timeout=30,
         )
         assert answer.status_code == 302
+        assert answer.headers["X-FMA-Aggregate"] == "initial"
         assert answer.headers["Location"].startswith(moto_endpoint)
         body = requests.get(answer.headers["Location"], timeout=30).content
         with open_weights(body) as reader:

@@ -235,13 +235,16 @@ class ExperimentViewSet(viewsets.ModelViewSet):
         source = selectors.latest_aggregate(experiment) or experiment.current_artifact
         if source is None:
             raise NotFound("this experiment has no weights yet: no initial model and no aggregate")
-        return weights_response(
+        response = weights_response(
             request._request,
             key=source.weights_key,
             content_id=source.content_id,
             size=source.size_bytes,
             filename=f"experiment-{experiment.pk}.safetensors",
         )
+        # which model this is, for curl users: the aggregate id (the base of their next update)
+        response["X-FMA-Aggregate"] = str(source.pk) if isinstance(source, ModelAggregate) else "initial"
+        return response
 
     @extend_schema(
         request={"application/octet-stream": OpenApiTypes.BINARY},
