@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -36,6 +38,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -95,8 +98,8 @@ def run(*, count: int, params: int, postgres: str, broker: str) -> dict[str, obj
         call_command("migrate", verbosity=0)
         experiments, model_bytes = setup_round(count=count, params=params, copies=5)
         single = timed_child_round(experiments[0])
-        one = celery_round(experiments[1:3], workers=1, shard_bytes=model_bytes // 2, work=work)
-        two = celery_round(experiments[3:5], workers=2, shard_bytes=model_bytes // 2, work=work)
+        one, one_tasks = celery_round(experiments[1:3], workers=1, shard_bytes=model_bytes // 2, work=work)
+        two, two_tasks = celery_round(experiments[3:5], workers=2, shard_bytes=model_bytes // 2, work=work)
         from fma_django.models import ModelAggregate
 
         contents = {ModelAggregate.objects.get(experiment_id=e).content_id for e in experiments}
@@ -124,6 +127,8 @@ def run(*, count: int, params: int, postgres: str, broker: str) -> dict[str, obj
         "sharded_1_worker_seconds": round(one, 3),
         "sharded_2_workers_seconds": round(two, 3),
         "speedup_2_workers": round(one / two, 3),
+        "stages_1_worker": stages(one, one_tasks),
+        "stages_2_workers": stages(two, two_tasks),
         "bit_identical": True,
         "cpus": len(os.sched_getaffinity(0)),
     }
@@ -196,8 +201,11 @@ def child_round(experiment_id: str) -> None:
     print(json.dumps({"seconds": seconds, "peak_rss_bytes": lifetime_peak_rss()}))
 
 
-def celery_round(experiment_ids: list[str], *, workers: int, shard_bytes: int, work: Path) -> float:
-    """Seconds from enqueueing a round to its commit, on ``workers`` Celery worker processes.
+def celery_round(
+    experiment_ids: list[str], *, workers: int, shard_bytes: int, work: Path
+) -> tuple[float, list[tuple[str, float, float]]]:
+    """Seconds from enqueueing a round to its commit, on ``workers`` Celery worker processes, and the
+    timed round's tasks as the workers logged them: (task, received at, seconds it ran).
 
     The first experiment's round warms the workers up (database connections, first imports);
     the second one is timed.
@@ -221,16 +229,57 @@ def celery_round(experiment_ids: list[str], *, workers: int, shard_bytes: int, w
         for _, log in started:
             _wait(lambda log=log: b" ready." in log.read_bytes(), f"worker ready ({log})", timeout=120)
         for experiment_id in experiment_ids:
-            begun = time.perf_counter()
+            begun, begun_at = time.perf_counter(), time.time()
             app.send_task("fma.run_round", args=[experiment_id])
             committed = ModelAggregate.objects.filter(experiment_id=experiment_id)
             _wait(committed.exists, "a round", pause=0.02)
-        return time.perf_counter() - begun
+            seconds = time.perf_counter() - begun
     finally:
         for process, _ in started:
             os.killpg(process.pid, signal.SIGTERM)
         for process, _ in started:
             process.wait(timeout=60)
+    tasks = [task for _, log in started for task in logged_tasks(log.read_text(errors="replace"))]
+    return seconds, sorted(t for t in tasks if t[1] >= begun_at - 0.01)
+
+
+_LOGGED = re.compile(
+    r"^\[(?P<at>[\d-]+ [\d:,]+): INFO/\w+\] Task (?P<task>[\w.]+)\[(?P<id>[\w-]+)\] "
+    r"(?:(?P<received>received)|succeeded in (?P<seconds>[\d.e-]+)s)",
+    re.MULTILINE,
+)
+
+
+def logged_tasks(log: str) -> list[tuple[str, float, float]]:
+    """(task, received at, seconds it ran) of each task a worker's INFO log shows as received and succeeded."""
+    received: dict[str, float] = {}
+    done = []
+    for match in _LOGGED.finditer(log):
+        if match["received"]:
+            at = datetime.strptime(match["at"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            received[match["id"]] = at
+        elif match["id"] in received:
+            done.append((match["task"], received[match["id"]], float(match["seconds"])))
+    return done
+
+
+def stages(wall: float, tasks: list[tuple[str, float, float]]) -> dict[str, float]:
+    """Where a sharded round's time went: each task's run time (shards summed), the time two tasks ran at
+    once, and ``idle``: the wall time no task ran (hand-offs between tasks, queueing, the benchmark's
+    polling)."""
+    figures: dict[str, float] = {}
+    for name, _, seconds in tasks:
+        key = name.removeprefix("fma.")
+        figures[key] = figures.get(key, 0.0) + seconds
+    edges = sorted([(at, 1) for _, at, _ in tasks] + [(at + seconds, -1) for _, at, seconds in tasks])
+    busy = overlapped = 0.0
+    running = 0
+    for (at, step), (following, _) in itertools.pairwise(edges):
+        running += step
+        busy += (following - at) if running else 0.0
+        overlapped += (following - at) if running > 1 else 0.0
+    figures.update(busy=busy, overlapped=overlapped, idle=max(0.0, wall - busy))
+    return {name: round(value, 3) for name, value in figures.items()}
 
 
 def report(figures: dict[str, object]) -> None:

@@ -79,7 +79,7 @@ def test_a_sharded_round_is_a_chord_over_two_workers_and_bit_identical(
     assert_each_update_consumed_once(experiment, aggregate)
     assert "fma.compute_shard" in logs()
     assert "fma.combine_shards" in logs()
-    assert not list(Path(settings.FMA_WEIGHTS_DIR, "partials").rglob("*.safetensors"))
+    assert not list(Path(settings.FMA_WEIGHTS_DIR, "partials").rglob("*.partial"))
 
 
 def test_beat_sweeps_and_a_worker_on_rabbitmq_runs_the_round(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 
 import numpy as np
@@ -14,7 +15,7 @@ from fma_core.connectors import ExperimentConfig, InMemoryMetadataStore, LocalDi
 from fma_core.errors import LeaseLost, UpdateUnreadable
 from fma_core.peak_memory import PeakMemory
 from fma_core.rounds import RoundEngine, RoundOutcome
-from fma_core.shards import RoundPlan, balance_shards
+from fma_core.shards import ALIGN_ELEMENTS, Piece, RoundPlan, balance_shards, shard_nbytes
 from fma_core.weights import TensorSpec, to_bytes
 
 SHAPES = {"embed": (300, 64), "dense": (64, 64), "out": (64, 10), "bias": (10,), "steps": ()}
@@ -53,25 +54,45 @@ def world(root, **config):
 
 @given(
     sizes=st.lists(st.integers(0, 10_000), min_size=1, max_size=30),
+    dtypes=st.lists(st.sampled_from(["U8", "F32", "F64"]), min_size=30, max_size=30),
     shard_bytes=st.integers(1, 50_000),
 )
-def test_shards_cover_every_tensor_once_in_spec_order_and_balance(sizes, shard_bytes):
-    spec = TensorSpec.from_json([{"name": f"t{i}", "dtype": "U8", "shape": [n]} for i, n in enumerate(sizes)])
+def test_shards_cut_the_data_into_contiguous_ranges_in_spec_order_and_balance(sizes, dtypes, shard_bytes):
+    spec = TensorSpec.from_json(
+        [{"name": f"t{i}", "dtype": dtypes[i], "shape": [n]} for i, n in enumerate(sizes)]
+    )
     shards = balance_shards(spec, shard_bytes)
-    flat = [name for shard in shards for name in shard]
-    assert sorted(flat) == sorted(spec.names)
-    for shard in shards:
-        assert list(shard) == [n for n in spec.names if n in shard]
+    pieces = [piece for shard in shards for piece in shard]
+    walked = []
+    for info in spec:  # each tensor covered once, in order, by adjacent element ranges
+        mine = [p for p in pieces if p.name == info.name]
+        assert mine[0].start == 0
+        assert mine[-1].stop == info.size
+        assert all(a.stop == b.start and a.start < a.stop for a, b in itertools.pairwise(mine))
+        walked += mine
+    assert pieces == walked
+    assert sum(shard_nbytes(spec, shard) for shard in shards) == spec.nbytes
     if spec.nbytes <= shard_bytes:
         assert len(shards) == 1
-    loads = [sum(spec.subset(s).nbytes for s in [shard]) for shard in shards]
-    biggest = max(t.nbytes for t in spec)
-    assert max(loads) <= spec.nbytes / len(shards) + biggest
+    ideal = spec.nbytes / len(shards)
+    assert max(shard_nbytes(spec, shard) for shard in shards) <= ideal + 2 * ALIGN_ELEMENTS * 8
+
+
+def test_one_tensor_larger_than_the_shard_size_is_cut_into_element_ranges():
+    spec = TensorSpec.from_json([{"name": "huge", "dtype": "F32", "shape": [1000, 1000]}])
+    shards = balance_shards(spec, spec.nbytes // 4)
+    assert [[(p.name, p.start, p.stop) for p in shard] for shard in shards] == [
+        [("huge", 0, 249_856)],
+        [("huge", 249_856, 499_712)],
+        [("huge", 499_712, 749_568)],
+        [("huge", 749_568, 1_000_000)],
+    ]
 
 
 def test_no_limit_or_a_small_model_is_one_shard():
-    assert balance_shards(SPEC, None) == (tuple(SPEC.names),)
-    assert balance_shards(SPEC, SPEC.nbytes) == (tuple(SPEC.names),)
+    whole = tuple(Piece(t.name, 0, t.size) for t in SPEC)
+    assert balance_shards(SPEC, None) == (whole,)
+    assert balance_shards(SPEC, SPEC.nbytes) == (whole,)
 
 
 @pytest.mark.parametrize("aggregator", ["fedavg", "median", "trimmed_mean"])
@@ -97,7 +118,7 @@ def test_a_sharded_round_is_bit_identical_to_the_unsharded_one(tmp_path, aggrega
     assert sorted(record.draft.update_ids) == sorted(whole.draft.update_ids)
     assert record.draft.input_weights == whole.draft.input_weights
     assert record.draft.peak_memory_bytes > 0
-    assert not list((tmp_path / "sharded" / "partials").rglob("*.safetensors"))  # cleaned up
+    assert not list((tmp_path / "sharded" / "partials").rglob("*.partial"))  # cleaned up
     assert meta.pending_updates("e") == []
 
 
@@ -131,7 +152,7 @@ def test_a_failed_shard_gives_the_round_back_with_its_reason(tmp_path):
     engine.fail_round(plan, "worker lost")
     assert meta.failures("e") == ["worker lost"]
     assert len(meta.pending_updates("e")) == 5
-    assert not list((tmp_path / "partials").rglob("*.safetensors"))
+    assert not list((tmp_path / "partials").rglob("*.partial"))
     assert engine.run_round("e").status == "committed"
 
 

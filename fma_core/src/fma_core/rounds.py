@@ -22,13 +22,12 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import tempfile
+import struct
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Literal
+from typing import BinaryIO, Literal
 
 from fma_core.aggregators import Aggregator, UpdateInput, canonical_order, create_aggregator
 from fma_core.connectors.metadata import (
@@ -40,10 +39,12 @@ from fma_core.connectors.metadata import (
 )
 from fma_core.connectors.weight_store import WeightStore
 from fma_core.errors import FmaError, InvalidWeights, LeaseLost, UpdateUnreadable
+from fma_core.leases import LeaseKeeper
 from fma_core.peak_memory import PeakMemory
 from fma_core.requirements import PendingUpdate, RoundState, policy_from_config
-from fma_core.shards import PEAK_MEMORY_KEY, RoundPlan, balance_shards
-from fma_core.weights import TensorSpec, Weights, content_id, write_file
+from fma_core.shards import RoundPlan, aggregate_shard, balance_shards
+from fma_core.weights import TensorSpec
+from fma_core.weights.layout import ConcatStream, Part, header_bytes, sha256_of
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +153,7 @@ class RoundEngine:
                 return self._committed(record, plan.quarantined)
             computed = self._compute_whole(plan)
         except Exception as error:
+            self._delete_partials(plan)
             return self._give_up(claim, error)
         if computed.draft is None:
             self.metadata.release_round(claim)
@@ -197,39 +199,42 @@ class RoundEngine:
         )
 
     def compute_shard(self, plan: RoundPlan, index: int) -> str:
-        """Aggregate one shard's tensors into a partial object; returns its key. Nothing is committed.
+        """Aggregate one shard into a partial object; returns its key. Nothing is committed.
 
+        The partial is the shard's peak memory (8 bytes, little-endian) then its range of the
+        aggregate's data. It is written, then the lease checked: a shard that finishes after its
+        round was committed or taken over removes its partial again instead of leaving it behind.
         An unreadable update is quarantined and the shard fails: the round is given up and the
         next attempt goes on without that update.
         """
         claim = plan.claim
         aggregator = self._aggregator(claim)
-        with PeakMemory() as peak:
+        with self._lease_kept(claim), PeakMemory() as peak:
             try:
-                weights = aggregator.aggregate(self._inputs(plan), plan.spec.subset(plan.shards[index]))
+                data = aggregate_shard(aggregator, self._inputs(plan), plan.spec, plan.shards[index])
             except UpdateUnreadable as error:
                 self.metadata.quarantine_update(claim, error.update_id, error.reason)
                 raise
-        self.metadata.renew_lease(claim, lease_seconds=self.lease_seconds)
         key = plan.partial_key(index)
-        self._write(key, weights, metadata={PEAK_MEMORY_KEY: str(peak.bytes)})
+        self.weights.put(key, ConcatStream([struct.pack("<Q", peak.bytes), data.data]))
+        try:
+            self.metadata.renew_lease(claim, lease_seconds=self.lease_seconds)
+        except LeaseLost:
+            self.weights.delete(key)
+            raise
         return key
 
     def combine_and_commit(self, plan: RoundPlan) -> AggregateRecord:
-        """Join the shards' partial objects in the spec's order, write the aggregate and commit it once."""
+        """Write the aggregate as the header then the shards' partials in order, and commit it once.
+
+        The partials' bytes go from the store back to the store, never through numpy.
+        """
         claim = plan.claim
         aggregator = self._aggregator(claim)
-        shard_peaks = []
-        with PeakMemory() as peak, ExitStack() as stack:
-            weights: Weights = {}
-            for index, names in enumerate(plan.shards):
-                reader = stack.enter_context(self.weights.open_weights(plan.partial_key(index)))
-                plan.spec.subset(names).check(reader.tensors)
-                shard_peaks.append(int(reader.metadata.get(PEAK_MEMORY_KEY, "0")))
-                weights.update((name, reader.read(name)) for name in names)
-            weights = {name: weights[name] for name in plan.spec.names}
-            key, size, digest = self._write_aggregate(plan.experiment_id, weights)
-            del weights
+        with self._lease_kept(claim), PeakMemory() as peak:
+            shard_peaks = [self._partial_peak(plan, index) for index in range(len(plan.shards))]
+            parts = [partial_data(self.weights, plan.partial_key(i)) for i in range(len(plan.shards))]
+            key, size, digest = self._write_aggregate(plan.experiment_id, plan.spec, parts)
         draft = self._draft(
             plan,
             aggregator,
@@ -241,10 +246,8 @@ class RoundEngine:
         )
         try:
             record = self.metadata.commit_round(claim, draft)
-        except LeaseLost:
+        finally:
             self._delete_partials(plan)
-            raise
-        self._delete_partials(plan)
         return record
 
     def fail_round(self, plan: RoundPlan, reason: str) -> None:
@@ -297,10 +300,11 @@ class RoundEngine:
         quarantined = list(plan.quarantined)
         wanted = set(plan.update_ids)
         usable = [u for u in claim.updates if u.update_id in wanted]
-        with PeakMemory() as peak:
+        whole = tuple(piece for shard in plan.shards for piece in shard)
+        with self._lease_kept(claim), PeakMemory() as peak:
             while usable:
                 try:
-                    weights = aggregator.aggregate([self._input(u) for u in usable], plan.spec)
+                    data = aggregate_shard(aggregator, [self._input(u) for u in usable], plan.spec, whole)
                     break
                 except UpdateUnreadable as error:
                     bad = next(u for u in usable if u.update_id == error.update_id)
@@ -309,9 +313,8 @@ class RoundEngine:
                     usable.remove(bad)
             if not usable:
                 return ComputedRound(None, tuple(quarantined))
-            self.metadata.renew_lease(claim, lease_seconds=self.lease_seconds)
-            key, size, digest = self._write_aggregate(plan.experiment_id, weights)
-            del weights
+            key, size, digest = self._write_aggregate(plan.experiment_id, plan.spec, [data.data])
+            del data
         used = RoundPlan(claim, tuple(u.update_id for u in usable), plan.spec, plan.shards)
         draft = self._draft(
             used,
@@ -388,27 +391,43 @@ class RoundEngine:
             open=lambda: self.weights.open_weights(update.weights_key),
         )
 
-    def _write_aggregate(self, experiment_id: str, weights: Weights) -> tuple[str, int, str]:
-        """Write under a content-derived key, so a retried or duplicated round rewrites the same object."""
-        with tempfile.TemporaryDirectory(prefix="fma-aggregate-") as tmp:
-            path = os.path.join(tmp, "aggregate.safetensors")
-            write_file(weights, path)
-            digest = content_id(path)
-            key = f"aggregates/{experiment_id}/{digest}.safetensors"
-            with open(path, "rb") as file:
-                stored = self.weights.put(key, file)
+    def _write_aggregate(
+        self, experiment_id: str, spec: TensorSpec, data: list[Part]
+    ) -> tuple[str, int, str]:
+        """Write the header and ``data`` (the aggregate's data, in pieces) under a content-derived key, so
+        a retried or duplicated round rewrites the same object: one pass to hash, one to store."""
+        header = header_bytes(spec)
+        digest, size = sha256_of(ConcatStream([header, *data]))
+        if size != len(header) + spec.nbytes:
+            raise InvalidWeights(f"the aggregate's data is {size - len(header):,} bytes, not {spec.nbytes:,}")
+        key = f"aggregates/{experiment_id}/{digest}.safetensors"
+        stored = self.weights.put(key, ConcatStream([header, *data]))
         if stored.sha256 != digest:
             raise InvalidWeights("the aggregate changed while it was being stored")
         return key, stored.size, digest
 
-    def _write(self, key: str, weights: Weights, *, metadata: dict[str, str]) -> None:
-        with tempfile.TemporaryDirectory(prefix="fma-partial-") as tmp:
-            path = os.path.join(tmp, "partial.safetensors")
-            write_file(weights, path, metadata=metadata)
-            with open(path, "rb") as file:
-                self.weights.put(key, file)
+    def _partial_peak(self, plan: RoundPlan, index: int) -> int:
+        with self.weights.open(plan.partial_key(index)) as stream:
+            head = stream.read(8)
+        if len(head) != 8:
+            raise InvalidWeights(f"shard {index}'s partial object is truncated")
+        return struct.unpack("<Q", head)[0]
+
+    def _lease_kept(self, claim: RoundClaim) -> LeaseKeeper:
+        return LeaseKeeper(self.metadata, claim, lease_seconds=self.lease_seconds)
 
     def _delete_partials(self, plan: RoundPlan) -> None:
         if len(plan.shards) > 1:
             for index in range(len(plan.shards)):
                 self.weights.delete(plan.partial_key(index))
+
+
+def partial_data(weights: WeightStore, key: str) -> Callable[[], BinaryIO]:
+    """Opens a partial object past its 8-byte peak-memory prefix: the shard's data."""
+
+    def open_data() -> BinaryIO:
+        stream = weights.open(key)
+        stream.read(8)
+        return stream
+
+    return open_data

@@ -154,6 +154,9 @@ class DjangoMetadataStore(MetadataStore):
             raise self._lost(claim)
         return replace(claim, expires_at=expires_at)
 
+    def thread_finished(self) -> None:
+        connection.close()  # Django opens one connection per thread; a finished heartbeat's would linger
+
     def release_round(self, claim: RoundClaim, *, failure: str | None = None) -> None:
         with transaction.atomic():
             RoundLease.objects.filter(pk=self._pk(claim), token=claim.token).update(token="", worker="")

@@ -137,3 +137,7 @@ class MetadataStore(ABC):
     @abstractmethod
     def commit_round(self, claim: RoundClaim, draft: AggregateDraft) -> AggregateRecord:
         """Atomically record the aggregate and mark exactly ``draft.update_ids`` consumed."""
+
+    def thread_finished(self) -> None:  # noqa: B027 - most stores hold nothing per thread
+        """A helper thread that used the store (the lease heartbeat) ends: release what it holds, such
+        as its own database connection."""
