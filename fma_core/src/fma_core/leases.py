@@ -22,8 +22,10 @@ logger = logging.getLogger(__name__)
 class LeaseKeeper:
     """``with LeaseKeeper(metadata, claim, lease_seconds=...): work()`` keeps the claim live meanwhile.
 
-    If the round was taken over anyway (the worker stalled longer than a lease, e.g. suspended),
-    leaving the block raises ``LeaseLost``, so the work's result is not written for a lost round.
+    Entering renews once, so work on a round already committed or taken over (a redelivered task)
+    stops at once with ``LeaseLost``. If the round is taken over meanwhile anyway (the worker
+    stalled longer than a lease, e.g. suspended), leaving the block raises ``LeaseLost``, so the
+    work's result is not written for a lost round.
     """
 
     def __init__(self, metadata: MetadataStore, claim: RoundClaim, *, lease_seconds: float) -> None:
@@ -36,6 +38,7 @@ class LeaseKeeper:
         self._thread = threading.Thread(target=self._run, name="fma-lease-keeper", daemon=True)
 
     def __enter__(self) -> LeaseKeeper:
+        self.metadata.renew_lease(self.claim, lease_seconds=self.lease_seconds)
         self._thread.start()
         return self
 

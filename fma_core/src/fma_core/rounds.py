@@ -1,24 +1,29 @@
 """The round engine: claim → check the policy → stream the updates through the aggregator →
 write the aggregate → commit. Every runner (in-process, Celery, Lambda) drives this one class.
 
-Exactly once, whatever crashes or races: a round is computed under an expiring claim; the
-aggregate is written under a key derived from its content, so a retry or a zombie worker
-rewrites the same bytes; and the commit, which marks exactly the aggregated updates consumed,
-succeeds only while the claim is the current one. A worker killed at any instant leaves its
-updates pending until the lease expires and another worker claims them.
+Exactly once, whatever crashes or races: a round is computed under an expiring claim, renewed by
+a heartbeat while the worker computes (``fma_core.leases``); the aggregate is written under a key
+of that claim, so a retry of the claim rewrites the same object and no other claim's object is
+ever touched; and the commit, which marks exactly the aggregated updates consumed, succeeds only
+while the claim is the current one. A worker killed at any instant leaves its updates pending
+until its lease expires and another worker claims them; that worker also removes whatever the
+dead claim left in the weight store (partials, an uncommitted aggregate).
 
 An update that cannot be used (missing object, malformed file, tensors that don't match the
 spec, too stale) is quarantined with its reason and the round goes on without it: one bad
 client never blocks an experiment.
 
-Large models can be sharded: ``start_round`` claims and checks the round and cuts its tensors
-into a ``RoundPlan`` (see ``fma_core.shards``); ``compute_shard`` aggregates one shard into a
-partial object, anywhere; ``combine_and_commit`` joins the partials and commits once. ``run_round``
-is the same path with every shard computed in the calling process.
+Large models can be sharded: ``start_round`` claims and checks the round and cuts the aggregate's
+data into byte ranges, a ``RoundPlan`` (see ``fma_core.shards``); ``compute_shard`` aggregates one
+range into a partial object, anywhere; ``combine_and_commit`` writes the header and the partials
+one after the other as the aggregate and commits once. ``run_round`` is the same path with every
+shard computed in the calling process.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import os
 import socket
@@ -38,13 +43,13 @@ from fma_core.connectors.metadata import (
     UpdateRecord,
 )
 from fma_core.connectors.weight_store import WeightStore
-from fma_core.errors import FmaError, InvalidWeights, LeaseLost, UpdateUnreadable
+from fma_core.errors import FmaError, InvalidWeights, LeaseLost, ObjectNotFound, UpdateUnreadable
 from fma_core.leases import LeaseKeeper
 from fma_core.peak_memory import PeakMemory
 from fma_core.requirements import PendingUpdate, RoundState, policy_from_config
-from fma_core.shards import RoundPlan, aggregate_shard, balance_shards
+from fma_core.shards import RoundPlan, aggregate_shard, balance_shards, manifest_key, partials_prefix
 from fma_core.weights import TensorSpec
-from fma_core.weights.layout import ConcatStream, Part, header_bytes, sha256_of
+from fma_core.weights.layout import ConcatStream, Part, header_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +145,9 @@ class RoundEngine:
                 quarantined=plan.quarantined,
                 reason="every update was unusable",
             )
+        if len(plan.shards) > 1:
+            manifest = json.dumps({"shards": len(plan.shards)}).encode()
+            self.weights.put(plan.manifest_key, io.BytesIO(manifest))
         return plan
 
     def finish_round(self, plan: RoundPlan) -> RoundOutcome:
@@ -166,9 +174,13 @@ class RoundEngine:
         return self._committed(self.commit(claim, computed), computed.quarantined)
 
     def claim(self, experiment_id: str) -> RoundClaim | None:
-        return self.metadata.claim_round(
+        """Claim the round; taking over an abandoned claim also removes what it left in the weight store."""
+        claim = self.metadata.claim_round(
             experiment_id, worker=self.worker_id, lease_seconds=self.lease_seconds
         )
+        if claim is not None and claim.taken_over_from is not None:
+            self._remove_abandoned(experiment_id, *claim.taken_over_from)
+        return claim
 
     def compute(self, claim: RoundClaim) -> ComputedRound:
         """Aggregate the claim's usable updates in one piece and write the result; nothing is committed here."""
@@ -176,7 +188,7 @@ class RoundEngine:
 
     def commit(self, claim: RoundClaim, computed: ComputedRound) -> AggregateRecord:
         assert computed.draft is not None
-        return self.metadata.commit_round(claim, computed.draft)
+        return self._commit(claim, computed.draft)
 
     def plan_shards(self, claim: RoundClaim) -> RoundPlan:
         """Check the claimed updates (quarantining the unusable) and cut the spec into shards of ``shard_bytes``."""
@@ -234,7 +246,7 @@ class RoundEngine:
         with self._lease_kept(claim), PeakMemory() as peak:
             shard_peaks = [self._partial_peak(plan, index) for index in range(len(plan.shards))]
             parts = [partial_data(self.weights, plan.partial_key(i)) for i in range(len(plan.shards))]
-            key, size, digest = self._write_aggregate(plan.experiment_id, plan.spec, parts)
+            key, size, digest = self._write_aggregate(claim, plan.spec, parts)
         draft = self._draft(
             plan,
             aggregator,
@@ -245,7 +257,7 @@ class RoundEngine:
             peak=max(peak.bytes, *shard_peaks),
         )
         try:
-            record = self.metadata.commit_round(claim, draft)
+            record = self._commit(claim, draft)
         finally:
             self._delete_partials(plan)
         return record
@@ -313,7 +325,7 @@ class RoundEngine:
                     usable.remove(bad)
             if not usable:
                 return ComputedRound(None, tuple(quarantined))
-            key, size, digest = self._write_aggregate(plan.experiment_id, plan.spec, [data.data])
+            key, size, digest = self._write_aggregate(claim, plan.spec, [data.data])
             del data
         used = RoundPlan(claim, tuple(u.update_id for u in usable), plan.spec, plan.shards)
         draft = self._draft(
@@ -391,20 +403,44 @@ class RoundEngine:
             open=lambda: self.weights.open_weights(update.weights_key),
         )
 
-    def _write_aggregate(
-        self, experiment_id: str, spec: TensorSpec, data: list[Part]
-    ) -> tuple[str, int, str]:
-        """Write the header and ``data`` (the aggregate's data, in pieces) under a content-derived key, so
-        a retried or duplicated round rewrites the same object: one pass to hash, one to store."""
+    def _write_aggregate(self, claim: RoundClaim, spec: TensorSpec, data: list[Part]) -> tuple[str, int, str]:
+        """Store the header and ``data`` (the aggregate's data, in pieces) in one pass; the store measures
+        the SHA-256 on the way. The key is the claim's own, so a retry of the claim rewrites the same
+        object, and an object whose claim was lost can be removed without touching anyone else's."""
         header = header_bytes(spec)
-        digest, size = sha256_of(ConcatStream([header, *data]))
-        if size != len(header) + spec.nbytes:
-            raise InvalidWeights(f"the aggregate's data is {size - len(header):,} bytes, not {spec.nbytes:,}")
-        key = f"aggregates/{experiment_id}/{digest}.safetensors"
+        key = aggregate_key(claim.experiment.experiment_id, claim.round_number, claim.token)
         stored = self.weights.put(key, ConcatStream([header, *data]))
-        if stored.sha256 != digest:
-            raise InvalidWeights("the aggregate changed while it was being stored")
-        return key, stored.size, digest
+        if stored.size != len(header) + spec.nbytes:
+            self.weights.delete(key)
+            raise InvalidWeights(
+                f"the aggregate's data is {stored.size - len(header):,} bytes, not {spec.nbytes:,}"
+            )
+        return key, stored.size, stored.sha256
+
+    def _commit(self, claim: RoundClaim, draft: AggregateDraft) -> AggregateRecord:
+        try:
+            return self.metadata.commit_round(claim, draft)
+        except LeaseLost:
+            self.weights.delete(draft.weights_key)  # certainly not committed: nothing else refers to it
+            raise
+
+    def _remove_abandoned(self, experiment_id: str, round_number: int, token: str) -> None:
+        """Remove the partials and the uncommitted aggregate of a claim whose lease expired; a failure
+        here is logged, never allowed to block the round."""
+        try:
+            manifest = manifest_key(experiment_id, round_number, token)
+            try:
+                with self.weights.open(manifest) as stream:
+                    count = int(json.load(stream)["shards"])
+            except ObjectNotFound:
+                count = 0
+            prefix = partials_prefix(experiment_id, round_number, token)
+            for index in range(count):
+                self.weights.delete(f"{prefix}/{index}.partial")
+            self.weights.delete(manifest)
+            self.weights.delete(aggregate_key(experiment_id, round_number, token))
+        except Exception:
+            logger.exception("removing what round %s of %s left behind failed", round_number, experiment_id)
 
     def _partial_peak(self, plan: RoundPlan, index: int) -> int:
         with self.weights.open(plan.partial_key(index)) as stream:
@@ -420,6 +456,7 @@ class RoundEngine:
         if len(plan.shards) > 1:
             for index in range(len(plan.shards)):
                 self.weights.delete(plan.partial_key(index))
+            self.weights.delete(plan.manifest_key)
 
 
 def partial_data(weights: WeightStore, key: str) -> Callable[[], BinaryIO]:
@@ -431,3 +468,8 @@ def partial_data(weights: WeightStore, key: str) -> Callable[[], BinaryIO]:
         return stream
 
     return open_data
+
+
+def aggregate_key(experiment_id: str, round_number: int, token: str) -> str:
+    """Where a claim writes its aggregate."""
+    return f"aggregates/{experiment_id}/r{round_number}-{token}.safetensors"

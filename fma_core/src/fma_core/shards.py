@@ -116,7 +116,12 @@ class RoundPlan:
 
     def partial_key(self, index: int) -> str:
         """Where shard ``index`` is written: fixed per claim, so a redelivered shard rewrites the same object."""
-        return f"{partials_prefix(self.claim)}/{index}.partial"
+        claim = self.claim
+        return f"{partials_prefix(self.experiment_id, claim.round_number, claim.token)}/{index}.partial"
+
+    @property
+    def manifest_key(self) -> str:
+        return manifest_key(self.experiment_id, self.claim.round_number, self.claim.token)
 
     def to_dict(self) -> dict[str, Any]:
         claim = self.claim
@@ -174,6 +179,12 @@ class RoundPlan:
         )
 
 
-def partials_prefix(claim: RoundClaim) -> str:
+def partials_prefix(experiment_id: str, round_number: int, token: str) -> str:
     """Where one claim's partial objects live: a new claim of the round never reuses them."""
-    return f"partials/{claim.experiment.experiment_id}/r{claim.round_number}-{claim.token}"
+    return f"partials/{experiment_id}/r{round_number}-{token}"
+
+
+def manifest_key(experiment_id: str, round_number: int, token: str) -> str:
+    """The small object saying how many partials a claim's round has, so whoever takes an abandoned
+    round over can remove them (a weight store cannot list keys)."""
+    return f"{partials_prefix(experiment_id, round_number, token)}/shards.json"

@@ -113,6 +113,7 @@ class DjangoMetadataStore(MetadataStore):
             now = self._clock()
             latest = ModelAggregate.objects.filter(experiment=experiment).aggregate(Max("round_number"))
             round_number = (latest["round_number__max"] or 0) + 1
+            previous = RoundLease.objects.values_list("round_number", "token").get(pk=experiment.pk)
             taken = RoundLease.objects.filter(Q(token="") | Q(expires_at__lte=now), pk=experiment.pk).update(
                 token=token, worker=worker, round_number=round_number, expires_at=now + lease_seconds
             )
@@ -143,6 +144,7 @@ class DjangoMetadataStore(MetadataStore):
             enrolled_clients=enrolled,
             claimed_at=now,
             expires_at=now + lease_seconds,
+            taken_over_from=previous if previous[1] else None,
         )
 
     def renew_lease(self, claim: RoundClaim, *, lease_seconds: float) -> RoundClaim:
