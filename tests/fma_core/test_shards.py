@@ -210,3 +210,60 @@ def test_peak_memory_sees_an_allocation_made_inside_it():
         del block
     assert peak.bytes >= before.bytes
     assert peak.bytes > 32 * 1024 * 1024
+
+
+def stored_files(root, folder: str) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in (root / folder).rglob("*") if p.is_file())
+
+
+def test_a_round_taken_over_from_a_dead_worker_removes_what_that_worker_left(tmp_path):
+    clock, meta, store = world(tmp_path)
+    dead = RoundEngine(meta, store, lease_seconds=10, shard_bytes=SPEC.nbytes // 3, clock=clock)
+    plan = dead.start_round("e")
+    dead.compute_shard(plan, 1)  # then SIGKILL: one partial and the manifest are left behind
+    assert len(stored_files(tmp_path, "partials")) == 2
+    clock.now += 10
+    assert meta.experiments_to_sweep(now=clock.now) == ["e"]  # the sweep finds the round...
+    survivor = RoundEngine(meta, store, lease_seconds=10, shard_bytes=SPEC.nbytes // 3, clock=clock)
+    outcome = survivor.run_round("e")  # ...and the worker it sends takes it over
+    assert outcome.status == "committed"
+    assert stored_files(tmp_path, "partials") == []
+    assert stored_files(tmp_path, "aggregates") == [outcome.aggregate.draft.weights_key]
+
+
+def test_a_zombie_shard_finishing_after_the_commit_leaves_no_partial(tmp_path):
+    _, meta, store = world(tmp_path)
+    engine = RoundEngine(meta, store, shard_bytes=SPEC.nbytes // 2)
+    plan = engine.start_round("e")
+    for index in range(len(plan.shards)):
+        engine.compute_shard(plan, index)
+    engine.combine_and_commit(plan)
+    with pytest.raises(LeaseLost):  # a redelivered shard task
+        engine.compute_shard(plan, 0)
+    assert stored_files(tmp_path, "partials") == []
+
+
+class FailingStore(LocalDirectoryWeightStore):
+    """Opening ``victim`` fails from its ``fail_from``-th time on (the header check is the first)."""
+
+    def __init__(self, root, victim: str, fail_from: int) -> None:
+        super().__init__(root)
+        self.victim, self.fail_from, self.opened = victim, fail_from, 0
+
+    def open_weights(self, key, *, max_bytes=None):
+        if key == self.victim:
+            self.opened += 1
+            if self.opened >= self.fail_from:
+                raise OSError("the disk went away")
+        return super().open_weights(key, max_bytes=max_bytes)
+
+
+def test_a_sharded_round_failing_in_process_removes_its_partials(tmp_path):
+    _, meta, _ = world(tmp_path)
+    victim = meta.pending_updates("e")[0]
+    store = FailingStore(tmp_path, victim.weights_key, fail_from=3)  # shard 0 succeeds, shard 1 fails
+    outcome = RoundEngine(meta, store, shard_bytes=SPEC.nbytes // 2).run_round("e")
+    assert outcome.status == "failed"
+    assert victim.update_id in outcome.reason
+    assert stored_files(tmp_path, "partials") == []
+    assert len(meta.pending_updates("e")) == 4  # the unreadable update was quarantined

@@ -134,7 +134,8 @@ class RoundEngine:
                 wakeup_at=policy.wakeup_at(state),
             )
         try:
-            plan = self.plan_shards(claim)
+            with self._lease_kept(claim):  # checking many updates' headers on a slow store takes a while
+                plan = self.plan_shards(claim)
         except Exception as error:
             return self._give_up(claim, error)
         if not plan.update_ids:
