@@ -51,6 +51,8 @@ def test_a_round_slower_than_its_lease_keeps_it_and_commits_once(tmp_path, shard
     outcome = []
     worker = threading.Thread(target=lambda: outcome.append(slow.run_round("e")))
     worker.start()
+    while metadata.experiments_to_sweep(now=time.time()):  # until the slow worker holds the round
+        time.sleep(0.01)
     rivals = []
     while worker.is_alive():  # another worker keeps trying to take the round over meanwhile
         rivals.append(RoundEngine(metadata, store, worker_id="rival", lease_seconds=LEASE).claim("e"))

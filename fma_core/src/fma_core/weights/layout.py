@@ -11,7 +11,6 @@ differs from what ``safetensors.save`` picks, which is why aggregates are writte
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import struct
@@ -20,8 +19,6 @@ from typing import BinaryIO
 
 from fma_core.weights.format import ORDER_KEY
 from fma_core.weights.spec import TensorSpec
-
-_CHUNK = 1 << 20
 
 
 def header_bytes(spec: TensorSpec, *, metadata: Mapping[str, str] | None = None) -> bytes:
@@ -57,19 +54,26 @@ class ConcatStream(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        view = memoryview(buffer).cast("B")
+    def read(self, size: int | None = -1) -> bytes:
+        """Up to ``size`` bytes of the current part, handed on without another copy."""
+        if size is None or size < 0:
+            return self.readall()
         while self._current is not None or self._parts:
             if self._current is None:
                 part = self._parts.pop(0)
                 self._current = _MemoryStream(memoryview(part)) if not callable(part) else part()
-            chunk = self._current.read(len(view))  # any store's stream has read()
+            chunk = self._current.read(size)  # any store's stream has read()
             if chunk:
-                view[: len(chunk)] = chunk
-                return len(chunk)
+                return chunk
             self._current.close()
             self._current = None
-        return 0
+        return b""
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")
+        chunk = self.read(len(view))
+        view[: len(chunk)] = chunk
+        return len(chunk)
 
     def close(self) -> None:
         if self._current is not None:
@@ -77,17 +81,6 @@ class ConcatStream(io.RawIOBase):
             self._current = None
         self._parts = []
         super().close()
-
-
-def sha256_of(stream: BinaryIO) -> tuple[str, int]:
-    """SHA-256 (hex) and size of what ``stream`` yields, read chunk by chunk; closes it."""
-    digest = hashlib.sha256()
-    size = 0
-    with stream:
-        while chunk := stream.read(_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
 
 
 class _MemoryStream(io.RawIOBase):
@@ -100,6 +93,12 @@ class _MemoryStream(io.RawIOBase):
 
     def readable(self) -> bool:
         return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        end = len(self._data) if size is None or size < 0 else self._position + size
+        chunk = bytes(self._data[self._position : end])
+        self._position += len(chunk)
+        return chunk
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         view = memoryview(buffer).cast("B")
