@@ -12,8 +12,15 @@ checked, recorded) into a throwaway PostgreSQL database. Then:
 2. the same round (the same update objects, in new experiments) split in two shards
    (``FMA_SHARD_BYTES`` = half the model) as a Celery chord, on one worker and then on two, each
    with ``FMA_AGGREGATION_THREADS=1``, timed from enqueueing ``fma.run_round`` to the commit,
-   after one warm-up round on the same workers; ``speedup_2_workers`` = one worker's time / two
-   workers' time.
+   after one warm-up round on the same workers (the median of 3 timed rounds);
+   ``speedup_2_workers`` = one worker's time / two workers' time. ``stages_*`` say where that
+   time went, from the workers' own logs: seconds in each task (``run_round``: claim, header
+   checks, plan; ``compute_shard``: all shards; ``combine_shards``: write the aggregate, commit),
+   ``overlapped`` (two tasks at once) and ``idle`` (no task running: hand-offs, polling).
+   ``serial_fraction_1_worker`` is the share of one worker's time outside the shards, and
+   ``speedup_bound_2_workers`` the speedup those stages allow when two cores are free
+   (serial tasks, then one shard's time): on a shared machine the measured speedup falls short
+   of it by what other jobs take from the second core.
 
 All the aggregates must be bit-identical; the benchmark fails otherwise.
 
@@ -48,6 +55,7 @@ TENSORS = 10
 CELERY_WORKER = [sys.executable, "-m", "celery", "-A", "fma_aggregator", "worker", "-P", "solo", "-l", "INFO"]
 CELERY_WORKER += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
 TARGETS = {"round_gbps": 1.0, "speedup_2_workers": 1.5}
+TIMED_ROUNDS = 3  # sharded rounds timed per worker count; the median counts
 
 
 def main() -> None:
@@ -96,10 +104,17 @@ def run(*, count: int, params: int, postgres: str, broker: str) -> dict[str, obj
 
         django.setup()
         call_command("migrate", verbosity=0)
-        experiments, model_bytes = setup_round(count=count, params=params, copies=5)
+        per_run = 1 + TIMED_ROUNDS  # a warm-up round, then the timed ones
+        experiments, model_bytes = setup_round(count=count, params=params, copies=1 + 2 * per_run)
         single = timed_child_round(experiments[0])
-        one, one_tasks = celery_round(experiments[1:3], workers=1, shard_bytes=model_bytes // 2, work=work)
-        two, two_tasks = celery_round(experiments[3:5], workers=2, shard_bytes=model_bytes // 2, work=work)
+        shard_bytes = model_bytes // 2
+        one, one_tasks = celery_round(
+            experiments[1 : 1 + per_run], workers=1, shard_bytes=shard_bytes, work=work
+        )
+        two, two_tasks = celery_round(
+            experiments[1 + per_run :], workers=2, shard_bytes=shard_bytes, work=work
+        )
+        one_stages, two_stages = stages(one, one_tasks), stages(two, two_tasks)
         from fma_django.models import ModelAggregate
 
         contents = {ModelAggregate.objects.get(experiment_id=e).content_id for e in experiments}
@@ -127,8 +142,13 @@ def run(*, count: int, params: int, postgres: str, broker: str) -> dict[str, obj
         "sharded_1_worker_seconds": round(one, 3),
         "sharded_2_workers_seconds": round(two, 3),
         "speedup_2_workers": round(one / two, 3),
-        "stages_1_worker": stages(one, one_tasks),
-        "stages_2_workers": stages(two, two_tasks),
+        # what two workers could reach with two free cores: the serial tasks, then one shard's time
+        "speedup_bound_2_workers": round(
+            one_stages["busy"] / (one_stages["busy"] - one_stages["compute_shard"] / 2), 3
+        ),
+        "serial_fraction_1_worker": round(1 - one_stages["compute_shard"] / one_stages["busy"], 3),
+        "stages_1_worker": one_stages,
+        "stages_2_workers": two_stages,
         "bit_identical": True,
         "cpus": len(os.sched_getaffinity(0)),
     }
@@ -204,11 +224,11 @@ def child_round(experiment_id: str) -> None:
 def celery_round(
     experiment_ids: list[str], *, workers: int, shard_bytes: int, work: Path
 ) -> tuple[float, list[tuple[str, float, float]]]:
-    """Seconds from enqueueing a round to its commit, on ``workers`` Celery worker processes, and the
-    timed round's tasks as the workers logged them: (task, received at, seconds it ran).
+    """Seconds from enqueueing a round to its commit, on ``workers`` Celery worker processes, and that
+    round's tasks as the workers logged them: (task, received at, seconds it ran).
 
-    The first experiment's round warms the workers up (database connections, first imports);
-    the second one is timed.
+    The first experiment's round warms the workers up (database connections, first imports); the
+    others are timed one after the other, and the median one is reported (the machine is shared).
     """
     from fma_aggregator.celery import app
     from fma_django.models import ModelAggregate
@@ -228,19 +248,22 @@ def celery_round(
             started.append((process, log))
         for _, log in started:
             _wait(lambda log=log: b" ready." in log.read_bytes(), f"worker ready ({log})", timeout=120)
+        rounds = []
         for experiment_id in experiment_ids:
             begun, begun_at = time.perf_counter(), time.time()
             app.send_task("fma.run_round", args=[experiment_id])
             committed = ModelAggregate.objects.filter(experiment_id=experiment_id)
             _wait(committed.exists, "a round", pause=0.02)
-            seconds = time.perf_counter() - begun
+            rounds.append((time.perf_counter() - begun, begun_at))
     finally:
         for process, _ in started:
             os.killpg(process.pid, signal.SIGTERM)
         for process, _ in started:
             process.wait(timeout=60)
     tasks = [task for _, log in started for task in logged_tasks(log.read_text(errors="replace"))]
-    return seconds, sorted(t for t in tasks if t[1] >= begun_at - 0.01)
+    timed = sorted(rounds[1:])
+    seconds, begun_at = timed[len(timed) // 2]
+    return seconds, sorted(t for t in tasks if begun_at - 0.01 <= t[1] <= begun_at + seconds)
 
 
 _LOGGED = re.compile(
@@ -302,6 +325,17 @@ def report(figures: dict[str, object]) -> None:
         f"  sharded, 2 Celery workers  {figures['sharded_2_workers_seconds']:8.3f} s   speedup "
         f"{figures['speedup_2_workers']:.2f}×  target ≥ {TARGETS['speedup_2_workers']}  "
         f"{mark(figures['speedup_2_workers'] >= TARGETS['speedup_2_workers'])}   ({figures['cpus']} CPUs)"
+    )
+    for workers in ("1_worker", "2_workers"):
+        stage = figures[f"stages_{workers}"]
+        print(
+            f"    {workers.replace('_', ' '):9}  run_round {stage.get('run_round', 0):.3f} s, shards "
+            f"{stage.get('compute_shard', 0):.3f} s, combine {stage.get('combine_shards', 0):.3f} s, "
+            f"overlapped {stage['overlapped']:.3f} s, idle {stage['idle']:.3f} s"
+        )
+    print(
+        f"  serial fraction (1 worker) {figures['serial_fraction_1_worker']:.2f}; "
+        f"speedup those stages allow on 2 free cores {figures['speedup_bound_2_workers']:.2f}"
     )
     print("  every aggregate bit-identical to the unsharded one")
 

@@ -170,7 +170,7 @@ def test_a_zombie_worker_cannot_commit_after_its_lease_was_taken_over(setup):
     with pytest.raises(LeaseLost):
         zombie.commit(claim, computed)
     [committed] = setup.metadata.aggregates("e")
-    # the zombie's object was its claim's own: removed, while the committed aggregate is intact
+    # the zombie's object was its abandoned claim's own: removed by the takeover; the committed one is intact
     assert committed.draft.content_id == computed.draft.content_id
     assert not setup.weights.exists(computed.draft.weights_key)
     with setup.weights.open(committed.draft.weights_key) as file:

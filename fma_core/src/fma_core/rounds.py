@@ -189,7 +189,7 @@ class RoundEngine:
 
     def commit(self, claim: RoundClaim, computed: ComputedRound) -> AggregateRecord:
         assert computed.draft is not None
-        return self._commit(claim, computed.draft)
+        return self.metadata.commit_round(claim, computed.draft)
 
     def plan_shards(self, claim: RoundClaim) -> RoundPlan:
         """Check the claimed updates (quarantining the unusable) and cut the spec into shards of ``shard_bytes``."""
@@ -258,7 +258,7 @@ class RoundEngine:
             peak=max(peak.bytes, *shard_peaks),
         )
         try:
-            record = self._commit(claim, draft)
+            record = self.metadata.commit_round(claim, draft)
         finally:
             self._delete_partials(plan)
         return record
@@ -406,8 +406,9 @@ class RoundEngine:
 
     def _write_aggregate(self, claim: RoundClaim, spec: TensorSpec, data: list[Part]) -> tuple[str, int, str]:
         """Store the header and ``data`` (the aggregate's data, in pieces) in one pass; the store measures
-        the SHA-256 on the way. The key is the claim's own, so a retry of the claim rewrites the same
-        object, and an object whose claim was lost can be removed without touching anyone else's."""
+        the SHA-256 on the way. The key is the claim's own: a retry, or a twin, of the claim rewrites
+        the same bytes, and a worker taking an abandoned claim over knows what to remove. A claim that
+        loses its commit leaves its object alone: a twin under the same claim may have committed it."""
         header = header_bytes(spec)
         key = aggregate_key(claim.experiment.experiment_id, claim.round_number, claim.token)
         stored = self.weights.put(key, ConcatStream([header, *data]))
@@ -417,13 +418,6 @@ class RoundEngine:
                 f"the aggregate's data is {stored.size - len(header):,} bytes, not {spec.nbytes:,}"
             )
         return key, stored.size, stored.sha256
-
-    def _commit(self, claim: RoundClaim, draft: AggregateDraft) -> AggregateRecord:
-        try:
-            return self.metadata.commit_round(claim, draft)
-        except LeaseLost:
-            self.weights.delete(draft.weights_key)  # certainly not committed: nothing else refers to it
-            raise
 
     def _remove_abandoned(self, experiment_id: str, round_number: int, token: str) -> None:
         """Remove the partials and the uncommitted aggregate of a claim whose lease expired; a failure
