@@ -16,7 +16,7 @@ from fma_core.errors import LeaseLost, UpdateUnreadable
 from fma_core.peak_memory import PeakMemory
 from fma_core.rounds import RoundEngine, RoundOutcome
 from fma_core.shards import ALIGN_ELEMENTS, Piece, RoundPlan, balance_shards, shard_nbytes
-from fma_core.weights import TensorSpec, to_bytes
+from fma_core.weights import TensorSpec, content_id, to_bytes
 
 SHAPES = {"embed": (300, 64), "dense": (64, 64), "out": (64, 10), "bias": (10,), "steps": ()}
 SPEC = TensorSpec.from_json(
@@ -107,10 +107,12 @@ def test_a_sharded_round_is_bit_identical_to_the_unsharded_one(tmp_path, aggrega
     assert isinstance(plan, RoundPlan)
     assert len(plan.shards) >= 3
     # every shard computed by a different "worker" from the plan as it travels: JSON
+    records = []
     for index in reversed(range(len(plan.shards))):
         travelled = RoundPlan.from_dict(json.loads(json.dumps(plan.to_dict())))
-        RoundEngine(meta, store, worker_id=f"shard-{index}").compute_shard(travelled, index)
-    record = RoundEngine(meta, store, worker_id="combiner").combine_and_commit(plan)
+        records.append(RoundEngine(meta, store, worker_id=f"shard-{index}").finish_shard(travelled, index))
+    *waiting, record = records
+    assert waiting == [None] * (len(plan.shards) - 1)  # the last one to finish commits
 
     assert record.draft.content_id == whole.draft.content_id
     with store.open(record.draft.weights_key) as a, whole_store.open(whole.draft.weights_key) as b:
@@ -135,12 +137,11 @@ def test_a_plan_from_a_round_taken_over_cannot_commit(tmp_path):
     clock, meta, store = world(tmp_path)
     engine = RoundEngine(meta, store, lease_seconds=10, shard_bytes=SPEC.nbytes // 2, clock=clock)
     plan = engine.start_round("e")
-    for index in range(len(plan.shards)):
-        engine.compute_shard(plan, index)
+    assert engine.finish_shard(plan, 0) is None
     clock.now += 11
     assert RoundEngine(meta, store, clock=clock).run_round("e").status == "committed"
     with pytest.raises(LeaseLost):
-        engine.combine_and_commit(plan)
+        engine.finish_shard(plan, 1)
     assert len(meta.aggregates("e")) == 1
 
 
@@ -148,7 +149,7 @@ def test_a_failed_shard_gives_the_round_back_with_its_reason(tmp_path):
     _, meta, store = world(tmp_path)
     engine = RoundEngine(meta, store, shard_bytes=SPEC.nbytes // 2)
     plan = engine.start_round("e")
-    engine.compute_shard(plan, 0)
+    engine.finish_shard(plan, 0)
     engine.fail_round(plan, "worker lost")
     assert meta.failures("e") == ["worker lost"]
     assert len(meta.pending_updates("e")) == 5
@@ -166,7 +167,7 @@ def test_an_update_unreadable_in_a_shard_is_quarantined_and_the_retry_goes_on_wi
     failures = []
     for index in range(len(plan.shards)):
         try:
-            engine.compute_shard(plan, index)
+            engine.finish_shard(plan, index)
         except UpdateUnreadable as error:
             failures.append(error.update_id)
     assert failures
@@ -220,7 +221,7 @@ def test_a_round_taken_over_from_a_dead_worker_removes_what_that_worker_left(tmp
     clock, meta, store = world(tmp_path)
     dead = RoundEngine(meta, store, lease_seconds=10, shard_bytes=SPEC.nbytes // 3, clock=clock)
     plan = dead.start_round("e")
-    dead.compute_shard(plan, 1)  # then SIGKILL: one partial and the manifest are left behind
+    dead.finish_shard(plan, 1)  # then SIGKILL: one partial and the manifest are left behind
     assert len(stored_files(tmp_path, "partials")) == 2
     clock.now += 10
     assert meta.experiments_to_sweep(now=clock.now) == ["e"]  # the sweep finds the round...
@@ -235,11 +236,9 @@ def test_a_zombie_shard_finishing_after_the_commit_leaves_no_partial(tmp_path):
     _, meta, store = world(tmp_path)
     engine = RoundEngine(meta, store, shard_bytes=SPEC.nbytes // 2)
     plan = engine.start_round("e")
-    for index in range(len(plan.shards)):
-        engine.compute_shard(plan, index)
-    engine.combine_and_commit(plan)
+    assert [engine.finish_shard(plan, i) is None for i in range(len(plan.shards))] == [True, False]
     with pytest.raises(LeaseLost):  # a redelivered shard task
-        engine.compute_shard(plan, 0)
+        engine.finish_shard(plan, 0)
     assert stored_files(tmp_path, "partials") == []
 
 
@@ -267,3 +266,18 @@ def test_a_sharded_round_failing_in_process_removes_its_partials(tmp_path):
     assert victim.update_id in outcome.reason
     assert stored_files(tmp_path, "partials") == []
     assert len(meta.pending_updates("e")) == 4  # the unreadable update was quarantined
+
+
+def test_two_shards_finishing_together_both_combine_and_commit_once(tmp_path):
+    _, meta, store = world(tmp_path)
+    engine = RoundEngine(meta, store, shard_bytes=SPEC.nbytes // 2)
+    plan = engine.start_round("e")
+    for index in range(2):  # both wrote their partial before either looked for the other's
+        engine._put_partial(plan, index, *engine._shard_data(plan, index))
+    record = engine.finish_shard(plan, 0)  # finds shard 1 done: combines and commits
+    assert record is not None
+    with pytest.raises(LeaseLost):  # the twin: the round is committed, nothing of it is touched
+        engine.finish_shard(plan, 1)
+    with store.open(record.draft.weights_key) as file:
+        assert content_id(file.read()) == record.draft.content_id
+    assert stored_files(tmp_path, "partials") == []

@@ -8,10 +8,10 @@
 - ``FMA_SWEEP_SECONDS`` (60): how often deadlines and expired leases are swept.
 - ``FMA_SHARD_BYTES`` (unset: never shard): models larger than this are split into shards of about
   this size (byte ranges of the model, cutting through tensors where needed) aggregated in
-  parallel (Celery chord, parallel Lambda invocations).
+  parallel (one Celery task or Lambda invocation per shard).
 - ``FMA_BROKER_URL`` (``redis://127.0.0.1:6379/0``): the Celery broker; ``amqp://...`` for RabbitMQ.
-- ``FMA_RESULT_BACKEND`` (the broker URL if it is Redis, else none): sharded Celery rounds
-  (chords) need one; without it a worker computes every shard itself.
+- ``FMA_RESULT_BACKEND`` (the broker URL if it is Redis, else none): where Celery keeps task
+  results (what each round did); nothing depends on it.
 - ``FMA_CELERY_QUEUE`` (``fma``): the queue the tasks go to.
 - ``FMA_BROKER_VISIBILITY_TIMEOUT`` (3600): Redis only, seconds before a task whose worker died
   unacknowledged is delivered again.

@@ -14,10 +14,10 @@ spec, too stale) is quarantined with its reason and the round goes on without it
 client never blocks an experiment.
 
 Large models can be sharded: ``start_round`` claims and checks the round and cuts the aggregate's
-data into byte ranges, a ``RoundPlan`` (see ``fma_core.shards``); ``compute_shard`` aggregates one
-range into a partial object, anywhere; ``combine_and_commit`` writes the header and the partials
-one after the other as the aggregate and commits once. ``run_round`` is the same path with every
-shard computed in the calling process.
+data into byte ranges, a ``RoundPlan`` (see ``fma_core.shards``); ``finish_shard`` aggregates one
+range, anywhere, into a partial object, except for the last shard to finish, which writes the
+header, the other shards' partials and its own range one after the other as the aggregate, and
+commits once. ``run_round`` is the same path with every shard computed in the calling process.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO, Literal
+
+import numpy as np
 
 from fma_core.aggregators import Aggregator, UpdateInput, canonical_order, create_aggregator
 from fma_core.connectors.metadata import (
@@ -156,10 +158,8 @@ class RoundEngine:
         claim = plan.claim
         try:
             if len(plan.shards) > 1:
-                for index in range(len(plan.shards)):
-                    self.compute_shard(plan, index)
-                record = self.combine_and_commit(plan)
-                return self._committed(record, plan.quarantined)
+                records = [self.finish_shard(plan, index) for index in range(len(plan.shards))]
+                return self._committed(records[-1], plan.quarantined)
             computed = self._compute_whole(plan)
         except Exception as error:
             self._delete_partials(plan)
@@ -211,15 +211,25 @@ class RoundEngine:
             quarantined=tuple(quarantined),
         )
 
-    def compute_shard(self, plan: RoundPlan, index: int) -> str:
-        """Aggregate one shard into a partial object; returns its key. Nothing is committed.
+    def finish_shard(self, plan: RoundPlan, index: int) -> AggregateRecord | None:
+        """Aggregate one shard; the shard that finds every other one done also writes the aggregate and
+        commits it (its own range straight from memory), and returns the record. Else it leaves a
+        partial object for that last shard and returns None.
 
-        The partial is the shard's peak memory (8 bytes, little-endian) then its range of the
-        aggregate's data. It is written, then the lease checked: a shard that finishes after its
-        round was committed or taken over removes its partial again instead of leaving it behind.
-        An unreadable update is quarantined and the shard fails: the round is given up and the
-        next attempt goes on without that update.
+        Two shards finishing at the same instant may both combine: they write the same bytes under
+        the same key, and only one commit succeeds. An unreadable update is quarantined and the shard
+        fails: the round is given up and the next attempt goes on without that update.
         """
+        data, peak = self._shard_data(plan, index)
+        others = [i for i in range(len(plan.shards)) if i != index]
+        if not all(self.weights.exists(plan.partial_key(i)) for i in others):
+            self._put_partial(plan, index, data, peak)
+            if not all(self.weights.exists(plan.partial_key(i)) for i in others):
+                return None  # a shard still running will find this one's partial
+        return self._combine(plan, own=(index, data, peak))
+
+    def _shard_data(self, plan: RoundPlan, index: int) -> tuple[np.ndarray, int]:
+        """The shard's range of the aggregate's data, and the peak memory computing it took."""
         claim = plan.claim
         aggregator = self._aggregator(claim)
         with self._lease_kept(claim), PeakMemory() as peak:
@@ -228,25 +238,33 @@ class RoundEngine:
             except UpdateUnreadable as error:
                 self.metadata.quarantine_update(claim, error.update_id, error.reason)
                 raise
+        return data, peak.bytes
+
+    def _put_partial(self, plan: RoundPlan, index: int, data: np.ndarray, peak: int) -> None:
+        """Write the partial object: the shard's peak memory (8 bytes, little-endian), then its data. The
+        lease is checked after: a shard finishing once its round was committed or taken over removes
+        its partial again instead of leaving it behind."""
         key = plan.partial_key(index)
-        self.weights.put(key, ConcatStream([struct.pack("<Q", peak.bytes), data.data]))
+        self.weights.put(key, ConcatStream([struct.pack("<Q", peak), data.data]))
         try:
-            self.metadata.renew_lease(claim, lease_seconds=self.lease_seconds)
+            self.metadata.renew_lease(plan.claim, lease_seconds=self.lease_seconds)
         except LeaseLost:
             self.weights.delete(key)
             raise
-        return key
 
-    def combine_and_commit(self, plan: RoundPlan) -> AggregateRecord:
-        """Write the aggregate as the header then the shards' partials in order, and commit it once.
-
-        The partials' bytes go from the store back to the store, never through numpy.
-        """
+    def _combine(self, plan: RoundPlan, *, own: tuple[int, np.ndarray, int]) -> AggregateRecord:
+        """Write the aggregate as the header then every shard's data in order (the partials' bytes go from
+        the store back to the store, never through numpy), and commit it once."""
         claim = plan.claim
         aggregator = self._aggregator(claim)
+        own_index, own_data, own_peak = own
         with self._lease_kept(claim), PeakMemory() as peak:
-            shard_peaks = [self._partial_peak(plan, index) for index in range(len(plan.shards))]
-            parts = [partial_data(self.weights, plan.partial_key(i)) for i in range(len(plan.shards))]
+            others = [i for i in range(len(plan.shards)) if i != own_index]
+            shard_peaks = [own_peak, *(self._partial_peak(plan, i) for i in others)]
+            parts: list[Part] = [
+                own_data.data if i == own_index else partial_data(self.weights, plan.partial_key(i))
+                for i in range(len(plan.shards))
+            ]
             key, size, digest = self._write_aggregate(claim, plan.spec, parts)
         draft = self._draft(
             plan,
