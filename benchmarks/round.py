@@ -14,9 +14,10 @@ checked, recorded) into a throwaway PostgreSQL database. Then:
    with ``FMA_AGGREGATION_THREADS=1``, timed from enqueueing ``fma.run_round`` to the commit,
    after one warm-up round on the same workers (the median of 3 timed rounds);
    ``speedup_2_workers`` = one worker's time / two workers' time. ``stages_*`` say where that
-   time went, from the workers' own logs: seconds in each task (``run_round``: claim, header
-   checks, plan; ``compute_shard``: all shards; ``combine_shards``: write the aggregate, commit),
-   ``overlapped`` (two tasks at once) and ``idle`` (no task running: hand-offs, polling).
+   time went, from the workers' own logs: ``run_round`` (the task that claims, checks the
+   headers and plans), ``shards`` (aggregating every shard, partials written),
+   ``combine`` (the last shard writing the aggregate and committing), ``overlapped`` (two tasks
+   at once) and ``idle`` (no task running: hand-offs, polling).
    ``serial_fraction_1_worker`` is the share of one worker's time outside the shards, and
    ``speedup_bound_2_workers`` the speedup those stages allow when two cores are free
    (serial tasks, then one shard's time): on a shared machine the measured speedup falls short
@@ -144,9 +145,9 @@ def run(*, count: int, params: int, postgres: str, broker: str) -> dict[str, obj
         "speedup_2_workers": round(one / two, 3),
         # what two workers could reach with two free cores: the serial tasks, then one shard's time
         "speedup_bound_2_workers": round(
-            one_stages["busy"] / (one_stages["busy"] - one_stages["compute_shard"] / 2), 3
+            one_stages["busy"] / (one_stages["busy"] - one_stages["shards"] / 2), 3
         ),
-        "serial_fraction_1_worker": round(1 - one_stages["compute_shard"] / one_stages["busy"], 3),
+        "serial_fraction_1_worker": round(1 - one_stages["shards"] / one_stages["busy"], 3),
         "stages_1_worker": one_stages,
         "stages_2_workers": two_stages,
         "bit_identical": True,
@@ -267,34 +268,42 @@ def celery_round(
 
 
 _LOGGED = re.compile(
-    r"^\[(?P<at>[\d-]+ [\d:,]+): INFO/\w+\] Task (?P<task>[\w.]+)\[(?P<id>[\w-]+)\] "
-    r"(?:(?P<received>received)|succeeded in (?P<seconds>[\d.e-]+)s)",
+    r"^\[(?P<at>[\d-]+ [\d:,]+): INFO/\w+\] (?:Task (?P<task>[\w.]+)\[(?P<id>[\w-]+)\] "
+    r"(?:(?P<received>received)|succeeded in (?P<seconds>[\d.e-]+)s)"
+    r"|round \d+ of \d+: (?:shard \d+ aggregated in (?P<shard>[\d.]+) s"
+    r"|\d+ shards combined and committed in (?P<combine>[\d.]+) s))",
     re.MULTILINE,
 )
 
 
 def logged_tasks(log: str) -> list[tuple[str, float, float]]:
-    """(task, received at, seconds it ran) of each task a worker's INFO log shows as received and succeeded."""
+    """(task or stage, started at, seconds) of what a worker's INFO log shows: each task received and
+    succeeded, and the round engine's own lines for a shard's aggregation and the combine."""
     received: dict[str, float] = {}
     done = []
     for match in _LOGGED.finditer(log):
+        at = datetime.strptime(match["at"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
         if match["received"]:
-            at = datetime.strptime(match["at"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
             received[match["id"]] = at
-        elif match["id"] in received:
+        elif match["seconds"] and match["id"] in received:
             done.append((match["task"], received[match["id"]], float(match["seconds"])))
+        elif match["shard"] or match["combine"]:
+            seconds = float(match["shard"] or match["combine"])
+            done.append(("shards" if match["shard"] else "combine", at - seconds, seconds))
     return done
 
 
 def stages(wall: float, tasks: list[tuple[str, float, float]]) -> dict[str, float]:
-    """Where a sharded round's time went: each task's run time (shards summed), the time two tasks ran at
-    once, and ``idle``: the wall time no task ran (hand-offs between tasks, queueing, the benchmark's
-    polling)."""
-    figures: dict[str, float] = {}
+    """Where a sharded round's time went: the ``run_round`` task, the shards' aggregation (summed), the
+    combine, the time two tasks ran at once, and ``idle``: the wall time no task ran (hand-offs
+    between tasks, queueing, the benchmark's polling)."""
+    figures = {"run_round": 0.0, "shards": 0.0, "combine": 0.0}
     for name, _, seconds in tasks:
         key = name.removeprefix("fma.")
-        figures[key] = figures.get(key, 0.0) + seconds
-    edges = sorted([(at, 1) for _, at, _ in tasks] + [(at + seconds, -1) for _, at, seconds in tasks])
+        if key in figures:
+            figures[key] += seconds
+    runs = [(at, seconds) for name, at, seconds in tasks if name.startswith("fma.")]
+    edges = sorted([(at, 1) for at, _ in runs] + [(at + seconds, -1) for at, seconds in runs])
     busy = overlapped = 0.0
     running = 0
     for (at, step), (following, _) in itertools.pairwise(edges):
@@ -329,8 +338,8 @@ def report(figures: dict[str, object]) -> None:
     for workers in ("1_worker", "2_workers"):
         stage = figures[f"stages_{workers}"]
         print(
-            f"    {workers.replace('_', ' '):9}  run_round {stage.get('run_round', 0):.3f} s, shards "
-            f"{stage.get('compute_shard', 0):.3f} s, combine {stage.get('combine_shards', 0):.3f} s, "
+            f"    {workers.replace('_', ' '):9}  run_round {stage['run_round']:.3f} s, shards "
+            f"{stage['shards']:.3f} s, combine {stage['combine']:.3f} s, "
             f"overlapped {stage['overlapped']:.3f} s, idle {stage['idle']:.3f} s"
         )
     print(

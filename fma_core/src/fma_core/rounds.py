@@ -220,13 +220,32 @@ class RoundEngine:
         the same key, and only one commit succeeds. An unreadable update is quarantined and the shard
         fails: the round is given up and the next attempt goes on without that update.
         """
+        started = time.perf_counter()
         data, peak = self._shard_data(plan, index)
         others = [i for i in range(len(plan.shards)) if i != index]
-        if not all(self.weights.exists(plan.partial_key(i)) for i in others):
+        last = all(self.weights.exists(plan.partial_key(i)) for i in others)
+        if not last:
             self._put_partial(plan, index, data, peak)
-            if not all(self.weights.exists(plan.partial_key(i)) for i in others):
-                return None  # a shard still running will find this one's partial
-        return self._combine(plan, own=(index, data, peak))
+            last = all(self.weights.exists(plan.partial_key(i)) for i in others)
+        logger.info(
+            "round %s of %s: shard %s aggregated in %.3f s",
+            plan.claim.round_number,
+            plan.experiment_id,
+            index,
+            time.perf_counter() - started,
+        )
+        if not last:
+            return None  # a shard still running will find this one's partial
+        started = time.perf_counter()
+        record = self._combine(plan, own=(index, data, peak))
+        logger.info(
+            "round %s of %s: %s shards combined and committed in %.3f s",
+            plan.claim.round_number,
+            plan.experiment_id,
+            len(plan.shards),
+            time.perf_counter() - started,
+        )
+        return record
 
     def _shard_data(self, plan: RoundPlan, index: int) -> tuple[np.ndarray, int]:
         """The shard's range of the aggregate's data, and the peak memory computing it took."""
