@@ -10,7 +10,7 @@ checked, recorded) into a throwaway PostgreSQL database. Then:
    bytes consumed per second, ``peak_rss_bytes`` is that process's peak resident memory
    (``VmHWM``: Python, Django and numpy included);
 2. the same round (the same update objects, in new experiments) split in two shards
-   (``FMA_SHARD_BYTES`` = half the model) as a Celery chord, on one worker and then on two, each
+   (``FMA_SHARD_BYTES`` = half the model), one Celery task per shard, on one worker and then on two, each
    with ``FMA_AGGREGATION_THREADS=1``, timed from enqueueing ``fma.run_round`` to the commit,
    after one warm-up round on the same workers (the median of 3 timed rounds);
    ``speedup_2_workers`` = one worker's time / two workers' time. ``stages_*`` say where that
