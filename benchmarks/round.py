@@ -12,7 +12,7 @@ checked, recorded) into a throwaway PostgreSQL database. Then:
 2. the same round (the same update objects, in new experiments) split in two shards
    (``FMA_SHARD_BYTES`` = half the model), one Celery task per shard, on one worker and then on two, each
    with ``FMA_AGGREGATION_THREADS=1``, timed from enqueueing ``fma.run_round`` to the commit,
-   after one warm-up round on the same workers (the median of 3 timed rounds);
+   after one warm-up round on the same workers (the median of 5 timed rounds);
    ``speedup_2_workers`` = one worker's time / two workers' time. ``stages_*`` say where that
    time went, from the workers' own logs: ``run_round`` (the task that claims, checks the
    headers and plans), ``shards`` (aggregating every shard, partials written),
@@ -56,7 +56,7 @@ TENSORS = 10
 CELERY_WORKER = [sys.executable, "-m", "celery", "-A", "fma_aggregator", "worker", "-P", "solo", "-l", "INFO"]
 CELERY_WORKER += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
 TARGETS = {"round_gbps": 1.0, "speedup_2_workers": 1.5}
-TIMED_ROUNDS = 3  # sharded rounds timed per worker count; the median counts
+TIMED_ROUNDS = 5  # sharded rounds timed per worker count; the median counts
 
 
 def main() -> None:
