@@ -12,7 +12,8 @@ checked, recorded) into a throwaway PostgreSQL database. Then:
 2. the same round (the same update objects, in new experiments) split in two shards
    (``FMA_SHARD_BYTES`` = half the model), one Celery task per shard, on one worker and then on two, each
    with ``FMA_AGGREGATION_THREADS=1``, timed from enqueueing ``fma.run_round`` to the commit,
-   after one warm-up round on the same workers (the median of 5 timed rounds);
+   after one warm-up round on the same workers: two blocks of 3 timed rounds per worker count,
+   alternating one and two workers, and the median round of each count is reported;
    ``speedup_2_workers`` = one worker's time / two workers' time. ``stages_*`` say where that
    time went, from the workers' own logs: ``run_round`` (the task that claims, checks the
    headers and plans), ``shards`` (aggregating every shard, partials written),
@@ -56,7 +57,8 @@ TENSORS = 10
 CELERY_WORKER = [sys.executable, "-m", "celery", "-A", "fma_aggregator", "worker", "-P", "solo", "-l", "INFO"]
 CELERY_WORKER += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
 TARGETS = {"round_gbps": 1.0, "speedup_2_workers": 1.5}
-TIMED_ROUNDS = 5  # sharded rounds timed per worker count; the median counts
+TIMED_ROUNDS = 3  # sharded rounds timed per block of fresh workers
+BLOCKS = 2  # blocks per worker count, alternating 1 and 2 workers; the median of all their rounds counts
 
 
 def main() -> None:
@@ -105,16 +107,15 @@ def run(*, count: int, params: int, postgres: str, broker: str) -> dict[str, obj
 
         django.setup()
         call_command("migrate", verbosity=0)
-        per_run = 1 + TIMED_ROUNDS  # a warm-up round, then the timed ones
-        experiments, model_bytes = setup_round(count=count, params=params, copies=1 + 2 * per_run)
+        per_block = 1 + TIMED_ROUNDS  # a warm-up round, then the timed ones
+        blocks = [1, 2] * BLOCKS
+        experiments, model_bytes = setup_round(count=count, params=params, copies=1 + len(blocks) * per_block)
         single = timed_child_round(experiments[0])
-        shard_bytes = model_bytes // 2
-        one, one_tasks = celery_round(
-            experiments[1 : 1 + per_run], workers=1, shard_bytes=shard_bytes, work=work
-        )
-        two, two_tasks = celery_round(
-            experiments[1 + per_run :], workers=2, shard_bytes=shard_bytes, work=work
-        )
+        timed: dict[int, list[tuple[float, list[tuple[str, float, float]]]]] = {1: [], 2: []}
+        for n, workers in enumerate(blocks):  # alternating, so a change in the machine's load hits both
+            ids = experiments[1 + n * per_block : 1 + (n + 1) * per_block]
+            timed[workers] += celery_rounds(ids, workers=workers, shard_bytes=model_bytes // 2, work=work)
+        (one, one_tasks), (two, two_tasks) = (_median(timed[1]), _median(timed[2]))
         one_stages, two_stages = stages(one, one_tasks), stages(two, two_tasks)
         from fma_django.models import ModelAggregate
 
@@ -222,15 +223,12 @@ def child_round(experiment_id: str) -> None:
     print(json.dumps({"seconds": seconds, "peak_rss_bytes": lifetime_peak_rss()}))
 
 
-def celery_round(
+def celery_rounds(
     experiment_ids: list[str], *, workers: int, shard_bytes: int, work: Path
-) -> tuple[float, list[tuple[str, float, float]]]:
-    """Seconds from enqueueing a round to its commit, on ``workers`` Celery worker processes, and that
-    round's tasks as the workers logged them: (task, received at, seconds it ran).
-
-    The first experiment's round warms the workers up (database connections, first imports); the
-    others are timed one after the other, and the median one is reported (the machine is shared).
-    """
+) -> list[tuple[float, list[tuple[str, float, float]]]]:
+    """Seconds from enqueueing a round to its commit, on ``workers`` fresh Celery worker processes, and
+    that round's tasks and stages as the workers logged them (see ``logged_tasks``), for each round
+    but the first, which warms the workers up (database connections, first imports)."""
     from fma_aggregator.celery import app
     from fma_django.models import ModelAggregate
 
@@ -238,7 +236,7 @@ def celery_round(
     started = []
     try:
         for n in range(workers):
-            log = work / f"worker-{workers}-{n}.log"
+            log = work / f"worker-{experiment_ids[0]}-{n}.log"
             process = subprocess.Popen(
                 [*CELERY_WORKER, "-n", f"bench{n}@%h"],
                 env=env,
@@ -262,9 +260,14 @@ def celery_round(
         for process, _ in started:
             process.wait(timeout=60)
     tasks = [task for _, log in started for task in logged_tasks(log.read_text(errors="replace"))]
-    timed = sorted(rounds[1:])
-    seconds, begun_at = timed[len(timed) // 2]
-    return seconds, sorted(t for t in tasks if begun_at - 0.01 <= t[1] <= begun_at + seconds)
+    return [
+        (seconds, sorted(t for t in tasks if begun_at - 0.01 <= t[1] <= begun_at + seconds))
+        for seconds, begun_at in rounds[1:]
+    ]
+
+
+def _median(rounds: list[tuple[float, list]]) -> tuple[float, list]:
+    return sorted(rounds, key=lambda r: r[0])[len(rounds) // 2]
 
 
 _LOGGED = re.compile(
