@@ -47,8 +47,9 @@ Shard = tuple[Piece, ...]
 def balance_shards(spec: TensorSpec, shard_bytes: int | None) -> tuple[Shard, ...]:
     """Cut the spec's data into ⌈size / shard_bytes⌉ contiguous ranges of near-equal bytes.
 
-    Each cut is placed at the aligned element nearest to its ideal byte offset, so a shard exceeds
-    its ideal share by less than ``ALIGN_ELEMENTS`` elements; empty shards are dropped.
+    Each cut is placed at the aligned element nearest to its ideal byte offset (or a tensor's end), so
+    a shard strays from its ideal share by about ``ALIGN_ELEMENTS`` elements at most; empty shards
+    are dropped.
     """
     whole = tuple(Piece(t.name, 0, t.size) for t in spec)
     if not shard_bytes or spec.nbytes <= shard_bytes:
@@ -107,7 +108,7 @@ class RoundPlan:
     claim: RoundClaim
     update_ids: tuple[str, ...]  # the claimed updates that passed the checks
     spec: TensorSpec
-    shards: tuple[tuple[str, ...], ...]
+    shards: tuple[Shard, ...]
     quarantined: tuple[str, ...] = ()
 
     @property
