@@ -273,7 +273,7 @@ def test_two_shards_finishing_together_both_combine_and_commit_once(tmp_path):
     engine = RoundEngine(meta, store, shard_bytes=SPEC.nbytes // 2)
     plan = engine.start_round("e")
     for index in range(2):  # both wrote their partial before either looked for the other's
-        engine._put_partial(plan, index, *engine._shard_data(plan, index))
+        engine._write_partial(plan, index, *engine._shard_data(plan, index))
     record = engine.finish_shard(plan, 0)  # finds shard 1 done: combines and commits
     assert record is not None
     with pytest.raises(LeaseLost):  # the twin: the round is committed, nothing of it is touched

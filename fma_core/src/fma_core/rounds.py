@@ -31,6 +31,7 @@ import struct
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import BinaryIO, Literal
 
@@ -216,28 +217,42 @@ class RoundEngine:
         commits it (its own range straight from memory), and returns the record. Else it leaves a
         partial object for that last shard and returns None.
 
-        Two shards finishing at the same instant may both combine: they write the same bytes under
-        the same key, and only one commit succeeds. An unreadable update is quarantined and the shard
-        fails: the round is given up and the next attempt goes on without that update.
+        The partial is written in the background while this shard watches for the others: if they
+        all finish meanwhile (shards of equal size finish together), this one is the last and goes
+        on at once instead of waiting for its own write. Two shards finishing at the same instant
+        may both combine: they write the same bytes under the same key, and only one commit
+        succeeds. An unreadable update is quarantined and the shard fails: the round is given up
+        and the next attempt goes on without that update.
         """
         started = time.perf_counter()
         data, peak = self._shard_data(plan, index)
         others = [i for i in range(len(plan.shards)) if i != index]
-        last = all(self.weights.exists(plan.partial_key(i)) for i in others)
-        if not last:
-            self._put_partial(plan, index, data, peak)
-            last = all(self.weights.exists(plan.partial_key(i)) for i in others)
-        logger.info(
-            "round %s of %s: shard %s aggregated in %.3f s",
-            plan.claim.round_number,
-            plan.experiment_id,
-            index,
-            time.perf_counter() - started,
-        )
-        if not last:
-            return None  # a shard still running will find this one's partial
-        started = time.perf_counter()
-        record = self._combine(plan, own=(index, data, peak))
+        last = self._partials_written(plan, others)
+        with ThreadPoolExecutor(1, thread_name_prefix="fma-partial") as pool:
+            writing = None if last else pool.submit(self._write_partial, plan, index, data, peak)
+            while writing is not None and not last and not writing.done():
+                time.sleep(0.005)
+                last = self._partials_written(plan, others)
+            if writing is not None and not last:
+                writing.result()
+                self._keep_partial(plan, index)
+                last = self._partials_written(plan, others)
+            logger.info(
+                "round %s of %s: shard %s aggregated in %.3f s",
+                plan.claim.round_number,
+                plan.experiment_id,
+                index,
+                time.perf_counter() - started,
+            )
+            if not last:
+                return None  # a shard still running will find this one's partial
+            started = time.perf_counter()
+            try:
+                record = self._combine(plan, own=(index, data, peak))
+            finally:
+                if writing is not None:
+                    wait([writing])  # this shard's own partial, no longer needed, is removed with the others
+                self._delete_partials(plan)
         logger.info(
             "round %s of %s: %s shards combined and committed in %.3f s",
             plan.claim.round_number,
@@ -246,6 +261,9 @@ class RoundEngine:
             time.perf_counter() - started,
         )
         return record
+
+    def _partials_written(self, plan: RoundPlan, indices: list[int]) -> bool:
+        return all(self.weights.exists(plan.partial_key(i)) for i in indices)
 
     def _shard_data(self, plan: RoundPlan, index: int) -> tuple[np.ndarray, int]:
         """The shard's range of the aggregate's data, and the peak memory computing it took."""
@@ -259,16 +277,17 @@ class RoundEngine:
                 raise
         return data, peak.bytes
 
-    def _put_partial(self, plan: RoundPlan, index: int, data: np.ndarray, peak: int) -> None:
-        """Write the partial object: the shard's peak memory (8 bytes, little-endian), then its data. The
-        lease is checked after: a shard finishing once its round was committed or taken over removes
-        its partial again instead of leaving it behind."""
-        key = plan.partial_key(index)
-        self.weights.put(key, ConcatStream([struct.pack("<Q", peak), data.data]))
+    def _write_partial(self, plan: RoundPlan, index: int, data: np.ndarray, peak: int) -> None:
+        """The partial object: the shard's peak memory (8 bytes, little-endian), then its data."""
+        self.weights.put(plan.partial_key(index), ConcatStream([struct.pack("<Q", peak), data.data]))
+
+    def _keep_partial(self, plan: RoundPlan, index: int) -> None:
+        """Check the lease once a partial is written: a shard finishing after its round was committed or
+        taken over removes its partial again instead of leaving it behind."""
         try:
             self.metadata.renew_lease(plan.claim, lease_seconds=self.lease_seconds)
         except LeaseLost:
-            self.weights.delete(key)
+            self.weights.delete(plan.partial_key(index))
             raise
 
     def _combine(self, plan: RoundPlan, *, own: tuple[int, np.ndarray, int]) -> AggregateRecord:
@@ -294,11 +313,7 @@ class RoundEngine:
             duration=max(0.0, self.clock() - claim.claimed_at),
             peak=max(peak.bytes, *shard_peaks),
         )
-        try:
-            record = self.metadata.commit_round(claim, draft)
-        finally:
-            self._delete_partials(plan)
-        return record
+        return self.metadata.commit_round(claim, draft)
 
     def fail_round(self, plan: RoundPlan, reason: str) -> None:
         """Give a planned round up (a shard failed): its updates stay pending, the reason is recorded."""
