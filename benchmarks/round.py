@@ -10,10 +10,19 @@ checked, recorded) into a throwaway PostgreSQL database. Then:
    bytes consumed per second, ``peak_rss_bytes`` is that process's peak resident memory
    (``VmHWM``: Python, Django and numpy included);
 2. the same round (the same update objects, in new experiments) split in two shards
-   (``FMA_SHARD_BYTES`` = half the model) as a Celery chord, on one worker and then on two, each
+   (``FMA_SHARD_BYTES`` = half the model), one Celery task per shard, on one worker and then on two, each
    with ``FMA_AGGREGATION_THREADS=1``, timed from enqueueing ``fma.run_round`` to the commit,
-   after one warm-up round on the same workers; ``speedup_2_workers`` = one worker's time / two
-   workers' time.
+   after one warm-up round on the same workers: two blocks of 3 timed rounds per worker count,
+   alternating one and two workers, and the median round of each count is reported;
+   ``speedup_2_workers`` = one worker's time / two workers' time. ``stages_*`` say where that
+   time went, from the workers' own logs: ``run_round`` (the task that claims, checks the
+   headers and plans), ``shards`` (aggregating every shard, partials written),
+   ``combine`` (the last shard writing the aggregate and committing), ``overlapped`` (two tasks
+   at once) and ``idle`` (no task running: hand-offs, polling).
+   ``serial_fraction_1_worker`` is the share of one worker's time outside the shards, and
+   ``speedup_bound_2_workers`` the speedup those stages allow when two cores are free
+   (serial tasks, then one shard's time): on a shared machine the measured speedup falls short
+   of it by what other jobs take from the second core.
 
 All the aggregates must be bit-identical; the benchmark fails otherwise.
 
@@ -27,8 +36,10 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -36,6 +47,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -45,6 +57,8 @@ TENSORS = 10
 CELERY_WORKER = [sys.executable, "-m", "celery", "-A", "fma_aggregator", "worker", "-P", "solo", "-l", "INFO"]
 CELERY_WORKER += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
 TARGETS = {"round_gbps": 1.0, "speedup_2_workers": 1.5}
+TIMED_ROUNDS = 3  # sharded rounds timed per block of fresh workers
+BLOCKS = 2  # blocks per worker count, alternating 1 and 2 workers; the median of all their rounds counts
 
 
 def main() -> None:
@@ -93,10 +107,16 @@ def run(*, count: int, params: int, postgres: str, broker: str) -> dict[str, obj
 
         django.setup()
         call_command("migrate", verbosity=0)
-        experiments, model_bytes = setup_round(count=count, params=params, copies=5)
+        per_block = 1 + TIMED_ROUNDS  # a warm-up round, then the timed ones
+        blocks = [1, 2] * BLOCKS
+        experiments, model_bytes = setup_round(count=count, params=params, copies=1 + len(blocks) * per_block)
         single = timed_child_round(experiments[0])
-        one = celery_round(experiments[1:3], workers=1, shard_bytes=model_bytes // 2, work=work)
-        two = celery_round(experiments[3:5], workers=2, shard_bytes=model_bytes // 2, work=work)
+        timed: dict[int, list[tuple[float, list[tuple[str, float, float]]]]] = {1: [], 2: []}
+        for n, workers in enumerate(blocks):  # alternating, so a change in the machine's load hits both
+            ids = experiments[1 + n * per_block : 1 + (n + 1) * per_block]
+            timed[workers] += celery_rounds(ids, workers=workers, shard_bytes=model_bytes // 2, work=work)
+        (one, one_tasks), (two, two_tasks) = (_median(timed[1]), _median(timed[2]))
+        one_stages, two_stages = stages(one, one_tasks), stages(two, two_tasks)
         from fma_django.models import ModelAggregate
 
         contents = {ModelAggregate.objects.get(experiment_id=e).content_id for e in experiments}
@@ -124,6 +144,13 @@ def run(*, count: int, params: int, postgres: str, broker: str) -> dict[str, obj
         "sharded_1_worker_seconds": round(one, 3),
         "sharded_2_workers_seconds": round(two, 3),
         "speedup_2_workers": round(one / two, 3),
+        # what two workers could reach with two free cores: the serial tasks, then one shard's time
+        "speedup_bound_2_workers": round(
+            one_stages["busy"] / (one_stages["busy"] - one_stages["shards"] / 2), 3
+        ),
+        "serial_fraction_1_worker": round(1 - one_stages["shards"] / one_stages["busy"], 3),
+        "stages_1_worker": one_stages,
+        "stages_2_workers": two_stages,
         "bit_identical": True,
         "cpus": len(os.sched_getaffinity(0)),
     }
@@ -196,12 +223,12 @@ def child_round(experiment_id: str) -> None:
     print(json.dumps({"seconds": seconds, "peak_rss_bytes": lifetime_peak_rss()}))
 
 
-def celery_round(experiment_ids: list[str], *, workers: int, shard_bytes: int, work: Path) -> float:
-    """Seconds from enqueueing a round to its commit, on ``workers`` Celery worker processes.
-
-    The first experiment's round warms the workers up (database connections, first imports);
-    the second one is timed.
-    """
+def celery_rounds(
+    experiment_ids: list[str], *, workers: int, shard_bytes: int, work: Path
+) -> list[tuple[float, list[tuple[str, float, float]]]]:
+    """Seconds from enqueueing a round to its commit, on ``workers`` fresh Celery worker processes, and
+    that round's tasks and stages as the workers logged them (see ``logged_tasks``), for each round
+    but the first, which warms the workers up (database connections, first imports)."""
     from fma_aggregator.celery import app
     from fma_django.models import ModelAggregate
 
@@ -209,7 +236,7 @@ def celery_round(experiment_ids: list[str], *, workers: int, shard_bytes: int, w
     started = []
     try:
         for n in range(workers):
-            log = work / f"worker-{workers}-{n}.log"
+            log = work / f"worker-{experiment_ids[0]}-{n}.log"
             process = subprocess.Popen(
                 [*CELERY_WORKER, "-n", f"bench{n}@%h"],
                 env=env,
@@ -220,17 +247,74 @@ def celery_round(experiment_ids: list[str], *, workers: int, shard_bytes: int, w
             started.append((process, log))
         for _, log in started:
             _wait(lambda log=log: b" ready." in log.read_bytes(), f"worker ready ({log})", timeout=120)
+        rounds = []
         for experiment_id in experiment_ids:
-            begun = time.perf_counter()
+            begun, begun_at = time.perf_counter(), time.time()
             app.send_task("fma.run_round", args=[experiment_id])
             committed = ModelAggregate.objects.filter(experiment_id=experiment_id)
             _wait(committed.exists, "a round", pause=0.02)
-        return time.perf_counter() - begun
+            rounds.append((time.perf_counter() - begun, begun_at))
     finally:
         for process, _ in started:
             os.killpg(process.pid, signal.SIGTERM)
         for process, _ in started:
             process.wait(timeout=60)
+    tasks = [task for _, log in started for task in logged_tasks(log.read_text(errors="replace"))]
+    return [
+        (seconds, sorted(t for t in tasks if begun_at - 0.01 <= t[1] <= begun_at + seconds))
+        for seconds, begun_at in rounds[1:]
+    ]
+
+
+def _median(rounds: list[tuple[float, list]]) -> tuple[float, list]:
+    return sorted(rounds, key=lambda r: r[0])[len(rounds) // 2]
+
+
+_LOGGED = re.compile(
+    r"^\[(?P<at>[\d-]+ [\d:,]+): INFO/\w+\] (?:Task (?P<task>[\w.]+)\[(?P<id>[\w-]+)\] "
+    r"(?:(?P<received>received)|succeeded in (?P<seconds>[\d.e-]+)s)"
+    r"|round \d+ of \d+: (?:shard \d+ aggregated in (?P<shard>[\d.]+) s"
+    r"|\d+ shards combined and committed in (?P<combine>[\d.]+) s))",
+    re.MULTILINE,
+)
+
+
+def logged_tasks(log: str) -> list[tuple[str, float, float]]:
+    """(task or stage, started at, seconds) of what a worker's INFO log shows: each task received and
+    succeeded, and the round engine's own lines for a shard's aggregation and the combine."""
+    received: dict[str, float] = {}
+    done = []
+    for match in _LOGGED.finditer(log):
+        at = datetime.strptime(match["at"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        if match["received"]:
+            received[match["id"]] = at
+        elif match["seconds"] and match["id"] in received:
+            done.append((match["task"], received[match["id"]], float(match["seconds"])))
+        elif match["shard"] or match["combine"]:
+            seconds = float(match["shard"] or match["combine"])
+            done.append(("shards" if match["shard"] else "combine", at - seconds, seconds))
+    return done
+
+
+def stages(wall: float, tasks: list[tuple[str, float, float]]) -> dict[str, float]:
+    """Where a sharded round's time went: the ``run_round`` task, the shards' aggregation (summed), the
+    combine, the time two tasks ran at once, and ``idle``: the wall time no task ran (hand-offs
+    between tasks, queueing, the benchmark's polling)."""
+    figures = {"run_round": 0.0, "shards": 0.0, "combine": 0.0}
+    for name, _, seconds in tasks:
+        key = name.removeprefix("fma.")
+        if key in figures:
+            figures[key] += seconds
+    runs = [(at, seconds) for name, at, seconds in tasks if name.startswith("fma.")]
+    edges = sorted([(at, 1) for at, _ in runs] + [(at + seconds, -1) for at, seconds in runs])
+    busy = overlapped = 0.0
+    running = 0
+    for (at, step), (following, _) in itertools.pairwise(edges):
+        running += step
+        busy += (following - at) if running else 0.0
+        overlapped += (following - at) if running > 1 else 0.0
+    figures.update(busy=busy, overlapped=overlapped, idle=max(0.0, wall - busy))
+    return {name: round(value, 3) for name, value in figures.items()}
 
 
 def report(figures: dict[str, object]) -> None:
@@ -253,6 +337,17 @@ def report(figures: dict[str, object]) -> None:
         f"  sharded, 2 Celery workers  {figures['sharded_2_workers_seconds']:8.3f} s   speedup "
         f"{figures['speedup_2_workers']:.2f}×  target ≥ {TARGETS['speedup_2_workers']}  "
         f"{mark(figures['speedup_2_workers'] >= TARGETS['speedup_2_workers'])}   ({figures['cpus']} CPUs)"
+    )
+    for workers in ("1_worker", "2_workers"):
+        stage = figures[f"stages_{workers}"]
+        print(
+            f"    {workers.replace('_', ' '):9}  run_round {stage['run_round']:.3f} s, shards "
+            f"{stage['shards']:.3f} s, combine {stage['combine']:.3f} s, "
+            f"overlapped {stage['overlapped']:.3f} s, idle {stage['idle']:.3f} s"
+        )
+    print(
+        f"  serial fraction (1 worker) {figures['serial_fraction_1_worker']:.2f}; "
+        f"speedup those stages allow on 2 free cores {figures['speedup_bound_2_workers']:.2f}"
     )
     print("  every aggregate bit-identical to the unsharded one")
 

@@ -11,7 +11,7 @@ from fma_core.errors import ConfigurationError
 def test_defaults_are_for_one_machine():
     config = AggregatorConfig.from_env({})
     assert config.broker_url == "redis://127.0.0.1:6379/0"
-    assert config.result_backend == config.broker_url  # Redis stores the chords' results too
+    assert config.result_backend == config.broker_url  # Redis keeps the task results too
     assert config.shard_bytes is None
     assert config.lease_seconds == 900
     assert config.queue == "fma"

@@ -43,3 +43,11 @@ def test_json_output_has_every_key_with_sane_values(services):
     assert figures["round_gbps"] == pytest.approx(
         4 * figures["model_bytes"] / figures["round_seconds"] / 1e9, abs=0.002
     )
+    # where the sharded rounds' time went, read back from the workers' logs
+    for workers in ("stages_1_worker", "stages_2_workers"):
+        stage = figures[workers]
+        assert stage["run_round"] > 0
+        assert stage["shards"] > 0
+        assert stage["combine"] > 0
+    assert 0 < figures["serial_fraction_1_worker"] < 1
+    assert figures["speedup_bound_2_workers"] >= 1

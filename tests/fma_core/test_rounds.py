@@ -18,7 +18,7 @@ from fma_core.aggregators import create_aggregator
 from fma_core.connectors import ExperimentConfig, InMemoryMetadataStore, LocalDirectoryWeightStore
 from fma_core.errors import LeaseLost
 from fma_core.rounds import RoundEngine
-from fma_core.weights import ArrayReader, TensorSpec, load, to_bytes
+from fma_core.weights import ArrayReader, TensorSpec, content_id, load, to_bytes
 
 SPEC = TensorSpec.from_json(
     [{"name": "w", "dtype": "F32", "shape": [2, 3]}, {"name": "b", "dtype": "F32", "shape": [3]}]
@@ -87,10 +87,11 @@ def test_a_round_aggregates_stores_and_commits(setup):
     assert record.draft.aggregator == "fedavg"
     assert record.draft.aggregator_params == {"weighted": True}
     with setup.weights.open(record.draft.weights_key) as file:
-        stored = load(file)
+        stored = file.read()
     expected = sum(n * m["w"].astype(np.float64) for m, n in zip(models, (10, 20, 70), strict=True)) / 100
-    np.testing.assert_allclose(stored["w"], expected, rtol=1e-6)
-    assert record.draft.content_id in record.draft.weights_key
+    np.testing.assert_allclose(load(stored)["w"], expected, rtol=1e-6)
+    assert record.draft.content_id == content_id(stored)
+    assert record.draft.size_bytes == len(stored)
 
     setup.submit(to_bytes(model(9)), base_round=1)
     second = setup.engine().run_round("e").aggregate
@@ -168,9 +169,12 @@ def test_a_zombie_worker_cannot_commit_after_its_lease_was_taken_over(setup):
     assert setup.engine("healthy").run_round("e").status == "committed"
     with pytest.raises(LeaseLost):
         zombie.commit(claim, computed)
-    assert len(setup.metadata.aggregates("e")) == 1
-    # the zombie wrote the same content under the same key: nothing was corrupted
-    assert computed.draft.weights_key == setup.metadata.aggregates("e")[0].draft.weights_key
+    [committed] = setup.metadata.aggregates("e")
+    # the zombie's object was its abandoned claim's own: removed by the takeover; the committed one is intact
+    assert committed.draft.content_id == computed.draft.content_id
+    assert not setup.weights.exists(computed.draft.weights_key)
+    with setup.weights.open(committed.draft.weights_key) as file:
+        assert content_id(file.read()) == committed.draft.content_id
 
 
 def test_many_threads_many_rounds_every_update_exactly_once(setup):

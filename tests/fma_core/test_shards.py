@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 
 import numpy as np
@@ -14,8 +15,8 @@ from fma_core.connectors import ExperimentConfig, InMemoryMetadataStore, LocalDi
 from fma_core.errors import LeaseLost, UpdateUnreadable
 from fma_core.peak_memory import PeakMemory
 from fma_core.rounds import RoundEngine, RoundOutcome
-from fma_core.shards import RoundPlan, balance_shards
-from fma_core.weights import TensorSpec, to_bytes
+from fma_core.shards import ALIGN_ELEMENTS, Piece, RoundPlan, balance_shards, shard_nbytes
+from fma_core.weights import TensorSpec, content_id, to_bytes
 
 SHAPES = {"embed": (300, 64), "dense": (64, 64), "out": (64, 10), "bias": (10,), "steps": ()}
 SPEC = TensorSpec.from_json(
@@ -53,25 +54,45 @@ def world(root, **config):
 
 @given(
     sizes=st.lists(st.integers(0, 10_000), min_size=1, max_size=30),
+    dtypes=st.lists(st.sampled_from(["U8", "F32", "F64"]), min_size=30, max_size=30),
     shard_bytes=st.integers(1, 50_000),
 )
-def test_shards_cover_every_tensor_once_in_spec_order_and_balance(sizes, shard_bytes):
-    spec = TensorSpec.from_json([{"name": f"t{i}", "dtype": "U8", "shape": [n]} for i, n in enumerate(sizes)])
+def test_shards_cut_the_data_into_contiguous_ranges_in_spec_order_and_balance(sizes, dtypes, shard_bytes):
+    spec = TensorSpec.from_json(
+        [{"name": f"t{i}", "dtype": dtypes[i], "shape": [n]} for i, n in enumerate(sizes)]
+    )
     shards = balance_shards(spec, shard_bytes)
-    flat = [name for shard in shards for name in shard]
-    assert sorted(flat) == sorted(spec.names)
-    for shard in shards:
-        assert list(shard) == [n for n in spec.names if n in shard]
+    pieces = [piece for shard in shards for piece in shard]
+    walked = []
+    for info in spec:  # each tensor covered once, in order, by adjacent element ranges
+        mine = [p for p in pieces if p.name == info.name]
+        assert mine[0].start == 0
+        assert mine[-1].stop == info.size
+        assert all(a.stop == b.start and a.start < a.stop for a, b in itertools.pairwise(mine))
+        walked += mine
+    assert pieces == walked
+    assert sum(shard_nbytes(spec, shard) for shard in shards) == spec.nbytes
     if spec.nbytes <= shard_bytes:
         assert len(shards) == 1
-    loads = [sum(spec.subset(s).nbytes for s in [shard]) for shard in shards]
-    biggest = max(t.nbytes for t in spec)
-    assert max(loads) <= spec.nbytes / len(shards) + biggest
+    ideal = spec.nbytes / len(shards)
+    assert max(shard_nbytes(spec, shard) for shard in shards) <= ideal + 2 * ALIGN_ELEMENTS * 8
+
+
+def test_one_tensor_larger_than_the_shard_size_is_cut_into_element_ranges():
+    spec = TensorSpec.from_json([{"name": "huge", "dtype": "F32", "shape": [1000, 1000]}])
+    shards = balance_shards(spec, spec.nbytes // 4)
+    assert [[(p.name, p.start, p.stop) for p in shard] for shard in shards] == [
+        [("huge", 0, 249_856)],
+        [("huge", 249_856, 499_712)],
+        [("huge", 499_712, 749_568)],
+        [("huge", 749_568, 1_000_000)],
+    ]
 
 
 def test_no_limit_or_a_small_model_is_one_shard():
-    assert balance_shards(SPEC, None) == (tuple(SPEC.names),)
-    assert balance_shards(SPEC, SPEC.nbytes) == (tuple(SPEC.names),)
+    whole = tuple(Piece(t.name, 0, t.size) for t in SPEC)
+    assert balance_shards(SPEC, None) == (whole,)
+    assert balance_shards(SPEC, SPEC.nbytes) == (whole,)
 
 
 @pytest.mark.parametrize("aggregator", ["fedavg", "median", "trimmed_mean"])
@@ -86,10 +107,12 @@ def test_a_sharded_round_is_bit_identical_to_the_unsharded_one(tmp_path, aggrega
     assert isinstance(plan, RoundPlan)
     assert len(plan.shards) >= 3
     # every shard computed by a different "worker" from the plan as it travels: JSON
+    records = []
     for index in reversed(range(len(plan.shards))):
         travelled = RoundPlan.from_dict(json.loads(json.dumps(plan.to_dict())))
-        RoundEngine(meta, store, worker_id=f"shard-{index}").compute_shard(travelled, index)
-    record = RoundEngine(meta, store, worker_id="combiner").combine_and_commit(plan)
+        records.append(RoundEngine(meta, store, worker_id=f"shard-{index}").finish_shard(travelled, index))
+    *waiting, record = records
+    assert waiting == [None] * (len(plan.shards) - 1)  # the last one to finish commits
 
     assert record.draft.content_id == whole.draft.content_id
     with store.open(record.draft.weights_key) as a, whole_store.open(whole.draft.weights_key) as b:
@@ -97,7 +120,7 @@ def test_a_sharded_round_is_bit_identical_to_the_unsharded_one(tmp_path, aggrega
     assert sorted(record.draft.update_ids) == sorted(whole.draft.update_ids)
     assert record.draft.input_weights == whole.draft.input_weights
     assert record.draft.peak_memory_bytes > 0
-    assert not list((tmp_path / "sharded" / "partials").rglob("*.safetensors"))  # cleaned up
+    assert not list((tmp_path / "sharded" / "partials").rglob("*.partial"))  # cleaned up
     assert meta.pending_updates("e") == []
 
 
@@ -114,12 +137,11 @@ def test_a_plan_from_a_round_taken_over_cannot_commit(tmp_path):
     clock, meta, store = world(tmp_path)
     engine = RoundEngine(meta, store, lease_seconds=10, shard_bytes=SPEC.nbytes // 2, clock=clock)
     plan = engine.start_round("e")
-    for index in range(len(plan.shards)):
-        engine.compute_shard(plan, index)
+    assert engine.finish_shard(plan, 0) is None
     clock.now += 11
     assert RoundEngine(meta, store, clock=clock).run_round("e").status == "committed"
     with pytest.raises(LeaseLost):
-        engine.combine_and_commit(plan)
+        engine.finish_shard(plan, 1)
     assert len(meta.aggregates("e")) == 1
 
 
@@ -127,11 +149,11 @@ def test_a_failed_shard_gives_the_round_back_with_its_reason(tmp_path):
     _, meta, store = world(tmp_path)
     engine = RoundEngine(meta, store, shard_bytes=SPEC.nbytes // 2)
     plan = engine.start_round("e")
-    engine.compute_shard(plan, 0)
+    engine.finish_shard(plan, 0)
     engine.fail_round(plan, "worker lost")
     assert meta.failures("e") == ["worker lost"]
     assert len(meta.pending_updates("e")) == 5
-    assert not list((tmp_path / "partials").rglob("*.safetensors"))
+    assert not list((tmp_path / "partials").rglob("*.partial"))
     assert engine.run_round("e").status == "committed"
 
 
@@ -145,7 +167,7 @@ def test_an_update_unreadable_in_a_shard_is_quarantined_and_the_retry_goes_on_wi
     failures = []
     for index in range(len(plan.shards)):
         try:
-            engine.compute_shard(plan, index)
+            engine.finish_shard(plan, index)
         except UpdateUnreadable as error:
             failures.append(error.update_id)
     assert failures
@@ -189,3 +211,73 @@ def test_peak_memory_sees_an_allocation_made_inside_it():
         del block
     assert peak.bytes >= before.bytes
     assert peak.bytes > 32 * 1024 * 1024
+
+
+def stored_files(root, folder: str) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in (root / folder).rglob("*") if p.is_file())
+
+
+def test_a_round_taken_over_from_a_dead_worker_removes_what_that_worker_left(tmp_path):
+    clock, meta, store = world(tmp_path)
+    dead = RoundEngine(meta, store, lease_seconds=10, shard_bytes=SPEC.nbytes // 3, clock=clock)
+    plan = dead.start_round("e")
+    dead.finish_shard(plan, 1)  # then SIGKILL: one partial and the manifest are left behind
+    assert len(stored_files(tmp_path, "partials")) == 2
+    clock.now += 10
+    assert meta.experiments_to_sweep(now=clock.now) == ["e"]  # the sweep finds the round...
+    survivor = RoundEngine(meta, store, lease_seconds=10, shard_bytes=SPEC.nbytes // 3, clock=clock)
+    outcome = survivor.run_round("e")  # ...and the worker it sends takes it over
+    assert outcome.status == "committed"
+    assert stored_files(tmp_path, "partials") == []
+    assert stored_files(tmp_path, "aggregates") == [outcome.aggregate.draft.weights_key]
+
+
+def test_a_zombie_shard_finishing_after_the_commit_leaves_no_partial(tmp_path):
+    _, meta, store = world(tmp_path)
+    engine = RoundEngine(meta, store, shard_bytes=SPEC.nbytes // 2)
+    plan = engine.start_round("e")
+    assert [engine.finish_shard(plan, i) is None for i in range(len(plan.shards))] == [True, False]
+    with pytest.raises(LeaseLost):  # a redelivered shard task
+        engine.finish_shard(plan, 0)
+    assert stored_files(tmp_path, "partials") == []
+
+
+class FailingStore(LocalDirectoryWeightStore):
+    """Opening ``victim`` fails from its ``fail_from``-th time on (the header check is the first)."""
+
+    def __init__(self, root, victim: str, fail_from: int) -> None:
+        super().__init__(root)
+        self.victim, self.fail_from, self.opened = victim, fail_from, 0
+
+    def open_weights(self, key, *, max_bytes=None):
+        if key == self.victim:
+            self.opened += 1
+            if self.opened >= self.fail_from:
+                raise OSError("the disk went away")
+        return super().open_weights(key, max_bytes=max_bytes)
+
+
+def test_a_sharded_round_failing_in_process_removes_its_partials(tmp_path):
+    _, meta, _ = world(tmp_path)
+    victim = meta.pending_updates("e")[0]
+    store = FailingStore(tmp_path, victim.weights_key, fail_from=3)  # shard 0 succeeds, shard 1 fails
+    outcome = RoundEngine(meta, store, shard_bytes=SPEC.nbytes // 2).run_round("e")
+    assert outcome.status == "failed"
+    assert victim.update_id in outcome.reason
+    assert stored_files(tmp_path, "partials") == []
+    assert len(meta.pending_updates("e")) == 4  # the unreadable update was quarantined
+
+
+def test_two_shards_finishing_together_both_combine_and_commit_once(tmp_path):
+    _, meta, store = world(tmp_path)
+    engine = RoundEngine(meta, store, shard_bytes=SPEC.nbytes // 2)
+    plan = engine.start_round("e")
+    for index in range(2):  # both wrote their partial before either looked for the other's
+        engine._write_partial(plan, index, *engine._shard_data(plan, index))
+    record = engine.finish_shard(plan, 0)  # finds shard 1 done: combines and commits
+    assert record is not None
+    with pytest.raises(LeaseLost):  # the twin: the round is committed, nothing of it is touched
+        engine.finish_shard(plan, 1)
+    with store.open(record.draft.weights_key) as file:
+        assert content_id(file.read()) == record.draft.content_id
+    assert stored_files(tmp_path, "partials") == []

@@ -2,14 +2,16 @@
 
 - ``FMA_AGGREGATOR_RUNNER`` (``inprocess``): who runs a round the API says may be ready:
   ``inprocess``, ``celery``, ``lambda`` or ``none``. The Django setting of the same name wins.
-- ``FMA_LEASE_SECONDS`` (900): how long a claimed round is held before another worker may take
-  it over; longer than the slowest round.
+- ``FMA_LEASE_SECONDS`` (900): how long a claimed round is held, after its worker's last sign of
+  life, before another worker may take it over. Workers renew it every third of this while they
+  compute, so a long round keeps it; a killed worker's round is taken over this long after it died.
 - ``FMA_SWEEP_SECONDS`` (60): how often deadlines and expired leases are swept.
-- ``FMA_SHARD_BYTES`` (unset: never shard): models larger than this are split into shards
-  aggregated in parallel (Celery chord, parallel Lambda invocations).
+- ``FMA_SHARD_BYTES`` (unset: never shard): models larger than this are split into shards of about
+  this size (byte ranges of the model, cutting through tensors where needed) aggregated in
+  parallel (one Celery task or Lambda invocation per shard).
 - ``FMA_BROKER_URL`` (``redis://127.0.0.1:6379/0``): the Celery broker; ``amqp://...`` for RabbitMQ.
-- ``FMA_RESULT_BACKEND`` (the broker URL if it is Redis, else none): sharded Celery rounds
-  (chords) need one; without it a worker computes every shard itself.
+- ``FMA_RESULT_BACKEND`` (the broker URL if it is Redis, else none): where Celery keeps task
+  results (what each round did); nothing depends on it.
 - ``FMA_CELERY_QUEUE`` (``fma``): the queue the tasks go to.
 - ``FMA_BROKER_VISIBILITY_TIMEOUT`` (3600): Redis only, seconds before a task whose worker died
   unacknowledged is delivered again.

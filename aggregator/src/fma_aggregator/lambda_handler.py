@@ -10,8 +10,8 @@ One function serves every event the deployment sends it:
 - ``{"fma": "round_ready", "experiment_id": "3"}``, sent asynchronously by the API when an update
   is accepted, runs the round; a model above ``FMA_SHARD_BYTES`` is fanned out instead as one
   asynchronous ``{"fma": "shard", ...}`` invocation per shard;
-- ``{"fma": "shard", "plan": {...}, "index": i}`` aggregates one shard; the shard that finds all
-  partials written invokes ``{"fma": "combine", "plan": {...}}``, which commits the round once;
+- ``{"fma": "shard", "plan": {...}, "index": i}`` aggregates one shard; the last shard to finish
+  writes the aggregate and commits the round once;
 - ``{"manage": "migrate"}`` or ``{"manage": ["createsuperuser", "--noinput", ...]}`` runs a Django
   management command (``DJANGO_SUPERUSER_PASSWORD`` etc. come from the function's environment).
 
@@ -63,9 +63,7 @@ def _dispatch(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if kind == "round_ready":
         return _run_round(str(event["experiment_id"]), context)
     if kind == "shard":
-        return _shard(event["plan"], int(event["index"]), context)
-    if kind == "combine":
-        return _combine(event["plan"])
+        return sharded.finish_shard(build_engine(), RoundPlan.from_dict(event["plan"]), int(event["index"]))
     raise ValueError(f"the aggregator does not know this event: keys {sorted(event)}")
 
 
@@ -94,24 +92,6 @@ def _run_round(experiment_id: str, context: Any) -> dict[str, Any]:
     for index in range(len(started.shards)):
         invoker.shard(started, index)
     return {"status": "sharded", "experiment_id": experiment_id, "shards": len(started.shards)}
-
-
-def _shard(plan_data: dict[str, Any], index: int, context: Any) -> dict[str, Any]:
-    engine = build_engine()
-    plan = RoundPlan.from_dict(plan_data)
-    try:
-        key = engine.compute_shard(plan, index)
-    except Exception as error:
-        sharded.fail(engine, plan, f"shard {index} failed: {type(error).__name__}: {error}")
-        raise
-    complete = sharded.partials_complete(engine, plan)
-    if complete:
-        _invoker(context).combine(plan)
-    return {"status": "shard_done", "experiment_id": plan.experiment_id, "key": key, "combine": complete}
-
-
-def _combine(plan_data: dict[str, Any]) -> dict[str, Any]:
-    return sharded.summary(sharded.combine(build_engine(), RoundPlan.from_dict(plan_data)))
 
 
 def _manage(command: str | list[str]) -> dict[str, Any]:

@@ -43,9 +43,6 @@ class LambdaInvoker:
     def shard(self, plan: RoundPlan, index: int) -> None:
         self.invoke({"fma": "shard", "plan": plan.to_dict(), "index": index})
 
-    def combine(self, plan: RoundPlan) -> None:
-        self.invoke({"fma": "combine", "plan": plan.to_dict()})
-
     def invoke(self, payload: dict[str, Any]) -> None:
         response = self.client.invoke(
             FunctionName=self.function_name,

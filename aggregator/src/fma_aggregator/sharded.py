@@ -1,8 +1,10 @@
 """The distributed half of a sharded round, shared by the Celery tasks and the Lambda handler.
 
-Shards and the combine step may run twice (a redelivered task, a retried invocation, two shards
-finishing together): shards rewrite the same object, and a second combine finds its claim
-superseded and stops. A real failure gives the round back with its reason.
+Each shard is one task (one invocation); the last shard to finish writes the aggregate and
+commits, so no separate combine step waits for the others. Shards may run twice (a redelivered
+task, a retried invocation, two shards finishing together): a shard rewrites the same object,
+and one whose round has meanwhile been committed or taken over stops. A real failure gives the
+round back with its reason.
 """
 
 from __future__ import annotations
@@ -17,25 +19,23 @@ from fma_core.shards import RoundPlan
 logger = logging.getLogger(__name__)
 
 
-def combine(engine: RoundEngine, plan: RoundPlan) -> RoundOutcome:
-    """Combine the shards and commit; a duplicate combine of a finished round is a no-op."""
+def finish_shard(engine: RoundEngine, plan: RoundPlan, index: int) -> dict[str, Any]:
+    """Run shard ``index`` of the plan (and the commit, if it is the last one); the outcome as JSON."""
     try:
-        record = engine.combine_and_commit(plan)
+        record = engine.finish_shard(plan, index)
     except Exception as error:
         if superseded(engine, plan):
-            logger.info(
-                "round %s of %s was already finished elsewhere", plan.claim.round_number, plan.experiment_id
+            logger.info("round %s of %s was finished elsewhere", plan.claim.round_number, plan.experiment_id)
+            return summary(
+                RoundOutcome("idle", plan.experiment_id, reason="the round was finished elsewhere")
             )
-            return RoundOutcome("idle", plan.experiment_id, reason="the round was finished by another worker")
-        engine.fail_round(plan, f"combining shards failed: {type(error).__name__}: {error}")
+        engine.fail_round(plan, f"shard {index} failed: {type(error).__name__}: {error}")
         raise
-    return RoundOutcome("committed", plan.experiment_id, aggregate=record, quarantined=plan.quarantined)
-
-
-def fail(engine: RoundEngine, plan: RoundPlan, reason: str) -> None:
-    """A shard failed: give the round back (unless it already moved on) so its updates stay pending."""
-    if not superseded(engine, plan):
-        engine.fail_round(plan, reason)
+    if record is None:
+        return {"status": "shard_done", "experiment_id": plan.experiment_id, "shard": index}
+    return summary(
+        RoundOutcome("committed", plan.experiment_id, aggregate=record, quarantined=plan.quarantined)
+    )
 
 
 def superseded(engine: RoundEngine, plan: RoundPlan) -> bool:
@@ -45,10 +45,6 @@ def superseded(engine: RoundEngine, plan: RoundPlan) -> bool:
     except LeaseLost:
         return True
     return False
-
-
-def partials_complete(engine: RoundEngine, plan: RoundPlan) -> bool:
-    return all(engine.weights.exists(plan.partial_key(i)) for i in range(len(plan.shards)))
 
 
 def summary(outcome: RoundOutcome) -> dict[str, Any]:

@@ -1,34 +1,41 @@
 """The round engine: claim → check the policy → stream the updates through the aggregator →
 write the aggregate → commit. Every runner (in-process, Celery, Lambda) drives this one class.
 
-Exactly once, whatever crashes or races: a round is computed under an expiring claim; the
-aggregate is written under a key derived from its content, so a retry or a zombie worker
-rewrites the same bytes; and the commit, which marks exactly the aggregated updates consumed,
-succeeds only while the claim is the current one. A worker killed at any instant leaves its
-updates pending until the lease expires and another worker claims them.
+Exactly once, whatever crashes or races: a round is computed under an expiring claim, renewed by
+a heartbeat while the worker computes (``fma_core.leases``); the aggregate is written under a key
+of that claim, so a retry of the claim rewrites the same object and no other claim's object is
+ever touched; and the commit, which marks exactly the aggregated updates consumed, succeeds only
+while the claim is the current one. A worker killed at any instant leaves its updates pending
+until its lease expires and another worker claims them; that worker also removes whatever the
+dead claim left in the weight store (partials, an uncommitted aggregate).
 
 An update that cannot be used (missing object, malformed file, tensors that don't match the
 spec, too stale) is quarantined with its reason and the round goes on without it: one bad
 client never blocks an experiment.
 
-Large models can be sharded: ``start_round`` claims and checks the round and cuts its tensors
-into a ``RoundPlan`` (see ``fma_core.shards``); ``compute_shard`` aggregates one shard into a
-partial object, anywhere; ``combine_and_commit`` joins the partials and commits once. ``run_round``
-is the same path with every shard computed in the calling process.
+Large models can be sharded: ``start_round`` claims and checks the round and cuts the aggregate's
+data into byte ranges, a ``RoundPlan`` (see ``fma_core.shards``); ``finish_shard`` aggregates one
+range, anywhere, into a partial object, except for the last shard to finish, which writes the
+header, the other shards' partials and its own range one after the other as the aggregate, and
+commits once. ``run_round`` is the same path with every shard computed in the calling process.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import os
 import socket
-import tempfile
+import struct
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import ExitStack
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Literal
+from typing import BinaryIO, Literal
+
+import numpy as np
 
 from fma_core.aggregators import Aggregator, UpdateInput, canonical_order, create_aggregator
 from fma_core.connectors.metadata import (
@@ -39,12 +46,14 @@ from fma_core.connectors.metadata import (
     UpdateRecord,
 )
 from fma_core.connectors.weight_store import WeightStore
-from fma_core.errors import FmaError, InvalidWeights, LeaseLost, UpdateUnreadable
+from fma_core.errors import FmaError, InvalidWeights, LeaseLost, ObjectNotFound, UpdateUnreadable
+from fma_core.leases import LeaseKeeper
 from fma_core.peak_memory import PeakMemory
 from fma_core.requirements import PendingUpdate, RoundState, policy_from_config
-from fma_core.shards import PEAK_MEMORY_KEY, RoundPlan, balance_shards
-from fma_core.weights import TensorSpec, Weights, WeightsReader, content_id, write_file
+from fma_core.shards import RoundPlan, aggregate_shard, balance_shards, manifest_key, partials_prefix
+from fma_core.weights import TensorSpec, WeightsReader
 from fma_core.weights.delta import DeltaReader
+from fma_core.weights.layout import ConcatStream, Part, header_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +138,8 @@ class RoundEngine:
                 wakeup_at=policy.wakeup_at(state),
             )
         try:
-            plan = self.plan_shards(claim)
+            with self._lease_kept(claim):  # checking many updates' headers on a slow store takes a while
+                plan = self.plan_shards(claim)
         except Exception as error:
             return self._give_up(claim, error)
         if not plan.update_ids:
@@ -140,6 +150,9 @@ class RoundEngine:
                 quarantined=plan.quarantined,
                 reason="every update was unusable",
             )
+        if len(plan.shards) > 1:
+            manifest = json.dumps({"shards": len(plan.shards)}).encode()
+            self.weights.put(plan.manifest_key, io.BytesIO(manifest))
         return plan
 
     def finish_round(self, plan: RoundPlan) -> RoundOutcome:
@@ -147,12 +160,11 @@ class RoundEngine:
         claim = plan.claim
         try:
             if len(plan.shards) > 1:
-                for index in range(len(plan.shards)):
-                    self.compute_shard(plan, index)
-                record = self.combine_and_commit(plan)
-                return self._committed(record, plan.quarantined)
+                records = [self.finish_shard(plan, index) for index in range(len(plan.shards))]
+                return self._committed(records[-1], plan.quarantined)
             computed = self._compute_whole(plan)
         except Exception as error:
+            self._delete_partials(plan)
             return self._give_up(claim, error)
         if computed.draft is None:
             self.metadata.release_round(claim)
@@ -165,9 +177,13 @@ class RoundEngine:
         return self._committed(self.commit(claim, computed), computed.quarantined)
 
     def claim(self, experiment_id: str) -> RoundClaim | None:
-        return self.metadata.claim_round(
+        """Claim the round; taking over an abandoned claim also removes what it left in the weight store."""
+        claim = self.metadata.claim_round(
             experiment_id, worker=self.worker_id, lease_seconds=self.lease_seconds
         )
+        if claim is not None and claim.taken_over_from is not None:
+            self._remove_abandoned(experiment_id, *claim.taken_over_from)
+        return claim
 
     def compute(self, claim: RoundClaim) -> ComputedRound:
         """Aggregate the claim's usable updates in one piece and write the result; nothing is committed here."""
@@ -197,40 +213,98 @@ class RoundEngine:
             quarantined=tuple(quarantined),
         )
 
-    def compute_shard(self, plan: RoundPlan, index: int) -> str:
-        """Aggregate one shard's tensors into a partial object; returns its key. Nothing is committed.
+    def finish_shard(self, plan: RoundPlan, index: int) -> AggregateRecord | None:
+        """Aggregate one shard; the shard that finds every other one done also writes the aggregate and
+        commits it (its own range straight from memory), and returns the record. Else it leaves a
+        partial object for that last shard and returns None.
 
-        An unreadable update is quarantined and the shard fails: the round is given up and the
-        next attempt goes on without that update.
+        The partial is written in the background while this shard watches for the others: if they
+        all finish meanwhile (shards of equal size finish together), this one is the last and goes
+        on at once instead of waiting for its own write. Two shards finishing at the same instant
+        may both combine: they write the same bytes under the same key, and only one commit
+        succeeds. An unreadable update is quarantined and the shard fails: the round is given up
+        and the next attempt goes on without that update.
         """
+        started = time.perf_counter()
+        data, peak = self._shard_data(plan, index)
+        others = [i for i in range(len(plan.shards)) if i != index]
+        last = self._partials_written(plan, others)
+        with ThreadPoolExecutor(1, thread_name_prefix="fma-partial") as pool:
+            writing = None if last else pool.submit(self._write_partial, plan, index, data, peak)
+            while writing is not None and not last and not writing.done():
+                time.sleep(0.005)
+                last = self._partials_written(plan, others)
+            if writing is not None and not last:
+                writing.result()
+                self._keep_partial(plan, index)
+                last = self._partials_written(plan, others)
+            logger.info(
+                "round %s of %s: shard %s aggregated in %.3f s",
+                plan.claim.round_number,
+                plan.experiment_id,
+                index,
+                time.perf_counter() - started,
+            )
+            if not last:
+                return None  # a shard still running will find this one's partial
+            started = time.perf_counter()
+            try:
+                record = self._combine(plan, own=(index, data, peak))
+            finally:
+                if writing is not None:
+                    wait([writing])  # this shard's own partial, no longer needed, is removed with the others
+                self._delete_partials(plan)
+        logger.info(
+            "round %s of %s: %s shards combined and committed in %.3f s",
+            plan.claim.round_number,
+            plan.experiment_id,
+            len(plan.shards),
+            time.perf_counter() - started,
+        )
+        return record
+
+    def _partials_written(self, plan: RoundPlan, indices: list[int]) -> bool:
+        return all(self.weights.exists(plan.partial_key(i)) for i in indices)
+
+    def _shard_data(self, plan: RoundPlan, index: int) -> tuple[np.ndarray, int]:
+        """The shard's range of the aggregate's data, and the peak memory computing it took."""
         claim = plan.claim
         aggregator = self._aggregator(claim)
-        with PeakMemory() as peak:
+        with self._lease_kept(claim), PeakMemory() as peak:
             try:
-                weights = aggregator.aggregate(self._inputs(plan), plan.spec.subset(plan.shards[index]))
+                data = aggregate_shard(aggregator, self._inputs(plan), plan.spec, plan.shards[index])
             except UpdateUnreadable as error:
                 self.metadata.quarantine_update(claim, error.update_id, error.reason)
                 raise
-        self.metadata.renew_lease(claim, lease_seconds=self.lease_seconds)
-        key = plan.partial_key(index)
-        self._write(key, weights, metadata={PEAK_MEMORY_KEY: str(peak.bytes)})
-        return key
+        return data, peak.bytes
 
-    def combine_and_commit(self, plan: RoundPlan) -> AggregateRecord:
-        """Join the shards' partial objects in the spec's order, write the aggregate and commit it once."""
+    def _write_partial(self, plan: RoundPlan, index: int, data: np.ndarray, peak: int) -> None:
+        """The partial object: the shard's peak memory (8 bytes, little-endian), then its data."""
+        self.weights.put(plan.partial_key(index), ConcatStream([struct.pack("<Q", peak), data.data]))
+
+    def _keep_partial(self, plan: RoundPlan, index: int) -> None:
+        """Check the lease once a partial is written: a shard finishing after its round was committed or
+        taken over removes its partial again instead of leaving it behind."""
+        try:
+            self.metadata.renew_lease(plan.claim, lease_seconds=self.lease_seconds)
+        except LeaseLost:
+            self.weights.delete(plan.partial_key(index))
+            raise
+
+    def _combine(self, plan: RoundPlan, *, own: tuple[int, np.ndarray, int]) -> AggregateRecord:
+        """Write the aggregate as the header then every shard's data in order (the partials' bytes go from
+        the store back to the store, never through numpy), and commit it once."""
         claim = plan.claim
         aggregator = self._aggregator(claim)
-        shard_peaks = []
-        with PeakMemory() as peak, ExitStack() as stack:
-            weights: Weights = {}
-            for index, names in enumerate(plan.shards):
-                reader = stack.enter_context(self.weights.open_weights(plan.partial_key(index)))
-                plan.spec.subset(names).check(reader.tensors)
-                shard_peaks.append(int(reader.metadata.get(PEAK_MEMORY_KEY, "0")))
-                weights.update((name, reader.read(name)) for name in names)
-            weights = {name: weights[name] for name in plan.spec.names}
-            key, size, digest = self._write_aggregate(plan.experiment_id, weights)
-            del weights
+        own_index, own_data, own_peak = own
+        with self._lease_kept(claim), PeakMemory() as peak:
+            others = [i for i in range(len(plan.shards)) if i != own_index]
+            shard_peaks = [own_peak, *(self._partial_peak(plan, i) for i in others)]
+            parts: list[Part] = [
+                own_data.data if i == own_index else partial_data(self.weights, plan.partial_key(i))
+                for i in range(len(plan.shards))
+            ]
+            key, size, digest = self._write_aggregate(claim, plan.spec, parts)
         draft = self._draft(
             plan,
             aggregator,
@@ -240,13 +314,7 @@ class RoundEngine:
             duration=max(0.0, self.clock() - claim.claimed_at),
             peak=max(peak.bytes, *shard_peaks),
         )
-        try:
-            record = self.metadata.commit_round(claim, draft)
-        except LeaseLost:
-            self._delete_partials(plan)
-            raise
-        self._delete_partials(plan)
-        return record
+        return self.metadata.commit_round(claim, draft)
 
     def fail_round(self, plan: RoundPlan, reason: str) -> None:
         """Give a planned round up (a shard failed): its updates stay pending, the reason is recorded."""
@@ -298,10 +366,11 @@ class RoundEngine:
         quarantined = list(plan.quarantined)
         wanted = set(plan.update_ids)
         usable = [u for u in claim.updates if u.update_id in wanted]
-        with PeakMemory() as peak:
+        whole = tuple(piece for shard in plan.shards for piece in shard)
+        with self._lease_kept(claim), PeakMemory() as peak:
             while usable:
                 try:
-                    weights = aggregator.aggregate([self._input(u) for u in usable], plan.spec)
+                    data = aggregate_shard(aggregator, [self._input(u) for u in usable], plan.spec, whole)
                     break
                 except UpdateUnreadable as error:
                     bad = next(u for u in usable if u.update_id == error.update_id)
@@ -310,9 +379,8 @@ class RoundEngine:
                     usable.remove(bad)
             if not usable:
                 return ComputedRound(None, tuple(quarantined))
-            self.metadata.renew_lease(claim, lease_seconds=self.lease_seconds)
-            key, size, digest = self._write_aggregate(plan.experiment_id, weights)
-            del weights
+            key, size, digest = self._write_aggregate(claim, plan.spec, [data.data])
+            del data
         used = RoundPlan(claim, tuple(u.update_id for u in usable), plan.spec, plan.shards)
         draft = self._draft(
             used,
@@ -401,27 +469,67 @@ class RoundEngine:
             raise
         return DeltaReader(reader, base)
 
-    def _write_aggregate(self, experiment_id: str, weights: Weights) -> tuple[str, int, str]:
-        """Write under a content-derived key, so a retried or duplicated round rewrites the same object."""
-        with tempfile.TemporaryDirectory(prefix="fma-aggregate-") as tmp:
-            path = os.path.join(tmp, "aggregate.safetensors")
-            write_file(weights, path)
-            digest = content_id(path)
-            key = f"aggregates/{experiment_id}/{digest}.safetensors"
-            with open(path, "rb") as file:
-                stored = self.weights.put(key, file)
-        if stored.sha256 != digest:
-            raise InvalidWeights("the aggregate changed while it was being stored")
-        return key, stored.size, digest
+    def _write_aggregate(self, claim: RoundClaim, spec: TensorSpec, data: list[Part]) -> tuple[str, int, str]:
+        """Store the header and ``data`` (the aggregate's data, in pieces) in one pass; the store measures
+        the SHA-256 on the way. The key is the claim's own: a retry, or a twin, of the claim rewrites
+        the same bytes, and a worker taking an abandoned claim over knows what to remove. A claim that
+        loses its commit leaves its object alone: a twin under the same claim may have committed it."""
+        header = header_bytes(spec)
+        key = aggregate_key(claim.experiment.experiment_id, claim.round_number, claim.token)
+        stored = self.weights.put(key, ConcatStream([header, *data]))
+        if stored.size != len(header) + spec.nbytes:
+            self.weights.delete(key)
+            raise InvalidWeights(
+                f"the aggregate's data is {stored.size - len(header):,} bytes, not {spec.nbytes:,}"
+            )
+        return key, stored.size, stored.sha256
 
-    def _write(self, key: str, weights: Weights, *, metadata: dict[str, str]) -> None:
-        with tempfile.TemporaryDirectory(prefix="fma-partial-") as tmp:
-            path = os.path.join(tmp, "partial.safetensors")
-            write_file(weights, path, metadata=metadata)
-            with open(path, "rb") as file:
-                self.weights.put(key, file)
+    def _remove_abandoned(self, experiment_id: str, round_number: int, token: str) -> None:
+        """Remove the partials and the uncommitted aggregate of a claim whose lease expired; a failure
+        here is logged, never allowed to block the round."""
+        try:
+            manifest = manifest_key(experiment_id, round_number, token)
+            try:
+                with self.weights.open(manifest) as stream:
+                    count = int(json.load(stream)["shards"])
+            except ObjectNotFound:
+                count = 0
+            prefix = partials_prefix(experiment_id, round_number, token)
+            for index in range(count):
+                self.weights.delete(f"{prefix}/{index}.partial")
+            self.weights.delete(manifest)
+            self.weights.delete(aggregate_key(experiment_id, round_number, token))
+        except Exception:
+            logger.exception("removing what round %s of %s left behind failed", round_number, experiment_id)
+
+    def _partial_peak(self, plan: RoundPlan, index: int) -> int:
+        with self.weights.open(plan.partial_key(index)) as stream:
+            head = stream.read(8)
+        if len(head) != 8:
+            raise InvalidWeights(f"shard {index}'s partial object is truncated")
+        return struct.unpack("<Q", head)[0]
+
+    def _lease_kept(self, claim: RoundClaim) -> LeaseKeeper:
+        return LeaseKeeper(self.metadata, claim, lease_seconds=self.lease_seconds)
 
     def _delete_partials(self, plan: RoundPlan) -> None:
         if len(plan.shards) > 1:
             for index in range(len(plan.shards)):
                 self.weights.delete(plan.partial_key(index))
+            self.weights.delete(plan.manifest_key)
+
+
+def partial_data(weights: WeightStore, key: str) -> Callable[[], BinaryIO]:
+    """Opens a partial object past its 8-byte peak-memory prefix: the shard's data."""
+
+    def open_data() -> BinaryIO:
+        stream = weights.open(key)
+        stream.read(8)
+        return stream
+
+    return open_data
+
+
+def aggregate_key(experiment_id: str, round_number: int, token: str) -> str:
+    """Where a claim writes its aggregate."""
+    return f"aggregates/{experiment_id}/r{round_number}-{token}.safetensors"

@@ -1,9 +1,13 @@
-"""Sharded rounds: a claimed round cut into groups of whole tensors, balanced by bytes.
+"""Sharded rounds: a claimed round cut into contiguous byte ranges of the aggregate's data, of near-equal size.
 
-Each shard is aggregated on its own (by another process, a Celery task, a Lambda invocation)
-into a partial safetensors object; one worker then combines the partials in the spec's order
-and commits once. Aggregators compute every element the same way whichever subset of tensors
-they are given, so the combined aggregate is bit-identical to the unsharded one.
+An aggregate's data is its tensors' bytes one after the other in the spec's order
+(``fma_core.weights.layout``). A shard is one contiguous range of it: element ranges of one or
+more tensors (``Piece``), so a model of a few huge tensors shards as well as one of many small
+ones. Each shard is aggregated on its own (by another process, a Celery task, a Lambda
+invocation) into a partial object holding its raw bytes; one worker then writes the aggregate as
+the header followed by the partials, in order, and commits once. Aggregation is elementwise (each
+element computed the same way whichever block, thread or shard computes it), so the sharded
+aggregate is bit-identical to the unsharded one.
 
 ``RoundPlan`` is what travels between those workers: the claim (with its fencing token, so a
 plan from a round that was taken over can never commit), the updates that passed the checks,
@@ -12,35 +16,89 @@ the tensor spec and the shards. It converts to and from plain JSON.
 
 from __future__ import annotations
 
-import heapq
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+
+from fma_core.aggregators import Aggregator, UpdateInput
 from fma_core.connectors.metadata import ExperimentConfig, RoundClaim, UpdateRecord
 from fma_core.weights import TensorSpec
 
-PEAK_MEMORY_KEY = "fma.peak_memory_bytes"
+# Shard boundaries inside a tensor fall on multiples of this many elements: blocks stay whole and
+# a tiny FMA_SHARD_BYTES cannot cut a model into thousands of slivers.
+ALIGN_ELEMENTS = 1024
 
 
-def balance_shards(spec: TensorSpec, shard_bytes: int | None) -> tuple[tuple[str, ...], ...]:
-    """Split the spec's tensors into ⌈size / shard_bytes⌉ groups (at most one per tensor) of near-equal bytes.
+@dataclass(frozen=True)
+class Piece:
+    """Elements ``[start, stop)`` of tensor ``name``, flattened."""
 
-    Largest tensor first onto the lightest group (LPT), so no group exceeds the ideal share by more
-    than one tensor; each group keeps the spec's order, and empty groups are dropped.
+    name: str
+    start: int
+    stop: int
+
+
+Shard = tuple[Piece, ...]
+
+
+def balance_shards(spec: TensorSpec, shard_bytes: int | None) -> tuple[Shard, ...]:
+    """Cut the spec's data into ⌈size / shard_bytes⌉ contiguous ranges of near-equal bytes.
+
+    Each cut is placed at the aligned element nearest to its ideal byte offset (or a tensor's end), so
+    a shard strays from its ideal share by about ``ALIGN_ELEMENTS`` elements at most; empty shards
+    are dropped.
     """
-    names = spec.names
-    if not shard_bytes or spec.nbytes <= shard_bytes or len(names) < 2:
-        return (tuple(names),)
-    count = min(len(names), math.ceil(spec.nbytes / shard_bytes))
-    loads = [(0, index) for index in range(count)]
-    groups: list[set[str]] = [set() for _ in range(count)]
-    for info in sorted(spec, key=lambda t: (-t.nbytes, t.name)):
-        load, index = heapq.heappop(loads)
-        groups[index].add(info.name)
-        heapq.heappush(loads, (load + info.nbytes, index))
-    return tuple(tuple(n for n in names if n in group) for group in groups if group)
+    whole = tuple(Piece(t.name, 0, t.size) for t in spec)
+    if not shard_bytes or spec.nbytes <= shard_bytes:
+        return (whole,)
+    # never more shards than aligned runs of elements, whatever shard_bytes says
+    count = min(math.ceil(spec.nbytes / shard_bytes), sum(math.ceil(t.size / ALIGN_ELEMENTS) for t in spec))
+    targets = iter([spec.nbytes * k / count for k in range(1, count)] + [math.inf])
+    target = next(targets)
+    shards: list[list[Piece]] = [[]]
+    offset = 0  # bytes before the current tensor
+    for info in spec:
+        start = 0
+        itemsize = info.numpy_dtype.itemsize
+        while target < offset + info.nbytes:
+            cut = round((target - offset) / itemsize / ALIGN_ELEMENTS) * ALIGN_ELEMENTS
+            cut = min(max(cut, start), info.size)
+            if cut > start:
+                shards[-1].append(Piece(info.name, start, cut))
+                start = cut
+            if shards[-1]:
+                shards.append([])
+            target = next(targets)
+        if start < info.size or info.size == 0:
+            shards[-1].append(Piece(info.name, start, info.size))
+        offset += info.nbytes
+    return tuple(tuple(shard) for shard in shards if shard)
+
+
+def shard_nbytes(spec: TensorSpec, shard: Shard) -> int:
+    """Bytes of a shard's data."""
+    sizes = {t.name: t.numpy_dtype.itemsize for t in spec}
+    return sum((p.stop - p.start) * sizes[p.name] for p in shard)
+
+
+def aggregate_shard(
+    aggregator: Aggregator, updates: Sequence[UpdateInput], spec: TensorSpec, shard: Shard
+) -> np.ndarray:
+    """The shard's range of the aggregate's data, as bytes: its pieces aggregated straight into place."""
+    data = np.empty(shard_nbytes(spec, shard), np.uint8)
+    infos = {t.name: t for t in spec}
+    targets = []
+    offset = 0
+    for piece in shard:
+        info = infos[piece.name]
+        size = (piece.stop - piece.start) * info.numpy_dtype.itemsize
+        targets.append((info, piece.start, piece.stop, data[offset : offset + size].view(info.numpy_dtype)))
+        offset += size
+    aggregator.aggregate_into(updates, targets)
+    return data
 
 
 @dataclass(frozen=True)
@@ -50,7 +108,7 @@ class RoundPlan:
     claim: RoundClaim
     update_ids: tuple[str, ...]  # the claimed updates that passed the checks
     spec: TensorSpec
-    shards: tuple[tuple[str, ...], ...]
+    shards: tuple[Shard, ...]
     quarantined: tuple[str, ...] = ()
 
     @property
@@ -59,9 +117,12 @@ class RoundPlan:
 
     def partial_key(self, index: int) -> str:
         """Where shard ``index`` is written: fixed per claim, so a redelivered shard rewrites the same object."""
-        return (
-            f"partials/{self.experiment_id}/r{self.claim.round_number}-{self.claim.token}/{index}.safetensors"
-        )
+        claim = self.claim
+        return f"{partials_prefix(self.experiment_id, claim.round_number, claim.token)}/{index}.partial"
+
+    @property
+    def manifest_key(self) -> str:
+        return manifest_key(self.experiment_id, self.claim.round_number, self.claim.token)
 
     def to_dict(self) -> dict[str, Any]:
         claim = self.claim
@@ -87,7 +148,7 @@ class RoundPlan:
             },
             "update_ids": list(self.update_ids),
             "spec": self.spec.to_json(),
-            "shards": [list(s) for s in self.shards],
+            "shards": [[[p.name, p.start, p.stop] for p in shard] for shard in self.shards],
             "quarantined": list(self.quarantined),
         }
 
@@ -114,6 +175,17 @@ class RoundPlan:
             claim=claim,
             update_ids=tuple(data["update_ids"]),
             spec=TensorSpec.from_json(data["spec"]),
-            shards=tuple(tuple(s) for s in data["shards"]),
+            shards=tuple(tuple(Piece(*p) for p in shard) for shard in data["shards"]),
             quarantined=tuple(data.get("quarantined", ())),
         )
+
+
+def partials_prefix(experiment_id: str, round_number: int, token: str) -> str:
+    """Where one claim's partial objects live: a new claim of the round never reuses them."""
+    return f"partials/{experiment_id}/r{round_number}-{token}"
+
+
+def manifest_key(experiment_id: str, round_number: int, token: str) -> str:
+    """The small object saying how many partials a claim's round has, so whoever takes an abandoned
+    round over can remove them (a weight store cannot list keys)."""
+    return f"{partials_prefix(experiment_id, round_number, token)}/shards.json"

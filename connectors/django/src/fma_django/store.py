@@ -115,6 +115,7 @@ class DjangoMetadataStore(MetadataStore):
             now = self._clock()
             latest = ModelAggregate.objects.filter(experiment=experiment).aggregate(Max("round_number"))
             round_number = (latest["round_number__max"] or 0) + 1
+            previous = RoundLease.objects.values_list("round_number", "token").get(pk=experiment.pk)
             taken = RoundLease.objects.filter(Q(token="") | Q(expires_at__lte=now), pk=experiment.pk).update(
                 token=token, worker=worker, round_number=round_number, expires_at=now + lease_seconds
             )
@@ -145,6 +146,7 @@ class DjangoMetadataStore(MetadataStore):
             enrolled_clients=enrolled,
             claimed_at=now,
             expires_at=now + lease_seconds,
+            taken_over_from=previous if previous[1] else None,
         )
 
     def renew_lease(self, claim: RoundClaim, *, lease_seconds: float) -> RoundClaim:
@@ -155,6 +157,9 @@ class DjangoMetadataStore(MetadataStore):
         if not renewed:
             raise self._lost(claim)
         return replace(claim, expires_at=expires_at)
+
+    def thread_finished(self) -> None:
+        connection.close()  # Django opens one connection per thread; a finished heartbeat's would linger
 
     def release_round(self, claim: RoundClaim, *, failure: str | None = None) -> None:
         with transaction.atomic():

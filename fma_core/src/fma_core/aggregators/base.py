@@ -111,23 +111,34 @@ class Aggregator(ABC):
         return None
 
     def aggregate(self, updates: Iterable[UpdateInput], spec: TensorSpec) -> Weights:
-        """Aggregate the updates' tensors named in ``spec`` (all of a model, or one shard of it)."""
+        """Aggregate the updates' tensors named in ``spec`` (all of a model, or some of it)."""
+        out = {t.name: np.empty(t.shape, t.numpy_dtype) for t in spec}
+        self.aggregate_into(updates, [(t, 0, t.size, out[t.name].reshape(-1)) for t in spec])
+        return out
+
+    def aggregate_into(
+        self, updates: Iterable[UpdateInput], targets: Sequence[tuple[TensorInfo, int, int, np.ndarray]]
+    ) -> None:
+        """For each ``(tensor, start, stop, out)``, write elements ``[start, stop)`` of the result into the
+        1-D array ``out`` (a range of a shard's bytes, or a whole tensor)."""
         ordered = canonical_order(updates)
         if not ordered:
             raise ValueError("nothing to aggregate: no updates")
         plan = self._plan(ordered)
-        out = {t.name: np.empty(t.shape, t.numpy_dtype) for t in spec}
         block = self._block(len(ordered))
-        tasks = [(t, start, min(start + block, t.size)) for t in spec for start in range(0, t.size, block)]
+        tasks = [
+            (info, begin, min(begin + block, stop), out[begin - start : min(begin + block, stop) - start])
+            for info, start, stop, out in targets
+            for begin in range(start, stop, block)
+        ]
         with ExitStack() as stack:
             readers = [_Opened(update, stack) for update in ordered]
             workers = max(1, min(self.threads, len(tasks)))
 
             def work(part: int) -> None:
                 scratch = _Scratch()
-                for info, start, stop in tasks[part::workers]:
-                    target = out[info.name].reshape(-1)[start:stop]
-                    self._combine(readers, plan, info, start, stop, target, scratch)
+                for info, begin, end, target in tasks[part::workers]:
+                    self._combine(readers, plan, info, begin, end, target, scratch)
 
             if workers == 1:
                 work(0)
@@ -135,7 +146,6 @@ class Aggregator(ABC):
                 with ThreadPoolExecutor(workers, thread_name_prefix="fma-aggregate") as pool:
                     for future in [pool.submit(work, part) for part in range(workers)]:
                         future.result()
-        return out
 
     def _block(self, count: int) -> int:
         return self.block_elements

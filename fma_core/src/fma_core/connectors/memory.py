@@ -146,6 +146,7 @@ class InMemoryMetadataStore(MetadataStore):
                 enrolled_clients=frozenset(self._enrolled[experiment_id]),
                 claimed_at=now,
                 expires_at=now + lease_seconds,
+                taken_over_from=(current.round_number, current.token) if current is not None else None,
             )
             self._claims[experiment_id] = claim
             return claim

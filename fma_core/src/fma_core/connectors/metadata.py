@@ -5,7 +5,8 @@ fma-django implements the store on PostgreSQL or SQLite; ``InMemoryMetadataStore
 and simulations. The contract every implementation keeps:
 
 - ``claim_round`` gives at most one live claim per experiment; the claim carries a fencing token
-  and a snapshot of the pending updates; an expired claim may be taken over by another worker;
+  and a snapshot of the pending updates; an expired claim may be taken over by another worker,
+  whose claim then names the one it took over (``taken_over_from``);
 - ``commit_round`` records the aggregate and marks exactly its updates consumed, in one
   transaction, and only if the claim's token is still the current one (else ``LeaseLost``);
 - an update is pending, consumed by exactly one aggregate, or quarantined with a reason;
@@ -64,6 +65,9 @@ class RoundClaim:
     enrolled_clients: frozenset[str]
     claimed_at: float
     expires_at: float
+    # (round number, token) of the expired claim this one took over: its worker died or stalled, and
+    # the objects it may have written (partials, an uncommitted aggregate) are left for this one to remove
+    taken_over_from: tuple[int, str] | None = None
 
     def state(self, now: float) -> RoundState:
         return RoundState(
@@ -138,3 +142,7 @@ class MetadataStore(ABC):
     @abstractmethod
     def commit_round(self, claim: RoundClaim, draft: AggregateDraft) -> AggregateRecord:
         """Atomically record the aggregate and mark exactly ``draft.update_ids`` consumed."""
+
+    def thread_finished(self) -> None:  # noqa: B027 - most stores hold nothing per thread
+        """A helper thread that used the store (the lease heartbeat) ends: release what it holds, such
+        as its own database connection."""
