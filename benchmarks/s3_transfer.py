@@ -21,7 +21,7 @@ For each: an experiment of N updates × P float32 parameters in 10 tensors (defa
    process's ``VmHWM`` (Python, Django, numpy and boto3 included), read just before it exits;
 3. one client's ``Client.pull()`` of the new aggregate; ``*download_mbps`` = model bytes / seconds.
 
-Both aggregates must be bit-identical (same updates, same weights); the benchmark fails otherwise.
+Both aggregates should be bit-identical (same updates, same weights): ``bit_identical`` says.
 Target: the aggregator's peak RSS ≤ 2 × model bytes + 300 MiB, whatever N (``rss_target_met``).
 MB = 10^6 bytes, GB = 10^9 bytes.
 
@@ -50,6 +50,8 @@ from pathlib import Path
 import numpy as np
 import requests
 
+from fma_client import Client
+
 TENSORS = 10
 PART_BYTES = 8 * 1024**2
 RSS_ALLOWANCE = 300 * 1024**2
@@ -71,8 +73,12 @@ def main() -> None:
     args = parser.parse_args()
     count = args.updates or (4 if args.quick else 8)
     params = args.params or (1_000_000 if args.quick else 8_000_000)
-    if params % TENSORS:
-        parser.error(f"--params must be a multiple of {TENSORS} (the update has {TENSORS} equal tensors)")
+    if count < 1:
+        parser.error("--updates must be at least 1")
+    if params < TENSORS or params % TENSORS:
+        parser.error(
+            f"--params must be a positive multiple of {TENSORS} (the update has {TENSORS} equal tensors)"
+        )
     if args.child_setup:
         child_setup(count=count, params=params)
     elif args.child_round:
@@ -101,8 +107,9 @@ def run(*, count: int, params: int) -> dict[str, object]:
         local = one_path(env, work / "local", count=count, params=params)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if not all(np.array_equal(s3["model"][name], local["model"][name]) for name in local["model"]):
-        raise SystemExit("the aggregate read from S3 differs from the one read from the local store")
+    identical = s3["model"].keys() == local["model"].keys() and all(
+        np.array_equal(s3["model"][name], local["model"][name]) for name in local["model"]
+    )
     model_bytes = params * 4
     update_bytes = count * model_bytes
     target = 2 * model_bytes + RSS_ALLOWANCE
@@ -120,15 +127,13 @@ def run(*, count: int, params: int) -> dict[str, object]:
         "aggregator_local_peak_rss_bytes": local["round"]["peak_rss_bytes"],
         "rss_target_bytes": target,
         "rss_target_met": s3["round"]["peak_rss_bytes"] <= target,
-        "bit_identical": True,
+        "bit_identical": identical,
         "moto_note": MOTO_NOTE,
     }
 
 
 def one_path(env: dict[str, str], data_dir: Path, *, count: int, params: int) -> dict[str, object]:
     """Push N updates to a fresh service, run the round in a child process, pull the aggregate."""
-    from fma_client import Client
-
     env = {
         **env,
         "FMA_DATA_DIR": str(data_dir),
@@ -156,7 +161,12 @@ def one_path(env: dict[str, str], data_dir: Path, *, count: int, params: int) ->
             pull_seconds = time.perf_counter() - started
     if model.aggregate is None:
         raise SystemExit("pull() returned no aggregate after the round")
-    return {"push_seconds": push_seconds, "round": outcome, "pull_seconds": pull_seconds, "model": model.weights}
+    return {
+        "push_seconds": push_seconds,
+        "round": outcome,
+        "pull_seconds": pull_seconds,
+        "model": model.weights,
+    }
 
 
 def make_update(params: int, *, seed: int) -> dict[str, np.ndarray]:
@@ -250,7 +260,9 @@ def service(env: dict[str, str], data_dir: Path) -> Iterator[str]:
     port = free_port()
     env = {**env, "FMA_BIND": f"127.0.0.1:{port}", "FMA_WORKERS": "1", "FMA_THREADS": "4"}
     url = f"http://127.0.0.1:{port}"
-    with started([sys.executable, "-m", "fma_service"], env, data_dir / "service.log", ready_url=url + "/api/v1/"):
+    with started(
+        [sys.executable, "-m", "fma_service"], env, data_dir / "service.log", ready_url=url + "/api/v1/"
+    ):
         yield url
 
 
@@ -301,7 +313,7 @@ def report(figures: dict[str, object]) -> str:
         f"  aggregator peak RSS (S3)  {peak / 1e6:.0f} MB; target 2 × model + 300 MiB = {target / 1e6:.0f} MB: "
         + ("met" if figures["rss_target_met"] else "MISSED"),
         f"  aggregator peak RSS (local store)  {figures['aggregator_local_peak_rss_bytes'] / 1e6:.0f} MB",
-        "  both aggregates bit-identical",
+        "  the two aggregates are " + ("bit-identical" if figures["bit_identical"] else "DIFFERENT: a bug"),
         f"  note: {figures['moto_note']}",
     ]
     return "\n".join(lines)
