@@ -21,13 +21,17 @@ For each: an experiment of N updates × P float32 parameters in 10 tensors (defa
    process's ``VmHWM`` (Python, Django, numpy and boto3 included), read just before it exits;
 3. one client's ``Client.pull()`` of the new aggregate; ``*download_mbps`` = model bytes / seconds.
 
-Both aggregates should be bit-identical (same updates, same weights): ``bit_identical`` says.
+``upload_ratio``, ``aggregate_ratio``, ``download_ratio``: the S3 path's speed over the API
+path's, both measured in the same run (above 1: S3 is faster). Both aggregates should be
+bit-identical (same updates, same weights): ``bit_identical`` says.
 Target: the aggregator's peak RSS ≤ 2 × model bytes + 300 MiB, whatever N (``rss_target_met``).
 MB = 10^6 bytes, GB = 10^9 bytes.
 
 These are loopback figures against moto, not S3: moto answers every ranged GET by reading the
 whole object into memory, so each tensor block the aggregator fetches costs a whole update on
-moto's side, and ``aggregate_from_s3_gbps`` says more about moto than about S3.
+moto's side, and ``aggregate_from_s3_gbps`` says more about moto than about S3. The same goes,
+to a lesser degree, for the presigned upload: completing it reads the object back once (SHA-256)
+and checks its values block by block with ranged GETs. moto is also a single Python process.
 
     python benchmarks/s3_transfer.py [--quick] [--updates N] [--params P] [--json]
 """
@@ -123,6 +127,10 @@ def run(*, count: int, params: int) -> dict[str, object]:
         "aggregate_local_gbps": round(update_bytes / 1e9 / local["round"]["seconds"], 3),
         "download_mbps": round(model_bytes / 1e6 / s3["pull_seconds"], 1),
         "api_download_mbps": round(model_bytes / 1e6 / local["pull_seconds"], 1),
+        # S3 path / API path, from the unrounded times: above 1, the S3 path is faster
+        "upload_ratio": round(local["push_seconds"] / s3["push_seconds"], 3),
+        "aggregate_ratio": round(local["round"]["seconds"] / s3["round"]["seconds"], 3),
+        "download_ratio": round(local["pull_seconds"] / s3["pull_seconds"], 3),
         "aggregator_peak_rss_bytes": s3["round"]["peak_rss_bytes"],
         "aggregator_local_peak_rss_bytes": local["round"]["peak_rss_bytes"],
         "rss_target_bytes": target,
@@ -298,17 +306,24 @@ def report(figures: dict[str, object]) -> str:
     target = figures["rss_target_bytes"]
     peak = figures["aggregator_peak_rss_bytes"]
     rows = [
-        ("upload (Client.push)", "presigned_upload_mbps", "api_upload_mbps", "MB/s"),
-        ("round (claim → commit)", "aggregate_from_s3_gbps", "aggregate_local_gbps", "GB/s"),
-        ("download (Client.pull)", "download_mbps", "api_download_mbps", "MB/s"),
+        ("upload (Client.push)", "presigned_upload_mbps", "api_upload_mbps", "upload_ratio", "MB/s", ".1f"),
+        (
+            "round (claim → commit)",
+            "aggregate_from_s3_gbps",
+            "aggregate_local_gbps",
+            "aggregate_ratio",
+            "GB/s",
+            ".3f",
+        ),
+        ("download (Client.pull)", "download_mbps", "api_download_mbps", "download_ratio", "MB/s", ".1f"),
     ]
     lines = [
         f"{figures['updates']} updates × {figures['params']:,} float32 ({model / 1e6:.0f} MB each), loopback",
         f"  {'':<24}{'S3 (moto), presigned':>22}{'API, local store':>18}{'S3 / API':>10}",
     ]
-    for label, s3_key, api_key, unit in rows:
-        s3, api = figures[s3_key], figures[api_key]
-        lines.append(f"  {label:<24}{s3:>17} {unit}{api:>13} {unit}{s3 / api:>9.2f}×")
+    for label, s3_key, api_key, ratio_key, unit, digits in rows:
+        s3, api = format(figures[s3_key], digits), format(figures[api_key], digits)
+        lines.append(f"  {label:<24}{s3:>17} {unit}{api:>13} {unit}{figures[ratio_key]:>9.2f}×")
     lines += [
         f"  aggregator peak RSS (S3)  {peak / 1e6:.0f} MB; target 2 × model + 300 MiB = {target / 1e6:.0f} MB: "
         + ("met" if figures["rss_target_met"] else "MISSED"),
