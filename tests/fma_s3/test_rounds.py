@@ -55,8 +55,10 @@ def test_a_round_over_s3_equals_the_same_round_over_the_local_store(store, tmp_p
     assert on_s3.status == on_disk.status == "committed"
     assert on_s3.quarantined == on_disk.quarantined == ("u3",)
     assert on_s3.aggregate.draft.content_id == on_disk.aggregate.draft.content_id
-    key = on_s3.aggregate.draft.weights_key
-    with store.open(key) as from_s3, local.open(key) as from_disk:
+    with (
+        store.open(on_s3.aggregate.draft.weights_key) as from_s3,
+        local.open(on_disk.aggregate.draft.weights_key) as from_disk,
+    ):
         assert from_s3.read() == from_disk.read()
     listed = store.client.list_objects_v2(Bucket=store.bucket, Prefix="fma/partials/")
     assert listed["KeyCount"] == 0  # a sharded round's partial results are removed once committed
