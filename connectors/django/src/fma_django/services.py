@@ -27,6 +27,7 @@ from fma_core.connectors import StoredObject
 from fma_core.errors import ConfigurationError, InvalidWeights
 from fma_core.requirements import policy_from_config
 from fma_core.weights import TensorSpec, Weights, from_legacy_json, to_bytes, validate
+from fma_core.weights.scan import Scanned, scan
 from fma_django import credentials
 from fma_django.errors import Conflict, DomainError, Forbidden, NotFound, TooLarge, ValidationFailed
 from fma_django.models import (
@@ -428,9 +429,11 @@ def update_submit(
     key = update_key(experiment)
     try:
         stored = store.put(key, stream, max_bytes=limit)
+        with store.open_weights(key, max_bytes=limit) as reader:
+            validate(reader, experiment_spec(experiment))
     except InvalidWeights as error:
         store.delete(key)
-        raise _update_rejected(experiment, client, error) from None
+        raise update_rejected(experiment, client, error) from None
     except BaseException:
         store.delete(key)
         raise
@@ -443,7 +446,6 @@ def update_submit(
         num_examples=num_examples,
         metrics=metrics,
         idempotency_key=idempotency_key,
-        limit=limit,
     )
 
 
@@ -452,7 +454,19 @@ def update_key(experiment: Experiment) -> str:
     return f"updates/{experiment.pk}/{uuid.uuid4().hex}.safetensors"
 
 
-def _update_rejected(experiment: Experiment, client: Client, error: InvalidWeights) -> DomainError:
+def experiment_spec(experiment: Experiment) -> TensorSpec | None:
+    """The tensors the experiment expects, if it declared them."""
+    return TensorSpec.from_json(experiment.tensor_spec) if experiment.tensor_spec is not None else None
+
+
+def update_scan(*, experiment: Experiment, key: str, size: int, limit: int) -> Scanned:
+    """One forward read of stored bytes: their size and SHA-256, and whether they are weights
+    the experiment takes (half the reads of measuring, then validating, a multi-GB upload)."""
+    with weight_store().open(key) as stream:
+        return scan(stream, size=size, spec=experiment_spec(experiment), max_bytes=limit)
+
+
+def update_rejected(experiment: Experiment, client: Client, error: InvalidWeights) -> DomainError:
     """Record why an update's bytes were refused; the error to raise (413 above the limit, else 400)."""
     event_record(kind=EventKind.UPDATE_REJECTED, experiment=experiment, client=client, reason=str(error))
     if "larger than the limit" in str(error):
@@ -470,15 +484,13 @@ def update_accept(
     num_examples: int,
     metrics: Any,
     idempotency_key: str | None,
-    limit: int,
 ) -> tuple[ModelUpdate, bool]:
-    """A stored object becomes an accepted update: ``(update, created)``.
+    """Stored, checked weights become an accepted update: ``(update, created)``.
 
     Both ways of sending bytes end here (one request, or an upload session's parts), so the
-    same checks decide: a twin (same client, base and content) or a concurrent retry returns
-    the first update and drops these bytes; weights that do not match the experiment's spec
-    are removed and the rejection recorded; otherwise the update is created and the round
-    announced once the transaction commits. The metadata was checked by the caller.
+    same rules decide: a twin (same client, base and content) or a concurrent retry returns
+    the first update and drops these bytes; otherwise the update is created and the round
+    announced once the transaction commits. The caller checked the metadata and the bytes.
     """
     store = weight_store()
     key = stored.key
@@ -486,18 +498,12 @@ def update_accept(
         twin = ModelUpdate.objects.filter(
             experiment=experiment, client=client, base_round=base_round, content_id=stored.sha256
         ).first()
-        if twin is not None:
-            store.delete(key)
-            return twin, False
-        spec = TensorSpec.from_json(experiment.tensor_spec) if experiment.tensor_spec is not None else None
-        with store.open_weights(key, max_bytes=limit) as reader:
-            validate(reader, spec)
-    except InvalidWeights as error:
-        store.delete(key)
-        raise _update_rejected(experiment, client, error) from None
     except BaseException:
         store.delete(key)
         raise
+    if twin is not None:
+        store.delete(key)
+        return twin, False
     try:
         with transaction.atomic():
             update = ModelUpdate.objects.create(

@@ -11,7 +11,6 @@ no bytes behind; sessions left open are aborted by ``uploads_expire_stale`` from
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -23,6 +22,7 @@ from django.utils import timezone
 
 from fma_core.connectors import StoredObject, UploadedPart
 from fma_core.errors import InvalidWeights, ObjectNotFound
+from fma_core.weights.scan import Scanned
 from fma_django import services
 from fma_django.errors import Conflict, DomainError, TooLarge, ValidationFailed
 from fma_django.models import (
@@ -40,7 +40,6 @@ logger = logging.getLogger(__name__)
 
 MAX_PARTS = 10_000  # S3's limit, the strictest store's: larger uploads get larger parts
 PART_URL_SECONDS = 3600
-_CHUNK = 1 << 20
 
 
 def upload_part_bytes(size: int) -> int:
@@ -220,18 +219,26 @@ def upload_complete(*, session: UploadSession) -> tuple[ModelUpdate, bool]:
         experiment, client = session.experiment, session.client
         services.check_enrolled(experiment, client)
         try:
-            stored = _join(session)
-            _check_declared(session, stored)
+            _join(session)
+            scanned = services.update_scan(
+                experiment=experiment,
+                key=session.weights_key,
+                size=session.size_bytes,
+                limit=max_update_bytes(experiment.max_update_bytes),
+            )
+            _check_declared(session, scanned)
+            if scanned.problem is not None:
+                weight_store().delete(session.weights_key)
+                raise services.update_rejected(experiment, client, scanned.problem)
             update, created = services.update_accept(
                 experiment=experiment,
                 client=client,
-                stored=stored,
+                stored=StoredObject(key=session.weights_key, size=scanned.size, sha256=scanned.sha256),
                 base_aggregate=session.base_aggregate,
                 base_round=session.base_round,
                 num_examples=session.num_examples,
                 metrics=session.metrics,
                 idempotency_key=session.idempotency_key,
-                limit=max_update_bytes(experiment.max_update_bytes),
             )
         except _Incomplete as error:
             raise ValidationFailed(str(error), code="incomplete_upload") from None
@@ -251,15 +258,15 @@ class _Incomplete(Exception):
     """Parts are missing or mis-sized: the client can still send them."""
 
 
-def _join(session: UploadSession) -> StoredObject:
-    """The joined object, from the store's parts, or from an earlier complete that died after joining."""
+def _join(session: UploadSession) -> None:
+    """Join the store's parts into the object (nothing to do if an earlier complete died after joining)."""
     store = weight_store()
     key, upload_id = session.weights_key, session.store_upload_id
     try:
         received = {part.number: part for part in store.uploaded_parts(key, upload_id)}
     except ObjectNotFound:
         if store.exists(key):
-            return _measure(key)
+            return
         raise _reject(
             session, "the weight store no longer has this upload's parts; start a new upload"
         ) from None
@@ -275,33 +282,23 @@ def _join(session: UploadSession) -> StoredObject:
             f"the upload is incomplete ({'; '.join(problems)}): send those parts again, then complete"
         )
     try:
-        return store.complete_upload(key, upload_id, [received[n] for n in range(1, session.part_count + 1)])
+        store.complete_upload(key, upload_id, [received[n] for n in range(1, session.part_count + 1)])
     except InvalidWeights as error:
         store.abort_upload(key, upload_id)
         raise _reject(session, f"the weight store could not join the parts: {error}") from None
 
 
-def _measure(key: str) -> StoredObject:
-    """Size and SHA-256 of a stored object, read back (only after a complete was interrupted)."""
-    digest, size = hashlib.sha256(), 0
-    with weight_store().open(key) as stream:
-        while chunk := stream.read(_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return StoredObject(key=key, size=size, sha256=digest.hexdigest())
-
-
-def _check_declared(session: UploadSession, stored: StoredObject) -> None:
-    """The store measured the joined bytes; they must be what the client said it would send."""
+def _check_declared(session: UploadSession, stored: Scanned) -> None:
+    """The joined bytes, as measured here, must be what the client said it would send."""
     if stored.size != session.size_bytes:
-        weight_store().delete(stored.key)
+        weight_store().delete(session.weights_key)
         raise _reject(
             session,
             f"the parts add up to {stored.size:,} bytes; the upload declared {session.size_bytes:,}",
             code="size_mismatch",
         )
     if stored.sha256 != session.sha256:
-        weight_store().delete(stored.key)
+        weight_store().delete(session.weights_key)
         raise _reject(
             session,
             f"the joined parts have SHA-256 {stored.sha256}, not the declared {session.sha256}: "

@@ -218,8 +218,8 @@ class S3WeightStore(WeightStore):
             ]
         return sorted(parts, key=lambda part: part.number)
 
-    def complete_upload(self, key: str, upload_id: str, parts: Sequence[UploadedPart]) -> StoredObject:
-        """Join the parts once each matches S3's listing (ETags quoted or not), then measure the object."""
+    def complete_upload(self, key: str, upload_id: str, parts: Sequence[UploadedPart]) -> None:
+        """Join the parts once each matches S3's listing (ETags quoted or not); S3 joins them itself."""
         name = self._name(key)
         s3_upload_id = _unbind(name, upload_id)
         if not parts or [part.number for part in parts] != list(range(1, len(parts) + 1)):
@@ -250,10 +250,6 @@ class S3WeightStore(WeightStore):
                     f"{MIN_PART_SIZE:,} bytes"
                 ) from None
             raise
-        with ObjectStream(ObjectVersion.head(self.client, self.bucket, name)) as joined:
-            sha256 = hashlib.file_digest(joined, "sha256").hexdigest()
-            size = joined.tell()
-        return StoredObject(key=key, size=size, sha256=sha256)
 
     def abort_upload(self, key: str, upload_id: str) -> None:
         name = self._name(key)

@@ -77,7 +77,7 @@ class LocalDirectoryWeightStore(WeightStore):
         folder = self._upload(key, upload_id)
         return [_part(path) for path in sorted(folder.glob("*.part"))]
 
-    def complete_upload(self, key: str, upload_id: str, parts: Sequence[UploadedPart]) -> StoredObject:
+    def complete_upload(self, key: str, upload_id: str, parts: Sequence[UploadedPart]) -> None:
         folder = self._upload(key, upload_id)
         received = {part.number: part for part in self.uploaded_parts(key, upload_id)}
         if [part.number for part in parts] != list(range(1, len(parts) + 1)) or not parts:
@@ -86,19 +86,13 @@ class LocalDirectoryWeightStore(WeightStore):
             if received.get(part.number) != part:
                 raise InvalidWeights(f"part {part.number} was not received as listed")
         path = self._path(key)
-        digest = hashlib.sha256()
-        size = 0
         with self._temporary() as tmp:
             for part in parts:
                 with open(folder / f"{part.number:05d}.part", "rb") as source:
-                    while chunk := source.read(_CHUNK):
-                        size += len(chunk)
-                        digest.update(chunk)
-                        tmp.write(chunk)
+                    shutil.copyfileobj(source, tmp, _CHUNK)
         path.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp.name, path)
         shutil.rmtree(folder, ignore_errors=True)
-        return StoredObject(key=key, size=size, sha256=digest.hexdigest())
 
     def abort_upload(self, key: str, upload_id: str) -> None:
         try:

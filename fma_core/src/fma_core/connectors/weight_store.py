@@ -85,11 +85,12 @@ class WeightStore(ABC):
         """The parts received so far, by number; ObjectNotFound if the upload is unknown or ended."""
 
     @abstractmethod
-    def complete_upload(self, key: str, upload_id: str, parts: Sequence[UploadedPart]) -> StoredObject:
+    def complete_upload(self, key: str, upload_id: str, parts: Sequence[UploadedPart]) -> None:
         """Join ``parts`` (numbers 1..n, each as listed by ``uploaded_parts``) into the object.
 
-        The size and SHA-256 returned are measured by the store from the joined bytes, never
-        taken from the client. Raises InvalidWeights if a part is missing or differs.
+        Raises InvalidWeights if a part is missing or differs. The joined bytes are not measured
+        here: the caller reads them once to hash and check them together (``weights.scan``),
+        since a second full read of a multi-GB object would double the time to accept it.
         """
 
     @abstractmethod

@@ -143,6 +143,11 @@ class WeightsReader(ABC):
         ``stop - start`` long) when one is given; a reader over memory returns a read-only view.
         """
 
+    def in_storage_order(self) -> list[TensorInfo]:
+        """The tensors in the order their bytes are stored, so a pass over all of them reads
+        forward (one sequential read of a file or an object, no seeking back)."""
+        return list(self.tensors.values())
+
     def read(self, name: str) -> np.ndarray:
         """One whole tensor, shaped."""
         info = self._info(name)
@@ -209,6 +214,9 @@ class SafetensorsReader(WeightsReader):
     @property
     def tensors(self) -> Mapping[str, TensorInfo]:
         return self._tensors
+
+    def in_storage_order(self) -> list[TensorInfo]:
+        return sorted(self._tensors.values(), key=lambda info: self._offsets[info.name])
 
     def read_block(self, name: str, start: int, stop: int, buffer: np.ndarray | None = None) -> np.ndarray:
         info = self._info(name)

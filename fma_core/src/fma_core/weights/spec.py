@@ -134,7 +134,7 @@ def _validate_reader(reader: WeightsReader, spec: TensorSpec | None, check_finit
     if spec is not None:
         spec.check(reader.tensors)
     if check_finite:
-        for info in reader.tensors.values():
+        for info in reader.in_storage_order():
             if info.numpy_dtype.kind == "f" and not _all_finite(reader, info):
                 raise InvalidWeights("contains NaN or infinite values", tensor=info.name)
     return TensorSpec.from_reader(reader)
