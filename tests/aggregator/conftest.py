@@ -27,20 +27,6 @@ os.environ.setdefault("FMA_CELERY_QUEUE", f"fma-test-{uuid.uuid4().hex[:8]}")
 
 
 @pytest.fixture
-def require_postgresql() -> None:
-    """PostgreSQL-only tests run in `make test`'s PostgreSQL pass; in the SQLite pass they skip."""
-    from django.db import connection
-
-    if connection.vendor == "postgresql":
-        return
-    if os.environ.get("FMA_TEST_DATABASE") == "postgresql" or (
-        os.environ.get("CI") == "true" and os.environ.get("FMA_TEST_DATABASE") != "sqlite"
-    ):
-        pytest.fail("this test needs PostgreSQL, and the suite is not running on it")
-    pytest.skip("needs PostgreSQL: runs in the FMA_TEST_DATABASE=postgresql pass of `make test`")
-
-
-@pytest.fixture
 def developer(transactional_db) -> User:
     return User.objects.create_user("dev", password="dev-password")
 

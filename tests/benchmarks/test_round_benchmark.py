@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from ..aggregator.aggregator_support import service_available
 
 BENCHMARK = Path(__file__).parents[2] / "benchmarks" / "round.py"
 KEYS = {"round_seconds", "round_gbps", "peak_rss_bytes", "model_bytes", "speedup_2_workers"}
@@ -18,12 +18,7 @@ KEYS = {"round_seconds", "round_gbps", "peak_rss_bytes", "model_bytes", "speedup
 @pytest.fixture
 def services() -> None:
     for name, port in (("PostgreSQL", 5432), ("Redis", 6379)):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=2).close()
-        except OSError:
-            if os.environ.get("CI") == "true":
-                pytest.fail(f"{name} is not reachable on 127.0.0.1:{port}, and CI needs it")
-            pytest.skip(f"needs {name} on 127.0.0.1:{port}")
+        service_available("127.0.0.1", port, name)
 
 
 def test_json_output_has_every_key_with_sane_values(services):

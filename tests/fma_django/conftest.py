@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -134,20 +133,6 @@ def upload(api: APIClient, experiment_id: int, body: bytes, **headers: str):
 @pytest.fixture
 def uploader() -> Callable:
     return upload
-
-
-@pytest.fixture
-def require_postgresql() -> None:
-    """Skip on SQLite outside CI; under CI (or in the PostgreSQL pass) a missing PostgreSQL fails."""
-    from django.db import connection
-
-    if connection.vendor == "postgresql":
-        return
-    if os.environ.get("FMA_TEST_DATABASE") == "postgresql" or (
-        os.environ.get("CI") == "true" and os.environ.get("FMA_TEST_DATABASE") != "sqlite"
-    ):
-        pytest.fail("this test needs PostgreSQL, and the suite is not running on it")
-    pytest.skip("needs PostgreSQL: runs in the FMA_TEST_DATABASE=postgresql pass of `make test`")
 
 
 @pytest.fixture

@@ -1,0 +1,22 @@
+"""Fixtures every test folder shares."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture
+def require_postgresql() -> None:
+    """PostgreSQL-only tests run in `make test`'s PostgreSQL pass and skip in its SQLite pass;
+    in the PostgreSQL pass, or under CI outside the SQLite pass, a missing PostgreSQL fails."""
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        return
+    if os.environ.get("FMA_TEST_DATABASE") == "postgresql" or (
+        os.environ.get("CI") == "true" and os.environ.get("FMA_TEST_DATABASE") != "sqlite"
+    ):
+        pytest.fail("this test needs PostgreSQL, and the suite is not running on it")
+    pytest.skip("needs PostgreSQL: runs in the FMA_TEST_DATABASE=postgresql pass of `make test`")
