@@ -155,7 +155,7 @@ def experiment_create(
 
 
 def _store_initial_model(experiment: Experiment, weights: Weights | list) -> ModelArtifact:
-    spec = TensorSpec.from_json(experiment.tensor_spec) if experiment.tensor_spec is not None else None
+    spec = experiment_spec(experiment)
     try:
         if isinstance(weights, list):
             weights = from_legacy_json(weights, spec)
@@ -546,7 +546,7 @@ def update_submit_legacy_json(
     *, experiment: Experiment, client: Client, data: Any, base_aggregate_id: int | None = None, **options: Any
 ) -> tuple[ModelUpdate, bool]:
     """The original's JSON ``data`` (a list of layers), converted to safetensors and then submitted."""
-    spec = TensorSpec.from_json(experiment.tensor_spec) if experiment.tensor_spec is not None else None
+    spec = experiment_spec(experiment)
     try:
         if experiment.update_schema is not None:
             _check_schema(experiment.update_schema, data, "data")

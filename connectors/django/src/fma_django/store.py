@@ -28,7 +28,6 @@ from fma_core.connectors import (
     UpdateRecord,
 )
 from fma_core.errors import LeaseLost
-from fma_core.weights import TensorSpec
 from fma_django import selectors
 from fma_django.models import (
     Enrollment,
@@ -39,7 +38,7 @@ from fma_django.models import (
     RoundLease,
     UpdateStatus,
 )
-from fma_django.services import effective_round_policy, event_record
+from fma_django.services import effective_round_policy, event_record, experiment_spec
 
 
 def experiment_config(experiment: Experiment) -> ExperimentConfig:
@@ -48,9 +47,7 @@ def experiment_config(experiment: Experiment) -> ExperimentConfig:
         aggregator=experiment.aggregator,
         aggregator_params=dict(experiment.aggregator_params or {}),
         round_policy=effective_round_policy(experiment),
-        tensor_spec=TensorSpec.from_json(experiment.tensor_spec)
-        if experiment.tensor_spec is not None
-        else None,
+        tensor_spec=experiment_spec(experiment),
         # furthest_base_agg=k accepts the newest k aggregates, i.e. a lag of at most k-1 rounds
         max_staleness=experiment.furthest_base_agg - 1 if experiment.furthest_base_agg else None,
     )
