@@ -226,10 +226,7 @@ def upload_complete(*, session: UploadSession) -> tuple[ModelUpdate, bool]:
                 size=session.size_bytes,
                 limit=max_update_bytes(experiment.max_update_bytes),
             )
-            _check_declared(session, scanned)
-            if scanned.problem is not None:
-                weight_store().delete(session.weights_key)
-                raise services.update_rejected(experiment, client, scanned.problem)
+            _check_scanned(session, scanned)
             update, created = services.update_accept(
                 experiment=experiment,
                 client=client,
@@ -288,23 +285,28 @@ def _join(session: UploadSession) -> None:
         raise _reject(session, f"the weight store could not join the parts: {error}") from None
 
 
-def _check_declared(session: UploadSession, stored: Scanned) -> None:
-    """The joined bytes, as measured here, must be what the client said it would send."""
-    if stored.size != session.size_bytes:
+def _check_scanned(session: UploadSession, scanned: Scanned) -> None:
+    """The joined bytes, as measured here, must be what the client said it would send, and
+    weights the experiment takes; else they are removed. The hash is checked before the
+    contents: corrupted parts are a transfer problem, not the client's tensors."""
+    if scanned.size != session.size_bytes:
         weight_store().delete(session.weights_key)
         raise _reject(
             session,
-            f"the parts add up to {stored.size:,} bytes; the upload declared {session.size_bytes:,}",
+            f"the parts add up to {scanned.size:,} bytes; the upload declared {session.size_bytes:,}",
             code="size_mismatch",
         )
-    if stored.sha256 != session.sha256:
+    if scanned.sha256 != session.sha256:
         weight_store().delete(session.weights_key)
         raise _reject(
             session,
-            f"the joined parts have SHA-256 {stored.sha256}, not the declared {session.sha256}: "
+            f"the joined parts have SHA-256 {scanned.sha256}, not the declared {session.sha256}: "
             "a part was corrupted or the declared hash is wrong",
             code="hash_mismatch",
         )
+    if scanned.problem is not None:
+        weight_store().delete(session.weights_key)
+        raise services.update_rejected(session.experiment, session.client, scanned.problem)
 
 
 def _reject(session: UploadSession, detail: str, *, code: str = "invalid") -> ValidationFailed:
