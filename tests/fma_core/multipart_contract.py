@@ -17,7 +17,7 @@ KEY = "updates/7/upload.safetensors"
 def parts_join_in_order_whatever_order_they_arrive(store: WeightStore, part_size: int) -> None:
     data = os.urandom(2 * part_size + 123)
     chunks = [data[i : i + part_size] for i in range(0, len(data), part_size)]
-    upload = store.start_upload(KEY)
+    upload = store.start_upload(KEY, [len(chunk) for chunk in chunks])
     for number in (3, 1, 2):
         part = store.put_part(KEY, upload, number, io.BytesIO(chunks[number - 1]))
         assert (part.number, part.size) == (number, len(chunks[number - 1]))
@@ -31,7 +31,7 @@ def parts_join_in_order_whatever_order_they_arrive(store: WeightStore, part_size
 
 
 def a_part_sent_again_replaces_the_first(store: WeightStore, part_size: int) -> None:
-    upload = store.start_upload(KEY)
+    upload = store.start_upload(KEY, [part_size])
     store.put_part(KEY, upload, 1, io.BytesIO(b"x" * part_size))
     store.put_part(KEY, upload, 1, io.BytesIO(b"y" * part_size))
     (part,) = store.uploaded_parts(KEY, upload)
@@ -41,7 +41,7 @@ def a_part_sent_again_replaces_the_first(store: WeightStore, part_size: int) -> 
 
 
 def completion_refuses_missing_or_altered_parts(store: WeightStore, part_size: int) -> None:
-    upload = store.start_upload(KEY)
+    upload = store.start_upload(KEY, [part_size, part_size, 10])
     first = store.put_part(KEY, upload, 1, io.BytesIO(b"a" * part_size))
     third = store.put_part(KEY, upload, 3, io.BytesIO(b"c" * 10))
     with pytest.raises(InvalidWeights):
@@ -54,8 +54,18 @@ def completion_refuses_missing_or_altered_parts(store: WeightStore, part_size: i
     store.abort_upload(KEY, upload)
 
 
+def a_completed_upload_cannot_complete_again(store: WeightStore, part_size: int) -> None:
+    upload = store.start_upload(KEY, [part_size])
+    part = store.put_part(KEY, upload, 1, io.BytesIO(b"a" * part_size))
+    store.complete_upload(KEY, upload, [part])
+    with pytest.raises(ObjectNotFound):  # a twin completing the same upload learns it is done
+        store.complete_upload(KEY, upload, [part])
+    with store.open(KEY) as file:
+        assert file.read() == b"a" * part_size
+
+
 def abort_drops_every_part(store: WeightStore, part_size: int) -> None:
-    upload = store.start_upload(KEY)
+    upload = store.start_upload(KEY, [part_size, 1])
     store.put_part(KEY, upload, 1, io.BytesIO(b"a" * part_size))
     store.abort_upload(KEY, upload)
     store.abort_upload(KEY, upload)  # twice is fine
@@ -67,7 +77,7 @@ def abort_drops_every_part(store: WeightStore, part_size: int) -> None:
 
 
 def an_upload_belongs_to_its_key(store: WeightStore, part_size: int) -> None:
-    upload = store.start_upload(KEY)
+    upload = store.start_upload(KEY, [1])
     with pytest.raises(ObjectNotFound):
         store.put_part("updates/7/other.safetensors", upload, 1, io.BytesIO(b"a"))
     with pytest.raises(ObjectNotFound):
@@ -76,7 +86,7 @@ def an_upload_belongs_to_its_key(store: WeightStore, part_size: int) -> None:
 
 
 def an_oversized_part_is_refused_and_not_kept(store: WeightStore, part_size: int) -> None:
-    upload = store.start_upload(KEY)
+    upload = store.start_upload(KEY, [part_size])
     with pytest.raises(InvalidWeights):
         store.put_part(KEY, upload, 1, io.BytesIO(b"a" * (part_size + 1)), max_bytes=part_size)
     assert store.uploaded_parts(KEY, upload) == []
@@ -87,6 +97,7 @@ CONTRACT = [
     parts_join_in_order_whatever_order_they_arrive,
     a_part_sent_again_replaces_the_first,
     completion_refuses_missing_or_altered_parts,
+    a_completed_upload_cannot_complete_again,
     abort_drops_every_part,
     an_upload_belongs_to_its_key,
     an_oversized_part_is_refused_and_not_kept,

@@ -174,3 +174,22 @@ def test_local_store_ignores_upload_ids_that_are_paths(tmp_path):
     store = LocalDirectoryWeightStore(tmp_path)
     with pytest.raises(ObjectNotFound):
         store.uploaded_parts("updates/a.safetensors", "../../etc")
+
+
+def test_local_store_writes_parts_in_place_and_refuses_one_of_another_size(tmp_path):
+    store = LocalDirectoryWeightStore(tmp_path)
+    upload = store.start_upload("updates/a.safetensors", [4, 3])
+    second = store.put_part("updates/a.safetensors", upload, 2, io.BytesIO(b"efg"))
+    short = store.put_part("updates/a.safetensors", upload, 1, io.BytesIO(b"ab"))  # cut short
+    with pytest.raises(InvalidWeights, match="2 bytes, not 4"):
+        store.complete_upload("updates/a.safetensors", upload, [short, second])
+    with pytest.raises(InvalidWeights):  # larger than its range: refused, and forgotten
+        store.put_part("updates/a.safetensors", upload, 1, io.BytesIO(b"abcde"))
+    assert [p.number for p in store.uploaded_parts("updates/a.safetensors", upload)] == [2]
+    with pytest.raises(InvalidWeights, match="parts 1 to 2"):
+        store.put_part("updates/a.safetensors", upload, 3, io.BytesIO(b"x"))
+    first = store.put_part("updates/a.safetensors", upload, 1, io.BytesIO(b"abcd"))
+    store.complete_upload("updates/a.safetensors", upload, [first, second])
+    with store.open("updates/a.safetensors") as file:
+        assert file.read() == b"abcdefg"
+    assert not list((tmp_path / ".uploads").iterdir())

@@ -7,6 +7,7 @@ import hashlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -291,7 +292,10 @@ def test_the_sweep_expires_uploads_left_open(
     assert housekeeping_sweep() == {"uploads_expired": 1, "update_weights_removed": 0}
     assert status(client_api, stale).json()["state"] == "expired"
     assert status(client_api, fresh).json()["state"] == "open"
-    assert len(stored_files()) == len(before) + 1  # the fresh session's folder only
+    fresh_upload = UploadSession.objects.get(uuid=fresh["id"]).store_upload_id
+    assert {Path(name).parts[:2] for name in set(stored_files()) - set(before)} == {
+        (".uploads", fresh_upload)
+    }
     assert complete(client_api, stale).json()["code"] == "upload_expired"
     assert Event.objects.filter(kind=EventKind.UPLOAD_EXPIRED).count() == 1
 

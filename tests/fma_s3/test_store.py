@@ -117,7 +117,7 @@ def test_open_is_a_seekable_stream(store):
 
 def test_presigned_part_urls_take_parts_from_plain_http(store, s3, bucket):
     data = os.urandom(PART + 999)
-    upload = store.start_upload(KEY)
+    upload = store.start_upload(KEY, [PART, 999])
     etags = {}
     for number, chunk in ((2, data[PART:]), (1, data[:PART])):
         url = store.presigned_part_url(KEY, upload, number, expires_in=600)
@@ -136,7 +136,7 @@ def test_presigned_part_urls_take_parts_from_plain_http(store, s3, bucket):
 
 
 def test_completion_takes_etags_as_the_part_puts_returned_them(store):
-    upload = store.start_upload(KEY)
+    upload = store.start_upload(KEY, [100])
     part = store.put_part(KEY, upload, 1, io.BytesIO(b"z" * 100))
     quoted = type(part)(number=1, size=100, etag=f'"{part.etag}"')
     store.complete_upload(KEY, upload, [quoted])
@@ -144,9 +144,14 @@ def test_completion_takes_etags_as_the_part_puts_returned_them(store):
         assert joined.read() == b"z" * 100
 
 
+def test_an_upload_s3_would_refuse_to_join_is_refused_at_its_start(store):
+    with pytest.raises(InvalidWeights, match="at least"):
+        store.start_upload(KEY, [100, 100])
+
+
 def test_completion_refuses_parts_s3_cannot_join(store):
-    upload = store.start_upload(KEY)
-    store.put_part(KEY, upload, 1, io.BytesIO(b"a" * 100))  # below S3's 5 MiB for a part that is not last
+    upload = store.start_upload(KEY, [PART, 100])
+    store.put_part(KEY, upload, 1, io.BytesIO(b"a" * 100))  # a client sent less than S3's minimum for part 1
     store.put_part(KEY, upload, 2, io.BytesIO(b"b" * 100))
     with pytest.raises(InvalidWeights, match="at least"):
         store.complete_upload(KEY, upload, store.uploaded_parts(KEY, upload))
@@ -167,7 +172,7 @@ def test_a_presigned_download_url_serves_the_object(store):
 @pytest.mark.parametrize("size", [1000, PART + 1], ids=["one-put", "multipart"])
 def test_every_write_is_encrypted_with_s3_managed_keys_by_default(store, s3, bucket, size):
     store.put("updates/1/a.safetensors", io.BytesIO(os.urandom(size)))
-    upload = store.start_upload("updates/1/b.safetensors")
+    upload = store.start_upload("updates/1/b.safetensors", [10])
     store.complete_upload(
         "updates/1/b.safetensors",
         upload,
@@ -182,7 +187,7 @@ def test_writes_use_the_kms_key_when_one_is_given(make_store, moto_endpoint, s3,
     store = make_store(encryption="aws:kms", kms_key_id=key_id)
     store.put("updates/1/small.safetensors", io.BytesIO(b"s" * 1000))
     store.put("updates/1/large.safetensors", io.BytesIO(os.urandom(PART + 1)))
-    upload = store.start_upload("updates/1/parts.safetensors")
+    upload = store.start_upload("updates/1/parts.safetensors", [10])
     part = store.put_part("updates/1/parts.safetensors", upload, 1, io.BytesIO(b"p" * 10))
     store.complete_upload("updates/1/parts.safetensors", upload, [part])
     for name in ("small", "large", "parts"):

@@ -293,6 +293,9 @@ class UploadSession(models.Model):
         offset = (number - 1) * self.part_bytes
         return offset, min(self.part_bytes, self.size_bytes - offset)
 
+    def part_sizes(self) -> list[int]:
+        return [self.part_range(number)[1] for number in range(1, self.part_count + 1)]
+
 
 class ClientAggregateScore(models.Model):
     """A client's evaluation of an aggregate; one per client per aggregate."""

@@ -89,23 +89,23 @@ def upload_start(
     )
     store = weight_store()
     key = services.update_key(experiment)
-    upload_id = store.start_upload(key)
+    session = UploadSession(
+        experiment=experiment,
+        client=client,
+        weights_key=key,
+        size_bytes=size,
+        sha256=sha256,
+        part_bytes=upload_part_bytes(size),
+        num_examples=num_examples,
+        base_aggregate=base,
+        base_round=base_round,
+        metrics=metrics,
+        idempotency_key=idempotency_key or None,
+    )
+    session.store_upload_id = upload_id = store.start_upload(key, session.part_sizes())
     try:
         with transaction.atomic():
-            session = UploadSession.objects.create(
-                experiment=experiment,
-                client=client,
-                weights_key=key,
-                store_upload_id=upload_id,
-                size_bytes=size,
-                sha256=sha256,
-                part_bytes=upload_part_bytes(size),
-                num_examples=num_examples,
-                base_aggregate=base,
-                base_round=base_round,
-                metrics=metrics,
-                idempotency_key=idempotency_key or None,
-            )
+            session.save()
     except IntegrityError:
         # A concurrent start with the same idempotency key won: answer with its session.
         store.abort_upload(key, upload_id)

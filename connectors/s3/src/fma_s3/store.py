@@ -44,8 +44,8 @@ class S3WeightStore(WeightStore):
     - ``open_weights`` reads the safetensors header with one small ranged GET, then each block of
       a tensor with its own (``RangedSource``): an aggregator holds blocks, never an update.
     - Multipart uploads are S3's. Clients PUT parts straight to presigned part URLs; completion
-      checks the parts against S3's listing, then reads the joined object back to measure its
-      size and SHA-256. An upload id names its key (``<S3 upload id>~<tag>``): S3 refuses a part
+      checks the parts against S3's listing; the caller reads the joined object once to
+      measure it. An upload id names its key (``<S3 upload id>~<tag>``): S3 refuses a part
       sent to another key's upload, but not every S3-compatible server does, so the store checks.
     - Every write is encrypted at rest: ``encryption="AES256"`` (S3-managed keys, the default) or
       ``"aws:kms"`` with ``kms_key_id`` (the bucket's default KMS key when None).
@@ -55,6 +55,8 @@ class S3WeightStore(WeightStore):
     retries, checksum behaviour). Credentials and, when ``region`` is None, the region come from
     boto3's usual chain (environment, profile, instance or Lambda role).
     """
+
+    min_part_bytes = MIN_PART_SIZE
 
     def __init__(
         self,
@@ -176,7 +178,15 @@ class S3WeightStore(WeightStore):
             "get_object", Params={"Bucket": self.bucket, "Key": self._name(key)}, ExpiresIn=expires_in
         )
 
-    def start_upload(self, key: str) -> str:
+    def start_upload(self, key: str, part_sizes: Sequence[int]) -> str:
+        """S3 keeps the parts apart until it joins them, so the sizes serve only to refuse at once an
+        upload S3 would refuse at the end: a part before the last one smaller than S3's minimum."""
+        small = [n for n, size in enumerate(part_sizes[:-1], 1) if size < MIN_PART_SIZE]
+        if not part_sizes or small:
+            raise InvalidWeights(
+                f"an upload to S3 needs parts of at least {MIN_PART_SIZE:,} bytes but the last, "
+                f"not {list(part_sizes)!r}"
+            )
         name = self._name(key)
         return _bind(name, self._create_upload(name))
 

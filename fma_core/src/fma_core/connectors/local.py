@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -18,14 +19,17 @@ from fma_core.errors import InvalidWeights, ObjectNotFound
 
 _CHUNK = 1 << 20
 _UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
+_SIZES = "sizes.json"
+_DATA = "data"  # the object-to-be, every part written at its offset
 
 
 class LocalDirectoryWeightStore(WeightStore):
     """Objects are files under ``root``; writes go to a temporary file renamed into place.
 
     A reader therefore sees a whole object or none, a crash leaves at most a stray temporary
-    file (in ``root/.tmp``), and a key can never name anything outside ``root``. Multipart
-    uploads keep their parts in ``root/.uploads/<upload id>/`` until completed or aborted.
+    file (in ``root/.tmp``), and a key can never name anything outside ``root``. A multipart
+    upload is one file in ``root/.uploads/<upload id>/``, each part written at its offset as it
+    arrives, plus a small record per part received; completing it is a rename.
     """
 
     def __init__(self, root: str | os.PathLike) -> None:
@@ -54,44 +58,72 @@ class LocalDirectoryWeightStore(WeightStore):
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
-    def start_upload(self, key: str) -> str:
+    def start_upload(self, key: str, part_sizes: Sequence[int]) -> str:
         check_key(key)
+        if not part_sizes or any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in part_sizes):
+            raise InvalidWeights(f"an upload needs one or more part sizes in bytes, not {part_sizes!r}")
         upload_id = uuid.uuid4().hex
         folder = self._uploads / upload_id
         folder.mkdir(parents=True)
-        (folder / "key").write_text(key)
+        (folder / _SIZES).write_text(json.dumps(list(part_sizes)))
+        with open(folder / _DATA, "wb") as data:
+            data.truncate(sum(part_sizes))  # sparse: each part fills its own range as it arrives
+        (folder / "key").write_text(key)  # last: only a fully prepared upload can be found
         return upload_id
 
     def put_part(
         self, key: str, upload_id: str, number: int, stream: BinaryIO, *, max_bytes: int | None = None
     ) -> UploadedPart:
+        """Write the part straight into its range of the object-to-be, then record it.
+
+        Its record is removed first and written again only once the bytes are on disk, so a part
+        that fails half-way (too large, a broken stream, a crash) counts as never received.
+        """
         folder = self._upload(key, upload_id)
-        if isinstance(number, bool) or not isinstance(number, int) or number < 1:
-            raise InvalidWeights(f"part numbers start at 1, not {number!r}")
+        sizes = _sizes(folder)
+        if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= len(sizes):
+            raise InvalidWeights(f"this upload has parts 1 to {len(sizes)}, not {number!r}")
+        limit = sizes[number - 1] if max_bytes is None else min(max_bytes, sizes[number - 1])
+        record = folder / f"{number:05d}.part"
+        record.unlink(missing_ok=True)
+        with open(folder / _DATA, "r+b") as data:
+            data.seek(sum(sizes[: number - 1]))
+            size, sha256 = _copy(stream, data, max_bytes=limit)
+            data.flush()
+            os.fsync(data.fileno())
+        part = UploadedPart(number=number, size=size, etag=sha256)
         with self._temporary() as tmp:
-            size, sha256 = _copy(stream, tmp, max_bytes=max_bytes)
-        os.replace(tmp.name, folder / f"{number:05d}.part")  # a part sent again replaces the first
-        return UploadedPart(number=number, size=size, etag=sha256)
+            tmp.write(json.dumps({"size": size, "etag": sha256}).encode())
+        os.replace(tmp.name, record)  # a part sent again replaces the first
+        return part
 
     def uploaded_parts(self, key: str, upload_id: str) -> list[UploadedPart]:
         folder = self._upload(key, upload_id)
-        return [_part(path) for path in sorted(folder.glob("*.part"))]
+        return [
+            UploadedPart(number=int(path.stem), **json.loads(path.read_text()))
+            for path in sorted(folder.glob("*.part"))
+        ]
 
     def complete_upload(self, key: str, upload_id: str, parts: Sequence[UploadedPart]) -> None:
+        """The parts are already in place: check them, then move the object under its key."""
         folder = self._upload(key, upload_id)
+        sizes = _sizes(folder)
         received = {part.number: part for part in self.uploaded_parts(key, upload_id)}
-        if [part.number for part in parts] != list(range(1, len(parts) + 1)) or not parts:
-            raise InvalidWeights("an upload completes with its parts numbered 1, 2, ... n, in order")
-        for part in parts:
+        if [part.number for part in parts] != list(range(1, len(sizes) + 1)):
+            raise InvalidWeights(
+                f"an upload completes with all its parts, numbered 1 to {len(sizes)}, in order"
+            )
+        for part, size in zip(parts, sizes, strict=True):
             if received.get(part.number) != part:
                 raise InvalidWeights(f"part {part.number} was not received as listed")
+            if part.size != size:
+                raise InvalidWeights(f"part {part.number} has {part.size:,} bytes, not {size:,}")
         path = self._path(key)
-        with self._temporary() as tmp:
-            for part in parts:
-                with open(folder / f"{part.number:05d}.part", "rb") as source:
-                    shutil.copyfileobj(source, tmp, _CHUNK)
         path.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp.name, path)
+        try:
+            os.replace(folder / _DATA, path)
+        except FileNotFoundError:  # a twin completing the same upload got there first
+            raise ObjectNotFound(f"upload {upload_id!r} of {key!r} is already complete") from None
         shutil.rmtree(folder, ignore_errors=True)
 
     def abort_upload(self, key: str, upload_id: str) -> None:
@@ -143,10 +175,5 @@ def _copy(stream: BinaryIO, target: BinaryIO, *, max_bytes: int | None) -> tuple
     return size, digest.hexdigest()
 
 
-def _part(path: Path) -> UploadedPart:
-    """A stored part, its SHA-256 read back as its ETag (parts are listed rarely: on resume)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as source:
-        while chunk := source.read(_CHUNK):
-            digest.update(chunk)
-    return UploadedPart(number=int(path.stem), size=path.stat().st_size, etag=digest.hexdigest())
+def _sizes(folder: Path) -> list[int]:
+    return json.loads((folder / _SIZES).read_text())

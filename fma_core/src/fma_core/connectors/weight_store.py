@@ -35,11 +35,15 @@ class UploadedPart:
 class WeightStore(ABC):
     """Streams bytes in and out by key; never holds a whole object in memory.
 
-    Large objects arrive as multipart uploads: ``start_upload``, then numbered parts in any order
-    and in parallel (through ``put_part``, or straight from the client to a presigned part URL),
-    then ``complete_upload`` joins them into the object, or ``abort_upload`` drops them. Parts
-    received are listed by ``uploaded_parts``, so a broken upload resumes with the missing ones.
+    Large objects arrive as multipart uploads: ``start_upload`` with every part's size, then
+    numbered parts in any order and in parallel (through ``put_part``, or straight from the client
+    to a presigned part URL), then ``complete_upload`` joins them into the object, or
+    ``abort_upload`` drops them. Parts received are listed by ``uploaded_parts``, so a broken
+    upload resumes with the missing ones. Every part but the last has at least
+    ``min_part_bytes`` (S3's rule).
     """
+
+    min_part_bytes: int = 1
 
     @abstractmethod
     def put(self, key: str, stream: BinaryIO, *, max_bytes: int | None = None) -> StoredObject:
@@ -68,8 +72,14 @@ class WeightStore(ABC):
         return None
 
     @abstractmethod
-    def start_upload(self, key: str) -> str:
-        """Begin a multipart upload of ``key``; returns its upload id."""
+    def start_upload(self, key: str, part_sizes: Sequence[int]) -> str:
+        """Begin a multipart upload of ``key`` in parts of these sizes (part 1 first); returns its upload id.
+
+        The sizes are known up front (an upload session's targets, a round's shards), so a store
+        can place each part where it belongs as it arrives and complete without copying (the
+        local store does, and refuses to join a part of another size). S3 keeps parts apart until
+        it joins them and cannot check: callers hold parts to their sizes themselves.
+        """
 
     @abstractmethod
     def put_part(
@@ -86,9 +96,11 @@ class WeightStore(ABC):
 
     @abstractmethod
     def complete_upload(self, key: str, upload_id: str, parts: Sequence[UploadedPart]) -> None:
-        """Join ``parts`` (numbers 1..n, each as listed by ``uploaded_parts``) into the object.
+        """Join ``parts`` (numbers 1..n, every declared part, each as listed by ``uploaded_parts``)
+        into the object.
 
-        Raises InvalidWeights if a part is missing or differs. The joined bytes are not measured
+        Raises InvalidWeights if a part is missing or differs; ObjectNotFound if the upload was
+        already completed or aborted. The joined bytes are not measured
         here: the caller reads them once to hash and check them together (``weights.scan``),
         since a second full read of a multi-GB object would double the time to accept it.
         """
