@@ -80,7 +80,8 @@ def test_a_sharded_round_is_one_task_per_shard_over_two_workers_and_bit_identica
     assert_each_update_consumed_once(experiment, aggregate)
     # three shards (the embedding cut in two, then the rest), one task each; the last one committed
     assert len(re.findall(r"Task fma\.compute_shard\[[^\]]+\] succeeded", logs())) == 3
-    assert not list(Path(settings.FMA_WEIGHTS_DIR, "partials").rglob("*.partial"))
+    for folder in ("shards", ".uploads"):  # the shards' records and the aggregate's upload are gone
+        assert not [p for p in Path(settings.FMA_WEIGHTS_DIR, folder).rglob("*") if p.is_file()]
 
 
 def test_beat_sweeps_and_a_worker_on_rabbitmq_runs_the_round(

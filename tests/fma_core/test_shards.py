@@ -5,13 +5,19 @@ from __future__ import annotations
 import io
 import itertools
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fma_core.connectors import ExperimentConfig, InMemoryMetadataStore, LocalDirectoryWeightStore
+from fma_core.connectors import (
+    AggregateRecord,
+    ExperimentConfig,
+    InMemoryMetadataStore,
+    LocalDirectoryWeightStore,
+)
 from fma_core.errors import LeaseLost, UpdateUnreadable
 from fma_core.peak_memory import PeakMemory
 from fma_core.rounds import RoundEngine, RoundOutcome
@@ -78,6 +84,20 @@ def test_shards_cut_the_data_into_contiguous_ranges_in_spec_order_and_balance(si
     assert max(shard_nbytes(spec, shard) for shard in shards) <= ideal + 2 * ALIGN_ELEMENTS * 8
 
 
+@given(
+    sizes=st.lists(st.integers(0, 100_000), min_size=1, max_size=30),
+    shard_bytes=st.integers(1, 500_000),
+    min_bytes=st.integers(1, 200_000),
+)
+def test_no_shard_but_the_last_is_smaller_than_the_stores_smallest_part(sizes, shard_bytes, min_bytes):
+    spec = TensorSpec.from_json(
+        [{"name": f"t{i}", "dtype": "F32", "shape": [n]} for i, n in enumerate(sizes)]
+    )
+    shards = balance_shards(spec, shard_bytes, min_bytes=min_bytes)
+    assert all(shard_nbytes(spec, shard) >= min_bytes for shard in shards[:-1])
+    assert sum(shard_nbytes(spec, shard) for shard in shards) == spec.nbytes
+
+
 def test_one_tensor_larger_than_the_shard_size_is_cut_into_element_ranges():
     spec = TensorSpec.from_json([{"name": "huge", "dtype": "F32", "shape": [1000, 1000]}])
     shards = balance_shards(spec, spec.nbytes // 4)
@@ -120,7 +140,8 @@ def test_a_sharded_round_is_bit_identical_to_the_unsharded_one(tmp_path, aggrega
     assert sorted(record.draft.update_ids) == sorted(whole.draft.update_ids)
     assert record.draft.input_weights == whole.draft.input_weights
     assert record.draft.peak_memory_bytes > 0
-    assert not list((tmp_path / "sharded" / "partials").rglob("*.partial"))  # cleaned up
+    assert stored_files(tmp_path / "sharded", "shards") == []  # cleaned up
+    assert stored_files(tmp_path / "sharded", ".uploads") == []
     assert meta.pending_updates("e") == []
 
 
@@ -153,7 +174,7 @@ def test_a_failed_shard_gives_the_round_back_with_its_reason(tmp_path):
     engine.fail_round(plan, "worker lost")
     assert meta.failures("e") == ["worker lost"]
     assert len(meta.pending_updates("e")) == 5
-    assert not list((tmp_path / "partials").rglob("*.partial"))
+    assert stored_files(tmp_path, "shards") == stored_files(tmp_path, ".uploads") == []
     assert engine.run_round("e").status == "committed"
 
 
@@ -221,25 +242,26 @@ def test_a_round_taken_over_from_a_dead_worker_removes_what_that_worker_left(tmp
     clock, meta, store = world(tmp_path)
     dead = RoundEngine(meta, store, lease_seconds=10, shard_bytes=SPEC.nbytes // 3, clock=clock)
     plan = dead.start_round("e")
-    dead.finish_shard(plan, 1)  # then SIGKILL: one partial and the manifest are left behind
-    assert len(stored_files(tmp_path, "partials")) == 2
+    dead.finish_shard(plan, 1)  # then SIGKILL: one shard's part and record, and the manifest are left behind
+    assert len(stored_files(tmp_path, "shards")) == 2
+    assert stored_files(tmp_path, ".uploads") != []
     clock.now += 10
     assert meta.experiments_to_sweep(now=clock.now) == ["e"]  # the sweep finds the round...
     survivor = RoundEngine(meta, store, lease_seconds=10, shard_bytes=SPEC.nbytes // 3, clock=clock)
     outcome = survivor.run_round("e")  # ...and the worker it sends takes it over
     assert outcome.status == "committed"
-    assert stored_files(tmp_path, "partials") == []
+    assert stored_files(tmp_path, "shards") == stored_files(tmp_path, ".uploads") == []
     assert stored_files(tmp_path, "aggregates") == [outcome.aggregate.draft.weights_key]
 
 
-def test_a_zombie_shard_finishing_after_the_commit_leaves_no_partial(tmp_path):
+def test_a_zombie_shard_finishing_after_the_commit_leaves_nothing(tmp_path):
     _, meta, store = world(tmp_path)
     engine = RoundEngine(meta, store, shard_bytes=SPEC.nbytes // 2)
     plan = engine.start_round("e")
     assert [engine.finish_shard(plan, i) is None for i in range(len(plan.shards))] == [True, False]
     with pytest.raises(LeaseLost):  # a redelivered shard task
         engine.finish_shard(plan, 0)
-    assert stored_files(tmp_path, "partials") == []
+    assert stored_files(tmp_path, "shards") == stored_files(tmp_path, ".uploads") == []
 
 
 class FailingStore(LocalDirectoryWeightStore):
@@ -257,27 +279,37 @@ class FailingStore(LocalDirectoryWeightStore):
         return super().open_weights(key, max_bytes=max_bytes)
 
 
-def test_a_sharded_round_failing_in_process_removes_its_partials(tmp_path):
+def test_a_sharded_round_failing_in_process_removes_its_parts(tmp_path):
     _, meta, _ = world(tmp_path)
     victim = meta.pending_updates("e")[0]
     store = FailingStore(tmp_path, victim.weights_key, fail_from=3)  # shard 0 succeeds, shard 1 fails
     outcome = RoundEngine(meta, store, shard_bytes=SPEC.nbytes // 2).run_round("e")
     assert outcome.status == "failed"
     assert victim.update_id in outcome.reason
-    assert stored_files(tmp_path, "partials") == []
+    assert stored_files(tmp_path, "shards") == stored_files(tmp_path, ".uploads") == []
     assert len(meta.pending_updates("e")) == 4  # the unreadable update was quarantined
 
 
-def test_two_shards_finishing_together_both_combine_and_commit_once(tmp_path):
+def test_two_shards_finishing_together_join_the_parts_once_and_commit_once(tmp_path):
     _, meta, store = world(tmp_path)
     engine = RoundEngine(meta, store, shard_bytes=SPEC.nbytes // 2)
     plan = engine.start_round("e")
-    for index in range(2):  # both wrote their partial before either looked for the other's
-        engine._write_partial(plan, index, *engine._shard_data(plan, index))
-    record = engine.finish_shard(plan, 0)  # finds shard 1 done: combines and commits
-    assert record is not None
-    with pytest.raises(LeaseLost):  # the twin: the round is committed, nothing of it is touched
+    for index in range(2):  # both stored their part before either looked for the other's
+        engine._store_shard(plan, index, *engine._shard_data(plan, index))
+    with ThreadPoolExecutor(2) as pool:  # each finds the other done: both join and commit at once
+        results = list(pool.map(lambda _: outcome_of(engine._combine, plan), range(2)))
+    (record,) = [r for r in results if isinstance(r, AggregateRecord)]
+    assert [type(r) for r in results if r is not record] in ([type(None)], [LeaseLost])  # the twin stops
+    with pytest.raises(LeaseLost):  # a redelivered shard: the round is committed, nothing of it is touched
         engine.finish_shard(plan, 1)
     with store.open(record.draft.weights_key) as file:
         assert content_id(file.read()) == record.draft.content_id
-    assert stored_files(tmp_path, "partials") == []
+    assert len(meta.aggregates("e")) == 1
+    assert stored_files(tmp_path, "shards") == stored_files(tmp_path, ".uploads") == []
+
+
+def outcome_of(call, *args):
+    try:
+        return call(*args)
+    except LeaseLost as error:
+        return error

@@ -14,22 +14,23 @@ from fma_core.connectors import (
     WeightStore,
 )
 from fma_core.rounds import RoundEngine, RoundOutcome
-from fma_core.weights import to_bytes
+from fma_core.shards import balance_shards
+from fma_core.weights import TensorSpec, open_weights, to_bytes
 
 
-def model(seed: int) -> dict[str, np.ndarray]:
+def model(seed: int, rows: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {
         "conv.weight": rng.standard_normal((8, 3, 3, 3)).astype(np.float32),
-        "fc.weight": rng.standard_normal((300, 200)).astype(np.float32),
+        "fc.weight": rng.standard_normal((rows, 200)).astype(np.float32),
         "fc.bias": rng.standard_normal(200).astype(np.float32),
     }
 
 
-def run_round(weights: WeightStore, aggregator: str, *, shard_bytes: int | None) -> RoundOutcome:
+def run_round(weights: WeightStore, aggregator: str, *, shard_bytes: int | None, rows: int) -> RoundOutcome:
     metadata = InMemoryMetadataStore()
     metadata.create_experiment(ExperimentConfig("e", aggregator=aggregator), clients=["c0", "c1", "c2", "c3"])
-    updates = [to_bytes(model(seed)) for seed in range(3)] + [b"not safetensors"]
+    updates = [to_bytes(model(seed, rows)) for seed in range(3)] + [b"not safetensors"]
     for index, data in enumerate(updates):
         stored = weights.put(f"updates/e/{index}.safetensors", io.BytesIO(data))
         metadata.add_update(
@@ -44,14 +45,20 @@ def run_round(weights: WeightStore, aggregator: str, *, shard_bytes: int | None)
 
 
 @pytest.mark.parametrize(
-    ("aggregator", "shard_bytes"),
-    [("fedavg", None), ("median", None), ("fedavg", 100_000)],
+    ("aggregator", "shard_bytes", "rows"),
+    # S3's parts are 5 MiB or more: a 12 MB model makes two shards there
+    [("fedavg", None, 300), ("median", None, 300), ("fedavg", 5_000_000, 15_000)],
     ids=["fedavg", "median", "fedavg-sharded"],
 )
-def test_a_round_over_s3_equals_the_same_round_over_the_local_store(store, tmp_path, aggregator, shard_bytes):
+def test_a_round_over_s3_equals_the_same_round_over_the_local_store(
+    store, tmp_path, aggregator, shard_bytes, rows
+):
+    if shard_bytes:
+        spec = TensorSpec.from_reader(open_weights(io.BytesIO(to_bytes(model(0, rows)))))
+        assert len(balance_shards(spec, shard_bytes, min_bytes=store.min_part_bytes)) == 2
     local = LocalDirectoryWeightStore(tmp_path)
-    on_s3 = run_round(store, aggregator, shard_bytes=shard_bytes)
-    on_disk = run_round(local, aggregator, shard_bytes=shard_bytes)
+    on_s3 = run_round(store, aggregator, shard_bytes=shard_bytes, rows=rows)
+    on_disk = run_round(local, aggregator, shard_bytes=shard_bytes, rows=rows)
     assert on_s3.status == on_disk.status == "committed"
     assert on_s3.quarantined == on_disk.quarantined == ("u3",)
     assert on_s3.aggregate.draft.content_id == on_disk.aggregate.draft.content_id
@@ -60,5 +67,6 @@ def test_a_round_over_s3_equals_the_same_round_over_the_local_store(store, tmp_p
         local.open(on_disk.aggregate.draft.weights_key) as from_disk,
     ):
         assert from_s3.read() == from_disk.read()
-    listed = store.client.list_objects_v2(Bucket=store.bucket, Prefix="fma/partials/")
-    assert listed["KeyCount"] == 0  # a sharded round's partial results are removed once committed
+    listed = store.client.list_objects_v2(Bucket=store.bucket, Prefix="fma/shards/")
+    assert listed["KeyCount"] == 0  # a sharded round's records are removed once committed
+    assert not store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads")

@@ -13,27 +13,27 @@ An update that cannot be used (missing object, malformed file, tensors that don'
 spec, too stale) is quarantined with its reason and the round goes on without it: one bad
 client never blocks an experiment.
 
-Large models can be sharded: ``start_round`` claims and checks the round and cuts the aggregate's
-data into byte ranges, a ``RoundPlan`` (see ``fma_core.shards``); ``finish_shard`` aggregates one
-range, anywhere, into a partial object, except for the last shard to finish, which writes the
-header, the other shards' partials and its own range one after the other as the aggregate, and
-commits once. ``run_round`` is the same path with every shard computed in the calling process.
+Large models can be sharded: ``start_round`` claims and checks the round, cuts the aggregate's
+data into byte ranges and starts the aggregate's multipart upload, one part per range, a
+``RoundPlan`` (see ``fma_core.shards``); ``finish_shard`` aggregates one range, anywhere, and
+stores it as its part; the shard that finds every other part stored joins them, hashes the
+aggregate and commits once. ``run_round`` is the same path with every shard computed in the
+calling process.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
 import os
 import socket
-import struct
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass
-from typing import BinaryIO, Literal
+from dataclasses import asdict, dataclass, replace
+from typing import Literal
 
 import numpy as np
 
@@ -45,17 +45,19 @@ from fma_core.connectors.metadata import (
     RoundClaim,
     UpdateRecord,
 )
-from fma_core.connectors.weight_store import WeightStore
+from fma_core.connectors.weight_store import UploadedPart, WeightStore
 from fma_core.errors import FmaError, InvalidWeights, LeaseLost, ObjectNotFound, UpdateUnreadable
 from fma_core.leases import LeaseKeeper
 from fma_core.peak_memory import PeakMemory
 from fma_core.requirements import PendingUpdate, RoundState, policy_from_config
-from fma_core.shards import RoundPlan, aggregate_shard, balance_shards, manifest_key, partials_prefix
+from fma_core.shards import RoundPlan, aggregate_shard, balance_shards, manifest_key, shards_prefix
 from fma_core.weights import TensorSpec, WeightsReader
 from fma_core.weights.delta import DeltaReader
 from fma_core.weights.layout import ConcatStream, Part, header_bytes
 
 logger = logging.getLogger(__name__)
+
+_READ_BYTES = 1 << 20
 
 Status = Literal["committed", "not_ready", "idle", "no_valid_updates", "failed"]
 
@@ -151,9 +153,25 @@ class RoundEngine:
                 reason="every update was unusable",
             )
         if len(plan.shards) > 1:
-            manifest = json.dumps({"shards": len(plan.shards)}).encode()
-            self.weights.put(plan.manifest_key, io.BytesIO(manifest))
+            try:
+                plan = self._start_upload(plan)
+            except Exception as error:
+                return self._give_up(claim, error)
         return plan
+
+    def _start_upload(self, plan: RoundPlan) -> RoundPlan:
+        """Start the aggregate's upload, one part per shard, and name it in the claim's manifest first,
+        so that whoever takes this claim over can abort it."""
+        claim = plan.claim
+        key = aggregate_key(plan.experiment_id, claim.round_number, claim.token)
+        upload_id = self.weights.start_upload(key, plan.part_sizes(len(header_bytes(plan.spec))))
+        manifest = json.dumps({"shards": len(plan.shards), "upload_id": upload_id}).encode()
+        try:
+            self.weights.put(plan.manifest_key, io.BytesIO(manifest))
+        except BaseException:
+            self.weights.abort_upload(key, upload_id)
+            raise
+        return replace(plan, upload_id=upload_id)
 
     def finish_round(self, plan: RoundPlan) -> RoundOutcome:
         """Compute a planned round in this process (every shard, if it has several) and commit it."""
@@ -164,7 +182,7 @@ class RoundEngine:
                 return self._committed(records[-1], plan.quarantined)
             computed = self._compute_whole(plan)
         except Exception as error:
-            self._delete_partials(plan)
+            self._drop_shards(plan)
             return self._give_up(claim, error)
         if computed.draft is None:
             self.metadata.release_round(claim)
@@ -209,62 +227,43 @@ class RoundEngine:
             claim=claim,
             update_ids=tuple(u.update_id for u in usable),
             spec=spec,
-            shards=balance_shards(spec, shard_bytes),
+            shards=balance_shards(spec, shard_bytes, min_bytes=self.weights.min_part_bytes),
             quarantined=tuple(quarantined),
         )
 
     def finish_shard(self, plan: RoundPlan, index: int) -> AggregateRecord | None:
-        """Aggregate one shard; the shard that finds every other one done also writes the aggregate and
-        commits it (its own range straight from memory), and returns the record. Else it leaves a
-        partial object for that last shard and returns None.
+        """Aggregate one shard and store it as its part of the aggregate; the shard that then finds every
+        other part stored also joins them and commits, and returns the record. Else None.
 
-        The partial is written in the background while this shard watches for the others: if they
-        all finish meanwhile (shards of equal size finish together), this one is the last and goes
-        on at once instead of waiting for its own write. Two shards finishing at the same instant
-        may both combine: they write the same bytes under the same key, and only one commit
-        succeeds. An unreadable update is quarantined and the shard fails: the round is given up
-        and the next attempt goes on without that update.
+        Two shards finishing at the same instant may both find the others done: one joins the
+        parts, the other learns the upload is complete and stops. An unreadable update is
+        quarantined and the shard fails: the round is given up and the next attempt goes on
+        without that update.
         """
         started = time.perf_counter()
         data, peak = self._shard_data(plan, index)
-        others = [i for i in range(len(plan.shards)) if i != index]
-        last = self._partials_written(plan, others)
-        with ThreadPoolExecutor(1, thread_name_prefix="fma-partial") as pool:
-            writing = None if last else pool.submit(self._write_partial, plan, index, data, peak)
-            while writing is not None and not last and not writing.done():
-                time.sleep(0.005)
-                last = self._partials_written(plan, others)
-            if writing is not None and not last:
-                writing.result()
-                self._keep_partial(plan, index)
-                last = self._partials_written(plan, others)
-            logger.info(
-                "round %s of %s: shard %s aggregated in %.3f s",
-                plan.claim.round_number,
-                plan.experiment_id,
-                index,
-                time.perf_counter() - started,
-            )
-            if not last:
-                return None  # a shard still running will find this one's partial
-            started = time.perf_counter()
-            try:
-                record = self._combine(plan, own=(index, data, peak))
-            finally:
-                if writing is not None:
-                    wait([writing])  # this shard's own partial, no longer needed, is removed with the others
-                self._delete_partials(plan)
+        self._store_shard(plan, index, data, peak)
+        del data
         logger.info(
-            "round %s of %s: %s shards combined and committed in %.3f s",
+            "round %s of %s: shard %s aggregated in %.3f s",
             plan.claim.round_number,
             plan.experiment_id,
-            len(plan.shards),
+            index,
             time.perf_counter() - started,
         )
+        if not all(self.weights.exists(plan.shard_key(i)) for i in range(len(plan.shards)) if i != index):
+            return None  # a shard still running will find this one's part
+        started = time.perf_counter()
+        record = self._combine(plan)
+        if record is not None:
+            logger.info(
+                "round %s of %s: %s shards combined and committed in %.3f s",
+                plan.claim.round_number,
+                plan.experiment_id,
+                len(plan.shards),
+                time.perf_counter() - started,
+            )
         return record
-
-    def _partials_written(self, plan: RoundPlan, indices: list[int]) -> bool:
-        return all(self.weights.exists(plan.partial_key(i)) for i in indices)
 
     def _shard_data(self, plan: RoundPlan, index: int) -> tuple[np.ndarray, int]:
         """The shard's range of the aggregate's data, and the peak memory computing it took."""
@@ -278,33 +277,43 @@ class RoundEngine:
                 raise
         return data, peak.bytes
 
-    def _write_partial(self, plan: RoundPlan, index: int, data: np.ndarray, peak: int) -> None:
-        """The partial object: the shard's peak memory (8 bytes, little-endian), then its data."""
-        self.weights.put(plan.partial_key(index), ConcatStream([struct.pack("<Q", peak), data.data]))
-
-    def _keep_partial(self, plan: RoundPlan, index: int) -> None:
-        """Check the lease once a partial is written: a shard finishing after its round was committed or
-        taken over removes its partial again instead of leaving it behind."""
+    def _store_shard(self, plan: RoundPlan, index: int, data: np.ndarray, peak: int) -> None:
+        """Store the shard as part ``index + 1`` of the aggregate's upload, then its record (the part, for
+        joining, and the shard's peak memory); a shard whose round was meanwhile committed or taken
+        over removes its record again rather than leave it behind."""
+        claim = plan.claim
+        key = aggregate_key(plan.experiment_id, claim.round_number, claim.token)
+        body = ConcatStream([header_bytes(plan.spec), data.data] if index == 0 else [data.data])
         try:
-            self.metadata.renew_lease(plan.claim, lease_seconds=self.lease_seconds)
+            part = self.weights.put_part(key, plan.upload_id, index + 1, body)
+        except ObjectNotFound:  # the upload is over: joined by the round's commit, or aborted
+            self.metadata.renew_lease(claim, lease_seconds=self.lease_seconds)  # LeaseLost if superseded
+            raise
+        record = json.dumps({"part": asdict(part), "peak_memory_bytes": peak}).encode()
+        self.weights.put(plan.shard_key(index), io.BytesIO(record))
+        try:
+            self.metadata.renew_lease(claim, lease_seconds=self.lease_seconds)
         except LeaseLost:
-            self.weights.delete(plan.partial_key(index))
+            self.weights.delete(plan.shard_key(index))
             raise
 
-    def _combine(self, plan: RoundPlan, *, own: tuple[int, np.ndarray, int]) -> AggregateRecord:
-        """Write the aggregate as the header then every shard's data in order (the partials' bytes go from
-        the store back to the store, never through numpy), and commit it once."""
+    def _combine(self, plan: RoundPlan) -> AggregateRecord | None:
+        """Join the shards' parts into the aggregate, hash it as stored, and commit it once; None if a twin
+        of this shard joined them first."""
         claim = plan.claim
         aggregator = self._aggregator(claim)
-        own_index, own_data, own_peak = own
+        key = aggregate_key(plan.experiment_id, claim.round_number, claim.token)
         with self._lease_kept(claim), PeakMemory() as peak:
-            others = [i for i in range(len(plan.shards)) if i != own_index]
-            shard_peaks = [own_peak, *(self._partial_peak(plan, i) for i in others)]
-            parts: list[Part] = [
-                own_data.data if i == own_index else partial_data(self.weights, plan.partial_key(i))
-                for i in range(len(plan.shards))
-            ]
-            key, size, digest = self._write_aggregate(claim, plan.spec, parts)
+            records = [self._shard_record(plan, i) for i in range(len(plan.shards))]
+            try:
+                self.weights.complete_upload(key, plan.upload_id, [part for part, _ in records])
+            except ObjectNotFound:
+                return None
+            size, digest = self._measure(key)
+            expected = len(header_bytes(plan.spec)) + plan.spec.nbytes
+            if size != expected:
+                self.weights.delete(key)
+                raise InvalidWeights(f"the joined aggregate is {size:,} bytes, not {expected:,}")
         draft = self._draft(
             plan,
             aggregator,
@@ -312,14 +321,34 @@ class RoundEngine:
             size=size,
             digest=digest,
             duration=max(0.0, self.clock() - claim.claimed_at),
-            peak=max(peak.bytes, *shard_peaks),
+            peak=max(peak.bytes, *(shard_peak for _, shard_peak in records)),
         )
-        return self.metadata.commit_round(claim, draft)
+        record = self.metadata.commit_round(claim, draft)
+        self._drop_shards(plan)
+        return record
+
+    def _shard_record(self, plan: RoundPlan, index: int) -> tuple[UploadedPart, int]:
+        try:
+            with self.weights.open(plan.shard_key(index)) as stream:
+                record = json.load(stream)
+        except ObjectNotFound:
+            raise InvalidWeights(f"shard {index} of the round left no record") from None
+        return UploadedPart(**record["part"]), int(record["peak_memory_bytes"])
+
+    def _measure(self, key: str) -> tuple[int, str]:
+        """Size and SHA-256 of a stored object, read once."""
+        digest = hashlib.sha256()
+        size = 0
+        with self.weights.open(key) as stream:
+            while chunk := stream.read(_READ_BYTES):
+                digest.update(chunk)
+                size += len(chunk)
+        return size, digest.hexdigest()
 
     def fail_round(self, plan: RoundPlan, reason: str) -> None:
         """Give a planned round up (a shard failed): its updates stay pending, the reason is recorded."""
         self.metadata.release_round(plan.claim, failure=reason)
-        self._delete_partials(plan)
+        self._drop_shards(plan)
 
     def _waiting(self, experiment_id: str) -> RoundOutcome | None:
         """The outcome without claiming when nothing is pending or the policy is not met; else None."""
@@ -485,49 +514,39 @@ class RoundEngine:
         return key, stored.size, stored.sha256
 
     def _remove_abandoned(self, experiment_id: str, round_number: int, token: str) -> None:
-        """Remove the partials and the uncommitted aggregate of a claim whose lease expired; a failure
-        here is logged, never allowed to block the round."""
+        """Remove the shard records, the aggregate's upload and the uncommitted aggregate of a claim whose
+        lease expired; a failure here is logged, never allowed to block the round."""
+        key = aggregate_key(experiment_id, round_number, token)
         try:
             manifest = manifest_key(experiment_id, round_number, token)
             try:
                 with self.weights.open(manifest) as stream:
-                    count = int(json.load(stream)["shards"])
+                    started = json.load(stream)
             except ObjectNotFound:
-                count = 0
-            prefix = partials_prefix(experiment_id, round_number, token)
-            for index in range(count):
-                self.weights.delete(f"{prefix}/{index}.partial")
+                started = {"shards": 0, "upload_id": None}
+            prefix = shards_prefix(experiment_id, round_number, token)
+            for index in range(int(started["shards"])):
+                self.weights.delete(f"{prefix}/{index}.json")
+            if started["upload_id"]:
+                self.weights.abort_upload(key, started["upload_id"])
             self.weights.delete(manifest)
-            self.weights.delete(aggregate_key(experiment_id, round_number, token))
+            self.weights.delete(key)
         except Exception:
             logger.exception("removing what round %s of %s left behind failed", round_number, experiment_id)
-
-    def _partial_peak(self, plan: RoundPlan, index: int) -> int:
-        with self.weights.open(plan.partial_key(index)) as stream:
-            head = stream.read(8)
-        if len(head) != 8:
-            raise InvalidWeights(f"shard {index}'s partial object is truncated")
-        return struct.unpack("<Q", head)[0]
 
     def _lease_kept(self, claim: RoundClaim) -> LeaseKeeper:
         return LeaseKeeper(self.metadata, claim, lease_seconds=self.lease_seconds)
 
-    def _delete_partials(self, plan: RoundPlan) -> None:
-        if len(plan.shards) > 1:
+    def _drop_shards(self, plan: RoundPlan) -> None:
+        """Remove a sharded round's records and manifest, and its upload if it was never joined."""
+        if plan.upload_id is not None:
+            claim = plan.claim
+            self.weights.abort_upload(
+                aggregate_key(plan.experiment_id, claim.round_number, claim.token), plan.upload_id
+            )
             for index in range(len(plan.shards)):
-                self.weights.delete(plan.partial_key(index))
+                self.weights.delete(plan.shard_key(index))
             self.weights.delete(plan.manifest_key)
-
-
-def partial_data(weights: WeightStore, key: str) -> Callable[[], BinaryIO]:
-    """Opens a partial object past its 8-byte peak-memory prefix: the shard's data."""
-
-    def open_data() -> BinaryIO:
-        stream = weights.open(key)
-        stream.read(8)
-        return stream
-
-    return open_data
 
 
 def aggregate_key(experiment_id: str, round_number: int, token: str) -> str:

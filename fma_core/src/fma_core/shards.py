@@ -3,15 +3,16 @@
 An aggregate's data is its tensors' bytes one after the other in the spec's order
 (``fma_core.weights.layout``). A shard is one contiguous range of it: element ranges of one or
 more tensors (``Piece``), so a model of a few huge tensors shards as well as one of many small
-ones. Each shard is aggregated on its own (by another process, a Celery task, a Lambda
-invocation) into a partial object holding its raw bytes; one worker then writes the aggregate as
-the header followed by the partials, in order, and commits once. Aggregation is elementwise (each
-element computed the same way whichever block, thread or shard computes it), so the sharded
-aggregate is bit-identical to the unsharded one.
+ones. The aggregate object is written as one multipart upload with one part per shard (the
+first carrying the header): each shard is aggregated on its own (by another process, a Celery
+task, a Lambda invocation) and stored straight into its place, in parallel with the others, and
+whichever shard finds all the others done joins the parts and commits once. Aggregation is
+elementwise (each element computed the same way whichever block, thread or shard computes it),
+so the sharded aggregate is bit-identical to the unsharded one.
 
 ``RoundPlan`` is what travels between those workers: the claim (with its fencing token, so a
 plan from a round that was taken over can never commit), the updates that passed the checks,
-the tensor spec and the shards. It converts to and from plain JSON.
+the tensor spec, the shards and the aggregate's upload. It converts to and from plain JSON.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from fma_core.weights import TensorSpec
 # Shard boundaries inside a tensor fall on multiples of this many elements: blocks stay whole and
 # a tiny FMA_SHARD_BYTES cannot cut a model into thousands of slivers.
 ALIGN_ELEMENTS = 1024
+_STRAY_BYTES = 2 * ALIGN_ELEMENTS * 8  # the most a shard's two cuts move it from its ideal share
 
 
 @dataclass(frozen=True)
@@ -44,8 +46,9 @@ class Piece:
 Shard = tuple[Piece, ...]
 
 
-def balance_shards(spec: TensorSpec, shard_bytes: int | None) -> tuple[Shard, ...]:
-    """Cut the spec's data into ⌈size / shard_bytes⌉ contiguous ranges of near-equal bytes.
+def balance_shards(spec: TensorSpec, shard_bytes: int | None, *, min_bytes: int = 1) -> tuple[Shard, ...]:
+    """Cut the spec's data into ⌈size / shard_bytes⌉ contiguous ranges of near-equal bytes, but never into
+    shards smaller than ``min_bytes`` (a weight store's smallest part).
 
     Each cut is placed at the aligned element nearest to its ideal byte offset (or a tensor's end), so
     a shard strays from its ideal share by about ``ALIGN_ELEMENTS`` elements at most; empty shards
@@ -56,6 +59,10 @@ def balance_shards(spec: TensorSpec, shard_bytes: int | None) -> tuple[Shard, ..
         return (whole,)
     # never more shards than aligned runs of elements, whatever shard_bytes says
     count = min(math.ceil(spec.nbytes / shard_bytes), sum(math.ceil(t.size / ALIGN_ELEMENTS) for t in spec))
+    if min_bytes > 1:  # leave room for the cuts' stray: every shard but the last stays above min_bytes
+        count = min(count, spec.nbytes // (min_bytes + _STRAY_BYTES) or 1)
+    if count == 1:
+        return (whole,)
     targets = iter([spec.nbytes * k / count for k in range(1, count)] + [math.inf])
     target = next(targets)
     shards: list[list[Piece]] = [[]]
@@ -110,15 +117,22 @@ class RoundPlan:
     spec: TensorSpec
     shards: tuple[Shard, ...]
     quarantined: tuple[str, ...] = ()
+    upload_id: str | None = None  # the aggregate's multipart upload, one part per shard, when sharded
 
     @property
     def experiment_id(self) -> str:
         return self.claim.experiment.experiment_id
 
-    def partial_key(self, index: int) -> str:
-        """Where shard ``index`` is written: fixed per claim, so a redelivered shard rewrites the same object."""
+    def shard_key(self, index: int) -> str:
+        """Where shard ``index`` records its part once stored: fixed per claim, so a redelivered shard
+        rewrites the same object; the others' records are how a shard knows it is the last."""
         claim = self.claim
-        return f"{partials_prefix(self.experiment_id, claim.round_number, claim.token)}/{index}.partial"
+        return f"{shards_prefix(self.experiment_id, claim.round_number, claim.token)}/{index}.json"
+
+    def part_sizes(self, header_bytes: int) -> list[int]:
+        """The aggregate's upload: one part per shard, the header in front of the first."""
+        sizes = [shard_nbytes(self.spec, shard) for shard in self.shards]
+        return [header_bytes + sizes[0], *sizes[1:]]
 
     @property
     def manifest_key(self) -> str:
@@ -150,6 +164,7 @@ class RoundPlan:
             "spec": self.spec.to_json(),
             "shards": [[[p.name, p.start, p.stop] for p in shard] for shard in self.shards],
             "quarantined": list(self.quarantined),
+            "upload_id": self.upload_id,
         }
 
     @classmethod
@@ -177,15 +192,16 @@ class RoundPlan:
             spec=TensorSpec.from_json(data["spec"]),
             shards=tuple(tuple(Piece(*p) for p in shard) for shard in data["shards"]),
             quarantined=tuple(data.get("quarantined", ())),
+            upload_id=data.get("upload_id"),
         )
 
 
-def partials_prefix(experiment_id: str, round_number: int, token: str) -> str:
-    """Where one claim's partial objects live: a new claim of the round never reuses them."""
-    return f"partials/{experiment_id}/r{round_number}-{token}"
+def shards_prefix(experiment_id: str, round_number: int, token: str) -> str:
+    """Where one claim's shard records live: a new claim of the round never reuses them."""
+    return f"shards/{experiment_id}/r{round_number}-{token}"
 
 
 def manifest_key(experiment_id: str, round_number: int, token: str) -> str:
-    """The small object saying how many partials a claim's round has, so whoever takes an abandoned
-    round over can remove them (a weight store cannot list keys)."""
-    return f"{partials_prefix(experiment_id, round_number, token)}/shards.json"
+    """The small object naming a claim's shard count and upload, so whoever takes an abandoned round
+    over can remove what it left (a weight store cannot list keys)."""
+    return f"{shards_prefix(experiment_id, round_number, token)}/shards.json"
