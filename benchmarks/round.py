@@ -16,8 +16,9 @@ checked, recorded) into a throwaway PostgreSQL database. Then:
    alternating one and two workers, and the median round of each count is reported;
    ``speedup_2_workers`` = one worker's time / two workers' time. ``stages_*`` say where that
    time went, from the workers' own logs: ``run_round`` (the task that claims, checks the
-   headers and plans), ``shards`` (aggregating every shard, partials written),
-   ``combine`` (the last shard writing the aggregate and committing), ``overlapped`` (two tasks
+   headers and plans), ``shards`` (aggregating every shard and storing it as its part of the
+   aggregate), ``combine`` (the last shard joining the parts, hashing the aggregate and
+   committing), ``overlapped`` (two tasks
    at once) and ``idle`` (no task running: hand-offs, polling).
    ``serial_fraction_1_worker`` is the share of one worker's time outside the shards, and
    ``speedup_bound_2_workers`` the speedup those stages allow when two cores are free

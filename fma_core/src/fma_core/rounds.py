@@ -7,7 +7,7 @@ of that claim, so a retry of the claim rewrites the same object and no other cla
 ever touched; and the commit, which marks exactly the aggregated updates consumed, succeeds only
 while the claim is the current one. A worker killed at any instant leaves its updates pending
 until its lease expires and another worker claims them; that worker also removes whatever the
-dead claim left in the weight store (partials, an uncommitted aggregate).
+dead claim left in the weight store (shard records and parts, an uncommitted aggregate).
 
 An update that cannot be used (missing object, malformed file, tensors that don't match the
 spec, too stale) is quarantined with its reason and the round goes on without it: one bad

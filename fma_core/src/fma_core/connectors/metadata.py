@@ -65,8 +65,8 @@ class RoundClaim:
     enrolled_clients: frozenset[str]
     claimed_at: float
     expires_at: float
-    # (round number, token) of the expired claim this one took over: its worker died or stalled, and
-    # the objects it may have written (partials, an uncommitted aggregate) are left for this one to remove
+    # (round number, token) of the expired claim this one took over: its worker died or stalled, and the
+    # objects it may have written (shard records and parts, an uncommitted aggregate) are this one's to remove
     taken_over_from: tuple[int, str] | None = None
 
     def state(self, now: float) -> RoundState:
