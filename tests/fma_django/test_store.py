@@ -8,8 +8,8 @@ from fma_core.connectors import AggregateDraft
 from fma_core.errors import LeaseLost
 from fma_core.rounds import RoundEngine
 from fma_core.weights import load
-from fma_django import services
-from fma_django.models import Event, EventKind, ModelAggregate, ModelUpdate, UpdateStatus
+from fma_django import selectors, services
+from fma_django.models import Client, Event, EventKind, ModelAggregate, ModelUpdate, UpdateStatus
 from fma_django.storage import weight_store
 from fma_django.store import DjangoMetadataStore
 
@@ -28,13 +28,13 @@ def submit(experiment, client_api, uploader, body: bytes, **headers: str) -> int
     return response.json()["id"]
 
 
-def draft_for(claim, update_ids) -> AggregateDraft:
+def draft_for(claim, update_ids, input_weights=None) -> AggregateDraft:
     return AggregateDraft(
         weights_key="aggregates/x/y.safetensors",
         content_id="0" * 64,
         size_bytes=1,
         update_ids=tuple(update_ids),
-        input_weights=None,
+        input_weights=input_weights,
         aggregator="fedavg",
         aggregator_params={},
         duration_seconds=0.0,
@@ -150,3 +150,78 @@ def test_round_policy_from_the_original_requirement(make_experiment, enroll, upl
     assert engine.run_round(str(experiment.pk)).status == "not_ready"
     submit(experiment, enroll(experiment), uploader, safetensors(2.0))
     assert engine.run_round(str(experiment.pk)).status == "committed"
+
+
+def stored_updates(experiment, count: int, **fields) -> list[int]:
+    """``count`` pending updates straight into the table (the store reads rows, not bytes)."""
+    client = Client.objects.create()
+    ModelUpdate.objects.bulk_create(
+        ModelUpdate(
+            experiment=experiment,
+            client=client,
+            weights_key=f"updates/{n}.safetensors",
+            content_id=f"{n:064x}",
+            size_bytes=1,
+            num_examples=n + 1,
+            **fields,
+        )
+        for n in range(count)
+    )
+    return sorted(ModelUpdate.objects.filter(experiment=experiment).values_list("pk", flat=True))
+
+
+def test_a_large_round_commits_every_share_or_nothing(experiment):
+    """More updates than one UPDATE takes on SQLite (333 with their shares): every batch commits, or none."""
+    ids = stored_updates(experiment, 400)
+    store = DjangoMetadataStore()
+    claim = store.claim_round(str(experiment.pk), worker="w", lease_seconds=60)
+    shares = tuple(1 / (n + 3) for n in range(len(ids)))  # distinct, and not round in binary
+    drafted = [u.update_id for u in claim.updates]
+    ModelUpdate.objects.filter(pk=ids[-1]).update(status=UpdateStatus.QUARANTINED)
+    with pytest.raises(LeaseLost, match="1 of the round's updates are no longer pending"):
+        store.commit_round(claim, draft_for(claim, drafted, shares))
+    assert not ModelAggregate.objects.exists()
+    assert ModelUpdate.objects.filter(status=UpdateStatus.PENDING).count() == len(ids) - 1
+
+    ModelUpdate.objects.filter(pk=ids[-1]).update(status=UpdateStatus.PENDING)
+    record = store.commit_round(claim, draft_for(claim, drafted, shares))
+    rows = ModelUpdate.objects.filter(pk__in=ids).values_list(
+        "pk", "status", "aggregate_id", "aggregate_weight"
+    )
+    assert {pk: (status, aggregate, share) for pk, status, aggregate, share in rows} == {
+        int(pk): (UpdateStatus.CONSUMED, int(record.aggregate_id), share)
+        for pk, share in zip(drafted, shares, strict=True)
+    }
+
+
+def test_pending_deltas_name_the_weights_they_apply_to(make_experiment):
+    experiment = make_experiment(update_kind="delta")
+    initial = selectors.initial_artifact(experiment.pk)
+    stored_updates(experiment, 2)
+    newest = ModelAggregate.objects.create(
+        experiment=experiment,
+        round_number=1,
+        weights_key="aggregates/1.safetensors",
+        content_id="1" * 64,
+        size_bytes=1,
+        aggregator="fedavg",
+        duration_seconds=0.0,
+    )
+    on_newest = stored_updates(experiment, 1, base_aggregate=newest, base_round=1)[-1]
+    store = DjangoMetadataStore()
+
+    pending = store.pending_updates(str(experiment.pk))
+    assert {int(u.update_id): u.base_weights_key for u in pending} == {
+        u.pk: newest.weights_key if u.pk == on_newest else initial.weights_key
+        for u in ModelUpdate.objects.filter(experiment=experiment)
+    }
+    claim = store.claim_round(str(experiment.pk), worker="w", lease_seconds=60)
+    assert (claim.updates, claim.parent_aggregate_id, claim.round_number) == (
+        tuple(pending),
+        str(newest.pk),
+        2,
+    )
+
+    weights = make_experiment(name="full weights")
+    stored_updates(weights, 2)
+    assert [u.base_weights_key for u in store.pending_updates(str(weights.pk))] == [None, None]

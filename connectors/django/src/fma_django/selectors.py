@@ -9,6 +9,7 @@ so the API answers 404 for them rather than revealing that they exist.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,15 +108,19 @@ def initial_artifact(experiment_id: int) -> ModelArtifact | None:
     )
 
 
-def delta_base_key(update: ModelUpdate) -> str | None:
-    """The weights an update sent as a delta applies to (its base aggregate, else the initial
-    model); None when the experiment takes full weights."""
-    if update.experiment.update_kind != UpdateKind.DELTA:
-        return None
-    if update.base_aggregate is not None:
-        return update.base_aggregate.weights_key
-    initial = initial_artifact(update.experiment_id)
-    return initial.weights_key if initial is not None else None
+def delta_base_keys(
+    *, experiment_id: int, update_kind: str, base_aggregate_keys: Sequence[str | None]
+) -> list[str | None]:
+    """The weights each of an experiment's updates applies to when sent as a delta: its base
+    aggregate's (``None`` in ``base_aggregate_keys`` when it names none), else the initial model's;
+    all None when the experiment takes full weights. One query at most, for the initial model."""
+    if update_kind != UpdateKind.DELTA:
+        return [None] * len(base_aggregate_keys)
+    initial_key = None
+    if None in base_aggregate_keys:
+        initial = initial_artifact(experiment_id)
+        initial_key = initial.weights_key if initial is not None else None
+    return [key if key is not None else initial_key for key in base_aggregate_keys]
 
 
 def enrolled_client(experiment: Experiment, client_uuid: object) -> Client | None:
