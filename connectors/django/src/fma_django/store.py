@@ -299,7 +299,10 @@ class DjangoMetadataStore(MetadataStore):
         if shares is None:
             return pending.filter(pk__in=ids).update(status=UpdateStatus.CONSUMED, aggregate=aggregate)
         rows = list(zip(ids, map(float, shares), strict=True))
-        batch = max(1, (connection.features.max_query_params or 3 * len(rows)) // 3)  # 3 parameters a row
+        limit = connection.features.max_query_params  # None: no limit (PostgreSQL)
+        batch = (
+            len(rows) if limit is None else max(1, (limit - 8) // 3)
+        )  # 3 parameters a row, a few per statement
         column = connection.ops.quote_name(ModelUpdate._meta.pk.column)
         marked = 0
         for start in range(0, len(rows), batch):
