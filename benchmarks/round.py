@@ -253,7 +253,7 @@ def celery_rounds(
             begun, begun_at = time.perf_counter(), time.time()
             app.send_task("fma.run_round", args=[experiment_id])
             committed = ModelAggregate.objects.filter(experiment_id=experiment_id)
-            _wait(committed.exists, "a round", pause=0.02)
+            _wait(committed.exists, "a round", pause=0.005)
             rounds.append((time.perf_counter() - begun, begun_at))
     finally:
         for process, _ in started:
