@@ -193,3 +193,15 @@ def test_local_store_writes_parts_in_place_and_refuses_one_of_another_size(tmp_p
     with store.open("updates/a.safetensors") as file:
         assert file.read() == b"abcdefg"
     assert not list((tmp_path / ".uploads").iterdir())
+
+
+def test_an_upload_left_by_an_earlier_version_is_unknown_and_can_be_aborted(tmp_path):
+    store = LocalDirectoryWeightStore(tmp_path)
+    upload = store.start_upload("updates/a.safetensors", [3])
+    (tmp_path / ".uploads" / upload / "sizes.json").unlink()  # parts kept apart, no declared sizes
+    with pytest.raises(ObjectNotFound, match="earlier version"):
+        store.put_part("updates/a.safetensors", upload, 1, io.BytesIO(b"abc"))
+    with pytest.raises(ObjectNotFound, match="earlier version"):
+        store.uploaded_parts("updates/a.safetensors", upload)
+    store.abort_upload("updates/a.safetensors", upload)
+    assert not (tmp_path / ".uploads" / upload).exists()

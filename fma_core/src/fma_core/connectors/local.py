@@ -79,8 +79,7 @@ class LocalDirectoryWeightStore(WeightStore):
         Its record is removed first and written again only once the bytes are on disk, so a part
         that fails half-way (too large, a broken stream, a crash) counts as never received.
         """
-        folder = self._upload(key, upload_id)
-        sizes = _sizes(folder)
+        folder, sizes = self._started(key, upload_id)
         if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= len(sizes):
             raise InvalidWeights(f"this upload has parts 1 to {len(sizes)}, not {number!r}")
         limit = sizes[number - 1] if max_bytes is None else min(max_bytes, sizes[number - 1])
@@ -98,7 +97,7 @@ class LocalDirectoryWeightStore(WeightStore):
         return part
 
     def uploaded_parts(self, key: str, upload_id: str) -> list[UploadedPart]:
-        folder = self._upload(key, upload_id)
+        folder, _ = self._started(key, upload_id)
         return [
             UploadedPart(number=int(path.stem), **json.loads(path.read_text()))
             for path in sorted(folder.glob("*.part"))
@@ -106,8 +105,7 @@ class LocalDirectoryWeightStore(WeightStore):
 
     def complete_upload(self, key: str, upload_id: str, parts: Sequence[UploadedPart]) -> None:
         """The parts are already in place: check them, then move the object under its key."""
-        folder = self._upload(key, upload_id)
-        sizes = _sizes(folder)
+        folder, sizes = self._started(key, upload_id)
         received = {part.number: part for part in self.uploaded_parts(key, upload_id)}
         if [part.number for part in parts] != list(range(1, len(sizes) + 1)):
             raise InvalidWeights(
@@ -155,6 +153,14 @@ class LocalDirectoryWeightStore(WeightStore):
             pass
         raise ObjectNotFound(f"no upload {upload_id!r} in progress for {key!r}")
 
+    def _started(self, key: str, upload_id: str) -> tuple[Path, list[int]]:
+        """The upload's folder and declared part sizes."""
+        folder = self._upload(key, upload_id)
+        try:
+            return folder, json.loads((folder / _SIZES).read_text())
+        except FileNotFoundError:  # started by a version that kept parts apart: its client starts again
+            raise ObjectNotFound(f"upload {upload_id!r} was started by an earlier version of FMA") from None
+
     def _path(self, key: str) -> Path:
         path = (self.root / check_key(key)).resolve()
         if not path.is_relative_to(self.root):  # a symlink inside root pointing out
@@ -173,7 +179,3 @@ def _copy(stream: BinaryIO, target: BinaryIO, *, max_bytes: int | None) -> tuple
         digest.update(chunk)
         target.write(chunk)
     return size, digest.hexdigest()
-
-
-def _sizes(folder: Path) -> list[int]:
-    return json.loads((folder / _SIZES).read_text())
