@@ -4,6 +4,9 @@ N updates × P float32 parameters in 10 tensors (default N=100, P=10M; ``--quick
 Measured side by side, each the best of several runs:
 
 - fma-core ``fedavg`` over arrays in memory, and over safetensors files on disk;
+- ``fedavg`` over the same files read as deltas on one base model (``DeltaReader``), the base
+  shared by every delta of the round (``SharedBases``: read once per block) against each delta
+  reading its own copy of the base, as rounds did before;
 - the machine's floor: a plain in-place ``acc += x`` over the same arrays (unweighted, so
   it is less work than FedAvg; one thread, as numpy does it);
 - Flower's ``flwr.server.strategy.aggregate.aggregate`` (weighted copies of every update);
@@ -33,6 +36,7 @@ import numpy as np
 
 from fma_core.aggregators import UpdateInput, create_aggregator
 from fma_core.weights import ArrayReader, TensorSpec, open_weights, write_file
+from fma_core.weights.delta import DeltaReader, SharedBases
 
 TENSORS = 10
 FMA_SAMPLE_UPDATES = 5
@@ -93,6 +97,18 @@ def inputs_on_disk(paths: list[Path], num_examples: list[int]) -> list[UpdateInp
     ]
 
 
+def deltas_on_disk(
+    paths: list[Path], num_examples: list[int], base: Path, *, shared: bool
+) -> list[UpdateInput]:
+    """The files read as deltas on ``base``: one shared reader of it, or one per delta."""
+    bases = SharedBases(open_weights)
+    open_base = (lambda: bases.open(str(base))) if shared else (lambda: open_weights(base))
+    return [
+        UpdateInput(str(i), f"{i:064x}", n, lambda p=p: DeltaReader(open_weights(p), open_base()))
+        for i, (p, n) in enumerate(zip(paths, num_examples, strict=True))
+    ]
+
+
 def run(count: int, params: int, repeat: int) -> dict[str, float | int]:
     updates, num_examples = make_updates(count, params)
     spec = TensorSpec.from_weights(updates[0])
@@ -119,6 +135,21 @@ def run(count: int, params: int, repeat: int) -> dict[str, float | int]:
             paths.append(Path(tmp) / f"update-{i}.safetensors")
             write_file(update, paths[-1])
         files_s = best_time(lambda: fedavg.aggregate(inputs_on_disk(paths, num_examples), spec), repeat)
+        base = Path(tmp) / "base.safetensors"
+        write_file(make_updates(1, params, seed=2)[0][0], base)
+        shared_s = separate_s = float("inf")
+        for _ in range(repeat):  # interleaved, so both see the same machine
+            for shared in (True, False):
+                seconds = best_time(
+                    lambda s=shared: fedavg.aggregate(
+                        deltas_on_disk(paths, num_examples, base, shared=s), spec
+                    ),
+                    1,
+                )
+                if shared:
+                    shared_s = min(shared_s, seconds)
+                else:
+                    separate_s = min(separate_s, seconds)
 
     sample_n, sample_p = min(count, FMA_SAMPLE_UPDATES), min(params, FMA_SAMPLE_PARAMS)
     sample, _ = make_updates(sample_n, sample_p, seed=1)
@@ -129,6 +160,8 @@ def run(count: int, params: int, repeat: int) -> dict[str, float | int]:
     gbps = {
         "fedavg_gbps": total_bytes / fedavg_s / 1e9,
         "fedavg_files_gbps": total_bytes / files_s / 1e9,
+        "deltas_shared_base_gbps": total_bytes / shared_s / 1e9,
+        "deltas_base_per_delta_gbps": total_bytes / separate_s / 1e9,
         "floor_gbps": total_bytes / floor_s / 1e9,
         "flower_gbps": total_bytes / flower_s / 1e9,
         "fma_gbps": fma_bytes / fma_s / 1e9,
@@ -138,6 +171,9 @@ def run(count: int, params: int, repeat: int) -> dict[str, float | int]:
         "ratio_vs_floor": _significant(gbps["fedavg_gbps"] / gbps["floor_gbps"]),
         "ratio_vs_flower": _significant(gbps["fedavg_gbps"] / gbps["flower_gbps"]),
         "ratio_vs_fma": _significant(gbps["fedavg_gbps"] / gbps["fma_gbps"]),
+        "ratio_shared_base": _significant(
+            gbps["deltas_shared_base_gbps"] / gbps["deltas_base_per_delta_gbps"]
+        ),
         "peak_extra_bytes": peak_extra,
         "model_bytes": model_bytes,
         "updates": count,
@@ -156,6 +192,12 @@ def table(result: dict[str, float | int]) -> str:
     rows = [
         ("fma-core fedavg, arrays in memory", result["fedavg_gbps"], "1.00×"),
         ("fma-core fedavg, safetensors files", result["fedavg_files_gbps"], ""),
+        (
+            "fedavg, the files as deltas, base shared",
+            result["deltas_shared_base_gbps"],
+            f"{result['ratio_shared_base']:.2f}× the base read per delta",
+        ),
+        ("fedavg, the files as deltas, base per delta", result["deltas_base_per_delta_gbps"], ""),
         ("floor: acc += x (1 thread)", result["floor_gbps"], f"{result['ratio_vs_floor']:.2f}× of floor"),
         ("Flower aggregate()", result["flower_gbps"], f"fedavg is {result['ratio_vs_flower']:.1f}× faster"),
         (

@@ -18,6 +18,9 @@ KEYS = {
     "ratio_vs_floor",
     "ratio_vs_flower",
     "ratio_vs_fma",
+    "deltas_shared_base_gbps",
+    "deltas_base_per_delta_gbps",
+    "ratio_shared_base",
     "peak_extra_bytes",
     "model_bytes",
 }
@@ -47,5 +50,5 @@ def test_table_output_names_every_baseline():
         text=True,
         check=True,
     )
-    for label in ("fma-core fedavg", "floor", "Flower", "original FMA", "peak extra memory"):
+    for label in ("fma-core fedavg", "as deltas", "floor", "Flower", "original FMA", "peak extra memory"):
         assert label in result.stdout

@@ -52,7 +52,7 @@ from fma_core.peak_memory import PeakMemory
 from fma_core.requirements import PendingUpdate, RoundState, policy_from_config
 from fma_core.shards import RoundPlan, aggregate_shard, balance_shards, manifest_key, shards_prefix
 from fma_core.weights import TensorSpec, WeightsReader
-from fma_core.weights.delta import DeltaReader
+from fma_core.weights.delta import DeltaReader, SharedBases
 from fma_core.weights.layout import ConcatStream, Part, header_bytes
 
 logger = logging.getLogger(__name__)
@@ -287,7 +287,7 @@ class RoundEngine:
         try:
             part = self.weights.put_part(key, plan.upload_id, index + 1, body)
         except ObjectNotFound:  # the upload is over: joined by the round's commit, or aborted
-            self.metadata.renew_lease(claim, lease_seconds=self.lease_seconds)  # LeaseLost if superseded
+            self._check_current(claim)
             raise
         record = json.dumps({"part": asdict(part), "peak_memory_bytes": peak}).encode()
         self.weights.put(plan.shard_key(index), io.BytesIO(record))
@@ -331,7 +331,8 @@ class RoundEngine:
         try:
             with self.weights.open(plan.shard_key(index)) as stream:
                 record = json.load(stream)
-        except ObjectNotFound:
+        except ObjectNotFound:  # removed by a twin's commit, or by a worker that took the round over
+            self._check_current(plan.claim)
             raise InvalidWeights(f"shard {index} of the round left no record") from None
         return UploadedPart(**record["part"]), int(record["peak_memory_bytes"])
 
@@ -399,7 +400,9 @@ class RoundEngine:
         with self._lease_kept(claim), PeakMemory() as peak:
             while usable:
                 try:
-                    data = aggregate_shard(aggregator, [self._input(u) for u in usable], plan.spec, whole)
+                    bases = SharedBases(self.weights.open_weights)
+                    inputs = [self._input(u, bases) for u in usable]
+                    data = aggregate_shard(aggregator, inputs, plan.spec, whole)
                     break
                 except UpdateUnreadable as error:
                     bad = next(u for u in usable if u.update_id == error.update_id)
@@ -476,23 +479,24 @@ class RoundEngine:
 
     def _inputs(self, plan: RoundPlan) -> list[UpdateInput]:
         wanted = set(plan.update_ids)
-        return [self._input(u) for u in plan.claim.updates if u.update_id in wanted]
+        bases = SharedBases(self.weights.open_weights)
+        return [self._input(u, bases) for u in plan.claim.updates if u.update_id in wanted]
 
-    def _input(self, update: UpdateRecord) -> UpdateInput:
+    def _input(self, update: UpdateRecord, bases: SharedBases) -> UpdateInput:
         return UpdateInput(
             update_id=update.update_id,
             content_id=update.content_id,
             num_examples=update.num_examples,
-            open=lambda: self._open_update(update),
+            open=lambda: self._open_update(update, bases),
         )
 
-    def _open_update(self, update: UpdateRecord) -> WeightsReader:
+    def _open_update(self, update: UpdateRecord, bases: SharedBases) -> WeightsReader:
         """The update's weights; an update sent as a delta reads as its base plus the delta."""
         reader = self.weights.open_weights(update.weights_key)
         if update.base_weights_key is None:
             return reader
         try:
-            base = self.weights.open_weights(update.base_weights_key)
+            base = bases.open(update.base_weights_key)
         except BaseException:
             reader.close()
             raise
@@ -533,6 +537,10 @@ class RoundEngine:
             self.weights.delete(key)
         except Exception:
             logger.exception("removing what round %s of %s left behind failed", round_number, experiment_id)
+
+    def _check_current(self, claim: RoundClaim) -> None:
+        """LeaseLost if the claim was committed or taken over (renewing it otherwise)."""
+        self.metadata.renew_lease(claim, lease_seconds=self.lease_seconds)
 
     def _lease_kept(self, claim: RoundClaim) -> LeaseKeeper:
         return LeaseKeeper(self.metadata, claim, lease_seconds=self.lease_seconds)

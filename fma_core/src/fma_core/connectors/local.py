@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -104,25 +105,33 @@ class LocalDirectoryWeightStore(WeightStore):
         ]
 
     def complete_upload(self, key: str, upload_id: str, parts: Sequence[UploadedPart]) -> None:
-        """The parts are already in place: check them, then move the object under its key."""
+        """The parts are already in place: check them, then move the object under its key.
+
+        Concurrent completions of one upload (twins) take turns under a lock on its folder; the
+        later one finds the upload gone."""
         folder, sizes = self._started(key, upload_id)
-        received = {part.number: part for part in self.uploaded_parts(key, upload_id)}
-        if [part.number for part in parts] != list(range(1, len(sizes) + 1)):
-            raise InvalidWeights(
-                f"an upload completes with all its parts, numbered 1 to {len(sizes)}, in order"
-            )
-        for part, size in zip(parts, sizes, strict=True):
-            if received.get(part.number) != part:
-                raise InvalidWeights(f"part {part.number} was not received as listed")
-            if part.size != size:
-                raise InvalidWeights(f"part {part.number} has {part.size:,} bytes, not {size:,}")
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.replace(folder / _DATA, path)
-        except FileNotFoundError:  # a twin completing the same upload got there first
+            lock = open(folder / "key", "rb")  # noqa: SIM115 - held until the folder is removed
+        except FileNotFoundError:
             raise ObjectNotFound(f"upload {upload_id!r} of {key!r} is already complete") from None
-        shutil.rmtree(folder, ignore_errors=True)
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (folder / _DATA).exists():
+                raise ObjectNotFound(f"upload {upload_id!r} of {key!r} is already complete")
+            received = {part.number: part for part in self.uploaded_parts(key, upload_id)}
+            if [part.number for part in parts] != list(range(1, len(sizes) + 1)):
+                raise InvalidWeights(
+                    f"an upload completes with all its parts, numbered 1 to {len(sizes)}, in order"
+                )
+            for part, size in zip(parts, sizes, strict=True):
+                if received.get(part.number) != part:
+                    raise InvalidWeights(f"part {part.number} was not received as listed")
+                if part.size != size:
+                    raise InvalidWeights(f"part {part.number} has {part.size:,} bytes, not {size:,}")
+            path = self._path(key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(folder / _DATA, path)
+            shutil.rmtree(folder, ignore_errors=True)
 
     def abort_upload(self, key: str, upload_id: str) -> None:
         try:

@@ -66,8 +66,10 @@ class InMemoryMetadataStore(MetadataStore):
         num_examples: int,
         base_round: int = 0,
         update_id: str | None = None,
+        base_weights_key: str | None = None,
     ) -> UpdateRecord:
-        """Store a pending update; the same ``update_id`` twice returns the first (idempotent)."""
+        """Store a pending update (a delta on ``base_weights_key`` when given); the same ``update_id``
+        twice returns the first (idempotent)."""
         with self._lock:
             if experiment_id not in self._experiments:
                 raise LookupError(f"no experiment {experiment_id!r}")
@@ -83,6 +85,7 @@ class InMemoryMetadataStore(MetadataStore):
                 num_examples=num_examples,
                 base_round=base_round,
                 received_at=self._clock(),
+                base_weights_key=base_weights_key,
             )
             self._updates[update_id] = _Update(record)
             return record

@@ -3,11 +3,14 @@
 Experiments whose clients clip, noise or compress what they send want the change, not the
 model. Reading the sum back, block by block, keeps every aggregator exactly as it is and lets
 updates trained from different bases (stale clients) aggregate correctly, each over its own base.
+Most of a round's deltas share one base: ``SharedBases`` opens it once and reads each of its
+blocks once for all of them, so a round of N deltas reads N + 1 models, not 2N.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -42,3 +45,77 @@ class DeltaReader(WeightsReader):
             self._delta.close()
         finally:
             self._base.close()
+
+
+class SharedBases:
+    """Opens each base model once for every delta of a round that applies to it.
+
+    ``open`` hands out one reader per delta; the base itself is opened on first use and closed
+    when the last of its readers is. Aggregators read a block of every update in turn before the
+    next block, so each thread keeps the base block it read last and the other deltas on that
+    base get it without a read.
+    """
+
+    def __init__(self, open_weights: Callable[[str], WeightsReader]) -> None:
+        self._open_weights = open_weights
+        self._lock = threading.Lock()
+        self._bases: dict[str, tuple[_LastBlock, int]] = {}
+
+    def open(self, key: str) -> WeightsReader:
+        with self._lock:
+            base, users = self._bases.get(key) or (None, 0)
+            if base is None:
+                base = _LastBlock(self._open_weights(key))
+            self._bases[key] = (base, users + 1)
+        return _BaseUser(base, lambda: self._release(key))
+
+    def _release(self, key: str) -> None:
+        with self._lock:
+            base, users = self._bases[key]
+            if users > 1:
+                self._bases[key] = (base, users - 1)
+                return
+            del self._bases[key]
+        base.close()
+
+
+class _LastBlock(WeightsReader):
+    """A reader that remembers, per thread, the block it read last (read-only: many deltas add it)."""
+
+    def __init__(self, reader: WeightsReader) -> None:
+        self._reader = reader
+        self._last = threading.local()
+
+    @property
+    def tensors(self) -> Mapping[str, TensorInfo]:
+        return self._reader.tensors
+
+    def read_block(self, name: str, start: int, stop: int, buffer: np.ndarray | None = None) -> np.ndarray:
+        key, block = getattr(self._last, "block", (None, None))
+        if key != (name, start, stop):
+            block = self._reader.read_block(name, start, stop)  # a fresh array, or a view of memory
+            block.flags.writeable = False
+            self._last.block = ((name, start, stop), block)
+        return block
+
+    def close(self) -> None:
+        self._reader.close()
+
+
+class _BaseUser(WeightsReader):
+    """One delta's handle on a shared base: closing it releases that delta's use."""
+
+    def __init__(self, base: _LastBlock, release: Callable[[], None]) -> None:
+        self._base, self._release = base, release
+
+    @property
+    def tensors(self) -> Mapping[str, TensorInfo]:
+        return self._base.tensors
+
+    def read_block(self, name: str, start: int, stop: int, buffer: np.ndarray | None = None) -> np.ndarray:
+        return self._base.read_block(name, start, stop)
+
+    def close(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
