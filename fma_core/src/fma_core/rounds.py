@@ -292,7 +292,7 @@ class RoundEngine:
         record = json.dumps({"part": asdict(part), "peak_memory_bytes": peak}).encode()
         self.weights.put(plan.shard_key(index), io.BytesIO(record))
         try:
-            self.metadata.renew_lease(claim, lease_seconds=self.lease_seconds)
+            self._check_current(claim)
         except LeaseLost:
             self.weights.delete(plan.shard_key(index))
             raise
