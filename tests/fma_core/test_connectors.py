@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -205,3 +208,43 @@ def test_an_upload_left_by_an_earlier_version_is_unknown_and_can_be_aborted(tmp_
         store.uploaded_parts("updates/a.safetensors", upload)
     store.abort_upload("updates/a.safetensors", upload)
     assert not (tmp_path / ".uploads" / upload).exists()
+
+
+class HeldBack(io.RawIOBase):
+    """A part whose bytes arrive only once ``gate`` is set, like a slow client's."""
+
+    def __init__(self, data: bytes, gate: threading.Event) -> None:
+        super().__init__()
+        self.data, self.gate = data, gate
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        self.gate.wait(10)
+        chunk, self.data = self.data[: len(buffer)], self.data[len(buffer) :]
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+
+def test_a_part_sent_while_the_upload_completes_never_lands_in_the_joined_object(tmp_path):
+    store = LocalDirectoryWeightStore(tmp_path)
+    upload = store.start_upload("updates/a.safetensors", [4])
+    listed = [store.put_part("updates/a.safetensors", upload, 1, io.BytesIO(b"aaaa"))]
+    gate = threading.Event()
+    with ThreadPoolExecutor(2) as pool:
+        resend = pool.submit(store.put_part, "updates/a.safetensors", upload, 1, HeldBack(b"bbbb", gate))
+        time.sleep(0.2)  # the resent part is being written
+        completing = pool.submit(store.complete_upload, "updates/a.safetensors", upload, listed)
+        time.sleep(0.2)
+        assert not completing.done()  # completion waits for it...
+        gate.set()
+        resent = resend.result()
+        with pytest.raises(InvalidWeights, match="not received as listed"):  # ...then sees it changed
+            completing.result()
+    assert not store.exists("updates/a.safetensors")
+    store.complete_upload("updates/a.safetensors", upload, [resent])
+    with pytest.raises(ObjectNotFound):  # once joined, no part reaches the object
+        store.put_part("updates/a.safetensors", upload, 1, io.BytesIO(b"cccc"))
+    with store.open("updates/a.safetensors") as file:
+        assert file.read() == b"bbbb"

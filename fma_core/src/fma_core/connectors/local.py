@@ -78,47 +78,40 @@ class LocalDirectoryWeightStore(WeightStore):
         """Write the part straight into its range of the object-to-be, then record it.
 
         Its record is removed first and written again only once the bytes are on disk, so a part
-        that fails half-way (too large, a broken stream, a crash) counts as never received.
+        that fails half-way (too large, a broken stream, a crash) counts as never received. Parts
+        are written under a shared hold of the upload's lock and completion takes it whole, so no
+        part ever lands in an object already joined (and measured).
         """
         folder, sizes = self._started(key, upload_id)
         if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= len(sizes):
             raise InvalidWeights(f"this upload has parts 1 to {len(sizes)}, not {number!r}")
         limit = sizes[number - 1] if max_bytes is None else min(max_bytes, sizes[number - 1])
         record = folder / f"{number:05d}.part"
-        record.unlink(missing_ok=True)
-        with open(folder / _DATA, "r+b") as data:
-            data.seek(sum(sizes[: number - 1]))
-            size, sha256 = _copy(stream, data, max_bytes=limit)
-            data.flush()
-            os.fsync(data.fileno())
-        part = UploadedPart(number=number, size=size, etag=sha256)
-        with self._temporary() as tmp:
-            tmp.write(json.dumps({"size": size, "etag": sha256}).encode())
-        os.replace(tmp.name, record)  # a part sent again replaces the first
+        with self._held(folder, upload_id, fcntl.LOCK_SH):
+            record.unlink(missing_ok=True)
+            with open(folder / _DATA, "r+b") as data:
+                data.seek(sum(sizes[: number - 1]))
+                size, sha256 = _copy(stream, data, max_bytes=limit)
+                data.flush()
+                os.fsync(data.fileno())
+            part = UploadedPart(number=number, size=size, etag=sha256)
+            with self._temporary() as tmp:
+                tmp.write(json.dumps({"size": size, "etag": sha256}).encode())
+            os.replace(tmp.name, record)  # a part sent again replaces the first
         return part
 
     def uploaded_parts(self, key: str, upload_id: str) -> list[UploadedPart]:
         folder, _ = self._started(key, upload_id)
-        return [
-            UploadedPart(number=int(path.stem), **json.loads(path.read_text()))
-            for path in sorted(folder.glob("*.part"))
-        ]
+        with self._held(folder, upload_id, fcntl.LOCK_SH):
+            return _records(folder)
 
     def complete_upload(self, key: str, upload_id: str, parts: Sequence[UploadedPart]) -> None:
         """The parts are already in place: check them, then move the object under its key.
 
-        Concurrent completions of one upload (twins) take turns under a lock on its folder; the
-        later one finds the upload gone."""
+        Completions of one upload (twins) take turns under its lock; the later one finds it over."""
         folder, sizes = self._started(key, upload_id)
-        try:
-            lock = open(folder / "key", "rb")  # noqa: SIM115 - held until the folder is removed
-        except FileNotFoundError:
-            raise ObjectNotFound(f"upload {upload_id!r} of {key!r} is already complete") from None
-        with lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not (folder / _DATA).exists():
-                raise ObjectNotFound(f"upload {upload_id!r} of {key!r} is already complete")
-            received = {part.number: part for part in self.uploaded_parts(key, upload_id)}
+        with self._held(folder, upload_id, fcntl.LOCK_EX):
+            received = {part.number: part for part in _records(folder)}
             if [part.number for part in parts] != list(range(1, len(sizes) + 1)):
                 raise InvalidWeights(
                     f"an upload completes with all its parts, numbered 1 to {len(sizes)}, in order"
@@ -136,9 +129,24 @@ class LocalDirectoryWeightStore(WeightStore):
     def abort_upload(self, key: str, upload_id: str) -> None:
         try:
             folder = self._upload(key, upload_id)
+            with self._held(folder, upload_id, fcntl.LOCK_EX, ended_ok=True):
+                shutil.rmtree(folder, ignore_errors=True)
         except ObjectNotFound:
             return
-        shutil.rmtree(folder, ignore_errors=True)
+
+    @contextmanager
+    def _held(self, folder: Path, upload_id: str, mode: int, *, ended_ok: bool = False) -> Iterator[None]:
+        """Hold the upload's lock (``flock`` on its key file: shared for parts, exclusive to complete or
+        abort); ObjectNotFound once the upload is over (joined or aborted while waiting for it)."""
+        try:
+            lock = open(folder / "key", "rb")  # noqa: SIM115 - closed below, after the folder may be gone
+        except FileNotFoundError:
+            raise ObjectNotFound(f"upload {upload_id!r} is over") from None
+        with lock:
+            fcntl.flock(lock, mode)
+            if not ended_ok and not (folder / _DATA).exists():
+                raise ObjectNotFound(f"upload {upload_id!r} is over")
+            yield
 
     @contextmanager
     def _temporary(self) -> Iterator[BinaryIO]:
@@ -188,3 +196,11 @@ def _copy(stream: BinaryIO, target: BinaryIO, *, max_bytes: int | None) -> tuple
         digest.update(chunk)
         target.write(chunk)
     return size, digest.hexdigest()
+
+
+def _records(folder: Path) -> list[UploadedPart]:
+    """The parts an upload has received, from their records (read under the upload's lock)."""
+    return [
+        UploadedPart(number=int(path.stem), **json.loads(path.read_text()))
+        for path in sorted(folder.glob("*.part"))
+    ]
