@@ -1,18 +1,20 @@
 """Each runner checks an upload too large to check within its complete request (FMA_UPLOAD_INLINE_CHECK_BYTES):
 the in-process runner in its thread, a live Celery worker on Redis, the Lambda function on the API's
-asynchronous invocation; each sweep hands out again a check left waiting by a killed worker, and the
-accepted update's round follows."""
+asynchronous invocation, ``fma-aggregator run-once`` when the runner is ``none``; each sweep hands out
+again a check left waiting by a killed worker, and the accepted update's round follows."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import threading
 
 import pytest
 from aggregator_support import celery_worker_args, service_available, wait_for, weights
 
 from fma_aggregator import runners, tasks
+from fma_aggregator.cli import main
 from fma_aggregator.lambda_handler import handler
 from fma_core.weights import to_bytes
 from fma_django import services, uploads
@@ -171,3 +173,16 @@ def test_the_scheduled_sweep_invokes_a_check_a_killed_invocation_left(lambda_run
     lambda_runner.expect_invocations(1)
     assert handler(invocation["payload"], LambdaContext())["status"] == "completed"
     assert [i["payload"]["fma"] for i in lambda_runner.take()] == ["round_ready"]
+
+
+def test_with_runner_none_nothing_is_sent_and_run_once_checks_then_runs_the_round(
+    settings, checked_later, make_experiment, capsys
+):
+    settings.FMA_AGGREGATOR_RUNNER = "none"
+    experiment = make_experiment()
+    session = checking(uploaded(experiment))
+    assert state(session) == UploadState.CHECKING  # nobody was told
+    assert main(["run-once", "--json"]) == 0
+    assert state(session) == UploadState.COMPLETED
+    [outcome] = json.loads(capsys.readouterr().out)
+    assert (outcome["experiment_id"], outcome["status"]) == (str(experiment.pk), "committed")
