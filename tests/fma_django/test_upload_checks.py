@@ -47,6 +47,10 @@ def before(stored_files, experiment):
     return stored_files()
 
 
+def status_path(session) -> str:
+    return f"/api/v1/models/{session['federated_model']}/uploads/{session['id']}/"
+
+
 def sent_and_completed(api, experiment, body, **fields):
     session = start(api, experiment.pk, body, **fields).json()
     send(api, session, body)
@@ -81,6 +85,9 @@ def test_a_large_upload_is_checked_after_its_complete_request_answers_202(
     assert (shown["state"], shown["parts"], shown["targets"]) == ("checking", [], [])
     again = complete(client_api, session)
     assert (again.status_code, again.json()["state"]) == (202, "checking")
+    late_part = client_api.generic("PUT", f"{status_path(session)}parts/1/", body[:PART])
+    aborted = client_api.delete(status_path(session))
+    assert [(r.status_code, r.json()["code"]) for r in (late_part, aborted)] == [(409, "upload_checking")] * 2
 
     checked = uploads.upload_check(session["id"])
     assert (checked.state, checked.reason) == (UploadState.COMPLETED, "")

@@ -5,8 +5,11 @@ The same protocol serves every weight store. ``upload_start`` checks the update'
 part to its target (a presigned store URL when the store gives one, else the API's part
 endpoint, ``upload_part_put``); ``upload_complete`` joins the parts, compares the store's own
 size and SHA-256 with the declared ones and hands the object to ``services.update_accept``,
-the one function that turns stored bytes into an accepted update. A rejected upload leaves
-no bytes behind; sessions left open are aborted by ``uploads_expire_stale`` from the sweep.
+the one function that turns stored bytes into an accepted update. Above
+``FMA_UPLOAD_INLINE_CHECK_BYTES`` that check leaves the request: the session waits in
+``checking`` until a runner calls ``upload_check``, the same code. A rejected upload leaves
+no bytes behind; sessions left open are aborted by ``uploads_expire_stale`` from the sweep,
+and sessions left ``checking`` are handed out again by ``uploads_check_again``.
 """
 
 from __future__ import annotations
@@ -491,6 +494,11 @@ def uploads_check_again() -> int:
 
 
 def _require_open(session: UploadSession) -> None:
+    if session.state == UploadState.CHECKING:
+        raise Conflict(
+            "this upload is complete and being checked; ask for it (GET) until it is completed or rejected",
+            code="upload_checking",
+        )
     if session.state != UploadState.OPEN:
         reason = f": {session.reason}" if session.reason else ""
         raise Conflict(
