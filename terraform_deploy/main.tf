@@ -109,7 +109,6 @@ module "aggregator" {
   timeout              = var.aggregator_timeout_seconds
   reserved_concurrency = var.aggregator_reserved_concurrency
   ephemeral_storage_mb = var.aggregator_ephemeral_storage_mb
-  environment          = merge(local.common_environment, { FMA_AGGREGATOR_RUNNER = "lambda" })
   subnet_ids           = module.network.private_subnet_ids
   security_group_id    = module.network.aggregator_security_group_id
   kms_key_arn          = module.kms.key_arn
@@ -119,6 +118,11 @@ module "aggregator" {
   s3_prefix            = var.s3_prefix
   sweep_schedule       = var.aggregator_sweep_rate_minutes == 1 ? "rate(1 minute)" : "rate(${var.aggregator_sweep_rate_minutes} minutes)"
   max_retry_attempts   = var.aggregator_max_retry_attempts
+  # An upload the function checks announces its update's round like the API does.
+  environment = merge(local.common_environment, {
+    FMA_AGGREGATOR_RUNNER   = "lambda"
+    FMA_AGGREGATOR_FUNCTION = local.aggregator_function_name
+  })
 }
 
 module "api" {
@@ -132,8 +136,9 @@ module "api" {
   timeout              = var.api_timeout_seconds
   reserved_concurrency = var.api_reserved_concurrency
   environment = merge(local.common_environment, {
-    FMA_AGGREGATOR_RUNNER   = "lambda"
-    FMA_AGGREGATOR_FUNCTION = module.aggregator.function_name
+    FMA_AGGREGATOR_RUNNER         = "lambda"
+    FMA_AGGREGATOR_FUNCTION       = module.aggregator.function_name
+    FMA_UPLOAD_INLINE_CHECK_BYTES = tostring(var.api_upload_inline_check_bytes)
   })
   subnet_ids              = module.network.private_subnet_ids
   security_group_id       = module.network.api_security_group_id

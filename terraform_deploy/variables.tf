@@ -292,6 +292,17 @@ variable "api_timeout_seconds" {
   }
 }
 
+variable "api_upload_inline_check_bytes" {
+  type        = number
+  description = "Uploads larger than this are checked (joined, hashed, validated) by the aggregator function after their complete request answers 202: a request has 29 s behind API Gateway."
+  default     = 536870912 # 512 MiB
+
+  validation {
+    condition     = var.api_upload_inline_check_bytes >= 0
+    error_message = "api_upload_inline_check_bytes must not be negative."
+  }
+}
+
 variable "api_reserved_concurrency" {
   type        = number
   description = "Reserved concurrency of the API; it also caps the database connections the API can open."

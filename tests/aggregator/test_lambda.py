@@ -113,6 +113,7 @@ def test_a_scheduled_event_sweeps_every_experiment_with_pending_updates(aws, mak
         "status": "swept",
         "round_ready": [str(waiting.pk), str(deadline.pk)],
         "uploads_expired": 0,
+        "uploads_checking": 0,
         "update_weights_removed": 0,
     }
     invocations = aws.take()

@@ -178,6 +178,7 @@ def test_the_aggregator_zip_answers_eventbridge_async_and_manage_events(
         "status": "swept",
         "round_ready": [],
         "uploads_expired": 0,
+        "uploads_checking": 0,
         "update_weights_removed": 0,
     }
 

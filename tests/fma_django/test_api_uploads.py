@@ -289,7 +289,7 @@ def test_the_sweep_expires_uploads_left_open(
     UploadSession.objects.filter(uuid=stale["id"]).update(created_on=timezone.now() - timedelta(hours=25))
     fresh = start(client_api, experiment.pk, safetensors(0.6)).json()
 
-    assert housekeeping_sweep() == {"uploads_expired": 1, "update_weights_removed": 0}
+    assert housekeeping_sweep() == {"uploads_expired": 1, "uploads_checking": 0, "update_weights_removed": 0}
     assert status(client_api, stale).json()["state"] == "expired"
     assert status(client_api, fresh).json()["state"] == "open"
     fresh_upload = UploadSession.objects.get(uuid=fresh["id"]).store_upload_id

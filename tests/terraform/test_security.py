@@ -131,6 +131,17 @@ def test_functions_receive_the_settings_the_code_reads():
     assert "FMA_AGGREGATOR_RUNNER" in aggregator
 
 
+def test_large_uploads_are_checked_by_the_aggregator_not_within_api_gateways_29_s():
+    """Above FMA_UPLOAD_INLINE_CHECK_BYTES the API answers 202 and the aggregator function checks the
+    upload; the function then announces the update's round itself, so it names itself too."""
+    api = environment_keys(ROOT.module_calls["api"]["environment"])
+    aggregator = environment_keys(ROOT.module_calls["aggregator"]["environment"])
+    assert "FMA_UPLOAD_INLINE_CHECK_BYTES" in api
+    assert "FMA_AGGREGATOR_FUNCTION" in aggregator
+    variable = ROOT.variables["api_upload_inline_check_bytes"]
+    assert unquote(variable["default"]) in (512 * 1024**2, str(512 * 1024**2))
+
+
 def test_the_api_function_allows_its_own_execute_api_host():
     """Django refuses requests whose Host it does not know; API Gateway sends its execute-api host."""
     api = MODULES["api"]

@@ -1,4 +1,4 @@
-"""The Django app: connects the API's "round may be ready" signal to the configured runner."""
+"""The Django app: connects the API's "round may be ready" and "check this upload" signals to the configured runner."""
 
 from __future__ import annotations
 
@@ -11,10 +11,16 @@ class AggregatorAppConfig(AppConfig):
     verbose_name = "FMA aggregator"
 
     def ready(self) -> None:
-        from fma_aggregator.runners import notify
-        from fma_django.signals import round_may_be_ready
+        from fma_aggregator.runners import notify, request_check
+        from fma_django.signals import round_may_be_ready, upload_check_requested
 
         def on_round_may_be_ready(*, experiment_id: int, **kwargs: object) -> None:
             notify(experiment_id)
 
+        def on_upload_check_requested(*, upload_id: str, **kwargs: object) -> None:
+            request_check(upload_id)
+
         round_may_be_ready.connect(on_round_may_be_ready, weak=False, dispatch_uid="fma_aggregator.notify")
+        upload_check_requested.connect(
+            on_upload_check_requested, weak=False, dispatch_uid="fma_aggregator.request_check"
+        )

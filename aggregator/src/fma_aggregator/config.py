@@ -1,7 +1,8 @@
 """The aggregator's settings, all from environment variables, with defaults for one machine.
 
-- ``FMA_AGGREGATOR_RUNNER`` (``inprocess``): who runs a round the API says may be ready:
-  ``inprocess``, ``celery``, ``lambda`` or ``none``. The Django setting of the same name wins.
+- ``FMA_AGGREGATOR_RUNNER`` (``inprocess``): who runs a round the API says may be ready, and
+  checks an upload too large to check within its complete request: ``inprocess``, ``celery``,
+  ``lambda`` or ``none``. The Django setting of the same name wins.
 - ``FMA_LEASE_SECONDS`` (900): how long a claimed round is held, after its worker's last sign of
   life, before another worker may take it over. Workers renew it every third of this while they
   compute, so a long round keeps it; a killed worker's round is taken over this long after it died.
@@ -16,7 +17,8 @@
 - ``FMA_BROKER_VISIBILITY_TIMEOUT`` (3600): Redis only, seconds before a task whose worker died
   unacknowledged is delivered again.
 - ``FMA_AGGREGATOR_FUNCTION`` (unset): name or ARN of the aggregator Lambda function, for the
-  ``lambda`` runner (the function itself falls back to its own ARN).
+  ``lambda`` runner (the function itself falls back to its own ARN for shards and sweeps, but
+  needs it to announce the round of an update it accepted when checking an upload).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""The in-process runner: one background thread per process that runs rounds when told they may be ready.
+"""The in-process runner: one background thread per process that runs rounds when told they may be ready,
+and the checks of uploads too large to check within their complete request.
 
-The API notifies it after an accepted update commits; it never runs a round inside a request.
+The API notifies it after an accepted update commits; it never runs a round (or a check) inside a request.
 Notifications are deduplicated per experiment (a burst of a hundred updates queues the experiment
 once), a round whose policy has a deadline sets a timer for it, and a periodic sweep picks up
 what no notification covers: expired leases of workers that died, and rounds left pending by a
@@ -22,22 +23,26 @@ logger = logging.getLogger(__name__)
 
 
 class InProcessRunner:
-    """``run`` runs one experiment's round; ``sweep`` lists the experiments to look at again."""
+    """``run`` runs one experiment's round; ``sweep`` lists the experiments to look at again;
+    ``check`` checks one upload (``check_upload`` queues it), before the rounds its update may make ready."""
 
     def __init__(
         self,
         *,
         run: Callable[[str], RoundOutcome],
         sweep: Callable[[], list[str]],
+        check: Callable[[str], object] | None = None,
         sweep_seconds: float = 60.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._run = run
         self._sweep = sweep
+        self._check = check
         self.sweep_seconds = sweep_seconds
         self._clock = clock
         self._wake = threading.Condition()
         self._queued: dict[str, None] = {}  # an ordered set: each experiment at most once
+        self._checks: dict[str, None] = {}  # the same for uploads to check
         self._timers: list[tuple[float, str]] = []
         self._next_sweep = 0.0  # sweep as soon as the thread starts
         self._stopping = False
@@ -48,6 +53,15 @@ class InProcessRunner:
         """The experiment may be ready: queue it (once) and make sure the thread runs. Never blocks."""
         with self._wake:
             self._queued[str(experiment_id)] = None
+            self._wake.notify()
+        self.start()
+
+    def check_upload(self, upload_id: str) -> None:
+        """Queue the upload's check (once) and make sure the thread runs. Never blocks."""
+        if self._check is None:
+            raise ValueError("this runner was made without a check function")
+        with self._wake:
+            self._checks[upload_id] = None
             self._wake.notify()
         self.start()
 
@@ -79,7 +93,9 @@ class InProcessRunner:
                     self._wake.wait(self._seconds_to_next())
                 if self._stopping:
                     return
-                batch, sweep_now = self._take()
+                checks, batch, sweep_now = self._take()
+            for upload_id in checks:
+                self._check_one(upload_id)
             if sweep_now:
                 try:
                     batch.extend(e for e in self._sweep() if e not in batch)
@@ -91,22 +107,32 @@ class InProcessRunner:
     def _due(self) -> bool:
         now = self._clock()
         return (
-            bool(self._queued) or now >= self._next_sweep or bool(self._timers and self._timers[0][0] <= now)
+            bool(self._queued)
+            or bool(self._checks)
+            or now >= self._next_sweep
+            or bool(self._timers and self._timers[0][0] <= now)
         )
 
     def _seconds_to_next(self) -> float:
         times = [self._next_sweep] + ([self._timers[0][0]] if self._timers else [])
         return max(0.0, min(times) - self._clock())
 
-    def _take(self) -> tuple[list[str], bool]:
+    def _take(self) -> tuple[list[str], list[str], bool]:
         now = self._clock()
         while self._timers and self._timers[0][0] <= now:
             self._queued[heapq.heappop(self._timers)[1]] = None
+        checks, self._checks = list(self._checks), {}
         batch, self._queued = list(self._queued), {}
         sweep_now = now >= self._next_sweep
         if sweep_now:
             self._next_sweep = now + self.sweep_seconds
-        return batch, sweep_now
+        return checks, batch, sweep_now
+
+    def _check_one(self, upload_id: str) -> None:
+        try:
+            self._check(upload_id)
+        except Exception:
+            logger.exception("the check of upload %s failed; the sweep will hand it out again", upload_id)
 
     def _run_one(self, experiment_id: str) -> None:
         try:

@@ -4,14 +4,18 @@ One function serves every event the deployment sends it:
 
 - an EventBridge scheduled event (``"source": "aws.events"``, ``"detail-type": "Scheduled Event"``)
   sweeps: each experiment with pending updates and no live lease gets an asynchronous "round
-  ready" invocation of this function, and stale upload sessions and old update bytes are cleaned
-  up (``fma_django.housekeeping``). The original FMA's per-model rules, whose ``detail`` holds
-  a ``model_id``, run that experiment's round directly;
+  ready" invocation of this function, each upload left ``checking`` a "check_upload" one, and
+  stale upload sessions and old update bytes are cleaned up (``fma_django.housekeeping``). The
+  original FMA's per-model rules, whose ``detail`` holds a ``model_id``, run that experiment's
+  round directly;
 - ``{"fma": "round_ready", "experiment_id": "3"}``, sent asynchronously by the API when an update
   is accepted, runs the round; a model above ``FMA_SHARD_BYTES`` is fanned out instead as one
   asynchronous ``{"fma": "shard", ...}`` invocation per shard;
 - ``{"fma": "shard", "plan": {...}, "index": i}`` aggregates one shard; the last shard to finish
   writes the aggregate and commits the round once;
+- ``{"fma": "check_upload", "upload_id": "<uuid>"}``, sent asynchronously by the API when an
+  upload too large to check within its request is completed, and by the sweep for every upload
+  still ``checking``, joins and checks it: its update is accepted (announcing the round) or refused;
 - ``{"manage": "migrate"}`` or ``{"manage": ["createsuperuser", "--noinput", ...]}`` runs a Django
   management command (``DJANGO_SUPERUSER_PASSWORD`` etc. come from the function's environment).
 
@@ -34,6 +38,7 @@ from django.core.management import call_command  # noqa: E402
 from django.db import close_old_connections  # noqa: E402
 
 from fma_aggregator import sharded  # noqa: E402
+from fma_aggregator.checks import run_check  # noqa: E402
 from fma_aggregator.config import AggregatorConfig  # noqa: E402
 from fma_aggregator.engine import build_engine  # noqa: E402
 from fma_aggregator.lambda_invoke import LambdaInvoker  # noqa: E402
@@ -62,6 +67,8 @@ def _dispatch(event: dict[str, Any], context: Any) -> dict[str, Any]:
     kind = event.get("fma")
     if kind == "round_ready":
         return _run_round(str(event["experiment_id"]), context)
+    if kind == "check_upload":
+        return run_check(str(event["upload_id"]))
     if kind == "shard":
         return sharded.finish_shard(build_engine(), RoundPlan.from_dict(event["plan"]), int(event["index"]))
     raise ValueError(f"the aggregator does not know this event: keys {sorted(event)}")

@@ -1,6 +1,6 @@
 """Asynchronous invocations of the aggregator Lambda function (boto3 ``invoke``, ``InvocationType="Event"``).
 
-The API uses it to say "round ready"; the function uses it to fan a sharded round out to
+The API uses it to say "round ready" and "check this upload"; the function uses it to fan a sharded round out to
 parallel invocations of itself. Lambda retries a failed asynchronous invocation, and the round
 engine's claim makes a repeated one harmless.
 """
@@ -39,6 +39,9 @@ class LambdaInvoker:
 
     def round_ready(self, experiment_id: str) -> None:
         self.invoke({"fma": "round_ready", "experiment_id": experiment_id})
+
+    def check_upload(self, upload_id: str) -> None:
+        self.invoke({"fma": "check_upload", "upload_id": upload_id})
 
     def shard(self, plan: RoundPlan, index: int) -> None:
         self.invoke({"fma": "shard", "plan": plan.to_dict(), "index": index})

@@ -1,9 +1,12 @@
-"""Where a round the API says may be ready goes: the one place that reads ``FMA_AGGREGATOR_RUNNER``.
+"""Where a round the API says may be ready, or an upload it wants checked, goes: the one place that
+reads ``FMA_AGGREGATOR_RUNNER``.
 
 ``notify(experiment_id)`` is connected to fma-django's ``round_may_be_ready`` signal (see
 ``apps.py``), which the API sends after an accepted update commits. Every runner only *tells*
 something to try the round; the round engine's claim decides, so a lost or repeated notification
-is harmless (the sweep catches up on lost ones).
+is harmless (the sweep catches up on lost ones). ``request_check(upload_id)`` is connected to
+``upload_check_requested`` the same way: the check locks its upload session, so a repeated
+request is harmless too, and the sweep requests again every check still waiting.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import threading
 import time
 
+from fma_aggregator.checks import run_check
 from fma_aggregator.config import AggregatorConfig, runner_name
 from fma_aggregator.engine import build_engine, fresh_connection
 from fma_aggregator.inprocess import InProcessRunner
@@ -37,6 +41,22 @@ def notify(experiment_id: str | int) -> None:
         LambdaInvoker.from_config(AggregatorConfig.from_env()).round_ready(str(experiment_id))
 
 
+def request_check(upload_id: str) -> None:
+    """Hand an upload's check to the configured runner; returns at once. With ``none`` nothing is
+    sent: ``fma-aggregator run-once`` checks every upload left waiting."""
+    name = runner_name()
+    if name == "inprocess":
+        inprocess_runner().check_upload(upload_id)
+    elif name == "celery":
+        from fma_aggregator.celery import app
+
+        app.send_task("fma.check_upload", args=[upload_id])
+    elif name == "lambda":
+        from fma_aggregator.lambda_invoke import LambdaInvoker
+
+        LambdaInvoker.from_config(AggregatorConfig.from_env()).check_upload(upload_id)
+
+
 def inprocess_runner(config: AggregatorConfig | None = None) -> InProcessRunner:
     """This process's in-process runner, created on first use."""
     global _inprocess
@@ -53,9 +73,13 @@ def django_inprocess_runner(config: AggregatorConfig) -> InProcessRunner:
         with fresh_connection():
             return build_engine(config).run_round(experiment_id)
 
+    def check(upload_id: str) -> None:
+        with fresh_connection():
+            run_check(upload_id)
+
     def sweep() -> list[str]:
         with fresh_connection():
             housekeeping_sweep()
             return DjangoMetadataStore().experiments_to_sweep(now=time.time())
 
-    return InProcessRunner(run=run, sweep=sweep, sweep_seconds=config.sweep_seconds)
+    return InProcessRunner(run=run, check=check, sweep=sweep, sweep_seconds=config.sweep_seconds)

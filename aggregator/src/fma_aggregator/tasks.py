@@ -1,5 +1,5 @@
-"""Celery tasks: a round, its shards (the last one to finish commits) and the sweep. Each task is safe
-to run twice."""
+"""Celery tasks: a round, its shards (the last one to finish commits), an upload's check and the sweep.
+Each task is safe to run twice."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 from fma_aggregator import sharded
 from fma_aggregator.celery import app, config
+from fma_aggregator.checks import run_check
 from fma_aggregator.engine import build_engine
 from fma_core.rounds import RoundOutcome
 from fma_core.shards import RoundPlan
@@ -39,11 +40,18 @@ def compute_shard(plan: dict[str, Any], index: int) -> dict[str, Any]:
     return sharded.finish_shard(build_engine(config), RoundPlan.from_dict(plan), index)
 
 
+@app.task(name="fma.check_upload")
+def check_upload(upload_id: str) -> dict[str, Any]:
+    """Check an upload too large to check in its complete request: its update is accepted or refused."""
+    return run_check(upload_id)
+
+
 @app.task(name="fma.sweep")
 def sweep() -> list[str]:
     """Queue a round for every experiment with pending updates and no live lease (deadlines, dead workers).
 
-    Also expires stale upload sessions and prunes old update bytes (``housekeeping_sweep``).
+    Also expires stale upload sessions, queues the checks of uploads left ``checking`` and prunes
+    old update bytes (``housekeeping_sweep``).
     """
     housekeeping_sweep()
     due = DjangoMetadataStore().experiments_to_sweep(now=time.time())

@@ -180,6 +180,14 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024**2
 # part but the last), and how long a session may stay open before the sweep aborts it.
 FMA_UPLOAD_PART_BYTES = int(os.environ.get("FMA_UPLOAD_PART_BYTES", str(64 * 1024**2)))
 FMA_UPLOAD_TIMEOUT_SECONDS = int(os.environ.get("FMA_UPLOAD_TIMEOUT_SECONDS", "86400"))
+# Uploads larger than this are checked (joined, hashed, validated) by the aggregator runner after
+# their complete request answers 202, not inside it: behind API Gateway a request has 29 s.
+# Unset: every upload is checked within its complete request.
+FMA_UPLOAD_INLINE_CHECK_BYTES = (
+    int(os.environ["FMA_UPLOAD_INLINE_CHECK_BYTES"])
+    if os.environ.get("FMA_UPLOAD_INLINE_CHECK_BYTES")
+    else None
+)
 # Days after its round completed that an update's raw bytes are deleted; unset keeps them forever.
 FMA_UPDATE_RETENTION_DAYS = (
     float(os.environ["FMA_UPDATE_RETENTION_DAYS"]) if os.environ.get("FMA_UPDATE_RETENTION_DAYS") else None

@@ -11,6 +11,7 @@ from fma_client.compat import WebClient
 from fma_client.developer import Developer
 from fma_client.errors import (
     AuthenticationError,
+    CheckTimeout,
     ConflictError,
     FmaClientError,
     NotFound,
@@ -25,6 +26,7 @@ from fma_client.weights import as_weights, read_file, to_list, write_file
 
 __all__ = [
     "AuthenticationError",
+    "CheckTimeout",
     "Client",
     "ConflictError",
     "Developer",

@@ -21,7 +21,7 @@ import numpy as np
 
 from fma_client.errors import FmaClientError, NotFound, ValidationError, WaitTimeout
 from fma_client.transport import Retry, Transport
-from fma_client.uploads import THREADS, FileSource, Source, Upload, WeightsSource
+from fma_client.uploads import CHECK_TIMEOUT, THREADS, FileSource, Source, Upload, WeightsSource
 from fma_client.weights import SafetensorsBody, Weights, as_weights, read_file
 
 
@@ -160,6 +160,7 @@ class Client:
         *,
         base_aggregate: int | None = None,
         idempotency_key: str | None = None,
+        check_timeout: float = CHECK_TIMEOUT,
     ) -> dict[str, Any]:
         """Submit an update trained from the last pulled model; returns the accepted update.
 
@@ -170,10 +171,18 @@ class Client:
         server does not have yet. Each push has one idempotency key, so the server counts it once
         however often it is sent; pass the key of a push that was interrupted (the error names
         it) to resume that upload instead of starting again.
+
+        A service that checks large updates after they arrive (behind AWS API Gateway, whose
+        requests end at 29 s) is asked for the outcome until it is known: the accepted update, or
+        the refusal as ``ValidationError``. After ``check_timeout`` seconds (default an hour)
+        ``CheckTimeout`` names the upload, which may still be accepted; push again with the same
+        idempotency key to wait for it again.
         """
         body = SafetensorsBody(self._as_update(as_weights(weights, names=self._names), base_aggregate))
         try:
-            return self._upload(WeightsSource(body), num_examples, metrics, base_aggregate, idempotency_key)
+            return self._upload(
+                WeightsSource(body), num_examples, metrics, base_aggregate, idempotency_key, check_timeout
+            )
         except ValidationError as error:
             if isinstance(weights, list | tuple) and self._names is None:
                 raise ValidationError(
@@ -212,12 +221,15 @@ class Client:
         *,
         base_aggregate: int | None = None,
         idempotency_key: str | None = None,
+        check_timeout: float = CHECK_TIMEOUT,
     ) -> dict[str, Any]:
         """Submit an update saved as a safetensors file, streamed from disk in parts (as ``push``).
 
         The file is sent as it is: for an experiment that takes deltas, it must hold the delta.
         """
-        return self._upload(FileSource(path), num_examples, metrics, base_aggregate, idempotency_key)
+        return self._upload(
+            FileSource(path), num_examples, metrics, base_aggregate, idempotency_key, check_timeout
+        )
 
     def _upload(
         self,
@@ -226,6 +238,7 @@ class Client:
         metrics: Mapping[str, Any] | None,
         base_aggregate: int | None,
         idempotency_key: str | None,
+        check_timeout: float,
     ) -> dict[str, Any]:
         if isinstance(num_examples, bool) or not isinstance(num_examples, int | np.integer):
             raise TypeError(f"num_examples must be a whole number, not {num_examples!r}")
@@ -237,7 +250,7 @@ class Client:
             "update_kind": self._update_kind or "weights",
         }
         upload = Upload(self._transport, self._path("uploads"), threads=self.threads)
-        return upload.run(source, metadata, idempotency_key=idempotency_key)
+        return upload.run(source, metadata, idempotency_key=idempotency_key, check_timeout=check_timeout)
 
     def wait_for_new_model(
         self, after: int | None = None, timeout: float | None = None, *, poll_interval: float = 5.0

@@ -76,6 +76,10 @@ class WaitTimeout(FmaClientError, TimeoutError):
     """``wait_for_new_model`` gave up: no newer aggregate appeared in time."""
 
 
+class CheckTimeout(FmaClientError, TimeoutError):
+    """A push gave up waiting for the server's check of a large upload; the upload may still complete."""
+
+
 _BY_STATUS: dict[int, type[FmaClientError]] = {
     400: ValidationError,
     401: AuthenticationError,

@@ -4,7 +4,8 @@ The server names a target for every part (its own part endpoint, or a presigned 
 this is one code path for every deployment. Each part is read from the source at its offset
 (a ``SafetensorsBody`` straight from the arrays, or a file on disk), so nothing is held twice in
 memory. A part that keeps failing does not end the push: the session is asked which parts it
-holds, and only the missing ones are sent again, to fresh targets.
+holds, and only the missing ones are sent again, to fresh targets. A server that checks large
+uploads after completing them (202, state ``checking``) is polled until the check is done.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import hashlib
 import itertools
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from fma_client.errors import (
+    CheckTimeout,
     FmaClientError,
     PermissionDenied,
     ServerUnavailable,
@@ -30,6 +33,8 @@ from fma_client.transport import Transport
 from fma_client.weights import SafetensorsBody
 
 THREADS = 4
+CHECK_TIMEOUT = 3600.0  # seconds to wait for a server's check of a large upload
+_POLL_FIRST, _POLL_MAX = 0.5, 15.0  # seconds between polls of a session being checked, doubling
 _CHUNK = 1 << 20
 
 
@@ -124,9 +129,18 @@ class Upload:
         self._lock = threading.Lock()
 
     def run(
-        self, source: Source, metadata: dict[str, Any], *, idempotency_key: str | None = None
+        self,
+        source: Source,
+        metadata: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        check_timeout: float = CHECK_TIMEOUT,
     ) -> dict[str, Any]:
-        """Start (or resume, with the same idempotency key) a session, send the parts, complete it."""
+        """Start (or resume, with the same idempotency key) a session, send the parts, complete it.
+
+        If the server checks the upload after completing it (202), wait up to ``check_timeout``
+        seconds for the outcome: the update, or the refusal as the error a synchronous one raises.
+        """
         key = idempotency_key or uuid.uuid4().hex
         start = {"size": source.size, "sha256": sha256_of(source), "idempotency_key": key, **metadata}
         session = self._transport.json("POST", self._path, json=start, idempotent=True)
@@ -143,17 +157,41 @@ class Upload:
                 failure = self._send(source, missing, bar)
                 if failure is None:
                     try:
-                        return self._transport.json("POST", f"{here}complete/", idempotent=True)
+                        response = self._transport.request("POST", f"{here}complete/", idempotent=True)
                     except ValidationError as error:
                         if error.code != "incomplete_upload":
                             raise
                         failure = error
+                    else:
+                        if response.status_code != 202:
+                            return response.json()
+                        return self._await_check(here, key, response.json(), check_timeout)
                 if attempt >= attempts:
                     raise TransferError(
                         f"the upload of the update did not complete after {attempts} rounds of parts: "
                         f"{failure}; push again with idempotency_key={key!r} to resume it"
                     ) from failure
                 session = self._transport.json("GET", here)  # the parts received, fresh targets
+
+    def _await_check(self, here: str, key: str, session: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Poll the session, less often as time goes by, until the server's check is done."""
+        deadline = time.monotonic() + timeout
+        pause = _POLL_FIRST
+        while session["state"] == "checking":
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise CheckTimeout(
+                    f"the server was still checking upload {session['id']} after {timeout:g} s; it may "
+                    f"still complete: push again with idempotency_key={key!r} to wait for it again"
+                )
+            time.sleep(min(pause, left))
+            pause = min(2 * pause, _POLL_MAX)
+            session = self._transport.json("GET", here)
+        if session["state"] == "completed":
+            return session["update"]
+        raise ValidationError(
+            session["reason"] or f"the upload is {session['state']}", code=session.get("reason_code") or None
+        )
 
     def _send(self, source: Source, targets: list[dict], bar: Any) -> FmaClientError | None:
         """PUT the targets' parts in parallel; the first error that a resume can fix, else None."""

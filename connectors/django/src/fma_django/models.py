@@ -236,6 +236,7 @@ class ModelUpdate(models.Model):
 
 class UploadState(models.TextChoices):
     OPEN = "open"
+    CHECKING = "checking"  # completed by its client; a runner joins and checks it (large uploads)
     COMPLETED = "completed"
     ABORTED = "aborted"
     EXPIRED = "expired"
@@ -256,6 +257,9 @@ class UploadSession(models.Model):
     client = models.ForeignKey(Client, on_delete=models.CASCADE, related_name="uploads")
     state = models.CharField(max_length=16, choices=UploadState.choices, default=UploadState.OPEN)
     reason = models.TextField(blank=True, default="", help_text="why the upload was rejected")
+    reason_code = models.CharField(
+        max_length=64, blank=True, default="", help_text="the refusal's machine-readable code"
+    )
     weights_key = models.CharField(max_length=512)
     store_upload_id = models.CharField(max_length=1024)
     size_bytes = models.PositiveBigIntegerField()

@@ -1,9 +1,12 @@
-"""Signals for the packages that run rounds, so fma_django never imports them.
+"""Signals for the packages that run rounds and checks, so fma_django never imports them.
 
 ``round_may_be_ready`` is sent (with ``experiment_id``) after an accepted update has committed:
-the configured runner (fma-aggregator) decides whether and where the round runs. Receivers'
-errors are logged, never raised: the update is already stored, and the runners' periodic sweep
-catches up on any notification that was lost.
+the configured runner (fma-aggregator) decides whether and where the round runs.
+``upload_check_requested`` is sent (with ``upload_id``, the session's UUID as text) after an
+upload session too large to check within a request has moved to ``checking``, and again by
+every sweep while it stays there: the runner calls ``fma_django.uploads.upload_check``.
+Receivers' errors are logged, never raised: the state is already committed, and the runners'
+periodic sweep catches up on any notification that was lost.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from django.dispatch import Signal
 logger = logging.getLogger(__name__)
 
 round_may_be_ready = Signal()
+upload_check_requested = Signal()
 
 
 def announce_round_may_be_ready(experiment_id: int) -> None:
@@ -23,3 +27,9 @@ def announce_round_may_be_ready(experiment_id: int) -> None:
             logger.error(
                 "notifying %r that experiment %s may be ready failed: %s", receiver, experiment_id, result
             )
+
+
+def announce_upload_check_requested(upload_id: str) -> None:
+    for receiver, result in upload_check_requested.send_robust(sender=None, upload_id=upload_id):
+        if isinstance(result, Exception):
+            logger.error("handing upload %s's check to %r failed: %s", upload_id, receiver, result)

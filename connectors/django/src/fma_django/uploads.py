@@ -5,19 +5,24 @@ The same protocol serves every weight store. ``upload_start`` checks the update'
 part to its target (a presigned store URL when the store gives one, else the API's part
 endpoint, ``upload_part_put``); ``upload_complete`` joins the parts, compares the store's own
 size and SHA-256 with the declared ones and hands the object to ``services.update_accept``,
-the one function that turns stored bytes into an accepted update. A rejected upload leaves
-no bytes behind; sessions left open are aborted by ``uploads_expire_stale`` from the sweep.
+the one function that turns stored bytes into an accepted update. Above
+``FMA_UPLOAD_INLINE_CHECK_BYTES`` that check leaves the request: the session waits in
+``checking`` until a runner calls ``upload_check``, the same code. A rejected upload leaves
+no bytes behind; sessions left open are aborted by ``uploads_expire_stale`` from the sweep,
+and sessions left ``checking`` are handed out again by ``uploads_check_again``.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from fma_core.connectors import StoredObject, UploadedPart
@@ -34,6 +39,7 @@ from fma_django.models import (
     UploadSession,
     UploadState,
 )
+from fma_django.signals import announce_upload_check_requested
 from fma_django.storage import max_update_bytes, weight_store
 
 logger = logging.getLogger(__name__)
@@ -199,71 +205,154 @@ def upload_part_put(*, session: UploadSession, number: int, stream: Any, length:
     return part
 
 
-def upload_complete(*, session: UploadSession) -> tuple[ModelUpdate, bool]:
-    """Join the parts into the update's object and accept it: ``(update, created)``.
+class Completion(NamedTuple):
+    """What completing an upload did: its update and whether it was created now, or no update yet
+    (``update`` None) while a runner checks it (``session.state`` is ``checking``)."""
+
+    session: UploadSession
+    update: ModelUpdate | None
+    created: bool = False
+
+
+def upload_inline_check_bytes() -> int | None:
+    """``FMA_UPLOAD_INLINE_CHECK_BYTES``: the largest upload checked within its complete request (None: any)."""
+    limit = getattr(settings, "FMA_UPLOAD_INLINE_CHECK_BYTES", None)
+    return None if limit is None else int(limit)
+
+
+def upload_complete(*, session: UploadSession) -> Completion:
+    """Complete an upload: join its parts and accept the update now, or hand the check to a runner.
 
     Missing or mis-sized parts leave the session open (400 ``incomplete_upload``: send them,
-    then complete again). Any other refusal (size or SHA-256 differ from the declared ones,
-    weights that do not fit the experiment) removes the object, marks the session rejected and
-    records why. The session row stays locked until the outcome is committed, so concurrent
-    completes wait for the first and then return its update; completing again does too.
+    then complete again). An upload above ``FMA_UPLOAD_INLINE_CHECK_BYTES`` moves to ``checking``
+    and, once that commits, is announced (``upload_check_requested``) so a runner calls
+    ``upload_check``: reading a multi-GB object does not fit a request behind API Gateway.
+    Otherwise the check runs here (``_check``): any refusal removes the object, marks the session
+    rejected, records why, and is raised once that has committed. The session row stays locked
+    until the outcome is committed, so concurrent completes wait for the first and then return
+    its update; completing again does too (and answers "still checking" while a runner checks).
     """
-    failure: DomainError | None = None
     with transaction.atomic():
         # No joins in the locking query: on PostgreSQL a query that waited for the lock sees the
         # row as committed, but joined rows as they were before, i.e. without the update.
         session = UploadSession.objects.select_for_update().get(pk=session.pk)
         if session.state == UploadState.COMPLETED and session.update is not None:
-            return session.update, False
+            return Completion(session, session.update)
+        if session.state == UploadState.CHECKING:
+            return Completion(session, None)
         _require_open(session)
-        experiment, client = session.experiment, session.client
-        services.check_enrolled(experiment, client)
+        services.check_enrolled(session.experiment, session.client)
         try:
-            _join(session)
-            scanned = services.update_scan(
-                experiment=experiment,
-                key=session.weights_key,
-                size=session.size_bytes,
-                limit=max_update_bytes(experiment.max_update_bytes),
-            )
-            _check_scanned(session, scanned)
-            update, created = services.update_accept(
-                experiment=experiment,
-                client=client,
-                stored=StoredObject(key=session.weights_key, size=scanned.size, sha256=scanned.sha256),
-                base_aggregate=session.base_aggregate,
-                base_round=session.base_round,
-                num_examples=session.num_examples,
-                metrics=session.metrics,
-                idempotency_key=session.idempotency_key,
-            )
+            checked = _hand_to_runner(session) if _checked_later(session) else _check(session)
         except _Incomplete as error:
             raise ValidationFailed(str(error), code="incomplete_upload") from None
-        except DomainError as error:  # update_accept removed the object and recorded why
-            failure = error
-            session.state, session.reason = UploadState.REJECTED, error.detail
-            session.save(update_fields=["state", "reason", "updated_on"])
-        else:
-            session.state, session.update = UploadState.COMPLETED, update
-            session.save(update_fields=["state", "update", "updated_on"])
-    if failure is not None:
-        raise failure
-    return update, created
+    if checked.refusal is not None:
+        raise checked.refusal
+    return Completion(session, checked.update, checked.created)
+
+
+def upload_check(upload_id: str | uuid.UUID) -> UploadSession | None:
+    """Check an upload left ``checking`` by ``upload_complete``: the session with its outcome
+    (``completed`` with its update, or ``rejected`` with the reason), or None if there was
+    nothing to do.
+
+    Safe to run twice or at once: the session row is locked for the whole check, skipping a row
+    another runner holds where the database can (PostgreSQL), and a session no longer
+    ``checking`` is left alone. The outcome commits with the session, so a worker killed
+    mid-check leaves it ``checking`` for the sweep (``uploads_check_again``) to hand out again.
+    """
+    skip_locked = connection.features.has_select_for_update_skip_locked
+    with transaction.atomic():
+        session = (
+            UploadSession.objects.select_for_update(skip_locked=skip_locked)
+            .filter(uuid=upload_id, state=UploadState.CHECKING)
+            .first()
+        )
+        if session is None:
+            return None
+        try:
+            _check(session)
+        except _Incomplete:  # upload_complete saw every part; the store lost some since
+            detail = "the weight store lost parts of this upload after it was completed; start a new upload"
+            _refuse(session, _reject(session, detail, code="incomplete_upload"))
+    return session
+
+
+class _Checked(NamedTuple):
+    update: ModelUpdate | None
+    created: bool = False
+    refusal: DomainError | None = None
+
+
+def _checked_later(session: UploadSession) -> bool:
+    limit = upload_inline_check_bytes()
+    return limit is not None and session.size_bytes > limit
+
+
+def _hand_to_runner(session: UploadSession) -> _Checked:
+    """Move the locked session to ``checking`` and announce it once that commits. Its parts are
+    listed first, so a client that missed some learns it now (``_Incomplete``), when it can still send them."""
+    try:
+        _parts_received(session)
+    except DomainError as error:
+        _refuse(session, error)
+        return _Checked(None, refusal=error)
+    session.state = UploadState.CHECKING
+    session.save(update_fields=["state", "updated_on"])
+    transaction.on_commit(partial(announce_upload_check_requested, str(session.uuid)))
+    return _Checked(None)
+
+
+def _check(session: UploadSession) -> _Checked:
+    """Join the parts, read the object once, and accept the update or refuse it; the outcome is
+    saved on the locked session, in the caller's transaction. Raises ``_Incomplete``."""
+    experiment = session.experiment
+    try:
+        _join(session)
+        scanned = services.update_scan(
+            experiment=experiment,
+            key=session.weights_key,
+            size=session.size_bytes,
+            limit=max_update_bytes(experiment.max_update_bytes),
+        )
+        _check_scanned(session, scanned)
+        update, created = services.update_accept(
+            experiment=experiment,
+            client=session.client,
+            stored=StoredObject(key=session.weights_key, size=scanned.size, sha256=scanned.sha256),
+            base_aggregate=session.base_aggregate,
+            base_round=session.base_round,
+            num_examples=session.num_examples,
+            metrics=session.metrics,
+            idempotency_key=session.idempotency_key,
+        )
+    except DomainError as error:  # update_accept removed the object and recorded why
+        _refuse(session, error)
+        return _Checked(None, refusal=error)
+    session.state, session.update = UploadState.COMPLETED, update
+    session.save(update_fields=["state", "update", "updated_on"])
+    return _Checked(update, created)
+
+
+def _refuse(session: UploadSession, error: DomainError) -> None:
+    session.state, session.reason, session.reason_code = UploadState.REJECTED, error.detail, error.code
+    session.save(update_fields=["state", "reason", "reason_code", "updated_on"])
 
 
 class _Incomplete(Exception):
     """Parts are missing or mis-sized: the client can still send them."""
 
 
-def _join(session: UploadSession) -> None:
-    """Join the store's parts into the object (nothing to do if an earlier complete died after joining)."""
+def _parts_received(session: UploadSession) -> list[UploadedPart] | None:
+    """Every part, in order, as the store holds it; None if an earlier complete died after joining them."""
     store = weight_store()
-    key, upload_id = session.weights_key, session.store_upload_id
     try:
-        received = {part.number: part for part in store.uploaded_parts(key, upload_id)}
+        received = {
+            part.number: part for part in store.uploaded_parts(session.weights_key, session.store_upload_id)
+        }
     except ObjectNotFound:
-        if store.exists(key):
-            return
+        if store.exists(session.weights_key):
+            return None
         raise _reject(
             session, "the weight store no longer has this upload's parts; start a new upload"
         ) from None
@@ -278,10 +367,19 @@ def _join(session: UploadSession) -> None:
         raise _Incomplete(
             f"the upload is incomplete ({'; '.join(problems)}): send those parts again, then complete"
         )
+    return [received[n] for n in range(1, session.part_count + 1)]
+
+
+def _join(session: UploadSession) -> None:
+    """Join the store's parts into the object (nothing to do if an earlier complete died after joining)."""
+    parts = _parts_received(session)
+    if parts is None:
+        return
+    store = weight_store()
     try:
-        store.complete_upload(key, upload_id, [received[n] for n in range(1, session.part_count + 1)])
+        store.complete_upload(session.weights_key, session.store_upload_id, parts)
     except InvalidWeights as error:
-        store.abort_upload(key, upload_id)
+        store.abort_upload(session.weights_key, session.store_upload_id)
         raise _reject(session, f"the weight store could not join the parts: {error}") from None
 
 
@@ -376,7 +474,31 @@ def uploads_expire_stale(*, now: datetime | None = None) -> int:
     return expired
 
 
+def uploads_checking() -> list[str]:
+    """The ids of the sessions waiting for (or in) their check, oldest first."""
+    waiting = UploadSession.objects.filter(state=UploadState.CHECKING).order_by("updated_on", "id")
+    return [str(upload_id) for upload_id in waiting.values_list("uuid", flat=True)]
+
+
+def uploads_check_again() -> int:
+    """Announce every session left ``checking`` again (``upload_check_requested``); returns how many.
+
+    Run by every runner's periodic sweep: a notification lost, or a worker killed mid-check
+    (whose transaction rolled back), must not leave an upload waiting forever. A session still
+    being checked is announced too; ``upload_check`` skips it while its row is locked.
+    """
+    waiting = uploads_checking()
+    for upload_id in waiting:
+        announce_upload_check_requested(upload_id)
+    return len(waiting)
+
+
 def _require_open(session: UploadSession) -> None:
+    if session.state == UploadState.CHECKING:
+        raise Conflict(
+            "this upload is complete and being checked; ask for it (GET) until it is completed or rejected",
+            code="upload_checking",
+        )
     if session.state != UploadState.OPEN:
         reason = f": {session.reason}" if session.reason else ""
         raise Conflict(

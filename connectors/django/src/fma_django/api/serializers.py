@@ -225,6 +225,9 @@ class UploadTargetSerializer(serializers.Serializer):
 class UploadSessionSerializer(serializers.ModelSerializer):
     """An upload session: its parts' targets and the parts received while open, its update once completed.
 
+    ``checking``: completed by its client, checked by a runner; ``rejected``: ``reason`` and
+    ``reason_code`` are the refusal's ``detail`` and ``code``.
+
     Credentials go only to the service's own URLs, never to a presigned storage URL.
     """
 
@@ -246,6 +249,7 @@ class UploadSessionSerializer(serializers.ModelSerializer):
             "federated_model",
             "state",
             "reason",
+            "reason_code",
             "size",
             "sha256",
             "part_size",

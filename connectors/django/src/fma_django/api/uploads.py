@@ -3,7 +3,9 @@
     POST   uploads/                         start: metadata, size, SHA-256 → targets (201; 200 on a retry)
     GET    uploads/{upload}/                state, parts received, fresh targets (resume)
     PUT    uploads/{upload}/parts/{n}/      one part's bytes, for stores without presigned URLs
-    POST   uploads/{upload}/complete/       join, check, accept → the update (201; 200 again)
+    POST   uploads/{upload}/complete/       join, check, accept → the update (201; 200 again), or,
+                                            above FMA_UPLOAD_INLINE_CHECK_BYTES, 202 with the session
+                                            while a runner checks it: poll GET until completed/rejected
     DELETE uploads/{upload}/                abort
 
 Only the client that started an upload sees it; anyone else gets 404.
@@ -14,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
@@ -93,13 +95,30 @@ class UploadViewSet(viewsets.ViewSet):
             part = uploads.upload_part_put(session=session, number=number, stream=stream, length=body.length)
         return Response(s.UploadedPartSerializer(part).data)
 
-    @extend_schema(request=None, responses={201: s.ModelUpdateSerializer, 200: s.ModelUpdateSerializer})
+    @extend_schema(
+        request=None,
+        responses={
+            201: s.ModelUpdateSerializer,
+            200: s.ModelUpdateSerializer,
+            202: OpenApiResponse(
+                s.UploadSessionSerializer,
+                description="the upload is being checked (state checking): poll the session until it "
+                "is completed (its update) or rejected (reason, reason_code)",
+            ),
+        },
+    )
     def complete(self, request: Request, experiment_pk: int, upload_id: Any) -> Response:
-        """Join the parts and accept the update (201), or say what is wrong (4xx); 200 with the update again."""
-        update, created = uploads.upload_complete(session=self._session(experiment_pk, upload_id))
+        """Join the parts and accept the update (201), or say what is wrong (4xx); 200 with the update again.
+
+        An upload above the service's inline limit is checked by the aggregator's runner instead:
+        202 with the session, whose state is ``checking`` until it is completed or rejected.
+        """
+        completion = uploads.upload_complete(session=self._session(experiment_pk, upload_id))
+        if completion.update is None:
+            return self._answer(completion.session, status.HTTP_202_ACCEPTED)
         return Response(
-            s.ModelUpdateSerializer(update, context={"request": request}).data,
-            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+            s.ModelUpdateSerializer(completion.update, context={"request": request}).data,
+            status=status.HTTP_201_CREATED if completion.created else status.HTTP_200_OK,
         )
 
     @extend_schema(responses=s.UploadSessionSerializer)
