@@ -102,6 +102,7 @@ module "aggregator" {
   source = "./modules/aggregator"
 
   function_name        = local.aggregator_function_name
+  region               = var.region
   package_bucket       = module.weights_bucket.bucket_name
   package_path         = "${path.root}/${var.aggregator_package_path}"
   handler              = var.aggregator_handler

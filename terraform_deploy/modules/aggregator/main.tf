@@ -9,8 +9,17 @@ resource "aws_sqs_queue" "failed_invocations" {
   message_retention_seconds = 1209600 # 14 days, SQS's maximum: time to read and replay a failure
 }
 
-# Beyond the shared access (modules/function): the aggregator's object actions and the failure
-# queue.
+data "aws_caller_identity" "current" {}
+
+data "aws_partition" "current" {}
+
+locals {
+  # Spelled out from the name: the function, whose role carries this policy, cannot be referenced here.
+  function_arn = "arn:${data.aws_partition.current.partition}:lambda:${var.region}:${data.aws_caller_identity.current.account_id}:function:${var.function_name}"
+}
+
+# Beyond the shared access (modules/function): the aggregator's object actions, the failure
+# queue, and invoking itself.
 data "aws_iam_policy_document" "aggregator" {
   # Reads updates, writes aggregates (multipart above FMA_S3_PART_SIZE, aborted on failure),
   # removes rejected or expired objects under FMA's prefix, and aborts the multipart uploads
@@ -19,6 +28,14 @@ data "aws_iam_policy_document" "aggregator" {
     sid       = "WeightsObjects"
     actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"]
     resources = ["${var.bucket_arn}/${var.s3_prefix}*"]
+  }
+
+  # The sweep asks for each round it finds due, a sharded round for one invocation per shard, and
+  # an upload the function accepted for its round: all asynchronous invocations of itself.
+  statement {
+    sid       = "InvokeItself"
+    actions   = ["lambda:InvokeFunction"]
+    resources = [local.function_arn]
   }
 
   # Lambda delivers the on-failure record of an asynchronous invocation with the function's role.

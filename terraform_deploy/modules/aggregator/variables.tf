@@ -3,6 +3,11 @@ variable "function_name" {
   description = "Name of the aggregator function (also of its role, log group, queue and rule)."
 }
 
+variable "region" {
+  type        = string
+  description = "AWS region of the function (its ARN, which the function invokes, names it)."
+}
+
 variable "package_bucket" {
   type        = string
   description = "Bucket the zip is uploaded to before deployment."
