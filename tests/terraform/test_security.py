@@ -44,6 +44,7 @@ def test_function_policies_aim_each_service_at_its_one_resource(name):
 
 def test_only_the_api_and_the_aggregator_itself_may_invoke_the_aggregator():
     """The API asks for rounds and checks; the aggregator's sweep, sharded rounds and checks ask too."""
+
     def invoke_statements(module):
         return [
             s
@@ -57,7 +58,8 @@ def test_only_the_api_and_the_aggregator_itself_may_invoke_the_aggregator():
     (itself,) = invoke_statements(MODULES["aggregator"])
     assert itself["resources"] == ["${local.function_arn}"]
     arn = unquote(MODULES["aggregator"].locals["function_arn"])
-    assert arn.endswith(":function:${var.function_name}") and ":lambda:${var.region}:" in arn
+    assert arn.endswith(":function:${var.function_name}")
+    assert ":lambda:${var.region}:" in arn
 
 
 def object_actions(module):
