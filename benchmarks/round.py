@@ -11,7 +11,8 @@ checked, recorded) into a throwaway PostgreSQL database. Then:
    (``VmHWM``: Python, Django and numpy included);
 2. the same round (the same update objects, in new experiments) split in two shards
    (``FMA_SHARD_BYTES`` = half the model), one Celery task per shard, on one worker and then on two, each
-   with ``FMA_AGGREGATION_THREADS=1``, timed from enqueueing ``fma.run_round`` to the commit,
+   with ``FMA_AGGREGATION_THREADS=1``, timed from enqueueing ``fma.run_round`` to the commit (as the
+   committing worker logs it),
    after one warm-up round on the same workers: two blocks of 3 timed rounds per worker count,
    alternating one and two workers, and the median round of each count is reported;
    ``speedup_2_workers`` = one worker's time / two workers' time. ``stages_*`` say where that
@@ -39,6 +40,7 @@ import argparse
 import io
 import itertools
 import json
+import math
 import os
 import re
 import shutil
@@ -229,7 +231,12 @@ def celery_rounds(
 ) -> list[tuple[float, list[tuple[str, float, float]]]]:
     """Seconds from enqueueing a round to its commit, on ``workers`` fresh Celery worker processes, and
     that round's tasks and stages as the workers logged them (see ``logged_tasks``), for each round
-    but the first, which warms the workers up (database connections, first imports)."""
+    but the first, which warms the workers up (database connections, first imports).
+
+    The commit's time is the one the committing worker logs right after it, not when this process
+    notices: polling the database fast enough to time it would take CPU from the workers, more
+    from two busy workers than from one, so this process only checks every 50 ms to go on.
+    """
     from fma_aggregator.celery import app
     from fma_django.models import ModelAggregate
 
@@ -248,23 +255,24 @@ def celery_rounds(
             started.append((process, log))
         for _, log in started:
             _wait(lambda log=log: b" ready." in log.read_bytes(), f"worker ready ({log})", timeout=120)
-        rounds = []
+        begun = []
         for experiment_id in experiment_ids:
-            begun, begun_at = time.perf_counter(), time.time()
+            begun.append(time.time())
             app.send_task("fma.run_round", args=[experiment_id])
             committed = ModelAggregate.objects.filter(experiment_id=experiment_id)
-            _wait(committed.exists, "a round", pause=0.005)
-            rounds.append((time.perf_counter() - begun, begun_at))
+            _wait(committed.exists, "a round", pause=0.05)
     finally:
         for process, _ in started:
             os.killpg(process.pid, signal.SIGTERM)
         for process, _ in started:
             process.wait(timeout=60)
     tasks = [task for _, log in started for task in logged_tasks(log.read_text(errors="replace"))]
-    return [
-        (seconds, sorted(t for t in tasks if begun_at - 0.01 <= t[1] <= begun_at + seconds))
-        for seconds, begun_at in rounds[1:]
-    ]
+    rounds = []
+    for begun_at, next_begun_at in itertools.pairwise([*begun, math.inf]):
+        mine = sorted(t for t in tasks if begun_at - 0.01 <= t[1] < next_begun_at)
+        (committed_at,) = [at + seconds for name, at, seconds in mine if name == "combine"]
+        rounds.append((committed_at - begun_at, mine))
+    return rounds[1:]
 
 
 def _median(rounds: list[tuple[float, list]]) -> tuple[float, list]:
