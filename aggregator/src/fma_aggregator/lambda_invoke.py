@@ -1,7 +1,7 @@
 """Asynchronous invocations of the aggregator Lambda function (boto3 ``invoke``, ``InvocationType="Event"``).
 
-The API uses it to say "round ready" and "check this upload"; the function uses it to fan a sharded round out to
-parallel invocations of itself. Lambda retries a failed asynchronous invocation, and the round
+The API uses it to say "round ready" and "check this upload"; the function uses it to fan a
+sharded round out to parallel invocations of itself, and its sweep to ask for rounds and checks. Lambda retries a failed asynchronous invocation, and the round
 engine's claim makes a repeated one harmless.
 """
 
