@@ -1,8 +1,9 @@
 """Asynchronous invocations of the aggregator Lambda function (boto3 ``invoke``, ``InvocationType="Event"``).
 
 The API uses it to say "round ready" and "check this upload"; the function uses it to fan a
-sharded round out to parallel invocations of itself, and its sweep to ask for rounds and checks. Lambda retries a failed asynchronous invocation, and the round
-engine's claim makes a repeated one harmless.
+sharded round out to parallel invocations of itself, and its sweep to ask for rounds and checks.
+Lambda retries a failed asynchronous invocation, and the round engine's claim (or the upload
+session's lock) makes a repeated one harmless.
 """
 
 from __future__ import annotations
