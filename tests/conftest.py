@@ -20,3 +20,21 @@ def require_postgresql() -> None:
     ):
         pytest.fail("this test needs PostgreSQL, and the suite is not running on it")
     pytest.skip("needs PostgreSQL: runs in the FMA_TEST_DATABASE=postgresql pass of `make test`")
+
+
+@pytest.fixture
+def inprocess(settings):
+    """The service's runner is the in-process one; its thread is stopped and forgotten after the test."""
+    from fma_aggregator import runners
+
+    settings.FMA_AGGREGATOR_RUNNER = "inprocess"
+    yield
+    if runners._inprocess is not None:
+        runners._inprocess.stop(timeout=120)
+        runners._inprocess = None
+
+
+@pytest.fixture
+def checked_later(settings) -> None:
+    """The service checks no upload within its complete request: every one waits for a runner."""
+    settings.FMA_UPLOAD_INLINE_CHECK_BYTES = 1

@@ -75,16 +75,6 @@ def test_the_sweep_runs_at_start_and_a_failing_round_does_not_stop_the_runner():
         runner.stop(timeout=60)
 
 
-@pytest.fixture
-def inprocess(settings):
-    """The API's configured runner is the in-process one; it is stopped and forgotten after the test."""
-    settings.FMA_AGGREGATOR_RUNNER = "inprocess"
-    yield
-    if runners._inprocess is not None:
-        runners._inprocess.stop(timeout=120)
-        runners._inprocess = None
-
-
 def test_an_accepted_update_makes_the_background_runner_commit_the_round(inprocess, make_experiment):
     experiment = make_experiment(round_policy={"policy": "require_x_updates", "x": 3})
     first = submit(experiment, 1.0, num_examples=1)

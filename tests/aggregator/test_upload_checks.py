@@ -24,21 +24,6 @@ from .test_lambda import FUNCTION, SCHEDULED_EVENT, AwsLambda, LambdaContext, aw
 
 
 @pytest.fixture
-def checked_later(settings):
-    """The API checks no upload within its complete request."""
-    settings.FMA_UPLOAD_INLINE_CHECK_BYTES = 1
-
-
-@pytest.fixture
-def inprocess(settings):
-    settings.FMA_AGGREGATOR_RUNNER = "inprocess"
-    yield
-    if runners._inprocess is not None:
-        runners._inprocess.stop(timeout=120)
-        runners._inprocess = None
-
-
-@pytest.fixture
 def lambda_runner(request, settings) -> AwsLambda:
     """The API's runner is the aggregator function; its invocations are recorded (test_lambda's ``aws``)."""
     settings.FMA_AGGREGATOR_RUNNER = "lambda"

@@ -8,28 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fma_aggregator import runners
 from fma_client import CheckTimeout, Client, ValidationError
 from fma_django import uploads
 from fma_django.models import ModelUpdate, UploadSession
 
 from .test_uploads import trained
-
-
-@pytest.fixture
-def checked_later(settings) -> None:
-    """The server checks no upload within its complete request."""
-    settings.FMA_UPLOAD_INLINE_CHECK_BYTES = 1
-
-
-@pytest.fixture
-def inprocess(settings):
-    """The server's runner is the in-process one; it is stopped and forgotten after the test."""
-    settings.FMA_AGGREGATOR_RUNNER = "inprocess"
-    yield
-    if runners._inprocess is not None:
-        runners._inprocess.stop(timeout=120)
-        runners._inprocess = None
 
 
 def test_push_waits_for_the_servers_check_and_returns_the_accepted_update(

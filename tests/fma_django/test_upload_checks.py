@@ -24,12 +24,6 @@ def small_parts(settings):
 
 
 @pytest.fixture
-def checked_later(settings):
-    """Every upload larger than 100 bytes (all of these tests') is checked after its complete request."""
-    settings.FMA_UPLOAD_INLINE_CHECK_BYTES = 100
-
-
-@pytest.fixture
 def requested():
     """The upload ids the API hands to the runner (``upload_check_requested``), as a runner receives them."""
     sent: list[str] = []
