@@ -50,6 +50,9 @@ def test_a_check_that_does_not_end_in_time_raises_check_timeout_naming_the_uploa
     assert "may still complete" in str(late.value)
     assert "push-9" in str(late.value)
 
+    with client, pytest.raises(CheckTimeout):  # pushed again while still checking: it waits again
+        client.push(trained(1.5), num_examples=4, idempotency_key="push-9", check_timeout=0.5)
+
     uploads.upload_check(session.uuid)  # a runner gets to it later
     with client:
         update = client.push(trained(1.5), num_examples=4, idempotency_key="push-9", check_timeout=1.0)
