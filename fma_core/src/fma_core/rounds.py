@@ -324,7 +324,7 @@ class RoundEngine:
             peak=max(peak.bytes, *(shard_peak for _, shard_peak in records)),
         )
         record = self.metadata.commit_round(claim, draft)
-        self._drop_shards(plan)
+        self._drop_records(plan)  # the upload is joined: no abort to send
         return record
 
     def _shard_record(self, plan: RoundPlan, index: int) -> tuple[UploadedPart, int]:
@@ -546,15 +546,19 @@ class RoundEngine:
         return LeaseKeeper(self.metadata, claim, lease_seconds=self.lease_seconds)
 
     def _drop_shards(self, plan: RoundPlan) -> None:
-        """Remove a sharded round's records and manifest, and its upload if it was never joined."""
+        """Give up a sharded round's upload (its parts) and remove its records and manifest."""
         if plan.upload_id is not None:
             claim = plan.claim
             self.weights.abort_upload(
                 aggregate_key(plan.experiment_id, claim.round_number, claim.token), plan.upload_id
             )
-            for index in range(len(plan.shards)):
-                self.weights.delete(plan.shard_key(index))
-            self.weights.delete(plan.manifest_key)
+            self._drop_records(plan)
+
+    def _drop_records(self, plan: RoundPlan) -> None:
+        """Remove a sharded round's records and manifest (once its upload is joined, nothing else is left)."""
+        for index in range(len(plan.shards)):
+            self.weights.delete(plan.shard_key(index))
+        self.weights.delete(plan.manifest_key)
 
 
 def aggregate_key(experiment_id: str, round_number: int, token: str) -> str:
