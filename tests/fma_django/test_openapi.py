@@ -118,3 +118,19 @@ def test_refusals_conform_to_the_schema(schema, experiment, dev_api, client_api,
     assert [nonconformity(schema, *answer) for answer in answers] == [None] * len(answers)
     assert answers[4][2].json()["code"] == "invalid"
     assert "aggregator" in answers[4][2].json()["detail"]
+
+
+def test_paths_the_api_does_not_route_answer_a_json_404(schema, dev_api, client_api, experiment):
+    answers = [
+        ("GET", MODEL, dev_api.get("/api/v1/models/4.5e-246/")),
+        ("GET", "/api/v1/model_updates/{id}/", dev_api.get("/api/v1/model_updates/1.5/")),
+        (
+            "GET",
+            "/api/v1/models/{experiment_pk}/uploads/{upload_id}/",
+            client_api.get(f"/api/v1/models/null/uploads/{experiment.pk}/"),
+        ),
+    ]
+    assert [a[2].status_code for a in answers] == [404, 404, 404]
+    assert [nonconformity(schema, *answer) for answer in answers] == [None] * len(answers)
+    assert answers[0][2].json()["code"] == "not_found"
+    assert dev_api.get("/dashboard/no-such-page/")["Content-Type"].startswith("text/html")  # pages stay pages
