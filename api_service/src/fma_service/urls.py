@@ -1,7 +1,9 @@
 """Routes: the dashboard, the admin, the v1 API (``fma_django.api``), the token endpoint and the OpenAPI docs."""
 
 from django.contrib import admin
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import include, path
+from django.views import defaults
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.authtoken.views import obtain_auth_token
@@ -16,3 +18,14 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("api-auth/", include("rest_framework.urls")),
 ]
+
+
+def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """A path nothing routes: under ``/api/`` the API's JSON refusal (as its schema documents), else a page."""
+    if request.path.startswith("/api/"):
+        detail = f"no API endpoint at {request.path}: see /api/schema/ for the paths and their parameters"
+        return JsonResponse({"detail": detail, "code": "not_found"}, status=404)
+    return defaults.page_not_found(request, exception)
+
+
+handler404 = not_found
