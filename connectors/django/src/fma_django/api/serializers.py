@@ -103,8 +103,10 @@ class RegisteredClientSerializer(serializers.Serializer):
 
 
 class EnrollmentTokenRequestSerializer(serializers.Serializer):
-    expires_in_seconds = serializers.IntegerField(required=False, min_value=1)
-    max_uses = serializers.IntegerField(required=False, min_value=1)
+    """Bounded so the expiry stays a date (ten years at most) and max_uses fits its column."""
+
+    expires_in_seconds = serializers.IntegerField(required=False, min_value=1, max_value=10 * 365 * 86400)
+    max_uses = serializers.IntegerField(required=False, min_value=1, max_value=2**31 - 1)
 
 
 class EnrollmentTokenSerializer(serializers.ModelSerializer):
