@@ -312,7 +312,7 @@ class ModelUpdateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
         return selectors.updates_visible(self.request.user)
 
     @extend_schema(
-        request=s.ModelUpdateCreateSerializer, responses={201: s.ModelUpdateSerializer, **errors(409)}
+        request=s.ModelUpdateCreateSerializer, responses={201: s.ModelUpdateSerializer, **errors(404, 409)}
     )
     def create(self, request: Request) -> Response:
         body = s.ModelUpdateCreateSerializer(data=request.data)
@@ -448,7 +448,11 @@ class ClientAggregateScoreViewSet(mixins.ListModelMixin, mixins.RetrieveModelMix
 
     @extend_schema(
         request=s.ClientAggregateScoreCreateSerializer,
-        responses={201: s.ClientAggregateScoreSerializer, 200: s.ClientAggregateScoreSerializer},
+        responses={
+            201: s.ClientAggregateScoreSerializer,
+            200: s.ClientAggregateScoreSerializer,
+            **errors(404),
+        },
     )
     def create(self, request: Request) -> Response:
         body = s.ClientAggregateScoreCreateSerializer(data=request.data)
