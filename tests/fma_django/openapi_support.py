@@ -1,8 +1,9 @@
 """Checks an answer of the API against the service's own OpenAPI schema (``/api/schema/``).
 
-A response conforms when its status is documented for the operation, its media type is one the
-operation documents for that status, and a JSON body validates against the documented schema
-(OpenAPI 3.1: its schemas are JSON Schema 2020-12, so ``jsonschema`` validates them as they are).
+A response conforms when its status is documented for the operation, it has the headers
+documented as required, its media type is one the operation documents for that status, and a
+JSON body validates against the documented schema (OpenAPI 3.1: its schemas are JSON Schema
+2020-12, so ``jsonschema`` validates them as they are).
 """
 
 from __future__ import annotations
@@ -32,6 +33,13 @@ def nonconformity(schema: dict[str, Any], method: str, path: str, response: Any)
     status = str(response.status_code)
     if status not in responses:
         return f"{method} {path}: status {status} is not documented (only {sorted(responses)})"
+    missing = [
+        name
+        for name, header in responses[status].get("headers", {}).items()
+        if header.get("required") and not response.has_header(name)
+    ]
+    if missing:
+        return f"{method} {path} {status}: no {', '.join(missing)} header, which is documented as required"
     content = responses[status].get("content")
     body = b"".join(response.streaming_content) if response.streaming else response.content
     if not content:

@@ -52,6 +52,18 @@ WEIGHTS_RESPONSE = {
     304: OpenApiResponse(description="If-None-Match named the weights' ETag (their SHA-256)"),
     416: OpenApiResponse(description="the Range is past the end (Content-Range gives the size)"),
 }
+WEIGHTS_HEADERS = [
+    OpenApiParameter(
+        "ETag",
+        str,
+        OpenApiParameter.HEADER,
+        response=[200, 206, 304],
+        required=True,
+        description="the SHA-256",
+    ),
+    OpenApiParameter("Content-Range", str, OpenApiParameter.HEADER, response=[206, 416], required=True),
+    OpenApiParameter("Location", str, OpenApiParameter.HEADER, response=[302], required=True),
+]
 
 
 def _visible(queryset: Any, pk: Any, what: str) -> Any:
@@ -240,7 +252,7 @@ class ExperimentViewSet(viewsets.ModelViewSet):
             values = to_legacy_json(load(stream))
         return Response({"values": values, "aggregate": aggregate.pk if aggregate else None})
 
-    @extend_schema(responses=WEIGHTS_RESPONSE)
+    @extend_schema(responses=WEIGHTS_RESPONSE, parameters=WEIGHTS_HEADERS)
     @action(detail=True, methods=["get"], renderer_classes=DOWNLOAD_RENDERERS)
     def latest_weights(self, request: Request, pk: str) -> Any:
         """The newest aggregate's weights as safetensors (the initial model before the first round)."""
@@ -333,7 +345,7 @@ class ModelUpdateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
         # 201 on a replay too: fma-connect treats anything else as an error.
         return Response(self.get_serializer(update).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(responses={**WEIGHTS_RESPONSE, **errors(410)})
+    @extend_schema(responses={**WEIGHTS_RESPONSE, **errors(410)}, parameters=WEIGHTS_HEADERS)
     @action(detail=True, methods=["get"], renderer_classes=DOWNLOAD_RENDERERS)
     def weights(self, request: Request, pk: str) -> Any:
         update = self.get_object()
@@ -395,7 +407,7 @@ class ModelAggregateViewSet(
             status=status.HTTP_201_CREATED,
         )
 
-    @extend_schema(responses=WEIGHTS_RESPONSE)
+    @extend_schema(responses=WEIGHTS_RESPONSE, parameters=WEIGHTS_HEADERS)
     @action(detail=True, methods=["get"], renderer_classes=DOWNLOAD_RENDERERS)
     def weights(self, request: Request, pk: str) -> Any:
         aggregate = self.get_object()
@@ -419,7 +431,7 @@ class ModelArtifactViewSet(viewsets.ReadOnlyModelViewSet):
     def get_queryset(self) -> Any:
         return selectors.artifacts_visible(self.request.user)
 
-    @extend_schema(responses=WEIGHTS_RESPONSE)
+    @extend_schema(responses=WEIGHTS_RESPONSE, parameters=WEIGHTS_HEADERS)
     @action(detail=True, methods=["get"], renderer_classes=DOWNLOAD_RENDERERS)
     def weights(self, request: Request, pk: str) -> Any:
         artifact = self.get_object()
