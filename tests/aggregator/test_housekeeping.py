@@ -61,6 +61,7 @@ def test_each_runners_sweep_expires_stale_upload_sessions(runner, settings, make
 def test_each_runners_sweep_removes_old_objects_no_record_references(runner, settings, make_experiment):
     """With the default settings the grace period is a day (the upload sessions' lifetime): an
     unreferenced object written a month ago goes, one written now stays, and recorded ones stay."""
+    settings.FMA_ORPHAN_SWEEP_SECONDS = 0
     experiment = make_experiment()
     store = weight_store()
     old = store.put(f"updates/{experiment.pk}/old.safetensors", io.BytesIO(b"left by a crash"))

@@ -109,6 +109,7 @@ def test_the_sweep_removes_what_killed_workers_left_and_only_that(
     settings, make_experiment, worker_env, processes, weights_dir, tmp_path, caplog
 ):
     settings.FMA_UPLOAD_TIMEOUT_SECONDS = 2
+    settings.FMA_ORPHAN_SWEEP_SECONDS = 0
     grace = orphan_grace_seconds(lease_seconds=LEASE)
     assert grace == LEASE  # the longer of the lease and the upload sessions' lifetime
     root = Path(weights_dir)

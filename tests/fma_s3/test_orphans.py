@@ -1,6 +1,7 @@
-"""The sweep on S3 (moto's server): what crashed workers and requests leave under FMA's prefix, objects
-and unfinished multipart uploads no record references, goes once older than the grace period; what
-a record names, what is young and whatever lies outside FMA's prefix stays."""
+"""The sweep on S3 (SeaweedFS's S3 gateway: moto dates every multipart upload to one fixed day in 2010,
+so a young upload would look old there): what crashed workers and requests leave under FMA's prefix,
+objects and unfinished multipart uploads no record references, goes once older than the grace
+period; what a record names, what is young and whatever lies outside FMA's prefix stays."""
 
 from __future__ import annotations
 
@@ -23,24 +24,30 @@ from fma_django.storage import weight_store
 from fma_django.store import DjangoMetadataStore
 from fma_s3.store import MIN_PART_SIZE
 
-from .conftest import REGION
+from .conftest import REGION, client
 
 LEASE = 1
 GRACE = 2  # FMA_UPLOAD_TIMEOUT_SECONDS below, longer than the lease
 
 
 @pytest.fixture
-def on_s3(transactional_db, settings, moto_endpoint: str, bucket: str) -> None:
+def s3(seaweedfs_endpoint: str) -> Any:
+    return client(seaweedfs_endpoint, "s3")
+
+
+@pytest.fixture
+def on_s3(transactional_db, settings, seaweedfs_endpoint: str, bucket: str) -> None:
     settings.FMA_WEIGHT_STORE = "fma_s3.S3WeightStore"
     settings.FMA_WEIGHT_STORE_OPTIONS = {
         "bucket": bucket,
         "prefix": "fma/",
         "region": REGION,
-        "endpoint_url": moto_endpoint,
+        "endpoint_url": seaweedfs_endpoint,
         "addressing_style": "path",
     }
     settings.FMA_UPLOAD_PART_BYTES = MIN_PART_SIZE
     settings.FMA_UPLOAD_TIMEOUT_SECONDS = GRACE
+    settings.FMA_ORPHAN_SWEEP_SECONDS = 0
     settings.FMA_AGGREGATOR_RUNNER = "none"
 
 
@@ -90,8 +97,12 @@ def test_the_sweep_on_s3_removes_old_unreferenced_objects_and_uploads_under_its_
     on_s3, s3, bucket
 ):
     developer = User.objects.create_user("dev", password="dev-password")
-    small = services.experiment_create(developer=developer, name="small", initial_model=model(0.0, rows=10))
-    large = services.experiment_create(developer=developer, name="large", initial_model=model(0.0))
+    small = services.experiment_create(
+        developer=developer, name="small", open_enrollment=True, initial_model=model(0.0, rows=10)
+    )
+    large = services.experiment_create(
+        developer=developer, name="large", open_enrollment=True, initial_model=model(0.0)
+    )
     client, _ = services.client_register(experiment=large)
     services.update_submit(experiment=large, client=client, stream=io.BytesIO(to_bytes(model(1.0))))
 
