@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from aggregator_support import wait_for
+from django.core.cache import cache
 from django.utils import timezone
 
 from fma_aggregator import runners, tasks
@@ -18,6 +19,7 @@ from fma_aggregator.cli import main
 from fma_aggregator.lambda_handler import handler
 from fma_core.errors import ObjectNotFound
 from fma_django import services, uploads
+from fma_django.housekeeping import weights_remove_unreferenced
 from fma_django.models import UploadSession, UploadState
 from fma_django.storage import weight_store
 
@@ -87,3 +89,23 @@ def test_each_runners_sweep_removes_old_objects_no_record_references(runner, set
     assert not store.exists(old.key)
     assert store.exists(young.key)
     assert store.exists(artifact_key)
+
+
+def test_a_process_lists_the_store_for_orphans_at_most_once_per_interval(settings, make_experiment):
+    settings.FMA_ORPHAN_SWEEP_SECONDS = 3600
+    cache.clear()
+    experiment = make_experiment()
+    store = weight_store()
+    month_ago = time.time() - 30 * 86400
+
+    def orphan(name: str) -> str:
+        stored = store.put(f"updates/{experiment.pk}/{name}.safetensors", io.BytesIO(b"left by a crash"))
+        os.utime(Path(settings.FMA_WEIGHTS_DIR, stored.key), (month_ago, month_ago))
+        return stored.key
+
+    first = orphan("first")
+    assert weights_remove_unreferenced(lease_seconds=900) == 1
+    second = orphan("second")
+    assert weights_remove_unreferenced(lease_seconds=900) == 0  # within the hour: not listed again
+    assert not store.exists(first)
+    assert store.exists(second)

@@ -80,13 +80,17 @@ def weights_remove_unreferenced(*, lease_seconds: float, now: datetime | None = 
     interval = int(getattr(settings, "FMA_ORPHAN_SWEEP_SECONDS", 3600))
     if interval > 0 and not cache.add(_ORPHANS_SWEPT, now.timestamp(), timeout=interval):
         return 0
-    grace = orphan_grace_seconds(lease_seconds=lease_seconds)
-    claimed = selectors.weight_keys_claimed(now=now.timestamp(), grace_seconds=grace)
-    swept = remove_unreferenced(
-        weight_store(),
-        referenced=lambda keys: selectors.weight_keys_referenced(keys=keys, claimed=claimed),
-        before=now.timestamp() - grace,
-    )
+    try:
+        grace = orphan_grace_seconds(lease_seconds=lease_seconds)
+        claimed = selectors.weight_keys_claimed(now=now.timestamp(), grace_seconds=grace)
+        swept = remove_unreferenced(
+            weight_store(),
+            referenced=lambda keys: selectors.weight_keys_referenced(keys=keys, claimed=claimed),
+            before=now.timestamp() - grace,
+        )
+    except BaseException:
+        cache.delete(_ORPHANS_SWEPT)  # a failed sweep is tried again at the next one, not an interval later
+        raise
     if swept.count:
         logger.info(
             "the sweep removed what no record references and was older than %s s: %s objects (%s bytes), "
