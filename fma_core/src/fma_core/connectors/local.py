@@ -172,10 +172,13 @@ class LocalDirectoryWeightStore(WeightStore):
         spaces (left by removed objects; ``put`` makes a folder again if one vanishes under it)."""
         removed = Removed()
         for entry in sorted(os.scandir(self._tmp), key=lambda e: e.name):
-            if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < before:
-                size = entry.stat(follow_symlinks=False).st_size
+            try:
+                stat = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:  # renamed into place meanwhile
+                continue
+            if entry.is_file(follow_symlinks=False) and stat.st_mtime < before:
                 Path(entry.path).unlink(missing_ok=True)
-                removed += Removed(1, size)
+                removed += Removed(1, stat.st_size)
         for folder in _upload_folders(self._uploads):
             if (folder / "key").exists() and (folder / _DATA).exists():
                 continue  # an upload in progress: list_uploads
