@@ -1,0 +1,199 @@
+"""Hostile input gets a clear 4xx, never a 500, and nothing is stored (issue 13, items 7 to 12).
+
+Each test covers a class of input over every endpoint that takes it, on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from django.contrib.auth.models import User
+
+from fma_core.rounds import RoundEngine
+from fma_django.models import ModelUpdate
+from fma_django.storage import weight_store
+from fma_django.store import DjangoMetadataStore
+
+OUT_OF_RANGE = [str(2**63), "99999999999999999999", "-99999999999999999999", "9" * 400]
+NOT_WHOLE = ["1e30", "1.5", "true", "0x10"]
+
+
+@pytest.fixture
+def aggregate(experiment, client_api, uploader, safetensors):
+    assert uploader(client_api, experiment.pk, safetensors(2.0)).status_code == 201
+    outcome = RoundEngine(DjangoMetadataStore(), weight_store(), threads=1).run_round(str(experiment.pk))
+    assert outcome.status == "committed", outcome
+    return experiment.aggregates.get()
+
+
+# Item 7: integers beyond the database's 64 bits
+
+
+FILTERS = [
+    ("/api/v1/model_updates/", "federated_model"),
+    ("/api/v1/model_aggregates/", "federated_model"),
+    ("/api/v1/model_aggregates/", "round_number"),
+    ("/api/v1/client_aggregate_scores/", "aggregate"),
+]
+
+
+@pytest.mark.parametrize(("path", "name"), FILTERS)
+@pytest.mark.parametrize("value", OUT_OF_RANGE + NOT_WHOLE)
+def test_an_integer_filter_out_of_range_is_a_400_naming_it(path, name, value, dev_api, client_api, aggregate):
+    for api in (dev_api, client_api):
+        response = api.get(path, {name: value})
+        assert response.status_code == 400, (path, name, value, response.content)
+        assert name in response.json()
+
+
+@pytest.mark.parametrize(("path", "name"), FILTERS)
+def test_an_integer_filter_in_range_still_filters(path, name, dev_api, aggregate):
+    value = {"federated_model": aggregate.experiment_id, "round_number": 1, "aggregate": aggregate.pk}[name]
+    assert dev_api.get(path, {name: value}).status_code == 200
+    assert dev_api.get(path, {name: 2**63 - 1}).json()["count"] == 0
+
+
+PATH_IDS = [
+    ("get", "/api/v1/models/{id}/"),
+    ("patch", "/api/v1/models/{id}/"),
+    ("delete", "/api/v1/models/{id}/"),
+    ("get", "/api/v1/models/{id}/get_latest_aggregate/"),
+    ("get", "/api/v1/models/{id}/latest_weights/"),
+    ("get", "/api/v1/models/{id}/metrics/"),
+    ("get", "/api/v1/models/{id}/enrollment_tokens/"),
+    ("post", "/api/v1/models/{id}/register_client/"),
+    ("post", "/api/v1/models/{id}/upload_update/"),
+    ("post", "/api/v1/models/{id}/uploads/"),
+    ("delete", "/api/v1/models/{experiment}/enrollment_tokens/{id}/"),
+    ("get", "/api/v1/model_updates/{id}/"),
+    ("get", "/api/v1/model_updates/{id}/weights/"),
+    ("get", "/api/v1/model_aggregates/{id}/"),
+    ("patch", "/api/v1/model_aggregates/{id}/"),
+    ("post", "/api/v1/model_aggregates/{id}/publish_aggregate/"),
+    ("get", "/api/v1/model_aggregates/{id}/weights/"),
+    ("get", "/api/v1/model_artifacts/{id}/"),
+    ("get", "/api/v1/model_artifacts/{id}/weights/"),
+    ("get", "/api/v1/client_aggregate_scores/{id}/"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), PATH_IDS)
+@pytest.mark.parametrize("value", OUT_OF_RANGE[:3])
+def test_a_path_id_out_of_range_is_a_404(method, path, value, dev_api, client_api, experiment):
+    url = path.format(id=value, experiment=experiment.pk)
+    statuses = set()
+    for api in (dev_api, client_api):  # one of them may not call this operation at all: 403
+        response = getattr(api, method)(url, {}, format="json")
+        assert response.status_code in (403, 404), (method, url, response.content)
+        statuses.add(response.status_code)
+    assert 404 in statuses
+
+
+@pytest.mark.parametrize("value", OUT_OF_RANGE[:3])
+def test_an_upload_path_out_of_range_is_a_4xx(value, client_api, experiment, safetensors):
+    body = safetensors()
+    started = client_api.post(
+        f"/api/v1/models/{experiment.pk}/uploads/",
+        {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()},
+        format="json",
+    )
+    assert started.status_code == 201, started.content
+    upload = started.json()["id"]
+    base = f"/api/v1/models/{experiment.pk}/uploads/{upload}/"
+    part = client_api.generic("PUT", f"{base}parts/{value}/", b"x", content_type="application/octet-stream")
+    assert part.status_code in (400, 404), part.content
+    for url in (
+        f"/api/v1/models/{value}/uploads/{upload}/",
+        f"/api/v1/models/{value}/uploads/{upload}/complete/",
+    ):
+        assert client_api.get(url).status_code in (404, 405)
+        assert client_api.post(url).status_code in (404, 405)
+
+
+def body_ids(experiment, aggregate):
+    """Every integer a JSON body carries: (caller, method, path, body, field)."""
+    e, a = experiment.pk, aggregate.pk
+    return [
+        (
+            "client",
+            "post",
+            "/api/v1/model_updates/",
+            {"federated_model": "X", "data": [[0.0]]},
+            "federated_model",
+        ),
+        (
+            "client",
+            "post",
+            "/api/v1/model_updates/",
+            {"federated_model": e, "data": [[0.0]], "base_aggregate": "X"},
+            "base_aggregate",
+        ),
+        (
+            "client",
+            "post",
+            "/api/v1/client_aggregate_scores/",
+            {"aggregate": "X", "validation_results": {}},
+            "aggregate",
+        ),
+        (
+            "client",
+            "post",
+            "/api/v1/client_aggregate_scores/",
+            {"aggregate": a, "validation_results": {}, "federated_model": "X"},
+            "federated_model",
+        ),
+        (
+            "client",
+            "post",
+            f"/api/v1/models/{e}/uploads/",
+            {"size": 100, "sha256": "0" * 64, "base_aggregate": "X"},
+            "base_aggregate",
+        ),
+        ("staff", "post", "/api/v1/models/", {"name": "m", "developer": "X"}, "developer"),
+        ("dev", "post", "/api/v1/models/", {"name": "m", "furthest_base_agg": "X"}, "furthest_base_agg"),
+        ("dev", "post", "/api/v1/models/", {"name": "m", "max_update_bytes": "X"}, "max_update_bytes"),
+        ("dev", "patch", f"/api/v1/models/{e}/", {"furthest_base_agg": "X"}, "furthest_base_agg"),
+        ("dev", "patch", f"/api/v1/models/{e}/", {"max_update_bytes": "X"}, "max_update_bytes"),
+        (
+            "dev",
+            "post",
+            f"/api/v1/models/{e}/enrollment_tokens/",
+            {"expires_in_seconds": "X"},
+            "expires_in_seconds",
+        ),
+        ("dev", "post", f"/api/v1/models/{e}/enrollment_tokens/", {"max_uses": "X"}, "max_uses"),
+    ]
+
+
+@pytest.mark.parametrize("as_number", [True, False], ids=["number", "string"])
+@pytest.mark.parametrize("value", OUT_OF_RANGE)
+def test_a_body_integer_out_of_range_is_a_400_naming_it(
+    value, as_number, experiment, aggregate, dev_api, client_api, api_for, developer
+):
+    callers = {
+        "client": client_api,
+        "dev": dev_api,
+        "staff": api_for(User.objects.create_user("a", is_staff=True)),
+    }
+    updates = ModelUpdate.objects.count()
+    literal = int(value) if as_number else value
+    for caller, method, path, body, field in body_ids(experiment, aggregate):
+        sent = {k: (literal if v == "X" else v) for k, v in body.items()}
+        response = getattr(callers[caller], method)(path, sent, format="json")
+        assert response.status_code == 400, (path, field, value, response.content)
+        assert field in str(response.json()), (path, field, response.content)
+    assert ModelUpdate.objects.count() == updates
+
+
+@pytest.mark.parametrize("header", ["X_FMA_BASE_AGGREGATE"])
+@pytest.mark.parametrize("value", OUT_OF_RANGE)
+def test_a_header_integer_out_of_range_is_a_400_naming_it(
+    header, value, experiment, client_api, uploader, safetensors, stored_files
+):
+    before = stored_files()
+    response = uploader(client_api, experiment.pk, safetensors(), **{header: value})
+    assert response.status_code == 400, response.content
+    assert header.removeprefix("X_FMA_").lower() in response.json()["detail"]
+    assert stored_files() == before
+    assert not ModelUpdate.objects.exists()
