@@ -51,7 +51,7 @@ def test_an_integer_filter_out_of_range_is_a_400_naming_it(path, name, value, de
 def test_an_integer_filter_in_range_still_filters(path, name, dev_api, aggregate):
     value = {"federated_model": aggregate.experiment_id, "round_number": 1, "aggregate": aggregate.pk}[name]
     assert dev_api.get(path, {name: value}).status_code == 200
-    assert dev_api.get(path, {name: 2**63 - 1}).json()["count"] == 0
+    assert dev_api.get(path, {name: 2**31 - 1}).json()["count"] == 0  # within every column's range
 
 
 PATH_IDS = [

@@ -16,6 +16,7 @@ from rest_framework import serializers
 
 from fma_core.aggregators import available
 from fma_django import uploads
+from fma_django.limits import MAX_BIGINT, MAX_INT, MAX_TOKEN_LIFETIME_SECONDS, whole_number_range
 from fma_django.models import (
     ClientAggregateScore,
     EnrollmentToken,
@@ -27,6 +28,18 @@ from fma_django.models import (
     UploadSession,
     UploadState,
 )
+
+
+def whole_number(*, low: int = 1, high: int = MAX_BIGINT, **kwargs: Any) -> serializers.IntegerField:
+    """An integer field whose refusal names its range (default: an id); booleans, ``1e30`` and
+    ``1.5`` are refused, and nothing past a database column's bounds reaches the database."""
+    message = whole_number_range(low, high)
+    return serializers.IntegerField(
+        min_value=low,
+        max_value=high,
+        error_messages={"invalid": message, "min_value": message, "max_value": message},
+        **kwargs,
+    )
 
 
 def _absolute(context: dict[str, Any], name: str, pk: int) -> str:
@@ -42,7 +55,7 @@ class ExperimentSerializer(serializers.ModelSerializer):
     requirement = serializers.ChoiceField(
         choices=["", "all_clients", "require_x_updates"], required=False, allow_blank=True
     )
-    developer = serializers.IntegerField(
+    developer = whole_number(
         source="developer_id", required=False, help_text="defaults to you; only staff may name another user"
     )
     clients = serializers.SerializerMethodField()
@@ -103,8 +116,8 @@ class RegisteredClientSerializer(serializers.Serializer):
 
 
 class EnrollmentTokenRequestSerializer(serializers.Serializer):
-    expires_in_seconds = serializers.IntegerField(required=False, min_value=1)
-    max_uses = serializers.IntegerField(required=False, min_value=1)
+    expires_in_seconds = whole_number(high=MAX_TOKEN_LIFETIME_SECONDS, required=False)
+    max_uses = whole_number(high=MAX_INT, required=False)
 
 
 class EnrollmentTokenSerializer(serializers.ModelSerializer):
@@ -180,10 +193,10 @@ class ModelUpdateSerializer(serializers.ModelSerializer):
 class ModelUpdateCreateSerializer(serializers.Serializer):
     """The v1 JSON submission (what fma-connect sends), with FMA's optional extras."""
 
-    federated_model = serializers.IntegerField()
+    federated_model = whole_number()
     data = serializers.JSONField(help_text="a list of layers, each a (nested) list of numbers")
-    base_aggregate = serializers.IntegerField(required=False, allow_null=True)
-    num_examples = serializers.IntegerField(required=False, default=1, min_value=1)
+    base_aggregate = whole_number(required=False, allow_null=True)
+    num_examples = whole_number(required=False, default=1)
     metrics = serializers.JSONField(required=False, allow_null=True, default=None)
     idempotency_key = serializers.CharField(required=False, allow_blank=True, max_length=128, default="")
 
@@ -191,10 +204,10 @@ class ModelUpdateCreateSerializer(serializers.Serializer):
 class UploadStartSerializer(serializers.Serializer):
     """Starting an upload session: the update's metadata and what its bytes will be."""
 
-    size = serializers.IntegerField(min_value=1, help_text="bytes of the safetensors file")
+    size = whole_number(help_text="bytes of the safetensors file")
     sha256 = serializers.RegexField(r"^[0-9a-fA-F]{64}$", help_text="SHA-256 of the whole file, in hex")
-    num_examples = serializers.IntegerField(required=False, default=1, min_value=1)
-    base_aggregate = serializers.IntegerField(required=False, allow_null=True, default=None)
+    num_examples = whole_number(required=False, default=1)
+    base_aggregate = whole_number(required=False, allow_null=True, default=None)
     metrics = serializers.JSONField(required=False, allow_null=True, default=None)
     idempotency_key = serializers.CharField(
         required=False, allow_blank=True, max_length=128, default="", help_text="or header Idempotency-Key"
@@ -383,10 +396,10 @@ class ClientAggregateScoreSerializer(serializers.ModelSerializer):
 
 
 class ClientAggregateScoreCreateSerializer(serializers.Serializer):
-    aggregate = serializers.IntegerField()
+    aggregate = whole_number()
     validation_results = serializers.JSONField()
     client = serializers.UUIDField(required=False, allow_null=True, help_text="must be the caller if given")
-    federated_model = serializers.IntegerField(required=False, help_text="ignored, as in the original")
+    federated_model = whole_number(required=False, help_text="ignored, as in the original")
 
 
 class MetricSummarySerializer(serializers.Serializer):
