@@ -6,9 +6,11 @@ Each test covers a class of input over every endpoint that takes it, on SQLite a
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 from django.contrib.auth.models import User
+from rest_framework.test import APIClient
 
 from fma_core.rounds import RoundEngine
 from fma_django.models import ModelUpdate
@@ -197,3 +199,71 @@ def test_a_header_integer_out_of_range_is_a_400_naming_it(
     assert header.removeprefix("X_FMA_").lower() in response.json()["detail"]
     assert stored_files() == before
     assert not ModelUpdate.objects.exists()
+
+
+# Item 8: JSON nested too deeply
+
+
+def deep(levels: int) -> str:
+    return "[" * levels + "]" * levels
+
+
+def json_bodies(experiment, aggregate):
+    """Every operation that reads a JSON body: (caller, method, path)."""
+    e, a = experiment.pk, aggregate.pk
+    return [
+        ("anonymous", "post", "/api-token-auth/"),
+        ("anonymous", "post", f"/api/v1/models/{e}/register_client/"),
+        ("dev", "post", "/api/v1/models/"),
+        ("dev", "put", f"/api/v1/models/{e}/"),
+        ("dev", "patch", f"/api/v1/models/{e}/"),
+        ("dev", "post", f"/api/v1/models/{e}/enrollment_tokens/"),
+        ("dev", "post", f"/api/v1/models/{e}/revoke_client/"),
+        ("dev", "patch", f"/api/v1/model_aggregates/{a}/"),
+        ("dev", "post", f"/api/v1/model_aggregates/{a}/publish_aggregate/"),
+        ("client", "post", "/api/v1/model_updates/"),
+        ("client", "post", "/api/v1/client_aggregate_scores/"),
+        ("client", "post", f"/api/v1/models/{e}/uploads/"),
+    ]
+
+
+@pytest.mark.parametrize("levels", [200, 1_000, 100_000])
+@pytest.mark.parametrize("nested_in", [None, "metrics"])
+def test_json_nested_too_deeply_is_a_400_everywhere(
+    levels, nested_in, experiment, aggregate, dev_api, client_api
+):
+    callers = {"anonymous": APIClient(), "dev": dev_api, "client": client_api}
+    body = deep(levels) if nested_in is None else f'{{"{nested_in}": {deep(levels)}}}'
+    updates = ModelUpdate.objects.count()
+    for caller, method, path in json_bodies(experiment, aggregate):
+        response = getattr(callers[caller], method)(path, body, content_type="application/json")
+        assert response.status_code == 400, (path, response.content[:300])
+        assert "nested" in response.json()["detail"], (path, response.content[:300])
+    assert ModelUpdate.objects.count() == updates
+
+
+@pytest.mark.parametrize("levels", [200, 1_000, 100_000])
+def test_json_in_an_upload_header_or_query_nested_too_deeply_is_a_400(
+    levels, experiment, client_api, uploader, safetensors, stored_files
+):
+    before = stored_files()
+    by_header = uploader(client_api, experiment.pk, safetensors(), X_FMA_METRICS=deep(levels))
+    by_query = client_api.generic(
+        "POST",
+        f"/api/v1/models/{experiment.pk}/upload_update/?metrics={deep(min(levels, 2_000))}",
+        safetensors(),
+        content_type="application/octet-stream",
+    )
+    for response in (by_header, by_query):
+        assert response.status_code == 400, response.content[:300]
+        assert "metrics" in response.json()["detail"]
+        assert "nested" in response.json()["detail"]
+    assert stored_files() == before
+    assert not ModelUpdate.objects.exists()
+
+
+def test_json_nested_within_the_limit_is_accepted(experiment, client_api, uploader, safetensors):
+    metrics = {"a": [[[[[[[[1.0]]]]]]]]}
+    response = uploader(client_api, experiment.pk, safetensors(), X_FMA_METRICS=json.dumps(metrics))
+    assert response.status_code == 201, response.content
+    assert response.json()["metrics"] == metrics
