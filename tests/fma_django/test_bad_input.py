@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from urllib.parse import urlencode
 
 import pytest
 from django.contrib.auth.models import User
@@ -267,3 +268,36 @@ def test_json_nested_within_the_limit_is_accepted(experiment, client_api, upload
     response = uploader(client_api, experiment.pk, safetensors(), X_FMA_METRICS=json.dumps(metrics))
     assert response.status_code == 201, response.content
     assert response.json()["metrics"] == metrics
+
+
+@pytest.mark.parametrize("levels", [200, 1_000, 100_000])
+def test_json_in_a_form_field_nested_too_deeply_is_a_400(levels, experiment, aggregate, dev_api, client_api):
+    """Form and multipart bodies carry JSON fields as text, which DRF's JSONField parses itself."""
+    e, a = experiment.pk, aggregate.pk
+    cases = [
+        (dev_api, "post", "/api/v1/models/", {"name": "m", "aggregator_params": deep(levels)}),
+        (dev_api, "patch", f"/api/v1/models/{e}/", {"metrics_schema": deep(levels)}),
+        (client_api, "post", "/api/v1/model_updates/", {"federated_model": e, "data": deep(levels)}),
+        (
+            client_api,
+            "post",
+            "/api/v1/client_aggregate_scores/",
+            {"aggregate": a, "validation_results": deep(levels)},
+        ),
+        (
+            client_api,
+            "post",
+            f"/api/v1/models/{e}/uploads/",
+            {"size": 9, "sha256": "0" * 64, "metrics": deep(levels)},
+        ),
+    ]
+    for api, method, path, body in cases:
+        for encoding in ("multipart", "form"):
+            if encoding == "form":
+                response = getattr(api, method)(
+                    path, urlencode(body), content_type="application/x-www-form-urlencoded"
+                )
+            else:
+                response = getattr(api, method)(path, body, format="multipart")
+            assert response.status_code == 400, (path, encoding, response.content[:300])
+            assert "nested" in str(response.json()), (path, encoding, response.content[:300])

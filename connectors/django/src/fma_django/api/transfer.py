@@ -18,6 +18,8 @@ from typing import Any, BinaryIO
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from rest_framework.renderers import BaseRenderer
 
+from fma_django.api import parsers
+from fma_django.api.parsers import NestedTooDeeply
 from fma_django.errors import LengthRequired, ValidationFailed
 from fma_django.storage import weight_store
 
@@ -143,7 +145,9 @@ def json_option(request: HttpRequest, name: str, header: str) -> Any:
     if value in (None, ""):
         return None
     try:
-        return json.loads(value)
+        return parsers.loads(value)
+    except NestedTooDeeply as error:
+        raise ValidationFailed(f"{name}: {error}") from None
     except json.JSONDecodeError as error:
         raise ValidationFailed(f"{name} is not valid JSON: {error}") from None
 
