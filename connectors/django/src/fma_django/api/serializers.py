@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db import models
 from django.urls import reverse
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
@@ -16,6 +17,7 @@ from rest_framework import serializers
 
 from fma_core.aggregators import available
 from fma_django import uploads
+from fma_django.api.parsers import NestedTooDeeply, check_depth
 from fma_django.limits import MAX_BIGINT, MAX_INT, MAX_TOKEN_LIFETIME_SECONDS, whole_number_range
 from fma_django.models import (
     ClientAggregateScore,
@@ -42,6 +44,17 @@ def whole_number(*, low: int = 1, high: int = MAX_BIGINT, **kwargs: Any) -> seri
     )
 
 
+class JSONField(serializers.JSONField):
+    """DRF's JSONField with the API's nesting bound (``api.parsers``): form and multipart bodies
+    carry JSON as text, which this field parses itself, not the API's JSON parser."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        try:
+            return check_depth(super().to_internal_value(data))
+        except (RecursionError, NestedTooDeeply):
+            raise serializers.ValidationError(str(NestedTooDeeply())) from None
+
+
 def _absolute(context: dict[str, Any], name: str, pk: int) -> str:
     path = reverse(f"fma-api:{name}", kwargs={"pk": pk})
     request = context.get("request")
@@ -50,6 +63,11 @@ def _absolute(context: dict[str, Any], name: str, pk: int) -> str:
 
 class ExperimentSerializer(serializers.ModelSerializer):
     """``/api/v1/models/``: the original's FederatedModel fields, plus FMA's own settings."""
+
+    serializer_field_mapping = {
+        **serializers.ModelSerializer.serializer_field_mapping,
+        models.JSONField: JSONField,
+    }
 
     aggregator = serializers.ChoiceField(choices=available(), default="fedavg")
     requirement = serializers.ChoiceField(
@@ -60,7 +78,7 @@ class ExperimentSerializer(serializers.ModelSerializer):
     )
     clients = serializers.SerializerMethodField()
     current_artifact = serializers.PrimaryKeyRelatedField(read_only=True)
-    initial_model = serializers.JSONField(
+    initial_model = JSONField(
         write_only=True,
         required=False,
         help_text="the original's JSON weights: a list of layers (nested lists)",
@@ -194,10 +212,10 @@ class ModelUpdateCreateSerializer(serializers.Serializer):
     """The v1 JSON submission (what fma-connect sends), with FMA's optional extras."""
 
     federated_model = whole_number()
-    data = serializers.JSONField(help_text="a list of layers, each a (nested) list of numbers")
+    data = JSONField(help_text="a list of layers, each a (nested) list of numbers")
     base_aggregate = whole_number(required=False, allow_null=True)
     num_examples = whole_number(required=False, default=1)
-    metrics = serializers.JSONField(required=False, allow_null=True, default=None)
+    metrics = JSONField(required=False, allow_null=True, default=None)
     idempotency_key = serializers.CharField(required=False, allow_blank=True, max_length=128, default="")
 
 
@@ -208,7 +226,7 @@ class UploadStartSerializer(serializers.Serializer):
     sha256 = serializers.RegexField(r"^[0-9a-fA-F]{64}$", help_text="SHA-256 of the whole file, in hex")
     num_examples = whole_number(required=False, default=1)
     base_aggregate = whole_number(required=False, allow_null=True, default=None)
-    metrics = serializers.JSONField(required=False, allow_null=True, default=None)
+    metrics = JSONField(required=False, allow_null=True, default=None)
     idempotency_key = serializers.CharField(
         required=False, allow_blank=True, max_length=128, default="", help_text="or header Idempotency-Key"
     )
@@ -397,7 +415,7 @@ class ClientAggregateScoreSerializer(serializers.ModelSerializer):
 
 class ClientAggregateScoreCreateSerializer(serializers.Serializer):
     aggregate = whole_number()
-    validation_results = serializers.JSONField()
+    validation_results = JSONField()
     client = serializers.UUIDField(required=False, allow_null=True, help_text="must be the caller if given")
     federated_model = whole_number(required=False, help_text="ignored, as in the original")
 
