@@ -9,12 +9,13 @@ import hashlib
 import json
 from urllib.parse import urlencode
 
+import numpy as np
 import pytest
 from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
 from fma_core.rounds import RoundEngine
-from fma_django.models import ModelUpdate
+from fma_django.models import ModelUpdate, UploadSession
 from fma_django.storage import weight_store
 from fma_django.store import DjangoMetadataStore
 
@@ -301,3 +302,112 @@ def test_json_in_a_form_field_nested_too_deeply_is_a_400(levels, experiment, agg
                 response = getattr(api, method)(path, body, format="multipart")
             assert response.status_code == 400, (path, encoding, response.content[:300])
             assert "nested" in str(response.json()), (path, encoding, response.content[:300])
+
+
+# Item 9: num_examples (and every other integer of an update's metadata) on every upload path
+
+BAD_COUNTS = [2**63, 2**64, 10**30, 0, -1, 1e30, 1.5, True, "1e30", "1.5", "ten", "true"]
+
+
+def upload_paths(api, experiment, body: bytes):
+    """Every way to send an update's metadata with a bad value for ``name``: callables (name, value) → response."""
+    e = experiment.pk
+
+    def header(name, value):
+        return upload(
+            api,
+            e,
+            body,
+            **{f"X_FMA_{name.upper()}": json.dumps(value) if not isinstance(value, str) else value},
+        )
+
+    def query(name, value):
+        text = json.dumps(value) if not isinstance(value, str) else value
+        return api.generic(
+            "POST", f"/api/v1/models/{e}/upload_update/?{urlencode({name: text})}", body, content_type=STREAM
+        )
+
+    def session_json(name, value):
+        return api.post(f"/api/v1/models/{e}/uploads/", {**session_fields(body), name: value}, format="json")
+
+    def session_form(name, value):
+        text = json.dumps(value) if not isinstance(value, str) else value
+        return api.post(
+            f"/api/v1/models/{e}/uploads/", {**session_fields(body), name: text}, format="multipart"
+        )
+
+    def v1_json(name, value):
+        data = [np.zeros((4, 3)).tolist(), [0.0, 0.0, 0.0]]
+        return api.post(
+            "/api/v1/model_updates/", {"federated_model": e, "data": data, name: value}, format="json"
+        )
+
+    return {
+        "header": header,
+        "query": query,
+        "session": session_json,
+        "session_form": session_form,
+        "v1_json": v1_json,
+    }
+
+
+STREAM = "application/octet-stream"
+
+
+def upload(api, experiment_id, body, **headers):
+    meta = {"HTTP_" + name.upper(): value for name, value in headers.items()}
+    return api.generic(
+        "POST", f"/api/v1/models/{experiment_id}/upload_update/", body, content_type=STREAM, **meta
+    )
+
+
+def session_fields(body: bytes) -> dict:
+    return {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+
+
+@pytest.mark.parametrize("path", ["header", "query", "session", "session_form", "v1_json"])
+@pytest.mark.parametrize("value", BAD_COUNTS, ids=repr)
+def test_num_examples_out_of_range_is_a_400_naming_the_field_and_range(
+    path, value, experiment, client_api, safetensors, stored_files
+):
+    if path in ("header", "query", "session_form") and value is True:
+        value = "true"  # text has no booleans
+    before = stored_files()
+    response = upload_paths(client_api, experiment, safetensors())[path]("num_examples", value)
+    assert response.status_code == 400, (path, value, response.content)
+    said = str(response.json())
+    assert "num_examples" in said, said
+    assert f"1 to {2**63 - 1}" in said, said
+    assert stored_files() == before
+    assert not ModelUpdate.objects.exists()
+    assert not UploadSession.objects.exists()
+
+
+@pytest.mark.parametrize("path", ["session", "session_form"])
+@pytest.mark.parametrize("value", [2**64, 10**30, 0, -1, 1e30, 1.5, "ten"], ids=repr)
+def test_a_declared_size_out_of_range_is_a_400_naming_it(path, value, experiment, client_api, safetensors):
+    response = upload_paths(client_api, experiment, safetensors())[path]("size", value)
+    assert response.status_code == 400, response.content
+    assert "size" in response.json()
+    assert not UploadSession.objects.exists()
+
+
+@pytest.mark.parametrize("length", ["-1", "99999999999999999999", "1e3", "ten"])
+def test_a_bad_content_length_is_a_4xx(length, experiment, client_api, safetensors, stored_files):
+    before = stored_files()
+    response = client_api.generic(
+        "POST",
+        f"/api/v1/models/{experiment.pk}/upload_update/",
+        safetensors(),
+        content_type=STREAM,
+        CONTENT_LENGTH=length,
+    )
+    assert 400 <= response.status_code < 500, response.content
+    assert stored_files() == before
+    assert not ModelUpdate.objects.exists()
+
+
+def test_num_examples_at_the_top_of_its_range_is_accepted(experiment, client_api, safetensors):
+    response = upload(client_api, experiment.pk, safetensors(), X_FMA_NUM_EXAMPLES=str(2**63 - 1))
+    assert response.status_code == 201, response.content
+    assert ModelUpdate.objects.get().num_examples == 2**63 - 1
