@@ -30,6 +30,7 @@ from fma_core.weights import TensorSpec, Weights, from_legacy_json, to_bytes, va
 from fma_core.weights.scan import Scanned, scan
 from fma_django import credentials
 from fma_django.errors import Conflict, DomainError, Forbidden, NotFound, TooLarge, ValidationFailed
+from fma_django.limits import MAX_BIGINT, whole_number_range
 from fma_django.models import (
     Client,
     ClientAggregateScore,
@@ -608,8 +609,14 @@ def update_check_metadata(
 def _check_update_metadata(
     experiment: Experiment, num_examples: int, base_aggregate_id: int | None, metrics: Any
 ) -> tuple[int, ModelAggregate | None]:
-    if not isinstance(num_examples, int) or isinstance(num_examples, bool) or num_examples < 1:
-        raise ValidationFailed(f"num_examples must be a whole number of at least 1, not {num_examples!r}")
+    if (
+        not isinstance(num_examples, int)
+        or isinstance(num_examples, bool)
+        or not 1 <= num_examples <= MAX_BIGINT
+    ):
+        raise ValidationFailed(
+            f"num_examples must be {whole_number_range(1, MAX_BIGINT)}, not {str(num_examples)[:100]}"
+        )
     base = None
     if base_aggregate_id is not None:
         base = ModelAggregate.objects.filter(pk=base_aggregate_id, experiment=experiment).first()

@@ -21,6 +21,7 @@ from rest_framework.renderers import BaseRenderer
 from fma_django.api import parsers
 from fma_django.api.parsers import NestedTooDeeply
 from fma_django.errors import LengthRequired, ValidationFailed
+from fma_django.limits import MAX_BIGINT, whole_number_range
 from fma_django.storage import weight_store
 
 SAFETENSORS = "application/octet-stream"
@@ -130,14 +131,20 @@ def upload_option(request: HttpRequest, name: str, header: str) -> str | None:
     return value if value is not None else request.GET.get(name)
 
 
-def int_option(request: HttpRequest, name: str, header: str) -> int | None:
+def int_option(
+    request: HttpRequest, name: str, header: str, *, low: int = 1, high: int = MAX_BIGINT
+) -> int | None:
+    """A whole number from ``low`` to ``high`` (default: an id), else a 400 naming it and the range."""
     value = upload_option(request, name, header)
     if value in (None, ""):
         return None
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
-        raise ValidationFailed(f"{name} must be a whole number, not {value!r}") from None
+        number = None
+    if number is None or not low <= number <= high:
+        raise ValidationFailed(f"{name} must be {whole_number_range(low, high)}, not {value[:100]!r}")
+    return number
 
 
 def json_option(request: HttpRequest, name: str, header: str) -> Any:
