@@ -12,10 +12,11 @@ from urllib.parse import urlencode
 import numpy as np
 import pytest
 from django.contrib.auth.models import User
+from django.utils.http import content_disposition_header
 from rest_framework.test import APIClient
 
 from fma_core.rounds import RoundEngine
-from fma_django.models import ModelUpdate, UploadSession
+from fma_django.models import ModelArtifact, ModelUpdate, UploadSession
 from fma_django.storage import weight_store
 from fma_django.store import DjangoMetadataStore
 
@@ -411,3 +412,65 @@ def test_num_examples_at_the_top_of_its_range_is_accepted(experiment, client_api
     response = upload(client_api, experiment.pk, safetensors(), X_FMA_NUM_EXAMPLES=str(2**63 - 1))
     assert response.status_code == 201, response.content
     assert ModelUpdate.objects.get().num_examples == 2**63 - 1
+
+
+# Item 10: artifact versions
+
+GOOD_VERSIONS = ["1.0.1", "2.0.0-rc.1+build.5", "round-3", "v2", "9", "3.0", "2024_06_01"]
+BAD_VERSIONS = [
+    "1.0\r\nX-Injected: 1",
+    'a"b',
+    "../x",
+    "a/b",
+    "1 0",
+    "a;b",
+    "\t",
+    "-1",
+    ".1",
+    "ü1",
+    "x" * 65,
+    "",
+]
+
+
+@pytest.mark.parametrize("version", GOOD_VERSIONS)
+def test_a_semantic_version_like_name_is_published(version, dev_api, aggregate):
+    response = dev_api.post(
+        f"/api/v1/model_aggregates/{aggregate.pk}/publish_aggregate/", {"version": version}, format="json"
+    )
+    assert response.status_code == 201, response.content
+    assert response.json()["version"] == version
+
+
+@pytest.mark.parametrize("version", BAD_VERSIONS, ids=repr)
+def test_a_version_outside_the_rule_is_a_400_saying_the_rule(version, dev_api, aggregate):
+    artifacts = ModelArtifact.objects.count()
+    response = dev_api.post(
+        f"/api/v1/model_aggregates/{aggregate.pk}/publish_aggregate/", {"version": version}, format="json"
+    )
+    assert response.status_code == 400, response.content
+    assert response.json()["code"] == "invalid_version"
+    assert "letters, digits" in response.json()["detail"]
+    assert ModelArtifact.objects.count() == artifacts
+
+
+@pytest.mark.parametrize("version", ["1.0\r\nX-Injected: 1", 'a"b', "ü\\1"], ids=repr)
+def test_a_stored_version_cannot_break_a_download(version, experiment, client_api, aggregate):
+    """Versions stored before publishing checked them still download, with a well-formed header."""
+    artifact = ModelArtifact.objects.create(
+        experiment=experiment,
+        aggregate=aggregate,
+        version=version,
+        weights_key=aggregate.weights_key,
+        content_id=aggregate.content_id,
+        size_bytes=aggregate.size_bytes,
+    )
+    response = client_api.get(f"/api/v1/model_artifacts/{artifact.pk}/weights/")
+    assert response.status_code == 200
+    disposition = response["Content-Disposition"]
+    filename = f"artifact-{experiment.pk}-{version}.safetensors"
+    assert disposition == content_disposition_header(True, filename)
+    assert "\r" not in disposition
+    assert "\n" not in disposition
+    assert "X-Injected" not in response.headers
+    assert b"".join(response.streaming_content) == weight_store().open(aggregate.weights_key).read()
