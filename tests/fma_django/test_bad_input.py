@@ -473,4 +473,5 @@ def test_a_stored_version_cannot_break_a_download(version, experiment, client_ap
     assert "\r" not in disposition
     assert "\n" not in disposition
     assert "X-Injected" not in response.headers
-    assert b"".join(response.streaming_content) == weight_store().open(aggregate.weights_key).read()
+    with weight_store().open(aggregate.weights_key) as stored:
+        assert b"".join(response.streaming_content) == stored.read()

@@ -20,3 +20,12 @@ MAX_TOKEN_LIFETIME_SECONDS = 10 * 366 * 86400
 def whole_number_range(low: int, high: int) -> str:
     """How a refusal names an integer's allowed range."""
     return f"a whole number from {low} to {high}"
+
+
+VERSION_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}"
+"""A published version's name, semantic-version-like: ``1.2.0``, ``2.0.0-rc.1+build.5``, ``round-3``."""
+
+VERSION_RULE = (
+    "1 to 64 ASCII letters, digits and the characters . _ + -, starting with a letter or digit "
+    "(for example 1.2.0, 2.0.0-rc.1 or round-3)"
+)

@@ -9,6 +9,7 @@ so a rejected request leaves nothing behind.
 from __future__ import annotations
 
 import io
+import re
 import uuid
 from collections.abc import Mapping
 from datetime import datetime, timedelta
@@ -30,7 +31,7 @@ from fma_core.weights import TensorSpec, Weights, from_legacy_json, to_bytes, va
 from fma_core.weights.scan import Scanned, scan
 from fma_django import credentials
 from fma_django.errors import Conflict, DomainError, Forbidden, NotFound, TooLarge, ValidationFailed
-from fma_django.limits import MAX_BIGINT, whole_number_range
+from fma_django.limits import MAX_BIGINT, VERSION_PATTERN, VERSION_RULE, whole_number_range
 from fma_django.models import (
     Client,
     ClientAggregateScore,
@@ -649,10 +650,10 @@ def aggregate_publish(
 ) -> ModelArtifact:
     """Make an aggregate the experiment's current artifact under a new version name."""
     version = (version or "").strip()
-    if not version:
-        raise ValidationFailed("version: a non-empty version name is required", code="required")
-    if len(version) > 255:
-        raise ValidationFailed("version: at most 255 characters")
+    if not re.fullmatch(VERSION_PATTERN, version):
+        raise ValidationFailed(
+            f"version {version[:100]!r}: a version is {VERSION_RULE}", code="invalid_version"
+        )
     experiment = aggregate.experiment
     try:
         with transaction.atomic():

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
+from django.utils.http import content_disposition_header
 from rest_framework.renderers import BaseRenderer
 
 from fma_django.api import parsers
@@ -171,7 +172,7 @@ def weights_response(
     headers = {
         "ETag": etag,
         "Accept-Ranges": "bytes",
-        "Content-Disposition": f'attachment; filename="{filename}"',
+        "Content-Disposition": content_disposition_header(True, filename),
         "Cache-Control": "private, max-age=0",
     }
     if etag in [t.strip() for t in request.META.get("HTTP_IF_NONE_MATCH", "").split(",")]:
