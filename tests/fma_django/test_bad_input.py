@@ -475,3 +475,67 @@ def test_a_stored_version_cannot_break_a_download(version, experiment, client_ap
     assert "X-Injected" not in response.headers
     with weight_store().open(aggregate.weights_key) as stored:
         assert b"".join(response.streaming_content) == stored.read()
+
+
+# Item 11: idempotency keys (and other strings stored in bounded columns)
+
+BAD_KEYS = ["k" * 129, "k" * 5_000, "a b", "tab\there", "\x7f", "clé"]
+
+
+def idempotent_paths(api, experiment, body: bytes):
+    """Every way to send an idempotency key: callables (key) → response."""
+    e = experiment.pk
+    data = [np.zeros((4, 3)).tolist(), [0.0, 0.0, 0.0]]
+    return {
+        "header": lambda key: upload(api, e, body, IDEMPOTENCY_KEY=key),
+        "query": lambda key: api.generic(
+            "POST",
+            f"/api/v1/models/{e}/upload_update/?{urlencode({'idempotency_key': key})}",
+            body,
+            content_type=STREAM,
+        ),
+        "session": lambda key: api.post(
+            f"/api/v1/models/{e}/uploads/", {**session_fields(body), "idempotency_key": key}, format="json"
+        ),
+        "session_header": lambda key: api.post(
+            f"/api/v1/models/{e}/uploads/", session_fields(body), format="json", HTTP_IDEMPOTENCY_KEY=key
+        ),
+        "v1_json": lambda key: api.post(
+            "/api/v1/model_updates/",
+            {"federated_model": e, "data": data, "idempotency_key": key},
+            format="json",
+        ),
+    }
+
+
+@pytest.mark.parametrize("path", ["header", "query", "session", "session_header", "v1_json"])
+@pytest.mark.parametrize("key", BAD_KEYS, ids=lambda k: repr(k[:12]))
+def test_an_idempotency_key_outside_the_rule_is_a_400_saying_it(
+    path, key, experiment, client_api, safetensors, stored_files
+):
+    if path in ("header", "session_header") and not key.isascii():
+        key = key.encode().decode("latin-1")  # what a WSGI server hands Django for UTF-8 header bytes
+    before = stored_files()
+    response = idempotent_paths(client_api, experiment, safetensors())[path](key)
+    assert response.status_code == 400, (path, response.content[:300])
+    said = str(response.json())
+    assert "idempotency" in said.lower(), said
+    assert "1 to 128" in said, said
+    assert stored_files() == before
+    assert not ModelUpdate.objects.exists()
+    assert not UploadSession.objects.exists()
+
+
+@pytest.mark.parametrize("path", ["header", "query", "session", "session_header", "v1_json"])
+def test_an_idempotency_key_of_128_printable_characters_is_kept(path, experiment, client_api, safetensors):
+    key = ("k-~!" * 32)[:128]
+    response = idempotent_paths(client_api, experiment, safetensors())[path](key)
+    assert response.status_code == 201, response.content
+    assert response.json()["idempotency_key"] == key
+
+
+def test_strings_the_api_stores_are_checked_against_their_columns(dev_api, experiment):
+    for body in ({"name": "n" * 256}, {"aggregator": "a" * 65}, {"requirement": "r" * 65}):
+        response = dev_api.patch(f"/api/v1/models/{experiment.pk}/", body, format="json")
+        assert response.status_code == 400, (body, response.content)
+        assert next(iter(body)) in response.json()
