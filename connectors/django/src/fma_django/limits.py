@@ -29,3 +29,8 @@ VERSION_RULE = (
     "1 to 64 ASCII letters, digits and the characters . _ + -, starting with a letter or digit "
     "(for example 1.2.0, 2.0.0-rc.1 or round-3)"
 )
+
+IDEMPOTENCY_KEY_PATTERN = r"[\x21-\x7e]{1,128}"
+"""An idempotency key (header ``Idempotency-Key`` or field ``idempotency_key``): its column holds 128."""
+
+IDEMPOTENCY_KEY_RULE = "1 to 128 printable ASCII characters without spaces (a UUID makes a good key)"

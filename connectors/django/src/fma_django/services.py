@@ -31,7 +31,14 @@ from fma_core.weights import TensorSpec, Weights, from_legacy_json, to_bytes, va
 from fma_core.weights.scan import Scanned, scan
 from fma_django import credentials
 from fma_django.errors import Conflict, DomainError, Forbidden, NotFound, TooLarge, ValidationFailed
-from fma_django.limits import MAX_BIGINT, VERSION_PATTERN, VERSION_RULE, whole_number_range
+from fma_django.limits import (
+    IDEMPOTENCY_KEY_PATTERN,
+    IDEMPOTENCY_KEY_RULE,
+    MAX_BIGINT,
+    VERSION_PATTERN,
+    VERSION_RULE,
+    whole_number_range,
+)
 from fma_django.models import (
     Client,
     ClientAggregateScore,
@@ -412,6 +419,7 @@ def update_submit(
     (same idempotency key, or same client, base and content) returns the first update.
     """
     check_enrolled(experiment, client)
+    check_idempotency_key(idempotency_key)
     if idempotency_key:
         first = ModelUpdate.objects.filter(client=client, idempotency_key=idempotency_key).first()
         if first is not None:
@@ -449,6 +457,16 @@ def update_submit(
         metrics=metrics,
         idempotency_key=idempotency_key,
     )
+
+
+def check_idempotency_key(key: str | None) -> None:
+    """Refuse a key its column cannot hold, or one that is not plain text; None or "" is no key."""
+    if key and not re.fullmatch(IDEMPOTENCY_KEY_PATTERN, key):
+        raise ValidationFailed(
+            f"idempotency key {key[:40]!r}{'…' if len(key) > 40 else ''} ({len(key):,} characters): "
+            f"an idempotency key is {IDEMPOTENCY_KEY_RULE}",
+            code="invalid_idempotency_key",
+        )
 
 
 def update_key(experiment: Experiment) -> str:

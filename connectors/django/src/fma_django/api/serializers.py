@@ -18,7 +18,14 @@ from rest_framework import serializers
 from fma_core.aggregators import available
 from fma_django import uploads
 from fma_django.api.parsers import NestedTooDeeply, check_depth
-from fma_django.limits import MAX_BIGINT, MAX_INT, MAX_TOKEN_LIFETIME_SECONDS, whole_number_range
+from fma_django.limits import (
+    IDEMPOTENCY_KEY_PATTERN,
+    IDEMPOTENCY_KEY_RULE,
+    MAX_BIGINT,
+    MAX_INT,
+    MAX_TOKEN_LIFETIME_SECONDS,
+    whole_number_range,
+)
 from fma_django.models import (
     ClientAggregateScore,
     EnrollmentToken,
@@ -40,6 +47,18 @@ def whole_number(*, low: int = 1, high: int = MAX_BIGINT, **kwargs: Any) -> seri
         min_value=low,
         max_value=high,
         error_messages={"invalid": message, "min_value": message, "max_value": message},
+        **kwargs,
+    )
+
+
+def idempotency_key_field(**kwargs: Any) -> serializers.RegexField:
+    """An optional idempotency key ("" or absent: none), refused with the rule when it breaks it."""
+    return serializers.RegexField(
+        rf"\A{IDEMPOTENCY_KEY_PATTERN}\Z",
+        required=False,
+        allow_blank=True,
+        default="",
+        error_messages={"invalid": f"an idempotency key is {IDEMPOTENCY_KEY_RULE}"},
         **kwargs,
     )
 
@@ -216,7 +235,7 @@ class ModelUpdateCreateSerializer(serializers.Serializer):
     base_aggregate = whole_number(required=False, allow_null=True)
     num_examples = whole_number(required=False, default=1)
     metrics = JSONField(required=False, allow_null=True, default=None)
-    idempotency_key = serializers.CharField(required=False, allow_blank=True, max_length=128, default="")
+    idempotency_key = idempotency_key_field()
 
 
 class UploadStartSerializer(serializers.Serializer):
@@ -227,9 +246,7 @@ class UploadStartSerializer(serializers.Serializer):
     num_examples = whole_number(required=False, default=1)
     base_aggregate = whole_number(required=False, allow_null=True, default=None)
     metrics = JSONField(required=False, allow_null=True, default=None)
-    idempotency_key = serializers.CharField(
-        required=False, allow_blank=True, max_length=128, default="", help_text="or header Idempotency-Key"
-    )
+    idempotency_key = idempotency_key_field(help_text="or header Idempotency-Key")
     update_kind = serializers.ChoiceField(
         choices=UpdateKind.choices,
         default=UpdateKind.WEIGHTS,
