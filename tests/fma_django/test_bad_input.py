@@ -6,7 +6,9 @@ Each test covers a class of input over every endpoint that takes it, on SQLite a
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import re
 from urllib.parse import urlencode
 
 import numpy as np
@@ -16,6 +18,7 @@ from django.utils.http import content_disposition_header
 from rest_framework.test import APIClient
 
 from fma_core.rounds import RoundEngine
+from fma_core.weights import to_bytes
 from fma_django.models import ModelArtifact, ModelUpdate, UploadSession
 from fma_django.storage import weight_store
 from fma_django.store import DjangoMetadataStore
@@ -539,3 +542,67 @@ def test_strings_the_api_stores_are_checked_against_their_columns(dev_api, exper
         response = dev_api.patch(f"/api/v1/models/{experiment.pk}/", body, format="json")
         assert response.status_code == 400, (body, response.content)
         assert next(iter(body)) in response.json()
+
+
+# Item 12: safetensors headers above the limit
+
+HEADER_LIMIT = r"header .* above the limit of 16,777,216 bytes"
+
+
+def padded_header(weights: dict) -> bytes:
+    """An update of the experiment's tensors whose header carries 17 MiB of metadata."""
+    return to_bytes(weights, metadata={"padding": "x" * (17 * 2**20)})
+
+
+def test_an_update_with_an_oversized_header_is_refused_in_one_request(
+    experiment, client_api, stored_files, weights
+):
+    before = stored_files()
+    response = upload(client_api, experiment.pk, padded_header(weights()))
+    assert response.status_code == 400, response.content[:300]
+    assert re.search(HEADER_LIMIT, response.json()["detail"]), response.json()
+    assert stored_files() == before
+    assert not ModelUpdate.objects.exists()
+
+
+def test_an_update_with_an_oversized_header_is_refused_when_its_upload_completes(
+    settings, experiment, client_api, stored_files, weights
+):
+    settings.FMA_UPLOAD_PART_BYTES = 8 * 2**20
+    before = stored_files()
+    body = padded_header(weights())
+    session = client_api.post(f"/api/v1/models/{experiment.pk}/uploads/", session_fields(body), format="json")
+    assert session.status_code == 201, session.content
+    for target in session.json()["targets"]:
+        part = body[target["offset"] : target["offset"] + target["size"]]
+        assert client_api.generic("PUT", target["url"], part, content_type=STREAM).status_code == 200
+    completed = client_api.post(f"/api/v1/models/{experiment.pk}/uploads/{session.json()['id']}/complete/")
+    assert completed.status_code == 400, completed.content[:300]
+    assert re.search(HEADER_LIMIT, completed.json()["detail"]), completed.json()
+    assert UploadSession.objects.get().state == "rejected"
+    assert stored_files() == before
+    assert not ModelUpdate.objects.exists()
+
+
+def test_a_stored_update_with_an_oversized_header_is_quarantined_by_the_round(
+    experiment, client_api, uploader, safetensors, weights
+):
+    """An update accepted before the limit existed is never parsed again: the round quarantines it."""
+    assert uploader(client_api, experiment.pk, safetensors(1.0)).status_code == 201
+    good = ModelUpdate.objects.get()
+    body = padded_header(weights(3.0))
+    stored = weight_store().put(f"updates/{experiment.pk}/oversized.safetensors", io.BytesIO(body))
+    oversized = ModelUpdate.objects.create(
+        experiment=experiment,
+        client=good.client,
+        weights_key=stored.key,
+        content_id=stored.sha256,
+        size_bytes=stored.size,
+    )
+    outcome = RoundEngine(DjangoMetadataStore(), weight_store(), threads=1).run_round(str(experiment.pk))
+    assert outcome.status == "committed", outcome
+    oversized.refresh_from_db()
+    good.refresh_from_db()
+    assert oversized.status == "quarantined"
+    assert re.search(HEADER_LIMIT, oversized.status_reason), oversized.status_reason
+    assert good.status == "consumed"
