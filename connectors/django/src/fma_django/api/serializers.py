@@ -54,7 +54,7 @@ def whole_number(*, low: int = 1, high: int = MAX_BIGINT, **kwargs: Any) -> seri
 def idempotency_key_field(**kwargs: Any) -> serializers.RegexField:
     """An optional idempotency key ("" or absent: none), refused with the rule when it breaks it."""
     return serializers.RegexField(
-        rf"\A{IDEMPOTENCY_KEY_PATTERN}\Z",
+        rf"^{IDEMPOTENCY_KEY_PATTERN}$",  # ECMA-compatible for the OpenAPI schema; whitespace is trimmed first
         required=False,
         allow_blank=True,
         default="",

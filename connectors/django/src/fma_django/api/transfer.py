@@ -20,7 +20,6 @@ from django.utils.http import content_disposition_header
 from rest_framework.renderers import BaseRenderer
 
 from fma_django.api import parsers
-from fma_django.api.parsers import NestedTooDeeply
 from fma_django.errors import LengthRequired, ValidationFailed
 from fma_django.limits import MAX_BIGINT, whole_number_range
 from fma_django.storage import weight_store
@@ -154,7 +153,7 @@ def json_option(request: HttpRequest, name: str, header: str) -> Any:
         return None
     try:
         return parsers.loads(value)
-    except NestedTooDeeply as error:
+    except parsers.NestedTooDeeply as error:
         raise ValidationFailed(f"{name}: {error}") from None
     except json.JSONDecodeError as error:
         raise ValidationFailed(f"{name} is not valid JSON: {error}") from None
