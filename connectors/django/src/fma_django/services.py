@@ -9,6 +9,7 @@ so a rejected request leaves nothing behind.
 from __future__ import annotations
 
 import io
+import re
 import uuid
 from collections.abc import Mapping
 from datetime import datetime, timedelta
@@ -30,6 +31,14 @@ from fma_core.weights import TensorSpec, Weights, from_legacy_json, to_bytes, va
 from fma_core.weights.scan import Scanned, scan
 from fma_django import credentials
 from fma_django.errors import Conflict, DomainError, Forbidden, NotFound, TooLarge, ValidationFailed
+from fma_django.limits import (
+    IDEMPOTENCY_KEY_PATTERN,
+    IDEMPOTENCY_KEY_RULE,
+    MAX_BIGINT,
+    VERSION_PATTERN,
+    VERSION_RULE,
+    whole_number_range,
+)
 from fma_django.models import (
     Client,
     ClientAggregateScore,
@@ -410,6 +419,7 @@ def update_submit(
     (same idempotency key, or same client, base and content) returns the first update.
     """
     check_enrolled(experiment, client)
+    check_idempotency_key(idempotency_key)
     if idempotency_key:
         first = ModelUpdate.objects.filter(client=client, idempotency_key=idempotency_key).first()
         if first is not None:
@@ -447,6 +457,16 @@ def update_submit(
         metrics=metrics,
         idempotency_key=idempotency_key,
     )
+
+
+def check_idempotency_key(key: str | None) -> None:
+    """Refuse a key its column cannot hold, or one that is not plain text; None or "" is no key."""
+    if key and not re.fullmatch(IDEMPOTENCY_KEY_PATTERN, key):
+        raise ValidationFailed(
+            f"idempotency key {key[:40]!r}{'…' if len(key) > 40 else ''} ({len(key):,} characters): "
+            f"an idempotency key is {IDEMPOTENCY_KEY_RULE}",
+            code="invalid_idempotency_key",
+        )
 
 
 def update_key(experiment: Experiment) -> str:
@@ -608,8 +628,14 @@ def update_check_metadata(
 def _check_update_metadata(
     experiment: Experiment, num_examples: int, base_aggregate_id: int | None, metrics: Any
 ) -> tuple[int, ModelAggregate | None]:
-    if not isinstance(num_examples, int) or isinstance(num_examples, bool) or num_examples < 1:
-        raise ValidationFailed(f"num_examples must be a whole number of at least 1, not {num_examples!r}")
+    if (
+        not isinstance(num_examples, int)
+        or isinstance(num_examples, bool)
+        or not 1 <= num_examples <= MAX_BIGINT
+    ):
+        raise ValidationFailed(
+            f"num_examples must be {whole_number_range(1, MAX_BIGINT)}, not {str(num_examples)[:100]}"
+        )
     base = None
     if base_aggregate_id is not None:
         base = ModelAggregate.objects.filter(pk=base_aggregate_id, experiment=experiment).first()
@@ -642,10 +668,10 @@ def aggregate_publish(
 ) -> ModelArtifact:
     """Make an aggregate the experiment's current artifact under a new version name."""
     version = (version or "").strip()
-    if not version:
-        raise ValidationFailed("version: a non-empty version name is required", code="required")
-    if len(version) > 255:
-        raise ValidationFailed("version: at most 255 characters")
+    if not re.fullmatch(VERSION_PATTERN, version):
+        raise ValidationFailed(
+            f"version {version[:100]!r}: a version is {VERSION_RULE}", code="invalid_version"
+        )
     experiment = aggregate.experiment
     try:
         with transaction.atomic():
