@@ -1,0 +1,281 @@
+"""An experiment's JSON schemas (update, metrics, scores) never fetch anything, always resolve, and
+run their patterns in linear time: refused when set, and harmless when one is already stored."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from rest_framework.test import APIClient
+
+from fma_core.rounds import RoundEngine
+from fma_django.models import ClientAggregateScore, Experiment, ModelUpdate
+from fma_django.storage import weight_store
+from fma_django.store import DjangoMetadataStore
+
+SCHEMA_FIELDS = ("update_schema", "metrics_schema", "client_agg_results_schema")
+# What a fetched schema would say: a push checked against it fails naming this marker.
+MARKER = "secret-marker-4d1e"
+LEAKY_SCHEMA = {"required": [MARKER]}
+
+
+class Listener:
+    """A loopback HTTP server that serves ``LEAKY_SCHEMA`` and records every request it receives."""
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+        seen = self.requests
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                seen.append(self.path)
+                body = json.dumps(LEAKY_SCHEMA).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/schema.json"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+
+@pytest.fixture
+def listener() -> Iterator[Listener]:
+    listening = Listener()
+    listening.thread.start()
+    yield listening
+    listening.server.shutdown()
+    listening.server.server_close()
+    listening.thread.join()
+
+
+@pytest.fixture(params=["etc-passwd", "local-file", "http"])
+def remote_ref(request, tmp_path: Path, listener: Listener) -> str:
+    """A ``$ref`` that, followed, would read a file or reach an address from the server."""
+    if request.param == "etc-passwd":
+        return "file:///etc/passwd"
+    if request.param == "local-file":
+        secret = tmp_path / "secret.json"
+        secret.write_text(json.dumps(LEAKY_SCHEMA))
+        return secret.as_uri()
+    return listener.url
+
+
+def assert_nothing_leaked(response, listener: Listener) -> None:
+    text = response.content.decode()
+    assert MARKER not in text
+    assert "root:" not in text  # /etc/passwd's first line
+    assert listener.requests == []
+
+
+def run_round(experiment: Experiment) -> None:
+    outcome = RoundEngine(DjangoMetadataStore(), weight_store(), threads=1).run_round(str(experiment.pk))
+    assert outcome.status == "committed", outcome
+
+
+# Item 1: no schema may ever make the server fetch anything
+
+
+@pytest.mark.parametrize("field", SCHEMA_FIELDS)
+@pytest.mark.parametrize("where", ["root", "nested"])
+def test_a_remote_ref_is_refused_when_the_experiment_is_created(dev_api, remote_ref, listener, field, where):
+    schema = {"$ref": remote_ref} if where == "root" else {"properties": {"loss": {"$ref": remote_ref}}}
+    response = dev_api.post("/api/v1/models/", {"name": "m", field: schema}, format="json")
+    assert response.status_code == 400, response.content
+    assert response.json()["code"] == "invalid_schema"
+    assert field in response.json()["detail"]
+    assert remote_ref in response.json()["detail"]
+    assert not Experiment.objects.exists()
+    assert_nothing_leaked(response, listener)
+
+
+@pytest.mark.parametrize("field", SCHEMA_FIELDS)
+def test_a_remote_ref_is_refused_when_the_experiment_is_changed(
+    dev_api, experiment, remote_ref, listener, field
+):
+    response = dev_api.patch(f"/api/v1/models/{experiment.pk}/", {field: {"$ref": remote_ref}}, format="json")
+    assert response.status_code == 400, response.content
+    assert response.json()["code"] == "invalid_schema"
+    assert remote_ref in response.json()["detail"]
+    experiment.refresh_from_db()
+    assert getattr(experiment, field) is None
+    assert_nothing_leaked(response, listener)
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        # a pointer into a keyword the validator does not know, whose contents then act as a schema
+        lambda ref: {"$ref": "#/x-hidden", "x-hidden": {"$ref": ref}},
+        lambda ref: {"$defs": {"a": {"$ref": ref}}, "allOf": [{"$ref": "#/$defs/a"}]},
+        lambda ref: {"$dynamicRef": ref},
+    ],
+    ids=["through-unknown-keyword", "through-defs", "dynamic-ref"],
+)
+def test_a_remote_ref_reached_indirectly_is_refused(dev_api, listener, schema: Callable[[str], dict]):
+    response = dev_api.post(
+        "/api/v1/models/", {"name": "m", "metrics_schema": schema(listener.url)}, format="json"
+    )
+    assert response.status_code == 400, response.content
+    assert listener.url in response.json()["detail"]
+    assert not Experiment.objects.exists()
+    assert_nothing_leaked(response, listener)
+
+
+def test_the_admin_refuses_a_remote_ref(experiment, listener):
+    from django.contrib.auth.models import User
+
+    admin = APIClient()
+    admin.force_login(User.objects.create_superuser("root", password="root-password"))
+    form = {
+        "name": experiment.name,
+        "developer": experiment.developer_id,
+        "aggregator": experiment.aggregator,
+        "aggregator_params": "{}",
+        "update_kind": experiment.update_kind,
+        "metrics_schema": json.dumps({"$ref": listener.url}),
+        "allow_aggregation": "on",
+        "enrollments-TOTAL_FORMS": "0",
+        "enrollments-INITIAL_FORMS": "0",
+    }
+    response = admin.post(f"/admin/fma_django/experiment/{experiment.pk}/change/", form)
+    assert response.status_code == 200  # the form again, with the error
+    assert listener.url in response.content.decode()
+    experiment.refresh_from_db()
+    assert experiment.metrics_schema is None
+    assert listener.requests == []
+
+
+@pytest.fixture
+def stored(experiment: Experiment) -> Callable[[str, object], None]:
+    """Write a schema straight to the database, as one set before schemas were checked would be."""
+
+    def store(field: str, schema: object) -> None:
+        Experiment.objects.filter(pk=experiment.pk).update(**{field: schema})
+
+    return store
+
+
+def test_a_stored_remote_metrics_ref_cannot_fetch_at_push_time(
+    experiment, client_api, uploader, safetensors, stored, remote_ref, listener
+):
+    stored("metrics_schema", {"properties": {"loss": {"$ref": remote_ref}}})
+    pushed = uploader(client_api, experiment.pk, safetensors(1.0), X_FMA_METRICS='{"loss": 0.5}')
+    assert pushed.status_code == 400, pushed.content
+    assert pushed.json()["code"] == "invalid_schema"
+    assert "metrics_schema" in pushed.json()["detail"]
+    started = client_api.post(
+        f"/api/v1/models/{experiment.pk}/uploads/",
+        {"size": 100, "sha256": "0" * 64, "metrics": {"loss": 0.5}},
+        format="json",
+    )
+    assert started.status_code == 400, started.content
+    assert ModelUpdate.objects.count() == 0
+    assert_nothing_leaked(pushed, listener)
+    assert_nothing_leaked(started, listener)
+
+
+def test_a_stored_remote_update_schema_ref_cannot_fetch_at_push_time(
+    experiment, client_api, stored, remote_ref, listener
+):
+    stored("update_schema", {"$ref": remote_ref})
+    pushed = client_api.post(
+        "/api/v1/model_updates/",
+        {"federated_model": experiment.pk, "data": [[[0.0] * 3] * 4, [0.0] * 3]},
+        format="json",
+    )
+    assert pushed.status_code == 400, pushed.content
+    assert "update_schema" in pushed.json()["detail"]
+    assert ModelUpdate.objects.count() == 0
+    assert_nothing_leaked(pushed, listener)
+
+
+def test_a_stored_remote_scores_ref_cannot_fetch_when_scoring(
+    experiment, client_api, uploader, safetensors, stored, remote_ref, listener
+):
+    assert uploader(client_api, experiment.pk, safetensors(1.0)).status_code == 201
+    run_round(experiment)
+    stored("client_agg_results_schema", {"allOf": [{"$ref": remote_ref}]})
+    scored = client_api.post(
+        "/api/v1/client_aggregate_scores/",
+        {"aggregate": experiment.aggregates.get().pk, "validation_results": {"f1": 0.9}},
+        format="json",
+    )
+    assert scored.status_code == 400, scored.content
+    assert "client_agg_results_schema" in scored.json()["detail"]
+    assert ClientAggregateScore.objects.count() == 0
+    assert_nothing_leaked(scored, listener)
+
+
+# Item 13: a schema that cannot be used is refused when set, and harmless when stored
+
+
+@pytest.mark.parametrize(
+    ("schema", "says"),
+    [
+        ({"$ref": "#/$defs/missing"}, "#/$defs/missing"),
+        ({"properties": {"loss": {"$ref": "#/definitions/nope"}}}, "#/definitions/nope"),
+        (
+            {"$ref": "#/$defs/a", "$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}},
+            "#/$defs/",
+        ),
+        ({"$ref": "#"}, "#"),
+        ({"$schema": "http://127.0.0.1:9/my-dialect", "type": "object"}, "http://127.0.0.1:9/my-dialect"),
+        ({"type": 12}, "12"),
+    ],
+    ids=["missing-def", "missing-nested", "ref-cycle", "self-ref", "unknown-dialect", "bad-type"],
+)
+@pytest.mark.parametrize("field", SCHEMA_FIELDS)
+def test_an_unusable_schema_is_refused_naming_the_fault(dev_api, experiment, field, schema, says):
+    created = dev_api.post("/api/v1/models/", {"name": "m2", field: schema}, format="json")
+    assert created.status_code == 400, created.content
+    assert created.json()["code"] == "invalid_schema"
+    assert field in created.json()["detail"]
+    assert says in created.json()["detail"]
+    changed = dev_api.patch(f"/api/v1/models/{experiment.pk}/", {field: schema}, format="json")
+    assert changed.status_code == 400, changed.content
+    assert says in changed.json()["detail"]
+    assert list(Experiment.objects.values_list("pk", flat=True)) == [experiment.pk]
+    experiment.refresh_from_db()
+    assert getattr(experiment, field) is None
+
+
+def test_a_legitimate_recursive_schema_is_accepted(make_experiment, enroll):
+    """Recursion through a keyword that descends into the value ends with the value: it is allowed."""
+    nested = {
+        "$defs": {"layer": {"type": ["array", "number"], "items": {"$ref": "#/$defs/layer"}}},
+        "$ref": "#/$defs/layer",
+    }
+    experiment = make_experiment(update_schema=nested)
+    client = enroll(experiment)
+    pushed = client.post(
+        "/api/v1/model_updates/",
+        {"federated_model": experiment.pk, "data": [[[0.0] * 3] * 4, [0.0] * 3]},
+        format="json",
+    )
+    assert pushed.status_code == 201, pushed.content
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [{"$ref": "#/$defs/missing"}, {"$ref": "#"}, {"type": 12}],
+    ids=["missing-def", "self-ref", "bad-type"],
+)
+def test_a_stored_unusable_metrics_schema_gives_a_clear_400(
+    experiment, client_api, uploader, safetensors, stored, schema
+):
+    stored("metrics_schema", schema)
+    pushed = uploader(client_api, experiment.pk, safetensors(1.0), X_FMA_METRICS='{"loss": 0.5}')
+    assert pushed.status_code == 400, pushed.content
+    assert pushed.json()["code"] == "invalid_schema"
+    assert "metrics_schema" in pushed.json()["detail"]
+    assert ModelUpdate.objects.count() == 0
