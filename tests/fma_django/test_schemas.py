@@ -279,3 +279,122 @@ def test_a_stored_unusable_metrics_schema_gives_a_clear_400(
     assert pushed.json()["code"] == "invalid_schema"
     assert "metrics_schema" in pushed.json()["detail"]
     assert ModelUpdate.objects.count() == 0
+
+
+# Item 2: a developer's regular expressions run in linear time, whatever the input
+
+CATASTROPHIC = "^(a+)+$"  # exponential for a backtracking engine on "aaa…a!"
+LONG = "a" * 5000
+
+
+@pytest.fixture
+def forbid_backtracking(monkeypatch) -> Callable[[], None]:
+    """Once called, Python's backtracking ``re`` refuses to compile ``CATASTROPHIC``: whatever still
+    evaluates that pattern must be the linear-time engine. (Compiling is where ``re.search`` and
+    ``re.compile`` both start.)"""
+    import re
+
+    compile_original = re._compile
+
+    def guarded(pattern, flags):
+        if isinstance(pattern, str) and "(a+)+" in pattern:
+            raise AssertionError(f"{pattern!r} reached Python's backtracking re engine")
+        return compile_original(pattern, flags)
+
+    return lambda: monkeypatch.setattr(re, "_compile", guarded)
+
+
+def metrics_header(metrics: dict) -> dict[str, str]:
+    return {"X_FMA_METRICS": json.dumps(metrics)}
+
+
+@pytest.mark.parametrize(
+    ("schema", "refused", "accepted"),
+    [
+        ({"propertyNames": {"pattern": CATASTROPHIC}}, {LONG + "!": 1.0}, {LONG: 1.0}),
+        (
+            {"patternProperties": {CATASTROPHIC: {"maximum": 1}}},
+            {LONG: 5.0},  # the name matches, so its value is checked (and too large)
+            {LONG + "!": 5.0},
+        ),
+        (
+            {"patternProperties": {CATASTROPHIC: {}}, "additionalProperties": False},
+            {LONG + "!": 1.0},
+            {LONG: 1.0},
+        ),
+    ],
+    ids=["propertyNames-pattern", "patternProperties", "additionalProperties"],
+)
+def test_a_catastrophic_pattern_in_a_metrics_schema_runs_in_linear_time(
+    make_experiment, enroll, uploader, safetensors, forbid_backtracking, schema, refused, accepted
+):
+    experiment = make_experiment(metrics_schema=schema)
+    client = enroll(experiment)
+    forbid_backtracking()
+    no = uploader(client, experiment.pk, safetensors(1.0), **metrics_header(refused))
+    assert no.status_code == 400, no.content
+    assert no.json()["code"] == "schema_mismatch"
+    yes = uploader(client, experiment.pk, safetensors(1.0), **metrics_header(accepted))
+    assert yes.status_code == 201, yes.content
+
+
+def test_a_catastrophic_pattern_in_a_scores_schema_runs_in_linear_time(
+    make_experiment, enroll, uploader, safetensors, forbid_backtracking
+):
+    experiment = make_experiment(
+        client_agg_results_schema={"properties": {"label": {"type": "string", "pattern": CATASTROPHIC}}}
+    )
+    client = enroll(experiment)
+    assert uploader(client, experiment.pk, safetensors(1.0)).status_code == 201
+    run_round(experiment)
+    forbid_backtracking()
+    url = "/api/v1/client_aggregate_scores/"
+    aggregate = experiment.aggregates.get().pk
+    no = client.post(
+        url, {"aggregate": aggregate, "validation_results": {"label": LONG + "!"}}, format="json"
+    )
+    assert (no.status_code, no.json()["code"]) == (400, "schema_mismatch")
+    yes = client.post(url, {"aggregate": aggregate, "validation_results": {"label": LONG}}, format="json")
+    assert yes.status_code == 201, yes.content
+
+
+@pytest.mark.parametrize(
+    ("schema", "says"),
+    [
+        ({"properties": {"name": {"pattern": "(a)\\1"}}}, "(a)\\1"),
+        ({"properties": {"name": {"pattern": "^(?=a)"}}}, "^(?=a)"),
+        ({"patternProperties": {"(?<!x)y": {}}}, "(?<!x)y"),
+        ({"propertyNames": {"pattern": "[unclosed"}}, "[unclosed"),
+        (
+            {"patternProperties": {"^l": {}}, "unevaluatedProperties": False},
+            "unevaluatedProperties",
+        ),
+    ],
+    ids=["backreference", "lookahead", "lookbehind", "malformed", "unevaluated-with-patterns"],
+)
+def test_a_pattern_the_linear_engine_cannot_run_is_refused(dev_api, schema, says):
+    response = dev_api.post("/api/v1/models/", {"name": "m", "metrics_schema": schema}, format="json")
+    assert response.status_code == 400, response.content
+    assert response.json()["code"] == "invalid_schema"
+    assert "metrics_schema" in response.json()["detail"]
+    assert says in response.json()["detail"]
+    assert not Experiment.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"properties": {"x": {"pattern": "(a)\\1"}}},
+        {"patternProperties": {CATASTROPHIC: {}}, "unevaluatedProperties": False},
+    ],
+    ids=["backreference", "unevaluated-with-patterns"],
+)
+def test_a_stored_pattern_the_linear_engine_cannot_run_gives_a_clear_400(
+    experiment, client_api, uploader, safetensors, stored, forbid_backtracking, schema
+):
+    stored("metrics_schema", schema)
+    forbid_backtracking()
+    pushed = uploader(client_api, experiment.pk, safetensors(1.0), **metrics_header({LONG + "!": 1.0}))
+    assert pushed.status_code == 400, pushed.content
+    assert pushed.json()["code"] == "invalid_schema"
+    assert ModelUpdate.objects.count() == 0
