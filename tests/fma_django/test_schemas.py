@@ -398,3 +398,25 @@ def test_a_stored_pattern_the_linear_engine_cannot_run_gives_a_clear_400(
     assert pushed.status_code == 400, pushed.content
     assert pushed.json()["code"] == "invalid_schema"
     assert ModelUpdate.objects.count() == 0
+
+
+def test_a_schema_that_expands_beyond_the_bound_through_refs_is_refused(dev_api):
+    """40 lines of allOf over $ref that would stand for 2^40 checks of every push."""
+    defs = {f"d{i}": {"allOf": [{"$ref": f"#/$defs/d{i + 1}"}] * 2} for i in range(40)}
+    bomb = {"$defs": {**defs, "d40": {"type": "number"}}, "$ref": "#/$defs/d0"}
+    response = dev_api.post("/api/v1/models/", {"name": "m", "metrics_schema": bomb}, format="json")
+    assert response.status_code == 400, response.content
+    assert "10,000 subschemas" in response.json()["detail"]
+
+
+def test_older_dialects_apply_with_their_own_keywords(make_experiment, enroll, uploader, safetensors):
+    draft7 = {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "definitions": {"loss": {"type": "number", "minimum": 0}},
+        "properties": {"loss": {"$ref": "#/definitions/loss"}},
+    }
+    experiment = make_experiment(metrics_schema=draft7)
+    client = enroll(experiment)
+    refused = uploader(client, experiment.pk, safetensors(1.0), **metrics_header({"loss": -1}))
+    assert (refused.status_code, refused.json()["code"]) == (400, "schema_mismatch")
+    assert uploader(client, experiment.pk, safetensors(1.0), **metrics_header({"loss": 1})).status_code == 201

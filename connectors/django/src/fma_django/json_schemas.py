@@ -1,0 +1,354 @@
+"""The JSON Schemas an experiment holds (``update_schema``, ``metrics_schema``,
+``client_agg_results_schema``): checked when a developer sets one, applied to what clients send.
+
+A developer writes the schema and the service applies it to clients' input, so a schema must not
+be able to make the service do anything but compare. Each rule below is checked when the schema is
+set (a 400 naming the fault) and again, by itself, every time it is applied, so a schema stored
+before the rules existed is refused there too (``invalid_schema``) instead of doing harm:
+
+- Nothing is ever fetched. ``$ref`` (and ``$dynamicRef``, ``$recursiveRef``) may only be ``#`` or
+  a JSON pointer into the same schema (``#/$defs/name``). Validation resolves references in a
+  ``referencing.Registry`` that has no way to retrieve, so even a ``file://`` or ``http://``
+  reference stored earlier cannot read a file or reach an address from the server.
+- Every reference resolves, and no chain of references and ``allOf``/``anyOf``/``not``… comes back
+  to where it started without descending into the value (``{"$ref": "#"}`` would recurse without
+  end; a tree that refers to itself through ``properties`` or ``items`` is fine). The schema's
+  size once references are followed is bounded (``MAX_EXPANDED_SUBSCHEMAS``): a few lines of
+  ``allOf`` over ``$ref`` cannot stand for billions of checks of each push.
+- Regular expressions (``pattern``, ``patternProperties`` and, through its keys,
+  ``additionalProperties``) run in RE2, whose matching time is linear in the input, so a pattern
+  that backtracks exponentially in Python's ``re`` (``^(a+)+$``) costs microseconds. Patterns RE2
+  cannot run (backreferences, look-around) are refused: a service that runs strangers' input
+  through tenants' patterns cannot afford a backtracking engine, and a time limit would still
+  spend a worker's time on every push. ``unevaluatedProperties`` beside ``patternProperties`` is
+  refused because jsonschema evaluates that pair with ``re``. ``format`` is an annotation here
+  (no format is asserted), so ``format: regex`` compiles nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import jsonschema
+import re2
+import referencing
+import referencing.exceptions
+import referencing.jsonschema
+from jsonschema.exceptions import ValidationError, best_match
+
+from fma_django.errors import ValidationFailed
+
+SCHEMA_FIELDS = ("update_schema", "metrics_schema", "client_agg_results_schema")
+# Far above any schema written by hand (hundreds of subschemas), far below a DoS.
+MAX_EXPANDED_SUBSCHEMAS = 10_000
+
+_LOCAL_REF = re.compile(r"#(/.*)?", re.DOTALL)
+_REF_KEYWORDS = ("$ref", "$dynamicRef", "$recursiveRef")
+# Keywords whose subschemas apply to the same value (in place) or to a part of it (descending).
+_IN_PLACE = {"not", "if", "then", "else", "allOf", "anyOf", "oneOf", "dependentSchemas", "dependencies"}
+_DESCENDING = {
+    "properties",
+    "patternProperties",
+    "additionalProperties",
+    "propertyNames",
+    "unevaluatedProperties",
+    "items",
+    "prefixItems",
+    "additionalItems",
+    "contains",
+    "unevaluatedItems",
+}
+_CONTAINERS = {"$defs", "definitions"}  # hold subschemas that apply only where a $ref names them
+_NO_RETRIEVAL = referencing.Registry()  # retrieving any URI raises NoSuchResource
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False
+_VERDICTS: dict[str, str | None] = {}  # SHA-256 of a schema's canonical JSON → its problem (None: usable)
+
+
+class Unusable(Exception):
+    """Why a schema cannot be applied safely (the message names the keyword or reference)."""
+
+
+def schema_check(*, field: str, schema: Any) -> None:
+    """Refuse a schema the service could not apply safely; ``field`` names it in the 400."""
+    problem = _problem(schema)
+    if problem:
+        raise ValidationFailed(f"{field}: {problem}", code="invalid_schema")
+
+
+def schema_validate(*, field: str, schema: Any, value: Any, what: str) -> None:
+    """Check ``value`` (``what``: the name the client knows it by) against the experiment's ``field``.
+
+    A stored schema that breaks the rules is refused before anything runs: the client learns
+    that the experiment, not its input, is at fault.
+    """
+    problem = _problem(schema)
+    error = None
+    if problem is None:
+        try:
+            error = best_match(_validator(schema).iter_errors(value))
+        except (referencing.exceptions.Unresolvable, RecursionError) as failure:  # kept from harm above
+            problem = f"it could not be applied ({type(failure).__name__})"
+    if problem is not None:
+        raise ValidationFailed(
+            f"the experiment's {field} cannot be used, so nothing is accepted until its developer "
+            f"changes it: {problem}",
+            code="invalid_schema",
+        )
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path)
+        raise ValidationFailed(
+            f"{what} does not match the experiment's schema{f' at {where}' if where else ''}: {error.message}",
+            code="schema_mismatch",
+        )
+
+
+def _problem(schema: Any) -> str | None:
+    """What makes the schema unusable, if anything; remembered per schema, as every push asks."""
+    digest = hashlib.sha256(json.dumps(schema, sort_keys=True).encode()).hexdigest()
+    if digest not in _VERDICTS:
+        if len(_VERDICTS) >= 1024:
+            _VERDICTS.clear()
+        _VERDICTS[digest] = _find_problem(schema)
+    return _VERDICTS[digest]
+
+
+def _find_problem(schema: Any) -> str | None:
+    try:
+        base = _dialect(schema)
+        try:
+            base.check_schema(schema, format_checker=None)  # patterns are checked by RE2 below
+        except jsonschema.SchemaError as error:
+            raise Unusable(f"not a JSON Schema: {error.message}") from None
+        _Walk(schema, base).check()
+    except Unusable as problem:
+        return str(problem)
+    except RecursionError:
+        return "it is nested too deeply"
+    return None
+
+
+def _dialect(schema: Any) -> type[jsonschema.protocols.Validator]:
+    if isinstance(schema, bool):
+        return jsonschema.Draft202012Validator
+    if not isinstance(schema, dict):
+        raise Unusable(f"a schema is a JSON object or a boolean, not {type(schema).__name__}")
+    dialect = schema.get("$schema")
+    if dialect is None:
+        return jsonschema.Draft202012Validator
+    known = jsonschema.validators.validator_for(schema, default=None) if isinstance(dialect, str) else None
+    if known is None or known is jsonschema.Draft3Validator:
+        raise Unusable(
+            f"$schema {dialect!r} is not a dialect this service applies: use draft-04 to 2020-12 "
+            "(leave $schema out for 2020-12); nothing is fetched to learn another"
+        )
+    return known
+
+
+def _regex(pattern: Any, keyword: str) -> Any:
+    if not isinstance(pattern, str):
+        raise Unusable(f"{keyword} {pattern!r} is not a string")
+    try:
+        return re2.compile(pattern, options=_RE2_OPTIONS)
+    except re2.error as error:
+        reason = error.args[0].decode(errors="replace") if error.args else "not valid"
+        raise Unusable(
+            f"{keyword} '{pattern}' cannot run in RE2, the linear-time engine every pattern runs in "
+            f"({reason}): backreferences and look-around are not supported"
+        ) from None
+
+
+class _Walk:
+    """Every subschema reachable from the root, through keywords and references, with its edges.
+
+    Nodes are subschema objects (by identity); an edge is in place when the subschema applies to
+    the same value (``$ref``, ``allOf``…) and descending when it applies to a part of it.
+    """
+
+    def __init__(self, schema: Any, base: type[jsonschema.protocols.Validator]) -> None:
+        self.specification = referencing.jsonschema.specification_with(base.ID_OF(base.META_SCHEMA))
+        self.base = base
+        self.root = schema
+        self.edges: dict[int, list[tuple[int, bool, str]]] = {}
+        self.checked_targets: set[int] = set()
+        self.keywords: set[str] = set()
+
+    def check(self) -> None:
+        if isinstance(self.root, bool):
+            return
+        resolver = _NO_RETRIEVAL.resolver_with_root(self.specification.create_resource(self.root))
+        root = self._visit(self.root, resolver)
+        if {"unevaluatedProperties", "patternProperties"} <= self.keywords:
+            raise Unusable(
+                "unevaluatedProperties cannot be used with patternProperties (jsonschema would match "
+                "those patterns with Python's backtracking re): use additionalProperties"
+            )
+        self._refuse_cycles()
+        if self._expanded(root, {}, set()) > MAX_EXPANDED_SUBSCHEMAS:
+            raise Unusable(
+                f"following its references it stands for more than {MAX_EXPANDED_SUBSCHEMAS:,} "
+                "subschemas, each checked on every value: share less through $ref"
+            )
+
+    def _visit(self, node: Any, resolver: referencing.Resolver) -> int:
+        key = id(node)
+        if key in self.edges or isinstance(node, bool):
+            return key
+        edges = self.edges[key] = []
+        if node is not self.root and self.specification.id_of(node):
+            resolver = resolver.in_subresource(self.specification.create_resource(node))
+        self.keywords.update(node)
+        if "pattern" in node:
+            _regex(node["pattern"], "pattern")
+        for pattern in node.get("patternProperties", {}):
+            _regex(pattern, "patternProperties key")
+        for keyword, value in node.items():
+            if keyword in _REF_KEYWORDS and isinstance(value, str):
+                target, target_resolver = self._resolve(value, resolver)
+                edges.append((self._visit(target, target_resolver), True, value))
+            elif keyword in _IN_PLACE or keyword in _DESCENDING or keyword in _CONTAINERS:
+                for child in _subschemas(keyword, value):
+                    child_key = self._visit(child, resolver)
+                    if keyword not in _CONTAINERS:
+                        edges.append((child_key, keyword in _IN_PLACE, keyword))
+        return key
+
+    def _resolve(self, ref: str, resolver: referencing.Resolver) -> tuple[Any, referencing.Resolver]:
+        if not _LOCAL_REF.fullmatch(ref):
+            raise Unusable(
+                f"$ref {ref!r} is not a reference inside this schema: only '#' and JSON pointers such "
+                "as '#/$defs/name' are allowed, and nothing is ever fetched"
+            )
+        try:
+            resolved = resolver.lookup(ref)
+        except referencing.exceptions.Unresolvable:
+            raise Unusable(f"$ref {ref!r} points to nothing in this schema") from None
+        target = resolved.contents
+        if not isinstance(target, dict | bool):
+            raise Unusable(f"$ref {ref!r} points to {json.dumps(target)[:60]}, not a schema")
+        if id(target) not in self.checked_targets:  # a target outside the keywords check_schema reads
+            self.checked_targets.add(id(target))
+            try:
+                self.base.check_schema(target, format_checker=None)
+            except jsonschema.SchemaError as error:
+                raise Unusable(
+                    f"$ref {ref!r} points to something that is not a schema: {error.message}"
+                ) from None
+        return target, resolved.resolver
+
+    def _refuse_cycles(self) -> None:
+        """A cycle of in-place edges applies the same subschemas to the same value forever."""
+        done: set[int] = set()
+        for start in self.edges:
+            if start not in done:
+                self._refuse_cycle_from(start, done)
+
+    def _refuse_cycle_from(self, start: int, done: set[int]) -> None:
+        path = [(start, "")]
+        stack = [iter(self._in_place(start))]
+        while stack:
+            following = next(stack[-1], None)
+            if following is None:
+                stack.pop()
+                done.add(path.pop()[0])
+                continue
+            target, label = following
+            keys = [key for key, _ in path]
+            if target in keys:
+                labels = [step for _, step in path[keys.index(target) + 1 :]] + [label]
+                raise Unusable(
+                    f"{' → '.join(labels)} leads back to where it started without descending into "
+                    "the value, so checking a value would never end"
+                )
+            if target not in done:
+                path.append((target, label))
+                stack.append(iter(self._in_place(target)))
+
+    def _in_place(self, key: int) -> list[tuple[int, str]]:
+        return [(target, label) for target, in_place, label in self.edges.get(key, []) if in_place]
+
+    def _expanded(self, key: int, sizes: dict[int, int], active: set[int]) -> int:
+        """How many subschemas the root stands for once references are followed (recursion counts once)."""
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            return 1
+        active.add(key)
+        size = 1
+        for target, _, _ in self.edges.get(key, []):
+            size += self._expanded(target, sizes, active)
+            if size > MAX_EXPANDED_SUBSCHEMAS:
+                break
+        active.discard(key)
+        sizes[key] = size
+        return size
+
+
+def _subschemas(keyword: str, value: Any) -> Iterator[Any]:
+    if isinstance(value, dict) and keyword in {"properties", "patternProperties", "dependentSchemas"} | (
+        _CONTAINERS | {"dependencies"}
+    ):
+        candidates = value.values()
+    elif isinstance(value, list):
+        candidates = value
+    else:
+        candidates = [value]
+    yield from (c for c in candidates if isinstance(c, dict | bool))
+
+
+# Validation: jsonschema's own validators with the three keywords that match patterns run in RE2.
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: dict) -> Iterator[ValidationError]:
+    if validator.is_type(instance, "string") and _regex(pattern, "pattern").search(instance) is None:
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+def _pattern_properties(
+    validator: Any, patterns: dict, instance: Any, schema: dict
+) -> Iterator[ValidationError]:
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in patterns.items():
+        regex = _regex(pattern, "patternProperties key")
+        for name, value in instance.items():
+            if regex.search(name):
+                yield from validator.descend(value, subschema, path=name, schema_path=pattern)
+
+
+def _additional_properties(
+    validator: Any, additional: Any, instance: Any, schema: dict
+) -> Iterator[ValidationError]:
+    if not validator.is_type(instance, "object"):
+        return
+    known = schema.get("properties", {})
+    regexes = [_regex(p, "patternProperties key") for p in schema.get("patternProperties", {})]
+    extras = [n for n in instance if n not in known and not any(r.search(n) for r in regexes)]
+    if validator.is_type(additional, "object"):
+        for name in extras:
+            yield from validator.descend(instance[name], additional, path=name)
+    elif additional is False and extras:
+        yield ValidationError(
+            f"additional properties are not allowed: {', '.join(map(repr, sorted(extras)))}"
+        )
+
+
+@functools.cache
+def _linear(base: type[jsonschema.protocols.Validator]) -> type[jsonschema.protocols.Validator]:
+    return jsonschema.validators.extend(
+        base,
+        {
+            "pattern": _pattern,
+            "patternProperties": _pattern_properties,
+            "additionalProperties": _additional_properties,
+        },
+    )
+
+
+def _validator(schema: Any) -> jsonschema.protocols.Validator:
+    return _linear(_dialect(schema))(schema, registry=_NO_RETRIEVAL)
