@@ -63,17 +63,36 @@ def assert_refused(response, says: str) -> None:
     assert Event.objects.filter(kind=EventKind.UPDATE_REJECTED).count() == 1
 
 
-@pytest.mark.parametrize("path", ["header", "query"])
-@pytest.mark.parametrize("metrics", ['{"loss": NaN}', '{"loss": Infinity}', '{"loss": -Infinity}'])
+@pytest.mark.parametrize(
+    ("path", "metrics"),
+    [
+        *(
+            (path, value)
+            for path in ("header", "query")
+            for value in ("NaN", "Infinity", "-Infinity", "1e400")
+        ),
+        ("upload-session-form", "1e400"),  # JSON's parser reads 1e400 as infinity
+        ("v1-form", "1e400"),
+    ],
+)
 def test_a_metric_that_is_not_finite_is_refused(experiment, client_api, safetensors, path, metrics):
     """JSON has no NaN or Infinity, but Python's parser (headers, query) reads them."""
-    assert_refused(send(path, client_api, experiment, safetensors, metrics), "loss")
+    assert_refused(send(path, client_api, experiment, safetensors, f'{{"loss": {metrics}}}'), "loss")
 
 
-@pytest.mark.parametrize("path", ["upload-session-form", "v1-form", "upload-session-json", "v1-json"])
-def test_nan_in_a_json_field_is_refused_by_the_strict_parser(experiment, client_api, safetensors, path):
-    """DRF reads bodies and form fields as strict JSON: NaN never reaches the rules there."""
-    response = send(path, client_api, experiment, safetensors, '{"loss": NaN}')
+@pytest.mark.parametrize(
+    ("path", "metrics"),
+    [
+        *((path, "NaN") for path in ("upload-session-form", "v1-form", "upload-session-json", "v1-json")),
+        ("upload-session-json", "1e400"),
+        ("v1-json", "1e400"),
+    ],
+)
+def test_a_json_field_that_is_not_finite_is_refused_by_the_strict_parser(
+    experiment, client_api, safetensors, path, metrics
+):
+    """DRF reads bodies and form fields as strict JSON: these never reach the rules."""
+    response = send(path, client_api, experiment, safetensors, f'{{"loss": {metrics}}}')
     assert response.status_code == 400, response.content
     assert (ModelUpdate.objects.count(), UploadSession.objects.count()) == (0, 0)
 
@@ -82,7 +101,6 @@ def test_nan_in_a_json_field_is_refused_by_the_strict_parser(experiment, client_
 @pytest.mark.parametrize(
     ("metrics", "says"),
     [
-        ('{"loss": 1e400}', "loss"),  # read as infinity by every JSON parser
         ('{"loss": 1' + "0" * 400 + "}", "loss"),  # a whole number no float holds
         ('{"accuracy": "high"}', "accuracy"),
         ('{"converged": true}', "converged"),
@@ -92,7 +110,7 @@ def test_nan_in_a_json_field_is_refused_by_the_strict_parser(experiment, client_
         ("[0.5]", "object"),
         ('"fine"', "object"),
     ],
-    ids=["overflow", "huge-int", "text", "boolean", "null", "list", "object", "array", "string"],
+    ids=["huge-int", "text", "boolean", "null", "list", "object", "array", "string"],
 )
 def test_a_metric_that_is_not_a_number_is_refused(experiment, client_api, safetensors, path, metrics, says):
     assert_refused(send(path, client_api, experiment, safetensors, metrics), says)
@@ -115,7 +133,7 @@ def test_a_score_that_is_not_finite_is_refused(experiment, client_api, uploader,
     assert outcome.status == "committed"
     aggregate = experiment.aggregates.get().pk
     url = "/api/v1/client_aggregate_scores/"
-    body = f'{{"aggregate": {aggregate}, "validation_results": {{"f1": 1e400}}}}'  # read as infinity
+    body = f'{{"aggregate": {aggregate}, "validation_results": {{"f1": 1{"0" * 400}}}}}'  # no float holds it
     refused = client_api.generic("POST", url, body, content_type="application/json")
     assert refused.status_code == 400, refused.content
     assert refused.json()["code"] == "invalid_metrics"
