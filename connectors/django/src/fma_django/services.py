@@ -28,6 +28,7 @@ from fma_core.weights import TensorSpec, Weights, from_legacy_json, to_bytes, va
 from fma_core.weights.scan import Scanned, scan
 from fma_django import credentials, json_schemas
 from fma_django.errors import Conflict, DomainError, Forbidden, NotFound, TooLarge, ValidationFailed
+from fma_django.metrics import metrics_check, results_check
 from fma_django.models import (
     Client,
     ClientAggregateScore,
@@ -617,6 +618,7 @@ def _check_update_metadata(
         json_schemas.schema_validate(
             field="metrics_schema", schema=experiment.metrics_schema, value=metrics, what="metrics"
         )
+    metrics_check(metrics)
     return (base.round_number if base else 0), base
 
 
@@ -674,6 +676,7 @@ def score_submit(
     """
     experiment = aggregate.experiment
     check_enrolled(experiment, client)
+    results_check(validation_results)
     if experiment.client_agg_results_schema is not None:
         json_schemas.schema_validate(
             field="client_agg_results_schema",
