@@ -420,3 +420,51 @@ def test_older_dialects_apply_with_their_own_keywords(make_experiment, enroll, u
     refused = uploader(client, experiment.pk, safetensors(1.0), **metrics_header({"loss": -1}))
     assert (refused.status_code, refused.json()["code"]) == (400, "schema_mismatch")
     assert uploader(client, experiment.pk, safetensors(1.0), **metrics_header({"loss": 1})).status_code == 201
+
+
+# Item 2, the same class: whatever the schema, checking a value costs at most a bound linear in its size
+
+
+def test_a_schema_that_doubles_its_work_at_each_level_is_stopped_at_a_bound(
+    make_experiment, enroll, uploader, safetensors
+):
+    """Two in-place branches that each recurse into the same child: 2^depth checks of one value."""
+    doubling = {"allOf": [{"properties": {"a": {"$ref": "#"}}}, {"properties": {"a": {"$ref": "#"}}}]}
+    experiment = make_experiment(client_agg_results_schema=doubling)
+    client = enroll(experiment)
+    assert uploader(client, experiment.pk, safetensors(1.0)).status_code == 201
+    run_round(experiment)
+    deep: dict = {"f1": 0.5}
+    for _ in range(16):  # 2^16 checks unbounded; the bound is far lower for a value this small
+        deep = {"a": deep}
+    url = "/api/v1/client_aggregate_scores/"
+    aggregate = experiment.aggregates.get().pk
+    refused = client.post(url, {"aggregate": aggregate, "validation_results": deep}, format="json")
+    assert refused.status_code == 400, refused.content
+    assert refused.json()["code"] == "schema_too_costly"
+    assert ClientAggregateScore.objects.count() == 0
+    shallow = client.post(
+        url, {"aggregate": aggregate, "validation_results": {"a": {"f1": 0.5}}}, format="json"
+    )
+    assert shallow.status_code == 201, shallow.content
+
+
+@pytest.mark.parametrize(
+    ("items", "unique"),
+    [
+        ([{"a": 1}, {"a": 2}, [1], [1.5]], True),
+        ([{"a": 1}, {"a": 1.0}], False),
+        ([[1, {"b": 2}], [1, {"b": 2}]], False),
+    ],
+)
+def test_unique_items_compares_json_values(make_experiment, enroll, uploader, safetensors, items, unique):
+    experiment = make_experiment(client_agg_results_schema={"properties": {"runs": {"uniqueItems": True}}})
+    client = enroll(experiment)
+    assert uploader(client, experiment.pk, safetensors(1.0)).status_code == 201
+    run_round(experiment)
+    scored = client.post(
+        "/api/v1/client_aggregate_scores/",
+        {"aggregate": experiment.aggregates.get().pk, "validation_results": {"runs": items}},
+        format="json",
+    )
+    assert scored.status_code == (201 if unique else 400), scored.content
