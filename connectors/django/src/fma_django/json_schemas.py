@@ -23,15 +23,21 @@ before the rules existed is refused there too (``invalid_schema``) instead of do
   spend a worker's time on every push. ``unevaluatedProperties`` beside ``patternProperties`` is
   refused because jsonschema evaluates that pair with ``re``. ``format`` is an annotation here
   (no format is asserted), so ``format: regex`` compiles nothing.
+- Whatever the schema, checking a value costs at most ``MIN_STEPS + STEPS_PER_NODE`` × its JSON
+  nodes keyword evaluations (a pattern costs one more per 256 characters it reads); past that the
+  value is refused (``schema_too_costly``). Branches that each recurse into the same child double
+  the work at every level of the value, which no check of the schema alone can rule out without
+  refusing ordinary trees. ``uniqueItems`` compares canonical JSON in a set, not pair by pair.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import hashlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jsonschema
@@ -46,6 +52,10 @@ from fma_django.errors import ValidationFailed
 SCHEMA_FIELDS = ("update_schema", "metrics_schema", "client_agg_results_schema")
 # Far above any schema written by hand (hundreds of subschemas), far below a DoS.
 MAX_EXPANDED_SUBSCHEMAS = 10_000
+# Keyword evaluations one check may spend. Usual schemas spend 2-5 per JSON value (a metrics object:
+# tens); the floor costs ~0.1 s of a worker (10-15 µs a step with references).
+MIN_STEPS = 20_000
+STEPS_PER_NODE = 20
 
 _LOCAL_REF = re.compile(r"#(/.*)?", re.DOTALL)
 _REF_KEYWORDS = ("$ref", "$dynamicRef", "$recursiveRef")
@@ -68,10 +78,18 @@ _NO_RETRIEVAL = referencing.Registry()  # retrieving any URI raises NoSuchResour
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False
 _VERDICTS: dict[str, str | None] = {}  # SHA-256 of a schema's canonical JSON → its problem (None: usable)
+_UNKNOWN = object()
+_STEPS_LEFT: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+    "fma_schema_steps", default=None
+)
 
 
 class Unusable(Exception):
     """Why a schema cannot be applied safely (the message names the keyword or reference)."""
+
+
+class _OverBudget(Exception):
+    """Checking one value took more keyword evaluations than its size allows."""
 
 
 def schema_check(*, field: str, schema: Any) -> None:
@@ -90,10 +108,20 @@ def schema_validate(*, field: str, schema: Any, value: Any, what: str) -> None:
     problem = _problem(schema)
     error = None
     if problem is None:
+        budget = MIN_STEPS + STEPS_PER_NODE * _nodes(value)
+        token = _STEPS_LEFT.set([budget])
         try:
             error = best_match(_validator(schema).iter_errors(value))
+        except _OverBudget:
+            raise ValidationFailed(
+                f"{what} could not be checked against the experiment's {field} within {budget:,} steps "
+                "(a bound linear in its size): the schema does too much work for values like this one",
+                code="schema_too_costly",
+            ) from None
         except (referencing.exceptions.Unresolvable, RecursionError) as failure:  # kept from harm above
             problem = f"it could not be applied ({type(failure).__name__})"
+        finally:
+            _STEPS_LEFT.reset(token)
     if problem is not None:
         raise ValidationFailed(
             f"the experiment's {field} cannot be used, so nothing is accepted until its developer "
@@ -108,14 +136,29 @@ def schema_validate(*, field: str, schema: Any, value: Any, what: str) -> None:
         )
 
 
+def _nodes(value: Any) -> int:
+    """How many JSON values ``value`` holds, itself included."""
+    count, pending = 0, [value]
+    while pending:
+        item = pending.pop()
+        count += 1
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return count
+
+
 def _problem(schema: Any) -> str | None:
     """What makes the schema unusable, if anything; remembered per schema, as every push asks."""
     digest = hashlib.sha256(json.dumps(schema, sort_keys=True).encode()).hexdigest()
-    if digest not in _VERDICTS:
+    verdict = _VERDICTS.get(digest, _UNKNOWN)
+    if verdict is _UNKNOWN:
+        verdict = _find_problem(schema)
         if len(_VERDICTS) >= 1024:
             _VERDICTS.clear()
-        _VERDICTS[digest] = _find_problem(schema)
-    return _VERDICTS[digest]
+        _VERDICTS[digest] = verdict
+    return verdict
 
 
 def _find_problem(schema: Any) -> str | None:
@@ -304,9 +347,27 @@ def _subschemas(keyword: str, value: Any) -> Iterator[Any]:
 # Validation: jsonschema's own validators with the three keywords that match patterns run in RE2.
 
 
+def _spend(steps: int = 1) -> None:
+    left = _STEPS_LEFT.get()
+    if left is not None:
+        left[0] -= steps
+        if left[0] < 0:
+            raise _OverBudget
+
+
+def _counted(keyword: Callable[..., Any]) -> Callable[..., Any]:
+    def counted(validator: Any, value: Any, instance: Any, schema: Any) -> Any:
+        _spend()
+        return keyword(validator, value, instance, schema)
+
+    return counted
+
+
 def _pattern(validator: Any, pattern: str, instance: Any, schema: dict) -> Iterator[ValidationError]:
-    if validator.is_type(instance, "string") and _regex(pattern, "pattern").search(instance) is None:
-        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+    if validator.is_type(instance, "string"):
+        _spend(len(instance) // 256)
+        if _regex(pattern, "pattern").search(instance) is None:
+            yield ValidationError(f"{instance[:80]!r} does not match {pattern!r}")
 
 
 def _pattern_properties(
@@ -317,6 +378,7 @@ def _pattern_properties(
     for pattern, subschema in patterns.items():
         regex = _regex(pattern, "patternProperties key")
         for name, value in instance.items():
+            _spend(len(name) // 256)
             if regex.search(name):
                 yield from validator.descend(value, subschema, path=name, schema_path=pattern)
 
@@ -328,6 +390,7 @@ def _additional_properties(
         return
     known = schema.get("properties", {})
     regexes = [_regex(p, "patternProperties key") for p in schema.get("patternProperties", {})]
+    _spend(len(regexes) * sum(len(name) // 256 for name in instance))
     extras = [n for n in instance if n not in known and not any(r.search(n) for r in regexes)]
     if validator.is_type(additional, "object"):
         for name in extras:
@@ -338,16 +401,41 @@ def _additional_properties(
         )
 
 
+def _unique_items(validator: Any, unique: Any, instance: Any, schema: dict) -> Iterator[ValidationError]:
+    if unique is True and validator.is_type(instance, "array"):
+        seen: set[str] = set()
+        for index, item in enumerate(instance):
+            canonical = json.dumps(_number_normal(item), sort_keys=True)
+            if canonical in seen:
+                yield ValidationError(
+                    f"the array has non-unique elements: item {index} repeats an earlier one"
+                )
+                return
+            seen.add(canonical)
+
+
+def _number_normal(value: Any) -> Any:
+    """``value`` with whole floats as ints: JSON Schema holds 1 and 1.0 equal (and true apart from 1)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _number_normal(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_number_normal(item) for item in value]
+    return value
+
+
 @functools.cache
 def _linear(base: type[jsonschema.protocols.Validator]) -> type[jsonschema.protocols.Validator]:
-    return jsonschema.validators.extend(
-        base,
-        {
-            "pattern": _pattern,
-            "patternProperties": _pattern_properties,
-            "additionalProperties": _additional_properties,
-        },
-    )
+    """``base`` with patterns in RE2, ``uniqueItems`` by hashing, and every keyword counted (``_spend``)."""
+    keywords = {
+        **base.VALIDATORS,
+        "pattern": _pattern,
+        "patternProperties": _pattern_properties,
+        "additionalProperties": _additional_properties,
+        "uniqueItems": _unique_items,
+    }
+    return jsonschema.validators.extend(base, {name: _counted(check) for name, check in keywords.items()})
 
 
 def _validator(schema: Any) -> jsonschema.protocols.Validator:
