@@ -468,3 +468,20 @@ def test_unique_items_compares_json_values(make_experiment, enroll, uploader, sa
         format="json",
     )
     assert scored.status_code == (201 if unique else 400), scored.content
+
+
+@pytest.mark.parametrize("where", ["root", "nested"])
+def test_the_validator_itself_cannot_fetch_even_if_the_rules_missed_a_ref(monkeypatch, listener, where):
+    """Defence in depth: with the checks of the schema switched off, its registry still cannot retrieve."""
+    from fma_django import json_schemas
+    from fma_django.errors import ValidationFailed
+
+    monkeypatch.setattr(json_schemas, "_problem", lambda schema: None)
+    schema = {"$ref": listener.url} if where == "root" else {"properties": {"loss": {"$ref": listener.url}}}
+    with pytest.raises(ValidationFailed) as refused:
+        json_schemas.schema_validate(
+            field="metrics_schema", schema=schema, value={"loss": 1.0}, what="metrics"
+        )
+    assert refused.value.code == "invalid_schema"
+    assert MARKER not in refused.value.detail
+    assert listener.requests == []
