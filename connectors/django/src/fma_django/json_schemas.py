@@ -53,7 +53,7 @@ SCHEMA_FIELDS = ("update_schema", "metrics_schema", "client_agg_results_schema")
 # Far above any schema written by hand (hundreds of subschemas), far below a DoS.
 MAX_EXPANDED_SUBSCHEMAS = 10_000
 # Keyword evaluations one check may spend. Usual schemas spend 2-5 per JSON value (a metrics object:
-# tens); the floor costs ~0.1 s of a worker (10-15 µs a step with references).
+# tens); the floor costs a worker 0.1-0.3 s (5-15 µs a step, references being the dearest).
 MIN_STEPS = 20_000
 STEPS_PER_NODE = 20
 
