@@ -194,7 +194,9 @@ def metrics_combine(reports: list[tuple[Any, int]]) -> dict[str, MetricSummary]:
     """Per metric name, the summary of the numeric top-level values in ``(metrics, examples)`` reports.
 
     Reports that are not JSON objects, and values that are not finite numbers (strings, lists,
-    booleans), are left out: a metric's count says how many clients it is computed over.
+    booleans), are left out: a metric's count says how many clients it is computed over. An
+    update's metrics hold only finite numbers (``fma_django.metrics``); such values come from
+    scores, which are free-form, and from updates stored before that rule.
     """
     by_name: dict[str, list[tuple[float, int]]] = {}
     for metrics, examples in reports:

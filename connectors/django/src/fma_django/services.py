@@ -11,12 +11,10 @@ from __future__ import annotations
 import io
 import re
 import uuid
-from collections.abc import Mapping
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, BinaryIO
 
-import jsonschema
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
@@ -29,7 +27,7 @@ from fma_core.errors import ConfigurationError, InvalidWeights
 from fma_core.requirements import policy_from_config
 from fma_core.weights import TensorSpec, Weights, from_legacy_json, to_bytes, validate
 from fma_core.weights.scan import Scanned, scan
-from fma_django import credentials
+from fma_django import credentials, json_schemas
 from fma_django.errors import Conflict, DomainError, Forbidden, NotFound, TooLarge, ValidationFailed
 from fma_django.limits import (
     IDEMPOTENCY_KEY_PATTERN,
@@ -39,6 +37,7 @@ from fma_django.limits import (
     VERSION_RULE,
     whole_number_range,
 )
+from fma_django.metrics import metrics_check, results_check
 from fma_django.models import (
     Client,
     ClientAggregateScore,
@@ -120,15 +119,10 @@ def _check_config(experiment: Experiment) -> None:
             "update_kind 'delta' needs fma-client: legacy (fma-connect) clients send full weights",
             code="invalid_update_kind",
         )
-    for field in ("update_schema", "metrics_schema", "client_agg_results_schema"):
+    for field in json_schemas.SCHEMA_FIELDS:
         schema = getattr(experiment, field)
         if schema is not None:
-            try:
-                jsonschema.validators.validator_for(schema).check_schema(schema)
-            except jsonschema.SchemaError as error:
-                raise ValidationFailed(
-                    f"{field} is not a JSON Schema: {error.message}", code="invalid_schema"
-                ) from None
+            json_schemas.schema_check(field=field, schema=schema)
 
 
 def experiment_create(
@@ -569,7 +563,9 @@ def update_submit_legacy_json(
     spec = experiment_spec(experiment)
     try:
         if experiment.update_schema is not None:
-            _check_schema(experiment.update_schema, data, "data")
+            json_schemas.schema_validate(
+                field="update_schema", schema=experiment.update_schema, value=data, what="data"
+            )
         payload = to_bytes(from_legacy_json(data, spec))
     except ValidationFailed as error:
         event_record(
@@ -645,19 +641,11 @@ def _check_update_metadata(
                 code="invalid_base",
             )
     if experiment.metrics_schema is not None:
-        _check_schema(experiment.metrics_schema, metrics, "metrics")
-    return (base.round_number if base else 0), base
-
-
-def _check_schema(schema: Mapping[str, Any], value: Any, what: str) -> None:
-    validator = jsonschema.validators.validator_for(schema)(schema)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
-    if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path)
-        raise ValidationFailed(
-            f"{what} does not match the experiment's schema{f' at {where}' if where else ''}: {error.message}",
-            code="schema_mismatch",
+        json_schemas.schema_validate(
+            field="metrics_schema", schema=experiment.metrics_schema, value=metrics, what="metrics"
         )
+    metrics_check(metrics)
+    return (base.round_number if base else 0), base
 
 
 # Aggregates, artifacts, scores
@@ -714,8 +702,14 @@ def score_submit(
     """
     experiment = aggregate.experiment
     check_enrolled(experiment, client)
+    results_check(validation_results)
     if experiment.client_agg_results_schema is not None:
-        _check_schema(experiment.client_agg_results_schema, validation_results, "validation_results")
+        json_schemas.schema_validate(
+            field="client_agg_results_schema",
+            schema=experiment.client_agg_results_schema,
+            value=validation_results,
+            what="validation_results",
+        )
     try:
         with transaction.atomic():
             score = ClientAggregateScore.objects.create(
