@@ -268,11 +268,16 @@ def test_json_in_an_upload_header_or_query_nested_too_deeply_is_a_400(
     assert not ModelUpdate.objects.exists()
 
 
-def test_json_nested_within_the_limit_is_accepted(experiment, client_api, uploader, safetensors):
-    metrics = {"a": [[[[[[[[1.0]]]]]]]]}
-    response = uploader(client_api, experiment.pk, safetensors(), X_FMA_METRICS=json.dumps(metrics))
+def test_json_nested_within_the_limit_is_accepted(aggregate, client_api):
+    """A score's results are free-form JSON (the original protocol), so nesting within the limit is kept."""
+    results = {"a": [[[[[[[[1.0]]]]]]]]}
+    response = client_api.post(
+        "/api/v1/client_aggregate_scores/",
+        {"aggregate": aggregate.pk, "validation_results": results},
+        format="json",
+    )
     assert response.status_code == 201, response.content
-    assert response.json()["metrics"] == metrics
+    assert response.json()["validation_results"] == results
 
 
 @pytest.mark.parametrize("levels", [200, 1_000, 100_000])
