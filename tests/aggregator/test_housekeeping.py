@@ -1,17 +1,25 @@
-"""Every runner's periodic sweep also expires upload sessions left open (``fma_django.housekeeping``)."""
+"""Every runner's periodic sweep also expires upload sessions left open and removes old objects no record
+references (``fma_django.housekeeping``)."""
 
 from __future__ import annotations
 
+import io
+import os
+import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from aggregator_support import wait_for
+from django.core.cache import cache
 from django.utils import timezone
 
 from fma_aggregator import runners, tasks
+from fma_aggregator.cli import main
 from fma_aggregator.lambda_handler import handler
 from fma_core.errors import ObjectNotFound
 from fma_django import services, uploads
+from fma_django.housekeeping import weights_remove_unreferenced
 from fma_django.models import UploadSession, UploadState
 from fma_django.storage import weight_store
 
@@ -49,3 +57,55 @@ def test_each_runners_sweep_expires_stale_upload_sessions(runner, settings, make
     with pytest.raises(ObjectNotFound):  # the store's upload is aborted too
         weight_store().uploaded_parts(stale.weights_key, stale.store_upload_id)
     assert weight_store().uploaded_parts(fresh.weights_key, fresh.store_upload_id) == []
+
+
+@pytest.mark.parametrize("runner", ["lambda", "celery", "inprocess", "run-once"])
+def test_each_runners_sweep_removes_old_objects_no_record_references(runner, settings, make_experiment):
+    """With the default settings the grace period is a day (the upload sessions' lifetime): an
+    unreferenced object written a month ago goes, one written now stays, and recorded ones stay."""
+    settings.FMA_ORPHAN_SWEEP_SECONDS = 0
+    experiment = make_experiment()
+    store = weight_store()
+    old = store.put(f"updates/{experiment.pk}/old.safetensors", io.BytesIO(b"left by a crash"))
+    month_ago = time.time() - 30 * 86400
+    os.utime(Path(settings.FMA_WEIGHTS_DIR, old.key), (month_ago, month_ago))
+    young = store.put(f"updates/{experiment.pk}/young.safetensors", io.BytesIO(b"its record is coming"))
+    artifact_key = experiment.current_artifact.weights_key
+    os.utime(Path(settings.FMA_WEIGHTS_DIR, artifact_key), (month_ago, month_ago))
+    if runner == "lambda":
+        assert handler(SCHEDULED_EVENT, LambdaContext())["orphans_removed"] == 1
+    elif runner == "celery":
+        tasks.sweep()
+    elif runner == "run-once":
+        assert main(["run-once"]) == 0
+    else:
+        settings.FMA_AGGREGATOR_RUNNER = "inprocess"
+        runners.inprocess_runner().start()
+        try:
+            wait_for(lambda: not store.exists(old.key), what="the sweep")
+        finally:
+            runners._inprocess.stop(timeout=120)
+            runners._inprocess = None
+    assert not store.exists(old.key)
+    assert store.exists(young.key)
+    assert store.exists(artifact_key)
+
+
+def test_a_process_lists_the_store_for_orphans_at_most_once_per_interval(settings, make_experiment):
+    settings.FMA_ORPHAN_SWEEP_SECONDS = 3600
+    cache.clear()
+    experiment = make_experiment()
+    store = weight_store()
+    month_ago = time.time() - 30 * 86400
+
+    def orphan(name: str) -> str:
+        stored = store.put(f"updates/{experiment.pk}/{name}.safetensors", io.BytesIO(b"left by a crash"))
+        os.utime(Path(settings.FMA_WEIGHTS_DIR, stored.key), (month_ago, month_ago))
+        return stored.key
+
+    first = orphan("first")
+    assert weights_remove_unreferenced(lease_seconds=900) == 1
+    second = orphan("second")
+    assert weights_remove_unreferenced(lease_seconds=900) == 0  # within the hour: not listed again
+    assert not store.exists(first)
+    assert store.exists(second)

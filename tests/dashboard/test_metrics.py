@@ -48,7 +48,7 @@ def two_rounds(alice, make_experiment, enroll, submit, run_round):
     for client, value, examples, loss in zip(
         clients, (1.0, 2.0, 3.0), (10, 30, 60), (0.9, 0.6, 0.3), strict=True
     ):
-        submit(experiment, client, value, num_examples=examples, metrics={"loss": loss, "tag": "x"})
+        submit(experiment, client, value, num_examples=examples, metrics={"loss": loss})
     first = run_round(experiment)
     for client, accuracy, examples in zip(clients, (0.5, 0.7, 0.9), (100, 300, 600), strict=True):
         services.score_submit(

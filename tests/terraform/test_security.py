@@ -84,6 +84,30 @@ def test_functions_may_do_the_multipart_calls_their_code_makes():
     )
 
 
+def s3_grants(module) -> dict[str, set[str]]:
+    """Each S3 action the module's policy documents grant, with the resources it is granted on."""
+    grants: dict[str, set[str]] = {}
+    for document in module.data_of("aws_iam_policy_document").values():
+        for statement in blocks(document, "statement"):
+            for action in statement.get("actions", []):
+                if unquote(action).startswith("s3:"):
+                    grants.setdefault(unquote(action), set()).update(map(unquote, statement["resources"]))
+    return grants
+
+
+def test_the_aggregators_sweep_may_find_and_remove_what_no_record_references():
+    """The sweep (the aggregator function's scheduled event) lists FMA's objects and its unfinished
+    multipart uploads (bucket actions, on the bucket), measures an abandoned upload's parts, deletes
+    orphaned objects and aborts abandoned uploads: object actions, only under FMA's prefix. Sharded
+    rounds and upload checks list an upload's parts too."""
+    bucket, objects = "${var.bucket_arn}", "${var.bucket_arn}/${var.s3_prefix}*"
+    aggregator, shared = s3_grants(MODULES["aggregator"]), s3_grants(MODULES["function"])
+    assert shared["s3:ListBucket"] == {bucket}
+    assert aggregator["s3:ListBucketMultipartUploads"] == {bucket}
+    for action in ("s3:DeleteObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"):
+        assert aggregator[action] == {objects}, action
+
+
 def test_database_defaults_keep_it_safe():
     assert ROOT.variables["db_deletion_protection"]["default"] is True
     assert ROOT.variables["db_backup_retention_days"]["default"] >= 7

@@ -21,8 +21,8 @@ workers (this command, Celery workers, the API's in-process runner, Lambda) can 
 each round still runs exactly once."""
 
 EPILOG = """examples:
-  fma-aggregator run-once                  check every upload waiting for its check, run every
-                                           round that is ready now, then exit
+  fma-aggregator run-once                  sweep, check every upload waiting for its check, run
+                                           every round that is ready now, then exit
   fma-aggregator run-once --experiment 3   run experiment 3's round if it is ready
   fma-aggregator worker                    keep running rounds (sweeps every FMA_SWEEP_SECONDS)
   fma-aggregator status --json             pending / running / failed rounds per experiment
@@ -40,8 +40,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     once = commands.add_parser(
         "run-once",
-        help="check waiting uploads and run the rounds that are ready now, in this process, and exit",
-        description="Check, in this process, every upload completed above FMA_UPLOAD_INLINE_CHECK_BYTES "
+        help="sweep, check waiting uploads and run the rounds that are ready now, in this process, and exit",
+        description="Sweep as every runner does (expire upload sessions left open, prune old update bytes, "
+        "remove old bytes no record references), then check, in this process, every upload completed "
+        "above FMA_UPLOAD_INLINE_CHECK_BYTES "
         "and still waiting for its check (the only way they are checked with FMA_AGGREGATOR_RUNNER=none), "
         "then run the round of every experiment with pending updates and no live lease (or only "
         "--experiment's), if its round policy is met. Exits 1 if a round failed.",
@@ -77,14 +79,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run_once(args: argparse.Namespace) -> int:
     from fma_aggregator.checks import run_check
+    from fma_aggregator.config import AggregatorConfig
     from fma_aggregator.engine import build_engine
     from fma_aggregator.sharded import summary
+    from fma_django.housekeeping import housekeeping_sweep
     from fma_django.store import DjangoMetadataStore
     from fma_django.uploads import uploads_checking
 
+    config = AggregatorConfig.from_env()
+    housekeeping_sweep(lease_seconds=config.lease_seconds)
     for upload_id in uploads_checking():  # first: an accepted update may make a round ready
         run_check(upload_id)
-    engine = build_engine()
+    engine = build_engine(config)
     targets = (
         [args.experiment] if args.experiment else DjangoMetadataStore().experiments_to_sweep(now=time.time())
     )

@@ -6,6 +6,8 @@
 - ``FMA_LEASE_SECONDS`` (900): how long a claimed round is held, after its worker's last sign of
   life, before another worker may take it over. Workers renew it every third of this while they
   compute, so a long round keeps it; a killed worker's round is taken over this long after it died.
+  With ``FMA_UPLOAD_TIMEOUT_SECONDS``, it sets how old bytes no record references must be before
+  the sweep removes them (``fma_django.housekeeping.orphan_grace_seconds``).
 - ``FMA_SWEEP_SECONDS`` (60): how often deadlines and expired leases are swept.
 - ``FMA_SHARD_BYTES`` (unset: never shard): models larger than this are split into shards of about
   this size (byte ranges of the model, cutting through tensors where needed) aggregated in

@@ -5,7 +5,8 @@ One function serves every event the deployment sends it:
 - an EventBridge scheduled event (``"source": "aws.events"``, ``"detail-type": "Scheduled Event"``)
   sweeps: each experiment with pending updates and no live lease gets an asynchronous "round
   ready" invocation of this function, each upload left ``checking`` a "check_upload" one, and
-  stale upload sessions and old update bytes are cleaned up (``fma_django.housekeeping``). The
+  stale upload sessions, old update bytes and old bytes no record references are cleaned up
+  (``fma_django.housekeeping``). The
   original FMA's per-model rules, whose ``detail`` holds a ``model_id``, run that experiment's
   round directly;
 - ``{"fma": "round_ready", "experiment_id": "3"}``, sent asynchronously by the API when an update
@@ -80,7 +81,7 @@ def _invoker(context: Any) -> LambdaInvoker:
 
 
 def _sweep(context: Any) -> dict[str, Any]:
-    housekeeping = housekeeping_sweep()
+    housekeeping = housekeeping_sweep(lease_seconds=AggregatorConfig.from_env().lease_seconds)
     due = DjangoMetadataStore().experiments_to_sweep(now=time.time())
     invoker = _invoker(context) if due else None
     for experiment_id in due:

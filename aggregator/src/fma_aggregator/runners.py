@@ -79,7 +79,7 @@ def django_inprocess_runner(config: AggregatorConfig) -> InProcessRunner:
 
     def sweep() -> list[str]:
         with fresh_connection():
-            housekeeping_sweep()
+            housekeeping_sweep(lease_seconds=config.lease_seconds)
             return DjangoMetadataStore().experiments_to_sweep(now=time.time())
 
     return InProcessRunner(run=run, check=check, sweep=sweep, sweep_seconds=config.sweep_seconds)

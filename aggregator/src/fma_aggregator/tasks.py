@@ -50,10 +50,10 @@ def check_upload(upload_id: str) -> dict[str, Any]:
 def sweep() -> list[str]:
     """Queue a round for every experiment with pending updates and no live lease (deadlines, dead workers).
 
-    Also expires stale upload sessions, queues the checks of uploads left ``checking`` and prunes
-    old update bytes (``housekeeping_sweep``).
+    Also expires stale upload sessions, queues the checks of uploads left ``checking``, prunes
+    old update bytes and removes old bytes no record references (``housekeeping_sweep``).
     """
-    housekeeping_sweep()
+    housekeeping_sweep(lease_seconds=config.lease_seconds)
     due = DjangoMetadataStore().experiments_to_sweep(now=time.time())
     for experiment_id in due:
         run_round.delay(experiment_id)

@@ -192,6 +192,9 @@ FMA_UPLOAD_INLINE_CHECK_BYTES = (
 FMA_UPDATE_RETENTION_DAYS = (
     float(os.environ["FMA_UPDATE_RETENTION_DAYS"]) if os.environ.get("FMA_UPDATE_RETENTION_DAYS") else None
 )
+# How often, at most, a process's sweep lists the weight store for bytes no record references
+# (fma_django.housekeeping); 0: every sweep.
+FMA_ORPHAN_SWEEP_SECONDS = int(os.environ.get("FMA_ORPHAN_SWEEP_SECONDS", "3600"))
 
 # Who runs a round once an accepted update may have made it ready: "inprocess" (a background
 # thread of this process), "celery", "lambda" or "none"; see fma_aggregator.config.
@@ -205,6 +208,11 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PARSER_CLASSES": [
+        "fma_django.api.parsers.JSONParser",  # refuses JSON nested too deeply (a 400, not a 500)
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "DEFAULT_PAGINATION_CLASS": "fma_django.api.pagination.Pagination",
     "DEFAULT_FILTER_BACKENDS": [
         "django_filters.rest_framework.DjangoFilterBackend",

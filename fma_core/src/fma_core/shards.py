@@ -203,5 +203,5 @@ def shards_prefix(experiment_id: str, round_number: int, token: str) -> str:
 
 def manifest_key(experiment_id: str, round_number: int, token: str) -> str:
     """The small object naming a claim's shard count and upload, so whoever takes an abandoned round
-    over can remove what it left (a weight store cannot list keys)."""
+    over can remove what it left at once, without listing the store (the sweep's job, later)."""
     return f"{shards_prefix(experiment_id, round_number, token)}/shards.json"

@@ -21,13 +21,29 @@ locals {
 # Beyond the shared access (modules/function): the aggregator's object actions, the failure
 # queue, and invoking itself.
 data "aws_iam_policy_document" "aggregator" {
-  # Reads updates, writes aggregates (multipart above FMA_S3_PART_SIZE, aborted on failure),
-  # removes rejected or expired objects under FMA's prefix, and aborts the multipart uploads
-  # clients abandoned (the sweep expires stale upload sessions).
+  # Reads updates, writes aggregates (multipart above FMA_S3_PART_SIZE, aborted on failure; a
+  # sharded round lists its parts), checks uploads (listing their parts), removes rejected,
+  # expired and unreferenced objects under FMA's prefix, and aborts the multipart uploads clients
+  # or killed workers abandoned (the sweep: fma_django.housekeeping).
   statement {
-    sid       = "WeightsObjects"
-    actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"]
+    sid = "WeightsObjects"
+    actions = [
+      "s3:GetObject",
+      "s3:PutObject",
+      "s3:DeleteObject",
+      "s3:AbortMultipartUpload",
+      "s3:ListMultipartUploadParts",
+    ]
     resources = ["${var.bucket_arn}/${var.s3_prefix}*"]
+  }
+
+  # The sweep finds the multipart uploads no record references by listing them (it asks only for
+  # FMA's prefix; S3 has no prefix condition for this action). Listing objects is in the shared
+  # access (modules/function).
+  statement {
+    sid       = "WeightsListUploads"
+    actions   = ["s3:ListBucketMultipartUploads"]
+    resources = [var.bucket_arn]
   }
 
   # The sweep asks for each round it finds due, a sharded round for one invocation per shard, and

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import Count, Max, Q, QuerySet
 from django.http import HttpRequest
 
-from fma_django import services
-from fma_django.errors import DomainError
+from fma_django import json_schemas, services
+from fma_django.errors import DomainError, ValidationFailed
 from fma_django.models import (
     Client,
     ClientAggregateScore,
@@ -32,8 +33,23 @@ class EnrollmentInline(admin.TabularInline):
     can_delete = False
 
 
+class ExperimentForm(forms.ModelForm):
+    """The admin's experiment form refuses the schemas the API refuses (see ``fma_django.json_schemas``)."""
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        for field in json_schemas.SCHEMA_FIELDS:
+            if cleaned.get(field) is not None:
+                try:
+                    json_schemas.schema_check(field=field, schema=cleaned[field])
+                except ValidationFailed as error:
+                    self.add_error(field, error.detail)
+        return cleaned
+
+
 @admin.register(Experiment)
 class ExperimentAdmin(admin.ModelAdmin):
+    form = ExperimentForm
     list_display = [
         "id",
         "name",

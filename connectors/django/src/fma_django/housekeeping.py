@@ -1,31 +1,46 @@
-"""The chores of the periodic sweep: stale upload sessions, uploads waiting for their check, and
-expired update bytes.
+"""The chores of the periodic sweep: stale upload sessions, uploads waiting for their check, expired
+update bytes, and bytes no record references.
 
-Every runner (in-process, Celery beat, the Lambda schedule) calls ``housekeeping_sweep`` next to
-its round sweep, so each deployment shape cleans up without a scheduler of its own.
+Every runner (in-process, Celery beat, the Lambda schedule, ``fma-aggregator run-once``) calls
+``housekeeping_sweep`` next to its round sweep, so each deployment shape cleans up without a
+scheduler of its own.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
+from functools import partial
 
+from django.conf import settings
+from django.core.cache import cache
+
+from fma_core.errors import ConfigurationError
+from fma_core.orphans import remove_unreferenced
+from fma_django import selectors
 from fma_django.services import update_weights_prune
+from fma_django.storage import weight_store
 from fma_django.uploads import uploads_check_again, uploads_expire_stale
 
 logger = logging.getLogger(__name__)
 
+_ORPHANS_SWEPT = "fma:orphans-swept"
 
-def housekeeping_sweep() -> dict[str, int]:
-    """Expire stale uploads, hand uploads left ``checking`` to the runner again and prune old
-    update bytes; what was done, by chore.
+
+def housekeeping_sweep(*, lease_seconds: float, now: datetime | None = None) -> dict[str, int]:
+    """Expire stale uploads, hand uploads left ``checking`` to the runner again, prune old update
+    bytes and remove old bytes no record references; what was done, by chore. ``lease_seconds``
+    is the runner's ``FMA_LEASE_SECONDS`` (see ``orphan_grace_seconds``).
 
     A failing chore is logged and left to the next sweep, so it never stops rounds from running.
     """
+    now = now or datetime.now(UTC)
     done = {}
     for name, chore in (
-        ("uploads_expired", uploads_expire_stale),
+        ("uploads_expired", partial(uploads_expire_stale, now=now)),
         ("uploads_checking", uploads_check_again),
-        ("update_weights_removed", update_weights_prune),
+        ("update_weights_removed", partial(update_weights_prune, now=now)),
+        ("orphans_removed", partial(weights_remove_unreferenced, lease_seconds=lease_seconds, now=now)),
     ):
         try:
             done[name] = chore()
@@ -33,3 +48,59 @@ def housekeeping_sweep() -> dict[str, int]:
             logger.exception("the sweep's %s chore failed; the next sweep tries again", name)
             done[name] = 0
     return done
+
+
+def orphan_grace_seconds(*, lease_seconds: float) -> float:
+    """How old bytes no record references must be before the sweep removes them: the longer of the
+    round lease and an upload session's lifetime (``FMA_UPLOAD_TIMEOUT_SECONDS``).
+
+    Every object is written before (or while) the record naming it: a claimed round's aggregate
+    and shard records while its lease is renewed, an upload's parts while its session is open,
+    a one-request update's bytes within its request (far shorter than an upload session may
+    last). Younger bytes may still get their record, so they are never removed. Never zero: the
+    lease is always positive.
+    """
+    grace = max(float(lease_seconds), float(settings.FMA_UPLOAD_TIMEOUT_SECONDS))
+    if grace <= 0:
+        raise ConfigurationError(f"the sweep's grace period must be positive, not {grace} s")
+    return grace
+
+
+def weights_remove_unreferenced(*, lease_seconds: float, now: datetime | None = None) -> int:
+    """Remove from the weight store what no record references and was last written more than the
+    grace period (``orphan_grace_seconds``) before ``now``: objects and unfinished uploads under
+    FMA's key spaces, and the store's own leftovers (the local store's temporary files). Returns
+    how many; logs how many and how many bytes.
+
+    Listing a store costs requests (S3: one LIST per 1,000 objects), so this runs at most once per
+    ``FMA_ORPHAN_SWEEP_SECONDS`` (default 3600; 0: every sweep) in each process, or in the whole
+    deployment when its processes share a cache.
+    """
+    now = now or datetime.now(UTC)
+    interval = int(getattr(settings, "FMA_ORPHAN_SWEEP_SECONDS", 3600))
+    if interval > 0 and not cache.add(_ORPHANS_SWEPT, now.timestamp(), timeout=interval):
+        return 0
+    try:
+        grace = orphan_grace_seconds(lease_seconds=lease_seconds)
+        claimed = selectors.weight_keys_claimed(now=now.timestamp(), grace_seconds=grace)
+        swept = remove_unreferenced(
+            weight_store(),
+            referenced=lambda keys: selectors.weight_keys_referenced(keys=keys, claimed=claimed),
+            before=now.timestamp() - grace,
+        )
+    except BaseException:
+        cache.delete(_ORPHANS_SWEPT)  # a failed sweep is tried again at the next one, not an interval later
+        raise
+    if swept.count:
+        logger.info(
+            "the sweep removed what no record references and was older than %s s: %s objects (%s bytes), "
+            "%s unfinished uploads (%s bytes), %s leftovers of interrupted writes (%s bytes)",
+            f"{grace:,.0f}",
+            swept.objects.count,
+            f"{swept.objects.bytes:,}",
+            swept.uploads.count,
+            f"{swept.uploads.bytes:,}",
+            swept.leftovers.count,
+            f"{swept.leftovers.bytes:,}",
+        )
+    return swept.count

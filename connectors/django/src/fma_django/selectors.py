@@ -16,6 +16,8 @@ from typing import Any
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import QuerySet
 
+from fma_core.rounds import aggregate_key
+from fma_core.shards import shards_prefix
 from fma_django.models import (
     Client,
     ClientAggregateScore,
@@ -23,7 +25,10 @@ from fma_django.models import (
     ModelAggregate,
     ModelArtifact,
     ModelUpdate,
+    RoundLease,
     UpdateKind,
+    UploadSession,
+    UploadState,
 )
 
 
@@ -189,7 +194,9 @@ def metrics_combine(reports: list[tuple[Any, int]]) -> dict[str, MetricSummary]:
     """Per metric name, the summary of the numeric top-level values in ``(metrics, examples)`` reports.
 
     Reports that are not JSON objects, and values that are not finite numbers (strings, lists,
-    booleans), are left out: a metric's count says how many clients it is computed over.
+    booleans), are left out: a metric's count says how many clients it is computed over. An
+    update's metrics hold only finite numbers (``fma_django.metrics``); such values come from
+    scores, which are free-form, and from updates stored before that rule.
     """
     by_name: dict[str, list[tuple[float, int]]] = {}
     for metrics, examples in reports:
@@ -237,3 +244,52 @@ def aggregate_metrics(experiment: Experiment) -> list[AggregateMetrics]:
         )
         for a in aggregates
     ]
+
+
+# Weight-store keys the records reference (the sweep removes the rest: fma_core.orphans)
+
+
+@dataclass(frozen=True)
+class ClaimedKeys:
+    """What the rounds under a lease are writing: each claim's aggregate and its shard records."""
+
+    keys: frozenset[str]
+    prefixes: tuple[str, ...]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.keys or (isinstance(key, str) and key.startswith(self.prefixes))
+
+
+def weight_keys_claimed(*, now: float, grace_seconds: float) -> ClaimedKeys:
+    """The keys of every claimed round (``fma_core.rounds.aggregate_key``, ``fma_core.shards.shards_prefix``):
+    written before the commit that records them. A lease expired more than ``grace_seconds`` ago
+    claims nothing: its worker stopped renewing it that long ago, and taking it over would remove
+    the same bytes. Read before the records (``weight_keys_referenced``), so a claim committing in
+    between is seen in one or the other."""
+    leases = RoundLease.objects.exclude(token="").filter(expires_at__gt=now - grace_seconds)
+    claims = list(leases.values_list("experiment_id", "round_number", "token"))
+    return ClaimedKeys(
+        keys=frozenset(aggregate_key(str(pk), number, token) for pk, number, token in claims),
+        prefixes=tuple(f"{shards_prefix(str(pk), number, token)}/" for pk, number, token in claims),
+    )
+
+
+def weight_keys_referenced(*, keys: Sequence[str], claimed: ClaimedKeys) -> set[str]:
+    """Of ``keys``, those a record references: an update whose bytes are kept, an aggregate, an
+    artifact, an upload session still open or being checked, or a claimed round.
+
+    The tables are read in one statement, so in one snapshot: bytes passing from an upload session
+    to its update (one transaction) are seen referenced by one or the other."""
+    keys = list(keys)
+    sessions = UploadSession.objects.filter(state__in=[UploadState.OPEN, UploadState.CHECKING])
+    found = (
+        ModelUpdate.objects.filter(weights_key__in=keys, weights_removed_on__isnull=True)
+        .order_by()
+        .values_list("weights_key", flat=True)
+        .union(
+            ModelAggregate.objects.filter(weights_key__in=keys).order_by().values_list("weights_key"),
+            ModelArtifact.objects.filter(weights_key__in=keys).order_by().values_list("weights_key"),
+            sessions.filter(weights_key__in=keys).order_by().values_list("weights_key"),
+        )
+    )
+    return set(found) | {key for key in keys if key in claimed}

@@ -9,13 +9,12 @@ so a rejected request leaves nothing behind.
 from __future__ import annotations
 
 import io
+import re
 import uuid
-from collections.abc import Mapping
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, BinaryIO
 
-import jsonschema
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
@@ -28,8 +27,17 @@ from fma_core.errors import ConfigurationError, InvalidWeights
 from fma_core.requirements import policy_from_config
 from fma_core.weights import TensorSpec, Weights, from_legacy_json, to_bytes, validate
 from fma_core.weights.scan import Scanned, scan
-from fma_django import credentials
+from fma_django import credentials, json_schemas
 from fma_django.errors import Conflict, DomainError, Forbidden, NotFound, TooLarge, ValidationFailed
+from fma_django.limits import (
+    IDEMPOTENCY_KEY_PATTERN,
+    IDEMPOTENCY_KEY_RULE,
+    MAX_BIGINT,
+    VERSION_PATTERN,
+    VERSION_RULE,
+    whole_number_range,
+)
+from fma_django.metrics import metrics_check, results_check
 from fma_django.models import (
     Client,
     ClientAggregateScore,
@@ -111,15 +119,10 @@ def _check_config(experiment: Experiment) -> None:
             "update_kind 'delta' needs fma-client: legacy (fma-connect) clients send full weights",
             code="invalid_update_kind",
         )
-    for field in ("update_schema", "metrics_schema", "client_agg_results_schema"):
+    for field in json_schemas.SCHEMA_FIELDS:
         schema = getattr(experiment, field)
         if schema is not None:
-            try:
-                jsonschema.validators.validator_for(schema).check_schema(schema)
-            except jsonschema.SchemaError as error:
-                raise ValidationFailed(
-                    f"{field} is not a JSON Schema: {error.message}", code="invalid_schema"
-                ) from None
+            json_schemas.schema_check(field=field, schema=schema)
 
 
 def experiment_create(
@@ -410,6 +413,7 @@ def update_submit(
     (same idempotency key, or same client, base and content) returns the first update.
     """
     check_enrolled(experiment, client)
+    check_idempotency_key(idempotency_key)
     if idempotency_key:
         first = ModelUpdate.objects.filter(client=client, idempotency_key=idempotency_key).first()
         if first is not None:
@@ -447,6 +451,16 @@ def update_submit(
         metrics=metrics,
         idempotency_key=idempotency_key,
     )
+
+
+def check_idempotency_key(key: str | None) -> None:
+    """Refuse a key its column cannot hold, or one that is not plain text; None or "" is no key."""
+    if key and not re.fullmatch(IDEMPOTENCY_KEY_PATTERN, key):
+        raise ValidationFailed(
+            f"idempotency key {key[:40]!r}{'…' if len(key) > 40 else ''} ({len(key):,} characters): "
+            f"an idempotency key is {IDEMPOTENCY_KEY_RULE}",
+            code="invalid_idempotency_key",
+        )
 
 
 def update_key(experiment: Experiment) -> str:
@@ -549,7 +563,9 @@ def update_submit_legacy_json(
     spec = experiment_spec(experiment)
     try:
         if experiment.update_schema is not None:
-            _check_schema(experiment.update_schema, data, "data")
+            json_schemas.schema_validate(
+                field="update_schema", schema=experiment.update_schema, value=data, what="data"
+            )
         payload = to_bytes(from_legacy_json(data, spec))
     except ValidationFailed as error:
         event_record(
@@ -608,8 +624,14 @@ def update_check_metadata(
 def _check_update_metadata(
     experiment: Experiment, num_examples: int, base_aggregate_id: int | None, metrics: Any
 ) -> tuple[int, ModelAggregate | None]:
-    if not isinstance(num_examples, int) or isinstance(num_examples, bool) or num_examples < 1:
-        raise ValidationFailed(f"num_examples must be a whole number of at least 1, not {num_examples!r}")
+    if (
+        not isinstance(num_examples, int)
+        or isinstance(num_examples, bool)
+        or not 1 <= num_examples <= MAX_BIGINT
+    ):
+        raise ValidationFailed(
+            f"num_examples must be {whole_number_range(1, MAX_BIGINT)}, not {str(num_examples)[:100]}"
+        )
     base = None
     if base_aggregate_id is not None:
         base = ModelAggregate.objects.filter(pk=base_aggregate_id, experiment=experiment).first()
@@ -619,19 +641,11 @@ def _check_update_metadata(
                 code="invalid_base",
             )
     if experiment.metrics_schema is not None:
-        _check_schema(experiment.metrics_schema, metrics, "metrics")
-    return (base.round_number if base else 0), base
-
-
-def _check_schema(schema: Mapping[str, Any], value: Any, what: str) -> None:
-    validator = jsonschema.validators.validator_for(schema)(schema)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
-    if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path)
-        raise ValidationFailed(
-            f"{what} does not match the experiment's schema{f' at {where}' if where else ''}: {error.message}",
-            code="schema_mismatch",
+        json_schemas.schema_validate(
+            field="metrics_schema", schema=experiment.metrics_schema, value=metrics, what="metrics"
         )
+    metrics_check(metrics)
+    return (base.round_number if base else 0), base
 
 
 # Aggregates, artifacts, scores
@@ -642,10 +656,10 @@ def aggregate_publish(
 ) -> ModelArtifact:
     """Make an aggregate the experiment's current artifact under a new version name."""
     version = (version or "").strip()
-    if not version:
-        raise ValidationFailed("version: a non-empty version name is required", code="required")
-    if len(version) > 255:
-        raise ValidationFailed("version: at most 255 characters")
+    if not re.fullmatch(VERSION_PATTERN, version):
+        raise ValidationFailed(
+            f"version {version[:100]!r}: a version is {VERSION_RULE}", code="invalid_version"
+        )
     experiment = aggregate.experiment
     try:
         with transaction.atomic():
@@ -688,8 +702,14 @@ def score_submit(
     """
     experiment = aggregate.experiment
     check_enrolled(experiment, client)
+    results_check(validation_results)
     if experiment.client_agg_results_schema is not None:
-        _check_schema(experiment.client_agg_results_schema, validation_results, "validation_results")
+        json_schemas.schema_validate(
+            field="client_agg_results_schema",
+            schema=experiment.client_agg_results_schema,
+            value=validation_results,
+            what="validation_results",
+        )
     try:
         with transaction.atomic():
             score = ClientAggregateScore.objects.create(

@@ -73,6 +73,7 @@ def upload_start(
     returns the first session.
     """
     services.check_enrolled(experiment, client)
+    services.check_idempotency_key(idempotency_key)
     sha256 = sha256.lower()
     if idempotency_key:
         first = UploadSession.objects.filter(client=client, idempotency_key=idempotency_key).first()

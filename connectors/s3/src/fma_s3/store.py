@@ -14,7 +14,8 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from fma_core.connectors import StoredObject, UploadedPart, WeightStore, check_key
-from fma_core.errors import ConfigurationError, InvalidWeights, ObjectNotFound
+from fma_core.connectors.weight_store import ListedObject, ListedUpload
+from fma_core.errors import ConfigurationError, InvalidKey, InvalidWeights, ObjectNotFound
 from fma_core.weights import SafetensorsReader
 from fma_s3.config import options_from_env
 from fma_s3.errors import error_code, is_missing
@@ -279,8 +280,45 @@ class S3WeightStore(WeightStore):
             ExpiresIn=expires_in,
         )
 
+    def list_objects(self, prefix: str) -> Iterator[ListedObject]:
+        """One ListObjectsV2 page (1,000 keys) at a time, under this store's prefix only."""
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self.prefix + prefix
+        )
+        for page in pages:
+            for item in page.get("Contents", []):
+                key = self._key(item["Key"], prefix)
+                if key is not None:
+                    yield ListedObject(key=key, size=item["Size"], modified=item["LastModified"].timestamp())
+
+    def list_uploads(self, prefix: str) -> Iterator[ListedUpload]:
+        """One ListMultipartUploads page at a time. S3 dates an upload by its start (``Initiated``), the
+        only time it gives."""
+        pages = self.client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self.bucket, Prefix=self.prefix + prefix
+        )
+        for page in pages:
+            for upload in page.get("Uploads", []):
+                key = self._key(upload["Key"], prefix)
+                if key is not None:
+                    yield ListedUpload(
+                        key=key,
+                        upload_id=_bind(upload["Key"], upload["UploadId"]),
+                        modified=upload["Initiated"].timestamp(),
+                    )
+
     def _name(self, key: str) -> str:
         return self.prefix + check_key(key)
+
+    def _key(self, name: str, prefix: str) -> str | None:
+        """The key of the S3 object ``name`` if it is one of this store's under ``prefix`` (S3 listed it
+        by prefix, but not every S3-compatible server filters), else None."""
+        if not name.startswith(self.prefix + prefix):
+            return None
+        try:
+            return check_key(name[len(self.prefix) :])
+        except InvalidKey:
+            return None
 
     def _create_upload(self, name: str) -> str:
         created = self.client.create_multipart_upload(Bucket=self.bucket, Key=name, **self._encryption)

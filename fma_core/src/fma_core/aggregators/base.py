@@ -49,11 +49,13 @@ class AggregatorParams:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None, *, algorithm: str = "") -> Self:
         """Parse parameters from JSON, refusing unknown names and values of the wrong type."""
+        where = f" for aggregator {algorithm!r}" if algorithm else ""
+        if values is not None and not isinstance(values, Mapping):
+            raise ConfigurationError(f"parameters{where} must be an object of names to values")
         values = dict(values or {})
         hints = typing.get_type_hints(cls)
         known = [f.name for f in fields(cls)]
         unknown = sorted(set(values) - set(known))
-        where = f" for aggregator {algorithm!r}" if algorithm else ""
         if unknown:
             takes = ", ".join(known) if known else "no parameters"
             raise ConfigurationError(f"unknown parameter(s) {', '.join(unknown)}{where}; it takes {takes}")

@@ -10,15 +10,28 @@ from fma_core.connectors.metadata import (
     RoundClaim,
     UpdateRecord,
 )
-from fma_core.connectors.weight_store import StoredObject, UploadedPart, WeightStore, check_key
+from fma_core.connectors.weight_store import (
+    KEY_SPACES,
+    ListedObject,
+    ListedUpload,
+    Removed,
+    StoredObject,
+    UploadedPart,
+    WeightStore,
+    check_key,
+)
 
 __all__ = [
+    "KEY_SPACES",
     "AggregateDraft",
     "AggregateRecord",
     "ExperimentConfig",
     "InMemoryMetadataStore",
+    "ListedObject",
+    "ListedUpload",
     "LocalDirectoryWeightStore",
     "MetadataStore",
+    "Removed",
     "RoundClaim",
     "StoredObject",
     "UpdateRecord",

@@ -15,8 +15,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from fma_core.connectors.weight_store import StoredObject, UploadedPart, WeightStore, check_key
-from fma_core.errors import InvalidWeights, ObjectNotFound
+from fma_core.connectors.weight_store import (
+    KEY_SPACES,
+    ListedObject,
+    ListedUpload,
+    Removed,
+    StoredObject,
+    UploadedPart,
+    WeightStore,
+    check_key,
+)
+from fma_core.errors import InvalidKey, InvalidWeights, ObjectNotFound
 
 _CHUNK = 1 << 20
 _UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
@@ -28,9 +37,10 @@ class LocalDirectoryWeightStore(WeightStore):
     """Objects are files under ``root``; writes go to a temporary file renamed into place.
 
     A reader therefore sees a whole object or none, a crash leaves at most a stray temporary
-    file (in ``root/.tmp``), and a key can never name anything outside ``root``. A multipart
-    upload is one file in ``root/.uploads/<upload id>/``, each part written at its offset as it
-    arrives, plus a small record per part received; completing it is a rename.
+    file (in ``root/.tmp``, removed by ``remove_leftovers``), and a key can never name anything
+    outside ``root``. A multipart upload is one file in ``root/.uploads/<upload id>/``, each part
+    written at its offset as it arrives, plus a small record per part received; completing it is
+    a rename.
     """
 
     def __init__(self, root: str | os.PathLike) -> None:
@@ -43,8 +53,7 @@ class LocalDirectoryWeightStore(WeightStore):
         path = self._path(key)
         with self._temporary() as tmp:
             size, sha256 = _copy(stream, tmp, max_bytes=max_bytes)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp.name, path)
+        _move_into_place(Path(tmp.name), path)
         return StoredObject(key=key, size=size, sha256=sha256)
 
     def open(self, key: str) -> BinaryIO:
@@ -121,9 +130,7 @@ class LocalDirectoryWeightStore(WeightStore):
                     raise InvalidWeights(f"part {part.number} was not received as listed")
                 if part.size != size:
                     raise InvalidWeights(f"part {part.number} has {part.size:,} bytes, not {size:,}")
-            path = self._path(key)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(folder / _DATA, path)
+            _move_into_place(folder / _DATA, self._path(key))
             shutil.rmtree(folder, ignore_errors=True)
 
     def abort_upload(self, key: str, upload_id: str) -> None:
@@ -133,6 +140,61 @@ class LocalDirectoryWeightStore(WeightStore):
                 shutil.rmtree(folder, ignore_errors=True)
         except ObjectNotFound:
             return
+
+    def list_objects(self, prefix: str) -> Iterator[ListedObject]:
+        folder = self.root.joinpath(*prefix.split("/")[:-1])
+        if not _real_folder(folder, self.root):
+            return
+        for path in _files(folder):
+            key = path.relative_to(self.root).as_posix()
+            if key.startswith(prefix) and _is_key(key):
+                try:
+                    stat = path.lstat()
+                except FileNotFoundError:  # removed meanwhile
+                    continue
+                yield ListedObject(key=key, size=stat.st_size, modified=stat.st_mtime)
+
+    def list_uploads(self, prefix: str) -> Iterator[ListedUpload]:
+        """Uploads in progress: a folder of ``.uploads`` with its key and its object-to-be (a folder
+        without them is a start or a completion cut short, which ``remove_leftovers`` removes)."""
+        for folder in _upload_folders(self._uploads):
+            try:
+                key = (folder / "key").read_text()
+                if not key.startswith(prefix) or not (folder / _DATA).exists():
+                    continue
+                yield ListedUpload(key=key, upload_id=folder.name, modified=_newest(folder))
+            except FileNotFoundError:  # completed or aborted meanwhile
+                continue
+
+    def remove_leftovers(self, *, before: float) -> Removed:
+        """Temporary files not written to since ``before`` (a write killed half-way), upload folders
+        whose start or completion was cut short as long ago, and the empty folders under FMA's key
+        spaces (left by removed objects; ``put`` makes a folder again if one vanishes under it)."""
+        removed = Removed()
+        for entry in sorted(os.scandir(self._tmp), key=lambda e: e.name):
+            try:
+                stat = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:  # renamed into place meanwhile
+                continue
+            if entry.is_file(follow_symlinks=False) and stat.st_mtime < before:
+                Path(entry.path).unlink(missing_ok=True)
+                removed += Removed(1, stat.st_size)
+        for folder in _upload_folders(self._uploads):
+            if (folder / "key").exists() and (folder / _DATA).exists():
+                continue  # an upload in progress: list_uploads
+            try:
+                if _newest(folder) >= before:
+                    continue
+                size = sum(path.lstat().st_size for path in folder.iterdir())
+            except FileNotFoundError:
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += Removed(1, size)
+        for space in KEY_SPACES:
+            top = self.root / space.rstrip("/")
+            if _real_folder(top, self.root):
+                _remove_empty_folders(top)
+        return removed
 
     @contextmanager
     def _held(self, folder: Path, upload_id: str, mode: int, *, ended_ok: bool = False) -> Iterator[None]:
@@ -183,6 +245,81 @@ class LocalDirectoryWeightStore(WeightStore):
         if not path.is_relative_to(self.root):  # a symlink inside root pointing out
             raise ObjectNotFound(f"no weights stored under {key!r}")
         return path
+
+
+def _move_into_place(source: Path, target: Path) -> None:
+    """Rename ``source`` to ``target``, making its folder first. The sweep removes empty folders, so
+    the folder may vanish between the two steps: then it is made again."""
+    for attempt in range(3):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(source, target)
+            return
+        except FileNotFoundError:
+            if attempt == 2 or not source.exists():
+                raise
+
+
+def _is_key(name: str) -> bool:
+    try:
+        check_key(name)
+    except InvalidKey:
+        return False
+    return True
+
+
+def _real_folder(folder: Path, root: Path) -> bool:
+    """``folder`` is a directory under ``root`` reached without a symbolic link."""
+    parts = folder.relative_to(root).parts
+    return folder.is_dir() and not any(
+        root.joinpath(*parts[:n]).is_symlink() for n in range(1, len(parts) + 1)
+    )
+
+
+def _files(folder: Path) -> Iterator[Path]:
+    """The files under ``folder`` in name order, depth first, never through a symbolic link."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            yield from _files(Path(entry.path))
+        elif entry.is_file(follow_symlinks=False):
+            yield Path(entry.path)
+
+
+def _upload_folders(uploads: Path) -> Iterator[Path]:
+    try:
+        entries = sorted(os.scandir(uploads), key=lambda e: e.name)
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if _UPLOAD_ID.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False):
+            yield Path(entry.path)
+
+
+def _newest(folder: Path) -> float:
+    """When anything in ``folder`` (or the folder itself) was last written."""
+    return max([folder.lstat().st_mtime, *(path.lstat().st_mtime for path in folder.iterdir())])
+
+
+def _remove_empty_folders(folder: Path) -> bool:
+    """Remove the empty folders below ``folder`` (not ``folder`` itself); whether ``folder`` is now empty."""
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:  # removed by another sweep
+        return False
+    empty = True
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False) and _remove_empty_folders(Path(entry.path)):
+            try:
+                os.rmdir(entry.path)
+                continue
+            except OSError:  # something arrived meanwhile
+                pass
+        empty = False
+    return empty
 
 
 def _copy(stream: BinaryIO, target: BinaryIO, *, max_bytes: int | None) -> tuple[int, str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -12,6 +12,10 @@ from fma_core.errors import InvalidKey
 from fma_core.weights import SafetensorsReader, open_weights
 
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+KEY_SPACES = ("aggregates/", "artifacts/", "shards/", "updates/")
+"""The first segment of every key FMA writes (see ``fma_core.rounds``, ``fma_core.shards`` and
+fma-django's services): the sweep looks for unreferenced objects there and nowhere else."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,36 @@ class UploadedPart:
     number: int
     size: int
     etag: str
+
+
+@dataclass(frozen=True)
+class ListedObject:
+    """An object found by ``list_objects``: its key, size, and when it was last written (epoch seconds)."""
+
+    key: str
+    size: int
+    modified: float
+
+
+@dataclass(frozen=True)
+class ListedUpload:
+    """A multipart upload not yet completed nor aborted: its key and id, and when it was last written
+    to (S3: when it started; epoch seconds)."""
+
+    key: str
+    upload_id: str
+    modified: float
+
+
+@dataclass(frozen=True)
+class Removed:
+    """What a clean-up removed: how many things and how many bytes."""
+
+    count: int = 0
+    bytes: int = 0
+
+    def __add__(self, other: Removed) -> Removed:
+        return Removed(self.count + other.count, self.bytes + other.bytes)
 
 
 class WeightStore(ABC):
@@ -112,6 +146,21 @@ class WeightStore(ABC):
     def presigned_part_url(self, key: str, upload_id: str, number: int, *, expires_in: int) -> str | None:
         """A URL a client can PUT part ``number`` to directly, or None to send it through the API."""
         return None
+
+    @abstractmethod
+    def list_objects(self, prefix: str) -> Iterator[ListedObject]:
+        """Every object whose key starts with ``prefix``, lazily (a page at a time, never the whole
+        listing in memory). Only valid keys inside the store: nothing else that shares its folder
+        or bucket, and no symbolic link is followed."""
+
+    @abstractmethod
+    def list_uploads(self, prefix: str) -> Iterator[ListedUpload]:
+        """Every multipart upload in progress whose key starts with ``prefix``, lazily."""
+
+    def remove_leftovers(self, *, before: float) -> Removed:
+        """Remove what interrupted writes left on the store's side, outside any key (temporary files
+        last written before ``before``, epoch seconds); a store that leaves nothing has nothing to do."""
+        return Removed()
 
 
 def check_key(key: str) -> str:

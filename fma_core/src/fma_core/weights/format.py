@@ -49,7 +49,14 @@ DTYPES: Mapping[str, np.dtype] = {
 either not numbers or have no numpy type to compute with."""
 
 _CODES = {dtype: code for code, dtype in DTYPES.items()}
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors package's own limit
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+"""The largest safetensors header FMA reads (uploads are refused, rounds quarantine such updates).
+
+A header is the tensor table plus metadata: about 200 bytes a tensor with a 50-character name
+(its entry and its place in the ``fma.order`` list), so 16 MiB holds some 80,000 tensors, over a
+hundred times the table of a 70-billion-parameter language model (Llama 3 70B: 723 tensors).
+Parsing a header costs about twice its size in memory, in every round that reads the update;
+the safetensors package's own limit (100 MB) would let one update cost 200 MB each time."""
 ORDER_KEY = "fma.order"  # metadata entry that keeps the tensors' order; safetensors sorts them
 _CHUNK = 1 << 20
 
@@ -370,7 +377,10 @@ def _parse_header(source: ByteSource) -> tuple[dict[str, str], dict[str, TensorI
         )
     (header_len,) = struct.unpack("<Q", source.read_bytes(0, 8))
     if header_len > MAX_HEADER_BYTES:
-        raise InvalidWeights(f"header claims {header_len:,} bytes, above the {MAX_HEADER_BYTES:,}-byte limit")
+        raise InvalidWeights(
+            f"header claims {header_len:,} bytes, above the limit of {MAX_HEADER_BYTES:,} bytes for "
+            "a safetensors header (the tensor table and metadata): send less metadata"
+        )
     if 8 + header_len > source.size:
         raise InvalidWeights(
             f"file is truncated: the header claims {header_len:,} bytes "

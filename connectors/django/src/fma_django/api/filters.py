@@ -1,8 +1,27 @@
-"""Query filters, named as in the original v1 API (``?federated_model=``, ``?status=``, ...)."""
+"""Query filters, named as in the original v1 API (``?federated_model=``, ``?status=``, ...).
+
+Integer filters are whole numbers within their column's range: anything else (``1e30``, a
+21-digit id) is a 400 naming the filter, not a value handed to the database driver.
+"""
 
 import django_filters
+from django import forms
 
+from fma_django.limits import MAX_BIGINT, MAX_INT, whole_number_range
 from fma_django.models import ClientAggregateScore, Experiment, ModelAggregate, ModelUpdate
+
+
+class WholeNumberFilter(django_filters.NumberFilter):
+    """A whole number from ``min_value`` to ``max_value`` (default: an id, 1 to 2⁶³ − 1)."""
+
+    field_class = forms.IntegerField
+
+    def __init__(
+        self, *args: object, min_value: int = 1, max_value: int = MAX_BIGINT, **kwargs: object
+    ) -> None:
+        message = whole_number_range(min_value, max_value)
+        kwargs.setdefault("error_messages", {"invalid": message, "min_value": message, "max_value": message})
+        super().__init__(*args, min_value=min_value, max_value=max_value, **kwargs)
 
 
 class ExperimentFilter(django_filters.FilterSet):
@@ -14,7 +33,7 @@ class ExperimentFilter(django_filters.FilterSet):
 
 
 class ModelUpdateFilter(django_filters.FilterSet):
-    federated_model = django_filters.NumberFilter(field_name="experiment_id")
+    federated_model = WholeNumberFilter(field_name="experiment_id")
 
     class Meta:
         model = ModelUpdate
@@ -22,7 +41,8 @@ class ModelUpdateFilter(django_filters.FilterSet):
 
 
 class ModelAggregateFilter(django_filters.FilterSet):
-    federated_model = django_filters.NumberFilter(field_name="experiment_id")
+    federated_model = WholeNumberFilter(field_name="experiment_id")
+    round_number = WholeNumberFilter(min_value=0, max_value=MAX_INT)
 
     class Meta:
         model = ModelAggregate
@@ -30,7 +50,7 @@ class ModelAggregateFilter(django_filters.FilterSet):
 
 
 class ClientAggregateScoreFilter(django_filters.FilterSet):
-    aggregate = django_filters.NumberFilter(field_name="aggregate_id")
+    aggregate = WholeNumberFilter(field_name="aggregate_id")
     client = django_filters.UUIDFilter(field_name="client__uuid")
 
     class Meta:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db import models
 from django.urls import reverse
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
@@ -16,6 +17,15 @@ from rest_framework import serializers
 
 from fma_core.aggregators import available
 from fma_django import uploads
+from fma_django.api.parsers import NestedTooDeeply, check_depth
+from fma_django.limits import (
+    IDEMPOTENCY_KEY_PATTERN,
+    IDEMPOTENCY_KEY_RULE,
+    MAX_BIGINT,
+    MAX_INT,
+    MAX_TOKEN_LIFETIME_SECONDS,
+    whole_number_range,
+)
 from fma_django.models import (
     ClientAggregateScore,
     EnrollmentToken,
@@ -29,6 +39,41 @@ from fma_django.models import (
 )
 
 
+def whole_number(*, low: int = 1, high: int = MAX_BIGINT, **kwargs: Any) -> serializers.IntegerField:
+    """An integer field whose refusal names its range (default: an id); booleans, ``1e30`` and
+    ``1.5`` are refused, and nothing past a database column's bounds reaches the database."""
+    message = whole_number_range(low, high)
+    return serializers.IntegerField(
+        min_value=low,
+        max_value=high,
+        error_messages={"invalid": message, "min_value": message, "max_value": message},
+        **kwargs,
+    )
+
+
+def idempotency_key_field(**kwargs: Any) -> serializers.RegexField:
+    """An optional idempotency key ("" or absent: none), refused with the rule when it breaks it."""
+    return serializers.RegexField(
+        rf"^{IDEMPOTENCY_KEY_PATTERN}$",  # ECMA-compatible for the OpenAPI schema; whitespace is trimmed first
+        required=False,
+        allow_blank=True,
+        default="",
+        error_messages={"invalid": f"an idempotency key is {IDEMPOTENCY_KEY_RULE}"},
+        **kwargs,
+    )
+
+
+class JSONField(serializers.JSONField):
+    """DRF's JSONField with the API's nesting bound (``api.parsers``): form and multipart bodies
+    carry JSON as text, which this field parses itself, not the API's JSON parser."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        try:
+            return check_depth(super().to_internal_value(data))
+        except (RecursionError, NestedTooDeeply):
+            raise serializers.ValidationError(str(NestedTooDeeply())) from None
+
+
 def _absolute(context: dict[str, Any], name: str, pk: int) -> str:
     path = reverse(f"fma-api:{name}", kwargs={"pk": pk})
     request = context.get("request")
@@ -38,16 +83,21 @@ def _absolute(context: dict[str, Any], name: str, pk: int) -> str:
 class ExperimentSerializer(serializers.ModelSerializer):
     """``/api/v1/models/``: the original's FederatedModel fields, plus FMA's own settings."""
 
+    serializer_field_mapping = {
+        **serializers.ModelSerializer.serializer_field_mapping,
+        models.JSONField: JSONField,
+    }
+
     aggregator = serializers.ChoiceField(choices=available(), default="fedavg")
     requirement = serializers.ChoiceField(
         choices=["", "all_clients", "require_x_updates"], required=False, allow_blank=True
     )
-    developer = serializers.IntegerField(
+    developer = whole_number(
         source="developer_id", required=False, help_text="defaults to you; only staff may name another user"
     )
     clients = serializers.SerializerMethodField()
     current_artifact = serializers.PrimaryKeyRelatedField(read_only=True, allow_null=True)
-    initial_model = serializers.JSONField(
+    initial_model = JSONField(
         write_only=True,
         required=False,
         help_text="the original's JSON weights: a list of layers (nested lists)",
@@ -103,10 +153,8 @@ class RegisteredClientSerializer(serializers.Serializer):
 
 
 class EnrollmentTokenRequestSerializer(serializers.Serializer):
-    """Bounded so the expiry stays a date (ten years at most) and max_uses fits its column."""
-
-    expires_in_seconds = serializers.IntegerField(required=False, min_value=1, max_value=10 * 365 * 86400)
-    max_uses = serializers.IntegerField(required=False, min_value=1, max_value=2**31 - 1)
+    expires_in_seconds = whole_number(high=MAX_TOKEN_LIFETIME_SECONDS, required=False)
+    max_uses = whole_number(high=MAX_INT, required=False)
 
 
 class EnrollmentTokenSerializer(serializers.ModelSerializer):
@@ -182,25 +230,23 @@ class ModelUpdateSerializer(serializers.ModelSerializer):
 class ModelUpdateCreateSerializer(serializers.Serializer):
     """The v1 JSON submission (what fma-connect sends), with FMA's optional extras."""
 
-    federated_model = serializers.IntegerField()
-    data = serializers.JSONField(help_text="a list of layers, each a (nested) list of numbers")
-    base_aggregate = serializers.IntegerField(required=False, allow_null=True)
-    num_examples = serializers.IntegerField(required=False, default=1, min_value=1)
-    metrics = serializers.JSONField(required=False, allow_null=True, default=None)
-    idempotency_key = serializers.CharField(required=False, allow_blank=True, max_length=128, default="")
+    federated_model = whole_number()
+    data = JSONField(help_text="a list of layers, each a (nested) list of numbers")
+    base_aggregate = whole_number(required=False, allow_null=True)
+    num_examples = whole_number(required=False, default=1)
+    metrics = JSONField(required=False, allow_null=True, default=None)
+    idempotency_key = idempotency_key_field()
 
 
 class UploadStartSerializer(serializers.Serializer):
     """Starting an upload session: the update's metadata and what its bytes will be."""
 
-    size = serializers.IntegerField(min_value=1, help_text="bytes of the safetensors file")
+    size = whole_number(help_text="bytes of the safetensors file")
     sha256 = serializers.RegexField(r"^[0-9a-fA-F]{64}$", help_text="SHA-256 of the whole file, in hex")
-    num_examples = serializers.IntegerField(required=False, default=1, min_value=1)
-    base_aggregate = serializers.IntegerField(required=False, allow_null=True, default=None)
-    metrics = serializers.JSONField(required=False, allow_null=True, default=None)
-    idempotency_key = serializers.CharField(
-        required=False, allow_blank=True, max_length=128, default="", help_text="or header Idempotency-Key"
-    )
+    num_examples = whole_number(required=False, default=1)
+    base_aggregate = whole_number(required=False, allow_null=True, default=None)
+    metrics = JSONField(required=False, allow_null=True, default=None)
+    idempotency_key = idempotency_key_field(help_text="or header Idempotency-Key")
     update_kind = serializers.ChoiceField(
         choices=UpdateKind.choices,
         default=UpdateKind.WEIGHTS,
@@ -392,10 +438,10 @@ class ClientAggregateScoreSerializer(serializers.ModelSerializer):
 
 
 class ClientAggregateScoreCreateSerializer(serializers.Serializer):
-    aggregate = serializers.IntegerField()
-    validation_results = serializers.JSONField()
+    aggregate = whole_number()
+    validation_results = JSONField()
     client = serializers.UUIDField(required=False, allow_null=True, help_text="must be the caller if given")
-    federated_model = serializers.IntegerField(required=False, help_text="ignored, as in the original")
+    federated_model = whole_number(required=False, help_text="ignored, as in the original")
 
 
 class MetricSummarySerializer(serializers.Serializer):

@@ -16,9 +16,12 @@ from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
+from django.utils.http import content_disposition_header
 from rest_framework.renderers import BaseRenderer
 
+from fma_django.api import parsers
 from fma_django.errors import LengthRequired, ValidationFailed
+from fma_django.limits import MAX_BIGINT, whole_number_range
 from fma_django.storage import weight_store
 
 SAFETENSORS = "application/octet-stream"
@@ -128,14 +131,20 @@ def upload_option(request: HttpRequest, name: str, header: str) -> str | None:
     return value if value is not None else request.GET.get(name)
 
 
-def int_option(request: HttpRequest, name: str, header: str) -> int | None:
+def int_option(
+    request: HttpRequest, name: str, header: str, *, low: int = 1, high: int = MAX_BIGINT
+) -> int | None:
+    """A whole number from ``low`` to ``high`` (default: an id), else a 400 naming it and the range."""
     value = upload_option(request, name, header)
     if value in (None, ""):
         return None
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
-        raise ValidationFailed(f"{name} must be a whole number, not {value!r}") from None
+        number = None
+    if number is None or not low <= number <= high:
+        raise ValidationFailed(f"{name} must be {whole_number_range(low, high)}, not {value[:100]!r}")
+    return number
 
 
 def json_option(request: HttpRequest, name: str, header: str) -> Any:
@@ -143,7 +152,9 @@ def json_option(request: HttpRequest, name: str, header: str) -> Any:
     if value in (None, ""):
         return None
     try:
-        return json.loads(value)
+        return parsers.loads(value)
+    except parsers.NestedTooDeeply as error:
+        raise ValidationFailed(f"{name}: {error}") from None
     except json.JSONDecodeError as error:
         raise ValidationFailed(f"{name} is not valid JSON: {error}") from None
 
@@ -160,7 +171,7 @@ def weights_response(
     headers = {
         "ETag": etag,
         "Accept-Ranges": "bytes",
-        "Content-Disposition": f'attachment; filename="{filename}"',
+        "Content-Disposition": content_disposition_header(True, filename),
         "Cache-Control": "private, max-age=0",
     }
     if etag in [t.strip() for t in request.META.get("HTTP_IF_NONE_MATCH", "").split(",")]:
