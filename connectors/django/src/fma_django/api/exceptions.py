@@ -1,8 +1,9 @@
 """One place that turns refusals into HTTP: ``{"detail": ..., "code": ...}`` with the right 4xx.
 
 Every refusal has that shape (the ``Error`` component of the OpenAPI schema), also DRF's field
-errors, whose messages per field stay in ``field_errors``; and it is JSON even where the client
-asked for weights (``Accept: application/octet-stream``).
+errors, which keep their messages under each field's name beside ``detail`` and ``code`` (as the
+original v1 API named them); and it is JSON even where the client asked for weights
+(``Accept: application/octet-stream``).
 """
 
 from __future__ import annotations
@@ -40,9 +41,8 @@ def _messages(detail: Any, prefix: str = "") -> list[str]:
 
 def _refusal(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, ValidationError):
-        body = {"detail": "; ".join(_messages(exc.detail)) or "invalid input", "code": "invalid"}
-        if isinstance(exc.detail, dict):
-            body["field_errors"] = exc.detail
+        fields = exc.detail if isinstance(exc.detail, dict) else {}
+        body = {**fields, "detail": "; ".join(_messages(exc.detail)) or "invalid input", "code": "invalid"}
         return Response(body, status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, RequestDataTooBig):
         # A JSON body above DATA_UPLOAD_MAX_MEMORY_SIZE: JSON is parsed in memory, binary is not.

@@ -38,12 +38,20 @@ class ErrorSerializer(serializers.Serializer):
 
     detail = serializers.CharField()
     code = serializers.CharField()
-    field_errors = serializers.DictField(
-        required=False, help_text="invalid input only: the messages for each field of the body"
-    )
 
     class Meta:
         ref_name = "Error"
+
+
+class ErrorScheme(OpenApiSerializerExtension):
+    """Invalid input also names each field, with its messages, beside ``detail`` and ``code``."""
+
+    target_class = ErrorSerializer
+
+    def map_serializer(self, auto_schema: Any, direction: str) -> dict[str, Any]:
+        schema = auto_schema._map_serializer(self.target_class, direction, bypass_extensions=True)
+        schema["additionalProperties"] = {"description": "invalid input: a field's messages, under its name"}
+        return schema
 
 
 def errors(*statuses: int) -> dict[int, OpenApiResponse]:
