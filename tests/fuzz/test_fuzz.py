@@ -40,7 +40,7 @@ from schemathesis.core.failures import FailureGroup
 
 from .conftest import TIMEOUT, Scene
 
-EXAMPLES = int(os.environ.get("FMA_FUZZ_EXAMPLES", "14"))
+EXAMPLES = int(os.environ.get("FMA_FUZZ_EXAMPLES", "20"))
 SEED = os.environ.get("FMA_FUZZ_SEED", "")
 REPORT = os.environ.get("FMA_FUZZ_REPORT", "")
 ONLY = re.compile(os.environ.get("FMA_FUZZ_OPERATIONS", ""))  # e.g. "POST .*/revoke_client/", to replay one
