@@ -75,6 +75,9 @@ class ServerErrors(logging.Handler):
 
 @dataclass
 class Report:
+    """One caller's run: counts, and each distinct failure (caller, operation, status, checks) once,
+    with how often it happened, an example's curl command and the server's traceback."""
+
     requests: int = 0
     server_errors: int = 0
     mismatches: int = 0
@@ -135,6 +138,7 @@ def hypothesis_settings() -> Callable:
 
 
 def strategy(operation: Any, scene: Scene) -> st.SearchStrategy:
+    """Valid and invalid requests, with generated path parameters and with the scene's real rows."""
     names = re.findall(r"{(\w+)}", operation.path)
     real = {name: value for name, value in scene.path_parameters(operation.path).items() if name in names}
     kinds = [operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE)]
