@@ -80,6 +80,7 @@ def test_commit_marks_exactly_the_drafted_updates(experiment, enroll, uploader, 
     b = submit(experiment, second, uploader, safetensors(2.0))
     store = DjangoMetadataStore()
     claim = store.claim_round(str(experiment.pk), worker="w", lease_seconds=60)
+    store.round_started(claim)
     store.quarantine_update(claim, str(b), "looks poisoned")
     record = store.commit_round(claim, draft_for(claim, [str(a)]))
 
