@@ -161,3 +161,25 @@ class SilentBroker:
         self._server.close()
         for connection in self.connections:
             connection.close()
+
+
+class HangingUp:
+    """An endpoint that accepts each TCP connection and closes it at once; counts them (one per attempt)."""
+
+    def __init__(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
+        self.attempts = 0
+        threading.Thread(target=self._accept, name="hanging-up", daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._server.accept()
+            except OSError:  # closed
+                return
+            self.attempts += 1
+            connection.close()
+
+    def close(self) -> None:
+        self._server.close()
