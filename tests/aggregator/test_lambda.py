@@ -73,7 +73,7 @@ class AwsLambda:
 def aws(monkeypatch) -> Iterator[AwsLambda]:
     monkeypatch.setenv("FMA_AGGREGATOR_FUNCTION", FUNCTION)
     fake = AwsLambda()
-    monkeypatch.setattr(lambda_invoke, "lambda_client", lambda: fake.client)
+    monkeypatch.setattr(lambda_invoke, "lambda_client", lambda **kwargs: fake.client)
     with fake.stubber:
         yield fake
         fake.stubber.assert_no_pending_responses()

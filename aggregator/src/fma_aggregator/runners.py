@@ -7,6 +7,9 @@ something to try the round; the round engine's claim decides, so a lost or repea
 is harmless (the sweep catches up on lost ones). ``request_check(upload_id)`` is connected to
 ``upload_check_requested`` the same way: the check locks its upload session, so a repeated
 request is harmless too, and the sweep requests again every check still waiting.
+
+Neither waits on a broker: the in-process runner queues in memory, Celery messages go through this
+process's ``Announcer`` thread, and a Lambda invocation has short timeouts and no retry.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import threading
 import time
 
+from fma_aggregator.announcer import Announcer
 from fma_aggregator.checks import run_check
 from fma_aggregator.config import AggregatorConfig, runner_name
 from fma_aggregator.engine import build_engine, fresh_connection
@@ -24,6 +28,7 @@ from fma_django.store import DjangoMetadataStore
 
 _lock = threading.Lock()
 _inprocess: InProcessRunner | None = None
+_announcer: Announcer | None = None
 
 
 def notify(experiment_id: str | int) -> None:
@@ -32,13 +37,11 @@ def notify(experiment_id: str | int) -> None:
     if name == "inprocess":
         inprocess_runner().notify(experiment_id)
     elif name == "celery":
-        from fma_aggregator.celery import app
-
-        app.send_task("fma.run_round", args=[str(experiment_id)])
+        celery_announcer().announce("fma.run_round", str(experiment_id))
     elif name == "lambda":
         from fma_aggregator.lambda_invoke import LambdaInvoker
 
-        LambdaInvoker.from_config(AggregatorConfig.from_env()).round_ready(str(experiment_id))
+        LambdaInvoker.announcing(AggregatorConfig.from_env()).round_ready(str(experiment_id))
 
 
 def request_check(upload_id: str) -> None:
@@ -48,13 +51,22 @@ def request_check(upload_id: str) -> None:
     if name == "inprocess":
         inprocess_runner().check_upload(upload_id)
     elif name == "celery":
-        from fma_aggregator.celery import app
-
-        app.send_task("fma.check_upload", args=[upload_id])
+        celery_announcer().announce("fma.check_upload", upload_id)
     elif name == "lambda":
         from fma_aggregator.lambda_invoke import LambdaInvoker
 
-        LambdaInvoker.from_config(AggregatorConfig.from_env()).check_upload(upload_id)
+        LambdaInvoker.announcing(AggregatorConfig.from_env()).check_upload(upload_id)
+
+
+def celery_announcer() -> Announcer:
+    """This process's sender of Celery messages, created on first use."""
+    global _announcer
+    with _lock:
+        if _announcer is None:
+            from fma_aggregator.celery import publish
+
+            _announcer = Announcer(publish)
+        return _announcer
 
 
 def inprocess_runner(config: AggregatorConfig | None = None) -> InProcessRunner:
