@@ -25,6 +25,7 @@ from fma_aggregator.inprocess import InProcessRunner
 from fma_core.rounds import RoundOutcome
 from fma_django.housekeeping import housekeeping_sweep
 from fma_django.store import DjangoMetadataStore
+from fma_django.uploads import uploads_checking
 
 _lock = threading.Lock()
 _inprocess: InProcessRunner | None = None
@@ -79,7 +80,11 @@ def inprocess_runner(config: AggregatorConfig | None = None) -> InProcessRunner:
 
 
 def django_inprocess_runner(config: AggregatorConfig) -> InProcessRunner:
-    """An in-process runner over the service's database and weight store."""
+    """An in-process runner over the service's database and weight store.
+
+    Its sweep queues the check of every upload left waiting itself: a standalone worker beside an
+    API whose runner is ``none`` (the same environment) is notified of nothing.
+    """
 
     def run(experiment_id: str) -> RoundOutcome:
         with fresh_connection():
@@ -92,6 +97,9 @@ def django_inprocess_runner(config: AggregatorConfig) -> InProcessRunner:
     def sweep() -> list[str]:
         with fresh_connection():
             housekeeping_sweep()
+            for upload_id in uploads_checking():
+                runner.check_upload(upload_id)
             return DjangoMetadataStore().experiments_to_sweep(now=time.time())
 
-    return InProcessRunner(run=run, check=check, sweep=sweep, sweep_seconds=config.sweep_seconds)
+    runner = InProcessRunner(run=run, check=check, sweep=sweep, sweep_seconds=config.sweep_seconds)
+    return runner
