@@ -123,14 +123,21 @@ def test_a_hung_broker_holds_no_push_and_the_sweep_runs_the_round_once_a_broker_
     assert sorted(aggregate.updates.values_list("pk", flat=True)) == sorted([first["id"], second["id"]])
 
 
-def test_a_broker_that_is_down_fails_no_push_and_the_lost_announcement_is_logged(
-    broker, api, make_experiment
+def test_a_broker_that_is_down_fails_no_push_the_lost_announcement_is_logged_and_swept_up(
+    broker, api, make_experiment, worker_env, processes, tmp_path
 ):
     server = api(FMA_BROKER_URL=broker_url(broker, free_port()))
     experiment = make_experiment()
     update = push(server, experiment, 1.0)
     assert [u.pk for u in stored(experiment)] == [update["id"]]
     wait_for(lambda: "the sweep will find it" in server.log(), what="the lost announcement in the API's log")
+
+    worker = processes(
+        celery_worker_args("back", beat=True, tmp_path=tmp_path),
+        worker_env(FMA_BROKER_URL=broker_url(broker, BROKERS[broker][1])),
+    )
+    aggregate = wait_for(committed(experiment), what=f"the swept round; worker log:\n{worker.output()}")
+    assert list(aggregate.updates.values_list("pk", flat=True)) == [update["id"]]
 
 
 def test_with_the_broker_up_the_api_announces_the_round_to_a_worker(
