@@ -79,11 +79,14 @@ class InProcessRunner:
         with self._wake:
             self._stopping = True
             self._wake.notify()
-        if self._thread is not None:
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
     def run_forever(self) -> None:
-        """Run in the calling thread until ``stop`` (the standalone worker's main loop)."""
+        """Run in the calling thread until ``stop`` (the standalone worker's main loop); what is queued
+        meanwhile is run here, not in another thread."""
+        with self._wake:
+            self._thread = threading.current_thread()
         self._loop()
 
     def _loop(self) -> None:

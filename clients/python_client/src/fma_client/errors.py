@@ -14,9 +14,15 @@ import requests
 
 
 class FmaClientError(Exception):
-    """Base of every error this package raises. ``status_code``, ``code`` and ``detail`` come from the server."""
+    """Base of every error this package raises. ``status_code``, ``code`` and ``detail`` come from the server.
+
+    ``idempotency_key`` is set on the error of a push that gave up part-way (the server was
+    unavailable, a transfer kept failing, a check did not end in time): pushing again with that
+    key finishes the same upload, and the server counts the update once.
+    """
 
     hint = ""
+    idempotency_key: str | None = None
 
     def __init__(
         self,
