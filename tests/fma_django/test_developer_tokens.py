@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 from django.apps import apps
@@ -102,19 +103,17 @@ def test_the_token_endpoints_are_in_the_openapi_schema(alice):
 
 def test_the_migration_hashes_a_plain_token_which_keeps_working_until_it_expires(alice, settings):
     legacy = "0123456789abcdef0123456789abcdef01234567"
-    with connection.schema_editor() as editor:
+    with connection.cursor() as cursor:
         if "authtoken_token" not in connection.introspection.table_names():
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    "CREATE TABLE authtoken_token (key varchar(40) PRIMARY KEY, created timestamp, user_id integer)"
-                )
-        with connection.cursor() as cursor:
             cursor.execute(
-                "INSERT INTO authtoken_token (key, created, user_id) VALUES (%s, %s, %s)",
-                [legacy, timezone.now(), alice.pk],
+                "CREATE TABLE authtoken_token (key varchar(40) PRIMARY KEY, created timestamp, user_id integer)"
             )
-        migration = importlib.import_module("fma_django.migrations.0007_developer_tokens")
-        migration.hash_legacy_tokens(apps, editor)
+        cursor.execute(
+            "INSERT INTO authtoken_token (key, created, user_id) VALUES (%s, %s, %s)",
+            [legacy, timezone.now(), alice.pk],
+        )
+    migration = importlib.import_module("fma_django.migrations.0007_developer_tokens")
+    migration.hash_legacy_tokens(apps, SimpleNamespace(connection=connection))
     assert legacy not in _every_stored_text()
     row = DeveloperToken.objects.get(user=alice)
     assert row.expires_at - timezone.now() > settings.FMA_TOKEN_TTL - timedelta(minutes=1)

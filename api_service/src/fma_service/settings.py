@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -89,7 +90,6 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -197,9 +197,13 @@ FMA_UPDATE_RETENTION_DAYS = (
 # thread of this process), "celery", "lambda" or "none"; see fma_aggregator.config.
 FMA_AGGREGATOR_RUNNER = os.environ.get("FMA_AGGREGATOR_RUNNER", "inprocess")
 
+# Developers' API tokens (fma_django.models.DeveloperToken): each expires this long after it is made;
+# the developer then logs in again (`fma login`) for a new one.
+FMA_TOKEN_TTL = timedelta(days=float(os.environ.get("FMA_TOKEN_TTL_DAYS", "30")))
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "fma_django.api.authentication.DeveloperTokenAuthentication",
         "fma_django.api.authentication.ClientCredentialAuthentication",
         "fma_django.api.authentication.LegacyClientUUIDAuthentication",
         "rest_framework.authentication.SessionAuthentication",
