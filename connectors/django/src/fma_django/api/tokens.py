@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import authenticate
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status, viewsets
@@ -19,7 +20,8 @@ from rest_framework.views import APIView
 
 from fma_django import developer_tokens
 from fma_django.api.permissions import IsDeveloper
-from fma_django.errors import ValidationFailed
+from fma_django.api.throttling import LoginRateThrottle
+from fma_django.errors import Forbidden, ValidationFailed
 from fma_django.models import DeveloperToken
 
 
@@ -67,11 +69,27 @@ def _issued(token: DeveloperToken, secret: str) -> dict[str, Any]:
     ).data
 
 
+def _locked_out(username: str) -> Forbidden:
+    cool_off = getattr(settings, "AXES_COOLOFF_TIME", None)
+    until = f"for {cool_off} after the last failed attempt, or " if cool_off else ""
+    return Forbidden(
+        f"too many failed logins for {username!r} from this address: logins are refused {until}until an "
+        f"administrator unlocks it (the admin's Access attempts, or `manage.py axes_reset_username {username}`)",
+        code="locked_out",
+    )
+
+
 class ObtainTokenView(APIView):
-    """Exchange a username and password for a new API token (the original FMA's ``/api-token-auth/``)."""
+    """Exchange a username and password for a new API token (the original FMA's ``/api-token-auth/``).
+
+    Guesses are throttled per address (``LoginRateThrottle``), and the lockout backend (django-axes,
+    see settings' ``AUTHENTICATION_BACKENDS``) refuses even the right password after repeated wrong
+    ones; it marks the request ``axes_locked_out``, which this view answers with 403 ``locked_out``.
+    """
 
     authentication_classes: list = []  # a login proves who the caller is; it needs no credential
     permission_classes = [AllowAny]
+    throttle_classes = [LoginRateThrottle]
 
     @extend_schema(request=LoginSerializer, responses=IssuedTokenSerializer, operation_id="api_token_auth")
     def post(self, request: Request) -> Response:
@@ -82,6 +100,8 @@ class ObtainTokenView(APIView):
             username=body.validated_data["username"],
             password=body.validated_data["password"],
         )
+        if user is None and getattr(request, "axes_locked_out", False):
+            raise _locked_out(body.validated_data["username"])
         if user is None:
             raise ValidationFailed(
                 "Unable to log in with the username and password given.", code="invalid_credentials"
