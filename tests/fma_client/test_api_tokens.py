@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from fma_client import AuthenticationError, Developer, TokenExpired
+from fma_client import AuthenticationError, Developer, TokenExpired, ValidationError
 from fma_client.cli import main
 from fma_django.models import DeveloperToken
 
@@ -82,3 +82,17 @@ def test_fma_lists_and_revokes_api_tokens_and_says_when_one_expired(fma, server,
     assert len(stale) == 1
     assert fma("revoke-api-token", stale[0]["id"])[0] == 0
     assert [t["id"] for t in json.loads(fma("--json", "api-tokens")[1])] == [fresh[0]["id"]]
+
+
+def test_a_locked_out_login_says_to_wait_or_ask_an_administrator(server, developer, settings):
+    from fma_client import LockedOut
+
+    for _ in range(settings.AXES_FAILURE_LIMIT - 1):
+        with pytest.raises(ValidationError, match="check the username and password"):
+            Developer.login(server, "dev", "wrong password", quiet=True)
+    with pytest.raises(LockedOut) as raised:
+        Developer.login(server, "dev", "wrong password", quiet=True)
+    with pytest.raises(LockedOut) as raised:
+        Developer.login(server, "dev", "dev-password", quiet=True)
+    assert raised.value.code == "locked_out"
+    assert "administrator" in str(raised.value)
