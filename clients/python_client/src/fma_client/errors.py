@@ -52,6 +52,12 @@ class PermissionDenied(FmaClientError):
     hint = "this credential may not do that; ask the experiment's developer"
 
 
+class LockedOut(PermissionDenied):
+    """403 with code ``locked_out``: too many wrong passwords for this username from this address."""
+
+    hint = "wait until the lockout ends (the message says how long), or ask the service's administrator to unlock the account"
+
+
 class NotFound(FmaClientError):
     """404: no such resource that this caller may see (the server does not reveal which)."""
 
@@ -98,7 +104,7 @@ _BY_STATUS: dict[int, type[FmaClientError]] = {
 }
 
 
-_BY_CODE: dict[str, type[FmaClientError]] = {"token_expired": TokenExpired}
+_BY_CODE: dict[str, type[FmaClientError]] = {"token_expired": TokenExpired, "locked_out": LockedOut}
 
 
 def describe_body(response: requests.Response) -> tuple[str, str | None]:
