@@ -91,7 +91,14 @@ class ObtainTokenView(APIView):
     permission_classes = [AllowAny]
     throttle_classes = [LoginRateThrottle]
 
-    @extend_schema(request=LoginSerializer, responses=IssuedTokenSerializer, operation_id="api_token_auth")
+    @extend_schema(
+        request=LoginSerializer,
+        responses=IssuedTokenSerializer,
+        description="Exchange a username and password for a new API token (shown once; it expires). "
+        "Throttled per caller address (429 with Retry-After). After repeated wrong passwords for a "
+        "username from one address, its logins are refused for a while, even with the right password "
+        "(403, code locked_out).",
+    )
     def post(self, request: Request) -> Response:
         body = LoginSerializer(data=request.data if isinstance(request.data, dict) else {})
         body.is_valid(raise_exception=True)
@@ -115,6 +122,7 @@ class DeveloperTokenViewSet(
 ):
     """The caller's own API tokens: list them, make one more (e.g. for a script), revoke one."""
 
+    queryset = DeveloperToken.objects.none()  # the schema's model; rows come from get_queryset
     serializer_class = DeveloperTokenSerializer
     permission_classes = [IsDeveloper]
     lookup_value_regex = "[0-9]{1,18}"  # a 64-bit id; anything longer is no token's
