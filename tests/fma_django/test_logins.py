@@ -143,3 +143,14 @@ def test_createsuperuser_without_input_refuses_a_weak_password_from_the_environm
             "createsuperuser", "--noinput", username="dave", email="d@example.com", stdout=io.StringIO()
         )
     assert not User.objects.filter(username="dave").exists()
+
+
+def test_a_successful_token_login_clears_the_failures_and_counts_as_a_login(alice):
+    for _ in range(settings.AXES_FAILURE_LIMIT - 1):
+        assert _token_login("wrong password").status_code == 400
+    assert _token_login(GOOD_PASSWORD).status_code == 200
+    alice.refresh_from_db()
+    assert alice.last_login is not None
+    for _ in range(settings.AXES_FAILURE_LIMIT - 1):
+        assert _token_login("wrong password").status_code == 400
+    assert _token_login(GOOD_PASSWORD).status_code == 200
