@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth import authenticate
+from django.contrib.auth import authenticate, user_logged_in
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.permissions import AllowAny
@@ -114,6 +114,8 @@ class ObtainTokenView(APIView):
                 "Unable to log in with the username and password given.", code="invalid_credentials"
             )
         token, secret = developer_tokens.developer_token_create(user=user, name=body.validated_data["name"])
+        # A login like the dashboard's: last_login is set, and the lockout forgets earlier failures.
+        user_logged_in.send(sender=type(user), request=request, user=user)
         return Response(_issued(token, secret))
 
 
