@@ -154,3 +154,16 @@ def test_a_successful_token_login_clears_the_failures_and_counts_as_a_login(alic
     for _ in range(settings.AXES_FAILURE_LIMIT - 1):
         assert _token_login("wrong password").status_code == 400
     assert _token_login(GOOD_PASSWORD).status_code == 200
+
+
+def test_other_anonymous_endpoints_are_throttled_per_address_and_developers_are_not(alice, settings):
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {**settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"], "anon": "2/hour"},
+    }
+    cache.clear()
+    anonymous = APIClient()
+    assert [anonymous.get("/api/schema/").status_code for _ in range(3)] == [200, 200, 429]
+    developer = APIClient()
+    developer.force_authenticate(alice)
+    assert [developer.get("/api/schema/").status_code for _ in range(3)] == [200, 200, 200]
