@@ -268,10 +268,12 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "fma_django.api.exceptions.exception_handler",
     "PAGE_SIZE": 50,
     # Anonymous callers, per address, counted in CACHES (fma_django.api.throttling): password
-    # guesses at /api-token-auth/, and anonymous register_client/.
+    # guesses at /api-token-auth/, anonymous register_client/, and any other view open to them.
+    "DEFAULT_THROTTLE_CLASSES": ["fma_django.api.throttling.AnonymousRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {
         "login": os.environ.get("FMA_THROTTLE_LOGIN", "10/min"),
         "register": os.environ.get("FMA_THROTTLE_REGISTER", "60/min"),
+        "anon": os.environ.get("FMA_THROTTLE_ANON", "120/min"),
     },
     # How many proxies in front of the service append to X-Forwarded-For (0: trust none, the
     # caller is REMOTE_ADDR). Behind one load balancer, 1.

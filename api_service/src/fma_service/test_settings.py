@@ -14,6 +14,7 @@ os.environ.setdefault("FMA_DATA_DIR", tempfile.mkdtemp(prefix="fma-test-"))
 # set the rates they test (tests/fma_django/test_logins.py).
 os.environ.setdefault("FMA_THROTTLE_LOGIN", "100000/min")
 os.environ.setdefault("FMA_THROTTLE_REGISTER", "100000/min")
+os.environ.setdefault("FMA_THROTTLE_ANON", "100000/min")
 
 from fma_service.settings import *  # noqa: F403
 from fma_service.settings import DATA_DIR, _database

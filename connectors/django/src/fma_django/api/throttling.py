@@ -23,6 +23,12 @@ class _ScopedAnonThrottle(AnonRateThrottle):
         return api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)
 
 
+class AnonymousRateThrottle(_ScopedAnonThrottle):
+    """Every other view anonymous callers may reach (the OpenAPI schema and docs): the default."""
+
+    scope = "anon"
+
+
 class LoginRateThrottle(_ScopedAnonThrottle):
     """``/api-token-auth/``: password guesses per address (the lockout counts per username too)."""
 

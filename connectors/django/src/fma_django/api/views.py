@@ -78,7 +78,7 @@ class ExperimentViewSet(viewsets.ModelViewSet):
         return [IsDeveloper()]
 
     def get_throttles(self) -> list[BaseThrottle]:
-        return [RegisterRateThrottle()] if self.action == "register_client" else []
+        return [RegisterRateThrottle()] if self.action == "register_client" else super().get_throttles()
 
     def get_queryset(self) -> Any:
         if self.action == "register_client":
