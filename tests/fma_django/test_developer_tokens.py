@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import re
 from datetime import timedelta
 from types import SimpleNamespace
 
@@ -120,3 +121,9 @@ def test_the_migration_hashes_a_plain_token_which_keeps_working_until_it_expires
     assert _as(legacy).get("/api/v1/models/").status_code == 200
     DeveloperToken.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
     assert _as(legacy).get("/api/v1/models/").json()["code"] == "token_expired"
+
+
+def test_a_token_is_hex_so_that_no_command_line_reads_it_as_an_option(alice):
+    """A URL-safe token may start with "-", and `fma login --token -x…` then fails to parse."""
+    tokens = [_login()["token"] for _ in range(20)]
+    assert all(re.fullmatch("[0-9a-f]{64}", token) for token in tokens)
