@@ -1,13 +1,16 @@
 """Developers' API tokens: made at login, found by their SHA-256, expiring, listed and revoked.
 
-The secret is 256 random bits shown once; the database keeps only its SHA-256 (as for client
-credentials, see ``credentials``), so a copy of the database lets nobody act as a developer.
+The secret is 256 random bits, shown once, in hex (a URL-safe one may begin with "-", which a
+command line such as ``fma login --token`` reads as an option); the database keeps only its
+SHA-256 (as for client credentials, see ``credentials``), so a copy of the database lets nobody
+act as a developer.
 A token found but past its ``expires_at`` is kept, so that the caller is told it *expired* (and to
 log in again) rather than that it is wrong.
 """
 
 from __future__ import annotations
 
+import secrets
 from datetime import timedelta
 
 from django.conf import settings
@@ -23,7 +26,7 @@ _USED_EVERY = timedelta(minutes=1)
 
 def developer_token_create(*, user: AbstractBaseUser, name: str = "") -> tuple[DeveloperToken, str]:
     """A new token for ``user``, valid for ``settings.FMA_TOKEN_TTL``; returns the row and the secret."""
-    secret = credentials.new_secret()
+    secret = secrets.token_hex(32)
     row = DeveloperToken.objects.create(
         user=user,
         digest=credentials.hash_secret(secret),
