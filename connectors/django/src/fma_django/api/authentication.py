@@ -52,9 +52,8 @@ class DeveloperTokenAuthentication(BaseAuthentication):
             raise AuthenticationFailed("Invalid token.")
         if token.expires_at <= timezone.now():
             raise AuthenticationFailed(
-                f"This API token expired at {token.expires_at:%Y-%m-%d %H:%M} UTC. Get a new one: run "
-                "`fma login` again, or Developer.login(url, username, password), or POST your username "
-                "and password to /api-token-auth/.",
+                f"This API token expired at {token.expires_at:%Y-%m-%d %H:%M} UTC: get a new one from "
+                "/api-token-auth/ (`fma login`).",
                 code="token_expired",
             )
         developer_tokens.developer_token_used(token=token)

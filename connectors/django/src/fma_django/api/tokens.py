@@ -71,7 +71,8 @@ def _issued(token: DeveloperToken, secret: str) -> dict[str, Any]:
 
 def _locked_out(username: str) -> Forbidden:
     cool_off = getattr(settings, "AXES_COOLOFF_TIME", None)
-    until = f"for {cool_off} after the last failed attempt, or " if cool_off else ""
+    minutes = round(cool_off.total_seconds() / 60) if cool_off else 0
+    until = f"for {minutes} minutes after the last failed attempt, or " if minutes else ""
     return Forbidden(
         f"too many failed logins for {username!r} from this address: logins are refused {until}until an "
         f"administrator unlocks it (the admin's Access attempts, or `manage.py axes_reset_username {username}`)",
