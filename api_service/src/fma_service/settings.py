@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -82,6 +83,7 @@ ALLOWED_HOSTS = _list("FMA_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]" if not DE
 CSRF_TRUSTED_ORIGINS = _list("FMA_CSRF_TRUSTED_ORIGINS", "")
 
 INSTALLED_APPS = [
+    "fma_service.accounts",  # first: its createsuperuser (password rules also with --noinput) wins
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -89,7 +91,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
+    "axes",
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -107,6 +109,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last, as django-axes asks: turns a lockout into its answer
 ]
 
 ROOT_URLCONF = "fma_service.urls"
@@ -140,6 +143,53 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+
+# Passwords: Django's rules, for every form and command that sets one (the admin, changepassword,
+# createsuperuser, also with --noinput: see fma_service.accounts).
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {
+        "NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+        "OPTIONS": {"min_length": int(os.environ.get("FMA_PASSWORD_MIN_LENGTH", "10"))},
+    },
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+# Logins (the token endpoint, the dashboard, the admin) lock out after FMA_LOGIN_FAILURE_LIMIT wrong
+# passwords for one username from one address: even the right password is refused until
+# FMA_LOGIN_LOCKOUT_MINUTES after the last failure, or until an administrator unlocks it (admin →
+# Access attempts, or `manage.py axes_reset_username NAME`). Attempts are rows in the database.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = int(os.environ.get("FMA_LOGIN_FAILURE_LIMIT", "5"))
+AXES_COOLOFF_TIME = timedelta(minutes=float(os.environ.get("FMA_LOGIN_LOCKOUT_MINUTES", "15")))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_CLIENT_IP_CALLABLE = "fma_django.api.throttling.client_address"
+AXES_HTTP_RESPONSE_CODE = 403
+AXES_LOCKOUT_TEMPLATE = "dashboard/locked_out.html"
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False
+
+
+def _caches(url: str) -> dict:
+    """``FMA_CACHE_URL``: a ``redis://`` (or ``rediss://``) URL on servers; unset, a table of the
+    database (``fma_cache``, made by fma_django's migrations), which every process of one
+    deployment shares, so throttles count across gunicorn workers and Lambda instances."""
+    if not url:
+        return {
+            "default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "fma_cache"}
+        }
+    if urlsplit(url).scheme not in {"redis", "rediss", "unix"}:
+        raise ImproperlyConfigured(f"FMA_CACHE_URL must be a redis:// URL, not {url.split(':')[0]}://")
+    return {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url}}
+
+
+CACHES = _caches(os.environ.get("FMA_CACHE_URL", ""))
+# Deployments (or test runs) that share one Redis keep apart by a prefix.
+CACHES["default"]["KEY_PREFIX"] = os.environ.get("FMA_CACHE_KEY_PREFIX", "")
 
 # The dashboard's pages use Django's session login.
 LOGIN_URL = "dashboard:login"
@@ -200,9 +250,13 @@ FMA_ORPHAN_SWEEP_SECONDS = int(os.environ.get("FMA_ORPHAN_SWEEP_SECONDS", "3600"
 # thread of this process), "celery", "lambda" or "none"; see fma_aggregator.config.
 FMA_AGGREGATOR_RUNNER = os.environ.get("FMA_AGGREGATOR_RUNNER", "inprocess")
 
+# Developers' API tokens (fma_django.models.DeveloperToken): each expires this long after it is made;
+# the developer then logs in again (`fma login`) for a new one.
+FMA_TOKEN_TTL = timedelta(days=float(os.environ.get("FMA_TOKEN_TTL_DAYS", "30")))
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "fma_django.api.authentication.DeveloperTokenAuthentication",
         "fma_django.api.authentication.ClientCredentialAuthentication",
         "fma_django.api.authentication.LegacyClientUUIDAuthentication",
         "rest_framework.authentication.SessionAuthentication",
@@ -221,6 +275,17 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "fma_django.api.exceptions.exception_handler",
     "PAGE_SIZE": 50,
+    # Anonymous callers, per address, counted in CACHES (fma_django.api.throttling): password
+    # guesses at /api-token-auth/, anonymous register_client/, and any other view open to them.
+    "DEFAULT_THROTTLE_CLASSES": ["fma_django.api.throttling.AnonymousRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "login": os.environ.get("FMA_THROTTLE_LOGIN", "10/min"),
+        "register": os.environ.get("FMA_THROTTLE_REGISTER", "60/min"),
+        "anon": os.environ.get("FMA_THROTTLE_ANON", "120/min"),
+    },
+    # How many proxies in front of the service append to X-Forwarded-For (0: trust none, the
+    # caller is REMOTE_ADDR). Behind one load balancer, 1.
+    "NUM_PROXIES": int(os.environ.get("FMA_NUM_PROXIES", "0")),
 }
 
 SPECTACULAR_SETTINGS = {

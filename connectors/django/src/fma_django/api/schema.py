@@ -1,6 +1,19 @@
-"""How the client credentials appear in the OpenAPI schema (drf-spectacular extensions)."""
+"""How the credentials appear in the OpenAPI schema (drf-spectacular extensions)."""
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
+
+
+class DeveloperTokenScheme(OpenApiAuthenticationExtension):
+    target_class = "fma_django.api.authentication.DeveloperTokenAuthentication"
+    name = "tokenAuth"
+
+    def get_security_definition(self, auto_schema: object) -> dict:
+        return {
+            "type": "apiKey",
+            "in": "header",
+            "name": "Authorization",
+            "description": "'Token <token>', a developer's API token from /api-token-auth/ (it expires)",
+        }
 
 
 class ClientCredentialScheme(OpenApiAuthenticationExtension):
