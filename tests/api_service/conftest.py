@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -31,13 +32,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class Served:
+    url: str
+    env: dict[str, str]  # the server's environment, for manage.py commands on its database
+
+
 @pytest.fixture
-def serve(tmp_path) -> Iterator[Callable[..., str]]:
-    """``serve(**env)`` starts fma-server with ``env`` and returns its URL once it answers;
+def serve(tmp_path) -> Iterator[Callable[..., Served]]:
+    """``serve(**env)`` starts fma-server with ``env`` and returns it once it answers;
     ``headers`` are sent with the readiness probe (a proxy's ``X-Forwarded-Proto``)."""
     processes: list[subprocess.Popen] = []
 
-    def start(headers: dict[str, str] | None = None, **extra: str) -> str:
+    def start(headers: dict[str, str] | None = None, **extra: str) -> Served:
         port = free_port()
         data_dir = tmp_path / f"server-{port}"
         data_dir.mkdir()
@@ -55,7 +62,7 @@ def serve(tmp_path) -> Iterator[Callable[..., str]]:
                 pytest.fail(f"fma-server did not come up: {log.read_text()}")
             try:
                 requests.get(url + "/api/v1/", headers=headers, timeout=10, allow_redirects=False)
-                return url
+                return Served(url, env)
             except requests.RequestException:
                 time.sleep(0.2)
 

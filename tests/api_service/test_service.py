@@ -70,7 +70,7 @@ def test_manage_py_migrates_and_creates_a_superuser(tmp_path, clean_env):
 
 @pytest.fixture
 def server(serve):
-    return serve(FMA_SECRET_KEY="test-key", FMA_WORKERS="1")
+    return serve(FMA_SECRET_KEY="test-key", FMA_WORKERS="1").url
 
 
 def test_one_command_serves_api_docs_and_admin(server):

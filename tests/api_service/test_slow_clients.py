@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -104,7 +106,46 @@ def _status_and_body(sock: socket.socket) -> tuple[int, dict]:
 @pytest.fixture
 def server(serve):
     # the embedded default's server settings: only the address and the data dir are chosen here
-    return serve(FMA_DEVELOPMENT="1", FMA_AGGREGATOR_RUNNER="none")
+    return serve(FMA_DEVELOPMENT="1", FMA_AGGREGATOR_RUNNER="none").url
+
+
+def _enrolled_client(served) -> tuple[int, str]:
+    """A developer (made as an operator makes one), an experiment, and a client enrolled in it."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "django",
+            "createsuperuser",
+            "--noinput",
+            "--username",
+            "dev",
+            "--email",
+            "d@x.org",
+        ],
+        env={**served.env, "DJANGO_SUPERUSER_PASSWORD": "dev-password-1234"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    token = requests.post(
+        served.url + "/api-token-auth/", json={"username": "dev", "password": "dev-password-1234"}, timeout=60
+    ).json()["token"]
+    developer = {"Authorization": f"Token {token}"}
+    created = requests.post(
+        served.url + "/api/v1/models/",
+        json={"name": "slow", "open_enrollment": True},
+        headers=developer,
+        timeout=60,
+    )
+    assert created.status_code == 201, created.text
+    experiment = created.json()["id"]
+    enrolled = requests.post(
+        served.url + f"/api/v1/models/{experiment}/register_client/", json={}, timeout=60
+    )
+    assert enrolled.status_code in (200, 201), enrolled.text
+    return experiment, enrolled.json()["credential"]
 
 
 def test_requests_keep_answering_while_50_connections_stall(server):
@@ -139,3 +180,33 @@ def test_a_3_gb_content_length_gets_413_before_any_body_is_sent(server, method, 
     assert status == 413
     assert body["code"] == "too_large"
     assert "Content-Length" in body["detail"]
+
+
+def test_the_limit_is_the_routes_own(server):
+    """50 MB is too much for a login, not for an upload: that one goes on to the view, which asks
+    for credentials (401) without reading the body."""
+    answers = {}
+    for path in ("/api-token-auth/", "/api/v1/models/1/upload_update/"):
+        with _connect(server) as sock:
+            sock.sendall(_head("POST", path, length=50_000_000, content_type="application/octet-stream"))
+            answers[path] = _status_and_body(sock)[0]
+    assert answers == {"/api-token-auth/": 413, "/api/v1/models/1/upload_update/": 401}
+
+
+def test_an_upload_that_stops_midway_is_ended_and_the_service_answers_meanwhile(serve):
+    """An enrolled client's upload (streamed into the view, not read ahead) that stops sending:
+    after FMA_READ_TIMEOUT without a byte the request ends with a 4xx, and other requests answer
+    while it waits."""
+    served = serve(FMA_DEVELOPMENT="1", FMA_AGGREGATOR_RUNNER="none", FMA_READ_TIMEOUT="3", FMA_THREADS="1")
+    experiment, credential = _enrolled_client(served)
+    with _connect(served.url) as sock:
+        sock.sendall(
+            f"POST /api/v1/models/{experiment}/upload_update/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Client {credential}\r\nContent-Type: application/octet-stream\r\n"
+            f"Content-Length: 5000000\r\n\r\n".encode()
+            + b"\0" * 1000
+        )
+        # one thread runs requests, and this upload holds it while it waits for bytes
+        assert requests.get(served.url + "/api/schema/", timeout=ANSWER_SECONDS).status_code == 200
+        status, _ = _status_and_body(sock)
+    assert 400 <= status < 500
