@@ -1,6 +1,6 @@
 """Upload, aggregate and download N updates through presigned S3 URLs, against the same through the API.
 
-Two services on loopback, each ``python -m fma_service`` (gunicorn, one worker, four threads)
+Two services on loopback, each ``python -m fma_service`` (uvicorn, one worker, four threads)
 with its own temporary data dir and SQLite database, and ``FMA_AGGREGATOR_RUNNER=none`` so that
 the benchmark runs the round itself:
 

@@ -103,6 +103,7 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    "fma_service.body_limits.BodyLimitMiddleware",  # before anything reads a body
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -176,6 +177,20 @@ FMA_MAX_UPDATE_BYTES = int(os.environ.get("FMA_MAX_UPDATE_BYTES", str(2 * 1024**
 # The v1 JSON path parses the whole body in memory (that is what JSON costs); cap it.
 DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("FMA_MAX_JSON_BYTES", str(1024**3)))
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024**2
+# Request bodies, checked against Content-Length before a byte is read (fma_service.body_limits):
+# the routes that take weights accept up to the limits above, every other route
+# FMA_MAX_REQUEST_BYTES, which fma-server also reads whole before a thread runs the request.
+FMA_MAX_REQUEST_BYTES = int(os.environ.get("FMA_MAX_REQUEST_BYTES", str(1024**2)))
+FMA_BODY_LIMITS = {
+    "fma-api:model-upload-update": FMA_MAX_UPDATE_BYTES,
+    "fma-api:upload-part": FMA_MAX_UPDATE_BYTES,
+    "fma-api:model-list": DATA_UPLOAD_MAX_MEMORY_SIZE,  # v1: an experiment's initial model as JSON
+    "fma-api:model-detail": DATA_UPLOAD_MAX_MEMORY_SIZE,
+    "fma-api:model_update-list": DATA_UPLOAD_MAX_MEMORY_SIZE,  # v1: an update as JSON
+}
+# fma-server's patience with a client (fma_service.asgi): the longest wait for the next bytes of a
+# request body, or for the client to take the next bytes of a response.
+FMA_READ_TIMEOUT = float(os.environ.get("FMA_READ_TIMEOUT", "60"))
 # Upload sessions (fma_django.uploads): the size of each part (S3 needs at least 5 MiB for every
 # part but the last), and how long a session may stay open before the sweep aborts it.
 FMA_UPLOAD_PART_BYTES = int(os.environ.get("FMA_UPLOAD_PART_BYTES", str(64 * 1024**2)))
