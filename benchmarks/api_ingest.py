@@ -108,6 +108,7 @@ def main() -> None:
         **os.environ,
         "FMA_DATA_DIR": str(data_dir),
         "FMA_SECRET_KEY": "benchmark",
+        "FMA_DEVELOPMENT": "1",  # plain http on loopback: no redirect to https
         "FMA_BIND": f"127.0.0.1:{port}",
         "FMA_WORKERS": "1",
         "FMA_THREADS": "2",

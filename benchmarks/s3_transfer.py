@@ -146,6 +146,7 @@ def one_path(env: dict[str, str], data_dir: Path, *, count: int, params: int) ->
         **env,
         "FMA_DATA_DIR": str(data_dir),
         "FMA_SECRET_KEY": "benchmark",
+        "FMA_DEVELOPMENT": "1",  # plain http on loopback: no redirect to https
         "FMA_UPLOAD_PART_BYTES": str(PART_BYTES),
         "FMA_AGGREGATOR_RUNNER": "none",
         "FMA_LOG_LEVEL": "WARNING",

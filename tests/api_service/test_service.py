@@ -68,16 +68,23 @@ def test_manage_py_migrates_and_creates_a_superuser(tmp_path, clean_env):
     assert (tmp_path / "fma.sqlite3").exists()
 
 
+PROXY = {"X-Forwarded-Proto": "https"}  # production settings: requests come through the TLS proxy
+
+
+def get(url: str) -> requests.Response:
+    return requests.get(url, headers=PROXY, timeout=60)
+
+
 @pytest.fixture
 def server(serve):
-    return serve(FMA_SECRET_KEY="test-key", FMA_WORKERS="1").url
+    return serve(headers=PROXY, FMA_SECRET_KEY="test-key", FMA_WORKERS="1").url
 
 
 def test_one_command_serves_api_docs_and_admin(server):
-    schema = requests.get(server + "/api/schema/", timeout=60)
+    schema = get(server + "/api/schema/")
     assert schema.status_code == 200
     assert "/api/v1/models/{id}/upload_update/" in schema.text
-    docs = requests.get(server + "/api/docs/", timeout=60)
+    docs = get(server + "/api/docs/")
     assert docs.status_code == 200
     assets = [
         line.split('"')[1]
@@ -86,15 +93,18 @@ def test_one_command_serves_api_docs_and_admin(server):
     ]
     assert assets
     assert assets[0].startswith("/static/")  # served by the service itself: no internet needed
-    assert requests.get(server + assets[0], timeout=60).status_code == 200
-    assert requests.get(server + "/admin/login/", timeout=60).status_code == 200
-    assert requests.get(server + "/api/v1/models/", timeout=60).status_code == 401
+    assert get(server + assets[0]).status_code == 200
+    start_up = get(server + "/api/docs/?script=")  # the page's script, not inline (CSP)
+    assert start_up.status_code == 200
+    assert start_up.headers["Content-Type"].startswith("application/javascript")
+    assert get(server + "/admin/login/").status_code == 200
+    assert get(server + "/api/v1/models/").status_code == 401
 
 
 def test_the_dashboard_and_its_static_files_are_served_by_the_service_itself(server):
-    login = requests.get(server + "/", timeout=60)
+    login = get(server + "/")
     assert login.status_code == 200
     assert login.url == server + "/dashboard/login/?next=/dashboard/"
     assert "https://" not in login.text  # nothing from a CDN
     for asset in ("/static/dashboard/dashboard.css", "/static/dashboard/live.js"):
-        assert requests.get(server + asset, timeout=60).status_code == 200
+        assert get(server + asset).status_code == 200

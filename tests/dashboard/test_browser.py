@@ -201,9 +201,9 @@ def test_the_swagger_ui_and_the_admin_work_under_the_csp(page: Page, server: str
     page.goto("/admin/")
     expect(page.get_by_role("heading", name="Site administration")).to_be_visible()
     page.goto("/admin/auth/user/add/")
-    page.get_by_label("Username").fill("carol")
-    page.get_by_label("Password", exact=True).fill("correct-horse-battery-staple-42")
-    page.get_by_label("Password confirmation").fill("correct-horse-battery-staple-42")
+    page.locator("#id_username").fill("carol")
+    page.locator("#id_password1").fill("correct-horse-battery-staple-42")
+    page.locator("#id_password2").fill("correct-horse-battery-staple-42")
     page.get_by_role("button", name="Save", exact=True).click()
     expect(page.get_by_text("was added successfully")).to_be_visible()
     assert page.csp_violations == []

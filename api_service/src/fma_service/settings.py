@@ -100,6 +100,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -109,6 +110,38 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+
+# --- HTTPS, cookies and Content-Security-Policy (`manage.py check --deploy` is clean by default) ---
+# Outside development the service is meant to sit behind a proxy that terminates TLS (a load
+# balancer, nginx, API Gateway on Lambda) and says so in X-Forwarded-Proto: Django trusts that
+# header (FMA_PROXY_SSL_HEADER; empty trusts none, for a server whose clients reach it directly:
+# a client could otherwise claim https). Plain http is then redirected to https, except the
+# health probe, and HSTS and secure-only cookies hold. FMA_DEVELOPMENT=1 keeps plain http on
+# loopback working: no redirect, no HSTS, cookies without Secure.
+_proxy_header = os.environ.get("FMA_PROXY_SSL_HEADER", "X-Forwarded-Proto").strip()
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_" + _proxy_header.upper().replace("-", "_"), "https") if _proxy_header else None
+)
+SECURE_SSL_REDIRECT = not DEVELOPMENT
+SECURE_REDIRECT_EXEMPT = [r"^health/$"]
+SECURE_HSTS_SECONDS = 0 if DEVELOPMENT else int(os.environ.get("FMA_HSTS_SECONDS", str(365 * 24 * 3600)))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _flag("FMA_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = _flag("FMA_HSTS_PRELOAD", True)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = not DEVELOPMENT
+# The same policy everywhere, development included, so a page that breaks under it breaks in the
+# tests: no inline script or style and no eval on any page (the dashboard's scripts and styles are
+# static files; the Swagger UI is served split, its start-up script from a URL of its own); data:
+# images for the Swagger UI's icons.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "frame-ancestors": ["'none'"],
+        "form-action": ["'self'"],
+    }
+}
 
 ROOT_URLCONF = "fma_service.urls"
 WSGI_APPLICATION = "fma_service.wsgi.application"
