@@ -63,7 +63,7 @@ class Api:
 
 @pytest.fixture
 def api(worker_env, processes) -> Callable[..., Api]:
-    """Start fma-server (gunicorn, one worker) with the Celery runner and this environment."""
+    """Start fma-server (one worker) with the Celery runner and this environment."""
 
     def start(**env: str) -> Api:
         port = free_port()

@@ -25,7 +25,7 @@ class Announcer:
     def __init__(self, send: Callable[[str, str], None]) -> None:
         self._send = send
         self._reset()
-        os.register_at_fork(after_in_child=self._reset)  # a forked process (gunicorn) starts its own thread
+        os.register_at_fork(after_in_child=self._reset)  # a forked process starts its own thread
 
     def _reset(self) -> None:
         self._wake = threading.Condition()

@@ -6,7 +6,7 @@ Notifications are deduplicated per experiment (a burst of a hundred updates queu
 once), a round whose policy has a deadline sets a timer for it, and a periodic sweep picks up
 what no notification covers: expired leases of workers that died, and rounds left pending by a
 previous process. Exactly-once comes from the round engine's lease, so any number of processes
-(gunicorn workers, a standalone ``fma-aggregator worker``) can each run one of these.
+(fma-server's workers, a standalone ``fma-aggregator worker``) can each run one of these.
 """
 
 from __future__ import annotations

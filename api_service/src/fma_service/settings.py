@@ -102,15 +102,49 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    "fma_service.body_limits.BodyLimitMiddleware",  # before anything reads a body
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "axes.middleware.AxesMiddleware",  # last, as django-axes asks: turns a lockout into its answer
 ]
+
+# --- HTTPS, cookies and Content-Security-Policy (`manage.py check --deploy` is clean by default) ---
+# Outside development the service is meant to sit behind a proxy that terminates TLS (a load
+# balancer, nginx, API Gateway on Lambda) and says so in X-Forwarded-Proto: Django trusts that
+# header (FMA_PROXY_SSL_HEADER; empty trusts none, for a server whose clients reach it directly:
+# a client could otherwise claim https). Plain http is then redirected to https, except the
+# health probe, and HSTS and secure-only cookies hold. FMA_DEVELOPMENT=1 keeps plain http on
+# loopback working: no redirect, no HSTS, cookies without Secure.
+_proxy_header = os.environ.get("FMA_PROXY_SSL_HEADER", "X-Forwarded-Proto").strip()
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_" + _proxy_header.upper().replace("-", "_"), "https") if _proxy_header else None
+)
+SECURE_SSL_REDIRECT = not DEVELOPMENT
+SECURE_REDIRECT_EXEMPT = [r"^health/$"]
+SECURE_HSTS_SECONDS = 0 if DEVELOPMENT else int(os.environ.get("FMA_HSTS_SECONDS", str(365 * 24 * 3600)))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _flag("FMA_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = _flag("FMA_HSTS_PRELOAD", True)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = not DEVELOPMENT
+# The same policy everywhere, development included, so a page that breaks under it breaks in the
+# tests: no inline script or style and no eval on any page (the dashboard's scripts and styles are
+# static files; the Swagger UI is served split, its start-up script from a URL of its own); data:
+# images for the Swagger UI's icons.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "frame-ancestors": ["'none'"],
+        "form-action": ["'self'"],
+    }
+}
 
 ROOT_URLCONF = "fma_service.urls"
 WSGI_APPLICATION = "fma_service.wsgi.application"
@@ -177,7 +211,7 @@ AXES_VERBOSE = False
 def _caches(url: str) -> dict:
     """``FMA_CACHE_URL``: a ``redis://`` (or ``rediss://``) URL on servers; unset, a table of the
     database (``fma_cache``, made by fma_django's migrations), which every process of one
-    deployment shares, so throttles count across gunicorn workers and Lambda instances."""
+    deployment shares, so throttles count across fma-server's worker processes and Lambda instances."""
     if not url:
         return {
             "default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "fma_cache"}
@@ -226,6 +260,20 @@ FMA_MAX_UPDATE_BYTES = int(os.environ.get("FMA_MAX_UPDATE_BYTES", str(2 * 1024**
 # The v1 JSON path parses the whole body in memory (that is what JSON costs); cap it.
 DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("FMA_MAX_JSON_BYTES", str(1024**3)))
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024**2
+# Request bodies, checked against Content-Length before a byte is read (fma_service.body_limits):
+# the routes that take weights accept up to the limits above, every other route
+# FMA_MAX_REQUEST_BYTES, which fma-server also reads whole before a thread runs the request.
+FMA_MAX_REQUEST_BYTES = int(os.environ.get("FMA_MAX_REQUEST_BYTES", str(1024**2)))
+FMA_BODY_LIMITS = {
+    "fma-api:model-upload-update": FMA_MAX_UPDATE_BYTES,
+    "fma-api:upload-part": FMA_MAX_UPDATE_BYTES,
+    "fma-api:model-list": DATA_UPLOAD_MAX_MEMORY_SIZE,  # v1: an experiment's initial model as JSON
+    "fma-api:model-detail": DATA_UPLOAD_MAX_MEMORY_SIZE,
+    "fma-api:model_update-list": DATA_UPLOAD_MAX_MEMORY_SIZE,  # v1: an update as JSON
+}
+# fma-server's patience with a client (fma_service.asgi): the longest wait for the next bytes of a
+# request body, or for the client to take the next bytes of a response.
+FMA_READ_TIMEOUT = float(os.environ.get("FMA_READ_TIMEOUT", "60"))
 # Upload sessions (fma_django.uploads): the size of each part (S3 needs at least 5 MiB for every
 # part but the last), and how long a session may stay open before the sweep aborts it.
 FMA_UPLOAD_PART_BYTES = int(os.environ.get("FMA_UPLOAD_PART_BYTES", str(64 * 1024**2)))

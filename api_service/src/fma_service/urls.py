@@ -1,11 +1,13 @@
-"""Routes: the dashboard, the admin, the v1 API (``fma_django.api``), the token endpoint and the OpenAPI docs."""
+"""Routes: the dashboard, the admin, the v1 API (``fma_django.api``), the token endpoint, the OpenAPI docs
+and the health probe."""
 
 from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from fma_django.api.tokens import ObtainTokenView
+from fma_service.health import health
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="dashboard:experiments"), name="home"),
@@ -14,6 +16,12 @@ urlpatterns = [
     path("api/", include("fma_django.api.urls")),
     path("api-token-auth/", ObtainTokenView.as_view(), name="api-token-auth"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    # split: the page's start-up script comes from the same URL (?script), not inline (CSP)
+    path(
+        "api/docs/",
+        SpectacularSwaggerSplitView.as_view(url_name="schema", template_name="dashboard/swagger_ui.html"),
+        name="swagger-ui",
+    ),
     path("api-auth/", include("rest_framework.urls")),
+    path("health/", health, name="health"),
 ]
