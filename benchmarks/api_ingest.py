@@ -1,6 +1,6 @@
 """Ingesting one update through the API: safetensors streamed to the weight store vs the v1 JSON path.
 
-Starts the service with gunicorn on loopback (``python -m fma_service``, SQLite and a weight
+Starts the service (uvicorn) on loopback (``python -m fma_service``, SQLite and a weight
 directory in a temporary data dir), then sends the same update (100 MB: 25M float32 in 25
 tensors; ``--quick``: 20 MB) twice: as a binary upload to ``models/<id>/upload_update/``, and
 as the original FMA's JSON (``{"data": [[...floats...], ...]}``) to ``model_updates/``. The binary
@@ -44,11 +44,12 @@ def free_port() -> int:
 
 
 class PeakRss(threading.Thread):
-    """Samples the resident memory of the server's worker processes (found once) until stopped."""
+    """Samples the resident memory of the server's worker processes (found once; the server itself
+    when it serves alone, as uvicorn does with one worker) until stopped."""
 
     def __init__(self, server: psutil.Process) -> None:
         super().__init__(daemon=True)
-        self.workers = server.children(recursive=True)
+        self.workers = server.children(recursive=True) or [server]
         self.peak = 0
         self._done = threading.Event()
 
@@ -107,6 +108,7 @@ def main() -> None:
         **os.environ,
         "FMA_DATA_DIR": str(data_dir),
         "FMA_SECRET_KEY": "benchmark",
+        "FMA_DEVELOPMENT": "1",  # plain http on loopback: no redirect to https
         "FMA_BIND": f"127.0.0.1:{port}",
         "FMA_WORKERS": "1",
         "FMA_THREADS": "2",

@@ -1,6 +1,6 @@
 """Upload, aggregate and download N updates through presigned S3 URLs, against the same through the API.
 
-Two services on loopback, each ``python -m fma_service`` (gunicorn, one worker, four threads)
+Two services on loopback, each ``python -m fma_service`` (uvicorn, one worker, four threads)
 with its own temporary data dir and SQLite database, and ``FMA_AGGREGATOR_RUNNER=none`` so that
 the benchmark runs the round itself:
 
@@ -146,6 +146,7 @@ def one_path(env: dict[str, str], data_dir: Path, *, count: int, params: int) ->
         **env,
         "FMA_DATA_DIR": str(data_dir),
         "FMA_SECRET_KEY": "benchmark",
+        "FMA_DEVELOPMENT": "1",  # plain http on loopback: no redirect to https
         "FMA_UPLOAD_PART_BYTES": str(PART_BYTES),
         "FMA_AGGREGATOR_RUNNER": "none",
         "FMA_LOG_LEVEL": "WARNING",

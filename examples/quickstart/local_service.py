@@ -1,6 +1,6 @@
 """The real FMA service on the embedded default, in a subprocess, for the examples and their tests.
 
-``python -m fma_service`` (gunicorn; migrations run at start) with SQLite and the weight directory
+``python -m fma_service`` (uvicorn; migrations run at start) with SQLite and the weight directory
 in a data directory of its own, the in-process aggregation runner, on a free loopback port.
 """
 
@@ -107,7 +107,7 @@ class Service:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            self.process.terminate()  # gunicorn's graceful stop
+            self.process.terminate()  # uvicorn's graceful stop
             try:
                 self.process.wait(20)
             except subprocess.TimeoutExpired:

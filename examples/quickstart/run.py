@@ -5,7 +5,7 @@
 
 What it does, all on this machine with nothing else installed or running:
 
-1. starts the real service (``python -m fma_service``: gunicorn, SQLite, a local weight directory,
+1. starts the real service (``python -m fma_service``: uvicorn, SQLite, a local weight directory,
    the in-process aggregation runner) on a free loopback port, in a temporary data directory;
 2. creates a developer account, logs in through the API and creates the experiment with
    fma-client's ``Developer`` (the initial model, the aggregator, and the round policy "every

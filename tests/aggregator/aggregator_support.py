@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -116,3 +117,69 @@ def celery_worker_args(name: str, *, beat: bool, tmp_path: Path) -> list[str]:
     if beat:
         args += ["-B", "-s", str(tmp_path / f"beat-{name}")]
     return args
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (the OS just handed it out and it was closed again)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class SilentBroker:
+    """A broker that hangs: it accepts TCP connections on loopback and never answers a byte."""
+
+    def __init__(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        self.connections: list[socket.socket] = []
+        threading.Thread(target=self._accept, name="silent-broker", daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._server.accept()
+            except OSError:  # closed
+                return
+            connection.setblocking(False)
+            self.connections.append(connection)
+
+    def still_open(self) -> int:
+        """How many of the accepted connections their client has not closed (it still waits for an answer)."""
+        waiting = 0
+        for connection in list(self.connections):
+            try:
+                while connection.recv(65536):  # what the client sent (its handshake) until nothing is left
+                    pass
+            except BlockingIOError:
+                waiting += 1  # nothing more to read, and not closed
+            except OSError:
+                pass  # reset: closed
+        return waiting
+
+    def close(self) -> None:
+        self._server.close()
+        for connection in self.connections:
+            connection.close()
+
+
+class HangingUp:
+    """An endpoint that accepts each TCP connection and closes it at once; counts them (one per attempt)."""
+
+    def __init__(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
+        self.attempts = 0
+        threading.Thread(target=self._accept, name="hanging-up", daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._server.accept()
+            except OSError:  # closed
+                return
+            self.attempts += 1
+            connection.close()
+
+    def close(self) -> None:
+        self._server.close()

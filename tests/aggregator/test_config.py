@@ -11,17 +11,21 @@ from fma_core.errors import ConfigurationError
 def test_defaults_are_for_one_machine():
     config = AggregatorConfig.from_env({})
     assert config.broker_url == "redis://127.0.0.1:6379/0"
-    assert config.result_backend == config.broker_url  # Redis keeps the task results too
+    assert config.broker_timeout == 10
     assert config.shard_bytes is None
     assert config.lease_seconds == 900
     assert config.queue == "fma"
 
 
-def test_rabbitmq_has_no_result_backend_unless_one_is_named():
-    rabbit = {"FMA_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//"}
-    assert AggregatorConfig.from_env(rabbit).result_backend is None
-    named = AggregatorConfig.from_env({**rabbit, "FMA_RESULT_BACKEND": "redis://127.0.0.1:6379/1"})
-    assert named.result_backend == "redis://127.0.0.1:6379/1"
+def test_no_result_backend_and_every_wait_on_the_broker_is_bounded():
+    from fma_aggregator.celery import app, config
+
+    assert app.conf.result_backend is None
+    assert app.conf.task_ignore_result is True
+    assert app.conf.broker_connection_timeout == config.broker_timeout
+    if config.broker_url.startswith("redis"):
+        options = app.conf.broker_transport_options
+        assert options["socket_timeout"] == options["socket_connect_timeout"] == config.broker_timeout
 
 
 def test_numbers_are_parsed_and_nonsense_is_refused():

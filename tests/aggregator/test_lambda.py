@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import boto3
 import pytest
-from aggregator_support import submit
+from aggregator_support import HangingUp, submit
 from botocore.stub import ANY, Stubber
 from django.contrib.auth.models import User
 
@@ -73,7 +73,7 @@ class AwsLambda:
 def aws(monkeypatch) -> Iterator[AwsLambda]:
     monkeypatch.setenv("FMA_AGGREGATOR_FUNCTION", FUNCTION)
     fake = AwsLambda()
-    monkeypatch.setattr(lambda_invoke, "lambda_client", lambda: fake.client)
+    monkeypatch.setattr(lambda_invoke, "lambda_client", lambda **kwargs: fake.client)
     with fake.stubber:
         yield fake
         fake.stubber.assert_no_pending_responses()
@@ -196,3 +196,27 @@ def test_a_failed_round_is_in_the_event_log_with_its_reason(aws, make_experiment
     failed = Event.objects.get(experiment=experiment, kind=EventKind.ROUND_FAILED)
     assert "trim_fraction" in failed.detail["reason"]
     assert ModelUpdate.objects.get(experiment=experiment).status == UpdateStatus.PENDING
+
+
+def test_an_unreachable_lambda_api_fails_no_push_and_is_tried_once(settings, monkeypatch, make_experiment):
+    """The API announces within the request (a frozen Lambda environment runs no background thread), so
+    the invocation has short timeouts and no retry: the sweep, not the push, makes up for a lost one."""
+    lambda_api = HangingUp()
+    for name, value in {
+        "AWS_ENDPOINT_URL_LAMBDA": lambda_api.url,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "FMA_AGGREGATOR_FUNCTION": FUNCTION,
+    }.items():
+        monkeypatch.setenv(name, value)
+    lambda_invoke.lambda_client.cache_clear()
+    settings.FMA_AGGREGATOR_RUNNER = "lambda"
+    experiment = make_experiment()
+    try:
+        update = submit(experiment, 1.0)
+    finally:
+        lambda_invoke.lambda_client.cache_clear()
+        lambda_api.close()
+    assert ModelUpdate.objects.get().pk == update.pk
+    assert lambda_api.attempts == 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import sys
 import threading
 
 import pytest
@@ -171,3 +172,23 @@ def test_with_runner_none_nothing_is_sent_and_run_once_checks_then_runs_the_roun
     assert state(session) == UploadState.COMPLETED
     [outcome] = json.loads(capsys.readouterr().out)
     assert (outcome["experiment_id"], outcome["status"]) == (str(experiment.pk), "committed")
+
+
+@pytest.mark.usefixtures("require_postgresql")
+def test_a_standalone_workers_sweep_checks_an_upload_left_waiting_even_with_runner_none(
+    make_experiment, worker_env, processes
+):
+    # `fma-aggregator worker` beside an API whose runner is none, sharing its environment: nobody is
+    # notified, so the worker's own sweep must find the upload (and then the round) by itself.
+    experiment = make_experiment()
+    session = left_checking(uploaded(experiment))
+    worker = processes(
+        [sys.executable, "-m", "fma_aggregator.cli", "worker", "--sweep-seconds", "1"],
+        worker_env(FMA_AGGREGATOR_RUNNER="none"),
+    )
+    wait_for(
+        lambda: state(session) == UploadState.COMPLETED,
+        what=f"the swept check; worker log:\n{worker.output()}",
+    )
+    aggregate = wait_for(round_committed(experiment), what="the round of the accepted update")
+    assert list(aggregate.updates.values_list("pk", flat=True)) == [UploadSession.objects.get().update_id]

@@ -91,7 +91,7 @@ def test_beat_sweeps_and_a_worker_on_rabbitmq_runs_the_round(
     submit(experiment, 1.0)
     worker = processes(
         celery_worker_args("rabbit", beat=True, tmp_path=tmp_path),
-        worker_env(FMA_BROKER_URL=RABBITMQ_URL, FMA_RESULT_BACKEND=""),
+        worker_env(FMA_BROKER_URL=RABBITMQ_URL),
     )
     [aggregate] = wait_for(committed(experiment), what=f"the swept round; worker log:\n{worker.output()}")
     assert_each_update_consumed_once(experiment, aggregate)

@@ -3,11 +3,8 @@ the Swagger UI (offline) and the admin from one command."""
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,17 +13,12 @@ import requests
 MANAGE = Path(__file__).resolve().parents[2] / "api_service" / "manage.py"
 
 
-def clean_env(data_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FMA_", "DJANGO_"))}
-    return {**env, "FMA_DATA_DIR": str(data_dir), "DJANGO_SETTINGS_MODULE": "fma_service.settings", **extra}
-
-
 def settings_value(env: dict[str, str], expression: str) -> subprocess.CompletedProcess:
     code = f"import django; django.setup(); from django.conf import settings; print({expression})"
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
 
 
-def test_secret_key_is_required_outside_development(tmp_path):
+def test_secret_key_is_required_outside_development(tmp_path, clean_env):
     refused = settings_value(clean_env(tmp_path), "settings.SECRET_KEY")
     assert refused.returncode != 0
     assert "FMA_SECRET_KEY is not set" in refused.stderr
@@ -36,7 +28,7 @@ def test_secret_key_is_required_outside_development(tmp_path):
     assert given.stdout.strip() == "s3cret False"
 
 
-def test_embedded_defaults_live_under_the_data_dir(tmp_path):
+def test_embedded_defaults_live_under_the_data_dir(tmp_path, clean_env):
     result = settings_value(
         clean_env(tmp_path, FMA_DEVELOPMENT="1"),
         "settings.DATABASES['default']['NAME'], settings.FMA_WEIGHTS_DIR, settings.DEBUG",
@@ -44,7 +36,7 @@ def test_embedded_defaults_live_under_the_data_dir(tmp_path):
     assert result.stdout.split() == [str(tmp_path / "fma.sqlite3"), str(tmp_path / "weights"), "False"]
 
 
-def test_database_url_selects_postgresql(tmp_path):
+def test_database_url_selects_postgresql(tmp_path, clean_env):
     result = settings_value(
         clean_env(
             tmp_path, FMA_DEVELOPMENT="1", FMA_DATABASE_URL="postgresql://fma:p%40ss@db.local:6543/fmadb"
@@ -63,7 +55,7 @@ def test_database_url_selects_postgresql(tmp_path):
     )
 
 
-def test_manage_py_migrates_and_creates_a_superuser(tmp_path):
+def test_manage_py_migrates_and_creates_a_superuser(tmp_path, clean_env):
     env = clean_env(tmp_path, FMA_DEVELOPMENT="1", DJANGO_SUPERUSER_PASSWORD="pw-for-tests")
     for command in (
         ["migrate", "--noinput"],
@@ -76,43 +68,23 @@ def test_manage_py_migrates_and_creates_a_superuser(tmp_path):
     assert (tmp_path / "fma.sqlite3").exists()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+PROXY = {"X-Forwarded-Proto": "https"}  # production settings: requests come through the TLS proxy
+
+
+def get(url: str) -> requests.Response:
+    return requests.get(url, headers=PROXY, timeout=60)
 
 
 @pytest.fixture
-def server(tmp_path):
-    port = free_port()
-    env = clean_env(tmp_path, FMA_SECRET_KEY="test-key", FMA_BIND=f"127.0.0.1:{port}", FMA_WORKERS="1")
-    log = tmp_path / "server.log"
-    url = f"http://127.0.0.1:{port}"
-    with open(log, "w") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "fma_service"], env=env, stdout=output, stderr=output
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"fma-server did not come up: {log.read_text()}")
-            try:
-                requests.get(url + "/api/v1/", timeout=10)
-                break
-            except requests.RequestException:
-                time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
+def server(serve):
+    return serve(headers=PROXY, FMA_SECRET_KEY="test-key", FMA_WORKERS="1").url
 
 
 def test_one_command_serves_api_docs_and_admin(server):
-    schema = requests.get(server + "/api/schema/", timeout=60)
+    schema = get(server + "/api/schema/")
     assert schema.status_code == 200
     assert "/api/v1/models/{id}/upload_update/" in schema.text
-    docs = requests.get(server + "/api/docs/", timeout=60)
+    docs = get(server + "/api/docs/")
     assert docs.status_code == 200
     assets = [
         line.split('"')[1]
@@ -121,15 +93,18 @@ def test_one_command_serves_api_docs_and_admin(server):
     ]
     assert assets
     assert assets[0].startswith("/static/")  # served by the service itself: no internet needed
-    assert requests.get(server + assets[0], timeout=60).status_code == 200
-    assert requests.get(server + "/admin/login/", timeout=60).status_code == 200
-    assert requests.get(server + "/api/v1/models/", timeout=60).status_code == 401
+    assert get(server + assets[0]).status_code == 200
+    start_up = get(server + "/api/docs/?script=")  # the page's script, not inline (CSP)
+    assert start_up.status_code == 200
+    assert start_up.headers["Content-Type"].startswith("application/javascript")
+    assert get(server + "/admin/login/").status_code == 200
+    assert get(server + "/api/v1/models/").status_code == 401
 
 
 def test_the_dashboard_and_its_static_files_are_served_by_the_service_itself(server):
-    login = requests.get(server + "/", timeout=60)
+    login = get(server + "/")
     assert login.status_code == 200
     assert login.url == server + "/dashboard/login/?next=/dashboard/"
     assert "https://" not in login.text  # nothing from a CDN
     for asset in ("/static/dashboard/dashboard.css", "/static/dashboard/live.js"):
-        assert requests.get(server + asset, timeout=60).status_code == 200
+        assert get(server + asset).status_code == 200

@@ -69,9 +69,17 @@ def server(live_server, transactional_db, settings, tmp_path) -> str:
 
 @pytest.fixture
 def page(chromium: Browser, server: str) -> Iterator[Page]:
+    """A page that records what the Content-Security-Policy blocked (``page.csp_violations``)."""
     context = chromium.new_context(base_url=server, viewport={"width": 1366, "height": 900})
     context.set_default_timeout(WAIT_MS)
     page = context.new_page()
+    page.csp_violations = []
+    page.on(
+        "console",
+        lambda message: (
+            page.csp_violations.append(message.text) if "Content Security Policy" in message.text else None
+        ),
+    )
     yield page
     context.close()
 
@@ -116,6 +124,7 @@ def test_without_login_the_pages_lead_to_the_login_form(page: Page, server: str)
     page.get_by_role("button", name="Log in").click()
     expect(page.get_by_role("alert")).to_contain_text("enter a correct username and password")
     assert "alice-mnist" not in page.content()
+    assert page.csp_violations == []
 
 
 def test_a_developer_watches_her_rounds_on_the_plot_and_publishes_one(
@@ -179,3 +188,22 @@ def test_a_developer_watches_her_rounds_on_the_plot_and_publishes_one(
     row = page.get_by_role("row").filter(has_text="alice-mnist")
     expect(row).to_contain_text("collecting")
     page.screenshot(path=SCREENSHOTS / "experiments-list.png", full_page=True)
+    assert page.csp_violations == []  # the charts and live updates ran under the CSP
+
+
+def test_the_swagger_ui_and_the_admin_work_under_the_csp(page: Page, server: str):
+    """They are Django's and drf-spectacular's pages, not the dashboard's: under the same policy
+    the Swagger UI still draws the operations from the schema, and the admin still works."""
+    User.objects.create_superuser("root", password="root-password")
+    log_in(page, "root", "root-password")
+    page.goto("/api/docs/")
+    expect(page.get_by_text("/api/v1/models/{id}/upload_update/", exact=True).first).to_be_visible()
+    page.goto("/admin/")
+    expect(page.get_by_role("heading", name="Site administration")).to_be_visible()
+    page.goto("/admin/auth/user/add/")
+    page.locator("#id_username").fill("carol")
+    page.locator("#id_password1").fill("correct-horse-battery-staple-42")
+    page.locator("#id_password2").fill("correct-horse-battery-staple-42")
+    page.get_by_role("button", name="Save", exact=True).click()
+    expect(page.get_by_text("was added successfully")).to_be_visible()
+    assert page.csp_violations == []

@@ -12,6 +12,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from .conftest import SecretsManager, Unpacked, child_environment
 
 API_HOST = "a1b2c3d4e5.execute-api.us-east-1.amazonaws.com"
@@ -108,12 +110,20 @@ def test_the_api_zip_migrates_creates_an_account_and_answers_http_api_requests(
     assert (tmp_path / "lambda-tmp" / "fma.sqlite3").exists()
     api.invoke({"manage": "createsuperuser --noinput --username alice --email alice@example.org"})
     password = "correct horse battery staple"
-    code = (
-        "from django.contrib.auth import get_user_model; "
-        "u = get_user_model().objects.get(username='alice'); "
-        f"u.set_password({password!r}); u.save()"
-    )
-    assert api.invoke({"raw_command": code}) is None
+
+    def set_password(password: str) -> object:
+        return api.invoke(
+            {
+                "raw_command": "from django.contrib.auth import get_user_model, password_validation; "
+                "u = get_user_model().objects.get(username='alice'); "
+                f"password_validation.validate_password({password!r}, u); "
+                f"u.set_password({password!r}); u.save()"
+            }
+        )
+
+    with pytest.raises(AssertionError, match="too common"):  # the service's password rules refuse it
+        set_password("password123")
+    assert set_password(password) is None
 
     credentials = json.dumps({"username": "alice", "password": password}).encode()
     answer = api.invoke(

@@ -89,7 +89,7 @@ def test_a_database_secret_that_is_not_json_is_refused(secrets_manager: SecretsM
 
 
 def test_without_the_arns_nothing_asks_aws(tmp_path):
-    """A laptop or gunicorn deployment never needs AWS: the settings must not call it at all."""
+    """A laptop or server deployment never needs AWS: the settings must not call it at all."""
     loaded = subprocess.run(
         [sys.executable, "-c", PRINT_SETTINGS],
         env=child_environment(

@@ -13,10 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from django.contrib.auth.models import User
-from rest_framework.authtoken.models import Token
 
 from fma_core.rounds import RoundEngine
-from fma_django import services
+from fma_django import developer_tokens, services
 from fma_django.models import Experiment
 from fma_django.storage import weight_store
 from fma_django.store import DjangoMetadataStore
@@ -38,7 +37,7 @@ def developer(server: str) -> User:
 
 @pytest.fixture
 def dev_token(developer: User) -> str:
-    return Token.objects.get_or_create(user=developer)[0].key
+    return developer_tokens.developer_token_create(user=developer)[1]
 
 
 @pytest.fixture

@@ -28,9 +28,10 @@ def dev(server, developer, dev_token):
         yield session
 
 
-def test_login_exchanges_a_password_for_the_token(server, developer, dev_token):
+def test_login_exchanges_a_password_for_a_new_token(server, developer, dev_token):
     with Developer.login(server, "dev", "dev-password") as session:
-        assert session.token == dev_token
+        assert session.token != dev_token
+        assert session.experiments() == []
     with pytest.raises(ValidationError, match="check the username and password"):
         Developer.login(server, "dev", "wrong")
 
@@ -120,11 +121,14 @@ def test_a_leaked_enrollment_token_is_listed_and_revoked(dev, experiment):
 
 def test_another_developers_tokens_are_not_found(dev, experiment, server):
     from django.contrib.auth.models import User
-    from rest_framework.authtoken.models import Token
+
+    from fma_django import developer_tokens
 
     issued = dev.issue_enrollment_token(experiment.pk)
     other = User.objects.create_user("mallory", password="x")
-    with Developer(server, token=Token.objects.create(user=other).key, quiet=True) as mallory:
+    with Developer(
+        server, token=developer_tokens.developer_token_create(user=other)[1], quiet=True
+    ) as mallory:
         with pytest.raises(NotFound):
             mallory.enrollment_tokens(experiment.pk)
         with pytest.raises(NotFound):

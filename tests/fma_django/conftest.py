@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from django.contrib.auth.models import User
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from fma_core.weights import to_bytes
-from fma_django import services
+from fma_django import developer_tokens, services
 from fma_django.models import Experiment
 
 SHAPES = {"dense": (4, 3), "bias": (3,)}
@@ -66,7 +65,7 @@ def other_developer(db) -> User:
 
 def token_client(user: User) -> APIClient:
     api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=user)[0].key}")
+    api.credentials(HTTP_AUTHORIZATION=f"Token {developer_tokens.developer_token_create(user=user)[1]}")
     return api
 
 

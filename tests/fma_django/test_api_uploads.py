@@ -230,6 +230,49 @@ def test_start_and_complete_are_idempotent(experiment, client_api, safetensors):
     assert ModelUpdate.objects.count() == 1
 
 
+class Crash(Exception):
+    """The server process dies here: its transaction rolls back; what the weight store did stays done."""
+
+
+def test_a_complete_that_died_after_joining_the_parts_is_completed_again(
+    experiment, client_api, safetensors, monkeypatch, before, stored_files
+):
+    body = safetensors(0.5)
+    session = start(client_api, experiment.pk, body, idempotency_key="push-9").json()
+    send(client_api, session, body)
+
+    def died(**kwargs):
+        raise Crash("the process died after the store joined the parts, before the update was recorded")
+
+    with monkeypatch.context() as crashing:
+        crashing.setattr(services, "update_accept", died)
+        with pytest.raises(Crash):
+            complete(client_api, session)
+    assert ModelUpdate.objects.count() == 0
+
+    # Resuming: every part is there (joined), so there is nothing to send; one sent anyway is told so.
+    resumed = start(client_api, experiment.pk, body, idempotency_key="push-9")
+    assert (resumed.status_code, resumed.json()["id"], resumed.json()["state"]) == (
+        200,
+        session["id"],
+        "open",
+    )
+    every = [(t["number"], t["size"]) for t in session["targets"]]
+    assert [(p["number"], p["size"]) for p in resumed.json()["parts"]] == every
+    assert [(p["number"], p["size"]) for p in status(client_api, session).json()["parts"]] == every
+    target = session["targets"][0]
+    again = put(client_api, target, body[target["offset"] : target["offset"] + target["size"]])
+    assert (again.status_code, again.json()["code"]) == (409, "upload_joined")
+    assert "complete" in again.json()["detail"]
+
+    done = complete(client_api, session)
+    assert done.status_code == 201, done.content
+    assert done.json()["content_id"] == hashlib.sha256(body).hexdigest()
+    assert b"".join(client_api.get(done.json()["data"]).streaming_content) == body
+    assert ModelUpdate.objects.count() == 1
+    assert len(stored_files()) == len(before) + 1
+
+
 def test_another_clients_or_experiments_upload_is_not_found(
     make_experiment, experiment, client_api, enroll, safetensors
 ):

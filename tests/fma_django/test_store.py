@@ -80,6 +80,7 @@ def test_commit_marks_exactly_the_drafted_updates(experiment, enroll, uploader, 
     b = submit(experiment, second, uploader, safetensors(2.0))
     store = DjangoMetadataStore()
     claim = store.claim_round(str(experiment.pk), worker="w", lease_seconds=60)
+    store.round_started(claim)
     store.quarantine_update(claim, str(b), "looks poisoned")
     record = store.commit_round(claim, draft_for(claim, [str(a)]))
 
@@ -225,3 +226,37 @@ def test_pending_deltas_name_the_weights_they_apply_to(make_experiment):
     weights = make_experiment(name="full weights")
     stored_updates(weights, 2)
     assert [u.base_weights_key for u in store.pending_updates(str(weights.pk))] == [None, None]
+
+
+class OvertakenStore(DjangoMetadataStore):
+    """A worker's store that, between the worker's look at the pending updates and its claim, lets another
+    worker run the round (``overtake``): what happens when two notifications of one experiment race."""
+
+    def __init__(self, overtake) -> None:
+        super().__init__()
+        self._overtake = overtake
+
+    def claim_round(self, experiment_id: str, *, worker: str, lease_seconds: float):
+        self._overtake()
+        return super().claim_round(experiment_id, worker=worker, lease_seconds=lease_seconds)
+
+
+def test_a_claim_released_as_not_ready_logs_no_round_started(make_experiment, enroll, uploader, safetensors):
+    experiment = make_experiment(round_policy={"policy": "require_x_updates", "x": 2})
+    for value in (1.0, 2.0):
+        submit(experiment, enroll(experiment), uploader, safetensors(value))
+
+    def another_worker_commits_the_round_and_one_more_update_arrives() -> None:
+        assert RoundEngine(DjangoMetadataStore(), weight_store()).run_round(str(experiment.pk)).status == (
+            "committed"
+        )
+        submit(experiment, enroll(experiment), uploader, safetensors(3.0))
+
+    late = RoundEngine(
+        OvertakenStore(another_worker_commits_the_round_and_one_more_update_arrives), weight_store()
+    )
+    outcome = late.run_round(str(experiment.pk))
+
+    assert outcome.status == "not_ready"  # it claimed one pending update where the policy wants two
+    kinds = list(Event.objects.filter(experiment=experiment).values_list("kind", flat=True))
+    assert kinds.count(EventKind.ROUND_STARTED) == kinds.count(EventKind.ROUND_COMPLETED) == 1

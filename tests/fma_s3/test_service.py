@@ -14,7 +14,8 @@ import pytest
 import requests
 from django.contrib.auth.models import User
 
-from fma_client import Client
+from fma_client import Client, Retry, ServerUnavailable
+from fma_client.weights import encode
 from fma_core.rounds import RoundEngine
 from fma_core.weights import open_weights, to_bytes
 from fma_django import services
@@ -283,3 +284,29 @@ def test_concurrent_pushes_from_many_clients_land_once_each_and_aggregate_from_s
         # fedavg weighted by num_examples 1..4 of SMALL + 0..3: SMALL + (0*1 + 1*2 + 2*3 + 3*4) / 10
         for name, value in SMALL.items():
             np.testing.assert_allclose(reader.read(name), value + 2.0, rtol=1e-6)
+
+
+def test_a_push_whose_complete_died_after_s3_joined_the_parts_is_finished_with_its_key(
+    service, developer, s3, bucket, monkeypatch
+):
+    experiment = new_experiment(developer, initial_model=SMALL)
+    weights = {name: array + 1 for name, array in SMALL.items()}
+    body = encode(weights)  # the bytes the client sends
+    accept = services.update_accept
+
+    def died(**kwargs: Any) -> Any:  # S3 joined the parts; the process died before the update was recorded
+        raise RuntimeError("the server died")
+
+    _, token = services.enrollment_token_issue(experiment=experiment, user=experiment.developer)
+    retry = Retry(attempts=2, backoff=0)
+    with Client.enroll(service, experiment.pk, enrollment_token=token, quiet=True, retry=retry) as client:
+        monkeypatch.setattr(services, "update_accept", died)
+        with pytest.raises(ServerUnavailable) as failed:
+            client.push(weights, num_examples=2)
+        assert pending_uploads(s3, bucket) == []  # joined: S3's multipart upload is over
+        monkeypatch.setattr(services, "update_accept", accept)
+        update = client.push(weights, num_examples=2, idempotency_key=failed.value.idempotency_key)
+    row = ModelUpdate.objects.get()
+    assert row.pk == update["id"]
+    assert row.content_id == hashlib.sha256(body).hexdigest()
+    assert s3.get_object(Bucket=bucket, Key=f"fma/{row.weights_key}")["Body"].read() == body

@@ -181,6 +181,14 @@ def test_the_api_function_allows_its_own_execute_api_host():
     assert "aws_apigatewayv2_api.this.api_endpoint" in str(environment)
 
 
+def test_the_api_function_counts_callers_by_the_address_api_gateway_appends():
+    """API Gateway appends the caller's address to X-Forwarded-For; earlier entries are the caller's
+    own words, so throttles and the login lockout trust exactly one proxy."""
+    environment = MODULES["api"].locals["environment"]
+    assert "FMA_NUM_PROXIES" in environment_keys(environment)
+    assert 'FMA_NUM_PROXIES = "1"' in str(environment)
+
+
 def test_api_is_an_http_api_proxying_everything_to_the_function():
     api = MODULES["api"]
     (integration,) = api.resources_of("aws_apigatewayv2_integration").values()

@@ -112,10 +112,10 @@ def _run_once(args: argparse.Namespace) -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     from fma_aggregator.config import AggregatorConfig
-    from fma_aggregator.runners import django_inprocess_runner
+    from fma_aggregator.runners import inprocess_runner
 
-    config = AggregatorConfig.from_env()
-    runner = django_inprocess_runner(config)
+    # The process's own runner, so that what its checks and sweeps announce in-process comes back to it.
+    runner = inprocess_runner(AggregatorConfig.from_env())
     if args.sweep_seconds:
         runner.sweep_seconds = args.sweep_seconds
 

@@ -13,8 +13,8 @@
   this size (byte ranges of the model, cutting through tensors where needed) aggregated in
   parallel (one Celery task or Lambda invocation per shard).
 - ``FMA_BROKER_URL`` (``redis://127.0.0.1:6379/0``): the Celery broker; ``amqp://...`` for RabbitMQ.
-- ``FMA_RESULT_BACKEND`` (the broker URL if it is Redis, else none): where Celery keeps task
-  results (what each round did); nothing depends on it.
+- ``FMA_BROKER_TIMEOUT`` (10): seconds to wait for the broker when connecting to it or sending to
+  it. The API never waits for it in a request: its announcements go from a background thread.
 - ``FMA_CELERY_QUEUE`` (``fma``): the queue the tasks go to.
 - ``FMA_BROKER_VISIBILITY_TIMEOUT`` (3600): Redis only, seconds before a task whose worker died
   unacknowledged is delivered again.
@@ -40,22 +40,20 @@ class AggregatorConfig:
     sweep_seconds: float = 60.0
     shard_bytes: int | None = None
     broker_url: str = "redis://127.0.0.1:6379/0"
-    result_backend: str | None = None
+    broker_timeout: float = 10.0
     queue: str = "fma"
     visibility_timeout: int = 3600
     lambda_function: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> AggregatorConfig:
-        broker = env.get("FMA_BROKER_URL") or cls.broker_url
-        backend = env.get("FMA_RESULT_BACKEND") or (broker if broker.startswith("redis") else None)
         shard = env.get("FMA_SHARD_BYTES")
         return cls(
             lease_seconds=_number(env, "FMA_LEASE_SECONDS", cls.lease_seconds),
             sweep_seconds=_number(env, "FMA_SWEEP_SECONDS", cls.sweep_seconds),
             shard_bytes=int(_number(env, "FMA_SHARD_BYTES", 0)) if shard else None,
-            broker_url=broker,
-            result_backend=backend,
+            broker_url=env.get("FMA_BROKER_URL") or cls.broker_url,
+            broker_timeout=_number(env, "FMA_BROKER_TIMEOUT", cls.broker_timeout),
             queue=env.get("FMA_CELERY_QUEUE") or cls.queue,
             visibility_timeout=int(_number(env, "FMA_BROKER_VISIBILITY_TIMEOUT", cls.visibility_timeout)),
             lambda_function=env.get("FMA_AGGREGATOR_FUNCTION") or None,

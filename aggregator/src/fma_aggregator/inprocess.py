@@ -6,7 +6,7 @@ Notifications are deduplicated per experiment (a burst of a hundred updates queu
 once), a round whose policy has a deadline sets a timer for it, and a periodic sweep picks up
 what no notification covers: expired leases of workers that died, and rounds left pending by a
 previous process. Exactly-once comes from the round engine's lease, so any number of processes
-(gunicorn workers, a standalone ``fma-aggregator worker``) can each run one of these.
+(fma-server's workers, a standalone ``fma-aggregator worker``) can each run one of these.
 """
 
 from __future__ import annotations
@@ -79,11 +79,14 @@ class InProcessRunner:
         with self._wake:
             self._stopping = True
             self._wake.notify()
-        if self._thread is not None:
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
     def run_forever(self) -> None:
-        """Run in the calling thread until ``stop`` (the standalone worker's main loop)."""
+        """Run in the calling thread until ``stop`` (the standalone worker's main loop); what is queued
+        meanwhile is run here, not in another thread."""
+        with self._wake:
+            self._thread = threading.current_thread()
         self._loop()
 
     def _loop(self) -> None:

@@ -4,6 +4,11 @@ The API uses it to say "round ready" and "check this upload"; the function uses 
 sharded round out to parallel invocations of itself, and its sweep to ask for rounds and checks.
 Lambda retries a failed asynchronous invocation, and the round engine's claim (or the upload
 session's lock) makes a repeated one harmless.
+
+The API's announcements (``LambdaInvoker.announcing``) are sent within the request, since a Lambda
+environment is frozen once it has answered and a background thread would not run, so they have
+short timeouts and no retry: an unreachable Lambda API costs a push seconds, never minutes, and the
+scheduled sweep makes up for a lost announcement. The function's own fan-out keeps botocore's retries.
 """
 
 from __future__ import annotations
@@ -13,16 +18,23 @@ from functools import cache
 from typing import Any
 
 import boto3
+from botocore.config import Config
 
 from fma_aggregator.config import AggregatorConfig
 from fma_core.errors import ConfigurationError
 from fma_core.shards import RoundPlan
 
+# Seconds; an asynchronous invocation is queued and answered (202) in milliseconds.
+ANNOUNCE_CONFIG = Config(
+    connect_timeout=2, read_timeout=5, retries={"mode": "standard", "total_max_attempts": 1}
+)
+
 
 @cache
-def lambda_client() -> Any:
-    """One boto3 Lambda client per process (region and credentials from the usual AWS variables)."""
-    return boto3.client("lambda")
+def lambda_client(*, announcing: bool = False) -> Any:
+    """One boto3 Lambda client per process and use (region and credentials from the usual AWS variables);
+    ``announcing``: the API's, with short timeouts and no retry."""
+    return boto3.client("lambda", config=ANNOUNCE_CONFIG) if announcing else boto3.client("lambda")
 
 
 class LambdaInvoker:
@@ -31,12 +43,13 @@ class LambdaInvoker:
         self.client = client or lambda_client()
 
     @classmethod
-    def from_config(cls, config: AggregatorConfig) -> LambdaInvoker:
+    def announcing(cls, config: AggregatorConfig) -> LambdaInvoker:
+        """The API's invoker of ``FMA_AGGREGATOR_FUNCTION``: short timeouts, no retry."""
         if not config.lambda_function:
             raise ConfigurationError(
                 "FMA_AGGREGATOR_FUNCTION must name the aggregator function for the lambda runner"
             )
-        return cls(config.lambda_function)
+        return cls(config.lambda_function, client=lambda_client(announcing=True))
 
     def round_ready(self, experiment_id: str) -> None:
         self.invoke({"fma": "round_ready", "experiment_id": experiment_id})

@@ -7,6 +7,9 @@ something to try the round; the round engine's claim decides, so a lost or repea
 is harmless (the sweep catches up on lost ones). ``request_check(upload_id)`` is connected to
 ``upload_check_requested`` the same way: the check locks its upload session, so a repeated
 request is harmless too, and the sweep requests again every check still waiting.
+
+Neither waits on a broker: the in-process runner queues in memory, Celery messages go through this
+process's ``Announcer`` thread, and a Lambda invocation has short timeouts and no retry.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import threading
 import time
 
+from fma_aggregator.announcer import Announcer
 from fma_aggregator.checks import run_check
 from fma_aggregator.config import AggregatorConfig, runner_name
 from fma_aggregator.engine import build_engine, fresh_connection
@@ -21,9 +25,11 @@ from fma_aggregator.inprocess import InProcessRunner
 from fma_core.rounds import RoundOutcome
 from fma_django.housekeeping import housekeeping_sweep
 from fma_django.store import DjangoMetadataStore
+from fma_django.uploads import uploads_checking
 
 _lock = threading.Lock()
 _inprocess: InProcessRunner | None = None
+_announcer: Announcer | None = None
 
 
 def notify(experiment_id: str | int) -> None:
@@ -32,13 +38,11 @@ def notify(experiment_id: str | int) -> None:
     if name == "inprocess":
         inprocess_runner().notify(experiment_id)
     elif name == "celery":
-        from fma_aggregator.celery import app
-
-        app.send_task("fma.run_round", args=[str(experiment_id)])
+        celery_announcer().announce("fma.run_round", str(experiment_id))
     elif name == "lambda":
         from fma_aggregator.lambda_invoke import LambdaInvoker
 
-        LambdaInvoker.from_config(AggregatorConfig.from_env()).round_ready(str(experiment_id))
+        LambdaInvoker.announcing(AggregatorConfig.from_env()).round_ready(str(experiment_id))
 
 
 def request_check(upload_id: str) -> None:
@@ -48,13 +52,22 @@ def request_check(upload_id: str) -> None:
     if name == "inprocess":
         inprocess_runner().check_upload(upload_id)
     elif name == "celery":
-        from fma_aggregator.celery import app
-
-        app.send_task("fma.check_upload", args=[upload_id])
+        celery_announcer().announce("fma.check_upload", upload_id)
     elif name == "lambda":
         from fma_aggregator.lambda_invoke import LambdaInvoker
 
-        LambdaInvoker.from_config(AggregatorConfig.from_env()).check_upload(upload_id)
+        LambdaInvoker.announcing(AggregatorConfig.from_env()).check_upload(upload_id)
+
+
+def celery_announcer() -> Announcer:
+    """This process's sender of Celery messages, created on first use."""
+    global _announcer
+    with _lock:
+        if _announcer is None:
+            from fma_aggregator.celery import publish
+
+            _announcer = Announcer(publish)
+        return _announcer
 
 
 def inprocess_runner(config: AggregatorConfig | None = None) -> InProcessRunner:
@@ -67,7 +80,11 @@ def inprocess_runner(config: AggregatorConfig | None = None) -> InProcessRunner:
 
 
 def django_inprocess_runner(config: AggregatorConfig) -> InProcessRunner:
-    """An in-process runner over the service's database and weight store."""
+    """An in-process runner over the service's database and weight store.
+
+    Its sweep queues the check of every upload left waiting itself: a standalone worker beside an
+    API whose runner is ``none`` (the same environment) is notified of nothing.
+    """
 
     def run(experiment_id: str) -> RoundOutcome:
         with fresh_connection():
@@ -80,6 +97,9 @@ def django_inprocess_runner(config: AggregatorConfig) -> InProcessRunner:
     def sweep() -> list[str]:
         with fresh_connection():
             housekeeping_sweep(lease_seconds=config.lease_seconds)
+            for upload_id in uploads_checking():
+                runner.check_upload(upload_id)
             return DjangoMetadataStore().experiments_to_sweep(now=time.time())
 
-    return InProcessRunner(run=run, check=check, sweep=sweep, sweep_seconds=config.sweep_seconds)
+    runner = InProcessRunner(run=run, check=check, sweep=sweep, sweep_seconds=config.sweep_seconds)
+    return runner

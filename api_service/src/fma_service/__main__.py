@@ -1,16 +1,17 @@
-"""``fma-server`` / ``python -m fma_service``: migrate, collect static files, then serve with gunicorn.
+"""``fma-server`` / ``python -m fma_service``: migrate, collect static files, then serve with uvicorn.
 
 Options are environment variables: ``FMA_BIND`` (default ``127.0.0.1:8000``), ``FMA_WORKERS``
-(default 2), ``FMA_THREADS`` (default 4), plus those of ``fma_service.settings``.
+(processes, default 2), ``FMA_THREADS`` (threads running requests in each, default 8),
+``FMA_READ_TIMEOUT`` (seconds, default 60), plus those of ``fma_service.settings``. Why uvicorn
+in front of the WSGI application, and what each limit does: ``fma_service.asgi``.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 
 
-def main(argv: list[str] | None = None) -> None:
+def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fma_service.settings")
     import django
     from django.core.management import call_command
@@ -18,24 +19,24 @@ def main(argv: list[str] | None = None) -> None:
     django.setup()
     call_command("migrate", interactive=False, verbosity=1)
     call_command("collectstatic", interactive=False, verbosity=0)
-    from gunicorn.app.wsgiapp import run
+    import uvicorn
 
     bind = os.environ.get("FMA_BIND", "127.0.0.1:8000")
+    host, _, port = bind.rpartition(":")
     print(f"FMA dashboard: http://{bind}/dashboard/ (log in with your developer account)", flush=True)
-    sys.argv = [
-        "gunicorn",
-        "fma_service.wsgi:application",
-        "--bind",
-        bind,
-        "--workers",
-        os.environ.get("FMA_WORKERS", "2"),
-        "--threads",
-        os.environ.get("FMA_THREADS", "4"),
-        "--timeout",
-        os.environ.get("FMA_TIMEOUT", "300"),
-        *(argv if argv is not None else sys.argv[1:]),
-    ]
-    run()
+    uvicorn.run(
+        "fma_service.asgi:application",
+        host=host.strip("[]"),
+        port=int(port),
+        workers=int(os.environ.get("FMA_WORKERS", "2")),
+        http="h11",  # bounds the headers a client may send (16 KiB); httptools does not
+        interface="asgi3",
+        lifespan="off",
+        access_log=False,
+        log_level=os.environ.get("FMA_LOG_LEVEL", "INFO").lower(),
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=30,
+    )
 
 
 if __name__ == "__main__":

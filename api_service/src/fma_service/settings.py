@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -82,6 +83,7 @@ ALLOWED_HOSTS = _list("FMA_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]" if not DE
 CSRF_TRUSTED_ORIGINS = _list("FMA_CSRF_TRUSTED_ORIGINS", "")
 
 INSTALLED_APPS = [
+    "fma_service.accounts",  # first: its createsuperuser (password rules also with --noinput) wins
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -89,7 +91,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
+    "axes",
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -100,14 +102,49 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    "fma_service.body_limits.BodyLimitMiddleware",  # before anything reads a body
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last, as django-axes asks: turns a lockout into its answer
 ]
+
+# --- HTTPS, cookies and Content-Security-Policy (`manage.py check --deploy` is clean by default) ---
+# Outside development the service is meant to sit behind a proxy that terminates TLS (a load
+# balancer, nginx, API Gateway on Lambda) and says so in X-Forwarded-Proto: Django trusts that
+# header (FMA_PROXY_SSL_HEADER; empty trusts none, for a server whose clients reach it directly:
+# a client could otherwise claim https). Plain http is then redirected to https, except the
+# health probe, and HSTS and secure-only cookies hold. FMA_DEVELOPMENT=1 keeps plain http on
+# loopback working: no redirect, no HSTS, cookies without Secure.
+_proxy_header = os.environ.get("FMA_PROXY_SSL_HEADER", "X-Forwarded-Proto").strip()
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_" + _proxy_header.upper().replace("-", "_"), "https") if _proxy_header else None
+)
+SECURE_SSL_REDIRECT = not DEVELOPMENT
+SECURE_REDIRECT_EXEMPT = [r"^health/$"]
+SECURE_HSTS_SECONDS = 0 if DEVELOPMENT else int(os.environ.get("FMA_HSTS_SECONDS", str(365 * 24 * 3600)))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _flag("FMA_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = _flag("FMA_HSTS_PRELOAD", True)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = not DEVELOPMENT
+# The same policy everywhere, development included, so a page that breaks under it breaks in the
+# tests: no inline script or style and no eval on any page (the dashboard's scripts and styles are
+# static files; the Swagger UI is served split, its start-up script from a URL of its own); data:
+# images for the Swagger UI's icons.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "frame-ancestors": ["'none'"],
+        "form-action": ["'self'"],
+    }
+}
 
 ROOT_URLCONF = "fma_service.urls"
 WSGI_APPLICATION = "fma_service.wsgi.application"
@@ -140,6 +177,53 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+
+# Passwords: Django's rules, for every form and command that sets one (the admin, changepassword,
+# createsuperuser, also with --noinput: see fma_service.accounts).
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {
+        "NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+        "OPTIONS": {"min_length": int(os.environ.get("FMA_PASSWORD_MIN_LENGTH", "10"))},
+    },
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+# Logins (the token endpoint, the dashboard, the admin) lock out after FMA_LOGIN_FAILURE_LIMIT wrong
+# passwords for one username from one address: even the right password is refused until
+# FMA_LOGIN_LOCKOUT_MINUTES after the last failure, or until an administrator unlocks it (admin →
+# Access attempts, or `manage.py axes_reset_username NAME`). Attempts are rows in the database.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = int(os.environ.get("FMA_LOGIN_FAILURE_LIMIT", "5"))
+AXES_COOLOFF_TIME = timedelta(minutes=float(os.environ.get("FMA_LOGIN_LOCKOUT_MINUTES", "15")))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_CLIENT_IP_CALLABLE = "fma_django.api.throttling.client_address"
+AXES_HTTP_RESPONSE_CODE = 403
+AXES_LOCKOUT_TEMPLATE = "dashboard/locked_out.html"
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False
+
+
+def _caches(url: str) -> dict:
+    """``FMA_CACHE_URL``: a ``redis://`` (or ``rediss://``) URL on servers; unset, a table of the
+    database (``fma_cache``, made by fma_django's migrations), which every process of one
+    deployment shares, so throttles count across fma-server's worker processes and Lambda instances."""
+    if not url:
+        return {
+            "default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "fma_cache"}
+        }
+    if urlsplit(url).scheme not in {"redis", "rediss", "unix"}:
+        raise ImproperlyConfigured(f"FMA_CACHE_URL must be a redis:// URL, not {url.split(':')[0]}://")
+    return {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url}}
+
+
+CACHES = _caches(os.environ.get("FMA_CACHE_URL", ""))
+# Deployments (or test runs) that share one Redis keep apart by a prefix.
+CACHES["default"]["KEY_PREFIX"] = os.environ.get("FMA_CACHE_KEY_PREFIX", "")
 
 # The dashboard's pages use Django's session login.
 LOGIN_URL = "dashboard:login"
@@ -176,6 +260,20 @@ FMA_MAX_UPDATE_BYTES = int(os.environ.get("FMA_MAX_UPDATE_BYTES", str(2 * 1024**
 # The v1 JSON path parses the whole body in memory (that is what JSON costs); cap it.
 DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("FMA_MAX_JSON_BYTES", str(1024**3)))
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024**2
+# Request bodies, checked against Content-Length before a byte is read (fma_service.body_limits):
+# the routes that take weights accept up to the limits above, every other route
+# FMA_MAX_REQUEST_BYTES, which fma-server also reads whole before a thread runs the request.
+FMA_MAX_REQUEST_BYTES = int(os.environ.get("FMA_MAX_REQUEST_BYTES", str(1024**2)))
+FMA_BODY_LIMITS = {
+    "fma-api:model-upload-update": FMA_MAX_UPDATE_BYTES,
+    "fma-api:upload-part": FMA_MAX_UPDATE_BYTES,
+    "fma-api:model-list": DATA_UPLOAD_MAX_MEMORY_SIZE,  # v1: an experiment's initial model as JSON
+    "fma-api:model-detail": DATA_UPLOAD_MAX_MEMORY_SIZE,
+    "fma-api:model_update-list": DATA_UPLOAD_MAX_MEMORY_SIZE,  # v1: an update as JSON
+}
+# fma-server's patience with a client (fma_service.asgi): the longest wait for the next bytes of a
+# request body, or for the client to take the next bytes of a response.
+FMA_READ_TIMEOUT = float(os.environ.get("FMA_READ_TIMEOUT", "60"))
 # Upload sessions (fma_django.uploads): the size of each part (S3 needs at least 5 MiB for every
 # part but the last), and how long a session may stay open before the sweep aborts it.
 FMA_UPLOAD_PART_BYTES = int(os.environ.get("FMA_UPLOAD_PART_BYTES", str(64 * 1024**2)))
@@ -200,9 +298,13 @@ FMA_ORPHAN_SWEEP_SECONDS = int(os.environ.get("FMA_ORPHAN_SWEEP_SECONDS", "3600"
 # thread of this process), "celery", "lambda" or "none"; see fma_aggregator.config.
 FMA_AGGREGATOR_RUNNER = os.environ.get("FMA_AGGREGATOR_RUNNER", "inprocess")
 
+# Developers' API tokens (fma_django.models.DeveloperToken): each expires this long after it is made;
+# the developer then logs in again (`fma login`) for a new one.
+FMA_TOKEN_TTL = timedelta(days=float(os.environ.get("FMA_TOKEN_TTL_DAYS", "30")))
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "fma_django.api.authentication.DeveloperTokenAuthentication",
         "fma_django.api.authentication.ClientCredentialAuthentication",
         "fma_django.api.authentication.LegacyClientUUIDAuthentication",
         "rest_framework.authentication.SessionAuthentication",
@@ -221,6 +323,17 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "fma_django.api.schema.AutoSchema",
     "EXCEPTION_HANDLER": "fma_django.api.exceptions.exception_handler",
     "PAGE_SIZE": 50,
+    # Anonymous callers, per address, counted in CACHES (fma_django.api.throttling): password
+    # guesses at /api-token-auth/, anonymous register_client/, and any other view open to them.
+    "DEFAULT_THROTTLE_CLASSES": ["fma_django.api.throttling.AnonymousRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "login": os.environ.get("FMA_THROTTLE_LOGIN", "10/min"),
+        "register": os.environ.get("FMA_THROTTLE_REGISTER", "60/min"),
+        "anon": os.environ.get("FMA_THROTTLE_ANON", "120/min"),
+    },
+    # How many proxies in front of the service append to X-Forwarded-For (0: trust none, the
+    # caller is REMOTE_ADDR). Behind one load balancer, 1.
+    "NUM_PROXIES": int(os.environ.get("FMA_NUM_PROXIES", "0")),
 }
 
 # The schema says what the server sends (tests/fuzz checks every answer against it): OpenAPI 3.1,

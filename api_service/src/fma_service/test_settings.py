@@ -10,6 +10,11 @@ import tempfile
 
 os.environ.setdefault("FMA_DEVELOPMENT", "1")
 os.environ.setdefault("FMA_DATA_DIR", tempfile.mkdtemp(prefix="fma-test-"))
+# Tests that are not about throttling call the anonymous endpoints freely; the throttling tests
+# set the rates they test (tests/fma_django/test_logins.py).
+os.environ.setdefault("FMA_THROTTLE_LOGIN", "100000/min")
+os.environ.setdefault("FMA_THROTTLE_REGISTER", "100000/min")
+os.environ.setdefault("FMA_THROTTLE_ANON", "100000/min")
 
 from fma_service.settings import *  # noqa: F403
 from fma_service.settings import DATA_DIR, _database

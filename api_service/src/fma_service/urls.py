@@ -1,28 +1,31 @@
-"""Routes: the dashboard, the admin, the v1 API (``fma_django.api``), the token endpoint and the OpenAPI docs."""
+"""Routes: the dashboard, the admin, the v1 API (``fma_django.api``), the token endpoint, the OpenAPI docs
+and the health probe."""
 
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import include, path
 from django.views import defaults
 from django.views.generic import RedirectView
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
-from rest_framework.authtoken.views import ObtainAuthToken
-from rest_framework.settings import api_settings
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
+
+from fma_django.api.tokens import ObtainTokenView
+from fma_service.health import health
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="dashboard:experiments"), name="home"),
     path("dashboard/", include("fma_service.dashboard.urls")),
     path("admin/", admin.site.urls),
     path("api/", include("fma_django.api.urls")),
-    path(
-        "api-token-auth/",
-        # the API's parsers, not the view's own: its JSON must be bounded in depth like every body
-        ObtainAuthToken.as_view(parser_classes=api_settings.DEFAULT_PARSER_CLASSES),
-        name="api-token-auth",
-    ),
+    path("api-token-auth/", ObtainTokenView.as_view(), name="api-token-auth"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    # split: the page's start-up script comes from the same URL (?script), not inline (CSP)
+    path(
+        "api/docs/",
+        SpectacularSwaggerSplitView.as_view(url_name="schema", template_name="dashboard/swagger_ui.html"),
+        name="swagger-ui",
+    ),
     path("api-auth/", include("rest_framework.urls")),
+    path("health/", health, name="health"),
 ]
 
 

@@ -1,4 +1,4 @@
-"""WSGI entry point for gunicorn: ``gunicorn fma_service.wsgi``."""
+"""WSGI entry point: the Lambda function (Zappa) calls it, and ``fma_service.asgi`` serves it with uvicorn."""
 
 import os
 

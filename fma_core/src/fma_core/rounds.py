@@ -140,6 +140,7 @@ class RoundEngine:
                 wakeup_at=policy.wakeup_at(state),
             )
         try:
+            self.metadata.round_started(claim)
             with self._lease_kept(claim):  # checking many updates' headers on a slow store takes a while
                 plan = self.plan_shards(claim)
         except Exception as error:

@@ -5,8 +5,12 @@
 locals {
   # Django answers only the hosts it is told about (FMA_ALLOWED_HOSTS); API Gateway passes on the
   # host the client called, the API's execute-api host.
+  # API Gateway appends the caller's address to X-Forwarded-For (what came before it, the caller
+  # wrote): FMA_NUM_PROXIES = 1 makes the login throttle and lockout count that last entry, not the
+  # address Zappa derives from the header's earlier, caller-written entries.
   environment = merge(var.environment, {
     FMA_ALLOWED_HOSTS = trimprefix(aws_apigatewayv2_api.this.api_endpoint, "https://")
+    FMA_NUM_PROXIES   = "1"
   })
 }
 

@@ -38,6 +38,7 @@ AGGREGATE_COLUMNS = [
     "validation_score",
     "created_on",
 ]
+API_TOKEN_COLUMNS = ["id", "name", "created_at", "expires_at", "last_used_at", "current"]
 TOKEN_COLUMNS = ["id", "created_on", "created_by", "expires_at", "max_uses", "uses", "revoked_at", "active"]
 METRIC_COLUMNS = ["round", "source", "metric", "count", "examples", "weighted_mean", "mean", "min", "max"]
 
@@ -128,9 +129,23 @@ def cmd_login(args: argparse.Namespace) -> None:
     else:
         username = args.username or input("Username: ")
         password = sys.stdin.readline().rstrip("\n") if args.password_stdin else getpass.getpass()
-        token = Developer.login(url, username, password, verify=verify).token
+        token = Developer.login(url, username, password, name="fma login", verify=verify).token
     path = write_config({"url": url, "token": token})
     emit(args, {"url": url, "config": str(path)}, lambda: f"Logged in to {url}; token saved in {path}")
+
+
+def cmd_api_tokens(args: argparse.Namespace) -> None:
+    with developer(args) as dev:
+        tokens = dev.api_tokens()
+    emit(args, tokens, lambda: table(tokens, API_TOKEN_COLUMNS))
+
+
+def cmd_revoke_api_token(args: argparse.Namespace) -> None:
+    with developer(args) as dev:
+        dev.revoke_api_token(args.token_id)
+    emit(
+        args, {"revoked": args.token_id}, lambda: f"API token {args.token_id} is revoked; it no longer works."
+    )
 
 
 def cmd_experiments_create(args: argparse.Namespace) -> None:
@@ -322,6 +337,15 @@ def parser() -> argparse.ArgumentParser:
     login = command("login", "Save the service URL and your API token for the next commands.", cmd_login)
     login.add_argument("--username", help="your username (asked if not given)")
     login.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+
+    command(
+        "api-tokens",
+        "List your API tokens (never the secrets): when each expires, when it was last used, which is this one.",
+        cmd_api_tokens,
+    )
+    revoke_api = command("revoke-api-token", "Revoke one of your API tokens; it stops working at once.",
+                         cmd_revoke_api_token)  # fmt: skip
+    revoke_api.add_argument("token_id", type=int, help="the token's id (from api-tokens)")
 
     experiments = commands.add_parser("experiments", help="Create, list and show experiments.",
                                       description="Create, list and show experiments.")  # fmt: skip

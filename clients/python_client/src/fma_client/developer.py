@@ -83,9 +83,10 @@ def _code(array: Any) -> str:
 
 
 class Developer:
-    """A developer's session with one FMA service, authenticated by a DRF token.
+    """A developer's session with one FMA service, authenticated by an API token.
 
-    Get a token with ``Developer.login(url, username, password)`` (or ``fma login``).
+    Get a token with ``Developer.login(url, username, password)`` (or ``fma login``). Tokens expire
+    (the service's ``FMA_TOKEN_TTL_DAYS``); a call with an expired one raises ``TokenExpired``.
     """
 
     def __init__(
@@ -104,13 +105,12 @@ class Developer:
         )
 
     @classmethod
-    def login(cls, url: str, username: str, password: str, **options: Any) -> Developer:
-        """Exchange a username and password for the developer's API token."""
+    def login(cls, url: str, username: str, password: str, *, name: str = "", **options: Any) -> Developer:
+        """Exchange a username and password for a new API token (``name`` labels it in ``api_tokens()``)."""
         transport = Transport(url, **options)
+        body = {"username": username, "password": password, **({"name": name} if name else {})}
         try:
-            answer = transport.json(
-                "POST", "api-token-auth/", json={"username": username, "password": password}, idempotent=True
-            )
+            answer = transport.json("POST", "api-token-auth/", json=body, idempotent=True)
         except ValidationError as error:  # DRF answers bad credentials with a 400
             raise type(error)(
                 f"{error.detail}; check the username and password", status_code=error.status_code
@@ -131,6 +131,16 @@ class Developer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # API tokens
+
+    def api_tokens(self) -> list[dict[str, Any]]:
+        """Your API tokens, newest first: name, created, expiry, last use, and which one this session uses."""
+        return list(self._transport.pages("api/v1/tokens/"))
+
+    def revoke_api_token(self, token_id: int) -> None:
+        """Revoke one of your API tokens (e.g. one that leaked); it stops working at once."""
+        self._transport.request("DELETE", f"api/v1/tokens/{int(token_id)}/", idempotent=True)
 
     # Experiments
 

@@ -14,9 +14,15 @@ import requests
 
 
 class FmaClientError(Exception):
-    """Base of every error this package raises. ``status_code``, ``code`` and ``detail`` come from the server."""
+    """Base of every error this package raises. ``status_code``, ``code`` and ``detail`` come from the server.
+
+    ``idempotency_key`` is set on the error of a push that gave up part-way (the server was
+    unavailable, a transfer kept failing, a check did not end in time): pushing again with that
+    key finishes the same upload, and the server counts the update once.
+    """
 
     hint = ""
+    idempotency_key: str | None = None
 
     def __init__(
         self,
@@ -40,10 +46,22 @@ class AuthenticationError(FmaClientError):
     hint = "check the token: developers run `fma login` again; clients use the credential they got when enrolling, or enroll again with a new enrollment token"
 
 
+class TokenExpired(AuthenticationError):
+    """401 with code ``token_expired``: the developer's API token is past its expiry (see the server's FMA_TOKEN_TTL_DAYS)."""
+
+    hint = "get a new token: run `fma login` again, or Developer.login(url, username, password)"
+
+
 class PermissionDenied(FmaClientError):
     """403: authenticated, but not allowed to do this (e.g. a client calling a developer endpoint)."""
 
     hint = "this credential may not do that; ask the experiment's developer"
+
+
+class LockedOut(PermissionDenied):
+    """403 with code ``locked_out``: too many wrong passwords for this username from this address."""
+
+    hint = "wait until the lockout ends (the message says how long), or ask the service's administrator to unlock the account"
 
 
 class NotFound(FmaClientError):
@@ -92,6 +110,9 @@ _BY_STATUS: dict[int, type[FmaClientError]] = {
 }
 
 
+_BY_CODE: dict[str, type[FmaClientError]] = {"token_expired": TokenExpired, "locked_out": LockedOut}
+
+
 def describe_body(response: requests.Response) -> tuple[str, str | None]:
     """``(detail, code)`` of an error response, whatever its body is."""
     try:
@@ -129,5 +150,5 @@ def error_from_response(response: requests.Response, *, attempts: int = 1) -> Fm
             code=code,
             response=response,
         )
-    kind = _BY_STATUS.get(status, FmaClientError)
+    kind = _BY_CODE.get(code or "") or _BY_STATUS.get(status, FmaClientError)
     return kind(detail, status_code=status, code=code, response=response)

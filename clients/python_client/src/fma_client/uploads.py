@@ -6,6 +6,12 @@ this is one code path for every deployment. Each part is read from the source at
 memory. A part that keeps failing does not end the push: the session is asked which parts it
 holds, and only the missing ones are sent again, to fresh targets. A server that checks large
 uploads after completing them (202, state ``checking``) is polled until the check is done.
+
+A push that gives up (the server stays unavailable, parts keep failing, a check does not end in
+time) raises an error that names its idempotency key: pushing again with it resumes the same
+session from wherever the first push stopped, even inside a completion that died after the
+server joined the parts (the session then lists every part as received, and completing checks
+and records the joined object).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any, BinaryIO, Protocol
 
 from fma_client.errors import (
     CheckTimeout,
+    ConflictError,
     FmaClientError,
     PermissionDenied,
     ServerUnavailable,
@@ -142,6 +149,14 @@ class Upload:
         seconds for the outcome: the update, or the refusal as the error a synchronous one raises.
         """
         key = idempotency_key or uuid.uuid4().hex
+        try:
+            return self._run(source, metadata, key, check_timeout)
+        except (ServerUnavailable, TransferError, CheckTimeout) as error:
+            raise _naming(error, key) from error
+
+    def _run(
+        self, source: Source, metadata: dict[str, Any], key: str, check_timeout: float
+    ) -> dict[str, Any]:
         start = {"size": source.size, "sha256": sha256_of(source), "idempotency_key": key, **metadata}
         session = self._transport.json("POST", self._path, json=start, idempotent=True)
         if session["state"] == "completed":
@@ -165,15 +180,14 @@ class Upload:
                     else:
                         if response.status_code != 202:
                             return response.json()
-                        return self._await_check(here, key, response.json(), check_timeout)
+                        return self._await_check(here, response.json(), check_timeout)
                 if attempt >= attempts:
                     raise TransferError(
-                        f"the upload of the update did not complete after {attempts} rounds of parts: "
-                        f"{failure}; push again with idempotency_key={key!r} to resume it"
+                        f"the upload of the update did not complete after {attempts} rounds of parts: {failure}"
                     ) from failure
                 session = self._transport.json("GET", here)  # the parts received, fresh targets
 
-    def _await_check(self, here: str, key: str, session: dict[str, Any], timeout: float) -> dict[str, Any]:
+    def _await_check(self, here: str, session: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Poll the session, less often as time goes by, until the server's check is done."""
         deadline = time.monotonic() + timeout
         pause = _POLL_FIRST
@@ -181,8 +195,8 @@ class Upload:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise CheckTimeout(
-                    f"the server was still checking upload {session['id']} after {timeout:g} s; it may "
-                    f"still complete: push again with idempotency_key={key!r} to wait for it again"
+                    f"the server was still checking upload {session['id']} after {timeout:g} s; "
+                    "it may still complete"
                 )
             time.sleep(min(pause, left))
             pause = min(2 * pause, _POLL_MAX)
@@ -218,6 +232,10 @@ class Upload:
                 response.close()
             except (ServerUnavailable, TransferError) as error:
                 return error
+            except ConflictError as error:
+                if error.code == "upload_joined":  # an interrupted complete joined every part: complete it
+                    return None
+                raise
             except PermissionDenied as error:
                 if transport.is_service(target["url"]):
                     raise
@@ -233,6 +251,18 @@ class Upload:
             for transport in transports:
                 transport.close()
         return failures[0] if failures else None
+
+
+def _naming(error: FmaClientError, key: str) -> FmaClientError:
+    """The same error, telling how to resume the push: with its idempotency key."""
+    named = type(error)(
+        f"{error.detail}; push again with idempotency_key={key!r} to resume it",
+        status_code=error.status_code,
+        code=error.code,
+        response=error.response,
+    )
+    named.idempotency_key = key
+    return named
 
 
 def _close(reader: Any) -> None:

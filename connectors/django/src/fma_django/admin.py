@@ -12,6 +12,7 @@ from fma_django.errors import DomainError, ValidationFailed
 from fma_django.models import (
     Client,
     ClientAggregateScore,
+    DeveloperToken,
     Enrollment,
     EnrollmentToken,
     Event,
@@ -248,6 +249,20 @@ class EnrollmentTokenAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # a token is shown once, so it is issued through the API, never typed in
+
+
+@admin.register(DeveloperToken)
+class DeveloperTokenAdmin(admin.ModelAdmin):
+    """Developers' API tokens: seen and revoked (deleted) here; made only by logging in."""
+
+    list_display = ["id", "user", "name", "created_at", "expires_at", "last_used_at"]
+    list_filter = ["user"]
+    search_fields = ["user__username", "name"]
+    exclude = ["digest"]
+    readonly_fields = ["user", "name", "created_at", "expires_at", "last_used_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # a token is shown once, so it is made by /api-token-auth/, never typed in
 
 
 @admin.register(RoundLease)

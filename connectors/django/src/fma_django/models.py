@@ -130,6 +130,27 @@ class EnrollmentToken(models.Model):
         ordering = ["-created_on", "-id"]
 
 
+class DeveloperToken(models.Model):
+    """A developer's API token (``Authorization: Token …``). Only its SHA-256 is kept: the secret is
+    shown once, when it is made. A developer may hold several (one per machine or script); each
+    expires ``FMA_TOKEN_TTL_DAYS`` after it was made, and revoking one deletes it."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="developer_tokens"
+    )
+    digest = models.CharField(max_length=64, unique=True)
+    name = models.CharField(max_length=100, blank=True, help_text="what the developer called it, e.g. laptop")
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.user} · {self.name or 'token'} #{self.pk}"
+
+
 class ModelArtifact(models.Model):
     """A published, versioned model (FMA's "publish"); version "1.0.0" is the initial model."""
 

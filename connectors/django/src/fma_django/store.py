@@ -118,13 +118,6 @@ class DjangoMetadataStore(MetadataStore):
                 RoundLease.objects.filter(pk=experiment.pk, token=token).update(token="", worker="")
                 return None
             enrolled = self._enrolled(experiment.pk)
-            event_record(
-                kind=EventKind.ROUND_STARTED,
-                experiment=experiment,
-                round=round_number,
-                worker=worker,
-                updates=len(pending),
-            )
         return RoundClaim(
             experiment=experiment_config(experiment),
             token=token,
@@ -136,6 +129,15 @@ class DjangoMetadataStore(MetadataStore):
             claimed_at=now,
             expires_at=now + lease_seconds,
             taken_over_from=previous if previous[1] else None,
+        )
+
+    def round_started(self, claim: RoundClaim) -> None:
+        event_record(
+            kind=EventKind.ROUND_STARTED,
+            experiment=Experiment.objects.filter(pk=self._pk(claim)).first(),
+            round=claim.round_number,
+            worker=claim.worker,
+            updates=len(claim.updates),
         )
 
     def renew_lease(self, claim: RoundClaim, *, lease_seconds: float) -> RoundClaim:

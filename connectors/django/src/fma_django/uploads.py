@@ -163,13 +163,19 @@ def upload_targets(session: UploadSession, *, api_part_url: Callable[[int], str]
 
 
 def upload_parts_received(session: UploadSession) -> list[UploadedPart]:
-    """The parts the store holds for an open session (none once it has ended)."""
+    """The parts the store holds for an open session (none once it has ended).
+
+    A session whose parts a complete request joined before it died (``_joined``) has every part:
+    they are listed (without ETags of their own) so that a resuming client sends none and completes.
+    """
     if session.state != UploadState.OPEN:
         return []
     try:
         return weight_store().uploaded_parts(session.weights_key, session.store_upload_id)
     except ObjectNotFound:
-        return []
+        if not _joined(session):
+            return []
+    return [UploadedPart(n, session.part_range(n)[1], "") for n in range(1, session.part_count + 1)]
 
 
 def upload_part_put(*, session: UploadSession, number: int, stream: Any, length: int) -> UploadedPart:
@@ -198,6 +204,12 @@ def upload_part_put(*, session: UploadSession, number: int, stream: Any, length:
     except InvalidWeights as error:
         raise TooLarge(f"part {number}: {error}") from None
     except ObjectNotFound:
+        if _joined(session):
+            raise Conflict(
+                "this upload's parts are already joined (its completion was interrupted): "
+                "send no more parts, complete it",
+                code="upload_joined",
+            ) from None
         raise Conflict("the weight store no longer has this upload; start a new one") from None
     if part.size != size:
         raise ValidationFailed(
@@ -352,7 +364,7 @@ def _parts_received(session: UploadSession) -> list[UploadedPart] | None:
             part.number: part for part in store.uploaded_parts(session.weights_key, session.store_upload_id)
         }
     except ObjectNotFound:
-        if store.exists(session.weights_key):
+        if _joined(session):
             return None
         raise _reject(
             session, "the weight store no longer has this upload's parts; start a new upload"
@@ -369,6 +381,13 @@ def _parts_received(session: UploadSession) -> list[UploadedPart] | None:
             f"the upload is incomplete ({'; '.join(problems)}): send those parts again, then complete"
         )
     return [received[n] for n in range(1, session.part_count + 1)]
+
+
+def _joined(session: UploadSession) -> bool:
+    """Asked once the store no longer has the open session's multipart upload: whether its parts were
+    joined into the object, i.e. a complete request died between the join and the commit of its
+    outcome. Completing again checks and records that object."""
+    return weight_store().exists(session.weights_key)
 
 
 def _join(session: UploadSession) -> None:

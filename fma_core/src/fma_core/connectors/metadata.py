@@ -7,6 +7,8 @@ and simulations. The contract every implementation keeps:
 - ``claim_round`` gives at most one live claim per experiment; the claim carries a fencing token
   and a snapshot of the pending updates; an expired claim may be taken over by another worker,
   whose claim then names the one it took over (``taken_over_from``);
+- ``round_started`` is called only for a claim whose snapshot meets the round policy, so a
+  claim given back as not ready leaves no "started" behind;
 - ``commit_round`` records the aggregate and marks exactly its updates consumed, in one
   transaction, and only if the claim's token is still the current one (else ``LeaseLost``);
 - an update is pending, consumed by exactly one aggregate, or quarantined with a reason;
@@ -126,6 +128,13 @@ class MetadataStore(ABC):
     @abstractmethod
     def claim_round(self, experiment_id: str, *, worker: str, lease_seconds: float) -> RoundClaim | None:
         """Claim the next round, or None when nothing is pending or another worker's lease is live."""
+
+    def round_started(self, claim: RoundClaim) -> None:  # noqa: B027 - a store may keep no log
+        """The claimed round really starts (its snapshot meets the policy): record it, e.g. in an event log.
+
+        Not part of ``claim_round``: the engine checks the policy on the claimed snapshot only after
+        claiming, and gives back a claim that is not ready (another worker's round took updates first).
+        """
 
     @abstractmethod
     def renew_lease(self, claim: RoundClaim, *, lease_seconds: float) -> RoundClaim:

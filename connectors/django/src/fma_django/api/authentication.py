@@ -1,5 +1,8 @@
-"""How clients prove who they are. Developers use DRF tokens or a session (see settings).
+"""How callers prove who they are (the order is in settings' ``DEFAULT_AUTHENTICATION_CLASSES``).
 
+- ``Authorization: Token <secret>``: a developer's API token (``fma_django.developer_tokens``), as
+  the original FMA's DRF tokens were sent; an expired one is refused with code ``token_expired``.
+  Developers may also use the dashboard's session.
 - ``Authorization: Client <uuid>.<secret>``: the credential issued at enrollment; only its hash
   is stored, it can be rotated and revoked.
 - ``CLIENT-UUID: <uuid>``: the original FMA's header, for fma-connect 0.0.2. It is weaker (the
@@ -17,8 +20,8 @@ from rest_framework.authentication import BaseAuthentication, get_authorization_
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.request import Request
 
-from fma_django import credentials
-from fma_django.models import Client
+from fma_django import credentials, developer_tokens
+from fma_django.models import Client, DeveloperToken
 from fma_django.selectors import ClientPrincipal
 
 _SEEN_EVERY = timedelta(minutes=1)
@@ -31,6 +34,33 @@ def _authenticated(client: Client, *, legacy: bool) -> tuple[ClientPrincipal, No
     if client.last_seen is None or now - client.last_seen > _SEEN_EVERY:
         Client.objects.filter(pk=client.pk).update(last_seen=now)
     return ClientPrincipal(client, legacy=legacy), None
+
+
+class DeveloperTokenAuthentication(BaseAuthentication):
+    keyword = b"token"
+
+    def authenticate(self, request: Request) -> tuple[object, DeveloperToken] | None:
+        parts = get_authorization_header(request).split()
+        if not parts or parts[0].lower() != self.keyword:
+            return None
+        token = (
+            developer_tokens.developer_token_find(secret=parts[1].decode(errors="replace"))
+            if len(parts) == 2
+            else None
+        )
+        if token is None or not token.user.is_active:
+            raise AuthenticationFailed("Invalid token.")
+        if token.expires_at <= timezone.now():
+            raise AuthenticationFailed(
+                f"This API token expired at {token.expires_at:%Y-%m-%d %H:%M} UTC: get a new one from "
+                "/api-token-auth/ (`fma login`).",
+                code="token_expired",
+            )
+        developer_tokens.developer_token_used(token=token)
+        return token.user, token
+
+    def authenticate_header(self, request: Request) -> str:
+        return "Token"
 
 
 class ClientCredentialAuthentication(BaseAuthentication):

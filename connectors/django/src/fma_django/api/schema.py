@@ -7,7 +7,7 @@
   parse), 429 (the view has throttles). A view adds its own (409, 410, 411, ...) with
   ``errors(...)`` in its ``extend_schema`` responses.
 - ``or_empty(serializer)``: the original's ``{}`` when there is nothing yet (v1 behaviour).
-- The client credentials' security schemes.
+- The developer tokens' and the client credentials' security schemes.
 """
 
 from __future__ import annotations
@@ -132,6 +132,19 @@ class AutoSchema(SpectacularAutoSchema):
         if self.view.get_throttles():
             refusals.add(429)
         return refusals
+
+
+class DeveloperTokenScheme(OpenApiAuthenticationExtension):
+    target_class = "fma_django.api.authentication.DeveloperTokenAuthentication"
+    name = "tokenAuth"
+
+    def get_security_definition(self, auto_schema: object) -> dict:
+        return {
+            "type": "apiKey",
+            "in": "header",
+            "name": "Authorization",
+            "description": "'Token <token>', a developer's API token from /api-token-auth/ (it expires)",
+        }
 
 
 class ClientCredentialScheme(OpenApiAuthenticationExtension):

@@ -1,9 +1,10 @@
-"""``/api/v1/``: the original's collections and actions, plus weights downloads, upload sessions and client credentials."""
+"""``/api/v1/``: the original's collections and actions, plus weights downloads, upload sessions, client credentials
+and developers' API tokens."""
 
 from django.urls import include, path
 from rest_framework.routers import DefaultRouter
 
-from fma_django.api import uploads, views
+from fma_django.api import tokens, uploads, views
 
 app_name = "fma-api"
 
@@ -12,6 +13,7 @@ router.register("models", views.ExperimentViewSet, basename="model")
 router.register("model_updates", views.ModelUpdateViewSet, basename="model_update")
 router.register("model_aggregates", views.ModelAggregateViewSet, basename="model_aggregate")
 router.register("model_artifacts", views.ModelArtifactViewSet, basename="model_artifact")
+router.register("tokens", tokens.DeveloperTokenViewSet, basename="developer_token")
 router.register(
     "client_aggregate_scores", views.ClientAggregateScoreViewSet, basename="client_aggregate_score"
 )

@@ -15,6 +15,7 @@ from rest_framework.permissions import AllowAny, BasePermission
 from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
 from fma_core.weights import load, to_legacy_json
@@ -28,6 +29,7 @@ from fma_django.api.filters import (
 )
 from fma_django.api.permissions import IsClient, IsDeveloper, IsDeveloperOrClient
 from fma_django.api.schema import errors, or_empty
+from fma_django.api.throttling import RegisterRateThrottle
 from fma_django.api.transfer import (
     BodyStream,
     Prefetched,
@@ -99,6 +101,9 @@ class ExperimentViewSet(viewsets.ModelViewSet):
         if self.action == "upload_update":
             return [IsClient()]
         return [IsDeveloper()]
+
+    def get_throttles(self) -> list[BaseThrottle]:
+        return [RegisterRateThrottle()] if self.action == "register_client" else super().get_throttles()
 
     def get_queryset(self) -> Any:
         if self.action == "register_client":

@@ -1,0 +1,1 @@
+"""Accounts: what FMA adds to Django's users (password rules for ``createsuperuser --noinput``)."""

@@ -1,0 +1,77 @@
+"""The real ``fma-server`` (``python -m fma_service``) in a subprocess, on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+
+def clean_environment(data_dir: Path, **extra: str) -> dict[str, str]:
+    """This process's environment without any FMA_ or DJANGO_ variable, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FMA_", "DJANGO_"))}
+    return {**env, "FMA_DATA_DIR": str(data_dir), "DJANGO_SETTINGS_MODULE": "fma_service.settings", **extra}
+
+
+@pytest.fixture
+def clean_env() -> Callable[..., dict[str, str]]:
+    return clean_environment
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Served:
+    url: str
+    env: dict[str, str]  # the server's environment, for manage.py commands on its database
+
+
+@pytest.fixture
+def serve(tmp_path) -> Iterator[Callable[..., Served]]:
+    """``serve(**env)`` starts fma-server with ``env`` and returns it once it answers;
+    ``headers`` are sent with the readiness probe (a proxy's ``X-Forwarded-Proto``)."""
+    processes: list[subprocess.Popen] = []
+
+    def start(headers: dict[str, str] | None = None, **extra: str) -> Served:
+        port = free_port()
+        data_dir = tmp_path / f"server-{port}"
+        data_dir.mkdir()
+        env = clean_environment(data_dir, FMA_BIND=f"127.0.0.1:{port}", **extra)
+        log = data_dir / "server.log"
+        with open(log, "w") as output:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "fma_service"], env=env, stdout=output, stderr=output
+            )
+        processes.append(process)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"fma-server did not come up: {log.read_text()}")
+            try:
+                requests.get(url + "/api/v1/", headers=headers, timeout=10, allow_redirects=False)
+                return Served(url, env)
+            except requests.RequestException:
+                time.sleep(0.2)
+
+    yield start
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
