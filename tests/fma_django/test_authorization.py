@@ -23,6 +23,7 @@ from fma_django import services
 from fma_django.models import (
     Client,
     ClientAggregateScore,
+    DeveloperToken,
     Enrollment,
     EnrollmentToken,
     Experiment,
@@ -49,6 +50,7 @@ class World:
     upload: UploadSession
     callers: dict[str, APIClient]
     member_uuid: str
+    owner_token: DeveloperToken
 
 
 @pytest.fixture
@@ -97,6 +99,7 @@ def world(make_experiment, enroll, uploader, api_for, other_developer, safetenso
             "member_as_developer": member,
         },
         member_uuid=member.uuid,
+        owner_token=DeveloperToken.objects.get(user=experiment.developer),
     )
 
 
@@ -106,13 +109,14 @@ def body(value: float = 3.0) -> bytes:
     return to_bytes({"dense": np.full((4, 3), value, np.float32), "bias": np.zeros(3, np.float32)})
 
 
-OWNER, MEMBER, CLIENT, DEVELOPER, ANY_CLIENT, PUBLIC, LIST = (
+OWNER, MEMBER, CLIENT, DEVELOPER, ANY_CLIENT, PUBLIC, LOGIN, LIST = (
     "owner",  # the experiment's developer only
     "member",  # the experiment's developer or a client enrolled in it
     "client",  # a client enrolled in the experiment only
     "developer",  # any developer: it names none of another's rows (creates its own)
     "any_client",  # any client, acting on itself
     "public",  # anyone
+    "login",  # anyone: a username and password are its credentials
     "list",  # anyone signed in, who sees only their own rows
 )
 INTRUDERS = {
@@ -122,7 +126,8 @@ INTRUDERS = {
     DEVELOPER: ["anonymous", "client_not_enrolled", "revoked_client", "member_as_developer"],
     ANY_CLIENT: ["anonymous", "other_developer", "revoked_client", "owner"],
     PUBLIC: ["revoked_client"],
-    LIST: ["anonymous", "revoked_client"],
+    LOGIN: [],
+    LIST: ["anonymous", "other_developer", "client_not_enrolled", "revoked_client"],
 }
 
 
@@ -136,7 +141,12 @@ class Rule:
 
 # (method, path of the schema) -> who may call it; every operation of the schema must have one.
 RULES = {
-    ("post", "/api-token-auth/"): Rule(PUBLIC),
+    ("post", "/api-token-auth/"): Rule(
+        LOGIN, {"username": "dev", "password": "dev-password"}, "anonymous", 200
+    ),
+    ("get", "/api/v1/tokens/"): Rule(LIST),
+    ("post", "/api/v1/tokens/"): Rule(DEVELOPER, {}, "other_developer", 201),
+    ("delete", "/api/v1/tokens/{id}/"): Rule(OWNER, None, "owner", 204),
     ("get", "/api/v1/models/"): Rule(LIST),
     ("post", "/api/v1/models/"): Rule(DEVELOPER, {"name": "mine"}, "other_developer", 201),
     ("get", "/api/v1/models/{id}/"): Rule(OWNER, None, "owner", 200),
@@ -194,6 +204,7 @@ LIST_ROWS = {
     "/api/v1/model_aggregates/": "aggregate",
     "/api/v1/model_artifacts/": "artifact",
     "/api/v1/client_aggregate_scores/": "score",
+    "/api/v1/tokens/": "owner_token",
 }
 ROW_OF_PATH = {prefix + "{id}/": what for prefix, what in LIST_ROWS.items()}
 
