@@ -2,7 +2,7 @@
 
 - Every refusal is the ``Error`` component, ``{"detail": str, "code": str}`` (``api.exceptions``
   makes it so). ``AutoSchema`` declares for each operation the refusals any operation of its kind
-  can answer: 401 and 403 (authentication and permissions run everywhere), 404 (a path parameter
+  can answer: 401 (it takes credentials), 403 (permissions run everywhere), 404 (a path parameter
   names a row, or a page is past the end), 400, 413 and 415 (there is a body or a query to
   parse), 429 (the view has throttles). A view adds its own (409, 410, 411, ...) with
   ``errors(...)`` in its ``extend_schema`` responses.
@@ -119,7 +119,7 @@ class AutoSchema(SpectacularAutoSchema):
         return responses
 
     def _refusals(self) -> set[int]:
-        refusals = {401, 403}
+        refusals = {403} | ({401} if self.view.get_authenticators() else set())
         parameters = self._get_parameters()
         if "{" in self.path or self._is_list_view():
             refusals.add(404)
