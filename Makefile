@@ -32,12 +32,12 @@ test: $(STAMP) $(CHECKOV_STAMP) $(ZAPPA_STAMP) $(CHROMIUM)
 	FMA_TEST_DATABASE=postgresql $(BIN)/python -m pytest tests/fma_django tests/api_service tests/aggregator \
 		tests/dashboard/test_metrics.py tests/dashboard/test_pages.py
 
-# a longer fuzzing run than the suite's (tests/fuzz): random seeds, FUZZ_EXAMPLES per operation, kind
-# and caller; the counts and every distinct failure go to fuzz-report-developer.json and fuzz-report-client.json
+# a longer fuzzing run than the suite's (tests/fuzz): random seeds, FUZZ_EXAMPLES per operation and
+# caller; the counts and every distinct failure go to fuzz-report-{developer,client}.{txt,json}
 FUZZ_EXAMPLES ?= 60
 fuzz: $(STAMP)
 	FMA_TEST_DATABASE=sqlite FMA_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FMA_FUZZ_SEED=random FMA_FUZZ_REPORT=fuzz-report \
-		$(BIN)/python -m pytest tests/fuzz -p no:cacheprovider
+		$(BIN)/python -m pytest tests/fuzz -p no:cacheprovider; status=$$?; cat fuzz-report-*.txt; exit $$status
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

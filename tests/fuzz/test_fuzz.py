@@ -13,8 +13,9 @@ runs only in the SQLite pass of ``make test``. A longer random run (``make fuzz`
         .venv/bin/python -m pytest tests/fuzz -p no:cacheprovider
 
 It prints each operation's seed; ``FMA_FUZZ_SEED=<seed> FMA_FUZZ_OPERATIONS='<regex of the
-operation>'`` replays its draws (the scene's ids may differ). Every distinct failure is listed at the end (and in
-``fuzz-report-<role>.json``) with its curl command and, for a 5xx, the server's traceback.
+operation>'`` replays its draws (the scene's ids may differ). Every distinct failure is listed
+at the end (and in ``fuzz-report-<role>.txt`` and ``.json``) with its curl command and, for a
+5xx, the server's traceback.
 """
 
 from __future__ import annotations
@@ -243,6 +244,8 @@ def test_every_answer_is_documented_and_none_is_a_5xx(role, server, developer_to
     finally:
         logging.getLogger("django.request").removeHandler(errors)
     if REPORT:
+        with open(f"{REPORT}-{role}.txt", "w") as out:
+            out.write(f"[{role}] {report.summary()}\n")
         with open(f"{REPORT}-{role}.json", "w") as out:
             json.dump(
                 {
