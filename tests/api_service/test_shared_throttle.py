@@ -20,6 +20,7 @@ import pytest
 import requests
 
 REDIS = ("127.0.0.1", 6379)
+BEHIND_TLS = {"X-Forwarded-Proto": "https"}
 
 
 def _env(data_dir: Path, port: int, shared: dict[str, str]) -> dict[str, str]:
@@ -59,7 +60,7 @@ def _server(data_dir: Path, log: Path, shared: dict[str, str]) -> Iterator[str]:
             if process.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"fma-server did not come up: {log.read_text()}")
             try:
-                requests.get(url + "/api/v1/", timeout=10)
+                requests.get(url + "/health/", timeout=10, allow_redirects=False)
                 break
             except requests.RequestException:
                 time.sleep(0.2)
@@ -71,7 +72,8 @@ def _server(data_dir: Path, log: Path, shared: dict[str, str]) -> Iterator[str]:
 
 def _login(url: str, number: int) -> int:
     body = {"username": f"nobody{number}", "password": "not the password"}
-    return requests.post(url + "/api-token-auth/", json=body, timeout=60).status_code
+    # production settings: as if behind the TLS-terminating proxy, else plain http is redirected
+    return requests.post(url + "/api-token-auth/", json=body, headers=BEHIND_TLS, timeout=60).status_code
 
 
 @pytest.fixture

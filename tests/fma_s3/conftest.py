@@ -93,10 +93,13 @@ def seaweedfs_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
         aws_secret_access_key="testing",
         config=Config(s3={"addressing_style": "path"}),
     )
-    deadline = time.monotonic() + 60
+    # Ready once it takes a signed write: its gateway answers before it has loaded the identities,
+    # and then refuses the test's key (InvalidAccessKeyId) for a moment.
+    deadline = time.monotonic() + 120
     while True:
         try:
-            s3.list_buckets()
+            s3.create_bucket(Bucket="fma-ready")
+            s3.delete_bucket(Bucket="fma-ready")
             break
         except Exception:
             if process.poll() is not None or time.monotonic() > deadline:
