@@ -13,7 +13,7 @@ CHROMIUM := /usr/bin/chromium
 ZAPPA_VENV := .venv-zappa
 ZAPPA_STAMP := $(ZAPPA_VENV)/.installed
 
-.PHONY: run test bench format clean lambda-packages
+.PHONY: run test bench fuzz format clean lambda-packages
 
 # federated training end to end on the embedded default; options: make run ARGS="--aggregator median --bad-clients 2"
 run: $(STAMP)
@@ -31,6 +31,13 @@ test: $(STAMP) $(CHECKOV_STAMP) $(ZAPPA_STAMP) $(CHROMIUM)
 	# (127.0.0.1:5432; FMA_TEST_DATABASE_URL to change)
 	FMA_TEST_DATABASE=postgresql $(BIN)/python -m pytest tests/fma_django tests/api_service tests/aggregator \
 		tests/dashboard/test_metrics.py tests/dashboard/test_pages.py
+
+# a longer fuzzing run than the suite's (tests/fuzz): random seeds, FUZZ_EXAMPLES per operation and
+# caller; the counts and every distinct failure go to fuzz-report-{developer,client}.{txt,json}
+FUZZ_EXAMPLES ?= 60
+fuzz: $(STAMP)
+	FMA_TEST_DATABASE=sqlite FMA_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FMA_FUZZ_SEED=random FMA_FUZZ_REPORT=fuzz-report \
+		$(BIN)/python -m pytest tests/fuzz -p no:cacheprovider; status=$$?; cat fuzz-report-*.txt; exit $$status
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

@@ -246,3 +246,19 @@ def test_scores_one_per_client_and_schema_checked(make_experiment, enroll, uploa
     changed = client.post(url, {"aggregate": aggregate.pk, "validation_results": {"f1": 0.8}}, format="json")
     assert (changed.status_code, changed.json()["code"]) == (400, "duplicate_score")
     assert client.get(f"{url}?aggregate={aggregate.pk}").json()["count"] == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"expires_in_seconds": 59310796101811547420646965248},
+        {"expires_in_seconds": 10**12},
+        {"max_uses": 2**31},
+    ],
+)
+def test_enrollment_token_limits_out_of_range_are_refused(experiment, dev_api, body):
+    """Found by tests/fuzz: a huge expiry overflowed the date arithmetic (500)."""
+    response = dev_api.post(f"/api/v1/models/{experiment.pk}/enrollment_tokens/", body, format="json")
+    assert response.status_code == 400, response.content
+    assert set(body) <= set(response.json())
+    assert not experiment.enrollment_tokens.exists()

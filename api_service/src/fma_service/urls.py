@@ -2,7 +2,9 @@
 and the health probe."""
 
 from django.contrib import admin
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import include, path
+from django.views import defaults
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
@@ -25,3 +27,14 @@ urlpatterns = [
     path("api-auth/", include("rest_framework.urls")),
     path("health/", health, name="health"),
 ]
+
+
+def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """A path nothing routes: under ``/api/`` the API's JSON refusal (as its schema documents), else a page."""
+    if request.path.startswith("/api/"):
+        detail = f"no API endpoint at {request.path}: see /api/schema/ for the paths and their parameters"
+        return JsonResponse({"detail": detail, "code": "not_found"}, status=404)
+    return defaults.page_not_found(request, exception)
+
+
+handler404 = not_found

@@ -1,4 +1,10 @@
-"""One place that turns refusals into HTTP: ``{"detail": ..., "code": ...}`` with the right 4xx."""
+"""One place that turns refusals into HTTP: ``{"detail": ..., "code": ...}`` with the right 4xx.
+
+Every refusal has that shape (the ``Error`` component of the OpenAPI schema), also DRF's field
+errors, which keep their messages under each field's name beside ``detail`` and ``code`` (as the
+original v1 API named them); and it is JSON even where the client asked for weights
+(``Accept: application/octet-stream``).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,8 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from rest_framework import status
+from rest_framework.exceptions import ValidationError
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
@@ -15,6 +23,27 @@ from fma_django.errors import DomainError
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    response = _refusal(exc, context)
+    request = context.get("request")
+    if response is not None and request is not None:
+        request.accepted_renderer, request.accepted_media_type = JSONRenderer(), "application/json"
+    return response
+
+
+def _messages(detail: Any, prefix: str = "") -> list[str]:
+    """DRF's nested error details as ``field: message`` lines."""
+    if isinstance(detail, dict):
+        return [line for key, value in detail.items() for line in _messages(value, f"{prefix}{key}.")]
+    if isinstance(detail, list):
+        return [line for value in detail for line in _messages(value, prefix)]
+    return [f"{prefix[:-1]}: {detail}" if prefix else str(detail)]
+
+
+def _refusal(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, ValidationError):
+        fields = exc.detail if isinstance(exc.detail, dict) else {}
+        body = {**fields, "detail": "; ".join(_messages(exc.detail)) or "invalid input", "code": "invalid"}
+        return Response(body, status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, RequestDataTooBig):
         # A JSON body above DATA_UPLOAD_MAX_MEMORY_SIZE: JSON is parsed in memory, binary is not.
         detail = f"the request body is above the limit of {settings.DATA_UPLOAD_MAX_MEMORY_SIZE:,} bytes for JSON; upload weights as safetensors to models/<id>/upload_update/"

@@ -96,7 +96,7 @@ class ExperimentSerializer(serializers.ModelSerializer):
         source="developer_id", required=False, help_text="defaults to you; only staff may name another user"
     )
     clients = serializers.SerializerMethodField()
-    current_artifact = serializers.PrimaryKeyRelatedField(read_only=True)
+    current_artifact = serializers.PrimaryKeyRelatedField(read_only=True, allow_null=True)
     initial_model = JSONField(
         write_only=True,
         required=False,
@@ -370,6 +370,13 @@ class ModelAggregateSerializer(serializers.ModelSerializer):
 
     def get_result(self, aggregate: ModelAggregate) -> str:
         return _absolute(self.context, "model_aggregate-weights", aggregate.pk)
+
+
+class LegacyModelSerializer(serializers.Serializer):
+    """``get_latest_model/``: the original's inlined JSON weights, from the newest aggregate or the artifact."""
+
+    values = serializers.JSONField(help_text="a list of layers, each a (nested) list of numbers")
+    aggregate = serializers.IntegerField(allow_null=True, help_text="null when the values are the artifact's")
 
 
 class ModelAggregateDetailSerializer(ModelAggregateSerializer):

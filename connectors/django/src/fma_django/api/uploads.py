@@ -25,6 +25,7 @@ from rest_framework.response import Response
 from fma_django import selectors, uploads
 from fma_django.api import serializers as s
 from fma_django.api.permissions import IsClient
+from fma_django.api.schema import errors
 from fma_django.api.transfer import BodyStream, Prefetched
 from fma_django.errors import NotFound
 from fma_django.models import Experiment, UploadSession
@@ -59,7 +60,10 @@ class UploadViewSet(viewsets.ViewSet):
             s.UploadSessionSerializer(session, context={"request": self.request}).data, status=code
         )
 
-    @extend_schema(request=s.UploadStartSerializer, responses={201: s.UploadSessionSerializer})
+    @extend_schema(
+        request=s.UploadStartSerializer,
+        responses={201: s.UploadSessionSerializer, 200: s.UploadSessionSerializer, **errors(409)},
+    )
     def create(self, request: Request, experiment_pk: int) -> Response:
         """Start an upload: the update's metadata, size and SHA-256 are checked before any byte is sent."""
         experiment = self._experiment(experiment_pk)
@@ -85,7 +89,8 @@ class UploadViewSet(viewsets.ViewSet):
         return self._answer(self._session(experiment_pk, upload_id))
 
     @extend_schema(
-        request={"application/octet-stream": OpenApiTypes.BINARY}, responses=s.UploadedPartSerializer
+        request={"application/octet-stream": OpenApiTypes.BINARY},
+        responses={200: s.UploadedPartSerializer, **errors(409, 411)},
     )
     def part(self, request: Request, experiment_pk: int, upload_id: Any, number: int) -> Response:
         """One part's bytes (Content-Length required), streamed to the weight store; sending it again replaces it."""
@@ -105,6 +110,7 @@ class UploadViewSet(viewsets.ViewSet):
                 description="the upload is being checked (state checking): poll the session until it "
                 "is completed (its update) or rejected (reason, reason_code)",
             ),
+            **errors(409),
         },
     )
     def complete(self, request: Request, experiment_pk: int, upload_id: Any) -> Response:
@@ -121,7 +127,7 @@ class UploadViewSet(viewsets.ViewSet):
             status=status.HTTP_201_CREATED if completion.created else status.HTTP_200_OK,
         )
 
-    @extend_schema(responses=s.UploadSessionSerializer)
+    @extend_schema(responses={200: s.UploadSessionSerializer, **errors(409)})
     def destroy(self, request: Request, experiment_pk: int, upload_id: Any) -> Response:
         """Abort the upload: its parts are dropped."""
         return self._answer(uploads.upload_abort(session=self._session(experiment_pk, upload_id)))

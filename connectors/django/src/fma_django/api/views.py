@@ -8,7 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.permissions import AllowAny, BasePermission
@@ -28,6 +28,7 @@ from fma_django.api.filters import (
     ModelUpdateFilter,
 )
 from fma_django.api.permissions import IsClient, IsDeveloper, IsDeveloperOrClient
+from fma_django.api.schema import errors, or_empty
 from fma_django.api.throttling import RegisterRateThrottle
 from fma_django.api.transfer import (
     BodyStream,
@@ -44,7 +45,27 @@ from fma_django.selectors import ClientPrincipal
 from fma_django.storage import weight_store
 
 DOWNLOAD_RENDERERS = [JSONRenderer, SafetensorsRenderer]
-WEIGHTS_RESPONSE = {(200, "application/octet-stream"): OpenApiTypes.BINARY}
+WEIGHTS_RESPONSE = {
+    (200, "application/octet-stream"): OpenApiTypes.BINARY,
+    (206, "application/octet-stream"): OpenApiResponse(
+        OpenApiTypes.BINARY, description="the Range asked for"
+    ),
+    302: OpenApiResponse(description="the store's presigned URL (Location), where the store has them"),
+    304: OpenApiResponse(description="If-None-Match named the weights' ETag (their SHA-256)"),
+    416: OpenApiResponse(description="the Range is past the end (Content-Range gives the size)"),
+}
+WEIGHTS_HEADERS = [
+    OpenApiParameter(
+        "ETag",
+        str,
+        OpenApiParameter.HEADER,
+        response=[200, 206, 304],
+        required=True,
+        description="the SHA-256",
+    ),
+    OpenApiParameter("Content-Range", str, OpenApiParameter.HEADER, response=[206, 416], required=True),
+    OpenApiParameter("Location", str, OpenApiParameter.HEADER, response=[302], required=True),
+]
 
 
 def _visible(queryset: Any, pk: Any, what: str) -> Any:
@@ -59,6 +80,10 @@ def _default(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
+@extend_schema_view(
+    update=extend_schema(responses={200: s.ExperimentSerializer, **errors(409)}),
+    partial_update=extend_schema(responses={200: s.ExperimentSerializer, **errors(409)}),
+)
 class ExperimentViewSet(viewsets.ModelViewSet):
     """Experiments (the original's federated models). Developers manage their own; clients read theirs."""
 
@@ -168,7 +193,7 @@ class ExperimentViewSet(viewsets.ModelViewSet):
         row.token = token
         return Response(s.IssuedEnrollmentTokenSerializer(row).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=None, responses=s.EnrollmentTokenSerializer)
+    @extend_schema(request=None, responses={200: s.EnrollmentTokenSerializer})
     @action(detail=True, methods=["delete"], url_path=r"enrollment_tokens/(?P<token_id>[0-9]+)")
     def revoke_enrollment_token(self, request: Request, pk: str, token_id: str) -> Response:
         """Revoke an enrollment token: nobody else enrolls with it (enrolled clients stay)."""
@@ -192,7 +217,7 @@ class ExperimentViewSet(viewsets.ModelViewSet):
         services.enrollment_revoke(experiment=experiment, client=client, user=request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
-    @extend_schema(responses=s.ModelAggregateSerializer)
+    @extend_schema(responses=or_empty(s.ModelAggregateSerializer, "ModelAggregateOrEmpty"))
     @action(detail=True, methods=["get"])
     def get_latest_aggregate(self, request: Request, pk: str) -> Response:
         """The newest aggregate's metadata (``result`` links to its weights), or ``{}``."""
@@ -208,7 +233,7 @@ class ExperimentViewSet(viewsets.ModelViewSet):
         experiment = self.get_object()
         return Response(s.AggregateMetricsSerializer(selectors.aggregate_metrics(experiment), many=True).data)
 
-    @extend_schema(responses=s.ModelArtifactSerializer)
+    @extend_schema(responses=or_empty(s.ModelArtifactSerializer, "ModelArtifactOrEmpty"))
     @action(detail=True, methods=["get"])
     def get_current_artifact(self, request: Request, pk: str) -> Response:
         """The published artifact (``values`` links to its weights), or ``{}``."""
@@ -217,7 +242,7 @@ class ExperimentViewSet(viewsets.ModelViewSet):
             return Response({})
         return Response(s.ModelArtifactSerializer(artifact, context=self.get_serializer_context()).data)
 
-    @extend_schema(responses=OpenApiTypes.OBJECT)
+    @extend_schema(responses={200: or_empty(s.LegacyModelSerializer, "LegacyModelOrEmpty"), **errors(413)})
     @action(detail=True, methods=["get"])
     def get_latest_model(self, request: Request, pk: str) -> Response:
         """The original's inlined JSON weights: ``{"values", "aggregate"}``; prefer ``latest_weights``."""
@@ -232,7 +257,7 @@ class ExperimentViewSet(viewsets.ModelViewSet):
             values = to_legacy_json(load(stream))
         return Response({"values": values, "aggregate": aggregate.pk if aggregate else None})
 
-    @extend_schema(responses=WEIGHTS_RESPONSE)
+    @extend_schema(responses=WEIGHTS_RESPONSE, parameters=WEIGHTS_HEADERS)
     @action(detail=True, methods=["get"], renderer_classes=DOWNLOAD_RENDERERS)
     def latest_weights(self, request: Request, pk: str) -> Any:
         """The newest aggregate's weights as safetensors (the initial model before the first round)."""
@@ -262,7 +287,7 @@ class ExperimentViewSet(viewsets.ModelViewSet):
                 "update_kind", str, enum=["weights", "delta"], description="or header X-FMA-Update-Kind"
             ),
         ],
-        responses={201: s.ModelUpdateSerializer, 200: s.ModelUpdateSerializer},
+        responses={201: s.ModelUpdateSerializer, 200: s.ModelUpdateSerializer, **errors(409, 411, 413)},
     )
     @action(detail=True, methods=["post"], parser_classes=[])
     def upload_update(self, request: Request, pk: str) -> Response:
@@ -303,7 +328,9 @@ class ModelUpdateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
     def get_queryset(self) -> Any:
         return selectors.updates_visible(self.request.user)
 
-    @extend_schema(request=s.ModelUpdateCreateSerializer, responses={201: s.ModelUpdateSerializer})
+    @extend_schema(
+        request=s.ModelUpdateCreateSerializer, responses={201: s.ModelUpdateSerializer, **errors(404, 409)}
+    )
     def create(self, request: Request) -> Response:
         body = s.ModelUpdateCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
@@ -323,7 +350,7 @@ class ModelUpdateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
         # 201 on a replay too: fma-connect treats anything else as an error.
         return Response(self.get_serializer(update).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(responses=WEIGHTS_RESPONSE)
+    @extend_schema(responses={**WEIGHTS_RESPONSE, **errors(410)}, parameters=WEIGHTS_HEADERS)
     @action(detail=True, methods=["get"], renderer_classes=DOWNLOAD_RENDERERS)
     def weights(self, request: Request, pk: str) -> Any:
         update = self.get_object()
@@ -385,7 +412,7 @@ class ModelAggregateViewSet(
             status=status.HTTP_201_CREATED,
         )
 
-    @extend_schema(responses=WEIGHTS_RESPONSE)
+    @extend_schema(responses=WEIGHTS_RESPONSE, parameters=WEIGHTS_HEADERS)
     @action(detail=True, methods=["get"], renderer_classes=DOWNLOAD_RENDERERS)
     def weights(self, request: Request, pk: str) -> Any:
         aggregate = self.get_object()
@@ -409,7 +436,7 @@ class ModelArtifactViewSet(viewsets.ReadOnlyModelViewSet):
     def get_queryset(self) -> Any:
         return selectors.artifacts_visible(self.request.user)
 
-    @extend_schema(responses=WEIGHTS_RESPONSE)
+    @extend_schema(responses=WEIGHTS_RESPONSE, parameters=WEIGHTS_HEADERS)
     @action(detail=True, methods=["get"], renderer_classes=DOWNLOAD_RENDERERS)
     def weights(self, request: Request, pk: str) -> Any:
         artifact = self.get_object()
@@ -438,7 +465,11 @@ class ClientAggregateScoreViewSet(mixins.ListModelMixin, mixins.RetrieveModelMix
 
     @extend_schema(
         request=s.ClientAggregateScoreCreateSerializer,
-        responses={201: s.ClientAggregateScoreSerializer, 200: s.ClientAggregateScoreSerializer},
+        responses={
+            201: s.ClientAggregateScoreSerializer,
+            200: s.ClientAggregateScoreSerializer,
+            **errors(404),
+        },
     )
     def create(self, request: Request) -> Response:
         body = s.ClientAggregateScoreCreateSerializer(data=request.data)
