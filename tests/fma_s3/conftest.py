@@ -126,7 +126,9 @@ def aws_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Te
 
 
 def client(moto_endpoint: str, service: str) -> Any:
-    return boto3.client(
+    """A client of a session of its own: boto3's default session keeps the credentials an earlier
+    test resolved (moto takes any key; SeaweedFS only this module's)."""
+    return boto3.session.Session().client(
         service,
         region_name=REGION,
         endpoint_url=moto_endpoint,
