@@ -103,6 +103,7 @@ def test_a_round_of_deltas_reads_each_base_once_for_all_the_deltas_on_it(tmp_pat
             content_id=stored.sha256,
             num_examples=1,
             base_weights_key=base_key,
+            delta=True,
         )
         expected.append({name: bases[base_key][name] + delta[name] for name in delta})
 

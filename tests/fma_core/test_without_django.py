@@ -20,7 +20,7 @@ def test_fma_core_imports_and_aggregates_with_django_unimportable():
         sys.meta_path.insert(0, NoServerPackages())
         import io, tempfile
         import numpy as np
-        import fma_core.aggregators, fma_core.connectors, fma_core.requirements, fma_core.rounds, fma_core.weights
+        import fma_core.aggregators, fma_core.connectors, fma_core.policies, fma_core.rounds, fma_core.weights
         from fma_core.connectors import ExperimentConfig, InMemoryMetadataStore, LocalDirectoryWeightStore
         from fma_core.rounds import RoundEngine
         from fma_core.weights import to_bytes

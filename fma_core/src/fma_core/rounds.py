@@ -49,7 +49,7 @@ from fma_core.connectors.weight_store import UploadedPart, WeightStore
 from fma_core.errors import FmaError, InvalidWeights, LeaseLost, ObjectNotFound, UpdateUnreadable
 from fma_core.leases import LeaseKeeper
 from fma_core.peak_memory import PeakMemory
-from fma_core.requirements import PendingUpdate, RoundState, policy_from_config
+from fma_core.policies import PendingUpdate, RoundState, policy_from_config
 from fma_core.shards import RoundPlan, aggregate_shard, balance_shards, manifest_key, shards_prefix
 from fma_core.weights import TensorSpec, WeightsReader
 from fma_core.weights.delta import DeltaReader, SharedBases
@@ -494,7 +494,7 @@ class RoundEngine:
     def _open_update(self, update: UpdateRecord, bases: SharedBases) -> WeightsReader:
         """The update's weights; an update sent as a delta reads as its base plus the delta."""
         reader = self.weights.open_weights(update.weights_key)
-        if update.base_weights_key is None:
+        if not update.delta:
             return reader
         try:
             base = bases.open(update.base_weights_key)

@@ -24,7 +24,7 @@ from django.utils import timezone
 from fma_core.aggregators import create_aggregator
 from fma_core.connectors import StoredObject
 from fma_core.errors import ConfigurationError, InvalidWeights
-from fma_core.requirements import policy_from_config
+from fma_core.policies import policy_from_config
 from fma_core.weights import TensorSpec, Weights, from_legacy_json, to_bytes, validate
 from fma_core.weights.scan import Scanned, scan
 from fma_django import credentials, json_schemas

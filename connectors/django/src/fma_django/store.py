@@ -279,6 +279,7 @@ class DjangoMetadataStore(MetadataStore):
         return [
             UpdateRecord(
                 base_weights_key=base,
+                delta=base is not None,
                 update_id=str(row.pk),
                 experiment_id=str(experiment_pk),
                 client_id=str(row.client__uuid),

@@ -42,13 +42,18 @@ class InMemoryMetadataStore(MetadataStore):
         self._aggregates: dict[str, list[AggregateRecord]] = {}
         self._claims: dict[str, RoundClaim] = {}
         self._failures: dict[str, list[str]] = {}
+        self._initial: dict[str, str | None] = {}
         self._ids = itertools.count(1)
 
     # Setting up (what the API does in a real deployment).
 
-    def create_experiment(self, config: ExperimentConfig, *, clients: Iterable[str] = ()) -> None:
+    def create_experiment(
+        self, config: ExperimentConfig, *, clients: Iterable[str] = (), initial_weights_key: str | None = None
+    ) -> None:
+        """``initial_weights_key``: the initial model (round 0), if the experiment has one."""
         with self._lock:
             self._experiments[config.experiment_id] = config
+            self._initial[config.experiment_id] = initial_weights_key
             self._enrolled[config.experiment_id] = set(clients)
             self._aggregates[config.experiment_id] = []
 
@@ -66,13 +71,18 @@ class InMemoryMetadataStore(MetadataStore):
         num_examples: int,
         base_round: int = 0,
         update_id: str | None = None,
+        delta: bool = False,
         base_weights_key: str | None = None,
     ) -> UpdateRecord:
-        """Store a pending update (a delta on ``base_weights_key`` when given); the same ``update_id``
-        twice returns the first (idempotent)."""
+        """Store a pending update, trained from round ``base_round``'s model (or from the weights at
+        ``base_weights_key``), a delta on it when ``delta``; the same ``update_id`` twice returns the
+        first (idempotent)."""
         with self._lock:
             if experiment_id not in self._experiments:
                 raise LookupError(f"no experiment {experiment_id!r}")
+            base_weights_key = base_weights_key or self._weights_of_round(experiment_id, base_round)
+            if delta and base_weights_key is None:
+                raise LookupError(f"a delta needs its base: experiment {experiment_id!r} has no round {base_round}")
             update_id = update_id or f"u{next(self._ids)}"
             if update_id in self._updates:
                 return self._updates[update_id].record
@@ -86,6 +96,7 @@ class InMemoryMetadataStore(MetadataStore):
                 base_round=base_round,
                 received_at=self._clock(),
                 base_weights_key=base_weights_key,
+                delta=delta,
             )
             self._updates[update_id] = _Update(record)
             return record
@@ -150,6 +161,8 @@ class InMemoryMetadataStore(MetadataStore):
                 claimed_at=now,
                 expires_at=now + lease_seconds,
                 taken_over_from=(current.round_number, current.token) if current is not None else None,
+                parent_weights_key=self._weights_of_round(experiment_id, len(history)),
+                parent_state_key=history[-1].draft.state_key if history else None,
             )
             self._claims[experiment_id] = claim
             return claim
@@ -200,6 +213,13 @@ class InMemoryMetadataStore(MetadataStore):
             self._aggregates[experiment_id].append(record)
             del self._claims[experiment_id]
             return record
+
+    def _weights_of_round(self, experiment_id: str, round_number: int) -> str | None:
+        """The global model after round ``round_number`` (0: the initial model), if there is one."""
+        if round_number == 0:
+            return self._initial[experiment_id]
+        history = self._aggregates[experiment_id]
+        return history[round_number - 1].draft.weights_key if round_number <= len(history) else None
 
     def _pending(self, experiment_id: str) -> list[UpdateRecord]:
         updates = [u.record for u in self._updates.values() if u.status == PENDING]

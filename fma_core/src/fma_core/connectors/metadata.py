@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fma_core.requirements import PendingUpdate, RoundState
+from fma_core.policies import PendingUpdate, RoundState
 from fma_core.weights import TensorSpec
 
 
@@ -34,7 +34,7 @@ class ExperimentConfig:
     experiment_id: str
     aggregator: str = "fedavg"
     aggregator_params: Mapping[str, Any] = field(default_factory=dict)
-    round_policy: Any = None  # a fma_core.requirements configuration
+    round_policy: Any = None  # a fma_core.policies configuration
     tensor_spec: TensorSpec | None = None
     max_staleness: int | None = None  # rounds an update's base may lag behind; None: any
 
@@ -51,7 +51,8 @@ class UpdateRecord:
     num_examples: int
     base_round: int  # round number of the aggregate it was trained from; 0 = the initial model
     received_at: float
-    base_weights_key: str | None = None  # set when the update is a delta: the weights it applies to
+    base_weights_key: str | None = None  # the weights it was trained from, when the store knows them
+    delta: bool = False  # sent as trained minus base: it reads as its base plus itself
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,10 @@ class RoundClaim:
     # (round number, token) of the expired claim this one took over: its worker died or stalled, and the
     # objects it may have written (shard records and parts, an uncommitted aggregate) are this one's to remove
     taken_over_from: tuple[int, str] | None = None
+    # the current global model (the parent aggregate's weights, or the initial model's before round 1)
+    # and the server state the parent's round left, which a stateful algorithm continues from
+    parent_weights_key: str | None = None
+    parent_state_key: str | None = None
 
     def state(self, now: float) -> RoundState:
         return RoundState(
@@ -92,6 +97,8 @@ class AggregateDraft:
     aggregator_params: Mapping[str, Any]
     duration_seconds: float
     peak_memory_bytes: int | None = None  # highest RSS of the worker(s) while computing the round
+    state_key: str | None = None  # the algorithm's server state after this round (``fma_core.state``)
+    state_content_id: str | None = None  # its SHA-256
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,11 @@
-"""fma_core.requirements: round policies are pure functions of plain data, parsed from JSON."""
+"""fma_core.policies: round policies are pure functions of plain data, parsed from JSON."""
 
 from __future__ import annotations
 
 import pytest
 
 from fma_core.errors import ConfigurationError
-from fma_core.requirements import (
+from fma_core.policies import (
     AllClients,
     AllOf,
     AnyOf,
