@@ -18,7 +18,7 @@ from fma_core.connectors import (
     InMemoryMetadataStore,
     LocalDirectoryWeightStore,
 )
-from fma_core.errors import LeaseLost, UpdateUnreadable
+from fma_core.errors import LeaseLost
 from fma_core.peak_memory import PeakMemory
 from fma_core.rounds import RoundEngine, RoundOutcome
 from fma_core.shards import ALIGN_ELEMENTS, Piece, RoundPlan, balance_shards, shard_nbytes
@@ -127,12 +127,14 @@ def test_a_sharded_round_is_bit_identical_to_the_unsharded_one(tmp_path, aggrega
     assert isinstance(plan, RoundPlan)
     assert len(plan.shards) >= 3
     # every shard computed by a different "worker" from the plan as it travels: JSON
-    records = []
+    outcomes = []
     for index in reversed(range(len(plan.shards))):
         travelled = RoundPlan.from_dict(json.loads(json.dumps(plan.to_dict())))
-        records.append(RoundEngine(meta, store, worker_id=f"shard-{index}").finish_shard(travelled, index))
-    *waiting, record = records
-    assert waiting == [None] * (len(plan.shards) - 1)  # the last one to finish commits
+        outcomes.append(RoundEngine(meta, store, worker_id=f"shard-{index}").finish_shard(travelled, index))
+    *waiting, last = outcomes
+    assert [o.status for o in waiting] == ["shard_done"] * (len(plan.shards) - 1)  # the last one commits
+    assert last.status == "committed"
+    record = last.aggregate
 
     assert record.draft.content_id == whole.draft.content_id
     with store.open(record.draft.weights_key) as a, whole_store.open(whole.draft.weights_key) as b:
@@ -158,12 +160,12 @@ def test_a_plan_from_a_round_taken_over_cannot_commit(tmp_path):
     clock, meta, store = world(tmp_path)
     engine = RoundEngine(meta, store, lease_seconds=10, shard_bytes=SPEC.nbytes // 2, clock=clock)
     plan = engine.start_round("e")
-    assert engine.finish_shard(plan, 0) is None
+    assert engine.finish_shard(plan, 0).status == "shard_done"
     clock.now += 11
     assert RoundEngine(meta, store, clock=clock).run_round("e").status == "committed"
-    with pytest.raises(LeaseLost):
-        engine.finish_shard(plan, 1)
+    assert engine.finish_shard(plan, 1).status == "idle"  # it stops: the round was finished elsewhere
     assert len(meta.aggregates("e")) == 1
+    assert meta.failures("e") == []
 
 
 def test_a_failed_shard_gives_the_round_back_with_its_reason(tmp_path):
@@ -185,16 +187,12 @@ def test_an_update_unreadable_in_a_shard_is_quarantined_and_the_retry_goes_on_wi
     victim = meta.pending_updates("e")[2]
     path = tmp_path / victim.weights_key
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # truncated after the header check
-    failures = []
-    for index in range(len(plan.shards)):
-        try:
-            engine.finish_shard(plan, index)
-        except UpdateUnreadable as error:
-            failures.append(error.update_id)
-    assert failures
-    assert set(failures) == {victim.update_id}
-    engine.fail_round(plan, "shard failed")
+    outcomes = [engine.finish_shard(plan, index) for index in range(len(plan.shards))]
+    failed = outcomes[0]  # the first shard reads the victim and gives the round up; the others stop
+    assert (failed.status, failed.retry, failed.quarantined) == ("failed", True, (victim.update_id,))
+    assert [o.status for o in outcomes[1:]] == ["idle"] * (len(outcomes) - 1)
     assert meta.update_status(victim.update_id)[0] == "quarantined"
+    assert stored_files(tmp_path, "shards") == stored_files(tmp_path, ".uploads") == []
     outcome = engine.run_round("e")
     assert outcome.status == "committed"
     assert victim.update_id not in outcome.aggregate.draft.update_ids
@@ -258,9 +256,11 @@ def test_a_zombie_shard_finishing_after_the_commit_leaves_nothing(tmp_path):
     _, meta, store = world(tmp_path)
     engine = RoundEngine(meta, store, shard_bytes=SPEC.nbytes // 2)
     plan = engine.start_round("e")
-    assert [engine.finish_shard(plan, i) is None for i in range(len(plan.shards))] == [True, False]
-    with pytest.raises(LeaseLost):  # a redelivered shard task
-        engine.finish_shard(plan, 0)
+    assert [engine.finish_shard(plan, i).status for i in range(len(plan.shards))] == [
+        "shard_done",
+        "committed",
+    ]
+    assert engine.finish_shard(plan, 0).status == "idle"  # a redelivered shard task
     assert stored_files(tmp_path, "shards") == stored_files(tmp_path, ".uploads") == []
 
 
@@ -279,15 +279,21 @@ class FailingStore(LocalDirectoryWeightStore):
         return super().open_weights(key, max_bytes=max_bytes)
 
 
-def test_a_sharded_round_failing_in_process_removes_its_parts(tmp_path):
+@pytest.mark.parametrize("shard_bytes", [None, SPEC.nbytes // 2])
+def test_an_update_failing_mid_round_is_quarantined_and_the_round_runs_again_without_it(
+    tmp_path, shard_bytes
+):
     _, meta, _ = world(tmp_path)
     victim = meta.pending_updates("e")[0]
-    store = FailingStore(tmp_path, victim.weights_key, fail_from=3)  # shard 0 succeeds, shard 1 fails
-    outcome = RoundEngine(meta, store, shard_bytes=SPEC.nbytes // 2).run_round("e")
-    assert outcome.status == "failed"
-    assert victim.update_id in outcome.reason
+    store = FailingStore(tmp_path, victim.weights_key, fail_from=3)  # read in the first shard, not the second
+    outcome = RoundEngine(meta, store, shard_bytes=shard_bytes).run_round("e")
+    assert outcome.status == "committed"
+    assert victim.update_id not in outcome.aggregate.draft.update_ids
+    assert len(outcome.aggregate.draft.update_ids) == 4
+    assert meta.update_status(victim.update_id)[0] == "quarantined"
+    (failure,) = meta.failures("e")
+    assert victim.update_id in failure
     assert stored_files(tmp_path, "shards") == stored_files(tmp_path, ".uploads") == []
-    assert len(meta.pending_updates("e")) == 4  # the unreadable update was quarantined
 
 
 def test_two_shards_finishing_together_join_the_parts_once_and_commit_once(tmp_path):
@@ -295,13 +301,13 @@ def test_two_shards_finishing_together_join_the_parts_once_and_commit_once(tmp_p
     engine = RoundEngine(meta, store, shard_bytes=SPEC.nbytes // 2)
     plan = engine.start_round("e")
     for index in range(2):  # both stored their part before either looked for the other's
-        engine._store_shard(plan, index, *engine._shard_data(plan, index))
+        engine._store_shard(plan, index, engine._shard_data(plan, index), 0)
     with ThreadPoolExecutor(2) as pool:  # each finds the other done: both join and commit at once
         results = list(pool.map(lambda _: outcome_of(engine._combine, plan), range(2)))
     (record,) = [r for r in results if isinstance(r, AggregateRecord)]
     assert [type(r) for r in results if r is not record] in ([type(None)], [LeaseLost])  # the twin stops
-    with pytest.raises(LeaseLost):  # a redelivered shard: the round is committed, nothing of it is touched
-        engine.finish_shard(plan, 1)
+    # a redelivered shard: the round is committed, nothing of it is touched
+    assert engine.finish_shard(plan, 1).status == "idle"
     with store.open(record.draft.weights_key) as file:
         assert content_id(file.read()) == record.draft.content_id
     assert len(meta.aggregates("e")) == 1

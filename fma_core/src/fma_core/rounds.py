@@ -13,12 +13,19 @@ An update that cannot be used (missing object, malformed file, tensors that don'
 spec, too stale) is quarantined with its reason and the round goes on without it: one bad
 client never blocks an experiment.
 
-Large models can be sharded: ``start_round`` claims and checks the round, cuts the aggregate's
-data into byte ranges and starts the aggregate's multipart upload, one part per range, a
-``RoundPlan`` (see ``fma_core.shards``); ``finish_shard`` aggregates one range, anywhere, and
-stores it as its part; the shard that finds every other part stored joins them, hashes the
-aggregate and commits once. ``run_round`` is the same path with every shard computed in the
-calling process.
+One path for every round: ``start_round`` claims and checks the round, runs the algorithm's
+prepare pass, and cuts the aggregate's data into byte ranges, a ``RoundPlan`` (see
+``fma_core.shards``); a whole-model round is a plan of one shard. ``finish_shard`` aggregates one
+range, anywhere: a round of one shard writes its aggregate and commits; a round of several stores
+each range as its part of the aggregate's multipart upload, and the shard that finds every other
+part stored joins them, hashes the aggregate and commits once. ``run_round`` computes every shard
+in the calling process, or sends them through a ``Dispatcher`` (Celery, Lambda).
+
+The failure policy is the same whichever runner: a shard that fails gives the round up with its
+reason (its updates stay pending); an update found unreadable is quarantined first, and the round
+is started again at once without it; a shard whose round was meanwhile committed or taken over
+just stops. Stateful algorithms get their previous state and write the next one beside the
+aggregate (``fma_core.state``), in the same shards, so sharded rounds stay bit-identical.
 """
 
 from __future__ import annotations
@@ -31,13 +38,12 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
-from typing import Literal
-
-import numpy as np
+from typing import Any, Literal
 
 from fma_core.aggregators import Aggregator, UpdateInput, canonical_order, create_aggregator
+from fma_core.aggregators.base import RoundContext
 from fma_core.connectors.metadata import (
     AggregateDraft,
     AggregateRecord,
@@ -46,25 +52,41 @@ from fma_core.connectors.metadata import (
     UpdateRecord,
 )
 from fma_core.connectors.weight_store import UploadedPart, WeightStore
-from fma_core.errors import FmaError, InvalidWeights, LeaseLost, ObjectNotFound, UpdateUnreadable
+from fma_core.dispatch import Dispatcher
+from fma_core.errors import (
+    ConfigurationError,
+    FmaError,
+    InvalidWeights,
+    LeaseLost,
+    ObjectNotFound,
+    UpdateUnreadable,
+)
 from fma_core.leases import LeaseKeeper
 from fma_core.peak_memory import PeakMemory
 from fma_core.policies import PendingUpdate, RoundState, policy_from_config
-from fma_core.shards import RoundPlan, aggregate_shard, balance_shards, manifest_key, shards_prefix
+from fma_core.shards import (
+    RoundPlan,
+    ShardData,
+    aggregate_shard,
+    balance_shards,
+    manifest_key,
+    shards_prefix,
+)
+from fma_core.state import read_state, state_header, state_key, state_spec
 from fma_core.weights import TensorSpec, WeightsReader
-from fma_core.weights.delta import DeltaReader, SharedBases
+from fma_core.weights.delta import ChangeReader, DeltaReader, SharedBases
 from fma_core.weights.layout import ConcatStream, Part, header_bytes
 
 logger = logging.getLogger(__name__)
 
 _READ_BYTES = 1 << 20
 
-Status = Literal["committed", "not_ready", "idle", "no_valid_updates", "failed"]
+Status = Literal["committed", "not_ready", "idle", "no_valid_updates", "failed", "sharded", "shard_done"]
 
 
 @dataclass(frozen=True)
 class RoundOutcome:
-    """What one call of ``run_round`` did."""
+    """What one call of ``run_round`` (or ``finish_shard``) did; ``to_dict`` for logs, tasks and the CLI."""
 
     status: Status
     experiment_id: str
@@ -72,6 +94,24 @@ class RoundOutcome:
     quarantined: tuple[str, ...] = ()
     reason: str | None = None
     wakeup_at: float | None = None  # not ready yet, but time alone makes it ready then (a deadline)
+    shards: int | None = None  # "sharded": how many shards were sent out
+    shard: int | None = None  # "shard_done": which shard was stored (another one will commit)
+    retry: bool = False  # given up because an update turned out unreadable: run again, without it
+
+    def to_dict(self) -> dict[str, Any]:
+        aggregate = self.aggregate
+        return {
+            "status": self.status,
+            "experiment_id": self.experiment_id,
+            "aggregate_id": aggregate.aggregate_id if aggregate else None,
+            "round": aggregate.round_number if aggregate else None,
+            "updates": len(aggregate.draft.update_ids) if aggregate else 0,
+            "quarantined": list(self.quarantined),
+            "reason": self.reason,
+            "wakeup_at": self.wakeup_at,
+            "shards": self.shards,
+            "shard": self.shard,
+        }
 
 
 @dataclass(frozen=True)
@@ -108,15 +148,30 @@ class RoundEngine:
         self.shard_bytes = shard_bytes
         self.clock = clock
 
-    def run_round(self, experiment_id: str) -> RoundOutcome:
-        """Run the experiment's next round, here and now, if its policy says it is ready."""
-        started = self.start_round(experiment_id)
-        if isinstance(started, RoundOutcome):
-            return started
-        return self.finish_round(started)
+    def run_round(self, experiment_id: str, dispatcher: Dispatcher | None = None) -> RoundOutcome:
+        """Run the experiment's next round if its policy says it is ready: every shard here, or, when it
+        has several and a ``dispatcher`` is given, one sent out per shard ("sharded"). A round given up
+        because an update turned out unreadable starts again at once, without that update."""
+        while True:
+            started = self.start_round(experiment_id)
+            if isinstance(started, RoundOutcome):
+                return started
+            if dispatcher is not None and len(started.shards) > 1:
+                for index in range(len(started.shards)):
+                    dispatcher.send_shard(started, index)
+                return RoundOutcome("sharded", experiment_id, shards=len(started.shards))
+            outcome = self.finish_round(started)
+            if not outcome.retry:
+                return outcome
+
+    def run_shard(self, plan: RoundPlan, index: int, dispatcher: Dispatcher) -> RoundOutcome:
+        """A shard a dispatcher sent: finish it, and if that gave the round up for an unreadable update,
+        start the round again now, without it."""
+        outcome = self.finish_shard(plan, index)
+        return self.run_round(plan.experiment_id, dispatcher) if outcome.retry else outcome
 
     def start_round(self, experiment_id: str) -> RoundOutcome | RoundPlan:
-        """Claim the round and check its updates; a RoundPlan to compute, or the outcome if there is none.
+        """Claim the round, check its updates and plan it; a RoundPlan to compute, or the outcome if there is none.
 
         The policy is checked before claiming (so a round that is not ready leaves no trace) and
         again on the claimed snapshot, which is the one that counts.
@@ -143,57 +198,61 @@ class RoundEngine:
             self.metadata.round_started(claim)
             with self._lease_kept(claim):  # checking many updates' headers on a slow store takes a while
                 plan = self.plan_shards(claim)
+            if not plan.update_ids:
+                self.metadata.release_round(claim)
+                return RoundOutcome(
+                    "no_valid_updates",
+                    experiment_id,
+                    quarantined=plan.quarantined,
+                    reason="every update was unusable",
+                )
+            return self._start_uploads(plan) if len(plan.shards) > 1 else plan
         except Exception as error:
             return self._give_up(claim, error)
-        if not plan.update_ids:
-            self.metadata.release_round(claim)
-            return RoundOutcome(
-                "no_valid_updates",
-                experiment_id,
-                quarantined=plan.quarantined,
-                reason="every update was unusable",
-            )
-        if len(plan.shards) > 1:
-            try:
-                plan = self._start_upload(plan)
-            except Exception as error:
-                return self._give_up(claim, error)
-        return plan
-
-    def _start_upload(self, plan: RoundPlan) -> RoundPlan:
-        """Start the aggregate's upload, one part per shard, and name it in the claim's manifest first,
-        so that whoever takes this claim over can abort it."""
-        claim = plan.claim
-        key = aggregate_key(plan.experiment_id, claim.round_number, claim.token)
-        upload_id = self.weights.start_upload(key, plan.part_sizes(len(header_bytes(plan.spec))))
-        manifest = json.dumps({"shards": len(plan.shards), "upload_id": upload_id}).encode()
-        try:
-            self.weights.put(plan.manifest_key, io.BytesIO(manifest))
-        except BaseException:
-            self.weights.abort_upload(key, upload_id)
-            raise
-        return replace(plan, upload_id=upload_id)
 
     def finish_round(self, plan: RoundPlan) -> RoundOutcome:
-        """Compute a planned round in this process (every shard, if it has several) and commit it."""
-        claim = plan.claim
+        """Compute every shard of a planned round in this process; the outcome of the one that commits."""
+        for index in range(len(plan.shards)):
+            outcome = self.finish_shard(plan, index)
+            if outcome.status != "shard_done":
+                return outcome
+        return outcome
+
+    def finish_shard(self, plan: RoundPlan, index: int) -> RoundOutcome:
+        """Aggregate one shard; a round of one shard then writes its aggregate and commits, a round of several
+        stores the shard as its part, and the shard that finds every other part stored joins them and
+        commits ("committed"; the others: "shard_done").
+
+        A shard may run twice or at once with a twin (a redelivered task, two shards finishing
+        together): it rewrites the same objects, and one whose round has meanwhile been committed or
+        taken over stops ("idle"). A failure gives the round up with its reason ("failed"; an
+        unexpected error, after that, is raised); an unreadable update is quarantined first, and the
+        outcome asks for a retry.
+        """
         try:
-            if len(plan.shards) > 1:
-                records = [self.finish_shard(plan, index) for index in range(len(plan.shards))]
-                return self._committed(records[-1], plan.quarantined)
-            computed = self._compute_whole(plan)
+            record = self._finish_shard(plan, index)
         except Exception as error:
-            self._drop_shards(plan)
-            return self._give_up(claim, error)
-        if computed.draft is None:
-            self.metadata.release_round(claim)
+            if self._superseded(plan.claim):
+                logger.info(
+                    "round %s of %s was finished elsewhere", plan.claim.round_number, plan.experiment_id
+                )
+                return RoundOutcome("idle", plan.experiment_id, reason="the round was finished elsewhere")
+            where = f"shard {index} failed: " if len(plan.shards) > 1 else ""
+            self.fail_round(plan, f"{where}{type(error).__name__}: {error}")
+            if not isinstance(error, FmaError):
+                raise
+            logger.warning("round %s of %s failed: %s", plan.claim.round_number, plan.experiment_id, error)
+            unreadable = (error.update_id,) if isinstance(error, UpdateUnreadable) else ()
             return RoundOutcome(
-                "no_valid_updates",
+                "failed",
                 plan.experiment_id,
-                quarantined=computed.quarantined,
-                reason="every update was unusable",
+                quarantined=plan.quarantined + unreadable,
+                reason=str(error),
+                retry=bool(unreadable),
             )
-        return self._committed(self.commit(claim, computed), computed.quarantined)
+        if record is None:
+            return RoundOutcome("shard_done", plan.experiment_id, shard=index)
+        return self._committed(record, plan.quarantined)
 
     def claim(self, experiment_id: str) -> RoundClaim | None:
         """Claim the round; taking over an abandoned claim also removes what it left in the weight store."""
@@ -205,46 +264,170 @@ class RoundEngine:
         return claim
 
     def compute(self, claim: RoundClaim) -> ComputedRound:
-        """Aggregate the claim's usable updates in one piece and write the result; nothing is committed here."""
-        return self._compute_whole(self._plan(claim, None))
+        """Plan the claim's round in one piece and write its aggregate (and state); nothing is committed
+        here. An update found unreadable is quarantined and the round planned again without it."""
+        excluded: set[str] = set()
+        while True:
+            plan = self._plan(claim, None, excluded=frozenset(excluded))
+            quarantined = (*sorted(excluded), *plan.quarantined)
+            if not plan.update_ids:
+                return ComputedRound(None, quarantined)
+            try:
+                return ComputedRound(self._write_whole(plan), quarantined)
+            except UpdateUnreadable as error:
+                excluded.add(error.update_id)
 
     def commit(self, claim: RoundClaim, computed: ComputedRound) -> AggregateRecord:
         assert computed.draft is not None
         return self.metadata.commit_round(claim, computed.draft)
 
     def plan_shards(self, claim: RoundClaim) -> RoundPlan:
-        """Check the claimed updates (quarantining the unusable) and cut the spec into shards of ``shard_bytes``."""
+        """Check the claimed updates (quarantining the unusable), run the prepare pass, and cut the spec
+        into shards of ``shard_bytes``."""
         return self._plan(claim, self.shard_bytes)
 
-    def _plan(self, claim: RoundClaim, shard_bytes: int | None) -> RoundPlan:
+    def fail_round(self, plan: RoundPlan, reason: str) -> None:
+        """Give a planned round up: its updates stay pending, the reason is recorded."""
+        self.metadata.release_round(plan.claim, failure=reason)
+        self._drop_shards(plan)
+
+    # Planning
+
+    def _plan(
+        self, claim: RoundClaim, shard_bytes: int | None, *, excluded: frozenset[str] = frozenset()
+    ) -> RoundPlan:
         quarantined: list[str] = []
 
-        def quarantine(update: UpdateRecord, reason: str) -> None:
-            self.metadata.quarantine_update(claim, update.update_id, reason)
-            quarantined.append(update.update_id)
+        def quarantine(update_id: str, reason: str) -> None:
+            self.metadata.quarantine_update(claim, update_id, reason)
+            quarantined.append(update_id)
 
-        usable, spec = self._usable_updates(claim, quarantine)
-        return RoundPlan(
+        aggregator = self._aggregator(claim)
+        if aggregator.needs_parent and claim.parent_weights_key is None:
+            raise ConfigurationError(
+                f"aggregator {aggregator.name!r} needs the current global model, and the experiment has "
+                "none yet: give it an initial model"
+            )
+        usable, spec = self._usable_updates(claim, quarantine, excluded)
+        plan = RoundPlan(
             claim=claim,
             update_ids=tuple(u.update_id for u in usable),
             spec=spec,
             shards=balance_shards(spec, shard_bytes, min_bytes=self.weights.min_part_bytes),
-            quarantined=tuple(quarantined),
+        )
+        while plan.update_ids:
+            context = self._context(plan, aggregator)
+            try:
+                prepared = aggregator.prepare(canonical_order(self._inputs(plan)), spec, context)
+                break
+            except UpdateUnreadable as error:
+                quarantine(error.update_id, error.reason)
+                plan = replace(plan, update_ids=tuple(u for u in plan.update_ids if u != error.update_id))
+        else:
+            return replace(plan, quarantined=tuple(quarantined))
+        try:  # every shard sees what crossed a process boundary as JSON, wherever it runs
+            prepared = json.loads(json.dumps(prepared, allow_nan=False))
+        except (TypeError, ValueError) as error:
+            raise ConfigurationError(
+                f"aggregator {aggregator.name!r}: prepare must return plain JSON: {error}"
+            ) from None
+        scalars = (
+            dict(aggregator.state_scalars(replace(context, prepared=prepared)) or {})
+            if aggregator.keeps_state()
+            else None
+        )
+        return replace(plan, quarantined=tuple(quarantined), prepared=prepared, state_scalars=scalars)
+
+    def _usable_updates(
+        self, claim: RoundClaim, quarantine: Callable[[str, str], None], excluded: frozenset[str]
+    ) -> tuple[list[UpdateRecord], TensorSpec]:
+        """Check each claimed update's header against the spec (the data was checked on arrival)."""
+        config = claim.experiment
+        spec = config.tensor_spec
+        usable = []
+        for update in sorted(claim.updates, key=lambda u: (u.content_id, u.update_id)):
+            if update.update_id in excluded:
+                continue
+            lag = claim.round_number - 1 - update.base_round
+            if config.max_staleness is not None and lag > config.max_staleness:
+                quarantine(
+                    update.update_id, f"stale: trained on round {update.base_round}, {lag} rounds behind"
+                )
+                continue
+            try:
+                with self.weights.open_weights(update.weights_key) as reader:
+                    if spec is None:  # no declared spec: the first readable update sets it
+                        spec = TensorSpec.from_reader(reader)
+                    spec.check(reader.tensors)
+            except (FmaError, OSError) as error:
+                quarantine(update.update_id, f"unusable weights: {error}")
+                continue
+            usable.append(update)
+        return usable, spec or TensorSpec(())
+
+    def _context(self, plan: RoundPlan, aggregator: Aggregator) -> RoundContext:
+        """What the round gives its algorithm: the parent model, the previous state it left (if it was this
+        algorithm's), what the prepare pass found."""
+        claim = plan.claim
+        parent_key = claim.parent_weights_key
+        state = None
+        if aggregator.keeps_state() and claim.parent_state_key is not None:
+            state = read_state(claim.parent_state_key, self.weights.open_weights)
+            if state.algorithm != aggregator.name:
+                logger.info(
+                    "round %s of %s: the previous state is %s's; %s starts afresh",
+                    claim.round_number,
+                    plan.experiment_id,
+                    state.algorithm,
+                    aggregator.name,
+                )
+                state = None
+        return RoundContext(
+            round_number=claim.round_number,
+            parent=(lambda: self.weights.open_weights(parent_key)) if parent_key is not None else None,
+            state=state,
+            prepared=plan.prepared,
         )
 
-    def finish_shard(self, plan: RoundPlan, index: int) -> AggregateRecord | None:
-        """Aggregate one shard and store it as its part of the aggregate; the shard that then finds every
-        other part stored also joins them and commits, and returns the record. Else None.
+    def _start_uploads(self, plan: RoundPlan) -> RoundPlan:
+        """Start the aggregate's upload, one part per shard (and the state's, one part per state tensor and
+        shard), and name them in the claim's manifest first, so that whoever takes this claim over can
+        abort them."""
+        claim = plan.claim
+        aggregator = self._aggregator(claim)
+        key = aggregate_key(plan.experiment_id, claim.round_number, claim.token)
+        started: list[tuple[str, str]] = []
+        try:
+            upload_id = self.weights.start_upload(key, plan.part_sizes(len(header_bytes(plan.spec))))
+            started.append((key, upload_id))
+            state_upload_id = None
+            if plan.state_scalars is not None and aggregator.state_tensors:
+                header = self._state_header(plan, aggregator)
+                sizes = plan.state_part_sizes(len(header), len(aggregator.state_tensors))
+                state_upload_id = self.weights.start_upload(self._state_key(plan), sizes)
+                started.append((self._state_key(plan), state_upload_id))
+            manifest = {
+                "shards": len(plan.shards),
+                "upload_id": upload_id,
+                "state_upload_id": state_upload_id,
+            }
+            self.weights.put(plan.manifest_key, io.BytesIO(json.dumps(manifest).encode()))
+        except BaseException:
+            for started_key, started_id in started:
+                self.weights.abort_upload(started_key, started_id)
+            raise
+        return replace(plan, upload_id=upload_id, state_upload_id=state_upload_id)
 
-        Two shards finishing at the same instant may both find the others done: one joins the
-        parts, the other learns the upload is complete and stops. An unreadable update is
-        quarantined and the shard fails: the round is given up and the next attempt goes on
-        without that update.
-        """
+    # Computing
+
+    def _finish_shard(self, plan: RoundPlan, index: int) -> AggregateRecord | None:
+        if len(plan.shards) == 1:
+            return self.metadata.commit_round(plan.claim, self._write_whole(plan))
         started = time.perf_counter()
-        data, peak = self._shard_data(plan, index)
-        self._store_shard(plan, index, data, peak)
-        del data
+        with self._lease_kept(plan.claim), PeakMemory() as peak:
+            shard = self._shard_data(plan, index)
+        self._store_shard(plan, index, shard, peak.bytes)
+        del shard
         logger.info(
             "round %s of %s: shard %s aggregated in %.3f s",
             plan.claim.round_number,
@@ -266,32 +449,80 @@ class RoundEngine:
             )
         return record
 
-    def _shard_data(self, plan: RoundPlan, index: int) -> tuple[np.ndarray, int]:
-        """The shard's range of the aggregate's data, and the peak memory computing it took."""
+    def _shard_data(self, plan: RoundPlan, index: int) -> ShardData:
+        """The shard's range of the aggregate's data (and of the new state); an unreadable update is
+        quarantined before its error goes on."""
+        claim = plan.claim
+        aggregator = self._aggregator(claim)
+        try:
+            return aggregate_shard(
+                aggregator, self._inputs(plan), plan.spec, plan.shards[index], self._context(plan, aggregator)
+            )
+        except UpdateUnreadable as error:
+            self.metadata.quarantine_update(claim, error.update_id, error.reason)
+            raise
+
+    def _write_whole(self, plan: RoundPlan) -> AggregateDraft:
+        """A round of one shard: compute it and store the aggregate (and the state) in one pass each, under
+        the claim's own keys: a retry, or a twin, of the claim rewrites the same bytes, and a worker
+        taking an abandoned claim over knows what to remove."""
+        started = time.perf_counter()
         claim = plan.claim
         aggregator = self._aggregator(claim)
         with self._lease_kept(claim), PeakMemory() as peak:
-            try:
-                data = aggregate_shard(aggregator, self._inputs(plan), plan.spec, plan.shards[index])
-            except UpdateUnreadable as error:
-                self.metadata.quarantine_update(claim, error.update_id, error.reason)
-                raise
-        return data, peak.bytes
+            shard = self._shard_data(plan, 0)
+            key = aggregate_key(plan.experiment_id, claim.round_number, claim.token)
+            header = header_bytes(plan.spec)
+            size, digest = self._put(key, [header, shard.data.data], len(header) + plan.spec.nbytes)
+            state = None
+            if plan.state_scalars is not None:
+                header = self._state_header(plan, aggregator)
+                parts = [header, *(part.data for part in shard.state)]
+                state = self._put(self._state_key(plan), parts, self._state_size(plan, aggregator))
+            del shard
+        return self._draft(
+            plan,
+            aggregator,
+            key=key,
+            size=size,
+            digest=digest,
+            state=state,
+            duration=time.perf_counter() - started,
+            peak=peak.bytes,
+        )
 
-    def _store_shard(self, plan: RoundPlan, index: int, data: np.ndarray, peak: int) -> None:
-        """Store the shard as part ``index + 1`` of the aggregate's upload, then its record (the part, for
-        joining, and the shard's peak memory); a shard whose round was meanwhile committed or taken
-        over removes its record again rather than leave it behind."""
+    def _put(self, key: str, parts: list[Part], expected: int) -> tuple[int, str]:
+        """Store the parts as one object of ``expected`` bytes; its size and SHA-256, measured on the way."""
+        stored = self.weights.put(key, ConcatStream(parts))
+        self._check_size(key, stored.size, expected)
+        return stored.size, stored.sha256
+
+    def _store_shard(self, plan: RoundPlan, index: int, shard: ShardData, peak: int) -> None:
+        """Store the shard as part ``index + 1`` of the aggregate's upload (and its state ranges as theirs),
+        then its record (the parts, for joining, and the shard's peak memory); a shard whose round was
+        meanwhile committed or taken over removes its record again rather than leave it behind."""
         claim = plan.claim
         key = aggregate_key(plan.experiment_id, claim.round_number, claim.token)
-        body = ConcatStream([header_bytes(plan.spec), data.data] if index == 0 else [data.data])
+        body = ConcatStream([header_bytes(plan.spec), shard.data.data] if index == 0 else [shard.data.data])
+        state_parts = []
         try:
             part = self.weights.put_part(key, plan.upload_id, index + 1, body)
+            for tensor, data in enumerate(shard.state):
+                number = plan.state_part_number(tensor, index)
+                head = [self._state_header(plan, self._aggregator(claim))] if number == 1 else []
+                stream = ConcatStream([*head, data.data])
+                state_parts.append(
+                    self.weights.put_part(self._state_key(plan), plan.state_upload_id, number, stream)
+                )
         except ObjectNotFound:  # the upload is over: joined by the round's commit, or aborted
             self._check_current(claim)
             raise
-        record = json.dumps({"part": asdict(part), "peak_memory_bytes": peak}).encode()
-        self.weights.put(plan.shard_key(index), io.BytesIO(record))
+        record = {
+            "part": asdict(part),
+            "state_parts": [asdict(p) for p in state_parts],
+            "peak_memory_bytes": peak,
+        }
+        self.weights.put(plan.shard_key(index), io.BytesIO(json.dumps(record).encode()))
         try:
             self._check_current(claim)
         except LeaseLost:
@@ -299,58 +530,144 @@ class RoundEngine:
             raise
 
     def _combine(self, plan: RoundPlan) -> AggregateRecord | None:
-        """Join the shards' parts into the aggregate, hash it as stored, and commit it once; None if a twin
-        of this shard joined them first."""
+        """Join the shards' parts into the aggregate (and the state), hash them as stored, and commit once;
+        None if a twin of this shard joined them first."""
         claim = plan.claim
         aggregator = self._aggregator(claim)
         key = aggregate_key(plan.experiment_id, claim.round_number, claim.token)
         with self._lease_kept(claim), PeakMemory() as peak:
             records = [self._shard_record(plan, i) for i in range(len(plan.shards))]
             try:
-                self.weights.complete_upload(key, plan.upload_id, [part for part, _ in records])
+                self.weights.complete_upload(key, plan.upload_id, [r["part"] for r in records])
             except ObjectNotFound:
                 return None
-            size, digest = self._measure(key)
-            expected = len(header_bytes(plan.spec)) + plan.spec.nbytes
-            if size != expected:
-                self.weights.delete(key)
-                raise InvalidWeights(f"the joined aggregate is {size:,} bytes, not {expected:,}")
+            size, digest = self._measure(key, len(header_bytes(plan.spec)) + plan.spec.nbytes)
+            state = None
+            if plan.state_upload_id is not None:
+                parts = sorted((p for r in records for p in r["state_parts"]), key=lambda p: p.part_number)
+                self.weights.complete_upload(self._state_key(plan), plan.state_upload_id, parts)
+                state = self._measure(self._state_key(plan), self._state_size(plan, aggregator))
+            elif plan.state_scalars is not None:  # a state of scalars only: its header is the whole file
+                header = self._state_header(plan, aggregator)
+                state = self._put(self._state_key(plan), [header], len(header))
         draft = self._draft(
             plan,
             aggregator,
             key=key,
             size=size,
             digest=digest,
+            state=state,
             duration=max(0.0, self.clock() - claim.claimed_at),
-            peak=max(peak.bytes, *(shard_peak for _, shard_peak in records)),
+            peak=max(peak.bytes, *(r["peak_memory_bytes"] for r in records)),
         )
         record = self.metadata.commit_round(claim, draft)
-        self._drop_records(plan)  # the upload is joined: no abort to send
+        self._drop_records(plan)  # the uploads are joined: no abort to send
         return record
 
-    def _shard_record(self, plan: RoundPlan, index: int) -> tuple[UploadedPart, int]:
+    def _shard_record(self, plan: RoundPlan, index: int) -> dict[str, Any]:
         try:
             with self.weights.open(plan.shard_key(index)) as stream:
                 record = json.load(stream)
         except ObjectNotFound:  # removed by a twin's commit, or by a worker that took the round over
             self._check_current(plan.claim)
             raise InvalidWeights(f"shard {index} of the round left no record") from None
-        return UploadedPart(**record["part"]), int(record["peak_memory_bytes"])
+        return {
+            "part": UploadedPart(**record["part"]),
+            "state_parts": [UploadedPart(**p) for p in record["state_parts"]],
+            "peak_memory_bytes": int(record["peak_memory_bytes"]),
+        }
 
-    def _measure(self, key: str) -> tuple[int, str]:
-        """Size and SHA-256 of a stored object, read once."""
+    def _measure(self, key: str, expected: int) -> tuple[int, str]:
+        """Size (checked to be ``expected``) and SHA-256 of a stored object, read once."""
         digest = hashlib.sha256()
         size = 0
         with self.weights.open(key) as stream:
             while chunk := stream.read(_READ_BYTES):
                 digest.update(chunk)
                 size += len(chunk)
+        self._check_size(key, size, expected)
         return size, digest.hexdigest()
 
-    def fail_round(self, plan: RoundPlan, reason: str) -> None:
-        """Give a planned round up (a shard failed): its updates stay pending, the reason is recorded."""
-        self.metadata.release_round(plan.claim, failure=reason)
-        self._drop_shards(plan)
+    def _check_size(self, key: str, size: int, expected: int) -> None:
+        """InvalidWeights (and the object removed) unless it is the size its header and tensors make."""
+        if size != expected:
+            self.weights.delete(key)
+            raise InvalidWeights(f"{key} is {size:,} bytes, not {expected:,}")
+
+    def _draft(
+        self,
+        plan: RoundPlan,
+        aggregator: Aggregator,
+        *,
+        key: str,
+        size: int,
+        digest: str,
+        state: tuple[int, str] | None,
+        duration: float,
+        peak: int,
+    ) -> AggregateDraft:
+        inputs = canonical_order(self._inputs(plan))
+        shares = aggregator.input_weights(inputs)
+        return AggregateDraft(
+            weights_key=key,
+            content_id=digest,
+            size_bytes=size,
+            update_ids=tuple(i.update_id for i in inputs),
+            input_weights=tuple(shares) if shares is not None else None,
+            aggregator=plan.claim.experiment.aggregator,
+            aggregator_params=aggregator.params.to_dict(),
+            duration_seconds=duration,
+            peak_memory_bytes=peak or None,
+            state_key=self._state_key(plan) if state is not None else None,
+            state_content_id=state[1] if state is not None else None,
+        )
+
+    def _aggregator(self, claim: RoundClaim) -> Aggregator:
+        config = claim.experiment
+        return create_aggregator(config.aggregator, config.aggregator_params, threads=self.threads)
+
+    def _state_header(self, plan: RoundPlan, aggregator: Aggregator) -> bytes:
+        scalars: Mapping[str, float] = plan.state_scalars or {}
+        return state_header(plan.spec, aggregator.state_tensors, algorithm=aggregator.name, scalars=scalars)
+
+    def _state_size(self, plan: RoundPlan, aggregator: Aggregator) -> int:
+        tensors = state_spec(plan.spec, aggregator.state_tensors)
+        return len(self._state_header(plan, aggregator)) + tensors.nbytes
+
+    @staticmethod
+    def _state_key(plan: RoundPlan) -> str:
+        return state_key(plan.experiment_id, plan.claim.round_number, plan.claim.token)
+
+    def _inputs(self, plan: RoundPlan) -> list[UpdateInput]:
+        wanted = set(plan.update_ids)
+        bases = SharedBases(self.weights.open_weights)
+        return [self._input(u, bases) for u in plan.claim.updates if u.update_id in wanted]
+
+    def _input(self, update: UpdateRecord, bases: SharedBases) -> UpdateInput:
+        """The update as its algorithm reads it: its trained model (a delta reads as its base plus itself),
+        and its change from its base when the base is known (a delta as sent)."""
+        open_update = lambda: self.weights.open_weights(update.weights_key)  # noqa: E731
+        base_key = update.base_weights_key
+        if update.delta:
+            assert base_key is not None, "a delta's record names its base"
+            return UpdateInput(
+                update_id=update.update_id,
+                content_id=update.content_id,
+                num_examples=update.num_examples,
+                open=lambda: _with_base(DeltaReader, open_update, bases, base_key),
+                open_change=open_update,
+            )
+        return UpdateInput(
+            update_id=update.update_id,
+            content_id=update.content_id,
+            num_examples=update.num_examples,
+            open=open_update,
+            open_change=(lambda: _with_base(ChangeReader, open_update, bases, base_key))
+            if base_key
+            else None,
+        )
+
+    # Leases, failures and what a claim leaves behind
 
     def _waiting(self, experiment_id: str) -> RoundOutcome | None:
         """The outcome without claiming when nothing is pending or the policy is not met; else None."""
@@ -390,138 +707,19 @@ class RoundEngine:
         )
         return RoundOutcome("committed", record.experiment_id, aggregate=record, quarantined=quarantined)
 
-    def _compute_whole(self, plan: RoundPlan) -> ComputedRound:
-        started = time.perf_counter()
-        claim = plan.claim
-        aggregator = self._aggregator(claim)
-        quarantined = list(plan.quarantined)
-        wanted = set(plan.update_ids)
-        usable = [u for u in claim.updates if u.update_id in wanted]
-        whole = tuple(piece for shard in plan.shards for piece in shard)
-        with self._lease_kept(claim), PeakMemory() as peak:
-            while usable:
-                try:
-                    bases = SharedBases(self.weights.open_weights)
-                    inputs = [self._input(u, bases) for u in usable]
-                    data = aggregate_shard(aggregator, inputs, plan.spec, whole)
-                    break
-                except UpdateUnreadable as error:
-                    bad = next(u for u in usable if u.update_id == error.update_id)
-                    self.metadata.quarantine_update(claim, bad.update_id, error.reason)
-                    quarantined.append(bad.update_id)
-                    usable.remove(bad)
-            if not usable:
-                return ComputedRound(None, tuple(quarantined))
-            key, size, digest = self._write_aggregate(claim, plan.spec, [data.data])
-            del data
-        used = RoundPlan(claim, tuple(u.update_id for u in usable), plan.spec, plan.shards)
-        draft = self._draft(
-            used,
-            aggregator,
-            key=key,
-            size=size,
-            digest=digest,
-            duration=time.perf_counter() - started,
-            peak=peak.bytes,
-        )
-        return ComputedRound(draft, tuple(quarantined))
-
-    def _draft(
-        self,
-        plan: RoundPlan,
-        aggregator: Aggregator,
-        *,
-        key: str,
-        size: int,
-        digest: str,
-        duration: float,
-        peak: int,
-    ) -> AggregateDraft:
-        inputs = canonical_order(self._inputs(plan))
-        shares = aggregator.input_weights(inputs)
-        return AggregateDraft(
-            weights_key=key,
-            content_id=digest,
-            size_bytes=size,
-            update_ids=tuple(i.update_id for i in inputs),
-            input_weights=tuple(shares) if shares is not None else None,
-            aggregator=plan.claim.experiment.aggregator,
-            aggregator_params=aggregator.params.to_dict(),
-            duration_seconds=duration,
-            peak_memory_bytes=peak or None,
-        )
-
-    def _aggregator(self, claim: RoundClaim) -> Aggregator:
-        config = claim.experiment
-        return create_aggregator(config.aggregator, config.aggregator_params, threads=self.threads)
-
-    def _usable_updates(
-        self, claim: RoundClaim, quarantine: Callable[[UpdateRecord, str], None]
-    ) -> tuple[list[UpdateRecord], TensorSpec]:
-        """Check each claimed update's header against the spec (the data was checked on arrival)."""
-        config = claim.experiment
-        spec = config.tensor_spec
-        usable = []
-        for update in sorted(claim.updates, key=lambda u: (u.content_id, u.update_id)):
-            lag = claim.round_number - 1 - update.base_round
-            if config.max_staleness is not None and lag > config.max_staleness:
-                quarantine(update, f"stale: trained on round {update.base_round}, {lag} rounds behind")
-                continue
-            try:
-                with self.weights.open_weights(update.weights_key) as reader:
-                    if spec is None:  # no declared spec: the first readable update sets it
-                        spec = TensorSpec.from_reader(reader)
-                    spec.check(reader.tensors)
-            except (FmaError, OSError) as error:
-                quarantine(update, f"unusable weights: {error}")
-                continue
-            usable.append(update)
-        return usable, spec or TensorSpec(())
-
-    def _inputs(self, plan: RoundPlan) -> list[UpdateInput]:
-        wanted = set(plan.update_ids)
-        bases = SharedBases(self.weights.open_weights)
-        return [self._input(u, bases) for u in plan.claim.updates if u.update_id in wanted]
-
-    def _input(self, update: UpdateRecord, bases: SharedBases) -> UpdateInput:
-        return UpdateInput(
-            update_id=update.update_id,
-            content_id=update.content_id,
-            num_examples=update.num_examples,
-            open=lambda: self._open_update(update, bases),
-        )
-
-    def _open_update(self, update: UpdateRecord, bases: SharedBases) -> WeightsReader:
-        """The update's weights; an update sent as a delta reads as its base plus the delta."""
-        reader = self.weights.open_weights(update.weights_key)
-        if not update.delta:
-            return reader
+    def _superseded(self, claim: RoundClaim) -> bool:
+        """True when the claim is no longer current: committed, or taken over after its lease expired."""
         try:
-            base = bases.open(update.base_weights_key)
-        except BaseException:
-            reader.close()
-            raise
-        return DeltaReader(reader, base)
-
-    def _write_aggregate(self, claim: RoundClaim, spec: TensorSpec, data: list[Part]) -> tuple[str, int, str]:
-        """Store the header and ``data`` (the aggregate's data, in pieces) in one pass; the store measures
-        the SHA-256 on the way. The key is the claim's own: a retry, or a twin, of the claim rewrites
-        the same bytes, and a worker taking an abandoned claim over knows what to remove. A claim that
-        loses its commit leaves its object alone: a twin under the same claim may have committed it."""
-        header = header_bytes(spec)
-        key = aggregate_key(claim.experiment.experiment_id, claim.round_number, claim.token)
-        stored = self.weights.put(key, ConcatStream([header, *data]))
-        if stored.size != len(header) + spec.nbytes:
-            self.weights.delete(key)
-            raise InvalidWeights(
-                f"the aggregate's data is {stored.size - len(header):,} bytes, not {spec.nbytes:,}"
-            )
-        return key, stored.size, stored.sha256
+            self._check_current(claim)
+        except LeaseLost:
+            return True
+        return False
 
     def _remove_abandoned(self, experiment_id: str, round_number: int, token: str) -> None:
-        """Remove the shard records, the aggregate's upload and the uncommitted aggregate of a claim whose
+        """Remove the shard records, the uploads and the uncommitted aggregate and state of a claim whose
         lease expired; a failure here is logged, never allowed to block the round."""
         key = aggregate_key(experiment_id, round_number, token)
+        state = state_key(experiment_id, round_number, token)
         try:
             manifest = manifest_key(experiment_id, round_number, token)
             try:
@@ -534,8 +732,11 @@ class RoundEngine:
                 self.weights.delete(f"{prefix}/{index}.json")
             if started["upload_id"]:
                 self.weights.abort_upload(key, started["upload_id"])
+            if started.get("state_upload_id"):
+                self.weights.abort_upload(state, started["state_upload_id"])
             self.weights.delete(manifest)
             self.weights.delete(key)
+            self.weights.delete(state)
         except Exception:
             logger.exception("removing what round %s of %s left behind failed", round_number, experiment_id)
 
@@ -547,19 +748,38 @@ class RoundEngine:
         return LeaseKeeper(self.metadata, claim, lease_seconds=self.lease_seconds)
 
     def _drop_shards(self, plan: RoundPlan) -> None:
-        """Give up a sharded round's upload (its parts) and remove its records and manifest."""
+        """Give up a sharded round's uploads (their parts) and remove its records and manifest."""
+        claim = plan.claim
         if plan.upload_id is not None:
-            claim = plan.claim
             self.weights.abort_upload(
                 aggregate_key(plan.experiment_id, claim.round_number, claim.token), plan.upload_id
             )
+        if plan.state_upload_id is not None:
+            self.weights.abort_upload(self._state_key(plan), plan.state_upload_id)
+        if plan.upload_id is not None:
             self._drop_records(plan)
 
     def _drop_records(self, plan: RoundPlan) -> None:
-        """Remove a sharded round's records and manifest (once its upload is joined, nothing else is left)."""
+        """Remove a sharded round's records and manifest (once its uploads are joined, nothing else is left)."""
         for index in range(len(plan.shards)):
             self.weights.delete(plan.shard_key(index))
         self.weights.delete(plan.manifest_key)
+
+
+def _with_base(
+    combine: Callable[[WeightsReader, WeightsReader], WeightsReader],
+    open_update: Callable[[], WeightsReader],
+    bases: SharedBases,
+    base_key: str,
+) -> WeightsReader:
+    """``combine(update, base)`` over the update's reader and a shared reader of its base."""
+    reader = open_update()
+    try:
+        base = bases.open(base_key)
+    except BaseException:
+        reader.close()
+        raise
+    return combine(reader, base)
 
 
 def aggregate_key(experiment_id: str, round_number: int, token: str) -> str:

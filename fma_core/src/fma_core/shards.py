@@ -12,7 +12,8 @@ so the sharded aggregate is bit-identical to the unsharded one.
 
 ``RoundPlan`` is what travels between those workers: the claim (with its fencing token, so a
 plan from a round that was taken over can never commit), the updates that passed the checks,
-the tensor spec, the shards and the aggregate's upload. It converts to and from plain JSON.
+the tensor spec, the shards, what the algorithm's prepare pass found, the scalars of the state the
+round leaves, and the uploads of the aggregate and of that state. It converts to and from plain JSON.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from fma_core.aggregators import Aggregator, UpdateInput
+from fma_core.aggregators.base import RoundContext, Target, accumulator_dtype
 from fma_core.connectors.metadata import ExperimentConfig, RoundClaim, UpdateRecord
 from fma_core.weights import TensorSpec
 
@@ -85,27 +87,59 @@ def balance_shards(spec: TensorSpec, shard_bytes: int | None, *, min_bytes: int 
     return tuple(tuple(shard) for shard in shards if shard)
 
 
-def shard_nbytes(spec: TensorSpec, shard: Shard) -> int:
-    """Bytes of a shard's data."""
-    sizes = {t.name: t.numpy_dtype.itemsize for t in spec}
+def shard_nbytes(spec: TensorSpec, shard: Shard, *, state: bool = False) -> int:
+    """Bytes of a shard's data (``state``: of its range of one state tensor, kept in accumulator dtypes)."""
+    sizes = {t.name: _dtype(t.numpy_dtype, state).itemsize for t in spec}
     return sum((p.stop - p.start) * sizes[p.name] for p in shard)
 
 
+def _dtype(dtype: np.dtype, state: bool) -> np.dtype:
+    return accumulator_dtype(dtype) if state else dtype
+
+
+@dataclass(frozen=True)
+class ShardData:
+    """A shard's range of the aggregate's data and of each state tensor's, as bytes."""
+
+    data: np.ndarray
+    state: tuple[np.ndarray, ...] = ()
+
+
 def aggregate_shard(
-    aggregator: Aggregator, updates: Sequence[UpdateInput], spec: TensorSpec, shard: Shard
-) -> np.ndarray:
-    """The shard's range of the aggregate's data, as bytes: its pieces aggregated straight into place."""
+    aggregator: Aggregator,
+    updates: Sequence[UpdateInput],
+    spec: TensorSpec,
+    shard: Shard,
+    context: RoundContext | None = None,
+) -> ShardData:
+    """The shard's range of the aggregate's data (and of the new state), as bytes: its pieces
+    aggregated straight into place."""
     data = np.empty(shard_nbytes(spec, shard), np.uint8)
+    states = tuple(
+        np.empty(shard_nbytes(spec, shard, state=True), np.uint8) for _ in aggregator.state_tensors
+    )
     infos = {t.name: t for t in spec}
     targets = []
-    offset = 0
+    offset = state_offset = 0
     for piece in shard:
         info = infos[piece.name]
-        size = (piece.stop - piece.start) * info.numpy_dtype.itemsize
-        targets.append((info, piece.start, piece.stop, data[offset : offset + size].view(info.numpy_dtype)))
+        count = piece.stop - piece.start
+        size = count * info.numpy_dtype.itemsize
+        acc = accumulator_dtype(info.numpy_dtype)
+        state_size = count * acc.itemsize
+        state_out = {
+            name: state[state_offset : state_offset + state_size].view(acc)
+            for name, state in zip(aggregator.state_tensors, states, strict=True)
+        }
+        targets.append(
+            Target(
+                info, piece.start, piece.stop, data[offset : offset + size].view(info.numpy_dtype), state_out
+            )
+        )
         offset += size
-    aggregator.aggregate_into(updates, targets)
-    return data
+        state_offset += state_size
+    aggregator.aggregate_into(updates, targets, context)
+    return ShardData(data, states)
 
 
 @dataclass(frozen=True)
@@ -118,6 +152,9 @@ class RoundPlan:
     shards: tuple[Shard, ...]
     quarantined: tuple[str, ...] = ()
     upload_id: str | None = None  # the aggregate's multipart upload, one part per shard, when sharded
+    prepared: Any = None  # the algorithm's prepare pass over all updates (plain JSON)
+    state_scalars: Mapping[str, float] | None = None  # the state the round leaves; None: it keeps none
+    state_upload_id: str | None = None  # the state's multipart upload, when sharded and it has tensors
 
     @property
     def experiment_id(self) -> str:
@@ -133,6 +170,15 @@ class RoundPlan:
         """The aggregate's upload: one part per shard, the header in front of the first."""
         sizes = [shard_nbytes(self.spec, shard) for shard in self.shards]
         return [header_bytes + sizes[0], *sizes[1:]]
+
+    def state_part_sizes(self, header_bytes: int, tensors: int) -> list[int]:
+        """The state's upload: one part per (state tensor, shard), in that order, the header in front."""
+        sizes = [shard_nbytes(self.spec, shard, state=True) for shard in self.shards] * tensors
+        return [header_bytes + sizes[0], *sizes[1:]]
+
+    def state_part_number(self, tensor: int, index: int) -> int:
+        """The part of the state's upload that holds state tensor ``tensor``'s range of shard ``index``."""
+        return tensor * len(self.shards) + index + 1
 
     @property
     def manifest_key(self) -> str:
@@ -159,12 +205,17 @@ class RoundPlan:
                 "enrolled_clients": sorted(claim.enrolled_clients),
                 "claimed_at": claim.claimed_at,
                 "expires_at": claim.expires_at,
+                "parent_weights_key": claim.parent_weights_key,
+                "parent_state_key": claim.parent_state_key,
             },
             "update_ids": list(self.update_ids),
             "spec": self.spec.to_json(),
             "shards": [[[p.name, p.start, p.stop] for p in shard] for shard in self.shards],
             "quarantined": list(self.quarantined),
             "upload_id": self.upload_id,
+            "prepared": self.prepared,
+            "state_scalars": dict(self.state_scalars) if self.state_scalars is not None else None,
+            "state_upload_id": self.state_upload_id,
         }
 
     @classmethod
@@ -185,6 +236,8 @@ class RoundPlan:
             enrolled_clients=frozenset(raw_claim["enrolled_clients"]),
             claimed_at=raw_claim["claimed_at"],
             expires_at=raw_claim["expires_at"],
+            parent_weights_key=raw_claim.get("parent_weights_key"),
+            parent_state_key=raw_claim.get("parent_state_key"),
         )
         return cls(
             claim=claim,
@@ -193,6 +246,9 @@ class RoundPlan:
             shards=tuple(tuple(Piece(*p) for p in shard) for shard in data["shards"]),
             quarantined=tuple(data.get("quarantined", ())),
             upload_id=data.get("upload_id"),
+            prepared=data.get("prepared"),
+            state_scalars=data.get("state_scalars"),
+            state_upload_id=data.get("state_upload_id"),
         )
 
 

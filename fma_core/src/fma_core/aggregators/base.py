@@ -1,8 +1,10 @@
-"""What every aggregation algorithm shares: inputs, typed parameters, and the block-streaming driver.
+"""What every aggregation algorithm shares: inputs, a round context, typed parameters, and the
+block-streaming driver.
 
 An algorithm supplies one hook. A ``LinearAggregator`` gives one coefficient per update (the
 result is Σ cᵢ·xᵢ); a ``CoordinateWiseAggregator`` reduces, per coordinate, the stack of the N
-updates' values. The driver does the rest the same way for all of them:
+updates' values; any other algorithm writes each block itself (``_combine``). The driver does the
+rest the same way for all of them:
 
 - updates are put in a canonical order (content id, then size, then id), so the same updates in
   any order give bit-identical output;
@@ -11,6 +13,12 @@ updates' values. The driver does the rest the same way for all of them:
   extra memory is the result plus a few blocks (linear) or N blocks per thread (coordinate-wise);
 - blocks are spread over threads (numpy releases the GIL); each element's arithmetic is the same
   whichever thread, block size or shard computes it, so sharded rounds are bit-identical too.
+
+An algorithm that needs more than the round's updates declares it and receives it in the round's
+``RoundContext``: the current global model (``needs_parent``), each update's change from the model
+it was trained from (``reads_changes``), its own server state from the previous round
+(``state_tensors``, ``state_scalars``, see ``fma_core.state``), and the result of a ``prepare`` pass
+run once per round over all updates before any block is computed.
 """
 
 from __future__ import annotations
@@ -18,10 +26,10 @@ from __future__ import annotations
 import os
 import typing
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -34,12 +42,49 @@ THREADS_ENV = "FMA_AGGREGATION_THREADS"
 
 @dataclass(frozen=True)
 class UpdateInput:
-    """One update as an aggregator sees it: who it is, how much it counts, how to read it."""
+    """One update as an aggregator sees it: who it is, how much it counts, how to read it.
+
+    ``open`` reads the model the client trained (a delta reads as its base plus itself);
+    ``open_change`` reads that model minus the one it was trained from (a delta as sent), when the
+    round knows that base: what server optimizers aggregate, right for stale updates too.
+    """
 
     update_id: str
     content_id: str
     num_examples: int
     open: Callable[[], WeightsReader]
+    open_change: Callable[[], WeightsReader] | None = None
+
+
+@dataclass(frozen=True)
+class ServerState:
+    """The server state a round left, as the next round reads it (``fma_core.state``)."""
+
+    algorithm: str
+    scalars: Mapping[str, float]
+    open: Callable[[], WeightsReader]  # tensors named "<state tensor>/<model tensor>"
+
+
+@dataclass(frozen=True)
+class RoundContext:
+    """What a round gives an algorithm besides its updates; the same on every shard of the round."""
+
+    round_number: int = 1
+    parent: Callable[[], WeightsReader] | None = None  # the current global model, when there is one
+    state: ServerState | None = None  # this algorithm's state from the previous round, if any
+    prepared: Any = None  # what ``prepare`` returned for this round (plain JSON)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Elements ``[start, stop)`` of one tensor of the result, to be written into ``out`` (1-D), and
+    the same elements of each of the new state's tensors into ``state_out``."""
+
+    info: TensorInfo
+    start: int
+    stop: int
+    out: np.ndarray
+    state_out: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -94,6 +139,10 @@ class Aggregator(ABC):
     # Elements per block: 1 MiB of float32, big enough to amortize Python's per-call cost,
     # small enough that a block and its scratch stay in the L2/L3 caches.
     block_elements: ClassVar[int] = 1 << 18
+    needs_parent: ClassVar[bool] = False  # reads the current global model (Block.parent)
+    reads_changes: ClassVar[bool] = False  # Block.inputs gives each update's change, not its weights
+    # per-coordinate server state: one tensor of each name per model tensor, kept from round to round
+    state_tensors: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self, params: AggregatorParams | Mapping[str, Any] | None = None, *, threads: int | None = None
@@ -112,35 +161,67 @@ class Aggregator(ABC):
         """Each update's share of the result, in canonical order, when the algorithm is linear."""
         return None
 
-    def aggregate(self, updates: Iterable[UpdateInput], spec: TensorSpec) -> Weights:
+    @classmethod
+    def keeps_state(cls) -> bool:
+        """Whether the algorithm keeps server state: state tensors, or its own ``state_scalars``."""
+        return bool(cls.state_tensors) or cls.state_scalars is not Aggregator.state_scalars
+
+    def prepare(self, updates: Sequence[UpdateInput], spec: TensorSpec, context: RoundContext) -> Any:
+        """Run once per round, before any shard, over all updates (``blocks`` streams them); the result,
+        plain JSON and small (per-update scalars, pairwise distances), reaches every shard as
+        ``context.prepared``. An algorithm that needs no such pass returns None."""
+        return None
+
+    def state_scalars(self, context: RoundContext) -> Mapping[str, float] | None:
+        """The scalars of the state this round leaves (a step count, an adaptive bound), decided before
+        any shard runs; None (the default) when the algorithm keeps no state but ``state_tensors``."""
+        return None
+
+    def aggregate(
+        self, updates: Iterable[UpdateInput], spec: TensorSpec, context: RoundContext | None = None
+    ) -> Weights:
         """Aggregate the updates' tensors named in ``spec`` (all of a model, or some of it)."""
         out = {t.name: np.empty(t.shape, t.numpy_dtype) for t in spec}
-        self.aggregate_into(updates, [(t, 0, t.size, out[t.name].reshape(-1)) for t in spec])
+        self.aggregate_into(updates, [Target(t, 0, t.size, out[t.name].reshape(-1)) for t in spec], context)
         return out
 
     def aggregate_into(
-        self, updates: Iterable[UpdateInput], targets: Sequence[tuple[TensorInfo, int, int, np.ndarray]]
+        self,
+        updates: Iterable[UpdateInput],
+        targets: Sequence[Target],
+        context: RoundContext | None = None,
     ) -> None:
-        """For each ``(tensor, start, stop, out)``, write elements ``[start, stop)`` of the result into the
-        1-D array ``out`` (a range of a shard's bytes, or a whole tensor)."""
+        """Write each target's elements of the result (a range of a shard's bytes, or a whole tensor),
+        and of the new state when the algorithm keeps one."""
+        context = context or RoundContext()
         ordered = canonical_order(updates)
         if not ordered:
             raise ValueError("nothing to aggregate: no updates")
-        plan = self._plan(ordered)
+        plan = self._plan(ordered, context)
         block = self._block(len(ordered))
         tasks = [
-            (info, begin, min(begin + block, stop), out[begin - start : min(begin + block, stop) - start])
-            for info, start, stop, out in targets
-            for begin in range(start, stop, block)
+            (target, begin, min(begin + block, target.stop))
+            for target in targets
+            for begin in range(target.start, target.stop, block)
         ]
         with ExitStack() as stack:
-            readers = [_Opened(update, stack) for update in ordered]
+            inputs = [_Opened.update(update, stack, change=self.reads_changes) for update in ordered]
+            parent = (
+                _Opened.model("the current global model", context.parent, stack)
+                if self.needs_parent
+                else None
+            )
+            state = (
+                _Opened.model("the previous server state", context.state.open, stack)
+                if self.state_tensors and context.state is not None
+                else None
+            )
             workers = max(1, min(self.threads, len(tasks)))
 
             def work(part: int) -> None:
                 scratch = _Scratch()
-                for info, begin, end, target in tasks[part::workers]:
-                    self._combine(readers, plan, info, begin, end, target, scratch)
+                for target, begin, end in tasks[part::workers]:
+                    self._combine(Block(target, begin, end, inputs, plan, scratch, parent, state))
 
             if workers == 1:
                 work(0)
@@ -152,22 +233,14 @@ class Aggregator(ABC):
     def _block(self, count: int) -> int:
         return self.block_elements
 
-    def _plan(self, updates: Sequence[UpdateInput]) -> Any:
-        """Per-round data the block hook needs (e.g. coefficients), computed once."""
+    def _plan(self, updates: Sequence[UpdateInput], context: RoundContext) -> Any:
+        """Per-round data the block hook needs (e.g. coefficients), computed once per shard."""
         return None
 
     @abstractmethod
-    def _combine(
-        self,
-        readers: Sequence[_Opened],
-        plan: Any,
-        info: TensorInfo,
-        start: int,
-        stop: int,
-        out: np.ndarray,
-        scratch: _Scratch,
-    ) -> None:
-        """Write elements ``[start, stop)`` of tensor ``info`` of the result into ``out``."""
+    def _combine(self, block: Block) -> None:
+        """Write the block's elements of the result into ``block.out`` (and of each state tensor into
+        ``block.state_out[name]``)."""
 
 
 class LinearAggregator(Aggregator):
@@ -180,30 +253,30 @@ class LinearAggregator(Aggregator):
     def input_weights(self, updates: Sequence[UpdateInput]) -> list[float]:
         return self.coefficients(canonical_order(updates)).tolist()
 
-    def _plan(self, updates: Sequence[UpdateInput]) -> np.ndarray | float:
+    def _plan(self, updates: Sequence[UpdateInput], context: RoundContext) -> np.ndarray | float:
         """The coefficients, or their one value when all are equal: then sum and scale once, faster."""
         coefficients = np.asarray(self.coefficients(updates), dtype=np.float64)
         if coefficients.shape != (len(updates),) or not np.isfinite(coefficients).all():
             raise FmaError(f"aggregator {self.name!r} gave invalid coefficients")
         return float(coefficients[0]) if (coefficients == coefficients[0]).all() else coefficients
 
-    def _combine(self, readers, plan, info, start, stop, out, scratch) -> None:
-        acc_dtype = accumulator_dtype(info.numpy_dtype)
-        count = stop - start
-        acc = out if out.dtype == acc_dtype else scratch.get("acc", count, acc_dtype)
-        term = scratch.get("term", count, acc_dtype)
-        read = scratch.get("read", count, info.numpy_dtype)
-        blocks = (reader.read_block(info.name, start, stop, read) for reader in readers)
+    def _combine(self, block: Block) -> None:
+        acc_dtype = block.accumulator
+        out = block.out
+        acc = out if out.dtype == acc_dtype else block.scratch.get("acc", block.count, acc_dtype)
+        values = block.inputs()
+        plan = block.plan
         if isinstance(plan, float):  # equal shares: sum, then scale once
-            np.copyto(acc, next(blocks), casting="safe")
-            for block in blocks:
-                np.add(acc, block, acc)
+            np.copyto(acc, next(values), casting="safe")
+            for value in values:
+                np.add(acc, value, acc)
             np.multiply(acc, acc_dtype.type(plan), acc)
         else:
+            term = block.scratch.get("term", block.count, acc_dtype)
             coefficients = plan.astype(acc_dtype)
-            np.multiply(next(blocks), coefficients[0], acc)
-            for block, coefficient in zip(blocks, coefficients[1:], strict=True):
-                np.multiply(block, coefficient, term)
+            np.multiply(next(values), coefficients[0], acc)
+            for value, coefficient in zip(values, coefficients[1:], strict=True):
+                np.multiply(value, coefficient, term)
                 np.add(acc, term, acc)
         store(acc, out)
 
@@ -224,16 +297,17 @@ class CoordinateWiseAggregator(Aggregator):
     def _block(self, count: int) -> int:
         return max(1024, min(self.block_elements, self.stack_elements // count))
 
-    def _combine(self, readers, plan, info, start, stop, out, scratch) -> None:
-        acc_dtype = accumulator_dtype(info.numpy_dtype)
-        count = stop - start
-        stack = scratch.get("stack", len(readers) * count, acc_dtype).reshape(len(readers), count)
-        read = scratch.get("read", count, info.numpy_dtype)
-        for row, reader in zip(stack, readers, strict=True):
-            row[...] = reader.read_block(info.name, start, stop, read)
-        result = out if out.dtype == acc_dtype else scratch.get("acc", count, acc_dtype)
+    def _combine(self, block: Block) -> None:
+        acc_dtype = block.accumulator
+        stack = block.scratch.get("stack", block.input_count * block.count, acc_dtype)
+        stack = stack.reshape(block.input_count, block.count)
+        for row, values in zip(stack, block.inputs(), strict=True):
+            row[...] = values
+        result = (
+            block.out if block.out.dtype == acc_dtype else block.scratch.get("acc", block.count, acc_dtype)
+        )
         self.reduce(stack, result)
-        store(result, out)
+        store(result, block.out)
 
 
 def accumulator_dtype(dtype: np.dtype) -> np.dtype:
@@ -278,20 +352,117 @@ class _Scratch:
         return buffer[:count]
 
 
+class Block:
+    """One block of one tensor, as ``_combine`` computes it: where to write, and what to read.
+
+    ``inputs()`` yields each update's values (or changes) in canonical order, each read into the
+    same buffer: use a value before taking the next. ``parent()`` and ``state(name)`` read the
+    current global model and the previous state (zeros when there is none) into buffers of their own.
+    """
+
+    def __init__(
+        self,
+        target: Target,
+        start: int,
+        stop: int,
+        inputs: Sequence[_Opened],
+        plan: Any,
+        scratch: _Scratch,
+        parent: _Opened | None,
+        state: _Opened | None,
+    ) -> None:
+        self.info = target.info
+        self.start, self.stop = start, stop
+        offset = slice(start - target.start, stop - target.start)
+        self.out = target.out[offset]
+        self.state_out = {name: out[offset] for name, out in target.state_out.items()}
+        self.plan = plan
+        self.scratch = scratch
+        self._inputs, self._parent, self._state = inputs, parent, state
+
+    @property
+    def count(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def input_count(self) -> int:
+        return len(self._inputs)
+
+    @property
+    def accumulator(self) -> np.dtype:
+        """The dtype to compute this tensor in (and to keep its state in)."""
+        return accumulator_dtype(self.info.numpy_dtype)
+
+    def inputs(self) -> Iterator[np.ndarray]:
+        read = self.scratch.get("read", self.count, self.info.numpy_dtype)
+        for opened in self._inputs:
+            yield opened.read_block(self.info.name, self.start, self.stop, read)
+
+    def parent(self) -> np.ndarray:
+        if self._parent is None:
+            raise FmaError("this algorithm did not declare needs_parent")
+        read = self.scratch.get("parent", self.count, self.info.numpy_dtype)
+        return self._parent.read_block(self.info.name, self.start, self.stop, read)
+
+    def state(self, name: str) -> np.ndarray:
+        buffer = self.scratch.get(f"state:{name}", self.count, self.accumulator)
+        if self._state is None:
+            buffer.fill(0)
+            return buffer
+        return self._state.read_block(f"{name}/{self.info.name}", self.start, self.stop, buffer)
+
+
+def blocks(
+    updates: Sequence[UpdateInput], spec: TensorSpec, *, changes: bool = False, block_elements: int = 1 << 16
+) -> Iterator[tuple[TensorInfo, list[np.ndarray]]]:
+    """Every block of every tensor, with each update's values of it (or changes), in the given order:
+    how a ``prepare`` pass reads all updates once, N blocks in memory at a time."""
+    with ExitStack() as stack:
+        opened = [_Opened.update(update, stack, change=changes) for update in updates]
+        for info in spec:
+            for start in range(0, info.size, block_elements):
+                stop = min(start + block_elements, info.size)
+                yield info, [reader.read_block(info.name, start, stop, None) for reader in opened]
+
+
 class _Opened:
-    """An update's reader, opened for the whole aggregation, turning read errors into UpdateUnreadable."""
+    """A reader opened for the whole aggregation, turning read errors into UpdateUnreadable (an update's)
+    or FmaError (the round's own models)."""
 
-    def __init__(self, update: UpdateInput, stack: ExitStack) -> None:
-        self.update = update
+    def __init__(self, reader: WeightsReader, fail: Callable[[str], FmaError]) -> None:
+        self._reader, self._fail = reader, fail
+
+    @classmethod
+    def update(cls, update: UpdateInput, stack: ExitStack, *, change: bool) -> _Opened:
+        def fail(reason: str) -> FmaError:
+            return UpdateUnreadable(update.update_id, reason)
+
+        opener = update.open_change if change else update.open
+        if opener is None:
+            raise fail("the model it was trained from is unknown, so its change cannot be read")
+        return cls._entered(opener, stack, fail)
+
+    @classmethod
+    def model(cls, what: str, opener: Callable[[], WeightsReader] | None, stack: ExitStack) -> _Opened:
+        def fail(reason: str) -> FmaError:
+            return FmaError(f"{what}: {reason}")
+
+        if opener is None:
+            raise fail("there is none yet (publish an initial model before the first round)")
+        return cls._entered(opener, stack, fail)
+
+    @classmethod
+    def _entered(
+        cls, opener: Callable[[], WeightsReader], stack: ExitStack, fail: Callable[[str], FmaError]
+    ) -> _Opened:
         try:
-            self._reader = stack.enter_context(update.open())
+            reader = stack.enter_context(opener())
         except Exception as error:
-            raise UpdateUnreadable(update.update_id, f"cannot be opened: {error}") from error
+            raise fail(f"cannot be opened: {error}") from error
+        return cls(reader, fail)
 
-    def read_block(self, name: str, start: int, stop: int, buffer: np.ndarray) -> np.ndarray:
+    def read_block(self, name: str, start: int, stop: int, buffer: np.ndarray | None) -> np.ndarray:
         try:
             return self._reader.read_block(name, start, stop, buffer)
         except Exception as error:
-            raise UpdateUnreadable(
-                self.update.update_id, f"tensor {name!r} cannot be read: {error}"
-            ) from error
+            raise self._fail(f"tensor {name!r} cannot be read: {error}") from error

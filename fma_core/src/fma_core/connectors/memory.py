@@ -82,7 +82,9 @@ class InMemoryMetadataStore(MetadataStore):
                 raise LookupError(f"no experiment {experiment_id!r}")
             base_weights_key = base_weights_key or self._weights_of_round(experiment_id, base_round)
             if delta and base_weights_key is None:
-                raise LookupError(f"a delta needs its base: experiment {experiment_id!r} has no round {base_round}")
+                raise LookupError(
+                    f"a delta needs its base: experiment {experiment_id!r} has no round {base_round}"
+                )
             update_id = update_id or f"u{next(self._ids)}"
             if update_id in self._updates:
                 return self._updates[update_id].record

@@ -1,4 +1,5 @@
-"""Updates sent as deltas: the client pushes ``trained - base``, the round engine reads ``base + delta``.
+"""Updates sent as deltas: the client pushes ``trained - base``, the round engine reads ``base + delta``;
+and the other way round, a full update's change from its base (``ChangeReader``) for server optimizers.
 
 Experiments whose clients clip, noise or compress what they send want the change, not the
 model. Reading the sum back, block by block, keeps every aggregator exactly as it is and lets
@@ -43,6 +44,36 @@ class DeltaReader(WeightsReader):
     def close(self) -> None:
         try:
             self._delta.close()
+        finally:
+            self._base.close()
+
+
+class ChangeReader(WeightsReader):
+    """The change ``trained - base`` of a full update, computed block by block; owns both readers.
+
+    What server optimizers aggregate: each update's step away from the model it was trained from,
+    so a stale update moves the global model by what it learned, not by how old its base is.
+    """
+
+    def __init__(self, trained: WeightsReader, base: WeightsReader) -> None:
+        self._trained, self._base = trained, base
+        if list(trained.tensors.values()) != list(base.tensors.values()):
+            self.close()
+            raise InvalidWeights("an update must have exactly the tensors of the model it was trained from")
+
+    @property
+    def tensors(self) -> Mapping[str, TensorInfo]:
+        return self._trained.tensors
+
+    def read_block(self, name: str, start: int, stop: int, buffer: np.ndarray | None = None) -> np.ndarray:
+        base = self._base.read_block(name, start, stop)
+        trained = self._trained.read_block(name, start, stop)
+        out = buffer[: stop - start] if buffer is not None else None
+        return np.subtract(trained, base, out=out)
+
+    def close(self) -> None:
+        try:
+            self._trained.close()
         finally:
             self._base.close()
 
