@@ -81,7 +81,6 @@ def _run_once(args: argparse.Namespace) -> int:
     from fma_aggregator.checks import run_check
     from fma_aggregator.config import AggregatorConfig
     from fma_aggregator.engine import build_engine
-    from fma_aggregator.sharded import summary
     from fma_django.housekeeping import housekeeping_sweep
     from fma_django.store import DjangoMetadataStore
     from fma_django.uploads import uploads_checking
@@ -94,7 +93,7 @@ def _run_once(args: argparse.Namespace) -> int:
     targets = (
         [args.experiment] if args.experiment else DjangoMetadataStore().experiments_to_sweep(now=time.time())
     )
-    outcomes = [summary(engine.run_round(str(target))) for target in targets]
+    outcomes = [engine.run_round(str(target)).to_dict() for target in targets]
     if args.json:
         print(json.dumps(outcomes, indent=2))
     else:

@@ -38,12 +38,10 @@ setup_django()  # at cold start, before the imports below reach Django models
 from django.core.management import call_command  # noqa: E402
 from django.db import close_old_connections  # noqa: E402
 
-from fma_aggregator import sharded  # noqa: E402
 from fma_aggregator.checks import run_check  # noqa: E402
 from fma_aggregator.config import AggregatorConfig  # noqa: E402
 from fma_aggregator.engine import build_engine  # noqa: E402
 from fma_aggregator.lambda_invoke import LambdaInvoker  # noqa: E402
-from fma_core.rounds import RoundOutcome  # noqa: E402
 from fma_core.shards import RoundPlan  # noqa: E402
 from fma_django.housekeeping import housekeeping_sweep  # noqa: E402
 from fma_django.store import DjangoMetadataStore  # noqa: E402
@@ -71,7 +69,8 @@ def _dispatch(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if kind == "check_upload":
         return run_check(str(event["upload_id"]))
     if kind == "shard":
-        return sharded.finish_shard(build_engine(), RoundPlan.from_dict(event["plan"]), int(event["index"]))
+        plan = RoundPlan.from_dict(event["plan"])
+        return build_engine().run_shard(plan, int(event["index"]), _invoker(context)).to_dict()
     raise ValueError(f"the aggregator does not know this event: keys {sorted(event)}")
 
 
@@ -90,16 +89,7 @@ def _sweep(context: Any) -> dict[str, Any]:
 
 
 def _run_round(experiment_id: str, context: Any) -> dict[str, Any]:
-    engine = build_engine()
-    started = engine.start_round(experiment_id)
-    if isinstance(started, RoundOutcome):
-        return sharded.summary(started)
-    if len(started.shards) == 1:
-        return sharded.summary(engine.finish_round(started))
-    invoker = _invoker(context)
-    for index in range(len(started.shards)):
-        invoker.shard(started, index)
-    return {"status": "sharded", "experiment_id": experiment_id, "shards": len(started.shards)}
+    return build_engine().run_round(experiment_id, _invoker(context)).to_dict()
 
 
 def _manage(command: str | list[str]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import boto3
 from botocore.config import Config
 
 from fma_aggregator.config import AggregatorConfig
+from fma_core.dispatch import Dispatcher
 from fma_core.errors import ConfigurationError
 from fma_core.shards import RoundPlan
 
@@ -37,10 +38,19 @@ def lambda_client(*, announcing: bool = False) -> Any:
     return boto3.client("lambda", config=ANNOUNCE_CONFIG) if announcing else boto3.client("lambda")
 
 
-class LambdaInvoker:
+class LambdaInvoker(Dispatcher):
+    """Invokes the aggregator function asynchronously; as a round's dispatcher, one invocation per shard."""
+
     def __init__(self, function_name: str, *, client: Any = None) -> None:
         self.function_name = function_name
-        self.client = client or lambda_client()
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        """The boto3 client, made on first use: a round that sends nothing needs none."""
+        if self._client is None:
+            self._client = lambda_client()
+        return self._client
 
     @classmethod
     def announcing(cls, config: AggregatorConfig) -> LambdaInvoker:
@@ -57,7 +67,7 @@ class LambdaInvoker:
     def check_upload(self, upload_id: str) -> None:
         self.invoke({"fma": "check_upload", "upload_id": upload_id})
 
-    def shard(self, plan: RoundPlan, index: int) -> None:
+    def send_shard(self, plan: RoundPlan, index: int) -> None:
         self.invoke({"fma": "shard", "plan": plan.to_dict(), "index": index})
 
     def invoke(self, payload: dict[str, Any]) -> None:

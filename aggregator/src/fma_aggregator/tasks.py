@@ -7,11 +7,10 @@ import logging
 import time
 from typing import Any
 
-from fma_aggregator import sharded
 from fma_aggregator.celery import app, config
 from fma_aggregator.checks import run_check
 from fma_aggregator.engine import build_engine
-from fma_core.rounds import RoundOutcome
+from fma_core.dispatch import Dispatcher
 from fma_core.shards import RoundPlan
 from fma_django.housekeeping import housekeeping_sweep
 from fma_django.store import DjangoMetadataStore
@@ -19,25 +18,23 @@ from fma_django.store import DjangoMetadataStore
 logger = logging.getLogger(__name__)
 
 
+class CeleryDispatcher(Dispatcher):
+    """A sharded round's shards as ``fma.compute_shard`` tasks, spread over the workers."""
+
+    def send_shard(self, plan: RoundPlan, index: int) -> None:
+        compute_shard.delay(plan.to_dict(), index)
+
+
 @app.task(name="fma.run_round")
 def run_round(experiment_id: str) -> dict[str, Any]:
     """Claim and run the experiment's round; a sharded one goes out as one task per shard."""
-    engine = build_engine(config)
-    started = engine.start_round(experiment_id)
-    if isinstance(started, RoundOutcome):
-        return sharded.summary(started)
-    if len(started.shards) == 1:
-        return sharded.summary(engine.finish_round(started))
-    plan = started.to_dict()
-    for index in range(len(started.shards)):
-        compute_shard.delay(plan, index)
-    return {"status": "sharded", "experiment_id": experiment_id, "shards": len(started.shards)}
+    return build_engine(config).run_round(experiment_id, CeleryDispatcher()).to_dict()
 
 
 @app.task(name="fma.compute_shard")
 def compute_shard(plan: dict[str, Any], index: int) -> dict[str, Any]:
     """One shard; the last one to finish writes the aggregate and commits the round."""
-    return sharded.finish_shard(build_engine(config), RoundPlan.from_dict(plan), index)
+    return build_engine(config).run_shard(RoundPlan.from_dict(plan), index, CeleryDispatcher()).to_dict()
 
 
 @app.task(name="fma.check_upload")
