@@ -544,7 +544,7 @@ class RoundEngine:
             size, digest = self._measure(key, len(header_bytes(plan.spec)) + plan.spec.nbytes)
             state = None
             if plan.state_upload_id is not None:
-                parts = sorted((p for r in records for p in r["state_parts"]), key=lambda p: p.part_number)
+                parts = sorted((p for r in records for p in r["state_parts"]), key=lambda p: p.number)
                 self.weights.complete_upload(self._state_key(plan), plan.state_upload_id, parts)
                 state = self._measure(self._state_key(plan), self._state_size(plan, aggregator))
             elif plan.state_scalars is not None:  # a state of scalars only: its header is the whole file
