@@ -38,7 +38,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
@@ -65,17 +65,19 @@ from fma_core.leases import LeaseKeeper
 from fma_core.peak_memory import PeakMemory
 from fma_core.policies import PendingUpdate, RoundState, policy_from_config
 from fma_core.shards import (
+    Output,
     RoundPlan,
     ShardData,
+    aggregate_key,
     aggregate_shard,
     balance_shards,
     manifest_key,
     shards_prefix,
 )
-from fma_core.state import read_state, state_header, state_key, state_spec
+from fma_core.state import read_state, state_key
 from fma_core.weights import TensorSpec, WeightsReader
 from fma_core.weights.delta import ChangeReader, DeltaReader, SharedBases
-from fma_core.weights.layout import ConcatStream, Part, header_bytes
+from fma_core.weights.layout import ConcatStream, Part
 
 logger = logging.getLogger(__name__)
 
@@ -390,33 +392,27 @@ class RoundEngine:
         )
 
     def _start_uploads(self, plan: RoundPlan) -> RoundPlan:
-        """Start the aggregate's upload, one part per shard (and the state's, one part per state tensor and
-        shard), and name them in the claim's manifest first, so that whoever takes this claim over can
-        abort them."""
-        claim = plan.claim
-        aggregator = self._aggregator(claim)
-        key = aggregate_key(plan.experiment_id, claim.round_number, claim.token)
-        started: list[tuple[str, str]] = []
+        """Start each output's upload, one part per section and shard, and name them in the claim's
+        manifest first, so that whoever takes this claim over can abort them. An output of a header
+        alone (a state of scalars only) is written now, whole."""
+        outputs = plan.outputs(self._aggregator(plan.claim))
+        upload_ids: list[str | None] = []
         try:
-            upload_id = self.weights.start_upload(key, plan.part_sizes(len(header_bytes(plan.spec))))
-            started.append((key, upload_id))
-            state_upload_id = None
-            if plan.state_scalars is not None and aggregator.state_tensors:
-                header = self._state_header(plan, aggregator)
-                sizes = plan.state_part_sizes(len(header), len(aggregator.state_tensors))
-                state_upload_id = self.weights.start_upload(self._state_key(plan), sizes)
-                started.append((self._state_key(plan), state_upload_id))
-            manifest = {
-                "shards": len(plan.shards),
-                "upload_id": upload_id,
-                "state_upload_id": state_upload_id,
-            }
-            self.weights.put(plan.manifest_key, io.BytesIO(json.dumps(manifest).encode()))
+            for output in outputs:
+                if output.sections:
+                    upload_ids.append(self.weights.start_upload(output.key, output.part_sizes()))
+                else:
+                    self._put(output, [output.header])
+                    upload_ids.append(None)
+            uploads = [[o.key, u] for o, u in zip(outputs, upload_ids, strict=True) if u is not None]
+            manifest = json.dumps({"shards": len(plan.shards), "uploads": uploads}).encode()
+            self.weights.put(plan.manifest_key, io.BytesIO(manifest))
         except BaseException:
-            for started_key, started_id in started:
-                self.weights.abort_upload(started_key, started_id)
+            for output, upload_id in zip(outputs, upload_ids, strict=False):
+                if upload_id is not None:
+                    self.weights.abort_upload(output.key, upload_id)
             raise
-        return replace(plan, upload_id=upload_id, state_upload_id=state_upload_id)
+        return replace(plan, upload_ids=tuple(upload_ids))
 
     # Computing
 
@@ -463,66 +459,45 @@ class RoundEngine:
             raise
 
     def _write_whole(self, plan: RoundPlan) -> AggregateDraft:
-        """A round of one shard: compute it and store the aggregate (and the state) in one pass each, under
-        the claim's own keys: a retry, or a twin, of the claim rewrites the same bytes, and a worker
-        taking an abandoned claim over knows what to remove."""
+        """A round of one shard: compute it and store each output in one pass, under the claim's own keys."""
         started = time.perf_counter()
-        claim = plan.claim
-        aggregator = self._aggregator(claim)
-        with self._lease_kept(claim), PeakMemory() as peak:
+        aggregator = self._aggregator(plan.claim)
+        with self._lease_kept(plan.claim), PeakMemory() as peak:
             shard = self._shard_data(plan, 0)
-            key = aggregate_key(plan.experiment_id, claim.round_number, claim.token)
-            header = header_bytes(plan.spec)
-            size, digest = self._put(key, [header, shard.data.data], len(header) + plan.spec.nbytes)
-            state = None
-            if plan.state_scalars is not None:
-                header = self._state_header(plan, aggregator)
-                parts = [header, *(part.data for part in shard.state)]
-                state = self._put(self._state_key(plan), parts, self._state_size(plan, aggregator))
+            outputs = plan.outputs(aggregator)
+            stored = [
+                self._put(output, [output.header, *(data.data for data in sections)])
+                for output, sections in zip(outputs, shard.sections, strict=False)
+            ]
             del shard
-        return self._draft(
-            plan,
-            aggregator,
-            key=key,
-            size=size,
-            digest=digest,
-            state=state,
-            duration=time.perf_counter() - started,
-            peak=peak.bytes,
-        )
+        return self._draft(plan, aggregator, stored, duration=time.perf_counter() - started, peak=peak.bytes)
 
-    def _put(self, key: str, parts: list[Part], expected: int) -> tuple[int, str]:
-        """Store the parts as one object of ``expected`` bytes; its size and SHA-256, measured on the way."""
-        stored = self.weights.put(key, ConcatStream(parts))
-        self._check_size(key, stored.size, expected)
+    def _put(self, output: Output, parts: list[Part]) -> tuple[int, str]:
+        """Store an output whole; its size (checked) and SHA-256, measured on the way."""
+        stored = self.weights.put(output.key, ConcatStream(parts))
+        self._check_size(output, stored.size)
         return stored.size, stored.sha256
 
     def _store_shard(self, plan: RoundPlan, index: int, shard: ShardData, peak: int) -> None:
-        """Store the shard as part ``index + 1`` of the aggregate's upload (and its state ranges as theirs),
-        then its record (the parts, for joining, and the shard's peak memory); a shard whose round was
-        meanwhile committed or taken over removes its record again rather than leave it behind."""
+        """Store the shard's sections as their parts of each output's upload, then its record (the parts,
+        for joining, and the shard's peak memory); a shard whose round was meanwhile committed or
+        taken over removes its record again rather than leave it behind."""
         claim = plan.claim
-        key = aggregate_key(plan.experiment_id, claim.round_number, claim.token)
-        body = ConcatStream([header_bytes(plan.spec), shard.data.data] if index == 0 else [shard.data.data])
-        state_parts = []
+        outputs = plan.outputs(self._aggregator(claim))
+        parts = []
         try:
-            part = self.weights.put_part(key, plan.upload_id, index + 1, body)
-            for tensor, data in enumerate(shard.state):
-                number = plan.state_part_number(tensor, index)
-                head = [self._state_header(plan, self._aggregator(claim))] if number == 1 else []
-                stream = ConcatStream([*head, data.data])
-                state_parts.append(
-                    self.weights.put_part(self._state_key(plan), plan.state_upload_id, number, stream)
-                )
+            for which, (output, upload_id, sections) in enumerate(
+                zip(outputs, plan.upload_ids, shard.sections, strict=False)
+            ):
+                for section, data in enumerate(sections):
+                    number = output.part_number(section, index)
+                    body = ConcatStream([output.header, data.data] if number == 1 else [data.data])
+                    parts.append([which, asdict(self.weights.put_part(output.key, upload_id, number, body))])
         except ObjectNotFound:  # the upload is over: joined by the round's commit, or aborted
             self._check_current(claim)
             raise
-        record = {
-            "part": asdict(part),
-            "state_parts": [asdict(p) for p in state_parts],
-            "peak_memory_bytes": peak,
-        }
-        self.weights.put(plan.shard_key(index), io.BytesIO(json.dumps(record).encode()))
+        record = json.dumps({"parts": parts, "peak_memory_bytes": peak}).encode()
+        self.weights.put(plan.shard_key(index), io.BytesIO(record))
         try:
             self._check_current(claim)
         except LeaseLost:
@@ -530,36 +505,29 @@ class RoundEngine:
             raise
 
     def _combine(self, plan: RoundPlan) -> AggregateRecord | None:
-        """Join the shards' parts into the aggregate (and the state), hash them as stored, and commit once;
-        None if a twin of this shard joined them first."""
+        """Join the shards' parts into each output, hash them as stored, and commit once; None if a twin
+        of this shard joined them first."""
         claim = plan.claim
         aggregator = self._aggregator(claim)
-        key = aggregate_key(plan.experiment_id, claim.round_number, claim.token)
         with self._lease_kept(claim), PeakMemory() as peak:
             records = [self._shard_record(plan, i) for i in range(len(plan.shards))]
-            try:
-                self.weights.complete_upload(key, plan.upload_id, [r["part"] for r in records])
-            except ObjectNotFound:
-                return None
-            size, digest = self._measure(key, len(header_bytes(plan.spec)) + plan.spec.nbytes)
-            state = None
-            if plan.state_upload_id is not None:
-                parts = sorted((p for r in records for p in r["state_parts"]), key=lambda p: p.number)
-                self.weights.complete_upload(self._state_key(plan), plan.state_upload_id, parts)
-                state = self._measure(self._state_key(plan), self._state_size(plan, aggregator))
-            elif plan.state_scalars is not None:  # a state of scalars only: its header is the whole file
-                header = self._state_header(plan, aggregator)
-                state = self._put(self._state_key(plan), [header], len(header))
-        draft = self._draft(
-            plan,
-            aggregator,
-            key=key,
-            size=size,
-            digest=digest,
-            state=state,
-            duration=max(0.0, self.clock() - claim.claimed_at),
-            peak=max(peak.bytes, *(r["peak_memory_bytes"] for r in records)),
-        )
+            stored = []
+            for which, (output, upload_id) in enumerate(
+                zip(plan.outputs(aggregator), plan.upload_ids, strict=True)
+            ):
+                if upload_id is not None:
+                    parts = sorted(
+                        (UploadedPart(**part) for r in records for of, part in r["parts"] if of == which),
+                        key=lambda part: part.number,
+                    )
+                    try:
+                        self.weights.complete_upload(output.key, upload_id, parts)
+                    except ObjectNotFound:
+                        return None
+                stored.append(self._measure(output))
+        duration = max(0.0, self.clock() - claim.claimed_at)
+        shard_peak = max(r["peak_memory_bytes"] for r in records)
+        draft = self._draft(plan, aggregator, stored, duration=duration, peak=max(peak.bytes, shard_peak))
         record = self.metadata.commit_round(claim, draft)
         self._drop_records(plan)  # the uploads are joined: no abort to send
         return record
@@ -567,49 +535,44 @@ class RoundEngine:
     def _shard_record(self, plan: RoundPlan, index: int) -> dict[str, Any]:
         try:
             with self.weights.open(plan.shard_key(index)) as stream:
-                record = json.load(stream)
+                return json.load(stream)
         except ObjectNotFound:  # removed by a twin's commit, or by a worker that took the round over
             self._check_current(plan.claim)
             raise InvalidWeights(f"shard {index} of the round left no record") from None
-        return {
-            "part": UploadedPart(**record["part"]),
-            "state_parts": [UploadedPart(**p) for p in record["state_parts"]],
-            "peak_memory_bytes": int(record["peak_memory_bytes"]),
-        }
 
-    def _measure(self, key: str, expected: int) -> tuple[int, str]:
-        """Size (checked to be ``expected``) and SHA-256 of a stored object, read once."""
+    def _measure(self, output: Output) -> tuple[int, str]:
+        """Size (checked) and SHA-256 of a stored output, read once."""
         digest = hashlib.sha256()
         size = 0
-        with self.weights.open(key) as stream:
+        with self.weights.open(output.key) as stream:
             while chunk := stream.read(_READ_BYTES):
                 digest.update(chunk)
                 size += len(chunk)
-        self._check_size(key, size, expected)
+        self._check_size(output, size)
         return size, digest.hexdigest()
 
-    def _check_size(self, key: str, size: int, expected: int) -> None:
-        """InvalidWeights (and the object removed) unless it is the size its header and tensors make."""
-        if size != expected:
-            self.weights.delete(key)
-            raise InvalidWeights(f"{key} is {size:,} bytes, not {expected:,}")
+    def _check_size(self, output: Output, size: int) -> None:
+        """InvalidWeights (and the object removed) unless it is the size its header and sections make."""
+        if size != output.size:
+            self.weights.delete(output.key)
+            raise InvalidWeights(f"{output.key} is {size:,} bytes, not {output.size:,}")
 
     def _draft(
         self,
         plan: RoundPlan,
         aggregator: Aggregator,
+        stored: list[tuple[int, str]],
         *,
-        key: str,
-        size: int,
-        digest: str,
-        state: tuple[int, str] | None,
         duration: float,
         peak: int,
     ) -> AggregateDraft:
+        """The round's record, from its outputs as stored (size and hash): the aggregate, and the state."""
+        outputs = plan.outputs(aggregator)
         inputs = canonical_order(self._inputs(plan))
         shares = aggregator.input_weights(inputs)
+        (size, digest), *state = stored
         return AggregateDraft(
-            weights_key=key,
+            weights_key=outputs[0].key,
             content_id=digest,
             size_bytes=size,
             update_ids=tuple(i.update_id for i in inputs),
@@ -618,25 +581,13 @@ class RoundEngine:
             aggregator_params=aggregator.params.to_dict(),
             duration_seconds=duration,
             peak_memory_bytes=peak or None,
-            state_key=self._state_key(plan) if state is not None else None,
-            state_content_id=state[1] if state is not None else None,
+            state_key=outputs[1].key if state else None,
+            state_content_id=state[0][1] if state else None,
         )
 
     def _aggregator(self, claim: RoundClaim) -> Aggregator:
         config = claim.experiment
         return create_aggregator(config.aggregator, config.aggregator_params, threads=self.threads)
-
-    def _state_header(self, plan: RoundPlan, aggregator: Aggregator) -> bytes:
-        scalars: Mapping[str, float] = plan.state_scalars or {}
-        return state_header(plan.spec, aggregator.state_tensors, algorithm=aggregator.name, scalars=scalars)
-
-    def _state_size(self, plan: RoundPlan, aggregator: Aggregator) -> int:
-        tensors = state_spec(plan.spec, aggregator.state_tensors)
-        return len(self._state_header(plan, aggregator)) + tensors.nbytes
-
-    @staticmethod
-    def _state_key(plan: RoundPlan) -> str:
-        return state_key(plan.experiment_id, plan.claim.round_number, plan.claim.token)
 
     def _inputs(self, plan: RoundPlan) -> list[UpdateInput]:
         wanted = set(plan.update_ids)
@@ -716,27 +667,23 @@ class RoundEngine:
         return False
 
     def _remove_abandoned(self, experiment_id: str, round_number: int, token: str) -> None:
-        """Remove the shard records, the uploads and the uncommitted aggregate and state of a claim whose
-        lease expired; a failure here is logged, never allowed to block the round."""
-        key = aggregate_key(experiment_id, round_number, token)
-        state = state_key(experiment_id, round_number, token)
+        """Remove the shard records, the uploads and the uncommitted outputs of a claim whose lease expired;
+        a failure here is logged, never allowed to block the round."""
         try:
             manifest = manifest_key(experiment_id, round_number, token)
             try:
                 with self.weights.open(manifest) as stream:
                     started = json.load(stream)
             except ObjectNotFound:
-                started = {"shards": 0, "upload_id": None}
+                started = {"shards": 0, "uploads": []}
             prefix = shards_prefix(experiment_id, round_number, token)
             for index in range(int(started["shards"])):
                 self.weights.delete(f"{prefix}/{index}.json")
-            if started["upload_id"]:
-                self.weights.abort_upload(key, started["upload_id"])
-            if started.get("state_upload_id"):
-                self.weights.abort_upload(state, started["state_upload_id"])
+            for key, upload_id in started.get("uploads", []):
+                self.weights.abort_upload(key, upload_id)
             self.weights.delete(manifest)
-            self.weights.delete(key)
-            self.weights.delete(state)
+            self.weights.delete(aggregate_key(experiment_id, round_number, token))
+            self.weights.delete(state_key(experiment_id, round_number, token))
         except Exception:
             logger.exception("removing what round %s of %s left behind failed", round_number, experiment_id)
 
@@ -749,15 +696,14 @@ class RoundEngine:
 
     def _drop_shards(self, plan: RoundPlan) -> None:
         """Give up a sharded round's uploads (their parts) and remove its records and manifest."""
-        claim = plan.claim
-        if plan.upload_id is not None:
-            self.weights.abort_upload(
-                aggregate_key(plan.experiment_id, claim.round_number, claim.token), plan.upload_id
-            )
-        if plan.state_upload_id is not None:
-            self.weights.abort_upload(self._state_key(plan), plan.state_upload_id)
-        if plan.upload_id is not None:
-            self._drop_records(plan)
+        if not plan.upload_ids:
+            return
+        for output, upload_id in zip(
+            plan.outputs(self._aggregator(plan.claim)), plan.upload_ids, strict=True
+        ):
+            if upload_id is not None:
+                self.weights.abort_upload(output.key, upload_id)
+        self._drop_records(plan)
 
     def _drop_records(self, plan: RoundPlan) -> None:
         """Remove a sharded round's records and manifest (once its uploads are joined, nothing else is left)."""
@@ -780,8 +726,3 @@ def _with_base(
         reader.close()
         raise
     return combine(reader, base)
-
-
-def aggregate_key(experiment_id: str, round_number: int, token: str) -> str:
-    """Where a claim writes its aggregate."""
-    return f"aggregates/{experiment_id}/r{round_number}-{token}.safetensors"

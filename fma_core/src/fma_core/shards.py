@@ -13,7 +13,8 @@ so the sharded aggregate is bit-identical to the unsharded one.
 ``RoundPlan`` is what travels between those workers: the claim (with its fencing token, so a
 plan from a round that was taken over can never commit), the updates that passed the checks,
 the tensor spec, the shards, what the algorithm's prepare pass found, the scalars of the state the
-round leaves, and the uploads of the aggregate and of that state. It converts to and from plain JSON.
+round leaves, and the uploads of its outputs (the aggregate, the state). It converts to and from
+plain JSON.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ import numpy as np
 from fma_core.aggregators import Aggregator, UpdateInput
 from fma_core.aggregators.base import RoundContext, Target, accumulator_dtype
 from fma_core.connectors.metadata import ExperimentConfig, RoundClaim, UpdateRecord
+from fma_core.state import state_header, state_key
 from fma_core.weights import TensorSpec
+from fma_core.weights.layout import header_bytes
 
 # Shard boundaries inside a tensor fall on multiples of this many elements: blocks stay whole and
 # a tiny FMA_SHARD_BYTES cannot cut a model into thousands of slivers.
@@ -104,6 +107,11 @@ class ShardData:
     data: np.ndarray
     state: tuple[np.ndarray, ...] = ()
 
+    @property
+    def sections(self) -> tuple[tuple[np.ndarray, ...], ...]:
+        """Its sections of each output, in ``RoundPlan.outputs`` order: the aggregate's, the state's."""
+        return ((self.data,), self.state)
+
 
 def aggregate_shard(
     aggregator: Aggregator,
@@ -143,6 +151,30 @@ def aggregate_shard(
 
 
 @dataclass(frozen=True)
+class Output:
+    """One object a round writes, its aggregate or its server state: a header, then sections (the
+    aggregate's data; each state tensor's) laid out shard by shard. Sharded, it is written as one
+    multipart upload with one part per (section, shard), the header in front of the first part."""
+
+    key: str
+    header: bytes
+    shard_bytes: tuple[int, ...]  # each shard's bytes of one section
+    sections: int
+
+    @property
+    def size(self) -> int:
+        return len(self.header) + self.sections * sum(self.shard_bytes)
+
+    def part_sizes(self) -> list[int]:
+        sizes = list(self.shard_bytes) * self.sections
+        sizes[0] += len(self.header)
+        return sizes
+
+    def part_number(self, section: int, index: int) -> int:
+        return section * len(self.shard_bytes) + index + 1
+
+
+@dataclass(frozen=True)
 class RoundPlan:
     """A claimed round, checked and cut into shards, ready to be computed anywhere."""
 
@@ -151,10 +183,9 @@ class RoundPlan:
     spec: TensorSpec
     shards: tuple[Shard, ...]
     quarantined: tuple[str, ...] = ()
-    upload_id: str | None = None  # the aggregate's multipart upload, one part per shard, when sharded
     prepared: Any = None  # the algorithm's prepare pass over all updates (plain JSON)
     state_scalars: Mapping[str, float] | None = None  # the state the round leaves; None: it keeps none
-    state_upload_id: str | None = None  # the state's multipart upload, when sharded and it has tensors
+    upload_ids: tuple[str | None, ...] = ()  # when sharded, each output's multipart upload (None: none)
 
     @property
     def experiment_id(self) -> str:
@@ -166,19 +197,29 @@ class RoundPlan:
         claim = self.claim
         return f"{shards_prefix(self.experiment_id, claim.round_number, claim.token)}/{index}.json"
 
-    def part_sizes(self, header_bytes: int) -> list[int]:
-        """The aggregate's upload: one part per shard, the header in front of the first."""
-        sizes = [shard_nbytes(self.spec, shard) for shard in self.shards]
-        return [header_bytes + sizes[0], *sizes[1:]]
-
-    def state_part_sizes(self, header_bytes: int, tensors: int) -> list[int]:
-        """The state's upload: one part per (state tensor, shard), in that order, the header in front."""
-        sizes = [shard_nbytes(self.spec, shard, state=True) for shard in self.shards] * tensors
-        return [header_bytes + sizes[0], *sizes[1:]]
-
-    def state_part_number(self, tensor: int, index: int) -> int:
-        """The part of the state's upload that holds state tensor ``tensor``'s range of shard ``index``."""
-        return tensor * len(self.shards) + index + 1
+    def outputs(self, aggregator: Aggregator) -> list[Output]:
+        """What the round writes: the aggregate and, for an algorithm that keeps state, its state."""
+        claim = self.claim
+        outputs = [
+            Output(
+                aggregate_key(self.experiment_id, claim.round_number, claim.token),
+                header_bytes(self.spec),
+                tuple(shard_nbytes(self.spec, shard) for shard in self.shards),
+                1,
+            )
+        ]
+        if self.state_scalars is not None:
+            tensors = aggregator.state_tensors
+            header = state_header(self.spec, tensors, algorithm=aggregator.name, scalars=self.state_scalars)
+            outputs.append(
+                Output(
+                    state_key(self.experiment_id, claim.round_number, claim.token),
+                    header,
+                    tuple(shard_nbytes(self.spec, shard, state=True) for shard in self.shards),
+                    len(tensors),
+                )
+            )
+        return outputs
 
     @property
     def manifest_key(self) -> str:
@@ -212,10 +253,9 @@ class RoundPlan:
             "spec": self.spec.to_json(),
             "shards": [[[p.name, p.start, p.stop] for p in shard] for shard in self.shards],
             "quarantined": list(self.quarantined),
-            "upload_id": self.upload_id,
             "prepared": self.prepared,
             "state_scalars": dict(self.state_scalars) if self.state_scalars is not None else None,
-            "state_upload_id": self.state_upload_id,
+            "upload_ids": list(self.upload_ids),
         }
 
     @classmethod
@@ -245,11 +285,16 @@ class RoundPlan:
             spec=TensorSpec.from_json(data["spec"]),
             shards=tuple(tuple(Piece(*p) for p in shard) for shard in data["shards"]),
             quarantined=tuple(data.get("quarantined", ())),
-            upload_id=data.get("upload_id"),
             prepared=data.get("prepared"),
             state_scalars=data.get("state_scalars"),
-            state_upload_id=data.get("state_upload_id"),
+            upload_ids=tuple(data.get("upload_ids", ())),
         )
+
+
+def aggregate_key(experiment_id: str, round_number: int, token: str) -> str:
+    """Where a claim writes its aggregate: a retry, or a twin, of the claim rewrites the same object, and
+    a worker taking an abandoned claim over knows what to remove."""
+    return f"aggregates/{experiment_id}/r{round_number}-{token}.safetensors"
 
 
 def shards_prefix(experiment_id: str, round_number: int, token: str) -> str:
