@@ -155,14 +155,17 @@ class RoundEngine:
         has several and a ``dispatcher`` is given, one sent out per shard ("sharded"). A round given up
         because an update turned out unreadable starts again at once, without that update."""
         while True:
-            started = self.start_round(experiment_id)
-            if isinstance(started, RoundOutcome):
-                return started
-            if dispatcher is not None and len(started.shards) > 1:
-                for index in range(len(started.shards)):
-                    dispatcher.send_shard(started, index)
-                return RoundOutcome("sharded", experiment_id, shards=len(started.shards))
-            outcome = self.finish_round(started)
+            plan = self.start_round(experiment_id)
+            if isinstance(plan, RoundOutcome):
+                return plan
+            if dispatcher is not None and len(plan.shards) > 1:
+                for index in range(len(plan.shards)):
+                    dispatcher.send_shard(plan, index)
+                return RoundOutcome("sharded", experiment_id, shards=len(plan.shards))
+            for index in range(len(plan.shards)):
+                outcome = self.finish_shard(plan, index)
+                if outcome.status != "shard_done":
+                    break
             if not outcome.retry:
                 return outcome
 
@@ -196,6 +199,7 @@ class RoundEngine:
                 reason="the round policy is not met yet",
                 wakeup_at=policy.wakeup_at(state),
             )
+        plan = RoundPlan(claim, (), TensorSpec(()), ())
         try:
             self.metadata.round_started(claim)
             with self._lease_kept(claim):  # checking many updates' headers on a slow store takes a while
@@ -210,51 +214,40 @@ class RoundEngine:
                 )
             return self._start_uploads(plan) if len(plan.shards) > 1 else plan
         except Exception as error:
-            return self._give_up(claim, error)
-
-    def finish_round(self, plan: RoundPlan) -> RoundOutcome:
-        """Compute every shard of a planned round in this process; the outcome of the one that commits."""
-        for index in range(len(plan.shards)):
-            outcome = self.finish_shard(plan, index)
-            if outcome.status != "shard_done":
-                return outcome
-        return outcome
+            return self._failed(plan, error)
 
     def finish_shard(self, plan: RoundPlan, index: int) -> RoundOutcome:
-        """Aggregate one shard; a round of one shard then writes its aggregate and commits, a round of several
-        stores the shard as its part, and the shard that finds every other part stored joins them and
+        """Aggregate one shard; a round of one shard then writes its outputs and commits, a round of several
+        stores the shard as its parts, and the shard that finds every other one stored joins them and
         commits ("committed"; the others: "shard_done").
 
         A shard may run twice or at once with a twin (a redelivered task, two shards finishing
         together): it rewrites the same objects, and one whose round has meanwhile been committed or
-        taken over stops ("idle"). A failure gives the round up with its reason ("failed"; an
-        unexpected error, after that, is raised); an unreadable update is quarantined first, and the
-        outcome asks for a retry.
+        taken over stops ("idle"). A failure gives the round up ("failed"; an unexpected error is
+        raised after that); an unreadable update is quarantined first, and the outcome asks for a retry.
         """
         try:
             record = self._finish_shard(plan, index)
         except Exception as error:
-            if self._superseded(plan.claim):
+            try:
+                self._check_current(plan.claim)
+            except LeaseLost:
                 logger.info(
                     "round %s of %s was finished elsewhere", plan.claim.round_number, plan.experiment_id
                 )
                 return RoundOutcome("idle", plan.experiment_id, reason="the round was finished elsewhere")
-            where = f"shard {index} failed: " if len(plan.shards) > 1 else ""
-            self.fail_round(plan, f"{where}{type(error).__name__}: {error}")
-            if not isinstance(error, FmaError):
-                raise
-            logger.warning("round %s of %s failed: %s", plan.claim.round_number, plan.experiment_id, error)
-            unreadable = (error.update_id,) if isinstance(error, UpdateUnreadable) else ()
-            return RoundOutcome(
-                "failed",
-                plan.experiment_id,
-                quarantined=plan.quarantined + unreadable,
-                reason=str(error),
-                retry=bool(unreadable),
-            )
+            return self._failed(plan, error, where=f"shard {index} failed: " if len(plan.shards) > 1 else "")
         if record is None:
             return RoundOutcome("shard_done", plan.experiment_id, shard=index)
-        return self._committed(record, plan.quarantined)
+        draft = record.draft
+        logger.info(
+            "round %s of %s committed: %s updates, %.3f s",
+            record.round_number,
+            record.experiment_id,
+            len(draft.update_ids),
+            draft.duration_seconds,
+        )
+        return RoundOutcome("committed", record.experiment_id, aggregate=record, quarantined=plan.quarantined)
 
     def claim(self, experiment_id: str) -> RoundClaim | None:
         """Claim the round; taking over an abandoned claim also removes what it left in the weight store."""
@@ -640,31 +633,21 @@ class RoundEngine:
             wakeup_at=policy.wakeup_at(state),
         )
 
-    def _give_up(self, claim: RoundClaim, error: Exception) -> RoundOutcome:
-        """Give the round back now rather than at lease expiry; its updates stay pending."""
-        self.metadata.release_round(claim, failure=f"{type(error).__name__}: {error}")
+    def _failed(self, plan: RoundPlan, error: Exception, *, where: str = "") -> RoundOutcome:
+        """Give the round back now rather than at lease expiry, with the reason; its updates stay pending.
+        An error that is not FMA's own (a bug) is raised once the round is given back."""
+        self.fail_round(plan, f"{where}{type(error).__name__}: {error}")
         if not isinstance(error, FmaError):
             raise error
-        logger.warning("round %s of %s failed: %s", claim.round_number, claim.experiment.experiment_id, error)
-        return RoundOutcome("failed", claim.experiment.experiment_id, reason=str(error))
-
-    def _committed(self, record: AggregateRecord, quarantined: tuple[str, ...]) -> RoundOutcome:
-        logger.info(
-            "round %s of %s committed: %s updates, %.3f s",
-            record.round_number,
-            record.experiment_id,
-            len(record.draft.update_ids),
-            record.draft.duration_seconds,
+        logger.warning("round %s of %s failed: %s", plan.claim.round_number, plan.experiment_id, error)
+        unreadable = (error.update_id,) if isinstance(error, UpdateUnreadable) else ()
+        return RoundOutcome(
+            "failed",
+            plan.experiment_id,
+            quarantined=plan.quarantined + unreadable,
+            reason=str(error),
+            retry=bool(unreadable),
         )
-        return RoundOutcome("committed", record.experiment_id, aggregate=record, quarantined=quarantined)
-
-    def _superseded(self, claim: RoundClaim) -> bool:
-        """True when the claim is no longer current: committed, or taken over after its lease expired."""
-        try:
-            self._check_current(claim)
-        except LeaseLost:
-            return True
-        return False
 
     def _remove_abandoned(self, experiment_id: str, round_number: int, token: str) -> None:
         """Remove the shard records, the uploads and the uncommitted outputs of a claim whose lease expired;
