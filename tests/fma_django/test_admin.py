@@ -112,7 +112,8 @@ def test_an_aggregate_shows_its_algorithm_parameters_and_server_state_read_only(
     ):
         assert re.search(
             # within the field's own row of the form
-            rf'class="form-row field-{field}"(?:(?!form-row).)*<div class="readonly">{re.escape(shown)}</div>',
+            rf'class="form-row field-{field}"(?:(?!form-row).)*'
+            rf'<div class="readonly">{re.escape(shown)}</div>',
             page,
             re.S,
         ), field

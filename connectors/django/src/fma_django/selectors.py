@@ -113,7 +113,8 @@ def initial_artifact(experiment_id: int) -> ModelArtifact | None:
 
 
 def initial_weights_key(experiment_id: int) -> str | None:
-    """The initial model's weights (round 0's global model); None when the experiment was created without one."""
+    """The initial model's weights key (the global model before round 1); None when the experiment
+    was created without one."""
     initial = initial_artifact(experiment_id)
     return initial.weights_key if initial is not None else None
 
