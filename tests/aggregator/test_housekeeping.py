@@ -17,10 +17,11 @@ from django.utils import timezone
 from fma_aggregator import runners, tasks
 from fma_aggregator.cli import main
 from fma_aggregator.lambda_handler import handler
+from fma_core.connectors.weight_store import StoredObject
 from fma_core.errors import ObjectNotFound
 from fma_django import services, uploads
 from fma_django.housekeeping import weights_remove_unreferenced
-from fma_django.models import UploadSession, UploadState
+from fma_django.models import ModelAggregate, UploadSession, UploadState
 from fma_django.storage import weight_store
 
 from .test_lambda import SCHEDULED_EVENT, LambdaContext
@@ -109,3 +110,39 @@ def test_a_process_lists_the_store_for_orphans_at_most_once_per_interval(setting
     assert weights_remove_unreferenced(lease_seconds=900) == 0  # within the hour: not listed again
     assert not store.exists(first)
     assert store.exists(second)
+
+
+def test_the_sweep_keeps_the_server_state_an_aggregate_records_and_removes_one_no_record_names(
+    settings, make_experiment
+):
+    """A stateful round writes its server state under ``aggregates/`` before the commit records it, so
+    a round that died in between leaves a state file nothing names."""
+    settings.FMA_ORPHAN_SWEEP_SECONDS = 0
+    experiment = make_experiment()
+    store = weight_store()
+    month_ago = time.time() - 30 * 86400
+
+    def old(key: str) -> StoredObject:
+        stored = store.put(key, io.BytesIO(f"{key} was written a month ago".encode()))
+        os.utime(Path(settings.FMA_WEIGHTS_DIR, key), (month_ago, month_ago))
+        return stored
+
+    weights = old(f"aggregates/{experiment.pk}/r1.safetensors")
+    state = old(f"aggregates/{experiment.pk}/r1-state.safetensors")
+    dead_rounds_state = old(f"aggregates/{experiment.pk}/r2-state.safetensors")
+    ModelAggregate.objects.create(
+        experiment=experiment,
+        round_number=1,
+        weights_key=weights.key,
+        content_id=weights.sha256,
+        size_bytes=weights.size,
+        aggregator="fedadam",
+        duration_seconds=0.0,
+        state_key=state.key,
+        state_content_id=state.sha256,
+    )
+
+    assert weights_remove_unreferenced(lease_seconds=900) == 1
+    assert not store.exists(dead_rounds_state.key)
+    assert store.exists(state.key)
+    assert store.exists(weights.key)

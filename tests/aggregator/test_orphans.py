@@ -58,6 +58,7 @@ def referenced_keys() -> set[str]:
     return {
         *ModelUpdate.objects.filter(weights_removed_on__isnull=True).values_list("weights_key", flat=True),
         *ModelAggregate.objects.values_list("weights_key", flat=True),
+        *ModelAggregate.objects.exclude(state_key=None).values_list("state_key", flat=True),
         *ModelArtifact.objects.values_list("weights_key", flat=True),
     }
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 from django.test import Client as Browser
+from pytest_django.asserts import assertInHTML
 
-from fma_django.models import Event, EventKind, ModelArtifact, RoundLease
+from fma_django.models import Event, EventKind, ModelAggregate, ModelArtifact, RoundLease
 
 
 @pytest.fixture
@@ -205,3 +208,34 @@ def test_the_polled_json_sends_the_regions_only_when_the_experiment_changed(
     changed = alice_browser.get(url, {"since": first["stamp"]}).json()
     assert changed["stamp"] != first["stamp"]
     assert "<dd>1</dd>" in changed["sections"]["summary"]  # one update waiting
+
+
+def test_the_lineage_shows_each_aggregates_algorithm_parameters_and_server_state(
+    alice, make_experiment, enroll, submit, run_round, alice_browser
+):
+    experiment = make_experiment(alice, "mnist")
+    client = enroll(experiment)
+    submit(experiment, client, 1.0)
+    stateless = run_round(experiment)
+    submit(experiment, client, 2.0)
+    stateful = run_round(experiment)
+    state = hashlib.sha256(b"the optimizer's moments").hexdigest()
+    ModelAggregate.objects.filter(pk=stateful.pk).update(
+        aggregator="fedadam",
+        aggregator_params={"server_lr": 0.1, "beta1": 0.9},
+        state_key=f"aggregates/{experiment.pk}/r2-state.safetensors",
+        state_content_id=state,
+    )
+    ModelAggregate.objects.filter(pk=stateless.pk).update(aggregator_params={})
+
+    page = alice_browser.get(f"/dashboard/experiments/{experiment.pk}/").content.decode()
+    assertInHTML(
+        f"""<td>fedadam <code class="params">{{"beta1": 0.9, "server_lr": 0.1}}</code>
+        <details class="state-hash">
+          <summary>server state <code class="hash" title="SHA-256 {state}">{state[:12]}…</code></summary>
+          <code class="hash">{state}</code>
+        </details></td>""",
+        page,
+        count=1,
+    )
+    assertInHTML("<td>fedavg</td>", page, count=1)  # no parameters, no state: nothing more to show

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from django.urls import reverse
 
@@ -92,3 +94,31 @@ def test_events_are_append_only(admin_client, populated):
         ).status_code
         == 403
     )
+
+
+def test_an_aggregate_shows_its_algorithm_parameters_and_server_state_read_only(admin_client, populated):
+    aggregate = ModelAggregate.objects.get()
+    state = "c" * 64
+    ModelAggregate.objects.filter(pk=aggregate.pk).update(
+        aggregator_params={"server_lr": 0.1}, state_key="aggregates/state.safetensors", state_content_id=state
+    )
+    url = reverse("admin:fma_django_modelaggregate_change", args=[aggregate.pk])
+    page = admin_client.get(url).content.decode()
+    for field, shown in (
+        ("aggregator", "fedavg"),
+        ("aggregator_params", "{&quot;server_lr&quot;: 0.1}"),
+        ("state_key", "aggregates/state.safetensors"),
+        ("state_content_id", state),
+    ):
+        assert re.search(
+            # within the field's own row of the form
+            rf'class="form-row field-{field}"(?:(?!form-row).)*'
+            rf'<div class="readonly">{re.escape(shown)}</div>',
+            page,
+            re.S,
+        ), field
+        assert f'name="{field}"' not in page  # no input: read-only
+    saved = admin_client.post(url, {"state_content_id": "0" * 64, "validation_score": "0.5"})
+    assert saved.status_code == 302
+    aggregate.refresh_from_db()
+    assert (aggregate.state_content_id, aggregate.validation_score) == (state, 0.5)

@@ -8,7 +8,7 @@ from rest_framework.test import APIClient
 
 from fma_core.rounds import RoundEngine
 from fma_core.weights import load
-from fma_django.models import Client, Event, EventKind, Experiment, ModelArtifact
+from fma_django.models import Client, Event, EventKind, Experiment, ModelAggregate, ModelArtifact
 from fma_django.storage import weight_store
 from fma_django.store import DjangoMetadataStore
 
@@ -191,6 +191,31 @@ def test_latest_model_aggregate_and_artifact(experiment, client_api, aggregated)
     assert artifact["version"] == "1.0.0"
     detail = client_api.get(f"/api/v1/model_aggregates/{aggregated.pk}/").json()
     assert [u["weight"] for u in detail["updates"]] == [1.0]
+
+
+def test_an_aggregate_shows_its_algorithm_parameters_and_server_state(experiment, dev_api, aggregated):
+    """Added beside the v1 fields: the SHA-256 of the server state the round left (null: none), with
+    the algorithm and parameters the round ran; the state's storage key stays internal."""
+    (row,) = dev_api.get(f"/api/v1/model_aggregates/?federated_model={experiment.pk}").json()["results"]
+    assert (row["aggregator"], row["aggregator_params"], row["state_content_id"]) == (
+        "fedavg",
+        aggregated.aggregator_params,
+        None,
+    )
+    state = "9" * 64
+    ModelAggregate.objects.filter(pk=aggregated.pk).update(
+        aggregator_params={"server_lr": 0.1}, state_key="aggregates/state.safetensors", state_content_id=state
+    )
+    detail = dev_api.get(f"/api/v1/model_aggregates/{aggregated.pk}/").json()
+    assert (detail["aggregator_params"], detail["state_content_id"]) == ({"server_lr": 0.1}, state)
+    assert "state_key" not in detail
+    assert {"id", "federated_model", "result", "parent", "round_number", "content_id", "updates"} <= set(
+        detail
+    )
+    patched = dev_api.patch(
+        f"/api/v1/model_aggregates/{aggregated.pk}/", {"state_content_id": "0" * 64}, format="json"
+    )
+    assert (patched.status_code, patched.json()["state_content_id"]) == (200, state)  # read-only
 
 
 def test_download_has_etag_range_and_304(experiment, client_api, aggregated):

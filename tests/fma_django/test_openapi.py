@@ -75,6 +75,37 @@ def test_an_experiment_with_artifact_and_aggregate_conforms(
     assert [nonconformity(schema, *answer) for answer in answers] == [None] * len(answers)
 
 
+def test_aggregates_with_and_without_server_state_conform(
+    schema, experiment, client_api, dev_api, uploader, safetensors
+):
+    engine = RoundEngine(DjangoMetadataStore(), weight_store(), threads=1)
+    for value in (1.0, 2.0):
+        assert uploader(client_api, experiment.pk, safetensors(value)).status_code == 201
+        assert engine.run_round(str(experiment.pk)).status == "committed"
+    stateful = experiment.aggregates.get(round_number=2)
+    experiment.aggregates.filter(pk=stateful.pk).update(
+        state_key="aggregates/s.safetensors", state_content_id="a" * 64
+    )
+    detail = "/api/v1/model_aggregates/{id}/"
+    answers = [
+        ("GET", "/api/v1/model_aggregates/", dev_api.get("/api/v1/model_aggregates/")),
+        *(
+            ("GET", detail, dev_api.get(f"/api/v1/model_aggregates/{a.pk}/"))
+            for a in experiment.aggregates.all()
+        ),
+        (
+            "GET",
+            MODEL + "get_latest_aggregate/",
+            client_api.get(f"/api/v1/models/{experiment.pk}/get_latest_aggregate/"),
+        ),
+    ]
+    assert [a[2].status_code for a in answers] == [200] * 4
+    assert [row["state_content_id"] for row in answers[0][2].json()["results"]] == ["a" * 64, None]
+    assert [nonconformity(schema, *answer) for answer in answers] == [None] * len(answers)
+    fields = schema["components"]["schemas"]["ModelAggregate"]["properties"]
+    assert fields["state_content_id"]["readOnly"] is True
+
+
 def test_every_operation_documents_its_refusals_with_the_error_component(schema):
     error = schema["components"]["schemas"]["Error"]
     assert set(error["required"]) == {"detail", "code"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from fma_core.connectors import AggregateDraft
@@ -195,27 +197,38 @@ def test_a_large_round_commits_every_share_or_nothing(experiment):
     }
 
 
-def test_pending_deltas_name_the_weights_they_apply_to(make_experiment):
-    experiment = make_experiment(update_kind="delta")
-    initial = selectors.initial_artifact(experiment.pk)
-    stored_updates(experiment, 2)
-    newest = ModelAggregate.objects.create(
+def aggregate_row(experiment, round_number: int, **fields) -> ModelAggregate:
+    """An aggregate straight into the table (the store reads its keys, not its bytes)."""
+    return ModelAggregate.objects.create(
         experiment=experiment,
-        round_number=1,
-        weights_key="aggregates/1.safetensors",
-        content_id="1" * 64,
+        round_number=round_number,
+        weights_key=f"aggregates/{experiment.pk}/{round_number}.safetensors",
+        content_id=f"{round_number:064x}",
         size_bytes=1,
         aggregator="fedavg",
         duration_seconds=0.0,
+        **fields,
     )
+
+
+@pytest.mark.parametrize("update_kind", ["weights", "delta"])
+def test_pending_updates_name_the_weights_they_were_trained_from(make_experiment, update_kind):
+    experiment = make_experiment(update_kind=update_kind)
+    initial = selectors.initial_artifact(experiment.pk)
+    on_initial = stored_updates(experiment, 2)
+    newest = aggregate_row(experiment, 1)
     on_newest = stored_updates(experiment, 1, base_aggregate=newest, base_round=1)[-1]
+    # an update whose base aggregate is gone (the row was deleted): its base is unknown, not the initial model
+    lost_base = stored_updates(experiment, 1, base_round=1)[-1]
     store = DjangoMetadataStore()
 
     pending = store.pending_updates(str(experiment.pk))
     assert {int(u.update_id): u.base_weights_key for u in pending} == {
-        u.pk: newest.weights_key if u.pk == on_newest else initial.weights_key
-        for u in ModelUpdate.objects.filter(experiment=experiment)
+        **{pk: initial.weights_key for pk in on_initial},
+        on_newest: newest.weights_key,
+        lost_base: None,
     }
+    assert {u.delta for u in pending} == {update_kind == "delta"}
     claim = store.claim_round(str(experiment.pk), worker="w", lease_seconds=60)
     assert (claim.updates, claim.parent_aggregate_id, claim.round_number) == (
         tuple(pending),
@@ -223,9 +236,50 @@ def test_pending_deltas_name_the_weights_they_apply_to(make_experiment):
         2,
     )
 
-    weights = make_experiment(name="full weights")
-    stored_updates(weights, 2)
-    assert [u.base_weights_key for u in store.pending_updates(str(weights.pk))] == [None, None]
+
+def test_a_claim_names_the_parent_model_and_its_server_state_and_a_commit_keeps_the_state(experiment):
+    store = DjangoMetadataStore()
+    stored_updates(experiment, 1)
+    first = store.claim_round(str(experiment.pk), worker="w", lease_seconds=60)
+    # before round 1: the initial model, and no state
+    assert (first.parent_aggregate_id, first.parent_weights_key, first.parent_state_key) == (
+        None,
+        selectors.initial_artifact(experiment.pk).weights_key,
+        None,
+    )
+    draft = replace(
+        draft_for(first, [u.update_id for u in first.updates]),
+        weights_key=f"aggregates/{experiment.pk}/r1.safetensors",
+        state_key=f"aggregates/{experiment.pk}/r1-state.safetensors",
+        state_content_id="5" * 64,
+    )
+    record = store.commit_round(first, draft)
+    aggregate = ModelAggregate.objects.get(pk=int(record.aggregate_id))
+    assert (aggregate.state_key, aggregate.state_content_id) == (draft.state_key, draft.state_content_id)
+
+    stored_updates(experiment, 1)
+    second = store.claim_round(str(experiment.pk), worker="w", lease_seconds=60)
+    assert (second.parent_aggregate_id, second.parent_weights_key, second.parent_state_key) == (
+        record.aggregate_id,
+        draft.weights_key,
+        draft.state_key,
+    )
+    stateless = store.commit_round(second, draft_for(second, [u.update_id for u in second.updates]))
+    assert ModelAggregate.objects.filter(pk=int(stateless.aggregate_id), state_key=None).exists()
+
+    stored_updates(experiment, 1)
+    third = store.claim_round(str(experiment.pk), worker="w", lease_seconds=60)
+    assert (third.parent_aggregate_id, third.parent_state_key) == (stateless.aggregate_id, None)
+
+
+def test_without_an_initial_model_round_0_has_no_weights_to_name(make_experiment):
+    experiment = make_experiment(initial_model=None)
+    stored_updates(experiment, 2)
+    store = DjangoMetadataStore()
+    pending = store.pending_updates(str(experiment.pk))
+    assert [(u.base_weights_key, u.delta) for u in pending] == [(None, False), (None, False)]
+    claim = store.claim_round(str(experiment.pk), worker="w", lease_seconds=60)
+    assert (claim.parent_aggregate_id, claim.parent_weights_key, claim.parent_state_key) == (None, None, None)
 
 
 class OvertakenStore(DjangoMetadataStore):

@@ -6,6 +6,7 @@ her own experiments and staff sees all; nothing here writes.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -58,6 +59,7 @@ class RoundRow:
     bytes_in: int
     versions: tuple[str, ...]
     inputs: tuple[ModelUpdate, ...]  # in the canonical (content hash) order the round used
+    parameters: str  # the algorithm's parameters as the API shows them (JSON); "" when there are none
 
 
 def experiment_state(experiment: Experiment, *, now: float | None = None) -> tuple[str, str]:
@@ -138,6 +140,7 @@ def round_rows(experiment: Experiment) -> list[RoundRow]:
             bytes_in=a.n_bytes or 0,
             versions=tuple(sorted(versions.get(a.pk, []))),
             inputs=tuple(inputs.get(a.pk, [])),
+            parameters=json.dumps(a.aggregator_params, sort_keys=True) if a.aggregator_params else "",
         )
         for a in aggregates
     ]

@@ -191,6 +191,20 @@ class ModelAggregate(models.Model):
     peak_memory_bytes = models.PositiveBigIntegerField(
         null=True, blank=True, help_text="highest resident memory of the worker(s) computing the round"
     )
+    # A stateful algorithm (e.g. FedAdam's moments) leaves its server state as a safetensors file beside
+    # the aggregate; the next round continues from it. Both null when the algorithm keeps no state.
+    state_key = models.CharField(
+        max_length=512,
+        null=True,
+        blank=True,
+        help_text="where the algorithm's server state after this round is stored",
+    )
+    state_content_id = models.CharField(
+        max_length=64,
+        null=True,
+        blank=True,
+        help_text="SHA-256 of the algorithm's server state after this round; null when it keeps none",
+    )
     validation_score = models.FloatField(null=True, blank=True)
     created_on = models.DateTimeField(auto_now_add=True)
 

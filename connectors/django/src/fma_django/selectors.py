@@ -26,7 +26,6 @@ from fma_django.models import (
     ModelArtifact,
     ModelUpdate,
     RoundLease,
-    UpdateKind,
     UploadSession,
     UploadState,
 )
@@ -113,19 +112,22 @@ def initial_artifact(experiment_id: int) -> ModelArtifact | None:
     )
 
 
-def delta_base_keys(
-    *, experiment_id: int, update_kind: str, base_aggregate_keys: Sequence[str | None]
-) -> list[str | None]:
-    """The weights each of an experiment's updates applies to when sent as a delta: its base
-    aggregate's (``None`` in ``base_aggregate_keys`` when it names none), else the initial model's;
-    all None when the experiment takes full weights. One query at most, for the initial model."""
-    if update_kind != UpdateKind.DELTA:
-        return [None] * len(base_aggregate_keys)
+def initial_weights_key(experiment_id: int) -> str | None:
+    """The initial model's weights key (the global model before round 1); None when the experiment
+    was created without one."""
+    initial = initial_artifact(experiment_id)
+    return initial.weights_key if initial is not None else None
+
+
+def update_base_keys(*, experiment_id: int, bases: Sequence[tuple[int, str | None]]) -> list[str | None]:
+    """The weights each of an experiment's updates was trained from, given each one's ``(base_round,
+    base aggregate's weights key)``: that key when the update names its base aggregate, the initial
+    model's when it names round 0, else None (its base aggregate is gone, or there is no initial
+    model). One query at most, for the initial model."""
     initial_key = None
-    if None in base_aggregate_keys:
-        initial = initial_artifact(experiment_id)
-        initial_key = initial.weights_key if initial is not None else None
-    return [key if key is not None else initial_key for key in base_aggregate_keys]
+    if any(key is None and base_round == 0 for base_round, key in bases):
+        initial_key = initial_weights_key(experiment_id)
+    return [key if key is not None or base_round != 0 else initial_key for base_round, key in bases]
 
 
 def enrolled_client(experiment: Experiment, client_uuid: object) -> Client | None:
@@ -275,8 +277,9 @@ def weight_keys_claimed(*, now: float, grace_seconds: float) -> ClaimedKeys:
 
 
 def weight_keys_referenced(*, keys: Sequence[str], claimed: ClaimedKeys) -> set[str]:
-    """Of ``keys``, those a record references: an update whose bytes are kept, an aggregate, an
-    artifact, an upload session still open or being checked, or a claimed round.
+    """Of ``keys``, those a record references: an update whose bytes are kept, an aggregate or the
+    server state its round left, an artifact, an upload session still open or being checked, or a
+    claimed round.
 
     The tables are read in one statement, so in one snapshot: bytes passing from an upload session
     to its update (one transaction) are seen referenced by one or the other."""
@@ -288,6 +291,7 @@ def weight_keys_referenced(*, keys: Sequence[str], claimed: ClaimedKeys) -> set[
         .values_list("weights_key", flat=True)
         .union(
             ModelAggregate.objects.filter(weights_key__in=keys).order_by().values_list("weights_key"),
+            ModelAggregate.objects.filter(state_key__in=keys).order_by().values_list("state_key"),
             ModelArtifact.objects.filter(weights_key__in=keys).order_by().values_list("weights_key"),
             sessions.filter(weights_key__in=keys).order_by().values_list("weights_key"),
         )

@@ -37,6 +37,7 @@ from fma_django.models import (
     ModelAggregate,
     ModelUpdate,
     RoundLease,
+    UpdateKind,
     UpdateStatus,
 )
 from fma_django.services import effective_round_policy, event_record, experiment_spec
@@ -101,13 +102,13 @@ class DjangoMetadataStore(MetadataStore):
             else:
                 previous = lease.get()
             now = self._clock()
-            latest = (
+            parent = (
                 ModelAggregate.objects.filter(experiment=experiment)
                 .order_by("-round_number")
-                .values_list("pk", "round_number")
+                .values_list("pk", "round_number", "weights_key", "state_key", named=True)
                 .first()
             )
-            parent_pk, round_number = (latest[0], latest[1] + 1) if latest else (None, 1)
+            round_number = parent.round_number + 1 if parent else 1
             taken = RoundLease.objects.filter(Q(token="") | Q(expires_at__lte=now), pk=experiment.pk).update(
                 token=token, worker=worker, round_number=round_number, expires_at=now + lease_seconds
             )
@@ -123,12 +124,15 @@ class DjangoMetadataStore(MetadataStore):
             token=token,
             worker=worker,
             round_number=round_number,
-            parent_aggregate_id=str(parent_pk) if parent_pk is not None else None,
+            parent_aggregate_id=str(parent.pk) if parent else None,
             updates=tuple(pending),
             enrolled_clients=enrolled,
             claimed_at=now,
             expires_at=now + lease_seconds,
             taken_over_from=previous if previous[1] else None,
+            # before round 1 the global model is the initial one, if any, and no round has left a state
+            parent_weights_key=parent.weights_key if parent else selectors.initial_weights_key(experiment.pk),
+            parent_state_key=parent.state_key if parent else None,
         )
 
     def round_started(self, claim: RoundClaim) -> None:
@@ -199,6 +203,8 @@ class DjangoMetadataStore(MetadataStore):
                     aggregator_params=dict(draft.aggregator_params),
                     duration_seconds=draft.duration_seconds,
                     peak_memory_bytes=draft.peak_memory_bytes,
+                    state_key=draft.state_key,
+                    state_content_id=draft.state_content_id,
                 )
                 ids = [int(u) for u in draft.update_ids]
                 marked = self._consume(pk, ids, aggregate, draft.input_weights)
@@ -271,15 +277,15 @@ class DjangoMetadataStore(MetadataStore):
         )
         if not rows:
             return []
-        bases = selectors.delta_base_keys(
+        bases = selectors.update_base_keys(
             experiment_id=experiment_pk,
-            update_kind=rows[0].experiment__update_kind,
-            base_aggregate_keys=[row.base_aggregate__weights_key for row in rows],
+            bases=[(row.base_round, row.base_aggregate__weights_key) for row in rows],
         )
+        delta = rows[0].experiment__update_kind == UpdateKind.DELTA
         return [
             UpdateRecord(
                 base_weights_key=base,
-                delta=base is not None,
+                delta=delta,
                 update_id=str(row.pk),
                 experiment_id=str(experiment_pk),
                 client_id=str(row.client__uuid),

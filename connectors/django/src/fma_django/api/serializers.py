@@ -365,6 +365,7 @@ class ModelAggregateSerializer(serializers.ModelSerializer):
             "size_bytes",
             "duration_seconds",
             "update_kind",
+            "state_content_id",
         ]
         read_only_fields = [f for f in fields if f != "validation_score"]
 
