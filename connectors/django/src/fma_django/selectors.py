@@ -16,8 +16,8 @@ from typing import Any
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import QuerySet
 
-from fma_core.rounds import aggregate_key
-from fma_core.shards import shards_prefix
+from fma_core.shards import aggregate_key, shards_prefix
+from fma_core.state import state_key
 from fma_django.models import (
     Client,
     ClientAggregateScore,
@@ -263,7 +263,7 @@ class ClaimedKeys:
 
 
 def weight_keys_claimed(*, now: float, grace_seconds: float) -> ClaimedKeys:
-    """The keys of every claimed round (``fma_core.rounds.aggregate_key``, ``fma_core.shards.shards_prefix``):
+    """The keys of every claimed round (its aggregate, its server state, its shards' prefix):
     written before the commit that records them. A lease expired more than ``grace_seconds`` ago
     claims nothing: its worker stopped renewing it that long ago, and taking it over would remove
     the same bytes. Read before the records (``weight_keys_referenced``), so a claim committing in
@@ -271,7 +271,9 @@ def weight_keys_claimed(*, now: float, grace_seconds: float) -> ClaimedKeys:
     leases = RoundLease.objects.exclude(token="").filter(expires_at__gt=now - grace_seconds)
     claims = list(leases.values_list("experiment_id", "round_number", "token"))
     return ClaimedKeys(
-        keys=frozenset(aggregate_key(str(pk), number, token) for pk, number, token in claims),
+        keys=frozenset(
+            key(str(pk), number, token) for pk, number, token in claims for key in (aggregate_key, state_key)
+        ),
         prefixes=tuple(f"{shards_prefix(str(pk), number, token)}/" for pk, number, token in claims),
     )
 

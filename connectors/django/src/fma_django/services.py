@@ -217,6 +217,7 @@ def experiment_delete(*, experiment: Experiment) -> None:
     keys = {
         *experiment.model_updates.values_list("weights_key", flat=True),
         *experiment.aggregates.values_list("weights_key", flat=True),
+        *experiment.aggregates.exclude(state_key=None).values_list("state_key", flat=True),
         *experiment.artifacts.values_list("weights_key", flat=True),
     }
     store = weight_store()
