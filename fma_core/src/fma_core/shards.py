@@ -226,68 +226,38 @@ class RoundPlan:
         return manifest_key(self.experiment_id, self.claim.round_number, self.claim.token)
 
     def to_dict(self) -> dict[str, Any]:
-        claim = self.claim
-        experiment = claim.experiment
-        return {
-            "claim": {
-                "experiment": {
-                    "experiment_id": experiment.experiment_id,
-                    "aggregator": experiment.aggregator,
-                    "aggregator_params": dict(experiment.aggregator_params),
-                    "round_policy": experiment.round_policy,
-                    "tensor_spec": experiment.tensor_spec.to_json() if experiment.tensor_spec else None,
-                    "max_staleness": experiment.max_staleness,
-                },
-                "token": claim.token,
-                "worker": claim.worker,
-                "round_number": claim.round_number,
-                "parent_aggregate_id": claim.parent_aggregate_id,
-                "updates": [asdict(u) for u in claim.updates],
-                "enrolled_clients": sorted(claim.enrolled_clients),
-                "claimed_at": claim.claimed_at,
-                "expires_at": claim.expires_at,
-                "parent_weights_key": claim.parent_weights_key,
-                "parent_state_key": claim.parent_state_key,
-            },
-            "update_ids": list(self.update_ids),
-            "spec": self.spec.to_json(),
-            "shards": [[[p.name, p.start, p.stop] for p in shard] for shard in self.shards],
-            "quarantined": list(self.quarantined),
-            "prepared": self.prepared,
-            "state_scalars": dict(self.state_scalars) if self.state_scalars is not None else None,
-            "upload_ids": list(self.upload_ids),
-        }
+        """Plain JSON (every field, nested records included), for a task's or an invocation's payload."""
+        data = asdict(self)
+        claim = data["claim"]
+        spec = self.claim.experiment.tensor_spec
+        claim["experiment"]["tensor_spec"] = spec.to_json() if spec else None
+        claim["enrolled_clients"] = sorted(self.claim.enrolled_clients)
+        data["spec"] = self.spec.to_json()
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RoundPlan:
-        raw_claim = data["claim"]
-        raw_experiment = dict(raw_claim["experiment"])
-        spec_json = raw_experiment.pop("tensor_spec")
-        experiment = ExperimentConfig(
-            **raw_experiment, tensor_spec=TensorSpec.from_json(spec_json) if spec_json else None
-        )
-        claim = RoundClaim(
-            experiment=experiment,
-            token=raw_claim["token"],
-            worker=raw_claim["worker"],
-            round_number=raw_claim["round_number"],
-            parent_aggregate_id=raw_claim["parent_aggregate_id"],
-            updates=tuple(UpdateRecord(**u) for u in raw_claim["updates"]),
-            enrolled_clients=frozenset(raw_claim["enrolled_clients"]),
-            claimed_at=raw_claim["claimed_at"],
-            expires_at=raw_claim["expires_at"],
-            parent_weights_key=raw_claim.get("parent_weights_key"),
-            parent_state_key=raw_claim.get("parent_state_key"),
+        claim = dict(data["claim"])
+        experiment = dict(claim["experiment"])
+        spec_json = experiment["tensor_spec"]
+        experiment["tensor_spec"] = TensorSpec.from_json(spec_json) if spec_json else None
+        taken = claim["taken_over_from"]
+        claim.update(
+            experiment=ExperimentConfig(**experiment),
+            updates=tuple(UpdateRecord(**u) for u in claim["updates"]),
+            enrolled_clients=frozenset(claim["enrolled_clients"]),
+            taken_over_from=tuple(taken) if taken else None,
         )
         return cls(
-            claim=claim,
-            update_ids=tuple(data["update_ids"]),
-            spec=TensorSpec.from_json(data["spec"]),
-            shards=tuple(tuple(Piece(*p) for p in shard) for shard in data["shards"]),
-            quarantined=tuple(data.get("quarantined", ())),
-            prepared=data.get("prepared"),
-            state_scalars=data.get("state_scalars"),
-            upload_ids=tuple(data.get("upload_ids", ())),
+            **{
+                **data,
+                "claim": RoundClaim(**claim),
+                "update_ids": tuple(data["update_ids"]),
+                "spec": TensorSpec.from_json(data["spec"]),
+                "shards": tuple(tuple(Piece(**p) for p in shard) for shard in data["shards"]),
+                "quarantined": tuple(data["quarantined"]),
+                "upload_ids": tuple(data["upload_ids"]),
+            }
         )
 
 
