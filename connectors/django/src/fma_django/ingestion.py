@@ -91,41 +91,34 @@ def update_check_metadata(
                 "takes), or declare update_kind",
                 code="wrong_update_kind",
             )
-        base_round, base = _check_update_metadata(experiment, num_examples, base_aggregate_id, metrics)
+        if (
+            not isinstance(num_examples, int)
+            or isinstance(num_examples, bool)
+            or not 1 <= num_examples <= MAX_BIGINT
+        ):
+            raise ValidationFailed(
+                f"num_examples must be {whole_number_range(1, MAX_BIGINT)}, not {str(num_examples)[:100]}"
+            )
+        base = None
+        if base_aggregate_id is not None:
+            base = ModelAggregate.objects.filter(pk=base_aggregate_id, experiment=experiment).first()
+            if base is None:
+                raise ValidationFailed(
+                    f"base_aggregate {base_aggregate_id} is not an aggregate of this experiment",
+                    code="invalid_base",
+                )
+        if experiment.metrics_schema is not None:
+            json_schemas.schema_validate(
+                field="metrics_schema", schema=experiment.metrics_schema, value=metrics, what="metrics"
+            )
+        metrics_check(metrics)
         limit = max_update_bytes(experiment.max_update_bytes)
         if size is not None and size > limit:
             raise TooLarge(f"the update is {size:,} bytes; the limit is {limit:,} bytes")
     except DomainError as error:
         _rejected(error, experiment, client)
         raise
-    return base_round, base, limit
-
-
-def _check_update_metadata(
-    experiment: Experiment, num_examples: int, base_aggregate_id: int | None, metrics: Any
-) -> tuple[int, ModelAggregate | None]:
-    if (
-        not isinstance(num_examples, int)
-        or isinstance(num_examples, bool)
-        or not 1 <= num_examples <= MAX_BIGINT
-    ):
-        raise ValidationFailed(
-            f"num_examples must be {whole_number_range(1, MAX_BIGINT)}, not {str(num_examples)[:100]}"
-        )
-    base = None
-    if base_aggregate_id is not None:
-        base = ModelAggregate.objects.filter(pk=base_aggregate_id, experiment=experiment).first()
-        if base is None:
-            raise ValidationFailed(
-                f"base_aggregate {base_aggregate_id} is not an aggregate of this experiment",
-                code="invalid_base",
-            )
-    if experiment.metrics_schema is not None:
-        json_schemas.schema_validate(
-            field="metrics_schema", schema=experiment.metrics_schema, value=metrics, what="metrics"
-        )
-    metrics_check(metrics)
-    return (base.round_number if base else 0), base
+    return (base.round_number if base else 0), base, limit
 
 
 def check_idempotency_key(key: str | None) -> None:
@@ -474,12 +467,6 @@ class Completion(NamedTuple):
     created: bool = False
 
 
-def upload_inline_check_bytes() -> int | None:
-    """``FMA_UPLOAD_INLINE_CHECK_BYTES``: the largest upload checked within its complete request (None: any)."""
-    limit = getattr(settings, "FMA_UPLOAD_INLINE_CHECK_BYTES", None)
-    return None if limit is None else int(limit)
-
-
 def upload_complete(*, session: UploadSession) -> Completion:
     """Complete an upload: join its parts and accept the update now, or hand the check to a runner.
 
@@ -503,8 +490,8 @@ def upload_complete(*, session: UploadSession) -> Completion:
         _require_open(session)
         check_enrolled(session.experiment, session.client)
         try:
-            limit = upload_inline_check_bytes()
-            if limit is not None and session.size_bytes > limit:
+            inline_limit = getattr(settings, "FMA_UPLOAD_INLINE_CHECK_BYTES", None)  # None: any size
+            if inline_limit is not None and session.size_bytes > int(inline_limit):
                 _hand_to_runner(session)
                 return Completion(session, None)
             return Completion(session, *_check(session))

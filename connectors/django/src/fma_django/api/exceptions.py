@@ -19,28 +19,19 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from fma_core.errors import ConfigurationError, InvalidWeights
-from fma_django.errors import (
-    Conflict,
-    DomainError,
-    Forbidden,
-    Gone,
-    LengthRequired,
-    NotFound,
-    TooLarge,
-    ValidationFailed,
-)
+from fma_django import errors
 
 # Each domain error's status, by its nearest type here: a subtype (``WeightsInvalid``,
 # ``UploadIncomplete``) answers as its parent, with its own code.
-STATUS: dict[type[DomainError], int] = {
-    ValidationFailed: status.HTTP_400_BAD_REQUEST,
-    Forbidden: status.HTTP_403_FORBIDDEN,
-    NotFound: status.HTTP_404_NOT_FOUND,
-    Conflict: status.HTTP_409_CONFLICT,
-    Gone: status.HTTP_410_GONE,
-    LengthRequired: status.HTTP_411_LENGTH_REQUIRED,
-    TooLarge: status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
-    DomainError: status.HTTP_400_BAD_REQUEST,
+STATUS: dict[type[errors.DomainError], int] = {
+    errors.ValidationFailed: status.HTTP_400_BAD_REQUEST,
+    errors.Forbidden: status.HTTP_403_FORBIDDEN,
+    errors.NotFound: status.HTTP_404_NOT_FOUND,
+    errors.Conflict: status.HTTP_409_CONFLICT,
+    errors.Gone: status.HTTP_410_GONE,
+    errors.LengthRequired: status.HTTP_411_LENGTH_REQUIRED,
+    errors.TooLarge: status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    errors.DomainError: status.HTTP_400_BAD_REQUEST,
 }
 
 
@@ -52,7 +43,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     return response
 
 
-def status_of(error: DomainError) -> int:
+def status_of(error: errors.DomainError) -> int:
     """The HTTP status of a refusal: that of the nearest of its types in ``STATUS``."""
     return next(STATUS[kind] for kind in type(error).__mro__ if kind in STATUS)
 
@@ -77,7 +68,7 @@ def _refusal(exc: Exception, context: dict[str, Any]) -> Response | None:
         return Response(
             {"detail": detail, "code": "too_large"}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
         )
-    if isinstance(exc, DomainError):
+    if isinstance(exc, errors.DomainError):
         return Response({"detail": exc.detail, "code": exc.code}, status=status_of(exc))
     if isinstance(exc, InvalidWeights):
         return Response({"detail": str(exc), "code": "invalid_weights"}, status=status.HTTP_400_BAD_REQUEST)
