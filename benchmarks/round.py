@@ -164,7 +164,7 @@ def setup_round(*, count: int, params: int, copies: int) -> tuple[list[str], int
     from django.contrib.auth.models import User
 
     from fma_core.weights import to_bytes
-    from fma_django import services
+    from fma_django import ingestion, services
     from fma_django.models import ModelUpdate
 
     per_tensor = params // TENSORS
@@ -180,7 +180,7 @@ def setup_round(*, count: int, params: int, copies: int) -> tuple[list[str], int
     for _ in range(count):
         client, _ = services.client_register(experiment=experiments[0])
         body = to_bytes({t["name"]: rng.random(per_tensor, dtype=np.float32) - 0.5 for t in spec})
-        services.update_submit(
+        ingestion.update_submit(
             experiment=experiments[0],
             client=client,
             stream=io.BytesIO(body),

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from fma_core.weights import to_bytes
-from fma_django import services
+from fma_django import ingestion, services
 from fma_django.models import Experiment, ModelUpdate
 
 HERE = Path(__file__).parent
@@ -57,7 +57,7 @@ def submit(
 ) -> ModelUpdate:
     """A new client enrolls and submits one update, as the API would."""
     client, _ = services.client_register(experiment=experiment)
-    update, created = services.update_submit(
+    update, created = ingestion.update_submit(
         experiment=experiment,
         client=client,
         stream=io.BytesIO(to_bytes(weights(value, shapes))),

@@ -10,8 +10,8 @@ from fma_aggregator.django_setup import setup_django
 
 setup_django()
 
-from fma_django import uploads  # noqa: E402
+from fma_django import ingestion  # noqa: E402
 from fma_django.models import UploadSession  # noqa: E402
 
 if __name__ == "__main__":
-    uploads.upload_complete(session=UploadSession.objects.get(uuid=sys.argv[1]))
+    ingestion.upload_complete(session=UploadSession.objects.get(uuid=sys.argv[1]))

@@ -19,7 +19,7 @@ from fma_aggregator.cli import main
 from fma_aggregator.lambda_handler import handler
 from fma_core.connectors.weight_store import StoredObject
 from fma_core.errors import ObjectNotFound
-from fma_django import services, uploads
+from fma_django import ingestion, services
 from fma_django.housekeeping import weights_remove_unreferenced
 from fma_django.models import ModelAggregate, UploadSession, UploadState
 from fma_django.storage import weight_store
@@ -29,8 +29,8 @@ from .test_lambda import SCHEDULED_EVENT, LambdaContext
 
 def stale_and_fresh_sessions(experiment) -> tuple[UploadSession, UploadSession]:
     client, _ = services.client_register(experiment=experiment)
-    stale, _ = uploads.upload_start(experiment=experiment, client=client, size=100, sha256="a" * 64)
-    fresh, _ = uploads.upload_start(experiment=experiment, client=client, size=100, sha256="b" * 64)
+    stale, _ = ingestion.upload_start(experiment=experiment, client=client, size=100, sha256="a" * 64)
+    fresh, _ = ingestion.upload_start(experiment=experiment, client=client, size=100, sha256="b" * 64)
     UploadSession.objects.filter(pk=stale.pk).update(created_on=timezone.now() - timedelta(days=2))
     return stale, fresh
 

@@ -18,7 +18,7 @@ import pytest
 from aggregator_support import submit, wait_for, weights
 
 from fma_core.weights import to_bytes
-from fma_django import services, uploads
+from fma_django import ingestion, services
 from fma_django.housekeeping import housekeeping_sweep, orphan_grace_seconds
 from fma_django.models import (
     ModelAggregate,
@@ -75,12 +75,12 @@ def open_upload(experiment) -> UploadSession:
     """An upload session with every part received, waiting for its complete."""
     client, _ = services.client_register(experiment=experiment)
     data = to_bytes(weights(7.0, SHAPES))
-    session, _ = uploads.upload_start(
+    session, _ = ingestion.upload_start(
         experiment=experiment, client=client, size=len(data), sha256=hashlib.sha256(data).hexdigest()
     )
     for number in range(1, session.part_count + 1):
         offset, size = session.part_range(number)
-        uploads.upload_part_put(
+        ingestion.upload_part_put(
             session=session, number=number, stream=io.BytesIO(data[offset : offset + size]), length=size
         )
     return session

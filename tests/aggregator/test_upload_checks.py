@@ -18,7 +18,7 @@ from fma_aggregator import runners, tasks
 from fma_aggregator.cli import main
 from fma_aggregator.lambda_handler import handler
 from fma_core.weights import to_bytes
-from fma_django import services, uploads
+from fma_django import ingestion, services
 from fma_django.models import ModelAggregate, ModelUpdate, UploadSession, UploadState
 
 from .test_lambda import FUNCTION, SCHEDULED_EVENT, AwsLambda, LambdaContext, aws  # noqa: F401 - a fixture
@@ -40,19 +40,19 @@ def uploaded(experiment, value: float = 1.0) -> UploadSession:
     """A new client sends an update's parts through an upload session, as the API would; not completed."""
     body = to_bytes(weights(value))
     client, _ = services.client_register(experiment=experiment)
-    session, _ = uploads.upload_start(
+    session, _ = ingestion.upload_start(
         experiment=experiment, client=client, size=len(body), sha256=hashlib.sha256(body).hexdigest()
     )
     for number in range(1, session.part_count + 1):
         offset, size = session.part_range(number)
         part = io.BytesIO(body[offset : offset + size])
-        uploads.upload_part_put(session=session, number=number, stream=part, length=size)
+        ingestion.upload_part_put(session=session, number=number, stream=part, length=size)
     return session
 
 
 def checking(session: UploadSession) -> UploadSession:
     """Complete the upload as the API does: it must be left to a runner."""
-    completion = uploads.upload_complete(session=session)
+    completion = ingestion.upload_complete(session=session)
     assert (completion.update, completion.session.state) == (None, UploadState.CHECKING)
     return completion.session
 

@@ -15,7 +15,7 @@ from django.contrib.auth.models import User
 
 from fma_core.rounds import RoundEngine
 from fma_core.weights import to_bytes
-from fma_django import services
+from fma_django import ingestion, services
 from fma_django.models import Client, Experiment, ModelAggregate
 from fma_django.storage import weight_store
 from fma_django.store import DjangoMetadataStore
@@ -64,7 +64,7 @@ def submit() -> Callable[..., object]:
 
     def submit_one(experiment: Experiment, client: Client, value: float, **options: object) -> object:
         payload = to_bytes({name: np.full(a.shape, value, dtype=a.dtype) for name, a in INITIAL.items()})
-        update, _ = services.update_submit(
+        update, _ = ingestion.update_submit(
             experiment=experiment, client=client, stream=io.BytesIO(payload), **options
         )
         return update

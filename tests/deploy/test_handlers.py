@@ -204,14 +204,14 @@ import io
 import numpy as np
 from django.contrib.auth.models import User
 from fma_core.weights import to_bytes
-from fma_django import services
+from fma_django import ingestion, services
 developer = User.objects.create_user("developer")
 weights = {"dense": np.ones((4, 3), np.float32)}
 made = []
 for name, params in (("good", {}), ("bad", {"aggregator": "trimmed_mean", "aggregator_params": {"trim_fraction": 0.45}})):
     experiment = services.experiment_create(developer=developer, name=name, open_enrollment=True, initial_model=weights, **params)
     client, _ = services.client_register(experiment=experiment)
-    services.update_submit(experiment=experiment, client=client, stream=io.BytesIO(to_bytes(weights)), num_examples=1)
+    ingestion.update_submit(experiment=experiment, client=client, stream=io.BytesIO(to_bytes(weights)), num_examples=1)
     made.append(experiment)
 type(made[1]).objects.filter(pk=made[1].pk).update(aggregator_params={"trim_fraction": 0.9})
 print("EXPERIMENTS", made[0].pk, made[1].pk)

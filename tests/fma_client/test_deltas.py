@@ -10,7 +10,7 @@ import requests
 
 from fma_client import Client, FmaClientError, ValidationError
 from fma_core.weights import load, to_bytes
-from fma_django import services
+from fma_django import ingestion, services
 from fma_django.errors import Conflict, ValidationFailed
 from fma_django.models import ModelUpdate
 from fma_django.storage import weight_store
@@ -90,7 +90,7 @@ def test_delta_experiments_need_an_initial_model_and_keep_their_kind(developer, 
             developer=developer, name="legacy", update_kind="delta", legacy_mode=True, initial_model=INITIAL
         )
     client, _ = services.client_register(experiment=delta_experiment, client=None, enrollment_token=None)
-    services.update_submit(
+    ingestion.update_submit(
         experiment=delta_experiment, client=client, stream=io.BytesIO(to_bytes(INITIAL)), update_kind="delta"
     )
     with pytest.raises(Conflict, match="cannot change"):

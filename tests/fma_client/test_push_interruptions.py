@@ -16,7 +16,7 @@ import pytest
 
 from fma_client import Client, FmaClientError, Retry
 from fma_client.weights import encode
-from fma_django import services, uploads
+from fma_django import ingestion
 from fma_django.models import ModelUpdate, UploadSession
 from fma_django.storage import weight_store
 
@@ -45,36 +45,36 @@ class Fault:
 
 def after_create(fault: Fault, monkeypatch) -> None:
     """The session exists; no part arrives."""
-    put = uploads.upload_part_put
+    put = ingestion.upload_part_put
 
     def crashing(**kwargs):
         fault.hit()
         return put(**kwargs)
 
-    monkeypatch.setattr(uploads, "upload_part_put", crashing)
+    monkeypatch.setattr(ingestion, "upload_part_put", crashing)
 
 
 def after_some_parts(fault: Fault, monkeypatch) -> None:
     """Parts 1 and 2 arrive, the others do not."""
-    put = uploads.upload_part_put
+    put = ingestion.upload_part_put
 
     def crashing(*, number: int, **kwargs):
         if number > 2:
             fault.hit()
         return put(number=number, **kwargs)
 
-    monkeypatch.setattr(uploads, "upload_part_put", crashing)
+    monkeypatch.setattr(ingestion, "upload_part_put", crashing)
 
 
 def after_all_parts(fault: Fault, monkeypatch) -> None:
     """Every part arrived; the complete request dies as it starts."""
-    complete = uploads.upload_complete
+    complete = ingestion.upload_complete
 
     def crashing(**kwargs):
         fault.hit()
         return complete(**kwargs)
 
-    monkeypatch.setattr(uploads, "upload_complete", crashing)
+    monkeypatch.setattr(ingestion, "upload_complete", crashing)
 
 
 def in_complete_before_join(fault: Fault, monkeypatch) -> None:
@@ -91,25 +91,25 @@ def in_complete_before_join(fault: Fault, monkeypatch) -> None:
 
 def after_join_before_record(fault: Fault, monkeypatch) -> None:
     """The store joined the parts into the object and they were checked; the update is not recorded."""
-    accept = services.update_accept
+    accept = ingestion.update_accept
 
     def crashing(**kwargs):
         fault.hit()
         return accept(**kwargs)
 
-    monkeypatch.setattr(services, "update_accept", crashing)
+    monkeypatch.setattr(ingestion, "update_accept", crashing)
 
 
 def after_record_before_response(fault: Fault, monkeypatch) -> None:
     """The update and the completed session are committed; the answer never leaves."""
-    complete = uploads.upload_complete
+    complete = ingestion.upload_complete
 
     def crashing(**kwargs):
         completion = complete(**kwargs)
         fault.hit()
         return completion
 
-    monkeypatch.setattr(uploads, "upload_complete", crashing)
+    monkeypatch.setattr(ingestion, "upload_complete", crashing)
 
 
 POINTS = [

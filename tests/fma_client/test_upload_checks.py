@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fma_client import CheckTimeout, Client, ValidationError
-from fma_django import uploads
+from fma_django import ingestion
 from fma_django.models import ModelUpdate, UploadSession
 
 from .test_uploads import trained
@@ -53,7 +53,7 @@ def test_a_check_that_does_not_end_in_time_raises_check_timeout_naming_the_uploa
     with client, pytest.raises(CheckTimeout):  # pushed again while still checking: it waits again
         client.push(trained(1.5), num_examples=4, idempotency_key="push-9", check_timeout=0.5)
 
-    uploads.upload_check(session.uuid)  # a runner gets to it later
+    ingestion.upload_check(session.uuid)  # a runner gets to it later
     with client:
         update = client.push(trained(1.5), num_examples=4, idempotency_key="push-9", check_timeout=1.0)
     assert update["id"] == ModelUpdate.objects.get().pk

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from fma_core.rounds import RoundEngine
 from fma_core.weights import to_bytes
-from fma_django import services
+from fma_django import ingestion, services
 from fma_django.housekeeping import housekeeping_sweep
 from fma_django.models import Event, EventKind, ModelUpdate, UploadSession, UploadState
 from fma_django.storage import weight_store
@@ -245,7 +245,7 @@ def test_a_complete_that_died_after_joining_the_parts_is_completed_again(
         raise Crash("the process died after the store joined the parts, before the update was recorded")
 
     with monkeypatch.context() as crashing:
-        crashing.setattr(services, "update_accept", died)
+        crashing.setattr(ingestion, "update_accept", died)
         with pytest.raises(Crash):
             complete(client_api, session)
     assert ModelUpdate.objects.count() == 0

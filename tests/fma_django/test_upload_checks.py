@@ -10,7 +10,7 @@ import threading
 import pytest
 from django.db import connections, transaction
 
-from fma_django import uploads
+from fma_django import ingestion
 from fma_django.housekeeping import housekeeping_sweep
 from fma_django.models import Event, EventKind, ModelUpdate, UploadSession, UploadState
 from fma_django.signals import upload_check_requested
@@ -83,7 +83,7 @@ def test_a_large_upload_is_checked_after_its_complete_request_answers_202(
     aborted = client_api.delete(status_path(session))
     assert [(r.status_code, r.json()["code"]) for r in (late_part, aborted)] == [(409, "upload_checking")] * 2
 
-    checked = uploads.upload_check(session["id"])
+    checked = ingestion.upload_check(session["id"])
     assert (checked.state, checked.reason) == (UploadState.COMPLETED, "")
     update = ModelUpdate.objects.get()
     assert (update.num_examples, update.content_id) == (3, hashlib.sha256(body).hexdigest())
@@ -94,7 +94,7 @@ def test_a_large_upload_is_checked_after_its_complete_request_answers_202(
     assert (shown["state"], shown["update"]["id"]) == ("completed", update.pk)
     after = complete(client_api, session)
     assert (after.status_code, after.json()["id"]) == (200, update.pk)
-    assert uploads.upload_check(session["id"]) is None  # no longer checking: nothing to do
+    assert ingestion.upload_check(session["id"]) is None  # no longer checking: nothing to do
     assert ModelUpdate.objects.count() == 1
 
 
@@ -107,7 +107,7 @@ def test_a_corrupt_large_upload_is_rejected_by_its_check_and_removed(
     )
     assert accepted.status_code == 202, accepted.content
 
-    checked = uploads.upload_check(session["id"])
+    checked = ingestion.upload_check(session["id"])
     assert (checked.state, checked.reason_code) == (UploadState.REJECTED, "hash_mismatch")
     assert "SHA-256" in checked.reason
     assert (ModelUpdate.objects.count(), stored_files()) == (0, before)
@@ -131,7 +131,7 @@ def test_weights_that_do_not_fit_are_rejected_by_the_check_with_the_inline_code(
     body = to_bytes({**weights(0.5), "extra": weights(0.5)["bias"]})
     session, accepted = sent_and_completed(client_api, experiment, body)
     assert accepted.status_code == 202, accepted.content
-    checked = uploads.upload_check(session["id"])
+    checked = ingestion.upload_check(session["id"])
     assert (checked.state, checked.reason_code) == (UploadState.REJECTED, "invalid_weights")
     assert (ModelUpdate.objects.count(), stored_files()) == (0, before)
 
@@ -170,7 +170,7 @@ def test_the_sweep_hands_a_check_left_by_a_killed_worker_to_the_runner_again(
 
     assert housekeeping_sweep(lease_seconds=900)["uploads_checking"] == 1
     assert requested == [session["id"]]
-    assert uploads.upload_check(requested[0]).state == UploadState.COMPLETED
+    assert ingestion.upload_check(requested[0]).state == UploadState.COMPLETED
     assert housekeeping_sweep(lease_seconds=900)["uploads_checking"] == 0
     assert requested == [session["id"]]
 
@@ -196,11 +196,11 @@ def test_a_check_skips_a_session_another_runner_is_checking(
     holder.start()
     try:
         assert locked.wait(60)
-        assert uploads.upload_check(session["id"]) is None  # skipped at once, not waited for
+        assert ingestion.upload_check(session["id"]) is None  # skipped at once, not waited for
     finally:
         release.set()
         holder.join(60)
-    assert uploads.upload_check(session["id"]).state == UploadState.COMPLETED
+    assert ingestion.upload_check(session["id"]).state == UploadState.COMPLETED
 
 
 def test_the_schema_documents_the_checking_state_and_the_202(dev_api):

@@ -17,7 +17,7 @@ from django.contrib.auth.models import User
 
 from fma_core.rounds import RoundEngine
 from fma_core.weights import to_bytes
-from fma_django import services, uploads
+from fma_django import ingestion, services
 from fma_django.housekeeping import housekeeping_sweep
 from fma_django.models import ModelAggregate, ModelArtifact, ModelUpdate, UploadSession, UploadState
 from fma_django.storage import weight_store
@@ -84,7 +84,7 @@ def joined_upload_without_update(experiment) -> UploadSession:
     """An upload session whose complete joined the parts and died before recording the update."""
     client, _ = services.client_register(experiment=experiment)
     data = to_bytes(model(5.0, rows=10))
-    session, _ = uploads.upload_start(
+    session, _ = ingestion.upload_start(
         experiment=experiment, client=client, size=len(data), sha256=hashlib.sha256(data).hexdigest()
     )
     store = weight_store()
@@ -104,7 +104,7 @@ def test_the_sweep_on_s3_removes_old_unreferenced_objects_and_uploads_under_its_
         developer=developer, name="large", open_enrollment=True, initial_model=model(0.0)
     )
     client, _ = services.client_register(experiment=large)
-    services.update_submit(experiment=large, client=client, stream=io.BytesIO(to_bytes(model(1.0))))
+    ingestion.update_submit(experiment=large, client=client, stream=io.BytesIO(to_bytes(model(1.0))))
 
     session = joined_upload_without_update(small)
     dead = RoundEngine(DjangoMetadataStore(), weight_store(), lease_seconds=LEASE, shard_bytes=MIN_PART_SIZE)

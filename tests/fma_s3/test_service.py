@@ -18,7 +18,7 @@ from fma_client import Client, Retry, ServerUnavailable
 from fma_client.weights import encode
 from fma_core.rounds import RoundEngine
 from fma_core.weights import open_weights, to_bytes
-from fma_django import services
+from fma_django import ingestion, services
 from fma_django.models import EventKind, ModelAggregate, ModelUpdate, UploadSession, UploadState
 from fma_django.storage import weight_store
 from fma_django.store import DjangoMetadataStore
@@ -79,16 +79,14 @@ class ApiParts:
     """Counts the requests that reach the API's own part endpoint (none should, on S3)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        from fma_django import uploads
-
         self.calls = 0
-        original = uploads.upload_part_put
+        original = ingestion.upload_part_put
 
         def counted(*args: Any, **kwargs: Any) -> Any:
             self.calls += 1
             return original(*args, **kwargs)
 
-        monkeypatch.setattr(uploads, "upload_part_put", counted)
+        monkeypatch.setattr(ingestion, "upload_part_put", counted)
 
 
 def test_a_1_gb_update_travels_in_presigned_parts_straight_to_s3(
@@ -292,7 +290,7 @@ def test_a_push_whose_complete_died_after_s3_joined_the_parts_is_finished_with_i
     experiment = new_experiment(developer, initial_model=SMALL)
     weights = {name: array + 1 for name, array in SMALL.items()}
     body = encode(weights)  # the bytes the client sends
-    accept = services.update_accept
+    accept = ingestion.update_accept
 
     def died(**kwargs: Any) -> Any:  # S3 joined the parts; the process died before the update was recorded
         raise RuntimeError("the server died")
@@ -300,11 +298,11 @@ def test_a_push_whose_complete_died_after_s3_joined_the_parts_is_finished_with_i
     _, token = services.enrollment_token_issue(experiment=experiment, user=experiment.developer)
     retry = Retry(attempts=2, backoff=0)
     with Client.enroll(service, experiment.pk, enrollment_token=token, quiet=True, retry=retry) as client:
-        monkeypatch.setattr(services, "update_accept", died)
+        monkeypatch.setattr(ingestion, "update_accept", died)
         with pytest.raises(ServerUnavailable) as failed:
             client.push(weights, num_examples=2)
         assert pending_uploads(s3, bucket) == []  # joined: S3's multipart upload is over
-        monkeypatch.setattr(services, "update_accept", accept)
+        monkeypatch.setattr(ingestion, "update_accept", accept)
         update = client.push(weights, num_examples=2, idempotency_key=failed.value.idempotency_key)
     row = ModelUpdate.objects.get()
     assert row.pk == update["id"]

@@ -1,4 +1,4 @@
-"""An upload's check, run by whichever runner was handed it (``fma_django.uploads.upload_check``).
+"""An upload's check, run by whichever runner was handed it (``fma_django.ingestion.upload_check``).
 
 The API hands a check to the runner when an upload is too large to check within its complete
 request (``FMA_UPLOAD_INLINE_CHECK_BYTES``); the sweep hands out again every upload still
@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fma_django.uploads import upload_check
+from fma_django.ingestion import upload_check
 
 logger = logging.getLogger(__name__)
 

@@ -81,9 +81,8 @@ def _run_once(args: argparse.Namespace) -> int:
     from fma_aggregator.checks import run_check
     from fma_aggregator.config import AggregatorConfig
     from fma_aggregator.engine import build_engine
-    from fma_django.housekeeping import housekeeping_sweep
+    from fma_django.housekeeping import housekeeping_sweep, uploads_checking
     from fma_django.store import DjangoMetadataStore
-    from fma_django.uploads import uploads_checking
 
     config = AggregatorConfig.from_env()
     housekeeping_sweep(lease_seconds=config.lease_seconds)

@@ -23,9 +23,8 @@ from fma_aggregator.config import AggregatorConfig, runner_name
 from fma_aggregator.engine import build_engine, fresh_connection
 from fma_aggregator.inprocess import InProcessRunner
 from fma_core.rounds import RoundOutcome
-from fma_django.housekeeping import housekeeping_sweep
+from fma_django.housekeeping import housekeeping_sweep, uploads_checking
 from fma_django.store import DjangoMetadataStore
-from fma_django.uploads import uploads_checking
 
 _lock = threading.Lock()
 _inprocess: InProcessRunner | None = None

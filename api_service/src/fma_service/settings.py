@@ -274,7 +274,7 @@ FMA_BODY_LIMITS = {
 # fma-server's patience with a client (fma_service.asgi): the longest wait for the next bytes of a
 # request body, or for the client to take the next bytes of a response.
 FMA_READ_TIMEOUT = float(os.environ.get("FMA_READ_TIMEOUT", "60"))
-# Upload sessions (fma_django.uploads): the size of each part (S3 needs at least 5 MiB for every
+# Upload sessions (fma_django.ingestion): the size of each part (S3 needs at least 5 MiB for every
 # part but the last), and how long a session may stay open before the sweep aborts it.
 FMA_UPLOAD_PART_BYTES = int(os.environ.get("FMA_UPLOAD_PART_BYTES", str(64 * 1024**2)))
 FMA_UPLOAD_TIMEOUT_SECONDS = int(os.environ.get("FMA_UPLOAD_TIMEOUT_SECONDS", "86400"))

@@ -1,4 +1,8 @@
-"""Domain exceptions raised by services; one DRF handler (``api.exceptions``) maps them to 4xx JSON."""
+"""Domain exceptions raised by services, each with its machine-readable ``code``.
+
+The API's one handler (``api.exceptions``) maps each type to its HTTP status; nothing else picks
+a status, and no caller tells refusals apart by their message.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,6 @@ from __future__ import annotations
 class DomainError(Exception):
     """A request the rules refuse. ``code`` is machine-readable, the message says what to fix."""
 
-    status = 400
     code = "invalid"
 
     def __init__(self, detail: str, *, code: str | None = None) -> None:
@@ -17,28 +20,42 @@ class DomainError(Exception):
 
 
 class ValidationFailed(DomainError):
-    status, code = 400, "invalid"
+    code = "invalid"
+
+
+class WeightsInvalid(ValidationFailed):
+    """Bytes that are not weights the experiment takes: malformed, another tensor spec, NaN or ±inf."""
+
+    code = "invalid_weights"
+
+
+class UploadIncomplete(ValidationFailed):
+    """An upload session's parts are missing or mis-sized: the client sends them, then completes again."""
+
+    code = "incomplete_upload"
 
 
 class NotFound(DomainError):
-    status, code = 404, "not_found"
+    code = "not_found"
 
 
 class Forbidden(DomainError):
-    status, code = 403, "permission_denied"
+    code = "permission_denied"
 
 
 class Conflict(DomainError):
-    status, code = 409, "conflict"
+    code = "conflict"
 
 
 class Gone(DomainError):
-    status, code = 410, "gone"
+    code = "gone"
 
 
 class LengthRequired(DomainError):
-    status, code = 411, "length_required"
+    code = "length_required"
 
 
 class TooLarge(DomainError):
-    status, code = 413, "too_large"
+    """Bytes above a size limit: an update, a part, or a model to inline as JSON."""
+
+    code = "too_large"

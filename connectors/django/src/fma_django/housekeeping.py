@@ -9,18 +9,21 @@ scheduler of its own.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 
 from django.conf import settings
 from django.core.cache import cache
+from django.db import transaction
+from django.utils import timezone
 
 from fma_core.errors import ConfigurationError
 from fma_core.orphans import remove_unreferenced
 from fma_django import selectors
-from fma_django.services import update_weights_prune
+from fma_django.models import EventKind, UploadSession, UploadState
+from fma_django.services import event_record, update_weights_prune
+from fma_django.signals import announce_upload_check_requested
 from fma_django.storage import weight_store
-from fma_django.uploads import uploads_check_again, uploads_expire_stale
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +51,62 @@ def housekeeping_sweep(*, lease_seconds: float, now: datetime | None = None) -> 
             logger.exception("the sweep's %s chore failed; the next sweep tries again", name)
             done[name] = 0
     return done
+
+
+def uploads_expire_stale(*, now: datetime | None = None) -> int:
+    """Abort the sessions still open ``FMA_UPLOAD_TIMEOUT_SECONDS`` after they started; returns how many.
+
+    Run by every runner's periodic sweep. A session that fails to abort (the store is
+    unreachable) is logged and tried again at the next sweep.
+    """
+    now = now or timezone.now()
+    timeout = int(settings.FMA_UPLOAD_TIMEOUT_SECONDS)
+    stale = UploadSession.objects.filter(
+        state=UploadState.OPEN, created_on__lte=now - timedelta(seconds=timeout)
+    ).values_list("pk", flat=True)
+    expired = 0
+    for pk in list(stale):
+        try:
+            with transaction.atomic():
+                session = (
+                    UploadSession.objects.select_for_update().filter(pk=pk, state=UploadState.OPEN).first()
+                )
+                if session is None:  # completed or aborted meanwhile
+                    continue
+                weight_store().abort_upload(session.weights_key, session.store_upload_id)
+                session.state = UploadState.EXPIRED
+                session.reason = f"not completed within {timeout:,} s"
+                session.save(update_fields=["state", "reason", "updated_on"])
+                event_record(
+                    kind=EventKind.UPLOAD_EXPIRED,
+                    experiment=session.experiment,
+                    client=session.client,
+                    upload=str(session.uuid),
+                )
+        except Exception:
+            logger.exception("expiring upload session %s failed; the next sweep tries again", pk)
+            continue
+        expired += 1
+    return expired
+
+
+def uploads_checking() -> list[str]:
+    """The ids of the sessions waiting for (or in) their check, oldest first."""
+    waiting = UploadSession.objects.filter(state=UploadState.CHECKING).order_by("updated_on", "id")
+    return [str(upload_id) for upload_id in waiting.values_list("uuid", flat=True)]
+
+
+def uploads_check_again() -> int:
+    """Announce every session left ``checking`` again (``upload_check_requested``); returns how many.
+
+    Run by every runner's periodic sweep: a notification lost, or a worker killed mid-check
+    (whose transaction rolled back), must not leave an upload waiting forever. A session still
+    being checked is announced too; ``ingestion.upload_check`` skips it while its row is locked.
+    """
+    waiting = uploads_checking()
+    for upload_id in waiting:
+        announce_upload_check_requested(upload_id)
+    return len(waiting)
 
 
 def orphan_grace_seconds(*, lease_seconds: float) -> float:

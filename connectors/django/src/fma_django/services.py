@@ -1,9 +1,10 @@
-"""The rules of FMA as plain functions over the models: every write the API, admin and CLI make.
+"""The rules of FMA as plain functions over the models: experiments, clients and enrollment,
+aggregates, artifacts and scores (an update's bytes are ``fma_django.ingestion``'s).
 
 Each function takes keyword-only arguments, checks what it needs, changes the database in one
 transaction and raises a ``fma_django.errors`` exception when the request cannot be honoured.
-Weight bytes go to the configured WeightStore first and are removed again if the request fails,
-so a rejected request leaves nothing behind.
+Weight bytes go to the configured WeightStore first and are removed again if the request fails
+(``storage.removed_on_failure``), so a rejected request leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ import io
 import re
 import uuid
 from datetime import datetime, timedelta
-from functools import partial
-from typing import Any, BinaryIO
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
@@ -22,22 +22,13 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from fma_core.aggregators import create_aggregator
-from fma_core.connectors import StoredObject
 from fma_core.errors import ConfigurationError, InvalidWeights
 from fma_core.policies import policy_from_config
 from fma_core.weights import TensorSpec, Weights, from_legacy_json, to_bytes, validate
-from fma_core.weights.scan import Scanned, scan
 from fma_django import credentials, json_schemas
-from fma_django.errors import Conflict, DomainError, Forbidden, NotFound, TooLarge, ValidationFailed
-from fma_django.limits import (
-    IDEMPOTENCY_KEY_PATTERN,
-    IDEMPOTENCY_KEY_RULE,
-    MAX_BIGINT,
-    VERSION_PATTERN,
-    VERSION_RULE,
-    whole_number_range,
-)
-from fma_django.metrics import metrics_check, results_check
+from fma_django.errors import Conflict, Forbidden, NotFound, ValidationFailed, WeightsInvalid
+from fma_django.limits import VERSION_PATTERN, VERSION_RULE
+from fma_django.metrics import results_check
 from fma_django.models import (
     Client,
     ClientAggregateScore,
@@ -51,8 +42,7 @@ from fma_django.models import (
     ModelUpdate,
     UpdateKind,
 )
-from fma_django.signals import announce_round_may_be_ready
-from fma_django.storage import max_update_bytes, weight_store
+from fma_django.storage import removed_on_failure, weight_store
 
 INITIAL_VERSION = "1.0.0"
 CONFIG_FIELDS = (
@@ -99,6 +89,11 @@ def effective_round_policy(experiment: Experiment) -> Any:
     return None
 
 
+def experiment_spec(experiment: Experiment) -> TensorSpec | None:
+    """The tensors the experiment expects, if it declared them."""
+    return TensorSpec.from_json(experiment.tensor_spec) if experiment.tensor_spec is not None else None
+
+
 def _check_config(experiment: Experiment) -> None:
     """Refuse a configuration the round engine could not run, naming the field at fault."""
     try:
@@ -142,22 +137,17 @@ def experiment_create(
             "update_kind 'delta' needs an initial_model: the first round's deltas apply to it",
             code="invalid_update_kind",
         )
-    stored_key = None
-    try:
-        with transaction.atomic():
-            experiment.save()
-            if initial_model is not None:
-                artifact = _store_initial_model(experiment, initial_model)
-                stored_key = artifact.weights_key
-            event_record(kind=EventKind.EXPERIMENT_CREATED, experiment=experiment, user=developer)
-    except BaseException:
-        if stored_key:
-            weight_store().delete(stored_key)
-        raise
+    with transaction.atomic():
+        experiment.save()
+        event_record(kind=EventKind.EXPERIMENT_CREATED, experiment=experiment, user=developer)
+        if initial_model is not None:
+            key = f"artifacts/{experiment.pk}/{uuid.uuid4().hex}.safetensors"
+            with removed_on_failure(key):
+                _store_initial_model(experiment, initial_model, key)
     return experiment
 
 
-def _store_initial_model(experiment: Experiment, weights: Weights | list) -> ModelArtifact:
+def _store_initial_model(experiment: Experiment, weights: Weights | list, key: str) -> ModelArtifact:
     spec = experiment_spec(experiment)
     try:
         if isinstance(weights, list):
@@ -165,11 +155,10 @@ def _store_initial_model(experiment: Experiment, weights: Weights | list) -> Mod
         data = to_bytes(weights)
         actual = validate(data, spec)
     except InvalidWeights as error:
-        raise ValidationFailed(f"initial_model: {error}", code="invalid_weights") from None
+        raise WeightsInvalid(f"initial_model: {error}") from None
     if spec is None:
         experiment.tensor_spec = actual.to_json()
         experiment.save(update_fields=["tensor_spec"])
-    key = f"artifacts/{experiment.pk}/{uuid.uuid4().hex}.safetensors"
     stored = weight_store().put(key, io.BytesIO(data))
     artifact = ModelArtifact.objects.create(
         experiment=experiment,
@@ -389,264 +378,6 @@ def check_enrolled(experiment: Experiment, client: Client) -> None:
         ).exists()
     ):
         raise NotFound("no such experiment for this client")
-
-
-# Updates
-
-
-def update_submit(
-    *,
-    experiment: Experiment,
-    client: Client,
-    stream: BinaryIO,
-    num_examples: int = 1,
-    base_aggregate_id: int | None = None,
-    metrics: Any = None,
-    idempotency_key: str | None = None,
-    content_length: int | None = None,
-    update_kind: str = UpdateKind.WEIGHTS,
-) -> tuple[ModelUpdate, bool]:
-    """Accept one update from a safetensors stream; returns ``(update, created)``.
-
-    The bytes are streamed to the weight store (memory bounded by the store's chunk), then
-    checked against the experiment's tensor spec. Any failure removes the stored object and
-    records a rejection event, so nothing of a refused update remains but the reason. A retry
-    (same idempotency key, or same client, base and content) returns the first update.
-    """
-    check_enrolled(experiment, client)
-    check_idempotency_key(idempotency_key)
-    if idempotency_key:
-        first = ModelUpdate.objects.filter(client=client, idempotency_key=idempotency_key).first()
-        if first is not None:
-            if first.experiment_id != experiment.pk:
-                raise Conflict("this idempotency key was used for an update of another experiment")
-            return first, False
-    base_round, base, limit = update_check_metadata(
-        experiment=experiment,
-        client=client,
-        num_examples=num_examples,
-        base_aggregate_id=base_aggregate_id,
-        metrics=metrics,
-        size=content_length,
-        update_kind=update_kind,
-    )
-    store = weight_store()
-    key = update_key(experiment)
-    try:
-        stored = store.put(key, stream, max_bytes=limit)
-        with store.open_weights(key, max_bytes=limit) as reader:
-            validate(reader, experiment_spec(experiment))
-    except InvalidWeights as error:
-        store.delete(key)
-        raise update_rejected(experiment, client, error) from None
-    except BaseException:
-        store.delete(key)
-        raise
-    return update_accept(
-        experiment=experiment,
-        client=client,
-        stored=stored,
-        base_aggregate=base,
-        base_round=base_round,
-        num_examples=num_examples,
-        metrics=metrics,
-        idempotency_key=idempotency_key,
-    )
-
-
-def check_idempotency_key(key: str | None) -> None:
-    """Refuse a key its column cannot hold, or one that is not plain text; None or "" is no key."""
-    if key and not re.fullmatch(IDEMPOTENCY_KEY_PATTERN, key):
-        raise ValidationFailed(
-            f"idempotency key {key[:40]!r}{'…' if len(key) > 40 else ''} ({len(key):,} characters): "
-            f"an idempotency key is {IDEMPOTENCY_KEY_RULE}",
-            code="invalid_idempotency_key",
-        )
-
-
-def update_key(experiment: Experiment) -> str:
-    """A new weight-store key for an update's bytes."""
-    return f"updates/{experiment.pk}/{uuid.uuid4().hex}.safetensors"
-
-
-def experiment_spec(experiment: Experiment) -> TensorSpec | None:
-    """The tensors the experiment expects, if it declared them."""
-    return TensorSpec.from_json(experiment.tensor_spec) if experiment.tensor_spec is not None else None
-
-
-def update_scan(*, experiment: Experiment, key: str, size: int, limit: int) -> Scanned:
-    """One forward read of stored bytes: their size and SHA-256, and whether they are weights
-    the experiment takes (half the reads of measuring, then validating, a multi-GB upload)."""
-    with weight_store().open(key) as stream:
-        return scan(stream, size=size, spec=experiment_spec(experiment), max_bytes=limit)
-
-
-def update_rejected(experiment: Experiment, client: Client, error: InvalidWeights) -> DomainError:
-    """Record why an update's bytes were refused; the error to raise (413 above the limit, else 400)."""
-    event_record(kind=EventKind.UPDATE_REJECTED, experiment=experiment, client=client, reason=str(error))
-    if "larger than the limit" in str(error):
-        return TooLarge(str(error), code="too_large")
-    return ValidationFailed(str(error), code="invalid_weights")
-
-
-def update_accept(
-    *,
-    experiment: Experiment,
-    client: Client,
-    stored: StoredObject,
-    base_aggregate: ModelAggregate | None,
-    base_round: int,
-    num_examples: int,
-    metrics: Any,
-    idempotency_key: str | None,
-) -> tuple[ModelUpdate, bool]:
-    """Stored, checked weights become an accepted update: ``(update, created)``.
-
-    Both ways of sending bytes end here (one request, or an upload session's parts), so the
-    same rules decide: a twin (same client, base and content) or a concurrent retry returns
-    the first update and drops these bytes; otherwise the update is created and the round
-    announced once the transaction commits. The caller checked the metadata and the bytes.
-    """
-    store = weight_store()
-    key = stored.key
-    try:
-        twin = ModelUpdate.objects.filter(
-            experiment=experiment, client=client, base_round=base_round, content_id=stored.sha256
-        ).first()
-    except BaseException:
-        store.delete(key)
-        raise
-    if twin is not None:
-        store.delete(key)
-        return twin, False
-    try:
-        with transaction.atomic():
-            update = ModelUpdate.objects.create(
-                experiment=experiment,
-                client=client,
-                base_aggregate=base_aggregate,
-                base_round=base_round,
-                num_examples=num_examples,
-                metrics=metrics,
-                idempotency_key=idempotency_key or None,
-                weights_key=key,
-                content_id=stored.sha256,
-                size_bytes=stored.size,
-            )
-            event_record(
-                kind=EventKind.UPDATE_ACCEPTED,
-                experiment=experiment,
-                client=client,
-                update=update.pk,
-                size=stored.size,
-            )
-            transaction.on_commit(partial(announce_round_may_be_ready, experiment.pk))
-    except IntegrityError:
-        # A concurrent or earlier twin won: keep its row, drop our bytes.
-        store.delete(key)
-        twin = Q(experiment=experiment, client=client, base_round=base_round, content_id=stored.sha256)
-        if idempotency_key:
-            twin |= Q(client=client, idempotency_key=idempotency_key)
-        first = ModelUpdate.objects.filter(twin).first()
-        if first is None:
-            raise
-        return first, False
-    except BaseException:
-        store.delete(key)
-        raise
-    return update, True
-
-
-def update_submit_legacy_json(
-    *, experiment: Experiment, client: Client, data: Any, base_aggregate_id: int | None = None, **options: Any
-) -> tuple[ModelUpdate, bool]:
-    """The original's JSON ``data`` (a list of layers), converted to safetensors and then submitted."""
-    spec = experiment_spec(experiment)
-    try:
-        if experiment.update_schema is not None:
-            json_schemas.schema_validate(
-                field="update_schema", schema=experiment.update_schema, value=data, what="data"
-            )
-        payload = to_bytes(from_legacy_json(data, spec))
-    except ValidationFailed as error:
-        event_record(
-            kind=EventKind.UPDATE_REJECTED, experiment=experiment, client=client, reason=error.detail
-        )
-        raise
-    except InvalidWeights as error:
-        event_record(kind=EventKind.UPDATE_REJECTED, experiment=experiment, client=client, reason=str(error))
-        raise ValidationFailed(f"data: {error}", code="invalid_weights") from None
-    return update_submit(
-        experiment=experiment,
-        client=client,
-        stream=io.BytesIO(payload),
-        base_aggregate_id=base_aggregate_id,
-        content_length=len(payload),
-        **options,
-    )
-
-
-def update_check_metadata(
-    *,
-    experiment: Experiment,
-    client: Client,
-    num_examples: int,
-    base_aggregate_id: int | None,
-    metrics: Any,
-    size: int | None,
-    update_kind: str = UpdateKind.WEIGHTS,
-) -> tuple[int, ModelAggregate | None, int]:
-    """Check an update's metadata and size before any byte is stored: ``(base_round, base, limit)``.
-
-    ``limit`` is the largest update the experiment takes; a refusal is recorded as a rejection.
-    ``update_kind`` is what the client says it sends: weights read as a delta (or the reverse)
-    would aggregate into garbage, so a client that has not learnt the experiment's kind is told.
-    """
-    try:
-        if update_kind != experiment.update_kind:
-            raise ValidationFailed(
-                f"experiment {experiment.pk} takes updates as {experiment.update_kind!r}, not "
-                f"{update_kind!r}: pull the current model (fma-client then sends what the experiment "
-                "takes), or declare update_kind",
-                code="wrong_update_kind",
-            )
-        base_round, base = _check_update_metadata(experiment, num_examples, base_aggregate_id, metrics)
-        limit = max_update_bytes(experiment.max_update_bytes)
-        if size is not None and size > limit:
-            raise TooLarge(f"the update is {size:,} bytes; the limit is {limit:,} bytes")
-    except (ValidationFailed, TooLarge) as error:
-        event_record(
-            kind=EventKind.UPDATE_REJECTED, experiment=experiment, client=client, reason=error.detail
-        )
-        raise
-    return base_round, base, limit
-
-
-def _check_update_metadata(
-    experiment: Experiment, num_examples: int, base_aggregate_id: int | None, metrics: Any
-) -> tuple[int, ModelAggregate | None]:
-    if (
-        not isinstance(num_examples, int)
-        or isinstance(num_examples, bool)
-        or not 1 <= num_examples <= MAX_BIGINT
-    ):
-        raise ValidationFailed(
-            f"num_examples must be {whole_number_range(1, MAX_BIGINT)}, not {str(num_examples)[:100]}"
-        )
-    base = None
-    if base_aggregate_id is not None:
-        base = ModelAggregate.objects.filter(pk=base_aggregate_id, experiment=experiment).first()
-        if base is None:
-            raise ValidationFailed(
-                f"base_aggregate {base_aggregate_id} is not an aggregate of this experiment",
-                code="invalid_base",
-            )
-    if experiment.metrics_schema is not None:
-        json_schemas.schema_validate(
-            field="metrics_schema", schema=experiment.metrics_schema, value=metrics, what="metrics"
-        )
-    metrics_check(metrics)
-    return (base.round_number if base else 0), base
 
 
 # Aggregates, artifacts, scores

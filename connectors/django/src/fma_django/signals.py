@@ -4,7 +4,7 @@
 the configured runner (fma-aggregator) decides whether and where the round runs.
 ``upload_check_requested`` is sent (with ``upload_id``, the session's UUID as text) after an
 upload session too large to check within a request has moved to ``checking``, and again by
-every sweep while it stays there: the runner calls ``fma_django.uploads.upload_check``.
+every sweep while it stays there: the runner calls ``fma_django.ingestion.upload_check``.
 Receivers' errors are logged, never raised: the state is already committed, and the runners'
 periodic sweep catches up on any notification that was lost.
 """

@@ -19,7 +19,20 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from fma_core.errors import ConfigurationError, InvalidWeights
-from fma_django.errors import DomainError
+from fma_django import errors
+
+# Each domain error's status, by its nearest type here: a subtype (``WeightsInvalid``,
+# ``UploadIncomplete``) answers as its parent, with its own code.
+STATUS: dict[type[errors.DomainError], int] = {
+    errors.ValidationFailed: status.HTTP_400_BAD_REQUEST,
+    errors.Forbidden: status.HTTP_403_FORBIDDEN,
+    errors.NotFound: status.HTTP_404_NOT_FOUND,
+    errors.Conflict: status.HTTP_409_CONFLICT,
+    errors.Gone: status.HTTP_410_GONE,
+    errors.LengthRequired: status.HTTP_411_LENGTH_REQUIRED,
+    errors.TooLarge: status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    errors.DomainError: status.HTTP_400_BAD_REQUEST,
+}
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -28,6 +41,11 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if response is not None and request is not None:
         request.accepted_renderer, request.accepted_media_type = JSONRenderer(), "application/json"
     return response
+
+
+def status_of(error: errors.DomainError) -> int:
+    """The HTTP status of a refusal: that of the nearest of its types in ``STATUS``."""
+    return next(STATUS[kind] for kind in type(error).__mro__ if kind in STATUS)
 
 
 def _messages(detail: Any, prefix: str = "") -> list[str]:
@@ -50,8 +68,8 @@ def _refusal(exc: Exception, context: dict[str, Any]) -> Response | None:
         return Response(
             {"detail": detail, "code": "too_large"}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
         )
-    if isinstance(exc, DomainError):
-        return Response({"detail": exc.detail, "code": exc.code}, status=exc.status)
+    if isinstance(exc, errors.DomainError):
+        return Response({"detail": exc.detail, "code": exc.code}, status=status_of(exc))
     if isinstance(exc, InvalidWeights):
         return Response({"detail": str(exc), "code": "invalid_weights"}, status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, ConfigurationError):

@@ -16,7 +16,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from fma_core.aggregators import available
-from fma_django import uploads
+from fma_django import ingestion
 from fma_django.api.parsers import NestedTooDeeply, check_depth
 from fma_django.limits import (
     IDEMPOTENCY_KEY_PATTERN,
@@ -315,11 +315,11 @@ class UploadSessionSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
     def get_expires_at(self, session: UploadSession) -> Any:
-        return serializers.DateTimeField().to_representation(uploads.upload_expires_at(session))
+        return serializers.DateTimeField().to_representation(ingestion.upload_expires_at(session))
 
     @extend_schema_field(UploadedPartSerializer(many=True))
     def get_parts(self, session: UploadSession) -> list[dict[str, Any]]:
-        return UploadedPartSerializer(uploads.upload_parts_received(session), many=True).data
+        return UploadedPartSerializer(ingestion.upload_parts_received(session), many=True).data
 
     @extend_schema_field(UploadTargetSerializer(many=True))
     def get_targets(self, session: UploadSession) -> list[dict[str, Any]]:
@@ -335,7 +335,7 @@ class UploadSessionSerializer(serializers.ModelSerializer):
             return request.build_absolute_uri(path) if request is not None else path
 
         return UploadTargetSerializer(
-            uploads.upload_targets(session, api_part_url=api_part_url), many=True
+            ingestion.upload_targets(session, api_part_url=api_part_url), many=True
         ).data
 
 

@@ -1,4 +1,4 @@
-"""``/api/v1/models/{id}/uploads/``: upload sessions, an update's bytes sent in parts (``fma_django.uploads``).
+"""``/api/v1/models/{id}/uploads/``: upload sessions, an update's bytes sent in parts (``fma_django.ingestion``).
 
     POST   uploads/                         start: metadata, size, SHA-256 → targets (201; 200 on a retry)
     GET    uploads/{upload}/                state, parts received, fresh targets (resume)
@@ -22,7 +22,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from fma_django import selectors, uploads
+from fma_django import ingestion, selectors
 from fma_django.api import serializers as s
 from fma_django.api.permissions import IsClient
 from fma_django.api.schema import errors
@@ -70,7 +70,7 @@ class UploadViewSet(viewsets.ViewSet):
         body = s.UploadStartSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        session, created = uploads.upload_start(
+        session, created = ingestion.upload_start(
             experiment=experiment,
             client=request.user.client,
             size=data["size"],
@@ -97,7 +97,9 @@ class UploadViewSet(viewsets.ViewSet):
         session = self._session(experiment_pk, upload_id)
         body = BodyStream(request._request)
         with Prefetched(body) as stream:
-            part = uploads.upload_part_put(session=session, number=number, stream=stream, length=body.length)
+            part = ingestion.upload_part_put(
+                session=session, number=number, stream=stream, length=body.length
+            )
         return Response(s.UploadedPartSerializer(part).data)
 
     @extend_schema(
@@ -119,7 +121,7 @@ class UploadViewSet(viewsets.ViewSet):
         An upload above the service's inline limit is checked by the aggregator's runner instead:
         202 with the session, whose state is ``checking`` until it is completed or rejected.
         """
-        completion = uploads.upload_complete(session=self._session(experiment_pk, upload_id))
+        completion = ingestion.upload_complete(session=self._session(experiment_pk, upload_id))
         if completion.update is None:
             return self._answer(completion.session, status.HTTP_202_ACCEPTED)
         return Response(
@@ -130,4 +132,4 @@ class UploadViewSet(viewsets.ViewSet):
     @extend_schema(responses={200: s.UploadSessionSerializer, **errors(409)})
     def destroy(self, request: Request, experiment_pk: int, upload_id: Any) -> Response:
         """Abort the upload: its parts are dropped."""
-        return self._answer(uploads.upload_abort(session=self._session(experiment_pk, upload_id)))
+        return self._answer(ingestion.upload_abort(session=self._session(experiment_pk, upload_id)))

@@ -19,7 +19,7 @@ from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
 from fma_core.weights import load, to_legacy_json
-from fma_django import selectors, services
+from fma_django import ingestion, selectors, services
 from fma_django.api import serializers as s
 from fma_django.api.filters import (
     ClientAggregateScoreFilter,
@@ -303,7 +303,7 @@ class ExperimentViewSet(viewsets.ModelViewSet):
             "update_kind": upload_option(django_request, "update_kind", "X-FMA-Update-Kind") or "weights",
         }
         with Prefetched(body) as stream:
-            update, created = services.update_submit(
+            update, created = ingestion.update_submit(
                 experiment=experiment,
                 client=request.user.client,
                 stream=stream,
@@ -338,7 +338,7 @@ class ModelUpdateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
         experiment = _visible(
             selectors.experiments_visible(request.user), data["federated_model"], "federated_model"
         )
-        update, _ = services.update_submit_legacy_json(
+        update, _ = ingestion.update_submit_legacy_json(
             experiment=experiment,
             client=request.user.client,
             data=data["data"],
