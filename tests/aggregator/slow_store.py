@@ -38,6 +38,8 @@ class PausingWeightStore(LocalDirectoryWeightStore):
 
     ``FMA_TEST_PAUSE_AT`` says where:
     - ``aggregate``: writing an aggregate, once its bytes are in the temporary file (not yet renamed);
+    - ``state``: writing a round's server state, once its aggregate is stored (the state's bytes are in
+      the temporary file, not yet renamed);
     - ``shard``: storing the second shard's part, once the first shard's part and record are stored;
     - ``scan``: reading an update's bytes for the first time, once an upload's parts are joined and
       before its update is recorded.
@@ -55,6 +57,8 @@ class PausingWeightStore(LocalDirectoryWeightStore):
 
     def put(self, key: str, stream: BinaryIO, *, max_bytes: int | None = None) -> StoredObject:
         if self.pause_at == "aggregate" and key.startswith("aggregates/"):
+            stream = _PausingStream(stream, self._pause)
+        if self.pause_at == "state" and key.endswith(".state.safetensors"):
             stream = _PausingStream(stream, self._pause)
         return super().put(key, stream, max_bytes=max_bytes)
 
