@@ -175,9 +175,10 @@ def assert_taken_over(experiment, number: int) -> None:
     assert len({e.detail["worker"] for e in starts}) >= 2
 
 
-def assert_as_uninterrupted(experiment, reference: list[Round]) -> None:
+def assert_as_uninterrupted(experiment, reference: list[Round], weights_dir: Path) -> None:
     """Each round's aggregate and state are the uninterrupted run's (recorded and as stored), each round
-    continued from the one before, and each update counted once, in its own round."""
+    continued from the one before, each update counted once, in its own round, and nothing else is
+    left among the aggregates (what the killed claims wrote was removed when their rounds were taken over)."""
     aggregates = list(ModelAggregate.objects.filter(experiment=experiment).order_by("round_number"))
     assert [(a.round_number, a.content_id, a.state_content_id) for a in aggregates] == [
         (number, r.content_id, r.state_content_id) for number, r in enumerate(reference, 1)
@@ -199,6 +200,10 @@ def assert_as_uninterrupted(experiment, reference: list[Round]) -> None:
     updates = ModelUpdate.objects.filter(experiment=experiment)
     assert {u.status for u in updates} == {UpdateStatus.CONSUMED}
     assert updates.count() == 3 * ROUNDS
+    folder = weights_dir / "aggregates" / str(experiment.pk)
+    assert {f"aggregates/{experiment.pk}/{f.name}" for f in folder.iterdir()} == {
+        key for a in aggregates for key in (a.weights_key, a.state_key)
+    }
 
 
 # In-process: `fma-aggregator run-once` and `fma-aggregator worker`
@@ -206,15 +211,15 @@ def assert_as_uninterrupted(experiment, reference: list[Round]) -> None:
 
 @pytest.mark.parametrize(
     ("sharded", "spots"),
-    [(False, ("aggregate", "state")), (True, ("shard", "shard"))],
+    [(False, ("aggregate", "state")), (True, ("shard", "joined"))],
     ids=["whole", "sharded"],
 )
 def test_in_process_workers_killed_during_and_between_rounds_leave_the_uninterrupted_result(
-    reference, experiment, env, processes, tmp_path, sharded, spots
+    reference, experiment, env, processes, weights_dir, tmp_path, sharded, spots
 ):
     """Rounds 1 and 2: a `run-once` is killed in the middle (writing the aggregate, then the state of a
-    round whose aggregate is stored; or storing the second shard's part) and a worker takes the round
-    over once the lease expires. After each commit that worker is killed, and a new one runs the next
+    round whose aggregate is stored; or storing the second shard's part, then once both outputs are
+    joined but before the commit) and a worker takes the round over once the lease expires. After each commit that worker is killed, and a new one runs the next
     round from the stored state."""
     shards = {"FMA_SHARD_BYTES": SHARD_BYTES} if sharded else {}
     worker = [sys.executable, "-m", "fma_aggregator.cli", "worker", "--sweep-seconds", "1"]
@@ -232,14 +237,14 @@ def test_in_process_workers_killed_during_and_between_rounds_leave_the_uninterru
         survivor.kill()  # between rounds: the next round is a new process's
         if number <= len(spots):
             assert_taken_over(experiment, number)
-    assert_as_uninterrupted(experiment, reference)
+    assert_as_uninterrupted(experiment, reference, weights_dir)
 
 
 # Celery: a sharded round's shards as tasks
 
 
 def test_celery_workers_killed_during_a_sharded_round_and_between_rounds_leave_the_uninterrupted_result(
-    reference, experiment, env, processes, settings, tmp_path
+    reference, experiment, env, processes, settings, weights_dir, tmp_path
 ):
     """Round 1: the only worker runs the round and its first shard task, and is killed storing the
     second shard's part; a worker with the sweep takes the round over after the lease expires. After
@@ -263,7 +268,7 @@ def test_celery_workers_killed_during_a_sharded_round_and_between_rounds_leave_t
         worker.kill()
         assert "fma.compute_shard" in worker.output()
     assert_taken_over(experiment, 1)
-    assert_as_uninterrupted(experiment, reference)
+    assert_as_uninterrupted(experiment, reference, weights_dir)
 
 
 # Lambda: the handler in a process of its own (a warm container), shards as asynchronous invocations
@@ -393,7 +398,7 @@ def deliver(instance: FunctionInstance, api: LambdaApi, invocations: list[dict])
 
 
 def test_lambda_instances_killed_during_a_sharded_round_and_between_rounds_leave_the_uninterrupted_result(
-    reference, experiment, worker_env, lambda_api, instances, tmp_path
+    reference, experiment, worker_env, lambda_api, instances, weights_dir, tmp_path
 ):
     """Round 1: the API's announcement fans the round out to shard invocations, and the instance running
     the second one is killed storing its part; once the lease expires, the scheduled sweep asks again
@@ -447,4 +452,4 @@ def test_lambda_instances_killed_during_a_sharded_round_and_between_rounds_leave
         statuses = deliver(instance, lambda_api, lambda_api.take())
         assert statuses == ["sharded", "idle", "idle", "shard_done", "shard_done", "committed"]
         instance.kill()
-    assert_as_uninterrupted(experiment, reference)
+    assert_as_uninterrupted(experiment, reference, weights_dir)
