@@ -132,7 +132,7 @@ def env(worker_env, plugin) -> Callable[..., dict[str, str]]:
 
 def pausing(
     env: Callable[..., dict[str, str]], tmp_path: Path, where: str, **extra: str
-) -> tuple[dict, Path]:
+) -> tuple[dict[str, str], Path]:
     """The environment of a worker that stops at ``where`` (slow_store.PausingWeightStore), and its marker."""
     marker = tmp_path / f"reached-{where}-{len(list(tmp_path.glob('reached-*')))}"
     return (
@@ -161,12 +161,17 @@ def send_round(experiment, number: int, reference: list[Round]) -> None:
         assert created
 
 
+def waited(condition: Callable[[], object], what: str, log: Callable[[], str]) -> object:
+    """``wait_for``, and on timeout the log of the process waited for, as it is then."""
+    try:
+        return wait_for(condition, what=what, timeout=180)
+    except AssertionError as error:
+        raise AssertionError(f"{error}; its log:\n{log()}") from None
+
+
 def committed(experiment, number: int, log: Callable[[], str]) -> ModelAggregate:
-    return wait_for(
-        lambda: ModelAggregate.objects.filter(experiment=experiment, round_number=number).first(),
-        what=f"round {number} to be committed; log:\n{log()}",
-        timeout=180,
-    )
+    found = lambda: ModelAggregate.objects.filter(experiment=experiment, round_number=number).first()  # noqa: E731
+    return waited(found, f"round {number} to be committed", log)
 
 
 def assert_taken_over(experiment, number: int) -> None:
@@ -219,8 +224,8 @@ def test_in_process_workers_killed_during_and_between_rounds_leave_the_uninterru
 ):
     """Rounds 1 and 2: a `run-once` is killed in the middle (writing the aggregate, then the state of a
     round whose aggregate is stored; or storing the second shard's part, then once both outputs are
-    joined but before the commit) and a worker takes the round over once the lease expires. After each commit that worker is killed, and a new one runs the next
-    round from the stored state."""
+    joined but before the commit) and a worker takes the round over once the lease expires. After each
+    commit that worker is killed, and a new one runs the next round from the stored state."""
     shards = {"FMA_SHARD_BYTES": SHARD_BYTES} if sharded else {}
     worker = [sys.executable, "-m", "fma_aggregator.cli", "worker", "--sweep-seconds", "1"]
     run_once = [sys.executable, "-m", "fma_aggregator.cli", "run-once", "--experiment", str(experiment.pk)]
@@ -229,7 +234,7 @@ def test_in_process_workers_killed_during_and_between_rounds_leave_the_uninterru
         if number <= len(spots):
             doomed_env, marker = pausing(env, tmp_path, spots[number - 1], **shards)
             doomed = processes(run_once, doomed_env)
-            wait_for(marker.exists, what=f"the doomed worker to reach its spot; its log:\n{doomed.output()}")
+            waited(marker.exists, "the doomed worker to reach its spot", doomed.output)
             doomed.kill()
             assert not ModelAggregate.objects.filter(experiment=experiment, round_number=number).exists()
         survivor = processes(worker, env(**shards))
@@ -257,7 +262,7 @@ def test_celery_workers_killed_during_a_sharded_round_and_between_rounds_leave_t
     for number in range(1, ROUNDS + 1):
         send_round(experiment, number, reference)
         if number == 1:
-            wait_for(marker.exists, what=f"the doomed worker to reach its spot; its log:\n{doomed.output()}")
+            waited(marker.exists, "the doomed worker to reach its spot", doomed.output)
             doomed.kill()
             assert not ModelAggregate.objects.filter(experiment=experiment).exists()
         worker = processes(
@@ -423,7 +428,7 @@ def test_lambda_instances_killed_during_a_sharded_round_and_between_rounds_leave
     assert [(s["fma"], s["index"]) for s in shards] == [("shard", 0), ("shard", 1), ("shard", 2)]
     assert doomed.invoke(shards[0])["status"] == "shard_done"
     doomed.send(shards[1])
-    wait_for(marker.exists, what=f"the doomed instance to reach its spot; its log:\n{doomed.output()}")
+    waited(marker.exists, "the doomed instance to reach its spot", doomed.output)
     doomed.kill()
 
     instance = instances(env)
