@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+# A third party's stateful strategy (server momentum), packaged with its entry point: see the `plugin` fixture.
+PLUGIN = Path(__file__).parent / "fma_core" / "plugin"
 
 
 @pytest.fixture
@@ -38,3 +44,16 @@ def inprocess(settings):
 def checked_later(settings) -> None:
     """The service checks no upload within its complete request: every one waits for a runner."""
     settings.FMA_UPLOAD_INLINE_CHECK_BYTES = 1
+
+
+@pytest.fixture
+def plugin(monkeypatch) -> Iterator[Path]:
+    """The third-party package ``fma_server_momentum`` on the path, found through its entry point as if
+    pip-installed (aggregator ``server_momentum``); its folder, for the PYTHONPATH of a worker process."""
+    from fma_core.aggregators import registry
+
+    monkeypatch.syspath_prepend(str(PLUGIN))
+    registry._plugins.cache_clear()
+    yield PLUGIN
+    registry._plugins.cache_clear()
+    sys.modules.pop("fma_server_momentum", None)

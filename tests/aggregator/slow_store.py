@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -38,7 +38,11 @@ class PausingWeightStore(LocalDirectoryWeightStore):
 
     ``FMA_TEST_PAUSE_AT`` says where:
     - ``aggregate``: writing an aggregate, once its bytes are in the temporary file (not yet renamed);
+    - ``state``: writing a round's server state, once its aggregate is stored (the state's bytes are in
+      the temporary file, not yet renamed);
     - ``shard``: storing the second shard's part, once the first shard's part and record are stored;
+    - ``joined``: once a sharded round's state is joined from its parts (and its aggregate before it),
+      before the round commits;
     - ``scan``: reading an update's bytes for the first time, once an upload's parts are joined and
       before its update is recorded.
     """
@@ -56,6 +60,8 @@ class PausingWeightStore(LocalDirectoryWeightStore):
     def put(self, key: str, stream: BinaryIO, *, max_bytes: int | None = None) -> StoredObject:
         if self.pause_at == "aggregate" and key.startswith("aggregates/"):
             stream = _PausingStream(stream, self._pause)
+        if self.pause_at == "state" and key.endswith(".state.safetensors"):
+            stream = _PausingStream(stream, self._pause)
         return super().put(key, stream, max_bytes=max_bytes)
 
     def put_part(
@@ -64,6 +70,11 @@ class PausingWeightStore(LocalDirectoryWeightStore):
         if self.pause_at == "shard" and number == 2:
             self._pause()
         return super().put_part(key, upload_id, number, stream, max_bytes=max_bytes)
+
+    def complete_upload(self, key: str, upload_id: str, parts: Sequence[UploadedPart]) -> None:
+        super().complete_upload(key, upload_id, parts)
+        if self.pause_at == "joined" and key.endswith(".state.safetensors"):
+            self._pause()
 
     def open(self, key: str) -> BinaryIO:
         if self.pause_at == "scan" and key.startswith("updates/"):

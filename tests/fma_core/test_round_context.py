@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -21,7 +20,6 @@ from fma_core.shards import RoundPlan
 from fma_core.state import STATE_KEY
 from fma_core.weights import TensorSpec, content_id, load, open_weights, to_bytes
 
-PLUGIN = Path(__file__).parent / "plugin"
 SPEC = TensorSpec.from_json(
     [{"name": "w", "dtype": "F32", "shape": [64, 80]}, {"name": "b", "dtype": "F32", "shape": [80]}]
 )
@@ -101,16 +99,6 @@ class World:
 
     def engine(self, **options: Any) -> RoundEngine:
         return RoundEngine(self.metadata, self.weights, worker_id="w", threads=2, **options)
-
-
-@pytest.fixture
-def plugin(monkeypatch):
-    """The third-party package on the path, found through its entry point as if pip-installed."""
-    monkeypatch.syspath_prepend(str(PLUGIN))
-    registry._plugins.cache_clear()
-    yield
-    registry._plugins.cache_clear()
-    sys.modules.pop("fma_server_momentum", None)
 
 
 def momentum_reference(rounds: Sequence[Sequence[tuple[dict, int]]], *, lr: float, beta: float) -> list[dict]:

@@ -70,6 +70,61 @@ def test_invalid_configuration_is_refused(dev_api, body, says):
     assert not Experiment.objects.exists()
 
 
+MOMENTUM = {
+    "name": "m",
+    "aggregator": "server_momentum",
+    "aggregator_params": {"momentum": 0.5},
+    "initial_model": INITIAL,
+}
+
+
+def test_a_third_party_aggregator_is_accepted_once_installed_and_its_parameters_checked(dev_api, plugin):
+    created = dev_api.post("/api/v1/models/", MOMENTUM, format="json")
+    assert created.status_code == 201, created.content
+    assert (created.json()["aggregator"], created.json()["aggregator_params"]) == (
+        "server_momentum",
+        {"momentum": 0.5},
+    )
+    for params, says in (({"momentum": "high"}, "momentum"), ({"nesterov": True}, "nesterov")):
+        refused = dev_api.post("/api/v1/models/", {**MOMENTUM, "aggregator_params": params}, format="json")
+        assert refused.status_code == 400
+        assert says in str(refused.json())
+    # it reads the current global model: without an initial model, its first round could never run
+    without_model = {name: value for name, value in MOMENTUM.items() if name != "initial_model"}
+    refused = dev_api.post("/api/v1/models/", without_model, format="json")
+    assert refused.status_code == 400
+    assert "'server_momentum' reads the current global model" in str(refused.json())
+    assert "initial_model" in str(refused.json())
+    assert Experiment.objects.count() == 1
+
+
+def test_a_third_party_aggregator_that_is_not_installed_is_refused_naming_those_that_are(dev_api):
+    response = dev_api.post("/api/v1/models/", MOMENTUM, format="json")
+    assert response.status_code == 400
+    message = str(response.json())
+    assert "unknown aggregator 'server_momentum'" in message
+    assert "fedavg" in message  # the available ones
+    assert not Experiment.objects.exists()
+
+
+def test_switching_to_an_aggregator_that_reads_the_global_model_needs_one(dev_api, make_experiment, plugin):
+    modelless = make_experiment(name="no model", initial_model=None)
+    refused = dev_api.patch(
+        f"/api/v1/models/{modelless.pk}/", {"aggregator": "server_momentum"}, format="json"
+    )
+    assert refused.status_code == 400
+    assert "initial_model" in str(refused.json())
+    modelless.refresh_from_db()
+    assert modelless.aggregator != "server_momentum"
+    with_model = make_experiment(name="with model")
+    switched = dev_api.patch(
+        f"/api/v1/models/{with_model.pk}/", {"aggregator": "server_momentum"}, format="json"
+    )
+    assert switched.status_code == 200, switched.content
+    with_model.refresh_from_db()
+    assert with_model.aggregator == "server_momentum"
+
+
 def test_a_developer_cannot_act_for_another_user(dev_api, other_developer, experiment):
     response = dev_api.post("/api/v1/models/", {"name": "m", "developer": other_developer.pk}, format="json")
     assert response.status_code == 403

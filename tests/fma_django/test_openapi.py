@@ -135,7 +135,11 @@ def test_refusals_conform_to_the_schema(schema, experiment, dev_api, client_api,
         ("GET", "/api/v1/models/", APIClient(HTTP_AUTHORIZATION="Token nope").get("/api/v1/models/")),
         ("GET", "/api/v1/models/", client_api.get("/api/v1/models/")),
         ("GET", MODEL, other_dev_api.get(f"/api/v1/models/{pk}/")),
-        ("POST", "/api/v1/models/", dev_api.post("/api/v1/models/", {"aggregator": "nope"}, format="json")),
+        (
+            "POST",
+            "/api/v1/models/",
+            dev_api.post("/api/v1/models/", {"name": "m", "aggregator": "nope"}, format="json"),
+        ),
         ("POST", "/api/v1/models/", dev_api.post("/api/v1/models/", b"{", content_type="application/json")),
         ("POST", "/api/v1/models/", dev_api.post("/api/v1/models/", b"x", content_type="text/plain")),
         ("GET", "/api/v1/model_updates/", dev_api.get("/api/v1/model_updates/?page=99")),
@@ -148,8 +152,8 @@ def test_refusals_conform_to_the_schema(schema, experiment, dev_api, client_api,
     ]
     assert [a[2].status_code for a in answers] == [401, 401, 403, 404, 400, 400, 415, 404, 404, 404]
     assert [nonconformity(schema, *answer) for answer in answers] == [None] * len(answers)
-    assert answers[4][2].json()["code"] == "invalid"
-    assert "aggregator" in answers[4][2].json()["detail"]
+    assert answers[4][2].json()["code"] == "invalid_aggregator"
+    assert "unknown aggregator 'nope'; available: " in answers[4][2].json()["detail"]
 
 
 def test_paths_the_api_does_not_route_answer_a_json_404(schema, dev_api, client_api, experiment):

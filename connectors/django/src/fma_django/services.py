@@ -42,6 +42,7 @@ from fma_django.models import (
     ModelUpdate,
     UpdateKind,
 )
+from fma_django.selectors import initial_artifact
 from fma_django.storage import removed_on_failure, weight_store
 
 INITIAL_VERSION = "1.0.0"
@@ -94,12 +95,19 @@ def experiment_spec(experiment: Experiment) -> TensorSpec | None:
     return TensorSpec.from_json(experiment.tensor_spec) if experiment.tensor_spec is not None else None
 
 
-def _check_config(experiment: Experiment) -> None:
-    """Refuse a configuration the round engine could not run, naming the field at fault."""
+def _check_config(experiment: Experiment, *, has_model: bool) -> None:
+    """Refuse a configuration the round engine could not run, naming the field at fault; ``has_model``:
+    the experiment has a global model for its next round (an initial model, or an aggregate)."""
     try:
-        create_aggregator(experiment.aggregator, experiment.aggregator_params or {})
+        aggregator = create_aggregator(experiment.aggregator, experiment.aggregator_params or {})
     except ConfigurationError as error:
         raise ValidationFailed(f"aggregator: {error}", code="invalid_aggregator") from None
+    if aggregator.needs_parent and not has_model:
+        raise ValidationFailed(
+            f"aggregator: {aggregator.name!r} reads the current global model, and this experiment has "
+            "none: create it with an initial_model",
+            code="invalid_aggregator",
+        )
     try:
         policy_from_config(effective_round_policy(experiment))
     except ConfigurationError as error:
@@ -131,7 +139,7 @@ def experiment_create(
     if unknown:
         raise ValidationFailed(f"unknown experiment fields: {', '.join(sorted(unknown))}")
     experiment = Experiment(developer=developer, **config)
-    _check_config(experiment)
+    _check_config(experiment, has_model=initial_model is not None)
     if experiment.update_kind == UpdateKind.DELTA and initial_model is None:
         raise ValidationFailed(
             "update_kind 'delta' needs an initial_model: the first round's deltas apply to it",
@@ -188,7 +196,8 @@ def experiment_update(*, experiment: Experiment, user: AbstractBaseUser, **chang
     was_allowed = experiment.allow_aggregation
     for name, value in changes.items():
         setattr(experiment, name, value)
-    _check_config(experiment)
+    has_model = experiment.aggregates.exists() or initial_artifact(experiment.pk) is not None
+    _check_config(experiment, has_model=has_model)
     with transaction.atomic():
         experiment.save()
         if experiment.allow_aggregation != was_allowed:

@@ -88,7 +88,13 @@ class ExperimentSerializer(serializers.ModelSerializer):
         models.JSONField: JSONField,
     }
 
-    aggregator = serializers.ChoiceField(choices=available(), default="fedavg")
+    # Checked by the services against the registry as it is then (built-ins and installed plugins), which
+    # names the available ones in its refusal; a list of choices fixed at import would miss a plugin.
+    aggregator = serializers.CharField(
+        max_length=64,
+        default="fedavg",
+        help_text=f"an algorithm's name: {', '.join(available())}, or an installed plugin's",
+    )
     requirement = serializers.ChoiceField(
         choices=["", "all_clients", "require_x_updates"], required=False, allow_blank=True
     )
