@@ -36,7 +36,7 @@ from fma_core.connectors import ExperimentConfig, InMemoryMetadataStore, LocalDi
 from fma_core.rounds import RoundEngine
 from fma_core.state import read_state
 from fma_core.weights import TensorSpec, load, to_bytes
-from fma_django import services
+from fma_django import ingestion, services
 from fma_django.models import Event, EventKind, ModelAggregate, ModelUpdate, RoundLease, UpdateStatus
 from fma_django.storage import weight_store
 
@@ -151,7 +151,7 @@ def send_round(experiment, number: int, reference: list[Round]) -> None:
     base = ModelAggregate.objects.get(experiment=experiment, round_number=number - 1) if number > 1 else None
     for update in reference[number - 1].updates:
         client, _ = services.client_register(experiment=experiment)
-        _, created = services.update_submit(
+        _, created = ingestion.update_submit(
             experiment=experiment,
             client=client,
             stream=io.BytesIO(update.data),
