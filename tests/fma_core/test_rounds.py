@@ -218,7 +218,7 @@ class InMemoryRounds:
         return {u: self.metadata.update_status(u) for u in update_ids}
 
 
-@pytest.mark.parametrize("profile", profiles(fast_examples=150))
+@pytest.mark.parametrize("profile", profiles(fast_examples=300))
 def test_the_round_contract_holds_in_memory(profile: settings) -> None:
     check_round_contract(InMemoryRounds, profile)
 

@@ -95,6 +95,6 @@ class DjangoRounds:
         }
 
 
-@pytest.mark.parametrize("profile", profiles(fast_examples=50))
+@pytest.mark.parametrize("profile", profiles(fast_examples=60))
 def test_the_round_contract_holds_on_django(profile: settings, developer: AbstractBaseUser) -> None:
     check_round_contract(lambda clock: DjangoRounds(clock, developer), profile)
