@@ -1,18 +1,18 @@
-"""fma_core.rounds: the round engine, exactly once under crashes, races and lease expiry."""
+"""fma_core.rounds: the round engine, exactly once under crashes, races and lease expiry.
+
+The round state machine (round_contract.py) runs here on InMemoryMetadataStore; its long profile
+runs only when asked: ``pytest -m long tests/fma_core/test_rounds.py`` (or ``make test-long``).
+"""
 
 from __future__ import annotations
 
-import contextlib
 import io
-import shutil
-import tempfile
 import threading
+from collections.abc import Collection
 
 import numpy as np
 import pytest
 from hypothesis import settings
-from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from fma_core.aggregators import create_aggregator
 from fma_core.connectors import ExperimentConfig, InMemoryMetadataStore, LocalDirectoryWeightStore
@@ -20,30 +20,12 @@ from fma_core.errors import LeaseLost
 from fma_core.rounds import RoundEngine
 from fma_core.weights import ArrayReader, TensorSpec, content_id, load, to_bytes
 
-SPEC = TensorSpec.from_json(
-    [{"name": "w", "dtype": "F32", "shape": [2, 3]}, {"name": "b", "dtype": "F32", "shape": [3]}]
-)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def model(seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {
-        "w": rng.standard_normal((2, 3)).astype(np.float32),
-        "b": rng.standard_normal(3).astype(np.float32),
-    }
+from .round_contract import SPEC, Committed, FakeClock, check_round_contract, model, profiles
 
 
 class Setup:
     def __init__(self, root, *, clock=None, **config) -> None:
-        self.clock = clock or Clock()
+        self.clock = clock or FakeClock()
         self.weights = LocalDirectoryWeightStore(root)
         self.metadata = InMemoryMetadataStore(clock=self.clock)
         self.metadata.create_experiment(
@@ -200,120 +182,45 @@ def test_many_threads_many_rounds_every_update_exactly_once(setup):
     assert [a.round_number for a in aggregates] == list(range(1, len(aggregates) + 1))
 
 
-class RoundMachine(RuleBasedStateMachine):
-    """Random interleavings of submit / claim / compute / commit / crash (SIGKILL) / lease expiry.
+class InMemoryRounds:
+    """The round contract's view of an InMemoryMetadataStore."""
 
-    After every step: no update is in two aggregates, no invalid update in any, rounds are
-    numbered 1..k with each parent the previous aggregate. At the end, once leases expire and
-    rounds drain, every valid update is in exactly one aggregate and every invalid one is set aside.
-    """
+    def __init__(self, clock: FakeClock) -> None:
+        self.metadata = InMemoryMetadataStore(clock=clock)
 
-    workers = ("w1", "w2")
+    def create_experiment(self, spec: TensorSpec, *, clients: int) -> tuple[str, list[str]]:
+        ids = [f"c{n}" for n in range(clients)]
+        self.metadata.create_experiment(ExperimentConfig("e", tensor_spec=spec), clients=ids)
+        return "e", ids
 
-    @initialize()
-    def start(self) -> None:
-        self.root = tempfile.mkdtemp(prefix="fma-rounds-")
-        self.setup = Setup(self.root)
-        self.engines = {w: self.setup.engine(w) for w in self.workers}
-        self.held: dict[str, tuple] = {}
-        self.valid: set[str] = set()
-        self.invalid: set[str] = set()
-        self.seed = 0
+    def add_update(
+        self,
+        experiment_id: str,
+        *,
+        client_id: str,
+        weights_key: str,
+        sha256: str,
+        size: int,
+        num_examples: int,
+    ) -> str:
+        return self.metadata.add_update(
+            experiment_id,
+            client_id=client_id,
+            weights_key=weights_key,
+            content_id=sha256,
+            num_examples=num_examples,
+        ).update_id
 
-    def teardown(self) -> None:
-        if hasattr(self, "root"):
-            try:
-                self.drain_and_check()
-            finally:
-                shutil.rmtree(self.root, ignore_errors=True)
+    def aggregates(self, experiment_id: str) -> list[Committed]:
+        return [Committed.of(record) for record in self.metadata.aggregates(experiment_id)]
 
-    @rule(
-        valid=st.sampled_from([True, True, True, False]),
-        client=st.sampled_from(["c0", "c1", "c2"]),
-        num_examples=st.integers(1, 100),
-    )
-    def submit(self, valid: bool, client: str, num_examples: int) -> None:
-        self.seed += 1
-        data = to_bytes(model(self.seed)) if valid else b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}"
-        update_id = self.setup.submit(data, client=client, num_examples=num_examples)
-        (self.valid if valid else self.invalid).add(update_id)
-
-    @rule(worker=st.sampled_from(workers), compute_now=st.booleans())
-    def begin(self, worker: str, compute_now: bool) -> None:
-        """A worker (re)starts: whatever it held is abandoned, as after SIGKILL; it claims the
-        round and perhaps computes it, and may die before finishing."""
-        self.held.pop(worker, None)
-        if (claim := self.engines[worker].claim("e")) is None:
-            return
-        self.held[worker] = (claim, None)
-        if compute_now:
-            self._compute(worker)
-
-    @rule(worker=st.sampled_from(workers))
-    def finish(self, worker: str) -> None:
-        """The worker carries on from where it stopped: compute if not yet done, then commit."""
-        if worker not in self.held:
-            return
-        if self.held[worker][1] is None and not self._compute(worker):
-            return
-        claim, computed = self.held.pop(worker)
-        if computed.draft is None:
-            self.setup.metadata.release_round(claim)
-            return
-        with contextlib.suppress(LeaseLost):
-            self.engines[worker].commit(claim, computed)
-
-    def _compute(self, worker: str) -> bool:
-        claim = self.held[worker][0]
-        try:
-            self.held[worker] = (claim, self.engines[worker].compute(claim))
-        except LeaseLost:
-            del self.held[worker]
-            return False
-        return True
-
-    @rule(worker=st.sampled_from(workers))
-    def whole_round(self, worker: str) -> None:
-        if worker not in self.held:
-            self.engines[worker].run_round("e")
-
-    @rule(seconds=st.sampled_from([11, 1]))
-    def time_passes(self, seconds: int) -> None:
-        self.setup.clock.now += seconds
-
-    @precondition(lambda self: hasattr(self, "setup"))
-    @invariant()
-    def exactly_once_so_far(self) -> None:
-        aggregates = self.setup.metadata.aggregates("e")
-        consumed = [u for a in aggregates for u in a.draft.update_ids]
-        assert len(consumed) == len(set(consumed)), "an update was aggregated twice"
-        assert not set(consumed) & self.invalid, "an invalid update was aggregated"
-        assert [a.round_number for a in aggregates] == list(range(1, len(aggregates) + 1))
-        parents = [None, *(a.aggregate_id for a in aggregates)][: len(aggregates)]
-        assert [a.parent_aggregate_id for a in aggregates] == parents
-        for aggregate in aggregates:
-            for update_id in aggregate.draft.update_ids:
-                assert self.setup.metadata.update_status(update_id) == ("consumed", aggregate.aggregate_id)
-
-    @precondition(lambda self: hasattr(self, "setup"))
-    @invariant()
-    def valid_updates_are_pending_or_consumed(self) -> None:
-        for update_id in self.valid:
-            assert self.setup.metadata.update_status(update_id)[0] in {"pending", "consumed"}
-
-    def drain_and_check(self) -> None:
-        self.setup.clock.now += 100  # every lease expires
-        engine = self.setup.engine("drain")
-        while engine.run_round("e").status not in {"idle"}:
-            pass
-        consumed = [u for a in self.setup.metadata.aggregates("e") for u in a.draft.update_ids]
-        assert sorted(consumed) == sorted(self.valid)
-        for update_id in self.invalid:
-            assert self.setup.metadata.update_status(update_id)[0] == "quarantined"
+    def statuses(self, update_ids: Collection[str]) -> dict[str, tuple[str, str | None]]:
+        return {u: self.metadata.update_status(u) for u in update_ids}
 
 
-TestRoundMachine = RoundMachine.TestCase
-TestRoundMachine.settings = settings(max_examples=150, stateful_step_count=50, deadline=None)
+@pytest.mark.parametrize("profile", profiles(fast_examples=300))
+def test_the_round_contract_holds_in_memory(profile: settings) -> None:
+    check_round_contract(InMemoryRounds, profile)
 
 
 def test_the_committed_aggregate_equals_the_aggregator_on_the_same_updates(setup):
