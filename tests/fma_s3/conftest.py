@@ -58,7 +58,8 @@ def seaweedfs_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
     config.write_text(
         json.dumps({"identities": [{**identity, "actions": ["Admin", "Read", "Write", "List"]}]})
     )
-    master, master_grpc, volume, volume_grpc, filer, filer_grpc, port, port_grpc = _free_ports(8)
+    ports = _free_ports(8)
+    master, master_grpc, volume, volume_grpc, filer, filer_grpc, port, port_grpc = ports
     args = [
         str(Path(sys.executable).with_name("weed")),
         "server",
@@ -108,9 +109,15 @@ def seaweedfs_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
                 pytest.fail(f"SeaweedFS did not start; its log:\n{(folder / 'weed.log').read_text()}")
             time.sleep(0.2)
     yield endpoint
-    process.terminate()
+    # Killed, not stopped: its graceful stop waits out the S3 gateway's stream to the filer (15 s),
+    # and nothing reads the throwaway data it leaves. The Unix sockets it made, named by its ports
+    # (under /tmp, as `weed server -h` documents), go with it.
+    process.kill()
     process.wait(timeout=30)
     log.close()
+    for number in ports:
+        for leftover in Path("/tmp").glob(f"seaweedfs-*-{number}.sock"):
+            leftover.unlink(missing_ok=True)
 
 
 @pytest.fixture(autouse=True)
