@@ -6,6 +6,12 @@ import os
 
 import pytest
 
+# Every PostgreSQL connection the tests open, theirs and their servers' and workers' (libpq reads
+# PGOPTIONS; child processes inherit it), commits without waiting for the WAL to reach the disk.
+# Only a crash of PostgreSQL itself could lose such a commit, and the test databases are dropped
+# anyway; what other connections see, and when, is unchanged. About a third off the PostgreSQL pass.
+os.environ.setdefault("PGOPTIONS", "-c synchronous_commit=off")
+
 
 @pytest.fixture
 def require_postgresql() -> None:
