@@ -8,6 +8,7 @@ Nothing here talks to AWS: the credentials are fake and every client is pointed 
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -132,13 +133,23 @@ def aws_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Te
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
 
 
+@functools.cache
+def _session() -> boto3.session.Session:
+    """The tests' own clients' session, made once (a new one loads the service models again, about
+    0.2 s a client) and first used under ``aws_environment``."""
+    return boto3.session.Session()
+
+
 def client(moto_endpoint: str, service: str) -> Any:
-    """A client of a session of its own: boto3's default session keeps the credentials an earlier
-    test resolved (moto takes any key; SeaweedFS only this module's)."""
-    return boto3.session.Session().client(
+    """A client with this module's fake key given explicitly, so that no credentials are looked up:
+    boto3's default session keeps the ones an earlier test resolved (moto takes any key;
+    SeaweedFS only this module's)."""
+    return _session().client(
         service,
         region_name=REGION,
         endpoint_url=moto_endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
         config=Config(s3={"addressing_style": "path"}),
     )
 
