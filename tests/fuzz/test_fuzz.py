@@ -6,7 +6,7 @@ headers, body) and none may be a 5xx or a broken connection.
 Each operation gets a fresh scene (tests/fuzz/conftest.py) and FMA_FUZZ_EXAMPLES examples drawn
 from four kinds: valid and invalid requests (schemathesis' positive and negative modes), with
 generated path parameters or with the scene's real rows. The suite's run is derandomized (the
-same requests every time), 10 examples per operation and caller, about 35 s on the 2-core
+same requests every time), 10 examples per operation and caller, about 40 s on the 2-core
 development machine; it runs only in the SQLite pass of ``make test``. Its 840 requests reach every
 (operation, status) pair that 20 examples per operation reached (119 of them, 2026-12-06). A
 longer random run (``make fuzz``):
