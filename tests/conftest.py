@@ -12,6 +12,13 @@ import pytest
 # A third party's stateful strategy (server momentum), packaged with its entry point: see the `plugin` fixture.
 PLUGIN = Path(__file__).parent / "fma_core" / "plugin"
 
+# Every PostgreSQL connection the tests open, theirs and their servers' and workers' (libpq reads
+# PGOPTIONS; child processes inherit it), commits without waiting for the WAL to reach the disk.
+# Only a crash of PostgreSQL itself could lose such a commit, and the test databases are dropped
+# anyway; what other connections see, and when, is unchanged. It pays when the disk is busy (a
+# PostgreSQL-heavy subset: 24 s instead of 34 s at a load of 3.5; no difference on a quiet machine).
+os.environ.setdefault("PGOPTIONS", "-c synchronous_commit=off")
+
 
 @pytest.fixture
 def require_postgresql() -> None:

@@ -76,15 +76,22 @@ class Process:
         self.proc = subprocess.Popen(
             args, env=env, stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True
         )
+        self._terminated = False
 
     def kill(self) -> None:
         self._signal(signal.SIGKILL)
         self.proc.wait(timeout=60)
         self._out.close()
 
+    def terminate(self) -> None:
+        """Ask for a graceful stop (SIGTERM, once) without waiting for it: ``stop`` waits."""
+        if self.proc.poll() is None and not self._terminated:
+            self._signal(signal.SIGTERM)
+            self._terminated = True
+
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self._signal(signal.SIGTERM)
+            self.terminate()
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:

@@ -38,15 +38,18 @@ class Served:
     env: dict[str, str]  # the server's environment, for manage.py commands on its database
 
 
-@pytest.fixture
-def serve(tmp_path) -> Iterator[Callable[..., Served]]:
-    """``serve(**env)`` starts fma-server with ``env`` and returns it once it answers;
-    ``headers`` are sent with the readiness probe (a proxy's ``X-Forwarded-Proto``)."""
-    processes: list[subprocess.Popen] = []
+class Servers:
+    """fma-server processes started on free ports, each with a data directory under ``directory``."""
 
-    def start(headers: dict[str, str] | None = None, **extra: str) -> Served:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.processes: list[subprocess.Popen] = []
+
+    def start(self, headers: dict[str, str] | None = None, **extra: str) -> Served:
+        """Start fma-server with ``extra`` in its environment; returns once it answers.
+        ``headers`` are sent with the readiness probe (a proxy's ``X-Forwarded-Proto``)."""
         port = free_port()
-        data_dir = tmp_path / f"server-{port}"
+        data_dir = self.directory / f"server-{port}"
         data_dir.mkdir()
         env = clean_environment(data_dir, FMA_BIND=f"127.0.0.1:{port}", **extra)
         log = data_dir / "server.log"
@@ -54,7 +57,7 @@ def serve(tmp_path) -> Iterator[Callable[..., Served]]:
             process = subprocess.Popen(
                 [sys.executable, "-m", "fma_service"], env=env, stdout=output, stderr=output
             )
-        processes.append(process)
+        self.processes.append(process)
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
         while True:
@@ -66,12 +69,29 @@ def serve(tmp_path) -> Iterator[Callable[..., Served]]:
             except requests.RequestException:
                 time.sleep(0.2)
 
-    yield start
-    for process in processes:
-        process.terminate()
-    for process in processes:
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+def serve(tmp_path) -> Iterator[Callable[..., Served]]:
+    """``serve(headers=None, **env)`` starts fma-server (``Servers.start``); stopped after the test."""
+    servers = Servers(tmp_path)
+    yield servers.start
+    servers.stop()
+
+
+@pytest.fixture(scope="module")
+def serve_for_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Served]]:
+    """``serve`` for a module's tests that only send requests the server keeps nothing of: one
+    server for all of them (each start costs seconds), stopped after the module."""
+    servers = Servers(tmp_path_factory.mktemp("servers"))
+    yield servers.start
+    servers.stop()

@@ -36,9 +36,10 @@ def test_check_deploy_is_clean_by_default(tmp_path, clean_env):
     assert "System check identified no issues" in done.stdout
 
 
-@pytest.fixture
-def production(serve, clean_env, tmp_path) -> str:
-    return serve(
+@pytest.fixture(scope="module")
+def production(serve_for_module) -> str:
+    """One server for the module: its tests only read pages and headers."""
+    return serve_for_module(
         headers=PROXY, FMA_SECRET_KEY=secrets.token_urlsafe(50), FMA_WORKERS="1", FMA_AGGREGATOR_RUNNER="none"
     ).url
 

@@ -75,9 +75,10 @@ def get(url: str) -> requests.Response:
     return requests.get(url, headers=PROXY, timeout=60)
 
 
-@pytest.fixture
-def server(serve):
-    return serve(headers=PROXY, FMA_SECRET_KEY="test-key", FMA_WORKERS="1").url
+@pytest.fixture(scope="module")
+def server(serve_for_module):
+    """One server for the module: its tests only read pages, files and refusals."""
+    return serve_for_module(headers=PROXY, FMA_SECRET_KEY="test-key", FMA_WORKERS="1").url
 
 
 def test_one_command_serves_api_docs_and_admin(server):

@@ -103,10 +103,20 @@ def _status_and_body(sock: socket.socket) -> tuple[int, dict]:
     return int(lines[0].split()[1]), json.loads(body) if body else {}
 
 
+SETTINGS = {"FMA_DEVELOPMENT": "1", "FMA_AGGREGATOR_RUNNER": "none"}
+
+
 @pytest.fixture
 def server(serve):
     # the embedded default's server settings: only the address and the data dir are chosen here
-    return serve(FMA_DEVELOPMENT="1", FMA_AGGREGATOR_RUNNER="none").url
+    return serve(**SETTINGS).url
+
+
+@pytest.fixture(scope="module")
+def refusing_server(serve_for_module):
+    """The same server, one for the module's tests whose connections it answers at once (413, 401)
+    without reading a body: none leaves anything behind in it."""
+    return serve_for_module(**SETTINGS).url
 
 
 def _enrolled_client(served) -> tuple[int, str]:
@@ -173,8 +183,8 @@ def test_requests_keep_answering_while_50_connections_stall(server):
         ("POST", "/api-token-auth/", "application/json"),
     ],
 )
-def test_a_3_gb_content_length_gets_413_before_any_body_is_sent(server, method, path, content_type):
-    with _connect(server) as sock:
+def test_a_3_gb_content_length_gets_413_before_any_body_is_sent(refusing_server, method, path, content_type):
+    with _connect(refusing_server) as sock:
         sock.sendall(_head(method, path, length=3 * 1024**3, content_type=content_type))
         status, body = _status_and_body(sock)
     assert status == 413
@@ -182,12 +192,12 @@ def test_a_3_gb_content_length_gets_413_before_any_body_is_sent(server, method, 
     assert "Content-Length" in body["detail"]
 
 
-def test_the_limit_is_the_routes_own(server):
+def test_the_limit_is_the_routes_own(refusing_server):
     """50 MB is too much for a login, not for an upload: that one goes on to the view, which asks
     for credentials (401) without reading the body."""
     answers = {}
     for path in ("/api-token-auth/", "/api/v1/models/1/upload_update/"):
-        with _connect(server) as sock:
+        with _connect(refusing_server) as sock:
             sock.sendall(_head("POST", path, length=50_000_000, content_type="application/octet-stream"))
             answers[path] = _status_and_body(sock)[0]
     assert answers == {"/api-token-auth/": 413, "/api/v1/models/1/upload_update/": 401}

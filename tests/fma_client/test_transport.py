@@ -76,7 +76,8 @@ def fake() -> Iterator[Callable]:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(*tls)
             server.socket = context.wrap_socket(server.socket, server_side=True)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        # shutdown() returns at the loop's next poll: 0.5 s by default, at each test's teardown
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
         servers.append(server)
         scheme = "https" if tls else "http"
         return f"{scheme}://127.0.0.1:{server.server_address[1]}", recorded

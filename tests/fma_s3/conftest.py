@@ -8,6 +8,7 @@ Nothing here talks to AWS: the credentials are fake and every client is pointed 
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -58,7 +59,8 @@ def seaweedfs_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
     config.write_text(
         json.dumps({"identities": [{**identity, "actions": ["Admin", "Read", "Write", "List"]}]})
     )
-    master, master_grpc, volume, volume_grpc, filer, filer_grpc, port, port_grpc = _free_ports(8)
+    ports = _free_ports(8)
+    master, master_grpc, volume, volume_grpc, filer, filer_grpc, port, port_grpc = ports
     args = [
         str(Path(sys.executable).with_name("weed")),
         "server",
@@ -108,9 +110,15 @@ def seaweedfs_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
                 pytest.fail(f"SeaweedFS did not start; its log:\n{(folder / 'weed.log').read_text()}")
             time.sleep(0.2)
     yield endpoint
-    process.terminate()
+    # Killed, not stopped: its graceful stop waits out the S3 gateway's stream to the filer (15 s),
+    # and nothing reads the throwaway data it leaves. The Unix sockets it made, named by its ports
+    # (under /tmp, as `weed server -h` documents), go with it.
+    process.kill()
     process.wait(timeout=30)
     log.close()
+    for number in ports:
+        for leftover in Path("/tmp").glob(f"seaweedfs-*-{number}.sock"):
+            leftover.unlink(missing_ok=True)
 
 
 @pytest.fixture(autouse=True)
@@ -125,13 +133,23 @@ def aws_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Te
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
 
 
+@functools.cache
+def _session() -> boto3.session.Session:
+    """The tests' own clients' session, made once (a new one loads the service models again, about
+    0.2 s a client) and first used under ``aws_environment``."""
+    return boto3.session.Session()
+
+
 def client(moto_endpoint: str, service: str) -> Any:
-    """A client of a session of its own: boto3's default session keeps the credentials an earlier
-    test resolved (moto takes any key; SeaweedFS only this module's)."""
-    return boto3.session.Session().client(
+    """A client with this module's fake key given explicitly, so that no credentials are looked up:
+    boto3's default session keeps the ones an earlier test resolved (moto takes any key;
+    SeaweedFS only this module's)."""
+    return _session().client(
         service,
         region_name=REGION,
         endpoint_url=moto_endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
         config=Config(s3={"addressing_style": "path"}),
     )
 
