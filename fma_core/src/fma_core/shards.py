@@ -64,7 +64,7 @@ def balance_shards(spec: TensorSpec, shard_bytes: int | None, *, min_bytes: int 
         return (whole,)
     # never more shards than aligned runs of elements, whatever shard_bytes says
     count = min(math.ceil(spec.nbytes / shard_bytes), sum(math.ceil(t.size / ALIGN_ELEMENTS) for t in spec))
-    if min_bytes > 1:  # leave room for the cuts' stray: every shard but the last stays above min_bytes
+    if min_bytes > 1:  # leave room for the cuts' stray: every shard, the last too, stays above min_bytes
         count = min(count, spec.nbytes // (min_bytes + _STRAY_BYTES) or 1)
     if count == 1:
         return (whole,)
