@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 
 import numpy as np
 import pytest
 
+from fma_core.aggregators import Aggregator, registry
+from fma_core.aggregators.base import Block
+from fma_core.aggregators.base import store as store_block
 from fma_core.connectors import (
     ExperimentConfig,
     InMemoryMetadataStore,
@@ -69,4 +73,73 @@ def test_a_round_over_s3_equals_the_same_round_over_the_local_store(
         assert from_s3.read() == from_disk.read()
     listed = store.client.list_objects_v2(Bucket=store.bucket, Prefix="fma/shards/")
     assert listed["KeyCount"] == 0  # a sharded round's records are removed once committed
+    assert not store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads")
+
+
+class TwoMoments(Aggregator):
+    """A stateful algorithm with two state tensors (an Adam-like step), so a sharded round's state upload
+    has parts of two sections: m ← ½·m + Δ, v ← v + Δ², x ← x_parent + m / (√v + 1)."""
+
+    name = "two_moments"
+    needs_parent = True
+    reads_changes = True
+    state_tensors = ("m", "v")
+
+    def _combine(self, block: Block) -> None:
+        acc = block.accumulator
+        change = block.scratch.get("change", block.count, acc)
+        change.fill(0)
+        for value in block.inputs():
+            np.add(change, value, change)
+        np.multiply(change, acc.type(1 / block.input_count), change)
+        m, v = block.state_out["m"], block.state_out["v"]
+        np.multiply(block.state("m"), acc.type(0.5), m)
+        np.add(m, change, m)
+        np.add(block.state("v"), np.square(change), v)
+        result = np.sqrt(v) + acc.type(1)
+        np.divide(m, result, result)
+        np.add(result, block.parent(), result, casting="unsafe")
+        store_block(result, block.out)
+
+
+def stateful_rounds(weights: WeightStore, *, shard_bytes: int | None, rows: int) -> list[RoundOutcome]:
+    """Two rounds of ``two_moments``, the second continuing from the state the first left."""
+    metadata = InMemoryMetadataStore()
+    initial = weights.put("artifacts/e/initial.safetensors", io.BytesIO(to_bytes(model(99, rows))))
+    metadata.create_experiment(
+        ExperimentConfig("e", aggregator="two_moments"), clients=["c0", "c1"], initial_weights_key=initial.key
+    )
+    outcomes = []
+    for round_number in range(2):
+        for seed in range(2):
+            stored = weights.put(
+                f"updates/e/{round_number}-{seed}.safetensors",
+                io.BytesIO(to_bytes(model(10 * round_number + seed, rows))),
+            )
+            metadata.add_update(
+                "e",
+                client_id=f"c{seed}",
+                weights_key=stored.key,
+                content_id=stored.sha256,
+                num_examples=1,
+                base_round=round_number,
+            )
+        outcomes.append(RoundEngine(metadata, weights, threads=2, shard_bytes=shard_bytes).run_round("e"))
+    return outcomes
+
+
+def test_a_stateful_sharded_round_over_s3_writes_the_state_the_local_store_gets_unsharded(
+    store, tmp_path, monkeypatch
+):
+    monkeypatch.setitem(registry.BUILT_IN, "two_moments", TwoMoments)
+    rows = 15_000  # 12 MB: two shards of S3's 5 MiB parts, each state section of them a part of its own
+    on_s3 = stateful_rounds(store, shard_bytes=5_000_000, rows=rows)
+    on_disk = stateful_rounds(LocalDirectoryWeightStore(tmp_path), shard_bytes=None, rows=rows)
+    for s3_round, disk_round in zip(on_s3, on_disk, strict=True):
+        assert s3_round.status == disk_round.status == "committed"
+        s3_draft, disk_draft = s3_round.aggregate.draft, disk_round.aggregate.draft
+        assert s3_draft.content_id == disk_draft.content_id
+        assert s3_draft.state_content_id == disk_draft.state_content_id is not None
+        with store.open(s3_draft.state_key) as stream:
+            assert hashlib.sha256(stream.read()).hexdigest() == s3_draft.state_content_id
     assert not store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads")
