@@ -14,12 +14,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fma_core.aggregators import create_aggregator
+from fma_core.aggregators import UpdateInput, create_aggregator
+from fma_core.aggregators.base import RoundContext, ServerState, Target, accumulator_dtype
 from fma_core.connectors import ExperimentConfig, InMemoryMetadataStore, LocalDirectoryWeightStore
 from fma_core.errors import ConfigurationError
 from fma_core.rounds import RoundEngine
 from fma_core.state import STATE_KEY
-from fma_core.weights import TensorSpec, load, to_bytes
+from fma_core.weights import ArrayReader, TensorSpec, load, to_bytes
 
 SPEC = TensorSpec.from_json(
     [{"name": "w", "dtype": "F32", "shape": [48, 70]}, {"name": "b", "dtype": "F32", "shape": [70]}]
@@ -326,3 +327,59 @@ def test_the_range_edges_that_are_allowed_are_accepted(aggregator):
     edges = {"momentum": 0.0, "beta_1": 0.0, "beta_2": 0.0, "server_learning_rate": 1e-12, "tau": 1e-12}
     params = {name: edges[name] for name in PARAMS[aggregator]}
     assert create_aggregator(aggregator, params).params.to_dict() == params
+
+
+def step_directly(
+    name: str, changes: Sequence[dict[str, np.ndarray]], *, threads: int, block: int, order: Sequence[int]
+) -> dict[str, bytes]:
+    """One round of ``name`` called directly (no engine), over tensors of three dtypes, with last round's
+    state: every output's and new state tensor's bytes."""
+    parent = {k: (v + 1).astype(v.dtype) for k, v in changes[0].items()}
+    rng = np.random.default_rng(7)
+    state_names = STATE[name]
+    previous = {
+        f"{s}/{k}": np.abs(rng.standard_normal(v.shape)).astype(accumulator_dtype(v.dtype))
+        for s in state_names
+        for k, v in parent.items()
+    }
+    context = RoundContext(
+        round_number=2,
+        parent=lambda: ArrayReader(parent),
+        state=ServerState(name, {"rounds": 1}, lambda: ArrayReader(previous)),
+    )
+    inputs = [
+        UpdateInput(f"u{i}", f"{i:04d}", i + 1, lambda c=c: ArrayReader(c), lambda c=c: ArrayReader(c))
+        for i, c in enumerate(changes)
+    ]
+    aggregator = create_aggregator(name, PARAMS[name], threads=threads)
+    aggregator.block_elements = block
+    spec = TensorSpec.from_weights(parent)
+    outs = {info.name: np.empty(info.size, info.numpy_dtype) for info in spec}
+    states = {
+        f"{s}/{info.name}": np.empty(info.size, accumulator_dtype(info.numpy_dtype))
+        for s in state_names
+        for info in spec
+    }
+    targets = [
+        Target(info, 0, info.size, outs[info.name], {s: states[f"{s}/{info.name}"] for s in state_names})
+        for info in spec
+    ]
+    aggregator.aggregate_into([inputs[i] for i in order], targets, context)
+    assert {k: v.dtype for k, v in outs.items()} == {k: v.dtype for k, v in parent.items()}
+    return {k: v.tobytes() for k, v in {**outs, **states}.items()}
+
+
+@pytest.mark.parametrize("aggregator", list(PARAMS))
+def test_any_order_threads_and_blocks_give_identical_bits_in_every_dtype(aggregator):
+    rng = np.random.default_rng(11)
+    changes = [
+        {
+            "h": rng.standard_normal(3000).astype(np.float16),
+            "w": rng.standard_normal((50, 60)).astype(np.float32),
+            "d": rng.standard_normal(700),
+        }
+        for _ in range(5)
+    ]
+    baseline = step_directly(aggregator, changes, threads=1, block=1 << 18, order=range(5))
+    for threads, block, order in [(2, 1 << 10, [4, 2, 0, 1, 3]), (3, 999, [1, 0, 3, 2, 4])]:
+        assert step_directly(aggregator, changes, threads=threads, block=block, order=order) == baseline
