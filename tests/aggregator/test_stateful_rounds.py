@@ -45,6 +45,9 @@ pytestmark = pytest.mark.usefixtures("require_postgresql")
 SHAPES = {"embedding": (64, 32), "hidden": (32, 32), "head": (32, 4), "bias": (4,)}  # 12.8 kB
 SHARD_BYTES = "6000"  # three shards: the embedding cut in two, then the rest
 PARAMS = {"server_learning_rate": 0.5, "momentum": 0.9}
+# the third party's strategy (every runner), and a built-in server optimizer (in-process)
+MOMENTUM = ("server_momentum", PARAMS)
+FEDADAM = ("fedadam", {"server_learning_rate": 0.05, "beta_1": 0.9, "beta_2": 0.99, "tau": 0.001})
 LEASE = 4  # the workers' FMA_LEASE_SECONDS
 ROUNDS = 3
 POLICY = {"policy": "require_x_updates", "x": 3}
@@ -67,15 +70,16 @@ class Round:
     state_content_id: str
 
 
-def uninterrupted(root: Path) -> list[Round]:
-    """ROUNDS rounds of server momentum in this process, each one's three clients trained from the
+def uninterrupted(root: Path, algorithm: tuple[str, dict]) -> list[Round]:
+    """ROUNDS rounds of the algorithm in this process, each one's three clients trained from the
     previous round's model (the first from the initial model the experiments get)."""
     store = LocalDirectoryWeightStore(root)
     metadata = InMemoryMetadataStore()
     initial = store.put("artifacts/initial.safetensors", io.BytesIO(to_bytes(weights(0.0, SHAPES)))).key
     with store.open_weights(initial) as reader:
         spec = TensorSpec.from_reader(reader)
-    config = ExperimentConfig("e", aggregator="server_momentum", aggregator_params=PARAMS, tensor_spec=spec)
+    name, params = algorithm
+    config = ExperimentConfig("e", aggregator=name, aggregator_params=params, tensor_spec=spec)
     metadata.create_experiment(config, clients=("c0", "c1", "c2"), initial_weights_key=initial)
     rounds: list[Round] = []
     model_key = initial
@@ -108,15 +112,20 @@ def uninterrupted(root: Path) -> list[Round]:
 
 
 @pytest.fixture
-def reference(plugin, tmp_path) -> list[Round]:
-    return uninterrupted(tmp_path / "uninterrupted")
+def algorithm(request) -> tuple[str, dict]:
+    """The stateful algorithm the rounds run: the plugin's server momentum unless a test says otherwise."""
+    return getattr(request, "param", MOMENTUM)
 
 
 @pytest.fixture
-def experiment(make_experiment):
-    return make_experiment(
-        shapes=SHAPES, aggregator="server_momentum", aggregator_params=PARAMS, round_policy=POLICY
-    )
+def reference(plugin, tmp_path, algorithm) -> list[Round]:
+    return uninterrupted(tmp_path / "uninterrupted", algorithm)
+
+
+@pytest.fixture
+def experiment(make_experiment, algorithm):
+    name, params = algorithm
+    return make_experiment(shapes=SHAPES, aggregator=name, aggregator_params=params, round_policy=POLICY)
 
 
 @pytest.fixture
@@ -198,7 +207,7 @@ def assert_as_uninterrupted(experiment, reference: list[Round], weights_dir: Pat
             with store.open(key) as stream:
                 assert hashlib.file_digest(stream, "sha256").hexdigest() == expected
         state = read_state(aggregate.state_key, store.open_weights)
-        assert (state.algorithm, state.scalars) == ("server_momentum", {"rounds": number})
+        assert (state.algorithm, state.scalars) == (experiment.aggregator, {"rounds": number})
         assert aggregate.parent_id == (parent.pk if parent else None)
         assert sorted(aggregate.updates.values_list("num_examples", flat=True)) == [1, 2, 3]
         parent = aggregate
@@ -214,6 +223,7 @@ def assert_as_uninterrupted(experiment, reference: list[Round], weights_dir: Pat
 # In-process: `fma-aggregator run-once` and `fma-aggregator worker`
 
 
+@pytest.mark.parametrize("algorithm", [MOMENTUM, FEDADAM], ids=["server_momentum", "fedadam"], indirect=True)
 @pytest.mark.parametrize(
     ("sharded", "spots"),
     [(False, ("aggregate", "state")), (True, ("shard", "joined"))],
