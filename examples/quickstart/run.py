@@ -1,7 +1,8 @@
 """FMA quickstart: federated training of a real model, end to end, on the embedded default.
 
     python examples/quickstart/run.py [--clients 10] [--rounds 30] [--alpha 0.5]
-        [--aggregator fedavg|trimmed_mean|median|mean] [--bad-clients 0] [--seed 0]
+        [--aggregator fedavg|trimmed_mean|median|mean|fedavgm|fedadam|fedyogi|fedadagrad]
+        [--aggregator-params JSON] [--bad-clients 0] [--seed 0]
 
 What it does, all on this machine with nothing else installed or running:
 
@@ -44,7 +45,7 @@ from fma_client import Developer, read_file, write_file
 from local_service import USERNAME, Service
 
 HERE = Path(__file__).resolve().parent
-AGGREGATORS = ("fedavg", "trimmed_mean", "median", "mean")
+AGGREGATORS = ("fedavg", "trimmed_mean", "median", "mean", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
 
 
 @dataclass
@@ -64,6 +65,13 @@ def parse(argv: list[str] | None, defaults: dict[str, Any] | None = None) -> arg
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet α of the non-IID split")
     parser.add_argument("--aggregator", choices=AGGREGATORS, default="fedavg")
+    parser.add_argument(
+        "--aggregator-params",
+        type=json.loads,
+        default={},
+        metavar="JSON",
+        help="the aggregator's parameters, e.g. '{\"server_learning_rate\": 0.5}' for a server optimizer",
+    )
     parser.add_argument("--bad-clients", type=int, default=0, help="clients that push noise")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=5, help="local epochs per round")
@@ -82,6 +90,8 @@ def parse(argv: list[str] | None, defaults: dict[str, Any] | None = None) -> arg
     args = parser.parse_args(argv)
     if args.clients < 1 or args.rounds < 1:
         parser.error("--clients and --rounds must be at least 1")
+    if not isinstance(args.aggregator_params, dict):
+        parser.error("--aggregator-params must be a JSON object of parameter names to values")
     if not 0 <= args.bad_clients < args.clients:
         parser.error("--bad-clients must be between 0 and --clients - 1")
     return args
@@ -278,7 +288,10 @@ def main(
                 "name": f"quickstart-digits-{args.model}",
                 "description": "scikit-learn digits, non-IID across clients (examples/quickstart)",
                 "aggregator": args.aggregator,
-                "aggregator_params": aggregator_params(args.aggregator, args.clients, args.bad_clients),
+                "aggregator_params": {
+                    **aggregator_params(args.aggregator, args.clients, args.bad_clients),
+                    **args.aggregator_params,
+                },
                 "round_policy": {
                     "any_of": [
                         {"policy": "all_clients"},
