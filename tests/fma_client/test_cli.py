@@ -198,3 +198,43 @@ def test_login_with_a_token_checks_it_and_the_console_script_reads_the_saved_con
         timeout=60,
     )
     assert [e["name"] for e in json.loads(listed.stdout)] == ["mnist"]
+
+
+def test_a_server_optimizer_runs_from_the_cli_and_its_state_is_in_each_aggregates_lineage(
+    fma, server, dev_token, run_round, tmp_path
+):
+    weights = {"w": np.zeros((2, 3), np.float32)}
+    write_file(weights, tmp_path / "model.safetensors")
+    (tmp_path / "experiment.yaml").write_text(
+        "name: cli-fedadam\naggregator: fedadam\n"
+        "aggregator_params: {server_learning_rate: 0.5, beta_1: 0.9, beta_2: 0.99, tau: 0.001}\n"
+        "round_policy: {policy: require_x_updates, x: 1}\ninitial_model: model.safetensors\nenrollment: open\n"
+    )
+    login = ("--url", server, "--token", dev_token)
+    status, out, err = fma(*login, "--json", "experiments", "create", tmp_path / "experiment.yaml")
+    assert status == 0, err
+    experiment = json.loads(out)["id"]
+    with Client.enroll(server, experiment, quiet=True) as client:
+        for _ in range(2):
+            pulled, _ = client.pull()
+            client.push({"w": pulled["w"] + 1}, num_examples=3)  # a step of +1 from the current model
+            run_round(experiment)
+        status, out, _ = fma(*login, "aggregates", experiment, "--json")
+    first, second = sorted(json.loads(out), key=lambda a: a["round_number"])
+    for aggregate in (first, second):
+        assert aggregate["aggregator"] == "fedadam"
+        assert aggregate["aggregator_params"] == {
+            "server_learning_rate": 0.5,
+            "beta_1": 0.9,
+            "beta_2": 0.99,
+            "tau": 0.001,
+        }
+        assert len(aggregate["state_content_id"]) == 64
+    assert first["state_content_id"] != second["state_content_id"]  # the moments moved on
+    # Reddi et al.'s Algorithm 2, Δ = 1 each round: m = 0.1, v = 0.01 → x = 0.5·0.1/(0.1 + 0.001);
+    # then m = 0.19, v = 0.0199 → x += 0.5·0.19/(√0.0199 + 0.001)
+    x = 0.5 * 0.1 / (0.1 + 0.001)
+    x += 0.5 * 0.19 / (np.sqrt(0.0199) + 0.001)
+    status, _, _ = fma(*login, "download", experiment, "-o", tmp_path / "latest.safetensors", "-q")
+    assert status == 0
+    np.testing.assert_allclose(read_file(tmp_path / "latest.safetensors")["w"], np.full((2, 3), x), rtol=1e-5)
