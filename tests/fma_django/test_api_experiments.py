@@ -98,6 +98,34 @@ def test_a_third_party_aggregator_is_accepted_once_installed_and_its_parameters_
     assert Experiment.objects.count() == 1
 
 
+@pytest.mark.parametrize(
+    ("aggregator", "params", "says"),
+    [
+        ("fedadam", {"beta_1": 1.0}, "'beta_1' must be in [0, 1)"),
+        ("fedyogi", {"beta_2": -0.1}, "'beta_2' must be in [0, 1)"),
+        ("fedadagrad", {"tau": 0}, "'tau' must be in (0, ∞)"),
+        ("fedavgm", {"server_learning_rate": -1}, "'server_learning_rate' must be in (0, ∞)"),
+        ("fedavgm", {"momentum": 1.5}, "'momentum' must be in [0, 1)"),
+        ("fedadagrad", {"beta_2": 0.99}, "beta_2"),  # Adagrad has no β₂
+    ],
+)
+def test_a_server_optimizer_with_a_parameter_out_of_range_is_refused(dev_api, aggregator, params, says):
+    body = {"name": "m", "aggregator": aggregator, "aggregator_params": params, "initial_model": INITIAL}
+    response = dev_api.post("/api/v1/models/", body, format="json")
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_aggregator", response.json()
+    assert says in str(response.json())
+    assert not Experiment.objects.exists()
+
+
+def test_a_server_optimizer_is_accepted_with_its_parameters(dev_api):
+    params = {"server_learning_rate": 0.01, "beta_1": 0.9, "beta_2": 0.99, "tau": 1e-3}
+    body = {"name": "m", "aggregator": "fedyogi", "aggregator_params": params, "initial_model": INITIAL}
+    created = dev_api.post("/api/v1/models/", body, format="json")
+    assert created.status_code == 201, created.content
+    assert created.json()["aggregator_params"] == params
+
+
 def test_a_third_party_aggregator_that_is_not_installed_is_refused_naming_those_that_are(dev_api):
     response = dev_api.post("/api/v1/models/", MOMENTUM, format="json")
     assert response.status_code == 400

@@ -16,7 +16,11 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from fma_core.aggregators.base import Aggregator
+from fma_core.aggregators.fedadagrad import FedAdagrad
+from fma_core.aggregators.fedadam import FedAdam
 from fma_core.aggregators.fedavg import FedAvg
+from fma_core.aggregators.fedavgm import FedAvgM
+from fma_core.aggregators.fedyogi import FedYogi
 from fma_core.aggregators.mean import Mean
 from fma_core.aggregators.median import Median
 from fma_core.aggregators.trimmed_mean import TrimmedMean
@@ -31,6 +35,10 @@ BUILT_IN: Mapping[str, type[Aggregator]] = {
     "average_layers": Mean,
     "median": Median,
     "trimmed_mean": TrimmedMean,
+    "fedavgm": FedAvgM,
+    "fedadam": FedAdam,
+    "fedyogi": FedYogi,
+    "fedadagrad": FedAdagrad,
 }
 
 
