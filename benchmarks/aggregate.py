@@ -7,6 +7,10 @@ Measured side by side, each the best of several runs:
 - ``fedavg`` over the same files read as deltas on one base model (``DeltaReader``), the base
   shared by every delta of the round (``SharedBases``: read once per block) against each delta
   reading its own copy of the base, as rounds did before;
+- the server optimizers ``fedavgm``, ``fedadam``, ``fedyogi``, ``fedadagrad`` over the same arrays in
+  memory, read as each update's change (deltas), with a current model and last round's state (a
+  second round), each next to fedavg in the same interleaved runs: its throughput as a ratio of
+  fedavg's, and its peak extra memory beyond its outputs (the new model and the new state);
 - the machine's floor: a plain in-place ``acc += x`` over the same arrays (unweighted, so
   it is less work than FedAvg; one thread, as numpy does it);
 - Flower's ``flwr.server.strategy.aggregate.aggregate`` (weighted copies of every update);
@@ -15,7 +19,8 @@ Measured side by side, each the best of several runs:
   sample (at most 5 updates × 200k parameters) and its rate is per byte like the others.
 
 Throughput is GB/s of float32 update bytes consumed. Peak extra memory is what fedavg allocates
-beyond its inputs (tracemalloc, which sees numpy's buffers), next to the model size.
+beyond its inputs (tracemalloc, which sees numpy's buffers), next to the model size; for a server
+optimizer, what it allocates beyond its inputs and its outputs (the new model and the new state).
 
     python benchmarks/aggregate.py [--quick] [--json]
 """
@@ -35,12 +40,14 @@ from pathlib import Path
 import numpy as np
 
 from fma_core.aggregators import UpdateInput, create_aggregator
+from fma_core.aggregators.base import Aggregator, RoundContext, ServerState, Target
 from fma_core.weights import ArrayReader, TensorSpec, open_weights, write_file
 from fma_core.weights.delta import DeltaReader, SharedBases
 
 TENSORS = 10
 FMA_SAMPLE_UPDATES = 5
 FMA_SAMPLE_PARAMS = 200_000
+SERVER_OPTIMIZERS = ("fedavgm", "fedadam", "fedyogi", "fedadagrad")
 
 
 def make_updates(count: int, params: int, seed: int = 0) -> tuple[list[dict[str, np.ndarray]], list[int]]:
@@ -109,6 +116,68 @@ def deltas_on_disk(
     ]
 
 
+def changes_in_memory(updates: list[dict[str, np.ndarray]], num_examples: list[int]) -> list[UpdateInput]:
+    """The arrays as deltas: each is its own change (``open_change``), as a server optimizer reads it."""
+    return [
+        UpdateInput(str(i), f"{i:064x}", n, lambda u=u: ArrayReader(u), lambda u=u: ArrayReader(u))
+        for i, (u, n) in enumerate(zip(updates, num_examples, strict=True))
+    ]
+
+
+def optimizer_round(
+    aggregator: Aggregator, spec: TensorSpec, parent: dict[str, np.ndarray]
+) -> Callable[[list[UpdateInput]], None]:
+    """A second round of ``aggregator``: the current model and last round's state in memory, the new
+    model and the new state written into arrays allocated by the round (counted in its memory)."""
+    rng = np.random.default_rng(3)
+    state = {  # second moments are non-negative
+        f"{name}/{info.name}": np.abs(rng.random(info.size, dtype=np.float32) - 0.5)
+        for name in aggregator.state_tensors
+        for info in spec
+    }
+    context = RoundContext(
+        round_number=2,
+        parent=lambda: ArrayReader(parent),
+        state=ServerState(aggregator.name, {"rounds": 1}, lambda: ArrayReader(state)),
+    )
+
+    def run_round(inputs: list[UpdateInput]) -> None:
+        targets = []
+        for info in spec:
+            outs = {name: np.empty(info.size, np.float32) for name in aggregator.state_tensors}
+            targets.append(Target(info, 0, info.size, np.empty(info.size, np.float32), outs))
+        aggregator.aggregate_into(inputs, targets, context)
+
+    return run_round
+
+
+def run_optimizers(
+    updates: list[dict[str, np.ndarray]], num_examples: list[int], spec: TensorSpec, repeat: int
+) -> dict[str, float | int]:
+    """Each server optimizer's seconds and peak extra memory, and fedavg's seconds in the same runs."""
+    fedavg = create_aggregator("fedavg")
+    in_memory = inputs_in_memory(updates, num_examples)
+    changes = changes_in_memory(updates, num_examples)
+    parent = make_updates(1, sum(info.size for info in spec), seed=4)[0][0]
+    rounds = {name: optimizer_round(create_aggregator(name), spec, parent) for name in SERVER_OPTIMIZERS}
+    seconds = dict.fromkeys(("fedavg", *SERVER_OPTIMIZERS), float("inf"))
+    for _ in range(repeat):  # interleaved, so all see the same machine
+        seconds["fedavg"] = min(seconds["fedavg"], best_time(lambda: fedavg.aggregate(in_memory, spec), 1))
+        for name, run_round in rounds.items():
+            seconds[name] = min(seconds[name], best_time(lambda r=run_round: r(changes), 1))
+    figures: dict[str, float | int] = {}
+    for name, run_round in rounds.items():
+        tracemalloc.start()
+        run_round(changes)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        outputs = spec.nbytes * (1 + len(create_aggregator(name).state_tensors))
+        figures[f"{name}_ratio_vs_fedavg"] = _significant(seconds["fedavg"] / seconds[name])
+        figures[f"{name}_peak_extra_bytes"] = peak - outputs  # beyond the new model and state
+        figures[f"{name}_state_bytes"] = outputs - spec.nbytes
+    return figures
+
+
 def run(count: int, params: int, repeat: int) -> dict[str, float | int]:
     updates, num_examples = make_updates(count, params)
     spec = TensorSpec.from_weights(updates[0])
@@ -151,6 +220,8 @@ def run(count: int, params: int, repeat: int) -> dict[str, float | int]:
                 else:
                     separate_s = min(separate_s, seconds)
 
+    optimizers = run_optimizers(updates, num_examples, spec, repeat)
+
     sample_n, sample_p = min(count, FMA_SAMPLE_UPDATES), min(params, FMA_SAMPLE_PARAMS)
     sample, _ = make_updates(sample_n, sample_p, seed=1)
     payloads = [json.dumps([a.tolist() for a in u.values()]) for u in sample]
@@ -175,6 +246,7 @@ def run(count: int, params: int, repeat: int) -> dict[str, float | int]:
             gbps["deltas_shared_base_gbps"] / gbps["deltas_base_per_delta_gbps"]
         ),
         "peak_extra_bytes": peak_extra,
+        **optimizers,
         "model_bytes": model_bytes,
         "updates": count,
         "params": params,
@@ -219,7 +291,17 @@ def table(result: dict[str, float | int]) -> str:
         "",
         f"peak extra memory of fedavg: {result['peak_extra_bytes'] / 1e6:.1f} MB "
         f"= {result['peak_extra_bytes'] / result['model_bytes']:.2f}× the model",
+        "",
+        "server optimizers (updates read as changes, with the current model and last round's state):",
+        f"{'aggregator':<12}  {'vs fedavg':>9}  peak extra memory beyond the new model and state",
     ]
+    for name in SERVER_OPTIMIZERS:
+        extra = result[f"{name}_peak_extra_bytes"]
+        lines.append(
+            f"{name:<12}  {result[f'{name}_ratio_vs_fedavg']:>8.2f}×  {extra / 1e6:.1f} MB "
+            f"= {extra / result['model_bytes']:.2f}× the model (state: "
+            f"{result[f'{name}_state_bytes'] / result['model_bytes']:.0f}× the model)"
+        )
     return "\n".join(lines)
 
 

@@ -24,6 +24,12 @@ KEYS = {
     "peak_extra_bytes",
     "model_bytes",
 }
+STATE_TENSORS = {"fedavgm": 1, "fedadam": 2, "fedyogi": 2, "fedadagrad": 2}
+OPTIMIZER_KEYS = {
+    f"{name}_{figure}"
+    for name in STATE_TENSORS
+    for figure in ("ratio_vs_fedavg", "peak_extra_bytes", "state_bytes")
+}
 
 
 def test_json_output_has_every_key_with_sane_values():
@@ -34,9 +40,11 @@ def test_json_output_has_every_key_with_sane_values():
         check=True,
     )
     figures = json.loads(result.stdout)
-    assert set(figures) >= KEYS
+    assert set(figures) >= KEYS | OPTIMIZER_KEYS
     assert figures["model_bytes"] == 20000 * 4
-    assert all(figures[key] > 0 for key in KEYS)
+    assert all(figures[key] > 0 for key in KEYS | OPTIMIZER_KEYS)
+    for name, count in STATE_TENSORS.items():
+        assert figures[f"{name}_state_bytes"] == count * figures["model_bytes"]
     # the ratio comes from the unrounded rates; the printed rates keep 4 significant digits
     assert figures["ratio_vs_floor"] == pytest.approx(
         figures["fedavg_gbps"] / figures["floor_gbps"], rel=2e-3
@@ -50,5 +58,6 @@ def test_table_output_names_every_baseline():
         text=True,
         check=True,
     )
-    for label in ("fma-core fedavg", "as deltas", "floor", "Flower", "original FMA", "peak extra memory"):
+    labels = ("fma-core fedavg", "as deltas", "floor", "Flower", "original FMA", "peak extra memory")
+    for label in (*labels, *STATE_TENSORS):
         assert label in result.stdout

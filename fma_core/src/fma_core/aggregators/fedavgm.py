@@ -39,7 +39,7 @@ class FedAvgM(ServerOptimizer):
     Params = FedAvgMParams
     state_tensors = ("momentum",)
 
-    def step(self, block: Block, delta: np.ndarray, result: np.ndarray) -> None:
+    def step(self, block: Block, delta: np.ndarray, work: np.ndarray, result: np.ndarray) -> None:
         acc = block.accumulator
         momentum = block.state_out["momentum"]
         np.multiply(block.state("momentum"), acc.type(self.params.momentum), momentum)

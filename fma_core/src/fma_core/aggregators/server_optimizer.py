@@ -11,8 +11,8 @@ as sent)::
     v ← Adagrad: v + Δ²;  Adam: β₂·v + (1 − β₂)·Δ²;  Yogi: v − (1 − β₂)·Δ²·sign(v − Δ²)
     x ← x + η·m / (√v + τ)
 
-m and v start at zero (Reddi's v₋₁ ≥ τ² is a bound of the analysis; both Flower and the paper's
-TensorFlow Federated experiments start from zero). They are kept per coordinate as server state,
+m and v start at zero, as in Flower (Algorithm 2 takes any v₋₁ ≥ τ², a bound its analysis uses;
+from zero, √v + τ is still at least τ). They are kept per coordinate as server state,
 in the tensor's accumulator dtype, beside each aggregate; the state's scalar ``rounds`` counts the
 steps taken. Every block is computed from the updates streamed one at a time: the extra memory is
 the result and the state plus a few blocks per thread, whatever the number of updates.
@@ -90,20 +90,22 @@ class ServerOptimizer(Aggregator):
     def _combine(self, block: Block) -> None:
         acc = block.accumulator
         delta = block.scratch.get("delta", block.count, acc)
-        term = block.scratch.get("term", block.count, acc)
+        work = block.scratch.get("work", block.count, acc)
         shares = block.plan.astype(acc)
         values = block.inputs()
         np.multiply(next(values), shares[0], delta)
         for value, share in zip(values, shares[1:], strict=True):
-            np.multiply(value, share, term)
-            np.add(delta, term, delta)
-        result = block.scratch.get("result", block.count, acc)
-        self.step(block, delta, result)
+            np.multiply(value, share, work)
+            np.add(delta, work, delta)
+        result = block.out if block.out.dtype == acc else block.scratch.get("result", block.count, acc)
+        self.step(block, delta, work, result)
         store(result, block.out)
 
     @abstractmethod
-    def step(self, block: Block, delta: np.ndarray, result: np.ndarray) -> None:
-        """From Δ (which may be overwritten), write the block's new state and ``result`` = the new model."""
+    def step(self, block: Block, delta: np.ndarray, work: np.ndarray, result: np.ndarray) -> None:
+        """From Δ, write the block's new state and ``result`` = the new model; ``delta`` and ``work`` (a
+        block of scratch) may be overwritten. Few passes over the block: each costs as much as two
+        more updates would."""
 
 
 class AdaptiveServerOptimizer(ServerOptimizer):
@@ -115,18 +117,17 @@ class AdaptiveServerOptimizer(ServerOptimizer):
     def second_moment(self, previous: np.ndarray, square: np.ndarray, out: np.ndarray) -> None:
         """Write the new v into ``out`` from the previous v and Δ² (``square``, which may be overwritten)."""
 
-    def step(self, block: Block, delta: np.ndarray, result: np.ndarray) -> None:
+    def step(self, block: Block, delta: np.ndarray, work: np.ndarray, result: np.ndarray) -> None:
         acc = block.accumulator
         beta_1 = self.params.beta_1
         m, v = block.state_out["m"], block.state_out["v"]
-        square = block.scratch.get("square", block.count, acc)
-        np.multiply(delta, delta, square)
-        self.second_moment(block.state("v"), square, v)
+        np.multiply(delta, delta, work)
+        self.second_moment(block.state("v"), work, v)
         np.multiply(block.state("m"), acc.type(beta_1), m)  # m ← β₁·m + (1 − β₁)·Δ
         np.multiply(delta, acc.type(1 - beta_1), delta)
         np.add(m, delta, m)
-        np.sqrt(v, result)  # x ← x + η·m / (√v + τ)
-        np.add(result, acc.type(self.params.tau), result)
-        np.divide(m, result, result)
+        np.sqrt(v, work)  # x ← x + η·m / (√v + τ)
+        np.add(work, acc.type(self.params.tau), work)
+        np.divide(m, work, result)
         np.multiply(result, acc.type(self.params.server_learning_rate), result)
         np.add(result, block.parent(), result, casting="unsafe")
