@@ -24,7 +24,7 @@ through the live service, ``examples/quickstart/run.py`` with its client process
 benchmark reports both runs' per-round test accuracy and fails if they differ by more than
 ``--live-tolerance`` (``--no-live`` skips it).
 
-    python benchmarks/learning.py [--quick] [--json] [--seeds 3] [--rounds 30] [--no-live]
+    python benchmarks/learning.py [--quick] [--json] [--seeds 5] [--tune-seeds 2] [--rounds 30] [--no-live]
 
 ``--quick``: 1 seed, 1 tuning seed, the first value of each grid only, no live row (for the smoke
 test; its numbers are not the README's).
@@ -83,7 +83,7 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
     "fedavgm": grid(server_learning_rate=(1.0, 0.5), momentum=(0.9, 0.7, 0.5)),
     "fedadam": grid(server_learning_rate=(0.1, 0.3, 0.03), tau=(1e-9, 1e-3)),
     "fedyogi": grid(server_learning_rate=(0.1, 0.3, 0.03), tau=(1e-9, 1e-3)),
-    "fedadagrad": grid(server_learning_rate=(0.1, 0.3, 1.0, 0.03), tau=(1e-9, 1e-3)),
+    "fedadagrad": grid(server_learning_rate=(0.1, 0.3, 1.0, 3.0, 0.03), tau=(1e-9, 1e-3)),
 }
 
 
