@@ -1,8 +1,10 @@
 """FedYogi: Yogi as the server's optimizer, the round's mean change as its gradient.
 
 Reddi et al., "Adaptive Federated Optimization", ICLR 2021, arXiv:2003.00295, Algorithm 2
-(``server_optimizer``): v ← v − (1 − β₂)·Δ²·sign(v − Δ²), x ← x + η·m / (√v + τ). Unlike Adam's, v
-moves towards Δ² by an additive step, so it grows slowly when a coordinate's change suddenly grows.
+(``server_optimizer``): v ← v − (1 − β₂)·Δ²·sign(v − Δ²), x ← x + η·m / (√v + τ). v changes by at most
+(1 − β₂)·Δ² a round, where Adam's moves by (1 − β₂)·(Δ² − v): after large changes, Yogi's v (and so
+each coordinate's effective rate) recovers gradually instead of decaying geometrically (Zaheer et
+al., "Adaptive Methods for Nonconvex Optimization", NeurIPS 2018).
 
 Defaults are Flower 1.42's ``FedYogi``: η = 0.01, β₁ = 0.9, β₂ = 0.99, τ = 1e-3. Flower computes the
 same update as the paper, so the tests check this module against Flower's ``FedYogi`` round by round.
