@@ -74,7 +74,8 @@ def grid(**values: Sequence[Any]) -> list[dict[str, Any]]:
     return [dict(zip(names, combination, strict=True)) for combination in itertools.product(*values.values())]
 
 
-# Strategies and the parameters tuned for each; a strategy this build does not have is left out.
+# Strategies and the parameters tuned for each, their built-in defaults first; a strategy this build
+# does not have is left out.
 GRIDS: dict[str, list[dict[str, Any]]] = {
     "fedavg": [{}],
     "mean": [{}],
@@ -82,7 +83,7 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
     "trimmed_mean": grid(trim_fraction=(0.1, 0.2, 0.3)),
     "fedavgm": grid(server_learning_rate=(1.0, 0.5), momentum=(0.9, 0.7, 0.5)),
     "fedadam": grid(server_learning_rate=(0.1, 0.3, 0.03), tau=(1e-9, 1e-3)),
-    "fedyogi": grid(server_learning_rate=(0.1, 0.3, 0.03), tau=(1e-9, 1e-3)),
+    "fedyogi": grid(server_learning_rate=(0.01, 0.03, 0.1, 0.3), tau=(1e-3, 1e-9)),
     "fedadagrad": grid(server_learning_rate=(0.1, 0.3, 1.0, 3.0, 0.03), tau=(1e-9, 1e-3)),
 }
 
