@@ -55,6 +55,7 @@ QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart"
 sys.path.insert(0, str(QUICKSTART))
 
 import digits  # noqa: E402 - the quickstart's modules, from its folder
+import run as quickstart  # noqa: E402
 import softmax  # noqa: E402
 from fma_core.aggregators import available  # noqa: E402
 from fma_core.connectors import ExperimentConfig, InMemoryMetadataStore, LocalDirectoryWeightStore  # noqa: E402
@@ -88,14 +89,17 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
 }
 
 
+QUICKSTART_DEFAULTS = quickstart.parse([])
+
+
 @dataclass(frozen=True)
 class Setting:
-    """The quickstart's training settings (``run.py``'s defaults)."""
+    """The quickstart's training settings: ``run.py``'s defaults."""
 
-    clients: int = 10
-    rounds: int = 30
-    epochs: int = 5
-    lr: float = 0.5
+    clients: int = QUICKSTART_DEFAULTS.clients
+    rounds: int = QUICKSTART_DEFAULTS.rounds
+    epochs: int = QUICKSTART_DEFAULTS.epochs
+    lr: float = QUICKSTART_DEFAULTS.lr
 
 
 @dataclass(frozen=True)
@@ -131,7 +135,7 @@ class Row:
         }
 
 
-def test_task(seed: int, alpha: float, clients: int) -> Task:
+def held_out_task(seed: int, alpha: float, clients: int) -> Task:
     """The quickstart's own split for ``seed``: clients share the training data, scored on the test set."""
     split = digits.load(seed)
     parts = digits.dirichlet_partition(split.y_train, clients=clients, alpha=alpha, seed=seed)
@@ -231,7 +235,7 @@ def centralized(setting: Setting, alpha: float, seeds: Sequence[int]) -> Row:
     """Softmax regression on the pooled training data, as the quickstart's comparison trains it."""
     row = Row("centralized", alpha, {"epochs": setting.rounds * setting.epochs})
     for seed in seeds:
-        task = test_task(seed, alpha, setting.clients)
+        task = held_out_task(seed, alpha, setting.clients)
         weights = softmax.train(
             softmax.initial_weights(seed),
             task.x_train,
@@ -349,7 +353,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             row = Row(strategy, alpha, chosen[strategy])
             for seed in seeds:
                 accuracies = federate(
-                    test_task(seed, alpha, setting.clients), strategy, row.params, setting, seed
+                    held_out_task(seed, alpha, setting.clients), strategy, row.params, setting, seed
                 )
                 row.final.append(accuracies[-1])
                 row.rounds_to_target.append(first_round_at(accuracies, TARGET))
@@ -373,12 +377,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if best is not None:
             result[f"best_at_{alpha}"] = {
                 "strategy": best["strategy"],
-                "gap_points": (central["mean"] - best["mean"]) * 100,
+                "points_below_centralized": (central["mean"] - best["mean"]) * 100,
             }
 
     if not args.no_live and "fedavg" in strategies:
         say("fedavg, α=0.5, seed 0 through the live service (examples/quickstart/run.py):")
-        in_process = federate(test_task(0, 0.5, setting.clients), "fedavg", chosen["fedavg"], setting, 0)
+        in_process = federate(held_out_task(0, 0.5, setting.clients), "fedavg", chosen["fedavg"], setting, 0)
         live = live_row(setting, 0, 0.5)
         gap = max(abs(a - b) for a, b in zip(in_process, live, strict=True))
         result["live"] = {"in_process": in_process, "service": live, "largest_gap": gap}
@@ -398,7 +402,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if f"best_at_{alpha}" in result:
                 best = result[f"best_at_{alpha}"]
                 print(
-                    f"α={alpha}: best {best['strategy']}, {best['gap_points']:+.1f} points from centralized"
+                    f"α={alpha}: best {best['strategy']}, {best['points_below_centralized']:.1f} points below centralized"
                 )
         print(f"elapsed: {result['seconds']:.0f} s")
     return result
