@@ -16,13 +16,11 @@ import importlib
 import json
 import os
 import sys
-import zlib
 from pathlib import Path
-
-import numpy as np
 
 from digits import load_slice
 from fma_client import Client
+from local_training import client_rng, local_update
 
 NOISE_SCALE = 5.0
 
@@ -50,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     model = importlib.import_module(args.model)
     x, y = load_slice(args.data)
-    rng = np.random.default_rng([args.seed, zlib.crc32(args.data.name.encode())])
+    rng = client_rng(args.seed, args.data.name)
 
     client = Client.enroll(
         args.url, args.experiment, enrollment_token=os.environ["FMA_ENROLLMENT_TOKEN"], quiet=True
@@ -66,17 +64,10 @@ def main(argv: list[str] | None = None) -> None:
                     name: (rng.standard_normal(array.shape) * NOISE_SCALE).astype(array.dtype)
                     for name, array in weights.items()
                 }
-            elif len(y):
-                update = model.train(
-                    weights,
-                    x,
-                    y,
-                    epochs=args.epochs,
-                    learning_rate=args.lr,
-                    seed=int(rng.integers(2**31)),
-                )
             else:
-                update = weights  # an empty slice: nothing to learn, weighs nothing in fedavg
+                update = local_update(
+                    model, weights, x, y, epochs=args.epochs, learning_rate=args.lr, rng=rng
+                )
             metrics = {"train_accuracy": model.accuracy(update, x, y)} if len(y) else None
             pushed = client.push(update, num_examples=len(y), metrics=metrics)
             say("pushed", round=round_index + 1, update=pushed.get("id"))

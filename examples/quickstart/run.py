@@ -43,6 +43,7 @@ from typing import Any
 from digits import dirichlet_partition, load, save_slice
 from fma_client import Developer, read_file, write_file
 from local_service import USERNAME, Service
+from local_training import data_name
 
 HERE = Path(__file__).resolve().parent
 AGGREGATORS = ("fedavg", "trimmed_mean", "median", "mean", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
@@ -312,7 +313,7 @@ def main(
             flush=True,
         )
         for index in range(args.clients):
-            data_file = data_dir / f"client-{index}.npz"
+            data_file = data_dir / data_name(index)
             save_slice(data_file, split.x_train[parts[index]], split.y_train[parts[index]])
             token = developer.issue_enrollment_token(experiment_id, max_uses=1)["token"]
             command = [

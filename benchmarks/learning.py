@@ -1,0 +1,412 @@
+"""How well each aggregation strategy learns the quickstart's task, against centralized training.
+
+The quickstart's task (``examples/quickstart``: scikit-learn digits, 25 % held out for testing, the
+rest split across 10 clients by Dirichlet(α) over labels, softmax regression, 5 local epochs of SGD
+at learning rate 0.5 per round, 30 rounds), for α = 0.5 and α = 0.1 and every strategy:
+
+1. tuning: each strategy's parameters (a small grid, e.g. ``server_learning_rate``) are chosen on a
+   validation split carved from the training data (20 %, stratified; the clients share the other
+   80 %), by the mean final validation accuracy over both α and ``--tune-seeds`` seeds. The test
+   set is never looked at while tuning;
+2. evaluation: with the chosen parameters, the full training data split across the clients as the
+   quickstart splits it, over ``--seeds`` seeds (the seed picks the test split, the client split,
+   the initial model and the clients' shuffling, as ``run.py --seed`` does): the final test
+   accuracy as mean ± sd over the seeds, and the rounds until the global model first reaches 90 %
+   test accuracy (mean over the seeds that reach it; "n/k" when only n of k do);
+3. centralized: the same model trained on the pooled training data of the same split, for as many
+   epochs as a client trains in all the rounds (rounds × local epochs), as the quickstart reports it.
+
+The rounds run in this process through the service's own round engine (``fma_core.rounds.RoundEngine``
+over ``InMemoryMetadataStore`` and ``LocalDirectoryWeightStore`` in a temporary directory), with the
+clients training in the same process with the quickstart's own code (``local_training.py``), from
+the same random streams as its client processes. One row (fedavg, α = 0.5, the first seed) then runs
+through the live service, ``examples/quickstart/run.py`` with its client processes and HTTP, and the
+benchmark reports both runs' per-round test accuracy and fails if they differ by more than
+``--live-tolerance`` (``--no-live`` skips it).
+
+    python benchmarks/learning.py [--quick] [--json] [--seeds 5] [--tune-seeds 2] [--rounds 30] [--no-live]
+
+``--quick``: 1 seed, 1 tuning seed, the first value of each grid only, no live row (for the smoke
+test; its numbers are not the README's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import itertools
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart"
+sys.path.insert(0, str(QUICKSTART))
+
+import digits  # noqa: E402 - the quickstart's modules, from its folder
+import run as quickstart  # noqa: E402
+import softmax  # noqa: E402
+from fma_core.aggregators import available  # noqa: E402
+from fma_core.connectors import ExperimentConfig, InMemoryMetadataStore, LocalDirectoryWeightStore  # noqa: E402
+from fma_core.rounds import RoundEngine  # noqa: E402
+from fma_core.weights import load, to_bytes  # noqa: E402
+from local_training import client_rng, data_name, local_update  # noqa: E402
+
+ALPHAS = (0.5, 0.1)
+TARGET = 0.9
+EXPERIMENT = "learning"
+
+
+def grid(**values: Sequence[Any]) -> list[dict[str, Any]]:
+    """Every combination of the values, the first one first (the strategy's own default, when tuning
+    ties)."""
+    names = list(values)
+    return [dict(zip(names, combination, strict=True)) for combination in itertools.product(*values.values())]
+
+
+# Strategies and the parameters tuned for each, their built-in defaults first; a strategy this build
+# does not have is left out.
+GRIDS: dict[str, list[dict[str, Any]]] = {
+    "fedavg": [{}],
+    "mean": [{}],
+    "median": [{}],
+    "trimmed_mean": grid(trim_fraction=(0.1, 0.2, 0.3)),
+    "fedavgm": grid(server_learning_rate=(1.0, 0.5), momentum=(0.9, 0.7, 0.5)),
+    "fedadam": grid(server_learning_rate=(0.1, 0.3, 0.03), tau=(1e-9, 1e-3)),
+    "fedyogi": grid(server_learning_rate=(0.01, 0.03, 0.1, 0.3), tau=(1e-3, 1e-9)),
+    "fedadagrad": grid(server_learning_rate=(0.1, 0.3, 1.0, 3.0, 0.03), tau=(1e-9, 1e-3)),
+}
+
+
+QUICKSTART_DEFAULTS = quickstart.parse([])
+
+
+@dataclass(frozen=True)
+class Setting:
+    """The quickstart's training settings: ``run.py``'s defaults."""
+
+    clients: int = QUICKSTART_DEFAULTS.clients
+    rounds: int = QUICKSTART_DEFAULTS.rounds
+    epochs: int = QUICKSTART_DEFAULTS.epochs
+    lr: float = QUICKSTART_DEFAULTS.lr
+
+
+@dataclass(frozen=True)
+class Task:
+    """Who holds which training examples, and the examples a run is scored on."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    parts: list[np.ndarray]
+    x_score: np.ndarray
+    y_score: np.ndarray
+
+
+@dataclass
+class Row:
+    strategy: str
+    alpha: float
+    params: dict[str, Any]
+    final: list[float] = field(default_factory=list)  # test accuracy after the last round, per seed
+    rounds_to_target: list[int | None] = field(default_factory=list)  # per seed; None: never reached
+
+    def summary(self) -> dict[str, Any]:
+        reached = [r for r in self.rounds_to_target if r is not None]
+        return {
+            "strategy": self.strategy,
+            "alpha": self.alpha,
+            "params": self.params,
+            "mean": statistics.fmean(self.final),
+            "sd": statistics.stdev(self.final) if len(self.final) > 1 else 0.0,
+            "final": self.final,
+            "rounds_to_90": statistics.fmean(reached) if reached else None,
+            "reached_90": f"{len(reached)}/{len(self.rounds_to_target)}" if self.rounds_to_target else None,
+        }
+
+
+def held_out_task(seed: int, alpha: float, clients: int) -> Task:
+    """The quickstart's own split for ``seed``: clients share the training data, scored on the test set."""
+    split = digits.load(seed)
+    parts = digits.dirichlet_partition(split.y_train, clients=clients, alpha=alpha, seed=seed)
+    return Task(split.x_train, split.y_train, parts, split.x_test, split.y_test)
+
+
+def validation_task(seed: int, alpha: float, clients: int) -> Task:
+    """Tuning's split: 20 % of the training data held out for scoring; the test set is not used."""
+    from sklearn.model_selection import train_test_split
+
+    split = digits.load(seed)
+    x_train, x_val, y_train, y_val = train_test_split(
+        split.x_train, split.y_train, test_size=0.2, random_state=seed, stratify=split.y_train
+    )
+    parts = digits.dirichlet_partition(y_train, clients=clients, alpha=alpha, seed=seed)
+    return Task(x_train, y_train, parts, x_val, y_val)
+
+
+def federate(
+    task: Task, strategy: str, params: Mapping[str, Any], setting: Setting, seed: int
+) -> list[float]:
+    """The global model's accuracy on the task's scoring set after each round: the clients train in
+    this process, the rounds go through the round engine as the service runs them."""
+    root = Path(tempfile.mkdtemp(prefix="fma-learning-"))
+    try:
+        store = LocalDirectoryWeightStore(root)
+        metadata = InMemoryMetadataStore()
+        initial = softmax.initial_weights(seed)
+        initial_key = store.put("artifacts/initial.safetensors", io.BytesIO(to_bytes(initial))).key
+        clients = [data_name(index) for index in range(setting.clients)]
+        config = ExperimentConfig(
+            EXPERIMENT,
+            aggregator=strategy,
+            aggregator_params=dict(params),
+            round_policy={"policy": "all_clients"},
+        )
+        metadata.create_experiment(config, clients=clients, initial_weights_key=initial_key)
+        engine = RoundEngine(metadata, store, worker_id="benchmark", threads=1)
+        rngs = [client_rng(seed, name) for name in clients]
+        model, accuracies = initial, []
+        for round_number in range(setting.rounds):
+            for client, part, rng in zip(clients, task.parts, rngs, strict=True):
+                update = local_update(
+                    softmax,
+                    model,
+                    task.x_train[part],
+                    task.y_train[part],
+                    epochs=setting.epochs,
+                    learning_rate=setting.lr,
+                    rng=rng,
+                )
+                stored = store.put(
+                    f"updates/{round_number}/{client}.safetensors", io.BytesIO(to_bytes(update))
+                )
+                metadata.add_update(
+                    EXPERIMENT,
+                    client_id=client,
+                    weights_key=stored.key,
+                    content_id=stored.sha256,
+                    num_examples=len(part),
+                    base_round=round_number,
+                )
+            outcome = engine.run_round(EXPERIMENT)
+            if outcome.status != "committed":
+                raise RuntimeError(f"{strategy} round {round_number + 1}: {outcome.status}, {outcome.reason}")
+            with store.open(outcome.aggregate.draft.weights_key) as stream:
+                model = load(stream)
+            accuracies.append(softmax.accuracy(model, task.x_score, task.y_score))
+        return accuracies
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def first_round_at(accuracies: Sequence[float], target: float) -> int | None:
+    return next((index + 1 for index, value in enumerate(accuracies) if value >= target), None)
+
+
+def tune(
+    strategy: str, candidates: list[dict[str, Any]], setting: Setting, seeds: Sequence[int], say: Callable
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """The candidate with the best mean final validation accuracy over both α and the tuning seeds."""
+    scores: dict[str, float] = {}
+    for params in candidates:
+        finals = [
+            federate(validation_task(seed, alpha, setting.clients), strategy, params, setting, seed)[-1]
+            for alpha in ALPHAS
+            for seed in seeds
+        ]
+        scores[json.dumps(params)] = statistics.fmean(finals)
+    best = max(candidates, key=lambda params: scores[json.dumps(params)])  # the first of equals
+    if len(candidates) > 1:
+        say(f"  {strategy}: " + ", ".join(f"{key} → {score:.1%}" for key, score in scores.items()))
+    return best, scores
+
+
+def centralized(setting: Setting, alpha: float, seeds: Sequence[int]) -> Row:
+    """Softmax regression on the pooled training data, as the quickstart's comparison trains it."""
+    row = Row("centralized", alpha, {"epochs": setting.rounds * setting.epochs})
+    for seed in seeds:
+        task = held_out_task(seed, alpha, setting.clients)
+        weights = softmax.train(
+            softmax.initial_weights(seed),
+            task.x_train,
+            task.y_train,
+            epochs=setting.rounds * setting.epochs,
+            learning_rate=setting.lr,
+            seed=seed,
+        )
+        row.final.append(softmax.accuracy(weights, task.x_score, task.y_score))
+    return row
+
+
+def live_row(setting: Setting, seed: int, alpha: float) -> list[float]:
+    """Per-round test accuracy of fedavg through the live service: the quickstart itself, its client
+    processes pushing over HTTP, the same seed and split."""
+    out = Path(tempfile.mkdtemp(prefix="fma-learning-live-"))
+    try:
+        command = [
+            sys.executable,
+            str(QUICKSTART / "run.py"),
+            "--aggregator", "fedavg",
+            "--alpha", str(alpha),
+            "--seed", str(seed),
+            "--clients", str(setting.clients),
+            "--rounds", str(setting.rounds),
+            "--epochs", str(setting.epochs),
+            "--lr", str(setting.lr),
+            "--out", str(out),
+        ]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        if done.returncode:
+            raise RuntimeError(f"the quickstart failed:\n{done.stdout}\n{done.stderr}")
+        with (out / "rounds.csv").open() as file:
+            rows = list(csv.DictReader(file))
+        return [float(row["test_accuracy"]) for row in rows[1:]]
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def percent(value: float) -> str:
+    return f"{value * 100:.1f}"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: one line per strategy, per α the mean ± sd final test accuracy and rounds to 90 %."""
+    by_strategy: dict[str, dict[float, dict[str, Any]]] = {}
+    for row in rows:
+        by_strategy.setdefault(row["strategy"], {})[row["alpha"]] = row
+    header = [
+        "strategy",
+        *(f"α={a} test accuracy (%)" for a in ALPHAS),
+        *(f"α={a} rounds to 90 %" for a in ALPHAS),
+    ]
+    lines = ["| " + " | ".join([*header, "parameters (tuned on validation)"]) + " |"]
+    lines.append("|" + "---|" * (len(header) + 1))
+    for strategy, cells in by_strategy.items():
+        accuracy = [f"{percent(cells[a]['mean'])} ± {percent(cells[a]['sd'])}" for a in ALPHAS]
+        rounds = []
+        for a in ALPHAS:
+            cell = cells[a]
+            if cell["reached_90"] is None:  # centralized: no rounds
+                rounds.append("–")
+            elif cell["rounds_to_90"] is None:
+                rounds.append(f"never ({cell['reached_90']})")
+            else:
+                count, total = cell["reached_90"].split("/")
+                rounds.append(
+                    f"{cell['rounds_to_90']:.1f}" + ("" if count == total else f" ({cell['reached_90']})")
+                )
+        params = cells[ALPHAS[0]]["params"]
+        shown = ", ".join(f"{k}={v}" for k, v in params.items()) or "–"
+        lines.append("| " + " | ".join([strategy, *accuracy, *rounds, shown]) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=5, help="evaluation seeds (0, 1, ...)")
+    parser.add_argument("--tune-seeds", type=int, default=2, help="tuning seeds, after the evaluation ones")
+    parser.add_argument("--rounds", type=int, default=Setting.rounds)
+    parser.add_argument("--strategies", nargs="*", help="default: every one this build has")
+    parser.add_argument("--quick", action="store_true", help="1 seed, no grid, no live row")
+    parser.add_argument("--no-live", action="store_true", help="skip the row through the live service")
+    parser.add_argument("--live-tolerance", type=float, default=0.01, help="largest per-round gap allowed")
+    parser.add_argument("--json", action="store_true", help="print JSON only")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seeds, args.tune_seeds, args.no_live = 1, 1, True
+    setting = Setting(rounds=args.rounds)
+    have = set(available())
+    strategies = [s for s in (args.strategies or GRIDS) if s in have]
+    missing = sorted(set(args.strategies or GRIDS) - have)
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+    started = time.monotonic()
+    if missing:
+        say(f"not in this build, left out: {', '.join(missing)}")
+    seeds = list(range(args.seeds))
+    tune_seeds = list(range(args.seeds, args.seeds + args.tune_seeds))  # never the evaluation seeds
+    say(f"tuning on the validation split (seeds {tune_seeds}, α {', '.join(map(str, ALPHAS))}):")
+    chosen: dict[str, dict[str, Any]] = {}
+    tuning: dict[str, dict[str, float]] = {}
+    for strategy in strategies:
+        candidates = GRIDS.get(strategy, [{}])[: 1 if args.quick else None]
+        chosen[strategy], tuning[strategy] = tune(strategy, candidates, setting, tune_seeds, say)
+        score = tuning[strategy][json.dumps(chosen[strategy])]
+        say(f"  {strategy}: chose {chosen[strategy] or 'its defaults'} ({score:.1%} on validation)")
+
+    say(f"evaluating on the test set (seeds {seeds}):")
+    rows: list[dict[str, Any]] = []
+    for strategy in strategies:
+        for alpha in ALPHAS:
+            row = Row(strategy, alpha, chosen[strategy])
+            for seed in seeds:
+                accuracies = federate(
+                    held_out_task(seed, alpha, setting.clients), strategy, row.params, setting, seed
+                )
+                row.final.append(accuracies[-1])
+                row.rounds_to_target.append(first_round_at(accuracies, TARGET))
+            rows.append(row.summary())
+            say(f"  {strategy:12s} α={alpha}: {percent(rows[-1]['mean'])} ± {percent(rows[-1]['sd'])} %")
+    rows.extend(centralized(setting, alpha, seeds).summary() for alpha in ALPHAS)
+
+    result: dict[str, Any] = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "setting": asdict(setting),
+        "seeds": seeds,
+        "tuning_seeds": tune_seeds,
+        "rows": rows,
+        "tuning": tuning,
+        "left_out": missing,
+    }
+    federated = [r for r in rows if r["strategy"] != "centralized"]
+    for alpha in ALPHAS:
+        best = max((r for r in federated if r["alpha"] == alpha), key=lambda r: r["mean"], default=None)
+        central = next(r for r in rows if r["strategy"] == "centralized" and r["alpha"] == alpha)
+        if best is not None:
+            result[f"best_at_{alpha}"] = {
+                "strategy": best["strategy"],
+                "points_below_centralized": (central["mean"] - best["mean"]) * 100,
+            }
+
+    if not args.no_live and "fedavg" in strategies:
+        say("fedavg, α=0.5, seed 0 through the live service (examples/quickstart/run.py):")
+        in_process = federate(held_out_task(0, 0.5, setting.clients), "fedavg", chosen["fedavg"], setting, 0)
+        live = live_row(setting, 0, 0.5)
+        gap = max(abs(a - b) for a, b in zip(in_process, live, strict=True))
+        result["live"] = {"in_process": in_process, "service": live, "largest_gap": gap}
+        say(
+            f"  final: in process {percent(in_process[-1])} %, live service {percent(live[-1])} %; largest per-round gap {gap * 100:.2f} points"
+        )
+        if gap > args.live_tolerance:
+            raise SystemExit(f"the live service and the in-process engine disagree by {gap * 100:.2f} points")
+    result["seconds"] = time.monotonic() - started
+
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print()
+        print(table(rows))
+        for alpha in ALPHAS:
+            if f"best_at_{alpha}" in result:
+                best = result[f"best_at_{alpha}"]
+                print(
+                    f"α={alpha}: best {best['strategy']}, {best['points_below_centralized']:.1f} points below centralized"
+                )
+        print(f"elapsed: {result['seconds']:.0f} s")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""benchmarks/learning.py runs end to end and reports a row per strategy and α, and centralized."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARK = Path(__file__).parents[2] / "benchmarks" / "learning.py"
+
+
+def run(*options: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(BENCHMARK), "--quick", "--rounds", "2", *options],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+
+def test_json_output_has_a_row_per_strategy_and_alpha():
+    figures = json.loads(run("--strategies", "fedavg", "trimmed_mean", "--json").stdout)
+    rows = {(row["strategy"], row["alpha"]): row for row in figures["rows"]}
+    assert set(rows) == {(s, a) for s in ("fedavg", "trimmed_mean", "centralized") for a in (0.5, 0.1)}
+    for (strategy, _), row in rows.items():
+        assert len(row["final"]) == 1  # --quick: one seed
+        assert 0.0 <= row["mean"] <= 1.0
+        assert row["sd"] == 0.0
+        if strategy == "centralized":
+            assert (row["reached_90"], row["rounds_to_90"]) == (None, None)
+        else:
+            assert row["reached_90"] in ("0/1", "1/1")
+            assert (row["rounds_to_90"] is None) == (row["reached_90"] == "0/1")
+    assert rows[("trimmed_mean", 0.1)]["params"] == {"trim_fraction": 0.1}  # --quick: the grid's first
+    assert rows[("centralized", 0.5)]["params"] == {"epochs": 2 * 5}
+    assert set(figures["tuning"]) == {"fedavg", "trimmed_mean"}
+    assert figures["tuning_seeds"] == [1]  # never the evaluation seed
+    assert set(figures) >= {"best_at_0.5", "best_at_0.1", "setting", "date"}
+    assert "live" not in figures
+
+
+def test_table_names_every_strategy_and_leaves_out_unknown_ones():
+    stdout = run("--strategies", "median", "no_such_strategy").stdout
+    assert "left out: no_such_strategy" in stdout
+    lines = [line for line in stdout.splitlines() if line.startswith("| ")]
+    assert [line.split("|")[1].strip() for line in lines] == ["strategy", "median", "centralized"]
