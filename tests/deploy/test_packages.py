@@ -30,14 +30,17 @@ def wheel_tags(archive: Path, distribution: str) -> list[str]:
     return [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Tag:")]
 
 
-def test_both_zips_are_built_within_lambdas_size_limits(built: Build):
+def test_both_zips_are_built_within_lambdas_size_limit(built: Build):
+    """250 MB unzipped binds a package deployed through S3, as Terraform deploys them."""
     for archive in (built.api_zip, built.aggregator_zip):
         with zipfile.ZipFile(archive) as zipped:
             assert zipped.testzip() is None
             unzipped = sum(info.file_size for info in zipped.infolist())
         assert unzipped <= 250 * MiB, f"{archive.name}: {unzipped / MiB:.1f} MiB unzipped"
-        assert archive.stat().st_size <= 50 * MiB, f"{archive.name}: {archive.stat().st_size / MiB:.1f} MiB"
         assert f"{archive.relative_to(archive.parents[2])}:" in built.log  # the script reports each size
+        if archive.stat().st_size > 50 * MiB:  # and says when a direct upload is ruled out
+            assert f"{archive.relative_to(archive.parents[2])}: " in built.log
+            assert "above the 50 MB of a direct upload" in built.log
 
 
 def test_compiled_packages_are_cp312_manylinux_x86_64_builds(built: Build):
