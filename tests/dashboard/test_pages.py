@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import html
 
 import pytest
 from django.test import Client as Browser
@@ -239,3 +240,24 @@ def test_the_lineage_shows_each_aggregates_algorithm_parameters_and_server_state
         count=1,
     )
     assertInHTML("<td>fedavg</td>", page, count=1)  # no parameters, no state: nothing more to show
+
+
+def test_a_server_optimizers_rounds_show_their_algorithm_parameters_and_state_in_the_lineage(
+    alice, make_experiment, enroll, submit, run_round, alice_browser
+):
+    experiment = make_experiment(
+        alice, "adaptive", aggregator="fedadam", aggregator_params={"server_learning_rate": 0.5}
+    )
+    client = enroll(experiment)
+    hashes = []
+    for value in (1.0, 2.0):
+        submit(experiment, client, value, base_aggregate_id=hashes[-1][0] if hashes else None)
+        aggregate = run_round(experiment)
+        hashes.append((aggregate.pk, aggregate.state_content_id))
+    assert all(len(state) == 64 for _, state in hashes)
+    assert hashes[0][1] != hashes[1][1]
+    page = alice_browser.get(f"/dashboard/experiments/{experiment.pk}/").content.decode()
+    for _, state in hashes:
+        assert f'title="SHA-256 {state}"' in page
+    assert page.count("fedadam") >= 2
+    assert '"server_learning_rate": 0.5' in html.unescape(page)
