@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -14,91 +14,25 @@ import pytest
 
 from fma_core.aggregators import LinearAggregator, UpdateInput, registry
 from fma_core.aggregators.base import RoundContext, blocks
-from fma_core.connectors import ExperimentConfig, InMemoryMetadataStore, LocalDirectoryWeightStore
-from fma_core.rounds import RoundEngine
 from fma_core.shards import RoundPlan
 from fma_core.state import STATE_KEY
-from fma_core.weights import TensorSpec, content_id, load, open_weights, to_bytes
+from fma_core.weights import TensorSpec, content_id, open_weights, to_bytes
+
+from .engine_world import World as EngineWorld
+from .engine_world import random_weights
 
 SPEC = TensorSpec.from_json(
     [{"name": "w", "dtype": "F32", "shape": [64, 80]}, {"name": "b", "dtype": "F32", "shape": [80]}]
 )
-CLIENTS = ("c0", "c1", "c2")
+INITIAL = random_weights(SPEC, 0)
 
 
-def weights(seed: int, scale: float = 1.0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {t.name: (scale * rng.standard_normal(t.shape)).astype(np.float32) for t in SPEC}
+def weights(seed: int) -> dict[str, np.ndarray]:
+    return random_weights(SPEC, seed)
 
 
-INITIAL = weights(0)
-
-
-class Clock:
-    now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class World:
-    """One experiment on an in-memory metadata store and a local directory, its clients training from
-    whichever model they are given."""
-
-    def __init__(
-        self,
-        root: Path,
-        *,
-        aggregator: str = "server_momentum",
-        params: Mapping[str, Any] | None = None,
-        delta: bool = False,
-        initial: bool = True,
-    ) -> None:
-        self.root = root
-        self.weights = LocalDirectoryWeightStore(root)
-        self.metadata = InMemoryMetadataStore(clock=Clock())
-        initial_key = (
-            self.weights.put("artifacts/initial.safetensors", io.BytesIO(to_bytes(INITIAL))).key
-            if initial
-            else None
-        )
-        config = ExperimentConfig(
-            "e", aggregator=aggregator, aggregator_params=params or {}, tensor_spec=SPEC
-        )
-        self.metadata.create_experiment(config, clients=CLIENTS, initial_weights_key=initial_key)
-        self.delta = delta
-        self.count = 0
-
-    def model(self, round_number: int) -> dict[str, np.ndarray]:
-        if round_number == 0:
-            return INITIAL
-        return self.read(self.metadata.aggregates("e")[round_number - 1].draft.weights_key)
-
-    def read(self, key: str) -> dict[str, np.ndarray]:
-        with self.weights.open(key) as stream:
-            return load(stream)
-
-    def train(self, base_round: int, seed: int, num_examples: int) -> dict[str, np.ndarray]:
-        """A client's step from round ``base_round``'s model, pushed as weights or as a delta."""
-        base = self.model(base_round)
-        step = weights(seed, scale=0.1)
-        trained = {name: base[name] + step[name] for name in base}
-        self.count += 1
-        sent = step if self.delta else trained
-        stored = self.weights.put(f"updates/{self.count}.safetensors", io.BytesIO(to_bytes(sent)))
-        self.metadata.add_update(
-            "e",
-            client_id=CLIENTS[self.count % 3],
-            weights_key=stored.key,
-            content_id=stored.sha256,
-            num_examples=num_examples,
-            base_round=base_round,
-            delta=self.delta,
-        )
-        return {name: trained[name] - base[name] for name in base}  # its change, as the server sees it
-
-    def engine(self, **options: Any) -> RoundEngine:
-        return RoundEngine(self.metadata, self.weights, worker_id="w", threads=2, **options)
+def World(root: Path, **options: Any) -> EngineWorld:  # noqa: N802 - the shared World, on this SPEC
+    return EngineWorld(root, SPEC, **{"aggregator": "server_momentum", **options})
 
 
 def momentum_reference(rounds: Sequence[Sequence[tuple[dict, int]]], *, lr: float, beta: float) -> list[dict]:
@@ -116,7 +50,7 @@ def momentum_reference(rounds: Sequence[Sequence[tuple[dict, int]]], *, lr: floa
     return models
 
 
-def run_momentum_rounds(world: World, **engine_options: Any) -> list[list[tuple[dict, int]]]:
+def run_momentum_rounds(world: EngineWorld, **engine_options: Any) -> list[list[tuple[dict, int]]]:
     """Three rounds; in the third, one client is still on round 1's model (a stale update)."""
     pushed = []
     for round_number in range(3):
@@ -126,8 +60,7 @@ def run_momentum_rounds(world: World, **engine_options: Any) -> list[list[tuple[
         ]
         if round_number == 2:
             changes.append((world.train(1, seed=99, num_examples=5), 5))
-        outcome = world.engine(**engine_options).run_round("e")  # a new engine each round: a restart
-        assert outcome.status == "committed", outcome.reason
+        world.run(**engine_options)  # a new engine each round: a restart
         pushed.append(changes)
     return pushed
 

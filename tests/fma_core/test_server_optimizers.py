@@ -5,7 +5,6 @@ strategies where the two define the same thing."""
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,25 +15,18 @@ import pytest
 
 from fma_core.aggregators import UpdateInput, create_aggregator
 from fma_core.aggregators.base import RoundContext, ServerState, Target, accumulator_dtype
-from fma_core.connectors import ExperimentConfig, InMemoryMetadataStore, LocalDirectoryWeightStore
 from fma_core.errors import ConfigurationError
-from fma_core.rounds import RoundEngine
 from fma_core.state import STATE_KEY
-from fma_core.weights import ArrayReader, TensorSpec, load, to_bytes
+from fma_core.weights import ArrayReader, TensorSpec
+
+from .engine_world import World as EngineWorld
+from .engine_world import random_weights
 
 SPEC = TensorSpec.from_json(
     [{"name": "w", "dtype": "F32", "shape": [48, 70]}, {"name": "b", "dtype": "F32", "shape": [70]}]
 )
-CLIENTS = ("c0", "c1", "c2")
 NAMES = ("w", "b")
-
-
-def weights(seed: int, scale: float = 1.0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {t.name: (scale * rng.standard_normal(t.shape)).astype(np.float32) for t in SPEC}
-
-
-INITIAL = weights(0)
+INITIAL = random_weights(SPEC, 0)
 
 # Parameters away from the defaults, so a parameter read under the wrong name would show.
 PARAMS: dict[str, dict[str, float]] = {
@@ -46,74 +38,28 @@ PARAMS: dict[str, dict[str, float]] = {
 STATE = {"fedavgm": ("momentum",), "fedadam": ("m", "v"), "fedyogi": ("m", "v"), "fedadagrad": ("m", "v")}
 
 
-class Clock:
-    now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
+def World(root: Path, aggregator: str, params: Mapping[str, Any], *, delta: bool = False) -> EngineWorld:  # noqa: N802
+    """The shared World on this SPEC."""
+    return EngineWorld(root, SPEC, aggregator=aggregator, params=params, delta=delta)
 
 
-class World:
-    """One experiment on an in-memory metadata store and a local directory; its clients train from
-    whichever model they are given and push weights or deltas."""
-
-    def __init__(self, root: Path, aggregator: str, params: Mapping[str, Any], *, delta: bool = False):
-        self.weights = LocalDirectoryWeightStore(root)
-        self.metadata = InMemoryMetadataStore(clock=Clock())
-        initial_key = self.weights.put("artifacts/initial.safetensors", io.BytesIO(to_bytes(INITIAL))).key
-        config = ExperimentConfig(
-            "e", aggregator=aggregator, aggregator_params=dict(params), tensor_spec=SPEC
-        )
-        self.metadata.create_experiment(config, clients=CLIENTS, initial_weights_key=initial_key)
-        self.delta = delta
-        self.count = 0
-
-    def model(self, round_number: int) -> dict[str, np.ndarray]:
-        if round_number == 0:
-            return INITIAL
-        return self.read(self.metadata.aggregates("e")[round_number - 1].draft.weights_key)
-
-    def read(self, key: str) -> dict[str, np.ndarray]:
-        with self.weights.open(key) as stream:
-            return load(stream)
-
-    def train(self, base_round: int, seed: int, num_examples: int) -> tuple[dict[str, np.ndarray], int]:
-        """A client's step from round ``base_round``'s model; returns its change and weight, as pushed."""
-        base = self.model(base_round)
-        step = weights(seed, scale=0.1)
-        trained = {name: base[name] + step[name] for name in base}
-        self.count += 1
-        sent = step if self.delta else trained
-        stored = self.weights.put(f"updates/{self.count}.safetensors", io.BytesIO(to_bytes(sent)))
-        self.metadata.add_update(
-            "e",
-            client_id=CLIENTS[self.count % 3],
-            weights_key=stored.key,
-            content_id=stored.sha256,
-            num_examples=num_examples,
-            base_round=base_round,
-            delta=self.delta,
-        )
-        return {name: trained[name].astype(np.float64) - base[name] for name in base}, num_examples
-
-    def run(self, **engine_options: Any) -> None:
-        # a new engine each round, as after a restart: the state comes from the store
-        outcome = RoundEngine(
-            self.metadata, self.weights, worker_id="w", threads=2, **engine_options
-        ).run_round("e")
-        assert outcome.status == "committed", outcome.reason
+def push(
+    world: EngineWorld, base_round: int, *, seed: int, num_examples: int
+) -> tuple[dict[str, np.ndarray], int]:
+    """A client's update: its change from its base, and its weight."""
+    return world.train(base_round, seed=seed, num_examples=num_examples), num_examples
 
 
-def run_rounds(world: World, rounds: int = 4, **engine_options: Any) -> list[list[tuple[dict, int]]]:
+def run_rounds(world: EngineWorld, rounds: int = 4, **engine_options: Any) -> list[list[tuple[dict, int]]]:
     """``rounds`` rounds of three clients; from the third on, one more client still on the model of two
     rounds before (a stale update)."""
     pushed = []
     for round_number in range(rounds):
         changes = [
-            world.train(round_number, seed=10 * round_number + i, num_examples=i + 1) for i in range(3)
+            push(world, round_number, seed=10 * round_number + i, num_examples=i + 1) for i in range(3)
         ]
         if round_number >= 2:
-            changes.append(world.train(round_number - 2, seed=100 + round_number, num_examples=5))
+            changes.append(push(world, round_number - 2, seed=100 + round_number, num_examples=5))
         world.run(**engine_options)
         pushed.append(changes)
     return pushed
@@ -192,7 +138,7 @@ def test_with_no_momentum_and_a_unit_rate_fedavgm_is_fedavg(tmp_path):
     """A check of the pseudo-gradient's weighting on its own: x + Δ is the weighted mean of the
     updates when they all start from x."""
     world = World(tmp_path, "fedavgm", {"server_learning_rate": 1.0, "momentum": 0.0})
-    changes = [world.train(0, seed=i, num_examples=i + 1) for i in range(3)]
+    changes = [push(world, 0, seed=i, num_examples=i + 1) for i in range(3)]
     world.run()
     got = world.read(world.metadata.aggregates("e")[0].draft.weights_key)
     for k in NAMES:
@@ -263,7 +209,7 @@ def test_flower_computes_the_same_rounds_where_its_definitions_agree(tmp_path, a
     world = World(tmp_path, aggregator, params)
     pushed = []
     for t in range(3):  # every update from the current model: what Flower assumes
-        pushed.append([world.train(t, seed=10 * t + i, num_examples=i + 1) for i in range(3)])
+        pushed.append([push(world, t, seed=10 * t + i, num_examples=i + 1) for i in range(3)])
         world.run()
     eta = None
     if aggregator == "fedadam":
@@ -284,7 +230,7 @@ def test_flowers_fedadam_takes_different_steps_from_the_papers(tmp_path):
     pytest.importorskip("flwr")
     params = PARAMS["fedadam"]
     world = World(tmp_path, "fedadam", params)
-    pushed = [[world.train(0, seed=i, num_examples=i + 1) for i in range(3)]]
+    pushed = [[push(world, 0, seed=i, num_examples=i + 1) for i in range(3)]]
     world.run()
     theirs = flower_rounds(flower_strategy("fedadam", params), pushed)[0]
     ours = world.read(world.metadata.aggregates("e")[0].draft.weights_key)
