@@ -13,10 +13,12 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from fma_aggregator import lambda_invoke
 from fma_core.weights import to_bytes
 from fma_django import ingestion, services
 from fma_django.models import Experiment, ModelUpdate
@@ -190,3 +192,19 @@ class HangingUp:
 
     def close(self) -> None:
         self._server.close()
+
+
+def use_lambda_api(monkeypatch: pytest.MonkeyPatch, settings: Any, url: str, function: str) -> None:
+    """Run the service with the lambda runner, its invocations of ``function`` going to the Lambda API
+    at ``url`` (with fake credentials); the process's cached Lambda clients are dropped, so the next one
+    made sees them (drop them again when the test ends)."""
+    for name, value in {
+        "AWS_ENDPOINT_URL_LAMBDA": url,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "FMA_AGGREGATOR_FUNCTION": function,
+    }.items():
+        monkeypatch.setenv(name, value)
+    lambda_invoke.lambda_client.cache_clear()
+    settings.FMA_AGGREGATOR_RUNNER = "lambda"

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import boto3
 import pytest
-from aggregator_support import HangingUp, submit
+from aggregator_support import HangingUp, submit, use_lambda_api
 from botocore.stub import ANY, Stubber
 from django.contrib.auth.models import User
 
@@ -202,16 +202,7 @@ def test_an_unreachable_lambda_api_fails_no_push_and_is_tried_once(settings, mon
     """The API announces within the request (a frozen Lambda environment runs no background thread), so
     the invocation has short timeouts and no retry: the sweep, not the push, makes up for a lost one."""
     lambda_api = HangingUp()
-    for name, value in {
-        "AWS_ENDPOINT_URL_LAMBDA": lambda_api.url,
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "FMA_AGGREGATOR_FUNCTION": FUNCTION,
-    }.items():
-        monkeypatch.setenv(name, value)
-    lambda_invoke.lambda_client.cache_clear()
-    settings.FMA_AGGREGATOR_RUNNER = "lambda"
+    use_lambda_api(monkeypatch, settings, lambda_api.url, FUNCTION)
     experiment = make_experiment()
     try:
         update = submit(experiment, 1.0)

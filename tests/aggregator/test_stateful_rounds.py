@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from aggregator_support import HERE, celery_worker_args, service_available, wait_for, weights
+from aggregator_support import HERE, celery_worker_args, service_available, use_lambda_api, wait_for, weights
 
 from fma_aggregator import lambda_invoke
 from fma_core.connectors import ExperimentConfig, InMemoryMetadataStore, LocalDirectoryWeightStore
@@ -373,16 +373,7 @@ def lambda_api(monkeypatch, settings) -> Iterator[LambdaApi]:
     """The service announces rounds to the aggregator function through this Lambda API, and so do the
     function's instances (their environment is this process's)."""
     api = LambdaApi()
-    for name, value in {
-        "AWS_ENDPOINT_URL_LAMBDA": api.url,
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "FMA_AGGREGATOR_FUNCTION": FUNCTION,
-    }.items():
-        monkeypatch.setenv(name, value)
-    lambda_invoke.lambda_client.cache_clear()
-    settings.FMA_AGGREGATOR_RUNNER = "lambda"
+    use_lambda_api(monkeypatch, settings, api.url, FUNCTION)
     yield api
     lambda_invoke.lambda_client.cache_clear()
     api.close()
