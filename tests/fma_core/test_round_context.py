@@ -163,6 +163,9 @@ class InverseNorm(LinearAggregator):
         inverse = 1 / np.asarray(context.prepared["norms"])
         return inverse / inverse.sum()
 
+    def report(self, updates: Sequence[UpdateInput], context: RoundContext) -> dict[str, Any]:
+        return {"norms": {u.update_id: n for u, n in zip(updates, context.prepared["norms"], strict=True)}}
+
 
 @pytest.fixture
 def inverse_norm(monkeypatch):
@@ -207,6 +210,10 @@ def test_the_prepare_pass_runs_once_per_round_and_every_shard_sees_its_result(
     }
     for k in ("w", "b"):
         np.testing.assert_allclose(result[k], expected[k], rtol=1e-4, atol=1e-6)
+    # what the algorithm decided is in the aggregate's lineage, each update by its id
+    report = outcome.aggregate.draft.report["aggregator"]
+    canonical = outcome.aggregate.draft.update_ids
+    assert report == {"norms": dict(zip(canonical, inverse_norm.prepared[0]["norms"], strict=True))}
 
 
 def test_the_prepare_pass_gives_the_same_aggregate_sharded_or_not(tmp_path, inverse_norm):
@@ -232,6 +239,22 @@ def test_a_prepare_pass_that_returns_more_than_json_is_refused_clearly(tmp_path,
     outcome = world.engine().run_round("e")
     assert outcome.status == "failed"
     assert "prepare must return plain JSON" in outcome.reason
+
+
+def test_a_report_that_is_more_than_json_fails_the_round_clearly(tmp_path, monkeypatch):
+    class ReportsNumpy(InverseNorm):
+        name = "reports_numpy"
+
+        def report(self, updates, context):
+            return {"norms": np.asarray(context.prepared["norms"])}
+
+    monkeypatch.setitem(registry.BUILT_IN, "reports_numpy", ReportsNumpy)
+    world = World(tmp_path, aggregator="reports_numpy")
+    world.train(0, seed=1, num_examples=1)
+    outcome = world.engine().run_round("e")
+    assert outcome.status == "failed"
+    assert "report must return plain JSON" in outcome.reason
+    assert world.metadata.aggregates("e") == []
 
 
 def test_stateless_rounds_leave_no_state(tmp_path):

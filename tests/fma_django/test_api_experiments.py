@@ -285,20 +285,29 @@ def test_an_aggregate_shows_its_algorithm_parameters_and_server_state(experiment
         aggregated.aggregator_params,
         None,
     )
+    assert "report" not in row  # per-update details: on the aggregate's own page only
     state = "9" * 64
+    report = {"aggregator": {"selected": [str(aggregated.updates.get().pk)], "scores": {"1": 0.5}}}
     ModelAggregate.objects.filter(pk=aggregated.pk).update(
-        aggregator_params={"server_lr": 0.1}, state_key="aggregates/state.safetensors", state_content_id=state
+        aggregator_params={"server_lr": 0.1},
+        state_key="aggregates/state.safetensors",
+        state_content_id=state,
+        report=report,
     )
     detail = dev_api.get(f"/api/v1/model_aggregates/{aggregated.pk}/").json()
     assert (detail["aggregator_params"], detail["state_content_id"]) == ({"server_lr": 0.1}, state)
+    assert detail["report"] == report
     assert "state_key" not in detail
     assert {"id", "federated_model", "result", "parent", "round_number", "content_id", "updates"} <= set(
         detail
     )
     patched = dev_api.patch(
-        f"/api/v1/model_aggregates/{aggregated.pk}/", {"state_content_id": "0" * 64}, format="json"
+        f"/api/v1/model_aggregates/{aggregated.pk}/",
+        {"state_content_id": "0" * 64, "report": {}},
+        format="json",
     )
     assert (patched.status_code, patched.json()["state_content_id"]) == (200, state)  # read-only
+    assert dev_api.get(f"/api/v1/model_aggregates/{aggregated.pk}/").json()["report"] == report
 
 
 def test_download_has_etag_range_and_304(experiment, client_api, aggregated):

@@ -320,12 +320,7 @@ class RoundEngine:
                 plan = replace(plan, update_ids=tuple(u for u in plan.update_ids if u != error.update_id))
         else:
             return replace(plan, quarantined=tuple(quarantined))
-        try:  # every shard sees what crossed a process boundary as JSON, wherever it runs
-            prepared = json.loads(json.dumps(prepared, allow_nan=False))
-        except (TypeError, ValueError) as error:
-            raise ConfigurationError(
-                f"aggregator {aggregator.name!r}: prepare must return plain JSON: {error}"
-            ) from None
+        prepared = _plain_json(prepared, f"aggregator {aggregator.name!r}: prepare")
         scalars = (
             dict(aggregator.state_scalars(replace(context, prepared=prepared)) or {})
             if aggregator.keeps_state()
@@ -563,6 +558,10 @@ class RoundEngine:
         outputs = plan.outputs(aggregator)
         inputs = canonical_order(self._inputs(plan))
         shares = aggregator.input_weights(inputs)
+        report = _plain_json(
+            aggregator.report(inputs, self._context(plan, aggregator)),
+            f"aggregator {aggregator.name!r}: report",
+        )
         (size, digest), *state = stored
         return AggregateDraft(
             weights_key=outputs[0].key,
@@ -576,6 +575,7 @@ class RoundEngine:
             peak_memory_bytes=peak or None,
             state_key=outputs[1].key if state else None,
             state_content_id=state[0][1] if state else None,
+            report={"aggregator": dict(report)} if report else {},
         )
 
     def _aggregator(self, claim: RoundClaim) -> Aggregator:
@@ -709,3 +709,12 @@ def _with_base(
         reader.close()
         raise
     return combine(reader, base)
+
+
+def _plain_json(value: Any, what: str) -> Any:
+    """``value`` as it reads back from JSON, the same on every shard and in every store; a value JSON
+    cannot carry (NaN, a numpy scalar) is the algorithm's error, said as such."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as error:
+        raise ConfigurationError(f"{what} must return plain JSON: {error}") from None

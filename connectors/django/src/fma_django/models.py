@@ -205,6 +205,12 @@ class ModelAggregate(models.Model):
         blank=True,
         help_text="SHA-256 of the algorithm's server state after this round; null when it keeps none",
     )
+    report = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="what the round decided that the weights do not show, by section (e.g. 'aggregator': "
+        "the updates a robust algorithm selected and each one's score)",
+    )
     validation_score = models.FloatField(null=True, blank=True)
     created_on = models.DateTimeField(auto_now_add=True)
 

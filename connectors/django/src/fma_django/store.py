@@ -205,6 +205,7 @@ class DjangoMetadataStore(MetadataStore):
                     peak_memory_bytes=draft.peak_memory_bytes,
                     state_key=draft.state_key,
                     state_content_id=draft.state_content_id,
+                    report=dict(draft.report),
                 )
                 ids = [int(u) for u in draft.update_ids]
                 marked = self._consume(pk, ids, aggregate, draft.input_weights)

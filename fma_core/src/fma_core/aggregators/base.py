@@ -172,6 +172,12 @@ class Aggregator(ABC):
         ``context.prepared``. An algorithm that needs no such pass returns None."""
         return None
 
+    def report(self, updates: Sequence[UpdateInput], context: RoundContext) -> Mapping[str, Any] | None:
+        """What this round's algorithm decided that its weights do not show (which updates it selected,
+        each one's score), plain JSON kept in the aggregate's lineage; usually read off
+        ``context.prepared``. ``updates`` are in canonical order. None (the default): nothing to add."""
+        return None
+
     def state_scalars(self, context: RoundContext) -> Mapping[str, float] | None:
         """The scalars of the state this round leaves (a step count, an adaptive bound), decided before
         any shard runs; None (the default) when the algorithm keeps no state but ``state_tensors``."""

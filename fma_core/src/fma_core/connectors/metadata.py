@@ -99,6 +99,9 @@ class AggregateDraft:
     peak_memory_bytes: int | None = None  # highest RSS of the worker(s) while computing the round
     state_key: str | None = None  # the algorithm's server state after this round (``fma_core.state``)
     state_content_id: str | None = None  # its SHA-256
+    # what the round decided that the weights do not show, by section (plain JSON): "aggregator" is the
+    # algorithm's own (``Aggregator.report``: a selection, each update's score)
+    report: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

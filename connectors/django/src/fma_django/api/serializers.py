@@ -392,7 +392,8 @@ class ModelAggregateDetailSerializer(ModelAggregateSerializer):
     updates = serializers.SerializerMethodField()
 
     class Meta(ModelAggregateSerializer.Meta):
-        fields = [*ModelAggregateSerializer.Meta.fields, "updates"]
+        fields = [*ModelAggregateSerializer.Meta.fields, "updates", "report"]
+        read_only_fields = [*ModelAggregateSerializer.Meta.read_only_fields, "updates", "report"]
 
     def get_updates(self, aggregate: ModelAggregate) -> list[dict[str, Any]]:
         return [
