@@ -63,10 +63,15 @@ def test_each_types_fields_are_its_openapi_components(server, dev_token):
 def test_a_result_is_a_read_only_mapping_of_what_the_server_sent():
     fields = {"id": 3, "round_number": 2, "aggregator_params": {"momentum": 0.9}, "extra": "kept"}
     aggregate = Aggregate(fields)
-    assert aggregate == fields and fields == aggregate and dict(aggregate) == fields
+    assert aggregate == fields
+    assert fields == aggregate
+    assert dict(aggregate) == fields
     assert (aggregate["id"], aggregate.get("parent"), aggregate.get("parent", -1)) == (3, None, -1)
-    assert list(aggregate) == list(fields) and len(aggregate) == 4 and "extra" in aggregate
-    assert {**aggregate} == fields and aggregate != {**fields, "id": 4}
+    assert list(aggregate) == list(fields)
+    assert len(aggregate) == 4
+    assert "extra" in aggregate
+    assert {**aggregate} == fields
+    assert aggregate != {**fields, "id": 4}
     assert (aggregate.id, aggregate.round_number) == (3, 2)
     assert pickle.loads(pickle.dumps(aggregate)) == aggregate
     assert repr(aggregate).startswith("Aggregate({'id': 3")
@@ -76,7 +81,8 @@ def test_a_result_is_a_read_only_mapping_of_what_the_server_sent():
         aggregate.id = 4  # type: ignore[misc]
     with pytest.raises(AttributeError, match=r"without 'parent'.*id, round_number"):
         _ = aggregate.parent
-    assert not Aggregate({}) and Aggregate({}) == {}
+    assert not Aggregate({})
+    assert Aggregate({}) == {}
 
 
 def test_push_and_the_developers_methods_answer_in_types(
@@ -86,39 +92,53 @@ def test_push_and_the_developers_methods_answer_in_types(
         Developer(server, token=dev_token, quiet=True) as dev,
         Client.enroll(server, experiment.pk, enrollment_token=enrollment_token, quiet=True) as client,
     ):
-        assert client.latest() == {} and isinstance(client.latest(), Aggregate)
+        assert client.latest() == {}
+        assert isinstance(client.latest(), Aggregate)
         update = client.push(WEIGHTS, num_examples=7, metrics={"loss": 0.5})
         assert isinstance(update, Update)
         assert (update.num_examples, update.metrics, update.status) == (7, {"loss": 0.5}, "pending")
-        assert update.client == client.uuid and update.federated_model == experiment.pk
+        assert update.client == client.uuid
+        assert update.federated_model == experiment.pk
 
         aggregate_id = run_round(experiment.pk)
         score = client.report_scores(aggregate_id, {"accuracy": 0.75})
-        assert isinstance(score, Score) and score.validation_results == {"accuracy": 0.75}
+        assert isinstance(score, Score)
+        assert score.validation_results == {"accuracy": 0.75}
         latest = client.latest()
-        assert isinstance(latest, Aggregate) and (latest.id, latest.round_number) == (aggregate_id, 1)
+        assert isinstance(latest, Aggregate)
+        assert (latest.id, latest.round_number) == (aggregate_id, 1)
 
         shown = dev.experiment(experiment.pk)
-        assert isinstance(shown, Experiment) and shown.clients == [client.uuid]
+        assert isinstance(shown, Experiment)
+        assert shown.clients == [client.uuid]
         assert [type(e) for e in dev.experiments()] == [Experiment]
         (listed,) = dev.aggregates(experiment.pk)
-        assert isinstance(listed, Aggregate) and listed == latest
+        assert isinstance(listed, Aggregate)
+        assert listed == latest
         detail = dev.aggregate(aggregate_id)
-        assert isinstance(detail, AggregateDetail) and [u["id"] for u in detail.updates] == [update.id]
+        assert isinstance(detail, AggregateDetail)
+        assert [u["id"] for u in detail.updates] == [update.id]
         (applied,) = dev.updates(experiment.pk)
-        assert isinstance(applied, Update) and applied.applied_aggregate == aggregate_id
+        assert isinstance(applied, Update)
+        assert applied.applied_aggregate == aggregate_id
         artifact = dev.publish(aggregate_id, "1.1.0")
-        assert isinstance(artifact, Artifact) and (artifact.version, artifact.aggregate) == ("1.1.0", aggregate_id)
+        assert isinstance(artifact, Artifact)
+        assert (artifact.version, artifact.aggregate) == ("1.1.0", aggregate_id)
         assert [a.version for a in dev.artifacts(experiment.pk)] == ["1.1.0", "1.0.0"]
         (metrics,) = dev.metrics(experiment.pk)
-        assert isinstance(metrics, RoundMetrics) and isinstance(metrics.training["loss"], MetricSummary)
-        assert metrics.training["loss"].weighted_mean == 0.5 and metrics.evaluation["accuracy"].count == 1
+        assert isinstance(metrics, RoundMetrics)
+        assert isinstance(metrics.training["loss"], MetricSummary)
+        assert metrics.training["loss"].weighted_mean == 0.5
+        assert metrics.evaluation["accuracy"].count == 1
         issued = dev.issue_enrollment_token(experiment.pk, max_uses=2)
-        assert isinstance(issued, IssuedEnrollmentToken) and issued.max_uses == 2 and issued.token
+        assert isinstance(issued, IssuedEnrollmentToken)
+        assert issued.max_uses == 2
+        assert issued.token
         assert all(type(t) is EnrollmentToken for t in dev.enrollment_tokens(experiment.pk))
         revoked = dev.revoke_enrollment_token(experiment.pk, issued.id)
-        assert isinstance(revoked, EnrollmentToken) and revoked.active is False
-        assert [t.current for t in dev.api_tokens() if isinstance(t, ApiToken)] == [True]
+        assert isinstance(revoked, EnrollmentToken)
+        assert revoked.active is False
+        assert [(type(t), t.current) for t in dev.api_tokens()] == [(ApiToken, True)]
 
 
 def test_the_clis_json_is_the_servers_json(server, dev_token, experiment, capsys):
@@ -126,5 +146,8 @@ def test_the_clis_json_is_the_servers_json(server, dev_token, experiment, capsys
     raw = requests.get(
         f"{server}/api/v1/models/{experiment.pk}/", headers={"Authorization": f"Token {dev_token}"}
     ).json()
-    assert main(["--url", server, "--token", dev_token, "--json", "experiments", "show", str(experiment.pk)]) == 0
+    assert (
+        main(["--url", server, "--token", dev_token, "--json", "experiments", "show", str(experiment.pk)])
+        == 0
+    )
     assert json.loads(capsys.readouterr().out) == raw
