@@ -126,7 +126,7 @@ def test_push_and_the_developers_methods_answer_in_types(
         assert isinstance(artifact, Artifact)
         assert (artifact.version, artifact.aggregate) == ("1.1.0", aggregate_id)
         assert [a.version for a in dev.artifacts(experiment.pk)] == ["1.1.0", "1.0.0"]
-        with pytest.raises(ValidationError, match="'1.0.0' is already published"):  # the initial model's
+        with pytest.raises(ValidationError, match=r"'1\.0\.0' is already published"):  # the initial model's
             dev.publish(aggregate_id, "1.0.0")
         (metrics,) = dev.metrics(experiment.pk)
         assert isinstance(metrics, RoundMetrics)
