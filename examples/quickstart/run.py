@@ -42,7 +42,7 @@ from types import ModuleType
 from typing import Any
 
 from digits import dirichlet_partition, load, save_slice
-from fma_client import Developer, read_file, write_file
+from fma_client import Developer, Experiment, read_file, write_file
 from local_service import USERNAME, Service
 from local_training import data_name
 
@@ -282,7 +282,7 @@ def main(
         model = importlib.import_module(args.model)
         split = load(args.seed)
         initial_weights = model.initial_weights(args.seed)
-        rows, failed = train(args, service, model, split, initial_weights, started, pythonpath)
+        rows, failed = federate(args, service, model, split, initial_weights, started, pythonpath)
         results = report(args, rows, failed, model, split, initial_weights, started)
         if args.serve:
             print(f"The service keeps running at {service.url} (admin {service.url}admin/); Ctrl-C stops it.")
@@ -297,7 +297,7 @@ def main(
             shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def train(
+def federate(
     args: argparse.Namespace,
     service: Service,
     model: ModuleType,
@@ -306,13 +306,8 @@ def train(
     started: float,
     pythonpath: str,
 ) -> tuple[list[Row], list[int]]:
-    """Create the experiment on the launched service, run the clients and follow their rounds.
-
-    A client whose slice of the data is empty (a skewed split, e.g. ``--alpha 0.1``) has nothing
-    to train on or weigh an update by, so it sits out: it never enrolls, and the round policy
-    "every enrolled client has pushed" counts only the clients that train.
-    """
-    data_dir = service.data_dir
+    """Create the experiment on the launched service, run the clients and follow their rounds;
+    returns the rounds and the clients that failed."""
     clients: list[ClientProcess] = []
     try:
         parts = dirichlet_partition(split.y_train, clients=args.clients, alpha=args.alpha, seed=args.seed)
@@ -327,65 +322,26 @@ def train(
         print(f"  ready after {time.monotonic() - started:.1f} s", flush=True)
 
         developer = Developer.login(service.url, USERNAME, password, quiet=True)
-        initial_path = data_dir / "initial.safetensors"
-        write_file(initial_weights, initial_path)
-        experiment = developer.create_experiment(
-            {
-                "name": f"quickstart-digits-{args.model}",
-                "description": "scikit-learn digits, non-IID across clients (examples/quickstart)",
-                "aggregator": args.aggregator,
-                "aggregator_params": {
-                    **aggregator_params(args.aggregator, args.clients, args.bad_clients),
-                    **args.aggregator_params,
-                },
-                "round_policy": {
-                    "any_of": [
-                        {"policy": "all_clients"},
-                        {"policy": "deadline", "seconds": args.deadline, "min_updates": 1},
-                    ]
-                },
-                "initial_model": str(initial_path),
-                "enrollment": "token",
-            }
-        )
-        experiment_id = experiment.id
+        experiment = create_experiment(args, developer, service.data_dir, initial_weights)
         bad = set(range(args.clients - args.bad_clients, args.clients))
         print(
-            f"Experiment {experiment_id}: {args.aggregator}, {args.clients} clients"
+            f"Experiment {experiment.id}: {args.aggregator}, {args.clients} clients"
             + (f" ({len(bad)} pushing noise)" if bad else "")
             + f", {args.rounds} rounds of {args.epochs} local epochs, Dirichlet α={args.alpha}; "
             f"examples per client: {', '.join(str(len(p)) for p in parts)}",
             flush=True,
         )
-        empty = [index for index, part in enumerate(parts) if not len(part)]
-        if empty:
-            print(
-                f"  client(s) {', '.join(map(str, empty))} got no examples: nothing to train on, so they sit "
-                "out (never enroll; rounds wait only for the clients that train)",
-                flush=True,
-            )
-        for index in (i for i in range(args.clients) if i not in empty):
-            data_file = data_dir / data_name(index)
-            save_slice(data_file, split.x_train[parts[index]], split.y_train[parts[index]])
-            token = developer.issue_enrollment_token(experiment_id, max_uses=1).token
-            command = [
-                sys.executable,
-                str(HERE / "client.py"),
-                "--url", service.url,
-                "--experiment", str(experiment_id),
-                "--data", str(data_file),
-                "--seed", str(args.seed),
-                "--rounds", str(args.rounds),
-                "--epochs", str(args.epochs),
-                "--lr", str(args.lr),
-                "--model", args.model,
-                "--round-timeout", str(args.deadline * 4),
-            ] + (["--bad"] if index in bad else [])  # fmt: skip
-            clients.append(ClientProcess(index, command, token, data_dir / f"client-{index}.log", pythonpath))
-        for client in clients:
-            while not client.enrolled.wait(0.2):
-                if client.process.poll() is not None:
-                    raise RuntimeError(f"client {client.index} exited before enrolling: {client.error()}")
+        start_clients(
+            args,
+            developer=developer,
+            experiment=experiment.id,
+            service=service,
+            split=split,
+            parts=parts,
+            bad=bad,
+            pythonpath=pythonpath,
+            clients=clients,
+        )
         print(
             f"{len(clients)} clients enrolled after {time.monotonic() - started:.1f} s; training:", flush=True
         )
@@ -395,13 +351,13 @@ def train(
 
         rows = follow_rounds(
             developer,
-            experiment_id,
+            experiment.id,
             model,
             split.x_test,
             split.y_test,
             rounds=args.rounds,
             clients=clients,
-            scratch=data_dir,
+            scratch=service.data_dir,
             started=rounds_started,
             stall_seconds=args.deadline * 4,
         )
@@ -419,6 +375,85 @@ def train(
             client.stop()
         if not args.serve:
             service.stop()
+
+
+def create_experiment(
+    args: argparse.Namespace, developer: Developer, data_dir: Path, initial_weights: dict[str, Any]
+) -> Experiment:
+    """The experiment, through the API: the initial model, the aggregator, and the round policy
+    "every enrolled client has pushed, or ``--deadline`` after the round's first update"."""
+    initial_path = data_dir / "initial.safetensors"
+    write_file(initial_weights, initial_path)
+    return developer.create_experiment(
+        {
+            "name": f"quickstart-digits-{args.model}",
+            "description": "scikit-learn digits, non-IID across clients (examples/quickstart)",
+            "aggregator": args.aggregator,
+            "aggregator_params": {
+                **aggregator_params(args.aggregator, args.clients, args.bad_clients),
+                **args.aggregator_params,
+            },
+            "round_policy": {
+                "any_of": [
+                    {"policy": "all_clients"},
+                    {"policy": "deadline", "seconds": args.deadline, "min_updates": 1},
+                ]
+            },
+            "initial_model": str(initial_path),
+            "enrollment": "token",
+        }
+    )
+
+
+def start_clients(
+    args: argparse.Namespace,
+    *,
+    developer: Developer,
+    experiment: int,
+    service: Service,
+    split: Any,
+    parts: list[Any],
+    bad: set[int],
+    pythonpath: str,
+    clients: list[ClientProcess],
+) -> None:
+    """Start a process per client that has examples (into ``clients``, which the caller stops
+    whatever happens) and wait until each has enrolled.
+
+    A client whose slice of the data is empty (a skewed split, e.g. ``--alpha 0.1``) has nothing
+    to train on or weigh an update by, so it sits out: it never enrolls, and the round policy
+    "every enrolled client has pushed" counts only the clients that train.
+    """
+    empty = [index for index, part in enumerate(parts) if not len(part)]
+    if empty:
+        print(
+            f"  client(s) {', '.join(map(str, empty))} got no examples: nothing to train on, so they sit "
+            "out (never enroll; rounds wait only for the clients that train)",
+            flush=True,
+        )
+    for index in (i for i in range(args.clients) if i not in empty):
+        data_file = service.data_dir / data_name(index)
+        save_slice(data_file, split.x_train[parts[index]], split.y_train[parts[index]])
+        token = developer.issue_enrollment_token(experiment, max_uses=1).token
+        command = [
+            sys.executable,
+            str(HERE / "client.py"),
+            "--url", service.url,
+            "--experiment", str(experiment),
+            "--data", str(data_file),
+            "--seed", str(args.seed),
+            "--rounds", str(args.rounds),
+            "--epochs", str(args.epochs),
+            "--lr", str(args.lr),
+            "--model", args.model,
+            "--round-timeout", str(args.deadline * 4),
+        ] + (["--bad"] if index in bad else [])  # fmt: skip
+        log = service.data_dir / f"client-{index}.log"
+        clients.append(ClientProcess(index, command, token, log, pythonpath))
+    for client in clients:
+        while not client.enrolled.wait(0.2):
+            if client.process.poll() is not None:
+                raise RuntimeError(f"client {client.index} exited before enrolling: {client.error()}")
 
 
 def report(
