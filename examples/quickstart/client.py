@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     model = importlib.import_module(args.model)
     x, y = load_slice(args.data)
+    if not len(y):  # the service refuses an update that weighs nothing (num_examples ≥ 1)
+        sys.exit(f"{args.data} holds no examples: nothing to train on, so this client does not take part")
     rng = client_rng(args.seed, args.data.name)
 
     client = Client.enroll(
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
                 update = local_update(
                     model, weights, x, y, epochs=args.epochs, learning_rate=args.lr, rng=rng
                 )
-            metrics = {"train_accuracy": model.accuracy(update, x, y)} if len(y) else None
+            metrics = {"train_accuracy": model.accuracy(update, x, y)}
             pushed = client.push(update, num_examples=len(y), metrics=metrics)
             say("pushed", round=round_index + 1, update=pushed.get("id"))
             if round_index + 1 < args.rounds:

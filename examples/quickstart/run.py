@@ -30,6 +30,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -41,7 +42,7 @@ from types import ModuleType
 from typing import Any
 
 from digits import dirichlet_partition, load, save_slice
-from fma_client import Developer, read_file, write_file
+from fma_client import Developer, Experiment, read_file, write_file
 from local_service import USERNAME, Service
 from local_training import data_name
 
@@ -240,13 +241,26 @@ def write_results(out: Path, rows: list[Row], initial: float, central: float, ti
     return path
 
 
+def percent(fraction: float) -> float:
+    """A fraction as the percentage printed (one decimal), so that sums of printed values agree."""
+    return float(f"{fraction * 100:.1f}")
+
+
+def stop_on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM ends the run as Ctrl-C does: ``main``'s ``finally`` stops the clients and the
+    service (its own session, so the signal does not reach it) and removes the data directory."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup short
+    raise SystemExit(128 + signum)
+
+
 def main(
     argv: list[str] | None = None,
     *,
     defaults: dict[str, Any] | None = None,
     model_dirs: tuple[Path, ...] = (),
 ) -> dict[str, Any]:
-    """Run the quickstart; returns its results (also for the tests)."""
+    """Run the quickstart; returns its results (also for the tests). ``complete`` is false when
+    some round did not complete or some client failed; the script then exits with status 1."""
     args = parse(argv, defaults)
     started = time.monotonic()
     for folder in (HERE, *model_dirs):
@@ -256,19 +270,46 @@ def main(
     pythonpath = os.pathsep.join(
         [str(HERE), *map(str, model_dirs), *filter(None, [os.environ.get("PYTHONPATH")])]
     )
-
     data_dir = Path(tempfile.mkdtemp(prefix="fma-quickstart-"))
     service = Service(data_dir)
-    clients: list[ClientProcess] = []
     try:
         print(
             f"Starting the FMA service (SQLite + local weights + in-process aggregator) in {data_dir}",
             flush=True,
         )
         service.launch()
-        # while the server migrates and boots: the data, the split, the model
+        # while the server migrates and boots: the data and the model
         model = importlib.import_module(args.model)
         split = load(args.seed)
+        initial_weights = model.initial_weights(args.seed)
+        rows, failed = federate(args, service, model, split, initial_weights, started, pythonpath)
+        results = report(args, rows, failed, model, split, initial_weights, started)
+        if args.serve:
+            print(f"The service keeps running at {service.url} (admin {service.url}admin/); Ctrl-C stops it.")
+            with contextlib.suppress(KeyboardInterrupt):
+                service.process.wait()
+        return results
+    finally:
+        service.stop()
+        if args.keep_data:
+            print(f"data kept in {data_dir}")
+        else:
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def federate(
+    args: argparse.Namespace,
+    service: Service,
+    model: ModuleType,
+    split: Any,
+    initial_weights: dict[str, Any],
+    started: float,
+    pythonpath: str,
+) -> tuple[list[Row], list[int]]:
+    """Create the experiment on the launched service, run the clients and follow their rounds;
+    returns the rounds and the clients that failed."""
+    clients: list[ClientProcess] = []
+    try:
         parts = dirichlet_partition(split.y_train, clients=args.clients, alpha=args.alpha, seed=args.seed)
         service.wait_ready()
         password = secrets.token_urlsafe(12)
@@ -281,61 +322,28 @@ def main(
         print(f"  ready after {time.monotonic() - started:.1f} s", flush=True)
 
         developer = Developer.login(service.url, USERNAME, password, quiet=True)
-        initial_path = data_dir / "initial.safetensors"
-        initial_weights = model.initial_weights(args.seed)
-        write_file(initial_weights, initial_path)
-        experiment = developer.create_experiment(
-            {
-                "name": f"quickstart-digits-{args.model}",
-                "description": "scikit-learn digits, non-IID across clients (examples/quickstart)",
-                "aggregator": args.aggregator,
-                "aggregator_params": {
-                    **aggregator_params(args.aggregator, args.clients, args.bad_clients),
-                    **args.aggregator_params,
-                },
-                "round_policy": {
-                    "any_of": [
-                        {"policy": "all_clients"},
-                        {"policy": "deadline", "seconds": args.deadline, "min_updates": 1},
-                    ]
-                },
-                "initial_model": str(initial_path),
-                "enrollment": "token",
-            }
-        )
-        experiment_id = experiment["id"]
+        experiment = create_experiment(args, developer, service.data_dir, initial_weights)
         bad = set(range(args.clients - args.bad_clients, args.clients))
         print(
-            f"Experiment {experiment_id}: {args.aggregator}, {args.clients} clients"
+            f"Experiment {experiment.id}: {args.aggregator}, {args.clients} clients"
             + (f" ({len(bad)} pushing noise)" if bad else "")
             + f", {args.rounds} rounds of {args.epochs} local epochs, Dirichlet α={args.alpha}; "
             f"examples per client: {', '.join(str(len(p)) for p in parts)}",
             flush=True,
         )
-        for index in range(args.clients):
-            data_file = data_dir / data_name(index)
-            save_slice(data_file, split.x_train[parts[index]], split.y_train[parts[index]])
-            token = developer.issue_enrollment_token(experiment_id, max_uses=1)["token"]
-            command = [
-                sys.executable,
-                str(HERE / "client.py"),
-                "--url", service.url,
-                "--experiment", str(experiment_id),
-                "--data", str(data_file),
-                "--seed", str(args.seed),
-                "--rounds", str(args.rounds),
-                "--epochs", str(args.epochs),
-                "--lr", str(args.lr),
-                "--model", args.model,
-                "--round-timeout", str(args.deadline * 4),
-            ] + (["--bad"] if index in bad else [])  # fmt: skip
-            clients.append(ClientProcess(index, command, token, data_dir / f"client-{index}.log", pythonpath))
-        for client in clients:
-            while not client.enrolled.wait(0.2):
-                if client.process.poll() is not None:
-                    raise RuntimeError(f"client {client.index} exited before enrolling: {client.error()}")
+        start_clients(
+            args,
+            developer=developer,
+            experiment=experiment.id,
+            service=service,
+            split=split,
+            parts=parts,
+            bad=bad,
+            pythonpath=pythonpath,
+            clients=clients,
+        )
         print(
-            f"{args.clients} clients enrolled after {time.monotonic() - started:.1f} s; training:", flush=True
+            f"{len(clients)} clients enrolled after {time.monotonic() - started:.1f} s; training:", flush=True
         )
         rounds_started = time.monotonic()
         for client in clients:
@@ -343,13 +351,13 @@ def main(
 
         rows = follow_rounds(
             developer,
-            experiment_id,
+            experiment.id,
             model,
             split.x_test,
             split.y_test,
             rounds=args.rounds,
             clients=clients,
-            scratch=data_dir,
+            scratch=service.data_dir,
             started=rounds_started,
             stall_seconds=args.deadline * 4,
         )
@@ -361,12 +369,103 @@ def main(
             if client.failed():
                 print(f"  client {client.index} failed: {client.error()}", flush=True)
         developer.close()
+        return rows, failed
     finally:
         for client in clients:
             client.stop()
         if not args.serve:
             service.stop()
 
+
+def create_experiment(
+    args: argparse.Namespace, developer: Developer, data_dir: Path, initial_weights: dict[str, Any]
+) -> Experiment:
+    """The experiment, through the API: the initial model, the aggregator, and the round policy
+    "every enrolled client has pushed, or ``--deadline`` after the round's first update"."""
+    initial_path = data_dir / "initial.safetensors"
+    write_file(initial_weights, initial_path)
+    return developer.create_experiment(
+        {
+            "name": f"quickstart-digits-{args.model}",
+            "description": "scikit-learn digits, non-IID across clients (examples/quickstart)",
+            "aggregator": args.aggregator,
+            "aggregator_params": {
+                **aggregator_params(args.aggregator, args.clients, args.bad_clients),
+                **args.aggregator_params,
+            },
+            "round_policy": {
+                "any_of": [
+                    {"policy": "all_clients"},
+                    {"policy": "deadline", "seconds": args.deadline, "min_updates": 1},
+                ]
+            },
+            "initial_model": str(initial_path),
+            "enrollment": "token",
+        }
+    )
+
+
+def start_clients(
+    args: argparse.Namespace,
+    *,
+    developer: Developer,
+    experiment: int,
+    service: Service,
+    split: Any,
+    parts: list[Any],
+    bad: set[int],
+    pythonpath: str,
+    clients: list[ClientProcess],
+) -> None:
+    """Start a process per client that has examples (into ``clients``, which the caller stops
+    whatever happens) and wait until each has enrolled.
+
+    A client whose slice of the data is empty (a skewed split, e.g. ``--alpha 0.1``) has nothing
+    to train on or weigh an update by, so it sits out: it never enrolls, and the round policy
+    "every enrolled client has pushed" counts only the clients that train.
+    """
+    empty = [index for index, part in enumerate(parts) if not len(part)]
+    if empty:
+        print(
+            f"  client(s) {', '.join(map(str, empty))} got no examples: nothing to train on, so they sit "
+            "out (never enroll; rounds wait only for the clients that train)",
+            flush=True,
+        )
+    for index in (i for i in range(args.clients) if i not in empty):
+        data_file = service.data_dir / data_name(index)
+        save_slice(data_file, split.x_train[parts[index]], split.y_train[parts[index]])
+        token = developer.issue_enrollment_token(experiment, max_uses=1).token
+        command = [
+            sys.executable,
+            str(HERE / "client.py"),
+            "--url", service.url,
+            "--experiment", str(experiment),
+            "--data", str(data_file),
+            "--seed", str(args.seed),
+            "--rounds", str(args.rounds),
+            "--epochs", str(args.epochs),
+            "--lr", str(args.lr),
+            "--model", args.model,
+            "--round-timeout", str(args.deadline * 4),
+        ] + (["--bad"] if index in bad else [])  # fmt: skip
+        log = service.data_dir / f"client-{index}.log"
+        clients.append(ClientProcess(index, command, token, log, pythonpath))
+    for client in clients:
+        while not client.enrolled.wait(0.2):
+            if client.process.poll() is not None:
+                raise RuntimeError(f"client {client.index} exited before enrolling: {client.error()}")
+
+
+def report(
+    args: argparse.Namespace,
+    rows: list[Row],
+    failed: list[int],
+    model: ModuleType,
+    split: Any,
+    initial_weights: dict[str, Any],
+    started: float,
+) -> dict[str, Any]:
+    """Train centrally for comparison, print the table and the summary, write the CSV and the plot."""
     central_weights = model.train(
         initial_weights,
         split.x_train,
@@ -384,10 +483,11 @@ def main(
     for row in rows:
         print(f"{row.round:5d}  {row.participants:7d}  {row.accuracy:13.1%}  {row.seconds:7.1f}")
     final = rows[-1].accuracy if rows else float("nan")
+    done = f"{len(rows)} rounds" if len(rows) == args.rounds else f"{len(rows)} of {args.rounds} rounds"
     print()
-    print(f"federated ({args.aggregator}, {len(rows)} rounds):  {final:.1%}")
-    print(f"centralized (pooled data, {args.rounds * args.epochs} epochs): {central:.1%}")
-    print(f"gap: {(central - final) * 100:+.1f} points")
+    print(f"federated ({args.aggregator}, {done}):  {percent(final):.1f}%")
+    print(f"centralized (pooled data, {args.rounds * args.epochs} epochs): {percent(central):.1f}%")
+    print(f"gap: {percent(central) - percent(final):+.1f} points")
     title = f"{args.model} on digits: {args.clients} clients, α={args.alpha}, {args.aggregator}" + (
         f", {args.bad_clients} bad" if args.bad_clients else ""
     )
@@ -395,16 +495,15 @@ def main(
     print(f"table: {args.out / 'rounds.csv'}   plot: {plot}")
     elapsed = time.monotonic() - started
     print(f"elapsed: {elapsed:.1f} s", flush=True)
-
-    if args.serve:
-        print(f"The service keeps running at {service.url} (admin {service.url}admin/); Ctrl-C stops it.")
-        with contextlib.suppress(KeyboardInterrupt):
-            service.process.wait()
-        service.stop()
-    if args.keep_data:
-        print(f"data kept in {data_dir}")
-    else:
-        shutil.rmtree(data_dir, ignore_errors=True)
+    complete = len(rows) == args.rounds and not failed
+    if not complete:
+        print(
+            f"INCOMPLETE: {len(rows)} of {args.rounds} rounds completed"
+            + (f"; client(s) {', '.join(map(str, failed))} failed" if failed else "")
+            + " (their logs are client-N.log in the data directory; --keep-data keeps it)",
+            file=sys.stderr,
+            flush=True,
+        )
     return {
         "rows": rows,
         "initial": initial,
@@ -413,8 +512,10 @@ def main(
         "elapsed": elapsed,
         "plot": plot,
         "failed_clients": failed,
+        "complete": complete,
     }
 
 
 if __name__ == "__main__":
-    main()
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    sys.exit(0 if main()["complete"] else 1)

@@ -51,6 +51,32 @@ def test_create_experiment_with_initial_model_sets_spec_and_artifact(dev_api, de
     assert Event.objects.filter(kind=EventKind.EXPERIMENT_CREATED).count() == 1
 
 
+def test_a_tensor_spec_in_numpys_dtype_names_is_stored_and_echoed_in_safetensors_codes(dev_api, developer):
+    """``float32`` is what a numpy user writes; the API keeps one form, ``F32``, in every answer."""
+    spec = [{"name": "w", "dtype": "float32", "shape": [2]}, {"name": "n", "dtype": "I64", "shape": []}]
+    created = dev_api.post("/api/v1/models/", {"name": "m", "tensor_spec": spec}, format="json")
+    assert created.status_code == 201, created.content
+    stored = [{"name": "w", "dtype": "F32", "shape": [2]}, {"name": "n", "dtype": "I64", "shape": []}]
+    assert created.json()["tensor_spec"] == stored
+    assert Experiment.objects.get().tensor_spec == stored
+    changed = dev_api.patch(
+        f"/api/v1/models/{created.json()['id']}/",
+        {"tensor_spec": [{"name": "w", "dtype": "uint8", "shape": [2]}]},
+        format="json",
+    )
+    assert changed.json()["tensor_spec"] == [{"name": "w", "dtype": "U8", "shape": [2]}]
+    refused = dev_api.post(
+        "/api/v1/models/",
+        {"name": "m", "tensor_spec": [{"name": "w", "dtype": "float", "shape": [1]}]},
+        format="json",
+    )
+    assert refused.status_code == 400
+    assert (
+        "dtype 'float' is not a numeric type FMA aggregates (supported: F16, F32" in refused.json()["detail"]
+    )
+    assert "numpy's names: float16, float32" in refused.json()["detail"]
+
+
 @pytest.mark.parametrize(
     ("body", "says"),
     [

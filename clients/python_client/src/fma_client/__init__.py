@@ -4,7 +4,7 @@ Data holders use ``Client`` (pull, push, wait_for_new_model, report_scores); dev
 ``Developer``; scripts written for the original fma-connect use ``WebClient`` unchanged.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from fma_client.client import Client, Model
 from fma_client.compat import WebClient
@@ -23,24 +23,50 @@ from fma_client.errors import (
     ValidationError,
     WaitTimeout,
 )
+from fma_client.results import (
+    Aggregate,
+    AggregateDetail,
+    ApiToken,
+    Artifact,
+    EnrollmentToken,
+    Experiment,
+    IssuedEnrollmentToken,
+    MetricSummary,
+    Result,
+    RoundMetrics,
+    Score,
+    Update,
+)
 from fma_client.transport import Retry
 from fma_client.weights import as_weights, read_file, to_list, write_file
 
 __all__ = [
+    "Aggregate",
+    "AggregateDetail",
+    "ApiToken",
+    "Artifact",
     "AuthenticationError",
     "CheckTimeout",
     "Client",
     "ConflictError",
     "Developer",
+    "EnrollmentToken",
+    "Experiment",
     "FmaClientError",
+    "IssuedEnrollmentToken",
     "LockedOut",
+    "MetricSummary",
     "Model",
     "NotFound",
     "PermissionDenied",
+    "Result",
     "Retry",
+    "RoundMetrics",
+    "Score",
     "ServerUnavailable",
     "TokenExpired",
     "TransferError",
+    "Update",
     "ValidationError",
     "WaitTimeout",
     "WebClient",

@@ -19,6 +19,7 @@ from typing import Any
 from fma_client import __version__
 from fma_client.developer import Developer
 from fma_client.errors import FmaClientError
+from fma_client.results import plain
 
 EXPERIMENT_COLUMNS = [
     "id",
@@ -97,13 +98,13 @@ def details(item: dict[str, Any]) -> str:
     """One resource as ``field: value`` lines; nested values as compact JSON."""
     width = max(map(len, item), default=0)
     return "\n".join(
-        f"{k.ljust(width)}  {json.dumps(v) if isinstance(v, dict | list) else _cell(v)}"
+        f"{k.ljust(width)}  {json.dumps(v, default=plain) if isinstance(v, dict | list) else _cell(v)}"
         for k, v in item.items()
     )
 
 
 def emit(args: argparse.Namespace, value: Any, human: Callable[[], str]) -> None:
-    print(json.dumps(value, indent=2) if args.json else human())
+    print(json.dumps(value, indent=2, default=plain) if args.json else human())
 
 
 # Commands
@@ -247,7 +248,7 @@ def cmd_watch(args: argparse.Namespace) -> None:
             dev.watch(args.experiment, poll_interval=args.interval, after=args.after), start=1
         ):
             if args.json:
-                print(json.dumps(aggregate), flush=True)
+                print(json.dumps(aggregate, default=plain), flush=True)
             else:
                 print(
                     f"round {aggregate['round_number']}: aggregate {aggregate['id']} "

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from fma_client.errors import FmaClientError, NotFound, ValidationError, WaitTimeout
+from fma_client.results import Aggregate, Artifact, Score, Update
 from fma_client.transport import Retry, Transport
 from fma_client.uploads import CHECK_TIMEOUT, THREADS, FileSource, Source, Upload, WeightsSource
 from fma_client.weights import SafetensorsBody, Weights, as_weights, read_file
@@ -121,9 +122,9 @@ class Client:
     def _path(self, action: str) -> str:
         return f"api/v1/models/{self.experiment}/{action}/"
 
-    def latest(self) -> dict[str, Any]:
-        """Metadata of the newest aggregate (``{}`` before the first round)."""
-        return self._transport.json("GET", self._path("get_latest_aggregate"))
+    def latest(self) -> Aggregate:
+        """Metadata of the newest aggregate; before the first round an empty one (falsy, ``== {}``)."""
+        return Aggregate(self._transport.json("GET", self._path("get_latest_aggregate")))
 
     def pull(self) -> Model:
         """The current global model: the newest aggregate's weights, else the initial model."""
@@ -133,8 +134,8 @@ class Client:
         artifact = self._current_artifact()
         return self._download(artifact["values"], None, artifact.get("update_kind"))
 
-    def _current_artifact(self) -> dict[str, Any]:
-        artifact = self._transport.json("GET", self._path("get_current_artifact"))
+    def _current_artifact(self) -> Artifact:
+        artifact = Artifact(self._transport.json("GET", self._path("get_current_artifact")))
         if not artifact:
             raise NotFound(
                 f"experiment {self.experiment} has no model yet: no initial model and no round done; "
@@ -161,7 +162,7 @@ class Client:
         base_aggregate: int | None = None,
         idempotency_key: str | None = None,
         check_timeout: float = CHECK_TIMEOUT,
-    ) -> dict[str, Any]:
+    ) -> Update:
         """Submit an update trained from the last pulled model; returns the accepted update.
 
         ``weights``: a dict of arrays, a PyTorch ``state_dict`` or a Keras ``get_weights()`` list.
@@ -222,7 +223,7 @@ class Client:
         base_aggregate: int | None = None,
         idempotency_key: str | None = None,
         check_timeout: float = CHECK_TIMEOUT,
-    ) -> dict[str, Any]:
+    ) -> Update:
         """Submit an update saved as a safetensors file, streamed from disk in parts (as ``push``).
 
         The file is sent as it is: for an experiment that takes deltas, it must hold the delta.
@@ -239,7 +240,7 @@ class Client:
         base_aggregate: int | None,
         idempotency_key: str | None,
         check_timeout: float,
-    ) -> dict[str, Any]:
+    ) -> Update:
         if isinstance(num_examples, bool) or not isinstance(num_examples, int | np.integer):
             raise TypeError(f"num_examples must be a whole number, not {num_examples!r}")
         base = base_aggregate if base_aggregate is not None else self._last_aggregate
@@ -250,7 +251,9 @@ class Client:
             "update_kind": self._update_kind or "weights",
         }
         upload = Upload(self._transport, self._path("uploads"), threads=self.threads)
-        return upload.run(source, metadata, idempotency_key=idempotency_key, check_timeout=check_timeout)
+        return Update(
+            upload.run(source, metadata, idempotency_key=idempotency_key, check_timeout=check_timeout)
+        )
 
     def wait_for_new_model(
         self, after: int | None = None, timeout: float | None = None, *, poll_interval: float = 5.0
@@ -274,13 +277,12 @@ class Client:
             pause = poll_interval if deadline is None else min(poll_interval, deadline - time.monotonic())
             time.sleep(max(pause, 0.0))
 
-    def report_scores(self, aggregate: int, results: Any) -> dict[str, Any]:
+    def report_scores(self, aggregate: int, results: Any) -> Score:
         """Send this client's evaluation of an aggregate (any JSON the experiment's schema allows)."""
-        return self._transport.json(
-            "POST",
-            "api/v1/client_aggregate_scores/",
-            json={"aggregate": int(aggregate), "validation_results": results},
-            idempotent=True,  # the server keeps one score per client and aggregate: a retry is safe
+        body = {"aggregate": int(aggregate), "validation_results": results}
+        # The server keeps one score per client and aggregate: a retry is safe.
+        return Score(
+            self._transport.json("POST", "api/v1/client_aggregate_scores/", json=body, idempotent=True)
         )
 
     def rotate_credential(self) -> str:

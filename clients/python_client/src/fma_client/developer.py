@@ -17,6 +17,18 @@ from pathlib import Path
 from typing import Any
 
 from fma_client.errors import FmaClientError, NotFound, ValidationError
+from fma_client.results import (
+    Aggregate,
+    AggregateDetail,
+    ApiToken,
+    Artifact,
+    EnrollmentToken,
+    Experiment,
+    IssuedEnrollmentToken,
+    RoundMetrics,
+    Update,
+    many,
+)
 from fma_client.transport import Retry, Transport
 from fma_client.weights import read_file
 
@@ -134,9 +146,9 @@ class Developer:
 
     # API tokens
 
-    def api_tokens(self) -> list[dict[str, Any]]:
+    def api_tokens(self) -> list[ApiToken]:
         """Your API tokens, newest first: name, created, expiry, last use, and which one this session uses."""
-        return list(self._transport.pages("api/v1/tokens/"))
+        return many(ApiToken, self._transport.pages("api/v1/tokens/"))
 
     def revoke_api_token(self, token_id: int) -> None:
         """Revoke one of your API tokens (e.g. one that leaked); it stops working at once."""
@@ -144,29 +156,29 @@ class Developer:
 
     # Experiments
 
-    def create_experiment(self, definition: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
+    def create_experiment(self, definition: str | os.PathLike | Mapping[str, Any]) -> Experiment:
         """Create an experiment from a definition (mapping or YAML/JSON file); returns it."""
         body = to_request(load_definition(definition))
-        return self._transport.json("POST", "api/v1/models/", json=body, idempotent=False)
+        return Experiment(self._transport.json("POST", "api/v1/models/", json=body, idempotent=False))
 
-    def experiments(self, **filters: Any) -> list[dict[str, Any]]:
+    def experiments(self, **filters: Any) -> list[Experiment]:
         """Your experiments, newest first; filters as the API's (``name=`` matches a part)."""
-        return list(self._transport.pages("api/v1/models/", filters))
+        return many(Experiment, self._transport.pages("api/v1/models/", filters))
 
-    def experiment(self, experiment: int) -> dict[str, Any]:
-        return self._transport.json("GET", f"api/v1/models/{int(experiment)}/")
+    def experiment(self, experiment: int) -> Experiment:
+        return Experiment(self._transport.json("GET", f"api/v1/models/{int(experiment)}/"))
 
-    def update_experiment(self, experiment: int, **changes: Any) -> dict[str, Any]:
+    def update_experiment(self, experiment: int, **changes: Any) -> Experiment:
         """Change settings, e.g. ``allow_aggregation=False`` to pause rounds."""
-        return self._transport.json(
-            "PATCH", f"api/v1/models/{int(experiment)}/", json=changes, idempotent=True
+        return Experiment(
+            self._transport.json("PATCH", f"api/v1/models/{int(experiment)}/", json=changes, idempotent=True)
         )
 
     # Clients
 
     def issue_enrollment_token(
         self, experiment: int, *, expires_in: float | None = None, max_uses: int | None = None
-    ) -> dict[str, Any]:
+    ) -> IssuedEnrollmentToken:
         """A new enrollment token for the experiment: ``token`` is the secret to hand to a data
         holder (shown only now), ``id`` names it to ``revoke_enrollment_token`` later."""
         body: dict[str, Any] = {}
@@ -174,19 +186,23 @@ class Developer:
             body["expires_in_seconds"] = int(expires_in)
         if max_uses is not None:
             body["max_uses"] = int(max_uses)
-        return self._transport.json(
-            "POST", f"api/v1/models/{int(experiment)}/enrollment_tokens/", json=body, idempotent=False
+        return IssuedEnrollmentToken(
+            self._transport.json(
+                "POST", f"api/v1/models/{int(experiment)}/enrollment_tokens/", json=body, idempotent=False
+            )
         )
 
-    def enrollment_tokens(self, experiment: int) -> list[dict[str, Any]]:
+    def enrollment_tokens(self, experiment: int) -> list[EnrollmentToken]:
         """The experiment's enrollment tokens, newest first: uses, limits, whether still active (never the secret)."""
-        return self._transport.json("GET", f"api/v1/models/{int(experiment)}/enrollment_tokens/")
-
-    def revoke_enrollment_token(self, experiment: int, token_id: int) -> dict[str, Any]:
-        """Stop a (leaked) enrollment token from enrolling anyone else; enrolled clients stay."""
-        return self._transport.json(
-            "DELETE", f"api/v1/models/{int(experiment)}/enrollment_tokens/{int(token_id)}/", idempotent=True
+        return many(
+            EnrollmentToken,
+            self._transport.json("GET", f"api/v1/models/{int(experiment)}/enrollment_tokens/"),
         )
+
+    def revoke_enrollment_token(self, experiment: int, token_id: int) -> EnrollmentToken:
+        """Stop a (leaked) enrollment token from enrolling anyone else; enrolled clients stay."""
+        path = f"api/v1/models/{int(experiment)}/enrollment_tokens/{int(token_id)}/"
+        return EnrollmentToken(self._transport.json("DELETE", path, idempotent=True))
 
     def revoke(self, experiment: int, client: str) -> None:
         """Shut a client (its UUID) out of the experiment; its credential stops working there."""
@@ -199,20 +215,22 @@ class Developer:
 
     # Rounds and their results
 
-    def updates(self, experiment: int, *, status: str | None = None) -> list[dict[str, Any]]:
+    def updates(self, experiment: int, *, status: str | None = None) -> list[Update]:
         params: dict[str, Any] = {"federated_model": int(experiment)}
         if status:
             params["status"] = status
-        return list(self._transport.pages("api/v1/model_updates/", params))
+        return many(Update, self._transport.pages("api/v1/model_updates/", params))
 
-    def aggregates(self, experiment: int) -> list[dict[str, Any]]:
+    def aggregates(self, experiment: int) -> list[Aggregate]:
         """The experiment's aggregates, newest round first."""
-        return list(self._transport.pages("api/v1/model_aggregates/", {"federated_model": int(experiment)}))
+        params = {"federated_model": int(experiment)}
+        return many(Aggregate, self._transport.pages("api/v1/model_aggregates/", params))
 
-    def aggregate(self, aggregate: int) -> dict[str, Any]:
-        return self._transport.json("GET", f"api/v1/model_aggregates/{int(aggregate)}/")
+    def aggregate(self, aggregate: int) -> AggregateDetail:
+        """One aggregate, with the updates that went into it."""
+        return AggregateDetail(self._transport.json("GET", f"api/v1/model_aggregates/{int(aggregate)}/"))
 
-    def metrics(self, experiment: int) -> list[dict[str, Any]]:
+    def metrics(self, experiment: int) -> list[RoundMetrics]:
         """Per aggregate, oldest first, the clients' reported metrics combined by the server.
 
         Each item has ``aggregate``, ``round_number``, ``training`` (the metrics pushed with the
@@ -220,11 +238,11 @@ class Developer:
         maps a metric name to ``count``, ``examples``, ``mean``, ``weighted_mean`` (by examples),
         ``min`` and ``max``.
         """
-        return self._transport.json("GET", f"api/v1/models/{int(experiment)}/metrics/")
+        return many(RoundMetrics, self._transport.json("GET", f"api/v1/models/{int(experiment)}/metrics/"))
 
     def watch(
         self, experiment: int, *, poll_interval: float = 5.0, after: int | None = None
-    ) -> Iterator[dict[str, Any]]:
+    ) -> Iterator[Aggregate]:
         """Yield each new aggregate as its round completes (oldest first), forever.
 
         ``after`` is the last aggregate id already known; by default only rounds that complete
@@ -244,22 +262,18 @@ class Developer:
                 fresh.append(aggregate)
             for aggregate in reversed(fresh):
                 after = aggregate["id"]
-                yield aggregate
+                yield Aggregate(aggregate)
             time.sleep(poll_interval)
 
-    def publish(self, aggregate: int, version: str) -> dict[str, Any]:
+    def publish(self, aggregate: int, version: str) -> Artifact:
         """Publish an aggregate as the experiment's current artifact under ``version``."""
-        return self._transport.json(
-            "POST",
-            f"api/v1/model_aggregates/{int(aggregate)}/publish_aggregate/",
-            json={"version": version},
-            idempotent=False,
-        )
+        path = f"api/v1/model_aggregates/{int(aggregate)}/publish_aggregate/"
+        return Artifact(self._transport.json("POST", path, json={"version": version}, idempotent=False))
 
-    def artifacts(self, experiment: int) -> list[dict[str, Any]]:
+    def artifacts(self, experiment: int) -> list[Artifact]:
         """The experiment's published versions, newest first."""
         return [
-            a
+            Artifact(a)
             for a in self._transport.pages("api/v1/model_artifacts/")
             if a["federated_model"] == int(experiment)
         ]

@@ -96,8 +96,9 @@ def experiment_spec(experiment: Experiment) -> TensorSpec | None:
 
 
 def _check_config(experiment: Experiment, *, has_model: bool) -> None:
-    """Refuse a configuration the round engine could not run, naming the field at fault; ``has_model``:
-    the experiment has a global model for its next round (an initial model, or an aggregate)."""
+    """Refuse a configuration the round engine could not run, naming the field at fault, and put the
+    tensor spec in its stored form; ``has_model``: the experiment has a global model for its next
+    round (an initial model, or an aggregate)."""
     try:
         aggregator = create_aggregator(experiment.aggregator, experiment.aggregator_params or {})
     except ConfigurationError as error:
@@ -114,7 +115,8 @@ def _check_config(experiment: Experiment, *, has_model: bool) -> None:
         raise ValidationFailed(f"round policy: {error}", code="invalid_round_policy") from None
     if experiment.tensor_spec is not None:
         try:
-            TensorSpec.from_json(experiment.tensor_spec)
+            # stored as the spec reads it: numpy's dtype names (float32) become codes (F32)
+            experiment.tensor_spec = TensorSpec.from_json(experiment.tensor_spec).to_json()
         except InvalidWeights as error:
             raise ValidationFailed(f"tensor_spec: {error}", code="invalid_tensor_spec") from None
     if experiment.update_kind == UpdateKind.DELTA and experiment.legacy_mode:

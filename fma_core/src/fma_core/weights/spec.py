@@ -18,6 +18,9 @@ from fma_core.weights.format import (
     supported,
 )
 
+_NUMPY_NAMES = {dtype.name: code for code, dtype in DTYPES.items()}
+"""numpy's names of the codes (``float32`` → ``F32``): what a numpy or PyTorch user writes first."""
+
 _FINITE_BLOCK_BYTES = 32 << 20
 """Bytes of a tensor checked at once for NaN/Inf: one read each, so few round trips on S3
 (a ranged GET per block), while memory stays at one block whatever the model's size."""
@@ -39,7 +42,11 @@ class TensorSpec:
 
     @classmethod
     def from_json(cls, data: Sequence[Mapping[str, object]]) -> TensorSpec:
-        """Build from ``[{"name": ..., "dtype": "F32", "shape": [..]}, ...]``, checking each entry."""
+        """Build from ``[{"name": ..., "dtype": "F32", "shape": [..]}, ...]``, checking each entry.
+
+        A dtype is a safetensors code (``F32``) or numpy's name for it (``float32``); the spec holds
+        the code, so ``to_json()`` gives the one form that is stored and echoed.
+        """
         if not isinstance(data, list | tuple):
             raise InvalidWeights("a tensor spec is a list of {name, dtype, shape} objects")
         tensors = []
@@ -47,9 +54,12 @@ class TensorSpec:
             if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str):
                 raise InvalidWeights(f"tensor spec entry {position} has no string 'name'")
             name, dtype, shape = entry["name"], entry.get("dtype"), entry.get("shape")
+            dtype = _NUMPY_NAMES.get(dtype, dtype) if isinstance(dtype, str) else dtype
             if dtype not in DTYPES:
                 raise InvalidWeights(
-                    f"dtype {dtype!r} is not a numeric type FMA aggregates ({supported()})", tensor=name
+                    f"dtype {entry.get('dtype')!r} is not a numeric type FMA aggregates ({supported()}, "
+                    f"or numpy's names: {', '.join(_NUMPY_NAMES)})",
+                    tensor=name,
                 )
             if not isinstance(shape, list | tuple) or not all(
                 isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape
