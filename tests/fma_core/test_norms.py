@@ -27,7 +27,9 @@ FLOATS = ("w", "b")
 
 
 def world(root: Path, update_norm: dict[str, Any] | None, **options: Any) -> World:
-    return World(root, SPEC, aggregator=options.pop("aggregator", "fedavg"), update_norm=update_norm, **options)
+    return World(
+        root, SPEC, aggregator=options.pop("aggregator", "fedavg"), update_norm=update_norm, **options
+    )
 
 
 def norm(change: dict[str, np.ndarray]) -> float:
@@ -49,7 +51,9 @@ def test_refuse_quarantines_the_long_update_naming_its_norm_and_the_bound(tmp_pa
     assert sorted(record.draft.update_ids) == ["u1", "u2", "u3"]
     section = record.draft.report["norms"]
     assert section["mode"] == "refuse" and section["bound"] == 60.0 and section["source"] == "fixed"
-    assert section["accepted"] == pytest.approx({f"u{i + 1}": norm(c) for i, c in enumerate(changes)}, rel=1e-6)
+    assert section["accepted"] == pytest.approx(
+        {f"u{i + 1}": norm(c) for i, c in enumerate(changes)}, rel=1e-6
+    )
     assert section["refused"] == pytest.approx({"u4": norm(long)}, rel=1e-6)
     expected = {k: w.initial[k] + sum(c[k] for c in changes) / 3 for k in FLOATS}
     result = w.model(1)
@@ -93,7 +97,9 @@ def test_a_clipped_sharded_round_is_bit_identical_to_the_whole_round(tmp_path: P
         assert models[0][name].tobytes() == models[1][name].tobytes()
 
 
-def test_the_adaptive_bound_comes_from_the_round_itself_then_from_recent_rounds_reports(tmp_path: Path) -> None:
+def test_the_adaptive_bound_comes_from_the_round_itself_then_from_recent_rounds_reports(
+    tmp_path: Path,
+) -> None:
     w = world(tmp_path, {"mode": "refuse", "adaptive": {"multiplier": 2, "window": 2}})
     first = [w.train(0, seed=1 + i, num_examples=1, scale=s) for i, s in enumerate((0.1, 0.1, 0.12, 5.0))]
     w.run()
