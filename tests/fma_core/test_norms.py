@@ -40,17 +40,21 @@ def test_refuse_quarantines_the_long_update_naming_its_norm_and_the_bound(tmp_pa
     w = world(tmp_path, {"mode": "refuse", "bound": 60.0})
     changes = [w.train(0, seed=1 + i, num_examples=1) for i in range(3)]
     long = w.train(0, seed=9, num_examples=1, scale=5.0)
-    assert all(norm(c) < 60 for c in changes) and norm(long) > 60
+    assert all(norm(c) < 60 for c in changes)
+    assert norm(long) > 60
     outcome = w.engine().run_round("e")
     assert outcome.status == "committed"
     assert outcome.quarantined == ("u4",)
     status, reason = w.metadata.update_status("u4")
     assert status == "quarantined"
-    assert f"{norm(long):.6g}" in reason and "exceeds the bound 60" in reason
+    assert f"{norm(long):.6g}" in reason
+    assert "exceeds the bound 60" in reason
     record = outcome.aggregate
     assert sorted(record.draft.update_ids) == ["u1", "u2", "u3"]
     section = record.draft.report["norms"]
-    assert section["mode"] == "refuse" and section["bound"] == 60.0 and section["source"] == "fixed"
+    assert section["mode"] == "refuse"
+    assert section["bound"] == 60.0
+    assert section["source"] == "fixed"
     assert section["accepted"] == pytest.approx(
         {f"u{i + 1}": norm(c) for i, c in enumerate(changes)}, rel=1e-6
     )
@@ -70,7 +74,8 @@ def test_clip_scales_each_long_change_to_the_bound_for_every_aggregator(
     w = world(tmp_path, {"mode": "clip", "bound": 60.0}, delta=delta, aggregator=aggregator, params=params)
     changes = [w.train(0, seed=1 + i, num_examples=1, scale=0.1 if i else 2.0) for i in range(3)]
     outcome = w.engine().run_round("e")
-    assert outcome.status == "committed" and outcome.quarantined == ()
+    assert outcome.status == "committed"
+    assert outcome.quarantined == ()
     clipped = [{k: v * min(1.0, 60.0 / norm(c)) for k, v in c.items()} for c in changes]
     combine = {"median": lambda xs: np.median(xs, axis=0)}.get(aggregator, lambda xs: np.mean(xs, axis=0))
     result = w.model(1)
@@ -114,7 +119,8 @@ def test_the_adaptive_bound_comes_from_the_round_itself_then_from_recent_rounds_
     accepted = [norm(c) for c in first[:3]]
     assert section["source"] == "recent rounds"
     assert section["bound"] == pytest.approx(2 * np.median(accepted), rel=1e-6)
-    assert sorted(section["refused"]) == ["u7", "u8"] and norm(second[1]) > section["bound"]
+    assert sorted(section["refused"]) == ["u7", "u8"]
+    assert norm(second[1]) > section["bound"]
     # round 3: the window of 2 rounds holds round 2's accepted norm and round 1's three
     w.train(2, seed=30, num_examples=1)
     w.run()
@@ -127,7 +133,8 @@ def test_a_bound_needs_a_global_model_to_measure_changes_from(tmp_path: Path) ->
     w.train(0, seed=1, num_examples=1)
     outcome = w.engine().run_round("e")
     assert outcome.status == "failed"
-    assert "update_norm" in outcome.reason and "initial model" in outcome.reason
+    assert "update_norm" in outcome.reason
+    assert "initial model" in outcome.reason
 
 
 @pytest.mark.parametrize(
@@ -159,7 +166,8 @@ def test_bad_configurations_are_refused_naming_what_is_wrong(config: Any, messag
 def test_configurations_parse_with_defaults() -> None:
     assert NormPolicy.from_config(None) is None
     policy = NormPolicy.from_config({"mode": "clip", "adaptive": {}})
-    assert policy.adaptive is not None and (policy.adaptive.multiplier, policy.adaptive.window) == (3.0, 5)
+    assert policy.adaptive is not None
+    assert (policy.adaptive.multiplier, policy.adaptive.window) == (3.0, 5)
     assert NormPolicy.from_config({"mode": "refuse", "bound": 2}).bound == 2.0
 
 

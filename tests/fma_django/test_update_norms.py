@@ -67,7 +67,8 @@ def test_a_bound_needs_an_initial_model_to_measure_changes_from(dev_api, make_ex
     assert "initial_model" in response.json()["detail"]
     modelless = make_experiment(name="no model", initial_model=None)
     refused = dev_api.patch(f"/api/v1/models/{modelless.pk}/", body, format="json")
-    assert refused.status_code == 400 and "initial_model" in str(refused.json())
+    assert refused.status_code == 400
+    assert "initial_model" in str(refused.json())
     modelless.refresh_from_db()
     assert modelless.update_norm is None
 
@@ -77,7 +78,8 @@ def test_a_bad_bound_is_refused_on_change_and_the_old_one_kept(dev_api, make_exp
     refused = dev_api.patch(
         f"/api/v1/models/{experiment.pk}/", {"update_norm": {"mode": "clip", "bound": 0}}, format="json"
     )
-    assert refused.status_code == 400 and refused.json()["code"] == "invalid_update_norm"
+    assert refused.status_code == 400
+    assert refused.json()["code"] == "invalid_update_norm"
     experiment.refresh_from_db()
     assert experiment.update_norm == {"mode": "refuse", "bound": 2.0}
 
@@ -101,7 +103,8 @@ def test_rounds_refuse_above_the_adaptive_bound_read_back_from_earlier_reports(
     # this round's median is 1.1·√15 (the four norms, the refused one too: a minority cannot move it far)
     assert f"the bound {2.2 * ROOT15:.6g} (2 × the median norm of this round)" in refused.status_reason
     section = dev_api.get(f"/api/v1/model_aggregates/{first.pk}/").json()["report"]["norms"]
-    assert section["source"] == "this round" and section["bound"] == pytest.approx(2.2 * ROOT15)
+    assert section["source"] == "this round"
+    assert section["bound"] == pytest.approx(2.2 * ROOT15)
     assert sorted(section["accepted"].values()) == pytest.approx([ROOT15, ROOT15, 1.2 * ROOT15])
     # round 2 takes its bound from round 1's accepted norms, kept in the database with its aggregate
     for api, value in zip(clients, (1.0, 5.0, 1.5), strict=False):  # changes from round 1's model, 3.2 / 3
