@@ -28,6 +28,18 @@ benchmark reports both runs' per-round test accuracy and fails if they differ by
 
 ``--quick``: 1 seed, 1 tuning seed, the first value of each grid only, no live row (for the smoke
 test; its numbers are not the README's).
+
+Under attack, the same task at α = 0.5 with 15 clients (so that Bulyan, n ≥ 4f + 3, tolerates f = 3),
+K of them bad (``local_training.attacked_update``, as ``client.py --attack``: ``noise`` pushes random
+weights, ``signflip`` the update's change reversed), each strategy's final test accuracy (mean ± sd
+over the seeds) against a clean run of the same rounds (fedavg, no bad client), with the gap in points:
+
+    python benchmarks/learning.py --attacks [--seeds 3] [--scenarios noise:2 noise:3 signflip:2]
+        [--strategies fedavg median trimmed_mean fedavg+clip fedavg+refuse ...]
+
+A strategy is any registered aggregator's name, with ``+clip`` or ``+refuse`` for the adaptive norm
+bound (``fma_core.norms``' defaults) in front of it; its parameters are the quickstart's for K bad
+clients (``run.aggregator_params``), not tuned.
 """
 
 from __future__ import annotations
@@ -427,10 +439,15 @@ def under_attack(args: argparse.Namespace, say: Callable[[str], None]) -> dict[s
     }
 
 
-def _params(row: dict[str, Any]) -> str:
-    shown = [f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["params"].items()]
-    if row["update_norm"]:
-        shown.append(f"update_norm={json.dumps(row['update_norm'])}")
+def _params(rows: Sequence[dict[str, Any]]) -> str:
+    """A strategy's parameters over its scenarios, each value once ("trim_fraction=0.167 / 0.233")."""
+    values: dict[str, dict[str, None]] = {}
+    for row in rows:
+        for name, value in row["params"].items():
+            values.setdefault(name, {})[f"{value:.3g}" if isinstance(value, float) else str(value)] = None
+    shown = [f"{name}={' / '.join(each)}" for name, each in values.items()]
+    if rows[0]["update_norm"]:
+        shown.append(f"update_norm={json.dumps(rows[0]['update_norm'])}")
     return ", ".join(shown)
 
 
@@ -454,7 +471,7 @@ def attack_table(result: dict[str, Any]) -> str:
             f"{percent(c['mean'])} ± {percent(c['sd'])}, {c['points_below_clean']:.1f}" if c else "–"
             for c in (by_scenario.get(text) for text in scenarios)
         ]
-        params = " / ".join(dict.fromkeys(_params(c) for c in by_scenario.values()))
+        params = _params(list(by_scenario.values()))
         lines.append("| " + " | ".join([strategy, *shown, params or "–"]) + " |")
     clean = result["clean"]
     lines.append(
