@@ -3,6 +3,7 @@ base is too long, at a fixed or an adaptive bound, before any aggregator reads i
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 
 from fma_core.errors import ConfigurationError
 from fma_core.norms import NormPolicy, screen
+from fma_core.shards import RoundPlan
 from fma_core.weights import TensorSpec
 
 from .engine_world import World
@@ -90,14 +92,24 @@ def test_clip_scales_each_long_change_to_the_bound_for_every_aggregator(
     assert section["refused"] == {}
 
 
-def test_a_clipped_sharded_round_is_bit_identical_to_the_whole_round(tmp_path: Path) -> None:
+def test_a_clipped_round_sharded_over_workers_is_bit_identical_to_the_whole_round(tmp_path: Path) -> None:
+    """The screening travels in the plan, as JSON to each shard's worker: every shard clips the same
+    updates by the same factors."""
     models = []
     for name, shard_bytes in (("whole", None), ("sharded", 100_000)):
         w = world(tmp_path / name, {"mode": "clip", "bound": 60.0}, aggregator="trimmed_mean")
         for i in range(4):
             w.train(0, seed=1 + i, num_examples=1 + i, scale=2.0 if i == 2 else 0.1)
-        w.run(shard_bytes=shard_bytes)
+        plan = w.engine(shard_bytes=shard_bytes).start_round("e")
+        assert isinstance(plan, RoundPlan)
+        assert list(plan.norms["clip"]) == ["u3"]
+        sent = RoundPlan.from_dict(json.loads(json.dumps(plan.to_dict())))
+        assert sent == plan
+        outcomes = [w.engine(shard_bytes=shard_bytes).finish_shard(sent, i) for i in range(len(sent.shards))]
+        assert [o.status for o in outcomes][-1] == "committed"
+        assert len(outcomes) == (1 if shard_bytes is None else len(plan.shards))
         models.append(w.model(1))
+    assert len(plan.shards) > 1
     for name in models[0]:
         assert models[0][name].tobytes() == models[1][name].tobytes()
 
