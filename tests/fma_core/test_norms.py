@@ -160,6 +160,7 @@ def test_a_bound_needs_a_global_model_to_measure_changes_from(tmp_path: Path) ->
         ({"mode": "clip", "bound": -2.5}, "above 0"),
         ({"mode": "clip", "bound": math.inf}, "finite"),
         ({"mode": "clip", "bound": math.nan}, "finite"),
+        ({"mode": "clip", "bound": 10**400}, "finite number above 0, not 1000000000"),
         ({"mode": "clip", "bound": "5"}, "finite number"),
         ({"mode": "clip", "bound": True}, "finite number"),
         ({"mode": "clip", "bound": 1, "limit": 2}, "unknown key(s) limit in update_norm"),

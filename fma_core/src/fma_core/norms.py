@@ -96,14 +96,14 @@ def _known(config: Mapping[str, Any], names: tuple[str, ...], where: str) -> Non
 
 
 def _positive(value: Any, where: str) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ConfigurationError(f"{where} must be a finite number above 0, not {value!r}")
-    return float(value)
+    try:  # a whole number too large for a float (JSON allows 1 followed by 400 zeros) overflows
+        number = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number) or number <= 0:
+        shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:40]}…"
+        raise ConfigurationError(f"{where} must be a finite number above 0, not {shown}")
+    return number
 
 
 def measure(updates: Sequence[UpdateInput], spec: TensorSpec) -> dict[str, float]:
