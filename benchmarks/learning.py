@@ -28,6 +28,18 @@ benchmark reports both runs' per-round test accuracy and fails if they differ by
 
 ``--quick``: 1 seed, 1 tuning seed, the first value of each grid only, no live row (for the smoke
 test; its numbers are not the README's).
+
+Under attack, the same task at α = 0.5 with 15 clients (so that Bulyan, n ≥ 4f + 3, tolerates f = 3),
+K of them bad (``local_training.attacked_update``, as ``client.py --attack``: ``noise`` pushes random
+weights, ``signflip`` the update's change reversed), each strategy's final test accuracy (mean ± sd
+over the seeds) against a clean run of the same rounds (fedavg, no bad client), with the gap in points:
+
+    python benchmarks/learning.py --attacks [--seeds 3] [--scenarios noise:2 noise:3 signflip:2]
+        [--strategies fedavg median trimmed_mean fedavg+clip fedavg+refuse ...]
+
+A strategy is any registered aggregator's name, with ``+clip`` or ``+refuse`` for the adaptive norm
+bound (``fma_core.norms``' defaults) in front of it; its parameters are the quickstart's for K bad
+clients (``run.aggregator_params``), not tuned.
 """
 
 from __future__ import annotations
@@ -61,7 +73,7 @@ from fma_core.aggregators import available  # noqa: E402
 from fma_core.connectors import ExperimentConfig, InMemoryMetadataStore, LocalDirectoryWeightStore  # noqa: E402
 from fma_core.rounds import RoundEngine  # noqa: E402
 from fma_core.weights import load, to_bytes  # noqa: E402
-from local_training import client_rng, data_name, local_update  # noqa: E402
+from local_training import ATTACKS, attacked_update, client_rng, data_name, local_update  # noqa: E402
 
 ALPHAS = (0.5, 0.1)
 TARGET = 0.9
@@ -155,10 +167,20 @@ def validation_task(seed: int, alpha: float, clients: int) -> Task:
 
 
 def federate(
-    task: Task, strategy: str, params: Mapping[str, Any], setting: Setting, seed: int
+    task: Task,
+    strategy: str,
+    params: Mapping[str, Any],
+    setting: Setting,
+    seed: int,
+    *,
+    attacks: Mapping[int, str] | None = None,
+    update_norm: Mapping[str, Any] | None = None,
 ) -> list[float]:
     """The global model's accuracy on the task's scoring set after each round: the clients train in
-    this process, the rounds go through the round engine as the service runs them."""
+    this process, the rounds go through the round engine as the service runs them. ``attacks``: the
+    bad clients (by index) and what each pushes instead of its update (``local_training.attacked_update``,
+    as the quickstart's ``client.py --attack``); ``update_norm``: the experiment's norm bound."""
+    attacks = attacks or {}
     root = Path(tempfile.mkdtemp(prefix="fma-learning-"))
     try:
         store = LocalDirectoryWeightStore(root)
@@ -171,22 +193,20 @@ def federate(
             aggregator=strategy,
             aggregator_params=dict(params),
             round_policy={"policy": "all_clients"},
+            update_norm=update_norm,
         )
         metadata.create_experiment(config, clients=clients, initial_weights_key=initial_key)
         engine = RoundEngine(metadata, store, worker_id="benchmark", threads=1)
         rngs = [client_rng(seed, name) for name in clients]
         model, accuracies = initial, []
         for round_number in range(setting.rounds):
-            for client, part, rng in zip(clients, task.parts, rngs, strict=True):
-                update = local_update(
-                    softmax,
-                    model,
-                    task.x_train[part],
-                    task.y_train[part],
-                    epochs=setting.epochs,
-                    learning_rate=setting.lr,
-                    rng=rng,
-                )
+            for index, (client, part, rng) in enumerate(zip(clients, task.parts, rngs, strict=True)):
+                data = (softmax, model, task.x_train[part], task.y_train[part])
+                training = {"epochs": setting.epochs, "learning_rate": setting.lr, "rng": rng}
+                if index in attacks:
+                    update = attacked_update(attacks[index], *data, **training)
+                else:
+                    update = local_update(*data, **training)
                 stored = store.put(
                     f"updates/{round_number}/{client}.safetensors", io.BytesIO(to_bytes(update))
                 )
@@ -311,6 +331,163 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+# Under attack (``--attacks``): the quickstart's task at α = 0.5 with bad clients, every strategy against a
+# clean run (fedavg, no bad client) of the same rounds.
+ATTACK_CLIENTS = 15  # so that Bulyan (n ≥ 4f + 3) tolerates f = 3
+ATTACK_ALPHA = 0.5
+SCENARIOS = ("noise:2", "noise:3", "signflip:2")
+ATTACK_STRATEGIES = (
+    "fedavg",
+    "median",
+    "trimmed_mean",
+    "fedavg+clip",
+    "fedavg+refuse",
+    "trimmed_mean+refuse",
+)
+# "<aggregator>+clip" / "+refuse": the aggregator behind an adaptive norm bound, its defaults (fma_core.norms)
+NORM_BOUNDS = {"clip": {"mode": "clip", "adaptive": {}}, "refuse": {"mode": "refuse", "adaptive": {}}}
+
+
+def strategy_parts(name: str) -> tuple[str, dict[str, Any] | None]:
+    """``"fedavg+clip"`` → the aggregator ``fedavg`` and the experiment's ``update_norm``."""
+    aggregator, _, bound = name.partition("+")
+    if bound and bound not in NORM_BOUNDS:
+        raise SystemExit(f"{name}: a norm bound is +{' or +'.join(NORM_BOUNDS)}")
+    return aggregator, NORM_BOUNDS.get(bound)
+
+
+def scenario(text: str) -> tuple[str, int]:
+    attack, _, count = text.partition(":")
+    if attack not in ATTACKS or not count.isdigit():
+        raise SystemExit(f"a scenario is ATTACK:COUNT with ATTACK one of {', '.join(ATTACKS)}, not {text!r}")
+    return attack, int(count)
+
+
+def under_attack(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
+    """Final test accuracy (mean ± sd over the seeds) of each strategy in each scenario, and of the clean
+    run; each strategy's parameters are the quickstart's for that many bad clients
+    (``run.aggregator_params``: trimmed mean trims their share at each end), never tuned on the test set."""
+    setting = Setting(clients=ATTACK_CLIENTS, rounds=args.rounds)
+    seeds = list(range(args.seeds))
+    scenarios = [scenario(text) for text in args.scenarios]
+    have = set(available())
+    wanted = args.strategies or list(ATTACK_STRATEGIES)
+    strategies = [s for s in wanted if strategy_parts(s)[0] in have]
+    missing = sorted(set(wanted) - set(strategies))
+    if missing:
+        say(f"not in this build, left out: {', '.join(missing)}")
+
+    def finals(aggregator: str, params: dict, bound: dict | None, bad: dict[int, str]) -> list[float]:
+        return [
+            federate(
+                held_out_task(seed, ATTACK_ALPHA, setting.clients),
+                aggregator,
+                params,
+                setting,
+                seed,
+                attacks=bad,
+                update_norm=bound,
+            )[-1]
+            for seed in seeds
+        ]
+
+    clean = finals("fedavg", {}, None, {})
+    say(f"clean (fedavg, no bad client): {percent(statistics.fmean(clean))} %")
+    rows = []
+    for strategy in strategies:
+        aggregator, bound = strategy_parts(strategy)
+        for attack, count in scenarios:
+            bad = {index: attack for index in range(setting.clients - count, setting.clients)}
+            params = quickstart.aggregator_params(aggregator, setting.clients, count)
+            final = finals(aggregator, params, bound, bad)
+            mean = statistics.fmean(final)
+            rows.append(
+                {
+                    "strategy": strategy,
+                    "scenario": f"{attack}:{count}",
+                    "params": params,
+                    "update_norm": bound,
+                    "final": final,
+                    "mean": mean,
+                    "sd": statistics.stdev(final) if len(final) > 1 else 0.0,
+                    "points_below_clean": (statistics.fmean(clean) - mean) * 100,
+                }
+            )
+            say(
+                f"  {strategy:20s} {count} {attack}: {percent(mean)} % ({rows[-1]['points_below_clean']:+.1f} below clean)"
+            )
+    best = {
+        text: min((r for r in rows if r["scenario"] == text), key=lambda r: r["points_below_clean"])
+        for text in args.scenarios
+        if any(r["scenario"] == text for r in rows)
+    }
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "setting": {**asdict(setting), "alpha": ATTACK_ALPHA},
+        "seeds": seeds,
+        "clean": {
+            "final": clean,
+            "mean": statistics.fmean(clean),
+            "sd": statistics.stdev(clean) if len(clean) > 1 else 0.0,
+        },
+        "rows": rows,
+        "best": {
+            text: {"strategy": r["strategy"], "points_below_clean": r["points_below_clean"]}
+            for text, r in best.items()
+        },
+        "left_out": missing,
+    }
+
+
+def _params(rows: Sequence[dict[str, Any]]) -> str:
+    """A strategy's parameters over its scenarios, each value once ("trim_fraction=0.167 / 0.233")."""
+    values: dict[str, dict[str, None]] = {}
+    for row in rows:
+        for name, value in row["params"].items():
+            values.setdefault(name, {})[f"{value:.3g}" if isinstance(value, float) else str(value)] = None
+    shown = [f"{name}={' / '.join(each)}" for name, each in values.items()]
+    if rows[0]["update_norm"]:
+        shown.append(f"update_norm={json.dumps(rows[0]['update_norm'])}")
+    return ", ".join(shown)
+
+
+def attack_table(result: dict[str, Any]) -> str:
+    """Markdown: one line per strategy, per scenario its mean ± sd final test accuracy and its gap to
+    the clean run; the clean run last."""
+    scenarios = list(dict.fromkeys(r["scenario"] for r in result["rows"]))
+    names = {"noise": "pushing noise", "signflip": "flipping their sign"}
+
+    def title(text: str) -> str:
+        attack, count = scenario(text)
+        return f"{count} {names[attack]}: accuracy (%), points below clean"
+
+    cells: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in result["rows"]:
+        cells.setdefault(row["strategy"], {})[row["scenario"]] = row
+    lines = ["| " + " | ".join(["strategy", *map(title, scenarios), "parameters"]) + " |"]
+    lines.append("|" + "---|" * (len(scenarios) + 2))
+    for strategy, by_scenario in cells.items():
+        shown = [
+            f"{percent(c['mean'])} ± {percent(c['sd'])}, {c['points_below_clean']:.1f}" if c else "–"
+            for c in (by_scenario.get(text) for text in scenarios)
+        ]
+        params = _params(list(by_scenario.values()))
+        lines.append("| " + " | ".join([strategy, *shown, params or "–"]) + " |")
+    clean = result["clean"]
+    lines.append(
+        "| "
+        + " | ".join(
+            [
+                "clean run (fedavg, no bad client)",
+                *[f"{percent(clean['mean'])} ± {percent(clean['sd'])}"] * len(scenarios),
+                "–",
+            ]
+        )
+        + " |"
+    )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5, help="evaluation seeds (0, 1, ...)")
@@ -321,7 +498,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no-live", action="store_true", help="skip the row through the live service")
     parser.add_argument("--live-tolerance", type=float, default=0.01, help="largest per-round gap allowed")
     parser.add_argument("--json", action="store_true", help="print JSON only")
+    parser.add_argument(
+        "--attacks",
+        action="store_true",
+        help=f"under attack: {ATTACK_CLIENTS} clients, some bad (--scenarios), each strategy against a clean run",
+    )
+    parser.add_argument(
+        "--scenarios",
+        nargs="*",
+        default=list(SCENARIOS),
+        metavar="ATTACK:K",
+        help="with --attacks: K bad clients",
+    )
     args = parser.parse_args(argv)
+    if args.attacks:
+        return attacks_main(args)
     if args.quick:
         args.seeds, args.tune_seeds, args.no_live = 1, 1, True
     setting = Setting(rounds=args.rounds)
@@ -405,6 +596,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     f"α={alpha}: best {best['strategy']}, {best['points_below_centralized']:.1f} points below centralized"
                 )
         print(f"elapsed: {result['seconds']:.0f} s")
+    return result
+
+
+def attacks_main(args: argparse.Namespace) -> dict[str, Any]:
+    """``--attacks``: the table under attack, with the gap of each scenario's best strategy to the clean run."""
+    if args.quick:
+        args.seeds = 1
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+    started = time.monotonic()
+    say(
+        f"under attack: {ATTACK_CLIENTS} clients, α={ATTACK_ALPHA}, {args.rounds} rounds, seeds 0–{args.seeds - 1}:"
+    )
+    result = under_attack(args, say)
+    result["seconds"] = time.monotonic() - started
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return result
+    print()
+    print(attack_table(result))
+    for text, best in result["best"].items():
+        print(f"{text}: best {best['strategy']}, {best['points_below_clean']:.1f} points below the clean run")
+    print(f"elapsed: {result['seconds']:.0f} s")
     return result
 
 

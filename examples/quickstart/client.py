@@ -3,8 +3,9 @@
 Its data is its own file (``--data``, written by ``run.py`` from the non-IID split). It enrolls with the enrollment token it is given (environment ``FMA_ENROLLMENT_TOKEN``), tells
 the orchestrator on stdout, waits for "go" on stdin (so that every client is enrolled before the
 first round can close), then for each round: pull the global model, train on its own slice of
-the data (which never leaves this process), push the update. A ``--bad`` client pushes random
-noise of the right shape instead, to show what robust aggregators buy.
+the data (which never leaves this process), push the update. A client with ``--attack noise`` pushes
+random noise of the right shape instead, one with ``--attack signflip`` its update's change reversed,
+to show what robust aggregators and norm bounds buy.
 
 Stdout carries one JSON object per line for the orchestrator; human-readable errors go to stderr.
 """
@@ -20,9 +21,7 @@ from pathlib import Path
 
 from digits import load_slice
 from fma_client import Client
-from local_training import client_rng, local_update
-
-NOISE_SCALE = 5.0
+from local_training import ATTACKS, attacked_update, client_rng, local_update
 
 
 def say(event: str, **fields: object) -> None:
@@ -39,7 +38,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, required=True)
     parser.add_argument("--lr", type=float, required=True)
     parser.add_argument("--model", default="softmax", help="module with train() and accuracy()")
-    parser.add_argument("--bad", action="store_true", help="push noise instead of training")
+    parser.add_argument("--attack", choices=ATTACKS, help="push this attack instead of the update")
     parser.add_argument("--round-timeout", type=float, default=120.0)
     return parser.parse_args(argv)
 
@@ -61,15 +60,11 @@ def main(argv: list[str] | None = None) -> None:
     with client:
         weights, _ = client.pull()
         for round_index in range(args.rounds):
-            if args.bad:
-                update = {
-                    name: (rng.standard_normal(array.shape) * NOISE_SCALE).astype(array.dtype)
-                    for name, array in weights.items()
-                }
+            training = {"epochs": args.epochs, "learning_rate": args.lr, "rng": rng}
+            if args.attack:
+                update = attacked_update(args.attack, model, weights, x, y, **training)
             else:
-                update = local_update(
-                    model, weights, x, y, epochs=args.epochs, learning_rate=args.lr, rng=rng
-                )
+                update = local_update(model, weights, x, y, **training)
             metrics = {"train_accuracy": model.accuracy(update, x, y)}
             pushed = client.push(update, num_examples=len(y), metrics=metrics)
             say("pushed", round=round_index + 1, update=pushed.get("id"))

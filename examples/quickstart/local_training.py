@@ -1,6 +1,7 @@
 """One data holder's round of local work, shared by ``client.py`` (a client process against the
 service) and ``benchmarks/learning.py`` (the same clients in one process, without HTTP): both must
-train the same way from the same random stream for their results to be comparable.
+train the same way from the same random stream for their results to be comparable. A bad client's
+attacks live here too, for the same reason.
 """
 
 from __future__ import annotations
@@ -40,3 +41,31 @@ def local_update(
     return model.train(
         weights, x, y, epochs=epochs, learning_rate=learning_rate, seed=int(rng.integers(2**31))
     )
+
+
+ATTACKS = ("noise", "signflip")
+NOISE_SCALE = 5.0
+
+
+def attacked_update(
+    attack: str,
+    model: ModuleType,
+    weights: Weights,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int,
+    learning_rate: float,
+    rng: np.random.Generator,
+) -> Weights:
+    """What a bad client pushes instead of its update: ``noise``, random weights of the right shape
+    (``NOISE_SCALE`` × standard normal values), far from any model; ``signflip``, the model moved by the
+    opposite of what it learned (base − change): as long as an honest change, so no norm bound sees it."""
+    if attack == "noise":
+        return {
+            name: (rng.standard_normal(a.shape) * NOISE_SCALE).astype(a.dtype) for name, a in weights.items()
+        }
+    if attack == "signflip":
+        trained = local_update(model, weights, x, y, epochs=epochs, learning_rate=learning_rate, rng=rng)
+        return {name: (2 * a - trained[name]).astype(a.dtype) for name, a in weights.items()}
+    raise ValueError(f"unknown attack {attack!r}: one of {', '.join(ATTACKS)}")

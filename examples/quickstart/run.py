@@ -2,7 +2,8 @@
 
     python examples/quickstart/run.py [--clients 10] [--rounds 30] [--alpha 0.5]
         [--aggregator fedavg|trimmed_mean|median|mean|fedavgm|fedadam|fedyogi|fedadagrad]
-        [--aggregator-params JSON] [--bad-clients 0] [--seed 0]
+        [--aggregator-params JSON] [--bad-clients 0] [--attack noise|signflip] [--update-norm JSON]
+        [--seed 0]
 
 What it does, all on this machine with nothing else installed or running:
 
@@ -44,7 +45,7 @@ from typing import Any
 from digits import dirichlet_partition, load, save_slice
 from fma_client import Developer, Experiment, read_file, write_file
 from local_service import USERNAME, Service
-from local_training import data_name
+from local_training import ATTACKS, data_name
 
 HERE = Path(__file__).resolve().parent
 AGGREGATORS = ("fedavg", "trimmed_mean", "median", "mean", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
@@ -74,7 +75,15 @@ def parse(argv: list[str] | None, defaults: dict[str, Any] | None = None) -> arg
         metavar="JSON",
         help="the aggregator's parameters, e.g. '{\"server_learning_rate\": 0.5}' for a server optimizer",
     )
-    parser.add_argument("--bad-clients", type=int, default=0, help="clients that push noise")
+    parser.add_argument("--bad-clients", type=int, default=0, help="clients that push an attack")
+    parser.add_argument("--attack", choices=ATTACKS, default="noise", help="what the bad clients push")
+    parser.add_argument(
+        "--update-norm",
+        type=json.loads,
+        metavar="JSON",
+        help="the experiment's bound on each update's change, e.g. "
+        '\'{"mode": "clip", "adaptive": {"multiplier": 3}}\' (see fma_core.norms)',
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=5, help="local epochs per round")
     parser.add_argument("--lr", type=float, default=0.5, help="learning rate of local SGD")
@@ -94,6 +103,8 @@ def parse(argv: list[str] | None, defaults: dict[str, Any] | None = None) -> arg
         parser.error("--clients and --rounds must be at least 1")
     if not isinstance(args.aggregator_params, dict):
         parser.error("--aggregator-params must be a JSON object of parameter names to values")
+    if args.update_norm is not None and not isinstance(args.update_norm, dict):
+        parser.error('--update-norm must be a JSON object, e.g. \'{"mode": "clip", "bound": 5}\'')
     if not 0 <= args.bad_clients < args.clients:
         parser.error("--bad-clients must be between 0 and --clients - 1")
     return args
@@ -326,7 +337,7 @@ def federate(
         bad = set(range(args.clients - args.bad_clients, args.clients))
         print(
             f"Experiment {experiment.id}: {args.aggregator}, {args.clients} clients"
-            + (f" ({len(bad)} pushing noise)" if bad else "")
+            + (f" ({len(bad)} pushing {args.attack})" if bad else "")
             + f", {args.rounds} rounds of {args.epochs} local epochs, Dirichlet α={args.alpha}; "
             f"examples per client: {', '.join(str(len(p)) for p in parts)}",
             flush=True,
@@ -399,6 +410,7 @@ def create_experiment(
                     {"policy": "deadline", "seconds": args.deadline, "min_updates": 1},
                 ]
             },
+            "update_norm": args.update_norm,
             "initial_model": str(initial_path),
             "enrollment": "token",
         }
@@ -447,7 +459,7 @@ def start_clients(
             "--lr", str(args.lr),
             "--model", args.model,
             "--round-timeout", str(args.deadline * 4),
-        ] + (["--bad"] if index in bad else [])  # fmt: skip
+        ] + (["--attack", args.attack] if index in bad else [])  # fmt: skip
         log = service.data_dir / f"client-{index}.log"
         clients.append(ClientProcess(index, command, token, log, pythonpath))
     for client in clients:
@@ -489,7 +501,7 @@ def report(
     print(f"centralized (pooled data, {args.rounds * args.epochs} epochs): {percent(central):.1f}%")
     print(f"gap: {percent(central) - percent(final):+.1f} points")
     title = f"{args.model} on digits: {args.clients} clients, α={args.alpha}, {args.aggregator}" + (
-        f", {args.bad_clients} bad" if args.bad_clients else ""
+        f", {args.bad_clients} pushing {args.attack}" if args.bad_clients else ""
     )
     plot = write_results(args.out, rows, initial, central, title)
     print(f"table: {args.out / 'rounds.csv'}   plot: {plot}")

@@ -1,4 +1,5 @@
-"""benchmarks/learning.py runs end to end and reports a row per strategy and α, and centralized."""
+"""benchmarks/learning.py runs end to end and reports a row per strategy and α, and centralized; under
+attack (``--attacks``), a row per strategy and scenario with its gap to a clean run."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 BENCHMARK = Path(__file__).parents[2] / "benchmarks" / "learning.py"
 
@@ -45,3 +48,27 @@ def test_table_names_every_strategy_and_leaves_out_unknown_ones():
     assert "left out: no_such_strategy" in stdout
     lines = [line for line in stdout.splitlines() if line.startswith("| ")]
     assert [line.split("|")[1].strip() for line in lines] == ["strategy", "median", "centralized"]
+
+
+def test_under_attack_each_strategy_has_a_row_per_scenario_and_a_gap_to_the_clean_run():
+    figures = json.loads(
+        run(
+            "--attacks",
+            "--strategies", "fedavg", "fedavg+refuse", "no_such_strategy",
+            "--scenarios", "noise:2", "signflip:1",
+            "--json",
+        ).stdout
+    )  # fmt: skip
+    rows = {(row["strategy"], row["scenario"]): row for row in figures["rows"]}
+    assert set(rows) == {(s, a) for s in ("fedavg", "fedavg+refuse") for a in ("noise:2", "signflip:1")}
+    assert figures["left_out"] == ["no_such_strategy"]
+    assert figures["setting"]["clients"] == 15
+    clean = figures["clean"]["mean"]
+    for row in rows.values():
+        assert len(row["final"]) == 1  # --quick: one seed
+        assert row["points_below_clean"] == pytest.approx((clean - row["mean"]) * 100)
+    assert rows[("fedavg+refuse", "noise:2")]["update_norm"] == {"mode": "refuse", "adaptive": {}}
+    assert rows[("fedavg", "noise:2")]["update_norm"] is None
+    # two of fifteen pushing noise wreck fedavg within two rounds; refusing their long changes does not
+    assert rows[("fedavg+refuse", "noise:2")]["mean"] > rows[("fedavg", "noise:2")]["mean"] + 0.2
+    assert figures["best"]["noise:2"]["strategy"] == "fedavg+refuse"

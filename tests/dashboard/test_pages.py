@@ -261,3 +261,17 @@ def test_a_server_optimizers_rounds_show_their_algorithm_parameters_and_state_in
         assert f'title="SHA-256 {state}"' in page
     assert page.count("fedadam") >= 2
     assert '"server_learning_rate": 0.5' in html.unescape(page)
+
+
+def test_the_lineage_shows_each_rounds_norm_bound_and_each_updates_norm_and_clip_factor(
+    alice, make_experiment, enroll, submit, run_round, alice_browser
+):
+    experiment = make_experiment(alice, "clipped", update_norm={"mode": "clip", "bound": 7.5})
+    small, large = enroll(experiment), enroll(experiment)
+    kept = submit(experiment, small, 1.0)  # 15 values: a change of norm √15 ≈ 3.873
+    clipped = submit(experiment, large, 5.0)  # 5·√15 ≈ 19.36, scaled by 7.5 / 19.36
+    run_round(experiment)
+    page = alice_browser.get(f"/dashboard/experiments/{experiment.pk}/").content.decode()
+    assertInHTML("<summary>norm bound 7.5000 (clip, fixed)</summary>", page, count=1)
+    assertInHTML(f"<li>update {kept.pk}: norm 3.8730</li>", page, count=1)
+    assertInHTML(f"<li>update {clipped.pk}: norm 19.3649, clipped ×0.3873</li>", page, count=1)

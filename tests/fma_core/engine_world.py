@@ -19,8 +19,14 @@ CLIENTS = ("c0", "c1", "c2")
 
 
 def random_weights(spec: TensorSpec, seed: int, scale: float = 1.0) -> dict[str, np.ndarray]:
+    """Floating tensors of ``scale`` × standard normal values (float32), integer ones of small integers."""
     rng = np.random.default_rng(seed)
-    return {t.name: (scale * rng.standard_normal(t.shape)).astype(np.float32) for t in spec}
+    return {
+        t.name: rng.integers(-5, 5, t.shape).astype(t.numpy_dtype)
+        if t.numpy_dtype.kind in "iu"
+        else (scale * rng.standard_normal(t.shape)).astype(np.float32)
+        for t in spec
+    }
 
 
 class Clock:
@@ -43,6 +49,7 @@ class World:
         params: Mapping[str, Any] | None = None,
         delta: bool = False,
         initial: bool = True,
+        update_norm: Mapping[str, Any] | None = None,
     ) -> None:
         self.spec = spec
         self.initial = random_weights(spec, 0)
@@ -54,7 +61,11 @@ class World:
             else None
         )
         config = ExperimentConfig(
-            "e", aggregator=aggregator, aggregator_params=dict(params or {}), tensor_spec=spec
+            "e",
+            aggregator=aggregator,
+            aggregator_params=dict(params or {}),
+            tensor_spec=spec,
+            update_norm=update_norm,
         )
         self.metadata.create_experiment(config, clients=CLIENTS, initial_weights_key=initial_key)
         self.delta = delta
@@ -69,11 +80,13 @@ class World:
         with self.weights.open(key) as stream:
             return load(stream)
 
-    def train(self, base_round: int, seed: int, num_examples: int) -> dict[str, np.ndarray]:
-        """A client's step from round ``base_round``'s model, pushed as weights or as a delta; its change
-        as the server sees it, in float64."""
+    def train(
+        self, base_round: int, seed: int, num_examples: int, *, scale: float = 0.1
+    ) -> dict[str, np.ndarray]:
+        """A client's step (of ``scale`` times standard normal values) from round ``base_round``'s model,
+        pushed as weights or as a delta; its change as the server sees it, in float64."""
         base = self.model(base_round)
-        step = random_weights(self.spec, seed, scale=0.1)
+        step = random_weights(self.spec, seed, scale=scale)
         trained = {name: base[name] + step[name] for name in base}
         self.count += 1
         sent = step if self.delta else trained

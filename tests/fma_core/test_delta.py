@@ -12,7 +12,7 @@ from fma_core.connectors import ExperimentConfig, InMemoryMetadataStore, LocalDi
 from fma_core.errors import InvalidWeights
 from fma_core.rounds import RoundEngine
 from fma_core.weights import ArrayReader, WeightsReader, load, open_weights, to_bytes
-from fma_core.weights.delta import DeltaReader
+from fma_core.weights.delta import DeltaReader, ScaledChangeReader
 
 
 def weights(seed: int) -> dict[str, np.ndarray]:
@@ -117,3 +117,28 @@ def test_a_round_of_deltas_reads_each_base_once_for_all_the_deltas_on_it(tmp_pat
     assert store.opened["base"] == store.opened["old"] == 1  # opened once for all the deltas on it...
     assert store.blocks["base"] == store.blocks["old"] == store.blocks["updates/a"]  # ...and read once
     assert store.closed == store.opened  # every reader closed, the shared bases included
+
+
+def test_a_scaled_change_reads_the_same_in_any_blocks_and_leaves_integer_tensors_alone():
+    rng = np.random.default_rng(3)
+    change = {
+        "half": rng.standard_normal(1000).astype(np.float16),
+        "double": rng.standard_normal(1000),
+        "count": np.arange(1000, dtype=np.int64),
+    }
+    base = {name: np.ones_like(values) for name, values in change.items()}
+    factor = 0.3
+    whole = ScaledChangeReader(ArrayReader(change), factor, ArrayReader(base))
+    alone = ScaledChangeReader(ArrayReader(change), factor)
+    for name in change:
+        read = whole.read_block(name, 0, 1000)
+        pieces = np.concatenate([whole.read_block(name, a, min(a + 333, 1000)) for a in range(0, 1000, 333)])
+        assert read.dtype == change[name].dtype
+        assert read.tobytes() == pieces.tobytes()
+    np.testing.assert_array_equal(whole.read_block("count", 0, 1000), change["count"] + 1)
+    np.testing.assert_array_equal(alone.read_block("count", 0, 1000), change["count"])
+    expected = (change["half"].astype(np.float32) * np.float32(factor) + 1).astype(np.float16)
+    assert whole.read_block("half", 0, 1000).tobytes() == expected.tobytes()
+    np.testing.assert_allclose(alone.read_block("double", 0, 1000), change["double"] * factor, rtol=1e-15)
+    with pytest.raises(InvalidWeights, match="exactly the tensors"):
+        ScaledChangeReader(ArrayReader(change), factor, ArrayReader({"half": base["half"]}))

@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 
 import pytest
+from django.forms import modelform_factory
 from django.urls import reverse
 
 from fma_core.rounds import RoundEngine
-from fma_django.models import Client, Event, EventKind, ModelAggregate
+from fma_django.admin import ExperimentForm
+from fma_django.models import Client, Event, EventKind, Experiment, ModelAggregate
 from fma_django.storage import weight_store
 from fma_django.store import DjangoMetadataStore
 
@@ -122,3 +124,12 @@ def test_an_aggregate_shows_its_algorithm_parameters_and_server_state_read_only(
     assert saved.status_code == 302
     aggregate.refresh_from_db()
     assert (aggregate.state_content_id, aggregate.validation_score) == (state, 0.5)
+
+
+def test_the_experiment_form_refuses_a_bound_the_api_refuses(experiment):
+    form_class = modelform_factory(Experiment, form=ExperimentForm, fields=["name", "update_norm"])
+    refused = form_class({"name": "m", "update_norm": '{"mode": "clip", "bound": -1}'}, instance=experiment)
+    assert not refused.is_valid()
+    assert refused.errors["update_norm"] == ["update_norm.bound must be a finite number above 0, not -1"]
+    accepted = form_class({"name": "m", "update_norm": '{"mode": "refuse", "bound": 3}'}, instance=experiment)
+    assert accepted.is_valid(), accepted.errors

@@ -62,6 +62,7 @@ from fma_core.errors import (
     UpdateUnreadable,
 )
 from fma_core.leases import LeaseKeeper
+from fma_core.norms import REPORT_SECTION, NormPolicy, Screening, measure, recent_norms, screen
 from fma_core.peak_memory import PeakMemory
 from fma_core.policies import PendingUpdate, RoundState, policy_from_config
 from fma_core.shards import (
@@ -76,7 +77,7 @@ from fma_core.shards import (
 )
 from fma_core.state import read_state, state_key
 from fma_core.weights import TensorSpec, WeightsReader
-from fma_core.weights.delta import ChangeReader, DeltaReader, SharedBases
+from fma_core.weights.delta import ChangeReader, DeltaReader, ScaledChangeReader, SharedBases
 from fma_core.weights.layout import ConcatStream, Part
 
 logger = logging.getLogger(__name__)
@@ -310,6 +311,7 @@ class RoundEngine:
             spec=spec,
             shards=balance_shards(spec, shard_bytes, min_bytes=self.weights.min_part_bytes),
         )
+        plan = self._screened(plan, quarantine)
         while plan.update_ids:
             context = self._context(plan, aggregator)
             try:
@@ -327,6 +329,40 @@ class RoundEngine:
             else None
         )
         return replace(plan, quarantined=tuple(quarantined), prepared=prepared, state_scalars=scalars)
+
+    def _screened(self, plan: RoundPlan, quarantine: Callable[[str, str], None]) -> RoundPlan:
+        """The plan with the experiment's norm bound applied (``fma_core.norms``): each update's change
+        measured once, those above the bound quarantined (refuse) or given a clip factor (clip), the
+        decision kept in the plan for every shard. An update that cannot be read is quarantined and the
+        others measured again."""
+        claim = plan.claim
+        policy = NormPolicy.from_config(claim.experiment.update_norm)
+        if policy is None or not plan.update_ids:
+            return plan
+        if claim.parent_weights_key is None:
+            raise ConfigurationError(
+                "update_norm bounds each update's change from the model it was trained from, and the "
+                "experiment has no global model yet: give it an initial model"
+            )
+        history = (
+            recent_norms(self.metadata.recent_reports(plan.experiment_id, rounds=policy.adaptive.window))
+            if policy.adaptive is not None
+            else []
+        )
+        while plan.update_ids:
+            try:
+                norms = measure(canonical_order(self._inputs(plan)), plan.spec)
+                break
+            except UpdateUnreadable as error:
+                quarantine(error.update_id, error.reason)
+                plan = replace(plan, update_ids=tuple(u for u in plan.update_ids if u != error.update_id))
+        else:
+            return plan
+        screening = screen(policy, norms, history)
+        for update_id, reason in screening.refused.items():
+            quarantine(update_id, reason)
+        kept = tuple(u for u in plan.update_ids if u not in screening.refused)
+        return replace(plan, update_ids=kept, norms=screening.to_json())
 
     def _usable_updates(
         self, claim: RoundClaim, quarantine: Callable[[str, str], None], excluded: frozenset[str]
@@ -575,8 +611,18 @@ class RoundEngine:
             peak_memory_bytes=peak or None,
             state_key=outputs[1].key if state else None,
             state_content_id=state[0][1] if state else None,
-            report={"aggregator": dict(report)} if report else {},
+            report=self._report(plan, inputs, report),
         )
+
+    @staticmethod
+    def _report(plan: RoundPlan, inputs: list[UpdateInput], aggregator_report: Any) -> dict[str, Any]:
+        """The round's report, by section: the aggregator's own, and the norm screening's."""
+        report: dict[str, Any] = {}
+        if aggregator_report:
+            report["aggregator"] = dict(aggregator_report)
+        if plan.norms is not None:
+            report[REPORT_SECTION] = Screening.from_json(plan.norms).report(i.update_id for i in inputs)
+        return report
 
     def _aggregator(self, claim: RoundClaim) -> Aggregator:
         config = claim.experiment
@@ -585,13 +631,20 @@ class RoundEngine:
     def _inputs(self, plan: RoundPlan) -> list[UpdateInput]:
         wanted = set(plan.update_ids)
         bases = SharedBases(self.weights.open_weights)
-        return [self._input(u, bases) for u in plan.claim.updates if u.update_id in wanted]
+        clip = plan.norms["clip"] if plan.norms is not None else {}
+        return [
+            self._input(u, bases, clip.get(u.update_id)) for u in plan.claim.updates if u.update_id in wanted
+        ]
 
-    def _input(self, update: UpdateRecord, bases: SharedBases) -> UpdateInput:
+    def _input(self, update: UpdateRecord, bases: SharedBases, clip: float | None = None) -> UpdateInput:
         """The update as its algorithm reads it: its trained model (a delta reads as its base plus itself),
-        and its change from its base when the base is known (a delta as sent)."""
+        and its change from its base when the base is known (a delta as sent); with a clip factor, both
+        with the change scaled by it."""
         open_update = lambda: self.weights.open_weights(update.weights_key)  # noqa: E731
         base_key = update.base_weights_key
+        if clip is not None:
+            assert base_key is not None, "only an update with a known base is measured, so clipped"
+            return self._clipped(update, bases, clip)
         if update.delta:
             assert base_key is not None, "a delta's record names its base"
             return UpdateInput(
@@ -609,6 +662,34 @@ class RoundEngine:
             open_change=(lambda: _with_base(ChangeReader, open_update, bases, base_key))
             if base_key
             else None,
+        )
+
+    def _clipped(self, update: UpdateRecord, bases: SharedBases, factor: float) -> UpdateInput:
+        """The update with its change scaled by ``factor``: ``open`` reads its base plus the scaled change,
+        ``open_change`` the scaled change, whichever the aggregator asks for."""
+        base_key = update.base_weights_key
+        assert base_key is not None
+
+        def change() -> WeightsReader:
+            if update.delta:
+                return self.weights.open_weights(update.weights_key)
+            return _with_base(
+                ChangeReader, lambda: self.weights.open_weights(update.weights_key), bases, base_key
+            )
+
+        def scaled(with_base: bool) -> WeightsReader:
+            if not with_base:
+                return ScaledChangeReader(change(), factor)
+            return _with_base(
+                lambda reader, base: ScaledChangeReader(reader, factor, base), change, bases, base_key
+            )
+
+        return UpdateInput(
+            update_id=update.update_id,
+            content_id=update.content_id,
+            num_examples=update.num_examples,
+            open=lambda: scaled(True),
+            open_change=lambda: scaled(False),
         )
 
     # Leases, failures and what a claim leaves behind

@@ -60,6 +60,49 @@ class RoundRow:
     versions: tuple[str, ...]
     inputs: tuple[ModelUpdate, ...]  # in the canonical (content hash) order the round used
     parameters: str  # the algorithm's parameters as the API shows them (JSON); "" when there are none
+    norms: RoundNorms | None = None  # the round's norm bound on updates, when the experiment set one
+
+
+@dataclass(frozen=True)
+class UpdateNorm:
+    """One update's norm of its change, as its round screened it (``fma_core.norms``)."""
+
+    update_id: str
+    norm: float
+    clip: float | None  # the factor its change was scaled by, when it was clipped
+    refused: bool
+
+
+@dataclass(frozen=True)
+class RoundNorms:
+    """A round's ``report["norms"]``, for the lineage: the bound, how it was set, each update's norm."""
+
+    mode: str
+    bound: float
+    source: str
+    updates: tuple[UpdateNorm, ...]
+
+    @classmethod
+    def from_report(cls, report: dict) -> RoundNorms | None:
+        section = report.get("norms")
+        if not section:
+            return None
+        clip = section.get("clip", {})
+        measured = [(u, n, False) for u, n in section.get("accepted", {}).items()]
+        measured += [(u, n, True) for u, n in section.get("refused", {}).items()]
+        return cls(
+            mode=section["mode"],
+            bound=section["bound"],
+            source=section["source"],
+            updates=tuple(
+                UpdateNorm(u, n, clip.get(u), refused) for u, n, refused in sorted(measured, key=_by_id)
+            ),
+        )
+
+
+def _by_id(measured: tuple[str, float, bool]) -> tuple[int, str]:
+    update_id = measured[0]
+    return (int(update_id), "") if update_id.isdigit() else (0, update_id)
 
 
 def experiment_state(experiment: Experiment, *, now: float | None = None) -> tuple[str, str]:
@@ -141,6 +184,7 @@ def round_rows(experiment: Experiment) -> list[RoundRow]:
             versions=tuple(sorted(versions.get(a.pk, []))),
             inputs=tuple(inputs.get(a.pk, [])),
             parameters=json.dumps(a.aggregator_params, sort_keys=True) if a.aggregator_params else "",
+            norms=RoundNorms.from_report(a.report or {}),
         )
         for a in aggregates
     ]

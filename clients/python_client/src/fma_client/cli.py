@@ -354,7 +354,8 @@ def parser() -> argparse.ArgumentParser:
     create = command(
         "create",
         "Create an experiment from a YAML or JSON file: name, aggregator and aggregator_params, "
-        "round_policy, tensor_spec or initial_model (a .safetensors path), enrollment (token|open|legacy).",
+        "round_policy, tensor_spec or initial_model (a .safetensors path), update_norm, enrollment "
+        "(token|open|legacy).",
         cmd_experiments_create,
         each,
     )

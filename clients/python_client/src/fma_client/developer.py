@@ -3,7 +3,8 @@
 An experiment is defined by a mapping (or a YAML/JSON file) with the server's fields —
 ``name``, ``aggregator``, ``aggregator_params``, ``round_policy``, ``tensor_spec``,
 ``update_schema``, ``client_agg_results_schema``, ``max_update_bytes``, ``update_kind``
-(``weights`` or ``delta``), … — plus two conveniences: ``initial_model`` may be a path to a safetensors file, and ``enrollment`` is ``token`` (the
+(``weights`` or ``delta``), ``update_norm`` (``{mode: clip, bound: 5.0}``, see the server's
+``fma_core.norms``), … — plus two conveniences: ``initial_model`` may be a path to a safetensors file, and ``enrollment`` is ``token`` (the
 default: clients need an enrollment token), ``open`` or ``legacy`` (fma-connect's CLIENT-UUID).
 """
 

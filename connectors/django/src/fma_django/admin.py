@@ -7,6 +7,8 @@ from django.contrib import admin, messages
 from django.db.models import Count, Max, Q, QuerySet
 from django.http import HttpRequest
 
+from fma_core.errors import ConfigurationError
+from fma_core.norms import NormPolicy
 from fma_django import json_schemas, services
 from fma_django.errors import DomainError, ValidationFailed
 from fma_django.models import (
@@ -35,10 +37,15 @@ class EnrollmentInline(admin.TabularInline):
 
 
 class ExperimentForm(forms.ModelForm):
-    """The admin's experiment form refuses the schemas the API refuses (see ``fma_django.json_schemas``)."""
+    """The admin's experiment form refuses the schemas and norm bounds the API refuses (see
+    ``fma_django.json_schemas``, ``fma_core.norms``)."""
 
     def clean(self) -> dict:
         cleaned = super().clean()
+        try:
+            NormPolicy.from_config(cleaned.get("update_norm"))
+        except ConfigurationError as error:
+            self.add_error("update_norm", str(error))
         for field in json_schemas.SCHEMA_FIELDS:
             if cleaned.get(field) is not None:
                 try:

@@ -61,6 +61,12 @@ class Experiment(models.Model):
         default=UpdateKind.WEIGHTS,
         help_text="delta: clients push trained - base; rounds read each update as its base + delta",
     )
+    update_norm = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="a bound on each update's change from its base: {'mode': 'refuse' or 'clip', 'bound': 5.0} "
+        "or 'adaptive': {'multiplier': 3, 'window': 5} instead of 'bound' (fma_core.norms)",
+    )
     current_artifact = models.OneToOneField(
         "ModelArtifact", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from fma_core.aggregators import create_aggregator
 from fma_core.errors import ConfigurationError, InvalidWeights
+from fma_core.norms import NormPolicy
 from fma_core.policies import policy_from_config
 from fma_core.weights import TensorSpec, Weights, from_legacy_json, to_bytes, validate
 from fma_django import credentials, json_schemas
@@ -63,6 +64,7 @@ CONFIG_FIELDS = (
     "legacy_mode",
     "max_update_bytes",
     "update_kind",
+    "update_norm",
 )
 
 
@@ -108,6 +110,16 @@ def _check_config(experiment: Experiment, *, has_model: bool) -> None:
             f"aggregator: {aggregator.name!r} reads the current global model, and this experiment has "
             "none: create it with an initial_model",
             code="invalid_aggregator",
+        )
+    try:
+        norm_policy = NormPolicy.from_config(experiment.update_norm)
+    except ConfigurationError as error:
+        raise ValidationFailed(str(error), code="invalid_update_norm") from None
+    if norm_policy is not None and not has_model:
+        raise ValidationFailed(
+            "update_norm bounds each update's change from the model it was trained from, and this "
+            "experiment has none: create it with an initial_model",
+            code="invalid_update_norm",
         )
     try:
         policy_from_config(effective_round_policy(experiment))

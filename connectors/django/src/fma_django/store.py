@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
+from typing import Any
 
 from django.db import IntegrityError, connection, transaction
 from django.db.models import FloatField, Q
@@ -52,6 +53,7 @@ def experiment_config(experiment: Experiment) -> ExperimentConfig:
         tensor_spec=experiment_spec(experiment),
         # furthest_base_agg=k accepts the newest k aggregates, i.e. a lag of at most k-1 rounds
         max_staleness=experiment.furthest_base_agg - 1 if experiment.furthest_base_agg else None,
+        update_norm=experiment.update_norm,
     )
 
 
@@ -133,6 +135,13 @@ class DjangoMetadataStore(MetadataStore):
             # before round 1 the global model is the initial one, if any, and no round has left a state
             parent_weights_key=parent.weights_key if parent else selectors.initial_weights_key(experiment.pk),
             parent_state_key=parent.state_key if parent else None,
+        )
+
+    def recent_reports(self, experiment_id: str, *, rounds: int) -> list[Mapping[str, Any]]:
+        return list(
+            ModelAggregate.objects.filter(experiment_id=int(experiment_id))
+            .order_by("-round_number")
+            .values_list("report", flat=True)[:rounds]
         )
 
     def round_started(self, claim: RoundClaim) -> None:

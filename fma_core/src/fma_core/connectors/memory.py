@@ -6,8 +6,9 @@ import itertools
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from fma_core.connectors.metadata import (
     AggregateDraft,
@@ -168,6 +169,10 @@ class InMemoryMetadataStore(MetadataStore):
             )
             self._claims[experiment_id] = claim
             return claim
+
+    def recent_reports(self, experiment_id: str, *, rounds: int) -> list[Mapping[str, Any]]:
+        with self._lock:
+            return [a.draft.report for a in reversed(self._aggregates[experiment_id][-rounds:])]
 
     def renew_lease(self, claim: RoundClaim, *, lease_seconds: float) -> RoundClaim:
         with self._lock:

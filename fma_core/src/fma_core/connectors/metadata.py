@@ -37,6 +37,7 @@ class ExperimentConfig:
     round_policy: Any = None  # a fma_core.policies configuration
     tensor_spec: TensorSpec | None = None
     max_staleness: int | None = None  # rounds an update's base may lag behind; None: any
+    update_norm: Mapping[str, Any] | None = None  # a fma_core.norms bound on each update's change; None: none
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,11 @@ class MetadataStore(ABC):
         Not part of ``claim_round``: the engine checks the policy on the claimed snapshot only after
         claiming, and gives back a claim that is not ready (another worker's round took updates first).
         """
+
+    @abstractmethod
+    def recent_reports(self, experiment_id: str, *, rounds: int) -> list[Mapping[str, Any]]:
+        """The reports of the experiment's last ``rounds`` committed aggregates, newest first: what an
+        adaptive rule (``fma_core.norms``) reads its history from, so it survives restarts and takeovers."""
 
     @abstractmethod
     def renew_lease(self, claim: RoundClaim, *, lease_seconds: float) -> RoundClaim:

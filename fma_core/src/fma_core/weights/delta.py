@@ -150,3 +150,49 @@ class _BaseUser(WeightsReader):
         release, self._release = self._release, None
         if release is not None:
             release()
+
+
+class ScaledChangeReader(WeightsReader):
+    """An update with its change scaled by ``factor``: ``change × factor`` alone (``base`` None), or
+    ``base + change × factor``; owns both readers.
+
+    How a round clips an update to a norm bound before any aggregator reads it: every algorithm
+    then sees the clipped update through the same two openers (``open``, ``open_change``). Floating
+    tensors are computed in their accumulator dtype (float32, or float64) and stored back, element
+    by element, so every shard and block gives the same bits; integer tensors (counters, indices)
+    are not part of a norm and are read unchanged.
+    """
+
+    def __init__(self, change: WeightsReader, factor: float, base: WeightsReader | None = None) -> None:
+        self._change, self._factor, self._base = change, factor, base
+        if base is not None and list(change.tensors.values()) != list(base.tensors.values()):
+            self.close()
+            raise InvalidWeights("an update must have exactly the tensors of the model it was trained from")
+
+    @property
+    def tensors(self) -> Mapping[str, TensorInfo]:
+        return self._change.tensors
+
+    def read_block(self, name: str, start: int, stop: int, buffer: np.ndarray | None = None) -> np.ndarray:
+        change = self._change.read_block(name, start, stop)
+        dtype = change.dtype
+        base = self._base.read_block(name, start, stop) if self._base is not None else None
+        out = buffer[: stop - start] if buffer is not None else np.empty(stop - start, dtype)
+        if dtype.kind != "f":
+            if base is not None:
+                return np.add(base, change, out=out)
+            np.copyto(out, change)
+            return out
+        acc = np.float32 if dtype.itemsize <= 4 else np.float64
+        scaled = np.multiply(change, acc(self._factor), dtype=acc)
+        if base is not None:
+            np.add(scaled, base, out=scaled, dtype=acc)
+        np.copyto(out, scaled, casting="same_kind")
+        return out
+
+    def close(self) -> None:
+        try:
+            self._change.close()
+        finally:
+            if self._base is not None:
+                self._base.close()

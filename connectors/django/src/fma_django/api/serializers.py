@@ -130,6 +130,7 @@ class ExperimentSerializer(serializers.ModelSerializer):
             "legacy_mode",
             "max_update_bytes",
             "update_kind",
+            "update_norm",
             "current_artifact",
             "clients",
             "created_on",
