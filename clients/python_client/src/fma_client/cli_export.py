@@ -9,6 +9,7 @@ an export sends only what the run lacks, a follow that stops, or a scheduled ``f
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable
 
 from fma_client.cli import developer, emit
@@ -35,11 +36,10 @@ def cmd_export(args: argparse.Namespace) -> None:
             print(f"Following experiment {args.experiment} into {where} (Ctrl-C to stop)…", flush=True)
         try:
             for sent in export.follow(poll_interval=args.interval, count=args.count):
-                emit(
-                    args,
-                    {"run_id": export.run_id, "rounds": sent},
-                    lambda sent=sent: f"exported round(s) {', '.join(map(str, sent)) or 'none new'}",
-                )
+                if args.json:  # one line per sync, for a script reading as it goes
+                    print(json.dumps({"run_id": export.run_id, "rounds": sent}), flush=True)
+                else:
+                    print(f"exported round(s) {', '.join(map(str, sent)) or 'none new'}", flush=True)
         finally:
             export.finish()
 

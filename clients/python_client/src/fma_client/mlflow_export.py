@@ -14,8 +14,10 @@ here and only when exporting, so that fma-client's own install stays small.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -153,4 +155,7 @@ class MlflowExport:
 
     def finish(self) -> None:
         """Mark the run finished (a later export or ``--follow`` goes on appending to it)."""
-        self.client.set_terminated(self.run_id)
+        with contextlib.redirect_stdout(
+            sys.stderr
+        ):  # MLflow prints the run's links: keep --json's stdout clean
+            self.client.set_terminated(self.run_id)
