@@ -1,5 +1,6 @@
-"""Experiment names are unique per developer (``fma apply`` matches files to experiments by name), and
-``dry_run`` asks the service whether a create or a change would pass without storing anything."""
+"""What ``fma plan`` / ``fma apply`` rely on: experiment names unique per developer (files are matched to
+experiments by name; a migration renames earlier duplicates), ``dry_run`` (would a create or a change
+pass? nothing stored), and the changes a running experiment refuses."""
 
 from __future__ import annotations
 
@@ -128,3 +129,18 @@ def test_the_migration_renames_existing_duplicates_then_holds_names_unique():
     alice = User.objects.get(username="alice")
     with pytest.raises(IntegrityError):
         Experiment.objects.create(developer=alice, name="mnist")
+
+
+def test_the_tensors_of_an_experiment_with_a_model_cannot_change(dev_api, experiment):
+    same = dev_api.patch(
+        f"/api/v1/models/{experiment.pk}/", {"tensor_spec": experiment.tensor_spec}, format="json"
+    )
+    assert same.status_code == 200, same.content
+    spec = [{"name": "w", "dtype": "F32", "shape": [3]}]
+    response = dev_api.patch(
+        f"/api/v1/models/{experiment.pk}/?dry_run=true", {"tensor_spec": spec}, format="json"
+    )
+    assert response.status_code == 409
+    assert "tensor_spec cannot change" in response.json()["detail"]
+    experiment.refresh_from_db()
+    assert experiment.tensor_spec != spec

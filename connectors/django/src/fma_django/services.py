@@ -251,10 +251,19 @@ def experiment_update(
             "update_kind cannot change once clients have sent updates: they would be read as the "
             "other kind; create a new experiment instead"
         )
+    has_model = experiment.aggregates.exists() or initial_artifact(experiment.pk) is not None
+    if (
+        "tensor_spec" in changes
+        and changes["tensor_spec"] != experiment.tensor_spec
+        and (has_model or experiment.model_updates.exists())
+    ):
+        raise Conflict(
+            "tensor_spec cannot change once the experiment has a model or updates: they have the "
+            "declared tensors; create a new experiment instead"
+        )
     was_allowed = experiment.allow_aggregation
     for name, value in changes.items():
         setattr(experiment, name, value)
-    has_model = experiment.aggregates.exists() or initial_artifact(experiment.pk) is not None
     _check_config(experiment, has_model=has_model)
     _check_name_free(experiment)
     if dry_run:
