@@ -4,11 +4,16 @@ pass? nothing stored), and the changes a running experiment refuses."""
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 from django.contrib.auth.models import User
-from django.db import IntegrityError, connection
+from django.db import IntegrityError, connection, connections
 from django.db.migrations.executor import MigrationExecutor
 
+from fma_django import services
+from fma_django.errors import DuplicateName
 from fma_django.models import Event, Experiment
 
 MIGRATION = ("fma_django", "0011_experiment_name_unique")
@@ -144,3 +149,23 @@ def test_the_tensors_of_an_experiment_with_a_model_cannot_change(dev_api, experi
     assert "tensor_spec cannot change" in response.json()["detail"]
     experiment.refresh_from_db()
     assert experiment.tensor_spec != spec
+
+
+def test_racing_creates_of_one_name_make_one_experiment(require_postgresql, transactional_db, developer):
+    racers = 6
+    start = threading.Barrier(racers)
+
+    def create(_: int) -> str:
+        start.wait()
+        try:
+            services.experiment_create(developer=developer, name="raced")
+            return "created"
+        except DuplicateName:
+            return "duplicate"
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(racers) as pool:
+        outcomes = sorted(pool.map(create, range(racers)))
+    assert outcomes == ["created", *["duplicate"] * (racers - 1)]
+    assert Experiment.objects.filter(name="raced").count() == 1
