@@ -208,3 +208,17 @@ def test_the_schema_validates_the_examples_and_its_defaults_are_the_services():
         assert (field.get_default() if field.has_default() else None) == default, name
     writable = {n for n, f in ExperimentSerializer().fields.items() if not f.read_only} - {"developer"}
     assert set(schema["properties"]) == writable | {"enrollment"}
+
+
+def test_a_staff_developer_applies_to_her_own_experiments_only(fma, folder, developer, django_user_model):
+    developer.is_staff = True
+    developer.save()
+    other = django_user_model.objects.create_user("other", password="other-password")
+    theirs = services.experiment_create(developer=other, name="small")
+    status, plan = plan_json(fma, "-f", folder, "--prune")
+    assert status == 0
+    assert plan["summary"] == {"create": 2, "change": 0, "pause": 0, "unchanged": 0, "refused": 0}
+    assert fma("apply", "-f", folder, "--prune")[0] == 0
+    theirs.refresh_from_db()
+    assert (theirs.aggregator, theirs.allow_aggregation) == ("fedavg", True)
+    assert Experiment.objects.get(name="small", developer=developer).aggregator == "median"

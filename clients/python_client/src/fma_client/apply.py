@@ -211,9 +211,9 @@ def _plan_pause(dev: Developer, current: Mapping[str, Any]) -> Step:
 def make_plan(dev: Developer, declared: Sequence[Declared], *, prune: bool = False) -> Plan:
     """What applying the files would do, each step checked by the service, nothing changed.
 
-    ``prune``: also pause (``allow_aggregation: false``) your experiments that no file declares.
+    ``prune``: also pause (``allow_aggregation: false``) your own experiments that no file declares.
     """
-    existing = {row["name"]: row for row in dev.experiments()}
+    existing = {row["name"]: row for row in dev.experiments(mine="true")}  # a staff user sees others' too
     steps = [
         _plan_change(dev, d, existing[d.name]) if d.name in existing else _plan_create(dev, d)
         for d in declared
