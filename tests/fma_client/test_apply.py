@@ -63,7 +63,7 @@ def test_plan_changes_nothing_apply_creates_and_applying_again_is_a_no_op(fma, f
 
     status, out, err = fma("apply", "-f", folder)
     assert status == 0, err
-    assert "Applied: 2 to create" in out
+    assert "Applied: 2 created, 0 changed, 0 paused, 0 unchanged, 0 refused." in out
     small = Experiment.objects.get(name="small")
     assert small.aggregator == "median"
     assert small.current_artifact is not None  # the initial model, read relative to its file
@@ -73,7 +73,7 @@ def test_plan_changes_nothing_apply_creates_and_applying_again_is_a_no_op(fma, f
 
     status, out, _ = fma("apply", "-f", folder)
     assert status == 0
-    assert "0 to create, 0 to change, 0 to pause, 2 unchanged, 0 refused" in out
+    assert "Applied: 0 created, 0 changed, 0 paused, 2 unchanged, 0 refused." in out
     assert {e.pk: e.last_modified for e in Experiment.objects.all()} == modified
     assert Event.objects.count() == events
 

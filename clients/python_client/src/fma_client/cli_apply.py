@@ -40,20 +40,17 @@ def _step(step: Step) -> list[str]:
     return lines
 
 
-def describe(plan: Plan) -> str:
+PLANNED = {"create": "to create", "change": "to change", "pause": "to pause"}
+DONE = {"create": "created", "change": "changed", "pause": "paused"}
+
+
+def describe(plan: Plan, *, applied: bool = False) -> str:
+    """The plan step by step, then its counts (``applied``: as done rather than to do)."""
     counts = plan.summary()
-    summary = ", ".join(
-        f"{counts[a]} {label}"
-        for a, label in (
-            ("create", "to create"),
-            ("change", "to change"),
-            ("pause", "to pause"),
-            ("unchanged", "unchanged"),
-            ("refused", "refused"),
-        )
-    )
+    labels = {**(DONE if applied else PLANNED), "unchanged": "unchanged", "refused": "refused"}
+    summary = ", ".join(f"{counts[action]} {label}" for action, label in labels.items())
     body = [line for step in plan.steps for line in _step(step)]
-    return "\n".join([*body, "", f"Plan: {summary}."])
+    return "\n".join([*body, "", f"{'Applied' if applied else 'Plan'}: {summary}."])
 
 
 def _plan(args: argparse.Namespace, dev: Any) -> Plan:
@@ -97,7 +94,7 @@ def cmd_apply(args: argparse.Namespace) -> None:
             "summary": plan.summary(),
             "applied": [e["id"] for e in done],
         },
-        lambda: describe(plan).replace("\nPlan: ", "\nApplied: ") if plan.pending else describe(plan),
+        lambda: describe(plan, applied=True),
     )
 
 
