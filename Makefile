@@ -12,6 +12,10 @@ CHROMIUM := /usr/bin/chromium
 # Zappa too: it packages the API for AWS Lambda (deploy/package.py), and its pins are its own.
 ZAPPA_VENV := .venv-zappa
 ZAPPA_STAMP := $(ZAPPA_VENV)/.installed
+# And MLflow: `fma export --mlflow` is tested against a real tracking server (the full mlflow package,
+# pandas and all) with fma-client's mlflow extra, none of which the app's .venv should carry.
+MLFLOW_VENV := .venv-mlflow
+MLFLOW_STAMP := $(MLFLOW_VENV)/.installed
 
 .PHONY: run test test-long bench fuzz format clean lambda-packages
 
@@ -23,7 +27,7 @@ run: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/aggregate.py
 
-test: $(STAMP) $(CHECKOV_STAMP) $(ZAPPA_STAMP) $(CHROMIUM)
+test: $(STAMP) $(CHECKOV_STAMP) $(ZAPPA_STAMP) $(MLFLOW_STAMP) $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	FMA_TEST_DATABASE=sqlite $(BIN)/python -m pytest
@@ -66,6 +70,12 @@ $(CHECKOV_STAMP): terraform_deploy/requirements-checkov.txt
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r terraform_deploy/requirements-checkov.txt
 	touch $@
 
+$(MLFLOW_STAMP): clients/python_client/requirements-mlflow.txt clients/python_client/pyproject.toml
+	test -x $(MLFLOW_VENV)/bin/python || $(PYTHON) -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MLFLOW_VENV)/bin/python -m pip install --quiet -r clients/python_client/requirements-mlflow.txt
+	touch $@
+
 $(CHROMIUM):
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
@@ -81,5 +91,5 @@ $(ZAPPA_STAMP): deploy/requirements-zappa.txt
 	touch $@
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) $(ZAPPA_VENV) .pytest_cache .ruff_cache build .cache/lambda-wheels \
+	rm -rf $(VENV) $(CHECKOV_VENV) $(ZAPPA_VENV) $(MLFLOW_VENV) .pytest_cache .ruff_cache build .cache/lambda-wheels \
 		api_service/dist aggregator/dist

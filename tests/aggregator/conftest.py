@@ -6,6 +6,7 @@ developer's machine and fails them under CI=true, never silently.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import uuid
@@ -39,8 +40,11 @@ def weights_dir(settings, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def make_experiment(developer: User, weights_dir: Path) -> Callable[..., Experiment]:
+    numbers = itertools.count(1)
+
     def create(shapes: dict = SHAPES, **config: object) -> Experiment:
-        config.setdefault("name", "exp")
+        number = next(numbers)  # names are unique per developer
+        config.setdefault("name", "exp" if number == 1 else f"exp {number}")
         return services.experiment_create(
             developer=developer, open_enrollment=True, initial_model=weights(0.0, shapes), **config
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -81,8 +82,11 @@ def other_dev_api(other_developer: User) -> APIClient:
 
 @pytest.fixture
 def make_experiment(weights_dir: Path, developer: User) -> Callable[..., Experiment]:
+    numbers = itertools.count(1)
+
     def create(owner: User | None = None, **config: object) -> Experiment:
-        config.setdefault("name", "mnist")
+        number = next(numbers)  # names are unique per developer
+        config.setdefault("name", "mnist" if number == 1 else f"mnist {number}")
         config.setdefault("initial_model", make_weights(0.0))
         return services.experiment_create(developer=owner or developer, **config)
 

@@ -30,6 +30,7 @@ STATUS = {
     errors.Forbidden: 403,
     errors.NotFound: 404,
     errors.Conflict: 409,
+    errors.DuplicateName: 409,
     errors.Gone: 410,
     errors.LengthRequired: 411,
     errors.TooLarge: 413,

@@ -12,6 +12,7 @@ no row of the examples before it.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Collection
 
 import pytest
@@ -38,7 +39,10 @@ class DjangoRounds:
 
     def create_experiment(self, spec: TensorSpec, *, clients: int) -> tuple[str, list[str]]:
         experiment = services.experiment_create(
-            developer=self.developer, name="rounds", tensor_spec=spec.to_json(), open_enrollment=True
+            developer=self.developer,
+            name=f"rounds {uuid.uuid4().hex}",  # names are unique per developer
+            tensor_spec=spec.to_json(),
+            open_enrollment=True,
         )
         for _ in range(clients):
             client, _ = services.client_register(experiment=experiment)

@@ -9,6 +9,7 @@ the client's credential from ``register_client/``.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,10 +103,12 @@ def forget_throttles() -> None:
 def make_scene(server: str, developer: User) -> Callable[[], Scene]:
     """A new experiment of the developer with every kind of row, and a new client enrolled in it."""
 
+    numbers = itertools.count(1)
+
     def scene() -> Scene:
         forget_throttles()
-        experiment: Experiment = services.experiment_create(
-            developer=developer, name="fuzzed", initial_model=weights(0.0)
+        experiment: Experiment = services.experiment_create(  # names are unique per developer
+            developer=developer, name=f"fuzzed {next(numbers)}", initial_model=weights(0.0)
         )
         base = f"{server}/api/v1/models/{experiment.pk}/"
         token_row, token = services.enrollment_token_issue(experiment=experiment, user=developer)

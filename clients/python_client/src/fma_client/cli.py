@@ -436,6 +436,11 @@ def parser() -> argparse.ArgumentParser:
     revoke = command("revoke", "Shut a client out of an experiment.", cmd_revoke)
     revoke.add_argument("experiment", type=int, help="experiment id")
     revoke.add_argument("client", help="the client's UUID")
+
+    from fma_client import cli_apply, cli_export  # they build on this module's helpers
+
+    cli_apply.add_commands(command)
+    cli_export.add_commands(command)
     return top
 
 

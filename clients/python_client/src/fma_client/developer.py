@@ -175,6 +175,26 @@ class Developer:
             self._transport.json("PATCH", f"api/v1/models/{int(experiment)}/", json=changes, idempotent=True)
         )
 
+    def check_new_experiment(self, definition: str | os.PathLike | Mapping[str, Any]) -> None:
+        """Ask the service whether it would create this experiment, storing nothing (its
+        ``dry_run``); raises the refusal it would give, e.g. ``ConflictError`` for a taken name."""
+        body = to_request(load_definition(definition))
+        self._transport.request(
+            "POST", "api/v1/models/", json=body, params={"dry_run": "true"}, idempotent=True
+        )
+
+    def check_experiment_change(self, experiment: int, **changes: Any) -> dict[str, Any]:
+        """The experiment as these changes would leave it, storing nothing (the service's ``dry_run``);
+        raises the refusal the change would get, e.g. ``ConflictError`` for what a running
+        experiment cannot take."""
+        return self._transport.json(
+            "PATCH",
+            f"api/v1/models/{int(experiment)}/",
+            json=changes,
+            params={"dry_run": "true"},
+            idempotent=True,
+        )
+
     # Clients
 
     def issue_enrollment_token(

@@ -47,6 +47,13 @@ class Conflict(DomainError):
     code = "conflict"
 
 
+class DuplicateName(Conflict):
+    """Another of the developer's experiments has this name: names are unique per developer, because
+    ``fma apply`` finds an experiment by its name."""
+
+    code = "duplicate_name"
+
+
 class Gone(DomainError):
     code = "gone"
 

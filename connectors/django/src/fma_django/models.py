@@ -75,6 +75,10 @@ class Experiment(models.Model):
 
     class Meta:
         ordering = ["-created_on", "-id"]
+        # ``fma apply`` matches declared experiments to these rows by name.
+        constraints = [
+            models.UniqueConstraint(fields=["developer", "name"], name="fma_experiment_name_per_developer")
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} (#{self.pk})"

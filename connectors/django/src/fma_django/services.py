@@ -12,6 +12,8 @@ from __future__ import annotations
 import io
 import re
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,7 +29,14 @@ from fma_core.norms import NormPolicy
 from fma_core.policies import policy_from_config
 from fma_core.weights import TensorSpec, Weights, from_legacy_json, to_bytes, validate
 from fma_django import credentials, json_schemas
-from fma_django.errors import Conflict, Forbidden, NotFound, ValidationFailed, WeightsInvalid
+from fma_django.errors import (
+    Conflict,
+    DuplicateName,
+    Forbidden,
+    NotFound,
+    ValidationFailed,
+    WeightsInvalid,
+)
 from fma_django.limits import VERSION_PATTERN, VERSION_RULE
 from fma_django.metrics import results_check
 from fma_django.models import (
@@ -142,12 +151,44 @@ def _check_config(experiment: Experiment, *, has_model: bool) -> None:
             json_schemas.schema_check(field=field, schema=schema)
 
 
+def _check_name_free(experiment: Experiment) -> None:
+    """Refuse a name the developer already gave another experiment (``fma apply`` finds experiments
+    by name); the database's unique constraint settles a race between two such requests."""
+    other = (
+        Experiment.objects.filter(developer_id=experiment.developer_id, name=experiment.name)
+        .exclude(pk=experiment.pk)
+        .values_list("pk", flat=True)
+        .first()
+    )
+    if other is not None:
+        raise DuplicateName(
+            f"name: you already have an experiment named {experiment.name!r} (#{other}); names are "
+            "unique per developer: pick another, or rename that one"
+        )
+
+
+@contextmanager
+def _name_guarded(experiment: Experiment) -> Iterator[None]:
+    """Turn the unique constraint's refusal (a twin request that saved the same name first) into
+    the same ``DuplicateName`` that ``_check_name_free`` raises."""
+    try:
+        yield
+    except IntegrityError:
+        _check_name_free(experiment)
+        raise
+
+
 def experiment_create(
-    *, developer: AbstractBaseUser, initial_model: Weights | list | None = None, **config: Any
+    *,
+    developer: AbstractBaseUser,
+    initial_model: Weights | list | None = None,
+    dry_run: bool = False,
+    **config: Any,
 ) -> Experiment:
     """Create an experiment; its initial model, if given, becomes artifact 1.0.0 and sets the spec.
 
-    ``initial_model`` is weights, or the original's JSON (a list of layers).
+    ``initial_model`` is weights, or the original's JSON (a list of layers). ``dry_run``: make every
+    check, store nothing, and return the unsaved experiment (``fma plan`` asks the service this way).
     """
     unknown = set(config) - set(CONFIG_FIELDS)
     if unknown:
@@ -159,7 +200,12 @@ def experiment_create(
             "update_kind 'delta' needs an initial_model: the first round's deltas apply to it",
             code="invalid_update_kind",
         )
-    with transaction.atomic():
+    _check_name_free(experiment)
+    if dry_run:
+        if initial_model is not None:
+            _initial_weights(experiment, initial_model)
+        return experiment
+    with _name_guarded(experiment), transaction.atomic():
         experiment.save()
         event_record(kind=EventKind.EXPERIMENT_CREATED, experiment=experiment, user=developer)
         if initial_model is not None:
@@ -169,16 +215,21 @@ def experiment_create(
     return experiment
 
 
-def _store_initial_model(experiment: Experiment, weights: Weights | list, key: str) -> ModelArtifact:
+def _initial_weights(experiment: Experiment, weights: Weights | list) -> tuple[bytes, TensorSpec]:
+    """An initial model's safetensors bytes and their spec, checked against the experiment's spec."""
     spec = experiment_spec(experiment)
     try:
         if isinstance(weights, list):
             weights = from_legacy_json(weights, spec)
         data = to_bytes(weights)
-        actual = validate(data, spec)
+        return data, validate(data, spec)
     except InvalidWeights as error:
         raise WeightsInvalid(f"initial_model: {error}") from None
-    if spec is None:
+
+
+def _store_initial_model(experiment: Experiment, weights: Weights | list, key: str) -> ModelArtifact:
+    data, actual = _initial_weights(experiment, weights)
+    if experiment.tensor_spec is None:
         experiment.tensor_spec = actual.to_json()
         experiment.save(update_fields=["tensor_spec"])
     stored = weight_store().put(key, io.BytesIO(data))
@@ -194,7 +245,14 @@ def _store_initial_model(experiment: Experiment, weights: Weights | list, key: s
     return artifact
 
 
-def experiment_update(*, experiment: Experiment, user: AbstractBaseUser, **changes: Any) -> Experiment:
+def experiment_update(
+    *, experiment: Experiment, user: AbstractBaseUser, dry_run: bool = False, **changes: Any
+) -> Experiment:
+    """Change an experiment's settings, refusing what its clients' updates or its rounds rule out.
+
+    ``dry_run``: make every check and return the experiment as it would be, unsaved (``fma plan``
+    asks the service this way, so that the service's rules stay in one place).
+    """
     unknown = set(changes) - set(CONFIG_FIELDS)
     if unknown:
         raise ValidationFailed(f"these fields cannot be changed: {', '.join(sorted(unknown))}")
@@ -207,12 +265,24 @@ def experiment_update(*, experiment: Experiment, user: AbstractBaseUser, **chang
             "update_kind cannot change once clients have sent updates: they would be read as the "
             "other kind; create a new experiment instead"
         )
+    has_model = experiment.aggregates.exists() or initial_artifact(experiment.pk) is not None
+    if (
+        "tensor_spec" in changes
+        and changes["tensor_spec"] != experiment.tensor_spec
+        and (has_model or experiment.model_updates.exists())
+    ):
+        raise Conflict(
+            "tensor_spec cannot change once the experiment has a model or updates: they have the "
+            "declared tensors; create a new experiment instead"
+        )
     was_allowed = experiment.allow_aggregation
     for name, value in changes.items():
         setattr(experiment, name, value)
-    has_model = experiment.aggregates.exists() or initial_artifact(experiment.pk) is not None
     _check_config(experiment, has_model=has_model)
-    with transaction.atomic():
+    _check_name_free(experiment)
+    if dry_run:
+        return experiment
+    with _name_guarded(experiment), transaction.atomic():
         experiment.save()
         if experiment.allow_aggregation != was_allowed:
             kind = (

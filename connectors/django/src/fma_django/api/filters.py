@@ -6,6 +6,7 @@ Integer filters are whole numbers within their column's range: anything else (``
 
 import django_filters
 from django import forms
+from django.db.models import QuerySet
 
 from fma_django.limits import MAX_BIGINT, MAX_INT, whole_number_range
 from fma_django.models import ClientAggregateScore, Experiment, ModelAggregate, ModelUpdate
@@ -26,10 +27,19 @@ class WholeNumberFilter(django_filters.NumberFilter):
 
 class ExperimentFilter(django_filters.FilterSet):
     name = django_filters.CharFilter(lookup_expr="icontains")
+    mine = django_filters.BooleanFilter(
+        method="filter_mine",
+        label="true: only the caller's own experiments (staff otherwise see everyone's); what `fma apply` matches",
+    )
 
     class Meta:
         model = Experiment
         fields = ["allow_aggregation", "legacy_mode", "open_enrollment"]
+
+    def filter_mine(
+        self, queryset: QuerySet[Experiment], name: str, value: bool | None
+    ) -> QuerySet[Experiment]:
+        return queryset.filter(developer_id=self.request.user.pk) if value else queryset
 
 
 class ModelUpdateFilter(django_filters.FilterSet):

@@ -80,9 +80,48 @@ def _default(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
+DRY_RUN = OpenApiParameter(
+    "dry_run",
+    bool,
+    description="true: make every check the change would pass, store nothing (what `fma plan` asks)",
+)
+DRY_RUN_CHOICES = {"true": True, "1": True, "false": False, "0": False, "": False}
+
+
+def _dry_run(request: Request) -> bool:
+    value = request.query_params.get("dry_run", "")
+    if value.lower() not in DRY_RUN_CHOICES:
+        raise ValidationFailed(f"dry_run must be true or false, not {value[:100]!r}")
+    return DRY_RUN_CHOICES[value.lower()]
+
+
 @extend_schema_view(
-    update=extend_schema(responses={200: s.ExperimentSerializer, **errors(409)}),
-    partial_update=extend_schema(responses={200: s.ExperimentSerializer, **errors(409)}),
+    create=extend_schema(
+        parameters=[DRY_RUN],
+        responses={
+            201: s.ExperimentSerializer,
+            204: OpenApiResponse(description="dry_run: every check passed; the experiment would be created"),
+            **errors(409),
+        },
+    ),
+    update=extend_schema(
+        parameters=[DRY_RUN],
+        responses={
+            200: OpenApiResponse(
+                s.ExperimentSerializer, description="the experiment (dry_run: as it would be)"
+            ),
+            **errors(409),
+        },
+    ),
+    partial_update=extend_schema(
+        parameters=[DRY_RUN],
+        responses={
+            200: OpenApiResponse(
+                s.ExperimentSerializer, description="the experiment (dry_run: as it would be)"
+            ),
+            **errors(409),
+        },
+    ),
 )
 class ExperimentViewSet(viewsets.ModelViewSet):
     """Experiments (the original's federated models). Developers manage their own; clients read theirs."""
@@ -126,7 +165,10 @@ class ExperimentViewSet(viewsets.ModelViewSet):
         serializer.is_valid(raise_exception=True)
         data = dict(serializer.validated_data)
         developer = self._developer(data.pop("developer_id", None))
-        experiment = services.experiment_create(developer=developer, **data)
+        dry_run = _dry_run(request)
+        experiment = services.experiment_create(developer=developer, dry_run=dry_run, **data)
+        if dry_run:
+            return Response(status=status.HTTP_204_NO_CONTENT)
         return Response(self.get_serializer(experiment).data, status=status.HTTP_201_CREATED)
 
     def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -140,7 +182,9 @@ class ExperimentViewSet(viewsets.ModelViewSet):
             )
         if "developer_id" in data:
             experiment.developer = self._developer(data.pop("developer_id"))
-        services.experiment_update(experiment=experiment, user=request.user, **data)
+        services.experiment_update(
+            experiment=experiment, user=request.user, dry_run=_dry_run(request), **data
+        )
         return Response(self.get_serializer(experiment).data)
 
     def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:

@@ -3,7 +3,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("fma_django", "0010_aggregate_report"),
+        ("fma_django", "0011_experiment_name_unique"),
     ]
 
     operations = [
