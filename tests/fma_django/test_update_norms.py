@@ -28,7 +28,7 @@ def test_a_bound_is_kept_and_shown(dev_api):
     assert created.status_code == 201, created.content
     shown = dev_api.get(f"/api/v1/models/{created.json()['id']}/").json()
     assert shown["update_norm"] == update_norm
-    assert create(dev_api).json()["update_norm"] is None
+    assert create(dev_api, name="without a bound").json()["update_norm"] is None
 
 
 @pytest.mark.parametrize(

@@ -104,6 +104,7 @@ class Experiment(Result):
     legacy_mode = Field[bool]()
     max_update_bytes = Field[int | None]()
     update_kind = Field[str]()
+    update_norm = Field[dict[str, Any] | None]()
     current_artifact = Field[int | None]()
     clients = Field[list[str]]()
     created_on = Field[str]()
@@ -158,6 +159,7 @@ class AggregateDetail(Aggregate):
 
     schema = "ModelAggregateDetail"
     updates = Field[list[dict[str, Any]]]()
+    report = Field[dict[str, Any]]()  # what the round decided beyond its weights, by section
 
 
 class Artifact(Result):
