@@ -48,10 +48,11 @@ UPDATE_BYTES = Counter("fma_update_accepted_bytes", "Bytes of the updates accept
 TAKEOVERS = Counter(
     "fma_lease_takeovers", "Rounds claimed from a worker whose lease had expired.", ["experiment"]
 )
-UPLOADS_EXPIRED = Counter("fma_uploads_expired", "Upload sessions the sweep aborted as stale.")
 SWEEPS = Counter("fma_sweeps", "Housekeeping sweeps run.")
 SWEEP_SECONDS = Histogram("fma_sweep_duration_seconds", "Seconds one housekeeping sweep took.", buckets=_SECONDS)
-SWEEP_ITEMS = Counter("fma_sweep_items", "What the sweeps' chores did, by chore.", ["chore"])
+SWEEP_ITEMS = Counter(
+    "fma_sweep_items", "What the sweeps' chores did, by chore (uploads_expired, orphans_removed, ...).", ["chore"]
+)
 
 
 def experiment_label(experiment_id: str | None) -> str:
@@ -77,8 +78,6 @@ def record(observation: Observation) -> None:
         UPDATES.labels("rejected", observation.reason, experiment).inc()
     elif name == "lease_taken_over":
         TAKEOVERS.labels(experiment).inc()
-    elif name == "upload_expired":
-        UPLOADS_EXPIRED.inc()
     elif name == "sweep":
         SWEEPS.inc()
         SWEEP_SECONDS.observe(observation.seconds or 0.0)
