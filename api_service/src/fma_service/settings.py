@@ -128,6 +128,11 @@ FMA_METRICS_TOKEN = os.environ.get("FMA_METRICS_TOKEN", "")
 FMA_METRICS_ADDRESS = os.environ.get("FMA_METRICS_ADDRESS", "")
 FMA_METRICS_EXPERIMENTS = frozenset(_list("FMA_METRICS_EXPERIMENTS", ""))
 FMA_METRICS_NAMESPACE = os.environ.get("FMA_METRICS_NAMESPACE", "FMA")
+# OpenTelemetry traces (fma_service.observability.tracing), with the `tracing` extra installed:
+# on when an OTLP endpoint is set; the exporter reads the OTEL_* variables.
+FMA_TRACING = bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+if FMA_TRACING:
+    MIDDLEWARE.insert(0, "fma_service.observability.tracing.TracingMiddleware")
 if FMA_METRICS == "prometheus":
     # first and just before axes (whose lockout answers pass back through it): every answer is counted
     MIDDLEWARE.insert(0, "django_prometheus.middleware.PrometheusBeforeMiddleware")

@@ -1,5 +1,6 @@
 """Installs the recorder of FMA's figures that ``FMA_METRICS`` names: Prometheus (and the exporter of a
-Celery worker when ``FMA_METRICS_ADDRESS`` is set), or CloudWatch's embedded metric format on Lambda."""
+Celery worker when ``FMA_METRICS_ADDRESS`` is set), or CloudWatch's embedded metric format on Lambda;
+and OpenTelemetry's exporter where an OTLP endpoint is set."""
 
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ class ObservabilityConfig(AppConfig):
     def ready(self) -> None:
         from fma_django import telemetry
 
+        if settings.FMA_TRACING:
+            from fma_service.observability import tracing
+
+            tracing.install()
         if settings.FMA_METRICS == "emf":
             from fma_aggregator import emf
 
