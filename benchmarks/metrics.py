@@ -65,7 +65,9 @@ class Server:
             "FMA_THROTTLE_REGISTER": "1000000/min",
             "DJANGO_SETTINGS_MODULE": "fma_service.settings",
         }
-        self.process = subprocess.Popen([sys.executable, "-m", "fma_service"], env=self.env, stdout=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "fma_service"], env=self.env, stdout=subprocess.DEVNULL
+        )
         self.http = requests.Session()
 
     def prepare(self) -> None:
@@ -79,14 +81,26 @@ class Server:
                     raise RuntimeError(f"fma-server ({self.env['FMA_METRICS']}) did not start") from None
                 time.sleep(0.1)
         subprocess.run(
-            [sys.executable, "-m", "django", "createsuperuser", "--noinput", "--username", "bench", "--email", "b@example.com"],
+            [
+                sys.executable,
+                "-m",
+                "django",
+                "createsuperuser",
+                "--noinput",
+                "--username",
+                "bench",
+                "--email",
+                "b@example.com",
+            ],
             env={**self.env, "DJANGO_SUPERUSER_PASSWORD": PASSWORD},
             check=True,
             capture_output=True,
         )
         developer = Developer.login(self.url, "bench", PASSWORD, quiet=True)
         self.developer = f"Token {developer.token}"
-        experiment = developer.create_experiment({"name": "metrics", "aggregator": "fedavg", "enrollment": "open"})
+        experiment = developer.create_experiment(
+            {"name": "metrics", "aggregator": "fedavg", "enrollment": "open"}
+        )
         self.path = f"/api/v1/models/{experiment['id']}/"
         registered = self.http.post(self.url + self.path + "register_client/", timeout=30)
         registered.raise_for_status()
@@ -97,18 +111,32 @@ class Server:
         self._check(self.http.get(self.url + "/healthz", timeout=30), 200)
 
     def list_experiments(self) -> None:
-        self._check(self.http.get(self.url + "/api/v1/models/", headers={"Authorization": self.developer}, timeout=30), 200)
+        self._check(
+            self.http.get(
+                self.url + "/api/v1/models/", headers={"Authorization": self.developer}, timeout=30
+            ),
+            200,
+        )
 
     def push(self) -> None:
         self.pushes += 1  # a new update each time: the same one again would be an idempotent replay
         body = to_bytes({"w": np.full(256, self.pushes, dtype=np.float32)})
-        headers = {"Authorization": self.client, "Content-Type": "application/octet-stream", "X-FMA-Num-Examples": "1"}
-        self._check(self.http.post(self.url + self.path + "upload_update/", data=body, headers=headers, timeout=30), 201)
+        headers = {
+            "Authorization": self.client,
+            "Content-Type": "application/octet-stream",
+            "X-FMA-Num-Examples": "1",
+        }
+        self._check(
+            self.http.post(self.url + self.path + "upload_update/", data=body, headers=headers, timeout=30),
+            201,
+        )
 
     @staticmethod
     def _check(response: requests.Response, status: int) -> None:
         if response.status_code != status:
-            raise RuntimeError(f"{response.request.method} {response.url}: {response.status_code} {response.text[:200]}")
+            raise RuntimeError(
+                f"{response.request.method} {response.url}: {response.status_code} {response.text[:200]}"
+            )
 
     def stop(self) -> None:
         self.process.terminate()
@@ -130,7 +158,12 @@ def compare(with_metrics: Server, without: Server, kind: str, count: int) -> dic
             server = with_metrics if metrics else without
             times[metrics].append(timed(getattr(server, kind)))
     on, off = (statistics.median(times[m]) * 1e6 for m in (True, False))
-    return {"with_us": round(on, 1), "without_us": round(off, 1), "added_us": round(on - off, 1), "ratio": round(on / off, 3)}
+    return {
+        "with_us": round(on, 1),
+        "without_us": round(off, 1),
+        "added_us": round(on - off, 1),
+        "ratio": round(on / off, 3),
+    }
 
 
 def scrape_cost(server: Server, count: int) -> dict[str, float]:
@@ -161,7 +194,10 @@ def main() -> None:
         warm = max(10, args.requests // 20)
         for kind in ("healthz", "list_experiments", "push"):
             compare(with_metrics, without, kind, warm)
-        results = {kind: compare(with_metrics, without, kind, args.requests) for kind in ("healthz", "list_experiments", "push")}
+        results = {
+            kind: compare(with_metrics, without, kind, args.requests)
+            for kind in ("healthz", "list_experiments", "push")
+        }
         results.update(scrape_cost(with_metrics, args.scrapes))
         results["requests"] = args.requests
     finally:
@@ -175,7 +211,9 @@ def main() -> None:
     print(f"{'request':<18}{'with metrics':>14}{'without':>12}{'added':>10}{'ratio':>8}")
     for kind in ("healthz", "list_experiments", "push"):
         row = results[kind]
-        print(f"{kind:<18}{row['with_us']:>11.0f} µs{row['without_us']:>9.0f} µs{row['added_us']:>7.0f} µs{row['ratio']:>8.3f}")
+        print(
+            f"{kind:<18}{row['with_us']:>11.0f} µs{row['without_us']:>9.0f} µs{row['added_us']:>7.0f} µs{row['ratio']:>8.3f}"
+        )
     print(f"one scrape of /metrics: {results['scrape_ms']:.2f} ms, {results['scrape_bytes']:,} bytes")
 
 

@@ -56,10 +56,15 @@ def test_a_committed_round_prints_its_count_duration_and_bytes(emf_lines, make_e
     [document] = emf_lines()
     metrics = metrics_of(document)
     assert metrics["RoundsCompleted"] == (1, "Count")
-    assert metrics["RoundDuration"][1] == "Seconds" and metrics["RoundDuration"][0] >= 0
-    assert metrics["AggregateBytes"][1] == "Bytes" and metrics["AggregateBytes"][0] > 0
+    assert metrics["RoundDuration"][1] == "Seconds"
+    assert metrics["RoundDuration"][0] >= 0
+    assert metrics["AggregateBytes"][1] == "Bytes"
+    assert metrics["AggregateBytes"][0] > 0
     # a repeated delivery of the same event runs nothing, so counts nothing
-    assert handler({"fma": "round_ready", "experiment_id": str(experiment.pk)}, LambdaContext())["status"] == "idle"
+    assert (
+        handler({"fma": "round_ready", "experiment_id": str(experiment.pk)}, LambdaContext())["status"]
+        == "idle"
+    )
     assert emf_lines() == []
 
 
@@ -68,12 +73,17 @@ def test_a_failed_round_prints_rounds_failed_the_metric_the_alarm_watches(emf_li
     submit(experiment, 1.0)
     type(experiment).objects.filter(pk=experiment.pk).update(aggregator_params={"trim_fraction": 0.9})
     emf_lines()
-    assert handler({"fma": "round_ready", "experiment_id": str(experiment.pk)}, LambdaContext())["status"] == "failed"
+    assert (
+        handler({"fma": "round_ready", "experiment_id": str(experiment.pk)}, LambdaContext())["status"]
+        == "failed"
+    )
     [document] = emf_lines()
     metrics = metrics_of(document)
     assert metrics["RoundsFailed"] == (1, "Count")
     assert metrics["FailedRoundDuration"][1] == "Seconds"
-    assert document["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [[]]  # the alarm's metric has no dimension
+    assert document["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [
+        []
+    ]  # the alarm's metric has no dimension
 
 
 def test_a_refused_update_prints_its_reason_as_a_dimension(emf_lines, make_experiment):

@@ -29,7 +29,9 @@ def test_a_round_taken_over_from_a_dead_worker_counts_one_takeover_and_one_round
     submit(experiment, 1.0)
     clock = Clock()
     engines = [
-        RoundEngine(DjangoMetadataStore(clock=clock), weight_store(), worker_id=name, lease_seconds=60, clock=clock)
+        RoundEngine(
+            DjangoMetadataStore(clock=clock), weight_store(), worker_id=name, lease_seconds=60, clock=clock
+        )
         for name in ("dead", "alive")
     ]
     takeovers = sample("fma_lease_takeovers_total", experiment="")

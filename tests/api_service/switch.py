@@ -4,6 +4,7 @@ new ones, which is what a service sees when its database or broker goes away."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 
@@ -46,20 +47,16 @@ class Switch:
         except OSError:
             pass
         for end in (source, sink):
-            try:
+            with contextlib.suppress(OSError):
                 end.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def down(self) -> None:
         self.up = False
         with self._lock:
             cut, self._open = self._open, []
         for end in cut:
-            try:
+            with contextlib.suppress(OSError):
                 end.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             end.close()
 
     def back_up(self) -> None:

@@ -33,13 +33,15 @@ def rule_expressions() -> list[str]:
     for rule in group["rules"]:
         assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}
         assert rule["labels"]["severity"] in {"page", "warning"}
-        assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+        assert rule["annotations"]["summary"]
+        assert rule["annotations"]["description"]
     return [rule["expr"] for rule in group["rules"]]
 
 
 def dashboard_expressions() -> list[str]:
     dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text())
-    assert dashboard["uid"] and dashboard["panels"]
+    assert dashboard["uid"]
+    assert dashboard["panels"]
     return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
 
 

@@ -80,7 +80,17 @@ def test_without_a_token_setting_there_is_no_metrics_endpoint(serve):
 
 def _developer(service: Served) -> Developer:
     done = subprocess.run(
-        [sys.executable, "-m", "django", "createsuperuser", "--noinput", "--username", "operator", "--email", "o@example.com"],
+        [
+            sys.executable,
+            "-m",
+            "django",
+            "createsuperuser",
+            "--noinput",
+            "--username",
+            "operator",
+            "--email",
+            "o@example.com",
+        ],
         env={**service.env, "DJANGO_SUPERUSER_PASSWORD": "a-password-for-tests"},
         capture_output=True,
         text=True,
@@ -104,7 +114,9 @@ def test_metrics_count_a_real_round_its_updates_and_a_refusal(service, tmp_path)
     definition = {
         "aggregator": "fedavg",
         "round_policy": {"policy": "all_clients"},
-        "tensor_spec": [{"name": name, "dtype": "F32", "shape": list(shape)} for name, shape in SHAPES.items()],
+        "tensor_spec": [
+            {"name": name, "dtype": "F32", "shape": list(shape)} for name, shape in SHAPES.items()
+        ],
     }
     labelled = developer.create_experiment({"name": "labelled", **definition})["id"]
     assert labelled == 1  # the fresh service's first experiment: the one FMA_METRICS_EXPERIMENTS names
@@ -139,7 +151,16 @@ def test_metrics_count_a_real_round_its_updates_and_a_refusal(service, tmp_path)
     assert value(samples, "fma_updates_pending") == 1
     assert value(samples, "fma_upload_sessions", state="open") == 0
     # the requests themselves (django-prometheus), by view
-    assert value(samples, "django_http_responses_total_by_status_view_method_total", method="POST", status="201", view="fma-api:uploads") >= 3
+    assert (
+        value(
+            samples,
+            "django_http_responses_total_by_status_view_method_total",
+            method="POST",
+            status="201",
+            view="fma-api:uploads",
+        )
+        >= 3
+    )
 
 
 def test_an_open_upload_session_is_counted_until_it_completes(service):
@@ -163,4 +184,3 @@ def test_an_open_upload_session_is_counted_until_it_completes(service):
     )
     assert deleted.status_code in {200, 204}
     assert value(scrape(service.url), "fma_upload_sessions", state="open") == before
-

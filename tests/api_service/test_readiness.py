@@ -138,5 +138,7 @@ def test_not_ready_while_a_migration_is_not_applied(server, database):
             assert status == 503
             assert body["checks"] == {**ALL_OK, "migrations": "1 migrations not applied"}
         finally:
-            connection.execute("INSERT INTO django_migrations (app, name, applied) VALUES (%s, %s, now())", (app, name))
+            connection.execute(
+                "INSERT INTO django_migrations (app, name, applied) VALUES (%s, %s, now())", (app, name)
+            )
     assert _probe(server)[0] == 200

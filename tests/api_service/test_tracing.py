@@ -38,7 +38,11 @@ def test_a_push_and_its_round_are_traced(spans, client, transactional_db):
         path + "upload_update/",
         data=to_bytes({"w": np.ones(8, dtype=np.float32)}),
         content_type="application/octet-stream",
-        headers={"Authorization": f"Client {credential}", "X-FMA-Num-Examples": "3", "traceparent": TRACEPARENT},
+        headers={
+            "Authorization": f"Client {credential}",
+            "X-FMA-Num-Examples": "3",
+            "traceparent": TRACEPARENT,
+        },
     )
     assert pushed.status_code == 201, pushed.content
     assert build_engine().run_round(str(experiment.pk)).status == "committed"

@@ -25,7 +25,8 @@ def test_json_output_compares_every_kind_of_request_and_sizes_a_scrape():
     assert figures["requests"] == 3
     for kind in KINDS:
         row = figures[kind]
-        assert row["with_us"] > 0 and row["without_us"] > 0
+        assert row["with_us"] > 0
+        assert row["without_us"] > 0
         assert row["added_us"] == pytest.approx(row["with_us"] - row["without_us"], abs=0.2)
         assert row["ratio"] == pytest.approx(row["with_us"] / row["without_us"], abs=0.002)
     assert figures["scrape_ms"] > 0

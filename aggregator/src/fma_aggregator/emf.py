@@ -31,11 +31,17 @@ _COUNTS = {
     "upload_expired": "UploadsExpired",
     "sweep": "Sweeps",
 }
-_SECONDS = {"round_completed": "RoundDuration", "round_failed": "FailedRoundDuration", "sweep": "SweepDuration"}
+_SECONDS = {
+    "round_completed": "RoundDuration",
+    "round_failed": "FailedRoundDuration",
+    "sweep": "SweepDuration",
+}
 _BYTES = {"round_completed": "AggregateBytes", "update_accepted": "UpdateBytes"}
 
 
-def document(metrics: dict[str, tuple[float, str]], dimensions: dict[str, str] | None = None) -> dict[str, Any]:
+def document(
+    metrics: dict[str, tuple[float, str]], dimensions: dict[str, str] | None = None
+) -> dict[str, Any]:
     """One EMF document: ``metrics`` name → (value, unit), under the namespace, aggregated with no
     dimension and, if ``dimensions`` are given, also by them."""
     dimensions = dimensions or {}

@@ -121,7 +121,9 @@ MIDDLEWARE = [
 # Lambda's default: FMA's figures as CloudWatch embedded-metric-format log lines, namespace
 # FMA_METRICS_NAMESPACE) or "off". FMA_METRICS_EXPERIMENTS: experiment ids that get their own
 # label (a few; every other experiment is counted unlabelled, so series stay bounded).
-FMA_METRICS = os.environ.get("FMA_METRICS", "emf" if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") else "prometheus")
+FMA_METRICS = os.environ.get(
+    "FMA_METRICS", "emf" if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") else "prometheus"
+)
 if FMA_METRICS not in {"prometheus", "emf", "off"}:
     raise ImproperlyConfigured(f"FMA_METRICS must be prometheus, emf or off, not {FMA_METRICS!r}")
 FMA_METRICS_TOKEN = os.environ.get("FMA_METRICS_TOKEN", "")
@@ -130,7 +132,9 @@ FMA_METRICS_EXPERIMENTS = frozenset(_list("FMA_METRICS_EXPERIMENTS", ""))
 FMA_METRICS_NAMESPACE = os.environ.get("FMA_METRICS_NAMESPACE", "FMA")
 # OpenTelemetry traces (fma_service.observability.tracing), with the `tracing` extra installed:
 # on when an OTLP endpoint is set; the exporter reads the OTEL_* variables.
-FMA_TRACING = bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+FMA_TRACING = bool(
+    os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+)
 if FMA_TRACING:
     MIDDLEWARE.insert(0, "fma_service.observability.tracing.TracingMiddleware")
 if FMA_METRICS == "prometheus":

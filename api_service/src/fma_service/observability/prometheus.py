@@ -49,9 +49,13 @@ TAKEOVERS = Counter(
     "fma_lease_takeovers", "Rounds claimed from a worker whose lease had expired.", ["experiment"]
 )
 SWEEPS = Counter("fma_sweeps", "Housekeeping sweeps run.")
-SWEEP_SECONDS = Histogram("fma_sweep_duration_seconds", "Seconds one housekeeping sweep took.", buckets=_SECONDS)
+SWEEP_SECONDS = Histogram(
+    "fma_sweep_duration_seconds", "Seconds one housekeeping sweep took.", buckets=_SECONDS
+)
 SWEEP_ITEMS = Counter(
-    "fma_sweep_items", "What the sweeps' chores did, by chore (uploads_expired, orphans_removed, ...).", ["chore"]
+    "fma_sweep_items",
+    "What the sweeps' chores did, by chore (uploads_expired, orphans_removed, ...).",
+    ["chore"],
 )
 
 
@@ -105,7 +109,9 @@ class WaitingCollector(Collector):
             "Experiments with pending updates (aggregation not paused): rounds waiting for their policy or a worker.",
             value=pending["experiments"],
         )
-        yield GaugeMetricFamily("fma_updates_pending", "Updates accepted and not yet aggregated.", value=pending["updates"])
+        yield GaugeMetricFamily(
+            "fma_updates_pending", "Updates accepted and not yet aggregated.", value=pending["updates"]
+        )
 
 
 def scrape_registry(*, waiting: bool) -> CollectorRegistry:

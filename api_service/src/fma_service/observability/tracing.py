@@ -38,7 +38,9 @@ def install(exporter: object | None = None, *, batch: bool = True) -> None:
 
         exporter = OTLPSpanExporter()
     uninstall()
-    _provider = TracerProvider(resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "fma")}))
+    _provider = TracerProvider(
+        resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "fma")})
+    )
     _provider.add_span_processor(BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter))
     _tracer = _provider.get_tracer("fma")
     telemetry.add_recorder(_round_span)
@@ -57,7 +59,10 @@ def _round_span(observation: Observation) -> None:
         return
     end = time.time_ns()
     start = end - int((observation.seconds or 0.0) * 1e9)
-    attributes = {"fma.experiment_id": observation.experiment_id or "", "fma.outcome": observation.name.removeprefix("round_")}
+    attributes = {
+        "fma.experiment_id": observation.experiment_id or "",
+        "fma.outcome": observation.name.removeprefix("round_"),
+    }
     if observation.updates is not None:
         attributes["fma.updates"] = observation.updates
     if observation.size_bytes is not None:

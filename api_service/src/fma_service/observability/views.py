@@ -44,7 +44,10 @@ def metrics(request: HttpRequest) -> HttpResponse:
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
         refused = JsonResponse(
-            {"detail": "send the metrics token: Authorization: Bearer <FMA_METRICS_TOKEN>", "code": "not_authenticated"},
+            {
+                "detail": "send the metrics token: Authorization: Bearer <FMA_METRICS_TOKEN>",
+                "code": "not_authenticated",
+            },
             status=401,
         )
         refused["WWW-Authenticate"] = 'Bearer realm="metrics"'
