@@ -11,6 +11,12 @@ is the median time of ``--requests`` requests, from the request sent to the answ
 difference is what metrics add to one request, the ratio the same as a share. Then a scrape of the
 first server (every metric, with the database's gauges) is timed and its size measured.
 
+On a busy machine two servers' medians differ by more than the middleware costs, so the same
+comparison also runs in this process, without HTTP: Django's own request handler, with the
+service's middleware and with the same list less django-prometheus's, alternating, on the liveness
+probe (``in_process``); and one FMA figure recorded (an accepted update) in multiprocess mode
+(``record_us``). Those two are what metrics add to a request, CPU only.
+
 Run: ``.venv/bin/python benchmarks/metrics.py [--requests N] [--json]``
 """
 
@@ -178,6 +184,58 @@ def scrape_cost(server: Server, count: int) -> dict[str, float]:
     return {"scrape_ms": round(statistics.median(times) * 1e3, 2), "scrape_bytes": sizes[-1]}
 
 
+def in_process(count: int, directory: Path) -> dict[str, float]:
+    """Django's handler in this process, with and without the metrics middleware; and one recorded figure."""
+    os.environ.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "fma_service.settings",
+            "FMA_DATA_DIR": str(directory / "in-process"),
+            "FMA_DEVELOPMENT": "1",
+            "FMA_ALLOWED_HOSTS": "testserver",  # the name Django's test client sends
+            "FMA_METRICS": "prometheus",
+            "PROMETHEUS_MULTIPROC_DIR": str(directory / "in-process-metrics"),
+        }
+    )
+    (directory / "in-process-metrics").mkdir()
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.test import Client, override_settings
+
+    from fma_django.telemetry import Observation
+    from fma_service.observability.prometheus import record
+
+    clients = {True: Client()}
+    with override_settings(
+        MIDDLEWARE=[m for m in settings.MIDDLEWARE if not m.startswith("django_prometheus")]
+    ):
+        clients[False] = Client()
+        clients[False].get("/healthz")  # its middleware chain is built now, without the two
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for number in range(count + count // 10):
+        for metrics in (True, False) if number % 2 == 0 else (False, True):
+            started = time.perf_counter()
+            answer = clients[metrics].get("/healthz")
+            if number >= count // 10:  # the first tenth warms up
+                times[metrics].append(time.perf_counter() - started)
+            assert answer.status_code == 200, answer.content
+    on, off = (statistics.median(times[m]) * 1e6 for m in (True, False))
+    observation = Observation("update_accepted", "1", size_bytes=1000)
+    record(observation)  # the first one makes the process's files
+    started = time.perf_counter()
+    for _ in range(count):
+        record(observation)
+    record_us = (time.perf_counter() - started) / count * 1e6
+    return {
+        "with_us": round(on, 1),
+        "without_us": round(off, 1),
+        "added_us": round(on - off, 1),
+        "ratio": round(on / off, 3),
+        "record_us": round(record_us, 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1000, help="requests of each kind to each server")
@@ -203,6 +261,7 @@ def main() -> None:
     finally:
         for server in servers:
             server.stop()
+    results["in_process"] = in_process(args.requests * 5, directory)
 
     if args.json:
         print(json.dumps(results))
@@ -215,6 +274,12 @@ def main() -> None:
             f"{kind:<18}{row['with_us']:>11.0f} µs{row['without_us']:>9.0f} µs{row['added_us']:>7.0f} µs{row['ratio']:>8.3f}"
         )
     print(f"one scrape of /metrics: {results['scrape_ms']:.2f} ms, {results['scrape_bytes']:,} bytes")
+    row = results["in_process"]
+    print(
+        f"in process, Django's handler, GET /healthz ({args.requests * 5} each): {row['with_us']:.0f} µs with "
+        f"metrics, {row['without_us']:.0f} µs without: {row['added_us']:+.0f} µs ({row['ratio']:.3f}); "
+        f"one FMA figure recorded: {row['record_us']:.1f} µs"
+    )
 
 
 if __name__ == "__main__":

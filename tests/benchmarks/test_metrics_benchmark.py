@@ -29,5 +29,10 @@ def test_json_output_compares_every_kind_of_request_and_sizes_a_scrape():
         assert row["without_us"] > 0
         assert row["added_us"] == pytest.approx(row["with_us"] - row["without_us"], abs=0.2)
         assert row["ratio"] == pytest.approx(row["with_us"] / row["without_us"], abs=0.002)
+    row = figures["in_process"]
+    assert row["with_us"] > 0
+    assert row["without_us"] > 0
+    assert row["added_us"] == pytest.approx(row["with_us"] - row["without_us"], abs=0.2)
+    assert row["record_us"] > 0
     assert figures["scrape_ms"] > 0
     assert figures["scrape_bytes"] > 1000  # every metric family, not an empty page
