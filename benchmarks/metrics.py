@@ -13,7 +13,7 @@ first server (every metric, with the database's gauges) is timed and its size me
 
 On a busy machine two servers' medians differ by more than the middleware costs, so the same
 comparison also runs in this process, without HTTP: Django's own request handler, with the
-service's middleware and with the same list less django-prometheus's, alternating, on the liveness
+service's middleware and with the same list less the two metrics middlewares, alternating, on the liveness
 probe (``in_process``); and one FMA figure recorded (an accepted update) in multiprocess mode
 (``record_us``). Those two are what metrics add to a request, CPU only.
 
@@ -43,6 +43,10 @@ from fma_core.weights import to_bytes
 
 PASSWORD = "a-benchmark-password"
 TOKEN = secrets.token_urlsafe(24)
+METRICS_MIDDLEWARE = {
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "fma_service.observability.middleware.RequestMetricsMiddleware",
+}
 
 
 def free_port() -> int:
@@ -207,9 +211,7 @@ def in_process(count: int, directory: Path) -> dict[str, float]:
     from fma_service.observability.prometheus import record
 
     clients = {True: Client()}
-    with override_settings(
-        MIDDLEWARE=[m for m in settings.MIDDLEWARE if not m.startswith("django_prometheus")]
-    ):
+    with override_settings(MIDDLEWARE=[m for m in settings.MIDDLEWARE if m not in METRICS_MIDDLEWARE]):
         clients[False] = Client()
         clients[False].get("/healthz")  # its middleware chain is built now, without the two
     times: dict[bool, list[float]] = {True: [], False: []}

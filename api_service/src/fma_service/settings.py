@@ -140,7 +140,7 @@ if FMA_TRACING:
 if FMA_METRICS == "prometheus":
     # first and just before axes (whose lockout answers pass back through it): every answer is counted
     MIDDLEWARE.insert(0, "django_prometheus.middleware.PrometheusBeforeMiddleware")
-    MIDDLEWARE.insert(len(MIDDLEWARE) - 1, "django_prometheus.middleware.PrometheusAfterMiddleware")
+    MIDDLEWARE.insert(len(MIDDLEWARE) - 1, "fma_service.observability.middleware.RequestMetricsMiddleware")
 
 # --- HTTPS, cookies and Content-Security-Policy (`manage.py check --deploy` is clean by default) ---
 # Outside development the service is meant to sit behind a proxy that terminates TLS (a load
