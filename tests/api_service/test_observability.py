@@ -14,15 +14,17 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fma_client import Client, Developer, ValidationError
 
-from .conftest import Served
+from .conftest import Served, free_port
 
 TOKEN = "a-metrics-token-for-the-tests"
 SHAPES = {"w": (4, 3), "b": (3,)}
+ADDRESS = f"127.0.0.1:{free_port()}"  # the metrics' separate address (FMA_METRICS_ADDRESS)
 
 
-def scrape(url: str) -> dict[tuple[str, frozenset], float]:
+def scrape(url: str, *, token: str | None = TOKEN) -> dict[tuple[str, frozenset], float]:
     """Every sample of one scrape, by name and labels."""
-    answer = requests.get(url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    answer = requests.get(url + "/metrics", headers=headers, timeout=60)
     assert answer.status_code == 200, answer.text
     assert answer.headers["Content-Type"].startswith("text/plain; version=")
     return {
@@ -38,10 +40,12 @@ def value(samples: dict[tuple[str, frozenset], float], name: str, **labels: str)
 
 @pytest.fixture(scope="module")
 def service(serve_for_module) -> Served:
-    """Two worker processes (multiprocess metrics), the in-process runner, experiment 1 opted in to a label."""
+    """Two worker processes (multiprocess metrics), the in-process runner, experiment 1 opted in to a
+    label, and the metrics also on a separate address."""
     return serve_for_module(
         FMA_DEVELOPMENT="1",
         FMA_METRICS_TOKEN=TOKEN,
+        FMA_METRICS_ADDRESS=ADDRESS,
         FMA_METRICS_EXPERIMENTS="1",
         FMA_WORKERS="2",
         FMA_AGGREGATOR_RUNNER="inprocess",
@@ -184,3 +188,16 @@ def test_an_open_upload_session_is_counted_until_it_completes(service):
     )
     assert deleted.status_code in {200, 204}
     assert value(scrape(service.url), "fma_upload_sessions", state="open") == before
+
+
+def test_the_separate_address_serves_the_same_figures_without_a_token(service):
+    """fma-server's main process sums its workers' files on FMA_METRICS_ADDRESS (an address of the
+    monitoring network's), the database's gauges included."""
+    separate = scrape(f"http://{ADDRESS}", token=None)
+    endpoint = scrape(service.url)
+    for name, labels in [
+        ("fma_updates_total", {"outcome": "accepted", "reason": "", "experiment": "1"}),
+        ("fma_rounds_total", {"outcome": "completed", "experiment": "1"}),
+        ("fma_rounds_pending", {}),
+    ]:
+        assert value(separate, name, **labels) == value(endpoint, name, **labels) > 0
