@@ -22,6 +22,8 @@ locals {
     FMA_S3_KMS_KEY_ID         = module.kms.key_id
     # Lambda's only writable directory: Django's settings create their data dir at start-up.
     FMA_DATA_DIR = "/tmp/fma"
+    # FMA's figures as embedded-metric-format log lines under the alarms' namespace (monitoring)
+    FMA_METRICS_NAMESPACE = "FMA/${var.name_prefix}"
   }
 }
 
@@ -160,7 +162,6 @@ module "monitoring" {
   kms_key_arn                   = module.kms.key_arn
   alarm_emails                  = var.alarm_emails
   aggregator_function_name      = module.aggregator.function_name
-  aggregator_log_group_name     = module.aggregator.log_group_name
   api_id                        = module.api.api_id
   api_5xx_threshold             = var.api_5xx_alarm_threshold
   failed_invocations_queue_name = module.aggregator.failed_invocations_queue_name

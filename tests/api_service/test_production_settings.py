@@ -1,8 +1,8 @@
 """Production settings (FMA_DEVELOPMENT unset) behind a TLS-terminating proxy (issue 13 item 6).
 
 `manage.py check --deploy` is clean by default; plain http is redirected to https except the
-health probe; behind the proxy (its X-Forwarded-Proto) the answers carry HSTS and secure cookies;
-every HTML page carries a Content-Security-Policy without 'unsafe-inline' or 'unsafe-eval'.
+probes (/healthz, /readyz); behind the proxy (its X-Forwarded-Proto) the answers carry HSTS and
+secure cookies; every HTML page carries a Content-Security-Policy without 'unsafe-inline' or 'unsafe-eval'.
 """
 
 from __future__ import annotations
@@ -44,10 +44,13 @@ def production(serve_for_module) -> str:
     ).url
 
 
-def test_plain_http_is_redirected_to_https_but_not_the_health_probe(production):
-    health = requests.get(production + "/health/", timeout=60, allow_redirects=False)
-    assert health.status_code == 200
-    assert health.json() == {"status": "ok"}
+def test_plain_http_is_redirected_to_https_but_not_the_probes(production):
+    health = requests.get(production + "/healthz", timeout=60, allow_redirects=False)
+    assert (health.status_code, health.json()) == (200, {"status": "ok"})
+    ready = requests.get(production + "/readyz", timeout=60, allow_redirects=False)
+    assert (ready.status_code, ready.json()["status"]) == (200, "ready")
+    metrics = requests.get(production + "/metrics", timeout=60, allow_redirects=False)
+    assert metrics.status_code == 301  # a bearer token travels over https only
     api = requests.get(production + "/api/v1/", timeout=60, allow_redirects=False)
     assert api.status_code == 301
     assert api.headers["Location"] == production.replace("http://", "https://") + "/api/v1/"

@@ -60,7 +60,7 @@ def _server(data_dir: Path, log: Path, shared: dict[str, str]) -> Iterator[str]:
             if process.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"fma-server did not come up: {log.read_text()}")
             try:
-                requests.get(url + "/health/", timeout=10, allow_redirects=False)
+                requests.get(url + "/healthz", timeout=10, allow_redirects=False)
                 break
             except requests.RequestException:
                 time.sleep(0.2)

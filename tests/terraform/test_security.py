@@ -218,18 +218,38 @@ def test_aggregator_is_scheduled_and_failed_async_invocations_are_kept():
 
 def test_alarms_cover_failed_rounds_errors_and_5xx():
     monitoring = MODULES["monitoring"]
-    (metric_filter,) = monitoring.resources_of("aws_cloudwatch_log_metric_filter").values()
-    assert "round failed" in unquote(metric_filter["pattern"])
     alarms = monitoring.locals["alarms"]
     metrics = {name: unquote(alarm["metric"]) for name, alarm in alarms.items()}
     assert metrics["aggregator-errors"] == "Errors"
     assert metrics["api-5xx"] == "5xx"
-    assert "aws_cloudwatch_log_metric_filter.rounds_failed" in metrics["rounds-failed"]
+    # failed rounds: the metric the functions print in embedded metric format (fma_aggregator.emf),
+    # under the namespace both functions are given
+    assert metrics["rounds-failed"] == "RoundsFailed"
+    assert alarms["rounds-failed"]["namespace"] == "${local.namespace}"
+    assert unquote(monitoring.locals["namespace"]) == "FMA/${var.name_prefix}"
+    assert unquote(ROOT.locals["common_environment"]["FMA_METRICS_NAMESPACE"]) == "FMA/${var.name_prefix}"
     (alarm,) = monitoring.resources_of("aws_cloudwatch_metric_alarm").values()
     assert alarm["for_each"] == "${local.alarms}"
     assert alarm["alarm_actions"] == ["${aws_sns_topic.alarms.arn}"]
     (topic,) = monitoring.resources_of("aws_sns_topic").values()
     assert topic.get("kms_master_key_id")
+
+
+def test_a_schedule_checks_readiness_and_an_alarm_fires_when_it_fails_or_stops():
+    (rule,) = ROOT.resources_of("aws_cloudwatch_event_rule").values()
+    assert "rate(" in unquote(rule["schedule_expression"])
+    (target,) = ROOT.resources_of("aws_cloudwatch_event_target").values()
+    assert target["arn"] == "${module.aggregator.function_arn}"
+    assert target["input"] == '${jsonencode({fma = "readiness"})}'  # the handler's readiness event
+    (permission,) = ROOT.resources_of("aws_lambda_permission").values()
+    assert unquote(permission["principal"]) == "events.amazonaws.com"
+    assert permission["source_arn"] == "${aws_cloudwatch_event_rule.readiness.arn}"
+    (alarm,) = ROOT.resources_of("aws_cloudwatch_metric_alarm").values()
+    assert unquote(alarm["metric_name"]) == "Ready"
+    assert alarm["namespace"] == "${module.monitoring.metrics_namespace}"
+    assert unquote(alarm["comparison_operator"]) == "LessThanThreshold"
+    assert unquote(alarm["treat_missing_data"]) == "breaching"  # a check that stops reporting is not ready
+    assert alarm["alarm_actions"] == ["${module.monitoring.alarm_topic_arn}"]
 
 
 # --- each checker fails on a bad fixture --------------------------------------------------------

@@ -17,11 +17,15 @@ One function serves every event the deployment sends it:
 - ``{"fma": "check_upload", "upload_id": "<uuid>"}``, sent asynchronously by the API when an
   upload too large to check within its request is completed, and by the sweep for every upload
   still ``checking``, joins and checks it: its update is accepted (announcing the round) or refused;
+- ``{"fma": "readiness"}``, sent by the deployment's schedule (``terraform_deploy/monitoring.tf``),
+  runs the readiness checks of ``/readyz`` (database, migrations, weight store) from inside the
+  VPC, where API Gateway itself never probes, and reports ``Ready`` (1 or 0) as a CloudWatch metric;
 - ``{"manage": "migrate"}`` or ``{"manage": ["createsuperuser", "--noinput", ...]}`` runs a Django
   management command (``DJANGO_SUPERUSER_PASSWORD`` etc. come from the function's environment).
 
 Returns a JSON-serializable dict saying what was done. A round that failed is also logged as
-``round failed: ...``, the line the deployment's alarm counts (terraform_deploy/modules/monitoring).
+``round failed: ...``; the deployment's alarm counts the ``RoundsFailed`` metric that the round's
+event gives in CloudWatch's embedded metric format (``fma_aggregator.emf``).
 """
 
 from __future__ import annotations
@@ -38,10 +42,12 @@ setup_django()  # at cold start, before the imports below reach Django models
 from django.core.management import call_command  # noqa: E402
 from django.db import close_old_connections  # noqa: E402
 
+from fma_aggregator import emf  # noqa: E402
 from fma_aggregator.checks import run_check  # noqa: E402
 from fma_aggregator.config import AggregatorConfig  # noqa: E402
 from fma_aggregator.engine import build_engine  # noqa: E402
 from fma_aggregator.lambda_invoke import LambdaInvoker  # noqa: E402
+from fma_aggregator.readiness import check_readiness  # noqa: E402
 from fma_core.shards import RoundPlan  # noqa: E402
 from fma_django.housekeeping import housekeeping_sweep  # noqa: E402
 from fma_django.store import DjangoMetadataStore  # noqa: E402
@@ -66,6 +72,8 @@ def _dispatch(event: dict[str, Any], context: Any) -> dict[str, Any]:
     kind = event.get("fma")
     if kind == "round_ready":
         return _run_round(str(event["experiment_id"]), context)
+    if kind == "readiness":
+        return _readiness()
     if kind == "check_upload":
         return run_check(str(event["upload_id"]))
     if kind == "shard":
@@ -90,6 +98,12 @@ def _sweep(context: Any) -> dict[str, Any]:
 
 def _run_round(experiment_id: str, context: Any) -> dict[str, Any]:
     return build_engine().run_round(experiment_id, _invoker(context)).to_dict()
+
+
+def _readiness() -> dict[str, Any]:
+    result = check_readiness()
+    emf.emit({"Ready": (1 if result.ready else 0, "Count")})
+    return {"status": "ready" if result.ready else "not_ready", "checks": result.checks}
 
 
 def _manage(command: str | list[str]) -> dict[str, Any]:

@@ -98,6 +98,7 @@ INSTALLED_APPS = [
     "fma_django",
     "fma_aggregator",
     "fma_service.dashboard",
+    "fma_service.observability",
 ]
 
 MIDDLEWARE = [
@@ -114,19 +115,47 @@ MIDDLEWARE = [
     "axes.middleware.AxesMiddleware",  # last, as django-axes asks: turns a lockout into its answer
 ]
 
+# --- Metrics (fma_service.observability; the operators' page: README "Servers") ---
+# FMA_METRICS: "prometheus" (servers: request metrics by django-prometheus's middleware, FMA's own
+# figures, /metrics with FMA_METRICS_TOKEN or an exporter on FMA_METRICS_ADDRESS), "emf" (AWS
+# Lambda's default: FMA's figures as CloudWatch embedded-metric-format log lines, namespace
+# FMA_METRICS_NAMESPACE) or "off". FMA_METRICS_EXPERIMENTS: experiment ids that get their own
+# label (a few; every other experiment is counted unlabelled, so series stay bounded).
+FMA_METRICS = os.environ.get(
+    "FMA_METRICS", "emf" if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") else "prometheus"
+)
+if FMA_METRICS not in {"prometheus", "emf", "off"}:
+    raise ImproperlyConfigured(f"FMA_METRICS must be prometheus, emf or off, not {FMA_METRICS!r}")
+FMA_METRICS_TOKEN = os.environ.get("FMA_METRICS_TOKEN", "")
+FMA_METRICS_ADDRESS = os.environ.get("FMA_METRICS_ADDRESS", "")
+FMA_METRICS_EXPERIMENTS = frozenset(_list("FMA_METRICS_EXPERIMENTS", ""))
+FMA_METRICS_NAMESPACE = os.environ.get("FMA_METRICS_NAMESPACE", "FMA")
+# OpenTelemetry traces (fma_service.observability.tracing), with the `tracing` extra installed:
+# on when an OTLP endpoint is set; the exporter reads the OTEL_* variables.
+FMA_TRACING = bool(
+    os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+)
+if FMA_TRACING:
+    MIDDLEWARE.insert(0, "fma_service.observability.tracing.TracingMiddleware")
+if FMA_METRICS == "prometheus":
+    # first and just before axes (whose lockout answers pass back through it): every answer is counted
+    MIDDLEWARE.insert(0, "django_prometheus.middleware.PrometheusBeforeMiddleware")
+    MIDDLEWARE.insert(len(MIDDLEWARE) - 1, "fma_service.observability.middleware.RequestMetricsMiddleware")
+
 # --- HTTPS, cookies and Content-Security-Policy (`manage.py check --deploy` is clean by default) ---
 # Outside development the service is meant to sit behind a proxy that terminates TLS (a load
 # balancer, nginx, API Gateway on Lambda) and says so in X-Forwarded-Proto: Django trusts that
 # header (FMA_PROXY_SSL_HEADER; empty trusts none, for a server whose clients reach it directly:
 # a client could otherwise claim https). Plain http is then redirected to https, except the
-# health probe, and HSTS and secure-only cookies hold. FMA_DEVELOPMENT=1 keeps plain http on
-# loopback working: no redirect, no HSTS, cookies without Secure.
+# probes /healthz and /readyz (a load balancer calls the instance itself), and HSTS and secure-only
+# cookies hold. FMA_DEVELOPMENT=1 keeps plain http on loopback working: no redirect, no HSTS,
+# cookies without Secure.
 _proxy_header = os.environ.get("FMA_PROXY_SSL_HEADER", "X-Forwarded-Proto").strip()
 SECURE_PROXY_SSL_HEADER = (
     ("HTTP_" + _proxy_header.upper().replace("-", "_"), "https") if _proxy_header else None
 )
 SECURE_SSL_REDIRECT = not DEVELOPMENT
-SECURE_REDIRECT_EXEMPT = [r"^health/$"]
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
 SECURE_HSTS_SECONDS = 0 if DEVELOPMENT else int(os.environ.get("FMA_HSTS_SECONDS", str(365 * 24 * 3600)))
 SECURE_HSTS_INCLUDE_SUBDOMAINS = _flag("FMA_HSTS_INCLUDE_SUBDOMAINS", True)
 SECURE_HSTS_PRELOAD = _flag("FMA_HSTS_PRELOAD", True)

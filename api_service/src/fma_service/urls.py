@@ -1,5 +1,5 @@
-"""Routes: the dashboard, the admin, the v1 API (``fma_django.api``), the token endpoint, the OpenAPI docs
-and the health probe."""
+"""Routes: the dashboard, the admin, the v1 API (``fma_django.api``), the token endpoint, the OpenAPI docs,
+the health and readiness probes and the metrics (``fma_service.observability``)."""
 
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -9,7 +9,7 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from fma_django.api.tokens import ObtainTokenView
-from fma_service.health import health
+from fma_service.observability.views import healthz, metrics, readyz
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="dashboard:experiments"), name="home"),
@@ -25,7 +25,9 @@ urlpatterns = [
         name="swagger-ui",
     ),
     path("api-auth/", include("rest_framework.urls")),
-    path("health/", health, name="health"),
+    path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
+    path("metrics", metrics, name="metrics"),
 ]
 
 

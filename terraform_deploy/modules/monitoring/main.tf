@@ -3,6 +3,7 @@
 # notify one encrypted SNS topic; subscribe people or a pager to it.
 
 locals {
+  # where the functions' embedded-metric-format lines put FMA's figures (main.tf: FMA_METRICS_NAMESPACE)
   namespace = "FMA/${var.name_prefix}"
 }
 
@@ -19,30 +20,17 @@ resource "aws_sns_topic_subscription" "email" {
   endpoint  = each.value
 }
 
-# The round engine logs "round failed" when a round ends in the failed state; the function itself
-# may still return normally, so Lambda's Errors metric alone would miss it.
-resource "aws_cloudwatch_log_metric_filter" "rounds_failed" {
-  name           = "${var.name_prefix}-rounds-failed"
-  log_group_name = var.aggregator_log_group_name
-  pattern        = "\"round failed\""
-
-  metric_transformation {
-    name          = "RoundsFailed"
-    namespace     = local.namespace
-    value         = "1"
-    default_value = "0"
-    unit          = "Count"
-  }
-}
-
 # One alarm per condition an operator must act on; all fire at the first occurrence in five
 # minutes (the API's at a configurable count) and all notify the topic, also when they clear.
 locals {
   alarms = {
+    # The functions print each failed round as an embedded-metric-format log line
+    # (fma_aggregator.emf, namespace FMA_METRICS_NAMESPACE); the function itself may still return
+    # normally, so Lambda's Errors metric alone would miss it.
     rounds-failed = {
-      description = "At least one FMA round failed (log line 'round failed' in the aggregator)."
+      description = "At least one FMA round failed (metric RoundsFailed, from the functions' EMF log lines)."
       namespace   = local.namespace
-      metric      = aws_cloudwatch_log_metric_filter.rounds_failed.metric_transformation[0].name
+      metric      = "RoundsFailed"
       dimensions  = {}
       statistic   = "Sum"
       threshold   = 1

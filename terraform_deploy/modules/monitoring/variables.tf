@@ -18,11 +18,6 @@ variable "aggregator_function_name" {
   description = "Aggregator function whose errors are watched."
 }
 
-variable "aggregator_log_group_name" {
-  type        = string
-  description = "Aggregator log group scanned for 'round failed'."
-}
-
 variable "api_id" {
   type        = string
   description = "HTTP API whose 5xx responses are watched."

@@ -7,4 +7,7 @@ class FmaDjangoConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from fma_django import telemetry
         from fma_django.api import schema  # noqa: F401 - registers the OpenAPI auth extensions
+
+        telemetry.connect()

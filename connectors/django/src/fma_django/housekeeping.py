@@ -9,6 +9,7 @@ scheduler of its own.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
@@ -24,6 +25,7 @@ from fma_django.models import EventKind, UploadSession, UploadState
 from fma_django.services import event_record, update_weights_prune
 from fma_django.signals import announce_upload_check_requested
 from fma_django.storage import weight_store
+from fma_django.telemetry import sweep_observed
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ def housekeeping_sweep(*, lease_seconds: float, now: datetime | None = None) -> 
 
     A failing chore is logged and left to the next sweep, so it never stops rounds from running.
     """
+    started = time.monotonic()
     now = now or datetime.now(UTC)
     done = {}
     for name, chore in (
@@ -50,6 +53,7 @@ def housekeeping_sweep(*, lease_seconds: float, now: datetime | None = None) -> 
         except Exception:
             logger.exception("the sweep's %s chore failed; the next sweep tries again", name)
             done[name] = 0
+    sweep_observed(seconds=time.monotonic() - started, done=done)
     return done
 
 

@@ -139,7 +139,12 @@ def update_key(experiment: Experiment) -> str:
 def _rejected(error: DomainError, experiment: Experiment, client: Client, **detail: Any) -> DomainError:
     """Record why an update was refused (``detail``: e.g. its upload); the error, to raise."""
     event_record(
-        kind=EventKind.UPDATE_REJECTED, experiment=experiment, client=client, reason=error.detail, **detail
+        kind=EventKind.UPDATE_REJECTED,
+        experiment=experiment,
+        client=client,
+        reason=error.detail,
+        code=error.code,
+        **detail,
     )
     return error
 

@@ -151,6 +151,7 @@ class DjangoMetadataStore(MetadataStore):
             round=claim.round_number,
             worker=claim.worker,
             updates=len(claim.updates),
+            taken_over=claim.taken_over_from is not None,
         )
 
     def renew_lease(self, claim: RoundClaim, *, lease_seconds: float) -> RoundClaim:
@@ -174,6 +175,7 @@ class DjangoMetadataStore(MetadataStore):
                     experiment=Experiment.objects.filter(pk=self._pk(claim)).first(),
                     round=claim.round_number,
                     reason=failure,
+                    duration_seconds=max(0.0, self._clock() - claim.claimed_at),
                 )
 
     def quarantine_update(self, claim: RoundClaim, update_id: str, reason: str) -> None:
@@ -228,6 +230,7 @@ class DjangoMetadataStore(MetadataStore):
                     aggregate=aggregate.pk,
                     updates=len(draft.update_ids),
                     duration_seconds=draft.duration_seconds,
+                    size_bytes=draft.size_bytes,
                     peak_memory_bytes=draft.peak_memory_bytes,
                 )
         except IntegrityError:
