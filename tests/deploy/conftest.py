@@ -170,6 +170,22 @@ def secrets_manager() -> Iterator[SecretsManager]:
         server.stop()
 
 
+@pytest.fixture
+def secrets_reads(secrets_manager: SecretsManager, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """boto3 in this process talks to moto; yields the SecretId of every GetSecretValue call it makes."""
+    for name, value in secrets_manager.environment.items():
+        monkeypatch.setenv(name, value)
+    boto3.setup_default_session()
+    reads: list[str] = []
+
+    def record(params: dict, **_: object) -> None:
+        reads.append(params["SecretId"])
+
+    boto3.DEFAULT_SESSION.events.register("provide-client-params.secrets-manager.GetSecretValue", record)
+    yield reads
+    boto3.DEFAULT_SESSION = None
+
+
 def child_environment(tmp_path: Path, **extra: str) -> dict[str, str]:
     """A clean environment, as a Lambda function has: nothing of this shell's leaks in."""
     return {

@@ -10,7 +10,6 @@ import json
 import os
 from collections.abc import Iterator
 
-import boto3
 import psycopg
 import pytest
 from django.db.utils import ConnectionHandler, OperationalError
@@ -31,22 +30,6 @@ def server() -> Iterator[PrivatePostgres]:
         pytest.skip(message)
     with private_postgres(bin_dir) as running:
         yield running
-
-
-@pytest.fixture
-def aws(secrets_manager: SecretsManager, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """boto3 in this process talks to moto; yields the SecretIds of every GetSecretValue call."""
-    for name, value in secrets_manager.environment.items():
-        monkeypatch.setenv(name, value)
-    boto3.setup_default_session()
-    reads: list[str] = []
-
-    def record(params: dict, **_: object) -> None:
-        reads.append(params["SecretId"])
-
-    boto3.DEFAULT_SESSION.events.register("provide-client-params.secrets-manager.GetSecretValue", record)
-    yield reads
-    boto3.DEFAULT_SESSION = None
 
 
 def database_settings(server: PrivatePostgres, arn: str, *, host: str = "localhost", ca_file=None) -> dict:
@@ -95,7 +78,7 @@ def managed_secret(secrets_manager: SecretsManager, name: str, user: str, passwo
 
 
 def test_the_connection_verifies_the_server_against_the_ca_file_and_uses_tls(
-    server, secrets_manager, aws, connect
+    server, secrets_manager, secrets_reads, connect
 ):
     create_login(server, "fma_tls", "first-password")
     arn = managed_secret(secrets_manager, "fma-test/tls/ok", "fma_tls", "first-password")
@@ -107,17 +90,19 @@ def test_the_connection_verifies_the_server_against_the_ca_file_and_uses_tls(
             "SELECT ssl, current_user FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE pid = pg_backend_pid()"
         )
         assert cursor.fetchone() == (True, "fma_tls")
-    assert aws == [arn]
+    assert secrets_reads == [arn]
 
 
-def test_a_server_certified_by_another_authority_gets_no_password(server, secrets_manager, aws, connect):
+def test_a_server_certified_by_another_authority_gets_no_password(
+    server, secrets_manager, secrets_reads, connect
+):
     create_login(server, "fma_other_ca", "a-password")
     arn = managed_secret(secrets_manager, "fma-test/tls/other-ca", "fma_other_ca", "a-password")
     with pytest.raises(OperationalError, match="certificate verify failed"):
         connect(database_settings(server, arn, ca_file=server.other_ca_file))
 
 
-def test_a_certificate_for_another_host_name_is_refused(server, secrets_manager, aws, connect):
+def test_a_certificate_for_another_host_name_is_refused(server, secrets_manager, secrets_reads, connect):
     """The certificate names localhost; reaching the same server as 127.0.0.1 must not pass."""
     create_login(server, "fma_host", "a-password")
     arn = managed_secret(secrets_manager, "fma-test/tls/host", "fma_host", "a-password")
@@ -125,13 +110,15 @@ def test_a_certificate_for_another_host_name_is_refused(server, secrets_manager,
         connect(database_settings(server, arn, host="127.0.0.1"))
 
 
-def test_after_a_rotation_the_next_connection_reads_the_secret_again(server, secrets_manager, aws, connect):
+def test_after_a_rotation_the_next_connection_reads_the_secret_again(
+    server, secrets_manager, secrets_reads, connect
+):
     create_login(server, "fma_rotated", "before-rotation")
     arn = managed_secret(secrets_manager, "fma-test/tls/rotated", "fma_rotated", "before-rotation")
     settings = database_settings(server, arn)
     connect(settings).close()
     connect(settings).close()
-    assert aws == [arn]  # kept: a connection does not cost a Secrets Manager call
+    assert secrets_reads == [arn]  # kept: a connection does not cost a Secrets Manager call
 
     # what a rotation does: the server's password, then the secret's current value
     set_password(server, "fma_rotated", "after-rotation")
@@ -142,12 +129,12 @@ def test_after_a_rotation_the_next_connection_reads_the_secret_again(server, sec
     with connection.cursor() as cursor:
         cursor.execute("SELECT current_user")
         assert cursor.fetchone() == ("fma_rotated",)
-    assert aws == [arn, arn]  # refused once, read again, connected
+    assert secrets_reads == [arn, arn]  # refused once, read again, connected
 
 
-def test_a_wrong_secret_fails_after_one_more_read(server, secrets_manager, aws, connect):
+def test_a_wrong_secret_fails_after_one_more_read(server, secrets_manager, secrets_reads, connect):
     create_login(server, "fma_wrong", "the-real-one")
     arn = managed_secret(secrets_manager, "fma-test/tls/wrong", "fma_wrong", "not-the-real-one")
     with pytest.raises(OperationalError, match="password authentication failed"):
         connect(database_settings(server, arn))
-    assert aws == [arn, arn]
+    assert secrets_reads == [arn, arn]
