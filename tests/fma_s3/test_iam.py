@@ -94,7 +94,7 @@ def test_each_functions_policy_grants_every_action_its_calls_need(recorded_calls
         for action, resource in needed(call)
         if (action, resource) not in grants(call.role)
     ]
-    assert missing == []
+    assert missing == [], "\n".join(missing)
 
 
 def test_the_check_finds_a_grant_taken_away():
