@@ -144,6 +144,10 @@ def test_functions_receive_the_settings_the_code_reads():
     common = environment_keys(ROOT.locals["common_environment"])
     needed = {
         "FMA_DATABASE_SECRET_ARN",
+        "FMA_DATABASE_HOST",
+        "FMA_DATABASE_PORT",
+        "FMA_DATABASE_NAME",
+        "FMA_DATABASE_CA_FILE",
         "FMA_SECRET_KEY_SECRET_ARN",
         "FMA_WEIGHT_STORE",
         "FMA_S3_BUCKET",
