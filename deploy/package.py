@@ -92,6 +92,26 @@ RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer", "jmespath", "python-dateu
 # of CPU here is already two of wall time there.
 COLD_START_TARGET_SECONDS = 1.0
 API_HOST = "api.invalid"
+HANDLERS = {"api": "handler.lambda_handler", "aggregator": "fma_aggregator.lambda_handler.handler"}
+MIGRATE_EVENTS = {"api": {"manage": "migrate --noinput"}, "aggregator": {"manage": "migrate"}}
+# The first event of each measured cold start: an anonymous HTTP API request (payload format 2.0)
+# that runs through Django's whole stack to a 401, and a scheduled sweep, which queries the database.
+FIRST_EVENTS = {
+    "api": {
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": "/api/v1/models/",
+        "rawQueryString": "",
+        "headers": {"host": API_HOST, "accept": "application/json", "x-forwarded-for": "203.0.113.7"},
+        "requestContext": {
+            "http": {"method": "GET", "path": "/api/v1/models/", "sourceIp": "203.0.113.7"},
+            "domainName": API_HOST,
+            "stage": "$default",
+        },
+        "isBase64Encoded": False,
+    },
+    "aggregator": {"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}},
+}
 
 
 @dataclass(frozen=True)
@@ -415,12 +435,8 @@ def cold_start(
 
 
 def cold_starts(built: dict[str, Path], pins: Path) -> dict[str, ColdStart]:
-    """Each zip's cold start with the environment Terraform gives it, SQLite in place of RDS.
-
-    The API answers an HTTP API request that runs Django's whole stack (an anonymous one, so no
-    account is needed: 401); the aggregator a scheduled sweep, which queries the database. A
-    first, unmeasured invocation migrates the database they share.
-    """
+    """Each zip's cold start with the environment Terraform gives it, SQLite in place of RDS
+    (``FIRST_EVENTS``). A first, unmeasured invocation migrates the database they share."""
     runtime = runtime_packages(pins)
     data = BUILD / "cold-start"
     shutil.rmtree(data, ignore_errors=True)
@@ -433,34 +449,12 @@ def cold_starts(built: dict[str, Path], pins: Path) -> dict[str, ColdStart]:
         "FMA_AGGREGATOR_RUNNER": "none",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
-    api_folder = built.get("api")
-    aggregator_folder = built.get("aggregator")
-    migrator = (api_folder, "handler.lambda_handler", {"manage": "migrate --noinput"})
-    if api_folder is None:
-        migrator = (aggregator_folder, "fma_aggregator.lambda_handler.handler", {"manage": "migrate"})
-    cold_start(migrator[0], runtime, migrator[1], migrator[2], environment)
-    measured = {}
-    if api_folder is not None:
-        request = {
-            "version": "2.0",
-            "routeKey": "$default",
-            "rawPath": "/api/v1/models/",
-            "rawQueryString": "",
-            "headers": {"host": API_HOST, "accept": "application/json", "x-forwarded-for": "203.0.113.7"},
-            "requestContext": {
-                "http": {"method": "GET", "path": "/api/v1/models/", "sourceIp": "203.0.113.7"},
-                "domainName": API_HOST,
-                "stage": "$default",
-            },
-            "isBase64Encoded": False,
-        }
-        measured["api"] = cold_start(api_folder, runtime, "handler.lambda_handler", request, environment)
-    if aggregator_folder is not None:
-        sweep = {"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}}
-        measured["aggregator"] = cold_start(
-            aggregator_folder, runtime, "fma_aggregator.lambda_handler.handler", sweep, environment
-        )
-    return measured
+    first = next(iter(built))
+    cold_start(built[first], runtime, HANDLERS[first], MIGRATE_EVENTS[first], environment)
+    return {
+        name: cold_start(folder, runtime, HANDLERS[name], FIRST_EVENTS[name], environment)
+        for name, folder in built.items()
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
