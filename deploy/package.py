@@ -8,6 +8,13 @@ Python 3.11 machine: ``python deploy/package.py`` (or ``make lambda-packages``).
 - ``aggregator/dist/fma-aggregator-lambda.zip``: the same dependencies without Zappa (handler
   ``fma_aggregator.lambda_handler.handler``).
 
+Both zips carry bytecode compiled by CPython 3.12 (``/var/task`` is read-only on Lambda, so a zip
+without it compiles every module again at each cold start), and neither carries what Lambda's
+python3.12 runtime already has (boto3 and its dependencies, ``RUNTIME_PROVIDED``) or what only
+other deployments use (Celery, uvicorn: the ``celery`` and ``server`` extras). For each zip the
+build prints its sizes and a measured cold start: the CPU seconds of importing the handler and
+answering a first event, run by CPython 3.12 from the unzipped package (``deploy/cold_start.py``).
+
 Why not the machine's own packages: numpy, psycopg-binary and safetensors ship compiled code,
 and the cp311 builds of this machine do not load on Lambda's python3.12; numpy ≥ 2.3 also needs
 the newer glibc of python3.12's Amazon Linux 2023 (2.34): wheels for any manylinux up to 2.34.
@@ -23,12 +30,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -38,6 +46,7 @@ BUILD = ROOT / "build" / "lambda"
 CACHE = ROOT / ".cache" / "lambda-wheels"
 ZAPPA_PYTHON = ROOT / ".venv-zappa" / "bin" / "python"
 ZAPPA_STAGE = "production"
+COLD_START = Path(__file__).with_name("cold_start.py")
 
 API_ZIP = ROOT / "api_service" / "dist" / "fma-service-lambda.zip"
 AGGREGATOR_ZIP = ROOT / "aggregator" / "dist" / "fma-aggregator-lambda.zip"
@@ -74,6 +83,55 @@ MAX_DIRECT_UPLOAD_BYTES = 50 * 1024 * 1024
 EXCLUDED_NAMES = frozenset({"__pycache__", "tests", "bin"})
 EXCLUDED_SUFFIXES = (".pyc", ".pyi", ".po")
 
+# In Lambda's python3.12 runtime (/var/runtime, on sys.path after the package): boto3 and what it
+# requires. Bundled, they were 17 MB of each zip. The cold-start measurement puts the pinned
+# versions in the runtime's place.
+RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer", "jmespath", "python-dateutil", "six", "urllib3")
+
+# The cold start the build reports: Lambda's CPU share at 1 GB is about half a core, so a second
+# of CPU here is already two of wall time there.
+COLD_START_TARGET_SECONDS = 1.0
+API_HOST = "api.invalid"
+HANDLERS = {"api": "handler.lambda_handler", "aggregator": "fma_aggregator.lambda_handler.handler"}
+MIGRATE_EVENTS = {"api": {"manage": "migrate --noinput"}, "aggregator": {"manage": "migrate"}}
+# The first event of each measured cold start: an anonymous HTTP API request (payload format 2.0)
+# that runs through Django's whole stack to a 401, and a scheduled sweep, which queries the database.
+FIRST_EVENTS = {
+    "api": {
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": "/api/v1/models/",
+        "rawQueryString": "",
+        "headers": {"host": API_HOST, "accept": "application/json", "x-forwarded-for": "203.0.113.7"},
+        "requestContext": {
+            "http": {"method": "GET", "path": "/api/v1/models/", "sourceIp": "203.0.113.7"},
+            "domainName": API_HOST,
+            "stage": "$default",
+        },
+        "isBase64Encoded": False,
+    },
+    "aggregator": {"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}},
+}
+
+
+@dataclass(frozen=True)
+class ColdStart:
+    """CPU seconds of one fresh interpreter: importing the handler, then the whole first event."""
+
+    import_seconds: float
+    total_seconds: float
+
+    def describe(self) -> str:
+        over = f" (above the {COLD_START_TARGET_SECONDS:.0f} s target)" if self.over_target else ""
+        return (
+            f"cold start {self.total_seconds:.2f} s CPU (import {self.import_seconds:.2f} s, "
+            f"first event {self.total_seconds - self.import_seconds:.2f} s){over}"
+        )
+
+    @property
+    def over_target(self) -> bool:
+        return self.total_seconds > COLD_START_TARGET_SECONDS
+
 
 @dataclass(frozen=True)
 class Package:
@@ -82,6 +140,7 @@ class Package:
     path: Path
     zipped_bytes: int
     unzipped_bytes: int
+    cold_start: ColdStart | None = None
 
     def check_limits(self) -> None:
         if self.unzipped_bytes > MAX_UNZIPPED_BYTES:
@@ -93,16 +152,19 @@ class Package:
             if (self.zipped_bytes > MAX_DIRECT_UPLOAD_BYTES)
             else ""
         )
+        margin = (MAX_UNZIPPED_BYTES - self.unzipped_bytes) / 1e6
+        cold = f"; {self.cold_start.describe()}" if self.cold_start else ""
         return (
             f"{self.path.relative_to(ROOT)}: {self.zipped_bytes / 1e6:.1f} MB zipped, "
-            f"{self.unzipped_bytes / 1e6:.1f} MB unzipped{direct}"
+            f"{self.unzipped_bytes / 1e6:.1f} MB unzipped ({margin:.1f} MB under Lambda's 250 MiB)"
+            f"{direct}{cold}"
         )
 
     @classmethod
-    def of(cls, path: Path) -> Package:
+    def of(cls, path: Path, cold_start: ColdStart | None = None) -> Package:
         with zipfile.ZipFile(path) as archive:
             unzipped = sum(info.file_size for info in archive.infolist())
-        return cls(path, path.stat().st_size, unzipped)
+        return cls(path, path.stat().st_size, unzipped, cold_start)
 
 
 def run(args: Sequence[str | Path], **kwargs: object) -> None:
@@ -168,14 +230,40 @@ def third_party_requirements(wheels: Iterable[Path]) -> list[str]:
 
 
 def dependencies(name: str, wheels: list[Path], pins: Path, *, extra: Sequence[str] = ()) -> Path:
-    """The third-party packages for Lambda, installed once per set of inputs and reused.
+    """The third-party packages for Lambda, installed once per set of inputs and reused, less
+    what Lambda's runtime provides (``RUNTIME_PROVIDED``)."""
+    requirements = [*third_party_requirements(wheels), *extra]
 
-    Installing some 130 MB of packages is most of a build's time; the folder is named after a
+    def fill(folder: Path) -> None:
+        install(folder, requirements, pins)
+        if name == "api":
+            # The zip's handler.py is the CLI's own copy: its zappa package must be the same version.
+            install(folder, [f"zappa=={zappa_version()}"], pins, deps=False)
+        for distribution in RUNTIME_PROVIDED:
+            remove_distribution(folder, distribution)
+
+    return installed(name, requirements, pins, fill)
+
+
+def runtime_packages(pins: Path) -> Path:
+    """Stand-in for Lambda's /var/runtime when measuring a cold start: the pinned boto3 and its
+    dependencies, which the zips leave to the runtime, compiled as the runtime's are."""
+
+    def fill(folder: Path) -> None:
+        install(folder, ["boto3"], pins)
+        compile_bytecode(folder, "/var/runtime")
+
+    return installed("runtime", ["boto3"], pins, fill)
+
+
+def installed(name: str, requirements: Sequence[str], pins: Path, fill: Callable[[Path], None]) -> Path:
+    """A folder of installed packages, made once per set of inputs and reused.
+
+    Installing some 100 MB of packages is most of a build's time; the folder is named after a
     hash of everything that decides its content (pins, platform, requirements), so a change to
     any of them installs afresh and an unchanged set is reused as it is.
     """
-    requirements = third_party_requirements(wheels)
-    inputs = "\n".join([pins.read_text(), *PLATFORM, *requirements, *extra, zappa_version()])
+    inputs = "\n".join([pins.read_text(), *PLATFORM, *requirements, *RUNTIME_PROVIDED, zappa_version()])
     folder = BUILD / "deps" / f"{name}-{hashlib.sha256(inputs.encode()).hexdigest()[:16]}"
     if folder.exists():
         return folder
@@ -183,12 +271,25 @@ def dependencies(name: str, wheels: list[Path], pins: Path, *, extra: Sequence[s
         shutil.rmtree(stale)
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    install(partial, [*requirements, *extra], pins)
-    if name == "api":
-        # The zip's handler.py is the CLI's own copy: its zappa package must be the same version.
-        install(partial, [f"zappa=={zappa_version()}"], pins, deps=False)
+    fill(partial)
     partial.rename(folder)
     return folder
+
+
+def remove_distribution(folder: Path, distribution: str) -> None:
+    """Uninstall one distribution from a ``pip install --target`` folder, by its RECORD."""
+    normalized = distribution.lower().replace("-", "_")
+    for info in folder.glob("*.dist-info"):
+        if info.name.lower().split("-")[0] != normalized:
+            continue
+        for line in (info / "RECORD").read_text().splitlines():
+            path = (folder / line.split(",")[0]).resolve()
+            if path.is_relative_to(folder.resolve()):
+                path.unlink(missing_ok=True)
+        shutil.rmtree(info, ignore_errors=True)
+    for empty in sorted(folder.rglob("*"), reverse=True):  # the packages' folders, now empty
+        if empty.is_dir() and not any(empty.iterdir()):
+            empty.rmdir()
 
 
 def fma_packages(wheels: list[Path], pins: Path) -> Path:
@@ -204,8 +305,66 @@ def zappa_version() -> str:
     return output([ZAPPA_PYTHON, "-c", "import importlib.metadata as m; print(m.version('zappa'))"]).strip()
 
 
-def build_api(wheels: list[Path], fma: Path, pins: Path) -> Package:
-    """``zappa package`` over a virtual environment of cp312 wheels (see the module docstring)."""
+@cache
+def lambda_python() -> Path:
+    """CPython 3.12, Lambda's runtime: bytecode is valid only for the minor version that wrote it,
+    and the cold start is measured with it. ``FMA_LAMBDA_PYTHON`` names one; otherwise
+    ``python3.12`` on the PATH or a pyenv installation is taken."""
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    candidates = [os.environ.get("FMA_LAMBDA_PYTHON"), shutil.which("python3.12")]
+    candidates += sorted(pyenv.glob("versions/3.12*/bin/python3.12"), reverse=True)
+    for candidate in filter(None, candidates):
+        probe = subprocess.run(
+            [str(candidate), "-c", "import sys; print(sys.version_info[:2] == (3, 12))"],
+            capture_output=True,
+            text=True,
+        )
+        if probe.returncode == 0 and probe.stdout.strip() == "True":
+            return Path(candidate)
+    raise SystemExit(
+        "no CPython 3.12 found (FMA_LAMBDA_PYTHON, python3.12 on the PATH, pyenv): it compiles "
+        "the zips' bytecode for Lambda's python3.12 runtime"
+    )
+
+
+def stage(name: str) -> Path:
+    folder = BUILD / "stage" / name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def compile_bytecode(folder: Path, lambda_path: str = "/var/task") -> None:
+    """Compile every module with Lambda's Python, as found on Lambda (``/var/task/...``).
+
+    ``unchecked-hash``: the interpreter loads the .pyc without comparing it with the source's
+    modification time, which unzipping does not keep anyway; the source ships beside it for
+    tracebacks. A module that 3.12 cannot compile fails the build, as it would fail on Lambda.
+    """
+    run(
+        [
+            *(lambda_python(), "-m", "compileall", "-q", "-j", "0"),
+            *("--invalidation-mode", "unchecked-hash", "-s", folder, "-p", lambda_path, folder),
+        ]
+    )
+
+
+def write_zip(folder: Path, destination: Path) -> None:
+    """Zip a staged folder with reproducible bytes, every file readable by Lambda's sandbox user."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    partial = destination.with_suffix(".partial")
+    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            info = zipfile.ZipInfo(str(path.relative_to(folder)), date_time=(2020, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, path.read_bytes())
+    partial.replace(destination)
+
+
+def build_api(wheels: list[Path], fma: Path, pins: Path) -> Path:
+    """``zappa package`` over a virtual environment of cp312 wheels (see the module docstring),
+    then compiled and zipped again."""
     venv = BUILD / "api-venv"
     shutil.rmtree(venv, ignore_errors=True)
     # Zappa reads <VIRTUAL_ENV>/lib/python<its own version>/site-packages.
@@ -217,8 +376,8 @@ def build_api(wheels: list[Path], fma: Path, pins: Path) -> Package:
     shutil.copytree(dependencies("api", wheels, pins, extra=ZAPPA_RUNTIME), site, copy_function=os.link)
     shutil.copytree(fma, site, dirs_exist_ok=True)
 
-    API_ZIP.parent.mkdir(parents=True, exist_ok=True)
-    API_ZIP.unlink(missing_ok=True)
+    zapped = BUILD / "api-zappa.zip"
+    zapped.unlink(missing_ok=True)
     zappa = ZAPPA_PYTHON.parent / "zappa"
     env = {
         "PATH": f"{ZAPPA_PYTHON.parent}:/usr/bin:/bin",
@@ -228,16 +387,20 @@ def build_api(wheels: list[Path], fma: Path, pins: Path) -> Package:
         "AWS_DEFAULT_REGION": "us-east-1",
     }
     # --json: machine-readable output, which also skips Zappa's look for a newer version on PyPI.
-    run([zappa, "package", ZAPPA_STAGE, "--json", "--output", API_ZIP], cwd=ROOT / "api_service", env=env)
+    run([zappa, "package", ZAPPA_STAGE, "--json", "--output", zapped], cwd=ROOT / "api_service", env=env)
     shutil.rmtree(venv)
-    return Package.of(API_ZIP)
+    folder = stage("api")
+    with zipfile.ZipFile(zapped) as archive:
+        archive.extractall(folder)
+    zapped.unlink()
+    compile_bytecode(folder)
+    write_zip(folder, API_ZIP)
+    return folder
 
 
-def build_aggregator(wheels: list[Path], fma: Path, pins: Path) -> Package:
+def build_aggregator(wheels: list[Path], fma: Path, pins: Path) -> Path:
     """The aggregator's handler and the same dependencies (it sets Django up with the service's settings)."""
-    AGGREGATOR_ZIP.parent.mkdir(parents=True, exist_ok=True)
-    partial = AGGREGATOR_ZIP.with_suffix(".partial")
-    files = {}
+    folder = stage("aggregator")
     for site in (dependencies("aggregator", wheels, pins), fma):
         for path in site.rglob("*"):
             relative = path.relative_to(site)
@@ -246,15 +409,52 @@ def build_aggregator(wheels: list[Path], fma: Path, pins: Path) -> Package:
                 and not EXCLUDED_NAMES & set(relative.parts)
                 and path.suffix not in EXCLUDED_SUFFIXES
             ):
-                files[str(relative)] = path
-    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, path in sorted(files.items()):
-            info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))  # reproducible bytes
-            info.external_attr = 0o644 << 16  # readable by Lambda's sandbox user
-            info.compress_type = zipfile.ZIP_DEFLATED
-            archive.writestr(info, path.read_bytes())
-    partial.replace(AGGREGATOR_ZIP)
-    return Package.of(AGGREGATOR_ZIP)
+                (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+                (folder / relative).unlink(missing_ok=True)
+                os.link(path, folder / relative)  # staged without copying; compiling adds files only
+    compile_bytecode(folder)
+    write_zip(folder, AGGREGATOR_ZIP)
+    return folder
+
+
+def cold_start(
+    folder: Path, runtime: Path, handler: str, event: dict, environment: dict[str, str]
+) -> ColdStart:
+    """One cold start of the unzipped package in a fresh CPython 3.12 (deploy/cold_start.py)."""
+    done = subprocess.run(
+        [lambda_python(), "-S", COLD_START, folder, runtime, handler, json.dumps(event)],
+        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", **environment},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"{handler} did not answer its first event:\n{done.stderr[-4000:]}")
+    measured = json.loads(done.stdout.splitlines()[-1])
+    return ColdStart(measured["import_seconds"], measured["total_seconds"])
+
+
+def cold_starts(built: dict[str, Path], pins: Path) -> dict[str, ColdStart]:
+    """Each zip's cold start with the environment Terraform gives it, SQLite in place of RDS
+    (``FIRST_EVENTS``). A first, unmeasured invocation migrates the database they share."""
+    runtime = runtime_packages(pins)
+    data = BUILD / "cold-start"
+    shutil.rmtree(data, ignore_errors=True)
+    environment = {
+        "HOME": str(data),
+        "DJANGO_SETTINGS_MODULE": "fma_service.settings",
+        "FMA_SECRET_KEY": "cold-start-" + "k" * 40,
+        "FMA_DATA_DIR": str(data),
+        "FMA_ALLOWED_HOSTS": API_HOST,
+        "FMA_AGGREGATOR_RUNNER": "none",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    first = next(iter(built))
+    cold_start(built[first], runtime, HANDLERS[first], MIGRATE_EVENTS[first], environment)
+    return {
+        name: cold_start(folder, runtime, HANDLERS[name], FIRST_EVENTS[name], environment)
+        for name, folder in built.items()
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -267,12 +467,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     pins = constraints()
     wheels = local_wheels()
     fma = fma_packages(wheels, pins)
-    built = []
+    built = {}
     if only in (None, "api"):
-        built.append(build_api(wheels, fma, pins))
+        built["api"] = build_api(wheels, fma, pins)
     if only in (None, "aggregator"):
-        built.append(build_aggregator(wheels, fma, pins))
-    for package in built:
+        built["aggregator"] = build_aggregator(wheels, fma, pins)
+    measured = cold_starts(built, pins)
+    for name in built:
+        package = Package.of(API_ZIP if name == "api" else AGGREGATOR_ZIP, measured[name])
         package.check_limits()
         print(package.describe())
     return 0

@@ -12,9 +12,16 @@ locals {
 
   # What both functions need to find the database, the secret key and the weights; the names are
   # the ones the Django settings (api_service) and the aggregator read.
+  secret_arns = [module.database.master_user_secret_arn, module.secrets.secret_key_secret_arn]
+  # The database secret is RDS's own (user and password only, rotated by RDS); the rest of the
+  # connection comes from here, and the server's certificate is verified against the layer's CAs.
   common_environment = {
     DJANGO_SETTINGS_MODULE    = "fma_service.settings"
-    FMA_DATABASE_SECRET_ARN   = module.secrets.database_secret_arn
+    FMA_DATABASE_SECRET_ARN   = module.database.master_user_secret_arn
+    FMA_DATABASE_HOST         = module.database.address
+    FMA_DATABASE_PORT         = tostring(module.database.port)
+    FMA_DATABASE_NAME         = module.database.db_name
+    FMA_DATABASE_CA_FILE      = module.rds_ca.bundle_path
     FMA_SECRET_KEY_SECRET_ARN = module.secrets.secret_key_secret_arn
     FMA_WEIGHT_STORE          = "s3"
     FMA_S3_BUCKET             = module.weights_bucket.bucket_name
@@ -47,18 +54,20 @@ module "network" {
   log_retention_days          = var.log_retention_days
 }
 
-# The password is generated in the secrets module and fed to the database; the database's address
-# goes back into the credentials secret. Terraform orders this per resource, so there is no cycle.
+# Django's SECRET_KEY; the database password is generated, kept and rotated by RDS (modules/database).
 module "secrets" {
   source = "./modules/secrets"
 
   name_prefix             = var.name_prefix
   kms_key_arn             = module.kms.key_arn
   recovery_window_in_days = var.secret_recovery_window_days
-  db_username             = var.db_username
-  db_host                 = module.database.address
-  db_port                 = module.database.port
-  db_name                 = module.database.db_name
+}
+
+module "rds_ca" {
+  source = "./modules/rds_ca"
+
+  name_prefix = var.name_prefix
+  region      = var.region
 }
 
 module "database" {
@@ -78,7 +87,6 @@ module "database" {
   max_allocated_storage_gb            = var.db_max_allocated_storage_gb
   db_name                             = var.db_name
   username                            = var.db_username
-  password                            = module.secrets.database_password
   multi_az                            = var.db_multi_az
   backup_retention_days               = var.db_backup_retention_days
   deletion_protection                 = var.db_deletion_protection
@@ -98,6 +106,7 @@ module "weights_bucket" {
   abort_multipart_days               = var.abort_multipart_days
   noncurrent_version_expiration_days = var.noncurrent_version_expiration_days
   cors_allowed_origins               = var.cors_allowed_origins
+  access_log_retention_days          = var.s3_access_log_retention_days
 }
 
 module "aggregator" {
@@ -116,7 +125,8 @@ module "aggregator" {
   security_group_id    = module.network.aggregator_security_group_id
   kms_key_arn          = module.kms.key_arn
   log_retention_days   = var.log_retention_days
-  secret_arns          = [module.secrets.database_secret_arn, module.secrets.secret_key_secret_arn]
+  secret_arns          = local.secret_arns
+  layers               = [module.rds_ca.layer_arn]
   bucket_arn           = module.weights_bucket.bucket_arn
   s3_prefix            = var.s3_prefix
   sweep_schedule       = var.aggregator_sweep_rate_minutes == 1 ? "rate(1 minute)" : "rate(${var.aggregator_sweep_rate_minutes} minutes)"
@@ -147,7 +157,8 @@ module "api" {
   security_group_id       = module.network.api_security_group_id
   kms_key_arn             = module.kms.key_arn
   log_retention_days      = var.log_retention_days
-  secret_arns             = [module.secrets.database_secret_arn, module.secrets.secret_key_secret_arn]
+  secret_arns             = local.secret_arns
+  layers                  = [module.rds_ca.layer_arn]
   bucket_arn              = module.weights_bucket.bucket_arn
   s3_prefix               = var.s3_prefix
   aggregator_function_arn = module.aggregator.function_arn
@@ -165,4 +176,25 @@ module "monitoring" {
   api_id                        = module.api.api_id
   api_5xx_threshold             = var.api_5xx_alarm_threshold
   failed_invocations_queue_name = module.aggregator.failed_invocations_queue_name
+  api_function_name             = module.api.function_name
+  api_access_log_group_name     = module.api.access_log_group_name
+  db_instance_id                = module.database.instance_id
+  db_free_storage_alarm_bytes   = var.db_free_storage_alarm_gb * 1024 * 1024 * 1024
+}
+
+# Deploys migrate themselves: once the API function runs the new code (or a new database is up),
+# Terraform invokes it with Zappa's manage event. `migrate` applies only what is missing, so a
+# repeat does nothing; a migration that fails fails the invocation and so the apply, and the
+# next apply tries again (a failed invocation is not recorded in the state).
+resource "aws_lambda_invocation" "migrate" {
+  function_name = module.api.function_name
+  input         = jsonencode({ manage = "migrate --noinput" })
+
+  triggers = {
+    code     = filebase64sha256("${path.root}/${var.api_package_path}")
+    database = module.database.resource_id
+  }
+
+  # the function must reach the database (network, endpoints) with its final settings and layer
+  depends_on = [module.api, module.database, module.network, module.rds_ca]
 }

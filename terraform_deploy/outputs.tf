@@ -18,14 +18,19 @@ output "weights_bucket_name" {
   value       = module.weights_bucket.bucket_name
 }
 
+output "weights_access_log_bucket_name" {
+  description = "Bucket holding the weights bucket's S3 server access logs (presigned transfers)."
+  value       = module.weights_bucket.access_log_bucket_name
+}
+
 output "database_endpoint" {
   description = "host:port of the metadata database (reachable from inside the VPC only)."
   value       = module.database.endpoint
 }
 
 output "database_secret_arn" {
-  description = "ARN of the database credentials secret."
-  value       = module.secrets.database_secret_arn
+  description = "ARN of the secret RDS keeps the master user name and password in (and rotates)."
+  value       = module.database.master_user_secret_arn
 }
 
 output "secret_key_secret_arn" {

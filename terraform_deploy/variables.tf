@@ -66,8 +66,8 @@ variable "az_count" {
 
 variable "interface_endpoint_services" {
   type        = list(string)
-  description = "Services the functions reach through interface VPC endpoints (S3 always uses a free gateway endpoint)."
-  default     = ["secretsmanager", "lambda", "sqs", "logs"]
+  description = "Services the functions' code calls through interface VPC endpoints (S3 always uses a free gateway endpoint): the settings read Secrets Manager, the API and the aggregator invoke the aggregator. Each endpoint costs about $7.30 a month per zone."
+  default     = ["secretsmanager", "lambda"]
 
   validation {
     condition     = length(setsubtract(var.interface_endpoint_services, ["secretsmanager", "lambda", "sqs", "logs", "kms", "sts", "monitoring"])) == 0
@@ -305,8 +305,8 @@ variable "api_upload_inline_check_bytes" {
 
 variable "api_reserved_concurrency" {
   type        = number
-  description = "Reserved concurrency of the API; it also caps the database connections the API can open."
-  default     = 20
+  description = "Reserved concurrency of the API (-1: none); it also caps the database connections the API can open. A new account's quota is 10 concurrent executions, all of which Lambda keeps unreserved, so reserving needs a raised quota."
+  default     = -1
 
   validation {
     condition     = var.api_reserved_concurrency == -1 || (var.api_reserved_concurrency >= 1 && var.api_reserved_concurrency <= 1000)
@@ -388,8 +388,8 @@ variable "aggregator_ephemeral_storage_mb" {
 
 variable "aggregator_reserved_concurrency" {
   type        = number
-  description = "Reserved concurrency of the aggregator: rounds of different experiments run in parallel up to this."
-  default     = 4
+  description = "Reserved concurrency of the aggregator (-1: none): rounds of different experiments run in parallel up to this. As for the API, reserving needs an account quota above 10."
+  default     = -1
 
   validation {
     condition     = var.aggregator_reserved_concurrency == -1 || (var.aggregator_reserved_concurrency >= 1 && var.aggregator_reserved_concurrency <= 1000)
@@ -451,6 +451,28 @@ variable "api_5xx_alarm_threshold" {
   validation {
     condition     = var.api_5xx_alarm_threshold >= 1
     error_message = "api_5xx_alarm_threshold must be at least 1."
+  }
+}
+
+variable "s3_access_log_retention_days" {
+  type        = number
+  description = "Days the weights bucket's S3 access logs (every presigned upload and download) are kept."
+  default     = 365
+
+  validation {
+    condition     = var.s3_access_log_retention_days >= 1
+    error_message = "s3_access_log_retention_days must be at least 1."
+  }
+}
+
+variable "db_free_storage_alarm_gb" {
+  type        = number
+  description = "Free database storage in GiB below which the storage alarm fires (storage autoscaling grows it only up to db_max_allocated_storage_gb)."
+  default     = 2
+
+  validation {
+    condition     = var.db_free_storage_alarm_gb >= 1
+    error_message = "db_free_storage_alarm_gb must be at least 1."
   }
 }
 

@@ -13,6 +13,15 @@ terraform {
       source  = "hashicorp/random"
       version = "~> 3.6"
     }
+    # the RDS CA bundle, fetched and zipped into a layer at plan time (modules/rds_ca)
+    http = {
+      source  = "hashicorp/http"
+      version = "~> 3.4"
+    }
+    archive = {
+      source  = "hashicorp/archive"
+      version = "~> 2.7"
+    }
   }
 }
 

@@ -6,6 +6,8 @@ see is moto's.
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
 import os
 import shutil
@@ -61,14 +63,39 @@ def built() -> Build:
     return Build(API_ZIP, AGGREGATOR_ZIP, log, time.monotonic() - started)
 
 
+def package_module() -> Any:
+    """deploy/package.py, imported by path (deploy/ is a folder of scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location("fma_deploy_package", ROOT / "deploy" / "package.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = sys.modules.setdefault(spec.name, importlib.util.module_from_spec(spec))
+    spec.loader.exec_module(module)
+    return module
+
+
+def runtime_top_levels() -> list[str]:
+    """The top-level modules of what Lambda's runtime provides and the zips leave out (boto3, ...)."""
+    names = set()
+    for distribution in package_module().RUNTIME_PROVIDED:
+        for file in importlib.metadata.distribution(distribution).files or ():
+            top = file.parts[0]
+            if len(file.parts) == 1 and file.suffix == ".py":
+                names.add(top)  # a single-module distribution: six.py
+            elif len(file.parts) > 1 and top not in {"..", "__pycache__"} and not top.endswith(".dist-info"):
+                names.add(top)
+    return sorted(names)
+
+
 @dataclass(frozen=True)
 class Unpacked:
-    """A zip unpacked as Lambda unpacks it into /var/task, minus its compiled packages.
+    """A zip unpacked as Lambda unpacks it into /var/task, minus its compiled packages, plus what
+    Lambda's runtime provides.
 
     The cp312 binaries cannot load into this machine's Python 3.11, so each top-level entry of
     the zip that holds a shared library is taken from this interpreter's site-packages instead:
     the same package at the same version (deploy/package.py pins the zip to this environment).
-    Everything else, Django, the FMA packages, Zappa, boto3, is the zip's own code.
+    boto3 and its dependencies, which Lambda's runtime has (/var/runtime), come from there too.
+    Everything else, Django, the FMA packages, Zappa, is the zip's own code.
     """
 
     package: Path
@@ -85,8 +112,8 @@ def unpack(archive: Path, destination: Path) -> Unpacked:
         members = zipped.namelist()
         binary = sorted({name.split("/")[0] for name in members if name.endswith(".so")})
         zipped.extractall(package, [name for name in members if name.split("/")[0] not in binary])
-    for name in binary:
-        if (site / name).exists():
+    for name in [*binary, *runtime_top_levels()]:
+        if (site / name).exists() and not (compiled / name).exists():
             (compiled / name).symlink_to(site / name)
     return Unpacked(package, compiled, tuple(binary))
 
@@ -141,6 +168,22 @@ def secrets_manager() -> Iterator[SecretsManager]:
         yield SecretsManager(endpoint, client)
     finally:
         server.stop()
+
+
+@pytest.fixture
+def secrets_reads(secrets_manager: SecretsManager, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """boto3 in this process talks to moto; yields the SecretId of every GetSecretValue call it makes."""
+    for name, value in secrets_manager.environment.items():
+        monkeypatch.setenv(name, value)
+    boto3.setup_default_session()
+    reads: list[str] = []
+
+    def record(params: dict, **_: object) -> None:
+        reads.append(params["SecretId"])
+
+    boto3.DEFAULT_SESSION.events.register("provide-client-params.secrets-manager.GetSecretValue", record)
+    yield reads
+    boto3.DEFAULT_SESSION = None
 
 
 def child_environment(tmp_path: Path, **extra: str) -> dict[str, str]:

@@ -12,9 +12,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+import hcl2
 import pytest
 
-from .conftest import SecretsManager, Unpacked, child_environment
+from .conftest import ROOT, SecretsManager, Unpacked, child_environment
 
 API_HOST = "a1b2c3d4e5.execute-api.us-east-1.amazonaws.com"
 
@@ -228,3 +229,35 @@ print("EXPERIMENTS", made[0].pk, made[1].pk)
     failed = aggregator.invoke({"fma": "round_ready", "experiment_id": bad})
     assert failed["status"] == "failed"
     assert f"round failed: experiment {bad}:" in aggregator.log()  # the alarm's metric filter
+
+
+def migrate_invocation_input() -> dict[str, Any]:
+    """The event terraform_deploy's aws_lambda_invocation.migrate sends the API function on each
+    deploy: main.tf's ``input = jsonencode({...})``, with the object literal read as HCL."""
+    main = hcl2.loads((ROOT / "terraform_deploy" / "main.tf").read_text())
+    (invocation,) = [
+        r['"aws_lambda_invocation"']['"migrate"'] for r in main["resource"] if '"aws_lambda_invocation"' in r
+    ]
+    literal = re.fullmatch(r"\$\{jsonencode\((.*)\)\}", invocation["input"], re.DOTALL).group(1)
+    return {key: value.strip('"') for key, value in hcl2.loads(f"value = {literal}\n")["value"].items()}
+
+
+def test_the_deploys_migrate_invocation_migrates_and_repeats_harmlessly(
+    api_package: Unpacked, secrets_manager: SecretsManager, start_lambda, tmp_path: Path
+):
+    """Terraform invokes the API function with this event whenever it deploys new code: the first
+    run creates the schema, a repeat finds nothing to do and still succeeds (a raised error would
+    fail the apply)."""
+    event = migrate_invocation_input()
+    assert event == {"manage": "migrate --noinput"}
+    arn = secrets_manager.create("fma-test/migrate/django-secret-key", "m" * 50)
+    api = start_lambda(
+        api_package, "handler.lambda_handler", lambda_environment(tmp_path, secrets_manager, arn)
+    )
+    assert api.invoke(event) == {}
+    assert "Applying fma_django.0001" in api.log()
+    assert api.invoke(event) == {}
+    assert api.log().count("No migrations to apply.") == 1  # the repeat, and only the repeat
+    listed = "from django.db import connection; print('TABLES', connection.introspection.table_names())"
+    assert api.invoke({"raw_command": listed}) is None
+    assert "'fma_django_experiment'" in api.log()

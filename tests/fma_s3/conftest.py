@@ -28,6 +28,8 @@ from moto.server import ThreadedMotoServer
 from fma_s3 import S3WeightStore
 from fma_s3.store import MIN_PART_SIZE
 
+from .iam_calls import CallRecorder
+
 REGION = "us-east-1"
 _buckets = itertools.count()
 
@@ -202,3 +204,25 @@ class FetchedBytes:
     @property
     def total(self) -> int:
         return sum(self.requests)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def recorded_calls() -> Iterator[CallRecorder]:
+    """Every AWS operation the API's and the aggregator's code call or presign in these tests
+    (iam_calls.py), for test_iam.py."""
+    recorder = CallRecorder()
+    recorder.install()
+    yield recorder
+    recorder.uninstall()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """test_iam.py reads the calls of every other S3 test: it runs last."""
+    iam = [
+        item
+        for item in items
+        if item.path.name == "test_iam.py" and item.path.parent == Path(__file__).parent
+    ]
+    for item in iam:
+        items.remove(item)
+    items.extend(iam)

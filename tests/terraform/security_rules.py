@@ -57,8 +57,14 @@ def log_group_problems(module: Module) -> list[str]:
 
 
 def bucket_problems(module: Module) -> list[str]:
-    """Every bucket blocks public access, is versioned, SSE-KMS encrypted and TLS-only."""
+    """Every bucket blocks public access, is versioned, SSE-KMS encrypted and TLS-only; a bucket
+    that receives S3 server access logs is SSE-S3 encrypted instead (S3 delivers no logs to SSE-KMS)."""
     problems = []
+    log_targets = {
+        target
+        for logging in module.resources_of("aws_s3_bucket_logging").values()
+        for target in _refs_to(logging.get("target_bucket"), "aws_s3_bucket")
+    }
 
     def settings_for(resource_type: str, bucket: str) -> list[dict[str, Any]]:
         return [
@@ -79,11 +85,18 @@ def bucket_problems(module: Module) -> list[str]:
             for block in settings_for("aws_s3_bucket_versioning", bucket)
         ):
             problems.append(f"aws_s3_bucket.{bucket} is not versioned")
-        if not any(
-            unquote(default.get("sse_algorithm")) == "aws:kms" and default.get("kms_master_key_id")
+        defaults = [
+            default
             for config in settings_for("aws_s3_bucket_server_side_encryption_configuration", bucket)
             for rule in blocks(config, "rule")
             for default in blocks(rule, "apply_server_side_encryption_by_default")
+        ]
+        if bucket in log_targets:
+            if not any(unquote(default.get("sse_algorithm")) == "AES256" for default in defaults):
+                problems.append(f"aws_s3_bucket.{bucket} receives access logs but is not SSE-S3 encrypted")
+        elif not any(
+            unquote(default.get("sse_algorithm")) == "aws:kms" and default.get("kms_master_key_id")
+            for default in defaults
         ):
             problems.append(f"aws_s3_bucket.{bucket} has no SSE-KMS default encryption")
         if not _denies_insecure_transport(module, settings_for("aws_s3_bucket_policy", bucket)):
@@ -238,8 +251,30 @@ def scoped_access_problems(module: Module) -> list[str]:
     return problems
 
 
+def service_trust_problems(module: Module) -> list[str]:
+    """A service principal acts for every AWS account; each statement that admits one (a role's
+    trust, a resource policy) must tie it to this account, and each Lambda permission too, so that
+    no other account's resources can make the service act here (the confused deputy)."""
+    problems = []
+    for name, document in module.data_of("aws_iam_policy_document").items():
+        for statement in blocks(document, "statement"):
+            services = [p for p in blocks(statement, "principals") if unquote(p.get("type")) == "Service"]
+            if not services or unquote(statement.get("effect", "Allow")) == "Deny":
+                continue
+            keys = {unquote(c.get("variable")) for c in blocks(statement, "condition")}
+            if not keys & {"aws:SourceAccount", "aws:SourceArn", "kms:EncryptionContext:aws:logs:arn"}:
+                problems.append(
+                    f"data.aws_iam_policy_document.{name} admits a service without a source condition"
+                )
+    for name, permission in module.resources_of("aws_lambda_permission").items():
+        if not permission.get("source_account"):
+            problems.append(f"aws_lambda_permission.{name} has no source_account")
+    return problems
+
+
 def all_problems(module: Module) -> list[str]:
     return [
+        *service_trust_problems(module),
         *lambda_problems(module),
         *log_group_problems(module),
         *bucket_problems(module),

@@ -6,7 +6,8 @@ PostgreSQL. DEBUG is off unless ``FMA_DEBUG=1``; ``FMA_SECRET_KEY`` is required 
 ``FMA_DEVELOPMENT=1`` (or DEBUG), where a key is generated and kept in the data dir.
 
 On AWS Lambda (``terraform_deploy/``) the database credentials and the key come from Secrets
-Manager instead: ``FMA_DATABASE_SECRET_ARN`` and ``FMA_SECRET_KEY_SECRET_ARN`` (see aws_secrets).
+Manager instead: ``FMA_DATABASE_SECRET_ARN`` (with ``FMA_DATABASE_HOST``, ``_PORT``, ``_NAME`` and
+``_CA_FILE``) and ``FMA_SECRET_KEY_SECRET_ARN`` (see aws_secrets).
 """
 
 from __future__ import annotations

@@ -80,6 +80,7 @@ module "function" {
   kms_key_arn          = var.kms_key_arn
   log_retention_days   = var.log_retention_days
   secret_arns          = var.secret_arns
+  layers               = var.layers
   bucket_arn           = var.bucket_arn
   extra_policy_json    = data.aws_iam_policy_document.aggregator.json
 }
@@ -108,9 +109,10 @@ resource "aws_cloudwatch_event_target" "sweep" {
 }
 
 resource "aws_lambda_permission" "sweep" {
-  statement_id  = "AllowSweepFromEventBridge"
-  action        = "lambda:InvokeFunction"
-  function_name = module.function.function_name
-  principal     = "events.amazonaws.com"
-  source_arn    = aws_cloudwatch_event_rule.sweep.arn
+  statement_id   = "AllowSweepFromEventBridge"
+  action         = "lambda:InvokeFunction"
+  function_name  = module.function.function_name
+  principal      = "events.amazonaws.com"
+  source_account = data.aws_caller_identity.current.account_id
+  source_arn     = aws_cloudwatch_event_rule.sweep.arn
 }

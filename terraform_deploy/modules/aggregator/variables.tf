@@ -92,3 +92,8 @@ variable "max_retry_attempts" {
   type        = number
   description = "Retries of a failed asynchronous invocation before it goes to the queue."
 }
+
+variable "layers" {
+  type        = list(string)
+  description = "ARNs of the layer versions the function runs with (the RDS CA bundle)."
+}

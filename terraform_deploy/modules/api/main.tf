@@ -2,6 +2,8 @@
 # HTTP API whose single $default route proxies every request (payload format 2.0) to it. Django
 # does the routing and the authentication; API Gateway only terminates TLS and throttles.
 
+data "aws_caller_identity" "current" {}
+
 locals {
   # Django answers only the hosts it is told about (FMA_ALLOWED_HOSTS); API Gateway passes on the
   # host the client called, the API's execute-api host.
@@ -55,6 +57,7 @@ module "function" {
   kms_key_arn          = var.kms_key_arn
   log_retention_days   = var.log_retention_days
   secret_arns          = var.secret_arns
+  layers               = var.layers
   bucket_arn           = var.bucket_arn
   extra_policy_json    = data.aws_iam_policy_document.api.json
 }
@@ -112,9 +115,10 @@ resource "aws_apigatewayv2_stage" "default" {
 }
 
 resource "aws_lambda_permission" "api_gateway" {
-  statement_id  = "AllowInvokeFromHttpApi"
-  action        = "lambda:InvokeFunction"
-  function_name = module.function.function_name
-  principal     = "apigateway.amazonaws.com"
-  source_arn    = "${aws_apigatewayv2_api.this.execution_arn}/*"
+  statement_id   = "AllowInvokeFromHttpApi"
+  action         = "lambda:InvokeFunction"
+  function_name  = module.function.function_name
+  principal      = "apigateway.amazonaws.com"
+  source_account = data.aws_caller_identity.current.account_id
+  source_arn     = "${aws_apigatewayv2_api.this.execution_arn}/*"
 }

@@ -17,3 +17,8 @@ output "log_group_name" {
   description = "Log group of the API function."
   value       = module.function.log_group_name
 }
+
+output "access_log_group_name" {
+  description = "Log group of the HTTP API's access log (one JSON line per request, with its status)."
+  value       = aws_cloudwatch_log_group.access.name
+}

@@ -87,3 +87,8 @@ variable "throttling_rate_limit" {
   type        = number
   description = "HTTP API steady-state rate limit (requests per second)."
 }
+
+variable "layers" {
+  type        = list(string)
+  description = "ARNs of the layer versions the function runs with (the RDS CA bundle)."
+}

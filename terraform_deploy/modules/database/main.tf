@@ -1,6 +1,12 @@
 # The metadata database: RDS PostgreSQL in the private subnets, encrypted with the deployment's
 # key, reachable on 5432 only from the two functions' security groups, backed up daily, and
 # protected against `terraform destroy` until deletion protection is switched off on purpose.
+#
+# RDS generates the master password, keeps it in a secret of its own and rotates it (every 7 days):
+# Terraform never sees it, so it is in no state file and no plan. The secret holds only username
+# and password; the functions get host, port and name from their environment.
+
+data "aws_caller_identity" "current" {}
 
 locals {
   major_version = split(".", var.engine_version)[0]
@@ -58,12 +64,18 @@ resource "aws_db_parameter_group" "this" {
 }
 
 # Enhanced monitoring publishes OS metrics (memory, swap, I/O) that CloudWatch's RDS metrics lack.
+# Only RDS acting for this account may take the role (no confused deputy).
 data "aws_iam_policy_document" "monitoring_trust" {
   statement {
     actions = ["sts:AssumeRole"]
     principals {
       type        = "Service"
       identifiers = ["monitoring.rds.amazonaws.com"]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [data.aws_caller_identity.current.account_id]
     }
   }
 }
@@ -92,16 +104,23 @@ resource "aws_cloudwatch_log_group" "exports" {
   kms_key_id        = var.kms_key_arn
 }
 
+# A final snapshot named after the deployment alone would outlive it and stop the next stack with
+# the same prefix from ever being destroyed (RDS refuses a second snapshot of that name).
+resource "random_id" "final_snapshot" {
+  byte_length = 4
+}
+
 resource "aws_db_instance" "this" {
   identifier     = var.name_prefix
   engine         = "postgres"
   engine_version = var.engine_version
   instance_class = var.instance_class
 
-  db_name  = var.db_name
-  username = var.username
-  password = var.password
-  port     = 5432
+  db_name                       = var.db_name
+  username                      = var.username
+  manage_master_user_password   = true
+  master_user_secret_kms_key_id = var.kms_key_arn
+  port                          = 5432
 
   allocated_storage     = var.allocated_storage_gb
   max_allocated_storage = var.max_allocated_storage_gb
@@ -123,7 +142,7 @@ resource "aws_db_instance" "this" {
   copy_tags_to_snapshot     = true
   deletion_protection       = var.deletion_protection
   skip_final_snapshot       = false
-  final_snapshot_identifier = "${var.name_prefix}-final"
+  final_snapshot_identifier = "${var.name_prefix}-final-${random_id.final_snapshot.hex}"
   delete_automated_backups  = false
 
   auto_minor_version_upgrade      = true

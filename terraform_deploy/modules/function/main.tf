@@ -6,12 +6,20 @@
 # The zip goes through S3 rather than straight into the Lambda API: direct uploads stop at 50 MB,
 # and a Django + numpy package comes close to that; from S3 the limit is 250 MB unzipped.
 
+data "aws_caller_identity" "current" {}
+
+# Only Lambda acting for this account may take the role (no confused deputy).
 data "aws_iam_policy_document" "trust" {
   statement {
     actions = ["sts:AssumeRole"]
     principals {
       type        = "Service"
       identifiers = ["lambda.amazonaws.com"]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [data.aws_caller_identity.current.account_id]
     }
   }
 }
@@ -90,6 +98,7 @@ resource "aws_lambda_function" "this" {
   s3_object_version = aws_s3_object.package.version_id # a new upload is a new version: Lambda redeploys
   source_code_hash  = filebase64sha256(var.package_path)
 
+  layers                         = var.layers
   memory_size                    = var.memory_size
   timeout                        = var.timeout
   reserved_concurrent_executions = var.reserved_concurrency

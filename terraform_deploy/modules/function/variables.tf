@@ -83,3 +83,9 @@ variable "extra_policy_json" {
   type        = string
   description = "IAM policy document (JSON) with the function's own further statements."
 }
+
+variable "layers" {
+  type        = list(string)
+  description = "ARNs of the layer versions the function runs with (the RDS CA bundle, modules/rds_ca)."
+  default     = []
+}

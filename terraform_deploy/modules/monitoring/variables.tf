@@ -32,3 +32,23 @@ variable "failed_invocations_queue_name" {
   type        = string
   description = "Queue of given-up asynchronous aggregator invocations."
 }
+
+variable "api_function_name" {
+  type        = string
+  description = "Name of the API function (its Lambda throttles are alarmed)."
+}
+
+variable "api_access_log_group_name" {
+  type        = string
+  description = "Log group of the HTTP API's access log (its 429 answers are counted)."
+}
+
+variable "db_instance_id" {
+  type        = string
+  description = "Identifier of the RDS instance (CPU, storage and memory are alarmed)."
+}
+
+variable "db_free_storage_alarm_bytes" {
+  type        = number
+  description = "Free storage in bytes at or below which the storage alarm fires."
+}

@@ -1,40 +1,19 @@
-# The two secrets the functions read at start-up: the database credentials (one JSON document with
-# everything a connection needs, so the code never assembles it from several variables) and
-# Django's SECRET_KEY. Both values are generated here and never appear in a variable or a file.
-
-resource "random_password" "database" {
-  length  = 40
-  special = true
-  # RDS refuses '/', '@', '"' and spaces in master passwords; these are safe in a libpq URL too.
-  override_special = "!#$%^&*()-_=+[]{}<>:?"
-}
+# Django's SECRET_KEY, the one secret this configuration generates: the functions read it at
+# start-up and it never appears in a variable or a file. (The database password is RDS's own
+# managed secret: modules/database.)
+#
+# The name is a prefix plus a suffix Terraform chooses: a deleted secret keeps its name for the
+# recovery window, and a fixed name would stop a stack with the same prefix from being created
+# again until the window ends.
 
 resource "random_password" "django_secret_key" {
   length  = 64
   special = true
 }
 
-resource "aws_secretsmanager_secret" "database" {
-  name                    = "${var.name_prefix}/database"
-  description             = "FMA metadata database credentials (JSON: username, password, host, port, dbname)"
-  kms_key_id              = var.kms_key_arn
-  recovery_window_in_days = var.recovery_window_in_days
-}
-
-resource "aws_secretsmanager_secret_version" "database" {
-  secret_id = aws_secretsmanager_secret.database.id
-  secret_string = jsonencode({
-    engine   = "postgres"
-    username = var.db_username
-    password = random_password.database.result
-    host     = var.db_host
-    port     = var.db_port
-    dbname   = var.db_name
-  })
-}
-
 resource "aws_secretsmanager_secret" "django_secret_key" {
-  name                    = "${var.name_prefix}/django-secret-key"
+  #checkov:skip=CKV2_AWS_57:Django's SECRET_KEY signs sessions and password-reset links; rotating it on a schedule would log everyone out. It is replaced on purpose with `terraform apply -replace` (README, "Rotating secrets").
+  name_prefix             = "${var.name_prefix}/django-secret-key-"
   description             = "Django SECRET_KEY of the FMA API (plain string)"
   kms_key_id              = var.kms_key_arn
   recovery_window_in_days = var.recovery_window_in_days

@@ -15,3 +15,8 @@ output "bucket_arn" {
   description = "ARN of the weights bucket."
   value       = aws_s3_bucket.this.arn
 }
+
+output "access_log_bucket_name" {
+  description = "Bucket holding the weights bucket's S3 server access logs."
+  value       = aws_s3_bucket.access_logs.bucket
+}

@@ -32,3 +32,8 @@ variable "cors_allowed_origins" {
   type        = list(string)
   description = "Browser origins allowed to PUT/GET through presigned URLs; empty list means no CORS rule."
 }
+
+variable "access_log_retention_days" {
+  type        = number
+  description = "Days the bucket's access log objects are kept."
+}
