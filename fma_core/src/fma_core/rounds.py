@@ -575,7 +575,7 @@ class RoundEngine:
             peak_memory_bytes=peak or None,
             state_key=outputs[1].key if state else None,
             state_content_id=state[0][1] if state else None,
-            report={"aggregator": dict(report)} if report else {},
+            report=_report(report, plan.claim),
         )
 
     def _aggregator(self, claim: RoundClaim) -> Aggregator:
@@ -718,3 +718,13 @@ def _plain_json(value: Any, what: str) -> Any:
         return json.loads(json.dumps(value, allow_nan=False))
     except (TypeError, ValueError) as error:
         raise ConfigurationError(f"{what} must return plain JSON: {error}") from None
+
+
+def _report(aggregator_report: Any, claim: RoundClaim) -> dict[str, Any]:
+    """The round's report by section: the algorithm's own, and the clients the round selected."""
+    report: dict[str, Any] = {}
+    if aggregator_report:
+        report["aggregator"] = dict(aggregator_report)
+    if claim.selection is not None:
+        report["sampling"] = dict(claim.selection)
+    return report

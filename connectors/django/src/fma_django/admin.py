@@ -7,6 +7,8 @@ from django.contrib import admin, messages
 from django.db.models import Count, Max, Q, QuerySet
 from django.http import HttpRequest
 
+from fma_core.errors import ConfigurationError
+from fma_core.sampling import sampling_from_config
 from fma_django import json_schemas, services
 from fma_django.errors import DomainError, ValidationFailed
 from fma_django.models import (
@@ -21,6 +23,7 @@ from fma_django.models import (
     ModelArtifact,
     ModelUpdate,
     RoundLease,
+    RoundSelection,
     UpdateStatus,
     UploadSession,
 )
@@ -35,10 +38,17 @@ class EnrollmentInline(admin.TabularInline):
 
 
 class ExperimentForm(forms.ModelForm):
-    """The admin's experiment form refuses the schemas the API refuses (see ``fma_django.json_schemas``)."""
+    """The admin's experiment form refuses the schemas and the client sampling the API refuses (see
+    ``fma_django.json_schemas``, ``fma_core.sampling``), and keeps a sampling's seed as the API does."""
 
     def clean(self) -> dict:
         cleaned = super().clean()
+        try:
+            sampling = sampling_from_config(cleaned.get("client_sampling"))
+        except ConfigurationError as error:
+            self.add_error("client_sampling", str(error))
+        else:
+            cleaned["client_sampling"] = sampling.to_config() if sampling is not None else None
         for field in json_schemas.SCHEMA_FIELDS:
             if cleaned.get(field) is not None:
                 try:
@@ -263,6 +273,18 @@ class DeveloperTokenAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # a token is shown once, so it is made by /api-token-auth/, never typed in
+
+
+@admin.register(RoundSelection)
+class RoundSelectionAdmin(admin.ModelAdmin):
+    """Each sampled round's draw, as recorded: read only, since rounds count on it."""
+
+    list_display = ["experiment", "round_number", "mode", "seed", "enrolled", "created_on"]
+    list_filter = ["experiment", "mode"]
+    readonly_fields = [f.name for f in RoundSelection._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
 
 
 @admin.register(RoundLease)

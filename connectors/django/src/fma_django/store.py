@@ -6,7 +6,9 @@ execute atomically: of two workers, one updates the row and the other updates no
 PostgreSQL the claim first locks the row with ``SKIP LOCKED``, so a second worker returns at
 once instead of queueing behind the first. ``commit_round`` re-checks the token under a row
 lock and marks exactly the drafted updates consumed, in the transaction that creates the
-aggregate; the unique (experiment, round number) constraint is the last guard.
+aggregate; the unique (experiment, round number) constraint is the last guard. An experiment that
+samples clients has its round's draw made (or read) by the claim, which counts only the selected
+clients and carries the draw into the round's report (``fma_django.sampling``).
 """
 
 from __future__ import annotations
@@ -29,14 +31,14 @@ from fma_core.connectors import (
     UpdateRecord,
 )
 from fma_core.errors import LeaseLost
-from fma_django import selectors
+from fma_django import sampling, selectors
 from fma_django.models import (
-    Enrollment,
     EventKind,
     Experiment,
     ModelAggregate,
     ModelUpdate,
     RoundLease,
+    RoundSelection,
     UpdateKind,
     UpdateStatus,
 )
@@ -71,7 +73,8 @@ class DjangoMetadataStore(MetadataStore):
         return self._pending(int(experiment_id))
 
     def enrolled_clients(self, experiment_id: str) -> frozenset[str]:
-        return self._enrolled(int(experiment_id))
+        experiment = Experiment.objects.get(pk=int(experiment_id))
+        return self._counted(experiment, sampling.current_round(experiment.pk))[0]
 
     def experiments_to_sweep(self, *, now: float) -> list[str]:
         live = RoundLease.objects.exclude(token="").filter(expires_at__gt=now).values("experiment_id")
@@ -118,7 +121,7 @@ class DjangoMetadataStore(MetadataStore):
             if not pending:
                 RoundLease.objects.filter(pk=experiment.pk, token=token).update(token="", worker="")
                 return None
-            enrolled = self._enrolled(experiment.pk)
+            enrolled, selection = self._counted(experiment, round_number)
         return RoundClaim(
             experiment=experiment_config(experiment),
             token=token,
@@ -133,6 +136,7 @@ class DjangoMetadataStore(MetadataStore):
             # before round 1 the global model is the initial one, if any, and no round has left a state
             parent_weights_key=parent.weights_key if parent else selectors.initial_weights_key(experiment.pk),
             parent_state_key=parent.state_key if parent else None,
+            selection=selection.to_report() if selection is not None else None,
         )
 
     def round_started(self, claim: RoundClaim) -> None:
@@ -248,13 +252,11 @@ class DjangoMetadataStore(MetadataStore):
         )
 
     @staticmethod
-    def _enrolled(experiment_pk: int) -> frozenset[str]:
-        return frozenset(
-            str(u)
-            for u in Enrollment.objects.filter(
-                experiment_id=experiment_pk, revoked_at__isnull=True, client__revoked_at__isnull=True
-            ).values_list("client__uuid", flat=True)
-        )
+    def _counted(experiment: Experiment, round_number: int) -> tuple[frozenset[str], RoundSelection | None]:
+        """The clients the round's policy counts, and the round's draw when the experiment samples clients
+        (drawn now if nothing asked before: the claim is then its first need)."""
+        selection = sampling.round_selection(experiment, round_number)
+        return sampling.counted_clients(experiment, selection), selection
 
     @staticmethod
     def _pending(experiment_pk: int) -> list[UpdateRecord]:

@@ -68,6 +68,9 @@ def _refusal(exc: Exception, context: dict[str, Any]) -> Response | None:
         return Response(
             {"detail": detail, "code": "too_large"}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
         )
+    if isinstance(exc, errors.NotSelected):
+        headers = {"Retry-After": str(exc.retry_after)}
+        return Response({"detail": exc.detail, "code": exc.code}, status=status_of(exc), headers=headers)
     if isinstance(exc, errors.DomainError):
         return Response({"detail": exc.detail, "code": exc.code}, status=status_of(exc))
     if isinstance(exc, InvalidWeights):
