@@ -53,7 +53,9 @@ def test_the_uniformity_test_refuses_a_biased_draw():
 
     def biased(r: int) -> tuple[str, ...]:
         chosen = draw(sampling, r, CLIENTS)
-        if "client-00" not in chosen and rng.random() < 0.05:  # client-00 gets 5% of other rounds' first place
+        if (
+            "client-00" not in chosen and rng.random() < 0.05
+        ):  # client-00 gets 5% of other rounds' first place
             chosen = tuple(sorted(["client-00", chosen[1]]))
         return chosen
 
