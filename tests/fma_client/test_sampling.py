@@ -1,0 +1,102 @@
+"""``fma_client.Client`` in an experiment that samples clients per round: it asks before training,
+waits as the server says and tries again by itself, and gives up with ``NotSelected`` after its
+``selection_wait``."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from fma_client import Client, NotSelected
+from fma_django import services
+from fma_django.models import ModelUpdate
+
+from .conftest import INITIAL
+
+UPDATE = {name: np.ones_like(value) for name, value in INITIAL.items()}
+
+
+@pytest.fixture
+def sampled(developer, settings):
+    """Two clients' experiment taking one a round, the one that waited longest: each round selects
+    whoever the previous one did not."""
+    settings.FMA_SAMPLING_RETRY_SECONDS = 1
+    return services.experiment_create(
+        developer=developer,
+        name="sampled",
+        initial_model=dict(INITIAL),
+        client_sampling={"clients": 1, "mode": "longest_waiting"},
+    )
+
+
+def pair(server, experiment, **options):
+    token = services.enrollment_token_issue(experiment=experiment, user=experiment.developer)[1]
+    clients = [
+        Client.enroll(server, experiment.pk, enrollment_token=token, quiet=True, **options) for _ in "ab"
+    ]
+    chosen = next(c for c in clients if c.participation().selected)
+    return chosen, next(c for c in clients if c is not chosen)
+
+
+def in_background(call):
+    """Run ``call`` in a thread; returns (thread, outcome list: the result or the exception)."""
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except Exception as error:  # handed to the test, which asserts on it
+            outcome.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def test_a_client_not_selected_gives_up_at_once_without_a_wait(server, sampled):
+    chosen, waiting = pair(server, sampled, selection_wait=0)
+    answer = waiting.participation()
+    assert (answer.selected, answer.round, answer.retry_after) == (False, 1, 1)
+    with pytest.raises(NotSelected, match="round 1 of experiment .* did not select client") as pulled:
+        waiting.pull()
+    assert "selection_wait=0 s" in str(pulled.value)
+    model = waiting.pull(for_training=False)  # the model itself, to evaluate, is there for every client
+    with pytest.raises(NotSelected) as pushed:
+        waiting.push(dict(model.weights), num_examples=1)
+    assert pushed.value.code == "not_selected" and pushed.value.retry_after == 1
+    assert "not among the clients selected for round 1" in str(pushed.value)
+    assert not ModelUpdate.objects.exists()
+    assert chosen.pull().aggregate is None
+
+
+def test_pull_waits_for_the_round_that_selects_the_client(server, sampled, run_round):
+    chosen, waiting = pair(server, sampled, selection_wait=120)
+    thread, outcome = in_background(waiting.pull)
+
+    chosen.pull()
+    chosen.push(UPDATE, num_examples=3)
+    aggregate = run_round(sampled.pk)  # round 2 selects the client that waited
+
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+    (model,) = outcome
+    assert model.aggregate == aggregate
+    assert waiting.participation().selected
+
+
+def test_push_waits_and_tries_again_until_a_round_takes_it(server, sampled, run_round):
+    chosen, waiting = pair(server, sampled, selection_wait=120)
+    trained = dict(waiting.pull(for_training=False).weights)
+    thread, outcome = in_background(lambda: waiting.push(trained, num_examples=2))
+
+    chosen.pull()
+    chosen.push(UPDATE, num_examples=3)
+    run_round(sampled.pk)
+
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+    (update,) = outcome
+    assert update["status"] == "pending" and update["client"] == waiting.uuid
+    assert ModelUpdate.objects.filter(client__uuid=waiting.uuid).count() == 1
