@@ -261,3 +261,27 @@ def test_a_server_optimizers_rounds_show_their_algorithm_parameters_and_state_in
         assert f'title="SHA-256 {state}"' in page
     assert page.count("fedadam") >= 2
     assert '"server_learning_rate": 0.5' in html.unescape(page)
+
+
+def test_the_lineage_shows_the_clients_a_sampled_round_selected_and_its_seed(
+    alice, make_experiment, enroll, submit, run_round, alice_browser
+):
+    from fma_django import sampling
+
+    experiment = make_experiment(alice, "sampled", client_sampling={"clients": 2, "seed": 99})
+    clients = {str(c.uuid): c for c in (enroll(experiment) for _ in range(3))}
+    selection = sampling.round_selection(experiment, 1)
+    for uuid in selection.clients:
+        submit(experiment, clients[uuid], 1.0)
+    run_round(experiment)
+
+    page = alice_browser.get(f"/dashboard/experiments/{experiment.pk}/").content.decode()
+    first, second = selection.clients
+    assertInHTML(
+        f"""<details class="sampling">
+          <summary>2 of 3 clients selected, seed <code>99</code></summary>
+          <ul class="inputs"><li><code>{first}</code></li><li><code>{second}</code></li></ul>
+        </details>""",
+        page,
+        count=1,
+    )

@@ -4,6 +4,9 @@ waits as the server says and tries again by itself, and gives up with ``NotSelec
 
 from __future__ import annotations
 
+import io
+import json
+import sys
 import threading
 
 import numpy as np
@@ -59,13 +62,14 @@ def test_a_client_not_selected_gives_up_at_once_without_a_wait(server, sampled):
     chosen, waiting = pair(server, sampled, selection_wait=0)
     answer = waiting.participation()
     assert (answer.selected, answer.round, answer.retry_after) == (False, 1, 1)
-    with pytest.raises(NotSelected, match="round 1 of experiment .* did not select client") as pulled:
+    with pytest.raises(NotSelected, match=r"round 1 of experiment \d+ did not select client") as pulled:
         waiting.pull()
     assert "selection_wait=0 s" in str(pulled.value)
     model = waiting.pull(for_training=False)  # the model itself, to evaluate, is there for every client
     with pytest.raises(NotSelected) as pushed:
         waiting.push(dict(model.weights), num_examples=1)
-    assert pushed.value.code == "not_selected" and pushed.value.retry_after == 1
+    assert pushed.value.code == "not_selected"
+    assert pushed.value.retry_after == 1
     assert "not among the clients selected for round 1" in str(pushed.value)
     assert not ModelUpdate.objects.exists()
     assert chosen.pull().aggregate is None
@@ -98,5 +102,43 @@ def test_push_waits_and_tries_again_until_a_round_takes_it(server, sampled, run_
     thread.join(timeout=120)
     assert not thread.is_alive()
     (update,) = outcome
-    assert update["status"] == "pending" and update["client"] == waiting.uuid
+    assert update["status"] == "pending"
+    assert update["client"] == waiting.uuid
     assert ModelUpdate.objects.filter(client__uuid=waiting.uuid).count() == 1
+
+
+def test_the_cli_creates_a_sampled_experiment_and_shows_a_rounds_selection(
+    fma, server, developer, run_round, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("dev-password\n"))
+    assert fma("login", "--url", server, "--username", "dev", "--password-stdin")[0] == 0
+    (tmp_path / "experiment.yaml").write_text(
+        "name: sampled\ntensor_spec: [{name: w, dtype: F32, shape: [2]}]\n"
+        "client_sampling: {fraction: 0.5, min_clients: 1, seed: 1234}\n"
+    )
+    status, out, _ = fma("--json", "experiments", "create", tmp_path / "experiment.yaml")
+    assert status == 0, out
+    created = json.loads(out)
+    assert created["client_sampling"] == {"fraction": 0.5, "min_clients": 1, "seed": 1234, "mode": "uniform"}
+    (tmp_path / "bad.yaml").write_text("name: bad\nclient_sampling: {fraction: 0.5, mode: fair}\n")
+    status, _, err = fma("experiments", "create", tmp_path / "bad.yaml")
+    assert status != 0
+    assert "unknown mode 'fair'" in err
+
+    status, out, _ = fma("--json", "enroll-token", created["id"])
+    token = json.loads(out)["token"]
+    clients = [Client.enroll(server, created["id"], enrollment_token=token, quiet=True) for _ in "ab"]
+    (chosen,) = [c for c in clients if c.participation().selected]
+    chosen.push({"w": np.ones(2, np.float32)}, num_examples=1)
+    aggregate = run_round(created["id"])
+
+    status, out, _ = fma("aggregate", aggregate)
+    assert status == 0
+    (line,) = [line for line in out.splitlines() if line.startswith("report")]
+    assert json.loads(line.split(None, 1)[1])["sampling"] == {
+        "seed": 1234,
+        "mode": "uniform",
+        "round": 1,
+        "enrolled": 2,
+        "selected": [chosen.uuid],
+    }

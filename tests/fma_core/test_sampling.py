@@ -71,7 +71,8 @@ def test_a_draw_is_a_function_of_the_seed_the_round_and_the_clients():
     assert first == tuple(sorted(np.array(CLIENTS)[rng.permutation(6)][:3]))  # the documented recipe
     rounds = {draw(sampling, r, CLIENTS) for r in range(1, 30)}
     seeds = {draw(ClientSampling(seed=s, clients=3), 5, CLIENTS) for s in range(30)}
-    assert len(rounds) > 5 and len(seeds) > 5
+    assert len(rounds) > 5
+    assert len(seeds) > 5
 
 
 def test_sizes():

@@ -53,7 +53,9 @@ def test_the_api_stores_a_sampling_with_a_seed_and_refuses_a_bad_one(dev_api, we
     made = dev_api.post("/api/v1/models/", {"name": "m", "client_sampling": {"fraction": 0.2}}, format="json")
     assert made.status_code == 201, made.content
     config = made.json()["client_sampling"]
-    assert config["fraction"] == 0.2 and config["mode"] == "uniform" and isinstance(config["seed"], int)
+    assert config["fraction"] == 0.2
+    assert config["mode"] == "uniform"
+    assert isinstance(config["seed"], int)
 
     bad = dev_api.post("/api/v1/models/", {"name": "m", "client_sampling": {"fraction": 2}}, format="json")
     assert bad.status_code == 400
@@ -64,7 +66,8 @@ def test_the_api_stores_a_sampling_with_a_seed_and_refuses_a_bad_one(dev_api, we
         {"client_sampling": {"clients": 2, "mode": "sometimes"}},
         format="json",
     )
-    assert patched.status_code == 400 and "unknown mode 'sometimes'" in patched.json()["detail"]
+    assert patched.status_code == 400
+    assert "unknown mode 'sometimes'" in patched.json()["detail"]
     assert dev_api.get(f"/api/v1/models/{made.json()['id']}/").json()["client_sampling"] == config
 
 
@@ -79,7 +82,8 @@ def test_each_round_selects_the_seeded_draw_once_and_refuses_the_others(
     for uuid, response in answers.items():
         assert response.json()["round"] == 1
         if uuid not in chosen:
-            assert response.json()["retry_after"] == RETRY and response["Retry-After"] == str(RETRY)
+            assert response.json()["retry_after"] == RETRY
+            assert response["Retry-After"] == str(RETRY)
     enroll(experiment)  # a client enrolling later does not change the round's draw
     assert selected_of(experiment, clients)[0] == chosen
     assert RoundSelection.objects.get().clients == sorted(chosen)
@@ -92,7 +96,8 @@ def test_each_round_selects_the_seeded_draw_once_and_refuses_the_others(
     assert refused["Retry-After"] == str(RETRY)
     assert "not among the clients selected for round 1" in refused.json()["detail"]
     assert f"Come back in {RETRY} s" in refused.json()["detail"]
-    assert stored_files() == before and not ModelUpdate.objects.exists()
+    assert stored_files() == before
+    assert not ModelUpdate.objects.exists()
     assert Event.objects.filter(kind=EventKind.UPDATE_REJECTED, client__uuid=outsider).exists()
 
     first, second = sorted(chosen)
@@ -135,15 +140,18 @@ def test_an_upload_session_and_a_v1_json_push_are_refused_before_any_byte(
         {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()},
         format="json",
     )
-    assert opened.status_code == 409 and opened.json()["code"] == "not_selected"
+    assert opened.status_code == 409
+    assert opened.json()["code"] == "not_selected"
     assert opened["Retry-After"] == str(RETRY)
     legacy = outsider.post(
         "/api/v1/model_updates/",
         {"federated_model": experiment.pk, "data": [[[0.0] * 3] * 4, [0.0] * 3]},
         format="json",
     )
-    assert legacy.status_code == 409 and legacy.json()["code"] == "not_selected"
-    assert not UploadSession.objects.exists() and not ModelUpdate.objects.exists()
+    assert legacy.status_code == 409
+    assert legacy.json()["code"] == "not_selected"
+    assert not UploadSession.objects.exists()
+    assert not ModelUpdate.objects.exists()
     assert stored_files() == before
 
 
@@ -183,7 +191,8 @@ def test_an_upload_begun_in_a_round_that_ended_is_refused_at_accept(
 
     completed = api.post(f"/api/v1/models/{experiment.pk}/uploads/{session['id']}/complete/")
 
-    assert completed.status_code == 409 and completed.json()["code"] == "not_selected"
+    assert completed.status_code == 409
+    assert completed.json()["code"] == "not_selected"
     assert UploadSession.objects.get().state == "rejected"
     assert ModelUpdate.objects.count() == 1
     assert set(stored_files()) <= set(before)
@@ -232,7 +241,8 @@ def test_a_deadline_sooner_than_the_retry_interval_is_said_instead(make_experime
     chosen, _ = selected_of(experiment, clients)
     assert push(clients[next(iter(chosen))], experiment, safetensors(1.0)).status_code == 201
     answer = selected_of(experiment, clients)[1][next(u for u in clients if u not in chosen)].json()
-    assert answer["selected"] is False and 1 <= answer["retry_after"] <= 10
+    assert answer["selected"] is False
+    assert 1 <= answer["retry_after"] <= 10
 
 
 def test_an_experiment_without_sampling_selects_everyone(experiment, client_api):
