@@ -5,11 +5,13 @@ kept in the round's report."""
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 
 from fma_core.rounds import RoundEngine
 from fma_core.sampling import ClientSampling, draw
+from fma_core.shards import RoundPlan
 from fma_django import sampling
 from fma_django.models import Event, EventKind, ModelAggregate, ModelUpdate, RoundSelection, UploadSession
 from fma_django.storage import weight_store
@@ -258,3 +260,19 @@ def test_participation_is_for_enrolled_clients_only(make_experiment, enroll, dev
     stranger = enroll(other)
     assert stranger.get(f"/api/v1/models/{experiment.pk}/participation/").status_code == 404
     assert dev_api.get(f"/api/v1/models/{experiment.pk}/participation/").status_code == 403
+
+
+def test_a_rounds_draw_travels_in_its_plan_to_the_worker_that_commits(make_experiment, enroll, safetensors):
+    """A plan travels as JSON to each shard's worker (Celery, Lambda); the one that commits reports the draw."""
+    experiment = make_experiment(client_sampling={"clients": 1, "seed": 6})
+    clients = enrolled(experiment, enroll, 2)
+    (chosen,) = selected_of(experiment, clients)[0]
+    assert push(clients[chosen], experiment, safetensors(1.0)).status_code == 201
+    engine = RoundEngine(DjangoMetadataStore(), weight_store(), threads=1)
+    plan = engine.start_round(str(experiment.pk))
+    travelled = RoundPlan.from_dict(json.loads(json.dumps(plan.to_dict())))
+    assert travelled.claim.selection == plan.claim.selection
+    assert travelled.claim.enrolled_clients == frozenset([chosen])  # what the policy counted
+
+    assert engine.finish_shard(travelled, 0).status == "committed"
+    assert ModelAggregate.objects.get().report["sampling"]["selected"] == [chosen]

@@ -226,7 +226,14 @@ class ExperimentViewSet(viewsets.ModelViewSet):
             return Response({})
         return Response(s.ModelAggregateSerializer(aggregate, context=self.get_serializer_context()).data)
 
-    @extend_schema(responses=s.ParticipationSerializer)
+    @extend_schema(
+        responses=s.ParticipationSerializer,
+        parameters=[
+            OpenApiParameter(
+                "Retry-After", int, OpenApiParameter.HEADER, response=[200], description="when not selected"
+            )
+        ],
+    )
     @action(detail=True, methods=["get"])
     def participation(self, request: Request, pk: str) -> Response:
         """Whether this client takes part in the current round (always, unless the experiment samples
