@@ -66,13 +66,16 @@ def enrolled_clients(experiment_pk: int) -> frozenset[str]:
     )
 
 
-def round_selection(experiment: Experiment, round_number: int) -> RoundSelection | None:
-    """Round ``round_number``'s draw, made and recorded now if this is its first need; None when the
-    experiment takes every client. With no client enrolled nothing is recorded (an empty draw would
-    shut out whoever enrolls next) and the answer is an unsaved, empty selection."""
+def round_selection(experiment: Experiment, round_number: int | None = None) -> RoundSelection | None:
+    """Round ``round_number``'s draw (default: the current round's), made and recorded now if this is
+    its first need; None when the experiment takes every client. With no client enrolled nothing is
+    recorded (an empty draw would shut out whoever enrolls next) and the answer is an unsaved, empty
+    selection."""
     sampling = sampling_from_config(experiment.client_sampling)
     if sampling is None:
         return None
+    if round_number is None:
+        round_number = current_round(experiment.pk)
     recorded = RoundSelection.objects.filter(experiment=experiment, round_number=round_number).first()
     if recorded is not None:
         return recorded
@@ -114,6 +117,8 @@ def participation(experiment: Experiment, client: Client) -> Participation:
 
 def participation_require(experiment: Experiment, client: Client) -> None:
     """``NotSelected`` (409, with when to come back) unless ``client`` takes part in the current round."""
+    if experiment.client_sampling is None:
+        return  # every enrolled client takes part: nothing to look up
     answer = participation(experiment, client)
     if not answer.selected:
         raise NotSelected(

@@ -64,17 +64,13 @@ class DjangoMetadataStore(MetadataStore):
         self._clock = clock
 
     def experiment(self, experiment_id: str) -> ExperimentConfig:
-        try:
-            return experiment_config(Experiment.objects.get(pk=int(experiment_id)))
-        except (Experiment.DoesNotExist, ValueError):
-            raise LookupError(f"no experiment {experiment_id!r}") from None
+        return experiment_config(self._row(experiment_id))
 
     def pending_updates(self, experiment_id: str) -> list[UpdateRecord]:
         return self._pending(int(experiment_id))
 
     def enrolled_clients(self, experiment_id: str) -> frozenset[str]:
-        experiment = Experiment.objects.get(pk=int(experiment_id))
-        return self._counted(experiment, sampling.current_round(experiment.pk))[0]
+        return self._counted(self._row(experiment_id), None)[0]
 
     def experiments_to_sweep(self, *, now: float) -> list[str]:
         live = RoundLease.objects.exclude(token="").filter(expires_at__gt=now).values("experiment_id")
@@ -87,10 +83,7 @@ class DjangoMetadataStore(MetadataStore):
         return [str(pk) for pk in sorted(set(waiting))]
 
     def claim_round(self, experiment_id: str, *, worker: str, lease_seconds: float) -> RoundClaim | None:
-        try:
-            experiment = Experiment.objects.get(pk=int(experiment_id))
-        except (Experiment.DoesNotExist, ValueError):
-            raise LookupError(f"no experiment {experiment_id!r}") from None
+        experiment = self._row(experiment_id)
         if not experiment.allow_aggregation:
             return None
         RoundLease.objects.get_or_create(experiment=experiment)
@@ -237,6 +230,13 @@ class DjangoMetadataStore(MetadataStore):
         )
 
     @staticmethod
+    def _row(experiment_id: str) -> Experiment:
+        try:
+            return Experiment.objects.get(pk=int(experiment_id))
+        except (Experiment.DoesNotExist, ValueError):
+            raise LookupError(f"no experiment {experiment_id!r}") from None
+
+    @staticmethod
     def _pk(claim: RoundClaim) -> int:
         return int(claim.experiment.experiment_id)
 
@@ -252,9 +252,11 @@ class DjangoMetadataStore(MetadataStore):
         )
 
     @staticmethod
-    def _counted(experiment: Experiment, round_number: int) -> tuple[frozenset[str], RoundSelection | None]:
-        """The clients the round's policy counts, and the round's draw when the experiment samples clients
-        (drawn now if nothing asked before: the claim is then its first need)."""
+    def _counted(
+        experiment: Experiment, round_number: int | None
+    ) -> tuple[frozenset[str], RoundSelection | None]:
+        """The clients round ``round_number``'s policy counts (None: the current round's), and its draw
+        when the experiment samples clients (drawn now if nothing asked before: this is its first need)."""
         selection = sampling.round_selection(experiment, round_number)
         return sampling.counted_clients(experiment, selection), selection
 
