@@ -53,7 +53,7 @@ class NotSelected(Conflict):
 
     code = "not_selected"
 
-    def __init__(self, detail: str, *, retry_after: int) -> None:
+    def __init__(self, detail: str, *, retry_after: int | None = None) -> None:
         super().__init__(detail)
         self.retry_after = retry_after
 
