@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import requests
 
 from fma_core.rounds import RoundEngine
 from fma_core.sampling import ClientSampling, draw
@@ -276,3 +279,36 @@ def test_a_rounds_draw_travels_in_its_plan_to_the_worker_that_commits(make_exper
 
     assert engine.finish_shard(travelled, 0).status == "committed"
     assert ModelAggregate.objects.get().report["sampling"]["selected"] == [chosen]
+
+
+def test_clients_asking_at_once_over_http_agree_on_one_draw(
+    require_postgresql, transactional_db, live_server, weights_dir, developer
+):
+    """Twelve clients ask for the first time at the same instant, each drawing the round in its own
+    request and transaction: one draw is stored, and every answer agrees with it."""
+    from fma_django import services
+
+    experiment = services.experiment_create(
+        developer=developer,
+        name="crowd",
+        open_enrollment=True,
+        tensor_spec=[{"name": "w", "dtype": "F32", "shape": [2]}],
+        client_sampling={"clients": 4},
+    )
+    credentials = [services.client_register(experiment=experiment)[1] for _ in range(12)]
+    start = threading.Barrier(len(credentials))
+
+    def ask(credential: str) -> tuple[str, bool]:
+        with requests.Session() as http:
+            http.headers["Authorization"] = f"Client {credential}"
+            start.wait(timeout=60)
+            answer = http.get(f"{live_server.url}/api/v1/models/{experiment.pk}/participation/", timeout=60)
+            assert answer.status_code == 200, answer.text
+            return credential.partition(".")[0], answer.json()["selected"]
+
+    with ThreadPoolExecutor(len(credentials)) as pool:
+        answers = dict(pool.map(ask, credentials))
+
+    (drawn,) = RoundSelection.objects.filter(experiment=experiment)
+    assert {uuid for uuid, selected in answers.items() if selected} == set(drawn.clients)
+    assert len(drawn.clients) == 4
