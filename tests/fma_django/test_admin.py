@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 from django.urls import reverse
 
 from fma_core.rounds import RoundEngine
-from fma_django.models import Client, Event, EventKind, ModelAggregate
+from fma_django.models import Client, Event, EventKind, Experiment, ModelAggregate
 from fma_django.storage import weight_store
 from fma_django.store import DjangoMetadataStore
 
@@ -30,6 +31,7 @@ MODELS = [
     "enrollment",
     "enrollmenttoken",
     "roundlease",
+    "roundselection",
     "event",
 ]
 
@@ -122,3 +124,27 @@ def test_an_aggregate_shows_its_algorithm_parameters_and_server_state_read_only(
     assert saved.status_code == 302
     aggregate.refresh_from_db()
     assert (aggregate.state_content_id, aggregate.validation_score) == (state, 0.5)
+
+
+def test_the_experiment_form_checks_client_sampling_and_keeps_a_seed(admin_client, experiment):
+    url = reverse("admin:fma_django_experiment_change", args=[experiment.pk])
+    form = {
+        "name": experiment.name,
+        "developer": experiment.developer_id,
+        "aggregator": experiment.aggregator,
+        "aggregator_params": "{}",
+        "update_kind": experiment.update_kind,
+        "allow_aggregation": "on",
+        "enrollments-TOTAL_FORMS": "0",
+        "enrollments-INITIAL_FORMS": "0",
+    }
+    refused = admin_client.post(url, {**form, "client_sampling": json.dumps({"fraction": 0})})
+    assert refused.status_code == 200  # the form again, with the error
+    assert "&#x27;fraction&#x27; must be in (0, 1]" in refused.content.decode()
+    assert Experiment.objects.get(pk=experiment.pk).client_sampling is None
+
+    saved = admin_client.post(url, {**form, "client_sampling": json.dumps({"clients": 3})})
+    assert saved.status_code == 302
+    config = Experiment.objects.get(pk=experiment.pk).client_sampling
+    assert config == {"clients": 3, "seed": config["seed"], "mode": "uniform"}
+    assert isinstance(config["seed"], int)
