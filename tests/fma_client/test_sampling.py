@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 
-from fma_client import Client, NotSelected
+from fma_client import Client, NotSelected, WebClient
 from fma_django import services
 from fma_django.models import ModelUpdate
 
@@ -142,3 +142,16 @@ def test_the_cli_creates_a_sampled_experiment_and_shows_a_rounds_selection(
         "enrolled": 2,
         "selected": [chosen.uuid],
     }
+
+
+def test_the_fma_connect_compatible_web_client_raises_not_selected(server, sampled):
+    """``fma_client.WebClient`` keeps fma-connect's calls; a push the round did not take raises the typed
+    ``NotSelected`` (status 409, as fma-connect's APIException would say) with the server's Retry-After."""
+    chosen, waiting = pair(server, sampled, selection_wait=0)
+    legacy = WebClient(sampled.pk, url=server, token=waiting.token)
+    layers = [np.zeros((4, 3)).tolist(), [0.0, 0.0, 0.0]]
+    with pytest.raises(NotSelected) as refused:
+        legacy.send_update(layers)
+    assert refused.value.status_code == 409
+    assert refused.value.retry_after == 1
+    assert WebClient(sampled.pk, url=server, token=chosen.token).send_update(layers)["status"] == "pending"
