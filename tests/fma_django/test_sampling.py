@@ -312,3 +312,20 @@ def test_clients_asking_at_once_over_http_agree_on_one_draw(
     (drawn,) = RoundSelection.objects.filter(experiment=experiment)
     assert {uuid for uuid, selected in answers.items() if selected} == set(drawn.clients)
     assert len(drawn.clients) == 4
+
+
+def test_a_selected_client_revoked_meanwhile_is_no_longer_waited_for(make_experiment, enroll, safetensors):
+    from fma_django import services
+    from fma_django.models import Client
+
+    experiment = make_experiment(client_sampling={"clients": 2, "seed": 4}, round_policy="all_clients")
+    clients = enrolled(experiment, enroll, 3)
+    stays, leaves = sorted(selected_of(experiment, clients)[0])
+    services.enrollment_revoke(
+        experiment=experiment, client=Client.objects.get(uuid=leaves), user=experiment.developer
+    )
+    assert push(clients[stays], experiment, safetensors(1.0)).status_code == 201
+
+    assert run_round(experiment).status == "committed"  # all_clients: all selected and still enrolled
+    sampled = ModelAggregate.objects.get().report["sampling"]
+    assert sampled["selected"] == sorted([stays, leaves])  # the draw as it was made
