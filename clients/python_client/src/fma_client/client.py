@@ -24,6 +24,8 @@ from fma_client.transport import Retry, Transport
 from fma_client.uploads import CHECK_TIMEOUT, THREADS, FileSource, Source, Upload, WeightsSource
 from fma_client.weights import SafetensorsBody, Weights, as_weights, read_file
 
+ASK_AGAIN_SECONDS = 5.0  # when a refusal as not selected came without Retry-After (a proxy dropped it)
+
 
 class Model(NamedTuple):
     """Weights of the global model and the aggregate they come from (None: the initial model)."""
@@ -162,7 +164,7 @@ class Client:
 
     def _wait_turn(self, deadline: float | None, retry_after: float | None, why: str) -> None:
         """Sleep until the server's ``retry_after`` (or the deadline, if sooner); NotSelected past the deadline."""
-        pause = retry_after if retry_after is not None else 5.0
+        pause = retry_after if retry_after is not None else ASK_AGAIN_SECONDS
         if deadline is not None:
             left = deadline - time.monotonic()
             if left <= 0:
