@@ -275,3 +275,27 @@ def test_the_lineage_shows_each_rounds_norm_bound_and_each_updates_norm_and_clip
     assertInHTML("<summary>norm bound 7.5000 (clip, fixed)</summary>", page, count=1)
     assertInHTML(f"<li>update {kept.pk}: norm 3.8730</li>", page, count=1)
     assertInHTML(f"<li>update {clipped.pk}: norm 19.3649, clipped ×0.3873</li>", page, count=1)
+
+
+def test_the_lineage_shows_the_clients_a_sampled_round_selected_and_its_seed(
+    alice, make_experiment, enroll, submit, run_round, alice_browser
+):
+    from fma_django import sampling
+
+    experiment = make_experiment(alice, "sampled", client_sampling={"clients": 2, "seed": 99})
+    clients = {str(c.uuid): c for c in (enroll(experiment) for _ in range(3))}
+    selection = sampling.round_selection(experiment, 1)
+    for uuid in selection.clients:
+        submit(experiment, clients[uuid], 1.0)
+    run_round(experiment)
+
+    page = alice_browser.get(f"/dashboard/experiments/{experiment.pk}/").content.decode()
+    first, second = selection.clients
+    assertInHTML(
+        f"""<details class="sampling">
+          <summary>2 of 3 clients selected, seed <code>99</code></summary>
+          <ul class="inputs"><li><code>{first}</code></li><li><code>{second}</code></li></ul>
+        </details>""",
+        page,
+        count=1,
+    )

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from django.contrib.auth.models import User
 
+from fma_client.cli import main
 from fma_core.rounds import RoundEngine
 from fma_django import developer_tokens, services
 from fma_django.models import Experiment
@@ -58,5 +59,20 @@ def run_round() -> Callable[[int], int]:
         outcome = RoundEngine(DjangoMetadataStore(), weight_store(), threads=1).run_round(str(experiment_id))
         assert outcome.status == "committed", outcome
         return int(outcome.aggregate.aggregate_id)
+
+    return run
+
+
+@pytest.fixture
+def fma(monkeypatch, tmp_path, capsys):
+    """Run ``fma ARGS…`` in this process with its own config file; returns (exit status, stdout, stderr)."""
+    monkeypatch.setenv("FMA_CONFIG", str(tmp_path / "config" / "fma.json"))
+    for name in ("FMA_URL", "FMA_TOKEN", "FMA_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+
+    def run(*args: str) -> tuple[int, str, str]:
+        status = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return status, out, err
 
     return run

@@ -16,25 +16,9 @@ import numpy as np
 import pytest
 
 from fma_client import Client, NotFound, read_file, write_file
-from fma_client.cli import main
 from fma_django.models import Experiment
 
 MODEL = {"conv": np.zeros((2, 3), np.float32), "step": np.zeros(1, np.int64), "out": np.zeros(2, np.float64)}
-
-
-@pytest.fixture
-def fma(monkeypatch, tmp_path, capsys):
-    """Run ``fma ARGS…`` in this process with its own config file; returns (exit status, stdout, stderr)."""
-    monkeypatch.setenv("FMA_CONFIG", str(tmp_path / "config" / "fma.json"))
-    for name in ("FMA_URL", "FMA_TOKEN", "FMA_CA_BUNDLE"):
-        monkeypatch.delenv(name, raising=False)
-
-    def run(*args: str) -> tuple[int, str, str]:
-        status = main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return status, out, err
-
-    return run
 
 
 def test_cli_drives_an_experiment_from_creation_to_a_published_model(

@@ -283,7 +283,7 @@ def test_an_unreachable_server_is_reported_after_the_retries():
         Client(f"http://127.0.0.1:{port}", 7, token="u.s", retry=FAST, quiet=True) as client,
         pytest.raises(ServerUnavailable) as failed,
     ):
-        client.pull()
+        client.pull(for_training=False)
     assert "tried 3 times" in str(failed.value)
     assert "check the URL" in str(failed.value)
 
@@ -321,7 +321,7 @@ def test_a_download_cut_mid_body_resumes_where_it_broke(fake):
 
     url, recorded = fake(respond)
     with Client(url, 7, token="u.s", retry=FAST, quiet=True) as client:
-        weights, aggregate = client.pull()
+        weights, aggregate = client.pull(for_training=False)
     assert aggregate == 9
     assert list(weights) == ["w", "b"]
     np.testing.assert_array_equal(weights["w"], WEIGHTS["w"])
@@ -349,7 +349,7 @@ def test_a_download_that_keeps_breaking_is_reported_clearly(fake):
         Client(url, 7, token="u.s", retry=FAST, quiet=True) as client,
         pytest.raises(TransferError) as broken,
     ):
-        client.pull()
+        client.pull(for_training=False)
     assert f"3 times: the connection closed with {len(BLOB) - 1000:,} bytes still to come" in str(
         broken.value
     )
@@ -368,7 +368,7 @@ def test_weights_that_do_not_match_their_etag_are_refused(fake):
         Client(url, 7, token="u.s", retry=FAST, quiet=True) as client,
         pytest.raises(TransferError, match="SHA-256"),
     ):
-        client.pull()
+        client.pull(for_training=False)
 
 
 def test_web_client_survives_a_non_json_error_body(fake):
@@ -425,7 +425,7 @@ def test_links_to_the_service_written_as_http_behind_a_tls_proxy_are_followed_ov
     url, recorded = fake(respond, tls=(cert, key))
     port.append(url.rsplit(":", 1)[1])
     with Client(url, 7, token="u.s", retry=FAST, quiet=True, verify=str(cert)) as client:
-        assert client.pull().aggregate == 2
+        assert client.pull(for_training=False).aggregate == 2
     assert [headers["Authorization"] for _, _, headers, _ in recorded.requests] == ["Client u.s"] * 2
 
 
@@ -456,7 +456,7 @@ def test_weights_come_from_the_target_the_server_names_without_the_credential(fa
 
     url, api = fake(respond)
     with Client(url, 7, token="u.s", retry=FAST, quiet=True) as client:
-        weights, aggregate = client.pull()
+        weights, aggregate = client.pull(for_training=False)
     with Developer(url, token="dev-token", retry=FAST, quiet=True) as dev:
         assert read_file(dev.download(7, tmp_path / "latest.safetensors"))["w"].shape == (300_000,)
     assert aggregate == 4

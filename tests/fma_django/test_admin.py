@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -32,6 +33,7 @@ MODELS = [
     "enrollment",
     "enrollmenttoken",
     "roundlease",
+    "roundselection",
     "event",
 ]
 
@@ -133,3 +135,27 @@ def test_the_experiment_form_refuses_a_bound_the_api_refuses(experiment):
     assert refused.errors["update_norm"] == ["update_norm.bound must be a finite number above 0, not -1"]
     accepted = form_class({"name": "m", "update_norm": '{"mode": "refuse", "bound": 3}'}, instance=experiment)
     assert accepted.is_valid(), accepted.errors
+
+
+def test_the_experiment_form_checks_client_sampling_and_keeps_a_seed(admin_client, experiment):
+    url = reverse("admin:fma_django_experiment_change", args=[experiment.pk])
+    form = {
+        "name": experiment.name,
+        "developer": experiment.developer_id,
+        "aggregator": experiment.aggregator,
+        "aggregator_params": "{}",
+        "update_kind": experiment.update_kind,
+        "allow_aggregation": "on",
+        "enrollments-TOTAL_FORMS": "0",
+        "enrollments-INITIAL_FORMS": "0",
+    }
+    refused = admin_client.post(url, {**form, "client_sampling": json.dumps({"fraction": 0})})
+    assert refused.status_code == 200  # the form again, with the error
+    assert "&#x27;fraction&#x27; must be in (0, 1]" in refused.content.decode()
+    assert Experiment.objects.get(pk=experiment.pk).client_sampling is None
+
+    saved = admin_client.post(url, {**form, "client_sampling": json.dumps({"clients": 3})})
+    assert saved.status_code == 302
+    config = Experiment.objects.get(pk=experiment.pk).client_sampling
+    assert config == {"clients": 3, "seed": config["seed"], "mode": "uniform"}
+    assert isinstance(config["seed"], int)

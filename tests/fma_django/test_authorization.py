@@ -164,6 +164,7 @@ RULES = {
     ("get", "/api/v1/models/{id}/get_current_artifact/"): Rule(MEMBER, None, "member", 200),
     ("get", "/api/v1/models/{id}/latest_weights/"): Rule(MEMBER, None, "member", 200),
     ("post", "/api/v1/models/{id}/upload_update/"): Rule(CLIENT, b"", "member", 201),
+    ("get", "/api/v1/models/{id}/participation/"): Rule(CLIENT, None, "member", 200),
     ("post", "/api/v1/models/{experiment_pk}/uploads/"): Rule(
         CLIENT, {"size": 100, "sha256": "a" * 64}, "member", 201
     ),

@@ -63,3 +63,34 @@ def test_web_client_is_refused_when_legacy_mode_is_off(transactional_db, weights
     with pytest.raises(APIException) as refused:
         WebClient(experiment.pk, url=server_url).register()
     assert "status_code=403" in str(refused.value)
+
+
+def test_a_client_the_round_did_not_select_gets_a_409_that_says_when_to_come_back(
+    transactional_db, weights_dir, developer, server_url, settings
+):
+    """fma-connect knows nothing of sampling: its push gets the v1 error body (``detail``) and status,
+    never a silent 201 that would not count."""
+    from fma_django import services
+
+    settings.FMA_SAMPLING_RETRY_SECONDS = 30
+    experiment = services.experiment_create(
+        developer=developer,
+        name="sampled",
+        legacy_mode=True,
+        initial_model=INITIAL,
+        client_sampling={"clients": 1, "seed": 8},
+    )
+    clients = [WebClient(experiment.pk, url=server_url) for _ in range(2)]
+    for client in clients:
+        client.register()
+    refusals = []
+    for client in clients:
+        try:
+            client.send_update([[[1.0, 1.0], [1.0, 1.0]], [1.0, 1.0]])
+        except APIException as error:
+            refusals.append(str(error))
+    assert len(refusals) == 1  # one client selected, one told to come back
+    assert "status_code=409" in refusals[0]
+    assert "not among the clients selected for round 1" in refusals[0]
+    assert "Come back in 30 s" in refusals[0]
+    assert ModelUpdate.objects.count() == 1

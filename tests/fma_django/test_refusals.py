@@ -31,6 +31,7 @@ STATUS = {
     errors.NotFound: 404,
     errors.Conflict: 409,
     errors.DuplicateName: 409,
+    errors.NotSelected: 409,
     errors.Gone: 410,
     errors.LengthRequired: 411,
     errors.TooLarge: 413,
@@ -51,6 +52,16 @@ def test_every_domain_error_answers_its_4xx_with_its_code(kind: type[DomainError
         STATUS[kind],
         {"detail": "what to fix", "code": kind.code},
     )
+
+
+def test_a_client_not_selected_is_told_when_to_ask_again_in_retry_after():
+    response = answer(errors.NotSelected("not this round", retry_after=30))
+    assert (response.status_code, response.data["code"], response["Retry-After"]) == (
+        409,
+        "not_selected",
+        "30",
+    )
+    assert "Retry-After" not in answer(errors.Conflict("taken"))
 
 
 def test_a_code_given_when_raised_replaces_the_types_and_keeps_its_status():

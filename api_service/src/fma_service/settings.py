@@ -308,6 +308,9 @@ FMA_READ_TIMEOUT = float(os.environ.get("FMA_READ_TIMEOUT", "60"))
 # part but the last), and how long a session may stay open before the sweep aborts it.
 FMA_UPLOAD_PART_BYTES = int(os.environ.get("FMA_UPLOAD_PART_BYTES", str(64 * 1024**2)))
 FMA_UPLOAD_TIMEOUT_SECONDS = int(os.environ.get("FMA_UPLOAD_TIMEOUT_SECONDS", "86400"))
+# Experiments that sample clients per round (fma_django.sampling): the longest a client not selected
+# is told to wait (Retry-After) before asking again; a round's deadline, when sooner, is said instead.
+FMA_SAMPLING_RETRY_SECONDS = int(os.environ.get("FMA_SAMPLING_RETRY_SECONDS", "60"))
 # Uploads larger than this are checked (joined, hashed, validated) by the aggregator runner after
 # their complete request answers 202, not inside it: behind API Gateway a request has 29 s.
 # Unset: every upload is checked within its complete request.

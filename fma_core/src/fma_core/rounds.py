@@ -616,12 +616,15 @@ class RoundEngine:
 
     @staticmethod
     def _report(plan: RoundPlan, inputs: list[UpdateInput], aggregator_report: Any) -> dict[str, Any]:
-        """The round's report, by section: the aggregator's own, and the norm screening's."""
+        """The round's report, by section: the aggregator's own, the norm screening's, and the clients the
+        round selected."""
         report: dict[str, Any] = {}
         if aggregator_report:
             report["aggregator"] = dict(aggregator_report)
         if plan.norms is not None:
             report[REPORT_SECTION] = Screening.from_json(plan.norms).report(i.update_id for i in inputs)
+        if plan.claim.selection is not None:
+            report["sampling"] = dict(plan.claim.selection)
         return report
 
     def _aggregator(self, claim: RoundClaim) -> Aggregator:

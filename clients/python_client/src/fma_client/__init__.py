@@ -1,12 +1,12 @@
 """fma-client: take part in a federated experiment, or run one, from Python or the ``fma`` command.
 
-Data holders use ``Client`` (pull, push, wait_for_new_model, report_scores); developers use
+Data holders use ``Client`` (pull, push, wait_for_new_model, report_scores, participation); developers use
 ``Developer``; scripts written for the original fma-connect use ``WebClient`` unchanged.
 """
 
 __version__ = "0.2.0"
 
-from fma_client.client import Client, Model
+from fma_client.client import Client, Model, Participation
 from fma_client.compat import WebClient
 from fma_client.developer import Developer
 from fma_client.errors import (
@@ -16,6 +16,7 @@ from fma_client.errors import (
     FmaClientError,
     LockedOut,
     NotFound,
+    NotSelected,
     PermissionDenied,
     ServerUnavailable,
     TokenExpired,
@@ -58,6 +59,8 @@ __all__ = [
     "MetricSummary",
     "Model",
     "NotFound",
+    "NotSelected",
+    "Participation",
     "PermissionDenied",
     "Result",
     "Retry",

@@ -175,6 +175,12 @@ def cmd_aggregates(args: argparse.Namespace) -> None:
     emit(args, rows, lambda: table(rows, AGGREGATE_COLUMNS) if rows else "No rounds completed yet.")
 
 
+def cmd_aggregate(args: argparse.Namespace) -> None:
+    with developer(args) as dev:
+        item = dev.aggregate(args.aggregate)
+    emit(args, item, lambda: details(item))
+
+
 def metric_rows(items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """``Developer.metrics`` as one row per round, source and metric, in round order (6 significant digits)."""
     return [
@@ -354,7 +360,8 @@ def parser() -> argparse.ArgumentParser:
     create = command(
         "create",
         "Create an experiment from a YAML or JSON file: name, aggregator and aggregator_params, "
-        "round_policy, tensor_spec or initial_model (a .safetensors path), update_norm, enrollment "
+        "round_policy, client_sampling, tensor_spec or initial_model (a .safetensors path), update_norm, "
+        "enrollment "
         "(token|open|legacy).",
         cmd_experiments_create,
         each,
@@ -369,6 +376,13 @@ def parser() -> argparse.ArgumentParser:
         "aggregates", "List an experiment's aggregates (one per completed round).", cmd_aggregates
     )
     rounds.add_argument("experiment", type=int, help="experiment id")
+    one_round = command(
+        "aggregate",
+        "Show one aggregate: its updates and their shares, and the round's report (e.g. the clients a "
+        "sampled round selected and the seed they were drawn from).",
+        cmd_aggregate,
+    )
+    one_round.add_argument("aggregate", type=int, help="aggregate id (from aggregates)")
 
     metrics = command(
         "metrics",

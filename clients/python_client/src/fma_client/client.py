@@ -19,11 +19,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from fma_client.errors import FmaClientError, NotFound, ValidationError, WaitTimeout
+from fma_client.errors import FmaClientError, NotFound, NotSelected, ValidationError, WaitTimeout
 from fma_client.results import Aggregate, Artifact, Score, Update
 from fma_client.transport import Retry, Transport
 from fma_client.uploads import CHECK_TIMEOUT, THREADS, FileSource, Source, Upload, WeightsSource
 from fma_client.weights import SafetensorsBody, Weights, as_weights, read_file
+
+ASK_AGAIN_SECONDS = 5.0  # when a refusal as not selected came without Retry-After (a proxy dropped it)
 
 
 class Model(NamedTuple):
@@ -33,13 +35,24 @@ class Model(NamedTuple):
     aggregate: int | None
 
 
+class Participation(NamedTuple):
+    """Whether this client takes part in the experiment's current round; if not, the seconds to wait
+    before asking again (an experiment that samples clients per round)."""
+
+    selected: bool
+    round: int
+    retry_after: float | None
+
+
 class Client:
     """An enrolled data holder in one experiment, authenticated by its credential (``token``).
 
     ``token`` is the credential ``Client.enroll`` returned (``"<uuid>.<secret>"``); keep it secret.
     Transport options: ``timeout`` (seconds, or a (connect, read) pair), ``retry``
     (``fma_client.Retry``), ``verify`` (True, or a CA bundle path), ``quiet`` (no progress bars),
-    ``threads`` (parts of an upload sent at once).
+    ``threads`` (parts of an upload sent at once). ``selection_wait``: the longest ``pull()`` and
+    ``push()`` wait, in seconds, for a round that selects this client when the experiment samples
+    clients per round (None: no limit; 0: not at all), before raising ``NotSelected``.
     """
 
     def __init__(
@@ -53,10 +66,12 @@ class Client:
         verify: bool | str = True,
         quiet: bool = False,
         threads: int = THREADS,
+        selection_wait: float | None = 3600.0,
     ) -> None:
         self.experiment = int(experiment)
         self.token = token
         self.threads = threads
+        self.selection_wait = selection_wait
         self._transport = Transport(
             url,
             authorization=f"Client {token}",
@@ -84,7 +99,7 @@ class Client:
         The returned client's ``token`` is its credential: it is shown only this once, so save it
         (e.g. in a secrets store) and pass it to ``Client(...)`` next time.
         """
-        threads = options.pop("threads", THREADS)
+        own = {name: options.pop(name) for name in ("threads", "selection_wait") if name in options}
         transport = Transport(url, **options)
         try:
             body = {"enrollment_token": enrollment_token} if enrollment_token else {}
@@ -99,7 +114,7 @@ class Client:
                 "the server enrolled this client without a credential (a legacy-mode experiment); "
                 "use fma_client.WebClient for legacy experiments"
             )
-        return cls(url, experiment, token=enrolled["credential"], threads=threads, **options)
+        return cls(url, experiment, token=enrolled["credential"], **own, **options)
 
     @property
     def uuid(self) -> str:
@@ -126,8 +141,52 @@ class Client:
         """Metadata of the newest aggregate; before the first round an empty one (falsy, ``== {}``)."""
         return Aggregate(self._transport.json("GET", self._path("get_latest_aggregate")))
 
-    def pull(self) -> Model:
-        """The current global model: the newest aggregate's weights, else the initial model."""
+    def participation(self) -> Participation:
+        """Whether the current round takes this client (always, unless the experiment samples clients)."""
+        answer = self._transport.json("GET", self._path("participation"))
+        return Participation(bool(answer["selected"]), int(answer["round"]), answer["retry_after"])
+
+    def wait_until_selected(self) -> Participation:
+        """Ask until a round selects this client, waiting as long as the server says between asks;
+        ``NotSelected`` once ``selection_wait`` seconds have passed."""
+        deadline = self._selection_deadline()
+        while True:
+            answer = self.participation()
+            if answer.selected:
+                return answer
+            self._wait_turn(
+                deadline,
+                answer.retry_after,
+                f"round {answer.round} of experiment {self.experiment} did not select client {self.uuid}",
+            )
+
+    def _selection_deadline(self) -> float | None:
+        return None if self.selection_wait is None else time.monotonic() + self.selection_wait
+
+    def _wait_turn(self, deadline: float | None, retry_after: float | None, why: str) -> None:
+        """Sleep until the server's ``retry_after`` (or the deadline, if sooner); NotSelected past the deadline."""
+        pause = retry_after if retry_after is not None else ASK_AGAIN_SECONDS
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                given_up = NotSelected(
+                    f"{why}; no round selected it within selection_wait={self.selection_wait:g} s "
+                    f"(the server says to ask again in {pause:g} s)",
+                    code="not_selected",
+                )
+                given_up.retry_after = retry_after
+                raise given_up
+            pause = min(pause, left)
+        time.sleep(pause)
+
+    def pull(self, *, for_training: bool = True) -> Model:
+        """The current global model: the newest aggregate's weights, else the initial model.
+
+        ``for_training``: first wait for a round that selects this client (``wait_until_selected``),
+        so that the update trained from it will be taken; False fetches the model at once (to evaluate it).
+        """
+        if for_training:
+            self.wait_until_selected()
         aggregate = self.latest()
         if aggregate:
             return self._download(aggregate["result"], aggregate["id"], aggregate.get("update_kind"))
@@ -178,6 +237,10 @@ class Client:
         the refusal as ``ValidationError``. After ``check_timeout`` seconds (default an hour)
         ``CheckTimeout`` names the upload, which may still be accepted; push again with the same
         idempotency key to wait for it again.
+
+        When the experiment samples clients and the current round did not select this client, the
+        server refuses the push before any byte is sent; the push waits as the server says and tries
+        again, for up to ``selection_wait`` seconds, then raises ``NotSelected``.
         """
         body = SafetensorsBody(self._as_update(as_weights(weights, names=self._names), base_aggregate))
         try:
@@ -251,9 +314,16 @@ class Client:
             "update_kind": self._update_kind or "weights",
         }
         upload = Upload(self._transport, self._path("uploads"), threads=self.threads)
-        return Update(
-            upload.run(source, metadata, idempotency_key=idempotency_key, check_timeout=check_timeout)
-        )
+        deadline = self._selection_deadline()
+        while True:
+            try:
+                return Update(
+                    upload.run(source, metadata, idempotency_key=idempotency_key, check_timeout=check_timeout)
+                )
+            except NotSelected as error:
+                # Without a key of the caller's, each attempt has its own: an upload refused when it was
+                # accepted (the round moved on while it was sent) keeps its key, rejected.
+                self._wait_turn(deadline, error.retry_after, error.detail.partition(";")[0])
 
     def wait_for_new_model(
         self, after: int | None = None, timeout: float | None = None, *, poll_interval: float = 5.0

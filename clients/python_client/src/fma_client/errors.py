@@ -78,6 +78,16 @@ class ConflictError(FmaClientError):
     """409: the request contradicts the server's state (e.g. an idempotency key reused elsewhere)."""
 
 
+class NotSelected(ConflictError):
+    """409 with code ``not_selected``: the experiment takes a sample of its clients each round, and the
+    current round did not take this one. ``retry_after``: the seconds the server said to wait before
+    asking again. ``Client.pull`` and ``push`` wait and ask again by themselves, and raise this once
+    their ``selection_wait`` is used up."""
+
+    hint = "wait for a round that selects this client (Client(..., selection_wait=...) waits longer)"
+    retry_after: float | None = None
+
+
 class ServerUnavailable(FmaClientError):
     """The server could not be reached, or kept failing (429/5xx), after every retry."""
 
@@ -110,7 +120,11 @@ _BY_STATUS: dict[int, type[FmaClientError]] = {
 }
 
 
-_BY_CODE: dict[str, type[FmaClientError]] = {"token_expired": TokenExpired, "locked_out": LockedOut}
+_BY_CODE: dict[str, type[FmaClientError]] = {
+    "token_expired": TokenExpired,
+    "locked_out": LockedOut,
+    "not_selected": NotSelected,
+}
 
 
 def describe_body(response: requests.Response) -> tuple[str, str | None]:
@@ -151,4 +165,16 @@ def error_from_response(response: requests.Response, *, attempts: int = 1) -> Fm
             response=response,
         )
     kind = _BY_CODE.get(code or "") or _BY_STATUS.get(status, FmaClientError)
-    return kind(detail, status_code=status, code=code, response=response)
+    error = kind(detail, status_code=status, code=code, response=response)
+    if isinstance(error, NotSelected):
+        error.retry_after = retry_after(response)
+    return error
+
+
+def retry_after(response: requests.Response) -> float | None:
+    """The Retry-After header's seconds (the service sends a number of seconds), None if absent or not one."""
+    try:
+        seconds = float(response.headers.get("Retry-After", ""))
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None

@@ -9,6 +9,7 @@ from django.http import HttpRequest
 
 from fma_core.errors import ConfigurationError
 from fma_core.norms import NormPolicy
+from fma_core.sampling import sampling_from_config
 from fma_django import json_schemas, services
 from fma_django.errors import DomainError, ValidationFailed
 from fma_django.models import (
@@ -23,6 +24,7 @@ from fma_django.models import (
     ModelArtifact,
     ModelUpdate,
     RoundLease,
+    RoundSelection,
     UpdateStatus,
     UploadSession,
 )
@@ -37,8 +39,9 @@ class EnrollmentInline(admin.TabularInline):
 
 
 class ExperimentForm(forms.ModelForm):
-    """The admin's experiment form refuses the schemas and norm bounds the API refuses (see
-    ``fma_django.json_schemas``, ``fma_core.norms``)."""
+    """The admin's experiment form refuses the schemas, norm bounds and client sampling the API refuses
+    (see ``fma_django.json_schemas``, ``fma_core.norms``, ``fma_core.sampling``), and keeps a sampling's
+    seed as the API does."""
 
     def clean(self) -> dict:
         cleaned = super().clean()
@@ -46,6 +49,12 @@ class ExperimentForm(forms.ModelForm):
             NormPolicy.from_config(cleaned.get("update_norm"))
         except ConfigurationError as error:
             self.add_error("update_norm", str(error))
+        try:
+            sampling = sampling_from_config(cleaned.get("client_sampling"))
+        except ConfigurationError as error:
+            self.add_error("client_sampling", str(error))
+        else:
+            cleaned["client_sampling"] = sampling.to_config() if sampling is not None else None
         for field in json_schemas.SCHEMA_FIELDS:
             if cleaned.get(field) is not None:
                 try:
@@ -270,6 +279,18 @@ class DeveloperTokenAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # a token is shown once, so it is made by /api-token-auth/, never typed in
+
+
+@admin.register(RoundSelection)
+class RoundSelectionAdmin(admin.ModelAdmin):
+    """Each sampled round's draw, as recorded: read only, since rounds count on it."""
+
+    list_display = ["experiment", "round_number", "mode", "seed", "enrolled", "created_on"]
+    list_filter = ["experiment", "mode"]
+    readonly_fields = [f.name for f in RoundSelection._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
 
 
 @admin.register(RoundLease)

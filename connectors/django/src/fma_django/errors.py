@@ -54,6 +54,17 @@ class DuplicateName(Conflict):
     code = "duplicate_name"
 
 
+class NotSelected(Conflict):
+    """The experiment samples clients per round and this one is not in the current round's draw:
+    nothing is stored; ``retry_after`` (seconds) says when to ask again (the Retry-After header)."""
+
+    code = "not_selected"
+
+    def __init__(self, detail: str, *, retry_after: int | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
 class Gone(DomainError):
     code = "gone"
 

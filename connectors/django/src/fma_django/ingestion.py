@@ -35,7 +35,7 @@ from fma_core.connectors import StoredObject, UploadedPart
 from fma_core.errors import InvalidWeights, ObjectNotFound
 from fma_core.weights import from_legacy_json, to_bytes, validate
 from fma_core.weights.scan import Scanned, scan
-from fma_django import json_schemas
+from fma_django import json_schemas, sampling
 from fma_django.errors import (
     Conflict,
     DomainError,
@@ -79,11 +79,13 @@ def update_check_metadata(
 ) -> tuple[int, ModelAggregate | None, int]:
     """Check an update's metadata and size before any byte is stored: ``(base_round, base, limit)``.
 
-    ``limit`` is the largest update the experiment takes; a refusal is recorded as a rejection.
+    ``limit`` is the largest update the experiment takes; a refusal is recorded as a rejection. A
+    client the current round did not select is refused first (``sampling``), before it sends a byte.
     ``update_kind`` is what the client says it sends: weights read as a delta (or the reverse)
     would aggregate into garbage, so a client that has not learnt the experiment's kind is told.
     """
     try:
+        sampling.participation_require(experiment, client)
         if update_kind != experiment.update_kind:
             raise ValidationFailed(
                 f"experiment {experiment.pk} takes updates as {experiment.update_kind!r}, not "
@@ -164,13 +166,18 @@ def update_accept(
 
     Both forms end here, so the same rules decide: a twin (same client, base and content) or a
     concurrent retry returns the first update and drops these bytes; otherwise the update is
-    created and the round announced once the transaction commits. The caller checked the
-    metadata and the bytes.
+    created and the round announced once the transaction commits, if the client takes part in the
+    current round (``sampling``: checked again here, since the round may have moved on since the
+    upload began). The caller checked the metadata and the bytes.
     """
     twin = Q(experiment=experiment, client=client, base_round=base_round, content_id=stored.sha256)
     with removed_on_failure(stored.key):
         first = ModelUpdate.objects.filter(twin).first()
         if first is None:
+            try:  # the round may have moved on since the metadata was checked (a long upload)
+                sampling.participation_require(experiment, client)
+            except DomainError as error:
+                raise _rejected(error, experiment, client) from None
             try:
                 with transaction.atomic():
                     update = ModelUpdate.objects.create(

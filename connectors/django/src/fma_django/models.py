@@ -67,6 +67,13 @@ class Experiment(models.Model):
         help_text="a bound on each update's change from its base: {'mode': 'refuse' or 'clip', 'bound': 5.0} "
         "or 'adaptive': {'multiplier': 3, 'window': 5} instead of 'bound' (fma_core.norms)",
     )
+    client_sampling = models.JSONField(
+        null=True,
+        blank=True,
+        help_text='clients per round: {"clients": 10} or {"fraction": 0.1, "min_clients": 2}, with "seed" '
+        '(made if absent) and "mode" ("uniform", or "longest_waiting", not usable with differential '
+        "privacy); empty: every enrolled client every round",
+    )
     current_artifact = models.OneToOneField(
         "ModelArtifact", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -365,6 +372,42 @@ class ClientAggregateScore(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["aggregate", "client"], name="fma_one_score_per_client")
         ]
+
+
+class RoundSelection(models.Model):
+    """The clients drawn for one round of an experiment that samples clients (``fma_core.sampling``).
+
+    Drawn once, at the round's first need (a client asking, a push, a claim), from the seed and
+    the clients then enrolled, and never drawn again: clients enrolling or revoked meanwhile do not
+    change it. One row per experiment and round, so two requests drawing at once agree on the first.
+    """
+
+    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="round_selections")
+    round_number = models.PositiveIntegerField()
+    seed = models.PositiveBigIntegerField()
+    mode = models.CharField(max_length=32)
+    clients = models.JSONField(default=list, help_text="the selected clients' ids, sorted")
+    enrolled = models.PositiveIntegerField(help_text="how many clients were enrolled when it was drawn")
+    created_on = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-round_number", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["experiment", "round_number"], name="fma_one_selection_per_round")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.experiment_id} round {self.round_number}: {len(self.clients)} clients"
+
+    def to_report(self) -> dict:
+        """The round report's "sampling" section: enough to recompute the draw (``fma_core.sampling.draw``)."""
+        return {
+            "seed": self.seed,
+            "mode": self.mode,
+            "round": self.round_number,
+            "enrolled": self.enrolled,
+            "selected": list(self.clients),
+        }
 
 
 class RoundLease(models.Model):

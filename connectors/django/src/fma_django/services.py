@@ -27,6 +27,7 @@ from fma_core.aggregators import create_aggregator
 from fma_core.errors import ConfigurationError, InvalidWeights
 from fma_core.norms import NormPolicy
 from fma_core.policies import policy_from_config
+from fma_core.sampling import sampling_from_config
 from fma_core.weights import TensorSpec, Weights, from_legacy_json, to_bytes, validate
 from fma_django import credentials, json_schemas
 from fma_django.errors import (
@@ -74,6 +75,7 @@ CONFIG_FIELDS = (
     "max_update_bytes",
     "update_kind",
     "update_norm",
+    "client_sampling",
 )
 
 
@@ -109,7 +111,8 @@ def experiment_spec(experiment: Experiment) -> TensorSpec | None:
 def _check_config(experiment: Experiment, *, has_model: bool) -> None:
     """Refuse a configuration the round engine could not run, naming the field at fault, and put the
     tensor spec in its stored form; ``has_model``: the experiment has a global model for its next
-    round (an initial model, or an aggregate)."""
+    round (an initial model, or an aggregate). A ``client_sampling`` without a seed is given one here,
+    before it is saved."""
     try:
         aggregator = create_aggregator(experiment.aggregator, experiment.aggregator_params or {})
     except ConfigurationError as error:
@@ -134,6 +137,12 @@ def _check_config(experiment: Experiment, *, has_model: bool) -> None:
         policy_from_config(effective_round_policy(experiment))
     except ConfigurationError as error:
         raise ValidationFailed(f"round policy: {error}", code="invalid_round_policy") from None
+    try:
+        sampling = sampling_from_config(experiment.client_sampling)
+    except ConfigurationError as error:
+        raise ValidationFailed(str(error), code="invalid_client_sampling") from None
+    if sampling is not None:  # stored with its seed (made now if absent), so every round draws from it
+        experiment.client_sampling = sampling.to_config()
     if experiment.tensor_spec is not None:
         try:
             # stored as the spec reads it: numpy's dtype names (float32) become codes (F32)

@@ -6,7 +6,9 @@ execute atomically: of two workers, one updates the row and the other updates no
 PostgreSQL the claim first locks the row with ``SKIP LOCKED``, so a second worker returns at
 once instead of queueing behind the first. ``commit_round`` re-checks the token under a row
 lock and marks exactly the drafted updates consumed, in the transaction that creates the
-aggregate; the unique (experiment, round number) constraint is the last guard.
+aggregate; the unique (experiment, round number) constraint is the last guard. An experiment that
+samples clients has its round's draw made (or read) by the claim, which counts only the selected
+clients and carries the draw into the round's report (``fma_django.sampling``).
 """
 
 from __future__ import annotations
@@ -30,14 +32,14 @@ from fma_core.connectors import (
     UpdateRecord,
 )
 from fma_core.errors import LeaseLost
-from fma_django import selectors
+from fma_django import sampling, selectors
 from fma_django.models import (
-    Enrollment,
     EventKind,
     Experiment,
     ModelAggregate,
     ModelUpdate,
     RoundLease,
+    RoundSelection,
     UpdateKind,
     UpdateStatus,
 )
@@ -64,16 +66,13 @@ class DjangoMetadataStore(MetadataStore):
         self._clock = clock
 
     def experiment(self, experiment_id: str) -> ExperimentConfig:
-        try:
-            return experiment_config(Experiment.objects.get(pk=int(experiment_id)))
-        except (Experiment.DoesNotExist, ValueError):
-            raise LookupError(f"no experiment {experiment_id!r}") from None
+        return experiment_config(self._row(experiment_id))
 
     def pending_updates(self, experiment_id: str) -> list[UpdateRecord]:
         return self._pending(int(experiment_id))
 
     def enrolled_clients(self, experiment_id: str) -> frozenset[str]:
-        return self._enrolled(int(experiment_id))
+        return self._counted(self._row(experiment_id), None)[0]
 
     def experiments_to_sweep(self, *, now: float) -> list[str]:
         live = RoundLease.objects.exclude(token="").filter(expires_at__gt=now).values("experiment_id")
@@ -86,10 +85,7 @@ class DjangoMetadataStore(MetadataStore):
         return [str(pk) for pk in sorted(set(waiting))]
 
     def claim_round(self, experiment_id: str, *, worker: str, lease_seconds: float) -> RoundClaim | None:
-        try:
-            experiment = Experiment.objects.get(pk=int(experiment_id))
-        except (Experiment.DoesNotExist, ValueError):
-            raise LookupError(f"no experiment {experiment_id!r}") from None
+        experiment = self._row(experiment_id)
         if not experiment.allow_aggregation:
             return None
         RoundLease.objects.get_or_create(experiment=experiment)
@@ -120,7 +116,7 @@ class DjangoMetadataStore(MetadataStore):
             if not pending:
                 RoundLease.objects.filter(pk=experiment.pk, token=token).update(token="", worker="")
                 return None
-            enrolled = self._enrolled(experiment.pk)
+            enrolled, selection = self._counted(experiment, round_number)
         return RoundClaim(
             experiment=experiment_config(experiment),
             token=token,
@@ -135,6 +131,7 @@ class DjangoMetadataStore(MetadataStore):
             # before round 1 the global model is the initial one, if any, and no round has left a state
             parent_weights_key=parent.weights_key if parent else selectors.initial_weights_key(experiment.pk),
             parent_state_key=parent.state_key if parent else None,
+            selection=selection.to_report() if selection is not None else None,
         )
 
     def recent_reports(self, experiment_id: str, *, rounds: int) -> list[Mapping[str, Any]]:
@@ -245,6 +242,13 @@ class DjangoMetadataStore(MetadataStore):
         )
 
     @staticmethod
+    def _row(experiment_id: str) -> Experiment:
+        try:
+            return Experiment.objects.get(pk=int(experiment_id))
+        except (Experiment.DoesNotExist, ValueError):
+            raise LookupError(f"no experiment {experiment_id!r}") from None
+
+    @staticmethod
     def _pk(claim: RoundClaim) -> int:
         return int(claim.experiment.experiment_id)
 
@@ -260,13 +264,13 @@ class DjangoMetadataStore(MetadataStore):
         )
 
     @staticmethod
-    def _enrolled(experiment_pk: int) -> frozenset[str]:
-        return frozenset(
-            str(u)
-            for u in Enrollment.objects.filter(
-                experiment_id=experiment_pk, revoked_at__isnull=True, client__revoked_at__isnull=True
-            ).values_list("client__uuid", flat=True)
-        )
+    def _counted(
+        experiment: Experiment, round_number: int | None
+    ) -> tuple[frozenset[str], RoundSelection | None]:
+        """The clients round ``round_number``'s policy counts (None: the current round's), and its draw
+        when the experiment samples clients (drawn now if nothing asked before: this is its first need)."""
+        selection = sampling.round_selection(experiment, round_number)
+        return sampling.counted_clients(experiment, selection), selection
 
     @staticmethod
     def _pending(experiment_pk: int) -> list[UpdateRecord]:

@@ -76,6 +76,10 @@ class RoundClaim:
     # and the server state the parent's round left, which a stateful algorithm continues from
     parent_weights_key: str | None = None
     parent_state_key: str | None = None
+    # an experiment that samples clients (``fma_core.sampling``): the round's draw as plain JSON (seed, mode,
+    # the selected clients), which the engine keeps in the round's report; ``enrolled_clients`` then holds
+    # the selected clients still enrolled, the ones the round policy counts
+    selection: Mapping[str, Any] | None = None
 
     def state(self, now: float) -> RoundState:
         return RoundState(
@@ -101,7 +105,8 @@ class AggregateDraft:
     state_key: str | None = None  # the algorithm's server state after this round (``fma_core.state``)
     state_content_id: str | None = None  # its SHA-256
     # what the round decided that the weights do not show, by section (plain JSON): "aggregator" is the
-    # algorithm's own (``Aggregator.report``: a selection, each update's score)
+    # algorithm's own (``Aggregator.report``: a selection, each update's score); "sampling" the clients the
+    # round selected and the seed they were drawn from (``RoundClaim.selection``)
     report: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -130,7 +135,8 @@ class MetadataStore(ABC):
 
     @abstractmethod
     def enrolled_clients(self, experiment_id: str) -> frozenset[str]:
-        """The clients currently enrolled (not revoked), as round policies count them."""
+        """The clients the current round's policy counts: those enrolled (not revoked), or, when the
+        experiment samples clients, those of them selected for the round."""
 
     @abstractmethod
     def experiments_to_sweep(self, *, now: float) -> list[str]:

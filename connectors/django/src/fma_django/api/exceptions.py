@@ -69,7 +69,9 @@ def _refusal(exc: Exception, context: dict[str, Any]) -> Response | None:
             {"detail": detail, "code": "too_large"}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
         )
     if isinstance(exc, errors.DomainError):
-        return Response({"detail": exc.detail, "code": exc.code}, status=status_of(exc))
+        retry_after = getattr(exc, "retry_after", None)  # NotSelected: when to ask again
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+        return Response({"detail": exc.detail, "code": exc.code}, status=status_of(exc), headers=headers)
     if isinstance(exc, InvalidWeights):
         return Response({"detail": str(exc), "code": "invalid_weights"}, status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, ConfigurationError):

@@ -24,7 +24,9 @@ ERROR_DESCRIPTIONS = {
     401: "no credentials, or invalid ones",
     403: "the caller may not do this",
     404: "no such resource that the caller can access (or a page past the end)",
-    409: "the request conflicts with the resource's state",
+    409: "the request conflicts with the resource's state; code not_selected: the experiment samples "
+    "clients per round and this round did not select the caller, who may ask again after the Retry-After "
+    "header's seconds",
     410: "the resource's bytes were deleted",
     411: "Content-Length is required",
     413: "the body is too large",

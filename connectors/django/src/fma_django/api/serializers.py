@@ -131,6 +131,7 @@ class ExperimentSerializer(serializers.ModelSerializer):
             "max_update_bytes",
             "update_kind",
             "update_norm",
+            "client_sampling",
             "current_artifact",
             "clients",
             "created_on",
@@ -146,6 +147,16 @@ class ExperimentSerializer(serializers.ModelSerializer):
                 "client__uuid", flat=True
             )
         ]
+
+
+class ParticipationSerializer(serializers.Serializer):
+    """``models/{id}/participation/``: whether the calling client takes part in the current round."""
+
+    selected = serializers.BooleanField(help_text="false: the round's draw did not take this client")
+    round = serializers.IntegerField(help_text="the current round (the next aggregate's round number)")
+    retry_after = serializers.IntegerField(
+        allow_null=True, help_text="when not selected: seconds until asking again may change the answer"
+    )
 
 
 class RegisterClientSerializer(serializers.Serializer):

@@ -19,7 +19,7 @@ from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
 from fma_core.weights import load, to_legacy_json
-from fma_django import ingestion, selectors, services
+from fma_django import ingestion, sampling, selectors, services
 from fma_django.api import serializers as s
 from fma_django.api.filters import (
     ClientAggregateScoreFilter,
@@ -137,7 +137,7 @@ class ExperimentViewSet(viewsets.ModelViewSet):
             return [AllowAny()]
         if self.action in self.client_actions:
             return [IsDeveloperOrClient()]
-        if self.action == "upload_update":
+        if self.action in {"upload_update", "participation"}:
             return [IsClient()]
         return [IsDeveloper()]
 
@@ -269,6 +269,22 @@ class ExperimentViewSet(viewsets.ModelViewSet):
         if aggregate is None:
             return Response({})
         return Response(s.ModelAggregateSerializer(aggregate, context=self.get_serializer_context()).data)
+
+    @extend_schema(
+        responses=s.ParticipationSerializer,
+        parameters=[
+            OpenApiParameter(
+                "Retry-After", int, OpenApiParameter.HEADER, response=[200], description="when not selected"
+            )
+        ],
+    )
+    @action(detail=True, methods=["get"])
+    def participation(self, request: Request, pk: str) -> Response:
+        """Whether this client takes part in the current round (always, unless the experiment samples
+        clients); if not, ``retry_after`` seconds, also in the Retry-After header. Ask before training."""
+        answer = sampling.participation(self.get_object(), request.user.client)
+        headers = {"Retry-After": str(answer.retry_after)} if answer.retry_after is not None else None
+        return Response(s.ParticipationSerializer(answer).data, headers=headers)
 
     @extend_schema(responses=s.AggregateMetricsSerializer(many=True))
     @action(detail=True, methods=["get"], pagination_class=None)
