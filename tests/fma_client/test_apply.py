@@ -78,6 +78,29 @@ def test_plan_changes_nothing_apply_creates_and_applying_again_is_a_no_op(fma, f
     assert Event.objects.count() == events
 
 
+def test_settings_the_service_completes_apply_once(fma, tmp_path):
+    """A sampling without a seed is given one, a norm bound its defaults: applying the same file again
+    is no change, and the seed the rounds draw from stays the first one."""
+    folder = tmp_path / "experiments"
+    folder.mkdir()
+    write_file({"w": np.zeros((2, 2), np.float32)}, folder / "model.safetensors")
+    declare(
+        folder,
+        "robust",
+        name="robust",
+        initial_model="model.safetensors",
+        client_sampling={"clients": 2},
+        update_norm={"mode": "clip", "adaptive": {}},
+    )
+    assert fma("apply", "-f", folder)[0] == 0
+    seed = Experiment.objects.get(name="robust").client_sampling["seed"]
+    status, plan = plan_json(fma, "-f", folder)
+    assert status == 0
+    assert plan["summary"] == {"create": 0, "change": 0, "pause": 0, "unchanged": 1, "refused": 0}
+    assert fma("apply", "-f", folder)[0] == 0
+    assert Experiment.objects.get(name="robust").client_sampling["seed"] == seed
+
+
 def test_plan_shows_each_changed_field_and_a_removed_line_resets_its_default(fma, folder):
     assert fma("apply", "-f", folder)[0] == 0
     declare(

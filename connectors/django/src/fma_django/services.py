@@ -284,6 +284,17 @@ def experiment_update(
             "tensor_spec cannot change once the experiment has a model or updates: they have the "
             "declared tensors; create a new experiment instead"
         )
+    sampling = changes.get("client_sampling")
+    stored = experiment.client_sampling
+    if (
+        isinstance(sampling, dict)
+        and "seed" not in sampling
+        and isinstance(stored, dict)
+        and "seed" in stored
+    ):
+        # a sampling that names no seed keeps the experiment's: re-applying a file without one changes
+        # nothing (``fma apply``), and the draws stay the ones its recorded seed gives
+        changes["client_sampling"] = {**sampling, "seed": stored["seed"]}
     was_allowed = experiment.allow_aggregation
     for name, value in changes.items():
         setattr(experiment, name, value)
