@@ -59,6 +59,7 @@ from fma_core.errors import (
     InvalidWeights,
     LeaseLost,
     ObjectNotFound,
+    TooFewUpdates,
     UpdateUnreadable,
 )
 from fma_core.leases import LeaseKeeper
@@ -201,6 +202,14 @@ class RoundEngine:
             )
         plan = RoundPlan(claim, (), TensorSpec(()), ())
         try:
+            fewest = self._aggregator(claim).min_updates()
+            if len(claim.updates) < fewest:
+                raise TooFewUpdates(
+                    f"aggregator {claim.experiment.aggregator!r} needs at least {fewest} updates a round; "
+                    f"{len(claim.updates)} pending",
+                    needed=fewest,
+                    available=len(claim.updates),
+                )
             self.metadata.round_started(claim)
             with self._lease_kept(claim):  # checking many updates' headers on a slow store takes a while
                 plan = self.plan_shards(claim)
@@ -213,6 +222,9 @@ class RoundEngine:
                     reason="every update was unusable",
                 )
             return self._start_uploads(plan) if len(plan.shards) > 1 else plan
+        except TooFewUpdates as error:  # more updates will come: wait for them rather than fail
+            self.metadata.release_round(claim)
+            return RoundOutcome("not_ready", experiment_id, quarantined=plan.quarantined, reason=str(error))
         except Exception as error:
             return self._failed(plan, error)
 
@@ -557,9 +569,10 @@ class RoundEngine:
         """The round's record, from its outputs as stored (size and hash): the aggregate, and the state."""
         outputs = plan.outputs(aggregator)
         inputs = canonical_order(self._inputs(plan))
-        shares = aggregator.input_weights(inputs)
+        context = self._context(plan, aggregator)
+        shares = aggregator.round_shares(inputs, context)
         report = _plain_json(
-            aggregator.report(inputs, self._context(plan, aggregator)),
+            aggregator.report(inputs, context),
             f"aggregator {aggregator.name!r}: report",
         )
         (size, digest), *state = stored

@@ -10,6 +10,7 @@ Weight bytes go to the configured WeightStore first and are removed again if the
 from __future__ import annotations
 
 import io
+import json
 import re
 import uuid
 from datetime import datetime, timedelta
@@ -109,9 +110,17 @@ def _check_config(experiment: Experiment, *, has_model: bool) -> None:
             code="invalid_aggregator",
         )
     try:
-        policy_from_config(effective_round_policy(experiment))
+        policy = policy_from_config(effective_round_policy(experiment))
     except ConfigurationError as error:
         raise ValidationFailed(f"round policy: {error}", code="invalid_round_policy") from None
+    fewest, needed = policy.fewest_updates(), aggregator.min_updates()
+    if fewest is not None and fewest < needed:
+        raise ValidationFailed(
+            f"round policy: it can close a round with {fewest} update(s), and aggregator {aggregator.name!r} "
+            f"with {json.dumps(aggregator.params.to_dict())} needs at least {needed}: wait for them, e.g. "
+            f'{{"policy": "require_x_updates", "x": {needed}}}',
+            code="invalid_round_policy",
+        )
     if experiment.tensor_spec is not None:
         try:
             TensorSpec.from_json(experiment.tensor_spec)
