@@ -14,9 +14,9 @@ scalars and one block of every update (the block shrinks as N grows so the N blo
 in cache), never N models. Per block, the values are taken in float64 relative to one update's
 (distances do not change) and the block's Gram matrix is one BLAS call; the distances come from the
 summed Gram matrix, ‖a − b‖² = ‖a‖² + ‖b‖² − 2a·b. Its rounding error scales with the centred
-values' size, so each block is centred on the update with the smallest sum of distances found so far
-(a medoid): a huge outlier never becomes the centre after the first block, and honest distances
-keep their precision.
+values' size, so the first block is centred on its coordinate-wise median and each later one on the
+update with the smallest sum of distances found so far (a medoid): a huge outlier is never the
+centre, and the distances between the others keep their precision.
 """
 
 from __future__ import annotations
@@ -43,11 +43,16 @@ def squared_distances(updates: Sequence[UpdateInput], spec: TensorSpec) -> np.nd
     step = block_elements(count)
     gram = np.zeros((count, count))
     stack = np.empty((count, step))
-    centre = 0
+    centre = None  # the first block is centred on its coordinate-wise median
     for _, values in blocks(updates, spec, block_elements=step):
         rows = stack[:, : len(values[0])]
-        for row, value in zip(rows, values, strict=True):
-            np.subtract(value, values[centre], out=row, dtype=np.float64)
+        if centre is None:
+            for row, value in zip(rows, values, strict=True):
+                row[...] = value
+            rows -= np.median(rows, axis=0)
+        else:
+            for row, value in zip(rows, values, strict=True):
+                np.subtract(value, values[centre], out=row, dtype=np.float64)
         gram += rows @ rows.T
         centre = int(np.argmin(_from_gram(gram).sum(axis=1)))
     return _from_gram(gram)
