@@ -282,9 +282,6 @@ class LinearAggregator(Aggregator):
     def input_weights(self, updates: Sequence[UpdateInput]) -> list[float]:
         return self.coefficients(canonical_order(updates)).tolist()
 
-    def round_shares(self, updates: Sequence[UpdateInput], context: RoundContext) -> list[float]:
-        return self.round_coefficients(canonical_order(updates), context).tolist()
-
     def _plan(self, updates: Sequence[UpdateInput], context: RoundContext) -> np.ndarray | float:
         """The coefficients, or their one value when all are equal: then sum and scale once, faster."""
         coefficients = np.asarray(self.round_coefficients(updates, context), dtype=np.float64)

@@ -25,6 +25,7 @@ from fma_core.aggregators.base import (
     LinearAggregator,
     RoundContext,
     UpdateInput,
+    canonical_order,
 )
 from fma_core.aggregators.distances import best, krum_scores, squared_distances
 from fma_core.errors import ConfigurationError, TooFewUpdates
@@ -68,6 +69,9 @@ class Krum(LinearAggregator):
 
     def input_weights(self, updates: Sequence[UpdateInput]) -> None:
         return None  # the shares are the round's selection: ``round_shares``
+
+    def round_shares(self, updates: Sequence[UpdateInput], context: RoundContext) -> list[float]:
+        return self.round_coefficients(canonical_order(updates), context).tolist()
 
     def round_coefficients(self, updates: Sequence[UpdateInput], context: RoundContext) -> np.ndarray:
         selected = set(context.prepared["selected"])
