@@ -40,7 +40,7 @@ def squared_distances(updates: Sequence[UpdateInput], spec: TensorSpec) -> np.nd
     """The N × N float64 matrix of squared Euclidean distances between the updates' weights (all tensors
     of ``spec``, flattened), in the given order; zero diagonal, symmetric."""
     count = len(updates)
-    step = block_elements(count)
+    step = min(block_elements(count), max((info.size for info in spec), default=1))
     gram = np.zeros((count, count))
     stack = np.empty((count, step))
     centre = None  # the first block is centred on its coordinate-wise median
@@ -54,7 +54,8 @@ def squared_distances(updates: Sequence[UpdateInput], spec: TensorSpec) -> np.nd
             for row, value in zip(rows, values, strict=True):
                 np.subtract(value, values[centre], out=row, dtype=np.float64)
         gram += rows @ rows.T
-        centre = int(np.argmin(_from_gram(gram).sum(axis=1)))
+        norms = np.diag(gram)  # Σⱼ dᵢⱼ = N·gᵢᵢ + Σⱼ gⱼⱼ − 2·Σⱼ gᵢⱼ: the medoid without the matrix
+        centre = int(np.argmin(count * norms - 2 * gram.sum(axis=1)))
     return _from_gram(gram)
 
 
