@@ -211,6 +211,7 @@ def peak_of(run: Callable[[], object]) -> int:
 def run_robust(counts: tuple[int, ...], params: int, repeat: int) -> dict[str, float | int]:
     """Krum and Bulyan (prepare pass included) and Flower's on the same updates: GB/s and peak memory."""
     from flwr.server.strategy import aggregate as flower_krum_bulyan
+
     figures: dict[str, float | int] = {"robust_params": params}
     for count in counts:
         updates, num_examples = make_updates(count, params, seed=5)
@@ -224,10 +225,10 @@ def run_robust(counts: tuple[int, ...], params: int, repeat: int) -> dict[str, f
         runs = {
             "krum": (robust_round("krum", f, inputs_in_memory(updates, num_examples), spec), total),
             "bulyan": (robust_round("bulyan", f, inputs_in_memory(updates, num_examples), spec), total),
-            "flower_krum": (lambda: flower_krum_bulyan.aggregate_krum(results, f, 0), total),
+            "flower_krum": (lambda r=results, f=f: flower_krum_bulyan.aggregate_krum(r, f, 0), total),
             "flower_bulyan": (
-                lambda: flower_krum_bulyan.aggregate_bulyan(
-                    list(sampled), f, flower_krum_bulyan.aggregate_krum, to_keep=0
+                lambda s=sampled, f=f: flower_krum_bulyan.aggregate_bulyan(
+                    list(s), f, flower_krum_bulyan.aggregate_krum, to_keep=0
                 ),
                 sampled_bytes,
             ),
@@ -247,7 +248,10 @@ def run_robust(counts: tuple[int, ...], params: int, repeat: int) -> dict[str, f
 
 
 def run(
-    count: int, params: int, repeat: int, robust: tuple[tuple[int, ...], int] = (ROBUST_UPDATES, ROBUST_PARAMS)
+    count: int,
+    params: int,
+    repeat: int,
+    robust: tuple[tuple[int, ...], int] = (ROBUST_UPDATES, ROBUST_PARAMS),
 ) -> dict[str, float | int]:
     updates, num_examples = make_updates(count, params)
     spec = TensorSpec.from_weights(updates[0])
@@ -394,7 +398,9 @@ def robust_table(result: dict[str, float | int]) -> list[str]:
             note = ""
             if not name.startswith("flower"):
                 note = f"{result[f'{name}_n{count}_ratio_vs_flower']:.1f}× Flower's"
-            elif name == "flower_bulyan" and result[f"flower_bulyan_n{count}_params"] < result["robust_params"]:
+            elif (
+                name == "flower_bulyan" and result[f"flower_bulyan_n{count}_params"] < result["robust_params"]
+            ):
                 note = f"on {result[f'flower_bulyan_n{count}_params']:,} of the parameters"
             lines.append(
                 f"{count:>4} {result[f'robust_n{count}_f']:>3}  {label:<14}  "
@@ -415,7 +421,9 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(map(str, ROBUST_UPDATES)),
         help="numbers of updates N for krum and bulyan, comma-separated (default 20,100; each at least 7)",
     )
-    parser.add_argument("--robust-params", type=int, help="parameters per update for krum and bulyan (default min(P, 1M))")
+    parser.add_argument(
+        "--robust-params", type=int, help="parameters per update for krum and bulyan (default min(P, 1M))"
+    )
     args = parser.parse_args(argv)
     count = args.updates or (20 if args.quick else 100)
     params = args.params or (2_000_000 if args.quick else 10_000_000)
@@ -425,7 +433,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         robust_counts = tuple(int(n) for n in args.robust_updates.split(","))
     except ValueError:
-        parser.error(f"--robust-updates must be whole numbers separated by commas, not {args.robust_updates!r}")
+        parser.error(
+            f"--robust-updates must be whole numbers separated by commas, not {args.robust_updates!r}"
+        )
     if min(robust_counts) < 7:
         parser.error("--robust-updates: bulyan with f = 1 needs at least 7 updates")
     robust_params = args.robust_params or min(params, ROBUST_PARAMS)

@@ -68,12 +68,31 @@ def test_json_output_has_every_key_with_sane_values():
 
 def test_table_output_names_every_baseline():
     result = subprocess.run(
-        [sys.executable, str(BENCHMARK), "--updates", "3", "--params", "1000", "--repeat", "1", "--robust-updates", "7"],
+        [
+            sys.executable,
+            str(BENCHMARK),
+            "--updates",
+            "3",
+            "--params",
+            "1000",
+            "--repeat",
+            "1",
+            "--robust-updates",
+            "7",
+        ],
         capture_output=True,
         text=True,
         check=True,
     )
-    labels = ("fma-core fedavg", "as deltas", "floor", "Flower", "original FMA", "peak extra memory", "robust rules")
+    labels = (
+        "fma-core fedavg",
+        "as deltas",
+        "floor",
+        "Flower",
+        "original FMA",
+        "peak extra memory",
+        "robust rules",
+    )
     for label in (*labels, *STATE_TENSORS, "krum", "Flower krum", "bulyan", "Flower bulyan"):
         assert label in result.stdout
 

@@ -287,6 +287,8 @@ def test_a_robust_rounds_selection_and_each_updates_score_are_in_the_lineage(
         score = f"{report['scores'][update_id]:.6g}"
         assert f"update {update_id} from" in page
         line = page[page.index(f"update {update_id} from") :].split("</li>")[0]
-        assert f"score {score}" in line and f"selected #{place}" in line
+        assert f"score {score}" in line
+        assert f"selected #{place}" in line
     far_line = page[page.index(f"update {far.pk} from") :].split("</li>")[0]
-    assert f"score {report['scores'][str(far.pk)]:.6g}" in far_line and "not selected" in far_line
+    assert f"score {report['scores'][str(far.pk)]:.6g}" in far_line
+    assert "not selected" in far_line

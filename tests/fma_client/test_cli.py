@@ -240,7 +240,9 @@ def test_a_server_optimizer_runs_from_the_cli_and_its_state_is_in_each_aggregate
     np.testing.assert_allclose(read_file(tmp_path / "latest.safetensors")["w"], np.full((2, 3), x), rtol=1e-5)
 
 
-def test_a_krum_experiment_from_the_cli_shows_its_selection_and_scores(fma, server, dev_token, run_round, tmp_path):
+def test_a_krum_experiment_from_the_cli_shows_its_selection_and_scores(
+    fma, server, dev_token, run_round, tmp_path
+):
     (tmp_path / "experiment.yaml").write_text(
         "name: cli-krum\naggregator: krum\naggregator_params: {f: 1, m: 2}\n"
         "round_policy: {policy: require_x_updates, x: 5}\nenrollment: open\n"
@@ -264,13 +266,15 @@ def test_a_krum_experiment_from_the_cli_shows_its_selection_and_scores(fma, serv
     assert status == 0
     report = json.loads(out)["report"]["aggregator"]
     far = str(pushed[30.0]["id"])
-    assert len(report["selected"]) == 2 and far not in report["selected"]
+    assert len(report["selected"]) == 2
+    assert far not in report["selected"]
     status, out, _ = fma(*login, "aggregate", aggregate)
     lines = out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("UPDATE"))
     assert lines[header].split() == ["UPDATE", "WEIGHT", "SCORE", "SELECTED"]
     rows = {line.split()[0]: line.split()[1:] for line in lines[header + 1 :]}
-    assert rows[far][0] == "0" and rows[far][2] == "no"
+    assert rows[far][0] == "0"
+    assert rows[far][2] == "no"
     assert sorted(r[2] for r in rows.values()) == ["1", "2", "no", "no", "no"]
     assert {u for u, r in rows.items() if r[0] == "0.5"} == set(report["selected"])
     assert float(rows[far][1]) == max(float(r[1]) for r in rows.values())

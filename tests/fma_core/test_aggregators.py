@@ -233,7 +233,9 @@ def test_int_parameters_are_accepted_for_floats():
 
 
 def test_unknown_aggregator_lists_the_available_ones():
-    with pytest.raises(UnknownAggregator, match=r"unknown aggregator 'geomed'; available: .*bulyan.*fedavg.*krum"):
+    with pytest.raises(
+        UnknownAggregator, match=r"unknown aggregator 'geomed'; available: .*bulyan.*fedavg.*krum"
+    ):
         create_aggregator("geomed")
 
 

@@ -30,7 +30,10 @@ def models(count: int, *, seed: int, outliers: int = 0) -> list[dict[str, np.nda
     for i in range(count):
         shift = 50.0 if i < outliers else 0.0
         found.append(
-            {k: (c + shift + 0.1 * rng.standard_normal(c.shape)).astype(np.float32) for k, c in centre.items()}
+            {
+                k: (c + shift + 0.1 * rng.standard_normal(c.shape)).astype(np.float32)
+                for k, c in centre.items()
+            }
         )
     return found
 
@@ -117,7 +120,8 @@ def test_distances_are_the_direct_float64_ones_even_beside_a_huge_outlier():
     got = squared_distances(inputs(weights), TensorSpec.from_weights(weights[0]))
     np.testing.assert_allclose(got[1:, 1:], want[1:, 1:], rtol=1e-9)  # the honest ones, to 1e-9
     np.testing.assert_allclose(got, want, rtol=1e-9)
-    assert (got == got.T).all() and (np.diag(got) == 0).all()
+    assert (got == got.T).all()
+    assert (np.diag(got) == 0).all()
 
 
 @pytest.mark.parametrize(("count", "f", "m"), [(7, 2, 1), (9, 2, 1), (9, 2, 4), (12, 3, 6), (5, 0, 5)])
@@ -128,7 +132,9 @@ def test_krum_and_multi_krum_match_the_paper(count, f, m):
     assert prepared["selected"] == [f"u{i}" for i in chosen]
     assert not {f"u{i}" for i in range(f)} & set(prepared["selected"])  # no outlier chosen
     np.testing.assert_allclose(
-        [prepared["scores"][f"u{i}"] for i in range(count)], paper_scores([flat(w) for w in weights], f), rtol=1e-9
+        [prepared["scores"][f"u{i}"] for i in range(count)],
+        paper_scores([flat(w) for w in weights], f),
+        rtol=1e-9,
     )
     assert_close(result, unflat(want))
     if m == 1:  # Krum returns the chosen update itself, bit for bit
@@ -165,7 +171,9 @@ def test_krum_matches_flower_whose_multi_krum_weighs_by_examples(count, f, m):
     float32 and it does not check N ≥ 2f + 3."""
     weights = models(count, seed=7 * count + m, outliers=f)
     examples = [int(n) for n in np.random.default_rng(count).integers(1, 1000, count)]
-    flower_krum = flower().aggregate_krum(flower_results(weights, examples), num_malicious=f, to_keep=0 if m == 1 else m)
+    flower_krum = flower().aggregate_krum(
+        flower_results(weights, examples), num_malicious=f, to_keep=0 if m == 1 else m
+    )
     ours, _ = run("krum", {"f": f, "m": m, "weighted": True}, inputs(weights, examples))
     assert_close(ours, dict(zip(SHAPES, flower_krum, strict=True)))
     if m > 1:  # unweighted (the paper's) differs from Flower's as soon as the examples differ
@@ -181,12 +189,16 @@ def test_bulyan_matches_flower(count, f):
     weights = models(count, seed=3 * count, outliers=f)
     examples = list(range(1, count + 1))
     functions = flower()
-    theirs = functions.aggregate_bulyan(flower_results(weights, examples), f, functions.aggregate_krum, to_keep=0)
+    theirs = functions.aggregate_bulyan(
+        flower_results(weights, examples), f, functions.aggregate_krum, to_keep=0
+    )
     ours, _ = run("bulyan", {"f": f}, inputs(weights, examples))
     assert_close(ours, dict(zip(SHAPES, theirs, strict=True)))
 
 
-@pytest.mark.parametrize(("name", "params"), [("krum", {"f": 1}), ("krum", {"f": 1, "m": 3}), ("bulyan", {"f": 1})])
+@pytest.mark.parametrize(
+    ("name", "params"), [("krum", {"f": 1}), ("krum", {"f": 1, "m": 3}), ("bulyan", {"f": 1})]
+)
 def test_ties_go_to_the_canonical_order_and_input_order_changes_no_bit(name, params):
     weights = models(8, seed=5)
     weights[5] = weights[2]  # identical updates tie on every score

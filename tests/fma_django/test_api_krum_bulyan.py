@@ -36,7 +36,9 @@ def body(aggregator: str, params: dict, policy: object = None) -> dict:
         ),
     ],
 )
-def test_a_round_policy_that_closes_rounds_below_the_limit_is_refused(dev_api, aggregator, params, policy, says):
+def test_a_round_policy_that_closes_rounds_below_the_limit_is_refused(
+    dev_api, aggregator, params, policy, says
+):
     response = dev_api.post("/api/v1/models/", body(aggregator, params, policy), format="json")
     assert response.status_code == 400, response.content
     assert response.json()["code"] == "invalid_round_policy"
@@ -78,7 +80,9 @@ def test_raising_f_past_what_the_policy_waits_for_is_refused(dev_api):
     created = dev_api.post(
         "/api/v1/models/", body("krum", {"f": 1}, {"policy": "require_x_updates", "x": 5}), format="json"
     ).json()
-    refused = dev_api.patch(f"/api/v1/models/{created['id']}/", {"aggregator_params": {"f": 2}}, format="json")
+    refused = dev_api.patch(
+        f"/api/v1/models/{created['id']}/", {"aggregator_params": {"f": 2}}, format="json"
+    )
     assert refused.status_code == 400
     assert "needs at least 7" in refused.json()["detail"]
     assert Experiment.objects.get().aggregator_params == {"f": 1}
@@ -99,7 +103,8 @@ def test_the_aggregate_detail_shows_the_selection_each_score_and_the_shares(
     detail = dev_api.get(f"/api/v1/model_aggregates/{aggregate.pk}/").json()
     report = detail["report"]["aggregator"]
     far = str(experiment.model_updates.get(content_id=hashlib.sha256(safetensors(40.0)).hexdigest()).pk)
-    assert len(report["selected"]) == 2 and far not in report["selected"]
+    assert len(report["selected"]) == 2
+    assert far not in report["selected"]
     assert set(report["scores"]) == {str(u.pk) for u in experiment.model_updates.all()}
     assert report["scores"][far] == max(report["scores"].values())
     shares = {str(u["id"]): u["weight"] for u in detail["updates"]}

@@ -13,6 +13,10 @@ An update that cannot be used (missing object, malformed file, tensors that don'
 spec, too stale) is quarantined with its reason and the round goes on without it: one bad
 client never blocks an experiment.
 
+An algorithm's minimum number of updates (``Aggregator.min_updates``: Krum's 2f + 3) joins the round
+policy: below it, also after quarantines, the round is given back "not_ready" with the reason, and
+waits for more updates rather than aggregate without the algorithm's guarantee or fail.
+
 One path for every round: ``start_round`` claims and checks the round, runs the algorithm's
 prepare pass, and cuts the aggregate's data into byte ranges, a ``RoundPlan`` (see
 ``fma_core.shards``); a whole-model round is a plan of one shard. ``finish_shard`` aggregates one

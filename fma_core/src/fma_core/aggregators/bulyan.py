@@ -60,7 +60,9 @@ class Bulyan(CoordinateWiseAggregator):
         theta = len(updates) - 2 * f
         return {
             "selected": [updates[i].update_id for i in iterated_krum(distances, f, theta)],
-            "scores": {u.update_id: float(s) for u, s in zip(updates, krum_scores(distances, f), strict=True)},
+            "scores": {
+                u.update_id: float(s) for u, s in zip(updates, krum_scores(distances, f), strict=True)
+            },
             "theta": theta,
             "beta": theta - 2 * f,
         }

@@ -79,7 +79,9 @@ class Krum(LinearAggregator):
         counts = np.array([u.num_examples for u in updates], dtype=np.float64)
         weights = np.where(chosen, counts if self.params.weighted else 1.0, 0.0)
         if weights.sum() <= 0:
-            raise ConfigurationError("weighted krum needs selected updates with a positive num_examples total")
+            raise ConfigurationError(
+                "weighted krum needs selected updates with a positive num_examples total"
+            )
         return weights / weights.sum()
 
     def report(self, updates: Sequence[UpdateInput], context: RoundContext) -> dict[str, Any]:
