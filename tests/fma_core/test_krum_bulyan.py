@@ -343,3 +343,22 @@ def test_a_quarantine_that_leaves_too_few_makes_the_round_wait_not_fail(tmp_path
     assert "has 6" in outcome.reason
     assert len(world.metadata.pending_updates("e")) == 6  # the broken one quarantined, the rest kept
     assert world.metadata.aggregates("e") == []
+
+
+@pytest.mark.parametrize("params", [{"f": 1}, {"f": 1, "m": 3}])
+def test_deltas_are_selected_and_aggregated_as_the_weights_they_make(tmp_path, params):
+    """A delta reads as its base plus itself: the same models, so the same selection and result. (Not
+    so for Bulyan in general: its last selections score each update by its one nearest neighbour, two
+    mutual nearest neighbours tie exactly, and the tie goes to the first in canonical order, by
+    content, which differs between a delta and its weights.)"""
+    rounds = []
+    for delta in (False, True):
+        world = World(tmp_path / str(delta), SPEC, aggregator="krum", params=params, delta=delta)
+        push(world, 7)
+        outcome = world.engine().run_round("e")
+        assert outcome.status == "committed", outcome.reason
+        rounds.append((outcome.aggregate.draft, world.read(outcome.aggregate.draft.weights_key)))
+    (weights, as_weights), (deltas, as_deltas) = rounds
+    assert weights.report["aggregator"]["selected"] == deltas.report["aggregator"]["selected"]
+    for k in as_weights:
+        np.testing.assert_allclose(as_deltas[k], as_weights[k], rtol=1e-6, atol=1e-6)
