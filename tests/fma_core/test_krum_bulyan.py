@@ -90,7 +90,8 @@ def paper_multi_krum(vectors: list[np.ndarray], f: int, m: int) -> tuple[list[in
 
 def paper_bulyan(vectors: list[np.ndarray], f: int) -> tuple[list[int], np.ndarray]:
     """El Mhamdi et al.: θ = n − 2f chosen by Krum one at a time, then per coordinate the mean of the
-    β = θ − 2f chosen values closest to their median."""
+    β = θ − 2f chosen values closest to their median (a tie in score to the earlier update, in distance
+    to the lower value)."""
     remaining, chosen = list(range(len(vectors))), []
     for _ in range(len(vectors) - 2 * f):
         scores = paper_scores([vectors[i] for i in remaining], f)
@@ -101,7 +102,7 @@ def paper_bulyan(vectors: list[np.ndarray], f: int) -> tuple[list[int], np.ndarr
     median = np.median(stack, axis=0)
     result = np.empty(stack.shape[1])
     for c in range(stack.shape[1]):
-        nearest = sorted(range(len(stack)), key=lambda r: (abs(stack[r, c] - median[c]), r))[:beta]
+        nearest = sorted(range(len(stack)), key=lambda r: (abs(stack[r, c] - median[c]), stack[r, c]))[:beta]
         result[c] = stack[nearest, c].mean()
     return chosen, result
 
@@ -362,3 +363,13 @@ def test_deltas_are_selected_and_aggregated_as_the_weights_they_make(tmp_path, p
     assert weights.report["aggregator"]["selected"] == deltas.report["aggregator"]["selected"]
     for k in as_weights:
         np.testing.assert_allclose(as_deltas[k], as_weights[k], rtol=1e-6, atol=1e-6)
+
+
+def test_bulyans_tie_in_distance_to_the_median_goes_to_the_lower_value_whatever_the_order():
+    """θ = 6 values (f = 1, β = 4), median 3.5: 1 and 6 are both 2.5 away, the fourth nearest either way."""
+    bulyan = create_aggregator("bulyan", {"f": 1})
+    for order in ([1, 2, 3, 4, 6, 100], [100, 6, 4, 3, 2, 1], [6, 1, 100, 3, 4, 2]):
+        column = np.array(order, np.float32)[:, None]
+        out = np.empty(1, np.float32)
+        bulyan.reduce(column.copy(), out)
+        assert out[0] == np.float32((1 + 2 + 3 + 4) / 4)

@@ -8,7 +8,8 @@ median. Tolerates f Byzantine updates among N ≥ 4f + 3.
 
 The prepare pass finds the distances and the selection (``fma_core.aggregators.distances``); the
 blocks then read only the θ selected updates: θ × block values per thread, as the median's N × block.
-A tie in distance to the median goes to the update first in canonical order.
+A tie in distance to the median goes to the lower value (a tie in Krum score, to the update first in
+canonical order).
 """
 
 from __future__ import annotations
@@ -88,9 +89,15 @@ class Bulyan(CoordinateWiseAggregator):
         store(result, block.out)
 
     def reduce(self, stack: np.ndarray, out: np.ndarray) -> None:
-        """Per column of the θ selected values, the mean of the β = θ − 2f nearest the column's median (a
-        tie to the earlier row)."""
-        beta = len(stack) - 2 * self.params.f
-        distance = np.abs(stack - np.median(stack, axis=0))
-        nearest = np.argsort(distance, axis=0, kind="stable")[:beta]
-        np.mean(np.take_along_axis(stack, nearest, axis=0), axis=0, out=out)
+        """Per column of the θ selected values, the mean of the β = θ − 2f nearest the column's median.
+        Sorted, those form a window: the one whose farther end is nearest the median. A tie between two
+        windows goes to the lower values, so the result depends on the values alone, not on their order."""
+        theta = len(stack)
+        beta = theta - 2 * self.params.f
+        stack.sort(axis=0)
+        middle = theta // 2
+        median = stack[middle] if theta % 2 else (stack[middle - 1] + stack[middle]) / 2
+        reach = np.maximum(median - stack[: theta - beta + 1], stack[beta - 1 :] - median)
+        first = np.argmin(reach, axis=0)
+        window = np.take_along_axis(stack, first + np.arange(beta)[:, None], axis=0)
+        np.mean(window, axis=0, out=out)
