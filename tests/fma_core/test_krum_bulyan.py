@@ -373,3 +373,21 @@ def test_bulyans_tie_in_distance_to_the_median_goes_to_the_lower_value_whatever_
         out = np.empty(1, np.float32)
         bulyan.reduce(column.copy(), out)
         assert out[0] == np.float32((1 + 2 + 3 + 4) / 4)
+
+
+@pytest.mark.parametrize("name", ["krum", "bulyan"])
+def test_memory_is_one_model_and_a_few_blocks_whatever_the_number_of_updates(name):
+    """The prepare pass keeps N² scalars and one block of every update (~4 MiB); Bulyan's step θ × block
+    per thread (~4 MiB each, as the median's): never N models."""
+    import tracemalloc
+
+    model = {"w": np.zeros(4_000_000, np.float32), "b": np.zeros(10, np.float32)}  # 16 MB
+    updates = [UpdateInput(f"u{i}", f"{i:064x}", 1, lambda: ArrayReader(model)) for i in range(64)]
+    spec = TensorSpec.from_weights(model)
+    aggregator = create_aggregator(name, {"f": 2}, threads=2)
+    tracemalloc.start()
+    prepared = aggregator.prepare(updates, spec, RoundContext())
+    aggregator.aggregate(updates, spec, RoundContext(prepared=prepared))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 16_000_000 + 6 * (4 << 20)  # the result, and a handful of 4 MiB stacks; 64 models: 1 GB

@@ -98,6 +98,11 @@ class Bulyan(CoordinateWiseAggregator):
         middle = theta // 2
         median = stack[middle] if theta % 2 else (stack[middle - 1] + stack[middle]) / 2
         reach = np.maximum(median - stack[: theta - beta + 1], stack[beta - 1 :] - median)
-        first = np.argmin(reach, axis=0)
-        window = np.take_along_axis(stack, first + np.arange(beta)[:, None], axis=0)
-        np.mean(window, axis=0, out=out)
+        width = stack.shape[1]
+        at = np.argmin(reach, axis=0) * width + np.arange(width)  # each column's window starts there
+        values = stack.reshape(-1)
+        np.take(values, at, out=out)
+        for _ in range(beta - 1):  # a row of the windows at a time: no β × block temporaries
+            at += width
+            out += values[at]
+        out /= beta
