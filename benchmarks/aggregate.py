@@ -14,6 +14,13 @@ Measured side by side, each the best of several runs:
 - the machine's floor: a plain in-place ``acc += x`` over the same arrays (unweighted, so
   it is less work than FedAvg; one thread, as numpy does it);
 - Flower's ``flwr.server.strategy.aggregate.aggregate`` (weighted copies of every update);
+- the robust rules ``krum`` and ``bulyan`` at N = 20 and N = 100 updates (``--robust-updates``) of
+  P_r = min(P, 1M) parameters (``--robust-params``), f = ⌊(N − 3)/4⌋ (the most Bulyan allows), the
+  prepare pass (pairwise distances, selection) included, next to Flower's ``aggregate_krum`` and
+  ``aggregate_bulyan`` on the same updates. Flower's Bulyan recomputes every distance at each of its
+  θ = N − 2f selections (O(θ·N²·P)): above N = 20 it runs on the updates' first tensor(s), at most
+  100k parameters, and its rate is per byte like the others. Peak memory: tracemalloc's, beyond the
+  inputs (the result included);
 - the original FMA's method: JSON lists parsed, ``np.average`` per layer, ``.tolist()``.
   It is ~100× slower and needs ~30 bytes of Python objects per parameter, so it runs on a
   sample (at most 5 updates × 200k parameters) and its rate is per byte like the others.
@@ -39,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fma_core.aggregators import UpdateInput, create_aggregator
+from fma_core.aggregators import UpdateInput, canonical_order, create_aggregator
 from fma_core.aggregators.base import Aggregator, RoundContext, ServerState, Target
 from fma_core.weights import ArrayReader, TensorSpec, open_weights, write_file
 from fma_core.weights.delta import DeltaReader, SharedBases
@@ -47,6 +54,9 @@ from fma_core.weights.delta import DeltaReader, SharedBases
 TENSORS = 10
 FMA_SAMPLE_UPDATES = 5
 FMA_SAMPLE_PARAMS = 200_000
+ROBUST_PARAMS = 1_000_000
+ROBUST_UPDATES = (20, 100)
+FLOWER_BULYAN_PARAMS = 100_000  # above 20 updates: Flower's Bulyan is O(θ·N²·P)
 SERVER_OPTIMIZERS = ("fedavgm", "fedadam", "fedyogi", "fedadagrad")
 
 
@@ -178,7 +188,71 @@ def run_optimizers(
     return figures
 
 
-def run(count: int, params: int, repeat: int) -> dict[str, float | int]:
+def robust_round(name: str, f: int, inputs: list[UpdateInput], spec: TensorSpec) -> Callable[[], object]:
+    """One round of a robust rule as the engine runs it: the prepare pass, then the aggregation."""
+    aggregator = create_aggregator(name, {"f": f})
+    ordered = canonical_order(inputs)
+
+    def run_round() -> object:
+        prepared = aggregator.prepare(ordered, spec, RoundContext())
+        return aggregator.aggregate(ordered, spec, RoundContext(prepared=prepared))
+
+    return run_round
+
+
+def peak_of(run: Callable[[], object]) -> int:
+    tracemalloc.start()
+    run()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak
+
+
+def run_robust(counts: tuple[int, ...], params: int, repeat: int) -> dict[str, float | int]:
+    """Krum and Bulyan (prepare pass included) and Flower's on the same updates: GB/s and peak memory."""
+    from flwr.server.strategy import aggregate as flower_krum_bulyan
+
+    figures: dict[str, float | int] = {"robust_params": params}
+    for count in counts:
+        updates, num_examples = make_updates(count, params, seed=5)
+        spec = TensorSpec.from_weights(updates[0])
+        total = count * spec.nbytes
+        f = (count - 3) // 4
+        results = [(list(u.values()), n) for u, n in zip(updates, num_examples, strict=True)]
+        sample = max(1, min(TENSORS, FLOWER_BULYAN_PARAMS * TENSORS // params)) if count > 20 else TENSORS
+        sampled = [(weights[:sample], n) for weights, n in results]
+        sampled_bytes = count * sum(w.nbytes for w in sampled[0][0])
+        runs = {
+            "krum": (robust_round("krum", f, inputs_in_memory(updates, num_examples), spec), total),
+            "bulyan": (robust_round("bulyan", f, inputs_in_memory(updates, num_examples), spec), total),
+            "flower_krum": (lambda r=results, f=f: flower_krum_bulyan.aggregate_krum(r, f, 0), total),
+            "flower_bulyan": (
+                lambda s=sampled, f=f: flower_krum_bulyan.aggregate_bulyan(
+                    list(s), f, flower_krum_bulyan.aggregate_krum, to_keep=0
+                ),
+                sampled_bytes,
+            ),
+        }
+        for name, (run_round, consumed) in runs.items():
+            seconds = best_time(run_round, repeat if not name.startswith("flower") else 1)
+            figures[f"{name}_n{count}_gbps"] = _significant(consumed / seconds / 1e9)
+            figures[f"{name}_n{count}_peak_bytes"] = peak_of(run_round)
+        figures[f"robust_n{count}_f"] = f
+        figures[f"robust_n{count}_model_bytes"] = spec.nbytes
+        figures[f"flower_bulyan_n{count}_params"] = sum(w.size for w in sampled[0][0])
+        for name in ("krum", "bulyan"):
+            figures[f"{name}_n{count}_ratio_vs_flower"] = _significant(
+                figures[f"{name}_n{count}_gbps"] / figures[f"flower_{name}_n{count}_gbps"]
+            )
+    return figures
+
+
+def run(
+    count: int,
+    params: int,
+    repeat: int,
+    robust: tuple[tuple[int, ...], int] = (ROBUST_UPDATES, ROBUST_PARAMS),
+) -> dict[str, float | int]:
     updates, num_examples = make_updates(count, params)
     spec = TensorSpec.from_weights(updates[0])
     model_bytes = spec.nbytes
@@ -221,6 +295,8 @@ def run(count: int, params: int, repeat: int) -> dict[str, float | int]:
                     separate_s = min(separate_s, seconds)
 
     optimizers = run_optimizers(updates, num_examples, spec, repeat)
+    robust_counts, robust_params = robust
+    robust_figures = run_robust(robust_counts, robust_params, repeat)
 
     sample_n, sample_p = min(count, FMA_SAMPLE_UPDATES), min(params, FMA_SAMPLE_PARAMS)
     sample, _ = make_updates(sample_n, sample_p, seed=1)
@@ -247,6 +323,8 @@ def run(count: int, params: int, repeat: int) -> dict[str, float | int]:
         ),
         "peak_extra_bytes": peak_extra,
         **optimizers,
+        **robust_figures,
+        "robust_updates": ",".join(map(str, robust_counts)),
         "model_bytes": model_bytes,
         "updates": count,
         "params": params,
@@ -302,7 +380,33 @@ def table(result: dict[str, float | int]) -> str:
             f"= {extra / result['model_bytes']:.2f}× the model (state: "
             f"{result[f'{name}_state_bytes'] / result['model_bytes']:.0f}× the model)"
         )
+    lines += ["", *robust_table(result)]
     return "\n".join(lines)
+
+
+def robust_table(result: dict[str, float | int]) -> list[str]:
+    lines = [
+        f"robust rules, prepare pass included ({result['robust_params']:,} float32 parameters per update, "
+        "f = ⌊(N − 3)/4⌋):",
+        f"{'N':>4} {'f':>3}  {'rule':<14}  {'GB/s':>8}  {'peak memory':>22}  comparison",
+    ]
+    for count in str(result["robust_updates"]).split(","):
+        model = result[f"robust_n{count}_model_bytes"]
+        for name in ("krum", "flower_krum", "bulyan", "flower_bulyan"):
+            label = name.replace("flower_", "Flower ")
+            peak = result[f"{name}_n{count}_peak_bytes"]
+            note = ""
+            if not name.startswith("flower"):
+                note = f"{result[f'{name}_n{count}_ratio_vs_flower']:.1f}× Flower's"
+            elif (
+                name == "flower_bulyan" and result[f"flower_bulyan_n{count}_params"] < result["robust_params"]
+            ):
+                note = f"on {result[f'flower_bulyan_n{count}_params']:,} of the parameters"
+            lines.append(
+                f"{count:>4} {result[f'robust_n{count}_f']:>3}  {label:<14}  "
+                f"{result[f'{name}_n{count}_gbps']:>8.3f}  {peak / 1e6:>9.1f} MB = {peak / model:>5.1f}× model  {note}"
+            )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -312,15 +416,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--updates", type=int, help="number of updates N")
     parser.add_argument("--params", type=int, help="parameters per update P")
     parser.add_argument("--repeat", type=int, help="runs per method (the best one counts)")
+    parser.add_argument(
+        "--robust-updates",
+        default=",".join(map(str, ROBUST_UPDATES)),
+        help="numbers of updates N for krum and bulyan, comma-separated (default 20,100; each at least 7)",
+    )
+    parser.add_argument(
+        "--robust-params", type=int, help="parameters per update for krum and bulyan (default min(P, 1M))"
+    )
     args = parser.parse_args(argv)
     count = args.updates or (20 if args.quick else 100)
     params = args.params or (2_000_000 if args.quick else 10_000_000)
     repeat = args.repeat or (9 if args.quick else 3)
     if params < TENSORS:
         parser.error(f"--params must be at least {TENSORS}")
+    try:
+        robust_counts = tuple(int(n) for n in args.robust_updates.split(","))
+    except ValueError:
+        parser.error(
+            f"--robust-updates must be whole numbers separated by commas, not {args.robust_updates!r}"
+        )
+    if min(robust_counts) < 7:
+        parser.error("--robust-updates: bulyan with f = 1 needs at least 7 updates")
+    robust_params = args.robust_params or min(params, ROBUST_PARAMS)
+    if robust_params < TENSORS:
+        parser.error(f"--robust-params must be at least {TENSORS}")
     if not args.json:
         print(f"fma-core aggregation benchmark (pid {os.getpid()}) ...", file=sys.stderr)
-    result = run(count, params, repeat)
+    result = run(count, params, repeat, (robust_counts, robust_params))
     print(json.dumps(result) if args.json else table(result))
     return 0
 

@@ -25,6 +25,13 @@ KEYS = {
     "model_bytes",
 }
 STATE_TENSORS = {"fedavgm": 1, "fedadam": 2, "fedyogi": 2, "fedadagrad": 2}
+ROBUST = (7, 11)
+ROBUST_KEYS = {
+    f"{rule}_n{count}_{figure}"
+    for count in ROBUST
+    for rule in ("krum", "bulyan", "flower_krum", "flower_bulyan")
+    for figure in ("gbps", "peak_bytes")
+} | {f"{rule}_n{count}_ratio_vs_flower" for count in ROBUST for rule in ("krum", "bulyan")}
 OPTIMIZER_KEYS = {
     f"{name}_{figure}"
     for name in STATE_TENSORS
@@ -34,15 +41,23 @@ OPTIMIZER_KEYS = {
 
 def test_json_output_has_every_key_with_sane_values():
     result = subprocess.run(
-        [sys.executable, str(BENCHMARK), "--updates", "4", "--params", "20000", "--repeat", "1", "--json"],
+        [
+            sys.executable,
+            str(BENCHMARK),
+            *("--updates", "4", "--params", "20000", "--repeat", "1", "--json"),
+            *("--robust-updates", ",".join(map(str, ROBUST)), "--robust-params", "3000"),
+        ],
         capture_output=True,
         text=True,
         check=True,
     )
     figures = json.loads(result.stdout)
-    assert set(figures) >= KEYS | OPTIMIZER_KEYS
+    assert set(figures) >= KEYS | OPTIMIZER_KEYS | ROBUST_KEYS
     assert figures["model_bytes"] == 20000 * 4
-    assert all(figures[key] > 0 for key in KEYS | OPTIMIZER_KEYS)
+    assert all(figures[key] > 0 for key in KEYS | OPTIMIZER_KEYS | ROBUST_KEYS)
+    assert [figures[f"robust_n{n}_f"] for n in ROBUST] == [1, 2]  # ⌊(N − 3)/4⌋: Bulyan's most
+    assert all(figures[f"robust_n{n}_model_bytes"] == 3000 * 4 for n in ROBUST)
+    assert figures["flower_bulyan_n7_params"] == 3000  # up to 20 updates, on all the parameters
     for name, count in STATE_TENSORS.items():
         assert figures[f"{name}_state_bytes"] == count * figures["model_bytes"]
     # the ratio comes from the unrounded rates; the printed rates keep 4 significant digits
@@ -53,11 +68,40 @@ def test_json_output_has_every_key_with_sane_values():
 
 def test_table_output_names_every_baseline():
     result = subprocess.run(
-        [sys.executable, str(BENCHMARK), "--updates", "3", "--params", "1000", "--repeat", "1"],
+        [
+            sys.executable,
+            str(BENCHMARK),
+            "--updates",
+            "3",
+            "--params",
+            "1000",
+            "--repeat",
+            "1",
+            "--robust-updates",
+            "7",
+        ],
         capture_output=True,
         text=True,
         check=True,
     )
-    labels = ("fma-core fedavg", "as deltas", "floor", "Flower", "original FMA", "peak extra memory")
-    for label in (*labels, *STATE_TENSORS):
+    labels = (
+        "fma-core fedavg",
+        "as deltas",
+        "floor",
+        "Flower",
+        "original FMA",
+        "peak extra memory",
+        "robust rules",
+    )
+    for label in (*labels, *STATE_TENSORS, "krum", "Flower krum", "bulyan", "Flower bulyan"):
         assert label in result.stdout
+
+
+def test_too_few_updates_for_bulyan_are_refused():
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARK), "--updates", "3", "--params", "1000", "--robust-updates", "6"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "bulyan with f = 1 needs at least 7 updates" in result.stderr

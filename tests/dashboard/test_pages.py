@@ -299,3 +299,34 @@ def test_the_lineage_shows_the_clients_a_sampled_round_selected_and_its_seed(
         page,
         count=1,
     )
+
+
+@pytest.mark.parametrize(("aggregator", "selected"), [("krum", 2), ("bulyan", 5)])
+def test_a_robust_rounds_selection_and_each_updates_score_are_in_the_lineage(
+    alice, make_experiment, enroll, submit, run_round, alice_browser, aggregator, selected
+):
+    params = {"f": 1, "m": 2} if aggregator == "krum" else {"f": 1}
+    experiment = make_experiment(
+        alice,
+        "robust",
+        aggregator=aggregator,
+        aggregator_params=params,
+        round_policy={"policy": "require_x_updates", "x": 7},
+    )
+    updates = [submit(experiment, enroll(experiment), v) for v in (1.0, 1.1, 0.9, 1.05, 0.95, 1.02, 50.0)]
+    aggregate = run_round(experiment)
+    report = aggregate.report["aggregator"]
+    assert len(report["selected"]) == selected
+    far = updates[-1]
+    assert str(far.pk) not in report["selected"]
+    page = html.unescape(alice_browser.get(f"/dashboard/experiments/{experiment.pk}/").content.decode())
+    assert f"7 updates, {selected} selected" in page
+    for place, update_id in enumerate(report["selected"], start=1):
+        score = f"{report['scores'][update_id]:.6g}"
+        assert f"update {update_id} from" in page
+        line = page[page.index(f"update {update_id} from") :].split("</li>")[0]
+        assert f"score {score}" in line
+        assert f"selected #{place}" in line
+    far_line = page[page.index(f"update {far.pk} from") :].split("</li>")[0]
+    assert f"score {report['scores'][str(far.pk)]:.6g}" in far_line
+    assert "not selected" in far_line

@@ -222,3 +222,43 @@ def test_a_server_optimizer_runs_from_the_cli_and_its_state_is_in_each_aggregate
     status, _, _ = fma(*login, "download", experiment, "-o", tmp_path / "latest.safetensors", "-q")
     assert status == 0
     np.testing.assert_allclose(read_file(tmp_path / "latest.safetensors")["w"], np.full((2, 3), x), rtol=1e-5)
+
+
+def test_a_krum_experiment_from_the_cli_shows_its_selection_and_scores(
+    fma, server, dev_token, run_round, tmp_path
+):
+    (tmp_path / "experiment.yaml").write_text(
+        "name: cli-krum\naggregator: krum\naggregator_params: {f: 1, m: 2}\n"
+        "round_policy: {policy: require_x_updates, x: 5}\nenrollment: open\n"
+    )
+    login = ("--url", server, "--token", dev_token)
+    (tmp_path / "refused.yaml").write_text(
+        "name: cli-krum\naggregator: krum\naggregator_params: {f: 1}\nenrollment: open\n"
+    )
+    status, _, err = fma(*login, "experiments", "create", tmp_path / "refused.yaml")
+    assert status != 0
+    assert "needs at least 5" in err  # the default policy closes rounds of 1 update
+    status, out, err = fma(*login, "--json", "experiments", "create", tmp_path / "experiment.yaml")
+    assert status == 0, err
+    experiment = json.loads(out)["id"]
+    pushed = {}
+    for value in (1.0, 1.2, 0.8, 1.1, 30.0):  # the last one far from the others
+        with Client.enroll(server, experiment, quiet=True) as client:
+            pushed[value] = client.push({"w": np.full((2, 3), value, np.float32)}, num_examples=4)
+    aggregate = run_round(experiment)
+    status, out, _ = fma(*login, "aggregate", aggregate, "--json")
+    assert status == 0
+    report = json.loads(out)["report"]["aggregator"]
+    far = str(pushed[30.0]["id"])
+    assert len(report["selected"]) == 2
+    assert far not in report["selected"]
+    status, out, _ = fma(*login, "aggregate", aggregate)
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("UPDATE"))
+    assert lines[header].split() == ["UPDATE", "WEIGHT", "SCORE", "SELECTED"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[header + 1 :]}
+    assert rows[far][0] == "0"
+    assert rows[far][2] == "no"
+    assert sorted(r[2] for r in rows.values()) == ["1", "2", "no", "no", "no"]
+    assert {u for u, r in rows.items() if r[0] == "0.5"} == set(report["selected"])
+    assert float(rows[far][1]) == max(float(r[1]) for r in rows.values())

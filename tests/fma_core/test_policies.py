@@ -100,3 +100,21 @@ def test_configs_parse_and_round_trip(config, expected):
 def test_bad_configs_are_refused_with_a_reason(config, message):
     with pytest.raises(ConfigurationError, match=message):
         policy_from_config(config)
+
+
+@pytest.mark.parametrize(
+    ("config", "fewest"),
+    [
+        (None, 1),
+        ({"policy": "require_x_updates", "x": 7}, 7),
+        ({"policy": "deadline", "seconds": 60, "min_updates": 3}, 3),
+        ("all_clients", None),  # as many as enroll
+        ({"policy": "min_fraction", "fraction": 0.5}, None),
+        ({"any_of": ["all_clients", {"policy": "deadline", "seconds": 9, "min_updates": 2}]}, 2),
+        ({"any_of": ["all_clients", {"policy": "min_fraction", "fraction": 0.2}]}, None),
+        ({"all_of": [{"policy": "require_x_updates", "x": 4}, {"policy": "deadline", "seconds": 1}]}, 4),
+        ({"all_of": ["all_clients", {"policy": "require_x_updates", "x": 1}]}, None),
+    ],
+)
+def test_the_fewest_updates_a_policy_can_close_a_round_with(config, fewest):
+    assert policy_from_config(config).fewest_updates() == fewest

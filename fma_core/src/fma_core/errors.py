@@ -24,6 +24,15 @@ class UnknownAggregator(ConfigurationError, LookupError):
     """No aggregation algorithm is registered under the requested name."""
 
 
+class TooFewUpdates(FmaError):
+    """A round has fewer usable updates than its algorithm needs (Krum: 2f + 3); it waits for more."""
+
+    def __init__(self, message: str, *, needed: int, available: int) -> None:
+        super().__init__(message)
+        self.needed = needed
+        self.available = available
+
+
 class UpdateUnreadable(FmaError):
     """One update's weights could not be read while aggregating; the round goes on without it."""
 

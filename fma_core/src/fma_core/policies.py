@@ -62,6 +62,12 @@ class RoundPolicy(ABC):
         """When time alone could make the policy ready (a deadline), for schedulers; else None."""
         return None
 
+    def fewest_updates(self) -> int | None:
+        """The fewest pending updates with which this policy can call a round ready, whatever the enrollment;
+        None when that depends on how many clients enroll. An experiment whose algorithm needs more
+        (Krum's 2f + 3) is refused such a policy."""
+        return None
+
     @abstractmethod
     def to_config(self) -> dict[str, Any]: ...
 
@@ -88,6 +94,9 @@ class RequireXUpdates(RoundPolicy):
 
     def is_ready(self, state: RoundState) -> bool:
         return len(state.updates) >= self.x
+
+    def fewest_updates(self) -> int:
+        return self.x
 
     def to_config(self) -> dict[str, Any]:
         return {"policy": "require_x_updates", "x": self.x}
@@ -142,6 +151,9 @@ class Deadline(RoundPolicy):
             return None
         return opened + self.seconds
 
+    def fewest_updates(self) -> int:
+        return self.min_updates
+
     def to_config(self) -> dict[str, Any]:
         return {"policy": "deadline", "seconds": self.seconds, "min_updates": self.min_updates}
 
@@ -157,6 +169,10 @@ class AnyOf(RoundPolicy):
 
     def wakeup_at(self, state: RoundState) -> float | None:
         return min((t for p in self.policies if (t := p.wakeup_at(state)) is not None), default=None)
+
+    def fewest_updates(self) -> int | None:
+        """Any policy of a fixed count can close the round alone."""
+        return min((n for p in self.policies if (n := p.fewest_updates()) is not None), default=None)
 
     def to_config(self) -> dict[str, Any]:
         return {"any_of": [p.to_config() for p in self.policies]}
@@ -174,6 +190,11 @@ class AllOf(RoundPolicy):
     def wakeup_at(self, state: RoundState) -> float | None:
         times = [p.wakeup_at(state) for p in self.policies if not p.is_ready(state)]
         return None if not times or None in times else max(times)
+
+    def fewest_updates(self) -> int | None:
+        """Every policy must hold; with one that depends on the enrollment, so does the whole."""
+        counts = [p.fewest_updates() for p in self.policies]
+        return None if None in counts else max(counts)
 
     def to_config(self) -> dict[str, Any]:
         return {"all_of": [p.to_config() for p in self.policies]}

@@ -13,6 +13,10 @@ An update that cannot be used (missing object, malformed file, tensors that don'
 spec, too stale) is quarantined with its reason and the round goes on without it: one bad
 client never blocks an experiment.
 
+An algorithm's minimum number of updates (``Aggregator.min_updates``: Krum's 2f + 3) joins the round
+policy: below it, also after quarantines, the round is given back "not_ready" with the reason, and
+waits for more updates rather than aggregate without the algorithm's guarantee or fail.
+
 One path for every round: ``start_round`` claims and checks the round, runs the algorithm's
 prepare pass, and cuts the aggregate's data into byte ranges, a ``RoundPlan`` (see
 ``fma_core.shards``); a whole-model round is a plan of one shard. ``finish_shard`` aggregates one
@@ -59,6 +63,7 @@ from fma_core.errors import (
     InvalidWeights,
     LeaseLost,
     ObjectNotFound,
+    TooFewUpdates,
     UpdateUnreadable,
 )
 from fma_core.leases import LeaseKeeper
@@ -202,6 +207,14 @@ class RoundEngine:
             )
         plan = RoundPlan(claim, (), TensorSpec(()), ())
         try:
+            fewest = self._aggregator(claim).min_updates()
+            if len(claim.updates) < fewest:
+                raise TooFewUpdates(
+                    f"aggregator {claim.experiment.aggregator!r} needs at least {fewest} updates a round; "
+                    f"{len(claim.updates)} pending",
+                    needed=fewest,
+                    available=len(claim.updates),
+                )
             self.metadata.round_started(claim)
             with self._lease_kept(claim):  # checking many updates' headers on a slow store takes a while
                 plan = self.plan_shards(claim)
@@ -214,6 +227,9 @@ class RoundEngine:
                     reason="every update was unusable",
                 )
             return self._start_uploads(plan) if len(plan.shards) > 1 else plan
+        except TooFewUpdates as error:  # more updates will come: wait for them rather than fail
+            self.metadata.release_round(claim)
+            return RoundOutcome("not_ready", experiment_id, quarantined=plan.quarantined, reason=str(error))
         except Exception as error:
             return self._failed(plan, error)
 
@@ -593,9 +609,10 @@ class RoundEngine:
         """The round's record, from its outputs as stored (size and hash): the aggregate, and the state."""
         outputs = plan.outputs(aggregator)
         inputs = canonical_order(self._inputs(plan))
-        shares = aggregator.input_weights(inputs)
+        context = self._context(plan, aggregator)
+        shares = aggregator.round_shares(inputs, context)
         report = _plain_json(
-            aggregator.report(inputs, self._context(plan, aggregator)),
+            aggregator.report(inputs, context),
             f"aggregator {aggregator.name!r}: report",
         )
         (size, digest), *state = stored

@@ -49,6 +49,17 @@ class ExperimentSummary:
 
 
 @dataclass(frozen=True)
+class RoundInput:
+    """One update of a round, with what the round's algorithm decided of it when its report says
+    (Krum, Bulyan): its score (6 significant digits), and its place in the selection (0: not selected;
+    None: the algorithm selects nothing)."""
+
+    update: ModelUpdate
+    score: str | None = None
+    place: int | None = None
+
+
+@dataclass(frozen=True)
 class RoundRow:
     """What one round did: who took part, how long it took, how many bytes went in and out."""
 
@@ -58,7 +69,7 @@ class RoundRow:
     examples: int
     bytes_in: int
     versions: tuple[str, ...]
-    inputs: tuple[ModelUpdate, ...]  # in the canonical (content hash) order the round used
+    inputs: tuple[RoundInput, ...]  # in the canonical (content hash) order the round used
     parameters: str  # the algorithm's parameters as the API shows them (JSON); "" when there are none
     norms: RoundNorms | None = None  # the round's norm bound on updates, when the experiment set one
 
@@ -103,6 +114,12 @@ class RoundNorms:
 def _by_id(measured: tuple[str, float, bool]) -> tuple[int, str]:
     update_id = measured[0]
     return (int(update_id), "") if update_id.isdigit() else (0, update_id)
+
+    @property
+    def selected(self) -> int | None:
+        """How many of its updates the round's algorithm selected; None when it selects nothing."""
+        places = [i.place for i in self.inputs if i.place is not None]
+        return sum(1 for place in places if place) if places else None
 
 
 def experiment_state(experiment: Experiment, *, now: float | None = None) -> tuple[str, str]:
@@ -182,12 +199,28 @@ def round_rows(experiment: Experiment) -> list[RoundRow]:
             examples=a.n_examples or 0,
             bytes_in=a.n_bytes or 0,
             versions=tuple(sorted(versions.get(a.pk, []))),
-            inputs=tuple(inputs.get(a.pk, [])),
+            inputs=round_inputs(a, inputs.get(a.pk, [])),
             parameters=json.dumps(a.aggregator_params, sort_keys=True) if a.aggregator_params else "",
             norms=RoundNorms.from_report(a.report or {}),
         )
         for a in aggregates
     ]
+
+
+def round_inputs(aggregate: ModelAggregate, updates: list[ModelUpdate]) -> tuple[RoundInput, ...]:
+    """The round's updates with the scores and selection its algorithm reported (``report["aggregator"]``)."""
+    decided = (aggregate.report or {}).get("aggregator") or {}
+    scores = decided.get("scores") or {}
+    selected = decided.get("selected")
+    places = {str(u): place for place, u in enumerate(selected or [], start=1)}
+    return tuple(
+        RoundInput(
+            update=u,
+            score=f"{scores[str(u.pk)]:.6g}" if str(u.pk) in scores else None,
+            place=places.get(str(u.pk), 0) if selected is not None else None,
+        )
+        for u in updates
+    )
 
 
 def problem_events(experiment: Experiment, *, limit: int = 50) -> list[Event]:

@@ -39,6 +39,7 @@ AGGREGATE_COLUMNS = [
     "validation_score",
     "created_on",
 ]
+INPUT_COLUMNS = ["update", "weight", "score", "selected"]
 API_TOKEN_COLUMNS = ["id", "name", "created_at", "expires_at", "last_used_at", "current"]
 TOKEN_COLUMNS = ["id", "created_on", "created_by", "expires_at", "max_uses", "uses", "revoked_at", "active"]
 METRIC_COLUMNS = ["round", "source", "metric", "count", "examples", "weighted_mean", "mean", "min", "max"]
@@ -175,10 +176,38 @@ def cmd_aggregates(args: argparse.Namespace) -> None:
     emit(args, rows, lambda: table(rows, AGGREGATE_COLUMNS) if rows else "No rounds completed yet.")
 
 
+def input_rows(aggregate: dict[str, Any]) -> list[dict[str, Any]]:
+    """The updates that went into an aggregate: each one's share and, when its algorithm reported them
+    (Krum, Bulyan), its score and its place in the selection ("no": not selected)."""
+    decided = (aggregate.get("report") or {}).get("aggregator") or {}
+    scores = decided.get("scores") or {}
+    order = {update: place for place, update in enumerate(decided.get("selected") or [], start=1)}
+    return [
+        {
+            "update": u["id"],
+            "weight": f"{u['weight']:.6g}" if u["weight"] is not None else None,
+            "score": f"{scores[str(u['id'])]:.6g}" if str(u["id"]) in scores else None,
+            "selected": order.get(str(u["id"]), "no") if "selected" in decided else None,
+        }
+        for u in aggregate.get("updates", [])
+    ]
+
+
+def show_aggregate(aggregate: dict[str, Any]) -> str:
+    """An aggregate's fields, what its algorithm decided beyond the selection, the rest of the round's
+    report (the clients a sampled round selected, the norm bound), then its inputs."""
+    head = {k: v for k, v in aggregate.items() if k not in ("updates", "report")}
+    report = aggregate.get("report") or {}
+    decided = report.get("aggregator") or {}
+    head |= {k: v for k, v in decided.items() if k not in ("selected", "scores")}
+    head |= {section: v for section, v in report.items() if section != "aggregator"}  # sampling, norms
+    return f"{details(head)}\n\n{table(input_rows(aggregate), INPUT_COLUMNS)}"
+
+
 def cmd_aggregate(args: argparse.Namespace) -> None:
     with developer(args) as dev:
         item = dev.aggregate(args.aggregate)
-    emit(args, item, lambda: details(item))
+    emit(args, item, lambda: show_aggregate(item))
 
 
 def metric_rows(items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -378,8 +407,9 @@ def parser() -> argparse.ArgumentParser:
     rounds.add_argument("experiment", type=int, help="experiment id")
     one_round = command(
         "aggregate",
-        "Show one aggregate: its updates and their shares, and the round's report (e.g. the clients a "
-        "sampled round selected and the seed they were drawn from).",
+        "Show one aggregate: its lineage, each update's share and, for a robust rule (krum, bulyan), its "
+        "score and whether it was selected; and the round's report (the clients a sampled round "
+        "selected and the seed they were drawn from, the norm bound).",
         cmd_aggregate,
     )
     one_round.add_argument("aggregate", type=int, help="aggregate id (from aggregates)")

@@ -10,6 +10,7 @@ Weight bytes go to the configured WeightStore first and are removed again if the
 from __future__ import annotations
 
 import io
+import json
 import re
 import uuid
 from collections.abc import Iterator
@@ -134,15 +135,29 @@ def _check_config(experiment: Experiment, *, has_model: bool) -> None:
             code="invalid_update_norm",
         )
     try:
-        policy_from_config(effective_round_policy(experiment))
-    except ConfigurationError as error:
-        raise ValidationFailed(f"round policy: {error}", code="invalid_round_policy") from None
-    try:
         sampling = sampling_from_config(experiment.client_sampling)
     except ConfigurationError as error:
         raise ValidationFailed(str(error), code="invalid_client_sampling") from None
     if sampling is not None:  # stored with its seed (made now if absent), so every round draws from it
         experiment.client_sampling = sampling.to_config()
+    try:
+        policy = policy_from_config(effective_round_policy(experiment))
+    except ConfigurationError as error:
+        raise ValidationFailed(f"round policy: {error}", code="invalid_round_policy") from None
+    fewest, needed = policy.fewest_updates(), aggregator.min_updates()
+    if fewest is not None and fewest < needed:
+        raise ValidationFailed(
+            f"round policy: it can close a round with {fewest} update(s), and aggregator {aggregator.name!r} "
+            f"with {json.dumps(aggregator.params.to_dict())} needs at least {needed}: wait for them, e.g. "
+            f'{{"policy": "require_x_updates", "x": {needed}}}',
+            code="invalid_round_policy",
+        )
+    if sampling is not None and sampling.clients is not None and sampling.clients < needed:
+        raise ValidationFailed(
+            f"client_sampling: a round selects {sampling.clients} client(s), and aggregator "
+            f"{aggregator.name!r} with {json.dumps(aggregator.params.to_dict())} needs at least {needed} updates",
+            code="invalid_client_sampling",
+        )
     if experiment.tensor_spec is not None:
         try:
             # stored as the spec reads it: numpy's dtype names (float32) become codes (F32)

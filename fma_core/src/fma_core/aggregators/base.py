@@ -29,7 +29,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -104,6 +104,13 @@ class AggregatorParams:
         if unknown:
             takes = ", ".join(known) if known else "no parameters"
             raise ConfigurationError(f"unknown parameter(s) {', '.join(unknown)}{where}; it takes {takes}")
+        missing = [
+            f.name
+            for f in fields(cls)
+            if f.name not in values and f.default is MISSING and f.default_factory is MISSING
+        ]
+        if missing:
+            raise ConfigurationError(f"missing parameter(s) {', '.join(missing)}{where}: it has no default")
         for name, value in values.items():
             expected = hints[name]
             if not _has_type(value, expected):
@@ -160,6 +167,16 @@ class Aggregator(ABC):
     def input_weights(self, updates: Sequence[UpdateInput]) -> list[float] | None:
         """Each update's share of the result, in canonical order, when the algorithm is linear."""
         return None
+
+    def round_shares(self, updates: Sequence[UpdateInput], context: RoundContext) -> list[float] | None:
+        """Each update's share of this round's result, as the aggregate's lineage records it: ``input_weights``,
+        unless the shares come from the round's prepare pass (Krum's selection)."""
+        return self.input_weights(updates)
+
+    def min_updates(self) -> int:
+        """The fewest updates a round of this algorithm can use (Krum: 2f + 3). The round engine waits for
+        them; ``prepare`` refuses fewer (``TooFewUpdates``)."""
+        return 1
 
     @classmethod
     def keeps_state(cls) -> bool:
@@ -252,16 +269,22 @@ class Aggregator(ABC):
 class LinearAggregator(Aggregator):
     """Σ cᵢ·xᵢ with coefficients that sum to one (FedAvg and the plain mean)."""
 
-    @abstractmethod
     def coefficients(self, updates: Sequence[UpdateInput]) -> np.ndarray:
-        """One float64 coefficient per update, in the given order, summing to 1."""
+        """One float64 coefficient per update, in the given order, summing to 1 (the hook of an algorithm
+        whose coefficients depend on the updates alone; else ``round_coefficients``)."""
+        raise NotImplementedError(f"{type(self).__name__} gives neither coefficients nor round_coefficients")
+
+    def round_coefficients(self, updates: Sequence[UpdateInput], context: RoundContext) -> np.ndarray:
+        """This round's coefficients: ``coefficients``, unless they come from the round's context (Krum's
+        from its prepare pass). A zero coefficient's update is not read."""
+        return self.coefficients(updates)
 
     def input_weights(self, updates: Sequence[UpdateInput]) -> list[float]:
         return self.coefficients(canonical_order(updates)).tolist()
 
     def _plan(self, updates: Sequence[UpdateInput], context: RoundContext) -> np.ndarray | float:
         """The coefficients, or their one value when all are equal: then sum and scale once, faster."""
-        coefficients = np.asarray(self.coefficients(updates), dtype=np.float64)
+        coefficients = np.asarray(self.round_coefficients(updates, context), dtype=np.float64)
         if coefficients.shape != (len(updates),) or not np.isfinite(coefficients).all():
             raise FmaError(f"aggregator {self.name!r} gave invalid coefficients")
         return float(coefficients[0]) if (coefficients == coefficients[0]).all() else coefficients
@@ -270,16 +293,18 @@ class LinearAggregator(Aggregator):
         acc_dtype = block.accumulator
         out = block.out
         acc = out if out.dtype == acc_dtype else block.scratch.get("acc", block.count, acc_dtype)
-        values = block.inputs()
         plan = block.plan
         if isinstance(plan, float):  # equal shares: sum, then scale once
+            values = block.inputs()
             np.copyto(acc, next(values), casting="safe")
             for value in values:
                 np.add(acc, value, acc)
             np.multiply(acc, acc_dtype.type(plan), acc)
         else:
             term = block.scratch.get("term", block.count, acc_dtype)
-            coefficients = plan.astype(acc_dtype)
+            rows = np.flatnonzero(plan)  # an update that counts for nothing is not read
+            values = block.inputs(rows)
+            coefficients = plan[rows].astype(acc_dtype)
             np.multiply(next(values), coefficients[0], acc)
             for value, coefficient in zip(values, coefficients[1:], strict=True):
                 np.multiply(value, coefficient, term)
@@ -399,9 +424,10 @@ class Block:
         """The dtype to compute this tensor in (and to keep its state in)."""
         return accumulator_dtype(self.info.numpy_dtype)
 
-    def inputs(self) -> Iterator[np.ndarray]:
+    def inputs(self, rows: Iterable[int] | None = None) -> Iterator[np.ndarray]:
+        """Each update's values, or only those of ``rows`` (positions in canonical order), in order."""
         read = self.scratch.get("read", self.count, self.info.numpy_dtype)
-        for opened in self._inputs:
+        for opened in self._inputs if rows is None else (self._inputs[row] for row in rows):
             yield opened.read_block(self.info.name, self.start, self.stop, read)
 
     def parent(self) -> np.ndarray:

@@ -3,9 +3,9 @@
 A third party ships a subclass of ``Aggregator`` and declares it in its own ``pyproject.toml``::
 
     [project.entry-points."fma_core.aggregators"]
-    krum = "my_package.krum:Krum"
+    geomed = "my_package.geomed:GeometricMedian"
 
-and experiments can then use ``"aggregator": "krum"`` without any change to fma-core.
+and experiments can then use ``"aggregator": "geomed"`` without any change to fma-core.
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from fma_core.aggregators.base import Aggregator
+from fma_core.aggregators.bulyan import Bulyan
 from fma_core.aggregators.fedadagrad import FedAdagrad
 from fma_core.aggregators.fedadam import FedAdam
 from fma_core.aggregators.fedavg import FedAvg
 from fma_core.aggregators.fedavgm import FedAvgM
 from fma_core.aggregators.fedyogi import FedYogi
+from fma_core.aggregators.krum import Krum
 from fma_core.aggregators.mean import Mean
 from fma_core.aggregators.median import Median
 from fma_core.aggregators.trimmed_mean import TrimmedMean
@@ -35,6 +37,8 @@ BUILT_IN: Mapping[str, type[Aggregator]] = {
     "average_layers": Mean,
     "median": Median,
     "trimmed_mean": TrimmedMean,
+    "krum": Krum,
+    "bulyan": Bulyan,
     "fedavgm": FedAvgM,
     "fedadam": FedAdam,
     "fedyogi": FedYogi,
