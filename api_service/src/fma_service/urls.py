@@ -2,6 +2,7 @@
 and the health probe."""
 
 from django.contrib import admin
+from django.templatetags.static import static
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import include, path
 from django.views import defaults
@@ -26,6 +27,8 @@ urlpatterns = [
     ),
     path("api-auth/", include("rest_framework.urls")),
     path("health/", health, name="health"),
+    # what browsers ask for on pages that name no icon (the admin's, the Swagger UI's)
+    path("favicon.ico", RedirectView.as_view(url=static("dashboard/favicon.svg")), name="favicon"),
 ]
 
 
