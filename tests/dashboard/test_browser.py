@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from django.contrib.auth.models import User
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, expect, sync_playwright
 
 from fma_aggregator import runners
 from fma_client import Client
@@ -35,6 +35,11 @@ FLAGS = [
 ]
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "out" / "screenshots"
 WAIT_MS = 90_000  # a page condition, not a sleep: it passes as soon as the point is drawn
+DESKTOP = {"width": 1440, "height": 900}
+PHONE = {"width": 390, "height": 844}
+# axe-core, the accessibility checker, from the npm registry (api_service/package.json; `make` installs it)
+expect.set_options(timeout=WAIT_MS)
+AXE = Path(__file__).resolve().parents[2] / "api_service" / "node_modules" / "axe-core" / "axe.min.js"
 INITIAL = {"dense": np.zeros((4, 3), dtype=np.float32), "bias": np.zeros(3, dtype=np.float32)}
 
 
@@ -67,19 +72,49 @@ def server(live_server, transactional_db, settings, tmp_path) -> str:
     return live_server.url
 
 
-@pytest.fixture
-def page(chromium: Browser, server: str) -> Iterator[Page]:
-    """A page that records what the Content-Security-Policy blocked (``page.csp_violations``)."""
-    context = chromium.new_context(base_url=server, viewport={"width": 1366, "height": 900})
+class Watched:
+    """What went wrong on a page while a test drove it: CSP violations, console errors (uncaught
+    exceptions included) and failed requests (no answer, or a 4xx/5xx the test did not ask for)."""
+
+    def __init__(self, page: Page) -> None:
+        self.csp_violations: list[str] = []
+        self.errors: list[str] = []
+        self.failed: list[str] = []
+        page.on("console", self._console)
+        page.on("pageerror", lambda error: self.errors.append(str(error)))
+        page.on("requestfailed", lambda request: self.failed.append(f"{request.url}: {request.failure}"))
+        page.on(
+            "response",
+            lambda answer: self.failed.append(f"{answer.url}: {answer.status}") if answer.status >= 400 else None,
+        )
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if "Content Security Policy" in message.text:
+            self.csp_violations.append(message.text)
+        elif message.type == "error":
+            self.errors.append(message.text)
+
+    def clear(self) -> None:
+        self.csp_violations.clear()
+        self.errors.clear()
+        self.failed.clear()
+
+    def assert_clean(self) -> None:
+        assert (self.csp_violations, self.errors, self.failed) == ([], [], [])
+
+
+def open_page(chromium: Browser, server: str, viewport: dict[str, int]) -> tuple[BrowserContext, Page]:
+    context = chromium.new_context(base_url=server, viewport=viewport)
     context.set_default_timeout(WAIT_MS)
     page = context.new_page()
-    page.csp_violations = []
-    page.on(
-        "console",
-        lambda message: (
-            page.csp_violations.append(message.text) if "Content Security Policy" in message.text else None
-        ),
-    )
+    page.watched = Watched(page)
+    return context, page
+
+
+@pytest.fixture
+def page(chromium: Browser, server: str) -> Iterator[Page]:
+    """A desktop-sized page that records what went wrong on it (``page.watched``)."""
+    context, page = open_page(chromium, server, DESKTOP)
     yield page
     context.close()
 
@@ -124,7 +159,7 @@ def test_without_login_the_pages_lead_to_the_login_form(page: Page, server: str)
     page.get_by_role("button", name="Log in").click()
     expect(page.get_by_role("alert")).to_contain_text("enter a correct username and password")
     assert "alice-mnist" not in page.content()
-    assert page.csp_violations == []
+    page.watched.assert_clean()
 
 
 def test_a_developer_watches_her_rounds_on_the_plot_and_publishes_one(
@@ -140,6 +175,8 @@ def test_a_developer_watches_her_rounds_on_the_plot_and_publishes_one(
     expect(experiments.get_by_role("link", name="alice-mnist")).to_be_visible()
     expect(page.get_by_text("bob-secret")).to_have_count(0)
     assert page.goto(f"/dashboard/experiments/{other.pk}/").status == 404
+    expect(page.get_by_role("heading", name="Not found")).to_be_visible()
+    page.watched.clear()  # the 404 was asked for
 
     page.goto(f"/dashboard/experiments/{experiment.pk}/")
     expect(page.get_by_role("heading", name="alice-mnist")).to_be_visible()
@@ -161,16 +198,30 @@ def test_a_developer_watches_her_rounds_on_the_plot_and_publishes_one(
         weighted = (round_scores[0][0] * 100 + round_scores[1][0] * 300) / 400
         page.wait_for_function(
             """([round, expected]) => {
-                const point = document.querySelector(
-                    `[data-chart="evaluation-accuracy"] circle[data-round="${round}"]`);
-                return point !== null && Math.abs(Number(point.dataset.value) - expected) < 1e-9;
+                const cell = document.querySelector(
+                    `[data-chart="evaluation-accuracy"] table.values tr[data-key="${round}"] td[data-value]`);
+                return cell !== null && Math.abs(Number(cell.dataset.value) - expected) < 1e-9;
             }""",
             arg=[round_number, weighted],
         )
         expect(page.locator("[data-field=current-round]")).to_have_text(str(round_number))
     assert page.evaluate("window.fmaSamePage") is True
-    expect(page.locator('[data-chart="training-loss"] circle')).to_have_count(3)
+    expect(page.locator('[data-chart="training-loss"] table.values tr[data-key]')).to_have_count(3)
     expect(page.get_by_role("status").filter(has_text="Round 3 completed")).to_be_visible()
+    # each chart drawn by uPlot, over the same rounds, its y axis labelled with its unit
+    for key in ("evaluation-accuracy", "training-loss", "participation", "duration"):
+        expect(page.locator(f'[data-chart="{key}"] .plot canvas')).to_have_count(1)
+    expect(page.locator('[data-chart="duration"] .u-axis')).to_have_count(2)
+    assert page.evaluate(
+        """() => Array.from(document.querySelectorAll("figure.chart")).map(
+            (f) => f.querySelectorAll("table.values tr[data-key]").length)"""
+    ) == [3, 3, 3, 3]
+    # hover: the legend shows the round's value under the pointer
+    page.locator('[data-chart="participation"] .u-over').hover()
+    expect(page.locator('[data-chart="participation"] .u-legend .u-value').first).not_to_have_text("--")
+    # smoothing adds a smoothed line beside each raw one
+    page.get_by_label("Smoothing").fill("0.6")
+    expect(page.locator('[data-chart="training-loss"] .u-legend')).to_contain_text("loss (smoothed)")
 
     # Publish round 3 with the keyboard alone: type the version and press Enter.
     version = page.get_by_label("Version for round 3")
@@ -188,7 +239,7 @@ def test_a_developer_watches_her_rounds_on_the_plot_and_publishes_one(
     row = page.get_by_role("row").filter(has_text="alice-mnist")
     expect(row).to_contain_text("collecting")
     page.screenshot(path=SCREENSHOTS / "experiments-list.png", full_page=True)
-    assert page.csp_violations == []  # the charts and live updates ran under the CSP
+    page.watched.assert_clean()  # the charts and live updates ran under the CSP, without an error
 
 
 def test_the_swagger_ui_and_the_admin_work_under_the_csp(page: Page, server: str):
@@ -206,4 +257,4 @@ def test_the_swagger_ui_and_the_admin_work_under_the_csp(page: Page, server: str
     page.locator("#id_password2").fill("correct-horse-battery-staple-42")
     page.get_by_role("button", name="Save", exact=True).click()
     expect(page.get_by_text("was added successfully")).to_be_visible()
-    assert page.csp_violations == []
+    page.watched.assert_clean()

@@ -313,3 +313,63 @@ def test_a_server_optimizers_rounds_show_their_algorithm_parameters_and_state_in
         assert f'title="SHA-256 {state}"' in page
     assert page.count("fedadam") >= 2
     assert '"server_learning_rate": 0.5' in html.unescape(page)
+
+
+def test_the_csv_export_has_every_chart_at_full_precision(
+    alice, bob, make_experiment, enroll, submit, run_round, alice_browser
+):
+    experiment = make_experiment(alice, "mnist")
+    client = enroll(experiment)
+    submit(experiment, client, 1.0, num_examples=3, metrics={"loss": 1 / 3})
+    aggregate = run_round(experiment)
+    url = f"/dashboard/experiments/{experiment.pk}/rounds.csv"
+    answer = alice_browser.get(url)
+    assert answer["Content-Type"] == "text/csv; charset=utf-8"
+    assert answer["Content-Disposition"] == f'attachment; filename="experiment-{experiment.pk}-rounds.csv"'
+    header, row = answer.content.decode().splitlines()
+    assert header == "round,training-loss,participation,duration"
+    assert row == f"1,{1 / 3!r},1,{aggregate.duration_seconds!r}"
+    other = Browser()
+    other.force_login(bob)
+    assert other.get(url).status_code == 404
+
+
+def test_the_comparison_overlays_one_chart_of_several_own_experiments_and_hides_others(
+    alice, bob, make_experiment, enroll, submit, run_round, alice_browser
+):
+    runs = []
+    for name, loss in (("lr-0.1", 0.5), ("lr-0.01", 0.75)):
+        experiment = make_experiment(alice, name)
+        submit(experiment, enroll(experiment), 1.0, metrics={"loss": loss})
+        run_round(experiment)
+        runs.append(experiment)
+    theirs = make_experiment(bob, "bob-secret")
+    query = {"experiment": [r.pk for r in runs], "chart": "training-loss"}
+    answer = alice_browser.get("/dashboard/compare/", query)
+    chart = answer.context["chart"]
+    assert [(s.name, s.points) for s in chart.series] == [
+        (f"lr-0.1 #{runs[0].pk}", ((1, 0.5),)),
+        (f"lr-0.01 #{runs[1].pk}", ((1, 0.75),)),
+    ]
+    page = answer.content.decode()
+    assert 'data-chart="compare-training-loss"' in page
+    assert "bob-secret" not in page
+    csv = alice_browser.get("/dashboard/compare/", {**query, "format": "csv"}).content.decode()
+    assert csv.splitlines() == [
+        f"round,compare-training-loss:lr-0.1 #{runs[0].pk},compare-training-loss:lr-0.01 #{runs[1].pk}",
+        "1,0.5,0.75",
+    ]
+    for ids in ([runs[0].pk, theirs.pk], ["x"], [10**30]):
+        assert alice_browser.get("/dashboard/compare/", {"experiment": ids}).status_code == 404
+
+
+def test_an_unknown_page_answers_404_in_the_dashboards_look_and_the_icon_is_served(alice_browser):
+    answer = alice_browser.get("/dashboard/no-such-page/")
+    assert answer.status_code == 404
+    page = answer.content.decode()
+    assert "<h1>Not found</h1>" in page
+    assert 'rel="icon"' in page
+    assert 'href="/dashboard/"' in page
+    icon = alice_browser.get("/favicon.ico", follow=True)
+    assert icon.status_code == 200
+    assert icon.redirect_chain[-1][0].endswith("dashboard/favicon.svg")

@@ -44,6 +44,7 @@ class Chart:
     from_zero: bool = False
     integer: bool = False
     fixed: bool = False  # participation and duration: every experiment has them, after the metrics
+    note: str = ""
 
     @property
     def rounds(self) -> list[int]:
@@ -72,7 +73,8 @@ def metric_charts(metrics: Sequence[AggregateMetrics]) -> list[Chart]:
                     key=f"{source}-{name}",
                     title=f"{name} — {caption}",
                     description=f"{name}, mean weighted by examples, per round",
-                    y_label=f"{name} (as reported; axis fitted to the values, not from 0)",
+                    y_label=name,
+                    note="The y axis fits the values: it does not start at 0.",
                     series=(Series(name, points),),
                 )
             )
@@ -121,6 +123,7 @@ def overlay(key: str, charts_by_name: Iterable[tuple[str, Chart | None]]) -> Cha
         series=tuple(Series(name, chart.series[0].points if chart else ()) for name, chart in found),
         from_zero=template.from_zero,
         integer=template.integer,
+        note=template.note,
     )
 
 

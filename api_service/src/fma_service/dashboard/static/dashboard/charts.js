@@ -15,8 +15,8 @@
 
   // A chart's data from its table: the rounds (data-key of each row) and a column per series.
   const read = (figure) => {
-    const names = Array.from(figure.querySelectorAll("thead th")).slice(1).map((th) => th.textContent.trim());
-    const rows = Array.from(figure.querySelectorAll("tbody tr[data-key]"))
+    const names = Array.from(figure.querySelectorAll("table.values thead th")).slice(1).map((th) => th.textContent.trim());
+    const rows = Array.from(figure.querySelectorAll("table.values > tbody > tr[data-key]"))
       .map((tr) => ({
         round: Number(tr.dataset.key),
         values: Array.from(tr.querySelectorAll("td")).map((td) =>
@@ -47,7 +47,7 @@
 
   // Every chart of the page spans the same rounds: from the first to the last of any of them.
   const roundSpan = () => {
-    const rounds = Array.from(document.querySelectorAll("figure.chart tbody tr[data-key]")).map((tr) =>
+    const rounds = Array.from(document.querySelectorAll("figure.chart table.values > tbody > tr[data-key]")).map((tr) =>
       Number(tr.dataset.key),
     );
     if (rounds.length === 0) {

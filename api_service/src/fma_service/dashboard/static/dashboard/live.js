@@ -78,7 +78,7 @@
       const key = figure.dataset.chart;
       const existing = container.querySelector(`figure[data-chart="${CSS.escape(key)}"]`);
       if (existing) {
-        upsertRows(existing.querySelector("tbody"), figure.querySelector("tbody"), false);
+        upsertRows(existing.querySelector("table.values > tbody"), figure.querySelector("table.values > tbody"), false);
         continue;
       }
       container.querySelector(".no-metrics")?.remove();
