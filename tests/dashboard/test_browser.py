@@ -85,7 +85,9 @@ class Watched:
         page.on("requestfailed", lambda request: self.failed.append(f"{request.url}: {request.failure}"))
         page.on(
             "response",
-            lambda answer: self.failed.append(f"{answer.url}: {answer.status}") if answer.status >= 400 else None,
+            lambda answer: (
+                self.failed.append(f"{answer.url}: {answer.status}") if answer.status >= 400 else None
+            ),
         )
 
     def _console(self, message: ConsoleMessage) -> None:
@@ -257,4 +259,120 @@ def test_the_swagger_ui_and_the_admin_work_under_the_csp(page: Page, server: str
     page.locator("#id_password2").fill("correct-horse-battery-staple-42")
     page.get_by_role("button", name="Save", exact=True).click()
     expect(page.get_by_text("was added successfully")).to_be_visible()
+    page.watched.assert_clean()
+
+
+def _with_rounds(
+    make_experiment, enroll, submit, run_round, developer: User, name: str, rounds: int
+) -> Experiment:
+    """An experiment with ``rounds`` rounds of two clients, metrics, a score per round, a rejected
+    update and a published version: every region of its page has rows."""
+    experiment = make_experiment(developer, name, metrics_schema={"type": "object"})
+    clients = [enroll(experiment), enroll(experiment)]
+    for round_number in range(1, rounds + 1):
+        for i, client in enumerate(clients):
+            submit(
+                experiment,
+                client,
+                float(i + round_number),
+                num_examples=10 * (i + 1),
+                metrics={"loss": 1 / round_number},
+            )
+        aggregate = run_round(experiment)
+        services.score_submit(
+            aggregate=aggregate, client=clients[0], validation_results={"accuracy": 0.5 + round_number / 20}
+        )
+    with pytest.raises(Exception, match="schema"):
+        submit(experiment, clients[0], 1.0, metrics=[1])
+    services.aggregate_publish(aggregate=aggregate, version=f"{rounds}.0", user=developer)
+    return experiment
+
+
+def _sticking_out(page: Page) -> list[str]:
+    """The elements whose right edge is past the screen's, outside the tables that scroll (the first 10)."""
+    return page.evaluate(
+        """() => Array.from(document.querySelectorAll("body *"))
+            .filter((e) => e.getBoundingClientRect().right > window.innerWidth + 1 && !e.closest(".scroll"))
+            .slice(0, 10)
+            .map((e) => `${e.tagName.toLowerCase()}.${e.className}: ${Math.round(e.getBoundingClientRect().right)}`)"""
+    )
+
+
+def _axe_violations(page: Page) -> list[dict]:
+    """axe-core's accessibility rules (WCAG 2.x A and AA, and its best practices) run on the page."""
+    page.evaluate(AXE.read_text())
+    return page.evaluate(
+        """async () => (await axe.run(document, {resultTypes: ["violations"]})).violations.map(
+            (v) => ({rule: v.id, impact: v.impact, nodes: v.nodes.map((n) => n.target.join(" "))}))"""
+    )
+
+
+@pytest.mark.parametrize("size", ["desktop", "phone"])
+def test_every_page_fits_the_screen_has_no_error_and_passes_an_accessibility_check(
+    chromium, server, size, make_experiment, enroll, submit, run_round
+):
+    if not AXE.exists():
+        reason = f"{AXE} is missing; `make test` installs it (npm ci in api_service/)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    alice = User.objects.create_user("alice", password="alice-password")
+    runs = [
+        _with_rounds(make_experiment, enroll, submit, run_round, alice, name, rounds)
+        for name, rounds in (("lr-0.1", 4), ("lr-0.01", 3))
+    ]
+    context, page = open_page(chromium, server, DESKTOP if size == "desktop" else PHONE)
+    pages = {
+        "login": "/dashboard/login/",
+        "experiments": "/dashboard/",
+        "experiment": f"/dashboard/experiments/{runs[0].pk}/",
+        "compare": f"/dashboard/compare/?experiment={runs[0].pk}&experiment={runs[1].pk}&chart=training-loss",
+        "not-found": "/dashboard/nowhere/",
+    }
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    for name, path in pages.items():
+        if name == "experiments":
+            log_in(page, "alice", "alice-password")
+        answer = page.goto(path)
+        assert answer.status == (404 if name == "not-found" else 200), name
+        charts = page.locator("figure.chart")
+        expect(page.locator("figure.chart .plot canvas")).to_have_count(charts.count())
+        overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"{name} is {overflow} px wider than the {size} screen: {_sticking_out(page)}"
+        for chart in charts.all():  # no chart is cut: each canvas fits inside its figure
+            assert chart.evaluate(
+                "(f) => f.querySelector('canvas').getBoundingClientRect().right <= f.getBoundingClientRect().right + 1"
+            ), name
+        assert _axe_violations(page) == [], name
+        page.screenshot(path=SCREENSHOTS / f"{name}-{size}.png", full_page=True)
+        if name == "not-found":
+            page.watched.clear()  # the 404 was asked for
+        page.watched.assert_clean()
+    context.close()
+
+
+def test_the_admin_lists_show_every_column_at_1440_px(
+    page: Page, server, make_experiment, enroll, submit, run_round
+):
+    root = User.objects.create_superuser("root", password="root-password")
+    _with_rounds(make_experiment, enroll, submit, run_round, root, "mnist", 2)
+    log_in(page, "root", "root-password")
+    for model in (
+        "experiment",
+        "client",
+        "modelupdate",
+        "modelaggregate",
+        "modelartifact",
+        "clientaggregatescore",
+        "enrollment",
+        "event",
+    ):
+        page.goto(f"/admin/fma_django/{model}/")
+        results = page.locator("#changelist .results")
+        assert results.count() == 1, f"the {model} list shows no rows"
+        hidden = results.evaluate("(e) => e.scrollWidth - e.clientWidth")
+        assert hidden <= 0, f"the {model} list hides {hidden} px behind a scroll bar"
+        expect(page.locator(f'a[href="/admin/fma_django/{model}/add/"]')).to_have_count(
+            1 if model in ("experiment", "client", "enrollment") else 0
+        )
     page.watched.assert_clean()

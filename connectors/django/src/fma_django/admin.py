@@ -15,7 +15,7 @@ from django.contrib import admin, messages
 from django.db.models import Count, Max, Q, QuerySet
 from django.http import HttpRequest
 from django.utils.formats import date_format
-from django.utils.html import format_html_join
+from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from fma_django import json_schemas, services
@@ -52,6 +52,11 @@ def _rounded(value: float | None, digits: int = 4) -> str:
     return "—" if value is None else f"{value:.{digits}g}"
 
 
+def _short_uuid(value: object) -> SafeString:
+    """A client's UUID in a list: its first 8 characters, the whole of it on hover (and in search)."""
+    return format_html('<span title="{}">{}…</span>', value, str(value)[:8])
+
+
 class EnrollmentInline(admin.TabularInline):
     model = Enrollment
     extra = 0
@@ -83,13 +88,11 @@ class ExperimentAdmin(admin.ModelAdmin):
         "developer",
         "aggregator",
         "allow_aggregation",
-        "legacy_mode",
         "rounds",
         "pending_updates",
         "client_count",
         "current_artifact",
-        "last_modified",
-    ]
+    ]  # legacy mode and times are in the filters and on the page: eleven columns overflowed 1440 px
     list_filter = ["allow_aggregation", "legacy_mode", "open_enrollment", "aggregator", "developer"]
     search_fields = ["name", "developer__username"]
     readonly_fields = ["current_artifact", "created_on", "last_modified"]
@@ -178,18 +181,21 @@ class ModelUpdateAdmin(ServiceRecordAdmin):
     list_display = [
         "id",
         "experiment",
-        "client",
+        "client_short",
         "status",
         "base_round",
         "aggregate",
         "num_examples",
         "size_bytes",
-        "weights_removed_on",
         "created_on",
     ]
     list_filter = ["status", "experiment"]
     search_fields = ["client__uuid", "content_id", "idempotency_key"]
     readonly_fields = [f.name for f in ModelUpdate._meta.fields if f.name != "aggregate_weight"] + ["weight"]
+
+    @admin.display(description="client", ordering="client__uuid")
+    def client_short(self, update: ModelUpdate) -> SafeString:
+        return _short_uuid(update.client.uuid)
 
     @admin.display(description="aggregate weight")
     def weight(self, update: ModelUpdate) -> str:
@@ -201,7 +207,7 @@ class UploadSessionAdmin(ServiceRecordAdmin):
     list_display = [
         "uuid",
         "experiment",
-        "client",
+        "client_short",
         "state",
         "size_bytes",
         "part_bytes",
@@ -211,6 +217,10 @@ class UploadSessionAdmin(ServiceRecordAdmin):
     list_filter = ["state", "experiment"]
     search_fields = ["uuid", "client__uuid", "idempotency_key"]
     readonly_fields = [f.name for f in UploadSession._meta.fields]
+
+    @admin.display(description="client", ordering="client__uuid")
+    def client_short(self, session: UploadSession) -> SafeString:
+        return _short_uuid(session.client.uuid)
 
 
 @admin.register(ModelAggregate)
@@ -268,9 +278,13 @@ class ModelArtifactAdmin(ServiceRecordAdmin):
 
 @admin.register(ClientAggregateScore)
 class ClientAggregateScoreAdmin(ServiceRecordAdmin):
-    list_display = ["id", "aggregate", "client", "created_on"]
+    list_display = ["id", "aggregate", "client_short", "created_on"]
     list_filter = ["aggregate__experiment"]
     readonly_fields = [f.name for f in ClientAggregateScore._meta.fields]
+
+    @admin.display(description="client", ordering="client__uuid")
+    def client_short(self, score: ClientAggregateScore) -> SafeString:
+        return _short_uuid(score.client.uuid)
 
 
 @admin.register(Enrollment)
