@@ -9,7 +9,14 @@ import pytest
 from django.test import Client as Browser
 from pytest_django.asserts import assertInHTML
 
-from fma_django.models import ClientAggregateScore, Event, EventKind, ModelAggregate, ModelArtifact, RoundLease
+from fma_django.models import (
+    ClientAggregateScore,
+    Event,
+    EventKind,
+    ModelAggregate,
+    ModelArtifact,
+    RoundLease,
+)
 
 
 @pytest.fixture

@@ -100,7 +100,9 @@ def round_charts(rows: Sequence[RoundRow]) -> list[Chart]:
             description="seconds the aggregator spent on each round",
             y_label="aggregation time (s)",
             series=(
-                Series("seconds", tuple((r.aggregate.round_number, r.aggregate.duration_seconds) for r in rows)),
+                Series(
+                    "seconds", tuple((r.aggregate.round_number, r.aggregate.duration_seconds) for r in rows)
+                ),
             ),
             from_zero=True,
             fixed=True,

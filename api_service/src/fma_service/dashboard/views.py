@@ -16,6 +16,7 @@ from fma_service.dashboard import charts, live
 from fma_service.dashboard import selectors as dashboard
 from fma_service.dashboard.forms import AggregationForm, PublishForm
 
+
 def _experiment(request: HttpRequest, pk: int) -> Experiment:
     """The experiment if the user may see it; 404 otherwise, never revealing that it exists."""
     return get_object_or_404(
@@ -58,7 +59,9 @@ def experiment_live(request: HttpRequest, pk: int) -> JsonResponse:
     only the regions that changed since, and of a table or the charts only their new rows."""
     experiment = _experiment(request, pk)
     seen = {name: request.GET.get(name) for name in live.REGIONS}
-    summary, regions = live.regions(request, experiment, seen=seen, may_change=_may_change(request, experiment))
+    summary, regions = live.regions(
+        request, experiment, seen=seen, may_change=_may_change(request, experiment)
+    )
     return JsonResponse(
         {
             "state": summary.state,
