@@ -28,7 +28,7 @@ os.environ.setdefault("FMA_DEVELOPMENT", "1")
 os.environ.setdefault("FMA_DATA_DIR", tempfile.mkdtemp(prefix="fma-bench-dashboard-"))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fma_service.settings")
 
-import django  # noqa: E402
+import django
 
 django.setup()
 

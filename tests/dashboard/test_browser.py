@@ -376,3 +376,30 @@ def test_the_admin_lists_show_every_column_at_1440_px(
             1 if model in ("experiment", "client", "enrollment") else 0
         )
     page.watched.assert_clean()
+
+
+def test_a_region_being_edited_waits_and_the_status_line_follows_the_summary(
+    page: Page, server, make_experiment, enroll, submit, run_round
+):
+    """A poll that skips a region (a version typed, not yet published) leaves its cursor where it
+    was, so the next poll after the edit brings its rows; the status line names the round the
+    summary on the page shows, never one a skipped region would have shown."""
+    alice = User.objects.create_user("alice", password="alice-password")
+    experiment = _with_rounds(make_experiment, enroll, submit, run_round, alice, "mnist", 1)
+    log_in(page, "alice", "alice-password")
+    page.goto(f"/dashboard/experiments/{experiment.pk}/")
+    page.get_by_label("Version for round 1").fill("draft")
+    client = experiment.enrollments.first().client
+    submit(experiment, client, 5.0, metrics={"loss": 0.125})
+    run_round(experiment)
+    expect(page.locator("[data-field=current-round]")).to_have_text("2")
+    expect(page.get_by_role("status").filter(has_text="Round 2 completed")).to_be_visible()
+    expect(page.locator('[data-live="rounds"] tr[data-key="2"]')).to_have_count(1)
+    expect(page.locator('[data-chart="training-loss"] table.values tr[data-key="2"]')).to_have_count(1)
+    lineage = page.locator('[data-live="lineage"] tbody > tr')
+    assert lineage.count() == 1  # still being edited: round 2 waits
+    page.get_by_label("Version for round 1").fill("")
+    page.get_by_role("heading", name="mnist").click()  # focus leaves the region
+    expect(lineage).to_have_count(2)
+    expect(lineage.first.get_by_role("rowheader")).to_have_text("2")  # newest first
+    page.watched.assert_clean()

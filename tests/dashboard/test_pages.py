@@ -377,6 +377,9 @@ def test_an_unknown_page_answers_404_in_the_dashboards_look_and_the_icon_is_serv
     assert "<h1>Not found</h1>" in page
     assert 'rel="icon"' in page
     assert 'href="/dashboard/"' in page
-    icon = alice_browser.get("/favicon.ico", follow=True)
+    redirect = alice_browser.get("/favicon.ico")
+    assert redirect["Location"] == "/static/dashboard/favicon.svg"
+    icon = alice_browser.get(redirect["Location"])
     assert icon.status_code == 200
-    assert icon.redirect_chain[-1][0].endswith("dashboard/favicon.svg")
+    assert b"".join(icon.streaming_content).startswith(b"<svg")
+    icon.close()

@@ -2,8 +2,8 @@
 and the health probe."""
 
 from django.contrib import admin
-from django.templatetags.static import static
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.templatetags.static import static
 from django.urls import include, path
 from django.views import defaults
 from django.views.generic import RedirectView

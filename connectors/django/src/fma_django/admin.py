@@ -36,7 +36,6 @@ from fma_django.models import (
     UploadSession,
 )
 
-
 # The admin's side menu takes a quarter of a 1440 px screen from every list; its index page lists the same.
 admin.site.enable_nav_sidebar = False
 
