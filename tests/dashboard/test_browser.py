@@ -221,6 +221,26 @@ def test_a_developer_watches_her_rounds_on_the_plot_and_publishes_one(
     # hover: the legend shows the round's value under the pointer
     page.locator('[data-chart="participation"] .u-over').hover()
     expect(page.locator('[data-chart="participation"] .u-legend .u-value').first).not_to_have_text("--")
+    # zoom: a drag across rounds 2 to 3 shows only them (the round under the chart's left edge is
+    # then 2); a double-click shows every round again
+    over = page.locator('[data-chart="participation"] .u-over')
+    box = over.bounding_box()
+    left_edge_round = page.locator('[data-chart="participation"] .u-legend .u-value').first
+
+    def hover_left_edge() -> None:
+        page.mouse.move(box["x"] + 2, box["y"] + box["height"] / 2)
+
+    hover_left_edge()
+    expect(left_edge_round).to_have_text("1")
+    page.mouse.move(box["x"] + box["width"] * 0.45, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] - 2, box["y"] + box["height"] / 2, steps=5)
+    page.mouse.up()
+    hover_left_edge()
+    expect(left_edge_round).to_have_text("2")
+    over.dblclick()
+    hover_left_edge()
+    expect(left_edge_round).to_have_text("1")
     # smoothing adds a smoothed line beside each raw one
     page.get_by_label("Smoothing").fill("0.6")
     expect(page.locator('[data-chart="training-loss"] .u-legend')).to_contain_text("loss (smoothed)")

@@ -78,7 +78,13 @@
       series,
       cursor: { drag: { x: true, y: false } },
       scales: {
-        x: { time: false, range: () => roundSpan() },
+        // unzoomed (uPlot asks with the chart's own first and last round): the page's whole span;
+        // zoomed (a drag asks with the selected rounds): what was selected
+        x: {
+          time: false,
+          range: (u, min, max) =>
+            min === u.data[0][0] && max === u.data[0][u.data[0].length - 1] ? roundSpan() : [min, max],
+        },
         y: fromZero ? { range: (_u, _min, max) => [0, max > 0 ? max * 1.1 : 1] } : {},
       },
       axes: [
