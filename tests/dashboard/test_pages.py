@@ -383,3 +383,38 @@ def test_an_unknown_page_answers_404_in_the_dashboards_look_and_the_icon_is_serv
     assert icon.status_code == 200
     assert b"".join(icon.streaming_content).startswith(b"<svg")
     icon.close()
+
+
+def test_charts_say_when_they_have_no_data_and_how_their_axes_are_drawn(
+    alice, make_experiment, enroll, submit, run_round, alice_browser
+):
+    experiment = make_experiment(alice, "mnist")
+    url = f"/dashboard/experiments/{experiment.pk}/"
+    empty = alice_browser.get(url).content.decode()
+    assertInHTML(
+        '<p class="no-data">No data yet: the chart starts with the first round that has a value.</p>',
+        empty,
+        count=2,  # clients per round, aggregation time
+    )
+    submit(experiment, enroll(experiment), 1.0, metrics={"loss": 0.5})
+    run_round(experiment)
+    answer = alice_browser.get(url)
+    page = answer.content.decode()
+    assert '<p class="no-data">' not in page
+    charts = {c.key: c for c in answer.context["charts"]}
+    assert (
+        charts["participation"].y_label,
+        charts["participation"].from_zero,
+        charts["participation"].integer,
+    ) == (
+        "clients",
+        True,
+        True,
+    )
+    assert (charts["duration"].y_label, charts["duration"].from_zero) == ("aggregation time (s)", True)
+    assert not charts["training-loss"].from_zero
+    assert "it does not start at 0" in charts["training-loss"].note
+    assert (
+        '<figure class="chart" data-chart="participation" data-y-label="clients" data-from-zero data-integer data-fixed>'
+        in page
+    )
