@@ -87,14 +87,17 @@ def _changed_rounds(previous: tuple[int, ...] | None, model: type, field: str) -
 def _plots(experiment: Experiment, cursor: str | None) -> dict[str, Any]:
     only = _changed_rounds(_marks(cursor, 2), ClientAggregateScore, "aggregate_id")
     metrics = fma_selectors.aggregate_metrics(experiment, only=only)
-    rows = dashboard.round_rows(experiment, only=only)
+    rows = dashboard.round_rows(experiment, only=only, with_inputs=False)
     return {"charts": charts.metric_charts(metrics) + charts.round_charts(rows), "partial": only is not None}
 
 
 def _rounds(experiment: Experiment, cursor: str | None) -> dict[str, Any]:
     previous = _marks(cursor, 1)
     only = Q(round_number__gt=previous[0]) if previous else None
-    return {"rounds": dashboard.round_rows(experiment, only=only), "partial": only is not None}
+    return {
+        "rounds": dashboard.round_rows(experiment, only=only, with_inputs=False),
+        "partial": only is not None,
+    }
 
 
 def _problems(experiment: Experiment, cursor: str | None) -> dict[str, Any]:

@@ -107,9 +107,10 @@ def experiment_summaries(user: AbstractBaseUser) -> list[ExperimentSummary]:
     return [experiment_summary(e) for e in experiments]
 
 
-def round_rows(experiment: Experiment, *, only: Q | None = None) -> list[RoundRow]:
+def round_rows(experiment: Experiment, *, only: Q | None = None, with_inputs: bool = True) -> list[RoundRow]:
     """Every round of the experiment (or those ``only`` selects), oldest first, with its
-    participation and transfer figures."""
+    participation and transfer figures, and its input updates unless ``with_inputs`` is false
+    (only the lineage lists them: a round of 100 clients is 100 records to read)."""
     aggregates = (
         experiment.aggregates.filter(only or Q())
         .select_related("parent")
@@ -133,6 +134,8 @@ def round_rows(experiment: Experiment, *, only: Q | None = None) -> list[RoundRo
         ModelUpdate.objects.filter(experiment=experiment, aggregate__isnull=False, **chosen)
         .select_related("client")
         .order_by("content_id", "id")
+        if with_inputs
+        else ()
     ):
         inputs.setdefault(update.aggregate_id, []).append(update)
     return [

@@ -72,7 +72,7 @@ def experiment_live(request: HttpRequest, pk: int) -> JsonResponse:
 
 
 def _experiment_charts(experiment: Experiment) -> list[charts.Chart]:
-    rows = dashboard.round_rows(experiment)
+    rows = dashboard.round_rows(experiment, with_inputs=False)
     return charts.metric_charts(fma_selectors.aggregate_metrics(experiment)) + charts.round_charts(rows)
 
 
