@@ -16,18 +16,22 @@ ZAPPA_STAMP := $(ZAPPA_VENV)/.installed
 # pandas and all) with fma-client's mlflow extra, none of which the app's .venv should carry.
 MLFLOW_VENV := .venv-mlflow
 MLFLOW_STAMP := $(MLFLOW_VENV)/.installed
+# The dashboard's chart library (uPlot) comes from the npm registry, pinned by api_service/package-lock.json,
+# and is served from the dashboard's static folder (ignored by git); axe-core stays in node_modules for the tests.
+VENDOR := api_service/src/fma_service/dashboard/static/dashboard/vendor
+VENDOR_STAMP := $(VENDOR)/.installed
 
 .PHONY: run test test-long bench fuzz format clean lambda-packages
 
 # federated training end to end on the embedded default; options: make run ARGS="--aggregator median --bad-clients 2"
-run: $(STAMP)
+run: $(STAMP) $(VENDOR_STAMP)
 	$(BIN)/python examples/quickstart/run.py $(ARGS)
 
 # the aggregation benchmark (the README's performance table)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/aggregate.py
 
-test: $(STAMP) $(CHECKOV_STAMP) $(ZAPPA_STAMP) $(MLFLOW_STAMP) $(CHROMIUM)
+test: $(STAMP) $(VENDOR_STAMP) $(CHECKOV_STAMP) $(ZAPPA_STAMP) $(MLFLOW_STAMP) $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	FMA_TEST_DATABASE=sqlite $(BIN)/python -m pytest
@@ -65,6 +69,13 @@ $(STAMP): requirements.txt fma_core/pyproject.toml connectors/django/pyproject.t
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	touch $@
 
+$(VENDOR_STAMP): api_service/package.json api_service/package-lock.json
+	cd api_service && npm ci --no-audit --no-fund --loglevel=error
+	mkdir -p $(VENDOR)
+	cp api_service/node_modules/uplot/dist/uPlot.iife.min.js api_service/node_modules/uplot/dist/uPlot.min.css \
+		api_service/node_modules/uplot/LICENSE $(VENDOR)/
+	touch $@
+
 $(CHECKOV_STAMP): terraform_deploy/requirements-checkov.txt
 	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
@@ -82,7 +93,7 @@ $(CHROMIUM):
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
 # The two zips terraform_deploy/ deploys: api_service/dist/ and aggregator/dist/ (deploy/package.py).
-lambda-packages: $(STAMP) $(ZAPPA_STAMP)
+lambda-packages: $(STAMP) $(VENDOR_STAMP) $(ZAPPA_STAMP)
 	$(BIN)/python deploy/package.py
 
 $(ZAPPA_STAMP): deploy/requirements-zappa.txt
@@ -92,5 +103,5 @@ $(ZAPPA_STAMP): deploy/requirements-zappa.txt
 	touch $@
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) $(ZAPPA_VENV) $(MLFLOW_VENV) .pytest_cache .ruff_cache build .cache/lambda-wheels \
+	rm -rf $(VENV) $(CHECKOV_VENV) $(ZAPPA_VENV) $(MLFLOW_VENV) $(VENDOR) api_service/node_modules .pytest_cache .ruff_cache build .cache/lambda-wheels \
 		api_service/dist aggregator/dist

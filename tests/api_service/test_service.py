@@ -107,5 +107,12 @@ def test_the_dashboard_and_its_static_files_are_served_by_the_service_itself(ser
     assert login.status_code == 200
     assert login.url == server + "/dashboard/login/?next=/dashboard/"
     assert "https://" not in login.text  # nothing from a CDN
-    for asset in ("/static/dashboard/dashboard.css", "/static/dashboard/live.js"):
+    for asset in (
+        "/static/dashboard/dashboard.css",
+        "/static/dashboard/live.js",
+        "/static/dashboard/charts.js",
+        # the chart library, installed from the npm registry by `make` (api_service/package.json)
+        "/static/dashboard/vendor/uPlot.iife.min.js",
+        "/static/dashboard/vendor/uPlot.min.css",
+    ):
         assert get(server + asset).status_code == 200

@@ -21,6 +21,7 @@ def test_every_dashboard_page_sends_a_strict_csp(alice, alice_browser, make_expe
         "/dashboard/": alice_browser,
         f"/dashboard/experiments/{experiment.pk}/": alice_browser,
         f"/dashboard/experiments/{experiment.pk}/live.json": alice_browser,
+        f"/dashboard/compare/?experiment={experiment.pk}": alice_browser,
     }
     for url, browser in pages.items():
         answer = browser.get(url)

@@ -9,7 +9,14 @@ import pytest
 from django.test import Client as Browser
 from pytest_django.asserts import assertInHTML
 
-from fma_django.models import Event, EventKind, ModelAggregate, ModelArtifact, RoundLease
+from fma_django.models import (
+    ClientAggregateScore,
+    Event,
+    EventKind,
+    ModelAggregate,
+    ModelArtifact,
+    RoundLease,
+)
 
 
 @pytest.fixture
@@ -98,8 +105,8 @@ def test_the_state_is_paused_aggregating_or_failed_as_the_rounds_go(alice, make_
     )
     answer = alice_browser.get(url).json()
     assert answer["state"] == "failed"
-    assert "disk full" in answer["sections"]["summary"]
-    assert "disk full" in answer["sections"]["problems"]
+    assert "disk full" in answer["regions"]["summary"]["html"]
+    assert "disk full" in answer["regions"]["problems"]["html"]
     experiment.allow_aggregation = False
     experiment.save()
     assert alice_browser.get(url).json()["state"] == "paused"
@@ -117,11 +124,15 @@ def test_the_detail_page_shows_plots_rounds_rejections_and_lineage(
         submit(experiment, first, 2.0, metrics=[1, 2])
     answer = alice_browser.get(f"/dashboard/experiments/{experiment.pk}/")
     page = answer.content.decode()
-    (chart,) = answer.context["metric_charts"]
-    assert chart.key == "training-accuracy"
-    assert [(p.round_number, p.value) for p in chart.points] == [(1, pytest.approx(0.8))]
-    assert 'data-chart="training-accuracy"' in page
-    assert 'circle class="point"' in page
+    assert [c.key for c in answer.context["charts"]] == ["training-accuracy", "participation", "duration"]
+    (accuracy,) = answer.context["charts"][0].series
+    assert accuracy.points == ((1, pytest.approx(0.8)),)
+    assertInHTML(
+        f"""<tr data-key="1"><th scope="row" class="num">1</th>
+        <td class="num" data-value="{accuracy.points[0][1]!r}">0.800000</td></tr>""",
+        page,
+        count=1,
+    )
     (row,) = answer.context["rounds"]
     assert (row.updates, row.clients, row.examples, row.bytes_in) == (2, 2, 4, u1.size_bytes + u2.size_bytes)
     assert aggregate.content_id in page
@@ -130,7 +141,7 @@ def test_the_detail_page_shows_plots_rounds_rejections_and_lineage(
     assert "metrics does not match the experiment&#x27;s schema" in page
     assert f"/api/v1/model_aggregates/{aggregate.pk}/weights/?format=safetensors" in page
     for region in ("summary", "plots", "rounds", "problems", "lineage"):
-        assert f'data-live="{region}" aria-live="polite"' in page
+        assert f'data-live="{region}" data-cursor="' in page
 
 
 def test_the_download_link_serves_the_aggregates_bytes_to_the_logged_in_developer(
@@ -197,18 +208,66 @@ def test_pause_and_resume_record_who_did_it(alice, make_experiment, alice_browse
     assert kinds == [EventKind.AGGREGATION_PAUSED, EventKind.AGGREGATION_RESUMED]
 
 
-def test_the_polled_json_sends_the_regions_only_when_the_experiment_changed(
-    alice, make_experiment, enroll, submit, alice_browser
+def _poll(browser: Browser, url: str, cursors: dict[str, str]) -> dict:
+    """One poll as the page makes it, the cursors moved on as the page moves them."""
+    answer = browser.get(url, cursors).json()
+    for name, region in answer["regions"].items():
+        cursors[name] = region["cursor"]
+    return answer["regions"]
+
+
+def test_a_poll_sends_only_the_regions_that_changed_and_only_their_new_rows(
+    alice, make_experiment, enroll, submit, run_round, alice_browser
 ):
     experiment = make_experiment(alice, "mnist")
     url = f"/dashboard/experiments/{experiment.pk}/live.json"
-    first = alice_browser.get(url).json()
-    assert set(first["sections"]) == {"summary", "plots", "rounds", "problems", "lineage"}
-    assert alice_browser.get(url, {"since": first["stamp"]}).json()["sections"] == {}
-    submit(experiment, enroll(experiment), 1.0)
-    changed = alice_browser.get(url, {"since": first["stamp"]}).json()
-    assert changed["stamp"] != first["stamp"]
-    assert "<dd>1</dd>" in changed["sections"]["summary"]  # one update waiting
+    first, second = enroll(experiment), enroll(experiment)
+    submit(experiment, first, 1.0, metrics={"loss": 0.5})
+    run_round(experiment)
+    cursors: dict[str, str] = {}
+    regions = _poll(alice_browser, url, cursors)
+    assert set(regions) == {"summary", "plots", "rounds", "problems", "lineage"}
+    assert not any(region["rows"] for region in regions.values())  # no cursor: whole regions
+    assert _poll(alice_browser, url, cursors) == {}
+
+    submit(experiment, second, 2.0, metrics={"loss": 0.25})
+    regions = _poll(alice_browser, url, cursors)
+    assert set(regions) == {"summary"}  # one update waiting: nothing else moved
+    assert "<dd>1</dd>" in regions["summary"]["html"]
+
+    aggregate = run_round(experiment)
+    regions = _poll(alice_browser, url, cursors)
+    assert set(regions) == {"summary", "plots", "rounds", "lineage"}
+    for name in ("plots", "rounds", "lineage"):
+        assert regions[name]["rows"], name
+    assert 'data-key="2"' in regions["rounds"]["html"]
+    assert 'data-key="1"' not in regions["rounds"]["html"]
+    assert f'data-aggregate="{aggregate.pk}"' in regions["lineage"]["html"]
+    assert regions["lineage"]["html"].count("data-aggregate=") == 1
+    assert regions["plots"]["html"].count('<tr data-key="2">') == 3  # loss, clients, duration
+    assert '<tr data-key="1">' not in regions["plots"]["html"]
+
+    # a late score of round 1 changes round 1's point of a new chart, and nothing else
+    ClientAggregateScore.objects.create(
+        aggregate=aggregate.parent, client=first, validation_results={"accuracy": 0.7}
+    )
+    regions = _poll(alice_browser, url, cursors)
+    assert set(regions) == {"plots"}
+    assert 'data-chart="evaluation-accuracy"' in regions["plots"]["html"]
+    assert '<tr data-key="2">' not in regions["plots"]["html"]
+
+    Event.objects.create(
+        kind=EventKind.UPDATE_REJECTED, experiment=experiment, detail={"reason": "not finite"}
+    )
+    regions = _poll(alice_browser, url, cursors)
+    assert set(regions) == {"problems"}
+    assert regions["problems"]["html"].count("<tr data-key=") == 1
+
+    # a malformed or missing cursor gets the whole region, as a first load does
+    whole = alice_browser.get(url, {**cursors, "rounds": "x.1", "lineage": ""}).json()["regions"]
+    assert set(whole) == {"rounds", "lineage"}
+    assert not whole["rounds"]["rows"]
+    assert whole["rounds"]["html"].count("<tr data-key=") == 2
 
 
 def test_the_lineage_shows_each_aggregates_algorithm_parameters_and_server_state(
@@ -330,3 +389,101 @@ def test_a_robust_rounds_selection_and_each_updates_score_are_in_the_lineage(
     far_line = page[page.index(f"update {far.pk} from") :].split("</li>")[0]
     assert f"score {report['scores'][str(far.pk)]:.6g}" in far_line
     assert "not selected" in far_line
+
+
+def test_the_csv_export_has_every_chart_at_full_precision(
+    alice, bob, make_experiment, enroll, submit, run_round, alice_browser
+):
+    experiment = make_experiment(alice, "mnist")
+    client = enroll(experiment)
+    submit(experiment, client, 1.0, num_examples=3, metrics={"loss": 1 / 3})
+    aggregate = run_round(experiment)
+    url = f"/dashboard/experiments/{experiment.pk}/rounds.csv"
+    answer = alice_browser.get(url)
+    assert answer["Content-Type"] == "text/csv; charset=utf-8"
+    assert answer["Content-Disposition"] == f'attachment; filename="experiment-{experiment.pk}-rounds.csv"'
+    header, row = answer.content.decode().splitlines()
+    assert header == "round,training-loss,participation,duration"
+    assert row == f"1,{1 / 3!r},1,{aggregate.duration_seconds!r}"
+    other = Browser()
+    other.force_login(bob)
+    assert other.get(url).status_code == 404
+
+
+def test_the_comparison_overlays_one_chart_of_several_own_experiments_and_hides_others(
+    alice, bob, make_experiment, enroll, submit, run_round, alice_browser
+):
+    runs = []
+    for name, loss in (("lr-0.1", 0.5), ("lr-0.01", 0.75)):
+        experiment = make_experiment(alice, name)
+        submit(experiment, enroll(experiment), 1.0, metrics={"loss": loss})
+        run_round(experiment)
+        runs.append(experiment)
+    theirs = make_experiment(bob, "bob-secret")
+    query = {"experiment": [r.pk for r in runs], "chart": "training-loss"}
+    answer = alice_browser.get("/dashboard/compare/", query)
+    chart = answer.context["chart"]
+    assert [(s.name, s.points) for s in chart.series] == [
+        (f"lr-0.1 #{runs[0].pk}", ((1, 0.5),)),
+        (f"lr-0.01 #{runs[1].pk}", ((1, 0.75),)),
+    ]
+    page = answer.content.decode()
+    assert 'data-chart="compare-training-loss"' in page
+    assert "bob-secret" not in page
+    csv = alice_browser.get("/dashboard/compare/", {**query, "format": "csv"}).content.decode()
+    assert csv.splitlines() == [
+        f"round,compare-training-loss:lr-0.1 #{runs[0].pk},compare-training-loss:lr-0.01 #{runs[1].pk}",
+        "1,0.5,0.75",
+    ]
+    for ids in ([runs[0].pk, theirs.pk], ["x"], [10**30]):
+        assert alice_browser.get("/dashboard/compare/", {"experiment": ids}).status_code == 404
+
+
+def test_an_unknown_page_answers_404_in_the_dashboards_look_and_the_icon_is_served(alice_browser):
+    answer = alice_browser.get("/dashboard/no-such-page/")
+    assert answer.status_code == 404
+    page = answer.content.decode()
+    assert "<h1>Not found</h1>" in page
+    assert 'rel="icon"' in page
+    assert 'href="/dashboard/"' in page
+    redirect = alice_browser.get("/favicon.ico")
+    assert redirect["Location"] == "/static/dashboard/favicon.svg"
+    icon = alice_browser.get(redirect["Location"])
+    assert icon.status_code == 200
+    assert b"".join(icon.streaming_content).startswith(b"<svg")
+    icon.close()
+
+
+def test_charts_say_when_they_have_no_data_and_how_their_axes_are_drawn(
+    alice, make_experiment, enroll, submit, run_round, alice_browser
+):
+    experiment = make_experiment(alice, "mnist")
+    url = f"/dashboard/experiments/{experiment.pk}/"
+    empty = alice_browser.get(url).content.decode()
+    assertInHTML(
+        '<p class="no-data">No data yet: the chart starts with the first round that has a value.</p>',
+        empty,
+        count=2,  # clients per round, aggregation time
+    )
+    submit(experiment, enroll(experiment), 1.0, metrics={"loss": 0.5})
+    run_round(experiment)
+    answer = alice_browser.get(url)
+    page = answer.content.decode()
+    assert '<p class="no-data">' not in page
+    charts = {c.key: c for c in answer.context["charts"]}
+    assert (
+        charts["participation"].y_label,
+        charts["participation"].from_zero,
+        charts["participation"].integer,
+    ) == (
+        "clients",
+        True,
+        True,
+    )
+    assert (charts["duration"].y_label, charts["duration"].from_zero) == ("aggregation time (s)", True)
+    assert not charts["training-loss"].from_zero
+    assert "it does not start at 0" in charts["training-loss"].note
+    assert (
+        '<figure class="chart" data-chart="participation" data-y-label="clients" data-from-zero data-integer data-fixed>'
+        in page
+    )

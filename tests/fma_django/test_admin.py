@@ -34,7 +34,18 @@ MODELS = [
     "enrollmenttoken",
     "roundlease",
     "roundselection",
+    "uploadsession",
     "event",
+]
+# made only by the service, with bytes in the weight store and hashes a form cannot give
+SERVICE_RECORDS = [
+    "modelupdate",
+    "modelaggregate",
+    "modelartifact",
+    "roundlease",
+    "uploadsession",
+    "clientaggregatescore",
+    "roundselection",
 ]
 
 
@@ -159,3 +170,38 @@ def test_the_experiment_form_checks_client_sampling_and_keeps_a_seed(admin_clien
     config = Experiment.objects.get(pk=experiment.pk).client_sampling
     assert config == {"clients": 3, "seed": config["seed"], "mode": "uniform"}
     assert isinstance(config["seed"], int)
+
+
+@pytest.mark.parametrize("model", SERVICE_RECORDS)
+def test_records_only_the_service_makes_offer_no_add_form(admin_client, populated, model):
+    url = reverse(f"admin:fma_django_{model}_add")
+    assert admin_client.get(url).status_code == 403
+    assert admin_client.post(url, {}).status_code == 403
+    listing = admin_client.get(reverse(f"admin:fma_django_{model}_changelist")).content.decode()
+    assert url not in listing
+    assert url not in admin_client.get(reverse("admin:index")).content.decode()
+
+
+def test_the_add_forms_the_admin_still_offers_open(admin_client, populated):
+    for model in ("experiment", "client", "enrollment"):
+        assert admin_client.get(reverse(f"admin:fma_django_{model}_add")).status_code == 200, model
+
+
+def test_numbers_are_rounded_times_carry_their_zone_and_event_details_read_as_text(admin_client, populated):
+    aggregate = ModelAggregate.objects.get()
+    ModelAggregate.objects.filter(pk=aggregate.pk).update(
+        duration_seconds=0.123456789, validation_score=2 / 3
+    )
+    Event.objects.create(
+        kind=EventKind.UPDATE_REJECTED, experiment=populated, detail={"reason": "not finite"}
+    )
+    page = admin_client.get(reverse("admin:fma_django_modelaggregate_changelist")).content.decode()
+    assert 'class="field-duration">0.123<' in page
+    assert 'class="field-score">0.6667<' in page
+    assert "0.123456789" not in page
+    assert re.search(r'class="field-created_on nowrap">\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC<', page)
+    detail = admin_client.get(reverse("admin:fma_django_modelaggregate_change", args=[aggregate.pk]))
+    assert "0.123456789" not in detail.content.decode()
+    events = admin_client.get(reverse("admin:fma_django_event_changelist")).content.decode()
+    assert '<span class="event-detail">reason: not finite</span>' in events
+    assert "{&quot;reason&quot;" not in events

@@ -205,6 +205,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
+# the admin's times in ISO order with their zone (fma_service/formats/en/formats.py)
+FORMAT_MODULE_PATH = "fma_service.formats"
 USE_I18N = True
 USE_TZ = True
 

@@ -3,6 +3,7 @@ the health and readiness probes and the metrics (``fma_service.observability``).
 
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.templatetags.static import static
 from django.urls import include, path
 from django.views import defaults
 from django.views.generic import RedirectView
@@ -28,6 +29,8 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
     path("metrics", metrics, name="metrics"),
+    # what browsers ask for on pages that name no icon (the admin's, the Swagger UI's)
+    path("favicon.ico", RedirectView.as_view(url=static("dashboard/favicon.svg")), name="favicon"),
 ]
 
 

@@ -1,93 +1,146 @@
-"""Line charts as plain data for an SVG template: no chart library, no script, works offline.
+"""The dashboard's charts as data: what each one plots, its axes' labels and units, and its points.
 
-The server computes every coordinate, so a chart is the same in any browser, readable without
-JavaScript, and testable as data. Each chart is also shown as a table for screen readers.
+The server renders each chart as a table of its points (readable without JavaScript, and by screen
+readers); ``static/dashboard/charts.js`` reads that table and draws it with uPlot (zoom, hover
+values, smoothing). The same charts feed the CSV export and the run comparison, so a chart, its
+table and its file never disagree.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+import csv
+import io
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-WIDTH, HEIGHT = 560, 220
-LEFT, RIGHT, TOP, BOTTOM = 64, 16, 16, 40
+from fma_django.selectors import AggregateMetrics
+from fma_service.dashboard.selectors import RoundRow
+
+SOURCES = (
+    ("evaluation", "clients' evaluation of each aggregate"),
+    ("training", "reported with the updates of each round"),
+)
 
 
 @dataclass(frozen=True)
-class Point:
-    round_number: int
-    value: float
-    x: float
-    y: float
+class Series:
+    """One line: a name (an experiment's, on the comparison page) and its ``(round, value)`` points."""
+
+    name: str
+    points: tuple[tuple[int, float], ...]
 
 
 @dataclass(frozen=True)
-class Tick:
-    label: str
-    position: float
-
-
-@dataclass(frozen=True)
-class LineChart:
-    """One series of values per round, fitted into a ``WIDTH`` × ``HEIGHT`` box."""
+class Chart:
+    """One chart: ``y_label`` names the quantity and its unit; ``from_zero`` says whether the y axis
+    starts at zero (counts and durations do; a metric's axis fits its values, and says so);
+    ``integer`` keeps the ticks on whole numbers (clients are counted, never 9.5)."""
 
     key: str
     title: str
     description: str
-    points: tuple[Point, ...]
-    x_ticks: tuple[Tick, ...]
-    y_ticks: tuple[Tick, ...]
-    width: int = WIDTH
-    height: int = HEIGHT
-    left: int = LEFT
-    right_edge: int = WIDTH - RIGHT
-    top: int = TOP
-    bottom_edge: int = HEIGHT - BOTTOM
+    y_label: str
+    series: tuple[Series, ...]
+    from_zero: bool = False
+    integer: bool = False
+    fixed: bool = False  # participation and duration: every experiment has them, after the metrics
+    note: str = ""
 
     @property
-    def polyline(self) -> str:
-        return " ".join(f"{p.x:.1f},{p.y:.1f}" for p in self.points)
+    def rounds(self) -> list[int]:
+        return sorted({r for s in self.series for r, _ in s.points})
+
+    @property
+    def rows(self) -> list[tuple[int, list[float | None]]]:
+        """The table: one row per round, one value per series (``None`` where a series has none)."""
+        values = [dict(s.points) for s in self.series]
+        return [(r, [v.get(r) for v in values]) for r in self.rounds]
 
 
-def nice_step(span: float, count: int = 4) -> float:
-    """A round step (1, 2 or 5 times a power of ten) that cuts ``span`` into about ``count`` parts."""
-    raw = span / count
-    power = 10 ** math.floor(math.log10(raw))
-    return next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+def metric_charts(metrics: Sequence[AggregateMetrics]) -> list[Chart]:
+    """One chart per reported metric: the clients' evaluations first, then what came with updates."""
+    result = []
+    for source, caption in SOURCES:
+        names = sorted({name for item in metrics for name in getattr(item, source)})
+        for name in names:
+            points = tuple(
+                (item.aggregate.round_number, getattr(item, source)[name].weighted_mean)
+                for item in metrics
+                if name in getattr(item, source)
+            )
+            result.append(
+                Chart(
+                    key=f"{source}-{name}",
+                    title=f"{name} — {caption}",
+                    description=f"{name}, mean weighted by examples, per round",
+                    y_label=name,
+                    note="The y axis fits the values: it does not start at 0.",
+                    series=(Series(name, points),),
+                )
+            )
+    return result
 
 
-def _label(value: float) -> str:
-    return f"{value:.4g}"
+def round_charts(rows: Sequence[RoundRow]) -> list[Chart]:
+    """The two charts every experiment has: clients per round and aggregation time per round."""
+    return [
+        Chart(
+            key="participation",
+            title="Clients per round",
+            description="number of clients whose updates each round aggregated",
+            y_label="clients",
+            series=(Series("clients", tuple((r.aggregate.round_number, r.clients) for r in rows)),),
+            from_zero=True,
+            integer=True,
+            fixed=True,
+        ),
+        Chart(
+            key="duration",
+            title="Aggregation time per round",
+            description="seconds the aggregator spent on each round",
+            y_label="aggregation time (s)",
+            series=(
+                Series(
+                    "seconds", tuple((r.aggregate.round_number, r.aggregate.duration_seconds) for r in rows)
+                ),
+            ),
+            from_zero=True,
+            fixed=True,
+        ),
+    ]
 
 
-def line_chart(*, key: str, title: str, description: str, series: Sequence[tuple[int, float]]) -> LineChart:
-    """Fit ``(round, value)`` pairs, in round order, into the chart box with round-numbered axes."""
-    values = [v for _, v in series]
-    low, high = (min(values), max(values)) if values else (0.0, 1.0)
-    if high == low:
-        pad = abs(high) * 0.1 or 1.0
-        low, high = low - pad, high + pad
-    step = nice_step(high - low)
-    low, high = math.floor(low / step) * step, math.ceil(high / step) * step
-    rounds = [r for r, _ in series]
-    first, last = (min(rounds), max(rounds)) if rounds else (1, 1)
-    last = max(last, first + 1)
-    inner_w, inner_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
-
-    def x(r: float) -> float:
-        return LEFT + (r - first) / (last - first) * inner_w
-
-    def y(v: float) -> float:
-        return TOP + (high - v) / (high - low) * inner_h
-
-    x_step = max(1, math.ceil((last - first) / 10))
-    y_count = round((high - low) / step)
-    return LineChart(
-        key=key,
-        title=title,
-        description=description,
-        points=tuple(Point(r, v, x(r), y(v)) for r, v in series),
-        x_ticks=tuple(Tick(str(r), x(r)) for r in range(first, last + 1, x_step)),
-        y_ticks=tuple(Tick(_label(low + i * step), y(low + i * step)) for i in range(y_count + 1)),
+def overlay(key: str, charts_by_name: Iterable[tuple[str, Chart | None]]) -> Chart | None:
+    """The chart ``key`` of several experiments on one set of axes, one series per experiment
+    (an experiment without that chart adds an empty series); ``None`` when none has it."""
+    found = [(name, chart) for name, chart in charts_by_name]
+    template = next((chart for _, chart in found if chart is not None), None)
+    if template is None:
+        return None
+    return Chart(
+        key=f"compare-{key}",
+        title=template.title,
+        description=f"{template.description}, one line per experiment",
+        y_label=template.y_label,
+        series=tuple(Series(name, chart.series[0].points if chart else ()) for name, chart in found),
+        from_zero=template.from_zero,
+        integer=template.integer,
+        note=template.note,
     )
+
+
+def as_csv(charts: Sequence[Chart]) -> str:
+    """The charts' values as one CSV table: a row per round, a column per chart and series, full
+    precision (``repr`` of the float), empty where a round has no value."""
+    columns = [(chart, i) for chart in charts for i in range(len(chart.series))]
+    header = ["round"] + [
+        chart.key if len(chart.series) == 1 else f"{chart.key}:{chart.series[i].name}" for chart, i in columns
+    ]
+    lookup = [dict(chart.series[i].points) for chart, i in columns]
+    rounds = sorted({r for chart in charts for r in chart.rounds})
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    for r in rounds:
+        writer.writerow([r] + ["" if (v := values.get(r)) is None else repr(v) for values in lookup])
+    return out.getvalue()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Count, Max, Q, Sum
+from django.db.models import Count, Max, Q, QuerySet, Sum
 from django.utils import timezone
 
 from fma_django import selectors
@@ -167,10 +167,13 @@ def experiment_summaries(user: AbstractBaseUser) -> list[ExperimentSummary]:
     return [experiment_summary(e) for e in experiments]
 
 
-def round_rows(experiment: Experiment) -> list[RoundRow]:
-    """Every round of the experiment, oldest first, with its participation and transfer figures."""
+def round_rows(experiment: Experiment, *, only: Q | None = None, with_inputs: bool = True) -> list[RoundRow]:
+    """Every round of the experiment (or those ``only`` selects), oldest first, with its
+    participation and transfer figures, and its input updates unless ``with_inputs`` is false
+    (only the lineage lists them: a round of 100 clients is 100 records to read)."""
     aggregates = (
-        experiment.aggregates.select_related("parent")
+        experiment.aggregates.filter(only or Q())
+        .select_related("parent")
         .annotate(
             n_updates=Count("updates"),
             n_clients=Count("updates__client", distinct=True),
@@ -179,16 +182,20 @@ def round_rows(experiment: Experiment) -> list[RoundRow]:
         )
         .order_by("round_number")
     )
+    # the artifacts and inputs of just those rounds (a poll asks for one new round, not all)
+    chosen = {"aggregate__in": experiment.aggregates.filter(only)} if only is not None else {}
     versions: dict[int, list[str]] = {}
     for aggregate_id, version in ModelArtifact.objects.filter(
-        experiment=experiment, aggregate__isnull=False
+        experiment=experiment, aggregate__isnull=False, **chosen
     ).values_list("aggregate_id", "version"):
         versions.setdefault(aggregate_id, []).append(version)
     inputs: dict[int, list[ModelUpdate]] = {}
     for update in (
-        ModelUpdate.objects.filter(experiment=experiment, aggregate__isnull=False)
+        ModelUpdate.objects.filter(experiment=experiment, aggregate__isnull=False, **chosen)
         .select_related("client")
         .order_by("content_id", "id")
+        if with_inputs
+        else ()
     ):
         inputs.setdefault(update.aggregate_id, []).append(update)
     return [
@@ -223,30 +230,34 @@ def round_inputs(aggregate: ModelAggregate, updates: list[ModelUpdate]) -> tuple
     )
 
 
-def problem_events(experiment: Experiment, *, limit: int = 50) -> list[Event]:
-    """The newest rejected and quarantined updates and failed rounds, with their reasons."""
+def problem_events(experiment: Experiment, *, after: int = 0, limit: int = 50) -> list[Event]:
+    """The newest rejected and quarantined updates and failed rounds (those after event id
+    ``after``), newest first, with their reasons."""
     return list(
-        Event.objects.filter(Q(kind__in=PROBLEM_KINDS), experiment=experiment)
+        Event.objects.filter(Q(kind__in=PROBLEM_KINDS), experiment=experiment, id__gt=after)
         .select_related("client")
-        .order_by("-created_on", "-id")[:limit]
+        .order_by("-id")[:limit]
     )
 
 
-def experiment_stamp(summary: ExperimentSummary) -> str:
-    """Changes whenever anything the detail page shows changes, so the page re-renders only then."""
-    experiment = summary.experiment
-    last_event = Event.objects.filter(experiment=experiment).aggregate(last=Max("id"))["last"]
-    scores = ClientAggregateScore.objects.filter(aggregate__experiment=experiment).count()
-    return ":".join(
-        str(part)
-        for part in (
-            summary.state,
-            summary.current_round,
-            summary.clients_enrolled,
-            summary.clients_active,
-            summary.updates_waiting,
-            last_event,
-            scores,
-            experiment.current_artifact_id,
-        )
+@dataclass(frozen=True)
+class Marks:
+    """The newest of each record the detail page's regions show: a poll that saw these marks asks
+    only for what came after them (ids and round numbers only grow)."""
+
+    round: int
+    score: int
+    artifact: int
+    problem: int
+
+
+def experiment_marks(experiment: Experiment) -> Marks:
+    def newest(rows: QuerySet, field: str = "id") -> int:
+        return rows.aggregate(newest=Max(field))["newest"] or 0
+
+    return Marks(
+        round=newest(experiment.aggregates.all(), "round_number"),
+        score=newest(ClientAggregateScore.objects.filter(aggregate__experiment=experiment)),
+        artifact=newest(ModelArtifact.objects.filter(experiment=experiment)),
+        problem=newest(Event.objects.filter(experiment=experiment, kind__in=PROBLEM_KINDS)),
     )

@@ -1,4 +1,4 @@
-"""``/dashboard/``: the experiments list, one experiment's page and its polled JSON, login and logout."""
+"""``/dashboard/``: the experiments list, one experiment's page, its polled JSON and CSV, run comparison, login and logout."""
 
 from django.contrib.auth import views as auth_views
 from django.urls import path
@@ -11,6 +11,8 @@ urlpatterns = [
     path("", views.experiment_list, name="experiments"),
     path("experiments/<int:pk>/", views.experiment_detail, name="experiment"),
     path("experiments/<int:pk>/live.json", views.experiment_live, name="experiment-live"),
+    path("experiments/<int:pk>/rounds.csv", views.experiment_csv, name="experiment-csv"),
+    path("compare/", views.experiments_compare, name="compare"),
     path("experiments/<int:pk>/publish/", views.aggregate_publish, name="publish"),
     path("experiments/<int:pk>/aggregation/", views.experiment_aggregation, name="aggregation"),
     path(

@@ -2,30 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.template.loader import render_to_string
 from django.views.decorators.http import require_GET, require_POST
 
 from fma_django import selectors as fma_selectors
 from fma_django import services
 from fma_django.errors import ValidationFailed
 from fma_django.models import Experiment
-from fma_service.dashboard import charts
+from fma_service.dashboard import charts, live
 from fma_service.dashboard import selectors as dashboard
 from fma_service.dashboard.forms import AggregationForm, PublishForm
-
-# The regions of the detail page that the page's script replaces as rounds complete.
-LIVE_SECTIONS = ("summary", "plots", "rounds", "problems", "lineage")
 
 
 def _experiment(request: HttpRequest, pk: int) -> Experiment:
     """The experiment if the user may see it; 404 otherwise, never revealing that it exists."""
-    return get_object_or_404(fma_selectors.experiments_visible(request.user), pk=pk)
+    return get_object_or_404(
+        fma_selectors.experiments_visible(request.user).select_related("current_artifact"), pk=pk
+    )
+
+
+def _may_change(request: HttpRequest, experiment: Experiment) -> bool:
+    return fma_selectors.experiments_owned(request.user).filter(pk=experiment.pk).exists()
 
 
 @require_GET
@@ -38,86 +38,99 @@ def experiment_list(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _metric_charts(experiment: Experiment) -> list[charts.LineChart]:
-    """One chart per reported metric: the clients' evaluations first, then what came with updates."""
-    combined = fma_selectors.aggregate_metrics(experiment)
-    result = []
-    for source, caption in (
-        ("evaluation", "clients' evaluation of each aggregate"),
-        ("training", "reported with the updates of each round"),
-    ):
-        names = sorted({name for item in combined for name in getattr(item, source)})
-        for name in names:
-            series = [
-                (item.aggregate.round_number, getattr(item, source)[name].weighted_mean)
-                for item in combined
-                if name in getattr(item, source)
-            ]
-            result.append(
-                charts.line_chart(
-                    key=f"{source}-{name}",
-                    title=f"{name} — {caption}",
-                    description=f"{name}, mean weighted by examples, per round",
-                    series=series,
-                )
-            )
-    return result
-
-
-def _detail_context(request: HttpRequest, experiment: Experiment) -> dict[str, Any]:
-    rounds = dashboard.round_rows(experiment)
-    return {
-        "experiment": experiment,
-        "summary": dashboard.experiment_summary(experiment),
-        "rounds": rounds,
-        "metric_charts": _metric_charts(experiment),
-        "participation_chart": charts.line_chart(
-            key="participation",
-            title="Clients per round",
-            description="number of clients whose updates each round aggregated",
-            series=[(r.aggregate.round_number, r.clients) for r in rounds],
-        ),
-        "duration_chart": charts.line_chart(
-            key="duration",
-            title="Aggregation time per round (seconds)",
-            description="seconds the aggregator spent on each round",
-            series=[(r.aggregate.round_number, r.aggregate.duration_seconds) for r in rounds],
-        ),
-        "problems": dashboard.problem_events(experiment),
-        "may_change": fma_selectors.experiments_owned(request.user).filter(pk=experiment.pk).exists(),
-    }
-
-
 @require_GET
 @login_required
 def experiment_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """The whole page, each region with the cursor its polls start from."""
     experiment = _experiment(request, pk)
-    context = _detail_context(request, experiment)
-    context["stamp"] = dashboard.experiment_stamp(context["summary"])
-    return render(request, "dashboard/experiment_detail.html", context)
+    may_change = _may_change(request, experiment)
+    summary, regions = live.regions(request, experiment, seen={}, may_change=may_change)
+    return render(
+        request,
+        "dashboard/experiment_detail.html",
+        {"experiment": experiment, "summary": summary, "regions": regions, "may_change": may_change},
+    )
 
 
 @require_GET
 @login_required
 def experiment_live(request: HttpRequest, pk: int) -> JsonResponse:
-    """What the detail page polls: a stamp of the state and, when it differs from ``since``, each
-    live region freshly rendered (an unchanged experiment costs a few counts, not five templates)."""
+    """What the detail page polls, with each region's cursor in the query (``?rounds=12&...``):
+    only the regions that changed since, and of a table or the charts only their new rows."""
     experiment = _experiment(request, pk)
-    summary = dashboard.experiment_summary(experiment)
-    stamp = dashboard.experiment_stamp(summary)
-    answer: dict[str, Any] = {
-        "stamp": stamp,
-        "state": summary.state,
-        "current_round": summary.current_round,
-        "sections": {},
-    }
-    if request.GET.get("since") != stamp:
-        context = _detail_context(request, experiment)
-        answer["sections"] = {
-            name: render_to_string(f"dashboard/_{name}.html", context, request=request)
-            for name in LIVE_SECTIONS
+    seen = {name: request.GET.get(name) for name in live.REGIONS}
+    summary, regions = live.regions(
+        request, experiment, seen=seen, may_change=_may_change(request, experiment)
+    )
+    return JsonResponse(
+        {
+            "state": summary.state,
+            "current_round": summary.current_round,
+            "regions": {name: region.as_dict() for name, region in regions.items()},
         }
-    return JsonResponse(answer)
+    )
+
+
+def _experiment_charts(experiment: Experiment) -> list[charts.Chart]:
+    rows = dashboard.round_rows(experiment, with_inputs=False)
+    return charts.metric_charts(fma_selectors.aggregate_metrics(experiment)) + charts.round_charts(rows)
+
+
+def _csv(name: str, body: str) -> HttpResponse:
+    answer = HttpResponse(body, content_type="text/csv; charset=utf-8")
+    answer["Content-Disposition"] = f'attachment; filename="{name}"'
+    return answer
+
+
+@require_GET
+@login_required
+def experiment_csv(request: HttpRequest, pk: int) -> HttpResponse:
+    """Every chart of the experiment as one CSV file, a row per round, at full precision."""
+    experiment = _experiment(request, pk)
+    return _csv(f"experiment-{experiment.pk}-rounds.csv", charts.as_csv(_experiment_charts(experiment)))
+
+
+@require_GET
+@login_required
+def experiments_compare(request: HttpRequest) -> HttpResponse:
+    """One chart of several of the user's experiments on the same axes (run comparison), chosen in
+    the query (``?experiment=3&experiment=5&chart=evaluation-accuracy``): an experiment the user
+    may not see is a 404, as on its own page. ``?format=csv`` gives the chart's values as a file."""
+    visible = fma_selectors.experiments_visible(request.user).order_by("-pk")
+    asked = request.GET.getlist("experiment")
+    if not all(value.isascii() and value.isdigit() and len(value) < 19 for value in asked):
+        raise Http404("No such experiment.")
+    ids = {int(value) for value in asked}
+    chosen = list(visible.filter(pk__in=ids).order_by("pk"))
+    if len(chosen) != len(ids):
+        raise Http404("No such experiment.")
+    by_experiment = [(e, {c.key: c for c in _experiment_charts(e)}) for e in chosen]
+    keys = sorted({key for _, found in by_experiment for key in found}, key=_chart_order)
+    key = request.GET.get("chart") if request.GET.get("chart") in keys else (keys[0] if keys else None)
+    chart = None
+    if key is not None:
+        chart = charts.overlay(key, [(f"{e.name} #{e.pk}", found.get(key)) for e, found in by_experiment])
+    if request.GET.get("format") == "csv" and chart is not None:
+        return _csv(f"compare-{key}.csv", charts.as_csv([chart]))
+    as_file = request.GET.copy()
+    as_file["format"] = "csv"
+    return render(
+        request,
+        "dashboard/compare.html",
+        {
+            "experiments": visible,
+            "chosen": ids,
+            "keys": keys,
+            "key": key,
+            "chart": chart,
+            "csv_query": as_file.urlencode(),
+        },
+    )
+
+
+def _chart_order(key: str) -> tuple[bool, str]:
+    """Metric charts first, by name, then participation and duration (as on an experiment's page)."""
+    return key in ("participation", "duration"), key
 
 
 @require_POST

@@ -1,11 +1,22 @@
-"""The admin: every entity, with the state a developer looks for, and actions that call the services."""
+"""The admin: every entity, with the state a developer looks for, and actions that call the services.
+
+Records that only the service makes (updates, upload sessions, aggregates, artifacts, scores, round
+leases, sampled rounds' draws) can be looked at, never added by hand: each comes with bytes in the weight store, hashes and
+checks that a form cannot give, so the admin offers no Add for them (``ServiceRecordAdmin``).
+Numbers are shown rounded, times with their zone (``fma_service.formats``), event details as text.
+"""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import Count, Max, Q, QuerySet
 from django.http import HttpRequest
+from django.utils.formats import date_format
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
 
 from fma_core.errors import ConfigurationError
 from fma_core.norms import NormPolicy
@@ -28,6 +39,25 @@ from fma_django.models import (
     UpdateStatus,
     UploadSession,
 )
+
+# The admin's side menu takes a quarter of a 1440 px screen from every list; its index page lists the same.
+admin.site.enable_nav_sidebar = False
+
+
+class ServiceRecordAdmin(admin.ModelAdmin):
+    """A record only the service creates: viewed (and, where a model admin allows, acted on), never added."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+def _rounded(value: float | None, digits: int = 4) -> str:
+    return "—" if value is None else f"{value:.{digits}g}"
+
+
+def _short_uuid(value: object) -> SafeString:
+    """A client's UUID in a list: its first 8 characters, the whole of it on hover (and in search)."""
+    return format_html('<span title="{}">{}…</span>', value, str(value)[:8])
 
 
 class EnrollmentInline(admin.TabularInline):
@@ -73,13 +103,11 @@ class ExperimentAdmin(admin.ModelAdmin):
         "developer",
         "aggregator",
         "allow_aggregation",
-        "legacy_mode",
         "rounds",
         "pending_updates",
         "client_count",
         "current_artifact",
-        "last_modified",
-    ]
+    ]  # legacy mode and times are in the filters and on the page: eleven columns overflowed 1440 px
     list_filter = ["allow_aggregation", "legacy_mode", "open_enrollment", "aggregator", "developer"]
     search_fields = ["name", "developer__username"]
     readonly_fields = ["current_artifact", "created_on", "last_modified"]
@@ -164,30 +192,37 @@ class ClientAdmin(admin.ModelAdmin):
 
 
 @admin.register(ModelUpdate)
-class ModelUpdateAdmin(admin.ModelAdmin):
+class ModelUpdateAdmin(ServiceRecordAdmin):
     list_display = [
         "id",
         "experiment",
-        "client",
+        "client_short",
         "status",
         "base_round",
         "aggregate",
         "num_examples",
         "size_bytes",
-        "weights_removed_on",
         "created_on",
     ]
     list_filter = ["status", "experiment"]
     search_fields = ["client__uuid", "content_id", "idempotency_key"]
-    readonly_fields = [f.name for f in ModelUpdate._meta.fields]
+    readonly_fields = [f.name for f in ModelUpdate._meta.fields if f.name != "aggregate_weight"] + ["weight"]
+
+    @admin.display(description="client", ordering="client__uuid")
+    def client_short(self, update: ModelUpdate) -> SafeString:
+        return _short_uuid(update.client.uuid)
+
+    @admin.display(description="aggregate weight")
+    def weight(self, update: ModelUpdate) -> str:
+        return _rounded(update.aggregate_weight)
 
 
 @admin.register(UploadSession)
-class UploadSessionAdmin(admin.ModelAdmin):
+class UploadSessionAdmin(ServiceRecordAdmin):
     list_display = [
         "uuid",
         "experiment",
-        "client",
+        "client_short",
         "state",
         "size_bytes",
         "part_bytes",
@@ -198,21 +233,28 @@ class UploadSessionAdmin(admin.ModelAdmin):
     search_fields = ["uuid", "client__uuid", "idempotency_key"]
     readonly_fields = [f.name for f in UploadSession._meta.fields]
 
+    @admin.display(description="client", ordering="client__uuid")
+    def client_short(self, session: UploadSession) -> SafeString:
+        return _short_uuid(session.client.uuid)
+
 
 @admin.register(ModelAggregate)
-class ModelAggregateAdmin(admin.ModelAdmin):
+class ModelAggregateAdmin(ServiceRecordAdmin):
     list_display = [
         "id",
         "experiment",
         "round_number",
         "update_count",
         "aggregator",
-        "duration_seconds",
-        "validation_score",
+        "duration",
+        "score",
         "created_on",
     ]
     list_filter = ["experiment", "aggregator"]
-    readonly_fields = [f.name for f in ModelAggregate._meta.fields if f.name != "validation_score"]
+    readonly_fields = [
+        f.name for f in ModelAggregate._meta.fields if f.name not in ("validation_score", "duration_seconds")
+    ] + ["duration"]
+    exclude = ["duration_seconds"]
     actions = ["publish"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ModelAggregate]:
@@ -221,6 +263,14 @@ class ModelAggregateAdmin(admin.ModelAdmin):
     @admin.display(description="updates", ordering="_updates")
     def update_count(self, aggregate: ModelAggregate) -> int:
         return aggregate._updates
+
+    @admin.display(description="aggregation time (s)", ordering="duration_seconds")
+    def duration(self, aggregate: ModelAggregate) -> str:
+        return _rounded(aggregate.duration_seconds, 3)
+
+    @admin.display(description="validation score", ordering="validation_score")
+    def score(self, aggregate: ModelAggregate) -> str:
+        return _rounded(aggregate.validation_score)
 
     @admin.action(description="Publish as the next version (round number)")
     def publish(self, request: HttpRequest, queryset: QuerySet[ModelAggregate]) -> None:
@@ -235,17 +285,21 @@ class ModelAggregateAdmin(admin.ModelAdmin):
 
 
 @admin.register(ModelArtifact)
-class ModelArtifactAdmin(admin.ModelAdmin):
+class ModelArtifactAdmin(ServiceRecordAdmin):
     list_display = ["id", "experiment", "version", "aggregate", "size_bytes", "created_on"]
     list_filter = ["experiment"]
     readonly_fields = [f.name for f in ModelArtifact._meta.fields]
 
 
 @admin.register(ClientAggregateScore)
-class ClientAggregateScoreAdmin(admin.ModelAdmin):
-    list_display = ["id", "aggregate", "client", "created_on"]
+class ClientAggregateScoreAdmin(ServiceRecordAdmin):
+    list_display = ["id", "aggregate", "client_short", "created_on"]
     list_filter = ["aggregate__experiment"]
     readonly_fields = [f.name for f in ClientAggregateScore._meta.fields]
+
+    @admin.display(description="client", ordering="client__uuid")
+    def client_short(self, score: ClientAggregateScore) -> SafeString:
+        return _short_uuid(score.client.uuid)
 
 
 @admin.register(Enrollment)
@@ -282,28 +336,42 @@ class DeveloperTokenAdmin(admin.ModelAdmin):
 
 
 @admin.register(RoundSelection)
-class RoundSelectionAdmin(admin.ModelAdmin):
+class RoundSelectionAdmin(ServiceRecordAdmin):
     """Each sampled round's draw, as recorded: read only, since rounds count on it."""
 
     list_display = ["experiment", "round_number", "mode", "seed", "enrolled", "created_on"]
     list_filter = ["experiment", "mode"]
     readonly_fields = [f.name for f in RoundSelection._meta.fields]
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
 
 @admin.register(RoundLease)
-class RoundLeaseAdmin(admin.ModelAdmin):
-    list_display = ["experiment", "round_number", "worker", "expires_at"]
-    readonly_fields = ["experiment", "token", "worker", "round_number", "expires_at"]
+class RoundLeaseAdmin(ServiceRecordAdmin):
+    list_display = ["experiment", "round_number", "worker", "expires"]
+    fields = ["experiment", "token", "worker", "round_number", "expires"]
+    readonly_fields = fields
+
+    @admin.display(description="expires", ordering="expires_at")
+    def expires(self, lease: RoundLease) -> str:
+        """The lease keeps seconds since the epoch (the round engine's clock); people read a time."""
+        return date_format(datetime.fromtimestamp(lease.expires_at, tz=UTC), "DATETIME_FORMAT")
 
 
 @admin.register(Event)
 class EventAdmin(admin.ModelAdmin):
-    list_display = ["created_on", "kind", "experiment", "client", "user", "detail"]
+    list_display = ["created_on", "kind", "experiment", "client", "user", "details"]
     list_filter = ["kind", "experiment"]
     search_fields = ["client__uuid"]
+    fields = ["created_on", "kind", "experiment", "client", "user", "details"]
+    readonly_fields = fields
+
+    @admin.display(description="detail")
+    def details(self, event: Event) -> SafeString | str:
+        """The detail as one "name: value" line per entry, not as raw JSON."""
+        detail = event.detail if isinstance(event.detail, dict) else {"detail": event.detail}
+        if not detail:
+            return "—"
+        shown = ((name, _rounded(v) if isinstance(v, float) else v) for name, v in sorted(detail.items()))
+        return format_html_join("", '<span class="event-detail">{}: {}</span><br>', shown)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
 from fma_core.shards import aggregate_key, shards_prefix
 from fma_core.state import state_key
@@ -219,14 +219,16 @@ class AggregateMetrics:
     evaluation: dict[str, MetricSummary]
 
 
-def aggregate_metrics(experiment: Experiment) -> list[AggregateMetrics]:
-    """Every aggregate of the experiment, oldest round first, with its clients' metrics combined.
+def aggregate_metrics(experiment: Experiment, *, only: Q | None = None) -> list[AggregateMetrics]:
+    """Every aggregate of the experiment (or those ``only`` selects), oldest round first, with its
+    clients' metrics combined.
 
     ``training``: the ``metrics`` of the updates the round consumed, weighted by their
     ``num_examples``. ``evaluation``: the clients' scores of the aggregate, weighted by the
-    ``num_examples`` a score reports (1 when it reports none).
+    ``num_examples`` a score reports (1 when it reports none). ``only`` lets a poll read just the
+    rounds that changed since it last asked.
     """
-    aggregates = list(experiment.aggregates.order_by("round_number"))
+    aggregates = list(experiment.aggregates.filter(only or Q()).order_by("round_number"))
     training: dict[int, list[tuple[Any, int]]] = {a.pk: [] for a in aggregates}
     for aggregate_id, metrics, examples in ModelUpdate.objects.filter(aggregate__in=aggregates).values_list(
         "aggregate_id", "metrics", "num_examples"
