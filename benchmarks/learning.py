@@ -37,9 +37,10 @@ over the seeds) against a clean run of the same rounds (fedavg, no bad client), 
     python benchmarks/learning.py --attacks [--seeds 3] [--scenarios noise:2 noise:3 signflip:2]
         [--strategies fedavg median trimmed_mean fedavg+clip fedavg+refuse ...]
 
-A strategy is any registered aggregator's name, with ``+clip`` or ``+refuse`` for the adaptive norm
-bound (``fma_core.norms``' defaults) in front of it; its parameters are the quickstart's for K bad
-clients (``run.aggregator_params``), not tuned.
+A strategy is any registered aggregator's name (or ``multi_krum``: Krum averaging the n − f
+best-scored updates), with ``+clip`` or ``+refuse`` for the adaptive norm bound (``fma_core.norms``'
+defaults) after it; its parameters are the quickstart's for K bad clients (``run.aggregator_params``:
+Krum and Bulyan tolerate f = K), not tuned.
 """
 
 from __future__ import annotations
@@ -343,9 +344,16 @@ ATTACK_STRATEGIES = (
     "fedavg+clip",
     "fedavg+refuse",
     "trimmed_mean+refuse",
+    "krum",
+    "multi_krum",
+    "bulyan",
 )
 # "<aggregator>+clip" / "+refuse": the aggregator behind an adaptive norm bound, its defaults (fma_core.norms)
 NORM_BOUNDS = {"clip": {"mode": "clip", "adaptive": {}}, "refuse": {"mode": "refuse", "adaptive": {}}}
+
+
+# "multi_krum": Krum averaging the n − f best-scored updates (Blanchard et al.'s Multi-Krum, its m = n − f)
+VARIANTS = {"multi_krum": "krum"}
 
 
 def strategy_parts(name: str) -> tuple[str, dict[str, Any] | None]:
@@ -353,7 +361,16 @@ def strategy_parts(name: str) -> tuple[str, dict[str, Any] | None]:
     aggregator, _, bound = name.partition("+")
     if bound and bound not in NORM_BOUNDS:
         raise SystemExit(f"{name}: a norm bound is +{' or +'.join(NORM_BOUNDS)}")
-    return aggregator, NORM_BOUNDS.get(bound)
+    return VARIANTS.get(aggregator, aggregator), NORM_BOUNDS.get(bound)
+
+
+def strategy_params(strategy: str, clients: int, bad: int) -> dict[str, Any]:
+    """The quickstart's parameters for that many bad clients (``run.aggregator_params``), and a variant's."""
+    aggregator, _ = strategy_parts(strategy)
+    params = quickstart.aggregator_params(aggregator, clients, bad)
+    if strategy.partition("+")[0] == "multi_krum":
+        params["m"] = clients - params["f"]
+    return params
 
 
 def scenario(text: str) -> tuple[str, int]:
@@ -398,7 +415,7 @@ def under_attack(args: argparse.Namespace, say: Callable[[str], None]) -> dict[s
         aggregator, bound = strategy_parts(strategy)
         for attack, count in scenarios:
             bad = {index: attack for index in range(setting.clients - count, setting.clients)}
-            params = quickstart.aggregator_params(aggregator, setting.clients, count)
+            params = strategy_params(strategy, setting.clients, count)
             final = finals(aggregator, params, bound, bad)
             mean = statistics.fmean(final)
             rows.append(

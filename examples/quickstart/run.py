@@ -48,7 +48,18 @@ from local_service import USERNAME, Service
 from local_training import ATTACKS, data_name
 
 HERE = Path(__file__).resolve().parent
-AGGREGATORS = ("fedavg", "trimmed_mean", "median", "mean", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
+AGGREGATORS = (
+    "fedavg",
+    "trimmed_mean",
+    "median",
+    "mean",
+    "krum",
+    "bulyan",
+    "fedavgm",
+    "fedadam",
+    "fedyogi",
+    "fedadagrad",
+)
 
 
 @dataclass
@@ -111,10 +122,23 @@ def parse(argv: list[str] | None, defaults: dict[str, Any] | None = None) -> arg
 
 
 def aggregator_params(name: str, clients: int, bad: int) -> dict[str, Any]:
-    """Trimmed mean cuts at least the bad clients' share at each end (10 % when there are none)."""
+    """Trimmed mean cuts at least the bad clients' share at each end (10 % when there are none); Krum and
+    Bulyan tolerate the bad clients (at least one), as many as the clients allow (n ≥ 2f + 3, n ≥ 4f + 3)."""
     if name == "trimmed_mean":
         return {"trim_fraction": min(0.49, max(0.1, (bad + 0.5) / clients))}
+    if name in ("krum", "bulyan"):
+        return {"f": min(max(bad, 1), (clients - 3) // (2 if name == "krum" else 4))}
     return {}
+
+
+def fewest_updates(name: str, params: dict[str, Any]) -> int:
+    """The fewest updates a round of the aggregator can use: what the round deadline must wait for
+    (the service refuses a policy that could close a round with fewer)."""
+    if name == "krum":
+        return max(2 * params["f"] + 3, params.get("m", 1))
+    if name == "bulyan":
+        return 4 * params["f"] + 3
+    return 1
 
 
 class ClientProcess:
@@ -395,19 +419,21 @@ def create_experiment(
     "every enrolled client has pushed, or ``--deadline`` after the round's first update"."""
     initial_path = data_dir / "initial.safetensors"
     write_file(initial_weights, initial_path)
+    params = {**aggregator_params(args.aggregator, args.clients, args.bad_clients), **args.aggregator_params}
     return developer.create_experiment(
         {
             "name": f"quickstart-digits-{args.model}",
             "description": "scikit-learn digits, non-IID across clients (examples/quickstart)",
             "aggregator": args.aggregator,
-            "aggregator_params": {
-                **aggregator_params(args.aggregator, args.clients, args.bad_clients),
-                **args.aggregator_params,
-            },
+            "aggregator_params": params,
             "round_policy": {
                 "any_of": [
                     {"policy": "all_clients"},
-                    {"policy": "deadline", "seconds": args.deadline, "min_updates": 1},
+                    {
+                        "policy": "deadline",
+                        "seconds": args.deadline,
+                        "min_updates": fewest_updates(args.aggregator, params),
+                    },
                 ]
             },
             "update_norm": args.update_norm,
