@@ -28,11 +28,12 @@ resource "aws_cloudwatch_event_target" "readiness" {
 }
 
 resource "aws_lambda_permission" "readiness" {
-  statement_id  = "AllowReadinessCheckFromEventBridge"
-  action        = "lambda:InvokeFunction"
-  function_name = module.aggregator.function_name
-  principal     = "events.amazonaws.com"
-  source_arn    = aws_cloudwatch_event_rule.readiness.arn
+  statement_id   = "AllowReadinessCheckFromEventBridge"
+  action         = "lambda:InvokeFunction"
+  function_name  = module.aggregator.function_name
+  principal      = "events.amazonaws.com"
+  source_account = data.aws_caller_identity.current.account_id
+  source_arn     = aws_cloudwatch_event_rule.readiness.arn
 }
 
 resource "aws_cloudwatch_metric_alarm" "not_ready" {

@@ -134,8 +134,8 @@ def test_the_cli_creates_a_sampled_experiment_and_shows_a_rounds_selection(
 
     status, out, _ = fma("aggregate", aggregate)
     assert status == 0
-    (line,) = [line for line in out.splitlines() if line.startswith("report")]
-    assert json.loads(line.split(None, 1)[1])["sampling"] == {
+    (line,) = [line for line in out.splitlines() if line.startswith("sampling")]
+    assert json.loads(line.split(None, 1)[1]) == {
         "seed": 1234,
         "mode": "uniform",
         "round": 1,

@@ -73,6 +73,12 @@ class RoundRow:
     parameters: str  # the algorithm's parameters as the API shows them (JSON); "" when there are none
     norms: RoundNorms | None = None  # the round's norm bound on updates, when the experiment set one
 
+    @property
+    def selected(self) -> int | None:
+        """How many of its updates the round's algorithm selected; None when it selects nothing."""
+        places = [i.place for i in self.inputs if i.place is not None]
+        return sum(1 for place in places if place) if places else None
+
 
 @dataclass(frozen=True)
 class UpdateNorm:
@@ -114,12 +120,6 @@ class RoundNorms:
 def _by_id(measured: tuple[str, float, bool]) -> tuple[int, str]:
     update_id = measured[0]
     return (int(update_id), "") if update_id.isdigit() else (0, update_id)
-
-    @property
-    def selected(self) -> int | None:
-        """How many of its updates the round's algorithm selected; None when it selects nothing."""
-        places = [i.place for i in self.inputs if i.place is not None]
-        return sum(1 for place in places if place) if places else None
 
 
 def experiment_state(experiment: Experiment, *, now: float | None = None) -> tuple[str, str]:

@@ -26,9 +26,11 @@ class ObservabilityConfig(AppConfig):
             telemetry.add_recorder(emf.record)
         if settings.FMA_METRICS != "prometheus":
             return
-        from celery.signals import worker_init
-
         from fma_service.observability import exporter, prometheus
 
         telemetry.add_recorder(prometheus.record)
+        try:
+            from celery.signals import worker_init
+        except ImportError:  # Celery is fma-aggregator's extra: without it, no worker to serve metrics from
+            return
         worker_init.connect(exporter.serve_for_worker, weak=False, dispatch_uid="fma_service.exporter")
