@@ -37,6 +37,25 @@ class Served:
     url: str
     env: dict[str, str]  # the server's environment, for manage.py commands on its database
 
+    def create_superuser(self, username: str, password: str) -> None:
+        """An account on the server's database, as an operator makes one (``createsuperuser``)."""
+        command = [
+            "createsuperuser",
+            "--noinput",
+            "--username",
+            username,
+            "--email",
+            f"{username}@example.com",
+        ]
+        done = subprocess.run(
+            [sys.executable, "-m", "django", *command],
+            env={**self.env, "DJANGO_SUPERUSER_PASSWORD": password},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+
 
 class Servers:
     """fma-server processes started on free ports, each with a data directory under ``directory``."""

@@ -4,9 +4,6 @@ service, the metrics say what happened, with an experiment label only where the 
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import requests
@@ -83,24 +80,7 @@ def test_without_a_token_setting_there_is_no_metrics_endpoint(serve):
 
 
 def _developer(service: Served) -> Developer:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "django",
-            "createsuperuser",
-            "--noinput",
-            "--username",
-            "operator",
-            "--email",
-            "o@example.com",
-        ],
-        env={**service.env, "DJANGO_SUPERUSER_PASSWORD": "a-password-for-tests"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
+    service.create_superuser("operator", "a-password-for-tests")
     return Developer.login(service.url, "operator", "a-password-for-tests", quiet=True)
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -121,24 +119,7 @@ def refusing_server(serve_for_module):
 
 def _enrolled_client(served) -> tuple[int, str]:
     """A developer (made as an operator makes one), an experiment, and a client enrolled in it."""
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "django",
-            "createsuperuser",
-            "--noinput",
-            "--username",
-            "dev",
-            "--email",
-            "d@x.org",
-        ],
-        env={**served.env, "DJANGO_SUPERUSER_PASSWORD": "dev-password-1234"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
+    served.create_superuser("dev", "dev-password-1234")
     token = requests.post(
         served.url + "/api-token-auth/", json={"username": "dev", "password": "dev-password-1234"}, timeout=60
     ).json()["token"]
