@@ -34,16 +34,21 @@ bench: $(STAMP)
 test: $(STAMP) $(VENDOR_STAMP) $(CHECKOV_STAMP) $(ZAPPA_STAMP) $(MLFLOW_STAMP) $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	FMA_TEST_DATABASE=sqlite $(BIN)/python -m pytest
-	# the Django packages, the aggregator and the dashboard's Django tests again, on PostgreSQL
-	# (127.0.0.1:5432; FMA_TEST_DATABASE_URL to change); the slow-client, deploy-check, service,
-	# observability and readiness tests run servers and commands on databases of their own (no
-	# FMA_ variable reaches them) whatever the pass, so they run once
+	# Two passes at once (most of a test's time is spent waiting on servers, workers and the disk, and
+	# the tests share nothing: each run has its own Celery queue, cache prefix, databases and ports):
+	# every test on SQLite, and the Django packages, the aggregator and the dashboard's Django tests
+	# again on PostgreSQL (127.0.0.1:5432; FMA_TEST_DATABASE_URL to change), whose output is shown when
+	# both are done. The slow-client, deploy-check, service, runserver, observability and readiness tests
+	# run servers and commands on databases of their own (no FMA_ variable reaches them), so they run once.
 	FMA_TEST_DATABASE=postgresql $(BIN)/python -m pytest tests/fma_django tests/api_service tests/aggregator \
 		tests/dashboard/test_metrics.py tests/dashboard/test_pages.py \
 		--ignore=tests/api_service/test_slow_clients.py --ignore=tests/api_service/test_production_settings.py \
 		--ignore=tests/api_service/test_service.py --ignore=tests/api_service/test_observability.py \
-		--ignore=tests/api_service/test_readiness.py
+		--ignore=tests/api_service/test_readiness.py --ignore=tests/api_service/test_runserver.py \
+		> .pytest-postgresql.log 2>&1 & postgresql=$$!; \
+	FMA_TEST_DATABASE=sqlite $(BIN)/python -m pytest; sqlite=$$?; \
+	wait $$postgresql; pass=$$?; echo "== the PostgreSQL pass"; cat .pytest-postgresql.log; \
+	test $$sqlite -eq 0 -a $$pass -eq 0
 
 # the tests `make test` runs short (marked `long`), at length: the round contract's long profile on
 # every metadata store (here, at a load average of about 3: 2.5 min in memory, 12.5 min on SQLite,
