@@ -44,7 +44,9 @@ def test_pause_resume_and_stop_through_the_api(dev_api, experiment, client_api, 
     assert "stopped by dev: wrong labels" in again.json()["detail"]
     assert state_of(experiment)[:2] == ("stopped", False)
     kinds = list(
-        Event.objects.filter(experiment=experiment, user__isnull=False).values_list("kind", flat=True)
+        Event.objects.filter(experiment=experiment, user__isnull=False)
+        .order_by("id")
+        .values_list("kind", flat=True)
     )
     assert kinds[-3:] == [
         EventKind.AGGREGATION_PAUSED,
