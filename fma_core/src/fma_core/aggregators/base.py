@@ -148,9 +148,10 @@ class Aggregator(ABC):
 
     name: ClassVar[str]
     Params: ClassVar[type[AggregatorParams]] = NoParams
-    # Elements per block: 1 MiB of float32, big enough to amortize Python's per-call cost,
-    # small enough that a block and its scratch stay in the L2/L3 caches.
-    block_elements: ClassVar[int] = 1 << 18
+    # Elements per block: 256 KiB of float32, big enough that Python's cost per call is a few per
+    # cent of the block's, small enough that a thread's buffers of it (the sum, a term, the block
+    # read from a file; a server optimizer's state and model too) stay in a core's L2 cache.
+    block_elements: ClassVar[int] = 1 << 16
     needs_parent: ClassVar[bool] = False  # reads the current global model (Block.parent)
     reads_changes: ClassVar[bool] = False  # Block.inputs gives each update's change, not its weights
     # per-coordinate server state: one tensor of each name per model tensor, kept from round to round
@@ -300,11 +301,10 @@ class LinearAggregator(Aggregator):
         return self.coefficients(canonical_order(updates)).tolist()
 
     def _plan(self, updates: Sequence[UpdateInput], context: RoundContext) -> np.ndarray | float:
-        """The coefficients, or their one value when all are equal: then sum and scale once, faster."""
         coefficients = np.asarray(self.round_coefficients(updates, context), dtype=np.float64)
         if coefficients.shape != (len(updates),) or not np.isfinite(coefficients).all():
             raise FmaError(f"aggregator {self.name!r} gave invalid coefficients")
-        return float(coefficients[0]) if (coefficients == coefficients[0]).all() else coefficients
+        return share_plan(coefficients)
 
     def _combine(self, block: Block) -> None:
         out = block.out
@@ -344,6 +344,12 @@ class CoordinateWiseAggregator(Aggregator):
         )
         self.reduce(stack, result)
         store(result, block.out)
+
+
+def share_plan(shares: np.ndarray) -> np.ndarray | float:
+    """The shares as ``weighted_sum`` takes them: their one value when all are equal (then it sums and
+    scales once, one pass less per update), else the float64 array."""
+    return float(shares[0]) if (shares == shares[0]).all() else shares
 
 
 def weighted_sum(block: Block, shares: np.ndarray | float, acc: np.ndarray) -> None:
