@@ -15,9 +15,10 @@ Measured side by side, each the best of several runs:
   reading its own copy of the base, as rounds did before;
 - the server optimizers ``fedavgm``, ``fedadam``, ``fedyogi``, ``fedadagrad`` over the same arrays in
   memory, read as each update's change (deltas), with a current model and last round's state (a
-  second round), each next to fedavg and the all-core read in the same interleaved runs: its throughput as a
-  ratio of fedavg's and of the read's (it also reads the current model and the state, and writes
-  both), and its peak extra memory beyond its outputs (the new model and the new state);
+  second round), each next to fedavg and the all-core read in the same interleaved runs: its
+  throughput as a ratio of fedavg's and of the read's (it also reads the current model and the
+  state, and writes both), and its peak extra memory beyond its outputs (the new model and the new
+  state);
 - Flower's ``flwr.server.strategy.aggregate.aggregate`` (weighted copies of every update);
 - the robust rules ``krum`` and ``bulyan`` at N = 20 and N = 100 updates (``--robust-updates``) of
   P_r = min(P, 1M) parameters (``--robust-params``), f = ⌊(N − 3)/4⌋ (the most Bulyan allows), the
@@ -31,9 +32,13 @@ Measured side by side, each the best of several runs:
   sample (at most 5 updates × 200k parameters) and its rate is per byte like the others.
 
 Throughput is GB/s of float32 update bytes consumed; the methods compared with each other run
-interleaved, each the best of ``--repeat`` runs, so a change in the machine's load hits them alike. Peak extra memory is what fedavg allocates
-beyond its inputs (tracemalloc, which sees numpy's buffers), next to the model size; for a server
-optimizer, what it allocates beyond its inputs and its outputs (the new model and the new state).
+interleaved, each the best of ``--repeat`` runs, so a change in the machine's load hits them alike.
+Each ratio to the read floor is also given per CPU second (``*_ratio_vs_read_all_cpu``: the least
+CPU time of all the process's threads, the floor's over the method's): how much work each byte
+costs, which other jobs on the machine move much less than the wall time. Peak extra memory is
+what fedavg allocates beyond its inputs (tracemalloc, which sees numpy's buffers), next to the
+model size; for a server optimizer, what it allocates beyond its inputs and its outputs (the new
+model and the new state).
 
     python benchmarks/aggregate.py [--quick] [--json]
 """
@@ -87,12 +92,19 @@ def best_time(run: Callable[[], object], repeat: int) -> float:
     return best
 
 
-def interleaved(runs: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
-    """Each run's best seconds over ``repeat`` rounds of all of them, one after the other."""
+def interleaved(
+    runs: dict[str, Callable[[], object]], repeat: int, cpu: dict[str, float] | None = None
+) -> dict[str, float]:
+    """Each run's best seconds over ``repeat`` rounds of all of them, one after the other; into ``cpu``,
+    each run's least CPU seconds (every thread of this process)."""
     seconds = dict.fromkeys(runs, float("inf"))
     for _ in range(repeat):
         for name, run in runs.items():
-            seconds[name] = min(seconds[name], best_time(run, 1))
+            started, cpu_started = time.perf_counter(), time.process_time()
+            run()
+            seconds[name] = min(seconds[name], time.perf_counter() - started)
+            if cpu is not None:
+                cpu[name] = min(cpu.get(name, float("inf")), time.process_time() - cpu_started)
     return seconds
 
 
@@ -186,6 +198,7 @@ def run_optimizers(
             **{name: lambda r=run_round: r(changes) for name, run_round in rounds.items()},
         },
         repeat,
+        cpu := {},
     )
     figures: dict[str, float | int] = {}
     for name, run_round in rounds.items():
@@ -196,6 +209,7 @@ def run_optimizers(
         outputs = spec.nbytes * (1 + len(create_aggregator(name).state_tensors))
         figures[f"{name}_ratio_vs_fedavg"] = _significant(seconds["fedavg"] / seconds[name])
         figures[f"{name}_ratio_vs_read_all"] = _significant(seconds["read_all"] / seconds[name])
+        figures[f"{name}_ratio_vs_read_all_cpu"] = _significant(cpu["read_all"] / cpu[name])
         figures[f"{name}_peak_extra_bytes"] = peak - outputs  # beyond the new model and state
         figures[f"{name}_state_bytes"] = outputs - spec.nbytes
     return figures
@@ -275,6 +289,7 @@ def run(
     threads = fedavg.threads
     in_memory = inputs_in_memory(updates, num_examples)
     arrays = [array for update in updates for array in update.values()]
+    cpu: dict[str, float] = {}
     seconds = interleaved(
         {
             "read": memory_read(arrays, 1),
@@ -283,6 +298,7 @@ def run(
             "mean": lambda: mean.aggregate(in_memory, spec),
         },
         repeat,
+        cpu,
     )
 
     tracemalloc.start()
@@ -304,6 +320,7 @@ def run(
                 "fedavg_files": lambda: fedavg.aggregate(inputs_on_disk(paths, num_examples), spec),
             },
             repeat,
+            cpu,
         )
         base = Path(tmp) / "base.safetensors"
         write_file(make_updates(1, params, seed=2)[0][0], base)
@@ -338,12 +355,13 @@ def run(
     return {
         **{k: _significant(v) for k, v in gbps.items()},
         **{
-            f"{name}_ratio_vs_read_all": _significant(seconds[floor] / seconds[name])
+            f"{name}_ratio_vs_read_all{kind}": _significant(measured[floor] / measured[name])
             for name, floor in (
                 ("fedavg", "read_all"),
                 ("mean", "read_all"),
                 ("fedavg_files", "files_read_all"),
             )
+            for kind, measured in (("", seconds), ("_cpu", cpu))
         },
         "ratio_vs_flower": _significant(gbps["fedavg_gbps"] / gbps["flower_gbps"]),
         "ratio_vs_fma": _significant(gbps["fedavg_gbps"] / gbps["fma_gbps"]),
@@ -375,19 +393,22 @@ def table(result: dict[str, float | int]) -> str:
         (
             "fma-core fedavg, arrays in memory",
             result["fedavg_gbps"],
-            f"{result['fedavg_ratio_vs_read_all']:.2f}× the {threads}-thread read",
+            f"{result['fedavg_ratio_vs_read_all']:.2f}× the {threads}-thread read "
+            f"({result['fedavg_ratio_vs_read_all_cpu']:.2f}× per CPU second)",
         ),
         (
             "fma-core mean, arrays in memory",
             result["mean_gbps"],
-            f"{result['mean_ratio_vs_read_all']:.2f}× the {threads}-thread read",
+            f"{result['mean_ratio_vs_read_all']:.2f}× the {threads}-thread read "
+            f"({result['mean_ratio_vs_read_all_cpu']:.2f}× per CPU second)",
         ),
         ("files read floor: preadv + a.sum(), 1 thread", result["files_read_gbps"], ""),
         (f"files read floor: preadv + a.sum(), {threads} threads", result["files_read_all_gbps"], "1.00×"),
         (
             "fma-core fedavg, safetensors files",
             result["fedavg_files_gbps"],
-            f"{result['fedavg_files_ratio_vs_read_all']:.2f}× the {threads}-thread files read",
+            f"{result['fedavg_files_ratio_vs_read_all']:.2f}× the {threads}-thread files read "
+            f"({result['fedavg_files_ratio_vs_read_all_cpu']:.2f}× per CPU second)",
         ),
         (
             "fedavg, the files as deltas, base shared",
@@ -417,13 +438,14 @@ def table(result: dict[str, float | int]) -> str:
         f"= {result['peak_extra_bytes'] / result['model_bytes']:.2f}× the model",
         "",
         "server optimizers (updates read as changes, with the current model and last round's state):",
-        f"{'aggregator':<12}  {'vs fedavg':>9}  {'vs read':>8}  peak extra memory beyond the new model and state",
+        f"{'aggregator':<12}  {'vs fedavg':>9}  {'vs read':>8}  {'per CPU s':>9}  "
+        "peak extra memory beyond the new model and state",
     ]
     for name in SERVER_OPTIMIZERS:
         extra = result[f"{name}_peak_extra_bytes"]
         lines.append(
             f"{name:<12}  {result[f'{name}_ratio_vs_fedavg']:>8.2f}×  {result[f'{name}_ratio_vs_read_all']:>7.2f}×  "
-            f"{extra / 1e6:.1f} MB "
+            f"{result[f'{name}_ratio_vs_read_all_cpu']:>8.2f}×  {extra / 1e6:.1f} MB "
             f"= {extra / result['model_bytes']:.2f}× the model (state: "
             f"{result[f'{name}_state_bytes'] / result['model_bytes']:.0f}× the model)"
         )

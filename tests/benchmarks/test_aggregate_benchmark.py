@@ -21,6 +21,9 @@ KEYS = {
     "fedavg_ratio_vs_read_all",
     "mean_ratio_vs_read_all",
     "fedavg_files_ratio_vs_read_all",
+    "fedavg_ratio_vs_read_all_cpu",
+    "mean_ratio_vs_read_all_cpu",
+    "fedavg_files_ratio_vs_read_all_cpu",
     "flower_gbps",
     "fma_gbps",
     "ratio_vs_flower",
@@ -42,7 +45,13 @@ ROBUST_KEYS = {
 OPTIMIZER_KEYS = {
     f"{name}_{figure}"
     for name in STATE_TENSORS
-    for figure in ("ratio_vs_fedavg", "ratio_vs_read_all", "peak_extra_bytes", "state_bytes")
+    for figure in (
+        "ratio_vs_fedavg",
+        "ratio_vs_read_all",
+        "ratio_vs_read_all_cpu",
+        "peak_extra_bytes",
+        "state_bytes",
+    )
 }
 
 
@@ -100,6 +109,7 @@ def test_table_output_names_every_baseline():
         "read floor: a.sum() of each block, 1 thread",
         "files read floor: preadv + a.sum()",
         "-thread read",
+        "per CPU second",
         "Flower",
         "original FMA",
         "peak extra memory",
