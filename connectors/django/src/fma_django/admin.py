@@ -18,6 +18,7 @@ from django.utils.formats import date_format
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
+from fma_core.asynchronous import AsyncMode
 from fma_core.errors import ConfigurationError
 from fma_core.norms import NormPolicy
 from fma_core.sampling import sampling_from_config
@@ -85,6 +86,12 @@ class ExperimentForm(forms.ModelForm):
             self.add_error("client_sampling", str(error))
         else:
             cleaned["client_sampling"] = sampling.to_config() if sampling is not None else None
+        try:
+            mode = AsyncMode.from_config(cleaned.get("asynchronous"))
+        except ConfigurationError as error:
+            self.add_error("asynchronous", str(error))
+        else:
+            cleaned["asynchronous"] = mode.to_config() if mode is not None else None
         for field in json_schemas.SCHEMA_FIELDS:
             if cleaned.get(field) is not None:
                 try:

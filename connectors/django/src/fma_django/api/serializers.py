@@ -132,6 +132,7 @@ class ExperimentSerializer(serializers.ModelSerializer):
             "update_kind",
             "update_norm",
             "client_sampling",
+            "asynchronous",
             "current_artifact",
             "clients",
             "created_on",
