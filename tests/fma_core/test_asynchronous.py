@@ -266,3 +266,19 @@ def test_an_update_older_than_the_maximum_staleness_is_quarantined_with_the_reas
     # the buffer took the two oldest; the stale one was quarantined, so the round used one
     assert len(outcome.aggregate.draft.update_ids) == 1
     assert world.metadata.aggregates("e")[2].draft.report["staleness"]["mix"] == {"0": 1}
+
+
+@pytest.mark.parametrize("aggregator", ["fedavg", "fedyogi"])
+def test_sharded_and_unsharded_asynchronous_rounds_are_bit_identical(tmp_path, aggregator):
+    setting = {"buffer": 3, "staleness": {"function": "polynomial", "a": 1}}
+    digests = []
+    for shard_bytes in (None, SPEC.nbytes // 3):
+        world = World(tmp_path / str(shard_bytes), SPEC, aggregator=aggregator, asynchronous=setting)
+        bases = [0, 0, 0, 1, 0, 1, 2, 1, 0]
+        for number, base in enumerate(bases):
+            push(world, base, 50 + number, 3 + number)
+            if number % 3 == 2:
+                world.run(shard_bytes=shard_bytes)
+        digests.append([(a.draft.content_id, a.draft.input_weights) for a in world.metadata.aggregates("e")])
+    assert digests[0] == digests[1]
+    assert len(digests[0]) == 3
