@@ -184,7 +184,7 @@ def test_buffered_rounds_match_fedbuffs_step_with_stale_bases_and_a_server_learn
     assert sorted(draft.input_weights) == pytest.approx(sorted([5 / 60, 15 / 60 * s(1), 40 / 60 * s(1)]))
     staleness = draft.report["staleness"]
     assert staleness["mix"] == {"0": 1, "1": 2}
-    pairs = sorted((u["tau"], u["weight"]) for u in staleness["updates"].values())
+    pairs = sorted((u["tau"], u["discount"]) for u in staleness["updates"].values())
     assert [tau for tau, _ in pairs] == [0, 1, 1]
     assert [weight for _, weight in pairs] == pytest.approx([1.0, 2**-0.5, 2**-0.5])
     assert set(staleness["updates"]) == set(draft.update_ids)

@@ -143,7 +143,7 @@ def test_rounds_close_every_k_updates_and_the_staleness_mix_is_shown(make_experi
     detail = dev_api.get(f"/api/v1/model_aggregates/{two.pk}/").json()
     staleness = detail["report"]["staleness"]
     assert staleness["mix"] == {"0": 1, "1": 1}
-    assert staleness["updates"][str(stale)] == {"tau": 1, "weight": 0.5}
-    assert staleness["updates"][str(fresh)] == {"tau": 0, "weight": 1.0}
+    assert staleness["updates"][str(stale)] == {"tau": 1, "discount": 0.5}
+    assert staleness["updates"][str(fresh)] == {"tau": 0, "discount": 1.0}
     shares = {u["id"]: u["weight"] for u in detail["updates"]}
     assert shares == pytest.approx({stale: 0.25, fresh: 0.5})

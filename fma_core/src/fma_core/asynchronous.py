@@ -228,7 +228,7 @@ def report(mode: AsyncMode, taus: Mapping[str, int]) -> dict[str, Any]:
     return {
         "buffer": mode.buffer,
         "function": mode.staleness.to_config(),
-        "updates": {u: {"tau": tau, "weight": mode.staleness(tau)} for u, tau in taus.items()},
+        "updates": {u: {"tau": tau, "discount": mode.staleness(tau)} for u, tau in taus.items()},
         "mix": mix,
     }
 

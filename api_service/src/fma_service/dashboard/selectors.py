@@ -144,7 +144,7 @@ class RoundStaleness:
             return None
         function = section["function"]
         params = ", ".join(f"{k}={v:g}" for k, v in function.items() if k != "function")
-        each = [(u, d["tau"], d["weight"]) for u, d in section["updates"].items()]
+        each = [(u, d["tau"], d["discount"]) for u, d in section["updates"].items()]
         return cls(
             function=f"{function['function']}({params})" if params else function["function"],
             buffer=section["buffer"],

@@ -194,7 +194,7 @@ def input_rows(aggregate: dict[str, Any]) -> list[dict[str, Any]]:
             "selected": order.get(str(u["id"]), "no") if "selected" in decided else None,
         }
         if str(u["id"]) in stale:
-            row |= {"tau": stale[str(u["id"])]["tau"], "discount": f"{stale[str(u['id'])]['weight']:.6g}"}
+            row |= {"tau": stale[str(u["id"])]["tau"], "discount": f"{stale[str(u['id'])]['discount']:.6g}"}
         rows.append(row)
     return rows
 
