@@ -13,7 +13,7 @@ import threading
 import numpy as np
 import pytest
 
-from fma_client import Client, Retry, ServerUnavailable, Trained, train_loop
+from fma_client import Client, Retry, ServerUnavailable, Trained, WebClient, train_loop
 from fma_core.rounds import RoundEngine
 from fma_django import services
 from fma_django.models import ModelAggregate, ModelUpdate
@@ -139,12 +139,16 @@ def test_a_server_that_cannot_be_reached_is_retried_then_given_up():
         train_loop(client, step, transient_pause=0, max_transient=3)
 
 
-def test_v1_style_clients_keep_working_beside_the_loop(server, buffered, run_round):
+def test_fma_connect_clients_keep_working_in_an_asynchronous_experiment(server, buffered, run_round):
+    """The original fma-connect calls (``WebClient``, JSON layers) push into an asynchronous experiment;
+    with the buffer full the round runs, both updates fresh (s(0) = 1)."""
     (client,) = enrolled(server, buffered, 1)
-    model = client.pull()
-    client.push({k: v + 2 for k, v in model.weights.items()}, num_examples=5)
-    client.push({k: v + 4 for k, v in model.weights.items()}, num_examples=5)
+    legacy = WebClient(buffered.pk, url=server, token=client.token)
+    for value in (2.0, 4.0):
+        layers = [np.full((4, 3), value).tolist(), [value] * 3]
+        assert legacy.send_update(layers)["status"] == "pending"
     run_round(buffered.pk)
     newest = client.pull()
-    # x = 0 + 1·(5·2 + 5·4)/10: both fresh, s(0) = 1
+    # x = 0 + 1·(1·2 + 1·4)/2
     assert all(np.allclose(v, 3.0) for v in newest.weights.values())
+    assert legacy.check_for_new_model_aggregate() is not None

@@ -282,3 +282,38 @@ def test_sharded_and_unsharded_asynchronous_rounds_are_bit_identical(tmp_path, a
         digests.append([(a.draft.content_id, a.draft.input_weights) for a in world.metadata.aggregates("e")])
     assert digests[0] == digests[1]
     assert len(digests[0]) == 3
+
+
+def test_a_norm_bound_clips_each_change_from_its_own_base_before_the_discount(tmp_path):
+    setting = {"buffer": 2, "staleness": {"function": "fedbuff"}, "server_learning_rate": 0.5}
+    s = Staleness.from_config(setting["staleness"])
+    bound = 1.0
+    world = World(
+        tmp_path,
+        SPEC,
+        aggregator="fedavg",
+        asynchronous=setting,
+        update_norm={"mode": "clip", "bound": bound},
+    )
+    first = [push(world, 0, 1, 10), push(world, 0, 2, 30)]
+    world.run()
+    second = [push(world, 0, 3, 20), push(world, 1, 4, 20)]  # the first τ = 1
+    world.run()
+
+    def clipped(changes):
+        out = []
+        for change, n, base in changes:
+            norm = np.sqrt(sum((change[k] ** 2).sum() for k in change))
+            factor = min(1.0, bound / norm)
+            out.append(({k: change[k] * factor for k in change}, n, base))
+        return out
+
+    x = as64(world.initial)
+    for number, changes in enumerate((first, second), start=1):
+        mean = discounted_mean(clipped(changes), number, s)
+        x = {k: x[k] + 0.5 * mean[k] for k in x}
+    draft = world.metadata.aggregates("e")[1].draft
+    got = world.read(draft.weights_key)
+    for k in x:
+        np.testing.assert_allclose(got[k], x[k], rtol=1e-5, atol=1e-6)
+    assert set(draft.report) == {"norms", "staleness"}
