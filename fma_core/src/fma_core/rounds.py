@@ -291,6 +291,7 @@ class RoundEngine:
     def compute(self, claim: RoundClaim) -> ComputedRound:
         """Plan the claim's round in one piece and write its aggregate (and state); nothing is committed
         here. An update found unreadable is quarantined and the round planned again without it."""
+        claim = self._buffered(claim)
         excluded: set[str] = set()
         while True:
             plan = self._plan(claim, None, excluded=frozenset(excluded))
