@@ -5,7 +5,9 @@ the orchestrator on stdout, waits for "go" on stdin (so that every client is enr
 first round can close), then for each round: pull the global model, train on its own slice of
 the data (which never leaves this process), push the update. A client with ``--attack noise`` pushes
 random noise of the right shape instead, one with ``--attack signflip`` its update's change reversed,
-to show what robust aggregators and norm bounds buy.
+to show what robust aggregators and norm bounds buy. With ``--async`` it never waits for a round: it
+pulls the newest model, trains, pushes and starts again (``fma_client.train_loop``) until SIGTERM.
+``--slow-factor F`` makes each turn last F times its training (it sleeps the rest): a slow site.
 
 Stdout carries one JSON object per line for the orchestrator; human-readable errors go to stderr.
 """
@@ -17,10 +19,11 @@ import importlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from digits import load_slice
-from fma_client import Client, ConflictError
+from fma_client import Client, ConflictError, Trained, train_loop
 from local_training import ATTACKS, attacked_update, client_rng, local_update
 
 
@@ -40,6 +43,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", default="softmax", help="module with train() and accuracy()")
     parser.add_argument("--attack", choices=ATTACKS, help="push this attack instead of the update")
     parser.add_argument("--round-timeout", type=float, default=120.0)
+    parser.add_argument("--async", dest="asynchronous", action="store_true", help="pull, train, push, repeat")
+    parser.add_argument(
+        "--slow-factor", type=float, default=1.0, help="a turn lasts this many times its training"
+    )
     return parser.parse_args(argv)
 
 
@@ -57,17 +64,37 @@ def main(argv: list[str] | None = None) -> None:
     say("enrolled", client=client.uuid, examples=len(y))
     if sys.stdin.readline().strip() != "go":
         return  # the orchestrator gave up before the start
+
+    def train(weights: dict) -> Trained:
+        started = time.monotonic()
+        training = {"epochs": args.epochs, "learning_rate": args.lr, "rng": rng}
+        if args.attack:
+            update = attacked_update(args.attack, model, weights, x, y, **training)
+        else:
+            update = local_update(model, weights, x, y, **training)
+        time.sleep((args.slow_factor - 1) * (time.monotonic() - started))  # a slow site
+        return Trained(update, len(y), {"train_accuracy": model.accuracy(update, x, y)})
+
     with client:
+        if args.asynchronous:
+            pushes = iter(range(1, 1 << 62))
+            result = train_loop(
+                client,
+                lambda pulled: train(pulled.weights),
+                handle_signals=True,
+                on_push=lambda update, pulled: say(
+                    "pushed", turn=next(pushes), update=update, base=pulled.aggregate
+                ),
+            )
+            say("done", stopped=result.stopped, updates=len(result.updates))
+            return
         weights, _ = client.pull()
         for round_index in range(args.rounds):
-            training = {"epochs": args.epochs, "learning_rate": args.lr, "rng": rng}
-            if args.attack:
-                update = attacked_update(args.attack, model, weights, x, y, **training)
-            else:
-                update = local_update(model, weights, x, y, **training)
-            metrics = {"train_accuracy": model.accuracy(update, x, y)}
+            trained = train(weights)
             try:
-                pushed = client.push(update, num_examples=len(y), metrics=metrics)
+                pushed = client.push(
+                    trained.weights, num_examples=trained.num_examples, metrics=trained.metrics
+                )
             except ConflictError as error:
                 if error.code != "experiment_ended":
                     raise

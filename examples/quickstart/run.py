@@ -3,7 +3,14 @@
     python examples/quickstart/run.py [--clients 10] [--rounds 30] [--alpha 0.5]
         [--aggregator fedavg|trimmed_mean|median|mean|fedavgm|fedadam|fedyogi|fedadagrad]
         [--aggregator-params JSON] [--bad-clients 0] [--attack noise|signflip] [--update-norm JSON]
+        [--async [--buffer K] [--staleness fedbuff|constant|JSON]] [--slow N [--slow-factor 5]]
         [--seed 0]
+
+``--async``: asynchronous rounds (the experiment's ``asynchronous`` setting): each client pulls the
+newest model, trains, pushes and starts again at once (``fma_client.train_loop``), never waiting for a
+round; a round closes every ``--buffer`` updates, each discounted by its staleness. ``--slow N``: the
+last N clients take ``--slow-factor`` times as long as their training does (they sleep the rest), in
+either mode: compare ``--slow 5`` with ``--async --slow 5``.
 
 What it does, all on this machine with nothing else installed or running:
 
@@ -95,6 +102,30 @@ def parse(argv: list[str] | None, defaults: dict[str, Any] | None = None) -> arg
         help="the experiment's bound on each update's change, e.g. "
         '\'{"mode": "clip", "adaptive": {"multiplier": 3}}\' (see fma_core.norms)',
     )
+    parser.add_argument(
+        "--async",
+        dest="asynchronous",
+        action="store_true",
+        help="asynchronous rounds: clients never wait; a round every --buffer updates",
+    )
+    parser.add_argument(
+        "--buffer", type=int, help="--async: updates a round takes (default: half the clients)"
+    )
+    parser.add_argument(
+        "--staleness",
+        type=staleness_arg,
+        default={"function": "fedbuff"},
+        metavar="NAME|JSON",
+        help="--async: the staleness discount, fedbuff or constant, or JSON such as "
+        """'{"function": "polynomial", "a": 0.5}' (see fma_core.asynchronous)""",
+    )
+    parser.add_argument("--slow", type=int, default=0, help="the last N clients are slow")
+    parser.add_argument(
+        "--slow-factor",
+        type=float,
+        default=5.0,
+        help="a slow client's turn takes this many times its training",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=5, help="local epochs per round")
     parser.add_argument("--lr", type=float, default=0.5, help="learning rate of local SGD")
@@ -118,7 +149,23 @@ def parse(argv: list[str] | None, defaults: dict[str, Any] | None = None) -> arg
         parser.error('--update-norm must be a JSON object, e.g. \'{"mode": "clip", "bound": 5}\'')
     if not 0 <= args.bad_clients < args.clients:
         parser.error("--bad-clients must be between 0 and --clients - 1")
+    if not 0 <= args.slow <= args.clients or args.slow_factor < 1:
+        parser.error("--slow must be between 0 and --clients, --slow-factor at least 1")
+    if args.buffer is None:
+        args.buffer = max(1, args.clients // 2)
+    if args.buffer < 1:
+        parser.error("--buffer must be at least 1")
     return args
+
+
+def staleness_arg(text: str) -> dict[str, Any]:
+    """``fedbuff``, ``constant`` or a JSON object (``{"function": "hinge", "a": 10, "b": 4}``)."""
+    if text in ("fedbuff", "constant"):
+        return {"function": text}
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("a staleness is fedbuff, constant or a JSON object")
+    return value
 
 
 def aggregator_params(name: str, clients: int, bad: int) -> dict[str, Any]:
@@ -396,6 +443,9 @@ def federate(
             started=rounds_started,
             stall_seconds=args.deadline * 4,
         )
+        if args.asynchronous:  # clients never stop by themselves: SIGTERM ends each after its turn
+            for client in clients:
+                client.process.terminate()
         for client in clients:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 client.process.wait(10)  # each exits after its last push
@@ -421,32 +471,33 @@ def create_experiment(
     args: argparse.Namespace, developer: Developer, data_dir: Path, initial_weights: dict[str, Any]
 ) -> Experiment:
     """The experiment, through the API: the initial model, the aggregator, and the round policy
-    "every enrolled client has pushed, or ``--deadline`` after the round's first update"."""
+    "every enrolled client has pushed, or ``--deadline`` after the round's first update"; with
+    ``--async``, a round every ``--buffer`` updates (or ``--deadline`` after its first)."""
     initial_path = data_dir / "initial.safetensors"
     write_file(initial_weights, initial_path)
     params = {**aggregator_params(args.aggregator, args.clients, args.bad_clients), **args.aggregator_params}
-    return developer.create_experiment(
-        {
-            "name": f"quickstart-digits-{args.model}",
-            "description": "scikit-learn digits, non-IID across clients (examples/quickstart)",
-            "aggregator": args.aggregator,
-            "aggregator_params": params,
-            "round_policy": {
-                "any_of": [
-                    {"policy": "all_clients"},
-                    {
-                        "policy": "deadline",
-                        "seconds": args.deadline,
-                        "min_updates": fewest_updates(args.aggregator, params),
-                    },
-                ]
-            },
-            "update_norm": args.update_norm,
-            "finish_when": {"rounds": args.rounds},
-            "initial_model": str(initial_path),
-            "enrollment": "token",
+    deadline = {
+        "policy": "deadline",
+        "seconds": args.deadline,
+        "min_updates": fewest_updates(args.aggregator, params),
+    }
+    config: dict[str, Any] = {
+        "name": f"quickstart-digits-{args.model}",
+        "description": "scikit-learn digits, non-IID across clients (examples/quickstart)",
+        "aggregator": args.aggregator,
+        "aggregator_params": params,
+        "round_policy": {"any_of": [{"policy": "all_clients"}, deadline]},
+        "update_norm": args.update_norm,
+        "finish_when": {"rounds": args.rounds},
+        "initial_model": str(initial_path),
+        "enrollment": "token",
+    }
+    if args.asynchronous:
+        config |= {
+            "round_policy": deadline,
+            "asynchronous": {"buffer": args.buffer, "staleness": args.staleness},
         }
-    )
+    return developer.create_experiment(config)
 
 
 def start_clients(
@@ -491,7 +542,8 @@ def start_clients(
             "--lr", str(args.lr),
             "--model", args.model,
             "--round-timeout", str(args.deadline * 4),
-        ] + (["--attack", args.attack] if index in bad else [])  # fmt: skip
+            "--slow-factor", str(args.slow_factor if index >= args.clients - args.slow else 1.0),
+        ] + (["--attack", args.attack] if index in bad else []) + (["--async"] if args.asynchronous else [])  # fmt: skip
         log = service.data_dir / f"client-{index}.log"
         clients.append(ClientProcess(index, command, token, log, pythonpath))
     for client in clients:

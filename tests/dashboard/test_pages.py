@@ -362,6 +362,35 @@ def test_the_lineage_shows_the_clients_a_sampled_round_selected_and_its_seed(
     )
 
 
+def test_the_lineage_shows_each_asynchronous_rounds_staleness_mix(
+    alice, make_experiment, enroll, submit, run_round, alice_browser
+):
+    experiment = make_experiment(
+        alice, "async", asynchronous={"buffer": 2, "staleness": {"function": "hinge", "a": 1, "b": 0}}
+    )
+    one, two = enroll(experiment), enroll(experiment)
+    submit(experiment, one, 1.0)
+    submit(experiment, two, 2.0)
+    first = run_round(experiment)
+    stale = submit(experiment, one, 3.0)  # trained on the initial model: τ = 1, discount 1/(1·1 + 1)
+    fresh = submit(experiment, two, 4.0, base_aggregate_id=first.pk)
+    run_round(experiment)
+
+    page = alice_browser.get(f"/dashboard/experiments/{experiment.pk}/").content.decode()
+    assertInHTML(
+        f"""<details class="staleness">
+          <summary>staleness mix τ=0 ×1, τ=1 ×1 (hinge(a=1, b=0), buffer 2)</summary>
+          <ul class="inputs">
+            <li>update {stale.pk}: τ=1, discount 0.5000</li>
+            <li>update {fresh.pk}: τ=0, discount 1.0000</li>
+          </ul>
+        </details>""",
+        page,
+        count=1,
+    )
+    assertInHTML("<summary>staleness mix τ=0 ×2 (hinge(a=1, b=0), buffer 2)</summary>", page, count=1)
+
+
 @pytest.mark.parametrize(("aggregator", "selected"), [("krum", 2), ("bulyan", 5)])
 def test_a_robust_rounds_selection_and_each_updates_score_are_in_the_lineage(
     alice, make_experiment, enroll, submit, run_round, alice_browser, aggregator, selected

@@ -168,3 +168,17 @@ def cmdline(pid: str) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:  # gone meanwhile
         return ""
+
+
+def test_an_asynchronous_run_with_slow_clients_learns_in_rounds_of_the_buffer(tmp_path):
+    stdout, rows = run_quickstart(
+        tmp_path,
+        script_env(),
+        "--async", "--buffer", "2", "--slow", "2", "--slow-factor", "3",
+        "--clients", "4", "--rounds", "6", "--epochs", "2",
+    )  # fmt: skip
+    assert len(rows) == 7  # the initial model, then six rounds
+    assert all(row["participants"] == "2" for row in rows[1:])  # each round takes the buffer's K
+    accuracies = [float(row["test_accuracy"]) for row in rows]
+    assert accuracies[-1] > accuracies[0] + 0.3
+    assert "failed" not in stdout

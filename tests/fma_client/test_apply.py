@@ -245,3 +245,31 @@ def test_a_staff_developer_applies_to_her_own_experiments_only(fma, folder, deve
     theirs.refresh_from_db()
     assert (theirs.aggregator, theirs.allow_aggregation) == ("fedavg", True)
     assert Experiment.objects.get(name="small", developer=developer).aggregator == "median"
+
+
+def test_an_asynchronous_experiment_applies_and_the_plan_shows_the_services_refusal(fma, tmp_path):
+    folder = tmp_path / "experiments"
+    folder.mkdir()
+    write_file({"w": np.zeros((2, 2), np.float32)}, folder / "model.safetensors")
+    setting = {"buffer": 4, "staleness": {"function": "polynomial", "a": 0.5}, "max_staleness": 8}
+    declare(folder, "async", name="async", initial_model="model.safetensors", asynchronous=setting)
+    assert fma("apply", "-f", folder)[0] == 0
+    assert Experiment.objects.get(name="async").asynchronous == setting
+    assert plan_json(fma, "-f", folder)[1]["summary"]["unchanged"] == 1  # applying again: no change
+    declare(
+        folder,
+        "async",
+        name="async",
+        initial_model="model.safetensors",
+        asynchronous=setting,
+        aggregator="median",
+    )
+    status, out, _ = fma("plan", "-f", folder)
+    assert status == 1
+    assert "cannot run asynchronous rounds" in out
+    declare(folder, "bad", name="bad", asynchronous={"buffer": 0})
+    status, out, err = fma("apply", "-f", folder)
+    assert status == 1
+    assert "asynchronous.buffer" in out
+    assert "nothing was changed" in err
+    assert Experiment.objects.get(name="async").aggregator == "fedavg"

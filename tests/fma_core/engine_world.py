@@ -50,11 +50,14 @@ class World:
         delta: bool = False,
         initial: bool = True,
         update_norm: Mapping[str, Any] | None = None,
+        asynchronous: Mapping[str, Any] | None = None,
+        round_policy: Any = None,
     ) -> None:
         self.spec = spec
         self.initial = random_weights(spec, 0)
         self.weights = LocalDirectoryWeightStore(root)
-        self.metadata = InMemoryMetadataStore(clock=Clock())
+        self.clock = Clock()
+        self.metadata = InMemoryMetadataStore(clock=self.clock)
         initial_key = (
             self.weights.put("artifacts/initial.safetensors", io.BytesIO(to_bytes(self.initial))).key
             if initial
@@ -66,6 +69,8 @@ class World:
             aggregator_params=dict(params or {}),
             tensor_spec=spec,
             update_norm=update_norm,
+            asynchronous=asynchronous,
+            round_policy=round_policy,
         )
         self.metadata.create_experiment(config, clients=CLIENTS, initial_weights_key=initial_key)
         self.delta = delta

@@ -46,8 +46,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
+from fma_core import asynchronous
 from fma_core.aggregators import Aggregator, UpdateInput, canonical_order, create_aggregator
 from fma_core.aggregators.base import RoundContext
+from fma_core.aggregators.buffered import BufferedStep
 from fma_core.connectors.metadata import (
     AggregateDraft,
     AggregateRecord,
@@ -69,7 +71,7 @@ from fma_core.errors import (
 from fma_core.leases import LeaseKeeper
 from fma_core.norms import REPORT_SECTION, NormPolicy, Screening, measure, recent_norms, screen
 from fma_core.peak_memory import PeakMemory
-from fma_core.policies import PendingUpdate, RoundState, policy_from_config
+from fma_core.policies import PendingUpdate, RoundState
 from fma_core.shards import (
     Output,
     RoundPlan,
@@ -195,7 +197,7 @@ class RoundEngine:
             return RoundOutcome(
                 "idle", experiment_id, reason="nothing pending, or another worker holds the round"
             )
-        policy = policy_from_config(claim.experiment.round_policy)
+        policy = asynchronous.effective_policy(claim.experiment.round_policy, claim.experiment.asynchronous)
         state = claim.state(self.clock())
         if not policy.is_ready(state):
             self.metadata.release_round(claim)
@@ -205,6 +207,7 @@ class RoundEngine:
                 reason="the round policy is not met yet",
                 wakeup_at=policy.wakeup_at(state),
             )
+        claim = self._buffered(claim)
         plan = RoundPlan(claim, (), TensorSpec(()), ())
         try:
             fewest = self._aggregator(claim).min_updates()
@@ -266,6 +269,16 @@ class RoundEngine:
         )
         return RoundOutcome("committed", record.experiment_id, aggregate=record, quarantined=plan.quarantined)
 
+    @staticmethod
+    def _buffered(claim: RoundClaim) -> RoundClaim:
+        """An asynchronous round takes the K oldest pending updates (K = its buffer); the others wait for
+        the next round, which they may make ready at once."""
+        mode = asynchronous.AsyncMode.from_config(claim.experiment.asynchronous)
+        if mode is None or len(claim.updates) <= mode.buffer:
+            return claim
+        oldest = sorted(claim.updates, key=lambda u: (u.received_at, u.update_id))
+        return replace(claim, updates=tuple(oldest[: mode.buffer]))
+
     def claim(self, experiment_id: str) -> RoundClaim | None:
         """Claim the round; taking over an abandoned claim also removes what it left in the weight store."""
         claim = self.metadata.claim_round(
@@ -278,6 +291,7 @@ class RoundEngine:
     def compute(self, claim: RoundClaim) -> ComputedRound:
         """Plan the claim's round in one piece and write its aggregate (and state); nothing is committed
         here. An update found unreadable is quarantined and the round planned again without it."""
+        claim = self._buffered(claim)
         excluded: set[str] = set()
         while True:
             plan = self._plan(claim, None, excluded=frozenset(excluded))
@@ -386,12 +400,14 @@ class RoundEngine:
         """Check each claimed update's header against the spec (the data was checked on arrival)."""
         config = claim.experiment
         spec = config.tensor_spec
+        mode = asynchronous.AsyncMode.from_config(config.asynchronous)
+        max_staleness = mode.max_staleness if mode is not None else config.max_staleness
         usable = []
         for update in sorted(claim.updates, key=lambda u: (u.content_id, u.update_id)):
             if update.update_id in excluded:
                 continue
             lag = claim.round_number - 1 - update.base_round
-            if config.max_staleness is not None and lag > config.max_staleness:
+            if max_staleness is not None and lag > max_staleness:
                 quarantine(
                     update.update_id, f"stale: trained on round {update.base_round}, {lag} rounds behind"
                 )
@@ -616,6 +632,7 @@ class RoundEngine:
             f"aggregator {aggregator.name!r}: report",
         )
         (size, digest), *state = stored
+        mode = asynchronous.AsyncMode.from_config(plan.claim.experiment.asynchronous)
         return AggregateDraft(
             weights_key=outputs[0].key,
             content_id=digest,
@@ -628,14 +645,26 @@ class RoundEngine:
             peak_memory_bytes=peak or None,
             state_key=outputs[1].key if state else None,
             state_content_id=state[0][1] if state else None,
-            report=self._report(plan, inputs, report),
+            report=self._report(plan, inputs, report, mode),
         )
 
     @staticmethod
-    def _report(plan: RoundPlan, inputs: list[UpdateInput], aggregator_report: Any) -> dict[str, Any]:
-        """The round's report, by section: the aggregator's own, the norm screening's, and the clients the
-        round selected."""
+    def _report(
+        plan: RoundPlan,
+        inputs: list[UpdateInput],
+        aggregator_report: Any,
+        mode: asynchronous.AsyncMode | None,
+    ) -> dict[str, Any]:
+        """The round's report, by section: the aggregator's own, the norm screening's, the clients the
+        round selected, and an asynchronous round's staleness mix."""
         report: dict[str, Any] = {}
+        if mode is not None:
+            bases = {u.update_id: u.base_round for u in plan.claim.updates}
+            taus = {
+                i.update_id: asynchronous.staleness_of(plan.claim.round_number, bases[i.update_id])
+                for i in inputs
+            }
+            report[asynchronous.REPORT_SECTION] = asynchronous.report(mode, taus)
         if aggregator_report:
             report["aggregator"] = dict(aggregator_report)
         if plan.norms is not None:
@@ -645,15 +674,32 @@ class RoundEngine:
         return report
 
     def _aggregator(self, claim: RoundClaim) -> Aggregator:
+        """The experiment's algorithm; an asynchronous experiment's fedavg or mean is the buffered step
+        x + η·Δ (``fma_core.aggregators.buffered``)."""
         config = claim.experiment
-        return create_aggregator(config.aggregator, config.aggregator_params, threads=self.threads)
+        aggregator = create_aggregator(config.aggregator, config.aggregator_params, threads=self.threads)
+        mode = asynchronous.AsyncMode.from_config(config.asynchronous)
+        if mode is None or config.aggregator not in asynchronous.BUFFERED_STEP:
+            return aggregator
+        weighted = bool(getattr(aggregator.params, "weighted", False))
+        rate = mode.server_learning_rate if mode.server_learning_rate is not None else 1.0
+        return BufferedStep({"server_learning_rate": rate, "weighted": weighted}, threads=self.threads)
 
     def _inputs(self, plan: RoundPlan) -> list[UpdateInput]:
         wanted = set(plan.update_ids)
         bases = SharedBases(self.weights.open_weights)
         clip = plan.norms["clip"] if plan.norms is not None else {}
-        return [
+        inputs = [
             self._input(u, bases, clip.get(u.update_id)) for u in plan.claim.updates if u.update_id in wanted
+        ]
+        mode = asynchronous.AsyncMode.from_config(plan.claim.experiment.asynchronous)
+        if mode is None:
+            return inputs
+        rounds = {u.update_id: u.base_round for u in plan.claim.updates}
+        number = plan.claim.round_number
+        return [
+            replace(i, discount=mode.staleness(asynchronous.staleness_of(number, rounds[i.update_id])))
+            for i in inputs
         ]
 
     def _input(self, update: UpdateRecord, bases: SharedBases, clip: float | None = None) -> UpdateInput:
@@ -719,7 +765,8 @@ class RoundEngine:
         pending = self.metadata.pending_updates(experiment_id)
         if not pending:
             return RoundOutcome("idle", experiment_id, reason="nothing pending")
-        policy = policy_from_config(self.metadata.experiment(experiment_id).round_policy)
+        config = self.metadata.experiment(experiment_id)
+        policy = asynchronous.effective_policy(config.round_policy, config.asynchronous)
         state = RoundState(
             updates=tuple(PendingUpdate(u.client_id, u.received_at) for u in pending),
             enrolled_clients=self.metadata.enrolled_clients(experiment_id),

@@ -78,6 +78,7 @@ class RoundRow:
     inputs: tuple[RoundInput, ...]  # in the canonical (content hash) order the round used
     parameters: str  # the algorithm's parameters as the API shows them (JSON); "" when there are none
     norms: RoundNorms | None = None  # the round's norm bound on updates, when the experiment set one
+    staleness: RoundStaleness | None = None  # an asynchronous round's staleness mix
 
     @property
     def selected(self) -> int | None:
@@ -120,6 +121,41 @@ class RoundNorms:
             updates=tuple(
                 UpdateNorm(u, n, clip.get(u), refused) for u, n, refused in sorted(measured, key=_by_id)
             ),
+        )
+
+
+@dataclass(frozen=True)
+class UpdateStaleness:
+    """One update of an asynchronous round: how many versions old its base was (τ), and its discount s(τ)."""
+
+    update_id: str
+    tau: int
+    discount: float
+
+
+@dataclass(frozen=True)
+class RoundStaleness:
+    """An asynchronous round's ``report["staleness"]`` (``fma_core.asynchronous``), for the lineage: the
+    function, the mix (how many updates of each τ), and each update's τ and discount."""
+
+    function: str
+    buffer: int
+    mix: tuple[tuple[int, int], ...]
+    updates: tuple[UpdateStaleness, ...]
+
+    @classmethod
+    def from_report(cls, report: dict) -> RoundStaleness | None:
+        section = report.get("staleness")
+        if not section:
+            return None
+        function = section["function"]
+        params = ", ".join(f"{k}={v:g}" for k, v in function.items() if k != "function")
+        each = [(u, d["tau"], d["discount"]) for u, d in section["updates"].items()]
+        return cls(
+            function=f"{function['function']}({params})" if params else function["function"],
+            buffer=section["buffer"],
+            mix=tuple(sorted((int(tau), count) for tau, count in section["mix"].items())),
+            updates=tuple(UpdateStaleness(u, tau, weight) for u, tau, weight in sorted(each, key=_by_id)),
         )
 
 
@@ -190,6 +226,10 @@ def experiment_settings(experiment: Experiment) -> list[tuple[str, str]]:
         (
             "Client sampling",
             _compact(experiment.client_sampling) if experiment.client_sampling else "every enrolled client",
+        ),
+        (
+            "Asynchronous rounds",
+            _compact(experiment.asynchronous) if experiment.asynchronous else "no: synchronous rounds",
         ),
         ("Update norm bound", _compact(experiment.update_norm) if experiment.update_norm else "none"),
         ("Updates sent as", experiment.update_kind),
@@ -263,6 +303,7 @@ def round_rows(experiment: Experiment, *, only: Q | None = None, with_inputs: bo
             inputs=round_inputs(a, inputs.get(a.pk, [])),
             parameters=json.dumps(a.aggregator_params, sort_keys=True) if a.aggregator_params else "",
             norms=RoundNorms.from_report(a.report or {}),
+            staleness=RoundStaleness.from_report(a.report or {}),
         )
         for a in aggregates
     ]

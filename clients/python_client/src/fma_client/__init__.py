@@ -1,6 +1,7 @@
 """fma-client: take part in a federated experiment, or run one, from Python or the ``fma`` command.
 
-Data holders use ``Client`` (pull, push, wait_for_new_model, report_scores, participation); developers use
+Data holders use ``Client`` (pull, push, wait_for_new_model, report_scores, participation) and, for
+asynchronous experiments, ``train_loop`` (pull, train, push, repeat); developers use
 ``Developer``; scripts written for the original fma-connect use ``WebClient`` unchanged.
 """
 
@@ -24,6 +25,7 @@ from fma_client.errors import (
     ValidationError,
     WaitTimeout,
 )
+from fma_client.loop import LoopResult, Trained, train_loop
 from fma_client.results import (
     Aggregate,
     AggregateDetail,
@@ -56,6 +58,7 @@ __all__ = [
     "FmaClientError",
     "IssuedEnrollmentToken",
     "LockedOut",
+    "LoopResult",
     "MetricSummary",
     "Model",
     "NotFound",
@@ -68,6 +71,7 @@ __all__ = [
     "Score",
     "ServerUnavailable",
     "TokenExpired",
+    "Trained",
     "TransferError",
     "Update",
     "ValidationError",
@@ -77,5 +81,6 @@ __all__ = [
     "as_weights",
     "read_file",
     "to_list",
+    "train_loop",
     "write_file",
 ]

@@ -193,30 +193,41 @@ def cmd_aggregates(args: argparse.Namespace) -> None:
 
 def input_rows(aggregate: dict[str, Any]) -> list[dict[str, Any]]:
     """The updates that went into an aggregate: each one's share and, when its algorithm reported them
-    (Krum, Bulyan), its score and its place in the selection ("no": not selected)."""
-    decided = (aggregate.get("report") or {}).get("aggregator") or {}
+    (Krum, Bulyan), its score and its place in the selection ("no": not selected); in an asynchronous
+    round, its staleness τ and discount s(τ)."""
+    report = aggregate.get("report") or {}
+    decided = report.get("aggregator") or {}
     scores = decided.get("scores") or {}
     order = {update: place for place, update in enumerate(decided.get("selected") or [], start=1)}
-    return [
-        {
+    stale = (report.get("staleness") or {}).get("updates") or {}
+    rows = []
+    for u in aggregate.get("updates", []):
+        row = {
             "update": u["id"],
             "weight": f"{u['weight']:.6g}" if u["weight"] is not None else None,
             "score": f"{scores[str(u['id'])]:.6g}" if str(u["id"]) in scores else None,
             "selected": order.get(str(u["id"]), "no") if "selected" in decided else None,
         }
-        for u in aggregate.get("updates", [])
-    ]
+        if str(u["id"]) in stale:
+            row |= {"tau": stale[str(u["id"])]["tau"], "discount": f"{stale[str(u['id'])]['discount']:.6g}"}
+        rows.append(row)
+    return rows
 
 
 def show_aggregate(aggregate: dict[str, Any]) -> str:
     """An aggregate's fields, what its algorithm decided beyond the selection, the rest of the round's
-    report (the clients a sampled round selected, the norm bound), then its inputs."""
+    report (the clients a sampled round selected, the norm bound, an asynchronous round's staleness mix),
+    then its inputs."""
     head = {k: v for k, v in aggregate.items() if k not in ("updates", "report")}
     report = aggregate.get("report") or {}
     decided = report.get("aggregator") or {}
     head |= {k: v for k, v in decided.items() if k not in ("selected", "scores")}
-    head |= {section: v for section, v in report.items() if section != "aggregator"}  # sampling, norms
-    return f"{details(head)}\n\n{table(input_rows(aggregate), INPUT_COLUMNS)}"
+    head |= {section: v for section, v in report.items() if section not in ("aggregator", "staleness")}
+    columns = INPUT_COLUMNS
+    if "staleness" in report:  # the mix in the head, each update's τ and s(τ) in its row
+        head["staleness"] = {k: v for k, v in report["staleness"].items() if k != "updates"}
+        columns = [*INPUT_COLUMNS, "tau", "discount"]
+    return f"{details(head)}\n\n{table(input_rows(aggregate), columns)}"
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
@@ -404,7 +415,8 @@ def parser() -> argparse.ArgumentParser:
     create = command(
         "create",
         "Create an experiment from a YAML or JSON file: name, aggregator and aggregator_params, "
-        "round_policy, client_sampling, tensor_spec or initial_model (a .safetensors path), update_norm, "
+        "round_policy, client_sampling, asynchronous, tensor_spec or initial_model (a .safetensors path), "
+        "update_norm, "
         "enrollment "
         "(token|open|legacy).",
         cmd_experiments_create,

@@ -110,6 +110,7 @@ class Experiment(Result):
     state = Field[str]()
     state_reason = Field[str]()
     state_changed_at = Field[str | None]()
+    asynchronous = Field[dict[str, Any] | None]()
     current_artifact = Field[int | None]()
     clients = Field[list[str]]()
     created_on = Field[str]()

@@ -18,6 +18,7 @@ from django.utils.formats import date_format
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
+from fma_core.asynchronous import AsyncMode
 from fma_core.errors import ConfigurationError
 from fma_core.norms import NormPolicy
 from fma_core.sampling import sampling_from_config
@@ -90,6 +91,12 @@ class ExperimentForm(forms.ModelForm):
             lifecycle.finish_when_check(cleaned.get("finish_when"))
         except ValidationFailed as error:
             self.add_error("finish_when", error.detail)
+        try:
+            mode = AsyncMode.from_config(cleaned.get("asynchronous"))
+        except ConfigurationError as error:
+            self.add_error("asynchronous", str(error))
+        else:
+            cleaned["asynchronous"] = mode.to_config() if mode is not None else None
         for field in json_schemas.SCHEMA_FIELDS:
             if cleaned.get(field) is not None:
                 try:

@@ -100,6 +100,13 @@ class Experiment(models.Model):
         '(made if absent) and "mode" ("uniform", or "longest_waiting", not usable with differential '
         "privacy); empty: every enrolled client every round",
     )
+    asynchronous = models.JSONField(
+        null=True,
+        blank=True,
+        help_text='buffered asynchronous rounds: {"buffer": K, "staleness": {"function": "fedbuff"} (or '
+        '"constant", "polynomial" with "a", "hinge" with "a" and "b"), "max_staleness": 20, '
+        '"server_learning_rate": 1.0} (fma_core.asynchronous); empty: synchronous rounds',
+    )
     current_artifact = models.OneToOneField(
         "ModelArtifact", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

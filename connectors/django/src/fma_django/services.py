@@ -25,6 +25,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from fma_core.aggregators import create_aggregator
+from fma_core.asynchronous import AsyncMode, check_aggregator, check_round_policy
 from fma_core.errors import ConfigurationError, InvalidWeights
 from fma_core.norms import NormPolicy
 from fma_core.policies import policy_from_config
@@ -79,6 +80,7 @@ CONFIG_FIELDS = (
     "update_norm",
     "client_sampling",
     "finish_when",
+    "asynchronous",
 )
 
 
@@ -136,6 +138,7 @@ def _check_config(experiment: Experiment, *, has_model: bool) -> None:
             "none: create it with an initial_model",
             code="invalid_aggregator",
         )
+    _check_asynchronous(experiment, has_model=has_model)
     try:
         norm_policy = NormPolicy.from_config(experiment.update_norm)
     except ConfigurationError as error:
@@ -186,6 +189,42 @@ def _check_config(experiment: Experiment, *, has_model: bool) -> None:
         if schema is not None:
             json_schemas.schema_check(field=field, schema=schema)
     lifecycle.finish_when_check(experiment.finish_when)
+
+
+def _check_asynchronous(experiment: Experiment, *, has_model: bool) -> None:
+    """Refuse an ``asynchronous`` setting, or a setting beside it, that asynchronous rounds cannot honour
+    (DESIGN.md, "Asynchronous rounds"), and store the setting as it reads back. The one place to add a
+    refusal of a combination with another mode."""
+    try:
+        mode = AsyncMode.from_config(experiment.asynchronous)
+    except ConfigurationError as error:
+        raise ValidationFailed(str(error), code="invalid_asynchronous") from None
+    if mode is None:
+        return
+    try:
+        check_aggregator(experiment.aggregator, mode)
+        check_round_policy(effective_round_policy(experiment))
+    except ConfigurationError as error:
+        raise ValidationFailed(f"asynchronous: {error}", code="invalid_asynchronous") from None
+    if not has_model:
+        raise ValidationFailed(
+            "asynchronous: each round steps the current global model by its updates' changes, and this "
+            "experiment has none: create it with an initial_model",
+            code="invalid_asynchronous",
+        )
+    if experiment.client_sampling is not None:
+        raise ValidationFailed(
+            "asynchronous: clients never wait in asynchronous mode, so no round selects clients: remove "
+            "client_sampling (the buffer's K is how many updates a round takes)",
+            code="invalid_asynchronous",
+        )
+    if experiment.furthest_base_agg:
+        raise ValidationFailed(
+            "asynchronous: bound the staleness with asynchronous.max_staleness (versions an update's base "
+            "may lag behind), not furthest_base_agg",
+            code="invalid_asynchronous",
+        )
+    experiment.asynchronous = mode.to_config()
 
 
 def _check_name_free(experiment: Experiment) -> None:

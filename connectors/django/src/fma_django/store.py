@@ -56,6 +56,7 @@ def experiment_config(experiment: Experiment) -> ExperimentConfig:
         # furthest_base_agg=k accepts the newest k aggregates, i.e. a lag of at most k-1 rounds
         max_staleness=experiment.furthest_base_agg - 1 if experiment.furthest_base_agg else None,
         update_norm=experiment.update_norm,
+        asynchronous=experiment.asynchronous,
     )
 
 

@@ -52,6 +52,8 @@ class UpdateInput:
     ``open`` reads the model the client trained (a delta reads as its base plus itself);
     ``open_change`` reads that model minus the one it was trained from (a delta as sent), when the
     round knows that base: what server optimizers aggregate, right for stale updates too.
+    ``discount``: the factor an asynchronous round's staleness function gives it (``fma_core.asynchronous``),
+    which every algorithm that weighs changes (the server optimizers) multiplies its share by.
     """
 
     update_id: str
@@ -59,6 +61,7 @@ class UpdateInput:
     num_examples: int
     open: Callable[[], WeightsReader]
     open_change: Callable[[], WeightsReader] | None = None
+    discount: float = 1.0
 
 
 @dataclass(frozen=True)

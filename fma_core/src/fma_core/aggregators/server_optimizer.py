@@ -41,12 +41,18 @@ from fma_core.aggregators.base import (
 from fma_core.errors import ConfigurationError
 
 
-def examples_shares(updates: Sequence[UpdateInput]) -> np.ndarray:
-    """Each update's share of the pseudo-gradient: nᵢ / Σ nᵢ (float64, in the given order)."""
-    counts = np.array([u.num_examples for u in updates], dtype=np.float64)
+def examples_shares(updates: Sequence[UpdateInput], *, weighted: bool = True) -> np.ndarray:
+    """Each update's share of the pseudo-gradient: nᵢ·sᵢ / Σ nᵢ (float64, in the given order), sᵢ its
+    staleness discount (1 in a synchronous round), nᵢ = 1 for all when not ``weighted``. Dividing by Σ nᵢ,
+    not Σ nᵢ·sᵢ, is FedBuff's: a stale update shrinks the step rather than take a fresh one's share."""
+    if weighted:
+        counts = np.array([u.num_examples for u in updates], dtype=np.float64)
+    else:
+        counts = np.ones(len(updates), dtype=np.float64)
     if (counts < 0).any() or counts.sum() <= 0:
         raise ConfigurationError("a server optimizer needs non-negative num_examples with a positive total")
-    return counts / counts.sum()
+    discounts = np.array([u.discount for u in updates], dtype=np.float64)
+    return counts * discounts / counts.sum()
 
 
 def check_range(
@@ -86,15 +92,19 @@ class ServerOptimizer(Aggregator):
     reads_changes = True
     state_tensors: ClassVar[tuple[str, ...]] = ()
 
+    def shares(self, updates: Sequence[UpdateInput]) -> np.ndarray:
+        """Each update's share of Δ, in the given order."""
+        return examples_shares(updates)
+
     def input_weights(self, updates: Sequence[UpdateInput]) -> list[float]:
-        return examples_shares(updates).tolist()
+        return self.shares(updates).tolist()
 
     def state_scalars(self, context: RoundContext) -> Mapping[str, float]:
         previous = context.state.scalars.get("rounds", 0) if context.state else 0
         return {"rounds": previous + 1}
 
     def _plan(self, updates: Sequence[UpdateInput], context: RoundContext) -> np.ndarray | float:
-        return share_plan(examples_shares(updates))
+        return share_plan(self.shares(updates))
 
     def _combine(self, block: Block) -> None:
         acc = block.accumulator

@@ -38,6 +38,9 @@ class ExperimentConfig:
     tensor_spec: TensorSpec | None = None
     max_staleness: int | None = None  # rounds an update's base may lag behind; None: any
     update_norm: Mapping[str, Any] | None = None  # a fma_core.norms bound on each update's change; None: none
+    # buffered asynchronous rounds (``fma_core.asynchronous``): K updates a round, each discounted by its
+    # staleness; None: synchronous rounds
+    asynchronous: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -137,6 +137,7 @@ class ExperimentSerializer(serializers.ModelSerializer):
             "state",
             "state_reason",
             "state_changed_at",
+            "asynchronous",
             "current_artifact",
             "clients",
             "created_on",
