@@ -24,7 +24,8 @@ Pure: numpy and ``cryptography`` only, no Django, no I/O, so the server and fma-
 code. Vectors move block by block, so masking and unmasking take memory of a block, not a model.
 """
 
-from fma_core.secagg.client import ClientSession, SecAggAbort
+from fma_core.secagg.client import ClientSession, PublicKeys, SecAggAbort, Share
+from fma_core.secagg.coordinator import SecureRound, StageError
 from fma_core.secagg.field import FieldParams, Quantizer, dequantize_sum
 from fma_core.secagg.graph import neighbour_graph
 from fma_core.secagg.params import RoundParams
@@ -34,9 +35,13 @@ __all__ = [
     "ClientSession",
     "FieldParams",
     "NotEnoughShares",
+    "PublicKeys",
     "Quantizer",
     "RoundParams",
     "SecAggAbort",
+    "SecureRound",
+    "Share",
+    "StageError",
     "Unmasker",
     "dequantize_sum",
     "neighbour_graph",
