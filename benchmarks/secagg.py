@@ -111,14 +111,14 @@ def secure_round(updates: dict[str, np.ndarray], weights: dict[str, int], drop: 
     vectors = [load(b)["masked"] for b in bodies.values()]
     last = np.zeros(1, dtype=np.uint64)
     for v in vectors:
-        last += v[size:]
+        last += v[:1]
     weight_sum = unmasker.weight_sum(int(last[0]))
     mean = np.empty(size, dtype=np.float32)
     for s in range(0, size, BLOCK):
         acc = np.zeros(min(BLOCK, size - s), dtype=np.uint64)
         for v in vectors:
-            acc += v[s : s + acc.size]
-        mean[s : s + acc.size] = unmasker.mean(s, acc, weight_sum)
+            acc += v[1 + s : 1 + s + acc.size]
+        mean[s : s + acc.size] = unmasker.mean(1 + s, acc, weight_sum)
     server_seconds = time.perf_counter() - start
     survivors_set = set(survivors)
     return {
@@ -178,7 +178,7 @@ def main() -> None:
         f"{'clients':>7} {'dropped':>7} {'k':>3} {'t':>3} {'client s':>17} {'server s':>17} {'bytes/client':>22} {'max err':>9}"
     )
     for r in rows:
-        p, s, x = r["plain"], r["secure"], r["ratio"]
+        s, x = r["secure"], r["ratio"]
         print(
             f"{r['clients']:>7} {r['dropped']:>7} {r['degree']:>3} {r['threshold']:>3} "
             f"{s['client_seconds']:>7.3f} ({x['client_seconds']:>5.1f}×) "

@@ -78,8 +78,8 @@ def unmasked_mean(round_, unmasker, store, field):
     total = np.zeros(LENGTH + 1, dtype=np.uint64)
     for c in round_.survivors:
         total += store[round_.inputs[c]]
-    weight_sum = unmasker.weight_sum(int(total[LENGTH]))
-    return unmasker.unmask(0, total[:LENGTH]), unmasker.mean(0, total[:LENGTH], weight_sum), weight_sum
+    weight_sum = unmasker.weight_sum(int(total[0]))
+    return unmasker.unmask(1, total[1:]), unmasker.mean(1, total[1:], weight_sum), weight_sum
 
 
 @pytest.mark.parametrize("stage", STAGE_NAMES)

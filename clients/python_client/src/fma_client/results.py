@@ -106,6 +106,7 @@ class Experiment(Result):
     update_kind = Field[str]()
     update_norm = Field[dict[str, Any] | None]()
     client_sampling = Field[dict[str, Any] | None]()
+    secure_aggregation = Field[dict[str, Any] | None]()
     current_artifact = Field[int | None]()
     clients = Field[list[str]]()
     created_on = Field[str]()

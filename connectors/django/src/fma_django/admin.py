@@ -21,6 +21,7 @@ from django.utils.safestring import SafeString
 from fma_core.errors import ConfigurationError
 from fma_core.norms import NormPolicy
 from fma_core.sampling import sampling_from_config
+from fma_core.secagg.config import SecureAggregation
 from fma_django import json_schemas, services
 from fma_django.errors import DomainError, ValidationFailed
 from fma_django.models import (
@@ -85,6 +86,12 @@ class ExperimentForm(forms.ModelForm):
             self.add_error("client_sampling", str(error))
         else:
             cleaned["client_sampling"] = sampling.to_config() if sampling is not None else None
+        try:
+            secure = SecureAggregation.from_config(cleaned.get("secure_aggregation"))
+        except ConfigurationError as error:
+            self.add_error("secure_aggregation", str(error))
+        else:
+            cleaned["secure_aggregation"] = secure.to_config() if secure is not None else None
         for field in json_schemas.SCHEMA_FIELDS:
             if cleaned.get(field) is not None:
                 try:

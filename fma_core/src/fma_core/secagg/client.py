@@ -143,7 +143,10 @@ class ClientSession:
         num_examples: int,
         rng: np.random.Generator | None = None,
     ) -> Iterator[np.ndarray]:
-        """The masked vector, block by block: the encoded update, then one element holding the weight.
+        """The masked vector, block by block: one element holding the weight, then the encoded update.
+
+        The weight comes first so a server reading the masked inputs forward has the sum of weights
+        before the first block it dequantizes.
 
         Pairwise masks are added only for the neighbours whose shares arrived (they may be dropped
         later: their masks can then be rebuilt from shares); the self mask always.
@@ -173,9 +176,9 @@ class ClientSession:
             start += encoded.size
             return out
 
+        yield masked(np.array([quantizer.weight], dtype=np.uint64))
         for block in blocks:
             yield masked(quantizer.encode(block))
-        yield masked(np.array([quantizer.weight], dtype=np.uint64))
 
     # -- stage 4 ---------------------------------------------------------------------------------
     def unmask(self, survivors: Iterable[str]) -> list[Share]:

@@ -45,7 +45,7 @@ class SecureRound:
 
     params: RoundParams
     invited: list[str]
-    length: int  # values in the update; the masked input carries one more (the weight)
+    length: int  # values in the update; the masked input carries one more, first (the weight)
     stage_seconds: float
     stage: str = "advertise"
     deadline: float = 0.0

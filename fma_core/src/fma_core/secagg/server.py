@@ -40,12 +40,12 @@ class Unmasker:
         pair_seeds: Sequence[tuple[int, bytes]],
     ):
         self.params = params
-        self.length = length  # the update's values; the weight sum is element ``length``
+        self.length = length  # the update's values, elements 1..length; the weight sum is element 0
         self._self_seeds = list(self_seeds)
         self._pair_seeds = list(pair_seeds)
 
     def unmask(self, start: int, summed: np.ndarray) -> np.ndarray:
-        """Elements ``start ..`` of Σ wᵢ qᵢ from the same elements of the survivors' masked sum."""
+        """Elements ``start ..`` of the unmasked sum (element 0: Σ wᵢ; element 1 + j: value j's Σ wᵢ qᵢ)."""
         out = np.array(summed, dtype=np.uint64, copy=True)
         for seed in self._self_seeds:
             out -= crypto.mask_block(seed, start, out.size)
@@ -57,15 +57,15 @@ class Unmasker:
                 out += mask
         return out
 
-    def weight_sum(self, summed_last: int) -> int:
-        """Σ wᵢ from the last element of the masked sum (read it first: every block needs it)."""
-        total = int(self.unmask(self.length, np.array([summed_last], dtype=np.uint64))[0])
+    def weight_sum(self, summed_first: int) -> int:
+        """Σ wᵢ from the first element of the masked sum (every block's mean needs it)."""
+        total = int(self.unmask(0, np.array([summed_first], dtype=np.uint64))[0])
         if total < 1:
             raise InconsistentShares("the unmasked sum of weights is not positive")
         return total
 
     def mean(self, start: int, summed: np.ndarray, weight_sum: int) -> np.ndarray:
-        """The weighted mean of the survivors' updates over this block, as float64."""
+        """The weighted mean of the survivors' updates over elements ``start ..`` (≥ 1), as float64."""
         return dequantize_sum(self.unmask(start, summed), weight_sum, self.params.field)
 
 

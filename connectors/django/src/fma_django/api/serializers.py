@@ -132,6 +132,7 @@ class ExperimentSerializer(serializers.ModelSerializer):
             "update_kind",
             "update_norm",
             "client_sampling",
+            "secure_aggregation",
             "current_artifact",
             "clients",
             "created_on",
