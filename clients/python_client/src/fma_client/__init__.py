@@ -38,6 +38,7 @@ from fma_client.results import (
     Score,
     Update,
 )
+from fma_client.secure import SecurePush, SecureRoundFailed
 from fma_client.transport import Retry
 from fma_client.weights import as_weights, read_file, to_list, write_file
 
@@ -66,6 +67,8 @@ __all__ = [
     "Retry",
     "RoundMetrics",
     "Score",
+    "SecurePush",
+    "SecureRoundFailed",
     "ServerUnavailable",
     "TokenExpired",
     "TransferError",

@@ -438,8 +438,11 @@ class SecureRoundRow(models.Model):
     class Meta:
         ordering = ["-round_number", "-id"]
         constraints = [
+            # a failed attempt is kept (with its reason) beside the next attempt at the same round
             models.UniqueConstraint(
-                fields=["experiment", "round_number"], name="fma_one_secure_round_per_round"
+                fields=["experiment", "round_number"],
+                condition=~models.Q(stage="failed"),
+                name="fma_one_secure_round_per_round",
             )
         ]
 
