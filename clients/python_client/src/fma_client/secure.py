@@ -79,6 +79,13 @@ def secure_push(
     pause = POLL_SECONDS
     while True:
         action = view["action"]
+        if session is None and action != "advertise":
+            # this client has not joined this round: it started without it (or is ending); wait for the next
+            _wait_or_give_up(give_up, pause, view)
+            pause = min(pause * 1.5, POLL_MAX_SECONDS)
+            view = transport.json("GET", path)
+            round_id = view["id"]
+            continue
         if action == "done":
             return SecurePush(int(view["round"]), int(view["aggregate"]), dict(view["counts"]))
         if action == "failed":
@@ -87,15 +94,8 @@ def secure_push(
             )
         if action in ("dropped", "not_invited"):
             raise SecureRoundFailed(
-                f"secure round {view['round']} went on without this client ({action.replace('_', ' ')}: it "
-                "answered a stage after its deadline, or joined after the round started); push again "
-                "for the next round",
-                code="secagg_dropped",
-            )
-        if action != "wait" and session is None and action != "advertise":
-            raise SecureRoundFailed(
-                f"secure round {view['round']} is at stage {view['stage']!r}, and this process did not "
-                "advertise keys in it (a restart loses them); push again for the next round",
+                f"secure round {view['round']} went on without this client: it did not answer the "
+                f"{view['stage'].replace('_', ' ')} stage before its deadline; push again for the next round",
                 code="secagg_dropped",
             )
         stage_path = f"{path}{round_id}/{action}/"
@@ -122,16 +122,20 @@ def secure_push(
             revealed = [[s.owner, s.kind, _b64(s.value)] for s in session.unmask(view["survivors"])]
             view = transport.json("POST", stage_path, json={"shares": revealed}, idempotent=True)
         else:  # wait for the others, or the stage's deadline
-            if time.monotonic() > give_up:
-                raise SecureRoundFailed(
-                    f"secure round {view['round']} did not end in time (stage {view['stage']!r})",
-                    code="secagg_timeout",
-                )
-            time.sleep(pause)
+            _wait_or_give_up(give_up, pause, view)
             pause = min(pause * 1.5, POLL_MAX_SECONDS)
             view = transport.json("GET", path, params={"id": round_id})
             continue
         pause = POLL_SECONDS
+
+
+def _wait_or_give_up(give_up: float, pause: float, view: Mapping[str, Any]) -> None:
+    if time.monotonic() > give_up:
+        raise SecureRoundFailed(
+            f"secure round {view['round']} did not end in time (stage {view['stage']!r})",
+            code="secagg_timeout",
+        )
+    time.sleep(pause)
 
 
 def _stage_seconds(view: Mapping[str, Any]) -> float:

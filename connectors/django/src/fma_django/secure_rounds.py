@@ -195,7 +195,9 @@ def _commit_mean(row: SecureRoundRow, state: SecureRound, unmasker: Any) -> Mode
         round=row.round_number,
         aggregate=aggregate.pk,
         updates=len(state.survivors),
-        secure=True,
+        duration_seconds=aggregate.duration_seconds,
+        size_bytes=aggregate.size_bytes,
+        secure_aggregation=dict(state.counts),
     )
     return aggregate
 
