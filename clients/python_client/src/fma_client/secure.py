@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Mapping
-from typing import Any, NamedTuple
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -30,12 +30,31 @@ class SecureRoundFailed(FmaClientError):
     """The secure round ended without an aggregate (too few clients remained), or went on without this client."""
 
 
-class SecurePush(NamedTuple):
-    """What a secure push did: the round, its aggregate, and how many clients finished each stage."""
+class SecurePush(Mapping[str, Any]):
+    """What a secure push did: the round, its aggregate, and how many clients finished each stage.
 
-    round: int
-    aggregate: int
-    counts: dict[str, int]
+    A read-only mapping like the other results (``pushed.get("id")`` is None: no update is kept),
+    with ``round``, ``aggregate`` and ``counts`` attributes.
+    """
+
+    def __init__(self, round: int, aggregate: int, counts: Mapping[str, int]) -> None:
+        self._fields = {"round": round, "aggregate": aggregate, "counts": dict(counts)}
+
+    round = property(lambda self: self._fields["round"])
+    aggregate = property(lambda self: self._fields["aggregate"])
+    counts = property(lambda self: self._fields["counts"])
+
+    def __getitem__(self, key: str) -> Any:
+        return self._fields[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+    def __repr__(self) -> str:
+        return f"SecurePush({self._fields})"
 
 
 def _protocol() -> Any:
