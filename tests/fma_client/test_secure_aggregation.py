@@ -114,22 +114,34 @@ def test_push_runs_the_stages_and_the_aggregate_is_the_weighted_mean(server, sec
     assert not [p for p in stored if "/updates/" in str(p)]
 
 
-def test_a_client_that_drops_at_the_masked_input_is_survived(server, secure, monkeypatch):
+ANSWERED = {"advertise": "keys", "share_keys": "outbox", "masked_input": "inputs", "unmasking": "revealed"}
+
+
+@pytest.mark.parametrize("stage", list(ANSWERED))
+def test_a_client_that_drops_at_any_stage_is_survived(server, secure, monkeypatch, stage):
+    """The fifth client vanishes at ``stage`` (its request never lands); the others' stage waits for its
+    deadline, which the sweep then finds passed, and the round completes without it."""
     clients = clients_of(server, secure, 5)
     updates = [
         {name: np.full(value.shape, i + 0.25, np.float32) for name, value in INITIAL.items()}
         for i in range(5)
     ]
-    real = secure_rounds.secure_round_masked_input
     gone = clients[4].uuid
+    real_submit, real_input = secure_rounds.secure_round_submit, secure_rounds.secure_round_masked_input
 
-    def vanishing(*, client, **kwargs):
-        if str(client.uuid) == gone:
+    def submit(*, client, stage: str, **kwargs):
+        if str(client.uuid) == gone and stage == dropped_at:
             raise ConnectionAbortedError("the client vanished")
-        return real(client=client, **kwargs)
+        return real_submit(client=client, stage=stage, **kwargs)
 
-    monkeypatch.setattr(secure_rounds, "secure_round_masked_input", vanishing)
-    row_deadline_passed = threading.Event()
+    def masked_input(*, client, **kwargs):
+        if str(client.uuid) == gone and dropped_at == "masked_input":
+            raise ConnectionAbortedError("the client vanished")
+        return real_input(client=client, **kwargs)
+
+    dropped_at = stage
+    monkeypatch.setattr(secure_rounds, "secure_round_submit", submit)
+    monkeypatch.setattr(secure_rounds, "secure_round_masked_input", masked_input)
     outcomes = {}
 
     def run(i):
@@ -138,29 +150,36 @@ def test_a_client_that_drops_at_the_masked_input_is_survived(server, secure, mon
         except Exception as error:
             outcomes[i] = error
 
-    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(5)]
+    pushing = range(4) if stage == "advertise" else range(5)  # at advertise: it never pushes at all
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in pushing]
     for t in threads:
         t.start()
-    # the vanished client never sends its input: move the clock past the stage's deadline for the others
-    for _ in range(400):
+    passed = False
+    for _ in range(1200):  # the other four answer the stage; then its deadline passes
         row = SecureRoundRow.objects.filter(experiment=secure).first()
-        if row is not None and row.stage == "masked_input" and len(row.state["inputs"]) == 4:
-            inputs = [p for p in stored_files() if "/secure/" in str(p)]
-            assert len(inputs) == 4
-            assert_no_plaintext(inputs, updates)  # the masked inputs, while the round waits
+        if row is not None and row.stage == stage and len(row.state[ANSWERED[stage]]) == 4:
+            if stage == "masked_input":
+                inputs = [p for p in stored_files() if "/secure/" in str(p)]
+                assert len(inputs) == 4
+                assert_no_plaintext(inputs, updates)  # the masked inputs, while the round waits
             secure_rounds.secure_rounds_advance(now=row.state["deadline"] + 1)
-            row_deadline_passed.set()
+            passed = True
             break
         threading.Event().wait(0.05)
     for t in threads:
         t.join(timeout=120)
-    assert row_deadline_passed.is_set()
+    assert passed
     assert all(isinstance(outcomes[i], SecurePush) for i in range(4)), outcomes
     aggregate = ModelAggregate.objects.get(experiment=secure)
     with weight_store().open(aggregate.weights_key) as stream:
         result = load(stream.read())
-    np.testing.assert_allclose(result["bias"], np.full(3, 1.75), atol=1e-5)  # mean of 0.25 … 3.25
-    assert aggregate.report["secure_aggregation"]["stages"]["masked_input"] == 4
+    # its input counts when it sent it (dropped at unmasking: its self mask is rebuilt from shares)
+    counted = 5 if stage == "unmasking" else 4
+    expected = np.mean(np.clip(np.arange(counted) + 0.25, -CLIP, CLIP))  # 4.25 is clipped to the field's ±4
+    np.testing.assert_allclose(result["bias"], np.full(3, expected), atol=1e-5)
+    stages = aggregate.report["secure_aggregation"]["stages"]
+    assert stages[stage] == 4
+    assert not [p for p in stored_files() if "/secure/" in str(p)]  # masked inputs removed with the round
 
 
 def test_below_the_threshold_the_round_fails_and_says_why(server, secure):
