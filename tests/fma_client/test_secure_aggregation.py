@@ -235,3 +235,33 @@ def test_creation_refuses_what_secure_aggregation_cannot_honour(developer):
         services.experiment_create(
             developer=developer, name="z", initial_model=dict(INITIAL), secure_aggregation={"threshold": 0.2}
         )
+
+
+def test_the_cli_shows_the_mode_and_each_rounds_stage_counts(fma, server, dev_token, tmp_path):
+    from fma_client import write_file
+
+    write_file(dict(INITIAL), tmp_path / "model.safetensors")
+    login = ("--url", server, "--token", dev_token)
+    (tmp_path / "refused.yaml").write_text(
+        "name: cli-secure\naggregator: median\nsecure_aggregation: {}\ninitial_model: model.safetensors\n"
+    )
+    status, _, err = fma(*login, "experiments", "create", tmp_path / "refused.yaml")
+    assert status != 0
+    assert "secure_aggregation cannot be combined with: aggregator: 'median'" in err
+    (tmp_path / "experiment.yaml").write_text(
+        "name: cli-secure\nsecure_aggregation: {stage_seconds: 30}\ninitial_model: model.safetensors\n"
+        "enrollment: open\n"
+    )
+    status, out, err = fma(*login, "--json", "experiments", "create", tmp_path / "experiment.yaml")
+    assert status == 0, err
+    experiment = json.loads(out)["id"]
+    status, out, _ = fma(*login, "experiments", "show", experiment)
+    assert "secure_aggregation" in out
+    assert "stage_seconds" in out
+    clients = [Client.enroll(server, experiment, quiet=True) for _ in range(3)]
+    outcomes = push_all(clients, [dict(INITIAL)] * 3, [1, 2, 3])
+    aggregate = outcomes[0].aggregate
+    status, out, _ = fma(*login, "aggregate", aggregate)
+    assert status == 0
+    assert "secure_aggregation" in out
+    assert "'masked_input': 3" in out or '"masked_input": 3' in out
