@@ -273,16 +273,24 @@ def _view(row: SecureRoundRow, state: SecureRound, client: Client) -> dict[str, 
 def secure_round_get(
     *, experiment: Experiment, client: Client, round_id: int | None = None
 ) -> dict[str, Any]:
-    """The current secure round (opened now if none is), or round ``round_id``, as ``client`` sees it."""
+    """The current secure round (opened now if none is), or round ``round_id``, as ``client`` sees it.
+
+    A poll only reads; it writes only to move a round whose stage deadline has passed (the answers
+    themselves move a stage on as soon as everyone expected has answered)."""
     now = time.time()
-    with transaction.atomic():
-        if round_id is None:
-            round_id = _open_round(experiment, now).pk
-        row = _row_locked(experiment, round_id)
-        state = SecureRound.from_json(row.state)
-        if row.stage in OPEN_STAGES:
-            _save(row, state, now)  # a passed deadline moves it on
-        return _view(row, state, client)
+    if round_id is None:
+        round_id = _open_round(experiment, now).pk
+    row = SecureRoundRow.objects.filter(pk=round_id, experiment=experiment).first()
+    if row is None:
+        raise NotFound(f"experiment {experiment.pk} has no secure round {round_id}")
+    state = SecureRound.from_json(row.state)
+    if row.stage in OPEN_STAGES and now >= state.deadline:  # a passed deadline moves it on, under the lock
+        with transaction.atomic():
+            row = _row_locked(experiment, round_id)
+            state = SecureRound.from_json(row.state)
+            if row.stage in OPEN_STAGES:
+                _save(row, state, now)
+    return _view(row, state, client)
 
 
 def secure_round_submit(
