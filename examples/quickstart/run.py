@@ -4,7 +4,7 @@
         [--aggregator fedavg|trimmed_mean|median|mean|fedavgm|fedadam|fedyogi|fedadagrad]
         [--aggregator-params JSON] [--bad-clients 0] [--attack noise|signflip] [--update-norm JSON]
         [--async [--buffer K] [--staleness fedbuff|constant|JSON]] [--slow N [--slow-factor 5]]
-        [--seed 0]
+        [--seed 0] [--secure-aggregation]
 
 ``--async``: asynchronous rounds (the experiment's ``asynchronous`` setting): each client pulls the
 newest model, trains, pushes and starts again at once (``fma_client.train_loop``), never waiting for a
@@ -135,6 +135,11 @@ def parse(argv: list[str] | None, defaults: dict[str, Any] | None = None) -> arg
     parser.add_argument("--out", type=Path, default=Path("out/quickstart"), help="table and plot go here")
     parser.add_argument("--model", default="softmax", help="module with the model (see softmax.py)")
     parser.add_argument("--keep-data", action="store_true", help="keep the service's data directory")
+    parser.add_argument(
+        "--secure-aggregation",
+        action="store_true",
+        help="SecAgg+: the server sees only the sum of the updates (docs/secure_aggregation.md)",
+    )
     parser.add_argument(
         "--serve", action="store_true", help="keep the service running at the end, until Ctrl-C"
     )
@@ -270,7 +275,9 @@ def follow_rounds(
             )
             accuracy = model.accuracy(read_file(path), x_test, y_test)
             now = time.monotonic()
-            row = Row(aggregate["round_number"], len(detail["updates"]), accuracy, now - last_time)
+            secure = (detail.get("report") or {}).get("secure_aggregation")  # no update is kept: count inputs
+            participants = secure["stages"]["masked_input"] if secure else len(detail["updates"])
+            row = Row(aggregate["round_number"], participants, accuracy, now - last_time)
             last_time = last_progress = now
             rows.append(row)
             print(
@@ -489,6 +496,12 @@ def create_experiment(
         "round_policy": {"any_of": [{"policy": "all_clients"}, deadline]},
         "update_norm": args.update_norm,
         "finish_when": {"rounds": args.rounds},
+        # weights of this model stay well inside ±8; 24 bits: steps of 1e-6; a stage waits --deadline at most
+        **(
+            {"secure_aggregation": {"clip": 8.0, "bits": 24, "stage_seconds": args.deadline}}
+            if args.secure_aggregation
+            else {}
+        ),
         "initial_model": str(initial_path),
         "enrollment": "token",
     }

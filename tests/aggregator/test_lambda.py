@@ -116,6 +116,7 @@ def test_a_scheduled_event_sweeps_every_experiment_with_pending_updates(aws, mak
         "uploads_checking": 0,
         "update_weights_removed": 0,
         "orphans_removed": 0,
+        "secure_rounds_advanced": 0,
     }
     invocations = aws.take()
     assert {i["FunctionName"] for i in invocations} == {FUNCTION}

@@ -49,4 +49,10 @@ def test_each_sweep_counts_one_run_its_duration_and_what_its_chores_did(transact
     done = housekeeping_sweep(lease_seconds=900)
     assert sample("fma_sweeps_total") == runs + 1
     assert sample("fma_sweep_duration_seconds_count") == durations + 1
-    assert set(done) == {"uploads_expired", "uploads_checking", "update_weights_removed", "orphans_removed"}
+    assert set(done) == {
+        "uploads_expired",
+        "uploads_checking",
+        "update_weights_removed",
+        "orphans_removed",
+        "secure_rounds_advanced",
+    }

@@ -518,3 +518,29 @@ def test_charts_say_when_they_have_no_data_and_how_their_axes_are_drawn(
         '<figure class="chart" data-chart="participation" data-y-label="clients" data-from-zero data-integer data-fixed>'
         in page
     )
+
+
+def test_a_secure_experiment_shows_its_mode_and_each_rounds_stage_counts(
+    alice, make_experiment, alice_browser
+):
+    experiment = make_experiment(alice, "secure", secure_aggregation={})
+    ModelAggregate.objects.create(
+        experiment=experiment,
+        round_number=1,
+        weights_key="aggregates/x.safetensors",
+        content_id="0" * 64,
+        size_bytes=10,
+        aggregator="fedavg",
+        duration_seconds=0.1,
+        report={
+            "secure_aggregation": {
+                "stages": {"advertise": 5, "share_keys": 5, "masked_input": 4, "unmasking": 3},
+                "invited": 6,
+            }
+        },
+    )
+    page = alice_browser.get(f"/dashboard/experiments/{experiment.pk}/").content.decode()
+    assert "secure (SecAgg+)" in page
+    assert "5 → 5 → 4 → 3" in page
+    plain = make_experiment(alice, "plain")
+    assert "SecAgg" not in alice_browser.get(f"/dashboard/experiments/{plain.pk}/").content.decode()

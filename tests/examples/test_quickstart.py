@@ -182,3 +182,12 @@ def test_an_asynchronous_run_with_slow_clients_learns_in_rounds_of_the_buffer(tm
     accuracies = [float(row["test_accuracy"]) for row in rows]
     assert accuracies[-1] > accuracies[0] + 0.3
     assert "failed" not in stdout
+
+
+def test_a_secure_run_learns_as_the_plain_one(tmp_path):
+    """--secure-aggregation: the same rounds through the SecAgg+ stages, each round's accuracy the plain run's."""
+    options = ("--clients", "3", "--rounds", "2", "--epochs", "2")
+    _, plain = run_quickstart(tmp_path / "plain", script_env(), *options)
+    _, secure = run_quickstart(tmp_path / "secure", script_env(), *options, "--secure-aggregation")
+    assert [r["participants"] for r in secure[1:]] == ["3", "3"]  # counted from each round's secure report
+    assert [r["test_accuracy"] for r in secure] == [r["test_accuracy"] for r in plain]

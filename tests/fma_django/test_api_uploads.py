@@ -337,6 +337,7 @@ def test_the_sweep_expires_uploads_left_open(
         "uploads_checking": 0,
         "update_weights_removed": 0,
         "orphans_removed": 0,
+        "secure_rounds_advanced": 0,
     }
     assert status(client_api, stale).json()["state"] == "expired"
     assert status(client_api, fresh).json()["state"] == "open"

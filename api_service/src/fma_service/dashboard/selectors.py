@@ -79,6 +79,8 @@ class RoundRow:
     parameters: str  # the algorithm's parameters as the API shows them (JSON); "" when there are none
     norms: RoundNorms | None = None  # the round's norm bound on updates, when the experiment set one
     staleness: RoundStaleness | None = None  # an asynchronous round's staleness mix
+    # a secure round keeps no update: how many clients finished each SecAgg+ stage, from its report
+    secure_stages: dict[str, int] | None = None
 
     @property
     def selected(self) -> int | None:
@@ -304,6 +306,7 @@ def round_rows(experiment: Experiment, *, only: Q | None = None, with_inputs: bo
             parameters=json.dumps(a.aggregator_params, sort_keys=True) if a.aggregator_params else "",
             norms=RoundNorms.from_report(a.report or {}),
             staleness=RoundStaleness.from_report(a.report or {}),
+            secure_stages=((a.report or {}).get("secure_aggregation") or {}).get("stages"),
         )
         for a in aggregates
     ]

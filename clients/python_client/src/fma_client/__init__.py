@@ -40,6 +40,7 @@ from fma_client.results import (
     Score,
     Update,
 )
+from fma_client.secure import SecurePush, SecureRoundFailed
 from fma_client.transport import Retry
 from fma_client.weights import as_weights, read_file, to_list, write_file
 
@@ -69,6 +70,8 @@ __all__ = [
     "Retry",
     "RoundMetrics",
     "Score",
+    "SecurePush",
+    "SecureRoundFailed",
     "ServerUnavailable",
     "TokenExpired",
     "Trained",

@@ -19,8 +19,16 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from fma_client.errors import FmaClientError, NotFound, NotSelected, ValidationError, WaitTimeout
+from fma_client.errors import (
+    ConflictError,
+    FmaClientError,
+    NotFound,
+    NotSelected,
+    ValidationError,
+    WaitTimeout,
+)
 from fma_client.results import Aggregate, Artifact, Score, Update
+from fma_client.secure import SecurePush, secure_push
 from fma_client.transport import Retry, Transport
 from fma_client.uploads import CHECK_TIMEOUT, THREADS, FileSource, Source, Upload, WeightsSource
 from fma_client.weights import SafetensorsBody, Weights, as_weights, read_file
@@ -84,6 +92,7 @@ class Client:
         self._names: list[str] | None = None
         self._update_kind: str | None = None  # the experiment's, learnt with the model
         self._base: Weights | None = None  # the last pulled model, kept when updates are deltas
+        self._secure = False  # learnt from the server: the experiment aggregates securely
 
     @classmethod
     def enroll(
@@ -221,7 +230,7 @@ class Client:
         base_aggregate: int | None = None,
         idempotency_key: str | None = None,
         check_timeout: float = CHECK_TIMEOUT,
-    ) -> Update:
+    ) -> Update | SecurePush:
         """Submit an update trained from the last pulled model; returns the accepted update.
 
         ``weights``: a dict of arrays, a PyTorch ``state_dict`` or a Keras ``get_weights()`` list.
@@ -241,12 +250,26 @@ class Client:
         When the experiment samples clients and the current round did not select this client, the
         server refuses the push before any byte is sent; the push waits as the server says and tries
         again, for up to ``selection_wait`` seconds, then raises ``NotSelected``.
+
+        When the experiment aggregates securely (``secure_aggregation``; the server refuses a plain
+        update before any byte is sent), the push takes part in the current secure round instead
+        (``fma_client.secure``): it waits for the other clients through the four stages and returns a
+        ``SecurePush`` (the round, its aggregate, how many clients finished each stage) once the round
+        is unmasked, or raises ``SecureRoundFailed`` with the server's reason. Metrics are not sent.
         """
-        body = SafetensorsBody(self._as_update(as_weights(weights, names=self._names), base_aggregate))
+        update = self._as_update(as_weights(weights, names=self._names), base_aggregate)
+        if self._secure:
+            return self._secure_push(update, num_examples)
+        body = SafetensorsBody(update)
         try:
             return self._upload(
                 WeightsSource(body), num_examples, metrics, base_aggregate, idempotency_key, check_timeout
             )
+        except ConflictError as error:
+            if error.code != "secure_aggregation":
+                raise
+            self._secure = True
+            return self._secure_push(update, num_examples)
         except ValidationError as error:
             if isinstance(weights, list | tuple) and self._names is None:
                 raise ValidationError(
@@ -257,6 +280,12 @@ class Client:
                     response=error.response,
                 ) from None
             raise
+
+    def _secure_push(self, update: Weights, num_examples: int) -> SecurePush:
+        if isinstance(num_examples, bool) or not isinstance(num_examples, int | np.integer):
+            raise TypeError(f"num_examples must be a whole number, not {num_examples!r}")
+        self.wait_until_selected()
+        return secure_push(self._transport, self.experiment, self.uuid, update, int(num_examples))
 
     def _as_update(self, weights: Weights, base_aggregate: int | None) -> Weights:
         """What the experiment takes: the weights, or (``update_kind`` delta) their change from

@@ -111,6 +111,7 @@ class Experiment(Result):
     state_reason = Field[str]()
     state_changed_at = Field[str | None]()
     asynchronous = Field[dict[str, Any] | None]()
+    secure_aggregation = Field[dict[str, Any] | None]()
     current_artifact = Field[int | None]()
     clients = Field[list[str]]()
     created_on = Field[str]()

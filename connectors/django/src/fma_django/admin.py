@@ -22,6 +22,7 @@ from fma_core.asynchronous import AsyncMode
 from fma_core.errors import ConfigurationError
 from fma_core.norms import NormPolicy
 from fma_core.sampling import sampling_from_config
+from fma_core.secagg.config import SecureAggregation
 from fma_django import json_schemas, lifecycle, services
 from fma_django.errors import Conflict, DomainError, ValidationFailed
 from fma_django.models import (
@@ -97,6 +98,12 @@ class ExperimentForm(forms.ModelForm):
             self.add_error("asynchronous", str(error))
         else:
             cleaned["asynchronous"] = mode.to_config() if mode is not None else None
+        try:
+            secure = SecureAggregation.from_config(cleaned.get("secure_aggregation"))
+        except ConfigurationError as error:
+            self.add_error("secure_aggregation", str(error))
+        else:
+            cleaned["secure_aggregation"] = secure.to_config() if secure is not None else None
         for field in json_schemas.SCHEMA_FIELDS:
             if cleaned.get(field) is not None:
                 try:

@@ -86,6 +86,7 @@ def update_check_metadata(
     """
     try:
         lifecycle.accepting_require(experiment)
+        plain_updates_require(experiment)
         sampling.participation_require(experiment, client)
         if update_kind != experiment.update_kind:
             raise ValidationFailed(
@@ -122,6 +123,16 @@ def update_check_metadata(
         _rejected(error, experiment, client)
         raise
     return (base.round_number if base else 0), base, limit
+
+
+def plain_updates_require(experiment: Experiment) -> None:
+    """An experiment with secure aggregation takes no update in the clear (409 ``secure_aggregation``)."""
+    if experiment.secure_aggregation is not None:
+        raise Conflict(
+            f"experiment {experiment.pk} aggregates securely: the server takes only masked inputs, through "
+            "the secure_round/ stages, and nothing was stored; push with fma-client, which runs them",
+            code="secure_aggregation",
+        )
 
 
 def check_idempotency_key(key: str | None) -> None:
@@ -177,6 +188,7 @@ def update_accept(
         if first is None:
             try:  # the round may have moved on, or the experiment ended, since the metadata was checked
                 lifecycle.accepting_require(experiment)
+                plain_updates_require(experiment)
                 sampling.participation_require(experiment, client)
             except DomainError as error:
                 raise _rejected(error, experiment, client) from None

@@ -107,6 +107,12 @@ class Experiment(models.Model):
         '"constant", "polynomial" with "a", "hinge" with "a" and "b"), "max_staleness": 20, '
         '"server_learning_rate": 1.0} (fma_core.asynchronous); empty: synchronous rounds',
     )
+    secure_aggregation = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="SecAgg+: the server learns only the sum of the updates; {} for the defaults "
+        "(fma_core.secagg.config, docs/secure_aggregation.md); empty: plain updates",
+    )
     current_artifact = models.OneToOneField(
         "ModelArtifact", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -447,6 +453,40 @@ class RoundSelection(models.Model):
             "enrolled": self.enrolled,
             "selected": list(self.clients),
         }
+
+
+class SecureRoundRow(models.Model):
+    """One secure round of an experiment with ``secure_aggregation``: its stage and its protocol state.
+
+    ``state`` is ``fma_core.secagg.SecureRound.to_json()``: public keys, the encrypted shares being
+    relayed, where each masked input is stored, the shares revealed at unmasking — never an update
+    in the clear. Every request changes it under this row's lock (``fma_django.secure_rounds``).
+    """
+
+    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="secure_rounds")
+    round_number = models.PositiveIntegerField()
+    stage = models.CharField(max_length=16)
+    state = models.JSONField()
+    reason = models.TextField(blank=True, default="", help_text="why the round failed")
+    aggregate = models.OneToOneField(
+        ModelAggregate, null=True, blank=True, on_delete=models.SET_NULL, related_name="secure_round"
+    )
+    created_on = models.DateTimeField(auto_now_add=True)
+    updated_on = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-round_number", "-id"]
+        constraints = [
+            # a failed attempt is kept (with its reason) beside the next attempt at the same round
+            models.UniqueConstraint(
+                fields=["experiment", "round_number"],
+                condition=~models.Q(stage="failed"),
+                name="fma_one_secure_round_per_round",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.experiment_id} secure round {self.round_number} ({self.stage})"
 
 
 class RoundLease(models.Model):

@@ -30,6 +30,7 @@ from fma_core.errors import ConfigurationError, InvalidWeights
 from fma_core.norms import NormPolicy
 from fma_core.policies import policy_from_config
 from fma_core.sampling import sampling_from_config
+from fma_core.secagg.config import SecureAggregation, conflicts
 from fma_core.weights import TensorSpec, Weights, from_legacy_json, to_bytes, validate
 from fma_django import credentials, json_schemas, lifecycle
 from fma_django.errors import (
@@ -81,6 +82,7 @@ CONFIG_FIELDS = (
     "client_sampling",
     "finish_when",
     "asynchronous",
+    "secure_aggregation",
 )
 
 
@@ -173,6 +175,7 @@ def _check_config(experiment: Experiment, *, has_model: bool) -> None:
             f"{aggregator.name!r} with {json.dumps(aggregator.params.to_dict())} needs at least {needed} updates",
             code="invalid_client_sampling",
         )
+    _check_secure_aggregation(experiment, has_model=has_model)
     if experiment.tensor_spec is not None:
         try:
             # stored as the spec reads it: numpy's dtype names (float32) become codes (F32)
@@ -225,6 +228,36 @@ def _check_asynchronous(experiment: Experiment, *, has_model: bool) -> None:
             code="invalid_asynchronous",
         )
     experiment.asynchronous = mode.to_config()
+
+
+def _check_secure_aggregation(experiment: Experiment, *, has_model: bool) -> None:
+    """Refuse a ``secure_aggregation`` setting that is malformed, or combined with a setting that reads
+    individual updates (``fma_core.secagg.config.conflicts``: extend that rule for a new mode), and
+    store it with every default filled in."""
+    try:
+        secure = SecureAggregation.from_config(experiment.secure_aggregation)
+    except ConfigurationError as error:
+        raise ValidationFailed(str(error), code="invalid_secure_aggregation") from None
+    if secure is None:
+        return
+    found = conflicts(
+        aggregator=experiment.aggregator,
+        update_norm=experiment.update_norm,
+        legacy_mode=experiment.legacy_mode,
+        asynchronous=getattr(experiment, "asynchronous", None),
+        privacy=getattr(experiment, "privacy", None),
+    )
+    if experiment.tensor_spec is None and not has_model:
+        found.append(
+            "tensor_spec: a secure round's masked inputs have one fixed length; declare the tensors "
+            "(tensor_spec) or create the experiment with an initial_model"
+        )
+    if found:
+        raise ValidationFailed(
+            "secure_aggregation cannot be combined with: " + "; ".join(found),
+            code="invalid_secure_aggregation",
+        )
+    experiment.secure_aggregation = secure.to_config()
 
 
 def _check_name_free(experiment: Experiment) -> None:

@@ -138,6 +138,7 @@ class ExperimentSerializer(serializers.ModelSerializer):
             "state_reason",
             "state_changed_at",
             "asynchronous",
+            "secure_aggregation",
             "current_artifact",
             "clients",
             "created_on",

@@ -4,7 +4,7 @@ and developers' API tokens."""
 from django.urls import include, path
 from rest_framework.routers import DefaultRouter
 
-from fma_django.api import tokens, uploads, views
+from fma_django.api import secure_rounds, tokens, uploads, views
 
 app_name = "fma-api"
 
@@ -19,6 +19,7 @@ router.register(
 )
 
 upload = "v1/models/<int:experiment_pk>/uploads/"
+secure_round = "v1/models/<int:experiment_pk>/secure_round/"
 upload_session = upload + "<uuid:upload_id>/"
 
 urlpatterns = [
@@ -38,6 +39,17 @@ urlpatterns = [
         upload_session + "complete/",
         uploads.UploadViewSet.as_view({"post": "complete"}),
         name="upload-complete",
+    ),
+    path(secure_round, secure_rounds.SecureRoundViewSet.as_view({"get": "retrieve"}), name="secure-round"),
+    path(
+        secure_round + "<int:round_id>/masked_input/",
+        secure_rounds.SecureRoundViewSet.as_view({"put": "masked_input"}),
+        name="secure-round-masked-input",
+    ),
+    path(
+        secure_round + "<int:round_id>/<str:stage>/",
+        secure_rounds.SecureRoundViewSet.as_view({"post": "submit"}),
+        name="secure-round-stage",
     ),
     path("v1/", include(router.urls)),
 ]
