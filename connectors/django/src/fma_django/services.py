@@ -244,7 +244,7 @@ def _check_secure_aggregation(experiment: Experiment, *, has_model: bool) -> Non
         aggregator=experiment.aggregator,
         update_norm=experiment.update_norm,
         legacy_mode=experiment.legacy_mode,
-        asynchronous=getattr(experiment, "asynchronous", None),
+        asynchronous=experiment.asynchronous,
         privacy=getattr(experiment, "privacy", None),
     )
     if experiment.tensor_spec is None and not has_model:
