@@ -177,6 +177,10 @@ RULES = {
     ("post", "/api/v1/models/{experiment_pk}/uploads/{upload_id}/complete/"): Rule(
         CLIENT, None, "member", 201
     ),
+    # secure rounds: only for an experiment with secure_aggregation (tests/fma_client/test_secure_aggregation.py)
+    ("get", "/api/v1/models/{experiment_pk}/secure_round/"): Rule(CLIENT),
+    ("post", "/api/v1/models/{experiment_pk}/secure_round/{round_id}/{stage}/"): Rule(CLIENT, {}),
+    ("put", "/api/v1/models/{experiment_pk}/secure_round/{round_id}/masked_input/"): Rule(CLIENT, b""),
     ("get", "/api/v1/model_updates/"): Rule(LIST),
     ("post", "/api/v1/model_updates/"): Rule(
         CLIENT, {"federated_model": "{e}", "data": "{json}"}, "member", 201
@@ -231,6 +235,8 @@ def fill(value, world: World, path: str = ""):
         "{upload_id}": world.upload.uuid,
         "{token_id}": world.experiment.enrollment_tokens.order_by("pk").first().pk,
         "{number}": 1,
+        "{round_id}": 1,
+        "{stage}": "advertise",
         "{member}": world.member_uuid,
         "{json}": [[[2.0] * 3] * 4, [0.0] * 3],
     }
