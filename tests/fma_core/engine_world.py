@@ -50,6 +50,8 @@ class World:
         delta: bool = False,
         initial: bool = True,
         update_norm: Mapping[str, Any] | None = None,
+        privacy: Mapping[str, Any] | None = None,
+        privacy_secret: bytes | None = None,
     ) -> None:
         self.spec = spec
         self.initial = random_weights(spec, 0)
@@ -66,8 +68,11 @@ class World:
             aggregator_params=dict(params or {}),
             tensor_spec=spec,
             update_norm=update_norm,
+            privacy=privacy,
         )
-        self.metadata.create_experiment(config, clients=CLIENTS, initial_weights_key=initial_key)
+        self.metadata.create_experiment(
+            config, clients=CLIENTS, initial_weights_key=initial_key, privacy_secret=privacy_secret
+        )
         self.delta = delta
         self.count = 0
 

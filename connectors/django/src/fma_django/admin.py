@@ -20,6 +20,7 @@ from django.utils.safestring import SafeString
 
 from fma_core.errors import ConfigurationError
 from fma_core.norms import NormPolicy
+from fma_core.privacy import PrivacyPolicy
 from fma_core.sampling import sampling_from_config
 from fma_django import json_schemas, services
 from fma_django.errors import DomainError, ValidationFailed
@@ -79,6 +80,10 @@ class ExperimentForm(forms.ModelForm):
             NormPolicy.from_config(cleaned.get("update_norm"))
         except ConfigurationError as error:
             self.add_error("update_norm", str(error))
+        try:
+            PrivacyPolicy.from_config(cleaned.get("privacy"))
+        except ConfigurationError as error:
+            self.add_error("privacy", str(error))
         try:
             sampling = sampling_from_config(cleaned.get("client_sampling"))
         except ConfigurationError as error:

@@ -24,11 +24,13 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from fma_core.aggregators import create_aggregator
+from fma_core.aggregators import Aggregator, create_aggregator
 from fma_core.errors import ConfigurationError, InvalidWeights
 from fma_core.norms import NormPolicy
 from fma_core.policies import policy_from_config
-from fma_core.sampling import sampling_from_config
+from fma_core.privacy import PrivacyPolicy
+from fma_core.rounds import check_privacy
+from fma_core.sampling import ClientSampling, check_for_privacy, sampling_from_config
 from fma_core.weights import TensorSpec, Weights, from_legacy_json, to_bytes, validate
 from fma_django import credentials, json_schemas
 from fma_django.errors import (
@@ -76,6 +78,7 @@ CONFIG_FIELDS = (
     "max_update_bytes",
     "update_kind",
     "update_norm",
+    "privacy",
     "client_sampling",
 )
 
@@ -158,6 +161,7 @@ def _check_config(experiment: Experiment, *, has_model: bool) -> None:
             f"{aggregator.name!r} with {json.dumps(aggregator.params.to_dict())} needs at least {needed} updates",
             code="invalid_client_sampling",
         )
+    _check_privacy(experiment, aggregator, sampling, has_model=has_model)
     if experiment.tensor_spec is not None:
         try:
             # stored as the spec reads it: numpy's dtype names (float32) become codes (F32)
@@ -173,6 +177,32 @@ def _check_config(experiment: Experiment, *, has_model: bool) -> None:
         schema = getattr(experiment, field)
         if schema is not None:
             json_schemas.schema_check(field=field, schema=schema)
+
+
+def _check_privacy(
+    experiment: Experiment, aggregator: Aggregator, sampling: ClientSampling | None, *, has_model: bool
+) -> None:
+    """Refuse a ``privacy`` setting that is malformed or that the experiment's other settings break
+    (the compatibility table of docs/privacy.md): a robust or selecting aggregator, an ``update_norm``,
+    a non-uniform client sampling, integer tensors, no initial model. Modes built elsewhere
+    (asynchronous rounds, secure aggregation) add their refusal here."""
+    try:
+        policy = PrivacyPolicy.from_config(experiment.privacy)
+    except ConfigurationError as error:
+        raise ValidationFailed(str(error), code="invalid_privacy") from None
+    if policy is None:
+        return
+    try:
+        check_privacy(aggregator, experiment.update_norm, experiment_spec(experiment))
+        check_for_privacy(sampling)
+    except (ConfigurationError, InvalidWeights) as error:
+        raise ValidationFailed(f"privacy: {error}", code="invalid_privacy") from None
+    if not has_model:
+        raise ValidationFailed(
+            "privacy clips each update's change from the model it was trained from, and this experiment "
+            "has none: create it with an initial_model",
+            code="invalid_privacy",
+        )
 
 
 def _check_name_free(experiment: Experiment) -> None:
@@ -290,6 +320,11 @@ def experiment_update(
             "other kind; create a new experiment instead"
         )
     has_model = experiment.aggregates.exists() or initial_artifact(experiment.pk) is not None
+    if "privacy" in changes and changes["privacy"] != experiment.privacy and experiment.aggregates.exists():
+        raise Conflict(
+            "privacy cannot change once a round has run: the ledger's ε was spent under the settings the "
+            "rounds ran with; create a new experiment instead"
+        )
     if (
         "tensor_spec" in changes
         and changes["tensor_spec"] != experiment.tensor_spec

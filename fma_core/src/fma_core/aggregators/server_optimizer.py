@@ -75,6 +75,7 @@ class ServerOptimizer(Aggregator):
 
     needs_parent = True
     reads_changes = True
+    supports_privacy = True
     state_tensors: ClassVar[tuple[str, ...]] = ()
 
     def input_weights(self, updates: Sequence[UpdateInput]) -> list[float]:
@@ -97,6 +98,7 @@ class ServerOptimizer(Aggregator):
         for value, share in zip(values, shares[1:], strict=True):
             np.multiply(value, share, work)
             np.add(delta, work, delta)
+        block.add_noise(delta)
         result = block.out if block.out.dtype == acc else block.scratch.get("result", block.count, acc)
         self.step(block, delta, work, result)
         store(result, block.out)

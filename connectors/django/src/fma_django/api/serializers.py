@@ -16,7 +16,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from fma_core.aggregators import available
-from fma_django import ingestion
+from fma_django import ingestion, privacy
 from fma_django.api.parsers import NestedTooDeeply, check_depth
 from fma_django.limits import (
     IDEMPOTENCY_KEY_PATTERN,
@@ -102,6 +102,10 @@ class ExperimentSerializer(serializers.ModelSerializer):
         source="developer_id", required=False, help_text="defaults to you; only staff may name another user"
     )
     clients = serializers.SerializerMethodField()
+    privacy_spent = serializers.SerializerMethodField(
+        help_text="the privacy ledger: ε spent after the newest round, δ, the budget, the rounds the "
+        "most-charged client went into, the next round's clip bound; null without privacy"
+    )
     current_artifact = serializers.PrimaryKeyRelatedField(read_only=True, allow_null=True)
     initial_model = JSONField(
         write_only=True,
@@ -131,6 +135,8 @@ class ExperimentSerializer(serializers.ModelSerializer):
             "max_update_bytes",
             "update_kind",
             "update_norm",
+            "privacy",
+            "privacy_spent",
             "client_sampling",
             "current_artifact",
             "clients",
@@ -139,6 +145,21 @@ class ExperimentSerializer(serializers.ModelSerializer):
             "initial_model",
         ]
         read_only_fields = ["id", "created_on", "last_modified"]
+
+    @extend_schema_field(
+        {
+            "type": ["object", "null"],
+            "properties": {
+                "epsilon": {"type": "number"},
+                "delta": {"type": "number"},
+                "budget_epsilon": {"type": "number"},
+                "charged_rounds": {"type": "integer"},
+                "clip_bound": {"type": "number"},
+            },
+        }
+    )
+    def get_privacy_spent(self, experiment: Experiment) -> dict[str, Any] | None:
+        return privacy.ledger(experiment)
 
     def get_clients(self, experiment: Experiment) -> list[str]:
         return [
