@@ -450,6 +450,7 @@ class EventKind(models.TextChoices):
     PUBLISHED = "published"
     AGGREGATION_PAUSED = "aggregation_paused"
     AGGREGATION_RESUMED = "aggregation_resumed"
+    PRIVACY_BUDGET_SPENT = "privacy_budget_spent"
     CREDENTIAL_ROTATED = "credential_rotated"
     CREDENTIAL_REVOKED = "credential_revoked"
 

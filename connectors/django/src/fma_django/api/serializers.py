@@ -104,7 +104,8 @@ class ExperimentSerializer(serializers.ModelSerializer):
     clients = serializers.SerializerMethodField()
     privacy_spent = serializers.SerializerMethodField(
         help_text="the privacy ledger: ε spent after the newest round, δ, the budget, the rounds the "
-        "most-charged client went into, the next round's clip bound; null without privacy"
+        "most-charged client went into, the next round's clip bound, whether the budget stopped the rounds; "
+        "null without privacy"
     )
     current_artifact = serializers.PrimaryKeyRelatedField(read_only=True, allow_null=True)
     initial_model = JSONField(
@@ -155,6 +156,7 @@ class ExperimentSerializer(serializers.ModelSerializer):
                 "budget_epsilon": {"type": "number"},
                 "charged_rounds": {"type": "integer"},
                 "clip_bound": {"type": "number"},
+                "budget_spent": {"type": "boolean"},
             },
         }
     )
