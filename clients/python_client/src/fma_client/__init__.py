@@ -24,6 +24,7 @@ from fma_client.errors import (
     ValidationError,
     WaitTimeout,
 )
+from fma_client.privacy import LocalPrivacy
 from fma_client.results import (
     Aggregate,
     AggregateDetail,
@@ -55,6 +56,7 @@ __all__ = [
     "Experiment",
     "FmaClientError",
     "IssuedEnrollmentToken",
+    "LocalPrivacy",
     "LockedOut",
     "MetricSummary",
     "Model",
