@@ -9,6 +9,7 @@ import pytest
 from django.test import Client as Browser
 from pytest_django.asserts import assertInHTML
 
+from fma_django import lifecycle
 from fma_django.models import (
     ClientAggregateScore,
     Event,
@@ -107,9 +108,10 @@ def test_the_state_is_paused_aggregating_or_failed_as_the_rounds_go(alice, make_
     assert answer["state"] == "failed"
     assert "disk full" in answer["regions"]["summary"]["html"]
     assert "disk full" in answer["regions"]["problems"]["html"]
-    experiment.allow_aggregation = False
-    experiment.save()
-    assert alice_browser.get(url).json()["state"] == "paused"
+    lifecycle.experiment_set_state(experiment=experiment, state="paused", user=alice, reason="new data")
+    answer = alice_browser.get(url).json()
+    assert answer["state"] == "paused"
+    assert "new data" in answer["regions"]["summary"]["html"]
 
 
 def test_the_detail_page_shows_plots_rounds_rejections_and_lineage(
@@ -189,16 +191,16 @@ def test_publishing_goes_through_the_service_with_csrf(
 
 def test_pause_and_resume_record_who_did_it(alice, make_experiment, alice_browser):
     experiment = make_experiment(alice, "mnist")
-    url = f"/dashboard/experiments/{experiment.pk}/aggregation/"
+    url = f"/dashboard/experiments/{experiment.pk}/state/"
     token = _csrf(alice_browser, f"/dashboard/experiments/{experiment.pk}/")
-    answer = alice_browser.post(url, {"allowed": "0", "csrfmiddlewaretoken": token}, follow=True)
+    answer = alice_browser.post(url, {"state": "paused", "csrfmiddlewaretoken": token}, follow=True)
     assert "Rounds are paused." in answer.content.decode()
     assert b"Resume rounds" in answer.content
     experiment.refresh_from_db()
-    assert not experiment.allow_aggregation
-    alice_browser.post(url, {"allowed": "1", "csrfmiddlewaretoken": token})
+    assert (experiment.state, experiment.allow_aggregation) == ("paused", False)
+    alice_browser.post(url, {"state": "collecting", "csrfmiddlewaretoken": token})
     experiment.refresh_from_db()
-    assert experiment.allow_aggregation
+    assert (experiment.state, experiment.allow_aggregation) == ("collecting", True)
     kinds = list(
         Event.objects.filter(experiment=experiment, user=alice)
         .exclude(kind=EventKind.EXPERIMENT_CREATED)

@@ -158,6 +158,7 @@ RULES = {
     ("delete", "/api/v1/models/{id}/enrollment_tokens/{token_id}/"): Rule(OWNER, None, "owner", 200),
     ("post", "/api/v1/models/{id}/revoke_client/"): Rule(OWNER, {"client": "{member}"}, "owner", 204),
     ("get", "/api/v1/models/{id}/metrics/"): Rule(OWNER, None, "owner", 200),
+    ("post", "/api/v1/models/{id}/state/"): Rule(OWNER, {"state": "stopped"}, "owner", 200),
     ("post", "/api/v1/models/{id}/register_client/"): Rule(PUBLIC),
     ("get", "/api/v1/models/{id}/get_latest_aggregate/"): Rule(MEMBER, None, "member", 200),
     ("get", "/api/v1/models/{id}/get_latest_model/"): Rule(MEMBER, None, "member", 200),

@@ -10,7 +10,7 @@ import pytest
 
 from fma_core.privacy import epsilon_spent
 from fma_core.rounds import RoundEngine
-from fma_django.models import Event, EventKind, Experiment, ModelUpdate, UpdateStatus
+from fma_django.models import Event, EventKind, Experiment, ExperimentState, ModelUpdate, UpdateStatus
 from fma_django.storage import weight_store
 from fma_django.store import DjangoMetadataStore
 
@@ -126,9 +126,18 @@ def test_rounds_record_the_epsilon_spent_and_a_spent_budget_stops_the_next_round
     assert f"over the budget ε = {budget:g}" in outcome.reason
     assert experiment.aggregates.count() == 2
     assert ModelUpdate.objects.filter(experiment=experiment, status=UpdateStatus.PENDING).count() == 3
-    assert Event.objects.filter(experiment=experiment, kind=EventKind.PRIVACY_BUDGET_SPENT).count() == 1
-    assert dev_api.get(f"/api/v1/models/{experiment.pk}/").json()["privacy_spent"]["budget_spent"] is True
-    Experiment.objects.filter(pk=experiment.pk).update(allow_aggregation=True)  # switched on again by hand
-    again = run(experiment)
-    assert again.status == "budget_spent"
-    assert Event.objects.filter(experiment=experiment, kind=EventKind.PRIVACY_BUDGET_SPENT).count() == 1
+    ended = Event.objects.filter(experiment=experiment, kind=EventKind.EXPERIMENT_ENDED)
+    assert [e.detail["state"] for e in ended] == ["budget_spent"]
+    assert ended.get().detail["reason"] == outcome.reason
+    shown = dev_api.get(f"/api/v1/models/{experiment.pk}/").json()
+    assert shown["state"] == "budget_spent"
+    assert shown["privacy_spent"]["budget_spent"] is True
+    assert run(experiment).status == "idle"  # an ended experiment is not claimed
+    resumed = dev_api.post(f"/api/v1/models/{experiment.pk}/state/", {"state": "collecting"}, format="json")
+    assert resumed.status_code == 409
+    # were it forced back by hand, the ledger in the lineage still stops the round
+    Experiment.objects.filter(pk=experiment.pk).update(
+        state=ExperimentState.COLLECTING, allow_aggregation=True
+    )
+    assert run(experiment).status == "budget_spent"
+    assert Experiment.objects.get(pk=experiment.pk).state == ExperimentState.BUDGET_SPENT

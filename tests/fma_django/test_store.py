@@ -10,7 +10,7 @@ from fma_core.connectors import AggregateDraft
 from fma_core.errors import LeaseLost
 from fma_core.rounds import RoundEngine
 from fma_core.weights import load
-from fma_django import selectors, services
+from fma_django import lifecycle, selectors
 from fma_django.models import Client, Event, EventKind, ModelAggregate, ModelUpdate, UpdateStatus
 from fma_django.storage import weight_store
 from fma_django.store import DjangoMetadataStore
@@ -70,7 +70,7 @@ def test_nothing_pending_or_paused_gives_no_claim(experiment, client_api, upload
     store = DjangoMetadataStore()
     assert store.claim_round(str(experiment.pk), worker="a", lease_seconds=60) is None
     submit(experiment, client_api, uploader, safetensors(1.0))
-    services.experiment_set_aggregation(experiment=experiment, allowed=False, user=experiment.developer)
+    lifecycle.experiment_set_state(experiment=experiment, state="paused", user=experiment.developer)
     assert store.claim_round(str(experiment.pk), worker="a", lease_seconds=60) is None
     with pytest.raises(LookupError):
         store.claim_round("999999", worker="a", lease_seconds=60)

@@ -45,7 +45,7 @@ def _summary_cursor(summary: ExperimentSummary) -> str:
     artifact = summary.experiment.current_artifact
     shown = (
         summary.state,
-        summary.failure,
+        summary.reason,
         summary.current_round,
         summary.clients_enrolled,
         summary.clients_active,

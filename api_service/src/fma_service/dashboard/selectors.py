@@ -7,6 +7,7 @@ her own experiments and staff sees all; nothing here writes.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -15,12 +16,13 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count, Max, Q, QuerySet, Sum
 from django.utils import timezone
 
-from fma_django import selectors
+from fma_django import selectors, services
 from fma_django.models import (
     ClientAggregateScore,
     Event,
     EventKind,
     Experiment,
+    ExperimentState,
     ModelAggregate,
     ModelArtifact,
     ModelUpdate,
@@ -39,13 +41,17 @@ class ExperimentSummary:
     """One line of the experiments list, and the head of the detail page."""
 
     experiment: Experiment
-    state: str  # collecting | aggregating | paused | failed
+    state: str  # the lifecycle's (fma_django.lifecycle), or while collecting: aggregating | failed
     current_round: int
     clients_enrolled: int
     clients_active: int
     updates_waiting: int
     last_aggregate_on: datetime | None
-    failure: str
+    reason: str  # why it is in this state: the lifecycle's reason, or the last round's failure
+
+    @property
+    def state_label(self) -> str:
+        return self.state.replace("_", " ")
 
 
 @dataclass(frozen=True)
@@ -123,13 +129,14 @@ def _by_id(measured: tuple[str, float, bool]) -> tuple[int, str]:
 
 
 def experiment_state(experiment: Experiment, *, now: float | None = None) -> tuple[str, str]:
-    """The experiment's state and, when it is ``failed``, the reason of the last round's failure.
+    """The experiment's state and why it is in it.
 
-    Paused wins (no round will start); a live round lease means a round is being aggregated;
-    a last round that failed (and none started since) means failed; otherwise updates are collected.
+    The lifecycle's state wins unless it is collecting (paused, finished, stopped, budget spent: no
+    round will start); while collecting, a live round lease means a round is being aggregated, and a
+    last round that failed (and none started since) means failed, with the failure's reason.
     """
-    if not experiment.allow_aggregation:
-        return "paused", ""
+    if experiment.state != ExperimentState.COLLECTING:
+        return experiment.state, experiment.state_reason
     now = time.time() if now is None else now
     if RoundLease.objects.filter(experiment=experiment, expires_at__gt=now).exclude(token="").exists():
         return "aggregating", ""
@@ -148,7 +155,7 @@ def experiment_state(experiment: Experiment, *, now: float | None = None) -> tup
 def experiment_summary(experiment: Experiment) -> ExperimentSummary:
     enrolled = experiment.enrollments.filter(revoked_at__isnull=True, client__revoked_at__isnull=True)
     latest = experiment.aggregates.aggregate(round=Max("round_number"), on=Max("created_on"))
-    state, failure = experiment_state(experiment)
+    state, reason = experiment_state(experiment)
     return ExperimentSummary(
         experiment=experiment,
         state=state,
@@ -157,8 +164,55 @@ def experiment_summary(experiment: Experiment) -> ExperimentSummary:
         clients_active=enrolled.filter(client__last_seen__gte=timezone.now() - ACTIVE_WINDOW).count(),
         updates_waiting=experiment.model_updates.filter(status=UpdateStatus.PENDING).count(),
         last_aggregate_on=latest["on"],
-        failure=failure,
+        reason=reason,
     )
+
+
+def _compact(value: object) -> str:
+    return json.dumps(value, separators=(", ", ": "), sort_keys=True)
+
+
+def experiment_settings(experiment: Experiment) -> list[tuple[str, str]]:
+    """The experiment's configuration as its page lists it: (setting, value), the unset ones said so."""
+    spec = experiment.tensor_spec or []
+    parameters = sum(math.prod(t.get("shape", [])) for t in spec if isinstance(t, dict))
+    enrollment = (
+        "legacy (anonymous, CLIENT-UUID only)"
+        if experiment.legacy_mode
+        else "open"
+        if experiment.open_enrollment
+        else "by enrollment token"
+    )
+    params = experiment.aggregator_params or {}
+    return [
+        ("Aggregator", experiment.aggregator + (f" {_compact(params)}" if params else "")),
+        ("Round policy", _compact(services.effective_round_policy(experiment) or "every pending update")),
+        (
+            "Client sampling",
+            _compact(experiment.client_sampling) if experiment.client_sampling else "every enrolled client",
+        ),
+        ("Update norm bound", _compact(experiment.update_norm) if experiment.update_norm else "none"),
+        ("Updates sent as", experiment.update_kind),
+        (
+            "Stale updates",
+            f"trained on one of the newest {experiment.furthest_base_agg} aggregates"
+            if experiment.furthest_base_agg
+            else "accepted from any base",
+        ),
+        (
+            "Finished when",
+            _compact(experiment.finish_when) if experiment.finish_when else "never (stop it by hand)",
+        ),
+        ("Tensors", f"{len(spec)} tensors, {parameters:,} parameters" if spec else "not declared yet"),
+        ("Enrollment", enrollment),
+        (
+            "Largest update",
+            f"{experiment.max_update_bytes:,} bytes"
+            if experiment.max_update_bytes
+            else "the service's limit",
+        ),
+        ("Created", experiment.created_on.strftime("%Y-%m-%d %H:%M:%S UTC")),
+    ]
 
 
 def experiment_summaries(user: AbstractBaseUser) -> list[ExperimentSummary]:

@@ -14,7 +14,7 @@ urlpatterns = [
     path("experiments/<int:pk>/rounds.csv", views.experiment_csv, name="experiment-csv"),
     path("compare/", views.experiments_compare, name="compare"),
     path("experiments/<int:pk>/publish/", views.aggregate_publish, name="publish"),
-    path("experiments/<int:pk>/aggregation/", views.experiment_aggregation, name="aggregation"),
+    path("experiments/<int:pk>/state/", views.experiment_set_state, name="state"),
     path(
         "login/",
         auth_views.LoginView.as_view(template_name="dashboard/login.html", redirect_authenticated_user=True),

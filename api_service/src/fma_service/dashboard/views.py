@@ -8,13 +8,13 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
+from fma_django import lifecycle, services
 from fma_django import selectors as fma_selectors
-from fma_django import services
-from fma_django.errors import ValidationFailed
+from fma_django.errors import Conflict, ValidationFailed
 from fma_django.models import Experiment
 from fma_service.dashboard import charts, live
 from fma_service.dashboard import selectors as dashboard
-from fma_service.dashboard.forms import AggregationForm, PublishForm
+from fma_service.dashboard.forms import PublishForm, StateForm
 
 
 def _experiment(request: HttpRequest, pk: int) -> Experiment:
@@ -48,7 +48,13 @@ def experiment_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(
         request,
         "dashboard/experiment_detail.html",
-        {"experiment": experiment, "summary": summary, "regions": regions, "may_change": may_change},
+        {
+            "experiment": experiment,
+            "summary": summary,
+            "regions": regions,
+            "may_change": may_change,
+            "settings": dashboard.experiment_settings(experiment),
+        },
     )
 
 
@@ -157,13 +163,26 @@ def aggregate_publish(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_POST
 @login_required
-def experiment_aggregation(request: HttpRequest, pk: int) -> HttpResponse:
+def experiment_set_state(request: HttpRequest, pk: int) -> HttpResponse:
     experiment = get_object_or_404(fma_selectors.experiments_owned(request.user), pk=pk)
-    form = AggregationForm(request.POST)
-    if form.is_valid():
-        allowed = form.cleaned_data["allowed"]
-        services.experiment_set_aggregation(experiment=experiment, allowed=allowed, user=request.user)
-        messages.success(request, "Rounds are resumed." if allowed else "Rounds are paused.")
+    form = StateForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Choose pause, resume or stop.")
+        return redirect("dashboard:experiment", pk=experiment.pk)
+    try:
+        lifecycle.experiment_set_state(
+            experiment=experiment,
+            state=form.cleaned_data["state"],
+            reason=form.cleaned_data["reason"],
+            user=request.user,
+        )
+    except (Conflict, ValidationFailed) as error:
+        messages.error(request, error.detail)
     else:
-        messages.error(request, "Choose pause or resume.")
+        done = {
+            "collecting": "Rounds are resumed.",
+            "paused": "Rounds are paused.",
+            "stopped": "The experiment is stopped.",
+        }
+        messages.success(request, done[experiment.state])
     return redirect("dashboard:experiment", pk=experiment.pk)

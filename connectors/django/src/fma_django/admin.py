@@ -22,8 +22,8 @@ from fma_core.errors import ConfigurationError
 from fma_core.norms import NormPolicy
 from fma_core.privacy import PrivacyPolicy
 from fma_core.sampling import sampling_from_config
-from fma_django import json_schemas, services
-from fma_django.errors import DomainError, ValidationFailed
+from fma_django import json_schemas, lifecycle, services
+from fma_django.errors import Conflict, DomainError, ValidationFailed
 from fma_django.models import (
     Client,
     ClientAggregateScore,
@@ -32,6 +32,7 @@ from fma_django.models import (
     EnrollmentToken,
     Event,
     Experiment,
+    ExperimentState,
     ModelAggregate,
     ModelArtifact,
     ModelUpdate,
@@ -90,6 +91,10 @@ class ExperimentForm(forms.ModelForm):
             self.add_error("client_sampling", str(error))
         else:
             cleaned["client_sampling"] = sampling.to_config() if sampling is not None else None
+        try:
+            lifecycle.finish_when_check(cleaned.get("finish_when"))
+        except ValidationFailed as error:
+            self.add_error("finish_when", error.detail)
         for field in json_schemas.SCHEMA_FIELDS:
             if cleaned.get(field) is not None:
                 try:
@@ -107,17 +112,26 @@ class ExperimentAdmin(admin.ModelAdmin):
         "name",
         "developer",
         "aggregator",
-        "allow_aggregation",
+        "state",
         "rounds",
         "pending_updates",
         "client_count",
         "current_artifact",
     ]  # legacy mode and times are in the filters and on the page: eleven columns overflowed 1440 px
-    list_filter = ["allow_aggregation", "legacy_mode", "open_enrollment", "aggregator", "developer"]
+    list_filter = ["state", "legacy_mode", "open_enrollment", "aggregator", "developer"]
     search_fields = ["name", "developer__username"]
-    readonly_fields = ["current_artifact", "created_on", "last_modified"]
+    # the state moves only through the lifecycle (the actions), never by editing the row
+    readonly_fields = [
+        "allow_aggregation",
+        "state",
+        "state_reason",
+        "state_changed_at",
+        "current_artifact",
+        "created_on",
+        "last_modified",
+    ]
     inlines = [EnrollmentInline]
-    actions = ["pause_aggregation", "resume_aggregation"]
+    actions = ["pause_aggregation", "resume_aggregation", "stop"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Experiment]:
         return (
@@ -132,6 +146,10 @@ class ExperimentAdmin(admin.ModelAdmin):
             )
         )
 
+    def save_model(self, request: HttpRequest, obj: Experiment, form: forms.ModelForm, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        lifecycle.finish_if_reached(obj)  # a finish_when already met ends it now, not at the next round
+
     @admin.display(description="rounds", ordering="_rounds")
     def rounds(self, experiment: Experiment) -> int:
         return experiment._rounds or 0
@@ -144,20 +162,31 @@ class ExperimentAdmin(admin.ModelAdmin):
     def client_count(self, experiment: Experiment) -> int:
         return experiment._clients
 
-    def _set_aggregation(self, request: HttpRequest, queryset: QuerySet[Experiment], allowed: bool) -> None:
+    def _set_state(self, request: HttpRequest, queryset: QuerySet[Experiment], state: str, done: str) -> None:
+        changed, refused = 0, []
         for experiment in queryset:
-            services.experiment_set_aggregation(experiment=experiment, allowed=allowed, user=request.user)
-        self.message_user(
-            request, f"{'Resumed' if allowed else 'Paused'} aggregation of {len(queryset)} experiment(s)."
-        )
+            try:
+                lifecycle.experiment_set_state(
+                    experiment=experiment, state=state, user=request.user, reason="in the admin"
+                )
+                changed += 1
+            except (Conflict, ValidationFailed) as error:
+                refused.append(error.detail)
+        self.message_user(request, f"{done} {changed} experiment(s).")
+        for detail in refused:
+            self.message_user(request, detail, level=messages.WARNING)
 
-    @admin.action(description="Pause aggregation")
+    @admin.action(description="Pause rounds")
     def pause_aggregation(self, request: HttpRequest, queryset: QuerySet[Experiment]) -> None:
-        self._set_aggregation(request, queryset, False)
+        self._set_state(request, queryset, ExperimentState.PAUSED, "Paused")
 
-    @admin.action(description="Resume aggregation")
+    @admin.action(description="Resume rounds")
     def resume_aggregation(self, request: HttpRequest, queryset: QuerySet[Experiment]) -> None:
-        self._set_aggregation(request, queryset, True)
+        self._set_state(request, queryset, ExperimentState.COLLECTING, "Resumed")
+
+    @admin.action(description="Stop (for good: no more updates or rounds)")
+    def stop(self, request: HttpRequest, queryset: QuerySet[Experiment]) -> None:
+        self._set_state(request, queryset, ExperimentState.STOPPED, "Stopped")
 
 
 @admin.register(Client)

@@ -35,7 +35,7 @@ from fma_core.connectors import StoredObject, UploadedPart
 from fma_core.errors import InvalidWeights, ObjectNotFound
 from fma_core.weights import from_legacy_json, to_bytes, validate
 from fma_core.weights.scan import Scanned, scan
-from fma_django import json_schemas, sampling
+from fma_django import json_schemas, lifecycle, sampling
 from fma_django.errors import (
     Conflict,
     DomainError,
@@ -85,6 +85,7 @@ def update_check_metadata(
     would aggregate into garbage, so a client that has not learnt the experiment's kind is told.
     """
     try:
+        lifecycle.accepting_require(experiment)
         sampling.participation_require(experiment, client)
         if update_kind != experiment.update_kind:
             raise ValidationFailed(
@@ -174,7 +175,8 @@ def update_accept(
     with removed_on_failure(stored.key):
         first = ModelUpdate.objects.filter(twin).first()
         if first is None:
-            try:  # the round may have moved on since the metadata was checked (a long upload)
+            try:  # the round may have moved on, or the experiment ended, since the metadata was checked
+                lifecycle.accepting_require(experiment)
                 sampling.participation_require(experiment, client)
             except DomainError as error:
                 raise _rejected(error, experiment, client) from None

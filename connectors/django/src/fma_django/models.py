@@ -20,6 +20,17 @@ class UpdateKind(models.TextChoices):
     DELTA = "delta"
 
 
+class ExperimentState(models.TextChoices):
+    """Where an experiment is in its life (``fma_django.lifecycle`` moves it): only ``collecting`` runs
+    rounds; the last three are ends, after which no update is accepted."""
+
+    COLLECTING = "collecting"
+    PAUSED = "paused"
+    FINISHED = "finished"
+    STOPPED = "stopped"
+    BUDGET_SPENT = "budget_spent"
+
+
 class Experiment(models.Model):
     """A federated model being trained: its aggregator, round policy, expected tensors and who may join."""
 
@@ -48,7 +59,22 @@ class Experiment(models.Model):
         validators=[MinValueValidator(1)],
         help_text="accept updates trained on one of the newest k aggregates (k=1: only the newest)",
     )
-    allow_aggregation = models.BooleanField(default=True, help_text="False pauses rounds")
+    allow_aggregation = models.BooleanField(
+        default=True, help_text="the v1 switch: true while the state is collecting (false pauses rounds)"
+    )
+    state = models.CharField(
+        max_length=16, choices=ExperimentState.choices, default=ExperimentState.COLLECTING
+    )
+    state_reason = models.CharField(
+        max_length=500, blank=True, default="", help_text="why it is in this state"
+    )
+    state_changed_at = models.DateTimeField(null=True, blank=True)
+    finish_when = models.JSONField(
+        null=True,
+        blank=True,
+        help_text='when the experiment is finished: {"rounds": 30} and/or {"metric": "accuracy", '
+        '"source": "evaluation" or "training", "at_least": 0.9 (or "at_most")}',
+    )
     open_enrollment = models.BooleanField(default=False, help_text="clients may enroll without a token")
     legacy_mode = models.BooleanField(
         default=False,
@@ -93,7 +119,13 @@ class Experiment(models.Model):
         ordering = ["-created_on", "-id"]
         # ``fma apply`` matches declared experiments to these rows by name.
         constraints = [
-            models.UniqueConstraint(fields=["developer", "name"], name="fma_experiment_name_per_developer")
+            models.UniqueConstraint(fields=["developer", "name"], name="fma_experiment_name_per_developer"),
+            # the v1 switch mirrors the lifecycle: rounds run only while collecting
+            models.CheckConstraint(
+                condition=models.Q(allow_aggregation=True, state="collecting")
+                | (models.Q(allow_aggregation=False) & ~models.Q(state="collecting")),
+                name="fma_experiment_aggregation_while_collecting",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -450,7 +482,7 @@ class EventKind(models.TextChoices):
     PUBLISHED = "published"
     AGGREGATION_PAUSED = "aggregation_paused"
     AGGREGATION_RESUMED = "aggregation_resumed"
-    PRIVACY_BUDGET_SPENT = "privacy_budget_spent"
+    EXPERIMENT_ENDED = "experiment_ended"
     CREDENTIAL_ROTATED = "credential_rotated"
     CREDENTIAL_REVOKED = "credential_revoked"
 

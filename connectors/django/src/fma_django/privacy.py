@@ -13,12 +13,11 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from django.db import transaction
 from django.db.models import Count
 
 from fma_core.privacy import REPORT_SECTION, PrivacyPolicy
-from fma_django.models import EventKind, Experiment, ModelAggregate, ModelUpdate, UpdateStatus
-from fma_django.services import event_record
+from fma_django import lifecycle
+from fma_django.models import Experiment, ExperimentState, ModelAggregate, ModelUpdate, UpdateStatus
 
 
 def privacy_secret(experiment_pk: int) -> bytes:
@@ -68,23 +67,12 @@ def ledger(experiment: Experiment) -> dict[str, Any] | None:
         "clip_bound": section.get(
             "next_clip_bound", policy.bound if policy.bound else policy.adaptive.initial
         ),
-        "budget_spent": experiment.events.filter(kind=EventKind.PRIVACY_BUDGET_SPENT).exists(),
+        "budget_spent": experiment.state == ExperimentState.BUDGET_SPENT,
     }
 
 
 def budget_spent(experiment_pk: int, detail: str) -> None:
-    """The budget cannot pay for the next round: the experiment stops taking rounds for good, and the
-    event log says why (once, however many workers find it)."""
-    with transaction.atomic():
-        experiment = Experiment.objects.select_for_update().get(pk=experiment_pk)
-        if experiment.events.filter(kind=EventKind.PRIVACY_BUDGET_SPENT).exists():
-            return
-        _stop(experiment)
-        event_record(kind=EventKind.PRIVACY_BUDGET_SPENT, experiment=experiment, reason=detail)
-
-
-def _stop(experiment: Experiment) -> None:
-    """No more rounds: aggregation is switched off (the engine's own check refuses a round over the
-    budget anyway, should it be switched on again)."""
-    experiment.allow_aggregation = False
-    experiment.save(update_fields=["allow_aggregation", "last_modified"])
+    """The budget cannot pay for the next round: the experiment ends as ``budget_spent`` (final), with
+    the reason, once however many workers find it (``fma_django.lifecycle``)."""
+    experiment = Experiment.objects.get(pk=experiment_pk)
+    lifecycle.experiment_end(experiment=experiment, state=ExperimentState.BUDGET_SPENT, reason=detail)

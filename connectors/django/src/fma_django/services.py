@@ -32,7 +32,7 @@ from fma_core.privacy import PrivacyPolicy
 from fma_core.rounds import check_privacy
 from fma_core.sampling import ClientSampling, check_for_privacy, sampling_from_config
 from fma_core.weights import TensorSpec, Weights, from_legacy_json, to_bytes, validate
-from fma_django import credentials, json_schemas
+from fma_django import credentials, json_schemas, lifecycle
 from fma_django.errors import (
     Conflict,
     DuplicateName,
@@ -51,6 +51,7 @@ from fma_django.models import (
     Event,
     EventKind,
     Experiment,
+    ExperimentState,
     ModelAggregate,
     ModelArtifact,
     ModelUpdate,
@@ -80,6 +81,7 @@ CONFIG_FIELDS = (
     "update_norm",
     "privacy",
     "client_sampling",
+    "finish_when",
 )
 
 
@@ -177,6 +179,7 @@ def _check_config(experiment: Experiment, *, has_model: bool) -> None:
         schema = getattr(experiment, field)
         if schema is not None:
             json_schemas.schema_check(field=field, schema=schema)
+    lifecycle.finish_when_check(experiment.finish_when)
 
 
 def _check_privacy(
@@ -248,6 +251,9 @@ def experiment_create(
     if unknown:
         raise ValidationFailed(f"unknown experiment fields: {', '.join(sorted(unknown))}")
     experiment = Experiment(developer=developer, **config)
+    if not experiment.allow_aggregation:  # the v1 switch: created paused
+        experiment.state = ExperimentState.PAUSED
+        experiment.state_changed_at = timezone.now()
     _check_config(experiment, has_model=initial_model is not None)
     if experiment.update_kind == UpdateKind.DELTA and initial_model is None:
         raise ValidationFailed(
@@ -345,23 +351,40 @@ def experiment_update(
         # a sampling that names no seed keeps the experiment's: re-applying a file without one changes
         # nothing (``fma apply``), and the draws stay the ones its recorded seed gives
         changes["client_sampling"] = {**sampling, "seed": stored["seed"]}
-    was_allowed = experiment.allow_aggregation
+    # the v1 switch is the lifecycle's pause and resume, moved after the other settings are saved (a
+    # resume may depend on a finish_when changed in the same request)
+    allowed = changes.pop("allow_aggregation", experiment.allow_aggregation)
+    if not isinstance(allowed, bool):
+        raise ValidationFailed(f"allow_aggregation must be true or false, not {str(allowed)[:40]!r}")
     for name, value in changes.items():
         setattr(experiment, name, value)
     _check_config(experiment, has_model=has_model)
     _check_name_free(experiment)
     if dry_run:
+        if allowed != experiment.allow_aggregation:
+            _check_switch(experiment, allowed)
+            experiment.allow_aggregation = allowed
+            experiment.state = ExperimentState.COLLECTING if allowed else ExperimentState.PAUSED
         return experiment
     with _name_guarded(experiment), transaction.atomic():
-        experiment.save()
-        if experiment.allow_aggregation != was_allowed:
-            kind = (
-                EventKind.AGGREGATION_RESUMED
-                if experiment.allow_aggregation
-                else EventKind.AGGREGATION_PAUSED
-            )
-            event_record(kind=kind, experiment=experiment, user=user)
+        experiment.save(update_fields=[*changes, "last_modified"])
+        if allowed != experiment.allow_aggregation:
+            wanted = ExperimentState.COLLECTING if allowed else ExperimentState.PAUSED
+            lifecycle.experiment_set_state(experiment=experiment, state=wanted, user=user)
+        lifecycle.finish_if_reached(experiment)
     return experiment
+
+
+def _check_switch(experiment: Experiment, allowed: bool) -> None:
+    """A dry run's answer to the v1 switch: what ``lifecycle.experiment_set_state`` would refuse."""
+    if experiment.state in lifecycle.ENDED and not (
+        allowed and experiment.state == ExperimentState.FINISHED and not lifecycle.finish_reason(experiment)
+    ):
+        raise Conflict(
+            f"experiment {experiment.pk} is {experiment.get_state_display().lower()}; it cannot be "
+            f"{'resumed' if allowed else 'paused'}",
+            code="experiment_ended",
+        )
 
 
 def experiment_delete(*, experiment: Experiment) -> None:
@@ -376,13 +399,6 @@ def experiment_delete(*, experiment: Experiment) -> None:
     with transaction.atomic():
         experiment.delete()
         transaction.on_commit(lambda: [store.delete(key) for key in keys])
-
-
-def experiment_set_aggregation(
-    *, experiment: Experiment, allowed: bool, user: AbstractBaseUser
-) -> Experiment:
-    """Pause (False) or resume (True) rounds; a paused experiment still accepts updates."""
-    return experiment_update(experiment=experiment, user=user, allow_aggregation=allowed)
 
 
 # Clients and enrollment
@@ -610,6 +626,7 @@ def score_submit(
             score = ClientAggregateScore.objects.create(
                 aggregate=aggregate, client=client, validation_results=validation_results
             )
+            lifecycle.finish_if_reached(experiment)  # a target on an evaluation metric
             return score, True
     except IntegrityError:
         first = ClientAggregateScore.objects.get(aggregate=aggregate, client=client)

@@ -32,7 +32,7 @@ from fma_core.connectors import (
     UpdateRecord,
 )
 from fma_core.errors import LeaseLost
-from fma_django import privacy, sampling, selectors
+from fma_django import lifecycle, privacy, sampling, selectors
 from fma_django.models import (
     EventKind,
     Experiment,
@@ -240,6 +240,7 @@ class DjangoMetadataStore(MetadataStore):
                     size_bytes=draft.size_bytes,
                     peak_memory_bytes=draft.peak_memory_bytes,
                 )
+                lifecycle.finish_if_reached(aggregate.experiment)  # the round limit, a training-metric target
         except IntegrityError:
             raise LeaseLost(f"round {claim.round_number} of experiment {pk} is already committed") from None
         return AggregateRecord(

@@ -34,7 +34,7 @@ class ExperimentFilter(django_filters.FilterSet):
 
     class Meta:
         model = Experiment
-        fields = ["allow_aggregation", "legacy_mode", "open_enrollment"]
+        fields = ["allow_aggregation", "state", "legacy_mode", "open_enrollment"]
 
     def filter_mine(
         self, queryset: QuerySet[Experiment], name: str, value: bool | None

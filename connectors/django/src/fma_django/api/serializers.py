@@ -18,6 +18,7 @@ from rest_framework import serializers
 from fma_core.aggregators import available
 from fma_django import ingestion, privacy
 from fma_django.api.parsers import NestedTooDeeply, check_depth
+from fma_django.lifecycle import REQUESTABLE
 from fma_django.limits import (
     IDEMPOTENCY_KEY_PATTERN,
     IDEMPOTENCY_KEY_RULE,
@@ -139,13 +140,18 @@ class ExperimentSerializer(serializers.ModelSerializer):
             "privacy",
             "privacy_spent",
             "client_sampling",
+            "finish_when",
+            "state",
+            "state_reason",
+            "state_changed_at",
             "current_artifact",
             "clients",
             "created_on",
             "last_modified",
             "initial_model",
         ]
-        read_only_fields = ["id", "created_on", "last_modified"]
+        # the state moves through ``state/`` (or the v1 allow_aggregation switch), never by writing it
+        read_only_fields = ["id", "created_on", "last_modified", "state", "state_reason", "state_changed_at"]
 
     @extend_schema_field(
         {
@@ -170,6 +176,16 @@ class ExperimentSerializer(serializers.ModelSerializer):
                 "client__uuid", flat=True
             )
         ]
+
+
+class StateChangeSerializer(serializers.Serializer):
+    """``models/{id}/state/``: pause, resume or stop an experiment (``fma_django.lifecycle``)."""
+
+    state = serializers.ChoiceField(
+        choices=list(REQUESTABLE),
+        help_text="collecting (resume), paused, or stopped (for good); finished and budget_spent are the service's",
+    )
+    reason = serializers.CharField(max_length=400, required=False, allow_blank=True, default="")
 
 
 class ParticipationSerializer(serializers.Serializer):

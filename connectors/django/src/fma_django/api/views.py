@@ -19,7 +19,7 @@ from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
 from fma_core.weights import load, to_legacy_json
-from fma_django import ingestion, sampling, selectors, services
+from fma_django import ingestion, lifecycle, sampling, selectors, services
 from fma_django.api import serializers as s
 from fma_django.api.filters import (
     ClientAggregateScoreFilter,
@@ -260,6 +260,18 @@ class ExperimentViewSet(viewsets.ModelViewSet):
             raise NotFound("this client is not enrolled in the experiment")
         services.enrollment_revoke(experiment=experiment, client=client, user=request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(request=s.StateChangeSerializer, responses={200: s.ExperimentSerializer, **errors(409)})
+    @action(detail=True, methods=["post"])
+    def state(self, request: Request, pk: str) -> Response:
+        """Pause, resume (``collecting``) or stop the experiment; 409 if its state does not allow it
+        (stopped and budget-spent experiments stay so; a finished one resumes once ``finish_when`` no
+        longer holds)."""
+        experiment = self.get_object()
+        body = s.StateChangeSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        lifecycle.experiment_set_state(experiment=experiment, user=request.user, **body.validated_data)
+        return Response(self.get_serializer(experiment).data)
 
     @extend_schema(responses=or_empty(s.ModelAggregateSerializer, "ModelAggregateOrEmpty"))
     @action(detail=True, methods=["get"])
