@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from digits import load_slice
-from fma_client import Client
+from fma_client import Client, ConflictError
 from local_training import ATTACKS, attacked_update, client_rng, local_update
 
 
@@ -66,7 +66,12 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 update = local_update(model, weights, x, y, **training)
             metrics = {"train_accuracy": model.accuracy(update, x, y)}
-            pushed = client.push(update, num_examples=len(y), metrics=metrics)
+            try:
+                pushed = client.push(update, num_examples=len(y), metrics=metrics)
+            except ConflictError as error:
+                if error.code != "experiment_ended":
+                    raise
+                break  # a late update after the last round: the experiment finished without it
             say("pushed", round=round_index + 1, update=pushed.get("id"))
             if round_index + 1 < args.rounds:
                 weights, _ = client.wait_for_new_model(timeout=args.round_timeout, poll_interval=0.1)

@@ -403,6 +403,11 @@ def federate(
         for client in clients:
             if client.failed():
                 print(f"  client {client.index} failed: {client.error()}", flush=True)
+        ended = developer.experiment(experiment.id)  # finish_when: the round limit ends it
+        print(
+            f"Experiment {ended.id} is {ended.state}"
+            + (f": {ended.state_reason}" if ended.state_reason else "")
+        )
         developer.close()
         return rows, failed
     finally:
@@ -437,6 +442,7 @@ def create_experiment(
                 ]
             },
             "update_norm": args.update_norm,
+            "finish_when": {"rounds": args.rounds},
             "initial_model": str(initial_path),
             "enrollment": "token",
         }

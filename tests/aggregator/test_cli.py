@@ -12,6 +12,7 @@ from aggregator_support import submit
 
 from fma_aggregator.cli import main
 from fma_aggregator.engine import build_engine
+from fma_django import lifecycle
 from fma_django.models import Experiment, ModelAggregate
 from fma_django.store import DjangoMetadataStore
 
@@ -79,7 +80,7 @@ def test_status_shows_pending_running_and_failed_rounds(make_experiment, capsys)
     assert rows["done"] | {"experiment_id": None} == {
         "experiment_id": None,
         "name": "done",
-        "aggregation_allowed": True,
+        "state": "collecting",
         "rounds_completed": 1,
         "pending_updates": 0,
         "quarantined_updates": 0,
@@ -99,7 +100,7 @@ def test_the_sweep_lists_pending_experiments_without_a_live_lease(make_experimen
     pending, paused, held = (make_experiment(name=n) for n in ("pending", "paused", "held"))
     for experiment in (pending, paused, held):
         submit(experiment, 1.0)
-    Experiment.objects.filter(pk=paused.pk).update(allow_aggregation=False)
+    lifecycle.experiment_set_state(experiment=paused, state="paused", user=paused.developer)
     assert store.claim_round(str(held.pk), worker="w", lease_seconds=60) is not None
     now = time.time()
     assert store.experiments_to_sweep(now=now) == [str(pending.pk)]

@@ -141,7 +141,7 @@ def _status(args: argparse.Namespace) -> int:
         running = (
             f"round {s.running['round']} on {s.running['worker']}"[:28]
             if s.running
-            else ("-" if s.aggregation_allowed else "paused")
+            else ("-" if s.state == "collecting" else s.state.replace("_", " "))
         )
         failed = f"{s.failures_since_last_round}" + (f" ({s.last_failure})" if s.last_failure else "")
         print(

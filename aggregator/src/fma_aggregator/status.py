@@ -14,7 +14,7 @@ from fma_django.models import Event, EventKind, Experiment, RoundLease, UpdateSt
 class RoundStatus:
     experiment_id: str
     name: str
-    aggregation_allowed: bool
+    state: str  # the experiment's lifecycle state (fma_django.lifecycle): rounds run only while collecting
     rounds_completed: int
     pending_updates: int
     quarantined_updates: int
@@ -53,7 +53,7 @@ def round_statuses(*, now: float, experiment_id: str | None = None) -> list[Roun
             RoundStatus(
                 experiment_id=str(experiment.pk),
                 name=experiment.name,
-                aggregation_allowed=experiment.allow_aggregation,
+                state=experiment.state,
                 rounds_completed=experiment.completed or 0,
                 pending_updates=experiment.pending,
                 quarantined_updates=experiment.quarantined,

@@ -4,7 +4,7 @@ Data holders use ``Client`` (pull, push, wait_for_new_model, report_scores, part
 ``Developer``; scripts written for the original fma-connect use ``WebClient`` unchanged.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 from fma_client.client import Client, Model, Participation
 from fma_client.compat import WebClient

@@ -25,7 +25,7 @@ EXPERIMENT_COLUMNS = [
     "id",
     "name",
     "aggregator",
-    "allow_aggregation",
+    "state",
     "current_artifact",
     "clients",
     "created_on",
@@ -168,6 +168,21 @@ def cmd_experiments_show(args: argparse.Namespace) -> None:
     with developer(args) as dev:
         item = dev.experiment(args.experiment)
     emit(args, item, lambda: details(item))
+
+
+STATE_CHANGES = {
+    "pause": ("paused", "paused"),
+    "resume": ("collecting", "collecting again"),
+    "stop": ("stopped", "stopped"),
+}
+
+
+def cmd_set_state(args: argparse.Namespace) -> None:
+    state, said = STATE_CHANGES[args.command]
+    with developer(args) as dev:
+        item = dev.set_state(args.experiment, state, reason=args.reason or "")
+    reason = f" ({item['state_reason']})" if item["state_reason"] else ""
+    emit(args, item, lambda: f"Experiment {item['id']} is {said}{reason}")
 
 
 def cmd_aggregates(args: argparse.Namespace) -> None:
@@ -400,6 +415,18 @@ def parser() -> argparse.ArgumentParser:
     listing.add_argument("--name", help="only experiments whose name contains this")
     show = command("show", "Show one experiment's settings.", cmd_experiments_show, each)
     show.add_argument("experiment", type=int, help="experiment id")
+
+    for name, summary in (
+        ("pause", "Pause an experiment's rounds (updates are still accepted)."),
+        (
+            "resume",
+            "Resume a paused experiment's rounds (or a finished one whose finish_when no longer holds).",
+        ),
+        ("stop", "Stop an experiment for good: no more updates or rounds; its models stay downloadable."),
+    ):
+        change = command(name, summary, cmd_set_state)
+        change.add_argument("experiment", type=int, help="experiment id")
+        change.add_argument("--reason", help="why, kept with the state and in the event log")
 
     rounds = command(
         "aggregates", "List an experiment's aggregates (one per completed round).", cmd_aggregates

@@ -175,6 +175,28 @@ class Developer:
             self._transport.json("PATCH", f"api/v1/models/{int(experiment)}/", json=changes, idempotent=True)
         )
 
+    def set_state(self, experiment: int, state: str, *, reason: str = "") -> Experiment:
+        """Move the experiment through its lifecycle: ``"paused"``, ``"collecting"`` (resume) or
+        ``"stopped"`` (for good); raises ``ConflictError`` when its state does not allow it."""
+        body = {"state": state, "reason": reason}
+        return Experiment(
+            self._transport.json(
+                "POST", f"api/v1/models/{int(experiment)}/state/", json=body, idempotent=True
+            )
+        )
+
+    def pause(self, experiment: int, *, reason: str = "") -> Experiment:
+        """No more rounds until resumed; updates are still accepted."""
+        return self.set_state(experiment, "paused", reason=reason)
+
+    def resume(self, experiment: int, *, reason: str = "") -> Experiment:
+        """Rounds again (a finished experiment only once its ``finish_when`` no longer holds)."""
+        return self.set_state(experiment, "collecting", reason=reason)
+
+    def stop(self, experiment: int, *, reason: str = "") -> Experiment:
+        """End the experiment for good: no more updates or rounds; its models stay downloadable."""
+        return self.set_state(experiment, "stopped", reason=reason)
+
     def check_new_experiment(self, definition: str | os.PathLike | Mapping[str, Any]) -> None:
         """Ask the service whether it would create this experiment, storing nothing (its
         ``dry_run``); raises the refusal it would give, e.g. ``ConflictError`` for a taken name."""
