@@ -237,7 +237,6 @@ class PrivateRound:
     noise_stddev: float
     epsilon: float
     charged_rounds: int
-    clipped: int
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -247,7 +246,8 @@ class PrivateRound:
         return cls(**data)
 
     def report(self, policy: PrivacyPolicy) -> dict[str, Any]:
-        """The round's ``report["privacy"]``: the ledger and the mechanism, never a client's norm."""
+        """The round's ``report["privacy"]``: the ledger and the mechanism; never a client's norm, nor how
+        many updates were clipped (a count of the data, released without noise, would leak)."""
         return {
             "epsilon": self.epsilon,
             "delta": policy.delta,
@@ -260,7 +260,6 @@ class PrivateRound:
             "clip_mode": "adaptive" if policy.adaptive is not None else "fixed",
             "expected_clients": policy.expected_clients,
             "noise_stddev": self.noise_stddev,
-            "clipped_updates": self.clipped,
             "accountant": ACCOUNTANT,
         }
 
@@ -288,7 +287,6 @@ def decide(
     every update the round uses (finite)."""
     n, m = len(norms), policy.expected_clients
     factors = {u: min(1.0, bound / norm if norm > 0 else 1.0) * n / m for u, norm in norms.items()}
-    clipped = sum(1 for norm in norms.values() if norm > bound)
     next_bound = bound
     if policy.adaptive is not None:
         assert noise is not None
@@ -297,7 +295,7 @@ def decide(
         a = policy.adaptive
         next_bound = bound * math.exp(-a.learning_rate * (fraction - a.target_quantile))
     stddev = policy.update_noise_multiplier * bound / m
-    return PrivateRound(bound, next_bound, factors, stddev, epsilon, charged_rounds, clipped)
+    return PrivateRound(bound, next_bound, factors, stddev, epsilon, charged_rounds)
 
 
 # The accountant
