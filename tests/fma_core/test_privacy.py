@@ -250,7 +250,8 @@ def test_rounds_refuse_what_privacy_cannot_combine_with(
     ("change", "message"),
     [
         ({"noise_multiplier": 0}, "privacy.noise_multiplier must be a finite number above 0"),
-        ({"expected_clients": 0}, "privacy.expected_clients must be a whole number of at least 1"),
+        ({"expected_clients": 0}, "privacy.expected_clients must be a whole number from 1 to 1,000,000,000"),
+        ({"expected_clients": 10**400}, "privacy.expected_clients must be a whole number from 1"),
         ({"delta": 1.5}, "privacy.delta must be below 1"),
         ({"epsilon": "8"}, "privacy.epsilon must be a finite number above 0"),
         ({"clip": {"bound": 1, "adaptive": {}}}, "privacy.clip takes exactly one of"),

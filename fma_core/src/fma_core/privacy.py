@@ -53,6 +53,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from fma_core.errors import ConfigurationError, FmaError
 
 REPORT_SECTION = "privacy"
+MAX_CLIENTS = 10**9
 ACCOUNTANT = "RDP (dp-accounting), one Gaussian mechanism per round a client's update went into"
 _BYTES_PER_ELEMENT = 16  # two 64-bit words: two 53-bit uniforms
 _ELEMENTS_PER_BLOCK = 64 // _BYTES_PER_ELEMENT  # a ChaCha20 block is 64 bytes
@@ -101,9 +102,10 @@ class PrivacyPolicy:
                 raise ConfigurationError(f"privacy.{name} is missing")
         z = _positive(config["noise_multiplier"], "privacy.noise_multiplier")
         m = config["expected_clients"]
-        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+        if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= MAX_CLIENTS:
+            shown = repr(m) if len(repr(m)) <= 40 else f"{repr(m)[:40]}…"
             raise ConfigurationError(
-                f"privacy.expected_clients must be a whole number of at least 1, not {m!r}"
+                f"privacy.expected_clients must be a whole number from 1 to {MAX_CLIENTS:,}, not {shown}"
             )
         epsilon = _positive(config["epsilon"], "privacy.epsilon")
         delta = _positive(config["delta"], "privacy.delta")
