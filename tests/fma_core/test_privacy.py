@@ -86,10 +86,11 @@ def test_the_noise_is_standard_normal() -> None:
     assert abs(tail - 0.05) < 5 * math.sqrt(0.05 * 0.95 / n)
 
 
+@pytest.mark.parametrize("delta", [False, True])
 def test_a_private_round_is_the_parent_plus_the_clipped_sum_and_the_keyed_noise_over_m(
-    tmp_path: Path,
+    tmp_path: Path, delta: bool
 ) -> None:
-    w = world(tmp_path)
+    w = world(tmp_path, delta=delta)
     changes = push_round(w, 0, 1)
     norms = [norm(c) for c in changes]
     assert norms[1] > 20 > max(norms[0], norms[2])
