@@ -3,16 +3,22 @@
 N updates × P float32 parameters in 10 tensors (default N=100, P=10M; ``--quick``: N=20, P=2M).
 Measured side by side, each the best of several runs:
 
-- fma-core ``fedavg`` over arrays in memory, and over safetensors files on disk;
+- the read floor (``read_floor``): ``a.sum()`` of every block of the same bytes, on one thread and
+  on as many threads as the aggregator uses (``threads``, every core by default), from memory and
+  from the files (each block read with ``os.preadv``, then summed): what reading each update once
+  costs, and nothing more;
+- fma-core ``fedavg`` and ``mean`` over arrays in memory, and ``fedavg`` over safetensors files on
+  disk (in the page cache), each with its ratio to the all-core read of the same bytes from the same
+  place (``*_ratio_vs_read_all``);
 - ``fedavg`` over the same files read as deltas on one base model (``DeltaReader``), the base
   shared by every delta of the round (``SharedBases``: read once per block) against each delta
   reading its own copy of the base, as rounds did before;
 - the server optimizers ``fedavgm``, ``fedadam``, ``fedyogi``, ``fedadagrad`` over the same arrays in
   memory, read as each update's change (deltas), with a current model and last round's state (a
-  second round), each next to fedavg in the same interleaved runs: its throughput as a ratio of
-  fedavg's, and its peak extra memory beyond its outputs (the new model and the new state);
-- the machine's floor: a plain in-place ``acc += x`` over the same arrays (unweighted, so
-  it is less work than FedAvg; one thread, as numpy does it);
+  second round), each next to fedavg and the all-core read in the same interleaved runs: its
+  throughput as a ratio of fedavg's and of the read's (it also reads the current model and the
+  state, and writes both), and its peak extra memory beyond its outputs (the new model and the new
+  state);
 - Flower's ``flwr.server.strategy.aggregate.aggregate`` (weighted copies of every update);
 - the robust rules ``krum`` and ``bulyan`` at N = 20 and N = 100 updates (``--robust-updates``) of
   P_r = min(P, 1M) parameters (``--robust-params``), f = ⌊(N − 3)/4⌋ (the most Bulyan allows), the
@@ -25,9 +31,14 @@ Measured side by side, each the best of several runs:
   It is ~100× slower and needs ~30 bytes of Python objects per parameter, so it runs on a
   sample (at most 5 updates × 200k parameters) and its rate is per byte like the others.
 
-Throughput is GB/s of float32 update bytes consumed. Peak extra memory is what fedavg allocates
-beyond its inputs (tracemalloc, which sees numpy's buffers), next to the model size; for a server
-optimizer, what it allocates beyond its inputs and its outputs (the new model and the new state).
+Throughput is GB/s of float32 update bytes consumed; the methods compared with each other run
+interleaved, each the best of ``--repeat`` runs, so a change in the machine's load hits them alike.
+Each ratio to the read floor is also given per CPU second (``*_ratio_vs_read_all_cpu``: the least
+CPU time of all the process's threads, the floor's over the method's): how much work each byte
+costs, which other jobs on the machine move much less than the wall time. Peak extra memory is
+what fedavg allocates beyond its inputs (tracemalloc, which sees numpy's buffers), next to the
+model size; for a server optimizer, what it allocates beyond its inputs and its outputs (the new
+model and the new state).
 
     python benchmarks/aggregate.py [--quick] [--json]
 """
@@ -45,6 +56,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from read_floor import file_read, memory_read
 
 from fma_core.aggregators import UpdateInput, canonical_order, create_aggregator
 from fma_core.aggregators.base import Aggregator, RoundContext, ServerState, Target
@@ -80,12 +92,20 @@ def best_time(run: Callable[[], object], repeat: int) -> float:
     return best
 
 
-def floor(updates: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    acc = {name: np.zeros_like(array) for name, array in updates[0].items()}
-    for update in updates:
-        for name, array in update.items():
-            acc[name] += array
-    return acc
+def interleaved(
+    runs: dict[str, Callable[[], object]], repeat: int, cpu: dict[str, float] | None = None
+) -> dict[str, float]:
+    """Each run's best seconds over ``repeat`` rounds of all of them, one after the other; into ``cpu``,
+    each run's least CPU seconds (every thread of this process)."""
+    seconds = dict.fromkeys(runs, float("inf"))
+    for _ in range(repeat):
+        for name, run in runs.items():
+            started, cpu_started = time.perf_counter(), time.process_time()
+            run()
+            seconds[name] = min(seconds[name], time.perf_counter() - started)
+            if cpu is not None:
+                cpu[name] = min(cpu.get(name, float("inf")), time.process_time() - cpu_started)
+    return seconds
 
 
 def flower(updates: list[dict[str, np.ndarray]], num_examples: list[int]) -> object:
@@ -164,17 +184,22 @@ def optimizer_round(
 def run_optimizers(
     updates: list[dict[str, np.ndarray]], num_examples: list[int], spec: TensorSpec, repeat: int
 ) -> dict[str, float | int]:
-    """Each server optimizer's seconds and peak extra memory, and fedavg's seconds in the same runs."""
+    """Each server optimizer's seconds and peak extra memory, and fedavg's and the all-core read's seconds
+    in the same runs."""
     fedavg = create_aggregator("fedavg")
     in_memory = inputs_in_memory(updates, num_examples)
     changes = changes_in_memory(updates, num_examples)
     parent = make_updates(1, sum(info.size for info in spec), seed=4)[0][0]
     rounds = {name: optimizer_round(create_aggregator(name), spec, parent) for name in SERVER_OPTIMIZERS}
-    seconds = dict.fromkeys(("fedavg", *SERVER_OPTIMIZERS), float("inf"))
-    for _ in range(repeat):  # interleaved, so all see the same machine
-        seconds["fedavg"] = min(seconds["fedavg"], best_time(lambda: fedavg.aggregate(in_memory, spec), 1))
-        for name, run_round in rounds.items():
-            seconds[name] = min(seconds[name], best_time(lambda r=run_round: r(changes), 1))
+    seconds = interleaved(
+        {
+            "read_all": memory_read([a for u in updates for a in u.values()], fedavg.threads),
+            "fedavg": lambda: fedavg.aggregate(in_memory, spec),
+            **{name: lambda r=run_round: r(changes) for name, run_round in rounds.items()},
+        },
+        repeat,
+        cpu := {},
+    )
     figures: dict[str, float | int] = {}
     for name, run_round in rounds.items():
         tracemalloc.start()
@@ -183,6 +208,8 @@ def run_optimizers(
         tracemalloc.stop()
         outputs = spec.nbytes * (1 + len(create_aggregator(name).state_tensors))
         figures[f"{name}_ratio_vs_fedavg"] = _significant(seconds["fedavg"] / seconds[name])
+        figures[f"{name}_ratio_vs_read_all"] = _significant(seconds["read_all"] / seconds[name])
+        figures[f"{name}_ratio_vs_read_all_cpu"] = _significant(cpu["read_all"] / cpu[name])
         figures[f"{name}_peak_extra_bytes"] = peak - outputs  # beyond the new model and state
         figures[f"{name}_state_bytes"] = outputs - spec.nbytes
     return figures
@@ -258,12 +285,21 @@ def run(
     model_bytes = spec.nbytes
     total_bytes = count * model_bytes
     fedavg = create_aggregator("fedavg")
+    mean = create_aggregator("mean")
+    threads = fedavg.threads
     in_memory = inputs_in_memory(updates, num_examples)
-
-    floor_s = fedavg_s = float("inf")
-    for _ in range(repeat):  # interleaved, so both see the same machine
-        floor_s = min(floor_s, best_time(lambda: floor(updates), 1))
-        fedavg_s = min(fedavg_s, best_time(lambda: fedavg.aggregate(in_memory, spec), 1))
+    arrays = [array for update in updates for array in update.values()]
+    cpu: dict[str, float] = {}
+    seconds = interleaved(
+        {
+            "read": memory_read(arrays, 1),
+            "read_all": memory_read(arrays, threads),
+            "fedavg": lambda: fedavg.aggregate(in_memory, spec),
+            "mean": lambda: mean.aggregate(in_memory, spec),
+        },
+        repeat,
+        cpu,
+    )
 
     tracemalloc.start()
     fedavg.aggregate(in_memory, spec)
@@ -277,22 +313,27 @@ def run(
         for i, update in enumerate(updates):
             paths.append(Path(tmp) / f"update-{i}.safetensors")
             write_file(update, paths[-1])
-        files_s = best_time(lambda: fedavg.aggregate(inputs_on_disk(paths, num_examples), spec), repeat)
+        seconds |= interleaved(
+            {
+                "files_read": file_read(paths, model_bytes, 1),
+                "files_read_all": file_read(paths, model_bytes, threads),
+                "fedavg_files": lambda: fedavg.aggregate(inputs_on_disk(paths, num_examples), spec),
+            },
+            repeat,
+            cpu,
+        )
         base = Path(tmp) / "base.safetensors"
         write_file(make_updates(1, params, seed=2)[0][0], base)
-        shared_s = separate_s = float("inf")
-        for _ in range(repeat):  # interleaved, so both see the same machine
-            for shared in (True, False):
-                seconds = best_time(
-                    lambda s=shared: fedavg.aggregate(
-                        deltas_on_disk(paths, num_examples, base, shared=s), spec
-                    ),
-                    1,
+        deltas = interleaved(
+            {
+                shared: lambda s=shared: fedavg.aggregate(
+                    deltas_on_disk(paths, num_examples, base, shared=s), spec
                 )
-                if shared:
-                    shared_s = min(shared_s, seconds)
-                else:
-                    separate_s = min(separate_s, seconds)
+                for shared in (True, False)
+            },
+            repeat,
+        )
+        shared_s, separate_s = deltas[True], deltas[False]
 
     optimizers = run_optimizers(updates, num_examples, spec, repeat)
     robust_counts, robust_params = robust
@@ -305,17 +346,23 @@ def run(
     fma_bytes = sample_n * TensorSpec.from_weights(sample[0]).nbytes
 
     gbps = {
-        "fedavg_gbps": total_bytes / fedavg_s / 1e9,
-        "fedavg_files_gbps": total_bytes / files_s / 1e9,
+        **{f"{name}_gbps": total_bytes / s / 1e9 for name, s in seconds.items()},
         "deltas_shared_base_gbps": total_bytes / shared_s / 1e9,
         "deltas_base_per_delta_gbps": total_bytes / separate_s / 1e9,
-        "floor_gbps": total_bytes / floor_s / 1e9,
         "flower_gbps": total_bytes / flower_s / 1e9,
         "fma_gbps": fma_bytes / fma_s / 1e9,
     }
     return {
         **{k: _significant(v) for k, v in gbps.items()},
-        "ratio_vs_floor": _significant(gbps["fedavg_gbps"] / gbps["floor_gbps"]),
+        **{
+            f"{name}_ratio_vs_read_all{kind}": _significant(measured[floor] / measured[name])
+            for name, floor in (
+                ("fedavg", "read_all"),
+                ("mean", "read_all"),
+                ("fedavg_files", "files_read_all"),
+            )
+            for kind, measured in (("", seconds), ("_cpu", cpu))
+        },
         "ratio_vs_flower": _significant(gbps["fedavg_gbps"] / gbps["flower_gbps"]),
         "ratio_vs_fma": _significant(gbps["fedavg_gbps"] / gbps["fma_gbps"]),
         "ratio_shared_base": _significant(
@@ -328,7 +375,7 @@ def run(
         "model_bytes": model_bytes,
         "updates": count,
         "params": params,
-        "threads": fedavg.threads,
+        "threads": threads,
         "fma_sample": f"{sample_n}x{sample_p}",
     }
 
@@ -339,16 +386,36 @@ def _significant(value: float) -> float:
 
 
 def table(result: dict[str, float | int]) -> str:
+    threads = result["threads"]
     rows = [
-        ("fma-core fedavg, arrays in memory", result["fedavg_gbps"], "1.00×"),
-        ("fma-core fedavg, safetensors files", result["fedavg_files_gbps"], ""),
+        ("read floor: a.sum() of each block, 1 thread", result["read_gbps"], ""),
+        (f"read floor: a.sum() of each block, {threads} threads", result["read_all_gbps"], "1.00×"),
+        (
+            "fma-core fedavg, arrays in memory",
+            result["fedavg_gbps"],
+            f"{result['fedavg_ratio_vs_read_all']:.2f}× the {threads}-thread read "
+            f"({result['fedavg_ratio_vs_read_all_cpu']:.2f}× per CPU second)",
+        ),
+        (
+            "fma-core mean, arrays in memory",
+            result["mean_gbps"],
+            f"{result['mean_ratio_vs_read_all']:.2f}× the {threads}-thread read "
+            f"({result['mean_ratio_vs_read_all_cpu']:.2f}× per CPU second)",
+        ),
+        ("files read floor: preadv + a.sum(), 1 thread", result["files_read_gbps"], ""),
+        (f"files read floor: preadv + a.sum(), {threads} threads", result["files_read_all_gbps"], "1.00×"),
+        (
+            "fma-core fedavg, safetensors files",
+            result["fedavg_files_gbps"],
+            f"{result['fedavg_files_ratio_vs_read_all']:.2f}× the {threads}-thread files read "
+            f"({result['fedavg_files_ratio_vs_read_all_cpu']:.2f}× per CPU second)",
+        ),
         (
             "fedavg, the files as deltas, base shared",
             result["deltas_shared_base_gbps"],
             f"{result['ratio_shared_base']:.2f}× the base read per delta",
         ),
         ("fedavg, the files as deltas, base per delta", result["deltas_base_per_delta_gbps"], ""),
-        ("floor: acc += x (1 thread)", result["floor_gbps"], f"{result['ratio_vs_floor']:.2f}× of floor"),
         ("Flower aggregate()", result["flower_gbps"], f"fedavg is {result['ratio_vs_flower']:.1f}× faster"),
         (
             f"original FMA JSON method ({result['fma_sample']})",
@@ -371,12 +438,14 @@ def table(result: dict[str, float | int]) -> str:
         f"= {result['peak_extra_bytes'] / result['model_bytes']:.2f}× the model",
         "",
         "server optimizers (updates read as changes, with the current model and last round's state):",
-        f"{'aggregator':<12}  {'vs fedavg':>9}  peak extra memory beyond the new model and state",
+        f"{'aggregator':<12}  {'vs fedavg':>9}  {'vs read':>8}  {'per CPU s':>9}  "
+        "peak extra memory beyond the new model and state",
     ]
     for name in SERVER_OPTIMIZERS:
         extra = result[f"{name}_peak_extra_bytes"]
         lines.append(
-            f"{name:<12}  {result[f'{name}_ratio_vs_fedavg']:>8.2f}×  {extra / 1e6:.1f} MB "
+            f"{name:<12}  {result[f'{name}_ratio_vs_fedavg']:>8.2f}×  {result[f'{name}_ratio_vs_read_all']:>7.2f}×  "
+            f"{result[f'{name}_ratio_vs_read_all_cpu']:>8.2f}×  {extra / 1e6:.1f} MB "
             f"= {extra / result['model_bytes']:.2f}× the model (state: "
             f"{result[f'{name}_state_bytes'] / result['model_bytes']:.0f}× the model)"
         )

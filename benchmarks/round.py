@@ -26,6 +26,13 @@ checked, recorded) into a throwaway PostgreSQL database. Then:
    (serial tasks, then one shard's time): on a shared machine the measured speedup falls short
    of it by what other jobs take from the second core.
 
+3. the read floor (``read_floor.file_read``) over the same update files as the round reads them,
+   in the page cache after they were submitted: each block read with ``os.preadv`` into a buffer and
+   summed, on one thread (``files_read_gbps``) and on as many as the round's aggregation uses
+   (``files_read_all_gbps``), the best of 5 passes, measured right before the timed round;
+   ``round_ratio_vs_read_all`` is ``round_gbps`` over the all-thread read, and
+   ``engine_ratio_vs_read_all`` the same for the aggregating and writing part (``engine_seconds``).
+
 All the aggregates must be bit-identical; the benchmark fails otherwise.
 
     python benchmarks/round.py [--quick] [--json]
@@ -113,6 +120,7 @@ def run(*, count: int, params: int, postgres: str, broker: str) -> dict[str, obj
         per_block = 1 + TIMED_ROUNDS  # a warm-up round, then the timed ones
         blocks = [1, 2] * BLOCKS
         experiments, model_bytes = setup_round(count=count, params=params, copies=1 + len(blocks) * per_block)
+        floors = read_floors(experiments[0], model_bytes, work / "weights")
         single = timed_child_round(experiments[0])
         timed: dict[int, list[tuple[float, list[tuple[str, float, float]]]]] = {1: [], 2: []}
         for n, workers in enumerate(blocks):  # alternating, so a change in the machine's load hits both
@@ -134,6 +142,8 @@ def run(*, count: int, params: int, postgres: str, broker: str) -> dict[str, obj
         admin.close()
         shutil.rmtree(work, ignore_errors=True)
     input_bytes = count * model_bytes
+    engine_gbps = input_bytes / aggregate.duration_seconds / 1e9
+    read_all_gbps = input_bytes / floors["all"] / 1e9
     return {
         "updates": count,
         "params": params,
@@ -144,6 +154,11 @@ def run(*, count: int, params: int, postgres: str, broker: str) -> dict[str, obj
         "peak_rss_limit_bytes": 2 * model_bytes + 300 * 1024**2,
         "engine_peak_memory_bytes": aggregate.peak_memory_bytes,
         "engine_seconds": round(aggregate.duration_seconds, 3),  # aggregating and writing, within the round
+        "files_read_gbps": _significant(input_bytes / floors["one"] / 1e9),
+        "files_read_all_gbps": _significant(read_all_gbps),
+        "read_threads": floors["threads"],
+        "round_ratio_vs_read_all": _significant(input_bytes / single["seconds"] / 1e9 / read_all_gbps),
+        "engine_ratio_vs_read_all": _significant(engine_gbps / read_all_gbps),
         "sharded_1_worker_seconds": round(one, 3),
         "sharded_2_workers_seconds": round(two, 3),
         "speedup_2_workers": round(one / two, 3),
@@ -200,6 +215,26 @@ def setup_round(*, count: int, params: int, copies: int) -> tuple[list[str], int
             for u in originals
         )
     return [str(e.pk) for e in experiments], per_tensor * TENSORS * 4
+
+
+def read_floors(experiment_id: str, model_bytes: int, weights_dir: Path, passes: int = 5) -> dict[str, float]:
+    """Seconds of the best of ``passes`` reads of the round's update files (``read_floor.file_read``), on one
+    thread and on as many as the round's aggregation uses, alternating."""
+    from read_floor import file_read
+
+    from fma_core.aggregators.base import default_threads
+    from fma_django.models import ModelUpdate
+
+    paths = [weights_dir / u.weights_key for u in ModelUpdate.objects.filter(experiment_id=experiment_id)]
+    threads = default_threads()
+    reads = {"one": file_read(paths, model_bytes, 1), "all": file_read(paths, model_bytes, threads)}
+    seconds = dict.fromkeys(reads, math.inf)
+    for _ in range(passes):
+        for name, read in reads.items():
+            started = time.perf_counter()
+            read()
+            seconds[name] = min(seconds[name], time.perf_counter() - started)
+    return {**seconds, "threads": threads}
 
 
 def timed_child_round(experiment_id: str) -> dict[str, float]:
@@ -338,6 +373,12 @@ def report(figures: dict[str, object]) -> None:
         f"{figures['round_gbps']:6.2f} GB/s   target ≥ {TARGETS['round_gbps']}  {mark(figures['round_gbps'] >= TARGETS['round_gbps'])}"
     )
     print(
+        f"  read floor, the same files {figures['files_read_gbps']:6.2f} GB/s on 1 thread, "
+        f"{figures['files_read_all_gbps']:.2f} GB/s on {figures['read_threads']} (preadv + a.sum() of each block): "
+        f"the round {figures['round_ratio_vs_read_all']:.2f}×, its aggregating and writing "
+        f"{figures['engine_ratio_vs_read_all']:.2f}× the {figures['read_threads']}-thread read"
+    )
+    print(
         f"  peak RSS of that process   {figures['peak_rss_bytes'] / 1e6:8.0f} MB   "
         f"limit 2 × model + 300 MB = {limit / 1e6:.0f} MB  {mark(figures['peak_rss_bytes'] <= limit)}"
     )
@@ -359,6 +400,11 @@ def report(figures: dict[str, object]) -> None:
         f"speedup those stages allow on 2 free cores {figures['speedup_bound_2_workers']:.2f}"
     )
     print("  every aggregate bit-identical to the unsharded one")
+
+
+def _significant(value: float) -> float:
+    """Four significant digits: readable, and a small rate or ratio is never rounded to zero."""
+    return float(f"{value:.4g}")
 
 
 def _wait(condition, what: str, *, timeout: float = 600, pause: float = 0.1) -> None:

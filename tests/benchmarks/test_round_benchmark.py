@@ -12,7 +12,17 @@ import pytest
 from ..aggregator.aggregator_support import service_available
 
 BENCHMARK = Path(__file__).parents[2] / "benchmarks" / "round.py"
-KEYS = {"round_seconds", "round_gbps", "peak_rss_bytes", "model_bytes", "speedup_2_workers"}
+KEYS = {
+    "round_seconds",
+    "round_gbps",
+    "peak_rss_bytes",
+    "model_bytes",
+    "speedup_2_workers",
+    "files_read_gbps",
+    "files_read_all_gbps",
+    "round_ratio_vs_read_all",
+    "engine_ratio_vs_read_all",
+}
 
 
 @pytest.fixture
@@ -37,6 +47,11 @@ def test_json_output_has_every_key_with_sane_values(services):
     # the figures are rounded to 3 decimals, so compare loosely
     assert figures["round_gbps"] == pytest.approx(
         4 * figures["model_bytes"] / figures["round_seconds"] / 1e9, abs=0.002
+    )
+    # the round against the read floor of the same files, measured in the same run
+    round_rate = 4 * figures["model_bytes"] / figures["round_seconds"] / 1e9
+    assert figures["round_ratio_vs_read_all"] == pytest.approx(
+        round_rate / figures["files_read_all_gbps"], rel=0.05
     )
     # where the sharded rounds' time went, read back from the workers' logs
     for workers in ("stages_1_worker", "stages_2_workers"):

@@ -15,10 +15,12 @@ from fma_core.aggregators import (
     UpdateInput,
     aggregator_class,
     available,
+    canonical_order,
     create_aggregator,
     registry,
 )
 from fma_core.errors import ConfigurationError, UnknownAggregator, UpdateUnreadable
+from fma_core.shards import aggregate_shard, balance_shards
 from fma_core.weights import ArrayReader, TensorSpec, open_weights, to_bytes
 
 
@@ -135,6 +137,56 @@ def test_same_updates_in_any_order_any_threads_any_blocks_give_identical_bits(na
         result = aggregator.aggregate(shuffled, spec)
         for tensor in baseline:
             assert result[tensor].tobytes() == baseline[tensor].tobytes()
+
+
+def linear_reference(updates, shares) -> dict[str, np.ndarray]:
+    """Σ sᵢ·xᵢ as ``weighted_sum`` defines it, element by element: x₀·s₀, then + xᵢ·sᵢ in canonical
+    order, each product and sum rounded to float32 (or, all shares equal, the sum scaled once)."""
+    ordered = canonical_order(updates)
+    values = [arrays(u) for u in ordered]
+    equal = len(set(shares)) == 1
+    result = {}
+    for name in values[0]:
+        if equal:
+            acc = values[0][name].astype(np.float32)
+            for value in values[1:]:
+                acc = acc + value[name]
+            result[name] = acc * np.float32(shares[0])
+        else:
+            acc = values[0][name] * np.float32(shares[0])
+            for value, share in zip(values[1:], shares[1:], strict=True):
+                acc = acc + value[name] * np.float32(share)
+            result[name] = acc
+    return result
+
+
+@pytest.mark.parametrize(
+    ("name", "params"), [("fedavg", None), ("fedavg", {"weighted": False}), ("mean", None)]
+)
+def test_linear_results_are_the_defined_float32_arithmetic_for_1_2_3_threads_any_block_memory_or_files(
+    name, params
+):
+    updates = make_updates(6, seed=9, sizes=((7, 5), (3,), (70_001,), (2_048,)))
+    files = [
+        UpdateInput(u.update_id, u.content_id, u.num_examples, lambda u=u: open_weights(to_bytes(arrays(u))))
+        for u in updates
+    ]
+    spec = spec_of(updates)
+    shares = create_aggregator(name, params).input_weights(updates)
+    want = linear_reference(updates, shares)
+    for threads, block, inputs in itertools.product(
+        (1, 2, 3), (1000, 4096, 1 << 16, 1 << 18), (updates, files)
+    ):
+        aggregator = create_aggregator(name, params, threads=threads)
+        aggregator.block_elements = block
+        result = aggregator.aggregate(inputs, spec)
+        for tensor in want:
+            assert result[tensor].tobytes() == want[tensor].tobytes(), (threads, block, tensor)
+        # and cut into shards (ranges through tensors, as a sharded round computes them), joined
+        shards = balance_shards(spec, spec.nbytes // 3)
+        assert len(shards) >= 3
+        joined = b"".join(aggregate_shard(aggregator, inputs, spec, shard).data.tobytes() for shard in shards)
+        assert joined == b"".join(want[info.name].tobytes() for info in spec), (threads, block)
 
 
 @pytest.mark.parametrize("name", ["fedavg", "median"])

@@ -8,7 +8,7 @@ import pytest
 from django.db import IntegrityError, transaction
 
 from fma_core.rounds import RoundEngine
-from fma_django import lifecycle
+from fma_django import lifecycle, services
 from fma_django.models import Event, EventKind, Experiment, ExperimentState, ModelUpdate
 from fma_django.storage import weight_store
 from fma_django.store import DjangoMetadataStore
@@ -205,3 +205,11 @@ def test_a_spent_budget_is_final(dev_api, experiment, client_api, uploader, safe
     refused = push(experiment, client_api, uploader, safetensors, 1.0)
     assert (refused.status_code, refused.json()["code"]) == (409, "experiment_ended")
     assert dev_api.get("/api/v1/models/?state=budget_spent").json()["count"] == 1
+
+
+def test_a_settings_change_read_before_a_pause_does_not_undo_it(experiment, developer):
+    stale = Experiment.objects.get(pk=experiment.pk)
+    lifecycle.experiment_set_state(experiment=experiment, state="paused", user=developer)
+    services.experiment_update(experiment=stale, user=developer, name="renamed")
+    assert state_of(experiment)[:2] == ("paused", False)
+    assert Experiment.objects.get(pk=experiment.pk).name == "renamed"

@@ -85,6 +85,16 @@ CONFIG_FIELDS = (
 )
 
 
+# what a settings change writes: every column but the lifecycle's, which only ``lifecycle`` moves (a
+# concurrent pause must not be undone by a rename that read the row before it)
+SETTINGS_COLUMNS = [
+    field.name
+    for field in Experiment._meta.concrete_fields
+    if not field.primary_key
+    and field.name not in ("allow_aggregation", "state", "state_reason", "state_changed_at", "created_on")
+]
+
+
 def event_record(
     *,
     kind: EventKind,
@@ -367,7 +377,7 @@ def experiment_update(
             experiment.state = ExperimentState.COLLECTING if allowed else ExperimentState.PAUSED
         return experiment
     with _name_guarded(experiment), transaction.atomic():
-        experiment.save(update_fields=[*changes, "last_modified"])
+        experiment.save(update_fields=SETTINGS_COLUMNS)
         if allowed != experiment.allow_aggregation:
             wanted = ExperimentState.COLLECTING if allowed else ExperimentState.PAUSED
             lifecycle.experiment_set_state(experiment=experiment, state=wanted, user=user)

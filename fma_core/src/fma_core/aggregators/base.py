@@ -11,8 +11,12 @@ rest the same way for all of them:
 - every tensor is cut into blocks; each block is computed from all updates while it sits in the
   CPU cache, so memory traffic is one read of each update plus one write of the result, and the
   extra memory is the result plus a few blocks (linear) or N blocks per thread (coordinate-wise);
-- blocks are spread over threads (numpy releases the GIL); each element's arithmetic is the same
-  whichever thread, block size or shard computes it, so sharded rounds are bit-identical too.
+  a linear algorithm's block is one pass of ``weighted_sum``: each update's values are read into
+  the thread's buffer and folded into the block's sum at once;
+- threads take the next block from one queue until none is left (numpy releases the GIL), so a
+  thread slowed by other work on the machine leaves its share to the others; each element's
+  arithmetic is the same whichever thread, block size or shard computes it, so sharded rounds are
+  bit-identical too.
 
 An algorithm that needs more than the round's updates declares it and receives it in the round's
 ``RoundContext``: the current global model (``needs_parent``), each update's change from the model
@@ -24,6 +28,7 @@ run once per round over all updates before any block is computed.
 from __future__ import annotations
 
 import os
+import threading
 import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -145,9 +150,10 @@ class Aggregator(ABC):
 
     name: ClassVar[str]
     Params: ClassVar[type[AggregatorParams]] = NoParams
-    # Elements per block: 1 MiB of float32, big enough to amortize Python's per-call cost,
-    # small enough that a block and its scratch stay in the L2/L3 caches.
-    block_elements: ClassVar[int] = 1 << 18
+    # Elements per block: 256 KiB of float32, big enough that Python's cost per call is a few per
+    # cent of the block's, small enough that a thread's buffers of it (the sum, a term, the block
+    # read from a file; a server optimizer's state and model too) stay in a core's L2 cache.
+    block_elements: ClassVar[int] = 1 << 16
     needs_parent: ClassVar[bool] = False  # reads the current global model (Block.parent)
     reads_changes: ClassVar[bool] = False  # Block.inputs gives each update's change, not its weights
     # per-coordinate server state: one tensor of each name per model tensor, kept from round to round
@@ -245,19 +251,31 @@ class Aggregator(ABC):
                 else None
             )
             workers = max(1, min(self.threads, len(tasks)))
+            queue = iter(tasks)
+            taking = threading.Lock()
+            failed = threading.Event()
 
-            def work(part: int) -> None:
+            def work() -> None:
                 scratch = _Scratch()
-                for target, begin, end in tasks[part::workers]:
-                    self._combine(
-                        Block(target, begin, end, inputs, plan, scratch, parent, state, context.noise)
-                    )
+                while not failed.is_set():
+                    with taking:
+                        task = next(queue, None)
+                    if task is None:
+                        return
+                    target, begin, end = task
+                    try:
+                        self._combine(
+                            Block(target, begin, end, inputs, plan, scratch, parent, state, context.noise)
+                        )
+                    except BaseException:
+                        failed.set()  # the others stop at their next block
+                        raise
 
             if workers == 1:
-                work(0)
+                work()
             else:
                 with ThreadPoolExecutor(workers, thread_name_prefix="fma-aggregate") as pool:
-                    for future in [pool.submit(work, part) for part in range(workers)]:
+                    for future in [pool.submit(work) for _ in range(workers)]:
                         future.result()
 
     def _block(self, count: int) -> int:
@@ -292,7 +310,6 @@ class LinearAggregator(Aggregator):
         return self.coefficients(canonical_order(updates)).tolist()
 
     def _plan(self, updates: Sequence[UpdateInput], context: RoundContext) -> np.ndarray | float:
-        """The coefficients, or their one value when all are equal: then sum and scale once, faster."""
         coefficients = np.asarray(self.round_coefficients(updates, context), dtype=np.float64)
         if coefficients.shape != (len(updates),) or not np.isfinite(coefficients).all():
             raise FmaError(f"aggregator {self.name!r} gave invalid coefficients")
@@ -301,28 +318,16 @@ class LinearAggregator(Aggregator):
                 f"aggregator {self.name!r} gave unequal coefficients under differential privacy, whose "
                 "sensitivity needs every update to weigh the same"
             )
-        return float(coefficients[0]) if (coefficients == coefficients[0]).all() else coefficients
+        return share_plan(coefficients)
 
     def _combine(self, block: Block) -> None:
-        acc_dtype = block.accumulator
         out = block.out
-        acc = out if out.dtype == acc_dtype else block.scratch.get("acc", block.count, acc_dtype)
-        plan = block.plan
-        if isinstance(plan, float):  # equal shares: sum, then scale once
-            values = block.inputs()
-            np.copyto(acc, next(values), casting="safe")
-            for value in values:
-                np.add(acc, value, acc)
-            np.multiply(acc, acc_dtype.type(plan), acc)
-        else:
-            term = block.scratch.get("term", block.count, acc_dtype)
-            rows = np.flatnonzero(plan)  # an update that counts for nothing is not read
-            values = block.inputs(rows)
-            coefficients = plan[rows].astype(acc_dtype)
-            np.multiply(next(values), coefficients[0], acc)
-            for value, coefficient in zip(values, coefficients[1:], strict=True):
-                np.multiply(value, coefficient, term)
-                np.add(acc, term, acc)
+        acc = (
+            out
+            if out.dtype == block.accumulator
+            else block.scratch.get("acc", block.count, block.accumulator)
+        )
+        weighted_sum(block, block.plan, acc)
         block.add_noise(acc)
         store(acc, out)
 
@@ -354,6 +359,42 @@ class CoordinateWiseAggregator(Aggregator):
         )
         self.reduce(stack, result)
         store(result, block.out)
+
+
+def share_plan(shares: np.ndarray) -> np.ndarray | float:
+    """The shares as ``weighted_sum`` takes them: their one value when all are equal (then it sums and
+    scales once, one pass less per update), else the float64 array."""
+    return float(shares[0]) if (shares == shares[0]).all() else shares
+
+
+def weighted_sum(block: Block, shares: np.ndarray | float, acc: np.ndarray) -> None:
+    """Write Σ sᵢ·xᵢ over the block's updates into ``acc`` (the block's accumulator dtype): the one pass
+    of every linear algorithm, and of the server optimizers' mean change.
+
+    ``shares`` gives one float64 share per update in canonical order (a zero share's update is not
+    read), or one float when all are equal: the values are then summed and scaled once. Each update's
+    block is read (into the thread's buffer, for a file) and folded into ``acc`` before the next is
+    read, so both stay in the cache and memory sees one read of each update. Per element the
+    arithmetic is fixed: ``acc = x₀·s₀``, then ``acc = acc + xᵢ·sᵢ`` in canonical order, each product
+    and each sum rounded to the accumulator dtype (IEEE, never a fused multiply-add), so an element
+    has the same bits whichever thread, block or shard computes it, on any CPU.
+    """
+    dtype = acc.dtype
+    if isinstance(shares, float):
+        values = block.inputs()
+        np.copyto(acc, next(values), casting="safe")
+        for value in values:
+            np.add(acc, value, acc)
+        np.multiply(acc, dtype.type(shares), acc)
+        return
+    rows = np.flatnonzero(shares)
+    values = block.inputs(rows)
+    coefficients = shares[rows].astype(dtype)
+    np.multiply(next(values), coefficients[0], acc)
+    term = block.scratch.get("term", block.count, dtype)
+    for value, coefficient in zip(values, coefficients[1:], strict=True):
+        np.multiply(value, coefficient, term)
+        np.add(acc, term, acc)
 
 
 def accumulator_dtype(dtype: np.dtype) -> np.dtype:

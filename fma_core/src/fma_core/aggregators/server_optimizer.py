@@ -28,7 +28,16 @@ from typing import ClassVar
 
 import numpy as np
 
-from fma_core.aggregators.base import Aggregator, AggregatorParams, Block, RoundContext, UpdateInput, store
+from fma_core.aggregators.base import (
+    Aggregator,
+    AggregatorParams,
+    Block,
+    RoundContext,
+    UpdateInput,
+    share_plan,
+    store,
+    weighted_sum,
+)
 from fma_core.errors import ConfigurationError
 
 
@@ -85,19 +94,14 @@ class ServerOptimizer(Aggregator):
         previous = context.state.scalars.get("rounds", 0) if context.state else 0
         return {"rounds": previous + 1}
 
-    def _plan(self, updates: Sequence[UpdateInput], context: RoundContext) -> np.ndarray:
-        return examples_shares(updates)
+    def _plan(self, updates: Sequence[UpdateInput], context: RoundContext) -> np.ndarray | float:
+        return share_plan(examples_shares(updates))
 
     def _combine(self, block: Block) -> None:
         acc = block.accumulator
         delta = block.scratch.get("delta", block.count, acc)
         work = block.scratch.get("work", block.count, acc)
-        shares = block.plan.astype(acc)
-        values = block.inputs()
-        np.multiply(next(values), shares[0], delta)
-        for value, share in zip(values, shares[1:], strict=True):
-            np.multiply(value, share, work)
-            np.add(delta, work, delta)
+        weighted_sum(block, block.plan, delta)
         block.add_noise(delta)
         result = block.out if block.out.dtype == acc else block.scratch.get("result", block.count, acc)
         self.step(block, delta, work, result)
