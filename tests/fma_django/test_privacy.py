@@ -141,3 +141,13 @@ def test_rounds_record_the_epsilon_spent_and_a_spent_budget_stops_the_next_round
     )
     assert run(experiment).status == "budget_spent"
     assert Experiment.objects.get(pk=experiment.pk).state == ExperimentState.BUDGET_SPENT
+
+
+def test_the_admin_never_shows_the_noise_key(admin_client, make_experiment):
+    experiment = make_experiment(privacy=PRIVACY)
+    key = DjangoMetadataStore().privacy_secret(str(experiment.pk))
+    assert key == DjangoMetadataStore().privacy_secret(str(experiment.pk))  # made once, then kept
+    page = admin_client.get(f"/admin/fma_django/experiment/{experiment.pk}/change/").content.decode()
+    assert "noise_multiplier" in page
+    assert "privacy_secret" not in page
+    assert key.hex() not in page

@@ -130,6 +130,7 @@ class ExperimentAdmin(admin.ModelAdmin):
         "created_on",
         "last_modified",
     ]
+    exclude = ["privacy_secret"]  # the key of the privacy noise: never shown
     inlines = [EnrollmentInline]
     actions = ["pause_aggregation", "resume_aggregation", "stop"]
 
