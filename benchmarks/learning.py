@@ -41,6 +41,16 @@ A strategy is any registered aggregator's name (or ``multi_krum``: Krum averagin
 best-scored updates), with ``+clip`` or ``+refuse`` for the adaptive norm bound (``fma_core.norms``'
 defaults) after it; its parameters are the quickstart's for K bad clients (``run.aggregator_params``:
 Krum and Bulyan tolerate f = K), not tuned.
+
+With differential privacy (``fma_core.privacy``), the same task split across ``--clients`` (100)
+clients at α = 0.5, every client every round, fedavg through the same round engine (its clipping and
+its keyed noise, exactly as the service runs them), adaptive clipping (Andrew et al.'s defaults:
+initial bound 0.1, median target, learning rate 0.2, count noise m / 20, or z where z needs more:
+2σ_b must exceed z), the noise multiplier
+calibrated so that the accountant's ε after the last round is at most each ``--epsilons`` at δ = 1e-5;
+each row's final test accuracy (mean ± sd over the seeds) against the same run without DP:
+
+    python benchmarks/learning.py --privacy [--seeds 3] [--clients 100] [--rounds 30] [--epsilons 8 2]
 """
 
 from __future__ import annotations
@@ -72,6 +82,7 @@ import run as quickstart  # noqa: E402
 import softmax  # noqa: E402
 from fma_core.aggregators import available  # noqa: E402
 from fma_core.connectors import ExperimentConfig, InMemoryMetadataStore, LocalDirectoryWeightStore  # noqa: E402
+from fma_core.privacy import epsilon_spent  # noqa: E402
 from fma_core.rounds import RoundEngine  # noqa: E402
 from fma_core.weights import load, to_bytes  # noqa: E402
 from local_training import ATTACKS, attacked_update, client_rng, data_name, local_update  # noqa: E402
@@ -176,11 +187,14 @@ def federate(
     *,
     attacks: Mapping[int, str] | None = None,
     update_norm: Mapping[str, Any] | None = None,
+    privacy: Mapping[str, Any] | None = None,
+    reports: list[Mapping[str, Any]] | None = None,
 ) -> list[float]:
     """The global model's accuracy on the task's scoring set after each round: the clients train in
     this process, the rounds go through the round engine as the service runs them. ``attacks``: the
     bad clients (by index) and what each pushes instead of its update (``local_training.attacked_update``,
-    as the quickstart's ``client.py --attack``); ``update_norm``: the experiment's norm bound."""
+    as the quickstart's ``client.py --attack``); ``update_norm``: the experiment's norm bound; ``privacy``:
+    its differential privacy (each round's report is appended to ``reports``)."""
     attacks = attacks or {}
     root = Path(tempfile.mkdtemp(prefix="fma-learning-"))
     try:
@@ -195,6 +209,7 @@ def federate(
             aggregator_params=dict(params),
             round_policy={"policy": "all_clients"},
             update_norm=update_norm,
+            privacy=privacy,
         )
         metadata.create_experiment(config, clients=clients, initial_weights_key=initial_key)
         engine = RoundEngine(metadata, store, worker_id="benchmark", threads=1)
@@ -222,6 +237,8 @@ def federate(
             outcome = engine.run_round(EXPERIMENT)
             if outcome.status != "committed":
                 raise RuntimeError(f"{strategy} round {round_number + 1}: {outcome.status}, {outcome.reason}")
+            if reports is not None:
+                reports.append(outcome.aggregate.draft.report)
             with store.open(outcome.aggregate.draft.weights_key) as stream:
                 model = load(stream)
             accuracies.append(softmax.accuracy(model, task.x_score, task.y_score))
@@ -456,6 +473,116 @@ def under_attack(args: argparse.Namespace, say: Callable[[str], None]) -> dict[s
     }
 
 
+PRIVACY_ALPHA = 0.5
+DELTA = 1e-5
+
+
+def noise_for(epsilon: float, rounds: int, delta: float = DELTA) -> float:
+    """The smallest noise multiplier (to 0.1 %) whose ε after ``rounds`` rounds is at most ``epsilon``."""
+    low, high = 0.1, 1000.0
+    while high / low > 1.001:
+        middle = (low * high) ** 0.5
+        low, high = (middle, high) if epsilon_spent(middle, rounds, delta) > epsilon else (low, middle)
+    return high
+
+
+def with_privacy(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
+    """Final test accuracy (mean ± sd over the seeds) without DP and at each ε, the ε the ledger recorded."""
+    setting = Setting(clients=args.clients, rounds=args.rounds)
+    seeds = list(range(args.seeds))
+
+    def run(privacy: dict[str, Any] | None) -> dict[str, Any]:
+        finals, spent = [], []
+        for seed in seeds:
+            reports: list[Mapping[str, Any]] = []
+            task = held_out_task(seed, PRIVACY_ALPHA, setting.clients)
+            finals.append(federate(task, "fedavg", {}, setting, seed, privacy=privacy, reports=reports)[-1])
+            spent.append(reports[-1].get("privacy", {}).get("epsilon", 0.0))
+        return {
+            "privacy": privacy,
+            "final": finals,
+            "mean": statistics.fmean(finals),
+            "sd": statistics.stdev(finals) if len(finals) > 1 else 0.0,
+            "epsilon_spent": max(spent),
+        }
+
+    rows = [{"target_epsilon": None, **run(None)}]
+    say(f"  without DP: {percent(rows[0]['mean'])} ± {percent(rows[0]['sd'])} %")
+    for epsilon in args.epsilons:
+        z = noise_for(epsilon, setting.rounds)
+        privacy = {
+            "clip": {
+                "adaptive": {
+                    "initial": 0.1,
+                    "target_quantile": 0.5,
+                    "learning_rate": 0.2,
+                    "count_stddev": max(setting.clients / 20, z),  # the paper's m / 20, or enough for z
+                }
+            },
+            "noise_multiplier": z,
+            "expected_clients": setting.clients,
+            "epsilon": epsilon,
+            "delta": DELTA,
+        }
+        row = {"target_epsilon": epsilon, **run(privacy)}
+        row["points_below_without"] = (rows[0]["mean"] - row["mean"]) * 100
+        rows.append(row)
+        say(
+            f"  ε ≤ {epsilon:g} (z = {z:.3f}, spent {row['epsilon_spent']:.3f}): "
+            f"{percent(row['mean'])} ± {percent(row['sd'])} % ({row['points_below_without']:+.1f} below)"
+        )
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "setting": {**asdict(setting), "alpha": PRIVACY_ALPHA, "delta": DELTA},
+        "seeds": seeds,
+        "rows": rows,
+    }
+
+
+def privacy_table(result: dict[str, Any]) -> str:
+    setting = result["setting"]
+    lines = [
+        "| run | noise multiplier z | ε spent (δ = 1e-5) | final test accuracy | points below no DP |",
+        "|---|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        if row["privacy"] is None:
+            lines.append(
+                f"| fedavg, no DP, {setting['clients']} clients | – | – | {percent(row['mean'])} ± {percent(row['sd'])} % | – |"
+            )
+            continue
+        lines.append(
+            f"| fedavg, DP ε ≤ {row['target_epsilon']:g}, adaptive clip | {row['privacy']['noise_multiplier']:.3f} "
+            f"| {row['epsilon_spent']:.3f} | {percent(row['mean'])} ± {percent(row['sd'])} % "
+            f"| {row['points_below_without']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def privacy_main(args: argparse.Namespace) -> dict[str, Any]:
+    """``--privacy``: the table with differential privacy against the same run without it."""
+    if args.quick:
+        args.seeds = 1
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+    started = time.monotonic()
+    say(
+        f"differential privacy: {args.clients} clients, α={PRIVACY_ALPHA}, {args.rounds} rounds, "
+        f"seeds 0–{args.seeds - 1}, δ = {DELTA:g}:"
+    )
+    result = with_privacy(args, say)
+    result["seconds"] = time.monotonic() - started
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return result
+    print()
+    print(privacy_table(result))
+    print(f"elapsed: {result['seconds']:.0f} s")
+    return result
+
+
 def _params(rows: Sequence[dict[str, Any]]) -> str:
     """A strategy's parameters over its scenarios, each value once ("trim_fraction=0.167 / 0.233")."""
     values: dict[str, dict[str, None]] = {}
@@ -527,9 +654,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         metavar="ATTACK:K",
         help="with --attacks: K bad clients",
     )
+    parser.add_argument(
+        "--privacy", action="store_true", help="with differential privacy, against the same run without"
+    )
+    parser.add_argument("--clients", type=int, default=100, help="with --privacy: the federation's size")
+    parser.add_argument("--epsilons", type=float, nargs="*", default=[8.0, 2.0], help="with --privacy")
     args = parser.parse_args(argv)
     if args.attacks:
         return attacks_main(args)
+    if args.privacy:
+        return privacy_main(args)
     if args.quick:
         args.seeds, args.tune_seeds, args.no_live = 1, 1, True
     setting = Setting(rounds=args.rounds)

@@ -72,3 +72,14 @@ def test_under_attack_each_strategy_has_a_row_per_scenario_and_a_gap_to_the_clea
     # two of fifteen pushing noise wreck fedavg within two rounds; refusing their long changes does not
     assert rows[("fedavg+refuse", "noise:2")]["mean"] > rows[("fedavg", "noise:2")]["mean"] + 0.2
     assert figures["best"]["noise:2"]["strategy"] == "fedavg+refuse"
+
+
+def test_with_privacy_each_epsilon_has_a_row_whose_ledger_stays_within_it():
+    figures = json.loads(run("--privacy", "--clients", "20", "--epsilons", "8", "--json").stdout)
+    without, private = figures["rows"]
+    assert without["privacy"] is None
+    assert private["target_epsilon"] == 8
+    assert private["privacy"]["expected_clients"] == 20
+    assert 7.9 < private["epsilon_spent"] <= 8  # the noise is calibrated to spend the budget in 2 rounds
+    assert private["points_below_without"] == pytest.approx((without["mean"] - private["mean"]) * 100)
+    assert figures["setting"]["clients"] == 20

@@ -544,3 +544,38 @@ def test_a_secure_experiment_shows_its_mode_and_each_rounds_stage_counts(
     assert "5 → 5 → 4 → 3" in page
     plain = make_experiment(alice, "plain")
     assert "SecAgg" not in alice_browser.get(f"/dashboard/experiments/{plain.pk}/").content.decode()
+
+
+def test_the_page_shows_the_privacy_budget_spent_and_each_rounds_epsilon(
+    alice, make_experiment, enroll, submit, run_round, alice_browser
+):
+    from fma_core.privacy import epsilon_spent
+
+    privacy = {
+        "clip": {"bound": 1.0},
+        "noise_multiplier": 1.0,
+        "expected_clients": 2,
+        "epsilon": 8,
+        "delta": 1e-5,
+    }
+    experiment = make_experiment(alice, "private", privacy=privacy)
+    for client in (enroll(experiment), enroll(experiment)):
+        submit(experiment, client, 1.0)
+    run_round(experiment)
+    epsilon = epsilon_spent(1.0, 1, 1e-5)
+    page = alice_browser.get(f"/dashboard/experiments/{experiment.pk}/").content.decode()
+    assertInHTML(
+        f"<div><dt>Privacy budget</dt><dd>ε {epsilon:.4g} of 8 at δ 1e-05, 1 round charged</dd></div>",
+        page,
+        count=1,
+    )
+    assertInHTML(
+        f'<p class="privacy">ε {epsilon:.4f} of 8 spent at δ 0.00001, clip 1.0000 (fixed), noise σ 0.5000</p>',
+        page,
+        count=1,
+    )
+    lifecycle.experiment_end(
+        experiment=experiment, state="budget_spent", reason="the privacy budget is spent"
+    )
+    page = alice_browser.get(f"/dashboard/experiments/{experiment.pk}/").content.decode()
+    assert "1 round charged: spent, no more rounds" in page

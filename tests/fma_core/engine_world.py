@@ -52,6 +52,8 @@ class World:
         update_norm: Mapping[str, Any] | None = None,
         asynchronous: Mapping[str, Any] | None = None,
         round_policy: Any = None,
+        privacy: Mapping[str, Any] | None = None,
+        privacy_secret: bytes | None = None,
     ) -> None:
         self.spec = spec
         self.initial = random_weights(spec, 0)
@@ -71,8 +73,11 @@ class World:
             update_norm=update_norm,
             asynchronous=asynchronous,
             round_policy=round_policy,
+            privacy=privacy,
         )
-        self.metadata.create_experiment(config, clients=CLIENTS, initial_weights_key=initial_key)
+        self.metadata.create_experiment(
+            config, clients=CLIENTS, initial_weights_key=initial_key, privacy_secret=privacy_secret
+        )
         self.delta = delta
         self.count = 0
 

@@ -38,6 +38,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -72,6 +73,20 @@ from fma_core.leases import LeaseKeeper
 from fma_core.norms import REPORT_SECTION, NormPolicy, Screening, measure, recent_norms, screen
 from fma_core.peak_memory import PeakMemory
 from fma_core.policies import PendingUpdate, RoundState
+from fma_core.privacy import (
+    REPORT_SECTION as PRIVACY_SECTION,
+)
+from fma_core.privacy import (
+    BudgetSpent,
+    PrivacyPolicy,
+    PrivateRound,
+    RoundNoise,
+    charged_after,
+    current_bound,
+    decide,
+    epsilon_spent,
+    round_key,
+)
 from fma_core.shards import (
     Output,
     RoundPlan,
@@ -91,7 +106,9 @@ logger = logging.getLogger(__name__)
 
 _READ_BYTES = 1 << 20
 
-Status = Literal["committed", "not_ready", "idle", "no_valid_updates", "failed", "sharded", "shard_done"]
+Status = Literal[
+    "committed", "not_ready", "idle", "no_valid_updates", "failed", "sharded", "shard_done", "budget_spent"
+]
 
 
 @dataclass(frozen=True)
@@ -233,6 +250,13 @@ class RoundEngine:
         except TooFewUpdates as error:  # more updates will come: wait for them rather than fail
             self.metadata.release_round(claim)
             return RoundOutcome("not_ready", experiment_id, quarantined=plan.quarantined, reason=str(error))
+        except BudgetSpent as error:  # the round does not run, now or ever: its updates stay pending
+            self.metadata.release_round(claim)
+            self.metadata.budget_spent(experiment_id, str(error))
+            logger.info("experiment %s: %s", experiment_id, error)
+            return RoundOutcome(
+                "budget_spent", experiment_id, quarantined=plan.quarantined, reason=str(error)
+            )
         except Exception as error:
             return self._failed(plan, error)
 
@@ -342,6 +366,7 @@ class RoundEngine:
             shards=balance_shards(spec, shard_bytes, min_bytes=self.weights.min_part_bytes),
         )
         plan = self._screened(plan, quarantine)
+        plan = self._privatized(plan, aggregator, quarantine)
         while plan.update_ids:
             context = self._context(plan, aggregator)
             try:
@@ -394,6 +419,79 @@ class RoundEngine:
         kept = tuple(u for u in plan.update_ids if u not in screening.refused)
         return replace(plan, update_ids=kept, norms=screening.to_json())
 
+    def _privatized(
+        self, plan: RoundPlan, aggregator: Aggregator, quarantine: Callable[[str, str], None]
+    ) -> RoundPlan:
+        """The plan under the experiment's differential privacy (``fma_core.privacy``): one update per
+        client, the budget checked (``BudgetSpent`` if this round would exceed it), each change measured
+        once and given its factor (clip × n/m), the noise's scale and, with adaptive clipping, the next
+        round's bound; the decision kept in the plan for every shard."""
+        claim = plan.claim
+        policy = PrivacyPolicy.from_config(claim.experiment.privacy)
+        if policy is None or not plan.update_ids:
+            return plan
+        check_privacy(aggregator, claim.experiment.update_norm, plan.spec)
+        if claim.parent_weights_key is None:
+            raise ConfigurationError(
+                "privacy clips each update's change from the model it was trained from, and the experiment "
+                "has no global model yet: give it an initial model"
+            )
+        records = {u.update_id: u for u in claim.updates}
+        newest: dict[str, UpdateRecord] = {}
+        for update_id in plan.update_ids:
+            record = records[update_id]
+            kept = newest.get(record.client_id)
+            if kept is None or (record.received_at, record.update_id) > (kept.received_at, kept.update_id):
+                newest[record.client_id] = record
+        charged = charged_after(self.metadata.contributions(plan.experiment_id), set(newest))
+        epsilon = epsilon_spent(policy.noise_multiplier, charged, policy.delta)
+        if epsilon > policy.epsilon:
+            raise BudgetSpent(
+                f"the privacy budget is spent: round {claim.round_number} would bring ε to {epsilon:.4g} "
+                f"(a client in {charged} rounds), over the budget ε = {policy.epsilon:g} at δ = {policy.delta:g}"
+            )
+        for update_id in plan.update_ids:
+            record = records[update_id]
+            if newest[record.client_id].update_id != update_id:
+                quarantine(
+                    update_id,
+                    "with differential privacy a client counts once a round: its newer update "
+                    f"{newest[record.client_id].update_id} is used",
+                )
+        plan = replace(
+            plan, update_ids=tuple(u.update_id for u in newest.values() if u.update_id in plan.update_ids)
+        )
+        while plan.update_ids:
+            try:
+                norms = measure(canonical_order(self._inputs(plan)), plan.spec)
+                break
+            except UpdateUnreadable as error:
+                quarantine(error.update_id, error.reason)
+                plan = replace(plan, update_ids=tuple(u for u in plan.update_ids if u != error.update_id))
+        else:
+            return plan
+        for update_id, norm in norms.items():
+            if not math.isfinite(norm):
+                quarantine(update_id, "the norm of its change is not finite")
+        finite = {u: n for u, n in norms.items() if math.isfinite(n)}
+        plan = replace(plan, update_ids=tuple(u for u in plan.update_ids if u in finite))
+        if not plan.update_ids:
+            return plan
+        last = self.metadata.recent_reports(plan.experiment_id, rounds=1)
+        bound = current_bound(policy, last[0] if last else None)
+        decided = decide(
+            policy,
+            finite,
+            bound,
+            self._noise(plan.experiment_id, claim.round_number, 0.0),
+            epsilon=epsilon,
+            charged_rounds=charged,
+        )
+        return replace(plan, privacy=decided.to_json())
+
+    def _noise(self, experiment_id: str, round_number: int, stddev: float) -> RoundNoise:
+        return RoundNoise(round_key(self.metadata.privacy_secret(experiment_id), round_number), stddev)
+
     def _usable_updates(
         self, claim: RoundClaim, quarantine: Callable[[str, str], None], excluded: frozenset[str]
     ) -> tuple[list[UpdateRecord], TensorSpec]:
@@ -445,6 +543,9 @@ class RoundEngine:
             parent=(lambda: self.weights.open_weights(parent_key)) if parent_key is not None else None,
             state=state,
             prepared=plan.prepared,
+            noise=self._noise(plan.experiment_id, claim.round_number, plan.privacy["noise_stddev"])
+            if plan.privacy is not None
+            else None,
         )
 
     def _start_uploads(self, plan: RoundPlan) -> RoundPlan:
@@ -671,6 +772,10 @@ class RoundEngine:
             report[REPORT_SECTION] = Screening.from_json(plan.norms).report(i.update_id for i in inputs)
         if plan.claim.selection is not None:
             report["sampling"] = dict(plan.claim.selection)
+        if plan.privacy is not None:
+            policy = PrivacyPolicy.from_config(plan.claim.experiment.privacy)
+            assert policy is not None
+            report[PRIVACY_SECTION] = PrivateRound.from_json(plan.privacy).report(policy)
         return report
 
     def _aggregator(self, claim: RoundClaim) -> Aggregator:
@@ -688,6 +793,13 @@ class RoundEngine:
     def _inputs(self, plan: RoundPlan) -> list[UpdateInput]:
         wanted = set(plan.update_ids)
         bases = SharedBases(self.weights.open_weights)
+        if plan.privacy is not None:  # every update weighs the same, its change scaled by its factor
+            factors = plan.privacy["factors"]
+            return [
+                replace(self._input(u, bases, factors[u.update_id]), num_examples=1)
+                for u in plan.claim.updates
+                if u.update_id in wanted
+            ]
         clip = plan.norms["clip"] if plan.norms is not None else {}
         inputs = [
             self._input(u, bases, clip.get(u.update_id)) for u in plan.claim.updates if u.update_id in wanted
@@ -841,6 +953,27 @@ class RoundEngine:
         for index in range(len(plan.shards)):
             self.weights.delete(plan.shard_key(index))
         self.weights.delete(plan.manifest_key)
+
+
+def check_privacy(aggregator: Aggregator, update_norm: Any, spec: TensorSpec | None) -> None:
+    """ConfigurationError unless differential privacy can run with this algorithm, norm rule and spec:
+    an algorithm whose result is the equal-share mean of the updates, no ``update_norm`` (privacy clips
+    every update itself, and refusing by norm would make who counts depend on the data), and only
+    floating-point tensors (the clip bounds those; an integer tensor would pass unbounded)."""
+    if not aggregator.supports_privacy:
+        raise ConfigurationError(
+            f"aggregator {aggregator.name!r} is not usable with differential privacy: use a linear one "
+            "(fedavg, mean) or a server optimizer (fedavgm, fedadam, fedyogi, fedadagrad)"
+        )
+    if update_norm is not None:
+        raise ConfigurationError(
+            "update_norm does not combine with privacy: privacy clips every update itself; remove update_norm"
+        )
+    integers = [t.name for t in spec or () if t.numpy_dtype.kind != "f"]
+    if integers:
+        raise ConfigurationError(
+            f"privacy bounds floating-point tensors only, and the spec has others ({', '.join(integers[:5])})"
+        )
 
 
 def _with_base(

@@ -12,7 +12,8 @@ so the sharded aggregate is bit-identical to the unsharded one.
 
 ``RoundPlan`` is what travels between those workers: the claim (with its fencing token, so a
 plan from a round that was taken over can never commit), the updates that passed the checks,
-the tensor spec, the shards, the norm screening (each update's norm and clip factor), what the
+the tensor spec, the shards, the norm screening (each update's norm and clip factor), differential
+privacy's decision (each update's factor, the noise's scale; never its key), what the
 algorithm's prepare pass found, the scalars of the state the round leaves, and the uploads of its
 outputs (the aggregate, the state). It converts to and from plain JSON.
 """
@@ -187,6 +188,8 @@ class RoundPlan:
     state_scalars: Mapping[str, float] | None = None  # the state the round leaves; None: it keeps none
     upload_ids: tuple[str | None, ...] = ()  # when sharded, each output's multipart upload (None: none)
     norms: Mapping[str, Any] | None = None  # the norm screening (``fma_core.norms.Screening``), plain JSON
+    # differential privacy's decision (``fma_core.privacy.PrivateRound``): clip factors, noise, ledger
+    privacy: Mapping[str, Any] | None = None
 
     @property
     def experiment_id(self) -> str:

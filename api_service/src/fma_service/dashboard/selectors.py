@@ -16,7 +16,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count, Max, Q, QuerySet, Sum
 from django.utils import timezone
 
-from fma_django import selectors, services
+from fma_django import privacy, selectors, services
 from fma_django.models import (
     ClientAggregateScore,
     Event,
@@ -234,6 +234,8 @@ def experiment_settings(experiment: Experiment) -> list[tuple[str, str]]:
             _compact(experiment.asynchronous) if experiment.asynchronous else "no: synchronous rounds",
         ),
         ("Update norm bound", _compact(experiment.update_norm) if experiment.update_norm else "none"),
+        ("Differential privacy", _compact(experiment.privacy) if experiment.privacy else "none"),
+        *_privacy_budget(experiment),
         ("Updates sent as", experiment.update_kind),
         (
             "Stale updates",
@@ -255,6 +257,18 @@ def experiment_settings(experiment: Experiment) -> list[tuple[str, str]]:
         ),
         ("Created", experiment.created_on.strftime("%Y-%m-%d %H:%M:%S UTC")),
     ]
+
+
+def _privacy_budget(experiment: Experiment) -> list[tuple[str, str]]:
+    """The ledger's row: ε spent of the budget, and whether it stopped the rounds."""
+    spent = privacy.ledger(experiment)
+    if spent is None:
+        return []
+    text = (
+        f"ε {spent['epsilon']:.4g} of {spent['budget_epsilon']:g} at δ {spent['delta']:g}, "
+        f"{spent['charged_rounds']} round{'s' if spent['charged_rounds'] != 1 else ''} charged"
+    )
+    return [("Privacy budget", text + (": spent, no more rounds" if spent["budget_spent"] else ""))]
 
 
 def experiment_summaries(user: AbstractBaseUser) -> list[ExperimentSummary]:

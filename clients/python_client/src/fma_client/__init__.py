@@ -26,6 +26,7 @@ from fma_client.errors import (
     WaitTimeout,
 )
 from fma_client.loop import LoopResult, Trained, train_loop
+from fma_client.privacy import LocalPrivacy
 from fma_client.results import (
     Aggregate,
     AggregateDetail,
@@ -58,6 +59,7 @@ __all__ = [
     "Experiment",
     "FmaClientError",
     "IssuedEnrollmentToken",
+    "LocalPrivacy",
     "LockedOut",
     "LoopResult",
     "MetricSummary",

@@ -27,6 +27,7 @@ from fma_client.errors import (
     ValidationError,
     WaitTimeout,
 )
+from fma_client.privacy import LocalPrivacy
 from fma_client.results import Aggregate, Artifact, Score, Update
 from fma_client.secure import SecurePush, secure_push
 from fma_client.transport import Retry, Transport
@@ -75,8 +76,10 @@ class Client:
         quiet: bool = False,
         threads: int = THREADS,
         selection_wait: float | None = 3600.0,
+        local_privacy: LocalPrivacy | None = None,
     ) -> None:
         self.experiment = int(experiment)
+        self.local_privacy = local_privacy
         self.token = token
         self.threads = threads
         self.selection_wait = selection_wait
@@ -91,7 +94,7 @@ class Client:
         self._last_aggregate: int | None = None
         self._names: list[str] | None = None
         self._update_kind: str | None = None  # the experiment's, learnt with the model
-        self._base: Weights | None = None  # the last pulled model, kept when updates are deltas
+        self._base: Weights | None = None  # the last pulled model, kept for deltas and local privacy
         self._secure = False  # learnt from the server: the experiment aggregates securely
 
     @classmethod
@@ -108,7 +111,11 @@ class Client:
         The returned client's ``token`` is its credential: it is shown only this once, so save it
         (e.g. in a secrets store) and pass it to ``Client(...)`` next time.
         """
-        own = {name: options.pop(name) for name in ("threads", "selection_wait") if name in options}
+        own = {
+            name: options.pop(name)
+            for name in ("threads", "selection_wait", "local_privacy")
+            if name in options
+        }
         transport = Transport(url, **options)
         try:
             body = {"enrollment_token": enrollment_token} if enrollment_token else {}
@@ -218,7 +225,7 @@ class Client:
         self._last_aggregate = aggregate
         self._names = list(weights)
         self._update_kind = update_kind or "weights"
-        self._base = weights if self._update_kind == "delta" else None
+        self._base = weights if self._update_kind == "delta" or self.local_privacy is not None else None
         return Model(weights, aggregate)
 
     def push(
@@ -261,6 +268,14 @@ class Client:
         if self._secure:
             return self._secure_push(update, num_examples)
         body = SafetensorsBody(update)
+        if self.local_privacy is not None:
+            declared = self.local_privacy.declared()
+            taken = sorted(set(metrics or {}) & set(declared))
+            if taken:
+                raise FmaClientError(
+                    f"metrics {', '.join(taken)} are declared by local_privacy: rename yours"
+                )
+            metrics = {**(metrics or {}), **declared}
         try:
             return self._upload(
                 WeightsSource(body), num_examples, metrics, base_aggregate, idempotency_key, check_timeout
@@ -289,22 +304,34 @@ class Client:
 
     def _as_update(self, weights: Weights, base_aggregate: int | None) -> Weights:
         """What the experiment takes: the weights, or (``update_kind`` delta) their change from
-        the model they were trained from, which must be the one last pulled."""
-        if self._update_kind != "delta":  # the server refuses weights where it expects deltas
-            return weights
+        the model they were trained from, which must be the one last pulled; with ``local_privacy``,
+        the change clipped (and noised) first."""
+        if self._update_kind != "delta" and self.local_privacy is None:
+            return weights  # the server refuses weights where it expects deltas
         if self._base is None or base_aggregate not in (None, self._last_aggregate):  # pulled: kept
+            what = "takes deltas (trained weights minus the model trained from)"
+            if self._update_kind != "delta":
+                what = "is pushed to with local_privacy, which clips the change from the model trained from"
             raise FmaClientError(
-                f"experiment {self.experiment} takes deltas (trained weights minus the model trained "
-                "from): pull() that model, train from it, then push without another base_aggregate"
+                f"experiment {self.experiment} {what}: pull() that model, train from it, then push "
+                "without another base_aggregate"
             )
         mine = {name: np.shape(value) for name, value in weights.items()}
         pulled = {name: value.shape for name, value in self._base.items()}
         if list(mine.items()) != list(pulled.items()):
             raise ValidationError(f"the update's tensors {mine} are not the pulled model's {pulled}")
-        return {
+        change = {
             name: np.subtract(value, self._base[name], dtype=self._base[name].dtype)
             for name, value in weights.items()
         }
+        if self.local_privacy is not None:
+            change = self.local_privacy.protect(change)
+            if self._update_kind != "delta":
+                return {
+                    name: np.add(self._base[name], value, dtype=self._base[name].dtype)
+                    for name, value in change.items()
+                }
+        return change
 
     def push_file(
         self,
@@ -318,8 +345,13 @@ class Client:
     ) -> Update:
         """Submit an update saved as a safetensors file, streamed from disk in parts (as ``push``).
 
-        The file is sent as it is: for an experiment that takes deltas, it must hold the delta.
+        The file is sent as it is: for an experiment that takes deltas, it must hold the delta; with
+        ``local_privacy`` it is refused (protect the change in memory and ``push`` it).
         """
+        if self.local_privacy is not None:
+            raise FmaClientError(
+                "push_file sends a file as it is, unprotected: with local_privacy, use push()"
+            )
         return self._upload(
             FileSource(path), num_examples, metrics, base_aggregate, idempotency_key, check_timeout
         )

@@ -105,6 +105,8 @@ class Experiment(Result):
     max_update_bytes = Field[int | None]()
     update_kind = Field[str]()
     update_norm = Field[dict[str, Any] | None]()
+    privacy = Field[dict[str, Any] | None]()
+    privacy_spent = Field[dict[str, Any] | None]()
     client_sampling = Field[dict[str, Any] | None]()
     finish_when = Field[dict[str, Any] | None]()
     state = Field[str]()

@@ -21,6 +21,7 @@ from django.utils.safestring import SafeString
 from fma_core.asynchronous import AsyncMode
 from fma_core.errors import ConfigurationError
 from fma_core.norms import NormPolicy
+from fma_core.privacy import PrivacyPolicy
 from fma_core.sampling import sampling_from_config
 from fma_core.secagg.config import SecureAggregation
 from fma_django import json_schemas, lifecycle, services
@@ -83,6 +84,10 @@ class ExperimentForm(forms.ModelForm):
         except ConfigurationError as error:
             self.add_error("update_norm", str(error))
         try:
+            PrivacyPolicy.from_config(cleaned.get("privacy"))
+        except ConfigurationError as error:
+            self.add_error("privacy", str(error))
+        try:
             sampling = sampling_from_config(cleaned.get("client_sampling"))
         except ConfigurationError as error:
             self.add_error("client_sampling", str(error))
@@ -139,6 +144,7 @@ class ExperimentAdmin(admin.ModelAdmin):
         "created_on",
         "last_modified",
     ]
+    exclude = ["privacy_secret"]  # the key of the privacy noise: never shown
     inlines = [EnrollmentInline]
     actions = ["pause_aggregation", "resume_aggregation", "stop"]
 

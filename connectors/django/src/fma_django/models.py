@@ -93,6 +93,15 @@ class Experiment(models.Model):
         help_text="a bound on each update's change from its base: {'mode': 'refuse' or 'clip', 'bound': 5.0} "
         "or 'adaptive': {'multiplier': 3, 'window': 5} instead of 'bound' (fma_core.norms)",
     )
+    privacy = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="central differential privacy (fma_core.privacy): {'clip': {'bound': 1.0} or {'adaptive': "
+        "{'initial': 0.1, 'target_quantile': 0.5, 'learning_rate': 0.2}}, 'noise_multiplier': 1.0, "
+        "'expected_clients': 20, 'epsilon': 8, 'delta': 1e-5}; fixed once a round has run",
+    )
+    # the key of the privacy noise (fma_core.privacy), made on first need: never shown, logged or exported
+    privacy_secret = models.BinaryField(null=True, blank=True, editable=False)
     client_sampling = models.JSONField(
         null=True,
         blank=True,

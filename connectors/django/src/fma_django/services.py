@@ -24,12 +24,14 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from fma_core.aggregators import create_aggregator
+from fma_core.aggregators import Aggregator, create_aggregator
 from fma_core.asynchronous import AsyncMode, check_aggregator, check_round_policy
 from fma_core.errors import ConfigurationError, InvalidWeights
 from fma_core.norms import NormPolicy
 from fma_core.policies import policy_from_config
-from fma_core.sampling import sampling_from_config
+from fma_core.privacy import PrivacyPolicy
+from fma_core.rounds import check_privacy
+from fma_core.sampling import ClientSampling, check_for_privacy, sampling_from_config
 from fma_core.secagg.config import SecureAggregation, conflicts
 from fma_core.weights import TensorSpec, Weights, from_legacy_json, to_bytes, validate
 from fma_django import credentials, json_schemas, lifecycle
@@ -79,6 +81,7 @@ CONFIG_FIELDS = (
     "max_update_bytes",
     "update_kind",
     "update_norm",
+    "privacy",
     "client_sampling",
     "finish_when",
     "asynchronous",
@@ -176,6 +179,7 @@ def _check_config(experiment: Experiment, *, has_model: bool) -> None:
             code="invalid_client_sampling",
         )
     _check_secure_aggregation(experiment, has_model=has_model)
+    _check_privacy(experiment, aggregator, sampling, has_model=has_model)
     if experiment.tensor_spec is not None:
         try:
             # stored as the spec reads it: numpy's dtype names (float32) become codes (F32)
@@ -245,7 +249,7 @@ def _check_secure_aggregation(experiment: Experiment, *, has_model: bool) -> Non
         update_norm=experiment.update_norm,
         legacy_mode=experiment.legacy_mode,
         asynchronous=experiment.asynchronous,
-        privacy=getattr(experiment, "privacy", None),
+        privacy=experiment.privacy,
     )
     if experiment.tensor_spec is None and not has_model:
         found.append(
@@ -258,6 +262,44 @@ def _check_secure_aggregation(experiment: Experiment, *, has_model: bool) -> Non
             code="invalid_secure_aggregation",
         )
     experiment.secure_aggregation = secure.to_config()
+
+
+def _check_privacy(
+    experiment: Experiment, aggregator: Aggregator, sampling: ClientSampling | None, *, has_model: bool
+) -> None:
+    """Refuse a ``privacy`` setting that is malformed or that the experiment's other settings break
+    (the compatibility table of docs/privacy.md): a robust or selecting aggregator, an ``update_norm``,
+    a non-uniform client sampling, integer tensors, no initial model, asynchronous rounds, secure
+    aggregation. A new mode that cannot combine with central DP adds its refusal here."""
+    try:
+        policy = PrivacyPolicy.from_config(experiment.privacy)
+    except ConfigurationError as error:
+        raise ValidationFailed(str(error), code="invalid_privacy") from None
+    if policy is None:
+        return
+    try:
+        check_privacy(aggregator, experiment.update_norm, experiment_spec(experiment))
+        check_for_privacy(sampling)
+    except (ConfigurationError, InvalidWeights) as error:
+        raise ValidationFailed(f"privacy: {error}", code="invalid_privacy") from None
+    if experiment.asynchronous is not None:
+        raise ValidationFailed(
+            "privacy: the accountant charges each client per synchronous round, and asynchronous rounds "
+            "take updates on stale bases with staleness discounts it does not model: remove asynchronous",
+            code="invalid_privacy",
+        )
+    if experiment.secure_aggregation is not None:
+        raise ValidationFailed(
+            "privacy: central DP clips each update on the server, and with secure_aggregation the server "
+            "never sees one: protect updates on the clients instead (fma_client.LocalPrivacy)",
+            code="invalid_privacy",
+        )
+    if not has_model:
+        raise ValidationFailed(
+            "privacy clips each update's change from the model it was trained from, and this experiment "
+            "has none: create it with an initial_model",
+            code="invalid_privacy",
+        )
 
 
 def _check_name_free(experiment: Experiment) -> None:
@@ -378,6 +420,11 @@ def experiment_update(
             "other kind; create a new experiment instead"
         )
     has_model = experiment.aggregates.exists() or initial_artifact(experiment.pk) is not None
+    if "privacy" in changes and changes["privacy"] != experiment.privacy and experiment.aggregates.exists():
+        raise Conflict(
+            "privacy cannot change once a round has run: the ledger's ε was spent under the settings the "
+            "rounds ran with; create a new experiment instead"
+        )
     if (
         "tensor_spec" in changes
         and changes["tensor_spec"] != experiment.tensor_spec

@@ -32,7 +32,7 @@ from fma_core.connectors import (
     UpdateRecord,
 )
 from fma_core.errors import LeaseLost
-from fma_django import lifecycle, sampling, selectors
+from fma_django import lifecycle, privacy, sampling, selectors
 from fma_django.models import (
     EventKind,
     Experiment,
@@ -57,6 +57,7 @@ def experiment_config(experiment: Experiment) -> ExperimentConfig:
         max_staleness=experiment.furthest_base_agg - 1 if experiment.furthest_base_agg else None,
         update_norm=experiment.update_norm,
         asynchronous=experiment.asynchronous,
+        privacy=experiment.privacy,
     )
 
 
@@ -141,6 +142,15 @@ class DjangoMetadataStore(MetadataStore):
             .order_by("-round_number")
             .values_list("report", flat=True)[:rounds]
         )
+
+    def privacy_secret(self, experiment_id: str) -> bytes:
+        return privacy.privacy_secret(int(experiment_id))
+
+    def contributions(self, experiment_id: str) -> Mapping[str, int]:
+        return privacy.contributions(int(experiment_id))
+
+    def budget_spent(self, experiment_id: str, detail: str) -> None:
+        privacy.budget_spent(int(experiment_id), detail)
 
     def round_started(self, claim: RoundClaim) -> None:
         event_record(

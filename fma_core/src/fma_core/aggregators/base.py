@@ -81,6 +81,8 @@ class RoundContext:
     parent: Callable[[], WeightsReader] | None = None  # the current global model, when there is one
     state: ServerState | None = None  # this algorithm's state from the previous round, if any
     prepared: Any = None  # what ``prepare`` returned for this round (plain JSON)
+    # differential privacy (``fma_core.privacy.RoundNoise``): the Gaussian noise added to the mean change
+    noise: Any = None
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,9 @@ class Aggregator(ABC):
     reads_changes: ClassVar[bool] = False  # Block.inputs gives each update's change, not its weights
     # per-coordinate server state: one tensor of each name per model tensor, kept from round to round
     state_tensors: ClassVar[tuple[str, ...]] = ()
+    # usable with differential privacy (``fma_core.privacy``): the result is the mean of the updates with
+    # equal shares, to which ``Block.add_noise`` adds the round's noise (linear rules, server optimizers)
+    supports_privacy: ClassVar[bool] = False
 
     def __init__(
         self, params: AggregatorParams | Mapping[str, Any] | None = None, *, threads: int | None = None
@@ -262,7 +267,9 @@ class Aggregator(ABC):
                         return
                     target, begin, end = task
                     try:
-                        self._combine(Block(target, begin, end, inputs, plan, scratch, parent, state))
+                        self._combine(
+                            Block(target, begin, end, inputs, plan, scratch, parent, state, context.noise)
+                        )
                     except BaseException:
                         failed.set()  # the others stop at their next block
                         raise
@@ -290,6 +297,8 @@ class Aggregator(ABC):
 class LinearAggregator(Aggregator):
     """Σ cᵢ·xᵢ with coefficients that sum to one (FedAvg and the plain mean)."""
 
+    supports_privacy = True
+
     def coefficients(self, updates: Sequence[UpdateInput]) -> np.ndarray:
         """One float64 coefficient per update, in the given order, summing to 1 (the hook of an algorithm
         whose coefficients depend on the updates alone; else ``round_coefficients``)."""
@@ -307,6 +316,11 @@ class LinearAggregator(Aggregator):
         coefficients = np.asarray(self.round_coefficients(updates, context), dtype=np.float64)
         if coefficients.shape != (len(updates),) or not np.isfinite(coefficients).all():
             raise FmaError(f"aggregator {self.name!r} gave invalid coefficients")
+        if context.noise is not None and not (coefficients == coefficients[0]).all():
+            raise FmaError(
+                f"aggregator {self.name!r} gave unequal coefficients under differential privacy, whose "
+                "sensitivity needs every update to weigh the same"
+            )
         return share_plan(coefficients)
 
     def _combine(self, block: Block) -> None:
@@ -317,6 +331,7 @@ class LinearAggregator(Aggregator):
             else block.scratch.get("acc", block.count, block.accumulator)
         )
         weighted_sum(block, block.plan, acc)
+        block.add_noise(acc)
         store(acc, out)
 
 
@@ -445,6 +460,7 @@ class Block:
         scratch: _Scratch,
         parent: _Opened | None,
         state: _Opened | None,
+        noise: Any = None,
     ) -> None:
         self.info = target.info
         self.start, self.stop = start, stop
@@ -454,6 +470,7 @@ class Block:
         self.plan = plan
         self.scratch = scratch
         self._inputs, self._parent, self._state = inputs, parent, state
+        self._noise = noise
 
     @property
     def count(self) -> int:
@@ -473,6 +490,12 @@ class Block:
         read = self.scratch.get("read", self.count, self.info.numpy_dtype)
         for opened in self._inputs if rows is None else (self._inputs[row] for row in rows):
             yield opened.read_block(self.info.name, self.start, self.stop, read)
+
+    def add_noise(self, values: np.ndarray) -> None:
+        """Add the round's differential-privacy noise for this block's elements to ``values`` (the mean
+        change, or a model that is the parent plus it), in place; nothing without privacy."""
+        if self._noise is not None:
+            self._noise.add(self.info.name, self.start, self.stop, values)
 
     def parent(self) -> np.ndarray:
         if self._parent is None:

@@ -55,6 +55,7 @@ class Krum(LinearAggregator):
 
     name = "krum"
     Params = KrumParams
+    supports_privacy = False  # its selection reads every update: one client changes who counts
 
     def min_updates(self) -> int:
         return max(2 * self.params.f + 3, self.params.m)

@@ -90,6 +90,7 @@ class ServerOptimizer(Aggregator):
 
     needs_parent = True
     reads_changes = True
+    supports_privacy = True
     state_tensors: ClassVar[tuple[str, ...]] = ()
 
     def shares(self, updates: Sequence[UpdateInput]) -> np.ndarray:
@@ -111,6 +112,7 @@ class ServerOptimizer(Aggregator):
         delta = block.scratch.get("delta", block.count, acc)
         work = block.scratch.get("work", block.count, acc)
         weighted_sum(block, block.plan, delta)
+        block.add_noise(delta)
         result = block.out if block.out.dtype == acc else block.scratch.get("result", block.count, acc)
         self.step(block, delta, work, result)
         store(result, block.out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import secrets
 import threading
 import time
 import uuid
@@ -44,15 +45,26 @@ class InMemoryMetadataStore(MetadataStore):
         self._claims: dict[str, RoundClaim] = {}
         self._failures: dict[str, list[str]] = {}
         self._initial: dict[str, str | None] = {}
+        self._secrets: dict[str, bytes] = {}
+        self._spent: dict[str, str] = {}  # experiment → why its privacy budget stopped it
         self._ids = itertools.count(1)
 
     # Setting up (what the API does in a real deployment).
 
     def create_experiment(
-        self, config: ExperimentConfig, *, clients: Iterable[str] = (), initial_weights_key: str | None = None
+        self,
+        config: ExperimentConfig,
+        *,
+        clients: Iterable[str] = (),
+        initial_weights_key: str | None = None,
+        privacy_secret: bytes | None = None,
     ) -> None:
-        """``initial_weights_key``: the initial model (round 0), if the experiment has one."""
+        """``initial_weights_key``: the initial model (round 0), if the experiment has one;
+        ``privacy_secret``: the key of its privacy noise (made on first need when None), for a simulation
+        that must draw the same noise twice."""
         with self._lock:
+            if privacy_secret is not None:
+                self._secrets[config.experiment_id] = privacy_secret
             self._experiments[config.experiment_id] = config
             self._initial[config.experiment_id] = initial_weights_key
             self._enrolled[config.experiment_id] = set(clients)
@@ -116,6 +128,11 @@ class InMemoryMetadataStore(MetadataStore):
             update = self._updates[update_id]
             return update.status, update.aggregate_id or update.reason
 
+    def budget_spent_detail(self, experiment_id: str) -> str | None:
+        """Why the experiment's privacy budget stopped its rounds; None while it runs."""
+        with self._lock:
+            return self._spent.get(experiment_id)
+
     def failures(self, experiment_id: str) -> list[str]:
         with self._lock:
             return list(self._failures.get(experiment_id, []))
@@ -141,13 +158,13 @@ class InMemoryMetadataStore(MetadataStore):
         with self._lock:
             waiting = {u.record.experiment_id for u in self._updates.values() if u.status == PENDING}
             live = {e for e, claim in self._claims.items() if claim.expires_at > now}
-            return sorted(waiting - live)
+            return sorted(waiting - live - set(self._spent))
 
     def claim_round(self, experiment_id: str, *, worker: str, lease_seconds: float) -> RoundClaim | None:
         with self._lock:
             now = self._clock()
             current = self._claims.get(experiment_id)
-            if current is not None and current.expires_at > now:
+            if (current is not None and current.expires_at > now) or experiment_id in self._spent:
                 return None
             pending = self._pending(experiment_id)
             if not pending:
@@ -173,6 +190,22 @@ class InMemoryMetadataStore(MetadataStore):
     def recent_reports(self, experiment_id: str, *, rounds: int) -> list[Mapping[str, Any]]:
         with self._lock:
             return [a.draft.report for a in reversed(self._aggregates[experiment_id][-rounds:])]
+
+    def privacy_secret(self, experiment_id: str) -> bytes:
+        with self._lock:
+            return self._secrets.setdefault(experiment_id, secrets.token_bytes(32))
+
+    def contributions(self, experiment_id: str) -> Mapping[str, int]:
+        with self._lock:
+            rounds: dict[str, set[str]] = {}
+            for update in self._updates.values():
+                if update.status == CONSUMED and update.record.experiment_id == experiment_id:
+                    rounds.setdefault(update.record.client_id, set()).add(update.aggregate_id or "")
+            return {client: len(aggregates) for client, aggregates in rounds.items()}
+
+    def budget_spent(self, experiment_id: str, detail: str) -> None:
+        with self._lock:
+            self._spent.setdefault(experiment_id, detail)
 
     def renew_lease(self, claim: RoundClaim, *, lease_seconds: float) -> RoundClaim:
         with self._lock:

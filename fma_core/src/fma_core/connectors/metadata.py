@@ -41,6 +41,7 @@ class ExperimentConfig:
     # buffered asynchronous rounds (``fma_core.asynchronous``): K updates a round, each discounted by its
     # staleness; None: synchronous rounds
     asynchronous: Mapping[str, Any] | None = None
+    privacy: Mapping[str, Any] | None = None  # a fma_core.privacy setting (no secret in it); None: no DP
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,20 @@ class MetadataStore(ABC):
     @abstractmethod
     def commit_round(self, claim: RoundClaim, draft: AggregateDraft) -> AggregateRecord:
         """Atomically record the aggregate and mark exactly ``draft.update_ids`` consumed."""
+
+    def privacy_secret(self, experiment_id: str) -> bytes:
+        """The experiment's secret its differential-privacy noise is keyed with (made on first need, kept
+        for good): never in the experiment's configuration, a plan, a report or a log."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no privacy secret")
+
+    def contributions(self, experiment_id: str) -> Mapping[str, int]:
+        """For each client, how many committed rounds its updates went into: what the privacy accountant
+        charges it for (``fma_core.privacy``), read from the lineage so restarts see it unchanged."""
+        raise NotImplementedError(f"{type(self).__name__} counts no contributions")
+
+    def budget_spent(self, experiment_id: str, detail: str) -> None:
+        """The experiment's privacy budget cannot pay for another round: stop its rounds for good."""
+        raise NotImplementedError(f"{type(self).__name__} cannot record a spent budget")
 
     def thread_finished(self) -> None:  # noqa: B027 - most stores hold nothing per thread
         """A helper thread that used the store (the lease heartbeat) ends: release what it holds, such

@@ -16,7 +16,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from fma_core.aggregators import available
-from fma_django import ingestion
+from fma_django import ingestion, privacy
 from fma_django.api.parsers import NestedTooDeeply, check_depth
 from fma_django.lifecycle import REQUESTABLE
 from fma_django.limits import (
@@ -103,6 +103,11 @@ class ExperimentSerializer(serializers.ModelSerializer):
         source="developer_id", required=False, help_text="defaults to you; only staff may name another user"
     )
     clients = serializers.SerializerMethodField()
+    privacy_spent = serializers.SerializerMethodField(
+        help_text="the privacy ledger: ε spent after the newest round, δ, the budget, the rounds the "
+        "most-charged client went into, the next round's clip bound, whether the budget stopped the rounds; "
+        "null without privacy"
+    )
     current_artifact = serializers.PrimaryKeyRelatedField(read_only=True, allow_null=True)
     initial_model = JSONField(
         write_only=True,
@@ -132,6 +137,8 @@ class ExperimentSerializer(serializers.ModelSerializer):
             "max_update_bytes",
             "update_kind",
             "update_norm",
+            "privacy",
+            "privacy_spent",
             "client_sampling",
             "finish_when",
             "state",
@@ -147,6 +154,22 @@ class ExperimentSerializer(serializers.ModelSerializer):
         ]
         # the state moves through ``state/`` (or the v1 allow_aggregation switch), never by writing it
         read_only_fields = ["id", "created_on", "last_modified", "state", "state_reason", "state_changed_at"]
+
+    @extend_schema_field(
+        {
+            "type": ["object", "null"],
+            "properties": {
+                "epsilon": {"type": "number"},
+                "delta": {"type": "number"},
+                "budget_epsilon": {"type": "number"},
+                "charged_rounds": {"type": "integer"},
+                "clip_bound": {"type": "number"},
+                "budget_spent": {"type": "boolean"},
+            },
+        }
+    )
+    def get_privacy_spent(self, experiment: Experiment) -> dict[str, Any] | None:
+        return privacy.ledger(experiment)
 
     def get_clients(self, experiment: Experiment) -> list[str]:
         return [
