@@ -397,7 +397,7 @@ def test_the_admin_lists_show_every_column_at_1440_px(
         "modelupdate",
         "modelaggregate",
         "modelartifact",
-        "clientaggregatescore",
+        "evaluation",
         "enrollment",
         "event",
     ):

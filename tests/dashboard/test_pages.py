@@ -10,7 +10,7 @@ from django.test import Client as Browser
 from pytest_django.asserts import assertInHTML
 
 from fma_django.models import (
-    ClientAggregateScore,
+    Evaluation,
     Event,
     EventKind,
     ModelAggregate,
@@ -248,9 +248,7 @@ def test_a_poll_sends_only_the_regions_that_changed_and_only_their_new_rows(
     assert '<tr data-key="1">' not in regions["plots"]["html"]
 
     # a late score of round 1 changes round 1's point of a new chart, and nothing else
-    ClientAggregateScore.objects.create(
-        aggregate=aggregate.parent, client=first, validation_results={"accuracy": 0.7}
-    )
+    Evaluation.objects.create(aggregate=aggregate.parent, client=first, validation_results={"accuracy": 0.7})
     regions = _poll(alice_browser, url, cursors)
     assert set(regions) == {"plots"}
     assert 'data-chart="evaluation-accuracy"' in regions["plots"]["html"]

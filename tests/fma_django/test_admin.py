@@ -29,7 +29,7 @@ MODELS = [
     "modelupdate",
     "modelaggregate",
     "modelartifact",
-    "clientaggregatescore",
+    "evaluation",
     "enrollment",
     "enrollmenttoken",
     "roundlease",
@@ -44,7 +44,7 @@ SERVICE_RECORDS = [
     "modelartifact",
     "roundlease",
     "uploadsession",
-    "clientaggregatescore",
+    "evaluation",
     "roundselection",
 ]
 

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from fma_django import selectors
 from fma_django.models import (
-    ClientAggregateScore,
+    Evaluation,
     Event,
     EventKind,
     Experiment,
@@ -246,7 +246,7 @@ class Marks:
     only for what came after them (ids and round numbers only grow)."""
 
     round: int
-    score: int
+    evaluation: int
     artifact: int
     problem: int
 
@@ -257,7 +257,7 @@ def experiment_marks(experiment: Experiment) -> Marks:
 
     return Marks(
         round=newest(experiment.aggregates.all(), "round_number"),
-        score=newest(ClientAggregateScore.objects.filter(aggregate__experiment=experiment)),
+        evaluation=newest(Evaluation.objects.filter(aggregate__experiment=experiment)),
         artifact=newest(ModelArtifact.objects.filter(experiment=experiment)),
         problem=newest(Event.objects.filter(experiment=experiment, kind__in=PROBLEM_KINDS)),
     )

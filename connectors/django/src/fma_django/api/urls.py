@@ -4,7 +4,7 @@ and developers' API tokens."""
 from django.urls import include, path
 from rest_framework.routers import DefaultRouter
 
-from fma_django.api import tokens, uploads, views
+from fma_django.api import evaluations, tokens, uploads, views
 
 app_name = "fma-api"
 
@@ -38,6 +38,11 @@ urlpatterns = [
         upload_session + "complete/",
         uploads.UploadViewSet.as_view({"post": "complete"}),
         name="upload-complete",
+    ),
+    path(
+        "v1/models/<int:experiment_pk>/evaluations/",
+        evaluations.EvaluationViewSet.as_view({"get": "list", "post": "create"}),
+        name="evaluations",
     ),
     path("v1/", include(router.urls)),
 ]
