@@ -1,6 +1,7 @@
 """fma-client: take part in a federated experiment, or run one, from Python or the ``fma`` command.
 
-Data holders use ``Client`` (pull, push, wait_for_new_model, report_scores, participation); developers use
+Data holders use ``Client`` (pull, push, wait_for_new_model, report_evaluation, report_scores,
+participation); developers use
 ``Developer``; scripts written for the original fma-connect use ``WebClient`` unchanged.
 """
 
@@ -30,6 +31,8 @@ from fma_client.results import (
     ApiToken,
     Artifact,
     EnrollmentToken,
+    Evaluation,
+    EvaluationSummary,
     Experiment,
     IssuedEnrollmentToken,
     MetricSummary,
@@ -52,6 +55,8 @@ __all__ = [
     "ConflictError",
     "Developer",
     "EnrollmentToken",
+    "Evaluation",
+    "EvaluationSummary",
     "Experiment",
     "FmaClientError",
     "IssuedEnrollmentToken",
