@@ -206,14 +206,14 @@ def input_rows(aggregate: dict[str, Any]) -> list[dict[str, Any]]:
 
 def show_aggregate(aggregate: dict[str, Any]) -> str:
     """An aggregate's fields, what its algorithm decided beyond the selection, the rest of the round's
-    report (the clients a sampled round selected, the norm bound), its inputs, then its evaluations
-    on held-out data combined."""
+    report (the clients a sampled round selected, the norm bound), its evaluations on held-out data
+    combined, then its inputs."""
     head = {k: v for k, v in aggregate.items() if k not in ("updates", "report", "evaluation")}
     report = aggregate.get("report") or {}
     decided = report.get("aggregator") or {}
     head |= {k: v for k, v in decided.items() if k not in ("selected", "scores")}
     head |= {section: v for section, v in report.items() if section != "aggregator"}  # sampling, norms
-    return f"{details(head)}\n\n{table(input_rows(aggregate), INPUT_COLUMNS)}\n\n{show_evaluation(aggregate)}"
+    return f"{details(head)}\n\n{show_evaluation(aggregate)}\n\n{table(input_rows(aggregate), INPUT_COLUMNS)}"
 
 
 def show_evaluation(aggregate: dict[str, Any]) -> str:
