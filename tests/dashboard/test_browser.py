@@ -27,7 +27,7 @@ from playwright.sync_api import (
 
 from fma_aggregator import runners
 from fma_client import Client
-from fma_django import services
+from fma_django import evaluations, services
 from fma_django.models import Experiment, ModelArtifact
 
 CHROMIUM = Path(os.environ.get("FMA_CHROMIUM", "/usr/bin/chromium"))
@@ -313,7 +313,7 @@ def _with_rounds(
                 metrics={"loss": 1 / round_number},
             )
         aggregate = run_round(experiment)
-        services.score_submit(
+        evaluations.score_submit(
             aggregate=aggregate, client=clients[0], validation_results={"accuracy": 0.5 + round_number / 20}
         )
     with pytest.raises(Exception, match="schema"):

@@ -88,7 +88,10 @@ def _plots(experiment: Experiment, cursor: str | None) -> dict[str, Any]:
     only = _changed_rounds(_marks(cursor, 2), Evaluation, "aggregate_id")
     metrics = fma_selectors.aggregate_metrics(experiment, only=only)
     rows = dashboard.round_rows(experiment, only=only, with_inputs=False)
-    return {"charts": charts.metric_charts(metrics) + charts.round_charts(rows), "partial": only is not None}
+    return {
+        "charts": charts.metric_charts(metrics, experiment.evaluation_goals) + charts.round_charts(rows),
+        "partial": only is not None,
+    }
 
 
 def _rounds(experiment: Experiment, cursor: str | None) -> dict[str, Any]:
