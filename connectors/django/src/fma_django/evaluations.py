@@ -40,7 +40,7 @@ RESERVED = "num_examples"  # a v1 score's weight, never a metric
 
 
 def config_check(config: Any) -> dict[str, Any] | None:
-    """The ``evaluation`` setting as stored, or a 400 ``invalid_evaluation`` naming what is wrong."""
+    """The ``evaluation`` setting if it is one, else a 400 ``invalid_evaluation`` naming what is wrong."""
     if config is None:
         return None
 
@@ -70,11 +70,7 @@ def config_check(config: Any) -> dict[str, Any] | None:
             )
     if "schema" in config and config["schema"] is not None:
         json_schemas.schema_check(field="evaluation.schema", schema=config["schema"])
-    return {"metrics": {name: {"goal": spec["goal"]} for name, spec in metrics.items()}, **_schema(config)}
-
-
-def _schema(config: dict[str, Any]) -> dict[str, Any]:
-    return {"schema": config["schema"]} if config.get("schema") is not None else {}
+    return config  # stored as given, so that `fma apply` finds it unchanged
 
 
 def _check_metrics(experiment: Experiment, metrics: Any, *, what: str) -> None:
