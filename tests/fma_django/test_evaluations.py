@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
 
 from fma_core.rounds import RoundEngine
 from fma_django import selectors
@@ -324,3 +325,50 @@ def test_reports_at_once_store_one_evaluation(require_postgresql, transactional_
     assert Evaluation.objects.count() == 1
     assert connection.vendor == "postgresql"
     assert json.loads(json.dumps(Evaluation.objects.get().metrics))["accuracy"] in {i / 10 for i in range(8)}
+
+
+MIGRATION = ("fma_django", "0015_evaluation")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_makes_each_score_a_client_evaluation_with_the_figures_it_was_combined_with():
+    executor = MigrationExecutor(connection)
+    before = [
+        node for node in executor.loader.get_migration(*MIGRATION).dependencies if node[0] == "fma_django"
+    ]
+    leaves = executor.loader.graph.leaf_nodes()
+    executor.migrate(before)
+    try:
+        old = executor.loader.project_state(before).apps
+        user = old.get_model("auth", "User").objects.create(username="alice")
+        experiment = old.get_model("fma_django", "Experiment").objects.create(developer=user, name="x")
+        aggregate = old.get_model("fma_django", "ModelAggregate").objects.create(
+            experiment=experiment, round_number=1, weights_key="k", content_id="c" * 64, size_bytes=1,
+            aggregator="fedavg", duration_seconds=0.0,
+        )  # fmt: skip
+        clients = old.get_model("fma_django", "Client")
+        score = old.get_model("fma_django", "ClientAggregateScore")
+        results = [
+            {"accuracy": 0.5, "num_examples": 7, "note": "text", "flag": True},
+            {"f1": [0.5, 0.7], "num_examples": 0},
+            [1, 2],
+        ]
+        for value in results:
+            score.objects.create(
+                aggregate=aggregate, client=clients.objects.create(), validation_results=value
+            )
+
+        executor = MigrationExecutor(connection)
+        executor.migrate([MIGRATION])
+
+        new = executor.loader.project_state([MIGRATION]).apps.get_model("fma_django", "Evaluation")
+        assert list(
+            new.objects.order_by("pk").values_list("source", "metrics", "num_examples", "validation_results")
+        ) == [
+            ("client", {"accuracy": 0.5}, 7, results[0]),
+            ("client", {}, 1, results[1]),
+            ("client", {}, 1, results[2]),
+        ]
+    finally:
+        executor = MigrationExecutor(connection)
+        executor.migrate(leaves)
