@@ -267,6 +267,7 @@ class EvaluationSummary:
 
 
 def evaluation_summary(aggregate: ModelAggregate) -> EvaluationSummary:
+    """The aggregate detail's ``evaluation``: one query, over the aggregate's evaluations."""
     rows = list(aggregate.evaluations.values_list("source", "metrics", "num_examples"))
     sources: dict[str, int] = {}
     for source, _, _ in rows:
@@ -295,7 +296,8 @@ class EvaluationValue:
         return self.summary.weighted_mean
 
     def reaches(self, target: float) -> bool:
-        """Whether the value is at the target or beyond it in the metric's goal (``min``: at or below)."""
+        """Whether the value is at the target or beyond it in the metric's goal (``min``: at or below;
+        a metric the experiment no longer declares is taken as ``max``)."""
         return self.value <= target if self.goal == "min" else self.value >= target
 
 
