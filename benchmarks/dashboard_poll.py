@@ -38,8 +38,8 @@ from django.test import Client as Browser  # noqa: E402
 
 from fma_django.models import (  # noqa: E402
     Client,
-    ClientAggregateScore,
     Enrollment,
+    Evaluation,
     Event,
     EventKind,
     Experiment,
@@ -84,10 +84,8 @@ def record_round(
         )
         for i, client in enumerate(clients)
     )
-    ClientAggregateScore.objects.bulk_create(
-        ClientAggregateScore(
-            aggregate=aggregate, client=client, validation_results={"accuracy": 0.9, "num_examples": 50}
-        )
+    Evaluation.objects.bulk_create(
+        Evaluation(aggregate=aggregate, client=client, metrics={"accuracy": 0.9}, num_examples=50)
         for client in clients
     )
     Event.objects.create(

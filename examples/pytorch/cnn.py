@@ -1,6 +1,6 @@
 """A small CNN in PyTorch for the digits, with the interface the quickstart runs (see ``softmax.py``).
 
-``initial_weights``, ``train`` and ``accuracy`` take and give weights as a name → numpy array
+``initial_weights``, ``train``, ``accuracy`` and ``loss`` take and give weights as a name → numpy array
 mapping: what ``fma_client.Client.pull()`` returns and ``push()`` takes (a ``state_dict`` works
 for ``push()`` too). Two conv layers and one linear layer, about 6,000 parameters, on the CPU.
 """
@@ -77,3 +77,11 @@ def accuracy(weights: Weights, x: np.ndarray, y: np.ndarray) -> float:
     model = load(weights).eval()
     predictions = model(torch.from_numpy(as_images(x))).argmax(dim=1).numpy()
     return float((predictions == np.asarray(y)).mean())
+
+
+@torch.no_grad()
+def loss(weights: Weights, x: np.ndarray, y: np.ndarray) -> float:
+    """Mean cross-entropy of the model on (x, y): the quickstart reports it with the accuracy."""
+    model = load(weights).eval()
+    labels = torch.from_numpy(np.asarray(y, dtype=np.int64))
+    return float(nn.functional.cross_entropy(model(torch.from_numpy(as_images(x))), labels))

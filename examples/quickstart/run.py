@@ -23,9 +23,11 @@ What it does, all on this machine with nothing else installed or running:
 3. issues one enrollment token per client and starts each client as its own process
    (``client.py``): it enrolls, then pulls, trains on its own non-IID slice of the data and
    pushes, round after round;
-4. follows the rounds through the API, downloads each new aggregate and measures it on the
-   held-out test set (one line per round), trains the same model centrally on the pooled data
-   for comparison, prints the table and writes ``accuracy.png`` and ``rounds.csv`` in ``--out``.
+4. follows the rounds through the API, downloads each new aggregate, measures it on the held-out
+   test set (accuracy and loss, one line per round) and reports that to the service as the
+   developer's evaluation of the aggregate (``Developer.report_evaluation``: the dashboard charts
+   it), trains the same model centrally on the pooled data for comparison, prints the table and
+   writes ``accuracy.png`` and ``rounds.csv`` in ``--out``.
 """
 
 from __future__ import annotations
@@ -74,7 +76,12 @@ class Row:
     round: int
     participants: int
     accuracy: float
+    loss: float
     seconds: float
+
+
+# The held-out metrics the experiment declares; the orchestrator reports them for each aggregate.
+EVALUATION = {"metrics": {"accuracy": {"goal": "max"}, "loss": {"goal": "min"}}}
 
 
 def parse(argv: list[str] | None, defaults: dict[str, Any] | None = None) -> argparse.Namespace:
@@ -260,7 +267,9 @@ def follow_rounds(
     started: float,
     stall_seconds: float,
 ) -> list[Row]:
-    """Poll the API for new aggregates; download and score each one, printing a line per round."""
+    """Poll the API for new aggregates; download each one, measure it on the held-out test set and
+    report that to the service as the developer's evaluation of the aggregate (the dashboard charts
+    it), printing a line per round."""
     rows: list[Row] = []
     seen: set[int] = set()
     last_time = started
@@ -273,16 +282,20 @@ def follow_rounds(
             path = developer.download(
                 experiment, scratch / f"{aggregate['id']}.safetensors", aggregate=aggregate["id"]
             )
-            accuracy = model.accuracy(read_file(path), x_test, y_test)
+            weights = read_file(path)
+            accuracy, loss = model.accuracy(weights, x_test, y_test), model.loss(weights, x_test, y_test)
+            developer.report_evaluation(
+                experiment, aggregate["id"], {"accuracy": accuracy, "loss": loss}, num_examples=len(y_test)
+            )
             now = time.monotonic()
             secure = (detail.get("report") or {}).get("secure_aggregation")  # no update is kept: count inputs
             participants = secure["stages"]["masked_input"] if secure else len(detail["updates"])
-            row = Row(aggregate["round_number"], participants, accuracy, now - last_time)
+            row = Row(aggregate["round_number"], participants, accuracy, loss, now - last_time)
             last_time = last_progress = now
             rows.append(row)
             print(
-                f"  round {row.round:3d}: {row.participants:2d} clients, test accuracy {row.accuracy:6.1%}"
-                f"  ({row.seconds:.1f} s)",
+                f"  round {row.round:3d}: {row.participants:2d} clients, test accuracy {row.accuracy:6.1%}, "
+                f"loss {row.loss:.3f}  ({row.seconds:.1f} s)",
                 flush=True,
             )
         if len(rows) >= rounds:
@@ -301,9 +314,11 @@ def write_results(out: Path, rows: list[Row], initial: float, central: float, ti
     out.mkdir(parents=True, exist_ok=True)
     with (out / "rounds.csv").open("w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow(["round", "participants", "test_accuracy", "seconds"])
-        writer.writerow([0, 0, f"{initial:.4f}", ""])
-        writer.writerows([r.round, r.participants, f"{r.accuracy:.4f}", f"{r.seconds:.2f}"] for r in rows)
+        writer.writerow(["round", "participants", "test_accuracy", "test_loss", "seconds"])
+        writer.writerow([0, 0, f"{initial:.4f}", "", ""])
+        writer.writerows(
+            [r.round, r.participants, f"{r.accuracy:.4f}", f"{r.loss:.4f}", f"{r.seconds:.2f}"] for r in rows
+        )
     import matplotlib
 
     matplotlib.use("Agg")  # no screen needed
@@ -495,6 +510,7 @@ def create_experiment(
         "aggregator_params": params,
         "round_policy": {"any_of": [{"policy": "all_clients"}, deadline]},
         "update_norm": args.update_norm,
+        "evaluation": EVALUATION,
         "finish_when": {"rounds": args.rounds},
         # weights of this model stay well inside ±8; 24 bits: steps of 1e-6; a stage waits --deadline at most
         **(

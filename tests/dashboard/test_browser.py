@@ -27,7 +27,7 @@ from playwright.sync_api import (
 
 from fma_aggregator import runners
 from fma_client import Client
-from fma_django import services
+from fma_django import evaluations, services
 from fma_django.models import Experiment, ModelArtifact
 
 CHROMIUM = Path(os.environ.get("FMA_CHROMIUM", "/usr/bin/chromium"))
@@ -152,6 +152,7 @@ def _experiment(developer: User, name: str) -> Experiment:
         initial_model=dict(INITIAL),
         open_enrollment=True,
         round_policy={"policy": "require_x_updates", "x": 2},
+        evaluation={"metrics": {"accuracy": {"goal": "max"}}},
     )
 
 
@@ -202,15 +203,14 @@ def test_a_developer_watches_her_rounds_on_the_plot_and_publishes_one(
     # (accuracy reported by each client on its own data, its examples) for rounds 1, 2 and 3
     scores = [((0.50, 100), (0.70, 300)), ((0.60, 100), (0.90, 300)), ((0.70, 100), (0.95, 300))]
     for round_number, round_scores in enumerate(scores, start=1):
-        aggregate = None
         for client, (accuracy, examples) in zip(clients, round_scores, strict=True):
             model = client.pull()
             trained = {name: array + accuracy for name, array in model.weights.items()}
             client.push(trained, num_examples=examples, metrics={"loss": 1 - accuracy})
         for client, (accuracy, examples) in zip(clients, round_scores, strict=True):
-            aggregate = client.wait_for_new_model(timeout=WAIT_MS / 1000, poll_interval=0.2).aggregate
-            client.report_scores(aggregate, {"accuracy": accuracy, "num_examples": examples})
-        # The round's point, once both clients' scores are in: their accuracies weighted 1:3.
+            client.wait_for_new_model(timeout=WAIT_MS / 1000, poll_interval=0.2)
+            client.report_evaluation({"accuracy": accuracy}, examples)  # on its own held-out data
+        # The round's point, once both clients' evaluations are in: their accuracies weighted 1:3.
         weighted = (round_scores[0][0] * 100 + round_scores[1][0] * 300) / 400
         page.wait_for_function(
             """([round, expected]) => {
@@ -313,7 +313,7 @@ def _with_rounds(
                 metrics={"loss": 1 / round_number},
             )
         aggregate = run_round(experiment)
-        services.score_submit(
+        evaluations.score_submit(
             aggregate=aggregate, client=clients[0], validation_results={"accuracy": 0.5 + round_number / 20}
         )
     with pytest.raises(Exception, match="schema"):
@@ -397,7 +397,7 @@ def test_the_admin_lists_show_every_column_at_1440_px(
         "modelupdate",
         "modelaggregate",
         "modelartifact",
-        "clientaggregatescore",
+        "evaluation",
         "enrollment",
         "event",
     ):

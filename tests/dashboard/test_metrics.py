@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from rest_framework.test import APIClient
 
-from fma_django import selectors, services
+from fma_django import evaluations, selectors, services
 from fma_django.selectors import metric_summarize, metrics_combine
 
 
@@ -51,7 +51,7 @@ def two_rounds(alice, make_experiment, enroll, submit, run_round):
         submit(experiment, client, value, num_examples=examples, metrics={"loss": loss})
     first = run_round(experiment)
     for client, accuracy, examples in zip(clients, (0.5, 0.7, 0.9), (100, 300, 600), strict=True):
-        services.score_submit(
+        evaluations.score_submit(
             aggregate=first,
             client=client,
             validation_results={"accuracy": accuracy, "num_examples": examples},

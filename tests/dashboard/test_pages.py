@@ -9,9 +9,9 @@ import pytest
 from django.test import Client as Browser
 from pytest_django.asserts import assertInHTML
 
-from fma_django import lifecycle
+from fma_django import evaluations, lifecycle
 from fma_django.models import (
-    ClientAggregateScore,
+    Evaluation,
     Event,
     EventKind,
     ModelAggregate,
@@ -250,9 +250,7 @@ def test_a_poll_sends_only_the_regions_that_changed_and_only_their_new_rows(
     assert '<tr data-key="1">' not in regions["plots"]["html"]
 
     # a late score of round 1 changes round 1's point of a new chart, and nothing else
-    ClientAggregateScore.objects.create(
-        aggregate=aggregate.parent, client=first, validation_results={"accuracy": 0.7}
-    )
+    Evaluation.objects.create(aggregate=aggregate.parent, client=first, metrics={"accuracy": 0.7})
     regions = _poll(alice_browser, url, cursors)
     assert set(regions) == {"plots"}
     assert 'data-chart="evaluation-accuracy"' in regions["plots"]["html"]
@@ -420,6 +418,66 @@ def test_a_robust_rounds_selection_and_each_updates_score_are_in_the_lineage(
     far_line = page[page.index(f"update {far.pk} from") :].split("</li>")[0]
     assert f"score {report['scores'][str(far.pk)]:.6g}" in far_line
     assert "not selected" in far_line
+
+
+def test_the_held_out_evaluation_is_charted_polled_exported_and_compared(
+    alice, make_experiment, enroll, submit, run_round, alice_browser
+):
+    declared = {"metrics": {"accuracy": {"goal": "max"}, "loss": {"goal": "min"}}}
+    experiment = make_experiment(alice, "evaluated", evaluation=declared)
+    client = enroll(experiment)
+    submit(experiment, client, 1.0, num_examples=3, metrics={"train_accuracy": 0.5})
+    aggregate = run_round(experiment)
+    page = alice_browser.get(f"/dashboard/experiments/{experiment.pk}/").content.decode()
+    # declared metrics have their charts before any evaluation, first, with their goal
+    order = [page.index(f'data-chart="{key}"') for key in ("evaluation-accuracy", "evaluation-loss")]
+    assert order[0] < order[1] < page.index('data-chart="training-train_accuracy"')
+    assert "accuracy — held-out evaluation of each aggregate (higher is better)" in page
+    assert "loss — held-out evaluation of each aggregate (lower is better)" in page
+
+    url = f"/dashboard/experiments/{experiment.pk}/live.json"
+    cursors: dict[str, str] = {}
+    _poll(alice_browser, url, cursors)
+    evaluations.evaluation_submit(
+        experiment=experiment,
+        aggregate_id=aggregate.pk,
+        metrics={"accuracy": 0.5},
+        num_examples=150,
+        client=client,
+    )
+    evaluations.evaluation_submit(
+        experiment=experiment,
+        aggregate_id=aggregate.pk,
+        metrics={"accuracy": 0.9, "loss": 0.3},
+        num_examples=450,
+        user=alice,
+    )
+    regions = _poll(alice_browser, url, cursors)
+    assert set(regions) == {"plots"}
+    assert regions["plots"]["rows"]
+    assert 'data-value="0.8"' in regions["plots"]["html"]  # (0.5·150 + 0.9·450) / 600
+
+    header, row = (
+        alice_browser.get(f"/dashboard/experiments/{experiment.pk}/rounds.csv").content.decode().splitlines()
+    )
+    assert (
+        header == "round,evaluation-accuracy,evaluation-loss,training-train_accuracy,participation,duration"
+    )
+    assert row == f"1,0.8,0.3,0.5,1,{aggregate.duration_seconds!r}"
+
+    other = make_experiment(alice, "baseline", evaluation=declared)
+    other_client = enroll(other)
+    submit(other, other_client, 1.0)
+    evaluations.evaluation_submit(
+        experiment=other,
+        aggregate_id=run_round(other).pk,
+        metrics={"accuracy": 0.6},
+        num_examples=450,
+        user=alice,
+    )
+    query = {"experiment": [experiment.pk, other.pk], "chart": "evaluation-accuracy"}
+    csv = alice_browser.get("/dashboard/compare/", {**query, "format": "csv"}).content.decode()
+    assert csv.splitlines()[1] == "1,0.8,0.6"
 
 
 def test_the_csv_export_has_every_chart_at_full_precision(

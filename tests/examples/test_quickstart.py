@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import json
 import os
 import queue
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -37,7 +41,9 @@ def run_quickstart(tmp_path, env, *options: str) -> tuple[str, list[dict[str, st
 
 
 def test_a_short_federated_run_learns(tmp_path):
-    stdout, rows = run_quickstart(tmp_path, script_env(), "--clients", "3", "--rounds", "4", "--epochs", "2")
+    stdout, rows = run_quickstart(
+        tmp_path, script_env(), "--clients", "3", "--rounds", "4", "--epochs", "2", "--keep-data"
+    )
     assert "/api/docs/" in stdout
     assert "/admin/" in stdout
     assert "failed" not in stdout
@@ -50,6 +56,23 @@ def test_a_short_federated_run_learns(tmp_path):
     assert accuracy[-1] > accuracy[1] or accuracy[1] > 0.9
     assert "centralized (pooled data, 8 epochs)" in stdout
     assert "elapsed:" in stdout
+    # each round's held-out accuracy and loss reached the service as the developer's evaluation
+    data_dir = Path(stdout.rsplit("data kept in ", 1)[1].split()[0])
+    try:
+        with contextlib.closing(sqlite3.connect(data_dir / "fma.sqlite3")) as database:
+            stored = database.execute(
+                "SELECT a.round_number, e.source, e.metrics, e.num_examples FROM fma_django_evaluation e "
+                "JOIN fma_django_modelaggregate a ON a.id = e.aggregate_id ORDER BY a.round_number"
+            ).fetchall()
+    finally:
+        shutil.rmtree(data_dir)
+    assert [(r, source, examples) for r, source, _, examples in stored] == [
+        (n, "developer", 450) for n in (1, 2, 3, 4)
+    ]
+    for (_, _, metrics, _), row in zip(stored, rounds, strict=True):
+        reported = json.loads(metrics)
+        assert f"{reported['accuracy']:.4f}" == row["test_accuracy"]
+        assert f"{reported['loss']:.4f}" == row["test_loss"]
 
 
 def test_the_data_split_is_non_iid_and_covers_the_training_set():

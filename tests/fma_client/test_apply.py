@@ -91,6 +91,7 @@ def test_settings_the_service_completes_apply_once(fma, tmp_path):
         initial_model="model.safetensors",
         client_sampling={"clients": 2},
         update_norm={"mode": "clip", "adaptive": {}},
+        evaluation={"metrics": {"accuracy": {"goal": "max"}}, "schema": None},
     )
     assert fma("apply", "-f", folder)[0] == 0
     seed = Experiment.objects.get(name="robust").client_sampling["seed"]
@@ -226,6 +227,9 @@ def test_the_schema_validates_the_examples_and_its_defaults_are_the_services():
         jsonschema.validate(yaml.safe_load(path.read_text()), schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"name": "x", "agregator": "median"}, schema)
+    for evaluation in ({"metrics": {"accuracy": "max"}}, {"metrics": {"num_examples": {"goal": "max"}}}):
+        with pytest.raises(jsonschema.ValidationError):  # as the service refuses it
+            jsonschema.validate({"name": "x", "evaluation": evaluation}, schema)
     for name, default in defaults().items():
         field = Experiment._meta.get_field(name)
         assert (field.get_default() if field.has_default() else None) == default, name

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fma_client import AuthenticationError, Client, NotFound, PermissionDenied, ValidationError, WaitTimeout
-from fma_django.models import ClientAggregateScore, ModelUpdate
+from fma_django.models import Evaluation, ModelUpdate
 
 from .conftest import INITIAL
 
@@ -40,7 +40,7 @@ def test_full_loop_enroll_pull_push_wait_report(server, experiment, enrollment_t
 
         score = alice.report_scores(new_aggregate, {"accuracy": 0.9})
         assert score["aggregate"] == new_aggregate
-        assert ClientAggregateScore.objects.get().validation_results == {"accuracy": 0.9}
+        assert Evaluation.objects.get().validation_results == {"accuracy": 0.9}
 
         # The next push starts from the aggregate just pulled.
         assert alice.push(trained(2.0), num_examples=2)["base_aggregate"] == aggregate_id

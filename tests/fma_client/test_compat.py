@@ -7,7 +7,7 @@ import pytest
 
 from fma_client import AuthenticationError, PermissionDenied, ValidationError, WebClient
 from fma_django import services
-from fma_django.models import ClientAggregateScore, ModelUpdate
+from fma_django.models import Evaluation, ModelUpdate
 
 LAYERS = [np.zeros((2, 2)).tolist(), [0.0, 0.0]]
 
@@ -41,7 +41,7 @@ def test_a_fma_connect_script_runs_unchanged_in_legacy_mode(server, legacy, run_
     assert latest == {"values": [[[2.0, 2.0], [2.0, 2.0]], [2.0, 2.0]], "aggregate": aggregate_id}
     score = first.send_val_results({"f1": [0.5, 0.7]}, aggregate_id)
     assert score["aggregate"] == aggregate_id
-    assert ClientAggregateScore.objects.get().validation_results == {"f1": [0.5, 0.7]}
+    assert Evaluation.objects.get().validation_results == {"f1": [0.5, 0.7]}
 
 
 def test_update_after_before_any_aggregate_was_seen_is_not_a_type_error(server, legacy, run_round):

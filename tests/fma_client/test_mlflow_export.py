@@ -155,6 +155,18 @@ def test_rounds_metrics_parameters_and_hashes_land_in_mlflow_once(
     (again,) = exported(export(server, dev_token, "--mlflow", mlflow_url, str(experiment.pk)))
     assert again["rounds"] == []
     assert history(mlflow_url, run_id, "training.loss") == [(1, 0.5), (2, 0.25)]
+    assert history(mlflow_url, run_id, "evaluation.accuracy") == [(1, 0.25), (2, 0.75)]  # nothing resent
+
+    # an evaluation of round 1 that came after round 2 was exported: its new combined figure is sent
+    with Client.enroll(server, experiment.pk, enrollment_token=enrollment_token, quiet=True) as late:
+        late.report_scores(first, {"accuracy": 0.75})
+    (later,) = exported(export(server, dev_token, "--mlflow", mlflow_url, str(experiment.pk)))
+    assert later["rounds"] == []
+    assert history(mlflow_url, run_id, "evaluation.accuracy") == [(1, 0.25), (2, 0.75), (1, 0.5)]
+    assert history(mlflow_url, run_id, "training.loss") == [(1, 0.5), (2, 0.25)]
+    (settled,) = exported(export(server, dev_token, "--mlflow", mlflow_url, str(experiment.pk)))
+    assert settled["rounds"] == []
+    assert len(history(mlflow_url, run_id, "evaluation.accuracy")) == 3
 
     follower = export(
         server,

@@ -19,6 +19,8 @@ from fma_client import (
     Client,
     Developer,
     EnrollmentToken,
+    Evaluation,
+    EvaluationSummary,
     Experiment,
     IssuedEnrollmentToken,
     MetricSummary,
@@ -42,6 +44,8 @@ TYPES = [
     ApiToken,
     MetricSummary,
     RoundMetrics,
+    Evaluation,
+    EvaluationSummary,
 ]
 WEIGHTS = {"dense": np.ones((4, 3), np.float32), "bias": np.ones(3, np.float32)}
 

@@ -29,7 +29,7 @@ MODELS = [
     "modelupdate",
     "modelaggregate",
     "modelartifact",
-    "clientaggregatescore",
+    "evaluation",
     "enrollment",
     "enrollmenttoken",
     "roundlease",
@@ -44,7 +44,7 @@ SERVICE_RECORDS = [
     "modelartifact",
     "roundlease",
     "uploadsession",
-    "clientaggregatescore",
+    "evaluation",
     "roundselection",
 ]
 
@@ -146,6 +146,15 @@ def test_the_experiment_form_refuses_a_bound_the_api_refuses(experiment):
     assert refused.errors["update_norm"] == ["update_norm.bound must be a finite number above 0, not -1"]
     accepted = form_class({"name": "m", "update_norm": '{"mode": "refuse", "bound": 3}'}, instance=experiment)
     assert accepted.is_valid(), accepted.errors
+
+
+def test_the_experiment_form_refuses_an_evaluation_setting_the_api_refuses(experiment):
+    form_class = modelform_factory(Experiment, form=ExperimentForm, fields=["name", "evaluation"])
+    refused = form_class({"name": "m", "evaluation": '{"metrics": {"accuracy": "max"}}'}, instance=experiment)
+    assert not refused.is_valid()
+    assert "metric 'accuracy' is {goal: max}" in refused.errors["evaluation"][0]
+    declared = '{"metrics": {"accuracy": {"goal": "max"}}}'
+    assert form_class({"name": "m", "evaluation": declared}, instance=experiment).is_valid()
 
 
 def test_the_experiment_form_checks_client_sampling_and_keeps_a_seed(admin_client, experiment):

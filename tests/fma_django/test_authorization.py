@@ -22,10 +22,10 @@ from fma_core.weights import to_bytes
 from fma_django import services
 from fma_django.models import (
     Client,
-    ClientAggregateScore,
     DeveloperToken,
     Enrollment,
     EnrollmentToken,
+    Evaluation,
     Experiment,
     ModelAggregate,
     ModelArtifact,
@@ -46,7 +46,7 @@ class World:
     update: ModelUpdate
     aggregate: ModelAggregate
     artifact: ModelArtifact
-    score: ClientAggregateScore
+    score: Evaluation
     upload: UploadSession
     callers: dict[str, APIClient]
     member_uuid: str
@@ -55,7 +55,7 @@ class World:
 
 @pytest.fixture
 def world(make_experiment, enroll, uploader, api_for, other_developer, safetensors) -> World:
-    experiment = make_experiment()
+    experiment = make_experiment(evaluation={"metrics": {"accuracy": {"goal": "max"}}})
     member = enroll(experiment)
     assert uploader(member, experiment.pk, safetensors(1.0)).status_code == 201
     RoundEngine(DjangoMetadataStore(), weight_store(), threads=1).run_round(str(experiment.pk))
@@ -87,7 +87,7 @@ def world(make_experiment, enroll, uploader, api_for, other_developer, safetenso
         update=ModelUpdate.objects.get(experiment=experiment),
         aggregate=aggregate,
         artifact=experiment.artifacts.get(),
-        score=ClientAggregateScore.objects.get(pk=score.json()["id"]),
+        score=Evaluation.objects.get(pk=score.json()["id"]),
         upload=UploadSession.objects.get(),
         callers={
             "owner": api_for(experiment.developer),
@@ -170,6 +170,10 @@ RULES = {
         CLIENT, {"size": 100, "sha256": "a" * 64}, "member", 201
     ),
     ("get", "/api/v1/models/{experiment_pk}/uploads/{upload_id}/"): Rule(CLIENT, None, "member", 200),
+    ("get", "/api/v1/models/{experiment_pk}/evaluations/"): Rule(MEMBER, None, "member", 200),
+    ("post", "/api/v1/models/{experiment_pk}/evaluations/"): Rule(
+        MEMBER, {"aggregate": "{a}", "metrics": {"accuracy": 0.5}, "num_examples": 3}, "owner", 201
+    ),
     ("delete", "/api/v1/models/{experiment_pk}/uploads/{upload_id}/"): Rule(CLIENT, None, "member", 200),
     ("put", "/api/v1/models/{experiment_pk}/uploads/{upload_id}/parts/{number}/"): Rule(
         CLIENT, b"", "member", 200
@@ -274,7 +278,7 @@ def snapshot(world: World) -> dict:
         "updates": list(ModelUpdate.objects.order_by("pk").values()),
         "aggregates": list(ModelAggregate.objects.order_by("pk").values()),
         "artifacts": list(ModelArtifact.objects.order_by("pk").values()),
-        "scores": list(ClientAggregateScore.objects.order_by("pk").values()),
+        "evaluations": list(Evaluation.objects.order_by("pk").values()),
         "uploads": list(UploadSession.objects.order_by("pk").values()),
     }
 

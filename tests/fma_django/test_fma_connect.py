@@ -8,7 +8,7 @@ from fma_connect import WebClient
 from fma_connect.exceptions import APIException
 
 from fma_core.rounds import RoundEngine
-from fma_django.models import ClientAggregateScore, ModelUpdate, UpdateStatus
+from fma_django.models import Evaluation, ModelUpdate, UpdateStatus
 from fma_django.storage import weight_store
 from fma_django.store import DjangoMetadataStore
 
@@ -50,7 +50,7 @@ def test_web_client_round_trip_in_legacy_mode(transactional_db, weights_dir, dev
     first.send_val_results({"f1": [0.5, 0.7]}, aggregate["id"])
 
     assert set(ModelUpdate.objects.values_list("status", flat=True)) == {UpdateStatus.CONSUMED}
-    assert ClientAggregateScore.objects.get().validation_results == {"f1": [0.5, 0.7]}
+    assert Evaluation.objects.get().validation_results == {"f1": [0.5, 0.7]}
     with pytest.raises(APIException) as refused:
         first.send_update([[[1.0]], [1.0]])  # wrong shape: a clear 400, not a 500
     assert "status_code=400" in str(refused.value)

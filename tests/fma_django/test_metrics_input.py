@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fma_core.rounds import RoundEngine
-from fma_django.models import ClientAggregateScore, Event, EventKind, ModelUpdate, UploadSession
+from fma_django.models import Evaluation, Event, EventKind, ModelUpdate, UploadSession
 from fma_django.storage import weight_store
 from fma_django.store import DjangoMetadataStore
 
@@ -138,7 +138,7 @@ def test_a_score_that_is_not_finite_is_refused(experiment, client_api, uploader,
     assert refused.status_code == 400, refused.content
     assert refused.json()["code"] == "invalid_metrics"
     assert "f1" in refused.json()["detail"]
-    assert ClientAggregateScore.objects.count() == 0
+    assert Evaluation.objects.count() == 0
     kept = client_api.post(
         url,
         {"aggregate": aggregate, "validation_results": {"f1": 0.5, "note": "text is kept"}},

@@ -13,7 +13,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from fma_core.rounds import RoundEngine
-from fma_django.models import ClientAggregateScore, Experiment, ModelUpdate
+from fma_django.models import Evaluation, Experiment, ModelUpdate
 from fma_django.storage import weight_store
 from fma_django.store import DjangoMetadataStore
 
@@ -215,7 +215,7 @@ def test_a_stored_remote_scores_ref_cannot_fetch_when_scoring(
     )
     assert scored.status_code == 400, scored.content
     assert "client_agg_results_schema" in scored.json()["detail"]
-    assert ClientAggregateScore.objects.count() == 0
+    assert Evaluation.objects.count() == 0
     assert_nothing_leaked(scored, listener)
 
 
@@ -445,7 +445,7 @@ def test_a_schema_that_doubles_its_work_at_each_level_is_stopped_at_a_bound(
     refused = client.post(url, {"aggregate": aggregate, "validation_results": deep}, format="json")
     assert refused.status_code == 400, refused.content
     assert refused.json()["code"] == "schema_too_costly"
-    assert ClientAggregateScore.objects.count() == 0
+    assert Evaluation.objects.count() == 0
     shallow = client.post(
         url, {"aggregate": aggregate, "validation_results": {"a": {"f1": 0.5}}}, format="json"
     )

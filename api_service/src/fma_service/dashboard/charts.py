@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from fma_django.selectors import AggregateMetrics
 from fma_service.dashboard.selectors import RoundRow
 
 SOURCES = (
-    ("evaluation", "clients' evaluation of each aggregate"),
+    ("evaluation", "held-out evaluation of each aggregate"),
     ("training", "reported with the updates of each round"),
 )
+DESCRIPTIONS = {
+    "evaluation": "the evaluations of each round's aggregate on held-out data (clients' and the developer's)",
+    "training": "what clients reported with the updates each round aggregated",
+}
+GOALS = {"max": "higher is better", "min": "lower is better"}
 
 
 @dataclass(frozen=True)
@@ -57,22 +62,27 @@ class Chart:
         return [(r, [v.get(r) for v in values]) for r in self.rounds]
 
 
-def metric_charts(metrics: Sequence[AggregateMetrics]) -> list[Chart]:
-    """One chart per reported metric: the clients' evaluations first, then what came with updates."""
+def metric_charts(metrics: Sequence[AggregateMetrics], goals: Mapping[str, str] | None = None) -> list[Chart]:
+    """One chart per metric: the evaluations on held-out data first (every metric the experiment
+    declares in its ``goals``, reported yet or not, with its goal), then what came with updates."""
+    goals = goals or {}
     result = []
     for source, caption in SOURCES:
-        names = sorted({name for item in metrics for name in getattr(item, source)})
-        for name in names:
+        names = {name for item in metrics for name in getattr(item, source)}
+        if source == "evaluation":
+            names |= set(goals)
+        for name in sorted(names):
             points = tuple(
                 (item.aggregate.round_number, getattr(item, source)[name].weighted_mean)
                 for item in metrics
                 if name in getattr(item, source)
             )
+            goal = GOALS.get(goals.get(name, "")) if source == "evaluation" else None
             result.append(
                 Chart(
                     key=f"{source}-{name}",
-                    title=f"{name} — {caption}",
-                    description=f"{name}, mean weighted by examples, per round",
+                    title=f"{name} — {caption}" + (f" ({goal})" if goal else ""),
+                    description=f"{name}: {DESCRIPTIONS[source]}, mean weighted by examples, per round",
                     y_label=name,
                     note="The y axis fits the values: it does not start at 0.",
                     series=(Series(name, points),),

@@ -2,7 +2,7 @@
 
 The page keeps a cursor per region (``data-cursor``) and sends them back when it polls. The
 summary's cursor is a digest of what it shows; a table's or the charts' cursor is the newest round,
-score, artifact or problem event it was rendered with (ids and round numbers only grow). A poll
+evaluation, artifact or problem event it was rendered with (ids and round numbers only grow). A poll
 renders only the regions whose cursor moved, and of a table or the charts only the rows that are
 new or changed since the cursor, which ``static/dashboard/live.js`` puts in place. A missing or
 malformed cursor gets the whole region, as the first page load does.
@@ -20,7 +20,7 @@ from django.http import HttpRequest
 from django.template.loader import render_to_string
 
 from fma_django import selectors as fma_selectors
-from fma_django.models import ClientAggregateScore, Experiment, ModelArtifact
+from fma_django.models import Evaluation, Experiment, ModelArtifact
 from fma_service.dashboard import charts
 from fma_service.dashboard import selectors as dashboard
 from fma_service.dashboard.selectors import ExperimentSummary, Marks
@@ -60,7 +60,7 @@ def cursors(summary: ExperimentSummary, marks: Marks) -> dict[str, str]:
     """Each region's cursor for the experiment as it is now."""
     return {
         "summary": _summary_cursor(summary),
-        "plots": f"{marks.round}.{marks.score}",
+        "plots": f"{marks.round}.{marks.evaluation}",
         "rounds": str(marks.round),
         "problems": str(marks.problem),
         "lineage": f"{marks.round}.{marks.artifact}",
@@ -76,7 +76,7 @@ def _marks(cursor: str | None, count: int) -> tuple[int, ...] | None:
 
 
 def _changed_rounds(previous: tuple[int, ...] | None, model: type, field: str) -> Q | None:
-    """Rounds after the cursor's, and rounds with a ``model`` row (a score, an artifact) after its id."""
+    """Rounds after the cursor's, and rounds with a ``model`` row (an evaluation, an artifact) after its id."""
     if previous is None:
         return None
     last_round, last_id = previous
@@ -85,10 +85,13 @@ def _changed_rounds(previous: tuple[int, ...] | None, model: type, field: str) -
 
 
 def _plots(experiment: Experiment, cursor: str | None) -> dict[str, Any]:
-    only = _changed_rounds(_marks(cursor, 2), ClientAggregateScore, "aggregate_id")
+    only = _changed_rounds(_marks(cursor, 2), Evaluation, "aggregate_id")
     metrics = fma_selectors.aggregate_metrics(experiment, only=only)
     rows = dashboard.round_rows(experiment, only=only, with_inputs=False)
-    return {"charts": charts.metric_charts(metrics) + charts.round_charts(rows), "partial": only is not None}
+    return {
+        "charts": charts.metric_charts(metrics, experiment.evaluation_goals) + charts.round_charts(rows),
+        "partial": only is not None,
+    }
 
 
 def _rounds(experiment: Experiment, cursor: str | None) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from fma_django import privacy, selectors, services
 from fma_django.models import (
-    ClientAggregateScore,
+    Evaluation,
     Event,
     EventKind,
     Experiment,
@@ -235,6 +235,16 @@ def experiment_settings(experiment: Experiment) -> list[tuple[str, str]]:
         ),
         ("Update norm bound", _compact(experiment.update_norm) if experiment.update_norm else "none"),
         ("Differential privacy", _compact(experiment.privacy) if experiment.privacy else "none"),
+        (
+            "Secure aggregation",
+            _compact(experiment.secure_aggregation) if experiment.secure_aggregation is not None else "no",
+        ),
+        (
+            "Evaluated on",
+            ", ".join(f"{name} ({goal['goal']})" for name, goal in experiment.evaluation["metrics"].items())
+            if experiment.evaluation
+            else "nothing declared",
+        ),
         *_privacy_budget(experiment),
         ("Updates sent as", experiment.update_kind),
         (
@@ -358,7 +368,7 @@ class Marks:
     only for what came after them (ids and round numbers only grow)."""
 
     round: int
-    score: int
+    evaluation: int
     artifact: int
     problem: int
 
@@ -369,7 +379,7 @@ def experiment_marks(experiment: Experiment) -> Marks:
 
     return Marks(
         round=newest(experiment.aggregates.all(), "round_number"),
-        score=newest(ClientAggregateScore.objects.filter(aggregate__experiment=experiment)),
+        evaluation=newest(Evaluation.objects.filter(aggregate__experiment=experiment)),
         artifact=newest(ModelArtifact.objects.filter(experiment=experiment)),
         problem=newest(Event.objects.filter(experiment=experiment, kind__in=PROBLEM_KINDS)),
     )

@@ -79,7 +79,8 @@ def experiment_live(request: HttpRequest, pk: int) -> JsonResponse:
 
 def _experiment_charts(experiment: Experiment) -> list[charts.Chart]:
     rows = dashboard.round_rows(experiment, with_inputs=False)
-    return charts.metric_charts(fma_selectors.aggregate_metrics(experiment)) + charts.round_charts(rows)
+    metrics = fma_selectors.aggregate_metrics(experiment)
+    return charts.metric_charts(metrics, experiment.evaluation_goals) + charts.round_charts(rows)
 
 
 def _csv(name: str, body: str) -> HttpResponse:

@@ -1,7 +1,7 @@
 """fma-client: take part in a federated experiment, or run one, from Python or the ``fma`` command.
 
-Data holders use ``Client`` (pull, push, wait_for_new_model, report_scores, participation) and, for
-asynchronous experiments, ``train_loop`` (pull, train, push, repeat); developers use
+Data holders use ``Client`` (pull, push, wait_for_new_model, report_evaluation, report_scores,
+participation) and, for asynchronous experiments, ``train_loop`` (pull, train, push, repeat); developers use
 ``Developer``; scripts written for the original fma-connect use ``WebClient`` unchanged.
 """
 
@@ -33,6 +33,8 @@ from fma_client.results import (
     ApiToken,
     Artifact,
     EnrollmentToken,
+    Evaluation,
+    EvaluationSummary,
     Experiment,
     IssuedEnrollmentToken,
     MetricSummary,
@@ -56,6 +58,8 @@ __all__ = [
     "ConflictError",
     "Developer",
     "EnrollmentToken",
+    "Evaluation",
+    "EvaluationSummary",
     "Experiment",
     "FmaClientError",
     "IssuedEnrollmentToken",

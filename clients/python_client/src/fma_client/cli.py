@@ -42,6 +42,17 @@ AGGREGATE_COLUMNS = [
 INPUT_COLUMNS = ["update", "weight", "score", "selected"]
 API_TOKEN_COLUMNS = ["id", "name", "created_at", "expires_at", "last_used_at", "current"]
 TOKEN_COLUMNS = ["id", "created_on", "created_by", "expires_at", "max_uses", "uses", "revoked_at", "active"]
+EVALUATION_COLUMNS = [
+    "id",
+    "round_number",
+    "aggregate",
+    "source",
+    "client",
+    "num_examples",
+    "metrics",
+    "created_on",
+]
+SUMMARY_COLUMNS = ["metric", "goal", "weighted_mean", "count", "examples", "mean", "min", "max"]
 METRIC_COLUMNS = ["round", "source", "metric", "count", "examples", "weighted_mean", "mean", "min", "max"]
 
 
@@ -217,8 +228,8 @@ def input_rows(aggregate: dict[str, Any]) -> list[dict[str, Any]]:
 def show_aggregate(aggregate: dict[str, Any]) -> str:
     """An aggregate's fields, what its algorithm decided beyond the selection, the rest of the round's
     report (the clients a sampled round selected, the norm bound, an asynchronous round's staleness mix),
-    then its inputs."""
-    head = {k: v for k, v in aggregate.items() if k not in ("updates", "report")}
+    its evaluations on held-out data combined, then its inputs."""
+    head = {k: v for k, v in aggregate.items() if k not in ("updates", "report", "evaluation")}
     report = aggregate.get("report") or {}
     decided = report.get("aggregator") or {}
     head |= {k: v for k, v in decided.items() if k not in ("selected", "scores")}
@@ -227,7 +238,29 @@ def show_aggregate(aggregate: dict[str, Any]) -> str:
     if "staleness" in report:  # the mix in the head, each update's τ and s(τ) in its row
         head["staleness"] = {k: v for k, v in report["staleness"].items() if k != "updates"}
         columns = [*INPUT_COLUMNS, "tau", "discount"]
-    return f"{details(head)}\n\n{table(input_rows(aggregate), columns)}"
+    return f"{details(head)}\n\n{show_evaluation(aggregate)}\n\n{table(input_rows(aggregate), columns)}"
+
+
+def show_evaluation(aggregate: dict[str, Any]) -> str:
+    """An aggregate's combined evaluation: a line saying what it is made of, and a row per metric."""
+    summary = aggregate.get("evaluation") or {}
+    if not summary.get("reports"):
+        return "Evaluation on held-out data: none reported yet."
+    sources = ", ".join(f"{n} by {source}" for source, n in sorted(summary["sources"].items()))
+    head = (
+        f"Evaluation on held-out data: {summary['reports']} report(s) ({sources}) on "
+        f"{summary['examples']:,} examples; weighted_mean is the combined figure"
+    )
+    goals = summary.get("goals") or {}
+    rows = [
+        {"metric": name, "goal": goals.get(name), **_significant(dict(s))}
+        for name, s in summary["metrics"].items()
+    ]
+    return f"{head}\n{table(rows, SUMMARY_COLUMNS)}"
+
+
+def _significant(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: f"{v:.6g}" if isinstance(v, float) else v for k, v in summary.items()}
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
@@ -243,7 +276,7 @@ def metric_rows(items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "round": item["round_number"],
             "source": source,
             "metric": name,
-            **{k: f"{v:.6g}" if isinstance(v, float) else v for k, v in summary.items()},
+            **_significant(summary),
         }
         for item in items
         for source in ("evaluation", "training")
@@ -256,6 +289,44 @@ def cmd_metrics(args: argparse.Namespace) -> None:
         items = dev.metrics(args.experiment)
     rows = metric_rows(items)
     emit(args, items, lambda: table(rows, METRIC_COLUMNS) if rows else "No client has reported metrics yet.")
+
+
+def metric_values(pairs: Sequence[str]) -> dict[str, float]:
+    """``--metric NAME=VALUE`` options as a mapping (a name given twice is a mistake, not an update)."""
+    metrics: dict[str, float] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--metric {pair!r}: write NAME=VALUE, e.g. --metric accuracy=0.91")
+        if name in metrics:
+            raise UsageError(f"--metric {name} is given twice")
+        try:
+            metrics[name] = float(value)
+        except ValueError:
+            raise UsageError(f"--metric {pair!r}: {value!r} is not a number") from None
+    return metrics
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    metrics = metric_values(args.metric)
+    with developer(args) as dev:
+        evaluation = dev.report_evaluation(args.experiment, args.aggregate, metrics, args.examples)
+        aggregate = dev.aggregate(args.aggregate)
+    emit(
+        args,
+        evaluation,
+        lambda: (
+            f"Evaluation {evaluation['id']} of aggregate {evaluation['aggregate']} "
+            f"(round {evaluation['round_number']}) recorded.\n\n{show_evaluation(aggregate)}"
+        ),
+    )
+
+
+def cmd_evaluations(args: argparse.Namespace) -> None:
+    with developer(args) as dev:
+        rows = dev.evaluations(args.experiment, aggregate=args.aggregate, source=args.source)
+    shown = [{**row, "metrics": ", ".join(f"{k}={v:.6g}" for k, v in row["metrics"].items())} for row in rows]
+    emit(args, rows, lambda: table(shown, EVALUATION_COLUMNS) if rows else "No evaluation reported yet.")
 
 
 def cmd_enroll_token(args: argparse.Namespace) -> None:
@@ -447,11 +518,34 @@ def parser() -> argparse.ArgumentParser:
     one_round = command(
         "aggregate",
         "Show one aggregate: its lineage, each update's share and, for a robust rule (krum, bulyan), its "
-        "score and whether it was selected; and the round's report (the clients a sampled round "
-        "selected and the seed they were drawn from, the norm bound).",
+        "score and whether it was selected; the round's report (the clients a sampled round "
+        "selected and the seed they were drawn from, the norm bound); and its evaluations on "
+        "held-out data combined.",
         cmd_aggregate,
     )
     one_round.add_argument("aggregate", type=int, help="aggregate id (from aggregates)")
+
+    evaluate = command(
+        "evaluate",
+        "Report your own evaluator's measure of an aggregate on held-out data: the experiment's declared "
+        "metrics (its evaluation setting) and the examples measured. It counts in the aggregate's "
+        "combined figure beside the clients' evaluations, weighted by examples.",
+        cmd_evaluate,
+    )
+    evaluate.add_argument("experiment", type=int, help="experiment id")
+    evaluate.add_argument("aggregate", type=int, help="the aggregate measured (from aggregates or watch)")
+    evaluate.add_argument(
+        "--metric", action="append", required=True, metavar="NAME=VALUE", help="e.g. accuracy=0.91; repeat"
+    )
+    evaluate.add_argument(
+        "--examples", type=int, required=True, metavar="N", help="held-out examples it was measured on"
+    )
+    evaluations = command(
+        "evaluations", "List the evaluations of an experiment's aggregates, newest first.", cmd_evaluations
+    )
+    evaluations.add_argument("experiment", type=int, help="experiment id")
+    evaluations.add_argument("--aggregate", type=int, metavar="ID", help="only this aggregate's")
+    evaluations.add_argument("--source", choices=["client", "developer"], help="only those from this source")
 
     metrics = command(
         "metrics",

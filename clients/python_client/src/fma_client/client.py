@@ -4,6 +4,8 @@
     weights, aggregate = client.pull()
     ...train...
     client.push(model.state_dict(), num_examples=len(dataset))
+    weights, _ = client.wait_for_new_model()  # the round's new global model: measure it on held-out data
+    client.report_evaluation({"accuracy": 0.91, "loss": 0.3}, num_examples=len(held_out))
 
 Weights are downloaded from the link the server gives for the aggregate, and uploaded in parts to
 the targets of an upload session (the API itself, or presigned storage URLs), so the script is
@@ -28,7 +30,7 @@ from fma_client.errors import (
     WaitTimeout,
 )
 from fma_client.privacy import LocalPrivacy
-from fma_client.results import Aggregate, Artifact, Score, Update
+from fma_client.results import Aggregate, Artifact, Evaluation, Score, Update, evaluation_body
 from fma_client.secure import SecurePush, secure_push
 from fma_client.transport import Retry, Transport
 from fma_client.uploads import CHECK_TIMEOUT, THREADS, FileSource, Source, Upload, WeightsSource
@@ -407,6 +409,32 @@ class Client:
                 )
             pause = poll_interval if deadline is None else min(poll_interval, deadline - time.monotonic())
             time.sleep(max(pause, 0.0))
+
+    def report_evaluation(
+        self, metrics: Mapping[str, float], num_examples: int, *, aggregate: int | None = None
+    ) -> Evaluation:
+        """Report this client's evaluation, on its own held-out data, of the model it last pulled (or
+        of ``aggregate``): the experiment's declared metrics (``evaluation`` setting), e.g.
+        ``{"accuracy": 0.91, "loss": 0.3}``, measured on ``num_examples`` examples, which weigh it
+        when the server combines the evaluations of an aggregate. The server keeps one per client
+        and aggregate: sending it again (a retry) returns the first; different results for an
+        aggregate already evaluated raise ``ConflictError``.
+        """
+        if aggregate is None:
+            aggregate = self._last_aggregate
+            if aggregate is None:
+                raise FmaClientError(
+                    "nothing to evaluate: pull() an aggregate first (the initial model is not an "
+                    "aggregate), or name one with aggregate="
+                )
+        return Evaluation(
+            self._transport.json(
+                "POST",
+                self._path("evaluations"),
+                json=evaluation_body(aggregate, metrics, num_examples),
+                idempotent=True,  # one evaluation per client and aggregate: a retry returns the first
+            )
+        )
 
     def report_scores(self, aggregate: int, results: Any) -> Score:
         """Send this client's evaluation of an aggregate (any JSON the experiment's schema allows)."""

@@ -2,7 +2,8 @@
 
 An experiment is defined by a mapping (or a YAML/JSON file) with the server's fields —
 ``name``, ``aggregator``, ``aggregator_params``, ``round_policy``, ``tensor_spec``,
-``update_schema``, ``client_agg_results_schema``, ``max_update_bytes``, ``update_kind``
+``update_schema``, ``client_agg_results_schema``, ``evaluation`` (the metrics measured on held-out
+data and their goals), ``max_update_bytes``, ``update_kind``
 (``weights`` or ``delta``), ``update_norm`` (``{mode: clip, bound: 5.0}``, see the server's
 ``fma_core.norms``), … — plus two conveniences: ``initial_model`` may be a path to a safetensors file, and ``enrollment`` is ``token`` (the
 default: clients need an enrollment token), ``open`` or ``legacy`` (fma-connect's CLIENT-UUID).
@@ -24,10 +25,12 @@ from fma_client.results import (
     ApiToken,
     Artifact,
     EnrollmentToken,
+    Evaluation,
     Experiment,
     IssuedEnrollmentToken,
     RoundMetrics,
     Update,
+    evaluation_body,
     many,
 )
 from fma_client.transport import Retry, Transport
@@ -270,18 +273,45 @@ class Developer:
         return many(Aggregate, self._transport.pages("api/v1/model_aggregates/", params))
 
     def aggregate(self, aggregate: int) -> AggregateDetail:
-        """One aggregate, with the updates that went into it."""
+        """One aggregate, with the updates that went into it and its evaluations combined (``evaluation``)."""
         return AggregateDetail(self._transport.json("GET", f"api/v1/model_aggregates/{int(aggregate)}/"))
 
     def metrics(self, experiment: int) -> list[RoundMetrics]:
         """Per aggregate, oldest first, the clients' reported metrics combined by the server.
 
         Each item has ``aggregate``, ``round_number``, ``training`` (the metrics pushed with the
-        round's updates) and ``evaluation`` (the clients' scores of the aggregate); each of those
+        round's updates) and ``evaluation`` (its evaluations on held-out data); each of those
         maps a metric name to ``count``, ``examples``, ``mean``, ``weighted_mean`` (by examples),
         ``min`` and ``max``.
         """
         return many(RoundMetrics, self._transport.json("GET", f"api/v1/models/{int(experiment)}/metrics/"))
+
+    def report_evaluation(
+        self, experiment: int, aggregate: int, metrics: Mapping[str, float], num_examples: int
+    ) -> Evaluation:
+        """Report your own evaluator's measure of an aggregate on held-out data (e.g. a central test
+        set): the experiment's declared metrics, measured on ``num_examples`` examples. It counts in
+        the aggregate's combined figure beside the clients' evaluations, weighted by its examples. One
+        per developer and aggregate: a retry returns the first, other results raise ``ConflictError``."""
+        path = f"api/v1/models/{int(experiment)}/evaluations/"
+        body = evaluation_body(aggregate, metrics, num_examples)
+        return Evaluation(self._transport.json("POST", path, json=body, idempotent=True))
+
+    def evaluations(
+        self,
+        experiment: int,
+        *,
+        aggregate: int | None = None,
+        source: str | None = None,
+        after: int | None = None,
+    ) -> list[Evaluation]:
+        """The evaluations of the experiment's aggregates, newest first (of one ``aggregate``, from one
+        ``source``: ``client`` or ``developer``, or only those reported ``after`` this evaluation id)."""
+        wanted = {"aggregate": aggregate, "source": source, "after": after}
+        params = {k: v for k, v in wanted.items() if v is not None}
+        return many(
+            Evaluation, self._transport.pages(f"api/v1/models/{int(experiment)}/evaluations/", params)
+        )
 
     def watch(
         self, experiment: int, *, poll_interval: float = 5.0, after: int | None = None

@@ -2,11 +2,14 @@
 
 One MLflow run per FMA experiment (found again by its ``fma.experiment`` and ``fma.service`` tags),
 with one step per round: the clients' metrics as the server combined them (the mean weighted by
-examples, ``training.<name>`` and ``evaluation.<name>``), and a ``fma.round.<n>`` tag naming the
-round's aggregate, its SHA-256, its algorithm and parameters and the version it was published as.
-The run's parameters are the strategy's when the run was made. The tag ``fma.last_round`` makes an
-export idempotent: exporting again sends only the rounds after it (and the newest round's
-evaluations again if clients scored it since), so a stopped ``--follow`` or a cron job loses nothing.
+examples: ``training.<name>``, what clients pushed with the round's updates, and
+``evaluation.<name>``, the aggregate's evaluations on held-out data by clients and the developer's
+evaluator), and a ``fma.round.<n>`` tag naming the round's aggregate, its SHA-256, its algorithm and
+parameters and the version it was published as. The run's parameters are the strategy's when the
+run was made. The tags ``fma.last_round`` and ``fma.last_evaluation`` make an export idempotent:
+exporting again sends only the rounds after the one, and the combined evaluation again of each round
+already sent that was evaluated after the other (evaluations come after their round, often after the
+next round has been exported), so a stopped ``--follow`` or a cron job loses nothing.
 
 MLflow is the ``mlflow`` extra (``pip install "fma-client[mlflow]"``, mlflow-skinny), imported only
 here and only when exporting, so that fma-client's own install stays small.
@@ -28,6 +31,7 @@ from fma_client.errors import FmaClientError
 EXTRA = 'pip install "fma-client[mlflow]"'
 SOURCES = ("training", "evaluation")
 LAST_ROUND = "fma.last_round"
+LAST_EVALUATION = "fma.last_evaluation"
 # MLflow's rule for metric and parameter names; anything else in a client's metric name becomes _.
 NOT_IN_A_KEY = re.compile(r"[^\w\-. /]")
 
@@ -41,11 +45,11 @@ def _mlflow() -> Any:
     return MlflowClient, Metric, Param, RunTag
 
 
-def round_metrics(item: Mapping[str, Any]) -> dict[str, float]:
+def round_metrics(item: Mapping[str, Any], *, sources: tuple[str, ...] = SOURCES) -> dict[str, float]:
     """One round's combined metrics as MLflow keys: ``<source>.<metric>`` → the weighted mean."""
     return {
         f"{source}.{NOT_IN_A_KEY.sub('_', name)}": float(summary["weighted_mean"])
-        for source in SOURCES
+        for source in sources
         for name, summary in item[source].items()
         if summary.get("weighted_mean") is not None
     }
@@ -102,19 +106,27 @@ class MlflowExport:
         return run.info.run_id
 
     def sync(self) -> list[int]:
-        """Send the rounds MLflow does not have yet; returns their round numbers."""
+        """Send the rounds MLflow does not have yet, and the evaluations of sent rounds reported since;
+        returns the new rounds' numbers."""
         run = self.client.get_run(self.run_id)
         last = int(run.data.tags.get(LAST_ROUND, 0))
+        seen = int(run.data.tags.get(LAST_EVALUATION, 0))
+        # before the metrics: every evaluation listed here is in them (a later one is listed next time)
+        late = self.dev.evaluations(self.experiment["id"], after=seen)
         items = self.dev.metrics(self.experiment["id"])
         fresh = [i for i in items if i["round_number"] > last]
         aggregates = {a["id"]: a for a in self.dev.aggregates(self.experiment["id"])} if fresh else {}
         versions = (
             {a["aggregate"]: a["version"] for a in self.dev.artifacts(self.experiment["id"])} if fresh else {}
         )
-        newest_sent = next((i for i in items if i["round_number"] == last), None)
-        if newest_sent is not None:
-            rescored = {k: v for k, v in round_metrics(newest_sent).items() if run.data.metrics.get(k) != v}
-            self._log(last, rescored, {})
+        marked = {LAST_EVALUATION: str(max(e["id"] for e in late))} if late else {}
+        reevaluated = {e["round_number"] for e in late if e["round_number"] <= last}
+        sent = [i for i in items if i["round_number"] in reevaluated]
+        for item in sent:
+            tags = marked if item is sent[-1] and not fresh else {}
+            self._log(item["round_number"], round_metrics(item, sources=("evaluation",)), tags)
+        if marked and not sent and not fresh:
+            self._log(last, {}, marked)
         for item in fresh:
             aggregate = aggregates[item["aggregate"]]
             record = {
@@ -126,7 +138,7 @@ class MlflowExport:
             }
             number = item["round_number"]
             tags = {f"fma.round.{number}": json.dumps(record), LAST_ROUND: str(number)}
-            self._log(number, round_metrics(item), tags)
+            self._log(number, round_metrics(item), tags | (marked if item is fresh[-1] else {}))
         return [i["round_number"] for i in fresh]
 
     def _log(self, step: int, metrics: Mapping[str, float], tags: Mapping[str, str]) -> None:

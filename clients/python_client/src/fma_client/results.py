@@ -114,6 +114,7 @@ class Experiment(Result):
     state_changed_at = Field[str | None]()
     asynchronous = Field[dict[str, Any] | None]()
     secure_aggregation = Field[dict[str, Any] | None]()
+    evaluation = Field[dict[str, Any] | None]()
     current_artifact = Field[int | None]()
     clients = Field[list[str]]()
     created_on = Field[str]()
@@ -164,11 +165,18 @@ class Aggregate(Result):
 
 
 class AggregateDetail(Aggregate):
-    """An aggregate with the updates that went into it (``Developer.aggregate``)."""
+    """An aggregate with the updates that went into it and its evaluations combined (``Developer.aggregate``)."""
 
     schema = "ModelAggregateDetail"
     updates = Field[list[dict[str, Any]]]()
     report = Field[dict[str, Any]]()  # what the round decided beyond its weights, by section
+    evaluation = Field["EvaluationSummary"]()
+
+    def __init__(self, fields: Mapping[str, Any]) -> None:
+        typed = dict(fields)
+        if isinstance(typed.get("evaluation"), Mapping):
+            typed["evaluation"] = EvaluationSummary(typed["evaluation"])
+        super().__init__(typed)
 
 
 class Artifact(Result):
@@ -195,6 +203,21 @@ class Score(Result):
     validation_results = Field[Any]()
     created_on = Field[str]()
     aggregate = Field[int]()
+
+
+class Evaluation(Result):
+    """An aggregate measured on held-out data, by a client or the developer (``report_evaluation``)."""
+
+    schema = "Evaluation"
+    id = Field[int]()
+    federated_model = Field[int]()
+    aggregate = Field[int]()
+    round_number = Field[int]()
+    source = Field[str]()  # "client" or "developer"
+    client = Field[str | None]()
+    metrics = Field[dict[str, float]]()
+    num_examples = Field[int]()
+    created_on = Field[str]()
 
 
 class EnrollmentToken(Result):
@@ -242,8 +265,26 @@ class MetricSummary(Result):
     max = Field[float]()
 
 
+class EvaluationSummary(Result):
+    """An aggregate's evaluations combined by the server: per metric, ``weighted_mean`` (by examples)
+    is the combined figure; ``reports``, ``examples`` and ``sources`` say what it is made of."""
+
+    schema = "EvaluationSummary"
+    reports = Field[int]()
+    examples = Field[int]()
+    sources = Field[dict[str, int]]()
+    metrics = Field[dict[str, MetricSummary]]()
+    goals = Field[dict[str, str]]()
+
+    def __init__(self, fields: Mapping[str, Any]) -> None:
+        typed = dict(fields)
+        if isinstance(typed.get("metrics"), Mapping):
+            typed["metrics"] = {name: MetricSummary(s) for name, s in typed["metrics"].items()}
+        super().__init__(typed)
+
+
 class RoundMetrics(Result):
-    """An aggregate's metrics: ``training`` (pushed with its updates), ``evaluation`` (its scores)."""
+    """An aggregate's metrics: ``training`` (pushed with its updates), ``evaluation`` (its evaluations)."""
 
     schema = "AggregateMetrics"
     aggregate = Field[int]()
@@ -266,6 +307,24 @@ R = TypeVar("R", bound=Result)
 def many(kind: type[R], items: Any) -> list[R]:
     """A list of the API's objects as results of one type."""
     return [kind(item) for item in items]
+
+
+def evaluation_body(aggregate: int, metrics: Mapping[str, Any], num_examples: int) -> dict[str, Any]:
+    """The body of ``POST models/{id}/evaluations/``; numpy numbers become JSON numbers, and a count
+    that is not a whole number is refused here rather than rounded."""
+    if isinstance(num_examples, bool) or not hasattr(num_examples, "__index__"):
+        raise TypeError(f"num_examples must be a whole number, not {num_examples!r}")
+    if not isinstance(metrics, Mapping):
+        raise TypeError(
+            f'metrics must be a mapping of names to numbers, e.g. {{"accuracy": 0.9}}, not {metrics!r}'
+        )
+    return {
+        "aggregate": int(aggregate),
+        "metrics": {
+            str(name): value.item() if hasattr(value, "item") else value for name, value in metrics.items()
+        },
+        "num_examples": int(num_examples),
+    }
 
 
 def plain(value: Any) -> Any:

@@ -1,6 +1,6 @@
 """The admin: every entity, with the state a developer looks for, and actions that call the services.
 
-Records that only the service makes (updates, upload sessions, aggregates, artifacts, scores, round
+Records that only the service makes (updates, upload sessions, aggregates, artifacts, evaluations, round
 leases, sampled rounds' draws) can be looked at, never added by hand: each comes with bytes in the weight store, hashes and
 checks that a form cannot give, so the admin offers no Add for them (``ServiceRecordAdmin``).
 Numbers are shown rounded, times with their zone (``fma_service.formats``), event details as text.
@@ -24,14 +24,14 @@ from fma_core.norms import NormPolicy
 from fma_core.privacy import PrivacyPolicy
 from fma_core.sampling import sampling_from_config
 from fma_core.secagg.config import SecureAggregation
-from fma_django import json_schemas, lifecycle, services
+from fma_django import evaluations, json_schemas, lifecycle, services
 from fma_django.errors import Conflict, DomainError, ValidationFailed
 from fma_django.models import (
     Client,
-    ClientAggregateScore,
     DeveloperToken,
     Enrollment,
     EnrollmentToken,
+    Evaluation,
     Event,
     Experiment,
     ExperimentState,
@@ -73,9 +73,9 @@ class EnrollmentInline(admin.TabularInline):
 
 
 class ExperimentForm(forms.ModelForm):
-    """The admin's experiment form refuses the schemas, norm bounds and client sampling the API refuses
-    (see ``fma_django.json_schemas``, ``fma_core.norms``, ``fma_core.sampling``), and keeps a sampling's
-    seed as the API does."""
+    """The admin's experiment form refuses the schemas, norm bounds, client sampling and evaluation
+    settings the API refuses (see ``fma_django.json_schemas``, ``fma_core.norms``, ``fma_core.sampling``,
+    ``fma_django.evaluations``), and keeps a sampling's seed as the API does."""
 
     def clean(self) -> dict:
         cleaned = super().clean()
@@ -109,6 +109,10 @@ class ExperimentForm(forms.ModelForm):
             self.add_error("secure_aggregation", str(error))
         else:
             cleaned["secure_aggregation"] = secure.to_config() if secure is not None else None
+        try:
+            cleaned["evaluation"] = evaluations.config_check(cleaned.get("evaluation"))
+        except ValidationFailed as error:
+            self.add_error("evaluation", error.detail)
         for field in json_schemas.SCHEMA_FIELDS:
             if cleaned.get(field) is not None:
                 try:
@@ -340,15 +344,25 @@ class ModelArtifactAdmin(ServiceRecordAdmin):
     readonly_fields = [f.name for f in ModelArtifact._meta.fields]
 
 
-@admin.register(ClientAggregateScore)
-class ClientAggregateScoreAdmin(ServiceRecordAdmin):
-    list_display = ["id", "aggregate", "client_short", "created_on"]
-    list_filter = ["aggregate__experiment"]
-    readonly_fields = [f.name for f in ClientAggregateScore._meta.fields]
+@admin.register(Evaluation)
+class EvaluationAdmin(ServiceRecordAdmin):
+    list_display = ["id", "aggregate", "source", "reporter", "metrics_shown", "num_examples", "created_on"]
+    list_filter = ["source", "aggregate__experiment"]
+    list_select_related = ["client", "user", "aggregate"]
+    readonly_fields = [f.name for f in Evaluation._meta.fields]
 
-    @admin.display(description="client", ordering="client__uuid")
-    def client_short(self, score: ClientAggregateScore) -> SafeString:
-        return _short_uuid(score.client.uuid)
+    @admin.display(description="by", ordering="client__uuid")
+    def reporter(self, evaluation: Evaluation) -> SafeString | str:
+        if evaluation.client_id is not None:
+            return _short_uuid(evaluation.client.uuid)
+        return str(evaluation.user or "—")
+
+    @admin.display(description="metrics")
+    def metrics_shown(self, evaluation: Evaluation) -> str:
+        return (
+            ", ".join(f"{name} {_rounded(value)}" for name, value in sorted(evaluation.metrics.items()))
+            or "—"
+        )
 
 
 @admin.register(Enrollment)

@@ -102,6 +102,13 @@ class Experiment(models.Model):
     )
     # the key of the privacy noise (fma_core.privacy), made on first need: never shown, logged or exported
     privacy_secret = models.BinaryField(null=True, blank=True, editable=False)
+    evaluation = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="the metrics measured on held-out data and reported against each aggregate, each with its "
+        'goal: {"metrics": {"accuracy": {"goal": "max"}, "loss": {"goal": "min"}}}, and optionally "schema", '
+        "a JSON Schema of the reported metrics (fma_django.evaluations)",
+    )
     client_sampling = models.JSONField(
         null=True,
         blank=True,
@@ -143,6 +150,12 @@ class Experiment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} (#{self.pk})"
+
+    @property
+    def evaluation_goals(self) -> dict[str, str]:
+        """Each declared evaluation metric's goal (``max`` or ``min``); empty when none is declared."""
+        metrics = (self.evaluation or {}).get("metrics") or {}
+        return {name: spec["goal"] for name, spec in metrics.items()}
 
 
 class Client(models.Model):
@@ -413,19 +426,65 @@ class UploadSession(models.Model):
         return [self.part_range(number)[1] for number in range(1, self.part_count + 1)]
 
 
-class ClientAggregateScore(models.Model):
-    """A client's evaluation of an aggregate; one per client per aggregate."""
+class EvaluationSource(models.TextChoices):
+    """Who measured an aggregate on held-out data: an enrolled client, or the experiment's developer."""
 
-    aggregate = models.ForeignKey(ModelAggregate, on_delete=models.CASCADE, related_name="client_scores")
-    client = models.ForeignKey(Client, on_delete=models.CASCADE, related_name="aggregate_scores")
-    validation_results = models.JSONField()
+    CLIENT = "client"
+    DEVELOPER = "developer"
+
+
+class Evaluation(models.Model):
+    """An aggregate measured on held-out data: named metrics over ``num_examples`` examples.
+
+    Reported by an enrolled client (on its own held-out data; the v1 API's ``client_aggregate_scores/``
+    calls it a score) or by the experiment's developer (an evaluator of her own), at most once per
+    client, or per developer, and aggregate. ``metrics`` holds only finite numbers, so evaluations
+    combine into one figure per aggregate and metric (``selectors.evaluation_summary``): their mean
+    weighted by examples. ``validation_results`` is what a v1 client sent, kept as sent (free-form).
+    """
+
+    aggregate = models.ForeignKey(ModelAggregate, on_delete=models.CASCADE, related_name="evaluations")
+    source = models.CharField(
+        max_length=16, choices=EvaluationSource.choices, default=EvaluationSource.CLIENT
+    )
+    client = models.ForeignKey(
+        Client, null=True, blank=True, on_delete=models.CASCADE, related_name="evaluations"
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="the developer (or staff) who reported a developer's evaluation",
+    )
+    metrics = models.JSONField(default=dict, blank=True, help_text="metric name → finite number")
+    num_examples = models.PositiveBigIntegerField(default=1, help_text="held-out examples it was measured on")
+    validation_results = models.JSONField(
+        null=True, blank=True, help_text="a v1 score's results as the client sent them (free-form)"
+    )
     created_on = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["-created_on", "-id"]
         constraints = [
-            models.UniqueConstraint(fields=["aggregate", "client"], name="fma_one_score_per_client")
+            models.UniqueConstraint(fields=["aggregate", "client"], name="fma_one_evaluation_per_client"),
+            models.UniqueConstraint(
+                fields=["aggregate", "user"],
+                condition=models.Q(source="developer"),
+                name="fma_one_evaluation_per_developer",
+            ),
+            models.CheckConstraint(
+                condition=(
+                    models.Q(source="client", client__isnull=False, user__isnull=True)
+                    | models.Q(source="developer", client__isnull=True)
+                ),
+                name="fma_evaluation_source",
+            ),
         ]
+
+    def __str__(self) -> str:
+        return f"evaluation {self.pk} of aggregate {self.aggregate_id} ({self.source})"
 
 
 class RoundSelection(models.Model):

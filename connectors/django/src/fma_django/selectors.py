@@ -20,7 +20,8 @@ from fma_core.shards import aggregate_key, shards_prefix
 from fma_core.state import state_key
 from fma_django.models import (
     Client,
-    ClientAggregateScore,
+    Evaluation,
+    EvaluationSource,
     Experiment,
     ModelAggregate,
     ModelArtifact,
@@ -92,11 +93,17 @@ def artifacts_visible(principal: Principal) -> QuerySet[ModelArtifact]:
     )
 
 
-def scores_visible(principal: Principal) -> QuerySet[ClientAggregateScore]:
-    scores = ClientAggregateScore.objects.filter(aggregate__experiment__in=experiments_visible(principal))
+def scores_visible(principal: Principal) -> QuerySet[Evaluation]:
+    """The v1 ``client_aggregate_scores/``: clients' evaluations (a client sees its own)."""
+    return evaluations_visible(principal).filter(source=EvaluationSource.CLIENT)
+
+
+def evaluations_visible(principal: Principal) -> QuerySet[Evaluation]:
+    """Evaluations of the aggregates the principal can see: all of them for a developer, a client's own."""
+    found = Evaluation.objects.filter(aggregate__experiment__in=experiments_visible(principal))
     if isinstance(principal, ClientPrincipal):
-        scores = scores.filter(client=principal.client)
-    return scores.select_related("client")
+        found = found.filter(client=principal.client)
+    return found.select_related("client", "aggregate")
 
 
 def latest_aggregate(experiment: Experiment) -> ModelAggregate | None:
@@ -187,18 +194,13 @@ def _numeric(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _examples(value: Any) -> int:
-    """A score's weight: its own ``num_examples`` when it reports a positive whole number, else 1."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else 1
-
-
 def metrics_combine(reports: list[tuple[Any, int]]) -> dict[str, MetricSummary]:
     """Per metric name, the summary of the numeric top-level values in ``(metrics, examples)`` reports.
 
     Reports that are not JSON objects, and values that are not finite numbers (strings, lists,
     booleans), are left out: a metric's count says how many clients it is computed over. An
-    update's metrics hold only finite numbers (``fma_django.metrics``); such values come from
-    scores, which are free-form, and from updates stored before that rule.
+    update's and an evaluation's metrics hold only finite numbers (``fma_django.metrics``); such
+    values come from updates stored before that rule.
     """
     by_name: dict[str, list[tuple[float, int]]] = {}
     for metrics, examples in reports:
@@ -212,7 +214,8 @@ def metrics_combine(reports: list[tuple[Any, int]]) -> dict[str, MetricSummary]:
 
 @dataclass(frozen=True)
 class AggregateMetrics:
-    """What clients reported for one aggregate: with the updates it was built from, and when scoring it."""
+    """What was reported for one aggregate: by clients with the updates it was built from, and by its
+    evaluations on held-out data (clients' and the developer's)."""
 
     aggregate: ModelAggregate
     training: dict[str, MetricSummary]
@@ -224,9 +227,8 @@ def aggregate_metrics(experiment: Experiment, *, only: Q | None = None) -> list[
     clients' metrics combined.
 
     ``training``: the ``metrics`` of the updates the round consumed, weighted by their
-    ``num_examples``. ``evaluation``: the clients' scores of the aggregate, weighted by the
-    ``num_examples`` a score reports (1 when it reports none). ``only`` lets a poll read just the
-    rounds that changed since it last asked.
+    ``num_examples``. ``evaluation``: its evaluations on held-out data (``evaluation_summary``).
+    ``only`` lets a poll read just the rounds that changed since it last asked.
     """
     aggregates = list(experiment.aggregates.filter(only or Q()).order_by("round_number"))
     training: dict[int, list[tuple[Any, int]]] = {a.pk: [] for a in aggregates}
@@ -235,11 +237,10 @@ def aggregate_metrics(experiment: Experiment, *, only: Q | None = None) -> list[
     ):
         training[aggregate_id].append((metrics, examples))
     evaluation: dict[int, list[tuple[Any, int]]] = {a.pk: [] for a in aggregates}
-    for aggregate_id, results in ClientAggregateScore.objects.filter(aggregate__in=aggregates).values_list(
-        "aggregate_id", "validation_results"
+    for aggregate_id, metrics, examples in Evaluation.objects.filter(aggregate__in=aggregates).values_list(
+        "aggregate_id", "metrics", "num_examples"
     ):
-        examples = _examples(results.get("num_examples")) if isinstance(results, dict) else 1
-        evaluation[aggregate_id].append((results, examples))
+        evaluation[aggregate_id].append((metrics, examples))
     return [
         AggregateMetrics(
             aggregate=a,
@@ -248,6 +249,76 @@ def aggregate_metrics(experiment: Experiment, *, only: Q | None = None) -> list[
         )
         for a in aggregates
     ]
+
+
+@dataclass(frozen=True)
+class EvaluationSummary:
+    """An aggregate's evaluations on held-out data combined: per metric, over the evaluations that
+    report it, the mean weighted by their examples (for a metric that is a mean over examples, such
+    as accuracy or a loss, that is its value over all their held-out examples together), with how
+    many reported (``reports``: in all, and by ``sources``: client, developer) and on how many examples."""
+
+    aggregate: ModelAggregate
+    reports: int
+    examples: int
+    sources: dict[str, int]
+    metrics: dict[str, MetricSummary]
+    goals: dict[str, str]
+
+
+def evaluation_summary(aggregate: ModelAggregate) -> EvaluationSummary:
+    """The aggregate detail's ``evaluation``: one query, over the aggregate's evaluations."""
+    rows = list(aggregate.evaluations.values_list("source", "metrics", "num_examples"))
+    sources: dict[str, int] = {}
+    for source, _, _ in rows:
+        sources[source] = sources.get(source, 0) + 1
+    return EvaluationSummary(
+        aggregate=aggregate,
+        reports=len(rows),
+        examples=sum(examples for _, _, examples in rows),
+        sources=sources,
+        metrics=metrics_combine([(metrics, examples) for _, metrics, examples in rows]),
+        goals=aggregate.experiment.evaluation_goals,
+    )
+
+
+@dataclass(frozen=True)
+class EvaluationValue:
+    """A metric's combined value for one aggregate (``evaluation_latest``) and its declared goal."""
+
+    metric: str
+    goal: str | None
+    aggregate: ModelAggregate
+    summary: MetricSummary
+
+    @property
+    def value(self) -> float:
+        return self.summary.weighted_mean
+
+    def reaches(self, target: float) -> bool:
+        """Whether the value is at the target or beyond it in the metric's goal (``min``: at or below;
+        a metric the experiment no longer declares is taken as ``max``)."""
+        return self.value <= target if self.goal == "min" else self.value >= target
+
+
+def evaluation_latest(experiment: Experiment, metric: str) -> EvaluationValue | None:
+    """The combined value of ``metric`` for the newest of the experiment's aggregates that has an
+    evaluation reporting it; None before any. Evaluations arrive after their round, so this may be
+    an older round than the newest aggregate (``aggregate`` says which)."""
+    reported = Evaluation.objects.filter(aggregate__experiment=experiment, metrics__has_key=metric).order_by(
+        "-aggregate__round_number"
+    )
+    newest = reported.values_list("aggregate_id", flat=True).first()
+    if newest is None:
+        return None
+    aggregate = ModelAggregate.objects.get(pk=newest)
+    values = reported.filter(aggregate=aggregate).values_list("metrics", "num_examples")
+    summary = metrics_combine([({metric: m[metric]}, examples) for m, examples in values]).get(metric)
+    if summary is None:  # stored before metrics held only finite numbers
+        return None
+    return EvaluationValue(
+        metric=metric, goal=experiment.evaluation_goals.get(metric), aggregate=aggregate, summary=summary
+    )
 
 
 # Weight-store keys the records reference (the sweep removes the rest: fma_core.orphans)

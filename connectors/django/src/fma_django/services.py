@@ -1,5 +1,6 @@
 """The rules of FMA as plain functions over the models: experiments, clients and enrollment,
-aggregates, artifacts and scores (an update's bytes are ``fma_django.ingestion``'s).
+aggregates and artifacts (evaluations are in ``fma_django.evaluations``, an update's bytes in
+``fma_django.ingestion``).
 
 Each function takes keyword-only arguments, checks what it needs, changes the database in one
 transaction and raises a ``fma_django.errors`` exception when the request cannot be honoured.
@@ -34,7 +35,7 @@ from fma_core.rounds import check_privacy
 from fma_core.sampling import ClientSampling, check_for_privacy, sampling_from_config
 from fma_core.secagg.config import SecureAggregation, conflicts
 from fma_core.weights import TensorSpec, Weights, from_legacy_json, to_bytes, validate
-from fma_django import credentials, json_schemas, lifecycle
+from fma_django import credentials, evaluations, json_schemas, lifecycle
 from fma_django.errors import (
     Conflict,
     DuplicateName,
@@ -44,10 +45,8 @@ from fma_django.errors import (
     WeightsInvalid,
 )
 from fma_django.limits import VERSION_PATTERN, VERSION_RULE
-from fma_django.metrics import results_check
 from fma_django.models import (
     Client,
-    ClientAggregateScore,
     Enrollment,
     EnrollmentToken,
     Event,
@@ -86,6 +85,7 @@ CONFIG_FIELDS = (
     "finish_when",
     "asynchronous",
     "secure_aggregation",
+    "evaluation",
 )
 
 
@@ -180,6 +180,7 @@ def _check_config(experiment: Experiment, *, has_model: bool) -> None:
         )
     _check_secure_aggregation(experiment, has_model=has_model)
     _check_privacy(experiment, aggregator, sampling, has_model=has_model)
+    experiment.evaluation = evaluations.config_check(experiment.evaluation)
     if experiment.tensor_spec is not None:
         try:
             # stored as the spec reads it: numpy's dtype names (float32) become codes (F32)
@@ -653,7 +654,7 @@ def check_enrolled(experiment: Experiment, client: Client) -> None:
         raise NotFound("no such experiment for this client")
 
 
-# Aggregates, artifacts, scores
+# Aggregates and artifacts
 
 
 def aggregate_publish(
@@ -695,41 +696,6 @@ def aggregate_set_validation_score(*, aggregate: ModelAggregate, score: float | 
     aggregate.validation_score = score
     aggregate.save(update_fields=["validation_score"])
     return aggregate
-
-
-def score_submit(
-    *, aggregate: ModelAggregate, client: Client, validation_results: Any
-) -> tuple[ClientAggregateScore, bool]:
-    """Record a client's evaluation of an aggregate of an experiment it is enrolled in.
-
-    Returns ``(score, created)``: one score per client and aggregate, so a retry of the same
-    results returns the first score, while different results for a scored aggregate are refused.
-    """
-    experiment = aggregate.experiment
-    check_enrolled(experiment, client)
-    results_check(validation_results)
-    if experiment.client_agg_results_schema is not None:
-        json_schemas.schema_validate(
-            field="client_agg_results_schema",
-            schema=experiment.client_agg_results_schema,
-            value=validation_results,
-            what="validation_results",
-        )
-    try:
-        with transaction.atomic():
-            score = ClientAggregateScore.objects.create(
-                aggregate=aggregate, client=client, validation_results=validation_results
-            )
-            lifecycle.finish_if_reached(experiment)  # a target on an evaluation metric
-            return score, True
-    except IntegrityError:
-        first = ClientAggregateScore.objects.get(aggregate=aggregate, client=client)
-        if first.validation_results == validation_results:
-            return first, False
-        raise ValidationFailed(
-            f"this client already scored aggregate {aggregate.pk} with other results; a score cannot change",
-            code="duplicate_score",
-        ) from None
 
 
 def update_weights_prune(*, now: datetime | None = None) -> int:

@@ -9,7 +9,7 @@ from django import forms
 from django.db.models import QuerySet
 
 from fma_django.limits import MAX_BIGINT, MAX_INT, whole_number_range
-from fma_django.models import ClientAggregateScore, Experiment, ModelAggregate, ModelUpdate
+from fma_django.models import Evaluation, EvaluationSource, Experiment, ModelAggregate, ModelUpdate
 
 
 class WholeNumberFilter(django_filters.NumberFilter):
@@ -64,5 +64,17 @@ class ClientAggregateScoreFilter(django_filters.FilterSet):
     client = django_filters.UUIDFilter(field_name="client__uuid")
 
     class Meta:
-        model = ClientAggregateScore
+        model = Evaluation
+        fields = []
+
+
+class EvaluationFilter(django_filters.FilterSet):
+    aggregate = WholeNumberFilter(field_name="aggregate_id")
+    source = django_filters.ChoiceFilter(choices=EvaluationSource.choices)
+    after = WholeNumberFilter(
+        field_name="id", lookup_expr="gt", min_value=0, label="only evaluations with a greater id"
+    )
+
+    class Meta:
+        model = Evaluation
         fields = []

@@ -16,7 +16,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from fma_core.aggregators import available
-from fma_django import ingestion, privacy
+from fma_django import ingestion, privacy, selectors
 from fma_django.api.parsers import NestedTooDeeply, check_depth
 from fma_django.lifecycle import REQUESTABLE
 from fma_django.limits import (
@@ -28,8 +28,8 @@ from fma_django.limits import (
     whole_number_range,
 )
 from fma_django.models import (
-    ClientAggregateScore,
     EnrollmentToken,
+    Evaluation,
     Experiment,
     ModelAggregate,
     ModelArtifact,
@@ -146,6 +146,7 @@ class ExperimentSerializer(serializers.ModelSerializer):
             "state_changed_at",
             "asynchronous",
             "secure_aggregation",
+            "evaluation",
             "current_artifact",
             "clients",
             "created_on",
@@ -439,22 +440,6 @@ class LegacyModelSerializer(serializers.Serializer):
     aggregate = serializers.IntegerField(allow_null=True, help_text="null when the values are the artifact's")
 
 
-class ModelAggregateDetailSerializer(ModelAggregateSerializer):
-    """One aggregate with the exact updates that went in and each one's share."""
-
-    updates = serializers.SerializerMethodField()
-
-    class Meta(ModelAggregateSerializer.Meta):
-        fields = [*ModelAggregateSerializer.Meta.fields, "updates", "report"]
-        read_only_fields = [*ModelAggregateSerializer.Meta.read_only_fields, "updates", "report"]
-
-    def get_updates(self, aggregate: ModelAggregate) -> list[dict[str, Any]]:
-        return [
-            {"id": pk, "weight": weight}
-            for pk, weight in aggregate.updates.order_by("id").values_list("id", "aggregate_weight")
-        ]
-
-
 class PublishSerializer(serializers.Serializer):
     version = serializers.CharField(max_length=255)
 
@@ -489,13 +474,23 @@ class ModelArtifactSerializer(serializers.ModelSerializer):
 
 
 class ClientAggregateScoreSerializer(serializers.ModelSerializer):
+    """A client's evaluation as the v1 ``client_aggregate_scores/`` shows it: ``validation_results`` as
+    the client sent them, or (an evaluation reported to ``evaluations/``) its metrics and examples."""
+
     client = serializers.UUIDField(source="client.uuid", read_only=True)
     aggregate = serializers.IntegerField(source="aggregate_id", read_only=True)
+    validation_results = serializers.SerializerMethodField()
 
     class Meta:
-        model = ClientAggregateScore
+        model = Evaluation
         fields = ["id", "client", "validation_results", "created_on", "aggregate"]
         read_only_fields = fields
+
+    @extend_schema_field(serializers.JSONField())
+    def get_validation_results(self, evaluation: Evaluation) -> Any:
+        if evaluation.validation_results is not None:
+            return evaluation.validation_results
+        return {**evaluation.metrics, "num_examples": evaluation.num_examples}
 
 
 class ClientAggregateScoreCreateSerializer(serializers.Serializer):
@@ -503,6 +498,43 @@ class ClientAggregateScoreCreateSerializer(serializers.Serializer):
     validation_results = JSONField()
     client = serializers.UUIDField(required=False, allow_null=True, help_text="must be the caller if given")
     federated_model = whole_number(required=False, help_text="ignored, as in the original")
+
+
+class EvaluationSerializer(serializers.ModelSerializer):
+    """An evaluation of an aggregate on held-out data (``models/{id}/evaluations/``)."""
+
+    federated_model = serializers.IntegerField(source="aggregate.experiment_id", read_only=True)
+    aggregate = serializers.IntegerField(source="aggregate_id", read_only=True)
+    round_number = serializers.IntegerField(source="aggregate.round_number", read_only=True)
+    client = serializers.UUIDField(
+        source="client.uuid", read_only=True, allow_null=True, help_text="null for the developer's"
+    )
+    metrics = serializers.DictField(child=serializers.FloatField(), read_only=True)
+
+    class Meta:
+        model = Evaluation
+        fields = [
+            "id",
+            "federated_model",
+            "aggregate",
+            "round_number",
+            "source",
+            "client",
+            "metrics",
+            "num_examples",
+            "created_on",
+        ]
+        read_only_fields = fields
+
+
+class EvaluationCreateSerializer(serializers.Serializer):
+    """Reporting an evaluation: the aggregate measured, the declared metrics, the examples measured on."""
+
+    aggregate = whole_number(help_text="one of this experiment's aggregates")
+    metrics = JSONField(
+        help_text='declared metric names to finite numbers, e.g. {"accuracy": 0.91, "loss": 0.3}'
+    )
+    num_examples = whole_number(help_text="the held-out examples the metrics were measured on: their weight")
 
 
 class MetricSummarySerializer(serializers.Serializer):
@@ -524,5 +556,49 @@ class AggregateMetricsSerializer(serializers.Serializer):
         child=MetricSummarySerializer(), help_text="metrics sent with the updates the round consumed"
     )
     evaluation = serializers.DictField(
-        child=MetricSummarySerializer(), help_text="the clients' scores of this aggregate"
+        child=MetricSummarySerializer(),
+        help_text="its evaluations on held-out data (clients' and the developer's)",
     )
+
+
+class EvaluationSummarySerializer(serializers.Serializer):
+    """An aggregate's evaluations combined (``fma_django.selectors.evaluation_summary``)."""
+
+    reports = serializers.IntegerField(help_text="evaluations of this aggregate")
+    examples = serializers.IntegerField(help_text="the held-out examples they measured, added up")
+    sources = serializers.DictField(
+        child=serializers.IntegerField(), help_text="evaluations by source: client, developer"
+    )
+    metrics = serializers.DictField(
+        child=MetricSummarySerializer(), help_text="per metric: weighted_mean is the combined figure"
+    )
+    goals = serializers.DictField(
+        child=serializers.ChoiceField(choices=["max", "min"]), help_text="each declared metric's goal"
+    )
+
+
+class ModelAggregateDetailSerializer(ModelAggregateSerializer):
+    """One aggregate with the exact updates that went in and each one's share, and its evaluations
+    on held-out data combined."""
+
+    updates = serializers.SerializerMethodField()
+    evaluation = serializers.SerializerMethodField()
+
+    class Meta(ModelAggregateSerializer.Meta):
+        fields = [*ModelAggregateSerializer.Meta.fields, "updates", "report", "evaluation"]
+        read_only_fields = [
+            *ModelAggregateSerializer.Meta.read_only_fields,
+            "updates",
+            "report",
+            "evaluation",
+        ]
+
+    @extend_schema_field(EvaluationSummarySerializer)
+    def get_evaluation(self, aggregate: ModelAggregate) -> dict[str, Any]:
+        return EvaluationSummarySerializer(selectors.evaluation_summary(aggregate)).data
+
+    def get_updates(self, aggregate: ModelAggregate) -> list[dict[str, Any]]:
+        return [
+            {"id": pk, "weight": weight}
+            for pk, weight in aggregate.updates.order_by("id").values_list("id", "aggregate_weight")
+        ]

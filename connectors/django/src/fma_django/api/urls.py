@@ -4,7 +4,7 @@ and developers' API tokens."""
 from django.urls import include, path
 from rest_framework.routers import DefaultRouter
 
-from fma_django.api import secure_rounds, tokens, uploads, views
+from fma_django.api import evaluations, secure_rounds, tokens, uploads, views
 
 app_name = "fma-api"
 
@@ -50,6 +50,11 @@ urlpatterns = [
         secure_round + "<int:round_id>/<str:stage>/",
         secure_rounds.SecureRoundViewSet.as_view({"post": "submit"}),
         name="secure-round-stage",
+    ),
+    path(
+        "v1/models/<int:experiment_pk>/evaluations/",
+        evaluations.EvaluationViewSet.as_view({"get": "list", "post": "create"}),
+        name="evaluations",
     ),
     path("v1/", include(router.urls)),
 ]

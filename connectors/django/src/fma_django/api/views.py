@@ -19,7 +19,7 @@ from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
 from fma_core.weights import load, to_legacy_json
-from fma_django import ingestion, lifecycle, sampling, selectors, services
+from fma_django import evaluations, ingestion, lifecycle, sampling, selectors, services
 from fma_django.api import serializers as s
 from fma_django.api.filters import (
     ClientAggregateScoreFilter,
@@ -551,7 +551,7 @@ class ClientAggregateScoreViewSet(mixins.ListModelMixin, mixins.RetrieveModelMix
         if data.get("client") not in (None, client.uuid):
             raise Forbidden("a client can only submit its own scores")
         aggregate = _visible(selectors.aggregates_visible(request.user), data["aggregate"], "aggregate")
-        score, created = services.score_submit(
+        score, created = evaluations.score_submit(
             aggregate=aggregate, client=client, validation_results=data["validation_results"]
         )
         return Response(
