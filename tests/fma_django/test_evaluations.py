@@ -327,7 +327,7 @@ def test_reports_at_once_store_one_evaluation(require_postgresql, transactional_
     assert json.loads(json.dumps(Evaluation.objects.get().metrics))["accuracy"] in {i / 10 for i in range(8)}
 
 
-MIGRATION = ("fma_django", "0015_evaluation")
+MIGRATION = ("fma_django", "0018_evaluation")
 
 
 @pytest.mark.django_db(transaction=True)
