@@ -1,4 +1,5 @@
-"""S3WeightStore against moto's S3 server: objects, multipart uploads, presigned URLs, encryption."""
+"""S3WeightStore on SeaweedFS's S3 gateway (moto's with ``-m moto_s3``): objects, multipart uploads,
+presigned URLs, encryption."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from fma_s3 import S3WeightStore
 from fma_s3.store import MIN_PART_SIZE
 
 from ..fma_core.multipart_contract import CONTRACT, KEY
-from .conftest import client
+from .conftest import ON_MOTO, client
 
 PART = MIN_PART_SIZE
 
@@ -182,8 +183,9 @@ def test_every_write_is_encrypted_with_s3_managed_keys_by_default(store, s3, buc
         assert s3.head_object(Bucket=bucket, Key=key)["ServerSideEncryption"] == "AES256"
 
 
-def test_writes_use_the_kms_key_when_one_is_given(make_store, moto_endpoint, s3, bucket):
-    key_id = client(moto_endpoint, "kms").create_key(Description="fma weights")["KeyMetadata"]["KeyId"]
+@ON_MOTO  # KMS keys: AWS's, served by moto
+def test_writes_use_the_kms_key_when_one_is_given(make_store, s3_endpoint, s3, bucket):
+    key_id = client(s3_endpoint, "kms").create_key(Description="fma weights")["KeyMetadata"]["KeyId"]
     store = make_store(encryption="aws:kms", kms_key_id=key_id)
     store.put("updates/1/small.safetensors", io.BytesIO(b"s" * 1000))
     store.put("updates/1/large.safetensors", io.BytesIO(os.urandom(PART + 1)))

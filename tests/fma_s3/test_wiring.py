@@ -14,7 +14,7 @@ from fma_core.errors import ConfigurationError
 from fma_s3 import S3WeightStore, options_from_env
 from fma_s3.store import DEFAULT_PART_SIZE
 
-from .conftest import REGION, client
+from .conftest import ON_MOTO, REGION, client
 
 
 def test_options_come_from_the_fma_s3_variables():
@@ -80,15 +80,16 @@ def run_in_service(env: dict[str, str], code: str) -> subprocess.CompletedProces
     )
 
 
-def test_fma_weight_store_s3_makes_the_service_write_to_s3(tmp_path, moto_endpoint, s3, bucket):
-    key_id = client(moto_endpoint, "kms").create_key()["KeyMetadata"]["KeyId"]
+@ON_MOTO  # KMS keys: AWS's, served by moto
+def test_fma_weight_store_s3_makes_the_service_write_to_s3(tmp_path, s3_endpoint, s3, bucket):
+    key_id = client(s3_endpoint, "kms").create_key()["KeyMetadata"]["KeyId"]
     env = service_environment(
         tmp_path,
         FMA_WEIGHT_STORE="s3",
         FMA_S3_BUCKET=bucket,
         FMA_S3_PREFIX="fma/",
         FMA_S3_REGION=REGION,
-        FMA_S3_ENDPOINT_URL=moto_endpoint,
+        FMA_S3_ENDPOINT_URL=s3_endpoint,
         FMA_S3_ADDRESSING_STYLE="path",
         FMA_S3_KMS_KEY_ID=key_id,
     )
