@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 import requests
+
 from .switch import Switch
 
 ADMIN = os.environ.get("FMA_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/fma").rsplit("/", 1)[0]

@@ -43,6 +43,16 @@ def test_options_come_from_the_fma_s3_variables():
     assert store.client.meta.endpoint_url == "http://127.0.0.1:9000"
 
 
+def test_fma_s3_encryption_chooses_the_encryption_or_none():
+    environ = {"FMA_S3_BUCKET": "weights", "FMA_S3_ENCRYPTION": "none"}
+    assert options_from_env(environ) == {"bucket": "weights", "encryption": "none"}
+    assert S3WeightStore.from_env(environ)._encryption == {}
+    with pytest.raises(ConfigurationError, match="needs encryption='aws:kms'"):
+        S3WeightStore.from_env({**environ, "FMA_S3_KMS_KEY_ID": "k-1"})
+    with pytest.raises(ConfigurationError, match="encryption must be one of"):
+        S3WeightStore.from_env({**environ, "FMA_S3_ENCRYPTION": "rot13"})
+
+
 def test_empty_variables_take_the_defaults():
     assert options_from_env(
         {"FMA_S3_BUCKET": "weights", "FMA_S3_KMS_KEY_ID": "", "FMA_S3_PART_SIZE": ""}

@@ -26,7 +26,7 @@ MIN_PART_SIZE = 5 * 1024**2
 MAX_PART_SIZE = 5 * 1024**3
 MAX_PARTS = 10_000
 DEFAULT_PART_SIZE = 16 * 1024**2
-ENCRYPTIONS = ("AES256", "aws:kms")
+ENCRYPTIONS = ("AES256", "aws:kms", "none")
 ADDRESSING_STYLES = ("auto", "path", "virtual")
 
 _SPOOL_IN_MEMORY = 8 * 1024**2
@@ -48,10 +48,13 @@ class S3WeightStore(WeightStore):
       checks the parts against S3's listing; the caller reads the joined object once to
       measure it. An upload id names its key (``<S3 upload id>~<tag>``): S3 refuses a part
       sent to another key's upload, but not every S3-compatible server does, so the store checks.
-    - Every write is encrypted at rest: ``encryption="AES256"`` (S3-managed keys, the default) or
-      ``"aws:kms"`` with ``kms_key_id`` (the bucket's default KMS key when None).
+    - Every write asks for encryption at rest: ``encryption="AES256"`` (S3-managed keys, the default)
+      or ``"aws:kms"`` with ``kms_key_id`` (the bucket's default KMS key when None). ``"none"``
+      asks for nothing, for an S3-compatible server without server-side encryption (or one that
+      encrypts its disks itself): SeaweedFS serves SSE-S3 only once given a key-encryption key,
+      and without one fails every encrypted write with a 500.
 
-    ``endpoint_url`` points at an S3-compatible server (MinIO, Ceph, moto...), most of which want
+    ``endpoint_url`` points at an S3-compatible server (SeaweedFS, MinIO, Ceph, moto...), most of which want
     ``addressing_style="path"``; ``client_config`` is merged into the botocore ``Config`` (timeouts,
     retries, checksum behaviour). Credentials and, when ``region`` is None, the region come from
     boto3's usual chain (environment, profile, instance or Lambda role).
@@ -94,7 +97,7 @@ class S3WeightStore(WeightStore):
         self.bucket = bucket
         self.prefix = _prefix(prefix)
         self.part_size = part_size
-        self._encryption = {"ServerSideEncryption": encryption}
+        self._encryption = {} if encryption == "none" else {"ServerSideEncryption": encryption}
         if kms_key_id:
             self._encryption["SSEKMSKeyId"] = kms_key_id
         config = Config(
