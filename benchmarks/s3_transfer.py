@@ -379,9 +379,9 @@ def started(command: list[str], env: dict[str, str], log: Path, *, ready_url: st
             if process.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"{' '.join(command[1:4])} did not start:\n{log.read_text()[-4000:]}")
             try:
-                requests.get(ready_url, timeout=1)
+                requests.get(ready_url, timeout=5)
                 break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or too busy to answer
                 time.sleep(0.1)
         yield
     finally:
