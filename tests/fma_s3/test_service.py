@@ -112,8 +112,8 @@ def test_a_1_gb_update_travels_in_presigned_parts_straight_to_s3(
     assert row.content_id == session.sha256  # measured by the store from S3's bytes, as declared
     assert stored(s3, bucket) == {f"fma/{row.weights_key}": row.size_bytes}
     assert pending_uploads(s3, bucket) == []
-    # moto answers a ranged GET by reading the whole object, so a round over 1 GB would take
-    # minutes here; test_rounds.py aggregates from S3. Spot-check the tensor's ends by range.
+    # test_rounds.py aggregates from S3; here the tensor's ends are read by range (on moto, which
+    # reads a whole object for every ranged GET, a round over 1 GB would take minutes).
     with weight_store().open_weights(row.weights_key) as reader:
         np.testing.assert_array_equal(reader.read_block("w", 0, 1000), weights["w"][:1000])
         np.testing.assert_array_equal(reader.read_block("w", elements - 1000, elements), weights["w"][-1000:])
