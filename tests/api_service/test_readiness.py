@@ -1,5 +1,5 @@
 """``/readyz`` of the real fma-server with each dependency taken down and brought back (issue 20, item 1):
-PostgreSQL, the S3 weight store (moto's server) and the Celery broker (Redis) each sit behind a
+PostgreSQL, the S3 weight store (SeaweedFS's S3 gateway, the session's) and the Celery broker (Redis) each sit behind a
 ``Switch``; unapplied migrations are made by forgetting one in the server's own database.
 ``/healthz`` answers all along: the process is up, whatever its dependencies do."""
 
@@ -10,17 +10,14 @@ import uuid
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
-import boto3
 import psycopg
 import pytest
 import requests
-from moto.server import ThreadedMotoServer
 
 from .switch import Switch
 
 ADMIN = os.environ.get("FMA_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/fma").rsplit("/", 1)[0]
 BUCKET = "fma-readiness"
-AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 def _reachable(host: str, port: int, name: str) -> None:
@@ -48,34 +45,23 @@ def database() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def switches(database) -> Iterator[dict[str, Switch]]:
+def switches(database, seaweedfs) -> Iterator[dict[str, Switch]]:
     _reachable("127.0.0.1", 6379, "Redis")
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    moto.start()
-    host, port = moto.get_host_and_port()
-    boto3.client("s3", endpoint_url=f"http://{host}:{port}", **_aws_client()).create_bucket(Bucket=BUCKET)
+    seaweedfs.client().create_bucket(Bucket=BUCKET)
+    endpoint = urlsplit(seaweedfs.endpoint)
     parts = urlsplit(ADMIN)
     made = {
         "database": Switch((parts.hostname or "127.0.0.1", parts.port or 5432)),
-        "weight_store": Switch((host, port)),
+        "weight_store": Switch((endpoint.hostname, endpoint.port)),
         "broker": Switch(("127.0.0.1", 6379)),
     }
     yield made
     for switch in made.values():
         switch.close()
-    moto.stop()
-
-
-def _aws_client() -> dict[str, str]:
-    return {
-        "aws_access_key_id": AWS["AWS_ACCESS_KEY_ID"],
-        "aws_secret_access_key": AWS["AWS_SECRET_ACCESS_KEY"],
-        "region_name": AWS["AWS_DEFAULT_REGION"],
-    }
 
 
 @pytest.fixture(scope="module")
-def server(serve_for_module, switches, database) -> str:
+def server(serve_for_module, switches, database, seaweedfs) -> str:
     """One server whose every dependency goes through a switch; readiness is never kept between probes."""
     parts = urlsplit(ADMIN)
     user = f"{parts.username}@" if parts.username else ""
@@ -92,7 +78,9 @@ def server(serve_for_module, switches, database) -> str:
         FMA_AGGREGATOR_RUNNER="celery",
         FMA_BROKER_URL=f"redis://127.0.0.1:{switches['broker'].port}/0",
         FMA_BROKER_TIMEOUT="2",
-        **AWS,
+        AWS_ACCESS_KEY_ID=seaweedfs.access_key,
+        AWS_SECRET_ACCESS_KEY=seaweedfs.secret_key,
+        AWS_DEFAULT_REGION=seaweedfs.region,
     ).url
 
 

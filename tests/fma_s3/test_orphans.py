@@ -24,25 +24,21 @@ from fma_django.storage import weight_store
 from fma_django.store import DjangoMetadataStore
 from fma_s3.store import MIN_PART_SIZE
 
-from .conftest import REGION, client
+from .conftest import ON_SEAWEEDFS, REGION
 
+pytestmark = ON_SEAWEEDFS
 LEASE = 1
 GRACE = 2  # FMA_UPLOAD_TIMEOUT_SECONDS below, longer than the lease
 
 
 @pytest.fixture
-def s3(seaweedfs_endpoint: str) -> Any:
-    return client(seaweedfs_endpoint, "s3")
-
-
-@pytest.fixture
-def on_s3(transactional_db, settings, seaweedfs_endpoint: str, bucket: str) -> None:
+def on_s3(transactional_db, settings, s3_endpoint: str, bucket: str) -> None:
     settings.FMA_WEIGHT_STORE = "fma_s3.S3WeightStore"
     settings.FMA_WEIGHT_STORE_OPTIONS = {
         "bucket": bucket,
         "prefix": "fma/",
         "region": REGION,
-        "endpoint_url": seaweedfs_endpoint,
+        "endpoint_url": s3_endpoint,
         "addressing_style": "path",
     }
     settings.FMA_UPLOAD_PART_BYTES = MIN_PART_SIZE

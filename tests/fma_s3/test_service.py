@@ -1,5 +1,5 @@
-"""The service on S3, end to end over real HTTP: the live API with its weight store on moto's S3
-server, fma-client pushing through presigned multipart part URLs, rounds reading from S3 and
+"""The service on S3, end to end over real HTTP: the live API with its weight store on SeaweedFS's S3
+gateway (moto's server under ``-m moto_s3``), fma-client pushing through presigned multipart part URLs, rounds reading from S3 and
 downloads redirected to presigned GETs. The API never sees an update's bytes."""
 
 from __future__ import annotations
@@ -31,14 +31,14 @@ SMALL = {"w": np.arange(12, dtype=np.float32).reshape(4, 3), "b": np.ones(3, dty
 
 
 @pytest.fixture
-def service(live_server, transactional_db, settings, moto_endpoint: str, bucket: str) -> str:
+def service(live_server, transactional_db, settings, s3_endpoint: str, bucket: str) -> str:
     """The live service, its weights in this test's bucket under ``fma/``."""
     settings.FMA_WEIGHT_STORE = "fma_s3.S3WeightStore"
     settings.FMA_WEIGHT_STORE_OPTIONS = {
         "bucket": bucket,
         "prefix": "fma/",
         "region": REGION,
-        "endpoint_url": moto_endpoint,
+        "endpoint_url": s3_endpoint,
         "addressing_style": "path",
     }
     settings.FMA_UPLOAD_PART_BYTES = PART
@@ -112,14 +112,14 @@ def test_a_1_gb_update_travels_in_presigned_parts_straight_to_s3(
     assert row.content_id == session.sha256  # measured by the store from S3's bytes, as declared
     assert stored(s3, bucket) == {f"fma/{row.weights_key}": row.size_bytes}
     assert pending_uploads(s3, bucket) == []
-    # moto answers a ranged GET by reading the whole object, so a round over 1 GB would take
-    # minutes here; test_rounds.py aggregates from S3. Spot-check the tensor's ends by range.
+    # test_rounds.py aggregates from S3; here the tensor's ends are read by range (on moto, which
+    # reads a whole object for every ranged GET, a round over 1 GB would take minutes).
     with weight_store().open_weights(row.weights_key) as reader:
         np.testing.assert_array_equal(reader.read_block("w", 0, 1000), weights["w"][:1000])
         np.testing.assert_array_equal(reader.read_block("w", elements - 1000, elements), weights["w"][-1000:])
 
 
-def test_downloads_redirect_to_a_presigned_get_that_needs_no_credential(service, developer, moto_endpoint):
+def test_downloads_redirect_to_a_presigned_get_that_needs_no_credential(service, developer, s3_endpoint):
     experiment = new_experiment(developer, initial_model=dict(SMALL))
     with enroll(service, experiment) as client:
         answer = requests.get(
@@ -130,7 +130,7 @@ def test_downloads_redirect_to_a_presigned_get_that_needs_no_credential(service,
         )
         assert answer.status_code == 302
         assert answer.headers["X-FMA-Aggregate"] == "initial"
-        assert answer.headers["Location"].startswith(moto_endpoint)
+        assert answer.headers["Location"].startswith(s3_endpoint)
         body = requests.get(answer.headers["Location"], timeout=30).content
         with open_weights(body) as reader:
             np.testing.assert_array_equal(reader.read("w"), SMALL["w"])

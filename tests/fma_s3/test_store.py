@@ -1,10 +1,12 @@
-"""S3WeightStore against moto's S3 server: objects, multipart uploads, presigned URLs, encryption."""
+"""S3WeightStore on SeaweedFS's S3 gateway (moto's with ``-m moto_s3``): objects, multipart uploads,
+presigned URLs, encryption."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import os
+import time
 
 import pytest
 import requests
@@ -14,7 +16,7 @@ from fma_s3 import S3WeightStore
 from fma_s3.store import MIN_PART_SIZE
 
 from ..fma_core.multipart_contract import CONTRACT, KEY
-from .conftest import client
+from .conftest import ON_MOTO, client
 
 PART = MIN_PART_SIZE
 
@@ -182,8 +184,9 @@ def test_every_write_is_encrypted_with_s3_managed_keys_by_default(store, s3, buc
         assert s3.head_object(Bucket=bucket, Key=key)["ServerSideEncryption"] == "AES256"
 
 
-def test_writes_use_the_kms_key_when_one_is_given(make_store, moto_endpoint, s3, bucket):
-    key_id = client(moto_endpoint, "kms").create_key(Description="fma weights")["KeyMetadata"]["KeyId"]
+@ON_MOTO  # KMS keys: AWS's, served by moto
+def test_writes_use_the_kms_key_when_one_is_given(make_store, s3_endpoint, s3, bucket):
+    key_id = client(s3_endpoint, "kms").create_key(Description="fma weights")["KeyMetadata"]["KeyId"]
     store = make_store(encryption="aws:kms", kms_key_id=key_id)
     store.put("updates/1/small.safetensors", io.BytesIO(b"s" * 1000))
     store.put("updates/1/large.safetensors", io.BytesIO(os.urandom(PART + 1)))
@@ -194,6 +197,55 @@ def test_writes_use_the_kms_key_when_one_is_given(make_store, moto_endpoint, s3,
         head = s3.head_object(Bucket=bucket, Key=f"fma/updates/1/{name}.safetensors")
         assert head["ServerSideEncryption"] == "aws:kms"
         assert head["SSEKMSKeyId"].endswith(key_id)
+
+
+def test_encryption_none_asks_for_none(make_store, s3, bucket):
+    """For a server without server-side encryption: no SSE header on any write."""
+    store = make_store(encryption="none")
+    store.put("updates/1/small.safetensors", io.BytesIO(b"s" * 1000))
+    store.put("updates/1/large.safetensors", io.BytesIO(os.urandom(PART + 1)))
+    upload = store.start_upload("updates/1/parts.safetensors", [10])
+    part = store.put_part("updates/1/parts.safetensors", upload, 1, io.BytesIO(b"p" * 10))
+    store.complete_upload("updates/1/parts.safetensors", upload, [part])
+    for name in ("small", "large", "parts"):
+        assert "ServerSideEncryption" not in s3.head_object(
+            Bucket=bucket, Key=f"fma/updates/1/{name}.safetensors"
+        )
+
+
+def test_uploaded_parts_reads_every_page_of_the_listing(store, s3, bucket):
+    """S3 lists 1,000 parts a page: an upload of more is read to its last part."""
+    upload = store.start_upload(KEY, [PART] * 1000 + [1])  # only listed here, never joined
+    for number in range(1, 1002):  # sent as a client sends them, straight to S3
+        s3.upload_part(
+            Bucket=bucket, Key=f"fma/{KEY}", UploadId=upload.rpartition("~")[0], PartNumber=number, Body=b"p"
+        )
+    listed = store.uploaded_parts(KEY, upload)
+    assert [part.number for part in listed] == list(range(1, 1002))
+    store.abort_upload(KEY, upload)
+
+
+def test_a_part_sent_again_in_a_later_second_is_the_one_listed_and_joined(store, s3, bucket):
+    """SeaweedFS keeps every copy of a re-sent part until completion, listed to the second: the
+    latest counts (S3 keeps only it). Within one second, the contract's test covers it."""
+    upload = store.start_upload(KEY, [PART, 3])
+    store.put_part(KEY, upload, 1, io.BytesIO(b"a" * PART))
+    short = store.put_part(KEY, upload, 2, io.BytesIO(b"c"))  # cut short
+    (first_listing,) = [p for p in store.uploaded_parts(KEY, upload) if p.number == 2]
+    assert first_listing.size == 1
+    listed_at = s3.list_parts(Bucket=bucket, Key=f"fma/{KEY}", UploadId=upload.rpartition("~")[0])
+    written = max(p["LastModified"] for p in listed_at["Parts"]).timestamp()
+    deadline = time.monotonic() + 30
+    while time.time() < written + 1.05:  # the listing's clock is to the second
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    again = store.put_part(KEY, upload, 2, io.BytesIO(b"d" * 3))
+    listed = store.uploaded_parts(KEY, upload)
+    assert [(p.number, p.size) for p in listed] == [(1, PART), (2, 3)]
+    assert listed[1].etag == again.etag != short.etag
+    store.complete_upload(KEY, upload, listed)
+    with store.open(KEY) as file:
+        assert file.read() == b"a" * PART + b"ddd"
 
 
 @pytest.mark.parametrize(

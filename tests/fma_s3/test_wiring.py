@@ -14,7 +14,7 @@ from fma_core.errors import ConfigurationError
 from fma_s3 import S3WeightStore, options_from_env
 from fma_s3.store import DEFAULT_PART_SIZE
 
-from .conftest import REGION, client
+from .conftest import ON_MOTO, REGION, client
 
 
 def test_options_come_from_the_fma_s3_variables():
@@ -41,6 +41,16 @@ def test_options_come_from_the_fma_s3_variables():
     assert (store.bucket, store.prefix, store.part_size) == ("weights", "fma/", 64 * 1024**2)
     assert store.client.meta.region_name == "eu-west-3"
     assert store.client.meta.endpoint_url == "http://127.0.0.1:9000"
+
+
+def test_fma_s3_encryption_chooses_the_encryption_or_none():
+    environ = {"FMA_S3_BUCKET": "weights", "FMA_S3_ENCRYPTION": "none"}
+    assert options_from_env(environ) == {"bucket": "weights", "encryption": "none"}
+    assert S3WeightStore.from_env(environ)._encryption == {}
+    with pytest.raises(ConfigurationError, match="needs encryption='aws:kms'"):
+        S3WeightStore.from_env({**environ, "FMA_S3_KMS_KEY_ID": "k-1"})
+    with pytest.raises(ConfigurationError, match="encryption must be one of"):
+        S3WeightStore.from_env({**environ, "FMA_S3_ENCRYPTION": "rot13"})
 
 
 def test_empty_variables_take_the_defaults():
@@ -80,15 +90,16 @@ def run_in_service(env: dict[str, str], code: str) -> subprocess.CompletedProces
     )
 
 
-def test_fma_weight_store_s3_makes_the_service_write_to_s3(tmp_path, moto_endpoint, s3, bucket):
-    key_id = client(moto_endpoint, "kms").create_key()["KeyMetadata"]["KeyId"]
+@ON_MOTO  # KMS keys: AWS's, served by moto
+def test_fma_weight_store_s3_makes_the_service_write_to_s3(tmp_path, s3_endpoint, s3, bucket):
+    key_id = client(s3_endpoint, "kms").create_key()["KeyMetadata"]["KeyId"]
     env = service_environment(
         tmp_path,
         FMA_WEIGHT_STORE="s3",
         FMA_S3_BUCKET=bucket,
         FMA_S3_PREFIX="fma/",
         FMA_S3_REGION=REGION,
-        FMA_S3_ENDPOINT_URL=moto_endpoint,
+        FMA_S3_ENDPOINT_URL=s3_endpoint,
         FMA_S3_ADDRESSING_STYLE="path",
         FMA_S3_KMS_KEY_ID=key_id,
     )

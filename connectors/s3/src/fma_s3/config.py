@@ -7,7 +7,8 @@
 | ``FMA_S3_REGION`` | ``region`` | boto3's (``AWS_REGION``, the profile) |
 | ``FMA_S3_ENDPOINT_URL`` | ``endpoint_url`` | AWS; set it for an S3-compatible server |
 | ``FMA_S3_ADDRESSING_STYLE`` | ``addressing_style`` | ``auto``; ``path`` for most S3-compatible servers |
-| ``FMA_S3_KMS_KEY_ID`` | ``encryption="aws:kms"``, ``kms_key_id`` | ``AES256`` (S3-managed keys) |
+| ``FMA_S3_ENCRYPTION`` | ``encryption``: ``AES256``, ``aws:kms`` or ``none`` | ``AES256`` (S3-managed keys) |
+| ``FMA_S3_KMS_KEY_ID`` | ``encryption="aws:kms"``, ``kms_key_id`` | none |
 | ``FMA_S3_PART_SIZE`` | ``part_size``, in bytes | 16 MiB |
 """
 
@@ -23,6 +24,7 @@ _TEXT_OPTIONS = {
     "FMA_S3_REGION": "region",
     "FMA_S3_ENDPOINT_URL": "endpoint_url",
     "FMA_S3_ADDRESSING_STYLE": "addressing_style",
+    "FMA_S3_ENCRYPTION": "encryption",
 }
 
 
@@ -36,7 +38,7 @@ def options_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
         if value := environ.get(variable, "").strip():
             options[option] = value
     if kms_key_id := environ.get("FMA_S3_KMS_KEY_ID", "").strip():
-        options.update(encryption="aws:kms", kms_key_id=kms_key_id)
+        options.update(encryption=options.get("encryption", "aws:kms"), kms_key_id=kms_key_id)
     if part_size := environ.get("FMA_S3_PART_SIZE", "").strip():
         try:
             options["part_size"] = int(part_size)

@@ -7,7 +7,7 @@ import os
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 import boto3
 from botocore.config import Config
@@ -26,7 +26,7 @@ MIN_PART_SIZE = 5 * 1024**2
 MAX_PART_SIZE = 5 * 1024**3
 MAX_PARTS = 10_000
 DEFAULT_PART_SIZE = 16 * 1024**2
-ENCRYPTIONS = ("AES256", "aws:kms")
+ENCRYPTIONS = ("AES256", "aws:kms", "none")
 ADDRESSING_STYLES = ("auto", "path", "virtual")
 
 _SPOOL_IN_MEMORY = 8 * 1024**2
@@ -48,10 +48,13 @@ class S3WeightStore(WeightStore):
       checks the parts against S3's listing; the caller reads the joined object once to
       measure it. An upload id names its key (``<S3 upload id>~<tag>``): S3 refuses a part
       sent to another key's upload, but not every S3-compatible server does, so the store checks.
-    - Every write is encrypted at rest: ``encryption="AES256"`` (S3-managed keys, the default) or
-      ``"aws:kms"`` with ``kms_key_id`` (the bucket's default KMS key when None).
+    - Every write asks for encryption at rest: ``encryption="AES256"`` (S3-managed keys, the default)
+      or ``"aws:kms"`` with ``kms_key_id`` (the bucket's default KMS key when None). ``"none"``
+      asks for nothing, for an S3-compatible server without server-side encryption (or one that
+      encrypts its disks itself): SeaweedFS serves SSE-S3 only once given a key-encryption key,
+      and without one fails every encrypted write with a 500.
 
-    ``endpoint_url`` points at an S3-compatible server (MinIO, Ceph, moto...), most of which want
+    ``endpoint_url`` points at an S3-compatible server (SeaweedFS, MinIO, Ceph, moto...), most of which want
     ``addressing_style="path"``; ``client_config`` is merged into the botocore ``Config`` (timeouts,
     retries, checksum behaviour). Credentials and, when ``region`` is None, the region come from
     boto3's usual chain (environment, profile, instance or Lambda role).
@@ -94,7 +97,7 @@ class S3WeightStore(WeightStore):
         self.bucket = bucket
         self.prefix = _prefix(prefix)
         self.part_size = part_size
-        self._encryption = {"ServerSideEncryption": encryption}
+        self._encryption = {} if encryption == "none" else {"ServerSideEncryption": encryption}
         if kms_key_id:
             self._encryption["SSEKMSKeyId"] = kms_key_id
         config = Config(
@@ -217,39 +220,32 @@ class S3WeightStore(WeightStore):
         return UploadedPart(number=number, size=size, etag=_etag(sent["ETag"]))
 
     def uploaded_parts(self, key: str, upload_id: str) -> list[UploadedPart]:
-        name = self._name(key)
-        pages = self.client.get_paginator("list_parts").paginate(
-            Bucket=self.bucket, Key=name, UploadId=_unbind(name, upload_id)
-        )
-        with _upload_errors(key, upload_id):
-            parts = [
-                UploadedPart(number=part["PartNumber"], size=part["Size"], etag=_etag(part["ETag"]))
-                for page in pages
-                for part in page.get("Parts", [])
-            ]
-        return sorted(parts, key=lambda part: part.number)
+        """The parts received, one per number: its latest copy listed (``_latest``, ``_counted``)."""
+        copies = self._listed_copies(key, upload_id)
+        return [_counted(number, _latest(copies[number])) for number in sorted(copies)]
 
     def complete_upload(self, key: str, upload_id: str, parts: Sequence[UploadedPart]) -> None:
-        """Join the parts once each matches S3's listing (ETags quoted or not); S3 joins them itself."""
+        """Join the parts once each matches the listing (ETags quoted or not); S3 joins them itself.
+
+        Where the listing holds several latest copies of a part of the caller's size (a server that
+        keeps every copy of a re-sent part, listed to the second: ``_latest``), the completion names
+        them all, and the server joins the newest it holds (SeaweedFS orders them to the
+        nanosecond). S3 lists one copy per part, so it is sent exactly the caller's parts.
+        """
         name = self._name(key)
         s3_upload_id = _unbind(name, upload_id)
         if not parts or [part.number for part in parts] != list(range(1, len(parts) + 1)):
             raise InvalidWeights("an upload completes with its parts numbered 1, 2, ... n, in order")
-        received = {part.number: part for part in self.uploaded_parts(key, upload_id)}
+        copies = self._listed_copies(key, upload_id)
+        named = []
         for part in parts:
-            listed = received.get(part.number)
-            if listed is None or (listed.size, listed.etag) != (part.size, _etag(part.etag)):
+            alike = [copy.etag for copy in _latest(copies.get(part.number, [])) if copy.size == part.size]
+            if _etag(part.etag) not in alike:
                 raise InvalidWeights(f"part {part.number} was not received as listed")
+            named += [{"PartNumber": part.number, "ETag": etag} for etag in alike]
         try:
             self.client.complete_multipart_upload(
-                Bucket=self.bucket,
-                Key=name,
-                UploadId=s3_upload_id,
-                MultipartUpload={
-                    "Parts": [
-                        {"PartNumber": part.number, "ETag": received[part.number].etag} for part in parts
-                    ]
-                },
+                Bucket=self.bucket, Key=name, UploadId=s3_upload_id, MultipartUpload={"Parts": named}
             )
         except ClientError as error:
             if is_missing(error):
@@ -261,6 +257,21 @@ class S3WeightStore(WeightStore):
                     f"{MIN_PART_SIZE:,} bytes"
                 ) from None
             raise
+
+    def _listed_copies(self, key: str, upload_id: str) -> dict[int, list[_Copy]]:
+        """Every copy ListParts shows of each part number, from every page (a copy a page lists again
+        counts once)."""
+        name = self._name(key)
+        pages = self.client.get_paginator("list_parts").paginate(
+            Bucket=self.bucket, Key=name, UploadId=_unbind(name, upload_id)
+        )
+        copies: dict[int, dict[_Copy, None]] = {}
+        with _upload_errors(key, upload_id):
+            for page in pages:
+                for part in page.get("Parts", []):
+                    copy = _Copy(part["Size"], _etag(part["ETag"]), part["LastModified"].timestamp())
+                    copies.setdefault(part["PartNumber"], {})[copy] = None
+        return {number: list(found) for number, found in copies.items()}
 
     def abort_upload(self, key: str, upload_id: str) -> None:
         name = self._name(key)
@@ -330,6 +341,33 @@ class S3WeightStore(WeightStore):
         except ClientError as error:
             if not is_missing(error):
                 raise
+
+
+class _Copy(NamedTuple):
+    """One copy of a part as ListParts shows it: size, ETag (unquoted), when written (to the second)."""
+
+    size: int
+    etag: str
+    modified: float
+
+
+def _latest(copies: Sequence[_Copy]) -> list[_Copy]:
+    """The copies of a part listed in its latest second.
+
+    S3 keeps the last copy of a part sent again; SeaweedFS keeps every copy until the upload
+    completes and lists them all, dated to the second. The latest copy is the part: one, unless
+    several were sent within that second.
+    """
+    newest = max((copy.modified for copy in copies), default=None)
+    return [copy for copy in copies if copy.modified == newest]
+
+
+def _counted(number: int, latest: Sequence[_Copy]) -> UploadedPart:
+    """The part among its latest copies: the largest (a copy cut short is smaller, and a resuming
+    client sends a part listed short again); copies of that size alike are told apart when the
+    upload completes (``complete_upload``)."""
+    chosen = max(latest, key=lambda copy: (copy.size, copy.etag))
+    return UploadedPart(number=number, size=chosen.size, etag=chosen.etag)
 
 
 def _prefix(prefix: str) -> str:
