@@ -57,6 +57,9 @@ class RoundInput:
     update: ModelUpdate
     score: str | None = None
     place: int | None = None
+    figures: dict | None = (
+        None  # norm, cosine, distance, outlier, as the round measured it (report["updates"])
+    )
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,11 @@ class RoundRow:
     inputs: tuple[RoundInput, ...]  # in the canonical (content hash) order the round used
     parameters: str  # the algorithm's parameters as the API shows them (JSON); "" when there are none
     norms: RoundNorms | None = None  # the round's norm bound on updates, when the experiment set one
+
+    @property
+    def outliers(self) -> int:
+        """How many of its updates the round flagged as outliers (``report["updates"]``)."""
+        return sum(1 for i in self.inputs if i.figures and i.figures.get("outlier"))
 
     @property
     def selected(self) -> int | None:
@@ -220,11 +228,13 @@ def round_inputs(aggregate: ModelAggregate, updates: list[ModelUpdate]) -> tuple
     scores = decided.get("scores") or {}
     selected = decided.get("selected")
     places = {str(u): place for place, u in enumerate(selected or [], start=1)}
+    measured = ((aggregate.report or {}).get("updates") or {}).get("per_update") or {}
     return tuple(
         RoundInput(
             update=u,
             score=f"{scores[str(u.pk)]:.6g}" if str(u.pk) in scores else None,
             place=places.get(str(u.pk), 0) if selected is not None else None,
+            figures=measured.get(str(u.pk)),
         )
         for u in updates
     )

@@ -39,7 +39,7 @@ AGGREGATE_COLUMNS = [
     "validation_score",
     "created_on",
 ]
-INPUT_COLUMNS = ["update", "weight", "score", "selected"]
+INPUT_COLUMNS = ["update", "weight", "score", "selected", "norm", "cosine", "distance", "outlier"]
 API_TOKEN_COLUMNS = ["id", "name", "created_at", "expires_at", "last_used_at", "current"]
 TOKEN_COLUMNS = ["id", "created_on", "created_by", "expires_at", "max_uses", "uses", "revoked_at", "active"]
 METRIC_COLUMNS = ["round", "source", "metric", "count", "examples", "weighted_mean", "mean", "min", "max"]
@@ -188,9 +188,15 @@ def input_rows(aggregate: dict[str, Any]) -> list[dict[str, Any]]:
             "weight": f"{u['weight']:.6g}" if u["weight"] is not None else None,
             "score": f"{scores[str(u['id'])]:.6g}" if str(u["id"]) in scores else None,
             "selected": order.get(str(u["id"]), "no") if "selected" in decided else None,
+            **{name: _figure(u.get(name)) for name in ("norm", "cosine", "distance")},
+            "outlier": {True: "yes", False: "no"}.get(u.get("outlier")),
         }
         for u in aggregate.get("updates", [])
     ]
+
+
+def _figure(value: float | None) -> str | None:
+    return f"{value:.6g}" if value is not None else None
 
 
 def show_aggregate(aggregate: dict[str, Any]) -> str:
@@ -200,7 +206,11 @@ def show_aggregate(aggregate: dict[str, Any]) -> str:
     report = aggregate.get("report") or {}
     decided = report.get("aggregator") or {}
     head |= {k: v for k, v in decided.items() if k not in ("selected", "scores")}
-    head |= {section: v for section, v in report.items() if section != "aggregator"}  # sampling, norms
+    head |= {  # sampling, norms, and of the updates' figures the rule (each update's are in the table)
+        section: v for section, v in report.items() if section not in ("aggregator", "updates")
+    }
+    measured = report.get("updates") or {}
+    head |= {f"updates {k}": v for k, v in measured.items() if k != "per_update"}
     return f"{details(head)}\n\n{table(input_rows(aggregate), INPUT_COLUMNS)}"
 
 

@@ -408,9 +408,22 @@ class ModelAggregateDetailSerializer(ModelAggregateSerializer):
         read_only_fields = [*ModelAggregateSerializer.Meta.read_only_fields, "updates", "report"]
 
     def get_updates(self, aggregate: ModelAggregate) -> list[dict[str, Any]]:
+        """Each input's share and, as the round measured it (``report["updates"]``), its norm, its cosine
+        and distance to the aggregate, and whether it was flagged an outlier (null: not measured)."""
+        measured = ((aggregate.report or {}).get("updates") or {}).get("per_update") or {}
         return [
-            {"id": pk, "weight": weight}
-            for pk, weight in aggregate.updates.order_by("id").values_list("id", "aggregate_weight")
+            {
+                "id": pk,
+                "client": str(client),
+                "weight": weight,
+                **{
+                    name: measured.get(str(pk), {}).get(name)
+                    for name in ("norm", "cosine", "distance", "outlier")
+                },
+            }
+            for pk, client, weight in aggregate.updates.order_by("id").values_list(
+                "id", "client__uuid", "aggregate_weight"
+            )
         ]
 
 
