@@ -76,9 +76,9 @@ def test_a_client_page_shows_its_updates_round_by_round_with_the_rounds_figures(
     assert "outlier" in row
     assert f"{figures['norm']:.6f}".rstrip("0")[:8] in row.replace(",", "")
     assert f"{figures['distance']:.6f}".rstrip("0")[:8] in row.replace(",", "")
-    assert f"{figures['cosine']:.4f}" in row
+    assert f"{figures['cosine']:.3f}" in row
     assert f"{noisy.aggregate_weight:.4f}" in row
-    assert "loss 0.58" in row
+    assert "loss 0.58<" in row
     assert "consumed" in row
     # the chart's table (no JavaScript): this client's distance and the round's threshold
     assert 'data-chart="client-distance"' in page

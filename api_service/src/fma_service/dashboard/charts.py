@@ -157,7 +157,7 @@ def client_distance_chart(updates: Sequence[ClientUpdate]) -> Chart:
         title="Distance to the round's aggregate",
         description="this client's update's Euclidean distance to its round's aggregate, and the round's "
         "outlier threshold (median + 3 × 1.4826 × MAD of the round's distances), per round",
-        y_label="distance (L2, in the model's units)",
+        y_label="distance (L2)",
         series=(Series("this client", own), Series("outlier threshold", threshold)),
         from_zero=True,
     )
