@@ -398,6 +398,24 @@ class LegacyModelSerializer(serializers.Serializer):
     aggregate = serializers.IntegerField(allow_null=True, help_text="null when the values are the artifact's")
 
 
+class AggregateInputSerializer(serializers.Serializer):
+    """One update that went into an aggregate, as the round used and measured it (``report["updates"]``)."""
+
+    id = serializers.IntegerField()
+    client = serializers.UUIDField(help_text="the client that sent it")
+    weight = serializers.FloatField(allow_null=True, help_text="its share of the aggregate (linear algorithms)")
+    norm = serializers.FloatField(
+        allow_null=True, help_text="length of its step from the round's current model (null: not measured)"
+    )
+    cosine = serializers.FloatField(
+        allow_null=True, help_text="cosine between that step and the aggregate's (null: not measured)"
+    )
+    distance = serializers.FloatField(allow_null=True, help_text="Euclidean distance to the aggregate")
+    outlier = serializers.BooleanField(
+        allow_null=True, help_text="distance above the round's median + 3 × 1.4826 × MAD of distances"
+    )
+
+
 class ModelAggregateDetailSerializer(ModelAggregateSerializer):
     """One aggregate with the exact updates that went in and each one's share."""
 
@@ -407,6 +425,7 @@ class ModelAggregateDetailSerializer(ModelAggregateSerializer):
         fields = [*ModelAggregateSerializer.Meta.fields, "updates", "report"]
         read_only_fields = [*ModelAggregateSerializer.Meta.read_only_fields, "updates", "report"]
 
+    @extend_schema_field(AggregateInputSerializer(many=True))
     def get_updates(self, aggregate: ModelAggregate) -> list[dict[str, Any]]:
         """Each input's share and, as the round measured it (``report["updates"]``), its norm, its cosine
         and distance to the aggregate, and whether it was flagged an outlier (null: not measured)."""
