@@ -11,6 +11,9 @@ Measured side by side, each the best of several runs:
   memory, read as each update's change (deltas), with a current model and last round's state (a
   second round), each next to fedavg in the same interleaved runs: its throughput as a ratio of
   fedavg's, and its peak extra memory beyond its outputs (the new model and the new state);
+- ``fedavg`` over the same files with each update's norm, cosine and distance to the aggregate
+  measured in the same pass (``fma_core.update_stats``: the blocks kept while the aggregate's is
+  computed, the current model read for the reference), against the same round without, interleaved;
 - the machine's floor: a plain in-place ``acc += x`` over the same arrays (unweighted, so
   it is less work than FedAvg; one thread, as numpy does it);
 - Flower's ``flwr.server.strategy.aggregate.aggregate`` (weighted copies of every update);
@@ -48,6 +51,7 @@ import numpy as np
 
 from fma_core.aggregators import UpdateInput, canonical_order, create_aggregator
 from fma_core.aggregators.base import Aggregator, RoundContext, ServerState, Target
+from fma_core.update_stats import Measure
 from fma_core.weights import ArrayReader, TensorSpec, open_weights, write_file
 from fma_core.weights.delta import DeltaReader, SharedBases
 
@@ -112,6 +116,16 @@ def inputs_on_disk(paths: list[Path], num_examples: list[int]) -> list[UpdateInp
         UpdateInput(str(i), f"{i:064x}", n, lambda p=p: open_weights(p))
         for i, (p, n) in enumerate(zip(paths, num_examples, strict=True))
     ]
+
+
+def files_round(
+    aggregator: Aggregator, inputs: list[UpdateInput], spec: TensorSpec, parent: Path, *, measured: bool
+) -> None:
+    """One round's aggregation over files, with its current model; ``measured``: each update's figures too."""
+    out = {t.name: np.empty(t.size, t.numpy_dtype) for t in spec}
+    context = RoundContext(parent=lambda: open_weights(parent))
+    targets = [Target(t, 0, t.size, out[t.name]) for t in spec]
+    aggregator.aggregate_into(inputs, targets, context, Measure() if measured else None)
 
 
 def deltas_on_disk(
@@ -293,6 +307,19 @@ def run(
                     shared_s = min(shared_s, seconds)
                 else:
                     separate_s = min(separate_s, seconds)
+        plain_s = measured_s = float("inf")
+        for _ in range(repeat):  # interleaved, so both see the same machine
+            for measured in (False, True):
+                seconds = best_time(
+                    lambda m=measured: files_round(
+                        fedavg, inputs_on_disk(paths, num_examples), spec, base, measured=m
+                    ),
+                    1,
+                )
+                if measured:
+                    measured_s = min(measured_s, seconds)
+                else:
+                    plain_s = min(plain_s, seconds)
 
     optimizers = run_optimizers(updates, num_examples, spec, repeat)
     robust_counts, robust_params = robust
@@ -309,6 +336,8 @@ def run(
         "fedavg_files_gbps": total_bytes / files_s / 1e9,
         "deltas_shared_base_gbps": total_bytes / shared_s / 1e9,
         "deltas_base_per_delta_gbps": total_bytes / separate_s / 1e9,
+        "files_plain_gbps": total_bytes / plain_s / 1e9,
+        "files_measured_gbps": total_bytes / measured_s / 1e9,
         "floor_gbps": total_bytes / floor_s / 1e9,
         "flower_gbps": total_bytes / flower_s / 1e9,
         "fma_gbps": fma_bytes / fma_s / 1e9,
@@ -321,6 +350,7 @@ def run(
         "ratio_shared_base": _significant(
             gbps["deltas_shared_base_gbps"] / gbps["deltas_base_per_delta_gbps"]
         ),
+        "ratio_measured": _significant(gbps["files_measured_gbps"] / gbps["files_plain_gbps"]),
         "peak_extra_bytes": peak_extra,
         **optimizers,
         **robust_figures,
@@ -348,6 +378,12 @@ def table(result: dict[str, float | int]) -> str:
             f"{result['ratio_shared_base']:.2f}× the base read per delta",
         ),
         ("fedavg, the files as deltas, base per delta", result["deltas_base_per_delta_gbps"], ""),
+        (
+            "fedavg, files + each update's norm/cosine/distance",
+            result["files_measured_gbps"],
+            f"{result['ratio_measured']:.2f}× the same round without",
+        ),
+        ("fedavg, files, the same round without", result["files_plain_gbps"], ""),
         ("floor: acc += x (1 thread)", result["floor_gbps"], f"{result['ratio_vs_floor']:.2f}× of floor"),
         ("Flower aggregate()", result["flower_gbps"], f"fedavg is {result['ratio_vs_flower']:.1f}× faster"),
         (
