@@ -188,3 +188,19 @@ def test_the_measuring_block_bounds_the_buffer_and_keeps_to_whole_chunks():
         assert block % CHUNK == 0
         assert block * count <= max(1 << 19, CHUNK * count)
     assert random_weights(SPEC, 1)["n"].dtype == np.int64
+
+
+def test_without_a_current_model_only_the_distance_is_measured(tmp_path):
+    world = World(tmp_path, SPEC, aggregator="fedavg", initial=False)
+    ids = [pushed(world, 0, seed) for seed in range(3)]
+    world.run()
+    section = world.metadata.aggregates("e")[0].draft.report["updates"]
+    aggregate = flat(world.model(1))
+    assert section["measured_from"] is None
+    assert section["aggregate_norm"] is None
+    for update_id in ids:
+        figures = section["per_update"][update_id]
+        assert figures["norm"] is None
+        assert figures["cosine"] is None
+        u = flat(world.read(world.metadata._updates[update_id].record.weights_key))
+        assert figures["distance"] == pytest.approx(np.linalg.norm(u - aggregate), rel=1e-9)
