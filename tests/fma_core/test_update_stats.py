@@ -75,17 +75,17 @@ def test_the_figures_are_what_numpy_computes_by_hand_with_stale_bases(tmp_path, 
     aggregate = flat(world.model(2)) - (parent if changes else 0)
     reference = 0 if changes else parent
     assert section["measured_from"] == ("changes" if changes else "current model")
-    assert section["aggregate_norm"] == pytest.approx(np.linalg.norm(aggregate - reference), rel=1e-12)
+    assert section["aggregate_norm"] == pytest.approx(np.linalg.norm(aggregate - reference), rel=1e-6)
     assert sorted(section["per_update"]) == sorted(ids)
     shares = dict(zip(record.draft.update_ids, record.draft.input_weights or [], strict=False))
     for update_id in ids:
         u = as_read(world, update_id, changes=changes)
         figures = section["per_update"][update_id]
         step, towards = u - reference, aggregate - reference
-        assert figures["norm"] == pytest.approx(np.linalg.norm(step), rel=1e-12)
+        assert figures["norm"] == pytest.approx(np.linalg.norm(step), rel=1e-6)
         cosine = step @ towards / (np.linalg.norm(step) * np.linalg.norm(towards))
-        assert figures["cosine"] == pytest.approx(cosine, rel=1e-9, abs=1e-12)
-        assert figures["distance"] == pytest.approx(np.linalg.norm(u - aggregate), rel=1e-9)
+        assert figures["cosine"] == pytest.approx(cosine, rel=1e-6, abs=1e-6)
+        assert figures["distance"] == pytest.approx(np.linalg.norm(u - aggregate), rel=1e-6)
         assert figures.get("share") == shares.get(update_id)
         assert figures["outlier"] in (True, False)
 
@@ -203,4 +203,4 @@ def test_without_a_current_model_only_the_distance_is_measured(tmp_path):
         assert figures["norm"] is None
         assert figures["cosine"] is None
         u = flat(world.read(world.metadata._updates[update_id].record.weights_key))
-        assert figures["distance"] == pytest.approx(np.linalg.norm(u - aggregate), rel=1e-9)
+        assert figures["distance"] == pytest.approx(np.linalg.norm(u - aggregate), rel=1e-6)

@@ -2,7 +2,7 @@
 and the updates that lie far from the others flagged.
 
 What is measured, per update i, over the floating-point tensors (integer tensors are counters, not
-learned), in float64, on the update as the round aggregated it (clipped if the norm bound clipped it):
+learned), on the update as the round aggregated it (clipped if the norm bound clipped it):
 
 - ``uᵢ``: what the algorithm reads of the update: the model the client trained (a delta read as its
   base plus itself) for the model-averaging algorithms (fedavg, mean, median, trimmed_mean, krum,
@@ -21,10 +21,12 @@ learned), in float64, on the update as the round aggregated it (clipped if the n
   pushing noise cannot move the rule that flags them.
 
 No second pass: a shard's blocks are read once, as the aggregator reads them (``Block.inputs``),
-and each value is also copied into this thread's buffer of the block (N × block values, kept to at
-most ``BUFFER_ELEMENTS`` by shrinking the block, as the coordinate-wise algorithms do: 2 MiB of
-float32, plus two float64 work arrays of the same count, ≤ 12 MiB a thread); once the algorithm has
-written the block's result, each update's sums are taken against it. The one read added is the
+straight into this thread's buffer of the block (N × block values in the accumulator dtype, kept to
+at most ``BUFFER_ELEMENTS`` = 2¹⁹ by shrinking the block, as the coordinate-wise algorithms do:
+≤ 2 MiB of float32 a thread, 4 MiB for float64 tensors, plus one row for the aggregate's block and
+≤ ``_FLUSH_VALUES`` chunk sums); once the algorithm has written the block's result, each update's
+sums are taken against it in place (u − r, then ⟨·,·⟩ per chunk, then u − A): five passes over a
+buffer that stays in the cache. The one read added is the
 current global model's block (one model a round, not one per update) for the algorithms that do
 not read it anyway; and Krum's unselected updates and Bulyan's (which those algorithms skip) are
 read for their figures.
@@ -32,7 +34,9 @@ read for their figures.
 Sharded == unsharded, bit for bit: the sums are taken per 1024-element chunk of each tensor (the
 shard cuts' alignment, so no chunk straddles two shards or two blocks) and the chunks' sums are
 added exactly (an expansion: floats whose exact sum is the total, ``math.fsum`` rounding it once at
-the end). Each shard's record carries its exact sums; the round's are their exact total, the same
+the end). A chunk's sum is taken in the accumulator dtype (float32 for float16/float32 tensors: a
+relative error of about 10⁻⁷, which does not grow with the model), so the figures match float64
+arithmetic to about 6 digits. Each shard's record carries its exact sums; the round's are their exact total, the same
 whatever the shards, the threads or the block size.
 """
 
@@ -53,7 +57,7 @@ BUFFER_ELEMENTS = 1 << 19  # N × block values held per thread
 OUTLIER_K = 3.0
 _MAD_TO_SIGMA = 1.4826
 _SPREAD_FLOOR = 1e-6
-_FLUSH_CHUNKS = 4096  # chunk sums kept per row before they are added into its exact total
+_FLUSH_VALUES = 1 << 18  # chunk sums kept (all rows) before they are added into the exact totals
 SUMS = ("norm", "dot", "distance")  # per update: ‖u − r‖², ⟨u − r, A − r⟩, ‖u − A‖²
 
 Expansion = list[float] | None  # floats whose exact sum is the total; None: not finite
@@ -135,61 +139,60 @@ class Recorder:
     def __init__(self, update_ids: Sequence[str], reads_changes: bool) -> None:
         self.update_ids = list(update_ids)
         self.reads_changes = reads_changes
-        self._rows: dict[int, np.ndarray] = {}
-        self._buffer: np.ndarray | None = None
+        self._rows: set[int] = set()
+        self._buffers: dict[np.dtype, np.ndarray] = {}
+        self._values = np.empty((0, 0))
+        self._aggregate = np.empty(0)
         self._pending: list[np.ndarray] = []  # each (3N + 1, chunks) of float64 chunk sums
         self._pending_chunks = 0
         self.sums = Sums(updates={u: {name: [] for name in SUMS} for u in update_ids})
 
     def start(self, count: int, dtype: np.dtype) -> None:
         """A new block of ``count`` values of ``dtype`` (the accumulator's)."""
-        size = len(self.update_ids) * count
-        if self._buffer is None or self._buffer.dtype != dtype or self._buffer.size < size:
-            self._buffer = np.empty(size, dtype)
-        self._count = count
+        n = len(self.update_ids)
+        buffer = self._buffers.get(dtype)
+        if buffer is None or buffer.size < (n + 1) * count:
+            buffer = self._buffers[dtype] = _aligned((n + 1) * count, dtype)
+        self._values = buffer[: n * count].reshape(n, count)
+        self._aggregate = buffer[n * count : (n + 1) * count]
         self._rows.clear()
 
+    def row(self, row: int, dtype: np.dtype) -> np.ndarray | None:
+        """Where to read update ``row``'s values of the block, when they are read in the buffer's dtype
+        (then ``keep`` has nothing to copy); None otherwise (float16: kept as float32)."""
+        return self._values[row] if dtype == self._values.dtype else None
+
     def keep(self, row: int, values: np.ndarray) -> None:
-        """The algorithm read update ``row``'s values of the block: keep a copy."""
-        assert self._buffer is not None
-        kept = self._buffer[row * self._count : (row + 1) * self._count]
-        np.copyto(kept, values, casting="unsafe")
-        self._rows[row] = kept
+        """The algorithm read update ``row``'s values of the block: keep them (a copy, unless they were
+        read into the buffer)."""
+        kept = self._values[row]
+        if values.ctypes.data != kept.ctypes.data:
+            np.copyto(kept, values, casting="unsafe")
+        self._rows.add(row)
 
     def missing(self) -> list[int]:
         """Rows the algorithm did not read (Krum's unselected updates, Bulyan's)."""
         return [row for row in range(len(self.update_ids)) if row not in self._rows]
 
     def finish(self, result: np.ndarray, parent: np.ndarray | None) -> None:
-        """Take the block's chunk sums against its result (and the current model's values, if any)."""
-        count = self._count
-        n = len(self.update_ids)
-        assert self._buffer is not None
-        values = self._buffer[: n * count].reshape(n, count)
-        aggregate = np.empty(count, np.float64)
+        """Take the block's chunk sums against its result (and the current model's values, if any), in
+        the accumulator dtype, in place in the buffer: a few passes over it, no temporaries."""
+        values, aggregate = self._values, self._aggregate
         np.copyto(aggregate, result, casting="unsafe")
-        reference = parent is not None and not self.reads_changes
-        work = np.empty((n, count), np.float64)
-        if reference:
-            np.subtract(values, parent, out=work, dtype=np.float64)
-        else:
-            np.copyto(work, values, casting="unsafe")
         if parent is not None:
-            np.subtract(aggregate, parent, out=aggregate, dtype=np.float64)
-        products = np.empty((n, count), np.float64)
-        chunk_sums = [
-            _chunk_sums(np.multiply(work, work, out=products)),
-            _chunk_sums(np.multiply(work, aggregate, out=products)),
-        ]
-        np.subtract(work, aggregate, out=work)
-        chunk_sums.append(_chunk_sums(np.multiply(work, work, out=products)))
-        np.multiply(aggregate, aggregate, out=aggregate)
-        own = _chunk_sums(aggregate.reshape(1, count))
+            np.subtract(aggregate, parent, out=aggregate, casting="unsafe")
+            if not self.reads_changes:
+                np.subtract(values, parent, out=values, casting="unsafe")
+        norm = _chunk_dots(values, values)
+        dot = _chunk_dots(values, aggregate)
+        np.subtract(values, aggregate, out=values)
+        distance = _chunk_dots(values, values)
+        own = _chunk_dots(aggregate[None], aggregate)
         self.sums.reference = parent is not None
         self.sums.changes = self.reads_changes
-        self._pending.append(np.concatenate([*chunk_sums, own]))
+        self._pending.append(np.concatenate([norm, dot, distance, own]).astype(np.float64))
         self._pending_chunks += own.shape[1]
-        if self._pending_chunks >= _FLUSH_CHUNKS:
+        if self._pending_chunks * (3 * len(self.update_ids) + 1) >= _FLUSH_VALUES:
             self.flush()
 
     def flush(self) -> Sums:
@@ -207,14 +210,30 @@ class Recorder:
         return self.sums
 
 
-def _chunk_sums(products: np.ndarray) -> np.ndarray:
-    """Per row, the sum of each chunk of ``CHUNK`` values (the last may be shorter): numpy's pairwise
-    sum over a contiguous row, the same whichever block or shard the chunk is in."""
-    rows, count = products.shape
+def _aligned(size: int, dtype: np.dtype) -> np.ndarray:
+    """An empty array starting on a 4096-byte boundary: every chunk of a block then sits at the same
+    alignment, whichever block, thread or shard it is in."""
+    raw = np.empty(size + 4096 // dtype.itemsize, dtype)
+    skip = (-raw.ctypes.data % 4096) // dtype.itemsize
+    return raw[skip : skip + size]
+
+
+def _chunk_dots(rows: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """Per row of ``rows`` (N × count), its dot product with ``other`` (one row of count values, or N) over
+    each chunk of ``CHUNK`` values (the last may be shorter), in their dtype: einsum's sum of products
+    over a contiguous chunk, the same whichever block or shard the chunk is in."""
+    n, count = rows.shape
     whole = count // CHUNK
-    sums = np.add.reduce(products[:, : whole * CHUNK].reshape(rows, whole, CHUNK), axis=2)
+    cut = whole * CHUNK
+    one = other.ndim == 1
+    sums = np.einsum(
+        "ncj,cj->nc" if one else "ncj,ncj->nc",
+        rows[:, :cut].reshape(n, whole, CHUNK),
+        other[:cut].reshape(whole, CHUNK) if one else other[:, :cut].reshape(n, whole, CHUNK),
+    )
     if count % CHUNK:
-        sums = np.concatenate([sums, np.add.reduce(products[:, whole * CHUNK :], axis=1)[:, None]], axis=1)
+        tail = np.einsum("nj,j->n" if one else "nj,nj->n", rows[:, cut:], other[..., cut:])
+        sums = np.concatenate([sums, tail[:, None]], axis=1)
     return sums
 
 

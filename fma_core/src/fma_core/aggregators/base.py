@@ -436,9 +436,9 @@ class Block:
         """The block's result is written: read what the algorithm skipped, and take the sums."""
         recorder = self._recorder
         assert recorder is not None
-        read = self.scratch.get("read", self.count, self.info.numpy_dtype)
         for row in recorder.missing():
-            recorder.keep(row, self._inputs[row].read_block(self.info.name, self.start, self.stop, read))
+            into = recorder.row(row, self.info.numpy_dtype)
+            recorder.keep(row, self._inputs[row].read_block(self.info.name, self.start, self.stop, into))
         recorder.finish(self.out, self.parent() if self._parent is not None else None)
 
     @property
@@ -457,10 +457,14 @@ class Block:
     def inputs(self, rows: Iterable[int] | None = None) -> Iterator[np.ndarray]:
         """Each update's values, or only those of ``rows`` (positions in canonical order), in order."""
         read = self.scratch.get("read", self.count, self.info.numpy_dtype)
+        recorder = self._recorder
         for row in range(len(self._inputs)) if rows is None else rows:
-            value = self._inputs[row].read_block(self.info.name, self.start, self.stop, read)
-            if self._recorder is not None:
-                self._recorder.keep(row, value)
+            if recorder is None:
+                yield self._inputs[row].read_block(self.info.name, self.start, self.stop, read)
+                continue
+            into = recorder.row(row, self.info.numpy_dtype)  # read straight into the measure's buffer
+            value = self._inputs[row].read_block(self.info.name, self.start, self.stop, into)
+            recorder.keep(row, value)
             yield value
 
     def parent(self) -> np.ndarray:

@@ -403,7 +403,9 @@ class AggregateInputSerializer(serializers.Serializer):
 
     id = serializers.IntegerField()
     client = serializers.UUIDField(help_text="the client that sent it")
-    weight = serializers.FloatField(allow_null=True, help_text="its share of the aggregate (linear algorithms)")
+    weight = serializers.FloatField(
+        allow_null=True, help_text="its share of the aggregate (linear algorithms)"
+    )
     norm = serializers.FloatField(
         allow_null=True, help_text="length of its step from the round's current model (null: not measured)"
     )
