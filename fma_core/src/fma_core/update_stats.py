@@ -22,11 +22,14 @@ learned), on the update as the round aggregated it (clipped if the norm bound cl
 
 No second pass: a shard's blocks are read once, as the aggregator reads them (``Block.inputs``),
 straight into this thread's buffer of the block (N × block values in the accumulator dtype, kept to
-at most ``BUFFER_ELEMENTS`` = 2¹⁹ by shrinking the block, as the coordinate-wise algorithms do:
-≤ 2 MiB of float32 a thread, 4 MiB for float64 tensors, plus one row for the aggregate's block and
+at most ``BUFFER_ELEMENTS`` = 2²⁰ by shrinking the block, as the coordinate-wise algorithms do:
+≤ 4 MiB of float32 a thread, 8 MiB for float64 tensors, plus one row for the aggregate's block and
 ≤ ``_FLUSH_VALUES`` chunk sums); once the algorithm has written the block's result, each update's
-sums are taken against it in place (u − r, then ⟨·,·⟩ per chunk, then u − A): five passes over a
-buffer that stays in the cache. The one read added is the
+sums are taken against it in place: w = u − A, then per chunk ‖w‖² and ⟨w, e⟩ with e = A − r (three
+passes over a buffer that stays in the cache; the aggregation itself makes two), from which
+‖u − r‖² = ‖w‖² + 2⟨w, e⟩ + ‖e‖² and ⟨u − r, e⟩ = ⟨w, e⟩ + ‖e‖² follow exactly. The distance is
+taken directly (no cancellation); the norm and the cosine of an update whose step is much shorter
+than the aggregate's (a client sending back the model it got) carry an error of about 3·10⁻⁴ × ‖e‖. The one read added is the
 current global model's block (one model a round, not one per update) for the algorithms that do
 not read it anyway; and Krum's unselected updates and Bulyan's (which those algorithms skip) are
 read for their figures.
@@ -53,12 +56,12 @@ import numpy as np
 
 REPORT_SECTION = "updates"
 CHUNK = 1024  # = fma_core.shards.ALIGN_ELEMENTS: every block and shard starts on a chunk
-BUFFER_ELEMENTS = 1 << 19  # N × block values held per thread
+BUFFER_ELEMENTS = 1 << 20  # N × block values held per thread
 OUTLIER_K = 3.0
 _MAD_TO_SIGMA = 1.4826
 _SPREAD_FLOOR = 1e-6
 _FLUSH_VALUES = 1 << 18  # chunk sums kept (all rows) before they are added into the exact totals
-SUMS = ("norm", "dot", "distance")  # per update: ‖u − r‖², ⟨u − r, A − r⟩, ‖u − A‖²
+SUMS = ("distance", "cross")  # per update, with w = u − A and e = A − r: ‖w‖², ⟨w, e⟩ (and ‖e‖² a round)
 
 Expansion = list[float] | None  # floats whose exact sum is the total; None: not finite
 
@@ -87,7 +90,11 @@ def block_elements(aggregator_block: int, count: int) -> int:
 
 @dataclass
 class Sums:
-    """Exact sums of one shard (or a round): per update id, each of ``SUMS``; and ‖A − r‖²."""
+    """Exact sums of one shard (or a round): per update id, each of ``SUMS``; and ‖e‖² = ‖A − r‖².
+
+    With w = u − A and e = A − r, u − r = w + e, so ‖u − r‖² = ‖w‖² + 2⟨w, e⟩ + ‖e‖² and
+    ⟨u − r, e⟩ = ⟨w, e⟩ + ‖e‖²: three passes over the updates' values (w, ‖w‖², ⟨w, e⟩) give all
+    three figures, the distance itself without cancellation."""
 
     updates: dict[str, dict[str, Expansion]] = field(default_factory=dict)
     aggregate: Expansion = field(default_factory=list)
@@ -143,7 +150,7 @@ class Recorder:
         self._buffers: dict[np.dtype, np.ndarray] = {}
         self._values = np.empty((0, 0))
         self._aggregate = np.empty(0)
-        self._pending: list[np.ndarray] = []  # each (3N + 1, chunks) of float64 chunk sums
+        self._pending: list[np.ndarray] = []  # each (2N + 1, chunks) of float64 chunk sums
         self._pending_chunks = 0
         self.sums = Sums(updates={u: {name: [] for name in SUMS} for u in update_ids})
 
@@ -176,23 +183,28 @@ class Recorder:
 
     def finish(self, result: np.ndarray, parent: np.ndarray | None) -> None:
         """Take the block's chunk sums against its result (and the current model's values, if any), in
-        the accumulator dtype, in place in the buffer: a few passes over it, no temporaries."""
-        values, aggregate = self._values, self._aggregate
-        np.copyto(aggregate, result, casting="unsafe")
+        the accumulator dtype, in place in the buffer: three passes over it (w = u − A, ‖w‖², ⟨w, e⟩),
+        no temporaries."""
+        values, step = self._values, self._aggregate
+        np.copyto(step, result, casting="unsafe")  # A, the new model
         if parent is not None:
-            np.subtract(aggregate, parent, out=aggregate, casting="unsafe")
             if not self.reads_changes:
-                np.subtract(values, parent, out=values, casting="unsafe")
-        norm = _chunk_dots(values, values)
-        dot = _chunk_dots(values, aggregate)
-        np.subtract(values, aggregate, out=values)
+                np.subtract(values, step, out=values)  # w = u − A
+            np.subtract(step, parent, out=step, casting="unsafe")  # e = A − p
+            if self.reads_changes:
+                np.subtract(values, step, out=values)  # w = Δu − (A − p)
+            cross = _chunk_dots(values, step)
+            own = _chunk_dots(step[None], step)
+        else:
+            np.subtract(values, step, out=values)
+            cross = np.zeros((len(values), -(-len(step) // CHUNK)), values.dtype)
+            own = np.zeros((1, cross.shape[1]), values.dtype)
         distance = _chunk_dots(values, values)
-        own = _chunk_dots(aggregate[None], aggregate)
         self.sums.reference = parent is not None
         self.sums.changes = self.reads_changes
-        self._pending.append(np.concatenate([norm, dot, distance, own]).astype(np.float64))
+        self._pending.append(np.concatenate([distance, cross, own]).astype(np.float64))
         self._pending_chunks += own.shape[1]
-        if self._pending_chunks * (3 * len(self.update_ids) + 1) >= _FLUSH_VALUES:
+        if self._pending_chunks * (2 * len(self.update_ids) + 1) >= _FLUSH_VALUES:
             self.flush()
 
     def flush(self) -> Sums:
@@ -279,8 +291,11 @@ def report(sums: Sums, shares: Mapping[str, float] | None = None) -> dict[str, A
     aggregate_norm = _root(sums.aggregate)
     per_update: dict[str, dict[str, Any]] = {}
     for update_id, found in sums.updates.items():
-        norm = _root(found["norm"]) if sums.reference else None
-        dot = _value(found["dot"]) if sums.reference else None
+        norm = dot = None
+        own, distance, cross = sums.aggregate, found["distance"], found["cross"]
+        if sums.reference and None not in (own, distance, cross):
+            norm = _root(exact_add(distance, [*(2 * c for c in cross), *own]))  # ‖w + e‖²
+            dot = _value(exact_add(cross, own))  # ⟨w + e, e⟩
         cosine = None
         if norm and aggregate_norm and dot is not None:
             cosine = max(-1.0, min(1.0, dot / (norm * aggregate_norm)))
