@@ -19,6 +19,9 @@ Measured side by side, each the best of several runs:
   throughput as a ratio of fedavg's and of the read's (it also reads the current model and the
   state, and writes both), and its peak extra memory beyond its outputs (the new model and the new
   state);
+- ``fedavg`` over the same files with each update's norm, cosine and distance to the aggregate
+  measured in the same pass (``fma_core.update_stats``: the blocks kept while the aggregate's is
+  computed, the current model read for the reference), against the same round without, interleaved;
 - Flower's ``flwr.server.strategy.aggregate.aggregate`` (weighted copies of every update);
 - the robust rules ``krum`` and ``bulyan`` at N = 20 and N = 100 updates (``--robust-updates``) of
   P_r = min(P, 1M) parameters (``--robust-params``), f = ⌊(N − 3)/4⌋ (the most Bulyan allows), the
@@ -60,6 +63,7 @@ from read_floor import file_read, memory_read
 
 from fma_core.aggregators import UpdateInput, canonical_order, create_aggregator
 from fma_core.aggregators.base import Aggregator, RoundContext, ServerState, Target
+from fma_core.update_stats import Measure
 from fma_core.weights import ArrayReader, TensorSpec, open_weights, write_file
 from fma_core.weights.delta import DeltaReader, SharedBases
 
@@ -132,6 +136,16 @@ def inputs_on_disk(paths: list[Path], num_examples: list[int]) -> list[UpdateInp
         UpdateInput(str(i), f"{i:064x}", n, lambda p=p: open_weights(p))
         for i, (p, n) in enumerate(zip(paths, num_examples, strict=True))
     ]
+
+
+def files_round(
+    aggregator: Aggregator, inputs: list[UpdateInput], spec: TensorSpec, parent: Path, *, measured: bool
+) -> None:
+    """One round's aggregation over files, with its current model; ``measured``: each update's figures too."""
+    out = {t.name: np.empty(t.size, t.numpy_dtype) for t in spec}
+    context = RoundContext(parent=lambda: open_weights(parent))
+    targets = [Target(t, 0, t.size, out[t.name]) for t in spec]
+    aggregator.aggregate_into(inputs, targets, context, Measure() if measured else None)
 
 
 def deltas_on_disk(
@@ -334,6 +348,16 @@ def run(
             repeat,
         )
         shared_s, separate_s = deltas[True], deltas[False]
+        measured = interleaved(
+            {
+                m: lambda m=m: files_round(
+                    fedavg, inputs_on_disk(paths, num_examples), spec, base, measured=m
+                )
+                for m in (False, True)
+            },
+            repeat,
+        )
+        plain_s, measured_s = measured[False], measured[True]
 
     optimizers = run_optimizers(updates, num_examples, spec, repeat)
     robust_counts, robust_params = robust
@@ -349,6 +373,8 @@ def run(
         **{f"{name}_gbps": total_bytes / s / 1e9 for name, s in seconds.items()},
         "deltas_shared_base_gbps": total_bytes / shared_s / 1e9,
         "deltas_base_per_delta_gbps": total_bytes / separate_s / 1e9,
+        "files_plain_gbps": total_bytes / plain_s / 1e9,
+        "files_measured_gbps": total_bytes / measured_s / 1e9,
         "flower_gbps": total_bytes / flower_s / 1e9,
         "fma_gbps": fma_bytes / fma_s / 1e9,
     }
@@ -368,6 +394,7 @@ def run(
         "ratio_shared_base": _significant(
             gbps["deltas_shared_base_gbps"] / gbps["deltas_base_per_delta_gbps"]
         ),
+        "ratio_measured": _significant(gbps["files_measured_gbps"] / gbps["files_plain_gbps"]),
         "peak_extra_bytes": peak_extra,
         **optimizers,
         **robust_figures,
@@ -416,6 +443,12 @@ def table(result: dict[str, float | int]) -> str:
             f"{result['ratio_shared_base']:.2f}× the base read per delta",
         ),
         ("fedavg, the files as deltas, base per delta", result["deltas_base_per_delta_gbps"], ""),
+        (
+            "fedavg, files + each update's norm/cosine/distance",
+            result["files_measured_gbps"],
+            f"{result['ratio_measured']:.2f}× the same round without",
+        ),
+        ("fedavg, files, the same round without", result["files_plain_gbps"], ""),
         ("Flower aggregate()", result["flower_gbps"], f"fedavg is {result['ratio_vs_flower']:.1f}× faster"),
         (
             f"original FMA JSON method ({result['fma_sample']})",

@@ -31,6 +31,9 @@ KEYS = {
     "deltas_shared_base_gbps",
     "deltas_base_per_delta_gbps",
     "ratio_shared_base",
+    "files_plain_gbps",
+    "files_measured_gbps",
+    "ratio_measured",
     "peak_extra_bytes",
     "model_bytes",
 }
@@ -113,6 +116,7 @@ def test_table_output_names_every_baseline():
         "Flower",
         "original FMA",
         "peak extra memory",
+        "norm/cosine/distance",
         "robust rules",
     )
     for label in (*labels, *STATE_TENSORS, "krum", "Flower krum", "bulyan", "Flower bulyan"):

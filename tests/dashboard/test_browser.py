@@ -322,6 +322,21 @@ def _with_rounds(
     return experiment
 
 
+def _with_noisy_clients(
+    make_experiment, enroll, submit, run_round, developer: User
+) -> tuple[Experiment, str]:
+    """An experiment of two rounds of ten clients, the last two pushing noise (flagged as outliers), each
+    client with metrics; and the uuid of a noisy client."""
+    experiment = make_experiment(developer, "noisy", round_policy={"policy": "require_x_updates", "x": 10})
+    clients = [enroll(experiment) for _ in range(10)]
+    for round_number in (1, 2):
+        for i, client in enumerate(clients):
+            value = (-1) ** i * 30.0 * round_number if i >= 8 else round_number + i / 50
+            submit(experiment, client, value, num_examples=10 + i, metrics={"loss": 1 / round_number})
+        run_round(experiment)
+    return experiment, str(clients[8].uuid)
+
+
 def _sticking_out(page: Page) -> list[str]:
     """The elements whose right edge is past the screen's, outside the tables that scroll (the first 10)."""
     return page.evaluate(
@@ -355,12 +370,15 @@ def test_every_page_fits_the_screen_has_no_error_and_passes_an_accessibility_che
         _with_rounds(make_experiment, enroll, submit, run_round, alice, name, rounds)
         for name, rounds in (("lr-0.1", 4), ("lr-0.01", 3))
     ]
+    noisy, noisy_client = _with_noisy_clients(make_experiment, enroll, submit, run_round, alice)
     context, page = open_page(chromium, server, DESKTOP if size == "desktop" else PHONE)
     pages = {
         "login": "/dashboard/login/",
         "experiments": "/dashboard/",
         "experiment": f"/dashboard/experiments/{runs[0].pk}/",
         "compare": f"/dashboard/compare/?experiment={runs[0].pk}&experiment={runs[1].pk}&chart=training-loss",
+        "clients": f"/dashboard/experiments/{noisy.pk}/clients/",
+        "client": f"/dashboard/experiments/{noisy.pk}/clients/{noisy_client}/",
         "not-found": "/dashboard/nowhere/",
     }
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)

@@ -353,7 +353,10 @@ def test_the_lineage_shows_the_clients_a_sampled_round_selected_and_its_seed(
     assertInHTML(
         f"""<details class="sampling">
           <summary>2 of 3 clients selected, seed <code>99</code></summary>
-          <ul class="inputs"><li><code>{first}</code></li><li><code>{second}</code></li></ul>
+          <ul class="inputs">
+            <li><a href="/dashboard/experiments/{experiment.pk}/clients/{first}/"><code>{first}</code></a></li>
+            <li><a href="/dashboard/experiments/{experiment.pk}/clients/{second}/"><code>{second}</code></a></li>
+          </ul>
         </details>""",
         page,
         count=1,

@@ -255,10 +255,23 @@ def test_a_krum_experiment_from_the_cli_shows_its_selection_and_scores(
     status, out, _ = fma(*login, "aggregate", aggregate)
     lines = out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("UPDATE"))
-    assert lines[header].split() == ["UPDATE", "WEIGHT", "SCORE", "SELECTED"]
+    assert lines[header].split() == [
+        "UPDATE",
+        "WEIGHT",
+        "SCORE",
+        "SELECTED",
+        "NORM",
+        "COSINE",
+        "DISTANCE",
+        "OUTLIER",
+    ]
     rows = {line.split()[0]: line.split()[1:] for line in lines[header + 1 :]}
     assert rows[far][0] == "0"
     assert rows[far][2] == "no"
     assert sorted(r[2] for r in rows.values()) == ["1", "2", "no", "no", "no"]
     assert {u for u, r in rows.items() if r[0] == "0.5"} == set(report["selected"])
     assert float(rows[far][1]) == max(float(r[1]) for r in rows.values())
+    # the round measured each update against the aggregate (the mean of the 2 selected, near 1): only the
+    # far one is an outlier, at √6 × (30 − about 1) from it (w has 6 values)
+    assert {u for u, r in rows.items() if r[6] == "yes"} == {far}
+    assert float(rows[far][5]) == pytest.approx(6**0.5 * 29, rel=0.01)

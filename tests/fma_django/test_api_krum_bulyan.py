@@ -110,3 +110,11 @@ def test_the_aggregate_detail_shows_the_selection_each_score_and_the_shares(
     shares = {str(u["id"]): u["weight"] for u in detail["updates"]}
     assert {u for u, w in shares.items() if w} == set(report["selected"])
     assert sorted(shares.values()) == [0.0, 0.0, 0.0, 0.5, 0.5]
+    # each input as the round measured it against the aggregate: the far one alone is an outlier
+    inputs = {str(u["id"]): u for u in detail["updates"]}
+    assert {u for u, i in inputs.items() if i["outlier"]} == {far}
+    assert inputs[far]["distance"] == max(i["distance"] for i in inputs.values())
+    assert all(i["norm"] is None and i["cosine"] is None for i in inputs.values())  # no model before round 1
+    assert {i["client"] for i in inputs.values()} == {
+        str(u.client.uuid) for u in experiment.model_updates.all()
+    }

@@ -98,6 +98,9 @@ from fma_core.shards import (
     shards_prefix,
 )
 from fma_core.state import read_state, state_key
+from fma_core.update_stats import REPORT_SECTION as UPDATES_SECTION
+from fma_core.update_stats import Sums
+from fma_core.update_stats import report as updates_report
 from fma_core.weights import TensorSpec, WeightsReader
 from fma_core.weights.delta import ChangeReader, DeltaReader, ScaledChangeReader, SharedBases
 from fma_core.weights.layout import ConcatStream, Part
@@ -609,7 +612,13 @@ class RoundEngine:
         aggregator = self._aggregator(claim)
         try:
             return aggregate_shard(
-                aggregator, self._inputs(plan), plan.spec, plan.shards[index], self._context(plan, aggregator)
+                aggregator,
+                self._inputs(plan),
+                plan.spec,
+                plan.shards[index],
+                self._context(plan, aggregator),
+                # each update's figures would be released without noise: a private round has none
+                measure=plan.privacy is None,
             )
         except UpdateUnreadable as error:
             self.metadata.quarantine_update(claim, error.update_id, error.reason)
@@ -626,8 +635,11 @@ class RoundEngine:
                 self._put(output, [output.header, *(data.data for data in sections)])
                 for output, sections in zip(outputs, shard.sections, strict=False)
             ]
+            sums = shard.sums
             del shard
-        return self._draft(plan, aggregator, stored, duration=time.perf_counter() - started, peak=peak.bytes)
+        return self._draft(
+            plan, aggregator, stored, duration=time.perf_counter() - started, peak=peak.bytes, sums=sums
+        )
 
     def _put(self, output: Output, parts: list[Part]) -> tuple[int, str]:
         """Store an output whole; its size (checked) and SHA-256, measured on the way."""
@@ -653,7 +665,8 @@ class RoundEngine:
         except ObjectNotFound:  # the upload is over: joined by the round's commit, or aborted
             self._check_current(claim)
             raise
-        record = json.dumps({"parts": parts, "peak_memory_bytes": peak}).encode()
+        sums = shard.sums.to_json() if shard.sums is not None else None
+        record = json.dumps({"parts": parts, "peak_memory_bytes": peak, "sums": sums}).encode()
         self.weights.put(plan.shard_key(index), io.BytesIO(record))
         try:
             self._check_current(claim)
@@ -684,7 +697,10 @@ class RoundEngine:
                 stored.append(self._measure(output))
         duration = max(0.0, self.clock() - claim.claimed_at)
         shard_peak = max(r["peak_memory_bytes"] for r in records)
-        draft = self._draft(plan, aggregator, stored, duration=duration, peak=max(peak.bytes, shard_peak))
+        sums = Sums.total(Sums.from_json(r["sums"]) for r in records if r.get("sums") is not None)
+        draft = self._draft(
+            plan, aggregator, stored, duration=duration, peak=max(peak.bytes, shard_peak), sums=sums
+        )
         record = self.metadata.commit_round(claim, draft)
         self._drop_records(plan)  # the uploads are joined: no abort to send
         return record
@@ -722,6 +738,7 @@ class RoundEngine:
         *,
         duration: float,
         peak: int,
+        sums: Sums | None = None,
     ) -> AggregateDraft:
         """The round's record, from its outputs as stored (size and hash): the aggregate, and the state."""
         outputs = plan.outputs(aggregator)
@@ -746,7 +763,7 @@ class RoundEngine:
             peak_memory_bytes=peak or None,
             state_key=outputs[1].key if state else None,
             state_content_id=state[0][1] if state else None,
-            report=self._report(plan, inputs, report, mode),
+            report=self._report(plan, inputs, report, mode, sums, shares),
         )
 
     @staticmethod
@@ -755,9 +772,12 @@ class RoundEngine:
         inputs: list[UpdateInput],
         aggregator_report: Any,
         mode: asynchronous.AsyncMode | None,
+        sums: Sums | None = None,
+        shares: list[float] | None = None,
     ) -> dict[str, Any]:
         """The round's report, by section: the aggregator's own, the norm screening's, the clients the
-        round selected, and an asynchronous round's staleness mix."""
+        round selected, an asynchronous round's staleness mix, a private round's accounting, and each
+        update's figures against the aggregate (``fma_core.update_stats``)."""
         report: dict[str, Any] = {}
         if mode is not None:
             bases = {u.update_id: u.base_round for u in plan.claim.updates}
@@ -776,6 +796,11 @@ class RoundEngine:
             policy = PrivacyPolicy.from_config(plan.claim.experiment.privacy)
             assert policy is not None
             report[PRIVACY_SECTION] = PrivateRound.from_json(plan.privacy).report(policy)
+        if sums is not None and sums.updates:
+            by_id = (
+                dict(zip((i.update_id for i in inputs), shares, strict=True)) if shares is not None else None
+            )
+            report[UPDATES_SECTION] = _plain_json(updates_report(sums, by_id), "the updates' figures")
         return report
 
     def _aggregator(self, claim: RoundClaim) -> Aggregator:

@@ -31,12 +31,14 @@ from fma_core.aggregators import Aggregator, UpdateInput
 from fma_core.aggregators.base import RoundContext, Target, accumulator_dtype
 from fma_core.connectors.metadata import ExperimentConfig, RoundClaim, UpdateRecord
 from fma_core.state import state_header, state_key
+from fma_core.update_stats import CHUNK, Measure, Sums
 from fma_core.weights import TensorSpec
 from fma_core.weights.layout import header_bytes
 
 # Shard boundaries inside a tensor fall on multiples of this many elements: blocks stay whole and
-# a tiny FMA_SHARD_BYTES cannot cut a model into thousands of slivers.
-ALIGN_ELEMENTS = 1024
+# a tiny FMA_SHARD_BYTES cannot cut a model into thousands of slivers; and each update's figures,
+# summed per chunk of this many elements (``fma_core.update_stats``), come out the same sharded or not.
+ALIGN_ELEMENTS = CHUNK
 _STRAY_BYTES = 2 * ALIGN_ELEMENTS * 8  # the most a shard's two cuts move it from its ideal share
 
 
@@ -103,10 +105,12 @@ def _dtype(dtype: np.dtype, state: bool) -> np.dtype:
 
 @dataclass(frozen=True)
 class ShardData:
-    """A shard's range of the aggregate's data and of each state tensor's, as bytes."""
+    """A shard's range of the aggregate's data and of each state tensor's, as bytes; and the exact sums
+    of its updates' figures over that range (``fma_core.update_stats``), when measured."""
 
     data: np.ndarray
     state: tuple[np.ndarray, ...] = ()
+    sums: Sums | None = None
 
     @property
     def sections(self) -> tuple[tuple[np.ndarray, ...], ...]:
@@ -120,9 +124,11 @@ def aggregate_shard(
     spec: TensorSpec,
     shard: Shard,
     context: RoundContext | None = None,
+    *,
+    measure: bool = False,
 ) -> ShardData:
     """The shard's range of the aggregate's data (and of the new state), as bytes: its pieces
-    aggregated straight into place."""
+    aggregated straight into place; with ``measure``, each update's sums against it, from the same reads."""
     data = np.empty(shard_nbytes(spec, shard), np.uint8)
     states = tuple(
         np.empty(shard_nbytes(spec, shard, state=True), np.uint8) for _ in aggregator.state_tensors
@@ -147,8 +153,9 @@ def aggregate_shard(
         )
         offset += size
         state_offset += state_size
-    aggregator.aggregate_into(updates, targets, context)
-    return ShardData(data, states)
+    measuring = Measure() if measure else None
+    aggregator.aggregate_into(updates, targets, context, measuring)
+    return ShardData(data, states, measuring.sums() if measuring is not None else None)
 
 
 @dataclass(frozen=True)

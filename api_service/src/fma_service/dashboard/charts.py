@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from fma_django.selectors import AggregateMetrics
+from fma_service.dashboard.clients import UpdateRow as ClientUpdate
 from fma_service.dashboard.selectors import RoundRow
 
 SOURCES = (
@@ -154,3 +155,19 @@ def as_csv(charts: Sequence[Chart]) -> str:
     for r in rounds:
         writer.writerow([r] + ["" if (v := values.get(r)) is None else repr(v) for values in lookup])
     return out.getvalue()
+
+
+def client_distance_chart(updates: Sequence[ClientUpdate]) -> Chart:
+    """One client's distance to each round's aggregate, beside the round's outlier threshold."""
+    measured = [u for u in updates if u.round_number is not None and u.figures.get("distance") is not None]
+    own = tuple(sorted((u.round_number, u.figures["distance"]) for u in measured))
+    threshold = tuple(sorted((u.round_number, u.threshold) for u in measured if u.threshold is not None))
+    return Chart(
+        key="client-distance",
+        title="Distance to the round's aggregate",
+        description="this client's update's Euclidean distance to its round's aggregate, and the round's "
+        "outlier threshold (median + 3 × 1.4826 × MAD of the round's distances), per round",
+        y_label="distance (L2)",
+        series=(Series("this client", own), Series("outlier threshold", threshold)),
+        from_zero=True,
+    )

@@ -63,6 +63,9 @@ class RoundInput:
     update: ModelUpdate
     score: str | None = None
     place: int | None = None
+    figures: dict | None = (
+        None  # norm, cosine, distance, outlier, as the round measured it (report["updates"])
+    )
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,11 @@ class RoundRow:
     staleness: RoundStaleness | None = None  # an asynchronous round's staleness mix
     # a secure round keeps no update: how many clients finished each SecAgg+ stage, from its report
     secure_stages: dict[str, int] | None = None
+
+    @property
+    def outliers(self) -> int:
+        """How many of its updates the round flagged as outliers (``report["updates"]``)."""
+        return sum(1 for i in self.inputs if i.figures and i.figures.get("outlier"))
 
     @property
     def selected(self) -> int | None:
@@ -342,11 +350,13 @@ def round_inputs(aggregate: ModelAggregate, updates: list[ModelUpdate]) -> tuple
     scores = decided.get("scores") or {}
     selected = decided.get("selected")
     places = {str(u): place for place, u in enumerate(selected or [], start=1)}
+    measured = ((aggregate.report or {}).get("updates") or {}).get("per_update") or {}
     return tuple(
         RoundInput(
             update=u,
             score=f"{scores[str(u.pk)]:.6g}" if str(u.pk) in scores else None,
             place=places.get(str(u.pk), 0) if selected is not None else None,
+            figures=measured.get(str(u.pk)),
         )
         for u in updates
     )

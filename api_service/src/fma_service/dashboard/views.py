@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from uuid import UUID
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
@@ -13,6 +15,7 @@ from fma_django import selectors as fma_selectors
 from fma_django.errors import Conflict, ValidationFailed
 from fma_django.models import Experiment
 from fma_service.dashboard import charts, live
+from fma_service.dashboard import clients as client_rows
 from fma_service.dashboard import selectors as dashboard
 from fma_service.dashboard.forms import PublishForm, StateForm
 
@@ -74,6 +77,43 @@ def experiment_live(request: HttpRequest, pk: int) -> JsonResponse:
             "current_round": summary.current_round,
             "regions": {name: region.as_dict() for name, region in regions.items()},
         }
+    )
+
+
+@require_GET
+@login_required
+def experiment_clients(request: HttpRequest, pk: int) -> HttpResponse:
+    """Every client of the experiment with its participation, refusals and outlier rounds."""
+    experiment = _experiment(request, pk)
+    return render(
+        request,
+        "dashboard/client_list.html",
+        {"experiment": experiment, "clients": client_rows.experiment_clients(experiment)},
+    )
+
+
+@require_GET
+@login_required
+def client_detail(request: HttpRequest, pk: int, client: UUID) -> HttpResponse:
+    """One client's updates to the experiment, round by round, as each round measured and used them."""
+    experiment = _experiment(request, pk)
+    found = client_rows.enrolled_client(experiment, str(client))
+    if found is None:
+        raise Http404("No such client in this experiment.")
+    updates = client_rows.client_updates(experiment, found)
+    selected, drawn = client_rows.client_selections(experiment, found)
+    return render(
+        request,
+        "dashboard/client_detail.html",
+        {
+            "experiment": experiment,
+            "client": found,
+            "updates": updates,
+            "rejections": client_rows.client_rejections(experiment, found),
+            "selected": selected,
+            "drawn": drawn,
+            "charts": [charts.client_distance_chart(updates)],
+        },
     )
 
 

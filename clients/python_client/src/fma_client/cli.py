@@ -39,7 +39,7 @@ AGGREGATE_COLUMNS = [
     "validation_score",
     "created_on",
 ]
-INPUT_COLUMNS = ["update", "weight", "score", "selected"]
+INPUT_COLUMNS = ["update", "weight", "score", "selected", "norm", "cosine", "distance", "outlier"]
 API_TOKEN_COLUMNS = ["id", "name", "created_at", "expires_at", "last_used_at", "current"]
 TOKEN_COLUMNS = ["id", "created_on", "created_by", "expires_at", "max_uses", "uses", "revoked_at", "active"]
 EVALUATION_COLUMNS = [
@@ -218,11 +218,17 @@ def input_rows(aggregate: dict[str, Any]) -> list[dict[str, Any]]:
             "weight": f"{u['weight']:.6g}" if u["weight"] is not None else None,
             "score": f"{scores[str(u['id'])]:.6g}" if str(u["id"]) in scores else None,
             "selected": order.get(str(u["id"]), "no") if "selected" in decided else None,
+            **{name: _figure(u.get(name)) for name in ("norm", "cosine", "distance")},
+            "outlier": {True: "yes", False: "no"}.get(u.get("outlier")),
         }
         if str(u["id"]) in stale:
             row |= {"tau": stale[str(u["id"])]["tau"], "discount": f"{stale[str(u['id'])]['discount']:.6g}"}
         rows.append(row)
     return rows
+
+
+def _figure(value: float | None) -> str | None:
+    return f"{value:.6g}" if value is not None else None
 
 
 def show_aggregate(aggregate: dict[str, Any]) -> str:
@@ -233,7 +239,11 @@ def show_aggregate(aggregate: dict[str, Any]) -> str:
     report = aggregate.get("report") or {}
     decided = report.get("aggregator") or {}
     head |= {k: v for k, v in decided.items() if k not in ("selected", "scores")}
-    head |= {section: v for section, v in report.items() if section not in ("aggregator", "staleness")}
+    head |= {  # sampling, norms, and of the updates' figures the rule (each update's are in the table)
+        section: v for section, v in report.items() if section not in ("aggregator", "staleness", "updates")
+    }
+    measured = report.get("updates") or {}
+    head |= {f"updates {k}": v for k, v in measured.items() if k != "per_update"}
     columns = INPUT_COLUMNS
     if "staleness" in report:  # the mix in the head, each update's τ and s(τ) in its row
         head["staleness"] = {k: v for k, v in report["staleness"].items() if k != "updates"}

@@ -39,6 +39,7 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
+from fma_core import update_stats
 from fma_core.errors import ConfigurationError, FmaError, UpdateUnreadable
 from fma_core.weights import TensorInfo, TensorSpec, Weights, WeightsReader
 
@@ -227,15 +228,20 @@ class Aggregator(ABC):
         updates: Iterable[UpdateInput],
         targets: Sequence[Target],
         context: RoundContext | None = None,
+        measure: update_stats.Measure | None = None,
     ) -> None:
         """Write each target's elements of the result (a range of a shard's bytes, or a whole tensor),
-        and of the new state when the algorithm keeps one."""
+        and of the new state when the algorithm keeps one; with ``measure``, take each update's sums
+        against the result from the same reads (``fma_core.update_stats``)."""
         context = context or RoundContext()
         ordered = canonical_order(updates)
         if not ordered:
             raise ValueError("nothing to aggregate: no updates")
         plan = self._plan(ordered, context)
         block = self._block(len(ordered))
+        if measure is not None:
+            block = update_stats.block_elements(block, len(ordered))
+            measure.begin([u.update_id for u in ordered], self.reads_changes)
         tasks = [
             (target, begin, min(begin + block, target.stop))
             for target in targets
@@ -245,7 +251,7 @@ class Aggregator(ABC):
             inputs = [_Opened.update(update, stack, change=self.reads_changes) for update in ordered]
             parent = (
                 _Opened.model("the current global model", context.parent, stack)
-                if self.needs_parent
+                if self.needs_parent or (measure is not None and context.parent is not None)
                 else None
             )
             state = (
@@ -260,6 +266,7 @@ class Aggregator(ABC):
 
             def work() -> None:
                 scratch = _Scratch()
+                recorder = measure.recorder() if measure is not None else None
                 while not failed.is_set():
                     with taking:
                         task = next(queue, None)
@@ -267,9 +274,13 @@ class Aggregator(ABC):
                         return
                     target, begin, end = task
                     try:
-                        self._combine(
-                            Block(target, begin, end, inputs, plan, scratch, parent, state, context.noise)
-                        )
+                        block = Block(target, begin, end, inputs, plan, scratch, parent, state, context.noise)
+                        if recorder is not None and target.info.numpy_dtype.kind == "f":
+                            block.measured_by(recorder)
+                            self._combine(block)
+                            block.measure()
+                        else:
+                            self._combine(block)
                     except BaseException:
                         failed.set()  # the others stop at their next block
                         raise
@@ -471,6 +482,23 @@ class Block:
         self.scratch = scratch
         self._inputs, self._parent, self._state = inputs, parent, state
         self._noise = noise
+        self._recorder: update_stats.Recorder | None = None
+        self._parent_read: np.ndarray | None = None
+
+    def measured_by(self, recorder: update_stats.Recorder) -> None:
+        """Keep each value ``inputs`` yields for ``recorder``, which measures the updates once the
+        block's result is written (``measure``)."""
+        self._recorder = recorder
+        recorder.start(self.count, self.accumulator)
+
+    def measure(self) -> None:
+        """The block's result is written: read what the algorithm skipped, and take the sums."""
+        recorder = self._recorder
+        assert recorder is not None
+        for row in recorder.missing():
+            into = recorder.row(row, self.info.numpy_dtype)
+            recorder.keep(row, self._inputs[row].read_block(self.info.name, self.start, self.stop, into))
+        recorder.finish(self.out, self.parent() if self._parent is not None else None)
 
     @property
     def count(self) -> int:
@@ -488,8 +516,15 @@ class Block:
     def inputs(self, rows: Iterable[int] | None = None) -> Iterator[np.ndarray]:
         """Each update's values, or only those of ``rows`` (positions in canonical order), in order."""
         read = self.scratch.get("read", self.count, self.info.numpy_dtype)
-        for opened in self._inputs if rows is None else (self._inputs[row] for row in rows):
-            yield opened.read_block(self.info.name, self.start, self.stop, read)
+        recorder = self._recorder
+        for row in range(len(self._inputs)) if rows is None else rows:
+            if recorder is None:
+                yield self._inputs[row].read_block(self.info.name, self.start, self.stop, read)
+                continue
+            into = recorder.row(row, self.info.numpy_dtype)  # read straight into the measure's buffer
+            value = self._inputs[row].read_block(self.info.name, self.start, self.stop, into)
+            recorder.keep(row, value)
+            yield value
 
     def add_noise(self, values: np.ndarray) -> None:
         """Add the round's differential-privacy noise for this block's elements to ``values`` (the mean
@@ -498,10 +533,13 @@ class Block:
             self._noise.add(self.info.name, self.start, self.stop, values)
 
     def parent(self) -> np.ndarray:
+        """The current global model's values of the block, read once however often asked."""
         if self._parent is None:
             raise FmaError("this algorithm did not declare needs_parent")
-        read = self.scratch.get("parent", self.count, self.info.numpy_dtype)
-        return self._parent.read_block(self.info.name, self.start, self.stop, read)
+        if self._parent_read is None:
+            read = self.scratch.get("parent", self.count, self.info.numpy_dtype)
+            self._parent_read = self._parent.read_block(self.info.name, self.start, self.stop, read)
+        return self._parent_read
 
     def state(self, name: str) -> np.ndarray:
         buffer = self.scratch.get(f"state:{name}", self.count, self.accumulator)

@@ -577,6 +577,26 @@ class EvaluationSummarySerializer(serializers.Serializer):
     )
 
 
+class AggregateInputSerializer(serializers.Serializer):
+    """One update that went into an aggregate, as the round used and measured it (``report["updates"]``)."""
+
+    id = serializers.IntegerField()
+    client = serializers.UUIDField(help_text="the client that sent it")
+    weight = serializers.FloatField(
+        allow_null=True, help_text="its share of the aggregate (linear algorithms)"
+    )
+    norm = serializers.FloatField(
+        allow_null=True, help_text="length of its step from the round's current model (null: not measured)"
+    )
+    cosine = serializers.FloatField(
+        allow_null=True, help_text="cosine between that step and the aggregate's (null: not measured)"
+    )
+    distance = serializers.FloatField(allow_null=True, help_text="Euclidean distance to the aggregate")
+    outlier = serializers.BooleanField(
+        allow_null=True, help_text="distance above the round's median + 3 × 1.4826 × MAD of distances"
+    )
+
+
 class ModelAggregateDetailSerializer(ModelAggregateSerializer):
     """One aggregate with the exact updates that went in and each one's share, and its evaluations
     on held-out data combined."""
@@ -597,8 +617,22 @@ class ModelAggregateDetailSerializer(ModelAggregateSerializer):
     def get_evaluation(self, aggregate: ModelAggregate) -> dict[str, Any]:
         return EvaluationSummarySerializer(selectors.evaluation_summary(aggregate)).data
 
+    @extend_schema_field(AggregateInputSerializer(many=True))
     def get_updates(self, aggregate: ModelAggregate) -> list[dict[str, Any]]:
+        """Each input's share and, as the round measured it (``report["updates"]``), its norm, its cosine
+        and distance to the aggregate, and whether it was flagged an outlier (null: not measured)."""
+        measured = ((aggregate.report or {}).get("updates") or {}).get("per_update") or {}
         return [
-            {"id": pk, "weight": weight}
-            for pk, weight in aggregate.updates.order_by("id").values_list("id", "aggregate_weight")
+            {
+                "id": pk,
+                "client": str(client),
+                "weight": weight,
+                **{
+                    name: measured.get(str(pk), {}).get(name)
+                    for name in ("norm", "cosine", "distance", "outlier")
+                },
+            }
+            for pk, client, weight in aggregate.updates.order_by("id").values_list(
+                "id", "client__uuid", "aggregate_weight"
+            )
         ]
