@@ -316,4 +316,4 @@ def test_a_norm_bound_clips_each_change_from_its_own_base_before_the_discount(tm
     got = world.read(draft.weights_key)
     for k in x:
         np.testing.assert_allclose(got[k], x[k], rtol=1e-5, atol=1e-6)
-    assert set(draft.report) == {"norms", "staleness"}
+    assert set(draft.report) == {"norms", "staleness", "updates"}
