@@ -10,8 +10,15 @@ never an update in the clear.
 When the unmasking stage closes with enough shares, the same transaction reads the survivors'
 masked inputs forward, block by block, sums them modulo 2^64, removes the masks, dequantizes the
 weighted mean and records it as the round's aggregate: the aggregate's unique round number and the
-row's lock make it happen once. Below the threshold the round fails with its reason, its masked
-inputs are deleted, and the next request opens the round again.
+row's lock make it happen once, and ``lifecycle.finish_if_reached`` in that transaction ends the
+experiment when its ``finish_when`` holds. Below the threshold the round fails with its reason, its
+masked inputs are deleted, and the next request opens the round again.
+
+The experiment's lifecycle: only a collecting experiment opens a round. A paused one opens none (a
+client asking is told to wait, stage ``paused``) but lets a round already open run to its end, as a
+plain round under a lease commits after a pause. An ended one (finished, stopped, budget_spent)
+refuses every stage request with 409 ``experiment_ended``, and its open round fails (its masked
+inputs deleted) at that request or the next sweep; a round already unmasked can still be read.
 """
 
 from __future__ import annotations
@@ -30,12 +37,13 @@ from django.db import IntegrityError, transaction
 from fma_core.secagg import PublicKeys, RoundParams, SecureRound, Share, StageError
 from fma_core.secagg.config import SecureAggregation
 from fma_core.weights import TensorSpec, open_weights, to_bytes
-from fma_django import sampling, selectors
+from fma_django import lifecycle, sampling, selectors
 from fma_django.errors import Conflict, NotFound, ValidationFailed
 from fma_django.models import (
     Client,
     EventKind,
     Experiment,
+    ExperimentState,
     ModelAggregate,
     SecureRoundRow,
     UpdateKind,
@@ -70,9 +78,18 @@ def _invited(experiment: Experiment, round_number: int) -> list[str]:
     return sorted(sampling.counted_clients(experiment, selection))
 
 
-def _open_round(experiment: Experiment, now: float) -> SecureRoundRow:
+def _refuse_ended(experiment: Experiment) -> None:
+    """409 ``experiment_ended`` if the experiment has ended (read afresh), after failing its open rounds."""
+    try:
+        lifecycle.accepting_require(experiment)
+    except Conflict:
+        _advance_rows(SecureRoundRow.objects.filter(experiment=experiment, stage__in=OPEN_STAGES), time.time())
+        raise
+
+
+def _open_round(experiment: Experiment, now: float) -> SecureRoundRow | None:
     """The current round's open row, made now if this is its first need (a failed one is kept, and a new
-    attempt opened beside it)."""
+    attempt opened beside it); None while the experiment is paused and no round is open."""
     round_number = sampling.current_round(experiment.pk)
     row = (
         SecureRoundRow.objects.filter(experiment=experiment, round_number=round_number, stage__in=OPEN_STAGES)
@@ -81,6 +98,9 @@ def _open_round(experiment: Experiment, now: float) -> SecureRoundRow:
     )
     if row is not None:
         return row
+    state = Experiment.objects.filter(pk=experiment.pk).values_list("state", flat=True).get()
+    if state != ExperimentState.COLLECTING:  # paused (an ended experiment was refused before)
+        return None
     config = _config(experiment)
     spec = _spec(experiment)
     params = RoundParams(
@@ -116,7 +136,15 @@ def _row_locked(experiment: Experiment, round_id: int) -> SecureRoundRow:
 
 
 def _save(row: SecureRoundRow, state: SecureRound, now: float) -> None:
-    """Let the round move on, finish it if it can be unmasked, and store it (inside the row's lock)."""
+    """Let the round move on, finish it if it can be unmasked, and store it (inside the row's lock).
+
+    The experiment's row is locked too, so a state change (``lifecycle``) is either seen here, and a
+    round of an ended experiment fails instead of moving on, or waits until this round is stored."""
+    row.experiment = Experiment.objects.select_for_update().get(pk=row.experiment_id)
+    if row.experiment.state in lifecycle.ENDED:
+        ended = ExperimentState(row.experiment.state).label.lower()
+        reason = row.experiment.state_reason
+        state.end(f"the experiment is {ended}{': ' + reason if reason else ''}")
     unmasker = state.advance(now)
     if unmasker is not None:
         row.aggregate = _commit_mean(row, state, unmasker)
@@ -199,6 +227,7 @@ def _commit_mean(row: SecureRoundRow, state: SecureRound, unmasker: Any) -> Mode
         size_bytes=aggregate.size_bytes,
         secure_aggregation=dict(state.counts),
     )
+    lifecycle.finish_if_reached(experiment)  # the round limit, a training-metric target
     return aggregate
 
 
@@ -210,6 +239,21 @@ def _read_elements(stream: BinaryIO, count: int) -> np.ndarray:
 
 
 # -- what a client sees ----------------------------------------------------------------------------
+
+
+def _paused_view(experiment: Experiment, now: float) -> dict[str, Any]:
+    """What a client asking for the current round of a paused experiment sees: wait, none is open."""
+    config = _config(experiment)
+    return {
+        "id": None,
+        "round": sampling.current_round(experiment.pk),
+        "stage": "paused",
+        "deadline": now + config.stage_seconds,
+        "reason": "the experiment is paused: no secure round opens until it collects again",
+        "counts": {},
+        "aggregate": None,
+        "action": "wait",
+    }
 
 
 def _b64(data: bytes) -> str:
@@ -279,10 +323,16 @@ def secure_round_get(
     themselves move a stage on as soon as everyone expected has answered)."""
     now = time.time()
     if round_id is None:
-        round_id = _open_round(experiment, now).pk
+        _refuse_ended(experiment)
+        opened = _open_round(experiment, now)
+        if opened is None:
+            return _paused_view(experiment, now)
+        round_id = opened.pk
     row = SecureRoundRow.objects.filter(pk=round_id, experiment=experiment).first()
     if row is None:
         raise NotFound(f"experiment {experiment.pk} has no secure round {round_id}")
+    if row.stage != "unmasked":  # the round that finished the experiment can still be read
+        _refuse_ended(experiment)
     state = SecureRound.from_json(row.state)
     if row.stage in OPEN_STAGES and now >= state.deadline:  # a passed deadline moves it on, under the lock
         with transaction.atomic():
@@ -298,6 +348,7 @@ def secure_round_submit(
 ) -> dict[str, Any]:
     """One client step of the keys or unmasking stages (JSON); a retry with the same content is no change."""
     me = str(client.uuid)
+    _refuse_ended(experiment)
     now = time.time()
     with transaction.atomic():
         row = _row_locked(experiment, round_id)
@@ -341,6 +392,7 @@ def secure_round_masked_input(
     upload side by side), and recorded under it; if the stage closed meanwhile, the bytes are removed.
     """
     me = str(client.uuid)
+    _refuse_ended(experiment)
     row = SecureRoundRow.objects.filter(pk=round_id, experiment=experiment).first()
     if row is None:
         raise NotFound(f"experiment {experiment.pk} has no secure round {round_id}")
@@ -381,10 +433,17 @@ def secure_round_masked_input(
 
 
 def secure_rounds_advance(*, now: float | None = None) -> int:
-    """Move every open secure round whose stage deadline has passed (the runners' sweep); how many moved."""
+    """Move every open secure round whose stage deadline has passed, and fail those of ended experiments
+    (the runners' sweep); how many moved."""
     now = time.time() if now is None else now
+    return _advance_rows(SecureRoundRow.objects.filter(stage__in=OPEN_STAGES), now)
+
+
+def _advance_rows(rows: Any, now: float) -> int:
+    """Move each of ``rows`` (a queryset) still open whose deadline has passed or whose experiment has
+    ended, one transaction each; how many changed stage."""
     moved = 0
-    for round_id in SecureRoundRow.objects.filter(stage__in=OPEN_STAGES).values_list("pk", flat=True):
+    for round_id in rows.values_list("pk", flat=True):
         with transaction.atomic():
             row = (
                 SecureRoundRow.objects.select_for_update().filter(pk=round_id, stage__in=OPEN_STAGES).first()
@@ -392,7 +451,7 @@ def secure_rounds_advance(*, now: float | None = None) -> int:
             if row is None:
                 continue
             state = SecureRound.from_json(row.state)
-            if now >= state.deadline:
+            if now >= state.deadline or row.experiment.state in lifecycle.ENDED:
                 before = state.stage
                 _save(row, state, now)
                 moved += state.stage != before

@@ -205,6 +205,11 @@ class SecureRound:
             self.length,
         )
 
+    def end(self, reason: str) -> None:
+        """Fail a round still open because its experiment ended; an unmasked or failed round stays so."""
+        if self.stage not in ("unmasked", "failed"):
+            self._fail(reason)
+
     def _fail(self, reason: str) -> None:
         """Stop the round and forget what could help unmask any input."""
         self.stage = "failed"

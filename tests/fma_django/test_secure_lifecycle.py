@@ -1,0 +1,162 @@
+"""Secure rounds follow the experiment's lifecycle: a paused experiment opens no round (one already
+open finishes), an ended one refuses stage requests with 409 ``experiment_ended`` and its open round
+fails with its masked inputs removed, and ``finish_when`` ends a secure experiment at its round."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+
+from fma_core.secagg import ClientSession, PublicKeys, RoundParams
+from fma_django import lifecycle, secure_rounds
+from fma_django.models import Event, EventKind, ExperimentState, ModelAggregate, SecureRoundRow
+
+from .conftest import make_weights
+
+STAGES = ("advertise", "share_keys", "masked_input", "unmasking")
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def unb64(text: str) -> bytes:
+    return base64.b64decode(text)
+
+
+class Round:
+    """Clients taking part in one secure round through the API, stage by stage."""
+
+    def __init__(self, apis: list, experiment_id: int) -> None:
+        self.apis = apis
+        self.base = f"/api/v1/models/{experiment_id}/secure_round/"
+        view = apis[0].get(self.base).json()
+        assert view["action"] == "advertise", view
+        self.id = view["id"]
+        self.sessions = {api.uuid: ClientSession(api.uuid, RoundParams.from_json(view["params"])) for api in apis}
+
+    def view(self, api) -> dict:
+        return api.get(self.base, {"id": self.id}).json()
+
+    def stage(self, name: str) -> list:
+        """Every client answers stage ``name``; the responses."""
+        responses = []
+        for api in self.apis:
+            session = self.sessions[api.uuid]
+            view = self.view(api)
+            assert view["action"] == name, view
+            url = f"{self.base}{self.id}/{name}/"
+            if name == "advertise":
+                keys = session.advertise()
+                body = {"encryption": b64(keys.encryption), "masking": b64(keys.masking)}
+                responses.append(api.post(url, body, format="json"))
+            elif name == "share_keys":
+                roster = {c: PublicKeys(unb64(e), unb64(m)) for c, (e, m) in view["roster"].items()}
+                shares = {j: b64(ct) for j, ct in session.share_keys(roster).items()}
+                responses.append(api.post(url, {"shares": shares}, format="json"))
+            elif name == "masked_input":
+                session.receive_shares({c: unb64(ct) for c, ct in view["inbox"].items()})
+                update = make_weights(0.25)
+                blocks = (np.asarray(update[n], dtype=np.float64).ravel() for n in view["tensors"])
+                body = b"".join(b.astype("<u8").tobytes() for b in session.masked_input(blocks, 1))
+                responses.append(
+                    api.generic("PUT", url, body, content_type="application/octet-stream")
+                )
+            else:
+                revealed = [[s.owner, s.kind, b64(s.value)] for s in session.unmask(view["survivors"])]
+                responses.append(api.post(url, {"shares": revealed}, format="json"))
+        return responses
+
+    def through(self, last: str) -> list:
+        """Run the stages up to and including ``last``; the last stage's responses."""
+        for name in STAGES[: STAGES.index(last) + 1]:
+            responses = self.stage(name)
+            assert all(r.status_code == 200 for r in responses), [r.content for r in responses]
+        return responses
+
+
+@pytest.fixture
+def secure(make_experiment):
+    return make_experiment(secure_aggregation={"stage_seconds": 60, "clip": 1.0})
+
+
+def masked_files(stored_files) -> list[str]:
+    return [f for f in stored_files() if f.startswith("secure/")]
+
+
+def test_finish_when_ends_a_secure_experiment_at_its_round(make_experiment, enroll, stored_files):
+    experiment = make_experiment(secure_aggregation={"stage_seconds": 60}, finish_when={"rounds": 1})
+    apis = [enroll(experiment) for _ in range(3)]
+    one = Round(apis, experiment.pk)
+    done = one.through("unmasking")[-1].json()
+    assert (done["action"], done["round"]) == ("done", 1)
+    experiment.refresh_from_db()
+    assert experiment.state == ExperimentState.FINISHED
+    assert experiment.state_reason == "round limit reached: 1 of 1 rounds"
+    assert Event.objects.filter(kind=EventKind.EXPERIMENT_ENDED, experiment=experiment).count() == 1
+    # the clients of the finishing round still read their result; nothing opens or moves any more
+    assert one.view(apis[1])["action"] == "done"
+    refused = apis[0].get(one.base)
+    assert (refused.status_code, refused.json()["code"]) == (409, "experiment_ended")
+    assert SecureRoundRow.objects.count() == 1
+    assert ModelAggregate.objects.filter(experiment=experiment).count() == 1
+    assert not masked_files(stored_files)
+
+
+def test_a_paused_experiment_opens_no_round_but_lets_an_open_one_finish(secure, enroll, developer):
+    apis = [enroll(secure) for _ in range(3)]
+    lifecycle.experiment_set_state(experiment=secure, state=ExperimentState.PAUSED, user=developer)
+    view = apis[0].get(f"/api/v1/models/{secure.pk}/secure_round/").json()
+    assert (view["id"], view["stage"], view["action"]) == (None, "paused", "wait")
+    assert not SecureRoundRow.objects.exists()
+
+    lifecycle.experiment_set_state(experiment=secure, state=ExperimentState.COLLECTING, user=developer)
+    running = Round(apis, secure.pk)
+    running.through("masked_input")
+    lifecycle.experiment_set_state(experiment=secure, state=ExperimentState.PAUSED, user=developer)
+    done = running.stage("unmasking")[-1].json()
+    assert done["action"] == "done"  # the round under way commits, as a leased plain round does
+    assert ModelAggregate.objects.filter(experiment=secure, round_number=1).exists()
+    after = apis[0].get(running.base).json()
+    assert (after["stage"], after["round"]) == ("paused", 2)
+    assert SecureRoundRow.objects.count() == 1
+
+
+@pytest.mark.parametrize("how", ["request", "sweep"])
+def test_stopping_fails_the_open_round_and_removes_its_masked_inputs(
+    secure, enroll, developer, stored_files, how
+):
+    apis = [enroll(secure) for _ in range(3)]
+    running = Round(apis, secure.pk)
+    running.through("masked_input")
+    assert len(masked_files(stored_files)) == 3
+    lifecycle.experiment_set_state(
+        experiment=secure, state=ExperimentState.STOPPED, user=developer, reason="enough"
+    )
+    if how == "request":
+        session = running.sessions[apis[0].uuid]
+        shares = [[s.owner, s.kind, b64(s.value)] for s in session.unmask([a.uuid for a in apis])]
+        refused = apis[0].post(f"{running.base}{running.id}/unmasking/", {"shares": shares}, format="json")
+        assert (refused.status_code, refused.json()["code"]) == (409, "experiment_ended")
+        polled = apis[1].get(running.base, {"id": running.id})
+        assert (polled.status_code, polled.json()["code"]) == (409, "experiment_ended")
+    else:
+        assert secure_rounds.secure_rounds_advance() == 1
+    row = SecureRoundRow.objects.get()
+    assert row.stage == "failed"
+    assert row.reason.startswith(f"the experiment is stopped: stopped by {developer.get_username()}")
+    assert row.state["revealed"] == {} and row.state["outbox"] == {}
+    assert not masked_files(stored_files)
+    assert not ModelAggregate.objects.filter(experiment=secure).exists()
+    assert Event.objects.filter(kind=EventKind.ROUND_FAILED, experiment=secure).count() == 1
+    for stage in ("advertise", "share_keys", "unmasking"):
+        late = apis[2].post(f"{running.base}{running.id}/{stage}/", {}, format="json")
+        assert (late.status_code, late.json()["code"]) == (409, "experiment_ended")
+    late_input = apis[2].generic(
+        "PUT", f"{running.base}{running.id}/masked_input/", b"\0" * 16, content_type="application/octet-stream"
+    )
+    assert (late_input.status_code, late_input.json()["code"]) == (409, "experiment_ended")
+    assert not masked_files(stored_files)
+    assert secure_rounds.secure_rounds_advance() == 0
