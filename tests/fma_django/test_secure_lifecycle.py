@@ -147,7 +147,8 @@ def test_stopping_fails_the_open_round_and_removes_its_masked_inputs(
     row = SecureRoundRow.objects.get()
     assert row.stage == "failed"
     assert row.reason.startswith(f"the experiment is stopped: stopped by {developer.get_username()}")
-    assert row.state["revealed"] == {} and row.state["outbox"] == {}
+    assert row.state["revealed"] == {}
+    assert row.state["outbox"] == {}
     assert not masked_files(stored_files)
     assert not ModelAggregate.objects.filter(experiment=secure).exists()
     assert Event.objects.filter(kind=EventKind.ROUND_FAILED, experiment=secure).count() == 1
