@@ -5,15 +5,23 @@ fails with its masked inputs removed, and ``finish_when`` ends a secure experime
 from __future__ import annotations
 
 import base64
+import io
+import os
+import time
 
 import numpy as np
 import pytest
 
 from fma_core.secagg import ClientSession, PublicKeys, RoundParams
 from fma_django import lifecycle, secure_rounds
+from fma_django.housekeeping import weights_remove_unreferenced
 from fma_django.models import Event, EventKind, ExperimentState, ModelAggregate, SecureRoundRow
+from fma_django.storage import weight_store
 
 from .conftest import make_weights
+
+# a round's end deletes its masked inputs once its transaction commits: the tests see real commits
+pytestmark = pytest.mark.django_db(transaction=True)
 
 STAGES = ("advertise", "share_keys", "masked_input", "unmasking")
 
@@ -35,7 +43,9 @@ class Round:
         view = apis[0].get(self.base).json()
         assert view["action"] == "advertise", view
         self.id = view["id"]
-        self.sessions = {api.uuid: ClientSession(api.uuid, RoundParams.from_json(view["params"])) for api in apis}
+        self.sessions = {
+            api.uuid: ClientSession(api.uuid, RoundParams.from_json(view["params"])) for api in apis
+        }
 
     def view(self, api) -> dict:
         return api.get(self.base, {"id": self.id}).json()
@@ -61,9 +71,7 @@ class Round:
                 update = make_weights(0.25)
                 blocks = (np.asarray(update[n], dtype=np.float64).ravel() for n in view["tensors"])
                 body = b"".join(b.astype("<u8").tobytes() for b in session.masked_input(blocks, 1))
-                responses.append(
-                    api.generic("PUT", url, body, content_type="application/octet-stream")
-                )
+                responses.append(api.generic("PUT", url, body, content_type="application/octet-stream"))
             else:
                 revealed = [[s.owner, s.kind, b64(s.value)] for s in session.unmask(view["survivors"])]
                 responses.append(api.post(url, {"shares": revealed}, format="json"))
@@ -156,8 +164,47 @@ def test_stopping_fails_the_open_round_and_removes_its_masked_inputs(
         late = apis[2].post(f"{running.base}{running.id}/{stage}/", {}, format="json")
         assert (late.status_code, late.json()["code"]) == (409, "experiment_ended")
     late_input = apis[2].generic(
-        "PUT", f"{running.base}{running.id}/masked_input/", b"\0" * 16, content_type="application/octet-stream"
+        "PUT",
+        f"{running.base}{running.id}/masked_input/",
+        b"\0" * 16,
+        content_type="application/octet-stream",
     )
     assert (late_input.status_code, late_input.json()["code"]) == (409, "experiment_ended")
     assert not masked_files(stored_files)
     assert secure_rounds.secure_rounds_advance() == 0
+
+
+def test_the_orphan_sweep_removes_masked_inputs_no_open_round_names(
+    secure, enroll, settings, weights_dir, stored_files
+):
+    settings.FMA_ORPHAN_SWEEP_SECONDS = 0
+    apis = [enroll(secure) for _ in range(3)]
+    running = Round(apis, secure.pk)
+    running.through("masked_input")
+    store = weight_store()
+    left = [  # a crash between storing an input and recording it, and keys no round could name
+        store.put(f"secure/{secure.pk}/{running.id}/{apis[0].uuid}-0badf00d.u64", io.BytesIO(b"\0" * 16)).key,
+        store.put(f"secure/{secure.pk}/{running.id + 1}/{apis[0].uuid}-0badf00d.u64", io.BytesIO(b"\0")).key,
+        store.put(f"secure/{secure.pk}/stray.u64", io.BytesIO(b"\0")).key,
+    ]
+    month_ago = time.time() - 30 * 86400
+    for key in masked_files(stored_files):
+        os.utime(weights_dir / key, (month_ago, month_ago))
+    named = set(SecureRoundRow.objects.get().state["inputs"].values())
+    assert len(named) == 3
+
+    assert weights_remove_unreferenced(lease_seconds=900) == 3
+    assert set(masked_files(stored_files)) == named  # the open round's inputs stay, old as they are
+    assert not any(store.exists(key) for key in left)
+
+    # a crash after the round's end committed, before its inputs were deleted: nothing names them now
+    SecureRoundRow.objects.update(stage="failed")
+    assert weights_remove_unreferenced(lease_seconds=900) == 3
+    assert not masked_files(stored_files)
+
+
+def test_a_round_that_ends_deletes_its_masked_inputs(secure, enroll, stored_files):
+    apis = [enroll(secure) for _ in range(3)]
+    Round(apis, secure.pk).through("unmasking")
+    assert SecureRoundRow.objects.get().stage == "unmasked"
+    assert not masked_files(stored_files)

@@ -463,6 +463,9 @@ class SecureRoundRow(models.Model):
     in the clear. Every request changes it under this row's lock (``fma_django.secure_rounds``).
     """
 
+    OPEN_STAGES = ("advertise", "share_keys", "masked_input", "unmasking")
+    """The stages of a round still under way: its masked inputs (``state["inputs"]``) are still needed."""
+
     experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="secure_rounds")
     round_number = models.PositiveIntegerField()
     stage = models.CharField(max_length=16)

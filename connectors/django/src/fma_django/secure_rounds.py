@@ -53,7 +53,7 @@ from fma_django.storage import weight_store
 
 ELEMENT = 8  # bytes of one field element (uint64)
 BLOCK = 1 << 16  # elements read per masked input per step
-OPEN_STAGES = ("advertise", "share_keys", "masked_input", "unmasking")
+OPEN_STAGES = SecureRoundRow.OPEN_STAGES
 
 
 def _config(experiment: Experiment) -> SecureAggregation:
@@ -83,7 +83,9 @@ def _refuse_ended(experiment: Experiment) -> None:
     try:
         lifecycle.accepting_require(experiment)
     except Conflict:
-        _advance_rows(SecureRoundRow.objects.filter(experiment=experiment, stage__in=OPEN_STAGES), time.time())
+        _advance_rows(
+            SecureRoundRow.objects.filter(experiment=experiment, stage__in=OPEN_STAGES), time.time()
+        )
         raise
 
 
@@ -164,9 +166,16 @@ def _save(row: SecureRoundRow, state: SecureRound, now: float) -> None:
 
 
 def _remove_inputs(state: SecureRound) -> None:
-    store = weight_store()
-    for key in state.inputs.values():
-        store.delete(key)
+    """Delete the round's masked inputs once the transaction that stops naming them commits (a crash
+    in between leaves them to the orphan sweep: no open round names them any more)."""
+    keys = list(state.inputs.values())
+
+    def remove() -> None:
+        store = weight_store()
+        for key in keys:
+            store.delete(key)
+
+    transaction.on_commit(remove)
 
 
 def _commit_mean(row: SecureRoundRow, state: SecureRound, unmasker: Any) -> ModelAggregate:
