@@ -7,15 +7,19 @@ from __future__ import annotations
 import base64
 import io
 import os
+import threading
 import time
 
 import numpy as np
 import pytest
+from django.db import connection
 
 from fma_core.secagg import ClientSession, PublicKeys, RoundParams
+from fma_core.weights import load
 from fma_django import lifecycle, secure_rounds
-from fma_django.housekeeping import weights_remove_unreferenced
+from fma_django.housekeeping import housekeeping_sweep, weights_remove_unreferenced
 from fma_django.models import Event, EventKind, ExperimentState, ModelAggregate, SecureRoundRow
+from fma_django.signals import secure_round_unmask_requested
 from fma_django.storage import weight_store
 
 from .conftest import make_weights
@@ -84,6 +88,12 @@ class Round:
             assert all(r.status_code == 200 for r in responses), [r.content for r in responses]
         return responses
 
+    def finish(self) -> dict:
+        """Run every stage, then the runner's sum (the tests have no runner); a client's view after it."""
+        assert self.through("unmasking")[-1].json()["action"] == "wait"
+        assert secure_rounds.secure_round_unmask(self.id) is not None
+        return self.view(self.apis[0])
+
 
 @pytest.fixture
 def secure(make_experiment):
@@ -98,7 +108,7 @@ def test_finish_when_ends_a_secure_experiment_at_its_round(make_experiment, enro
     experiment = make_experiment(secure_aggregation={"stage_seconds": 60}, finish_when={"rounds": 1})
     apis = [enroll(experiment) for _ in range(3)]
     one = Round(apis, experiment.pk)
-    done = one.through("unmasking")[-1].json()
+    done = one.finish()
     assert (done["action"], done["round"]) == ("done", 1)
     experiment.refresh_from_db()
     assert experiment.state == ExperimentState.FINISHED
@@ -124,8 +134,11 @@ def test_a_paused_experiment_opens_no_round_but_lets_an_open_one_finish(secure, 
     running = Round(apis, secure.pk)
     running.through("masked_input")
     lifecycle.experiment_set_state(experiment=secure, state=ExperimentState.PAUSED, user=developer)
-    done = running.stage("unmasking")[-1].json()
-    assert done["action"] == "done"  # the round under way commits, as a leased plain round does
+    assert running.stage("unmasking")[-1].json()["action"] == "wait"
+    secure_rounds.secure_round_unmask(running.id)
+    assert (
+        running.view(apis[0])["action"] == "done"
+    )  # the round under way commits, as a leased plain round does
     assert ModelAggregate.objects.filter(experiment=secure, round_number=1).exists()
     after = apis[0].get(running.base).json()
     assert (after["stage"], after["round"]) == ("paused", 2)
@@ -205,6 +218,101 @@ def test_the_orphan_sweep_removes_masked_inputs_no_open_round_names(
 
 def test_a_round_that_ends_deletes_its_masked_inputs(secure, enroll, stored_files):
     apis = [enroll(secure) for _ in range(3)]
-    Round(apis, secure.pk).through("unmasking")
+    Round(apis, secure.pk).finish()
     assert SecureRoundRow.objects.get().stage == "unmasked"
     assert not masked_files(stored_files)
+
+
+def test_the_last_share_hands_the_sum_to_the_runner_and_every_sweep_hands_it_again(
+    secure, enroll, stored_files, weights_dir
+):
+    handed: list[int] = []
+
+    def receiver(*, round_id: int, **kwargs: object) -> None:
+        handed.append(round_id)
+
+    secure_round_unmask_requested.connect(receiver, weak=False, dispatch_uid="test-handed")
+    try:
+        apis = [enroll(secure) for _ in range(3)]
+        running = Round(apis, secure.pk)
+        last = running.through("unmasking")[-1].json()
+        assert (last["stage"], last["action"], last["aggregate"]) == ("summing", "wait", None)
+        assert handed == [running.id]  # announced once the request committed, not summed in it
+        assert not ModelAggregate.objects.exists()
+        assert len(masked_files(stored_files)) == 3  # still named by the round: the sweep keeps them
+        assert housekeeping_sweep(lease_seconds=900)["secure_rounds_summing"] == 1
+        assert handed == [running.id, running.id]
+        # another client asking for the current round waits for this one; none opens beside it
+        assert apis[1].get(running.base).json()["id"] == running.id
+        late = apis[2].post(f"{running.base}{running.id}/unmasking/", {"shares": []}, format="json")
+        assert (late.status_code, late.json()["code"]) == (409, "secagg_stage")
+    finally:
+        secure_round_unmask_requested.disconnect(dispatch_uid="test-handed")
+
+    row = secure_rounds.secure_round_unmask(running.id)
+    assert (row.stage, row.aggregate.round_number) == ("unmasked", 1)
+    assert secure_rounds.secure_round_unmask(running.id) is None  # once
+    assert ModelAggregate.objects.count() == 1
+    assert not masked_files(stored_files)
+    assert secure_rounds.secure_rounds_summing() == []
+    total = sum(np.asarray(v, dtype=np.float64).sum() for v in make_weights(0.25).values())
+    aggregate = load(weights_dir / row.aggregate.weights_key)
+    assert sum(v.astype(np.float64).sum() for v in aggregate.values()) == pytest.approx(total, rel=1e-4)
+
+
+def test_a_worker_killed_while_summing_leaves_the_round_to_the_next_one(secure, enroll, monkeypatch):
+    apis = [enroll(secure) for _ in range(3)]
+    running = Round(apis, secure.pk)
+    running.through("unmasking")
+
+    def killed(experiment):
+        raise SystemExit("killed after the aggregate was written, before the commit")
+
+    monkeypatch.setattr(secure_rounds.lifecycle, "finish_if_reached", killed)
+    with pytest.raises(SystemExit):
+        secure_rounds.secure_round_unmask(running.id)
+    assert SecureRoundRow.objects.get().stage == "summing"
+    assert not ModelAggregate.objects.exists()
+    monkeypatch.undo()
+    assert secure_rounds.secure_rounds_summing() == [running.id]
+    assert secure_rounds.secure_round_unmask(running.id).stage == "unmasked"
+    assert ModelAggregate.objects.count() == 1
+
+
+def test_an_experiment_stopped_while_summing_records_no_aggregate(secure, enroll, developer, stored_files):
+    apis = [enroll(secure) for _ in range(3)]
+    running = Round(apis, secure.pk)
+    running.through("unmasking")
+    lifecycle.experiment_set_state(experiment=secure, state=ExperimentState.STOPPED, user=developer)
+    row = secure_rounds.secure_round_unmask(running.id)
+    assert row.stage == "failed"
+    assert row.reason.startswith("the experiment is stopped")
+    assert not ModelAggregate.objects.exists()
+    assert not [f for f in stored_files() if f.startswith(("secure/", "aggregates/"))]
+
+
+def test_workers_summing_at_once_record_one_aggregate(require_postgresql, secure, enroll):
+    apis = [enroll(secure) for _ in range(3)]
+    running = Round(apis, secure.pk)
+    running.through("unmasking")
+    results: list[object] = []
+    barrier = threading.Barrier(3)
+
+    def worker() -> None:
+        try:
+            barrier.wait(timeout=30)
+            results.append(secure_rounds.secure_round_unmask(running.id))
+        except Exception as error:  # handed to the test
+            results.append(error)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(results) == 3
+    assert not [r for r in results if isinstance(r, Exception)]
+    assert len([r for r in results if r is not None]) == 1
+    assert ModelAggregate.objects.filter(experiment=secure).count() == 1

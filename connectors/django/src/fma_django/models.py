@@ -464,7 +464,11 @@ class SecureRoundRow(models.Model):
     """
 
     OPEN_STAGES = ("advertise", "share_keys", "masked_input", "unmasking")
-    """The stages of a round still under way: its masked inputs (``state["inputs"]``) are still needed."""
+    """The protocol's stages, while clients answer."""
+    SUMMING = "summing"
+    """Every share is in (``state`` is unmasked): the runner sums the masked inputs into the aggregate."""
+    LIVE_STAGES = (*OPEN_STAGES, SUMMING)
+    """A round still under way: its masked inputs (``state["inputs"]``) are still needed."""
 
     experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="secure_rounds")
     round_number = models.PositiveIntegerField()

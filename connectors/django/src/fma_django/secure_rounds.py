@@ -7,18 +7,23 @@ masked inputs go to the weight store under ``secure/`` (uint64, little-endian, t
 the database keeps public keys, the ciphertexts it relays and the shares revealed at unmasking,
 never an update in the clear.
 
-When the unmasking stage closes with enough shares, the same transaction reads the survivors'
+When the unmasking stage closes with enough shares, the round moves to ``summing`` and, once that
+commits, is handed to the runner (``secure_round_unmask_requested``, announced again by every sweep
+while it stays there), never summed within a request: ``secure_round_unmask`` reads the survivors'
 masked inputs forward, block by block, sums them modulo 2^64, removes the masks, dequantizes the
-weighted mean and records it as the round's aggregate: the aggregate's unique round number and the
-row's lock make it happen once, and ``lifecycle.finish_if_reached`` in that transaction ends the
-experiment when its ``finish_when`` holds. Below the threshold the round fails with its reason, its
+weighted mean and records it as the round's aggregate. The row's lock (taken by one worker; another
+skips it) and the aggregate's unique round number make it happen once; a worker killed meanwhile
+rolls back and the next sweep hands the round out again. ``lifecycle.finish_if_reached`` in that
+transaction ends the experiment when its ``finish_when`` holds. Clients poll until the aggregate
+exists. Below the threshold the round fails with its reason, its
 masked inputs are deleted, and the next request opens the round again.
 
 The experiment's lifecycle: only a collecting experiment opens a round. A paused one opens none (a
 client asking is told to wait, stage ``paused``) but lets a round already open run to its end, as a
 plain round under a lease commits after a pause. An ended one (finished, stopped, budget_spent)
 refuses every stage request with 409 ``experiment_ended``, and its open round fails (its masked
-inputs deleted) at that request or the next sweep; a round already unmasked can still be read.
+inputs deleted) at that request or the next sweep, or when its summing ends; a round already
+unmasked can still be read.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from collections.abc import Mapping
 from typing import Any, BinaryIO
 
 import numpy as np
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 
 from fma_core.secagg import PublicKeys, RoundParams, SecureRound, Share, StageError
 from fma_core.secagg.config import SecureAggregation
@@ -49,11 +54,14 @@ from fma_django.models import (
     UpdateKind,
 )
 from fma_django.services import event_record, experiment_spec
+from fma_django.signals import announce_secure_round_unmask_requested
 from fma_django.storage import weight_store
 
 ELEMENT = 8  # bytes of one field element (uint64)
 BLOCK = 1 << 16  # elements read per masked input per step
 OPEN_STAGES = SecureRoundRow.OPEN_STAGES
+LIVE_STAGES = SecureRoundRow.LIVE_STAGES
+SUMMING = SecureRoundRow.SUMMING
 
 
 def _config(experiment: Experiment) -> SecureAggregation:
@@ -94,7 +102,7 @@ def _open_round(experiment: Experiment, now: float) -> SecureRoundRow | None:
     attempt opened beside it); None while the experiment is paused and no round is open."""
     round_number = sampling.current_round(experiment.pk)
     row = (
-        SecureRoundRow.objects.filter(experiment=experiment, round_number=round_number, stage__in=OPEN_STAGES)
+        SecureRoundRow.objects.filter(experiment=experiment, round_number=round_number, stage__in=LIVE_STAGES)
         .order_by("-pk")
         .first()
     )
@@ -126,7 +134,7 @@ def _open_round(experiment: Experiment, now: float) -> SecureRoundRow | None:
             )
     except IntegrityError:  # another request opened it first
         return SecureRoundRow.objects.get(
-            experiment=experiment, round_number=round_number, stage__in=OPEN_STAGES
+            experiment=experiment, round_number=round_number, stage__in=LIVE_STAGES
         )
 
 
@@ -143,26 +151,79 @@ def _save(row: SecureRoundRow, state: SecureRound, now: float) -> None:
     The experiment's row is locked too, so a state change (``lifecycle``) is either seen here, and a
     round of an ended experiment fails instead of moving on, or waits until this round is stored."""
     row.experiment = Experiment.objects.select_for_update().get(pk=row.experiment_id)
+    _end_if_ended(row, state)
+    summable = state.advance(now) is not None  # the shares suffice: the sum is the runner's job
+    if state.stage == "failed":
+        _failed(row, state)
+    row.stage = SUMMING if summable else state.stage
+    row.state = state.to_json()
+    row.save()
+    if summable:
+        transaction.on_commit(lambda: announce_secure_round_unmask_requested(row.pk))
+
+
+def _end_if_ended(row: SecureRoundRow, state: SecureRound) -> None:
+    """Fail the round if its experiment (``row.experiment``, read under its lock) has ended."""
     if row.experiment.state in lifecycle.ENDED:
         ended = ExperimentState(row.experiment.state).label.lower()
         reason = row.experiment.state_reason
         state.end(f"the experiment is {ended}{': ' + reason if reason else ''}")
-    unmasker = state.advance(now)
-    if unmasker is not None:
-        row.aggregate = _commit_mean(row, state, unmasker)
-        _remove_inputs(state)
-    elif state.stage == "failed":
-        row.reason = state.reason
-        _remove_inputs(state)
-        event_record(
-            kind=EventKind.ROUND_FAILED,
-            experiment=row.experiment,
-            round=row.round_number,
-            reason=f"secure aggregation: {state.reason}",
-        )
-    row.stage = state.stage
-    row.state = state.to_json()
-    row.save()
+
+
+def _failed(row: SecureRoundRow, state: SecureRound) -> None:
+    """Record a failed round: its reason, its event; its masked inputs go once that commits."""
+    row.reason = state.reason
+    _remove_inputs(state)
+    event_record(
+        kind=EventKind.ROUND_FAILED,
+        experiment=row.experiment,
+        round=row.round_number,
+        reason=f"secure aggregation: {state.reason}",
+    )
+
+
+def secure_round_unmask(round_id: int) -> SecureRoundRow | None:
+    """Sum, unmask and record the aggregate of a ``summing`` round (the runner's job); the round as it
+    ended, or None if there was nothing to do (done already, or another worker holds it).
+
+    The row stays locked while its masked inputs are read, so one worker sums it; the experiment is
+    locked only at the end, to record the aggregate (or fail the round if the experiment ended
+    meanwhile) without holding back its other requests while summing."""
+    with transaction.atomic():
+        rows = SecureRoundRow.objects.filter(pk=round_id, stage=SUMMING)
+        if connection.features.has_select_for_update_skip_locked:
+            row = rows.select_for_update(skip_locked=True).first()  # PostgreSQL: another worker sums it
+        else:
+            row = rows.select_for_update().first()
+        if row is None:
+            return None
+        state = SecureRound.from_json(row.state)
+        row.aggregate = _commit_mean(row, state, state.unmasker())
+        if row.aggregate is None:
+            _end_if_ended(row, state)
+            _failed(row, state)
+        else:
+            _remove_inputs(state)
+        row.stage = state.stage
+        row.state = state.to_json()
+        row.save()
+    return row
+
+
+def secure_rounds_summing() -> list[int]:
+    """The secure rounds waiting for (or in) their sum, oldest first: the sweep hands them out again."""
+    return list(
+        SecureRoundRow.objects.filter(stage=SUMMING).order_by("updated_on", "pk").values_list("pk", flat=True)
+    )
+
+
+def secure_rounds_unmask_again() -> int:
+    """Announce every round left ``summing`` again (a notification lost, a worker killed while summing,
+    whose transaction rolled back); how many. One being summed is skipped by its worker's lock."""
+    waiting = secure_rounds_summing()
+    for round_id in waiting:
+        announce_secure_round_unmask_requested(round_id)
+    return len(waiting)
 
 
 def _remove_inputs(state: SecureRound) -> None:
@@ -178,8 +239,9 @@ def _remove_inputs(state: SecureRound) -> None:
     transaction.on_commit(remove)
 
 
-def _commit_mean(row: SecureRoundRow, state: SecureRound, unmasker: Any) -> ModelAggregate:
-    """Sum the survivors' masked inputs block by block, unmask, dequantize, write and record the aggregate."""
+def _commit_mean(row: SecureRoundRow, state: SecureRound, unmasker: Any) -> ModelAggregate | None:
+    """Sum the survivors' masked inputs block by block, unmask, dequantize, write and record the aggregate;
+    None (its bytes removed) if the experiment ended meanwhile (``row.experiment`` is then locked and fresh)."""
     started = time.perf_counter()
     experiment = row.experiment
     spec = _spec(experiment)
@@ -214,6 +276,10 @@ def _commit_mean(row: SecureRoundRow, state: SecureRound, unmasker: Any) -> Mode
             stream.close()
     key = f"aggregates/{experiment.pk}/r{row.round_number}-secure-{row.pk}.safetensors"
     stored = store.put(key, io.BytesIO(to_bytes(tensors)))
+    row.experiment = experiment = Experiment.objects.select_for_update().get(pk=experiment.pk)
+    if experiment.state in lifecycle.ENDED:
+        store.delete(key)
+        return None
     aggregate = ModelAggregate.objects.create(
         experiment=experiment,
         parent=parent,
@@ -284,7 +350,7 @@ def _view(row: SecureRoundRow, state: SecureRound, client: Client) -> dict[str, 
     answer: dict[str, Any] = {
         "id": row.pk,
         "round": row.round_number,
-        "stage": state.stage,
+        "stage": row.stage,
         "deadline": state.deadline,
         "reason": state.reason,
         "counts": dict(state.counts),
@@ -293,7 +359,7 @@ def _view(row: SecureRoundRow, state: SecureRound, client: Client) -> dict[str, 
         "length": state.length,
         "tensors": _spec(row.experiment).names,
         "aggregate": row.aggregate_id,
-        "action": {"unmasked": "done", "failed": "failed"}.get(state.stage, "wait"),
+        "action": {"unmasked": "done", "failed": "failed"}.get(row.stage, "wait"),
     }
     if state.stage == "advertise":
         if me not in state.invited:
@@ -359,6 +425,9 @@ def secure_round_submit(
     me = str(client.uuid)
     _refuse_ended(experiment)
     now = time.time()
+    if SecureRoundRow.objects.filter(pk=round_id, experiment=experiment, stage=SUMMING).exists():
+        # its worker holds the row's lock while summing: refused without waiting for it
+        raise Conflict(f"the secure round is being summed, not at stage {stage!r}", code="secagg_stage")
     with transaction.atomic():
         row = _row_locked(experiment, round_id)
         state = SecureRound.from_json(row.state)

@@ -314,6 +314,6 @@ def _masked_inputs_named(keys: Sequence[str]) -> set[str]:
             rounds.add(int(parts[2]))
     if not rounds:
         return set()
-    open_rounds = SecureRoundRow.objects.filter(pk__in=rounds, stage__in=SecureRoundRow.OPEN_STAGES)
+    open_rounds = SecureRoundRow.objects.filter(pk__in=rounds, stage__in=SecureRoundRow.LIVE_STAGES)
     named = {key for state in open_rounds.values_list("state", flat=True) for key in state["inputs"].values()}
     return named.intersection(keys)

@@ -206,8 +206,9 @@ class SecureRound:
         )
 
     def end(self, reason: str) -> None:
-        """Fail a round still open because its experiment ended; an unmasked or failed round stays so."""
-        if self.stage not in ("unmasked", "failed"):
+        """Fail a round whose aggregate is not recorded yet because its experiment ended (its shares
+        are forgotten: nothing can be unmasked any more); a failed round stays as it is."""
+        if self.stage != "failed":
             self._fail(reason)
 
     def _fail(self, reason: str) -> None:
