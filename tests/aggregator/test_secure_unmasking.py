@@ -1,6 +1,7 @@
 """Each runner sums a secure round once its last share is in, never the request that brought it: the
-in-process runner in its thread, the Lambda function on the API's asynchronous invocation (and the
-scheduled sweep's, for a round left summing), ``fma-aggregator run-once`` when the runner is ``none``."""
+in-process runner in its thread, a live Celery worker (and its sweep, for a round left summing), the
+Lambda function on the API's asynchronous invocation (and the scheduled sweep's), ``fma-aggregator
+run-once`` when the runner is ``none``."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import threading
 
 import numpy as np
 import pytest
-from aggregator_support import wait_for, weights
+from aggregator_support import celery_worker_args, service_available, wait_for, weights
 
-from fma_aggregator import checks, runners
+from fma_aggregator import checks, runners, tasks
 from fma_aggregator.cli import main
 from fma_aggregator.lambda_handler import handler
 from fma_core.secagg import ClientSession, PublicKeys, RoundParams
@@ -91,6 +92,33 @@ def test_the_inprocess_runner_sums_in_its_thread(inprocess, secure, monkeypatch)
     wait_for(lambda: stage(round_id) == "unmasked", what="the in-process sum")
     assert set(threads) == {"fma-inprocess-runner"}
     assert ModelAggregate.objects.get(experiment=secure).round_number == 1
+
+
+@pytest.mark.usefixtures("require_postgresql")
+def test_a_celery_worker_sums_the_round_and_its_sweep_hands_out_one_left_summing(
+    settings, make_experiment, worker_env, processes, tmp_path, monkeypatch
+):
+    service_available("127.0.0.1", 6379, "Redis")
+    settings.FMA_AGGREGATOR_RUNNER = "celery"
+    worker = processes(
+        celery_worker_args("secure", beat=False, tmp_path=tmp_path),
+        worker_env(FMA_AGGREGATOR_RUNNER="celery"),
+    )
+    first = make_experiment(secure_aggregation={"stage_seconds": 60, "clip": 4.0})
+    round_id = shares_in(first)
+    wait_for(lambda: stage(round_id) == "unmasked", what=f"the Celery sum; log:\n{worker.output()}")
+    assert "fma.unmask_secure_round" in worker.output()
+
+    second = make_experiment(secure_aggregation={"stage_seconds": 60, "clip": 4.0})
+    lost: list[int] = []  # the announcement is lost (a process killed right after the commit)
+    monkeypatch.setattr(secure_rounds, "announce_secure_round_unmask_requested", lost.append)
+    left = shares_in(second)
+    monkeypatch.undo()
+    assert lost == [left]
+    assert stage(left) == "summing"
+    tasks.sweep()  # the beat's task, run here: it queues the sum again
+    wait_for(lambda: stage(left) == "unmasked", what=f"the swept sum; log:\n{worker.output()}")
+    assert ModelAggregate.objects.filter(experiment__in=[first, second]).count() == 2
 
 
 def test_the_api_invokes_the_function_to_sum_and_the_sweep_invokes_it_again(lambda_runner, secure):
