@@ -15,8 +15,8 @@ weighted mean and records it as the round's aggregate. The row's lock (taken by 
 skips it) and the aggregate's unique round number make it happen once; a worker killed meanwhile
 rolls back and the next sweep hands the round out again. ``lifecycle.finish_if_reached`` in that
 transaction ends the experiment when its ``finish_when`` holds. Clients poll until the aggregate
-exists. Below the threshold the round fails with its reason, its
-masked inputs are deleted, and the next request opens the round again.
+exists. Below the threshold the round fails with its reason, its masked inputs are deleted, and the
+next request opens the round again.
 
 The experiment's lifecycle: only a collecting experiment opens a round. A paused one opens none (a
 client asking is told to wait, stage ``paused``) but lets a round already open run to its end, as a
@@ -146,7 +146,8 @@ def _row_locked(experiment: Experiment, round_id: int) -> SecureRoundRow:
 
 
 def _save(row: SecureRoundRow, state: SecureRound, now: float) -> None:
-    """Let the round move on, finish it if it can be unmasked, and store it (inside the row's lock).
+    """Let the round move on, hand it to the runner once it can be unmasked (after the commit), and
+    store it (inside the row's lock).
 
     The experiment's row is locked too, so a state change (``lifecycle``) is either seen here, and a
     round of an ended experiment fails instead of moving on, or waits until this round is stored."""
