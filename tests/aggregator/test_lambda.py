@@ -117,6 +117,7 @@ def test_a_scheduled_event_sweeps_every_experiment_with_pending_updates(aws, mak
         "update_weights_removed": 0,
         "orphans_removed": 0,
         "secure_rounds_advanced": 0,
+        "secure_rounds_summing": 0,
     }
     invocations = aws.take()
     assert {i["FunctionName"] for i in invocations} == {FUNCTION}

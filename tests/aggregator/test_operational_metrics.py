@@ -55,4 +55,5 @@ def test_each_sweep_counts_one_run_its_duration_and_what_its_chores_did(transact
         "update_weights_removed",
         "orphans_removed",
         "secure_rounds_advanced",
+        "secure_rounds_summing",
     }

@@ -193,6 +193,7 @@ def test_the_aggregator_zip_answers_eventbridge_async_and_manage_events(
         "update_weights_removed": 0,
         "orphans_removed": 0,
         "secure_rounds_advanced": 0,
+        "secure_rounds_summing": 0,
     }
 
     # Two experiments with one update each, made through the API package (raw_command) in the

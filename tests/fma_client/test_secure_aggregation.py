@@ -73,7 +73,7 @@ def push_all(clients, updates, weights):
     return outcomes
 
 
-def test_push_runs_the_stages_and_the_aggregate_is_the_weighted_mean(server, secure, tmp_path):
+def test_push_runs_the_stages_and_the_aggregate_is_the_weighted_mean(server, secure, tmp_path, inprocess):
     rng = np.random.default_rng(4)
     clients = clients_of(server, secure, 4)
     updates = [
@@ -118,7 +118,7 @@ ANSWERED = {"advertise": "keys", "share_keys": "outbox", "masked_input": "inputs
 
 
 @pytest.mark.parametrize("stage", list(ANSWERED))
-def test_a_client_that_drops_at_any_stage_is_survived(server, secure, monkeypatch, stage):
+def test_a_client_that_drops_at_any_stage_is_survived(server, secure, monkeypatch, stage, inprocess):
     """The fifth client vanishes at ``stage`` (its request never lands); the others' stage waits for its
     deadline, which the sweep then finds passed, and the round completes without it."""
     clients = clients_of(server, secure, 5)
@@ -237,7 +237,7 @@ def test_creation_refuses_what_secure_aggregation_cannot_honour(developer):
         )
 
 
-def test_the_cli_shows_the_mode_and_each_rounds_stage_counts(fma, server, dev_token, tmp_path):
+def test_the_cli_shows_the_mode_and_each_rounds_stage_counts(fma, server, dev_token, tmp_path, inprocess):
     from fma_client import write_file
 
     write_file(dict(INITIAL), tmp_path / "model.safetensors")

@@ -338,6 +338,7 @@ def test_the_sweep_expires_uploads_left_open(
         "update_weights_removed": 0,
         "orphans_removed": 0,
         "secure_rounds_advanced": 0,
+        "secure_rounds_summing": 0,
     }
     assert status(client_api, stale).json()["state"] == "expired"
     assert status(client_api, fresh).json()["state"] == "open"

@@ -11,8 +11,12 @@ class AggregatorAppConfig(AppConfig):
     verbose_name = "FMA aggregator"
 
     def ready(self) -> None:
-        from fma_aggregator.runners import notify, request_check
-        from fma_django.signals import round_may_be_ready, upload_check_requested
+        from fma_aggregator.runners import notify, request_check, request_unmask
+        from fma_django.signals import (
+            round_may_be_ready,
+            secure_round_unmask_requested,
+            upload_check_requested,
+        )
 
         def on_round_may_be_ready(*, experiment_id: int, **kwargs: object) -> None:
             notify(experiment_id)
@@ -23,4 +27,11 @@ class AggregatorAppConfig(AppConfig):
         round_may_be_ready.connect(on_round_may_be_ready, weak=False, dispatch_uid="fma_aggregator.notify")
         upload_check_requested.connect(
             on_upload_check_requested, weak=False, dispatch_uid="fma_aggregator.request_check"
+        )
+
+        def on_secure_round_unmask_requested(*, round_id: int, **kwargs: object) -> None:
+            request_unmask(round_id)
+
+        secure_round_unmask_requested.connect(
+            on_secure_round_unmask_requested, weak=False, dispatch_uid="fma_aggregator.request_unmask"
         )

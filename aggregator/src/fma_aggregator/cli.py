@@ -78,16 +78,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_once(args: argparse.Namespace) -> int:
-    from fma_aggregator.checks import run_check
+    from fma_aggregator.checks import run_check, run_unmask
     from fma_aggregator.config import AggregatorConfig
     from fma_aggregator.engine import build_engine
     from fma_django.housekeeping import housekeeping_sweep, uploads_checking
+    from fma_django.secure_rounds import secure_rounds_summing
     from fma_django.store import DjangoMetadataStore
 
     config = AggregatorConfig.from_env()
     housekeeping_sweep(lease_seconds=config.lease_seconds)
     for upload_id in uploads_checking():  # first: an accepted update may make a round ready
         run_check(upload_id)
+    for round_id in secure_rounds_summing():
+        run_unmask(round_id)
     engine = build_engine(config)
     targets = (
         [args.experiment] if args.experiment else DjangoMetadataStore().experiments_to_sweep(now=time.time())

@@ -1,5 +1,5 @@
 """The in-process runner: one background thread per process that runs rounds when told they may be ready,
-and the checks of uploads too large to check within their complete request.
+the checks of uploads too large to check within their complete request, and the sums of secure rounds.
 
 The API notifies it after an accepted update commits; it never runs a round (or a check) inside a request.
 Notifications are deduplicated per experiment (a burst of a hundred updates queues the experiment
@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 
 class InProcessRunner:
     """``run`` runs one experiment's round; ``sweep`` lists the experiments to look at again;
-    ``check`` checks one upload (``check_upload`` queues it), before the rounds its update may make ready."""
+    ``check`` checks one upload (``check_upload`` queues it), before the rounds its update may make ready;
+    ``unmask`` sums one secure round (``unmask`` queues it)."""
 
     def __init__(
         self,
@@ -32,17 +33,20 @@ class InProcessRunner:
         run: Callable[[str], RoundOutcome],
         sweep: Callable[[], list[str]],
         check: Callable[[str], object] | None = None,
+        unmask: Callable[[str], object] | None = None,
         sweep_seconds: float = 60.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._run = run
         self._sweep = sweep
         self._check = check
+        self._unmask = unmask
         self.sweep_seconds = sweep_seconds
         self._clock = clock
         self._wake = threading.Condition()
         self._queued: dict[str, None] = {}  # an ordered set: each experiment at most once
         self._checks: dict[str, None] = {}  # the same for uploads to check
+        self._unmasks: dict[str, None] = {}  # and for secure rounds to sum
         self._timers: list[tuple[float, str]] = []
         self._next_sweep = 0.0  # sweep as soon as the thread starts
         self._stopping = False
@@ -62,6 +66,15 @@ class InProcessRunner:
             raise ValueError("this runner was made without a check function")
         with self._wake:
             self._checks[upload_id] = None
+            self._wake.notify()
+        self.start()
+
+    def unmask(self, round_id: str) -> None:
+        """Queue the secure round's sum (once) and make sure the thread runs. Never blocks."""
+        if self._unmask is None:
+            raise ValueError("this runner was made without an unmask function")
+        with self._wake:
+            self._unmasks[round_id] = None
             self._wake.notify()
         self.start()
 
@@ -96,9 +109,11 @@ class InProcessRunner:
                     self._wake.wait(self._seconds_to_next())
                 if self._stopping:
                     return
-                checks, batch, sweep_now = self._take()
+                checks, unmasks, batch, sweep_now = self._take()
             for upload_id in checks:
                 self._check_one(upload_id)
+            for round_id in unmasks:
+                self._unmask_one(round_id)
             if sweep_now:
                 try:
                     batch.extend(e for e in self._sweep() if e not in batch)
@@ -112,6 +127,7 @@ class InProcessRunner:
         return (
             bool(self._queued)
             or bool(self._checks)
+            or bool(self._unmasks)
             or now >= self._next_sweep
             or bool(self._timers and self._timers[0][0] <= now)
         )
@@ -120,22 +136,29 @@ class InProcessRunner:
         times = [self._next_sweep] + ([self._timers[0][0]] if self._timers else [])
         return max(0.0, min(times) - self._clock())
 
-    def _take(self) -> tuple[list[str], list[str], bool]:
+    def _take(self) -> tuple[list[str], list[str], list[str], bool]:
         now = self._clock()
         while self._timers and self._timers[0][0] <= now:
             self._queued[heapq.heappop(self._timers)[1]] = None
         checks, self._checks = list(self._checks), {}
+        unmasks, self._unmasks = list(self._unmasks), {}
         batch, self._queued = list(self._queued), {}
         sweep_now = now >= self._next_sweep
         if sweep_now:
             self._next_sweep = now + self.sweep_seconds
-        return checks, batch, sweep_now
+        return checks, unmasks, batch, sweep_now
 
     def _check_one(self, upload_id: str) -> None:
         try:
             self._check(upload_id)
         except Exception:
             logger.exception("the check of upload %s failed; the sweep will hand it out again", upload_id)
+
+    def _unmask_one(self, round_id: str) -> None:
+        try:
+            self._unmask(round_id)
+        except Exception:
+            logger.exception("the sum of secure round %s failed; the sweep will hand it out again", round_id)
 
     def _run_one(self, experiment_id: str) -> None:
         try:

@@ -17,6 +17,9 @@ One function serves every event the deployment sends it:
 - ``{"fma": "check_upload", "upload_id": "<uuid>"}``, sent asynchronously by the API when an
   upload too large to check within its request is completed, and by the sweep for every upload
   still ``checking``, joins and checks it: its update is accepted (announcing the round) or refused;
+- ``{"fma": "unmask_secure_round", "round_id": "7"}``, sent asynchronously by the API when a secure
+  round's last share is in, and by the sweep for every secure round still ``summing``, sums its
+  masked inputs and records its aggregate (``fma_django.secure_rounds.secure_round_unmask``);
 - ``{"fma": "readiness"}``, sent by the deployment's schedule (``terraform_deploy/monitoring.tf``),
   runs the readiness checks of ``/readyz`` (database, migrations, weight store) from inside the
   VPC, where API Gateway itself never probes, and reports ``Ready`` (1 or 0) as a CloudWatch metric;
@@ -43,7 +46,7 @@ from django.core.management import call_command  # noqa: E402
 from django.db import close_old_connections  # noqa: E402
 
 from fma_aggregator import emf  # noqa: E402
-from fma_aggregator.checks import run_check  # noqa: E402
+from fma_aggregator.checks import run_check, run_unmask  # noqa: E402
 from fma_aggregator.config import AggregatorConfig  # noqa: E402
 from fma_aggregator.engine import build_engine  # noqa: E402
 from fma_aggregator.lambda_invoke import LambdaInvoker  # noqa: E402
@@ -76,6 +79,8 @@ def _dispatch(event: dict[str, Any], context: Any) -> dict[str, Any]:
         return _readiness()
     if kind == "check_upload":
         return run_check(str(event["upload_id"]))
+    if kind == "unmask_secure_round":
+        return run_unmask(str(event["round_id"]))
     if kind == "shard":
         plan = RoundPlan.from_dict(event["plan"])
         return build_engine().run_shard(plan, int(event["index"]), _invoker(context)).to_dict()

@@ -67,6 +67,9 @@ class LambdaInvoker(Dispatcher):
     def check_upload(self, upload_id: str) -> None:
         self.invoke({"fma": "check_upload", "upload_id": upload_id})
 
+    def unmask_secure_round(self, round_id: str) -> None:
+        self.invoke({"fma": "unmask_secure_round", "round_id": round_id})
+
     def send_shard(self, plan: RoundPlan, index: int) -> None:
         self.invoke({"fma": "shard", "plan": plan.to_dict(), "index": index})
 

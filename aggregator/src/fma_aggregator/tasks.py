@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from fma_aggregator.celery import app, config
-from fma_aggregator.checks import run_check
+from fma_aggregator.checks import run_check, run_unmask
 from fma_aggregator.engine import build_engine
 from fma_core.dispatch import Dispatcher
 from fma_core.shards import RoundPlan
@@ -41,6 +41,12 @@ def compute_shard(plan: dict[str, Any], index: int) -> dict[str, Any]:
 def check_upload(upload_id: str) -> dict[str, Any]:
     """Check an upload too large to check in its complete request: its update is accepted or refused."""
     return run_check(upload_id)
+
+
+@app.task(name="fma.unmask_secure_round")
+def unmask_secure_round(round_id: str) -> dict[str, Any]:
+    """Sum a secure round whose shares are in: its aggregate is recorded (or the round fails)."""
+    return run_unmask(round_id)
 
 
 @app.task(name="fma.sweep")

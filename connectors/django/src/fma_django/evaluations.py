@@ -30,7 +30,6 @@ from fma_django.errors import Conflict, ValidationFailed
 from fma_django.limits import MAX_BIGINT, whole_number_range
 from fma_django.metrics import metrics_check, results_check
 from fma_django.models import Client, Evaluation, EvaluationSource, Experiment, ModelAggregate
-from fma_django.signals import announce_evaluation_reported
 
 GOALS = ("max", "min")
 MAX_METRICS = 100
@@ -172,12 +171,6 @@ def _record(evaluation: Evaluation) -> tuple[Evaluation, bool]:
             f"{evaluation.source} with other results (evaluation {first.pk}); an evaluation cannot change",
             code="evaluation_exists",
         ) from None
-    aggregate = evaluation.aggregate
-    transaction.on_commit(
-        lambda: announce_evaluation_reported(
-            experiment_id=aggregate.experiment_id, aggregate_id=aggregate.pk, evaluation_id=evaluation.pk
-        )
-    )
     return evaluation, True
 
 

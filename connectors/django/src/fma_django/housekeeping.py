@@ -1,5 +1,6 @@
 """The chores of the periodic sweep: stale upload sessions, uploads waiting for their check, expired
-update bytes, bytes no record references, and secure rounds whose stage deadline has passed.
+update bytes, bytes no record references, secure rounds whose stage deadline has passed, and secure
+rounds waiting for their sum.
 
 Every runner (in-process, Celery beat, the Lambda schedule, ``fma-aggregator run-once``) calls
 ``housekeeping_sweep`` next to its round sweep, so each deployment shape cleans up without a
@@ -22,7 +23,7 @@ from fma_core.errors import ConfigurationError
 from fma_core.orphans import remove_unreferenced
 from fma_django import selectors
 from fma_django.models import EventKind, UploadSession, UploadState
-from fma_django.secure_rounds import secure_rounds_advance
+from fma_django.secure_rounds import secure_rounds_advance, secure_rounds_unmask_again
 from fma_django.services import event_record, update_weights_prune
 from fma_django.signals import announce_upload_check_requested
 from fma_django.storage import weight_store
@@ -49,6 +50,7 @@ def housekeeping_sweep(*, lease_seconds: float, now: datetime | None = None) -> 
         ("update_weights_removed", partial(update_weights_prune, now=now)),
         ("orphans_removed", partial(weights_remove_unreferenced, lease_seconds=lease_seconds, now=now)),
         ("secure_rounds_advanced", partial(secure_rounds_advance, now=now.timestamp())),
+        ("secure_rounds_summing", secure_rounds_unmask_again),
     ):
         try:
             done[name] = chore()

@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from fma_django.errors import Conflict, ValidationFailed
 from fma_django.models import EventKind, Experiment, ExperimentState
-from fma_django.selectors import aggregate_metrics
+from fma_django.selectors import aggregate_metrics, evaluation_latest
 
 ENDED = frozenset({ExperimentState.FINISHED, ExperimentState.STOPPED, ExperimentState.BUDGET_SPENT})
 # what a developer may ask for; finished and budget_spent are the service's to decide
@@ -231,12 +231,16 @@ def finish_reason(experiment: Experiment) -> str | None:
 
 
 def _latest_metric(experiment: Experiment, finish: FinishWhen) -> float | None:
-    """The finishing metric's weighted mean on the newest aggregate that has it measured."""
+    """The finishing metric's weighted mean on the newest aggregate that has it measured: by its
+    evaluations on held-out data, or by the training metrics of the updates it was built from."""
     if finish.metric is None:
         return None
+    if finish.source == "evaluation":
+        found = evaluation_latest(experiment, finish.metric)
+        return found.value if found is not None else None
     latest = experiment.aggregates.order_by("-round_number").values_list("pk", flat=True)[:20]
     for row in reversed(aggregate_metrics(experiment, only=Q(pk__in=list(latest)))):
-        summary = getattr(row, finish.source).get(finish.metric)
+        summary = row.training.get(finish.metric)
         if summary is not None:
             return summary.weighted_mean
     return None

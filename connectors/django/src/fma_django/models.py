@@ -531,6 +531,13 @@ class SecureRoundRow(models.Model):
     in the clear. Every request changes it under this row's lock (``fma_django.secure_rounds``).
     """
 
+    OPEN_STAGES = ("advertise", "share_keys", "masked_input", "unmasking")
+    """The protocol's stages, while clients answer."""
+    SUMMING = "summing"
+    """Every share is in (``state`` is unmasked): the runner sums the masked inputs into the aggregate."""
+    LIVE_STAGES = (*OPEN_STAGES, SUMMING)
+    """A round still under way: its masked inputs (``state["inputs"]``) are still needed."""
+
     experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="secure_rounds")
     round_number = models.PositiveIntegerField()
     stage = models.CharField(max_length=16)

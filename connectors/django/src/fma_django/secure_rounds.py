@@ -7,11 +7,23 @@ masked inputs go to the weight store under ``secure/`` (uint64, little-endian, t
 the database keeps public keys, the ciphertexts it relays and the shares revealed at unmasking,
 never an update in the clear.
 
-When the unmasking stage closes with enough shares, the same transaction reads the survivors'
+When the unmasking stage closes with enough shares, the round moves to ``summing`` and, once that
+commits, is handed to the runner (``secure_round_unmask_requested``, announced again by every sweep
+while it stays there), never summed within a request: ``secure_round_unmask`` reads the survivors'
 masked inputs forward, block by block, sums them modulo 2^64, removes the masks, dequantizes the
-weighted mean and records it as the round's aggregate: the aggregate's unique round number and the
-row's lock make it happen once. Below the threshold the round fails with its reason, its masked
-inputs are deleted, and the next request opens the round again.
+weighted mean and records it as the round's aggregate. The row's lock (taken by one worker; another
+skips it) and the aggregate's unique round number make it happen once; a worker killed meanwhile
+rolls back and the next sweep hands the round out again. ``lifecycle.finish_if_reached`` in that
+transaction ends the experiment when its ``finish_when`` holds. Clients poll until the aggregate
+exists. Below the threshold the round fails with its reason, its masked inputs are deleted, and the
+next request opens the round again.
+
+The experiment's lifecycle: only a collecting experiment opens a round. A paused one opens none (a
+client asking is told to wait, stage ``paused``) but lets a round already open run to its end, as a
+plain round under a lease commits after a pause. An ended one (finished, stopped, budget_spent)
+refuses every stage request with 409 ``experiment_ended``, and its open round fails (its masked
+inputs deleted) at that request or the next sweep, or when its summing ends; a round already
+unmasked can still be read.
 """
 
 from __future__ import annotations
@@ -25,27 +37,31 @@ from collections.abc import Mapping
 from typing import Any, BinaryIO
 
 import numpy as np
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 
 from fma_core.secagg import PublicKeys, RoundParams, SecureRound, Share, StageError
 from fma_core.secagg.config import SecureAggregation
 from fma_core.weights import TensorSpec, open_weights, to_bytes
-from fma_django import sampling, selectors
+from fma_django import lifecycle, sampling, selectors
 from fma_django.errors import Conflict, NotFound, ValidationFailed
 from fma_django.models import (
     Client,
     EventKind,
     Experiment,
+    ExperimentState,
     ModelAggregate,
     SecureRoundRow,
     UpdateKind,
 )
 from fma_django.services import event_record, experiment_spec
+from fma_django.signals import announce_secure_round_unmask_requested
 from fma_django.storage import weight_store
 
 ELEMENT = 8  # bytes of one field element (uint64)
 BLOCK = 1 << 16  # elements read per masked input per step
-OPEN_STAGES = ("advertise", "share_keys", "masked_input", "unmasking")
+OPEN_STAGES = SecureRoundRow.OPEN_STAGES
+LIVE_STAGES = SecureRoundRow.LIVE_STAGES
+SUMMING = SecureRoundRow.SUMMING
 
 
 def _config(experiment: Experiment) -> SecureAggregation:
@@ -70,17 +86,31 @@ def _invited(experiment: Experiment, round_number: int) -> list[str]:
     return sorted(sampling.counted_clients(experiment, selection))
 
 
-def _open_round(experiment: Experiment, now: float) -> SecureRoundRow:
+def _refuse_ended(experiment: Experiment) -> None:
+    """409 ``experiment_ended`` if the experiment has ended (read afresh), after failing its open rounds."""
+    try:
+        lifecycle.accepting_require(experiment)
+    except Conflict:
+        _advance_rows(
+            SecureRoundRow.objects.filter(experiment=experiment, stage__in=OPEN_STAGES), time.time()
+        )
+        raise
+
+
+def _open_round(experiment: Experiment, now: float) -> SecureRoundRow | None:
     """The current round's open row, made now if this is its first need (a failed one is kept, and a new
-    attempt opened beside it)."""
+    attempt opened beside it); None while the experiment is paused and no round is open."""
     round_number = sampling.current_round(experiment.pk)
     row = (
-        SecureRoundRow.objects.filter(experiment=experiment, round_number=round_number, stage__in=OPEN_STAGES)
+        SecureRoundRow.objects.filter(experiment=experiment, round_number=round_number, stage__in=LIVE_STAGES)
         .order_by("-pk")
         .first()
     )
     if row is not None:
         return row
+    state = Experiment.objects.filter(pk=experiment.pk).values_list("state", flat=True).get()
+    if state != ExperimentState.COLLECTING:  # paused (an ended experiment was refused before)
+        return None
     config = _config(experiment)
     spec = _spec(experiment)
     params = RoundParams(
@@ -104,7 +134,7 @@ def _open_round(experiment: Experiment, now: float) -> SecureRoundRow:
             )
     except IntegrityError:  # another request opened it first
         return SecureRoundRow.objects.get(
-            experiment=experiment, round_number=round_number, stage__in=OPEN_STAGES
+            experiment=experiment, round_number=round_number, stage__in=LIVE_STAGES
         )
 
 
@@ -116,33 +146,103 @@ def _row_locked(experiment: Experiment, round_id: int) -> SecureRoundRow:
 
 
 def _save(row: SecureRoundRow, state: SecureRound, now: float) -> None:
-    """Let the round move on, finish it if it can be unmasked, and store it (inside the row's lock)."""
-    unmasker = state.advance(now)
-    if unmasker is not None:
-        row.aggregate = _commit_mean(row, state, unmasker)
-        _remove_inputs(state)
-    elif state.stage == "failed":
-        row.reason = state.reason
-        _remove_inputs(state)
-        event_record(
-            kind=EventKind.ROUND_FAILED,
-            experiment=row.experiment,
-            round=row.round_number,
-            reason=f"secure aggregation: {state.reason}",
-        )
-    row.stage = state.stage
+    """Let the round move on, hand it to the runner once it can be unmasked (after the commit), and
+    store it (inside the row's lock).
+
+    The experiment's row is locked too, so a state change (``lifecycle``) is either seen here, and a
+    round of an ended experiment fails instead of moving on, or waits until this round is stored."""
+    row.experiment = Experiment.objects.select_for_update().get(pk=row.experiment_id)
+    _end_if_ended(row, state)
+    summable = state.advance(now) is not None  # the shares suffice: the sum is the runner's job
+    if state.stage == "failed":
+        _failed(row, state)
+    row.stage = SUMMING if summable else state.stage
     row.state = state.to_json()
     row.save()
+    if summable:
+        transaction.on_commit(lambda: announce_secure_round_unmask_requested(row.pk))
+
+
+def _end_if_ended(row: SecureRoundRow, state: SecureRound) -> None:
+    """Fail the round if its experiment (``row.experiment``, read under its lock) has ended."""
+    if row.experiment.state in lifecycle.ENDED:
+        ended = ExperimentState(row.experiment.state).label.lower()
+        reason = row.experiment.state_reason
+        state.end(f"the experiment is {ended}{': ' + reason if reason else ''}")
+
+
+def _failed(row: SecureRoundRow, state: SecureRound) -> None:
+    """Record a failed round: its reason, its event; its masked inputs go once that commits."""
+    row.reason = state.reason
+    _remove_inputs(state)
+    event_record(
+        kind=EventKind.ROUND_FAILED,
+        experiment=row.experiment,
+        round=row.round_number,
+        reason=f"secure aggregation: {state.reason}",
+    )
+
+
+def secure_round_unmask(round_id: int) -> SecureRoundRow | None:
+    """Sum, unmask and record the aggregate of a ``summing`` round (the runner's job); the round as it
+    ended, or None if there was nothing to do (done already, or another worker holds it).
+
+    The row stays locked while its masked inputs are read, so one worker sums it; the experiment is
+    locked only at the end, to record the aggregate (or fail the round if the experiment ended
+    meanwhile) without holding back its other requests while summing."""
+    with transaction.atomic():
+        rows = SecureRoundRow.objects.filter(pk=round_id, stage=SUMMING)
+        if connection.features.has_select_for_update_skip_locked:
+            row = rows.select_for_update(skip_locked=True).first()  # PostgreSQL: another worker sums it
+        else:
+            row = rows.select_for_update().first()
+        if row is None:
+            return None
+        state = SecureRound.from_json(row.state)
+        row.aggregate = _commit_mean(row, state, state.unmasker())
+        if row.aggregate is None:
+            _end_if_ended(row, state)
+            _failed(row, state)
+        else:
+            _remove_inputs(state)
+        row.stage = state.stage
+        row.state = state.to_json()
+        row.save()
+    return row
+
+
+def secure_rounds_summing() -> list[int]:
+    """The secure rounds waiting for (or in) their sum, oldest first: the sweep hands them out again."""
+    return list(
+        SecureRoundRow.objects.filter(stage=SUMMING).order_by("updated_on", "pk").values_list("pk", flat=True)
+    )
+
+
+def secure_rounds_unmask_again() -> int:
+    """Announce every round left ``summing`` again (a notification lost, a worker killed while summing,
+    whose transaction rolled back); how many. One being summed is skipped by its worker's lock."""
+    waiting = secure_rounds_summing()
+    for round_id in waiting:
+        announce_secure_round_unmask_requested(round_id)
+    return len(waiting)
 
 
 def _remove_inputs(state: SecureRound) -> None:
-    store = weight_store()
-    for key in state.inputs.values():
-        store.delete(key)
+    """Delete the round's masked inputs once the transaction that stops naming them commits (a crash
+    in between leaves them to the orphan sweep: no open round names them any more)."""
+    keys = list(state.inputs.values())
+
+    def remove() -> None:
+        store = weight_store()
+        for key in keys:
+            store.delete(key)
+
+    transaction.on_commit(remove)
 
 
-def _commit_mean(row: SecureRoundRow, state: SecureRound, unmasker: Any) -> ModelAggregate:
-    """Sum the survivors' masked inputs block by block, unmask, dequantize, write and record the aggregate."""
+def _commit_mean(row: SecureRoundRow, state: SecureRound, unmasker: Any) -> ModelAggregate | None:
+    """Sum the survivors' masked inputs block by block, unmask, dequantize, write and record the aggregate;
+    None (its bytes removed) if the experiment ended meanwhile (``row.experiment`` is then locked and fresh)."""
     started = time.perf_counter()
     experiment = row.experiment
     spec = _spec(experiment)
@@ -177,6 +277,10 @@ def _commit_mean(row: SecureRoundRow, state: SecureRound, unmasker: Any) -> Mode
             stream.close()
     key = f"aggregates/{experiment.pk}/r{row.round_number}-secure-{row.pk}.safetensors"
     stored = store.put(key, io.BytesIO(to_bytes(tensors)))
+    row.experiment = experiment = Experiment.objects.select_for_update().get(pk=experiment.pk)
+    if experiment.state in lifecycle.ENDED:
+        store.delete(key)
+        return None
     aggregate = ModelAggregate.objects.create(
         experiment=experiment,
         parent=parent,
@@ -199,6 +303,7 @@ def _commit_mean(row: SecureRoundRow, state: SecureRound, unmasker: Any) -> Mode
         size_bytes=aggregate.size_bytes,
         secure_aggregation=dict(state.counts),
     )
+    lifecycle.finish_if_reached(experiment)  # the round limit, a training-metric target
     return aggregate
 
 
@@ -210,6 +315,21 @@ def _read_elements(stream: BinaryIO, count: int) -> np.ndarray:
 
 
 # -- what a client sees ----------------------------------------------------------------------------
+
+
+def _paused_view(experiment: Experiment, now: float) -> dict[str, Any]:
+    """What a client asking for the current round of a paused experiment sees: wait, none is open."""
+    config = _config(experiment)
+    return {
+        "id": None,
+        "round": sampling.current_round(experiment.pk),
+        "stage": "paused",
+        "deadline": now + config.stage_seconds,
+        "reason": "the experiment is paused: no secure round opens until it collects again",
+        "counts": {},
+        "aggregate": None,
+        "action": "wait",
+    }
 
 
 def _b64(data: bytes) -> str:
@@ -231,7 +351,7 @@ def _view(row: SecureRoundRow, state: SecureRound, client: Client) -> dict[str, 
     answer: dict[str, Any] = {
         "id": row.pk,
         "round": row.round_number,
-        "stage": state.stage,
+        "stage": row.stage,
         "deadline": state.deadline,
         "reason": state.reason,
         "counts": dict(state.counts),
@@ -240,7 +360,7 @@ def _view(row: SecureRoundRow, state: SecureRound, client: Client) -> dict[str, 
         "length": state.length,
         "tensors": _spec(row.experiment).names,
         "aggregate": row.aggregate_id,
-        "action": {"unmasked": "done", "failed": "failed"}.get(state.stage, "wait"),
+        "action": {"unmasked": "done", "failed": "failed"}.get(row.stage, "wait"),
     }
     if state.stage == "advertise":
         if me not in state.invited:
@@ -279,10 +399,16 @@ def secure_round_get(
     themselves move a stage on as soon as everyone expected has answered)."""
     now = time.time()
     if round_id is None:
-        round_id = _open_round(experiment, now).pk
+        _refuse_ended(experiment)
+        opened = _open_round(experiment, now)
+        if opened is None:
+            return _paused_view(experiment, now)
+        round_id = opened.pk
     row = SecureRoundRow.objects.filter(pk=round_id, experiment=experiment).first()
     if row is None:
         raise NotFound(f"experiment {experiment.pk} has no secure round {round_id}")
+    if row.stage != "unmasked":  # the round that finished the experiment can still be read
+        _refuse_ended(experiment)
     state = SecureRound.from_json(row.state)
     if row.stage in OPEN_STAGES and now >= state.deadline:  # a passed deadline moves it on, under the lock
         with transaction.atomic():
@@ -298,7 +424,11 @@ def secure_round_submit(
 ) -> dict[str, Any]:
     """One client step of the keys or unmasking stages (JSON); a retry with the same content is no change."""
     me = str(client.uuid)
+    _refuse_ended(experiment)
     now = time.time()
+    if SecureRoundRow.objects.filter(pk=round_id, experiment=experiment, stage=SUMMING).exists():
+        # its worker holds the row's lock while summing: refused without waiting for it
+        raise Conflict(f"the secure round is being summed, not at stage {stage!r}", code="secagg_stage")
     with transaction.atomic():
         row = _row_locked(experiment, round_id)
         state = SecureRound.from_json(row.state)
@@ -341,6 +471,7 @@ def secure_round_masked_input(
     upload side by side), and recorded under it; if the stage closed meanwhile, the bytes are removed.
     """
     me = str(client.uuid)
+    _refuse_ended(experiment)
     row = SecureRoundRow.objects.filter(pk=round_id, experiment=experiment).first()
     if row is None:
         raise NotFound(f"experiment {experiment.pk} has no secure round {round_id}")
@@ -381,10 +512,17 @@ def secure_round_masked_input(
 
 
 def secure_rounds_advance(*, now: float | None = None) -> int:
-    """Move every open secure round whose stage deadline has passed (the runners' sweep); how many moved."""
+    """Move every open secure round whose stage deadline has passed, and fail those of ended experiments
+    (the runners' sweep); how many moved."""
     now = time.time() if now is None else now
+    return _advance_rows(SecureRoundRow.objects.filter(stage__in=OPEN_STAGES), now)
+
+
+def _advance_rows(rows: Any, now: float) -> int:
+    """Move each of ``rows`` (a queryset) still open whose deadline has passed or whose experiment has
+    ended, one transaction each; how many changed stage."""
     moved = 0
-    for round_id in SecureRoundRow.objects.filter(stage__in=OPEN_STAGES).values_list("pk", flat=True):
+    for round_id in rows.values_list("pk", flat=True):
         with transaction.atomic():
             row = (
                 SecureRoundRow.objects.select_for_update().filter(pk=round_id, stage__in=OPEN_STAGES).first()
@@ -392,7 +530,7 @@ def secure_rounds_advance(*, now: float | None = None) -> int:
             if row is None:
                 continue
             state = SecureRound.from_json(row.state)
-            if now >= state.deadline:
+            if now >= state.deadline or row.experiment.state in lifecycle.ENDED:
                 before = state.stage
                 _save(row, state, now)
                 moved += state.stage != before

@@ -27,6 +27,7 @@ from fma_django.models import (
     ModelArtifact,
     ModelUpdate,
     RoundLease,
+    SecureRoundRow,
     UploadSession,
     UploadState,
 )
@@ -353,11 +354,12 @@ def weight_keys_claimed(*, now: float, grace_seconds: float) -> ClaimedKeys:
 
 def weight_keys_referenced(*, keys: Sequence[str], claimed: ClaimedKeys) -> set[str]:
     """Of ``keys``, those a record references: an update whose bytes are kept, an aggregate or the
-    server state its round left, an artifact, an upload session still open or being checked, or a
-    claimed round.
+    server state its round left, an artifact, an upload session still open or being checked, a
+    claimed round, or a secure round still under way (its masked inputs).
 
     The tables are read in one statement, so in one snapshot: bytes passing from an upload session
-    to its update (one transaction) are seen referenced by one or the other."""
+    to its update (one transaction) are seen referenced by one or the other. A masked input passes to
+    no other record (the round ends by deleting it), so its round is read apart."""
     keys = list(keys)
     sessions = UploadSession.objects.filter(state__in=[UploadState.OPEN, UploadState.CHECKING])
     found = (
@@ -371,4 +373,18 @@ def weight_keys_referenced(*, keys: Sequence[str], claimed: ClaimedKeys) -> set[
             sessions.filter(weights_key__in=keys).order_by().values_list("weights_key"),
         )
     )
-    return set(found) | {key for key in keys if key in claimed}
+    return set(found) | {key for key in keys if key in claimed} | _masked_inputs_named(keys)
+
+
+def _masked_inputs_named(keys: Sequence[str]) -> set[str]:
+    """Of ``keys``, the masked inputs (``secure/{experiment}/{round id}/…``) an open secure round names."""
+    rounds = set()
+    for key in keys:
+        parts = key.split("/")
+        if len(parts) == 4 and parts[0] == "secure" and parts[2].isdigit():
+            rounds.add(int(parts[2]))
+    if not rounds:
+        return set()
+    open_rounds = SecureRoundRow.objects.filter(pk__in=rounds, stage__in=SecureRoundRow.LIVE_STAGES)
+    named = {key for state in open_rounds.values_list("state", flat=True) for key in state["inputs"].values()}
+    return named.intersection(keys)

@@ -5,9 +5,9 @@ the configured runner (fma-aggregator) decides whether and where the round runs.
 ``upload_check_requested`` is sent (with ``upload_id``, the session's UUID as text) after an
 upload session too large to check within a request has moved to ``checking``, and again by
 every sweep while it stays there: the runner calls ``fma_django.ingestion.upload_check``.
-``evaluation_reported`` is sent (with ``experiment_id``, ``aggregate_id`` and ``evaluation_id``) after
-a new evaluation of an aggregate has committed (never for a retry): what acts on a metric reaching a
-target reads ``selectors.evaluation_latest`` then.
+``secure_round_unmask_requested`` is sent (with ``round_id``) after a secure round's last share
+committed, and again by every sweep while the round is ``summing``: the runner calls
+``fma_django.secure_rounds.secure_round_unmask``.
 Receivers' errors are logged, never raised: the state is already committed, and the runners'
 periodic sweep catches up on any notification that was lost.
 """
@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 round_may_be_ready = Signal()
 upload_check_requested = Signal()
-evaluation_reported = Signal()
+secure_round_unmask_requested = Signal()
 
 
 def announce_round_may_be_ready(experiment_id: int) -> None:
@@ -39,9 +39,7 @@ def announce_upload_check_requested(upload_id: str) -> None:
             logger.error("handing upload %s's check to %r failed: %s", upload_id, receiver, result)
 
 
-def announce_evaluation_reported(*, experiment_id: int, aggregate_id: int, evaluation_id: int) -> None:
-    for receiver, result in evaluation_reported.send_robust(
-        sender=None, experiment_id=experiment_id, aggregate_id=aggregate_id, evaluation_id=evaluation_id
-    ):
+def announce_secure_round_unmask_requested(round_id: int) -> None:
+    for receiver, result in secure_round_unmask_requested.send_robust(sender=None, round_id=round_id):
         if isinstance(result, Exception):
-            logger.error("telling %r of evaluation %s failed: %s", receiver, evaluation_id, result)
+            logger.error("handing secure round %s's unmasking to %r failed: %s", round_id, receiver, result)

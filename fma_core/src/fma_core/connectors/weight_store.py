@@ -13,9 +13,10 @@ from fma_core.weights import SafetensorsReader, open_weights
 
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
-KEY_SPACES = ("aggregates/", "artifacts/", "shards/", "updates/")
+KEY_SPACES = ("aggregates/", "artifacts/", "secure/", "shards/", "updates/")
 """The first segment of every key FMA writes (see ``fma_core.rounds``, ``fma_core.shards`` and
-fma-django's services): the sweep looks for unreferenced objects there and nowhere else."""
+fma-django's services and secure rounds): the sweep looks for unreferenced objects there and nowhere
+else."""
 
 
 @dataclass(frozen=True)

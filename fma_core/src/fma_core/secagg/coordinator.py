@@ -205,6 +205,12 @@ class SecureRound:
             self.length,
         )
 
+    def end(self, reason: str) -> None:
+        """Fail a round whose aggregate is not recorded yet because its experiment ended (its shares
+        are forgotten: nothing can be unmasked any more); a failed round stays as it is."""
+        if self.stage != "failed":
+            self._fail(reason)
+
     def _fail(self, reason: str) -> None:
         """Stop the round and forget what could help unmask any input."""
         self.stage = "failed"
