@@ -26,9 +26,9 @@ from fma_service.urls import urlpatterns as service_urlpatterns
 
 
 class Floor(APIView):
-    authentication_classes = [ClientCredentialAuthentication]
-    permission_classes = [IsAuthenticated]
-    parser_classes: list = []
+    authentication_classes = (ClientCredentialAuthentication,)
+    permission_classes = (IsAuthenticated,)
+    parser_classes = ()
 
     def post(self, request: Request, experiment: int) -> Response:
         client = request.user.client
