@@ -39,10 +39,10 @@ developer = User.objects.create(username="dev")
 experiment = services.experiment_create(
     developer=developer, name="kill", open_enrollment=True,
     tensor_spec=[{"name": "w", "dtype": "F32", "shape": [1000]}],
-    round_policy={"policy": "require_x_updates", "x": %d},
+    round_policy={"policy": "require_x_updates", "x": CLIENTS},
 )
-print(json.dumps([experiment.pk, [services.client_register(experiment=experiment)[1] for _ in range(%d)]]))
-""" % (CLIENTS, CLIENTS)
+print(json.dumps([experiment.pk, [services.client_register(experiment=experiment)[1] for _ in range(CLIENTS)]]))
+""".replace("CLIENTS", str(CLIENTS))
 
 STATE = """
 import hashlib, json, django
@@ -89,7 +89,8 @@ class Server:
             )
         deadline = time.monotonic() + 120
         while True:
-            assert self.process.poll() is None and time.monotonic() < deadline, self.log.read_text()
+            assert self.process.poll() is None, self.log.read_text()
+            assert time.monotonic() < deadline, self.log.read_text()
             try:
                 requests.get(self.url + "api/v1/", timeout=5)
                 return
