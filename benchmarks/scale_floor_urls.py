@@ -45,4 +45,7 @@ class Floor(APIView):
         return Response({"size": stored.size, "sha256": stored.sha256}, status=201)
 
 
-urlpatterns = [path("bench/floor/<int:experiment>/", Floor.as_view()), *service_urlpatterns]
+urlpatterns = [
+    path("bench/floor/<int:experiment>/", Floor.as_view(), name="bench-floor"),
+    *service_urlpatterns,
+]
