@@ -63,7 +63,14 @@ def _database(url: str) -> dict:
             "NAME": DATA_DIR / "fma.sqlite3",
             # IMMEDIATE: a transaction takes the write lock when it starts, so concurrent
             # writers wait for each other (up to the timeout) instead of failing mid-way.
-            "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 30},
+            # WAL with synchronous=FULL: a commit is one fsync of the log, not the rollback
+            # journal's four, and is as durable (a committed transaction survives a power cut);
+            # readers no longer wait for a writer.
+            "OPTIONS": {
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 30,
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;",
+            },
         }
     parts = urlsplit(url)
     if parts.scheme not in {"postgres", "postgresql"}:
