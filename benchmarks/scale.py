@@ -48,6 +48,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,7 @@ class Service:
         if database:
             self.env["FMA_DATABASE_URL"] = database
         self.process: subprocess.Popen | None = None
+        self.worker: subprocess.Popen | None = None
 
     def configure_here(self) -> None:
         """This process uses the same settings (database, store) to set up and to verify."""
@@ -157,23 +159,61 @@ class Service:
                 )
             with contextlib.suppress(requests.ConnectionError):
                 if requests.get(self.url + "api/v1/", timeout=5).status_code < 500:
-                    return self
+                    break
             time.sleep(0.2)
-        raise RuntimeError("the service did not answer within 180 s")
+        else:
+            raise RuntimeError("the service did not answer within 180 s")
+        if self.env["FMA_AGGREGATOR_RUNNER"] == "celery":  # the Servers shape: one worker runs the rounds
+            self.worker = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "fma_aggregator",
+                    "worker",
+                    "-P",
+                    "solo",
+                    "-l",
+                    "WARNING",
+                ],
+                env=self.env,
+                stdout=self.log,
+                stderr=subprocess.STDOUT,
+            )
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        for process in (self.worker, self.process):
+            if process is None:
+                continue
+            process.terminate()
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
         self.log.close()
 
     def cpu_seconds(self) -> float:
         process = psutil.Process(self.process.pid)
         times = process.cpu_times()
         return times.user + times.system
+
+
+@contextlib.contextmanager
+def postgresql_database(server: str) -> Iterator[str]:
+    """A new, empty database on the PostgreSQL server at ``server`` (a URL), dropped afterwards: its URL."""
+    import psycopg
+
+    name = f"fma_scale_{os.getpid()}_{int(time.time())}"
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield server.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(server, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def make_experiment(name: str, spec: list[dict[str, Any]], policy: Any) -> int:
@@ -434,24 +474,43 @@ def run_clients(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     for params in sizes:
         data = work / f"clients-{params}"
         data.mkdir()
-        service = Service(
-            data,
-            runner="inprocess",
-            store=args.store,
-            database=args.database,
-            floor=True,
-            threads=args.server_threads,
-        )
-        with service:
+        with contextlib.ExitStack() as stack:
+            database = args.database
+            if args.servers:
+                database = stack.enter_context(postgresql_database(args.postgresql))
+            service = Service(
+                data,
+                runner="celery" if args.servers else "inprocess",
+                store=args.store,
+                database=database,
+                floor=True,
+                threads=args.server_threads,
+            )
+            if args.servers:
+                service.env["FMA_BROKER_URL"] = args.broker
+            if args.db_pool:
+                service.env["FMA_DB_POOL_SIZE"] = str(args.db_pool)
+            stack.enter_context(service)
             service.configure_here()
             results.append(_clients_run(service, params, concurrency, round_size, args.push_form))
+            from django.db import connections
+
+            connections.close_all()  # before the database is dropped
     return {
         "runs": results,
         "fd_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
         "fd_limit_before": soft,
         "server_threads": args.server_threads,
-        "database": "postgresql" if args.database else "sqlite",
-        "database_connections": f"one per server thread (FMA_THREADS={args.server_threads}) plus the round runner's",
+        "shape": "servers (PostgreSQL, Celery on Redis)"
+        if args.servers
+        else "embedded (SQLite, in-process runner)",
+        "database": "postgresql" if (args.database or args.servers) else "sqlite",
+        "database_connections": (
+            f"a pool of at most {args.db_pool} per process"
+            if args.db_pool
+            else f"one per server thread (FMA_THREADS={args.server_threads})"
+        )
+        + ", plus the round runner's",
     }
 
 
@@ -704,7 +763,7 @@ def report(results: dict[str, Any]) -> None:
         )
     if "clients" in results:
         c = results["clients"]
-        print(f"clients ({c['database']}; fd limit {c['fd_limit']}; {c['database_connections']}):")
+        print(f"clients ({c['shape']}; fd limit {c['fd_limit']}; {c['database_connections']}):")
         for run in c["runs"]:
             print(
                 f"  {run['update_params']:,} params ({run['body_bytes']:,} B, push form {run['push_form']}), C={run['concurrency']}, round of "
@@ -751,6 +810,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--update-params", type=int, nargs="+", default=[10_000, 1_000_000])
     parser.add_argument(
         "--server-threads", type=int, default=16, help="the server's request threads (--clients)"
+    )
+    parser.add_argument(
+        "--servers",
+        action="store_true",
+        help="--clients on the Servers shape: PostgreSQL and a Celery worker on Redis",
+    )
+    parser.add_argument(
+        "--postgresql", default="postgresql://postgres@127.0.0.1:5432/postgres", help="for --servers"
+    )
+    parser.add_argument("--broker", default="redis://127.0.0.1:6379/14", help="for --servers")
+    parser.add_argument(
+        "--db-pool", type=int, default=0, help="the server's psycopg pool size (FMA_DB_POOL_SIZE)"
     )
     parser.add_argument(
         "--push-form",
@@ -803,7 +874,8 @@ def _passed_on(args: argparse.Namespace) -> list[str]:
         "--server-threads",
         str(args.server_threads),
     ]
-    options += ["--push-form", args.push_form]
+    options += ["--push-form", args.push_form, "--postgresql", args.postgresql, "--broker", args.broker]
+    options += ["--db-pool", str(args.db_pool), *(["--servers"] if args.servers else [])]
     options += ["--database", args.database] if args.database else []
     return options + (["--work", args.work] if args.work else [])
 

@@ -75,7 +75,7 @@ def _database(url: str) -> dict:
     parts = urlsplit(url)
     if parts.scheme not in {"postgres", "postgresql"}:
         raise ImproperlyConfigured(f"FMA_DATABASE_URL must be a postgresql:// URL, not {parts.scheme}://")
-    return {
+    database = {
         "ENGINE": "django.db.backends.postgresql",
         "NAME": unquote(parts.path.lstrip("/")),
         "USER": unquote(parts.username or ""),
@@ -84,6 +84,10 @@ def _database(url: str) -> dict:
         "PORT": str(parts.port or ""),
         "CONN_MAX_AGE": int(os.environ.get("FMA_DB_CONN_MAX_AGE", "60")),
     }
+    pool = int(os.environ.get("FMA_DB_POOL_SIZE", "0") or 0)
+    if pool:  # psycopg's pool (Django's "pool" option): at most this many connections per process
+        database.update(CONN_MAX_AGE=0, OPTIONS={"pool": {"min_size": 1, "max_size": pool, "timeout": 30}})
+    return database
 
 
 SECRET_KEY = _secret_key()
