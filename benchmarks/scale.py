@@ -40,6 +40,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import socket
 import statistics
 import struct
@@ -338,8 +339,15 @@ def run_large(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     for n in range(clients):
         write_model(files / f"client-{n}.safetensors", shapes, seed=n)
         paths.append(files / f"client-{n}.safetensors")
+    # a request thread for every part in flight (4 per client): a part waiting for a thread is not
+    # read, and past FMA_READ_TIMEOUT the server ends it as a silent client (then it is sent again)
     service = Service(
-        data / "service", runner="none", store=args.store, database=args.database, floor=False, threads=8
+        data / "service",
+        runner="none",
+        store=args.store,
+        database=args.database,
+        floor=False,
+        threads=4 * clients + 4,
     )
     service.data_dir.mkdir()
     result: dict[str, Any] = {
@@ -831,6 +839,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--round-sizes", type=int, nargs="+", default=[100, 1_000, 10_000])
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so the services this run started are stopped
     if not (args.large or args.clients or args.round_size):
         parser.error("choose at least one of --large, --clients, --round-size")
     work = Path(tempfile.mkdtemp(prefix="fma-scale-", dir=args.work))
@@ -856,6 +865,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         report(results)
     return results
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _passed_on(args: argparse.Namespace) -> list[str]:
