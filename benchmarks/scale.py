@@ -706,6 +706,13 @@ def _round_of(n: int) -> dict[str, Any]:
     )
     read_floor = time.perf_counter() - started
 
+    # What each accepted update's notification costs before any claim: the engine reads the pending
+    # updates and the enrolled clients to ask the policy (fma_core.rounds.RoundEngine._waiting).
+    started = time.perf_counter()
+    store.pending_updates(str(experiment))
+    store.enrolled_clients(str(experiment))
+    ready_check = time.perf_counter() - started
+
     tracemalloc.start()
     with CaptureQueriesContext(connection) as claim_queries:
         started = time.perf_counter()
@@ -743,6 +750,7 @@ def _round_of(n: int) -> dict[str, Any]:
         "commit_seconds": commit_seconds,
         "commit_statements": len(commit_queries.captured_queries),
         "commit_python_peak_bytes": commit_memory,
+        "ready_check_seconds": ready_check,
         "read_floor_seconds": read_floor,
         "write_floor_seconds": write_floor,
         "claim_ratio_to_read": read_floor / claim_seconds,
@@ -763,7 +771,8 @@ def report(results: dict[str, Any]) -> None:
                 f"({row['claim_statements']} statements, {row['claim_python_peak_bytes'] / 1e6:.1f} MB), "
                 f"{row['claim_ratio_to_read']:.2f}x a read of the rows; commit {row['commit_seconds'] * 1000:8.1f} ms "
                 f"({row['commit_statements']} statements, {row['commit_python_peak_bytes'] / 1e6:.1f} MB), "
-                f"{row['commit_ratio_to_write']:.2f}x one UPDATE of the rows"
+                f"{row['commit_ratio_to_write']:.2f}x one UPDATE of the rows; a readiness check "
+                f"{row['ready_check_seconds'] * 1000:.1f} ms"
             )
         print(
             f"  time per update, largest over smallest round: claim {r['claim_growth_per_update']:.2f}x, "
