@@ -478,6 +478,20 @@ def run_clients(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     resource.setrlimit(
         resource.RLIMIT_NOFILE, (hard, hard)
     )  # a socket per simulated client, and the server's
+    if len(sizes) > 1:  # one Django setup per process, and each size has a service of its own
+        runs = []
+        for params in sizes:
+            command = [
+                sys.executable,
+                __file__,
+                "--clients",
+                "--json",
+                *_passed_on(args, update_params=[params]),
+            ]
+            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            one = json.loads(out)["clients"]
+            runs += one["runs"]
+        return {**one, "runs": runs}
     results = []
     for params in sizes:
         data = work / f"clients-{params}"
@@ -880,7 +894,7 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def _passed_on(args: argparse.Namespace) -> list[str]:
+def _passed_on(args: argparse.Namespace, update_params: list[int] | None = None) -> list[str]:
     options = [
         "--store",
         args.store,
@@ -892,7 +906,7 @@ def _passed_on(args: argparse.Namespace) -> list[str]:
     options += ["--concurrency", str(args.concurrency), "--round-size-clients", str(args.round_size_clients)]
     options += [
         "--update-params",
-        *map(str, args.update_params),
+        *map(str, update_params or args.update_params),
         "--server-threads",
         str(args.server_threads),
     ]
