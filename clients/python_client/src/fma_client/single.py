@@ -21,8 +21,9 @@ from fma_client.errors import CheckTimeout, ServerUnavailable, TransferError
 from fma_client.transport import Transport
 from fma_client.uploads import naming
 
-# Above this the push goes through an upload session. Under AWS Lambda's 6 MB request payload, so
-# every deployment takes the body in one request; 1M float32 (4 MB) still goes in one.
+# Above this the push goes through an upload session. API Gateway hands a binary body to Lambda in
+# base64 (4/3 larger): 4 MiB becomes 5.6 MB, under Lambda's 6 MB request payload, so every
+# deployment takes it in one request; 1M float32 (4 MB) still goes in one.
 SINGLE_REQUEST_BYTES = 4 * 1024 * 1024
 # Metrics travel in a header; a proxy or h11 (16 KiB for all headers) refuses much more.
 _MAX_METRICS_HEADER = 8 * 1024
