@@ -76,3 +76,12 @@ def fma(monkeypatch, tmp_path, capsys):
         return status, out, err
 
     return run
+
+
+@pytest.fixture
+def upload_sessions_only(monkeypatch):
+    """Every push through an upload session, however small: for the tests of that path (a small
+    update otherwise goes in one request, ``fma_client.single``)."""
+    from fma_client import Client
+
+    monkeypatch.setattr(Client, "single_request_bytes", 0)

@@ -22,6 +22,8 @@ from fma_django.storage import weight_store
 
 from .conftest import INITIAL
 
+pytestmark = pytest.mark.usefixtures("upload_sessions_only")  # these test the upload-session path
+
 PART = 32
 
 

@@ -34,6 +34,8 @@ from fma_client import (
 )
 from fma_client.weights import encode
 
+pytestmark = pytest.mark.usefixtures("upload_sessions_only")  # these test the upload-session path
+
 FAST = Retry(attempts=3, backoff=0)
 WEIGHTS = {"w": np.arange(300_000, dtype=np.float32), "b": np.ones(3, np.float32)}
 BLOB = encode(WEIGHTS)

@@ -14,6 +14,8 @@ from fma_django.models import ModelUpdate, UploadSession
 
 from .test_uploads import trained
 
+pytestmark = pytest.mark.usefixtures("upload_sessions_only")  # these test the upload-session path
+
 
 def test_push_waits_for_the_servers_check_and_returns_the_accepted_update(
     server, experiment, enrollment_token, checked_later, inprocess

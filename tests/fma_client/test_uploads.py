@@ -17,6 +17,8 @@ from fma_django.models import ModelUpdate, UploadSession
 
 from .conftest import INITIAL
 
+pytestmark = pytest.mark.usefixtures("upload_sessions_only")  # these test the upload-session path
+
 PART = 32
 
 

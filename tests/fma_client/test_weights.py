@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import safetensors.numpy
@@ -144,3 +147,26 @@ LAYER_PARTS = [
     "input_layernorm",
     "post_attention_layernorm",
 ]
+
+
+def test_reading_a_model_file_costs_the_arrays_not_also_a_map_of_the_file(tmp_path):
+    """A pulled model's memory is its arrays: reading through a memory map of the whole file
+    (safetensors' get_tensor) also counted the mapped pages, twice the model."""
+    path = tmp_path / "model.safetensors"
+    write_file({f"t{n}": np.full(8_000_000, n, np.float32) for n in range(4)}, path)  # 128 MB
+    code = (
+        "import sys\n"
+        "from fma_client.weights import read_file\n"
+        "def status(key):\n"
+        "    return next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith(key))\n"
+        "before = status('VmRSS:')\n"
+        "weights = read_file(sys.argv[1])\n"
+        "assert [float(a[-1]) for a in weights.values()] == [0.0, 1.0, 2.0, 3.0]\n"
+        "print(status('VmHWM:') - before)\n"
+    )
+    grown = int(
+        subprocess.run(
+            [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    assert grown < 1.3 * path.stat().st_size

@@ -63,12 +63,19 @@ def _database(url: str) -> dict:
             "NAME": DATA_DIR / "fma.sqlite3",
             # IMMEDIATE: a transaction takes the write lock when it starts, so concurrent
             # writers wait for each other (up to the timeout) instead of failing mid-way.
-            "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 30},
+            # WAL with synchronous=FULL: a commit is one fsync of the log, not the rollback
+            # journal's four, and is as durable (a committed transaction survives a power cut);
+            # readers no longer wait for a writer.
+            "OPTIONS": {
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 30,
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;",
+            },
         }
     parts = urlsplit(url)
     if parts.scheme not in {"postgres", "postgresql"}:
         raise ImproperlyConfigured(f"FMA_DATABASE_URL must be a postgresql:// URL, not {parts.scheme}://")
-    return {
+    database = {
         "ENGINE": "django.db.backends.postgresql",
         "NAME": unquote(parts.path.lstrip("/")),
         "USER": unquote(parts.username or ""),
@@ -77,6 +84,10 @@ def _database(url: str) -> dict:
         "PORT": str(parts.port or ""),
         "CONN_MAX_AGE": int(os.environ.get("FMA_DB_CONN_MAX_AGE", "60")),
     }
+    pool = int(os.environ.get("FMA_DB_POOL_SIZE", "0") or 0)
+    if pool:  # psycopg's pool (Django's "pool" option): at most this many connections per process
+        database.update(CONN_MAX_AGE=0, OPTIONS={"pool": {"min_size": 1, "max_size": pool, "timeout": 30}})
+    return database
 
 
 SECRET_KEY = _secret_key()

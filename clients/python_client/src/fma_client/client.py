@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -32,8 +33,9 @@ from fma_client.errors import (
 from fma_client.privacy import LocalPrivacy
 from fma_client.results import Aggregate, Artifact, Evaluation, Score, Update, evaluation_body
 from fma_client.secure import SecurePush, secure_push
+from fma_client.single import SINGLE_REQUEST_BYTES, fits_one_request, push_one_request
 from fma_client.transport import Retry, Transport
-from fma_client.uploads import CHECK_TIMEOUT, THREADS, FileSource, Source, Upload, WeightsSource
+from fma_client.uploads import CHECK_TIMEOUT, THREADS, FileSource, Source, Upload, WeightsSource, read_all
 from fma_client.weights import SafetensorsBody, Weights, as_weights, read_file
 
 ASK_AGAIN_SECONDS = 5.0  # when a refusal as not selected came without Retry-After (a proxy dropped it)
@@ -64,7 +66,12 @@ class Client:
     ``threads`` (parts of an upload sent at once). ``selection_wait``: the longest ``pull()`` and
     ``push()`` wait, in seconds, for a round that selects this client when the experiment samples
     clients per round (None: no limit; 0: not at all), before raising ``NotSelected``.
+
+    An update of at most ``single_request_bytes`` goes in one request (``fma_client.single``),
+    a larger one through an upload session; both keep the same guarantees.
     """
+
+    single_request_bytes = SINGLE_REQUEST_BYTES
 
     def __init__(
         self,
@@ -377,9 +384,17 @@ class Client:
             "update_kind": self._update_kind or "weights",
         }
         upload = Upload(self._transport, self._path("uploads"), threads=self.threads)
+        one_request = fits_one_request(source.size, metadata, self.single_request_bytes)
+        body = read_all(source) if one_request else b""
         deadline = self._selection_deadline()
         while True:
             try:
+                if one_request:
+                    key = idempotency_key or uuid.uuid4().hex
+                    update, _ = push_one_request(
+                        self._transport, self._path("upload_update"), body, metadata, key
+                    )
+                    return Update(update)
                 return Update(
                     upload.run(source, metadata, idempotency_key=idempotency_key, check_timeout=check_timeout)
                 )

@@ -146,8 +146,13 @@ class Transport:
                     f"could not set up a secure connection to {self.url}: {_reason(error)}; if the service "
                     "uses a private certificate authority, pass its CA bundle (verify=PATH, or --ca-bundle)"
                 ) from error
-            except (requests.ConnectionError, requests.Timeout) as error:
-                # A refused connection never reached the server, so it is always safe to repeat.
+            except (
+                requests.ConnectionError,
+                requests.Timeout,
+                requests.exceptions.ChunkedEncodingError,
+            ) as error:
+                # A refused connection never reached the server, so it is always safe to repeat. An
+                # answer cut off mid-body (the server died after its headers) is a lost answer too.
                 unsent = isinstance(error, requests.ConnectTimeout) or _refused(error)
                 if (idempotent or unsent) and attempt < self.retry.attempts:
                     time.sleep(self.retry.wait(attempt))

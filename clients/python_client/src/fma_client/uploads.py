@@ -87,6 +87,15 @@ def sha256_of(source: Source) -> str:
     return digest.hexdigest()
 
 
+def read_all(source: Source) -> bytes:
+    """The whole source in memory: for an update small enough to go in one request."""
+    reader = source.open()
+    try:
+        return bytes(reader.read(source.size))
+    finally:
+        _close(reader)
+
+
 class Part:
     """Bytes ``[offset, offset + size)`` of a reader, as a request body: rewinds to its start for a retry.
 
@@ -152,7 +161,7 @@ class Upload:
         try:
             return self._run(source, metadata, key, check_timeout)
         except (ServerUnavailable, TransferError, CheckTimeout) as error:
-            raise _naming(error, key) from error
+            raise naming(error, key) from error
 
     def _run(
         self, source: Source, metadata: dict[str, Any], key: str, check_timeout: float
@@ -253,8 +262,8 @@ class Upload:
         return failures[0] if failures else None
 
 
-def _naming(error: FmaClientError, key: str) -> FmaClientError:
-    """The same error, telling how to resume the push: with its idempotency key."""
+def naming(error: FmaClientError, key: str) -> FmaClientError:
+    """The same error, telling how to resume the push (or send it again, counted once): with its idempotency key."""
     named = type(error)(
         f"{error.detail}; push again with idempotency_key={key!r} to resume it",
         status_code=error.status_code,

@@ -2,7 +2,8 @@
 
 Uploads are a file-like ``SafetensorsBody`` that serves the header and then each array's own
 buffer, so pushing a model never builds a second copy of it in memory, and a retry just rewinds.
-Downloads land in a file first and are read back with the ``safetensors`` package.
+Downloads land in a file first; ``read_file`` checks its header with the ``safetensors`` package
+and reads each tensor into its array, so a pulled model costs its size in memory, once.
 
 Models come in three shapes, converted by ``as_weights``: a mapping name → numpy array (the
 native form), a PyTorch ``state_dict`` (name → tensor), or a Keras ``get_weights()`` list.
@@ -178,7 +179,12 @@ def encode(weights: Mapping[str, np.ndarray]) -> bytes:
 
 
 def read_file(path: str | os.PathLike) -> Weights:
-    """Weights from a safetensors file, in their ``fma.order`` (or file) order."""
+    """Weights from a safetensors file, in their ``fma.order`` (or file) order.
+
+    The ``safetensors`` package parses and checks the header; each tensor is then read straight
+    into its own array. Its ``get_tensor`` copies out of a memory map of the whole file, whose
+    pages count in the process's memory beside the copies: a pulled model cost twice its size.
+    """
     with safetensors.safe_open(os.fspath(path), framework="numpy") as file:
         metadata = file.metadata() or {}
         names = list(file.keys())
@@ -186,7 +192,48 @@ def read_file(path: str | os.PathLike) -> Weights:
             order = json.loads(metadata[ORDER_KEY])
             if sorted(order) == sorted(names):
                 names = order
-        return {name: file.get_tensor(name) for name in names}
+        layout = _layout(path)
+        if any(
+            layout[name][0] is None for name in names
+        ):  # a dtype numpy lacks (BF16): as the package reads it
+            return {name: file.get_tensor(name) for name in names}
+    weights: Weights = {}
+    with open(path, "rb", buffering=0) as raw:
+        for name in names:
+            dtype, shape, start, end = layout[name]
+            array = np.empty(shape, dtype=dtype)
+            view = memoryview(array.reshape(-1).view(np.uint8))
+            if view.nbytes != end - start:
+                raise ValueError(
+                    f"tensor {name!r} of {path}: {end - start} bytes for shape {shape} of {dtype}"
+                )
+            raw.seek(start)
+            done = 0
+            while done < view.nbytes:
+                read = raw.readinto(view[done:])
+                if not read:
+                    raise ValueError(f"{path} ends inside tensor {name!r}")
+                done += read
+            weights[name] = array
+    return weights
+
+
+def _layout(path: str | os.PathLike) -> dict[str, tuple[np.dtype | None, tuple[int, ...], int, int]]:
+    """Each tensor's numpy dtype (None if numpy has none), shape and absolute byte range in the file."""
+    with open(path, "rb") as file:
+        (length,) = struct.unpack("<Q", file.read(8))
+        header = json.loads(file.read(length))
+    dtypes = {code: dtype for dtype, code in _CODES.items()}
+    return {
+        name: (
+            dtypes.get(entry["dtype"]),
+            tuple(entry["shape"]),
+            8 + length + entry["data_offsets"][0],
+            8 + length + entry["data_offsets"][1],
+        )
+        for name, entry in header.items()
+        if name != "__metadata__"
+    }
 
 
 def write_file(weights: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:

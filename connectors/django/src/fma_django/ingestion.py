@@ -239,15 +239,18 @@ def update_submit(
     idempotency_key: str | None = None,
     content_length: int | None = None,
     update_kind: str = UpdateKind.WEIGHTS,
+    sha256: str | None = None,
 ) -> tuple[ModelUpdate, bool]:
     """Accept one update from a safetensors stream; returns ``(update, created)``.
 
     The bytes are streamed to the weight store (memory bounded by the store's chunk), then
     checked against the experiment's tensor spec. A retry (same idempotency key, or same
-    client, base and content) returns the first update.
+    client, base and content) returns the first update. ``sha256``, when the client declares it
+    (fma-client does), must be the hash of the bytes received, as an upload session's is.
     """
     check_enrolled(experiment, client)
     check_idempotency_key(idempotency_key)
+    declared = _declared_sha256(sha256, experiment, client)
     if idempotency_key:
         first = ModelUpdate.objects.filter(client=client, idempotency_key=idempotency_key).first()
         if first is not None:
@@ -270,6 +273,16 @@ def update_submit(
             stored = store.put(key, stream, max_bytes=limit)
         except InvalidWeights as error:  # what WeightStore.put raises for a stream above max_bytes
             raise _rejected(TooLarge(str(error)), experiment, client) from None
+        if declared is not None and stored.sha256 != declared:
+            raise _rejected(
+                ValidationFailed(
+                    f"the body has SHA-256 {stored.sha256}, not the declared {declared}: it was "
+                    "corrupted on the way or the declared hash is wrong",
+                    code="hash_mismatch",
+                ),
+                experiment,
+                client,
+            )
         try:
             with store.open_weights(key, max_bytes=limit) as reader:
                 validate(reader, experiment_spec(experiment))
@@ -285,6 +298,19 @@ def update_submit(
         metrics=metrics,
         idempotency_key=idempotency_key,
     )
+
+
+def _declared_sha256(sha256: str | None, experiment: Experiment, client: Client) -> str | None:
+    """A declared SHA-256 in lower case (None: none declared); a 400 unless it is 64 hex digits."""
+    if not sha256:
+        return None
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
+        raise _rejected(
+            ValidationFailed(f"sha256 must be 64 hexadecimal digits, not {sha256[:80]!r}", code="invalid"),
+            experiment,
+            client,
+        )
+    return sha256.lower()
 
 
 def update_submit_legacy_json(

@@ -248,16 +248,30 @@ class LocalDirectoryWeightStore(WeightStore):
 
 
 def _move_into_place(source: Path, target: Path) -> None:
-    """Rename ``source`` to ``target``, making its folder first. The sweep removes empty folders, so
-    the folder may vanish between the two steps: then it is made again."""
+    """Rename ``source`` to ``target``, making its folder first, and fsync the folder so that the
+    rename itself survives a power cut (the file's bytes were fsynced before). The sweep removes
+    empty folders, so the folder may vanish between the two steps: then it is made again."""
     for attempt in range(3):
+        made = not target.parent.is_dir()
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.replace(source, target)
-            return
         except FileNotFoundError:
             if attempt == 2 or not source.exists():
                 raise
+            continue
+        _fsync_directory(target.parent)
+        if made:  # a new folder's own entry is in its parent (its grandparents are FMA's fixed key spaces)
+            _fsync_directory(target.parent.parent)
+        return
+
+
+def _fsync_directory(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _is_key(name: str) -> bool:

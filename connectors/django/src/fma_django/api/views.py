@@ -358,6 +358,9 @@ class ExperimentViewSet(viewsets.ModelViewSet):
             OpenApiParameter(
                 "update_kind", str, enum=["weights", "delta"], description="or header X-FMA-Update-Kind"
             ),
+            OpenApiParameter(
+                "sha256", str, description="the body's SHA-256, checked when given; or header X-FMA-SHA256"
+            ),
         ],
         responses={201: s.ModelUpdateSerializer, 200: s.ModelUpdateSerializer, **errors(409, 411, 413)},
     )
@@ -373,6 +376,7 @@ class ExperimentViewSet(viewsets.ModelViewSet):
             "metrics": json_option(django_request, "metrics", "X-FMA-Metrics"),
             "idempotency_key": upload_option(django_request, "idempotency_key", "Idempotency-Key"),
             "update_kind": upload_option(django_request, "update_kind", "X-FMA-Update-Kind") or "weights",
+            "sha256": upload_option(django_request, "sha256", "X-FMA-SHA256"),
         }
         with Prefetched(body) as stream:
             update, created = ingestion.update_submit(
