@@ -57,6 +57,9 @@ def experiment_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "regions": regions,
             "may_change": may_change,
             "settings": dashboard.experiment_settings(experiment),
+            # a finished experiment resumes only once its finish_when no longer holds
+            "resumable": experiment.state == "paused"
+            or (experiment.state == "finished" and lifecycle.finish_reason(experiment) is None),
         },
     )
 
