@@ -141,7 +141,7 @@ def test_metrics_count_a_real_round_its_updates_and_a_refusal(service, tmp_path)
             "django_http_responses_total_by_status_view_method_total",
             method="POST",
             status="201",
-            view="fma-api:uploads",
+            view="fma-api:model-upload-update",  # small updates go in one request (fma_client.single)
         )
         >= 3
     )

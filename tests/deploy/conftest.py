@@ -113,7 +113,13 @@ def unpack(archive: Path, destination: Path) -> Unpacked:
         binary = sorted({name.split("/")[0] for name in members if name.endswith(".so")})
         zipped.extractall(package, [name for name in members if name.split("/")[0] not in binary])
     for name in [*binary, *runtime_top_levels()]:
-        if (site / name).exists() and not (compiled / name).exists():
+        if name.endswith(
+            ".so"
+        ):  # an extension module at the top (cffi's _cffi_backend): this machine's build
+            for local in site.glob(f"{name.split('.')[0]}.*.so"):
+                if not (compiled / local.name).exists():
+                    (compiled / local.name).symlink_to(local)
+        elif (site / name).exists() and not (compiled / name).exists():
             (compiled / name).symlink_to(site / name)
     return Unpacked(package, compiled, tuple(binary))
 
