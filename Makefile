@@ -45,8 +45,8 @@ test: $(STAMP) $(VENDOR_STAMP) $(CHECKOV_STAMP) $(ZAPPA_STAMP) $(MLFLOW_STAMP) $
 		--ignore=tests/api_service/test_slow_clients.py --ignore=tests/api_service/test_production_settings.py \
 		--ignore=tests/api_service/test_service.py --ignore=tests/api_service/test_observability.py \
 		--ignore=tests/api_service/test_readiness.py --ignore=tests/api_service/test_runserver.py \
-		> .pytest-postgresql.log 2>&1 & postgresql=$$!; \
-	FMA_TEST_DATABASE=sqlite $(BIN)/python -m pytest; sqlite=$$?; \
+		--durations=15 > .pytest-postgresql.log 2>&1 & postgresql=$$!; \
+	FMA_TEST_DATABASE=sqlite $(BIN)/python -m pytest --durations=25; sqlite=$$?; \
 	wait $$postgresql; pass=$$?; echo "== the PostgreSQL pass"; cat .pytest-postgresql.log; \
 	test $$sqlite -eq 0 -a $$pass -eq 0
 
