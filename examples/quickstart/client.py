@@ -6,7 +6,8 @@ first round can close), then for each round: pull the global model, train on its
 the data (which never leaves this process), push the update. A client with ``--attack noise`` pushes
 random noise of the right shape instead, one with ``--attack signflip`` its update's change reversed,
 to show what robust aggregators and norm bounds buy. With ``--async`` it never waits for a round: it
-pulls the newest model, trains, pushes and starts again (``fma_client.train_loop``) until SIGTERM.
+pulls the newest model, trains, pushes and starts again (``fma_client.train_loop``) until the experiment
+finishes (its next push is refused as ended) or SIGTERM.
 ``--slow-factor F`` makes each turn last F times its training (it sleeps the rest): a slow site.
 
 Stdout carries one JSON object per line for the orchestrator; human-readable errors go to stderr.

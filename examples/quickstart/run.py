@@ -465,12 +465,9 @@ def federate(
             started=rounds_started,
             stall_seconds=args.deadline * 4,
         )
-        if args.asynchronous:  # clients never stop by themselves: SIGTERM ends each after its turn
-            for client in clients:
-                client.process.terminate()
-        for client in clients:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                client.process.wait(10)  # each exits after its last push
+        for client in clients:  # each exits after its last push (asynchronous: when its next push
+            with contextlib.suppress(subprocess.TimeoutExpired):  # finds the experiment finished)
+                client.process.wait(10)
         failed = [client.index for client in clients if client.failed()]
         for client in clients:
             if client.failed():

@@ -407,20 +407,27 @@ class RoundEngine:
             if policy.adaptive is not None
             else []
         )
-        while plan.update_ids:
-            try:
-                norms = measure(canonical_order(self._inputs(plan)), plan.spec)
-                break
-            except UpdateUnreadable as error:
-                quarantine(error.update_id, error.reason)
-                plan = replace(plan, update_ids=tuple(u for u in plan.update_ids if u != error.update_id))
-        else:
+        plan, norms = self._measured(plan, quarantine)
+        if norms is None:
             return plan
         screening = screen(policy, norms, history)
         for update_id, reason in screening.refused.items():
             quarantine(update_id, reason)
         kept = tuple(u for u in plan.update_ids if u not in screening.refused)
         return replace(plan, update_ids=kept, norms=screening.to_json())
+
+    def _measured(
+        self, plan: RoundPlan, quarantine: Callable[[str, str], None]
+    ) -> tuple[RoundPlan, dict[str, float] | None]:
+        """Each update's change norm, every update read once; an unreadable one is quarantined and the
+        rest measured again. None when no update is left."""
+        while plan.update_ids:
+            try:
+                return plan, measure(canonical_order(self._inputs(plan)), plan.spec)
+            except UpdateUnreadable as error:
+                quarantine(error.update_id, error.reason)
+                plan = replace(plan, update_ids=tuple(u for u in plan.update_ids if u != error.update_id))
+        return plan, None
 
     def _privatized(
         self, plan: RoundPlan, aggregator: Aggregator, quarantine: Callable[[str, str], None]
@@ -464,14 +471,8 @@ class RoundEngine:
         plan = replace(
             plan, update_ids=tuple(u.update_id for u in newest.values() if u.update_id in plan.update_ids)
         )
-        while plan.update_ids:
-            try:
-                norms = measure(canonical_order(self._inputs(plan)), plan.spec)
-                break
-            except UpdateUnreadable as error:
-                quarantine(error.update_id, error.reason)
-                plan = replace(plan, update_ids=tuple(u for u in plan.update_ids if u != error.update_id))
-        else:
+        plan, norms = self._measured(plan, quarantine)
+        if norms is None:
             return plan
         for update_id, norm in norms.items():
             if not math.isfinite(norm):
