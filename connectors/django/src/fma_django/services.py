@@ -89,13 +89,23 @@ CONFIG_FIELDS = (
 )
 
 
-# what a settings change writes: every column but the lifecycle's, which only ``lifecycle`` moves (a
-# concurrent pause must not be undone by a rename that read the row before it)
+# what a settings change writes: every column but those other services move — the lifecycle's, the
+# published artifact, the privacy key — so a rename that read the row before a pause, a publish or the
+# first private round cannot undo it
 SETTINGS_COLUMNS = [
     field.name
     for field in Experiment._meta.concrete_fields
     if not field.primary_key
-    and field.name not in ("allow_aggregation", "state", "state_reason", "state_changed_at", "created_on")
+    and field.name
+    not in (
+        "allow_aggregation",
+        "state",
+        "state_reason",
+        "state_changed_at",
+        "current_artifact",
+        "privacy_secret",
+        "created_on",
+    )
 ]
 
 
