@@ -40,16 +40,18 @@ test: $(STAMP) $(VENDOR_STAMP) $(CHECKOV_STAMP) $(ZAPPA_STAMP) $(MLFLOW_STAMP) $
 	# again on PostgreSQL (127.0.0.1:5432; FMA_TEST_DATABASE_URL to change), whose output is shown when
 	# both are done. The slow-client, deploy-check, service, runserver, observability and readiness tests
 	# run servers and commands on databases of their own (no FMA_ variable reaches them), so they run once.
-	# fma-core's tests and the benchmarks' touch no test database: they run once, in the PostgreSQL
-	# pass, which is the shorter one, so that both passes end at about the same time.
+	# The tests that touch no test database (fma-core's, the benchmarks', the examples', which run
+	# services of their own, and Terraform's) run once, in the PostgreSQL pass, the shorter one, so
+	# that both passes end at about the same time.
 	FMA_TEST_DATABASE=postgresql $(BIN)/python -m pytest tests/fma_django tests/api_service tests/aggregator \
-		tests/dashboard/test_metrics.py tests/dashboard/test_pages.py tests/fma_core tests/benchmarks \
+		tests/dashboard/test_metrics.py tests/dashboard/test_pages.py \
+		tests/fma_core tests/benchmarks tests/examples tests/terraform \
 		--ignore=tests/api_service/test_slow_clients.py --ignore=tests/api_service/test_production_settings.py \
 		--ignore=tests/api_service/test_service.py --ignore=tests/api_service/test_observability.py \
 		--ignore=tests/api_service/test_readiness.py --ignore=tests/api_service/test_runserver.py \
 		--durations=15 > .pytest-postgresql.log 2>&1 & postgresql=$$!; \
 	FMA_TEST_DATABASE=sqlite $(BIN)/python -m pytest --ignore=tests/fma_core --ignore=tests/benchmarks \
-		--durations=25; sqlite=$$?; \
+		--ignore=tests/examples --ignore=tests/terraform --durations=25; sqlite=$$?; \
 	wait $$postgresql; pass=$$?; echo "== the PostgreSQL pass"; cat .pytest-postgresql.log; \
 	test $$sqlite -eq 0 -a $$pass -eq 0
 
