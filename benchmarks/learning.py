@@ -559,8 +559,14 @@ def privacy_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def privacy_main(args: argparse.Namespace) -> dict[str, Any]:
-    """``--privacy``: the table with differential privacy against the same run without it."""
+def scenario_main(
+    args: argparse.Namespace,
+    heading: str,
+    run: Callable[[argparse.Namespace, Callable[[str], None]], dict[str, Any]],
+    render: Callable[[dict[str, Any]], list[str]],
+) -> dict[str, Any]:
+    """One of the scenario tables (``--privacy``, ``--attacks``): progress on stderr with ``--json``,
+    then the JSON, or the table's lines and the time it took."""
     if args.quick:
         args.seeds = 1
 
@@ -568,19 +574,26 @@ def privacy_main(args: argparse.Namespace) -> dict[str, Any]:
         print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
 
     started = time.monotonic()
-    say(
-        f"differential privacy: {args.clients} clients, α={PRIVACY_ALPHA}, {args.rounds} rounds, "
-        f"seeds 0–{args.seeds - 1}, δ = {DELTA:g}:"
-    )
-    result = with_privacy(args, say)
+    say(heading)
+    result = run(args, say)
     result["seconds"] = time.monotonic() - started
     if args.json:
         print(json.dumps(result, indent=2))
         return result
     print()
-    print(privacy_table(result))
+    for line in render(result):
+        print(line)
     print(f"elapsed: {result['seconds']:.0f} s")
     return result
+
+
+def privacy_main(args: argparse.Namespace) -> dict[str, Any]:
+    """``--privacy``: the table with differential privacy against the same run without it."""
+    heading = (
+        f"differential privacy: {args.clients} clients, α={PRIVACY_ALPHA}, {args.rounds} rounds, "
+        f"seeds 0–{args.seeds - 1 if not args.quick else 0}, δ = {DELTA:g}:"
+    )
+    return scenario_main(args, heading, with_privacy, lambda result: [privacy_table(result)])
 
 
 def _params(rows: Sequence[dict[str, Any]]) -> str:
@@ -752,27 +765,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def attacks_main(args: argparse.Namespace) -> dict[str, Any]:
     """``--attacks``: the table under attack, with the gap of each scenario's best strategy to the clean run."""
-    if args.quick:
-        args.seeds = 1
-
-    def say(line: str) -> None:
-        print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
-
-    started = time.monotonic()
-    say(
-        f"under attack: {ATTACK_CLIENTS} clients, α={ATTACK_ALPHA}, {args.rounds} rounds, seeds 0–{args.seeds - 1}:"
+    heading = (
+        f"under attack: {ATTACK_CLIENTS} clients, α={ATTACK_ALPHA}, {args.rounds} rounds, "
+        f"seeds 0–{args.seeds - 1 if not args.quick else 0}:"
     )
-    result = under_attack(args, say)
-    result["seconds"] = time.monotonic() - started
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return result
-    print()
-    print(attack_table(result))
-    for text, best in result["best"].items():
-        print(f"{text}: best {best['strategy']}, {best['points_below_clean']:.1f} points below the clean run")
-    print(f"elapsed: {result['seconds']:.0f} s")
-    return result
+
+    def render(result: dict[str, Any]) -> list[str]:
+        return [
+            attack_table(result),
+            *(
+                f"{text}: best {best['strategy']}, {best['points_below_clean']:.1f} points below the clean run"
+                for text, best in result["best"].items()
+            ),
+        ]
+
+    return scenario_main(args, heading, under_attack, render)
 
 
 if __name__ == "__main__":
