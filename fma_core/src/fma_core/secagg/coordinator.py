@@ -149,31 +149,14 @@ class SecureRound:
         self.deadline = now + self.stage_seconds
         if self.stage == "advertise":
             self.roster = sorted(self.keys)
-            self.counts["advertise"] = len(self.roster)
-            if len(self.roster) < MIN_CLIENTS:
-                return self._fail(
-                    f"{len(self.roster)} clients advertised keys, at least {MIN_CLIENTS} needed"
-                )
-            self.stage = "share_keys"
-        elif self.stage == "share_keys":
+            return self._advance(self.roster, MIN_CLIENTS, "advertised keys", "share_keys")
+        if self.stage == "share_keys":
             self.shared = sorted(self.outbox)
-            self.counts["share_keys"] = len(self.shared)
-            needed = self.params.shares_needed(len(self.roster))
-            if len(self.shared) < max(needed, MIN_CLIENTS):
-                return self._fail(
-                    f"{len(self.shared)} clients shared keys, at least {max(needed, MIN_CLIENTS)} needed"
-                )
-            self.stage = "masked_input"
-        elif self.stage == "masked_input":
+            return self._advance(self.shared, self._needed(), "shared keys", "masked_input")
+        if self.stage == "masked_input":
             self.survivors = sorted(self.inputs)
-            self.counts["masked_input"] = len(self.survivors)
-            needed = self.params.shares_needed(len(self.roster))
-            if len(self.survivors) < max(needed, MIN_CLIENTS):
-                return self._fail(
-                    f"{len(self.survivors)} clients sent masked inputs, at least {max(needed, MIN_CLIENTS)} needed"
-                )
-            self.stage = "unmasking"
-        elif self.stage == "unmasking":
+            return self._advance(self.survivors, self._needed(), "sent masked inputs", "unmasking")
+        if self.stage == "unmasking":
             self.counts["unmasking"] = len(self.revealed)
             try:
                 unmasker = reconstruct_secrets(
@@ -190,6 +173,19 @@ class SecureRound:
                 )
             self.stage = "unmasked"
             return unmasker
+        return None
+
+    def _needed(self) -> int:
+        """Clients a stage after the keys' must keep: enough to reconstruct the shares, and never fewer than
+        the protocol's minimum."""
+        return max(self.params.shares_needed(len(self.roster)), MIN_CLIENTS)
+
+    def _advance(self, clients: list[str], needed: int, did: str, following: str) -> None:
+        """Close a stage that ``clients`` finished: on to ``following``, or fail below ``needed``."""
+        self.counts[self.stage] = len(clients)
+        if len(clients) < needed:
+            return self._fail(f"{len(clients)} clients {did}, at least {needed} needed")
+        self.stage = following
         return None
 
     def unmasker(self) -> Unmasker:
