@@ -25,8 +25,10 @@ results as JSON). Every figure is divided by a baseline measured in the same run
   store (rows made directly, no bytes), with each one's SQL statements and Python memory peak;
   the baseline is the database reading the same N rows and writing them once.
 
-``--store local`` (the default) is the local directory; the store stays a parameter so an S3
-mode can be added. ``--database`` picks SQLite (default) or a PostgreSQL URL for the service.
+``--store local`` (the default) is the local directory; ``--store s3`` (``--large`` only) is S3 on
+SeaweedFS (``benchmarks/seaweed.py``), started for the run on the same disk: parts go to its
+presigned URLs, the round reads ranges of its objects, the pull follows a presigned URL, and
+the disk's floor is the same bytes read and written. ``--database`` picks SQLite (default) or a PostgreSQL URL for the service.
 
 Run: ``.venv/bin/python benchmarks/scale.py --large|--clients|--round-size [--quick] [--json]``
 """
@@ -124,8 +126,8 @@ class Service:
             "DJANGO_SETTINGS_MODULE": "scale_floor_settings" if floor else "fma_service.settings",
             "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
         }
-        if store != "local":
-            raise SystemExit(f"--store {store}: only the local directory store is measured here yet")
+        if store not in ("local", "s3"):
+            raise SystemExit(f"--store {store}: the local directory or s3 (SeaweedFS, --large only)")
         if database:
             self.env["FMA_DATABASE_URL"] = database
         self.process: subprocess.Popen | None = None
@@ -142,6 +144,9 @@ class Service:
         ):
             if name in self.env:
                 os.environ[name] = self.env[name]
+        for name, value in self.env.items():  # the weight store's, when it is not the local default
+            if name == "FMA_WEIGHT_STORE" or name.startswith(("FMA_S3_", "AWS_")):
+                os.environ[name] = value
         os.environ["DJANGO_SETTINGS_MODULE"] = "fma_service.settings"
         import django
 
@@ -351,6 +356,7 @@ def run_large(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     )
     service.data_dir.mkdir()
     result: dict[str, Any] = {
+        "store": args.store,
         "clients": clients,
         "params": model_params,
         "model_bytes": model_bytes,
@@ -360,7 +366,9 @@ def run_large(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "disk": disk,
         "loadavg_before": loadavg(),
     }
-    with service:
+    with contextlib.ExitStack() as running:
+        stored = _large_store(args.store, data, service, running)
+        running.enter_context(service)
         service.configure_here()
         spec = [{"name": n, "dtype": "F32", "shape": list(s)} for n, s in shapes]
         experiment = make_experiment("large", spec, {"policy": "require_x_updates", "x": clients})
@@ -381,7 +389,7 @@ def run_large(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         push_seconds = time.perf_counter() - started
         # what bounds the push: both processes' CPU over the wall time, on the machine's cores
         push_cpu = {"server": service.cpu_seconds() - server_cpu, "clients": time.process_time() - own_cpu}
-        evict_tree(service.data_dir / "weights")
+        evict_tree(stored)
         started = time.perf_counter()
         aggregator = subprocess.run(
             [sys.executable, "-c", _RUN_ONCE, str(experiment)],
@@ -393,7 +401,7 @@ def run_large(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         process_seconds = time.perf_counter() - started
         outcome, aggregator_peak = json.loads(aggregator.stdout.strip().splitlines()[-1])
         round_seconds = outcome["seconds"]  # claim to commit, in the aggregator (not its start-up)
-        evict_tree(service.data_dir / "weights")
+        evict_tree(stored)
         before = peak_rss(os.getpid())
         started = time.perf_counter()
         with Client(service.url, experiment, token=credentials[0], quiet=True, timeout=(10, 600)) as client:
@@ -437,6 +445,22 @@ def run_large(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         loadavg_after=loadavg(),
     )
     return result
+
+
+LARGE_BUCKET = "fma-scale"
+
+
+def _large_store(store: str, data: Path, service: Service, running: contextlib.ExitStack) -> Path:
+    """Where the stored weights live on disk, to evict them from the page cache: the service's
+    weights folder, or (``--store s3``) SeaweedFS's data folder, its gateway started here for the
+    run and given to the service (and, through its environment, to the round's process)."""
+    if store != "s3":
+        return service.data_dir / "weights"
+    from seaweed import seaweedfs
+
+    s3 = running.enter_context(seaweedfs(data / "s3", buckets=[LARGE_BUCKET]))
+    service.env.update(s3.store_environment(LARGE_BUCKET))
+    return s3.folder
 
 
 _RUN_ONCE = """
@@ -813,7 +837,7 @@ def report(results: dict[str, Any]) -> None:
     if "large" in results:
         g = results["large"]
         print(
-            f"large: {g['clients']} x {g['params']:,} float32 ({g['model_bytes'] / GB:.2f} GB, {g['tensors']} tensors); "
+            f"large ({g['store']} store): {g['clients']} x {g['params']:,} float32 ({g['model_bytes'] / GB:.2f} GB, {g['tensors']} tensors); "
             f"disk write {g['disk']['write_gbps']:.2f} GB/s, read {g['disk']['read_gbps']:.2f} GB/s; "
             f"needed {g['disk_needed_bytes'] / GB:.1f} GB of {g['disk_free_bytes'] / GB:.1f} GB free "
             f"(load {g['loadavg_before']} -> {g['loadavg_after']})"
@@ -839,7 +863,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--round-size", action="store_true", help="claim and commit of large rounds")
     parser.add_argument("--quick", action="store_true", help="small sizes, for tests")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--store", default="local", choices=["local"], help="the weight store")
+    parser.add_argument(
+        "--store",
+        default="local",
+        choices=["local", "s3"],
+        help="the weight store: the local directory, or (--large) S3 on SeaweedFS started for the run",
+    )
     parser.add_argument("--database", default=None, help="a PostgreSQL URL (default: SQLite in the data dir)")
     parser.add_argument(
         "--work", default=None, help="directory for the run's files (default: a temporary one)"
@@ -875,6 +904,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so the services this run started are stopped
     if not (args.large or args.clients or args.round_size):
         parser.error("choose at least one of --large, --clients, --round-size")
+    if args.store != "local" and (args.clients or args.round_size):
+        parser.error(f"--store {args.store} is measured by --large only")
     work = Path(tempfile.mkdtemp(prefix="fma-scale-", dir=args.work))
     results: dict[str, Any] = {"loadavg": loadavg()}
     try:
