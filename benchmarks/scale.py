@@ -295,6 +295,18 @@ def write_model(path: Path, shapes: list[tuple[str, tuple[int, ...]]], seed: int
     return path.stat().st_size
 
 
+def disk_io(path: Path) -> tuple[int, int] | None:
+    """Bytes read and written so far by the block device holding ``path``, by every process on the
+    machine (``/proc/diskstats``); None where that device is not listed there."""
+    device = os.stat(path).st_dev
+    with contextlib.suppress(OSError), open("/proc/diskstats") as stats:
+        for line in stats:
+            fields = line.split()
+            if (int(fields[0]), int(fields[1])) == (os.major(device), os.minor(device)):
+                return int(fields[5]) * 512, int(fields[9]) * 512  # sectors of 512 bytes, always
+    return None
+
+
 def disk_floor(directory: Path, size: int, count: int) -> dict[str, float]:
     """The disk's sequential write (fsynced) and read (evicted first) of ``count`` files of ``size``."""
     block = os.urandom(8 << 20)
@@ -376,6 +388,7 @@ def run_large(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         for path in paths:
             evict(path)
         server_cpu, own_cpu = service.cpu_seconds(), time.process_time()
+        moved_bytes = {"push": disk_io(data)}
         started = time.perf_counter()
 
         def push(n: int) -> dict:
@@ -389,7 +402,9 @@ def run_large(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         push_seconds = time.perf_counter() - started
         # what bounds the push: both processes' CPU over the wall time, on the machine's cores
         push_cpu = {"server": service.cpu_seconds() - server_cpu, "clients": time.process_time() - own_cpu}
+        moved_bytes["push"] = _moved(moved_bytes["push"], disk_io(data))
         evict_tree(stored)
+        moved_bytes["round"] = disk_io(data)
         started = time.perf_counter()
         aggregator = subprocess.run(
             [sys.executable, "-c", _RUN_ONCE, str(experiment)],
@@ -401,12 +416,17 @@ def run_large(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         process_seconds = time.perf_counter() - started
         outcome, aggregator_peak = json.loads(aggregator.stdout.strip().splitlines()[-1])
         round_seconds = outcome["seconds"]  # claim to commit, in the aggregator (not its start-up)
+        moved_bytes["round"] = _moved(
+            moved_bytes["round"], disk_io(data)
+        )  # the aggregator process's start-up too
         evict_tree(stored)
         before = peak_rss(os.getpid())
+        moved_bytes["pull"] = disk_io(data)
         started = time.perf_counter()
         with Client(service.url, experiment, token=credentials[0], quiet=True, timeout=(10, 600)) as client:
             pulled = client.pull(for_training=False)
         pull_seconds = time.perf_counter() - started
+        moved_bytes["pull"] = _moved(moved_bytes["pull"], disk_io(data))
         pulled_params = sum(a.size for a in pulled.weights.values())
         del pulled
         server_peak = peak_rss(service.process.pid)
@@ -428,6 +448,9 @@ def run_large(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 "gbps": moved[stage] / seconds[stage] / GB,
                 "disk_floor_seconds": floor[stage],
                 "ratio_to_disk": floor[stage] / seconds[stage],
+                # what the disk did meanwhile, every process's (None: no block device to ask)
+                "disk_read_bytes": moved_bytes[stage] and moved_bytes[stage][0],
+                "disk_written_bytes": moved_bytes[stage] and moved_bytes[stage][1],
             }
             for stage in seconds
         },
@@ -448,6 +471,13 @@ def run_large(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 LARGE_BUCKET = "fma-scale"
+
+
+def _moved(before: tuple[int, int] | None, after: tuple[int, int] | None) -> tuple[int, int] | None:
+    """The disk's bytes read and written between two ``disk_io`` readings."""
+    if before is None or after is None:
+        return None
+    return after[0] - before[0], after[1] - before[1]
 
 
 def _large_store(store: str, data: Path, service: Service, running: contextlib.ExitStack) -> Path:
@@ -846,6 +876,11 @@ def report(results: dict[str, Any]) -> None:
             print(
                 f"  {stage:5}: {s['seconds']:7.2f} s, {s['gbps']:.2f} GB/s; the disk allows {s['disk_floor_seconds']:.2f} s: "
                 f"ratio {s['ratio_to_disk']:.2f}"
+                + (
+                    f"; the disk read {s['disk_read_bytes'] / GB:.1f} GB and wrote {s['disk_written_bytes'] / GB:.1f} GB meanwhile"
+                    if s["disk_read_bytes"] is not None
+                    else ""
+                )
             )
         peaks = ", ".join(f"{k} {v:.2f}x" for k, v in g["peak_rss_over_model"].items())
         print(f"  peak RSS over one model: {peaks}; exactly once: {g['exactly_once']['holds']}")
