@@ -21,9 +21,11 @@ results as JSON). Every figure is divided by a baseline measured in the same run
   by the benchmark's own settings), which authenticates, writes the body to the weight store
   (fsync) and commits one row. Exactly once is checked on the result: every accepted update in
   the one aggregate, once.
-- ``--round-size``: claim and commit of rounds of N = 100, 1,000, 10,000 updates on the metadata
-  store (rows made directly, no bytes), with each one's SQL statements and Python memory peak;
-  the baseline is the database reading the same N rows and writing them once.
+- ``--round-size``: claim, commit and lineage (the dashboard's list of the round's inputs) of
+  rounds of N = 100, 1,000, 10,000 updates on the metadata store (rows made directly, no bytes),
+  and the readiness check each accepted update triggers, with each one's SQL statements and
+  Python memory peak; the baseline is the database reading the same N rows (``values_list``) and
+  writing them once. ``--database`` makes a fresh database on a PostgreSQL server.
 
 ``--store local`` (the default) is the local directory; the store stays a parameter so an S3
 mode can be added. ``--database`` picks SQLite (default) or a PostgreSQL URL for the service.
@@ -703,6 +705,7 @@ def _round_of(n: int) -> dict[str, Any]:
     from fma_django.models import Client, Enrollment, Experiment, ModelAggregate, ModelUpdate, UpdateStatus
     from fma_django.storage import weight_store
     from fma_django.store import DjangoMetadataStore
+    from fma_service.dashboard import selectors as dashboard
 
     policy = {"policy": "require_x_updates", "x": n}
     experiment = make_experiment(f"round-{n}", [{"name": "w", "dtype": "F32", "shape": [4]}], policy)
@@ -770,6 +773,11 @@ def _round_of(n: int) -> dict[str, Any]:
             ModelUpdate.objects.filter(experiment_id=experiment, status=UpdateStatus.CONSUMED).count()
         )
     claim_seconds, commit_seconds = min(claim_times), min(commit_times)
+    # The committed round's lineage, as the dashboard reads it: the aggregate with each input update
+    row = Experiment.objects.get(pk=experiment)
+    lineage_statements, lineage_peak, lineage = _counted(lambda: dashboard.round_rows(row))
+    assert [len(r.inputs) for r in lineage] == [n], [len(r.inputs) for r in lineage]
+    lineage_seconds, _ = _timed(lambda: dashboard.round_rows(row))
     write_floor, _ = _timed(
         lambda: ModelUpdate.objects.filter(experiment_id=experiment).update(num_examples=2)
     )
@@ -785,12 +793,16 @@ def _round_of(n: int) -> dict[str, Any]:
         "commit_seconds": commit_seconds,
         "commit_statements": commit_statements,
         "commit_python_peak_bytes": commit_peak,
+        "lineage_seconds": lineage_seconds,
+        "lineage_statements": lineage_statements,
+        "lineage_python_peak_bytes": lineage_peak,
         "ready_check_short_of_count_seconds": short_of_count,
         "ready_check_short_of_clients_seconds": short_of_clients,
         # each stage's ratio to the baseline (1.0: as fast as the database reads, or writes, the rows)
         "claim_ratio_to_read": read_floor / claim_seconds,
         "commit_ratio_to_read": read_floor / commit_seconds,
         "commit_ratio_to_write": write_floor / commit_seconds,
+        "lineage_ratio_to_read": read_floor / lineage_seconds,
         "ready_check_short_of_count_ratio_to_read": read_floor / short_of_count,
         "ready_check_short_of_clients_ratio_to_read": read_floor / short_of_clients,
     }
@@ -854,7 +866,9 @@ def report(results: dict[str, Any]) -> None:
                 f"{row['claim_statements']} statements, {row['claim_python_peak_bytes'] / 1e6:.1f} MB); "
                 f"commit {row['commit_seconds'] * 1000:7.1f} ms (ratio {row['commit_ratio_to_read']:.2f}, "
                 f"{row['commit_ratio_to_write']:.2f} to one UPDATE of the rows; {row['commit_statements']} statements, "
-                f"{row['commit_python_peak_bytes'] / 1e6:.1f} MB); not ready, short of a count "
+                f"{row['commit_python_peak_bytes'] / 1e6:.1f} MB); lineage {row['lineage_seconds'] * 1000:.1f} ms "
+                f"(ratio {row['lineage_ratio_to_read']:.2f}; {row['lineage_statements']} statements, "
+                f"{row['lineage_python_peak_bytes'] / 1e6:.1f} MB); not ready, short of a count "
                 f"{row['ready_check_short_of_count_seconds'] * 1000:.1f} ms "
                 f"(ratio {row['ready_check_short_of_count_ratio_to_read']:.2f}), short of a client "
                 f"{row['ready_check_short_of_clients_seconds'] * 1000:.1f} ms "
