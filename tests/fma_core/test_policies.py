@@ -151,6 +151,7 @@ def test_below_its_least_updates_a_policy_is_not_ready_and_sets_no_wakeup(config
             clients = tuple(enrolled[i % len(enrolled)] if enrolled else "a" for i in range(count))
             for now in (100.0, 10_000.0):
                 below = state(*clients, enrolled=enrolled, now=now)
-                assert not policy.is_ready(below) and policy.wakeup_at(below) is None, (count, enrolled, now)
+                assert not policy.is_ready(below), (count, enrolled, now)
+                assert policy.wakeup_at(below) is None, (count, enrolled, now)
     clients = ("a",) * least
     assert policy.is_ready(state(*clients, enrolled=("a",), now=10_000.0))  # and with that many it can be
