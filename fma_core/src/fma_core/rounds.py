@@ -899,12 +899,19 @@ class RoundEngine:
     # Leases, failures and what a claim leaves behind
 
     def _waiting(self, experiment_id: str) -> RoundOutcome | None:
-        """The outcome without claiming when nothing is pending or the policy is not met; else None."""
-        pending = self.metadata.pending_updates(experiment_id)
-        if not pending:
+        """The outcome without claiming when nothing is pending or the policy is not met; else None.
+        Below the policy's least count only the pending updates are counted: each accepted update asks,
+        and reading them all each time would make a round of N updates cost N² rows."""
+        count = self.metadata.pending_count(experiment_id)
+        if not count:
             return RoundOutcome("idle", experiment_id, reason="nothing pending")
         config = self.metadata.experiment(experiment_id)
         policy = asynchronous.effective_policy(config.round_policy, config.asynchronous)
+        if count < policy.least_updates():  # not ready, and no deadline to wake up for
+            return RoundOutcome("not_ready", experiment_id, reason="the round policy is not met yet")
+        pending = self.metadata.pending_updates(experiment_id)
+        if not pending:  # another worker's claim took them since the count
+            return RoundOutcome("idle", experiment_id, reason="nothing pending")
         state = RoundState(
             updates=tuple(PendingUpdate(u.client_id, u.received_at) for u in pending),
             enrolled_clients=self.metadata.enrolled_clients(experiment_id),
