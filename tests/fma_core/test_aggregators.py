@@ -23,6 +23,8 @@ from fma_core.errors import ConfigurationError, UnknownAggregator, UpdateUnreada
 from fma_core.shards import aggregate_shard, balance_shards
 from fma_core.weights import ArrayReader, TensorSpec, open_weights, to_bytes
 
+from .float_reference import fma_float32
+
 
 def make_updates(count: int, *, seed: int = 0, dtype=np.float32, sizes=((7, 5), (3,), (40_000,))):
     rng = np.random.default_rng(seed)
@@ -140,8 +142,9 @@ def test_same_updates_in_any_order_any_threads_any_blocks_give_identical_bits(na
 
 
 def linear_reference(updates, shares) -> dict[str, np.ndarray]:
-    """Σ sᵢ·xᵢ as ``weighted_sum`` defines it, element by element: x₀·s₀, then + xᵢ·sᵢ in canonical
-    order, each product and sum rounded to float32 (or, all shares equal, the sum scaled once)."""
+    """Σ sᵢ·xᵢ as ``weighted_sum`` defines it for float32, element by element: x₀·s₀, then
+    fma(sᵢ, xᵢ, acc) in canonical order, rounded once to float32 per update (or, all shares equal,
+    the sum, each addition rounded, scaled once)."""
     ordered = canonical_order(updates)
     values = [arrays(u) for u in ordered]
     equal = len(set(shares)) == 1
@@ -155,7 +158,7 @@ def linear_reference(updates, shares) -> dict[str, np.ndarray]:
         else:
             acc = values[0][name] * np.float32(shares[0])
             for value, share in zip(values[1:], shares[1:], strict=True):
-                acc = acc + value[name] * np.float32(share)
+                acc = fma_float32(np.float32(share), value[name], acc)
             result[name] = acc
     return result
 

@@ -40,6 +40,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 
 from fma_core import update_stats
+from fma_core.aggregators.axpy import fused_axpy, one_blas_thread
 from fma_core.errors import ConfigurationError, FmaError, UpdateUnreadable
 from fma_core.weights import TensorInfo, TensorSpec, Weights, WeightsReader
 
@@ -248,6 +249,7 @@ class Aggregator(ABC):
             for begin in range(target.start, target.stop, block)
         ]
         with ExitStack() as stack:
+            stack.enter_context(one_blas_thread())  # the threads are ours, one per core
             inputs = [_Opened.update(update, stack, change=self.reads_changes) for update in ordered]
             parent = (
                 _Opened.model("the current global model", context.parent, stack)
@@ -389,9 +391,12 @@ def weighted_sum(block: Block, shares: np.ndarray | float, acc: np.ndarray) -> N
     read), or one float when all are equal: the values are then summed and scaled once. Each update's
     block is read (into the thread's buffer, for a file) and folded into ``acc`` before the next is
     read, so both stay in the cache and memory sees one read of each update. Per element the
-    arithmetic is fixed: ``acc = x₀·s₀``, then ``acc = acc + xᵢ·sᵢ`` in canonical order, each product
-    and each sum rounded to the accumulator dtype (IEEE, never a fused multiply-add), so an element
-    has the same bits whichever thread, block or shard computes it, on any CPU.
+    arithmetic is fixed: ``acc = x₀·s₀``, then ``acc = fma(sᵢ, xᵢ, acc)`` in canonical order (one
+    rounding to the accumulator dtype per update: BLAS axpy, ``fma_core.aggregators.axpy``) when the
+    values are of the accumulator dtype (float32, float64); for float16 and integer values, numpy's
+    ``acc + xᵢ·sᵢ``, the product and the sum each rounded. So an element has the same bits whichever
+    thread, block or shard computes it (on one machine type: a CPU without a fused multiply-add would
+    round the product first).
     """
     dtype = acc.dtype
     if isinstance(shares, float):
@@ -405,6 +410,11 @@ def weighted_sum(block: Block, shares: np.ndarray | float, acc: np.ndarray) -> N
     values = block.inputs(rows)
     coefficients = shares[rows].astype(dtype)
     np.multiply(next(values), coefficients[0], acc)
+    axpy = fused_axpy(dtype) if block.info.numpy_dtype == dtype else None
+    if axpy is not None:
+        for value, coefficient in zip(values, coefficients[1:], strict=True):
+            axpy(value, acc, a=coefficient)
+        return
     term = block.scratch.get("term", block.count, dtype)
     for value, coefficient in zip(values, coefficients[1:], strict=True):
         np.multiply(value, coefficient, term)
