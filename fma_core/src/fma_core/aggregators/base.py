@@ -407,13 +407,14 @@ def weighted_sum(block: Block, shares: np.ndarray | float, acc: np.ndarray) -> N
         np.multiply(acc, dtype.type(shares), acc)
         return
     rows = np.flatnonzero(shares)
-    values = block.inputs(rows)
+    values = block.inputs(rows.tolist())
     coefficients = shares[rows].astype(dtype)
     np.multiply(next(values), coefficients[0], acc)
     axpy = fused_axpy(dtype) if block.info.numpy_dtype == dtype else None
     if axpy is not None:
-        for value, coefficient in zip(values, coefficients[1:], strict=True):
-            axpy(value, acc, a=coefficient)
+        count = block.count
+        for value, coefficient in zip(values, coefficients[1:].tolist(), strict=True):
+            axpy(value, acc, count, coefficient)  # y ← y + a·x over n elements, in place
         return
     term = block.scratch.get("term", block.count, dtype)
     for value, coefficient in zip(values, coefficients[1:], strict=True):
@@ -525,14 +526,15 @@ class Block:
 
     def inputs(self, rows: Iterable[int] | None = None) -> Iterator[np.ndarray]:
         """Each update's values, or only those of ``rows`` (positions in canonical order), in order."""
-        read = self.scratch.get("read", self.count, self.info.numpy_dtype)
+        name, start, stop, dtype = self.info.name, self.start, self.stop, self.info.numpy_dtype
+        read = self.scratch.get("read", self.count, dtype)
         recorder = self._recorder
         for row in range(len(self._inputs)) if rows is None else rows:
             if recorder is None:
-                yield self._inputs[row].read_block(self.info.name, self.start, self.stop, read)
+                yield self._inputs[row].read_block(name, start, stop, read)
                 continue
-            into = recorder.row(row, self.info.numpy_dtype)  # read straight into the measure's buffer
-            value = self._inputs[row].read_block(self.info.name, self.start, self.stop, into)
+            into = recorder.row(row, dtype)  # read straight into the measure's buffer
+            value = self._inputs[row].read_block(name, start, stop, into)
             recorder.keep(row, value)
             yield value
 
