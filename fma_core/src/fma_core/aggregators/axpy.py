@@ -25,13 +25,14 @@ from types import ModuleType
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-Axpy = Callable[..., np.ndarray]  # axpy(x, y, a=s): y ← y + s·x in place, y returned
+Axpy = Callable[..., np.ndarray]  # axpy(x, y, n, a): y[:n] ← y[:n] + a·x[:n] in place, y returned
 
 
 @functools.cache
-def _blas() -> ModuleType:
-    """SciPy's BLAS, imported on first use: SciPy takes ~0.2 s to import, which a process that never
-    aggregates a float32 or float64 tensor with unequal shares does not pay."""
+def load_blas() -> ModuleType:
+    """SciPy's BLAS, imported on first use: SciPy takes 0.2 s or more to import, which a process that
+    never aggregates (the API's) does not pay. A round engine loads it when it is built, so that no
+    round pays it."""
     from scipy.linalg import blas
 
     return blas
@@ -41,15 +42,15 @@ def fused_axpy(dtype: np.dtype) -> Axpy | None:
     """BLAS axpy for values and accumulator of ``dtype`` (float32: ``saxpy``, float64: ``daxpy``); None
     for any other dtype, which keeps numpy's product then sum."""
     if dtype == np.float32:
-        return _blas().saxpy
+        return load_blas().saxpy
     if dtype == np.float64:
-        return _blas().daxpy
+        return load_blas().daxpy
     return None
 
 
 @contextmanager
 def one_blas_thread() -> Iterator[None]:
     """BLAS on its caller's thread only, for the duration (process-wide, as BLAS's own setting is)."""
-    _blas()  # loaded first, so that the limit reaches SciPy's OpenBLAS too
+    load_blas()  # loaded first, so that the limit reaches SciPy's OpenBLAS too
     with threadpool_limits(limits=1, user_api="blas"):
         yield
