@@ -27,5 +27,8 @@ def fma_float32(a: np.float32, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 def fma_float64(a: np.float64, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """a·x + y rounded once to float64, elementwise, in exact rational arithmetic (slow: small arrays)."""
     return np.array(
-        [float(Fraction(float(a)) * Fraction(float(u)) + Fraction(float(v))) for u, v in zip(x, y, strict=True)]
+        [
+            float(Fraction(float(a)) * Fraction(float(u)) + Fraction(float(v)))
+            for u, v in zip(x, y, strict=True)
+        ]
     )
