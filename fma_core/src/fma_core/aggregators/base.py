@@ -156,8 +156,8 @@ class Aggregator(ABC):
     name: ClassVar[str]
     Params: ClassVar[type[AggregatorParams]] = NoParams
     # Elements per block: 256 KiB of float32, big enough that Python's cost per call (about 1 µs)
-    # stays a fraction of the block's, small enough that a thread's buffers of it (the sum, the block read from
-    # a file; a server optimizer's state and model too) stay in a core's L2 cache.
+    # stays a fraction of the block's, small enough that a thread's buffers of it (the sum, the
+    # block read from a file; a server optimizer's state and model too) stay in a core's L2 cache.
     block_elements: ClassVar[int] = 1 << 16
     needs_parent: ClassVar[bool] = False  # reads the current global model (Block.parent)
     reads_changes: ClassVar[bool] = False  # Block.inputs gives each update's change, not its weights
