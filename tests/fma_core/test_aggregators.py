@@ -126,9 +126,10 @@ def test_robust_aggregators_match_numpy_and_resist_a_bad_minority(name):
     assert np.abs(fedavg["t0"]).max() > 1e5  # whereas FedAvg is dragged away
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 @pytest.mark.parametrize("name", ["fedavg", "mean", "median", "trimmed_mean"])
-def test_same_updates_in_any_order_any_threads_any_blocks_give_identical_bits(name):
-    updates = make_updates(7, seed=3)
+def test_same_updates_in_any_order_any_threads_any_blocks_give_identical_bits(name, dtype):
+    updates = make_updates(7, seed=3, dtype=dtype)
     spec = spec_of(updates)
     baseline = create_aggregator(name, threads=1).aggregate(updates, spec)
     rng = np.random.default_rng(0)
@@ -139,6 +140,12 @@ def test_same_updates_in_any_order_any_threads_any_blocks_give_identical_bits(na
         result = aggregator.aggregate(shuffled, spec)
         for tensor in baseline:
             assert result[tensor].tobytes() == baseline[tensor].tobytes()
+        # and cut into shards whose ranges start and end inside tensors, joined
+        shards = balance_shards(spec, spec.nbytes // 3)
+        joined = b"".join(
+            aggregate_shard(aggregator, shuffled, spec, shard).data.tobytes() for shard in shards
+        )
+        assert joined == b"".join(baseline[info.name].tobytes() for info in spec), (threads, block)
 
 
 def linear_reference(updates, shares) -> dict[str, np.ndarray]:
