@@ -49,6 +49,7 @@ from typing import Any, Literal
 
 from fma_core import asynchronous
 from fma_core.aggregators import Aggregator, UpdateInput, canonical_order, create_aggregator
+from fma_core.aggregators.axpy import load_blas
 from fma_core.aggregators.base import RoundContext
 from fma_core.aggregators.buffered import BufferedStep
 from fma_core.connectors.metadata import (
@@ -177,6 +178,7 @@ class RoundEngine:
         self.threads = threads
         self.shard_bytes = shard_bytes
         self.clock = clock
+        load_blas()  # the weighted sum's kernel (once per process), before any round is timed
 
     def run_round(self, experiment_id: str, dispatcher: Dispatcher | None = None) -> RoundOutcome:
         """Run the experiment's next round if its policy says it is ready: every shard here, or, when it
