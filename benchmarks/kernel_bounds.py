@@ -7,12 +7,12 @@ from one queue as the aggregator takes them, interleaved, the best of ``--repeat
 - ``sum``: ``a.sum()`` of every block, the read floor of ``aggregate.py``;
 - ``max``: ``a.max()`` of every block, numpy's fastest plain read;
 - ``add``: ``acc += x`` per update (what ``mean`` does);
-- ``muladd``: ``term = x·c; acc += term`` per update, numpy's IEEE product then sum, what
-  ``fedavg`` does (``fma_core.aggregators.base.weighted_sum``) without the engine around it;
+- ``muladd``: ``term = x·c; acc += term`` per update, numpy's IEEE product then sum (two passes), what
+  ``fedavg`` did before it took BLAS's, and still does for float16 tensors;
 - ``saxpy_fma``: BLAS ``saxpy`` (``acc += c·x``, SciPy's OpenBLAS, one fused multiply-add per
-  element): the one-pass kernel fma-core does not use, because its rounding depends on the BLAS
-  build and the CPU (a fused multiply-add, or not, per kernel and tail) where numpy's product and
-  sum give the same bits on every CPU.
+  element, one pass): what ``fedavg`` and the server optimizers' mean change do for float32
+  (``fma_core.aggregators.base.weighted_sum`` through ``fma_core.aggregators.axpy``) without the
+  engine around it.
 
 For each: GB/s of update bytes (wall time), and GB per CPU second (all threads' CPU time), which
 shows the work a byte costs whatever else runs on the machine.
@@ -31,8 +31,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from scipy.linalg import blas
-from threadpoolctl import threadpool_limits
+
+from fma_core.aggregators.axpy import fused_axpy, one_blas_thread
 
 BLOCK = 1 << 16
 Kernel = Callable[[list[np.ndarray], np.ndarray, int, int, np.ndarray, np.ndarray], None]
@@ -65,9 +65,10 @@ def k_muladd(xs, c, start, stop, acc, term):
 
 def k_saxpy_fma(xs, c, start, stop, acc, term):
     acc = acc[: stop - start]
+    saxpy = fused_axpy(acc.dtype)
     np.multiply(xs[0][start:stop], c[0], acc)
     for x, share in zip(xs[1:], c[1:], strict=True):
-        blas.saxpy(x[start:stop], acc, a=share)
+        saxpy(x[start:stop], acc, a=share)
 
 
 KERNELS: dict[str, Kernel] = {
@@ -117,7 +118,7 @@ def run(count: int, params: int, repeat: int) -> dict[str, float | int]:
     }
     wall = dict.fromkeys(runs, float("inf"))
     cpu = dict.fromkeys(runs, float("inf"))
-    with threadpool_limits(1):  # BLAS on the calling thread, as the kernels' threads are ours
+    with one_blas_thread():  # the kernels' threads are ours, as the aggregator's are
         for _ in range(repeat):
             for name, kernel_run in runs.items():
                 started, cpu_started = time.perf_counter(), time.process_time()

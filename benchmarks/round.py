@@ -31,7 +31,11 @@ checked, recorded) into a throwaway PostgreSQL database. Then:
    summed, on one thread (``files_read_gbps``) and on as many as the round's aggregation uses
    (``files_read_all_gbps``), the best of 5 passes, measured right before the timed round;
    ``round_ratio_vs_read_all`` is ``round_gbps`` over the all-thread read, and
-   ``engine_ratio_vs_read_all`` the same for the aggregating and writing part (``engine_seconds``).
+   ``engine_ratio_vs_read_all`` the same for the aggregating and writing part (``engine_seconds``);
+   interleaved with those reads, the round's aggregation alone (fma-core's ``fedavg`` over the same
+   files with the round's ``num_examples``, into buffers of its own: no write, no fsync, no hash):
+   ``files_fedavg_gbps`` and ``files_fedavg_ratio_vs_read_all``, in wall time and per CPU second
+   (``*_cpu``: the process's least CPU time, the read's over fedavg's).
 
 All the aggregates must be bit-identical; the benchmark fails otherwise.
 
@@ -143,7 +147,8 @@ def run(*, count: int, params: int, postgres: str, broker: str) -> dict[str, obj
         shutil.rmtree(work, ignore_errors=True)
     input_bytes = count * model_bytes
     engine_gbps = input_bytes / aggregate.duration_seconds / 1e9
-    read_all_gbps = input_bytes / floors["all"] / 1e9
+    wall, cpu = floors["wall"], floors["cpu"]
+    read_all_gbps = input_bytes / wall["all"] / 1e9
     return {
         "updates": count,
         "params": params,
@@ -154,9 +159,12 @@ def run(*, count: int, params: int, postgres: str, broker: str) -> dict[str, obj
         "peak_rss_limit_bytes": 2 * model_bytes + 300 * 1024**2,
         "engine_peak_memory_bytes": aggregate.peak_memory_bytes,
         "engine_seconds": round(aggregate.duration_seconds, 3),  # aggregating and writing, within the round
-        "files_read_gbps": _significant(input_bytes / floors["one"] / 1e9),
+        "files_read_gbps": _significant(input_bytes / wall["one"] / 1e9),
         "files_read_all_gbps": _significant(read_all_gbps),
         "read_threads": floors["threads"],
+        "files_fedavg_gbps": _significant(input_bytes / wall["fedavg"] / 1e9),
+        "files_fedavg_ratio_vs_read_all": _significant(wall["all"] / wall["fedavg"]),
+        "files_fedavg_ratio_vs_read_all_cpu": _significant(cpu["all"] / cpu["fedavg"]),
         "round_ratio_vs_read_all": _significant(input_bytes / single["seconds"] / 1e9 / read_all_gbps),
         "engine_ratio_vs_read_all": _significant(engine_gbps / read_all_gbps),
         "sharded_1_worker_seconds": round(one, 3),
@@ -217,24 +225,43 @@ def setup_round(*, count: int, params: int, copies: int) -> tuple[list[str], int
     return [str(e.pk) for e in experiments], per_tensor * TENSORS * 4
 
 
-def read_floors(experiment_id: str, model_bytes: int, weights_dir: Path, passes: int = 5) -> dict[str, float]:
-    """Seconds of the best of ``passes`` reads of the round's update files (``read_floor.file_read``), on one
-    thread and on as many as the round's aggregation uses, alternating."""
+def read_floors(
+    experiment_id: str, model_bytes: int, weights_dir: Path, passes: int = 5
+) -> dict[str, dict[str, float] | int]:
+    """Wall and CPU seconds of the best of ``passes`` reads of the round's update files
+    (``read_floor.file_read``), on one thread and on as many as the round's aggregation uses, and of
+    ``fedavg`` over the same files, alternating."""
     from read_floor import file_read
 
+    from fma_core.aggregators import UpdateInput, create_aggregator
     from fma_core.aggregators.base import default_threads
+    from fma_core.weights import TensorSpec, open_weights
     from fma_django.models import ModelUpdate
 
-    paths = [weights_dir / u.weights_key for u in ModelUpdate.objects.filter(experiment_id=experiment_id)]
+    rows = list(ModelUpdate.objects.filter(experiment_id=experiment_id))
+    paths = [weights_dir / u.weights_key for u in rows]
+    updates = [
+        UpdateInput(str(u.pk), u.content_id, u.num_examples, lambda path=path: open_weights(path))
+        for u, path in zip(rows, paths, strict=True)
+    ]
+    with updates[0].open() as first:
+        spec = TensorSpec.from_reader(first)
+    fedavg = create_aggregator("fedavg")
     threads = default_threads()
-    reads = {"one": file_read(paths, model_bytes, 1), "all": file_read(paths, model_bytes, threads)}
-    seconds = dict.fromkeys(reads, math.inf)
+    runs = {
+        "one": file_read(paths, model_bytes, 1),
+        "all": file_read(paths, model_bytes, threads),
+        "fedavg": lambda: fedavg.aggregate(updates, spec),
+    }
+    wall = dict.fromkeys(runs, math.inf)
+    cpu = dict.fromkeys(runs, math.inf)
     for _ in range(passes):
-        for name, read in reads.items():
-            started = time.perf_counter()
-            read()
-            seconds[name] = min(seconds[name], time.perf_counter() - started)
-    return {**seconds, "threads": threads}
+        for name, run in runs.items():
+            started, cpu_started = time.perf_counter(), time.process_time()
+            run()
+            wall[name] = min(wall[name], time.perf_counter() - started)
+            cpu[name] = min(cpu[name], time.process_time() - cpu_started)
+    return {"wall": wall, "cpu": cpu, "threads": threads}
 
 
 def timed_child_round(experiment_id: str) -> dict[str, float]:

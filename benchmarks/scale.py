@@ -21,9 +21,11 @@ results as JSON). Every figure is divided by a baseline measured in the same run
   by the benchmark's own settings), which authenticates, writes the body to the weight store
   (fsync) and commits one row. Exactly once is checked on the result: every accepted update in
   the one aggregate, once.
-- ``--round-size``: claim and commit of rounds of N = 100, 1,000, 10,000 updates on the metadata
-  store (rows made directly, no bytes), with each one's SQL statements and Python memory peak;
-  the baseline is the database reading the same N rows and writing them once.
+- ``--round-size``: claim, commit and lineage (the dashboard's list of the round's inputs) of
+  rounds of N = 100, 1,000, 10,000 updates on the metadata store (rows made directly, no bytes),
+  and the readiness check each accepted update triggers, with each one's SQL statements and
+  Python memory peak; the baseline is the database reading the same N rows (``values_list``) and
+  writing them once. ``--database`` makes a fresh database on a PostgreSQL server.
 
 ``--store local`` (the default) is the local directory; ``--store s3`` (``--large`` only) is S3 on
 SeaweedFS (``benchmarks/seaweed.py``), started for the run on the same disk: parts go to its
@@ -51,7 +53,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -710,6 +712,9 @@ def _clients_run(
 # --round-size
 
 
+REPEATS = 3  # each --round-size figure is the fastest of this many runs
+
+
 def run_round_size(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     os.environ.update(
         FMA_DATA_DIR=str(work / "round-size"),
@@ -717,16 +722,20 @@ def run_round_size(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         FMA_DEVELOPMENT="1",
         DJANGO_SETTINGS_MODULE="fma_service.settings",
     )
-    if args.database:
-        os.environ["FMA_DATABASE_URL"] = args.database
-    import django
+    with contextlib.ExitStack() as stack:
+        if args.database:  # a fresh database on that server ("postgresql": the one --postgresql names)
+            server = args.postgresql if args.database == "postgresql" else args.database
+            os.environ["FMA_DATABASE_URL"] = stack.enter_context(postgresql_database(server))
+        import django
 
-    django.setup()
-    from django.core.management import call_command
+        django.setup()
+        from django.core.management import call_command
+        from django.db import connections
 
-    call_command("migrate", interactive=False, verbosity=0)
-    sizes = [50, 500] if args.quick else args.round_sizes
-    rows = [_round_of(n) for n in sizes]
+        stack.callback(connections.close_all)  # before the database is dropped
+        call_command("migrate", interactive=False, verbosity=0)
+        sizes = [50, 500] if args.quick else args.round_sizes
+        rows = [_round_of(n) for n in sizes]
     small, large = rows[0], rows[-1]
     growth = large["updates"] / small["updates"]
     return {
@@ -739,21 +748,23 @@ def run_round_size(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 def _round_of(n: int) -> dict[str, Any]:
-    """Claim and commit a round of ``n`` pending updates (rows only); their time, statements, memory."""
-    import tracemalloc
+    """A round of ``n`` pending updates (rows only): the readiness checks, the claim and the commit, each
+    timed, then the claim and commit again in a transaction rolled back, for their statements and
+    Python memory peak (tracemalloc slows every allocation several times: it never runs while timing).
+    The baseline is the database reading the same rows as plain values (``values_list``)."""
+    from django.db import transaction
+    from django.utils import timezone
 
-    from django.db import connection, transaction
-    from django.test.utils import CaptureQueriesContext
-
-    from fma_core.connectors import AggregateDraft
-    from fma_django.models import Client, Enrollment, ModelUpdate
+    from fma_core.rounds import RoundEngine
+    from fma_django.models import Client, Enrollment, Experiment, ModelAggregate, ModelUpdate, UpdateStatus
+    from fma_django.storage import weight_store
     from fma_django.store import DjangoMetadataStore
+    from fma_service.dashboard import selectors as dashboard
 
-    experiment = make_experiment(
-        f"round-{n}", [{"name": "w", "dtype": "F32", "shape": [4]}], {"policy": "require_x_updates", "x": n}
-    )
+    policy = {"policy": "require_x_updates", "x": n}
+    experiment = make_experiment(f"round-{n}", [{"name": "w", "dtype": "F32", "shape": [4]}], policy)
     with transaction.atomic():
-        clients = Client.objects.bulk_create([Client() for _ in range(n)])
+        clients = Client.objects.bulk_create([Client() for _ in range(n + 1)])
         Enrollment.objects.bulk_create([Enrollment(experiment_id=experiment, client=c) for c in clients])
         ModelUpdate.objects.bulk_create(
             [
@@ -766,35 +777,122 @@ def _round_of(n: int) -> dict[str, Any]:
                     content_id=hashlib.sha256(str(k).encode()).hexdigest(),
                     size_bytes=56,
                 )
-                for k, c in enumerate(clients)
+                for k, c in enumerate(clients[:n])
             ]
         )
     store = DjangoMetadataStore()
-    # Baseline: the database reads the same rows and writes each once (one UPDATE).
-    started = time.perf_counter()
-    list(
-        ModelUpdate.objects.filter(experiment_id=experiment).values_list(
-            "pk", "client__uuid", "weights_key", "content_id"
+    engine = RoundEngine(store, weight_store(), worker_id="bench", lease_seconds=600)
+    read_floor, _ = _timed(
+        lambda: list(
+            ModelUpdate.objects.filter(experiment_id=experiment).values_list(
+                "pk", "client__uuid", "weights_key", "content_id"
+            )
         )
     )
-    read_floor = time.perf_counter() - started
 
-    # What each accepted update's notification costs before any claim: the engine reads the pending
-    # updates and the enrolled clients to ask the policy (fma_core.rounds.RoundEngine._waiting).
-    started = time.perf_counter()
-    store.pending_updates(str(experiment))
-    store.enrolled_clients(str(experiment))
-    ready_check = time.perf_counter() - started
+    # What each accepted update's notification costs before any claim (RoundEngine.start_round, which
+    # claims nothing when the policy is not met): one short of a count, and all_clients with one of the
+    # n + 1 enrolled clients still to push, which needs every pending update's client.
+    def not_ready(round_policy: Any) -> float:
+        Experiment.objects.filter(pk=experiment).update(round_policy=round_policy)
+        seconds, outcome = _timed(lambda: engine.start_round(str(experiment)))
+        assert outcome.status == "not_ready", outcome
+        return seconds
+
+    short_of_count = not_ready({"policy": "require_x_updates", "x": n + 1})
+    short_of_clients = not_ready({"policy": "all_clients"})
+    Enrollment.objects.filter(experiment_id=experiment, client=clients[n]).update(revoked_at=timezone.now())
+    Experiment.objects.filter(pk=experiment).update(round_policy=policy)
+
+    with transaction.atomic():  # statements and memory, rolled back
+        claim_statements, claim_peak, claim = _counted(
+            lambda: store.claim_round(str(experiment), worker="bench", lease_seconds=600)
+        )
+        commit_statements, commit_peak, _ = _counted(lambda: store.commit_round(claim, _draft(claim, n)))
+        transaction.set_rollback(True)
+    claim_times, commit_times, consumed = [], [], []
+    for repeat in range(REPEATS):
+        if repeat:  # the round undone (not timed): its updates pending again, its aggregate gone
+            ModelUpdate.objects.filter(experiment_id=experiment).update(
+                status=UpdateStatus.PENDING, aggregate=None, aggregate_weight=None
+            )
+            ModelAggregate.objects.filter(experiment_id=experiment).delete()
+        seconds, claim = _timed(
+            lambda: store.claim_round(str(experiment), worker="bench", lease_seconds=600), repeats=1
+        )
+        claim_times.append(seconds)
+        seconds, _ = _timed(lambda: store.commit_round(claim, _draft(claim, n)), repeats=1)  # noqa: B023 - called here
+        commit_times.append(seconds)
+        consumed.append(
+            ModelUpdate.objects.filter(experiment_id=experiment, status=UpdateStatus.CONSUMED).count()
+        )
+    claim_seconds, commit_seconds = min(claim_times), min(commit_times)
+    # The committed round's lineage, as the dashboard reads it: the aggregate with each input update
+    row = Experiment.objects.get(pk=experiment)
+    lineage_statements, lineage_peak, lineage = _counted(lambda: dashboard.round_rows(row))
+    assert [len(r.inputs) for r in lineage] == [n], [len(r.inputs) for r in lineage]
+    lineage_seconds, _ = _timed(lambda: dashboard.round_rows(row))
+    write_floor, _ = _timed(
+        lambda: ModelUpdate.objects.filter(experiment_id=experiment).update(num_examples=2)
+    )
+    return {
+        "updates": n,
+        "claimed": len(claim.updates),
+        "consumed": min(consumed),  # in each of the REPEATS rounds, all of them
+        "read_floor_seconds": read_floor,
+        "write_floor_seconds": write_floor,
+        "claim_seconds": claim_seconds,
+        "claim_statements": claim_statements,
+        "claim_python_peak_bytes": claim_peak,
+        "commit_seconds": commit_seconds,
+        "commit_statements": commit_statements,
+        "commit_python_peak_bytes": commit_peak,
+        "lineage_seconds": lineage_seconds,
+        "lineage_statements": lineage_statements,
+        "lineage_python_peak_bytes": lineage_peak,
+        "ready_check_short_of_count_seconds": short_of_count,
+        "ready_check_short_of_clients_seconds": short_of_clients,
+        # each stage's ratio to the baseline (1.0: as fast as the database reads, or writes, the rows)
+        "claim_ratio_to_read": read_floor / claim_seconds,
+        "commit_ratio_to_read": read_floor / commit_seconds,
+        "commit_ratio_to_write": write_floor / commit_seconds,
+        "lineage_ratio_to_read": read_floor / lineage_seconds,
+        "ready_check_short_of_count_ratio_to_read": read_floor / short_of_count,
+        "ready_check_short_of_clients_ratio_to_read": read_floor / short_of_clients,
+    }
+
+
+def _timed(work: Callable[[], Any], repeats: int = REPEATS) -> tuple[float, Any]:
+    """The fastest of ``repeats`` runs of ``work`` (other processes' load comes and goes), and its result."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        result = work()
+        times.append(time.perf_counter() - started)
+    return min(times), result
+
+
+def _counted(work: Callable[[], Any]) -> tuple[int, int, Any]:
+    """``work``'s SQL statements and Python memory peak (tracemalloc), and its result."""
+    import tracemalloc
+
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
 
     tracemalloc.start()
-    with CaptureQueriesContext(connection) as claim_queries:
-        started = time.perf_counter()
-        claim = store.claim_round(str(experiment), worker="bench", lease_seconds=600)
-        claim_seconds = time.perf_counter() - started
-    claim_memory = tracemalloc.get_traced_memory()[1]
-    tracemalloc.reset_peak()
-    draft = AggregateDraft(
-        weights_key=f"aggregates/{experiment}/1.safetensors",
+    try:
+        with CaptureQueriesContext(connection) as queries:
+            result = work()
+        return len(queries.captured_queries), tracemalloc.get_traced_memory()[1], result
+    finally:
+        tracemalloc.stop()
+
+
+def _draft(claim: Any, n: int) -> Any:
+    from fma_core.connectors import AggregateDraft
+
+    return AggregateDraft(
+        weights_key=f"aggregates/{claim.experiment.experiment_id}/1.safetensors",
         content_id="0" * 64,
         size_bytes=56,
         aggregator="fedavg",
@@ -804,31 +902,6 @@ def _round_of(n: int) -> dict[str, Any]:
         duration_seconds=0.0,
         peak_memory_bytes=0,
     )
-    with CaptureQueriesContext(connection) as commit_queries:
-        started = time.perf_counter()
-        store.commit_round(claim, draft)
-        commit_seconds = time.perf_counter() - started
-    commit_memory = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    started = time.perf_counter()
-    with transaction.atomic():
-        ModelUpdate.objects.filter(experiment_id=experiment).update(num_examples=2)
-    write_floor = time.perf_counter() - started
-    return {
-        "updates": n,
-        "claimed": len(claim.updates),
-        "claim_seconds": claim_seconds,
-        "claim_statements": len(claim_queries.captured_queries),
-        "claim_python_peak_bytes": claim_memory,
-        "commit_seconds": commit_seconds,
-        "commit_statements": len(commit_queries.captured_queries),
-        "commit_python_peak_bytes": commit_memory,
-        "ready_check_seconds": ready_check,
-        "read_floor_seconds": read_floor,
-        "write_floor_seconds": write_floor,
-        "claim_ratio_to_read": read_floor / claim_seconds,
-        "commit_ratio_to_write": write_floor / commit_seconds,
-    }
 
 
 # Output
@@ -837,15 +910,23 @@ def _round_of(n: int) -> dict[str, Any]:
 def report(results: dict[str, Any]) -> None:
     if "round_size" in results:
         r = results["round_size"]
-        print(f"round size ({r['database']}; load {r['loadavg']}):")
+        print(
+            f"round size ({r['database']}; load {r['loadavg']}); each stage's ratio to a read of the same rows:"
+        )
         for row in r["rounds"]:
             print(
-                f"  N={row['updates']:>6,}: claim {row['claim_seconds'] * 1000:8.1f} ms "
-                f"({row['claim_statements']} statements, {row['claim_python_peak_bytes'] / 1e6:.1f} MB), "
-                f"{row['claim_ratio_to_read']:.2f}x a read of the rows; commit {row['commit_seconds'] * 1000:8.1f} ms "
-                f"({row['commit_statements']} statements, {row['commit_python_peak_bytes'] / 1e6:.1f} MB), "
-                f"{row['commit_ratio_to_write']:.2f}x one UPDATE of the rows; a readiness check "
-                f"{row['ready_check_seconds'] * 1000:.1f} ms"
+                f"  N={row['updates']:>6,}: read {row['read_floor_seconds'] * 1000:7.1f} ms; "
+                f"claim {row['claim_seconds'] * 1000:7.1f} ms (ratio {row['claim_ratio_to_read']:.2f}; "
+                f"{row['claim_statements']} statements, {row['claim_python_peak_bytes'] / 1e6:.1f} MB); "
+                f"commit {row['commit_seconds'] * 1000:7.1f} ms (ratio {row['commit_ratio_to_read']:.2f}, "
+                f"{row['commit_ratio_to_write']:.2f} to one UPDATE of the rows; {row['commit_statements']} statements, "
+                f"{row['commit_python_peak_bytes'] / 1e6:.1f} MB); lineage {row['lineage_seconds'] * 1000:.1f} ms "
+                f"(ratio {row['lineage_ratio_to_read']:.2f}; {row['lineage_statements']} statements, "
+                f"{row['lineage_python_peak_bytes'] / 1e6:.1f} MB); not ready, short of a count "
+                f"{row['ready_check_short_of_count_seconds'] * 1000:.1f} ms "
+                f"(ratio {row['ready_check_short_of_count_ratio_to_read']:.2f}), short of a client "
+                f"{row['ready_check_short_of_clients_seconds'] * 1000:.1f} ms "
+                f"(ratio {row['ready_check_short_of_clients_ratio_to_read']:.2f})"
             )
         print(
             f"  time per update, largest over smallest round: claim {r['claim_growth_per_update']:.2f}x, "
@@ -904,7 +985,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         choices=["local", "s3"],
         help="the weight store: the local directory, or (--large) S3 on SeaweedFS started for the run",
     )
-    parser.add_argument("--database", default=None, help="a PostgreSQL URL (default: SQLite in the data dir)")
+    parser.add_argument(
+        "--database",
+        default=None,
+        help="a PostgreSQL URL (default: SQLite in the data dir); --round-size makes a fresh database there "
+        "('postgresql': on the --postgresql server)",
+    )
     parser.add_argument(
         "--work", default=None, help="directory for the run's files (default: a temporary one)"
     )

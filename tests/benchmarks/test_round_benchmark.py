@@ -22,6 +22,9 @@ KEYS = {
     "files_read_all_gbps",
     "round_ratio_vs_read_all",
     "engine_ratio_vs_read_all",
+    "files_fedavg_gbps",
+    "files_fedavg_ratio_vs_read_all",
+    "files_fedavg_ratio_vs_read_all_cpu",
 }
 
 

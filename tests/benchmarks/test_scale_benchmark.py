@@ -27,11 +27,19 @@ def test_round_size_claims_and_commits_every_update_in_statements_that_do_not_gr
     figures = scale("--round-size")["round_size"]
     rounds = figures["rounds"]
     assert [r["claimed"] for r in rounds] == [r["updates"] for r in rounds]
+    assert [r["consumed"] for r in rounds] == [r["updates"] for r in rounds]
     assert len({r["claim_statements"] for r in rounds}) == 1
-    for row in rounds:  # SQLite takes at most 999 parameters a statement: one UPDATE per 333 updates
-        assert row["commit_statements"] <= rounds[0]["commit_statements"] + row["updates"] // 333 + 1
-        assert row["claim_ratio_to_read"] > 0
-        assert row["commit_ratio_to_write"] > 0
+    assert len({r["lineage_statements"] for r in rounds}) == 1
+    for row in rounds:  # SQLite takes at most 999 parameters a statement: one UPDATE per 497 updates
+        assert row["commit_statements"] <= rounds[0]["commit_statements"] + row["updates"] // 497 + 1
+        for stage in (
+            "claim",
+            "commit",
+            "lineage",
+            "ready_check_short_of_count",
+            "ready_check_short_of_clients",
+        ):
+            assert row[f"{stage}_ratio_to_read"] > 0
     assert figures["claim_growth_per_update"] > 0
     assert figures["loadavg"]
 

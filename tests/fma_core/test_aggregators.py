@@ -23,6 +23,8 @@ from fma_core.errors import ConfigurationError, UnknownAggregator, UpdateUnreada
 from fma_core.shards import aggregate_shard, balance_shards
 from fma_core.weights import ArrayReader, TensorSpec, open_weights, to_bytes
 
+from .float_reference import fma_float32
+
 
 def make_updates(count: int, *, seed: int = 0, dtype=np.float32, sizes=((7, 5), (3,), (40_000,))):
     rng = np.random.default_rng(seed)
@@ -124,9 +126,10 @@ def test_robust_aggregators_match_numpy_and_resist_a_bad_minority(name):
     assert np.abs(fedavg["t0"]).max() > 1e5  # whereas FedAvg is dragged away
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 @pytest.mark.parametrize("name", ["fedavg", "mean", "median", "trimmed_mean"])
-def test_same_updates_in_any_order_any_threads_any_blocks_give_identical_bits(name):
-    updates = make_updates(7, seed=3)
+def test_same_updates_in_any_order_any_threads_any_blocks_give_identical_bits(name, dtype):
+    updates = make_updates(7, seed=3, dtype=dtype)
     spec = spec_of(updates)
     baseline = create_aggregator(name, threads=1).aggregate(updates, spec)
     rng = np.random.default_rng(0)
@@ -137,11 +140,18 @@ def test_same_updates_in_any_order_any_threads_any_blocks_give_identical_bits(na
         result = aggregator.aggregate(shuffled, spec)
         for tensor in baseline:
             assert result[tensor].tobytes() == baseline[tensor].tobytes()
+        # and cut into shards whose ranges start and end inside tensors, joined
+        shards = balance_shards(spec, spec.nbytes // 3)
+        joined = b"".join(
+            aggregate_shard(aggregator, shuffled, spec, shard).data.tobytes() for shard in shards
+        )
+        assert joined == b"".join(baseline[info.name].tobytes() for info in spec), (threads, block)
 
 
 def linear_reference(updates, shares) -> dict[str, np.ndarray]:
-    """Σ sᵢ·xᵢ as ``weighted_sum`` defines it, element by element: x₀·s₀, then + xᵢ·sᵢ in canonical
-    order, each product and sum rounded to float32 (or, all shares equal, the sum scaled once)."""
+    """Σ sᵢ·xᵢ as ``weighted_sum`` defines it for float32, element by element: x₀·s₀, then
+    fma(sᵢ, xᵢ, acc) in canonical order, rounded once to float32 per update (or, all shares equal,
+    the sum, each addition rounded, scaled once)."""
     ordered = canonical_order(updates)
     values = [arrays(u) for u in ordered]
     equal = len(set(shares)) == 1
@@ -155,7 +165,7 @@ def linear_reference(updates, shares) -> dict[str, np.ndarray]:
         else:
             acc = values[0][name] * np.float32(shares[0])
             for value, share in zip(values[1:], shares[1:], strict=True):
-                acc = acc + value[name] * np.float32(share)
+                acc = fma_float32(np.float32(share), value[name], acc)
             result[name] = acc
     return result
 

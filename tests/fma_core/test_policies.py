@@ -118,3 +118,40 @@ def test_bad_configs_are_refused_with_a_reason(config, message):
 )
 def test_the_fewest_updates_a_policy_can_close_a_round_with(config, fewest):
     assert policy_from_config(config).fewest_updates() == fewest
+
+
+@pytest.mark.parametrize(
+    ("config", "least"),
+    [
+        (None, 1),
+        ({"policy": "require_x_updates", "x": 7}, 7),
+        ({"policy": "deadline", "seconds": 60, "min_updates": 3}, 3),
+        ("all_clients", 1),
+        ({"policy": "min_fraction", "fraction": 0.5}, 1),
+        (
+            {
+                "any_of": [
+                    {"policy": "require_x_updates", "x": 5},
+                    {"policy": "deadline", "seconds": 9, "min_updates": 2},
+                ]
+            },
+            2,
+        ),
+        ({"any_of": ["all_clients", {"policy": "require_x_updates", "x": 5}]}, 1),  # two clients can close it
+        ({"all_of": [{"policy": "require_x_updates", "x": 4}, {"policy": "deadline", "seconds": 1}]}, 4),
+    ],
+)
+def test_below_its_least_updates_a_policy_is_not_ready_and_sets_no_wakeup(config, least):
+    """The engine counts the pending updates instead of reading them below ``least_updates``: no state
+    with fewer may be ready or name a time to wake up, however the clients and the clock stand."""
+    policy = policy_from_config(config)
+    assert policy.least_updates() == least
+    for count in range(least):
+        for enrolled in ((), ("a",), ("a", "b"), tuple("abcdefgh")):
+            clients = tuple(enrolled[i % len(enrolled)] if enrolled else "a" for i in range(count))
+            for now in (100.0, 10_000.0):
+                below = state(*clients, enrolled=enrolled, now=now)
+                assert not policy.is_ready(below), (count, enrolled, now)
+                assert policy.wakeup_at(below) is None, (count, enrolled, now)
+    clients = ("a",) * least
+    assert policy.is_ready(state(*clients, enrolled=("a",), now=10_000.0))  # and with that many it can be

@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from fma_core.connectors import AggregateDraft
 from fma_core.errors import LeaseLost
 from fma_core.rounds import RoundEngine
 from fma_core.weights import load
 from fma_django import lifecycle, selectors
-from fma_django.models import Client, Event, EventKind, ModelAggregate, ModelUpdate, UpdateStatus
+from fma_django.models import (
+    Client,
+    Enrollment,
+    Event,
+    EventKind,
+    Experiment,
+    ModelAggregate,
+    ModelUpdate,
+    UpdateStatus,
+)
 from fma_django.storage import weight_store
 from fma_django.store import DjangoMetadataStore
 
@@ -174,8 +188,8 @@ def stored_updates(experiment, count: int, **fields) -> list[int]:
 
 
 def test_a_large_round_commits_every_share_or_nothing(experiment):
-    """More updates than one UPDATE takes on SQLite (333 with their shares): every batch commits, or none."""
-    ids = stored_updates(experiment, 400)
+    """More updates than one UPDATE takes on SQLite (497 with their shares): every batch commits, or none."""
+    ids = stored_updates(experiment, 1100)
     store = DjangoMetadataStore()
     claim = store.claim_round(str(experiment.pk), worker="w", lease_seconds=60)
     shares = tuple(1 / (n + 3) for n in range(len(ids)))  # distinct, and not round in binary
@@ -195,6 +209,86 @@ def test_a_large_round_commits_every_share_or_nothing(experiment):
         int(pk): (UpdateStatus.CONSUMED, int(record.aggregate_id), share)
         for pk, share in zip(drafted, shares, strict=True)
     }
+
+
+def enrolled_updates(experiment, count: int) -> list[Client]:
+    """``count`` enrolled clients, each with one pending update, straight into the tables."""
+    clients = Client.objects.bulk_create([Client() for _ in range(count)])
+    Enrollment.objects.bulk_create(Enrollment(experiment=experiment, client=c) for c in clients)
+    ModelUpdate.objects.bulk_create(
+        ModelUpdate(
+            experiment=experiment,
+            client=c,
+            weights_key=f"updates/{n}.safetensors",
+            content_id=f"{n:064x}",
+            size_bytes=1,
+        )
+        for n, c in enumerate(clients)
+    )
+    return clients
+
+
+def statements(work: Callable[[], Any]) -> tuple[int, Any]:
+    with CaptureQueriesContext(connection) as queries:
+        result = work()
+    return len(queries.captured_queries), result
+
+
+def round_statements(experiment, size: int) -> tuple[int, int, int, int]:
+    """The statements of a round of ``size`` updates from as many enrolled clients: the readiness check
+    short of a count, the one that reads every pending update (all_clients with a client still to push),
+    the claim and the commit."""
+    late = enrolled_updates(experiment, size + 1)[-1]
+    ModelUpdate.objects.filter(client=late).delete()
+    engine = RoundEngine(DjangoMetadataStore(), weight_store())
+    short_of_count, outcome = statements(lambda: engine.start_round(str(experiment.pk)))
+    assert outcome.status == "not_ready"
+    Experiment.objects.filter(pk=experiment.pk).update(round_policy={"policy": "all_clients"})
+    short_of_a_client, outcome = statements(lambda: engine.start_round(str(experiment.pk)))
+    assert outcome.status == "not_ready"
+    Enrollment.objects.filter(client=late).delete()
+    store = DjangoMetadataStore()
+    claimed, claim = statements(lambda: store.claim_round(str(experiment.pk), worker="w", lease_seconds=60))
+    assert len(claim.updates) == size
+    draft = draft_for(claim, [u.update_id for u in claim.updates], (1 / size,) * size)
+    committed, _ = statements(lambda: store.commit_round(claim, draft))
+    assert ModelUpdate.objects.filter(experiment=experiment, status=UpdateStatus.CONSUMED).count() == size
+    return short_of_count, short_of_a_client, claimed, committed
+
+
+def test_a_claim_its_commit_and_the_readiness_checks_run_as_many_statements_for_20_updates_as_for_600(
+    make_experiment,
+):
+    """No statement per update (the commit's UPDATE takes up to 497 updates on SQLite: 600 take two)."""
+    small, large = (
+        round_statements(make_experiment(round_policy={"policy": "require_x_updates", "x": n + 1}), n)
+        for n in (20, 600)
+    )
+    assert large[:3] == small[:3]
+    assert large[3] == small[3] + (1 if connection.vendor == "sqlite" else 0)
+
+
+def test_pending_updates_and_enrolled_clients_read_each_id_and_time_as_python_prints_them(experiment):
+    """The database prints the client ids and the times (``fma_django.columns``): the same strings as
+    ``str(uuid)`` and the same floats as ``datetime.timestamp()``, to the microsecond."""
+    clients = enrolled_updates(experiment, 4)
+    times = [
+        datetime(2026, 12, 6, 8, 0, 0, tzinfo=UTC),  # SQLite stores no fraction at all
+        datetime(2026, 12, 6, 8, 0, 0, 1, tzinfo=UTC),
+        datetime(2026, 12, 6, 23, 59, 59, 999_999, tzinfo=UTC),  # SQLite's date functions round this up
+        datetime(2031, 2, 28, 13, 7, 9, 123_456, tzinfo=UTC),
+    ]
+    for client, time in zip(clients, times, strict=True):
+        ModelUpdate.objects.filter(client=client).update(created_on=time)
+    store = DjangoMetadataStore()
+
+    pending = store.pending_updates(str(experiment.pk))
+
+    assert [(u.client_id, u.received_at) for u in pending] == [
+        (str(c.uuid), t.timestamp()) for c, t in zip(clients, times, strict=True)
+    ]
+    assert store.enrolled_clients(str(experiment.pk)) == {str(c.uuid) for c in clients}
+    assert store.pending_count(str(experiment.pk)) == 4
 
 
 def aggregate_row(experiment, round_number: int, **fields) -> ModelAggregate:

@@ -68,6 +68,11 @@ class RoundPolicy(ABC):
         (Krum's 2f + 3) is refused such a policy."""
         return None
 
+    def least_updates(self) -> int:
+        """With fewer pending updates than this the policy is not ready and ``wakeup_at`` is None, whatever
+        the clients and the time: the engine then counts the updates instead of reading them."""
+        return 1
+
     @abstractmethod
     def to_config(self) -> dict[str, Any]: ...
 
@@ -96,6 +101,9 @@ class RequireXUpdates(RoundPolicy):
         return len(state.updates) >= self.x
 
     def fewest_updates(self) -> int:
+        return self.x
+
+    def least_updates(self) -> int:
         return self.x
 
     def to_config(self) -> dict[str, Any]:
@@ -154,6 +162,9 @@ class Deadline(RoundPolicy):
     def fewest_updates(self) -> int:
         return self.min_updates
 
+    def least_updates(self) -> int:
+        return self.min_updates
+
     def to_config(self) -> dict[str, Any]:
         return {"policy": "deadline", "seconds": self.seconds, "min_updates": self.min_updates}
 
@@ -173,6 +184,9 @@ class AnyOf(RoundPolicy):
     def fewest_updates(self) -> int | None:
         """Any policy of a fixed count can close the round alone."""
         return min((n for p in self.policies if (n := p.fewest_updates()) is not None), default=None)
+
+    def least_updates(self) -> int:
+        return min(p.least_updates() for p in self.policies)
 
     def to_config(self) -> dict[str, Any]:
         return {"any_of": [p.to_config() for p in self.policies]}
@@ -195,6 +209,9 @@ class AllOf(RoundPolicy):
         """Every policy must hold; with one that depends on the enrollment, so does the whole."""
         counts = [p.fewest_updates() for p in self.policies]
         return None if None in counts else max(counts)
+
+    def least_updates(self) -> int:
+        return max(p.least_updates() for p in self.policies)
 
     def to_config(self) -> dict[str, Any]:
         return {"all_of": [p.to_config() for p in self.policies]}

@@ -49,6 +49,7 @@ from typing import Any, Literal
 
 from fma_core import asynchronous
 from fma_core.aggregators import Aggregator, UpdateInput, canonical_order, create_aggregator
+from fma_core.aggregators.axpy import load_blas
 from fma_core.aggregators.base import RoundContext
 from fma_core.aggregators.buffered import BufferedStep
 from fma_core.connectors.metadata import (
@@ -177,6 +178,7 @@ class RoundEngine:
         self.threads = threads
         self.shard_bytes = shard_bytes
         self.clock = clock
+        load_blas()  # the weighted sum's kernel (once per process), before any round is timed
 
     def run_round(self, experiment_id: str, dispatcher: Dispatcher | None = None) -> RoundOutcome:
         """Run the experiment's next round if its policy says it is ready: every shard here, or, when it
@@ -899,12 +901,19 @@ class RoundEngine:
     # Leases, failures and what a claim leaves behind
 
     def _waiting(self, experiment_id: str) -> RoundOutcome | None:
-        """The outcome without claiming when nothing is pending or the policy is not met; else None."""
-        pending = self.metadata.pending_updates(experiment_id)
-        if not pending:
+        """The outcome without claiming when nothing is pending or the policy is not met; else None.
+        Below the policy's least count only the pending updates are counted: each accepted update asks,
+        and reading them all each time would make a round of N updates cost N² rows."""
+        count = self.metadata.pending_count(experiment_id)
+        if not count:
             return RoundOutcome("idle", experiment_id, reason="nothing pending")
         config = self.metadata.experiment(experiment_id)
         policy = asynchronous.effective_policy(config.round_policy, config.asynchronous)
+        if count < policy.least_updates():  # not ready, and no deadline to wake up for
+            return RoundOutcome("not_ready", experiment_id, reason="the round policy is not met yet")
+        pending = self.metadata.pending_updates(experiment_id)
+        if not pending:  # another worker's claim took them since the count
+            return RoundOutcome("idle", experiment_id, reason="nothing pending")
         state = RoundState(
             updates=tuple(PendingUpdate(u.client_id, u.received_at) for u in pending),
             enrolled_clients=self.metadata.enrolled_clients(experiment_id),

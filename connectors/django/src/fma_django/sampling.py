@@ -26,6 +26,7 @@ from django.db.models import Max
 
 from fma_core.policies import PendingUpdate, RoundState, policy_from_config
 from fma_core.sampling import draw, sampling_from_config
+from fma_django.columns import EpochMicroseconds, UUIDText
 from fma_django.errors import NotSelected
 from fma_django.models import (
     Client,
@@ -57,12 +58,11 @@ def current_round(experiment_pk: int) -> int:
 
 
 def enrolled_clients(experiment_pk: int) -> frozenset[str]:
-    """The clients enrolled now (neither they nor their enrollment revoked)."""
+    """The clients enrolled now (neither they nor their enrollment revoked), each id printed by the database."""
     return frozenset(
-        str(u)
-        for u in Enrollment.objects.filter(
+        Enrollment.objects.filter(
             experiment_id=experiment_pk, revoked_at__isnull=True, client__revoked_at__isnull=True
-        ).values_list("client__uuid", flat=True)
+        ).values_list(UUIDText("client__uuid"), flat=True)
     )
 
 
@@ -137,10 +137,10 @@ def retry_after(experiment: Experiment, selection: RoundSelection) -> int:
     poll = float(getattr(settings, "FMA_SAMPLING_RETRY_SECONDS", RETRY_SECONDS))
     now = time.time()
     pending = ModelUpdate.objects.filter(experiment=experiment, status=UpdateStatus.PENDING).values_list(
-        "client__uuid", "created_on"
+        UUIDText("client__uuid"), EpochMicroseconds("created_on")
     )
     state = RoundState(
-        updates=tuple(PendingUpdate(str(uuid), created.timestamp()) for uuid, created in pending),
+        updates=tuple(PendingUpdate(client, received / 1_000_000) for client, received in pending),
         enrolled_clients=counted_clients(experiment, selection),
         now=now,
     )

@@ -20,8 +20,7 @@ from dataclasses import replace
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import FloatField, Q
-from django.db.models.expressions import RawSQL
+from django.db.models import Q
 
 from fma_core.connectors import (
     AggregateDraft,
@@ -33,6 +32,7 @@ from fma_core.connectors import (
 )
 from fma_core.errors import LeaseLost
 from fma_django import lifecycle, privacy, sampling, selectors
+from fma_django.columns import EpochMicroseconds, UUIDText
 from fma_django.models import (
     EventKind,
     Experiment,
@@ -72,6 +72,11 @@ class DjangoMetadataStore(MetadataStore):
 
     def pending_updates(self, experiment_id: str) -> list[UpdateRecord]:
         return self._pending(int(experiment_id))
+
+    def pending_count(self, experiment_id: str) -> int:
+        return ModelUpdate.objects.filter(
+            experiment_id=int(experiment_id), status=UpdateStatus.PENDING
+        ).count()
 
     def enrolled_clients(self, experiment_id: str) -> frozenset[str]:
         return self._counted(self._row(experiment_id), None)[0]
@@ -286,45 +291,46 @@ class DjangoMetadataStore(MetadataStore):
 
     @staticmethod
     def _pending(experiment_pk: int) -> list[UpdateRecord]:
-        """The experiment's pending updates, oldest first, read as plain values: no model instance
-        (nor an Experiment with its JSON fields) is built per update."""
+        """The experiment's pending updates, oldest first, read as plain values: no model instance is
+        built per update, and the database prints each client's id and each time (``fma_django.columns``)."""
         rows = list(
             ModelUpdate.objects.filter(experiment_id=experiment_pk, status=UpdateStatus.PENDING)
             .order_by("created_on", "id")
             .values_list(
                 "pk",
-                "client__uuid",
+                UUIDText("client__uuid"),
                 "weights_key",
                 "content_id",
                 "num_examples",
                 "base_round",
-                "created_on",
+                EpochMicroseconds("created_on"),
                 "base_aggregate__weights_key",
                 "experiment__update_kind",
-                named=True,
             )
         )
         if not rows:
             return []
         bases = selectors.update_base_keys(
-            experiment_id=experiment_pk,
-            bases=[(row.base_round, row.base_aggregate__weights_key) for row in rows],
+            experiment_id=experiment_pk, bases=[(row[5], row[7]) for row in rows]
         )
-        delta = rows[0].experiment__update_kind == UpdateKind.DELTA
+        experiment_id = str(experiment_pk)
+        delta = rows[0][8] == UpdateKind.DELTA
         return [
             UpdateRecord(
                 base_weights_key=base,
                 delta=delta,
-                update_id=str(row.pk),
-                experiment_id=str(experiment_pk),
-                client_id=str(row.client__uuid),
-                weights_key=row.weights_key,
-                content_id=row.content_id,
-                num_examples=row.num_examples,
-                base_round=row.base_round,
-                received_at=row.created_on.timestamp(),
+                update_id=str(pk),
+                experiment_id=experiment_id,
+                client_id=client_id,
+                weights_key=weights_key,
+                content_id=content_id,
+                num_examples=num_examples,
+                base_round=base_round,
+                received_at=received / 1_000_000,
             )
-            for row, base in zip(rows, bases, strict=True)
+            for (pk, client_id, weights_key, content_id, num_examples, base_round, received, *_), base in zip(
+                rows, bases, strict=True
+            )
         ]
 
     @staticmethod
@@ -332,26 +338,37 @@ class DjangoMetadataStore(MetadataStore):
         experiment_pk: int, ids: list[int], aggregate: ModelAggregate, shares: tuple[float, ...] | None
     ) -> int:
         """Mark the pending updates ``ids`` consumed by ``aggregate``, each with its share when given;
-        how many were still pending. One UPDATE (on SQLite, one per 333 updates)."""
+        how many were still pending. One UPDATE (on SQLite, one per 497 updates: 999 parameters)."""
         pending = ModelUpdate.objects.filter(experiment_id=experiment_pk, status=UpdateStatus.PENDING)
         if shares is None:
             return pending.filter(pk__in=ids).update(status=UpdateStatus.CONSUMED, aggregate=aggregate)
         rows = list(zip(ids, map(float, shares), strict=True))
         limit = connection.features.max_query_params  # None: no limit (PostgreSQL)
-        batch = (
-            len(rows) if limit is None else max(1, (limit - 8) // 3)
-        )  # 3 parameters a row, a few per statement
-        column = connection.ops.quote_name(ModelUpdate._meta.pk.column)
+        batch = len(rows) if limit is None else (limit - 4) // 2  # 2 parameters a row, 4 a statement
+        q = connection.ops.quote_name
+        field = ModelUpdate._meta.get_field
+        table, pk = q(ModelUpdate._meta.db_table), q(ModelUpdate._meta.pk.column)
+        status, weight = q(field("status").column), q(field("aggregate_weight").column)
+        aggregate_id, experiment_id = q(field("aggregate").column), q(field("experiment").column)
         marked = 0
-        for start in range(0, len(rows), batch):
-            chunk = rows[start : start + batch]
-            # "CASE id WHEN %s THEN %s ... END", which both databases run, costs a fraction of Case(When()) per row
-            share = RawSQL(
-                f"CASE {column} {'WHEN %s THEN %s ' * len(chunk)}END",
-                [value for row in chunk for value in row],
-                output_field=FloatField(),
-            )
-            marked += pending.filter(pk__in=[pk for pk, _ in chunk]).update(
-                status=UpdateStatus.CONSUMED, aggregate=aggregate, aggregate_weight=share
-            )
+        with connection.cursor() as cursor:
+            for start in range(0, len(rows), batch):
+                chunk = rows[start : start + batch]
+                # a join to the (id, share) list: each row finds its share by key (a CASE with a branch per
+                # update, tried in turn for each row, costs N² comparisons). VALUES' columns are named
+                # column1, column2 on both databases.
+                cursor.execute(
+                    f"UPDATE {table} SET {status} = %s, {aggregate_id} = %s, {weight} = shares.column2 "
+                    f"FROM (VALUES {', '.join(['(%s, %s)'] * len(chunk))}) AS shares "
+                    f"WHERE {table}.{pk} = shares.column1 AND {table}.{experiment_id} = %s "
+                    f"AND {table}.{status} = %s",
+                    [
+                        UpdateStatus.CONSUMED.value,
+                        aggregate.pk,
+                        *(value for row in chunk for value in row),
+                        experiment_pk,
+                        UpdateStatus.PENDING.value,
+                    ],
+                )
+                marked += cursor.rowcount
         return marked

@@ -40,6 +40,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 
 from fma_core import update_stats
+from fma_core.aggregators.axpy import fused_axpy, one_blas_thread
 from fma_core.errors import ConfigurationError, FmaError, UpdateUnreadable
 from fma_core.weights import TensorInfo, TensorSpec, Weights, WeightsReader
 
@@ -154,9 +155,9 @@ class Aggregator(ABC):
 
     name: ClassVar[str]
     Params: ClassVar[type[AggregatorParams]] = NoParams
-    # Elements per block: 256 KiB of float32, big enough that Python's cost per call is a few per
-    # cent of the block's, small enough that a thread's buffers of it (the sum, a term, the block
-    # read from a file; a server optimizer's state and model too) stay in a core's L2 cache.
+    # Elements per block: 256 KiB of float32, big enough that Python's cost per call (about 1 µs)
+    # stays a fraction of the block's, small enough that a thread's buffers of it (the sum, the
+    # block read from a file; a server optimizer's state and model too) stay in a core's L2 cache.
     block_elements: ClassVar[int] = 1 << 16
     needs_parent: ClassVar[bool] = False  # reads the current global model (Block.parent)
     reads_changes: ClassVar[bool] = False  # Block.inputs gives each update's change, not its weights
@@ -248,6 +249,7 @@ class Aggregator(ABC):
             for begin in range(target.start, target.stop, block)
         ]
         with ExitStack() as stack:
+            stack.enter_context(one_blas_thread())  # the threads are ours, one per core
             inputs = [_Opened.update(update, stack, change=self.reads_changes) for update in ordered]
             parent = (
                 _Opened.model("the current global model", context.parent, stack)
@@ -389,9 +391,12 @@ def weighted_sum(block: Block, shares: np.ndarray | float, acc: np.ndarray) -> N
     read), or one float when all are equal: the values are then summed and scaled once. Each update's
     block is read (into the thread's buffer, for a file) and folded into ``acc`` before the next is
     read, so both stay in the cache and memory sees one read of each update. Per element the
-    arithmetic is fixed: ``acc = x₀·s₀``, then ``acc = acc + xᵢ·sᵢ`` in canonical order, each product
-    and each sum rounded to the accumulator dtype (IEEE, never a fused multiply-add), so an element
-    has the same bits whichever thread, block or shard computes it, on any CPU.
+    arithmetic is fixed: ``acc = x₀·s₀``, then ``acc = fma(sᵢ, xᵢ, acc)`` in canonical order (one
+    rounding to the accumulator dtype per update: BLAS axpy, ``fma_core.aggregators.axpy``) when the
+    values are of the accumulator dtype (float32, float64); for float16 and integer values, numpy's
+    ``acc + xᵢ·sᵢ``, the product and the sum each rounded. So an element has the same bits whichever
+    thread, block or shard computes it (on one machine type: a CPU without a fused multiply-add would
+    round the product first).
     """
     dtype = acc.dtype
     if isinstance(shares, float):
@@ -402,9 +407,15 @@ def weighted_sum(block: Block, shares: np.ndarray | float, acc: np.ndarray) -> N
         np.multiply(acc, dtype.type(shares), acc)
         return
     rows = np.flatnonzero(shares)
-    values = block.inputs(rows)
+    values = block.inputs(rows.tolist())
     coefficients = shares[rows].astype(dtype)
     np.multiply(next(values), coefficients[0], acc)
+    axpy = fused_axpy(dtype) if block.info.numpy_dtype == dtype else None
+    if axpy is not None:
+        count = block.count
+        for value, coefficient in zip(values, coefficients[1:].tolist(), strict=True):
+            axpy(value, acc, count, coefficient)  # y ← y + a·x over n elements, in place
+        return
     term = block.scratch.get("term", block.count, dtype)
     for value, coefficient in zip(values, coefficients[1:], strict=True):
         np.multiply(value, coefficient, term)
@@ -515,14 +526,15 @@ class Block:
 
     def inputs(self, rows: Iterable[int] | None = None) -> Iterator[np.ndarray]:
         """Each update's values, or only those of ``rows`` (positions in canonical order), in order."""
-        read = self.scratch.get("read", self.count, self.info.numpy_dtype)
+        name, start, stop, dtype = self.info.name, self.start, self.stop, self.info.numpy_dtype
+        read = self.scratch.get("read", self.count, dtype)
         recorder = self._recorder
         for row in range(len(self._inputs)) if rows is None else rows:
             if recorder is None:
-                yield self._inputs[row].read_block(self.info.name, self.start, self.stop, read)
+                yield self._inputs[row].read_block(name, start, stop, read)
                 continue
-            into = recorder.row(row, self.info.numpy_dtype)  # read straight into the measure's buffer
-            value = self._inputs[row].read_block(self.info.name, self.start, self.stop, into)
+            into = recorder.row(row, dtype)  # read straight into the measure's buffer
+            value = self._inputs[row].read_block(name, start, stop, into)
             recorder.keep(row, value)
             yield value
 

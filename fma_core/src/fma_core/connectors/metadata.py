@@ -137,6 +137,11 @@ class MetadataStore(ABC):
     def pending_updates(self, experiment_id: str) -> list[UpdateRecord]:
         """Updates accepted and not yet consumed or quarantined, oldest first."""
 
+    def pending_count(self, experiment_id: str) -> int:
+        """How many updates ``pending_updates`` holds; a store that can count without reading them should
+        (the engine asks before each claim, and a round's policy often needs no more)."""
+        return len(self.pending_updates(experiment_id))
+
     @abstractmethod
     def enrolled_clients(self, experiment_id: str) -> frozenset[str]:
         """The clients the current round's policy counts: those enrolled (not revoked), or, when the
