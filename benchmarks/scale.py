@@ -27,8 +27,10 @@ results as JSON). Every figure is divided by a baseline measured in the same run
   Python memory peak; the baseline is the database reading the same N rows (``values_list``) and
   writing them once. ``--database`` makes a fresh database on a PostgreSQL server.
 
-``--store local`` (the default) is the local directory; the store stays a parameter so an S3
-mode can be added. ``--database`` picks SQLite (default) or a PostgreSQL URL for the service.
+``--store local`` (the default) is the local directory; ``--store s3`` (``--large`` only) is S3 on
+SeaweedFS (``benchmarks/seaweed.py``), started for the run on the same disk: parts go to its
+presigned URLs, the round reads ranges of its objects, the pull follows a presigned URL, and
+the disk's floor is the same bytes read and written. ``--database`` picks SQLite (default) or a PostgreSQL URL for the service.
 
 Run: ``.venv/bin/python benchmarks/scale.py --large|--clients|--round-size [--quick] [--json]``
 """
@@ -126,8 +128,8 @@ class Service:
             "DJANGO_SETTINGS_MODULE": "scale_floor_settings" if floor else "fma_service.settings",
             "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
         }
-        if store != "local":
-            raise SystemExit(f"--store {store}: only the local directory store is measured here yet")
+        if store not in ("local", "s3"):
+            raise SystemExit(f"--store {store}: the local directory or s3 (SeaweedFS, --large only)")
         if database:
             self.env["FMA_DATABASE_URL"] = database
         self.process: subprocess.Popen | None = None
@@ -144,6 +146,9 @@ class Service:
         ):
             if name in self.env:
                 os.environ[name] = self.env[name]
+        for name, value in self.env.items():  # the weight store's, when it is not the local default
+            if name == "FMA_WEIGHT_STORE" or name.startswith(("FMA_S3_", "AWS_")):
+                os.environ[name] = value
         os.environ["DJANGO_SETTINGS_MODULE"] = "fma_service.settings"
         import django
 
@@ -292,6 +297,18 @@ def write_model(path: Path, shapes: list[tuple[str, tuple[int, ...]]], seed: int
     return path.stat().st_size
 
 
+def disk_io(path: Path) -> tuple[int, int] | None:
+    """Bytes read and written so far by the block device holding ``path``, by every process on the
+    machine (``/proc/diskstats``); None where that device is not listed there."""
+    device = os.stat(path).st_dev
+    with contextlib.suppress(OSError), open("/proc/diskstats") as stats:
+        for line in stats:
+            fields = line.split()
+            if (int(fields[0]), int(fields[1])) == (os.major(device), os.minor(device)):
+                return int(fields[5]) * 512, int(fields[9]) * 512  # sectors of 512 bytes, always
+    return None
+
+
 def disk_floor(directory: Path, size: int, count: int) -> dict[str, float]:
     """The disk's sequential write (fsynced) and read (evicted first) of ``count`` files of ``size``."""
     block = os.urandom(8 << 20)
@@ -353,6 +370,7 @@ def run_large(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     )
     service.data_dir.mkdir()
     result: dict[str, Any] = {
+        "store": args.store,
         "clients": clients,
         "params": model_params,
         "model_bytes": model_bytes,
@@ -362,7 +380,9 @@ def run_large(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "disk": disk,
         "loadavg_before": loadavg(),
     }
-    with service:
+    with contextlib.ExitStack() as running:
+        stored = _large_store(args.store, data, service, running)
+        running.enter_context(service)
         service.configure_here()
         spec = [{"name": n, "dtype": "F32", "shape": list(s)} for n, s in shapes]
         experiment = make_experiment("large", spec, {"policy": "require_x_updates", "x": clients})
@@ -370,6 +390,7 @@ def run_large(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         for path in paths:
             evict(path)
         server_cpu, own_cpu = service.cpu_seconds(), time.process_time()
+        moved_bytes = {"push": disk_io(data)}
         started = time.perf_counter()
 
         def push(n: int) -> dict:
@@ -383,7 +404,9 @@ def run_large(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         push_seconds = time.perf_counter() - started
         # what bounds the push: both processes' CPU over the wall time, on the machine's cores
         push_cpu = {"server": service.cpu_seconds() - server_cpu, "clients": time.process_time() - own_cpu}
-        evict_tree(service.data_dir / "weights")
+        moved_bytes["push"] = _moved(moved_bytes["push"], disk_io(data))
+        evict_tree(stored)
+        moved_bytes["round"] = disk_io(data)
         started = time.perf_counter()
         aggregator = subprocess.run(
             [sys.executable, "-c", _RUN_ONCE, str(experiment)],
@@ -395,12 +418,17 @@ def run_large(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         process_seconds = time.perf_counter() - started
         outcome, aggregator_peak = json.loads(aggregator.stdout.strip().splitlines()[-1])
         round_seconds = outcome["seconds"]  # claim to commit, in the aggregator (not its start-up)
-        evict_tree(service.data_dir / "weights")
+        moved_bytes["round"] = _moved(
+            moved_bytes["round"], disk_io(data)
+        )  # the aggregator process's start-up too
+        evict_tree(stored)
         before = peak_rss(os.getpid())
+        moved_bytes["pull"] = disk_io(data)
         started = time.perf_counter()
         with Client(service.url, experiment, token=credentials[0], quiet=True, timeout=(10, 600)) as client:
             pulled = client.pull(for_training=False)
         pull_seconds = time.perf_counter() - started
+        moved_bytes["pull"] = _moved(moved_bytes["pull"], disk_io(data))
         pulled_params = sum(a.size for a in pulled.weights.values())
         del pulled
         server_peak = peak_rss(service.process.pid)
@@ -422,6 +450,9 @@ def run_large(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 "gbps": moved[stage] / seconds[stage] / GB,
                 "disk_floor_seconds": floor[stage],
                 "ratio_to_disk": floor[stage] / seconds[stage],
+                # what the disk did meanwhile, every process's (None: no block device to ask)
+                "disk_read_bytes": moved_bytes[stage] and moved_bytes[stage][0],
+                "disk_written_bytes": moved_bytes[stage] and moved_bytes[stage][1],
             }
             for stage in seconds
         },
@@ -439,6 +470,29 @@ def run_large(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         loadavg_after=loadavg(),
     )
     return result
+
+
+LARGE_BUCKET = "fma-scale"
+
+
+def _moved(before: tuple[int, int] | None, after: tuple[int, int] | None) -> tuple[int, int] | None:
+    """The disk's bytes read and written between two ``disk_io`` readings."""
+    if before is None or after is None:
+        return None
+    return after[0] - before[0], after[1] - before[1]
+
+
+def _large_store(store: str, data: Path, service: Service, running: contextlib.ExitStack) -> Path:
+    """Where the stored weights live on disk, to evict them from the page cache: the service's
+    weights folder, or (``--store s3``) SeaweedFS's data folder, its gateway started here for the
+    run and given to the service (and, through its environment, to the round's process)."""
+    if store != "s3":
+        return service.data_dir / "weights"
+    from seaweed import seaweedfs
+
+    s3 = running.enter_context(seaweedfs(data / "s3", buckets=[LARGE_BUCKET]))
+    service.env.update(s3.store_environment(LARGE_BUCKET))
+    return s3.folder
 
 
 _RUN_ONCE = """
@@ -894,7 +948,7 @@ def report(results: dict[str, Any]) -> None:
     if "large" in results:
         g = results["large"]
         print(
-            f"large: {g['clients']} x {g['params']:,} float32 ({g['model_bytes'] / GB:.2f} GB, {g['tensors']} tensors); "
+            f"large ({g['store']} store): {g['clients']} x {g['params']:,} float32 ({g['model_bytes'] / GB:.2f} GB, {g['tensors']} tensors); "
             f"disk write {g['disk']['write_gbps']:.2f} GB/s, read {g['disk']['read_gbps']:.2f} GB/s; "
             f"needed {g['disk_needed_bytes'] / GB:.1f} GB of {g['disk_free_bytes'] / GB:.1f} GB free "
             f"(load {g['loadavg_before']} -> {g['loadavg_after']})"
@@ -903,6 +957,11 @@ def report(results: dict[str, Any]) -> None:
             print(
                 f"  {stage:5}: {s['seconds']:7.2f} s, {s['gbps']:.2f} GB/s; the disk allows {s['disk_floor_seconds']:.2f} s: "
                 f"ratio {s['ratio_to_disk']:.2f}"
+                + (
+                    f"; the disk read {s['disk_read_bytes'] / GB:.1f} GB and wrote {s['disk_written_bytes'] / GB:.1f} GB meanwhile"
+                    if s["disk_read_bytes"] is not None
+                    else ""
+                )
             )
         peaks = ", ".join(f"{k} {v:.2f}x" for k, v in g["peak_rss_over_model"].items())
         print(f"  peak RSS over one model: {peaks}; exactly once: {g['exactly_once']['holds']}")
@@ -920,7 +979,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--round-size", action="store_true", help="claim and commit of large rounds")
     parser.add_argument("--quick", action="store_true", help="small sizes, for tests")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--store", default="local", choices=["local"], help="the weight store")
+    parser.add_argument(
+        "--store",
+        default="local",
+        choices=["local", "s3"],
+        help="the weight store: the local directory, or (--large) S3 on SeaweedFS started for the run",
+    )
     parser.add_argument(
         "--database",
         default=None,
@@ -961,6 +1025,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so the services this run started are stopped
     if not (args.large or args.clients or args.round_size):
         parser.error("choose at least one of --large, --clients, --round-size")
+    if args.store != "local" and (args.clients or args.round_size):
+        parser.error(f"--store {args.store} is measured by --large only")
     work = Path(tempfile.mkdtemp(prefix="fma-scale-", dir=args.work))
     results: dict[str, Any] = {"loadavg": loadavg()}
     try:

@@ -62,6 +62,9 @@ def test_large_pushes_aggregates_and_pulls_the_model_and_compares_each_stage_wit
     assert figures["exactly_once"]["holds"], figures["exactly_once"]
     assert set(figures["stages"]) == {"push", "round", "pull"}
     assert all(stage["ratio_to_disk"] > 0 for stage in figures["stages"].values())
+    push = figures["stages"]["push"]
+    if push["disk_written_bytes"] is not None:  # a block device to ask: every part reached it (fsync)
+        assert push["disk_written_bytes"] >= figures["clients"] * figures["model_bytes"]
     assert set(figures["peak_rss_over_model"]) == {"server", "aggregator", "client_process"}
     assert figures["disk"]["write_gbps"] > 0
     assert figures["disk"]["read_gbps"] > 0

@@ -48,6 +48,22 @@ def test_valid_weights_are_hashed_and_pass_in_one_forward_read():
     assert (result.size, result.sha256) == (len(data), hashlib.sha256(data).hexdigest())
 
 
+def test_a_file_is_read_into_the_arrays_and_hashed_the_same(tmp_path):
+    data = to_bytes(WEIGHTS)
+    with open_weights(data) as reader:
+        spec = TensorSpec.from_reader(reader)
+    (tmp_path / "w").write_bytes(data)
+    (tmp_path / "cut").write_bytes(data[:-40])
+    with open(tmp_path / "w", "rb") as file:
+        whole = scan(file, size=len(data), spec=spec)
+    with open(tmp_path / "cut", "rb") as file:
+        cut = scan(file, size=len(data), spec=spec)
+    assert whole == scanned(data, spec=spec)
+    assert (whole.problem, whole.sha256) == (None, hashlib.sha256(data).hexdigest())
+    assert "truncated" in str(cut.problem)
+    assert (cut.size, cut.sha256) == (len(data) - 40, hashlib.sha256(data[:-40]).hexdigest())
+
+
 @pytest.mark.parametrize(
     ("spoil", "message"),
     [(lambda d: d[:-40], "truncated"), (lambda d: b"\x01" * len(d), "header")],

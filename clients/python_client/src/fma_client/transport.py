@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
+from requests.adapters import HTTPAdapter
 
 from fma_client import __version__
 from fma_client.errors import FmaClientError, ServerUnavailable, TransferError, error_from_response
@@ -29,9 +30,19 @@ from fma_client.errors import FmaClientError, ServerUnavailable, TransferError, 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 PROGRESS_ABOVE_BYTES = 4 * 1024 * 1024
 _CHUNK = 1 << 20
+_SEND_BLOCK = 1 << 20
 _READ = 1 << 16  # downloads are written in small pieces so a broken one keeps most of what arrived
 _BROKEN = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 _SHA256_ETAG = re.compile(r'^(?:W/)?"?([0-9a-f]{64})"?$')
+
+
+class _LargeBlocks(HTTPAdapter):
+    """Sends a streamed body (an upload's part) in reads of ``_SEND_BLOCK``, not urllib3's 16 KiB:
+    each read goes through Python (the part's reader, its progress), and at 16 KiB they cost an
+    upload about a quarter of the client's CPU."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **{**kwargs, "blocksize": _SEND_BLOCK})
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,8 @@ class Transport:
         self.retry = retry or Retry()
         self.quiet = quiet
         self.session = requests.Session()  # one per client: connections are reused across calls
+        for scheme in ("http://", "https://"):
+            self.session.mount(scheme, _LargeBlocks())
         # Given with each request: requests would let REQUESTS_CA_BUNDLE override a session's setting.
         self.verify = verify
         self.session.headers["User-Agent"] = f"fma-client/{__version__} {requests.utils.default_user_agent()}"

@@ -10,6 +10,7 @@ corrupted in transit is told its hash does not match, not that its tensors are w
 from __future__ import annotations
 
 import hashlib
+import io
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -65,7 +66,24 @@ class _ForwardSource(ByteSource):
 
     def read_array(self, offset: int, count: int, dtype: np.dtype, buffer: np.ndarray | None) -> np.ndarray:
         target = buffer[:count] if buffer is not None else np.empty(count, dtype)
-        target.view(np.uint8)[:] = np.frombuffer(self.read_bytes(offset, count * dtype.itemsize), np.uint8)
+        if not isinstance(self._stream, io.BufferedReader | io.FileIO):
+            target.view(np.uint8)[:] = np.frombuffer(
+                self.read_bytes(offset, count * dtype.itemsize), np.uint8
+            )
+            return target
+        # A file (the local store's objects): read straight into the array and hash it there,
+        # without the bytes object and the copy out of it.
+        self._skip_to(offset)
+        view = memoryview(target.view(np.uint8))
+        filled = 0
+        while filled < len(view) and (got := self._stream.readinto(view[filled:])):
+            filled += got
+        self.digest.update(view[:filled])
+        self.position += filled
+        if filled < len(view):
+            raise InvalidWeights(
+                f"object is truncated: {self.position:,} bytes, not the {self.size:,} expected"
+            )
         return target
 
     def drain(self) -> None:

@@ -155,11 +155,10 @@ def _all_finite(reader: WeightsReader, info: TensorInfo) -> bool:
     buffer = np.empty(min(info.size, step), info.numpy_dtype)
     for start in range(0, info.size, step):
         block = reader.read_block(info.name, start, min(start + step, info.size), buffer)
-        # One float64 sum is NaN/Inf when any element is; only then is the exact test needed,
-        # since a sum of huge but finite float64 values may overflow.
-        with np.errstate(over="ignore", invalid="ignore"):
-            total = np.sum(block, dtype=np.float64)
-        if not np.isfinite(total) and not np.isfinite(block).all():
+        # min and max are NaN when any element is, and an infinity is one of them: an exact test
+        # in two vectorized passes, about twice as fast as the float64 sum it replaces (which
+        # also needed an element-wise test whenever finite values overflowed it).
+        if not (np.isfinite(block.min()) and np.isfinite(block.max())):
             return False
     return True
 
