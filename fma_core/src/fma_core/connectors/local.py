@@ -130,7 +130,11 @@ class LocalDirectoryWeightStore(WeightStore):
                     f"an upload completes with all its parts, numbered 1 to {len(sizes)}, in order"
                 )
             for part, size in zip(parts, sizes, strict=True):
-                if received.get(part.number) != part:
+                # Number and size, not the token: a part sent again after the caller listed them (a
+                # client's stale retry) holds the same bytes or different ones, and the joined
+                # object's hash, checked at completion, tells which.
+                held = received.get(part.number)
+                if held is None or held.size != part.size:
                     raise InvalidWeights(f"part {part.number} was not received as listed")
                 if part.size != size:
                     raise InvalidWeights(f"part {part.number} has {part.size:,} bytes, not {size:,}")
