@@ -576,8 +576,12 @@ def run_clients(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             stack.enter_context(service)
             service.configure_here()
             results.append(_clients_run(service, params, concurrency, round_size, args.push_form))
-            from django.db import connections
+            from django.db import connection, connections
 
+            if connection.vendor == "postgresql":  # the limit the server's connections count against
+                with connection.cursor() as cursor:
+                    cursor.execute("SHOW max_connections")
+                    results[-1]["database_max_connections"] = int(cursor.fetchone()[0])
             connections.close_all()  # before the database is dropped
     return {
         "runs": results,
@@ -934,7 +938,9 @@ def report(results: dict[str, Any]) -> None:
         )
     if "clients" in results:
         c = results["clients"]
-        print(f"clients ({c['shape']}; fd limit {c['fd_limit']}; {c['database_connections']}):")
+        limit = c["runs"][0].get("database_max_connections") if c["runs"] else None
+        connections = c["database_connections"] + (f"; the database allows {limit}" if limit else "")
+        print(f"clients ({c['shape']}; fd limit {c['fd_limit']}; {connections}):")
         for run in c["runs"]:
             print(
                 f"  {run['update_params']:,} params ({run['body_bytes']:,} B, push form {run['push_form']}), C={run['concurrency']}, round of "

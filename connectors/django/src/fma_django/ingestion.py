@@ -18,6 +18,7 @@ bytes behind (``storage.removed_on_failure``).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 import uuid
@@ -62,6 +63,10 @@ from fma_django.storage import max_update_bytes, removed_on_failure, weight_stor
 
 MAX_PARTS = 10_000  # S3's limit, the strictest store's: larger uploads get larger parts
 PART_URL_SECONDS = 3600
+# A one-request body up to this size (fma-client's single_request_bytes: every body it sends in one
+# request) is read whole in memory and checked there, before it is stored; a larger one is
+# streamed to the store and checked there, so memory stays at one chunk.
+IN_MEMORY_BYTES = 4 * 1024 * 1024
 
 
 # What both forms share: the metadata, the refusal, the accepted update
@@ -243,10 +248,12 @@ def update_submit(
 ) -> tuple[ModelUpdate, bool]:
     """Accept one update from a safetensors stream; returns ``(update, created)``.
 
-    The bytes are streamed to the weight store (memory bounded by the store's chunk), then
-    checked against the experiment's tensor spec. A retry (same idempotency key, or same
-    client, base and content) returns the first update. ``sha256``, when the client declares it
-    (fma-client does), must be the hash of the bytes received, as an upload session's is.
+    A body of at most ``IN_MEMORY_BYTES`` (``content_length``) is read into memory and checked
+    against the experiment's tensor spec there, then stored; a larger one is streamed to the
+    weight store (memory bounded by the store's chunk), then checked as stored. A retry (same
+    idempotency key, or same client, base and content) returns the first update. ``sha256``,
+    when the client declares it (fma-client does), must be the hash of the bytes received, as an
+    upload session's is; it is checked before the tensors, so corrupted bytes are called that.
     """
     check_enrolled(experiment, client)
     check_idempotency_key(idempotency_key)
@@ -266,28 +273,9 @@ def update_submit(
         size=content_length,
         update_kind=update_kind,
     )
-    store = weight_store()
-    key = update_key(experiment)
-    with removed_on_failure(key):
-        try:
-            stored = store.put(key, stream, max_bytes=limit)
-        except InvalidWeights as error:  # what WeightStore.put raises for a stream above max_bytes
-            raise _rejected(TooLarge(str(error)), experiment, client) from None
-        if declared is not None and stored.sha256 != declared:
-            raise _rejected(
-                ValidationFailed(
-                    f"the body has SHA-256 {stored.sha256}, not the declared {declared}: it was "
-                    "corrupted on the way or the declared hash is wrong",
-                    code="hash_mismatch",
-                ),
-                experiment,
-                client,
-            )
-        try:
-            with store.open_weights(key, max_bytes=limit) as reader:
-                validate(reader, experiment_spec(experiment))
-        except InvalidWeights as error:
-            raise _rejected(WeightsInvalid(str(error)), experiment, client) from None
+    stored = _stored_checked(
+        experiment, client, stream, content_length=content_length, limit=limit, declared=declared
+    )
     return update_accept(
         experiment=experiment,
         client=client,
@@ -298,6 +286,68 @@ def update_submit(
         metrics=metrics,
         idempotency_key=idempotency_key,
     )
+
+
+def _stored_checked(
+    experiment: Experiment,
+    client: Client,
+    stream: BinaryIO,
+    *,
+    content_length: int | None,
+    limit: int,
+    declared: str | None,
+) -> StoredObject:
+    """The body stored under a new key once its hash and tensors are checked; a refusal is
+    recorded and leaves nothing stored. A small body is checked in memory before it is written
+    (one write, one hash: the store's); a larger one is checked as the store holds it."""
+    store = weight_store()
+    key = update_key(experiment)
+    body = None
+    if content_length is not None and content_length <= min(IN_MEMORY_BYTES, limit):
+        body = _read_whole(stream, content_length)
+        try:
+            validate(body, experiment_spec(experiment), max_bytes=limit)
+        except InvalidWeights as error:
+            _check_declared(hashlib.sha256(body).hexdigest(), declared, experiment, client)
+            raise _rejected(WeightsInvalid(str(error)), experiment, client) from None
+        stream = io.BytesIO(body)
+    with removed_on_failure(key):
+        try:
+            stored = store.put(key, stream, max_bytes=limit)
+        except InvalidWeights as error:  # what WeightStore.put raises for a stream above max_bytes
+            raise _rejected(TooLarge(str(error)), experiment, client) from None
+        _check_declared(stored.sha256, declared, experiment, client)
+        if body is None:
+            try:
+                with store.open_weights(key, max_bytes=limit) as reader:
+                    validate(reader, experiment_spec(experiment))
+            except InvalidWeights as error:
+                raise _rejected(WeightsInvalid(str(error)), experiment, client) from None
+    return stored
+
+
+def _read_whole(stream: BinaryIO, length: int) -> bytes:
+    """Up to ``length`` bytes of ``stream`` (fewer if it ends first: the check then finds the
+    body truncated)."""
+    chunks, received = [], 0
+    while received < length and (chunk := stream.read(length - received)):
+        chunks.append(chunk)
+        received += len(chunk)
+    return b"".join(chunks)
+
+
+def _check_declared(sha256: str, declared: str | None, experiment: Experiment, client: Client) -> None:
+    """A refusal (400 ``hash_mismatch``), recorded, unless the bytes hash to the declared SHA-256."""
+    if declared is not None and sha256 != declared:
+        raise _rejected(
+            ValidationFailed(
+                f"the body has SHA-256 {sha256}, not the declared {declared}: it was "
+                "corrupted on the way or the declared hash is wrong",
+                code="hash_mismatch",
+            ),
+            experiment,
+            client,
+        )
 
 
 def _declared_sha256(sha256: str | None, experiment: Experiment, client: Client) -> str | None:

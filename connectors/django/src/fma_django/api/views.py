@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import timedelta
 from typing import Any
 
@@ -366,8 +367,11 @@ class ExperimentViewSet(viewsets.ModelViewSet):
     )
     @action(detail=True, methods=["post"], parser_classes=[])
     def upload_update(self, request: Request, pk: str) -> Response:
-        """Submit an update as a safetensors body, streamed to the weight store; 200 on a retry."""
-        experiment = self.get_object()
+        """Submit an update as a safetensors body, streamed to the weight store; 200 on a retry.
+
+        The experiment is looked up without the list's filters and ordering (``get_object`` would
+        apply them, from this request's query string too): only whether the client may see it."""
+        experiment = _visible(selectors.experiments_visible(request.user), pk, "experiment")
         django_request = request._request
         body = BodyStream(django_request)
         options = {
@@ -378,7 +382,9 @@ class ExperimentViewSet(viewsets.ModelViewSet):
             "update_kind": upload_option(django_request, "update_kind", "X-FMA-Update-Kind") or "weights",
             "sha256": upload_option(django_request, "sha256", "X-FMA-SHA256"),
         }
-        with Prefetched(body) as stream:
+        # A body read whole in memory needs no reader thread running ahead of the store's writes.
+        in_memory = body.length <= ingestion.IN_MEMORY_BYTES
+        with contextlib.nullcontext(body) if in_memory else Prefetched(body) as stream:
             update, created = ingestion.update_submit(
                 experiment=experiment,
                 client=request.user.client,
