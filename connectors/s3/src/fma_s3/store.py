@@ -19,6 +19,7 @@ from fma_core.errors import ConfigurationError, InvalidKey, InvalidWeights, Obje
 from fma_core.weights import SafetensorsReader
 from fma_s3.config import options_from_env
 from fma_s3.errors import error_code, is_missing
+from fma_s3.read_ahead import DEFAULT_BUDGET, DEFAULT_CONCURRENCY, ReadAhead
 from fma_s3.reading import ObjectStream, ObjectVersion, RangedSource
 
 MIN_PART_SIZE = 5 * 1024**2
@@ -28,6 +29,9 @@ MAX_PARTS = 10_000
 DEFAULT_PART_SIZE = 16 * 1024**2
 ENCRYPTIONS = ("AES256", "aws:kms", "none")
 ADDRESSING_STYLES = ("auto", "path", "virtual")
+
+CALLER_CONNECTIONS = 10
+"""Connections kept for the callers' own requests (botocore's default pool), besides the read-ahead's."""
 
 _SPOOL_IN_MEMORY = 8 * 1024**2
 _CHUNK = 1 << 20
@@ -42,8 +46,12 @@ class S3WeightStore(WeightStore):
       whole object or none. ``put`` sends a stream of any length as a multipart upload of
       ``part_size`` parts (one PUT when it fits in one part), hashing it on the way, and aborts
       the upload when the stream is over ``max_bytes``.
-    - ``open_weights`` reads the safetensors header with one small ranged GET, then each block of
-      a tensor with its own (``RangedSource``): an aggregator holds blocks, never an update.
+    - ``open_weights`` reads the safetensors header with one small ranged GET, then the tensors'
+      blocks through the store's read-ahead (``RangedSource``, ``fma_s3.read_ahead``): up to
+      ``read_concurrency`` GETs of up to 8 MiB in flight, fetched ahead of the blocks read, holding
+      at most ``read_ahead_bytes`` over all open objects. An aggregator holds blocks and that
+      budget, never an update. The client's connection pool has room for the read-ahead's GETs
+      and ``CALLER_CONNECTIONS`` more.
     - Multipart uploads are S3's. Clients PUT parts straight to presigned part URLs; completion
       checks the parts against S3's listing; the caller reads the joined object once to
       measure it. An upload id names its key (``<S3 upload id>~<tag>``): S3 refuses a part
@@ -73,6 +81,8 @@ class S3WeightStore(WeightStore):
         kms_key_id: str | None = None,
         part_size: int = DEFAULT_PART_SIZE,
         addressing_style: str = "auto",
+        read_ahead_bytes: int = DEFAULT_BUDGET,
+        read_concurrency: int = DEFAULT_CONCURRENCY,
         client_config: Config | None = None,
     ) -> None:
         if not isinstance(bucket, str) or not bucket:
@@ -94,8 +104,15 @@ class S3WeightStore(WeightStore):
             raise ConfigurationError(
                 f"addressing_style must be one of {', '.join(ADDRESSING_STYLES)}, not {addressing_style!r}"
             )
+        if not _whole(read_ahead_bytes, at_least=0):
+            raise ConfigurationError(
+                f"read_ahead_bytes must be a whole number of bytes (0: no read-ahead), not {read_ahead_bytes!r}"
+            )
+        if not _whole(read_concurrency, at_least=1):
+            raise ConfigurationError(f"read_concurrency must be a whole number ≥ 1, not {read_concurrency!r}")
         self.bucket = bucket
         self.prefix = _prefix(prefix)
+        self.read_ahead = ReadAhead(budget=read_ahead_bytes, concurrency=read_concurrency)
         self.part_size = part_size
         self._encryption = {} if encryption == "none" else {"ServerSideEncryption": encryption}
         if kms_key_id:
@@ -104,6 +121,7 @@ class S3WeightStore(WeightStore):
             signature_version="s3v4",  # presigned URLs in every region
             s3={"addressing_style": addressing_style},
             retries={"mode": "standard"},
+            max_pool_connections=read_concurrency + CALLER_CONNECTIONS,
         )
         self.client = boto3.session.Session().client(
             "s3",
@@ -162,7 +180,8 @@ class S3WeightStore(WeightStore):
 
     def open_weights(self, key: str, *, max_bytes: int | None = None) -> SafetensorsReader:
         return SafetensorsReader(
-            RangedSource.open(self.client, self.bucket, self._name(key)), max_bytes=max_bytes
+            RangedSource.open(self.client, self.bucket, self._name(key), self.read_ahead),
+            max_bytes=max_bytes,
         )
 
     def exists(self, key: str) -> bool:
@@ -368,6 +387,10 @@ def _counted(number: int, latest: Sequence[_Copy]) -> UploadedPart:
     upload completes (``complete_upload``)."""
     chosen = max(latest, key=lambda copy: (copy.size, copy.etag))
     return UploadedPart(number=number, size=chosen.size, etag=chosen.etag)
+
+
+def _whole(value: object, *, at_least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= at_least
 
 
 def _prefix(prefix: str) -> str:
