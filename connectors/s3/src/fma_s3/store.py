@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import BinaryIO, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 import boto3
 from botocore.config import Config
@@ -30,6 +32,10 @@ DEFAULT_PART_SIZE = 16 * 1024**2
 ENCRYPTIONS = ("AES256", "aws:kms", "none")
 ADDRESSING_STYLES = ("auto", "path", "virtual")
 
+PARTS_IN_FLIGHT = 4
+"""Parts of one ``put`` sent at once (a round's aggregate, a shard's record): S3 and SeaweedFS
+write several parts at once faster than one after another. Memory: this many parts and the one
+being read, ``part_size`` each."""
 CALLER_CONNECTIONS = 10
 """Connections kept for the callers' own requests (botocore's default pool), besides the read-ahead's."""
 
@@ -155,18 +161,23 @@ class S3WeightStore(WeightStore):
             return StoredObject(key=key, size=size, sha256=digest.hexdigest())
         upload_id = self._create_upload(name)
         try:
-            parts = []
-            while data:
-                number = len(parts) + 1
-                if number > MAX_PARTS:
-                    raise InvalidWeights(
-                        f"upload is larger than S3's {MAX_PARTS:,} parts of {self.part_size:,} bytes"
-                    )
-                sent = self.client.upload_part(
-                    Bucket=self.bucket, Key=name, UploadId=upload_id, PartNumber=number, Body=data
-                )
-                parts.append({"PartNumber": number, "ETag": sent["ETag"]})
-                data = next_part()
+            # the next part is read (and hashed) while up to PARTS_IN_FLIGHT are sent; leaving the
+            # block waits for every part sent, so an abort never races with an upload of a part
+            with ThreadPoolExecutor(PARTS_IN_FLIGHT, thread_name_prefix="fma-s3-write") as pool:
+                sending: deque[Future[dict[str, Any]]] = deque()
+                parts = []
+                number = 0
+                while data:
+                    number += 1
+                    if number > MAX_PARTS:
+                        raise InvalidWeights(
+                            f"upload is larger than S3's {MAX_PARTS:,} parts of {self.part_size:,} bytes"
+                        )
+                    if len(sending) == PARTS_IN_FLIGHT:
+                        parts.append(sending.popleft().result())
+                    sending.append(pool.submit(self._send_part, name, upload_id, number, data))
+                    data = next_part()
+                parts += [part.result() for part in sending]
             self.client.complete_multipart_upload(
                 Bucket=self.bucket, Key=name, UploadId=upload_id, MultipartUpload={"Parts": parts}
             )
@@ -349,6 +360,12 @@ class S3WeightStore(WeightStore):
             return check_key(name[len(self.prefix) :])
         except InvalidKey:
             return None
+
+    def _send_part(self, name: str, upload_id: str, number: int, data: bytes) -> dict[str, Any]:
+        sent = self.client.upload_part(
+            Bucket=self.bucket, Key=name, UploadId=upload_id, PartNumber=number, Body=data
+        )
+        return {"PartNumber": number, "ETag": sent["ETag"]}
 
     def _create_upload(self, name: str) -> str:
         created = self.client.create_multipart_upload(Bucket=self.bucket, Key=name, **self._encryption)
