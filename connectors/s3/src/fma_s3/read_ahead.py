@@ -25,6 +25,7 @@ started and waits for those running, so a closed object leaves nothing in flight
 
 from __future__ import annotations
 
+import mmap
 import threading
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
@@ -84,7 +85,7 @@ class ReadAhead:
         with self._lock:
             self._reserved -= count
 
-    def submit(self, fetch: Callable[[], bytearray]) -> Future[bytearray]:
+    def submit(self, fetch: Callable[[], mmap.mmap]) -> Future[mmap.mmap]:
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="fma-s3-read")
@@ -102,7 +103,7 @@ class _Chunk:
     def __init__(self, start: int, stop: int) -> None:
         self.start, self.stop = start, stop
         self.unread = stop - start
-        self.future: Future[bytearray] | None = None
+        self.future: Future[mmap.mmap] | None = None
         self.fetching = True  # submitted, and the GET not over
         self.dropped = False
 
@@ -193,10 +194,14 @@ class Prefetcher:
         chunk.future = self._ahead.submit(lambda: self._fetch(chunk))
         self._next = chunk.stop
 
-    def _fetch(self, chunk: _Chunk) -> bytearray:
-        """The chunk's GET, on the pool; the chunk's budget comes back here if it was dropped meanwhile."""
+    def _fetch(self, chunk: _Chunk) -> mmap.mmap:
+        """The chunk's GET, on the pool; the chunk's budget comes back here if it was dropped meanwhile.
+
+        The bytes go into an anonymous mapping of their own, returned to the system as soon as
+        the chunk is no longer referenced: allocated with malloc, chunks freed on one thread and
+        allocated on another would leave the process's heaps larger than the budget."""
         try:
-            data = bytearray(chunk.size)
+            data = mmap.mmap(-1, chunk.size)
             self._version.read_into(chunk.start, memoryview(data))
             return data
         finally:

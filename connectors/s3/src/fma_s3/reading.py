@@ -81,7 +81,9 @@ class ObjectVersion:
 
         botocore retries a request that fails before its answer, not a body that breaks while it
         streams; here a broken body is resumed where it broke (``READ_ATTEMPTS`` GETs at most), so a
-        network blip does not make a round quarantine a good update.
+        network blip does not make a round quarantine a good update. The body is read 1 MiB at a
+        time: urllib3's ``readinto`` reads into a temporary ``bytes`` of the size asked first, which
+        for a whole 8 MiB chunk would double the memory of every GET in flight.
         """
         done = attempts = 0
         while done < len(view):
@@ -89,7 +91,7 @@ class ObjectVersion:
             body = self.get(first + done, len(view) - done)
             try:
                 while done < len(view):
-                    got = body.readinto(view[done:])
+                    got = body.readinto(view[done : done + _CHUNK])
                     if not got:
                         raise InvalidWeights(f"object {self.key!r} ended while it was read")
                     done += got
