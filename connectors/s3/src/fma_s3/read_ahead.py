@@ -26,6 +26,7 @@ started and waits for those running, so a closed object leaves nothing in flight
 from __future__ import annotations
 
 import mmap
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
@@ -54,6 +55,7 @@ class ReadAhead:
         self._reserved = 0
         self._open = 0
         self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = 0
 
     @property
     def reserved(self) -> int:
@@ -87,8 +89,10 @@ class ReadAhead:
 
     def submit(self, fetch: Callable[[], mmap.mmap]) -> Future[mmap.mmap]:
         with self._lock:
-            if self._pool is None:
+            # a forked process (a prefork worker) inherits the pool but not its threads: it starts its own
+            if self._pool is None or self._pool_pid != os.getpid():
                 self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="fma-s3-read")
+                self._pool_pid = os.getpid()
             return self._pool.submit(fetch)
 
     def _closed(self) -> None:
