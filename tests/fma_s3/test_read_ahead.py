@@ -5,6 +5,8 @@ bytes are needed, nothing left running once a reader is closed."""
 from __future__ import annotations
 
 import io
+import multiprocessing
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -181,3 +183,23 @@ def test_a_jump_starts_the_read_ahead_over_where_the_reads_went(make_store):
     # megabytes between a's first block and e
     assert fetched.total <= HEADER_PREFETCH + 4000 + MIN_CHUNK + model["e"].nbytes + 2 * MIN_CHUNK
     assert fetched.total < len(data) - 2 * MIN_CHUNK
+
+
+def test_a_forked_process_reads_with_a_pool_of_its_own(store):
+    """A prefork worker inherits the store, its pool's state but not the pool's threads."""
+    model = odd_model(7)
+    store.put("u", io.BytesIO(to_bytes(model)))
+    with store.open_weights("u") as reader:  # the parent's pool runs
+        np.testing.assert_array_equal(read_in_blocks(reader, "a", 65_536), model["a"])
+
+    def child() -> None:
+        with store.open_weights("u") as reader:
+            ok = np.array_equal(read_in_blocks(reader, "e", 65_536), model["e"])
+        os._exit(0 if ok else 1)
+
+    process = multiprocessing.get_context("fork").Process(target=child)
+    process.start()
+    process.join(timeout=120)  # a child waiting on the parent's threads would never end
+    if process.is_alive():
+        process.kill()
+    assert process.exitcode == 0
