@@ -95,7 +95,8 @@ class ReadAhead:
                 self._pool_pid = os.getpid()
             return self._pool.submit(fetch)
 
-    def _closed(self) -> None:
+    def object_closed(self) -> None:
+        """One object's ``Prefetcher`` is closed: the budget is shared by one object fewer."""
         with self._lock:
             self._open -= 1
 
@@ -166,7 +167,7 @@ class Prefetcher:
             running = [chunk.future for chunk in self._fetching if chunk.future is not None]
         for future in running:
             future.exception()  # waits for the GET; its error, if any, is nobody's now
-        self._ahead._closed()
+        self._ahead.object_closed()
 
     def _follow(self, first: int, end: int) -> None:
         """Keep the window on the reads: the first read, or one near the last one's end, runs
