@@ -31,7 +31,11 @@ same server, each cut in ``READ_RANGE`` ranged GETs fetched by ``READ_THREADS`` 
 into memory (nothing else done with them), in a fresh process like the round's, once before the
 round and once after (the mean). ``round_read_ratio`` = ``aggregate_from_s3_gbps`` /
 ``plain_read_gbps``; target ≥ 0.5 (``round_read_target_met``). The round does more than read:
-it claims, checks each update's header, writes the aggregate to S3 and commits.
+it claims, checks each update's header, writes the aggregate to S3 and commits. So the run also
+measures ``plain_write_gbps``, a plain write of an object of the model's size (``WRITE_PART``
+parts, ``READ_THREADS`` at once, boto3's managed transfer; fresh process, before and after the
+round), and ``round_floor_seconds``: the time to read the N updates and write one model at the
+two plain rates; ``round_floor_ratio`` = that floor / the round's ``round_seconds``.
 
 Target: the aggregator's peak RSS ≤ 2 × model bytes + 300 MiB, whatever N (``rss_target_met``).
 MB = 10^6 bytes, GB = 10^9 bytes. Loopback figures: SeaweedFS's master, volume server, filer and
@@ -47,6 +51,7 @@ about moto than about S3.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import shutil
@@ -74,6 +79,7 @@ BUCKET = "fma-bench"
 REGION = "us-east-1"
 READ_THREADS = 8
 READ_RANGE = 8 * 1024**2
+WRITE_PART = 16 * 1024**2  # the S3 store's default part size, in which the round writes the aggregate
 ROUND_READ_TARGET = 0.5
 NOTES = {
     "seaweedfs": "SeaweedFS on loopback: its processes share the cores with the service and the round",
@@ -91,6 +97,7 @@ def main() -> None:
     parser.add_argument("--server", choices=sorted(NOTES), default="seaweedfs", help="the S3 server")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--child-read", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child-write", metavar="BYTES", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child-setup", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child-round", metavar="ID", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -108,6 +115,8 @@ def main() -> None:
         child_round(args.child_round)
     elif args.child_read:
         child_read()
+    elif args.child_write:
+        child_write(args.child_write)
     else:
         figures = run(count=count, params=params, server=args.server)
         print(json.dumps(figures, indent=2) if args.json else report(figures))
@@ -130,8 +139,11 @@ def run(*, count: int, params: int, server: str = "seaweedfs") -> dict[str, obje
     update_bytes = count * model_bytes
     target = 2 * model_bytes + RSS_ALLOWANCE
     aggregate_gbps = update_bytes / 1e9 / s3["round"]["seconds"]
-    reads = s3["plain_reads"]
+    reads, writes = s3["plain_reads"], s3["plain_writes"]
     read_gbps = sum(read["bytes"] for read in reads) / 1e9 / sum(read["seconds"] for read in reads)
+    write_gbps = sum(write["bytes"] for write in writes) / 1e9 / sum(write["seconds"] for write in writes)
+    # what the server allows the round: its updates read and its aggregate written at the plain rates
+    floor_seconds = update_bytes / 1e9 / read_gbps + model_bytes / 1e9 / write_gbps
     return {
         "updates": count,
         "params": params,
@@ -144,6 +156,10 @@ def run(*, count: int, params: int, server: str = "seaweedfs") -> dict[str, obje
         "plain_read_range_bytes": READ_RANGE,
         "round_read_ratio": round(aggregate_gbps / read_gbps, 3),
         "round_read_target_met": aggregate_gbps / read_gbps >= ROUND_READ_TARGET,
+        "plain_write_gbps": round(write_gbps, 3),
+        "round_floor_seconds": floor_seconds,
+        "round_seconds": s3["round"]["seconds"],
+        "round_floor_ratio": round(floor_seconds / s3["round"]["seconds"], 3),
         "aggregate_local_gbps": round(update_bytes / 1e9 / local["round"]["seconds"], 3),
         "download_mbps": round(model_bytes / 1e6 / s3["pull_seconds"], 1),
         "api_download_mbps": round(model_bytes / 1e6 / local["pull_seconds"], 1),
@@ -166,7 +182,8 @@ def one_path(
     env: dict[str, str], data_dir: Path, *, count: int, params: int, floor: bool = False
 ) -> dict[str, object]:
     """Push N updates to a fresh service, run the round in a child process, pull the aggregate; with
-    ``floor``, a plain read of the updates' objects (``--child-read``) before and after the round."""
+    ``floor``, a plain read of the updates' objects (``--child-read``) and a plain write of an
+    object of the model's size (``--child-write``) before and after the round."""
     env = {
         **env,
         "FMA_DATA_DIR": str(data_dir),
@@ -188,9 +205,12 @@ def one_path(
                 client.push(update, num_examples=100 + n)
                 push_seconds += time.perf_counter() - started
         del update
+        write = ["--child-write", str(params * 4)]
         reads = [json.loads(child(["--child-read"], env))] if floor else []
+        writes = [json.loads(child(write, env))] if floor else []
         outcome = json.loads(child(["--child-round", str(setup["experiment"])], env))
         reads += [json.loads(child(["--child-read"], env))] if floor else []
+        writes += [json.loads(child(write, env))] if floor else []
         with Client(url, setup["experiment"], token=credential, quiet=True, timeout=(10, 600)) as client:
             started = time.perf_counter()
             model = client.pull()
@@ -203,6 +223,7 @@ def one_path(
         "pull_seconds": pull_seconds,
         "model": model.weights,
         "plain_reads": reads,
+        "plain_writes": writes,
     }
 
 
@@ -303,6 +324,33 @@ def child_read() -> None:
         total = sum(pool.map(fetch, ranges))
     seconds = time.perf_counter() - started
     print(json.dumps({"bytes": total, "seconds": seconds, "objects": len(objects)}))
+
+
+def child_write(size: int) -> None:
+    """The round's write floor, in a fresh process with the service's S3 variables: one object of
+    ``size`` bytes written as a multipart upload of ``WRITE_PART`` parts, ``READ_THREADS`` parts at
+    once (boto3's managed transfer), then deleted; prints the bytes and seconds."""
+    import boto3
+    from boto3.s3.transfer import TransferConfig
+    from botocore.config import Config
+
+    env = os.environ
+    s3 = boto3.session.Session().client(
+        "s3",
+        region_name=env["FMA_S3_REGION"],
+        endpoint_url=env["FMA_S3_ENDPOINT_URL"],
+        config=Config(s3={"addressing_style": "path"}, max_pool_connections=READ_THREADS),
+    )
+    data = np.random.default_rng(0).bytes(size)
+    key = env["FMA_S3_PREFIX"] + "plain-write"
+    config = TransferConfig(
+        multipart_threshold=WRITE_PART, multipart_chunksize=WRITE_PART, max_concurrency=READ_THREADS
+    )
+    started = time.perf_counter()
+    s3.upload_fileobj(io.BytesIO(data), env["FMA_S3_BUCKET"], key, Config=config)
+    seconds = time.perf_counter() - started
+    s3.delete_object(Bucket=env["FMA_S3_BUCKET"], Key=key)
+    print(json.dumps({"bytes": size, "seconds": seconds}))
 
 
 def aws_environment() -> dict[str, str]:
@@ -426,6 +474,9 @@ def report(figures: dict[str, object]) -> str:
         f"{figures['plain_read_range_bytes'] >> 20} MiB ranged GETs)  {figures['plain_read_gbps']:.3f} GB/s; "
         f"round / read {figures['round_read_ratio']:.2f}×, target ≥ {ROUND_READ_TARGET}: "
         + ("met" if figures["round_read_target_met"] else "MISSED"),
+        f"  plain write of the model's size ({figures['plain_write_gbps']:.3f} GB/s): the round could take "
+        f"{figures['round_floor_seconds']:.2f} s reading and writing at these rates, it took "
+        f"{figures['round_seconds']:.2f} s: {figures['round_floor_ratio']:.2f}× that floor",
         "  the two aggregates are " + ("bit-identical" if figures["bit_identical"] else "DIFFERENT: a bug"),
         f"  note: {figures['note']}",
         "  load average {:.2f} {:.2f} {:.2f} (1, 5, 15 min) at the end".format(*figures["load_average"]),

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 BENCHMARK = Path(__file__).parents[2] / "benchmarks" / "s3_transfer.py"
-RATIOS = {"upload_ratio", "aggregate_ratio", "download_ratio", "round_read_ratio"}
+RATIOS = {"upload_ratio", "aggregate_ratio", "download_ratio", "round_read_ratio", "round_floor_ratio"}
 RATES = {
     "presigned_upload_mbps",
     "api_upload_mbps",
@@ -20,6 +20,7 @@ RATES = {
     "download_mbps",
     "api_download_mbps",
     "plain_read_gbps",
+    "plain_write_gbps",
 }
 SIZES = {"aggregator_peak_rss_bytes", "aggregator_local_peak_rss_bytes", "model_bytes", "rss_target_bytes"}
 
@@ -53,6 +54,10 @@ def test_json_output_has_every_key_with_sane_values(server, weed):
     assert figures["bit_identical"] is True
     assert figures["server"] == server
     assert figures["round_read_target_met"] is (figures["round_read_ratio"] >= 0.5)
+    # the floor (the updates read and one model written at the plain rates) over the round's time
+    assert figures["round_floor_ratio"] == pytest.approx(
+        figures["round_floor_seconds"] / figures["round_seconds"], abs=0.001
+    )
     # the ratios come from the unrounded times, the rates keep one decimal: each rate is within 0.05 of
     # the unrounded one (on a busy machine rates are small, and the rounding weighs)
     for ratio, s3, api in (

@@ -12,6 +12,7 @@ from botocore.exceptions import ResponseStreamingError
 
 from fma_core.errors import InvalidWeights
 from fma_core.weights import load, to_bytes
+from fma_s3.read_ahead import DEFAULT_CHUNK
 from fma_s3.reading import HEADER_PREFETCH, READ_ATTEMPTS
 
 from .conftest import FetchedBytes
@@ -48,7 +49,32 @@ def test_a_tensor_is_read_by_its_own_range_not_with_the_object(store):
     assert fetched.total < HEADER_PREFETCH + 1024 < len(data) / 100
 
 
-def test_blocks_of_a_large_tensor_are_fetched_one_block_at_a_time(store):
+def test_blocks_of_a_large_tensor_come_from_a_few_large_gets_each_byte_once(store):
+    model = weights()
+    data = to_bytes(model)
+    store.put(KEY, io.BytesIO(data))
+    fetched = FetchedBytes(store.client)
+    block = np.empty(1 << 18, np.float32)
+    with store.open_weights(KEY) as reader:
+        for start in range(0, 2_000_000, 1 << 18):
+            stop = min(start + (1 << 18), 2_000_000)
+            values = reader.read_block("big", start, stop, block)
+            assert values.base is block or values is block  # into the caller's buffer
+            np.testing.assert_array_equal(values, model["big"][start:stop])
+    header_bytes = len(data) - sum(array.nbytes for array in model.values())
+    # the header, the first block by itself, then the rest fetched ahead in chunks of up to 8 MiB
+    assert fetched.requests[0] == HEADER_PREFETCH
+    assert block.nbytes in fetched.requests[1:]  # its GET and the first chunk's run at once
+    assert 2 < len(fetched.requests) < 2_000_000 * 4 // block.nbytes
+    assert max(fetched.requests) <= DEFAULT_CHUNK
+    # big's bytes, and at most the tensors stored after it: no byte twice
+    assert (
+        HEADER_PREFETCH + model["big"].nbytes <= fetched.total <= HEADER_PREFETCH + len(data) - header_bytes
+    )
+
+
+def test_without_read_ahead_each_block_is_its_own_get(make_store):
+    store = make_store(read_ahead_bytes=0)
     model = weights()
     store.put(KEY, io.BytesIO(to_bytes(model)))
     fetched = FetchedBytes(store.client)
@@ -56,10 +82,10 @@ def test_blocks_of_a_large_tensor_are_fetched_one_block_at_a_time(store):
     with store.open_weights(KEY) as reader:
         for start in range(0, 2_000_000, 1 << 18):
             stop = min(start + (1 << 18), 2_000_000)
-            values = reader.read_block("big", start, stop, block)
-            assert values.base is block or values is block  # read straight into the caller's buffer
-            np.testing.assert_array_equal(values, model["big"][start:stop])
-    assert max(fetched.requests[1:]) == block.nbytes  # never more than one block per GET
+            np.testing.assert_array_equal(
+                reader.read_block("big", start, stop, block), model["big"][start:stop]
+            )
+    assert max(fetched.requests[1:]) == block.nbytes
     assert fetched.total == HEADER_PREFETCH + model["big"].nbytes
 
 
@@ -175,7 +201,8 @@ def break_bodies(s3_client, count: int, after: int) -> None:
     s3_client.meta.events.register("after-call.s3.GetObject", breaking)
 
 
-def test_a_block_whose_connection_breaks_is_resumed_where_it_broke(store):
+def test_a_block_whose_connection_breaks_is_resumed_where_it_broke(make_store):
+    store = make_store(read_ahead_bytes=0)  # the block's own GET, no chunk fetched beside it
     model = weights()
     store.put(KEY, io.BytesIO(to_bytes(model)))
     with store.open_weights(KEY) as reader:
@@ -185,7 +212,8 @@ def test_a_block_whose_connection_breaks_is_resumed_where_it_broke(store):
     assert fetched.requests == [1 << 20, (1 << 20) - 100_000, (1 << 20) - 200_000]
 
 
-def test_a_block_that_keeps_breaking_fails_after_the_last_attempt(store):
+def test_a_block_that_keeps_breaking_fails_after_the_last_attempt(make_store):
+    store = make_store(read_ahead_bytes=0)
     store.put(KEY, io.BytesIO(to_bytes(weights())))
     with store.open_weights(KEY) as reader:
         break_bodies(store.client, count=READ_ATTEMPTS, after=100_000)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -31,19 +33,27 @@ def model(seed: int, rows: int) -> dict[str, np.ndarray]:
     }
 
 
-def run_round(weights: WeightStore, aggregator: str, *, shard_bytes: int | None, rows: int) -> RoundOutcome:
+def run_round(
+    weights: WeightStore,
+    aggregator: str,
+    *,
+    shard_bytes: int | None,
+    rows: int,
+    seeds: Sequence[int] = (0, 1, 2),
+) -> RoundOutcome:
+    """A round over update ``u<seed>`` (``model(seed, rows)``) for each seed, and ``u3``, not safetensors."""
     metadata = InMemoryMetadataStore()
     metadata.create_experiment(ExperimentConfig("e", aggregator=aggregator), clients=["c0", "c1", "c2", "c3"])
-    updates = [to_bytes(model(seed, rows)) for seed in range(3)] + [b"not safetensors"]
-    for index, data in enumerate(updates):
-        stored = weights.put(f"updates/e/{index}.safetensors", io.BytesIO(data))
+    updates = {seed: to_bytes(model(seed, rows)) for seed in seeds} | {3: b"not safetensors"}
+    for number, data in updates.items():
+        stored = weights.put(f"updates/e/{number}.safetensors", io.BytesIO(data))
         metadata.add_update(
             "e",
-            client_id=f"c{index}",
+            client_id=f"c{number}",
             weights_key=stored.key,
             content_id=stored.sha256,
-            num_examples=10 * (index + 1),
-            update_id=f"u{index}",
+            num_examples=10 * (number + 1),
+            update_id=f"u{number}",
         )
     return RoundEngine(metadata, weights, threads=2, shard_bytes=shard_bytes).run_round("e")
 
@@ -74,6 +84,32 @@ def test_a_round_over_s3_equals_the_same_round_over_the_local_store(
     listed = store.client.list_objects_v2(Bucket=store.bucket, Prefix="fma/shards/")
     assert listed["KeyCount"] == 0  # a sharded round's records are removed once committed
     assert not store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads")
+
+
+def test_a_get_fetched_ahead_that_fails_fails_that_update_and_nothing_of_the_attempt_is_kept(store, tmp_path):
+    failed = []
+
+    def fail_ahead(**kwargs) -> None:  # the read-ahead's GETs of update 1 break; its own reads do not
+        ahead = threading.current_thread().name.startswith("fma-s3-read")
+        if ahead and kwargs["params"]["url_path"].endswith("/1.safetensors"):
+            failed.append(kwargs["params"]["headers"]["Range"])
+            raise ConnectionResetError("the gateway went away")
+
+    store.client.meta.events.register("before-call.s3.GetObject", fail_ahead)
+    rows = 15_000  # 12 MB an update: several chunks fetched ahead
+    on_s3 = run_round(store, "fedavg", shard_bytes=None, rows=rows)
+    assert failed
+    # u1 is given up as unreadable, the round planned again without it (and u3), and committed
+    assert on_s3.status == "committed"
+    assert sorted(on_s3.aggregate.draft.update_ids) == ["u0", "u2"]
+    without = run_round(
+        LocalDirectoryWeightStore(tmp_path), "fedavg", shard_bytes=None, rows=rows, seeds=(0, 2)
+    )
+    assert on_s3.aggregate.draft.content_id == without.aggregate.draft.content_id
+    listed = store.client.list_objects_v2(Bucket=store.bucket, Prefix="fma/")["Contents"]
+    kept = [item["Key"] for item in listed if not item["Key"].startswith("fma/updates/")]
+    assert kept == [f"fma/{on_s3.aggregate.draft.weights_key}"]  # the failed attempt wrote nothing
+    assert store.read_ahead.reserved == 0
 
 
 class TwoMoments(Aggregator):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import threading
 import time
 
 import pytest
@@ -13,7 +14,7 @@ import requests
 
 from fma_core.errors import ConfigurationError, InvalidKey, InvalidWeights, ObjectNotFound
 from fma_s3 import S3WeightStore
-from fma_s3.store import MIN_PART_SIZE
+from fma_s3.store import MIN_PART_SIZE, PARTS_IN_FLIGHT
 
 from ..fma_core.multipart_contract import CONTRACT, KEY
 from .conftest import ON_MOTO, client
@@ -89,6 +90,46 @@ def test_put_streams_a_large_object_as_a_multipart_upload(store, s3, bucket):
     with store.open("aggregates/big.safetensors") as file:
         assert file.read() == data
     assert pending_uploads(s3, bucket) == []
+
+
+def test_put_sends_a_bounded_number_of_parts_at_once_and_a_failed_part_leaves_nothing(store, s3, bucket):
+    data = os.urandom(7 * PART + 1)
+    sending = most = 0
+    lock = threading.Lock()
+    parts_seen = []
+
+    def started(**kwargs) -> None:
+        nonlocal sending, most
+        with lock:
+            sending += 1
+            most = max(most, sending)
+
+    def over(**kwargs) -> None:
+        nonlocal sending
+        with lock:
+            sending -= 1
+
+    store.client.meta.events.register("before-call.s3.UploadPart", started)
+    store.client.meta.events.register("after-call.s3.UploadPart", over)
+    stored = store.put("aggregates/big.safetensors", io.BytesIO(data))
+    assert stored.sha256 == hashlib.sha256(data).hexdigest()
+    with store.open("aggregates/big.safetensors") as file:
+        assert file.read() == data
+    assert 1 <= most <= PARTS_IN_FLIGHT
+
+    def fail_part_3(params, **kwargs) -> None:
+        parts_seen.append(params["PartNumber"])
+        if params["PartNumber"] == 3:
+            raise ConnectionResetError("the gateway went away")
+
+    store.client.meta.events.register("provide-client-params.s3.UploadPart", fail_part_3)
+    threads = threading.active_count()
+    with pytest.raises(ConnectionResetError):
+        store.put("aggregates/other.safetensors", io.BytesIO(data))
+    assert 3 in parts_seen
+    assert object_keys(s3, bucket) == ["fma/aggregates/big.safetensors"]
+    assert pending_uploads(s3, bucket) == []  # aborted once every part sent was over
+    assert threading.active_count() <= threads
 
 
 @pytest.mark.parametrize("size", [1000, 2 * PART + 1], ids=["one-put", "multipart"])
@@ -256,6 +297,9 @@ def test_a_part_sent_again_in_a_later_second_is_the_one_listed_and_joined(store,
         ({"kms_key_id": "k-1"}, "needs encryption='aws:kms'"),
         ({"addressing_style": "sideways"}, "addressing_style must be one of"),
         ({"prefix": "fma/../x/"}, "'..' segment"),
+        ({"read_ahead_bytes": -1}, "read_ahead_bytes must be a whole number"),
+        ({"read_concurrency": 0}, "read_concurrency must be a whole number ≥ 1"),
+        ({"read_concurrency": True}, "read_concurrency must be a whole number ≥ 1"),
     ],
 )
 def test_unusable_options_are_refused(options, message):

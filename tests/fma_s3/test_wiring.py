@@ -26,6 +26,8 @@ def test_options_come_from_the_fma_s3_variables():
         "FMA_S3_ADDRESSING_STYLE": "path",
         "FMA_S3_KMS_KEY_ID": "1234abcd-12ab-34cd-56ef-1234567890ab",
         "FMA_S3_PART_SIZE": str(64 * 1024**2),
+        "FMA_S3_READ_AHEAD_BYTES": str(32 * 1024**2),
+        "FMA_S3_READ_CONCURRENCY": "4",
     }
     assert options_from_env(environ) == {
         "bucket": "weights",
@@ -36,9 +38,13 @@ def test_options_come_from_the_fma_s3_variables():
         "encryption": "aws:kms",
         "kms_key_id": "1234abcd-12ab-34cd-56ef-1234567890ab",
         "part_size": 64 * 1024**2,
+        "read_ahead_bytes": 32 * 1024**2,
+        "read_concurrency": 4,
     }
     store = S3WeightStore.from_env(environ)
     assert (store.bucket, store.prefix, store.part_size) == ("weights", "fma/", 64 * 1024**2)
+    assert (store.read_ahead.budget, store.read_ahead.concurrency) == (32 * 1024**2, 4)
+    assert store.client.meta.config.max_pool_connections == 4 + 10  # the read-ahead's GETs and the callers'
     assert store.client.meta.region_name == "eu-west-3"
     assert store.client.meta.endpoint_url == "http://127.0.0.1:9000"
 
@@ -65,6 +71,11 @@ def test_empty_variables_take_the_defaults():
     [
         ({}, "FMA_S3_BUCKET is not set"),
         ({"FMA_S3_BUCKET": "b", "FMA_S3_PART_SIZE": "16MB"}, "FMA_S3_PART_SIZE must be a whole number"),
+        ({"FMA_S3_BUCKET": "b", "FMA_S3_READ_AHEAD_BYTES": "1G"}, "FMA_S3_READ_AHEAD_BYTES must be a whole"),
+        (
+            {"FMA_S3_BUCKET": "b", "FMA_S3_READ_CONCURRENCY": "many"},
+            "FMA_S3_READ_CONCURRENCY must be a whole",
+        ),
     ],
 )
 def test_missing_or_malformed_variables_are_named(environ, message):

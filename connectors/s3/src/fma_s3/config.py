@@ -10,6 +10,8 @@
 | ``FMA_S3_ENCRYPTION`` | ``encryption``: ``AES256``, ``aws:kms`` or ``none`` | ``AES256`` (S3-managed keys) |
 | ``FMA_S3_KMS_KEY_ID`` | ``encryption="aws:kms"``, ``kms_key_id`` | none |
 | ``FMA_S3_PART_SIZE`` | ``part_size``, in bytes | 16 MiB |
+| ``FMA_S3_READ_AHEAD_BYTES`` | ``read_ahead_bytes``: memory for GETs ahead of the reads, 0 for none | 128 MiB |
+| ``FMA_S3_READ_CONCURRENCY`` | ``read_concurrency``: GETs the read-ahead keeps in flight at most | 8 |
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ _TEXT_OPTIONS = {
     "FMA_S3_ENCRYPTION": "encryption",
 }
 
+_WHOLE_OPTIONS = {
+    "FMA_S3_PART_SIZE": "part_size",
+    "FMA_S3_READ_AHEAD_BYTES": "read_ahead_bytes",
+    "FMA_S3_READ_CONCURRENCY": "read_concurrency",
+}
+
 
 def options_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     """Keyword arguments of ``S3WeightStore``; variables left empty take the defaults."""
@@ -39,11 +47,10 @@ def options_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
             options[option] = value
     if kms_key_id := environ.get("FMA_S3_KMS_KEY_ID", "").strip():
         options.update(encryption=options.get("encryption", "aws:kms"), kms_key_id=kms_key_id)
-    if part_size := environ.get("FMA_S3_PART_SIZE", "").strip():
-        try:
-            options["part_size"] = int(part_size)
-        except ValueError:
-            raise ConfigurationError(
-                f"FMA_S3_PART_SIZE must be a whole number of bytes, not {part_size!r}"
-            ) from None
+    for variable, option in _WHOLE_OPTIONS.items():
+        if value := environ.get(variable, "").strip():
+            try:
+                options[option] = int(value)
+            except ValueError:
+                raise ConfigurationError(f"{variable} must be a whole number, not {value!r}") from None
     return options

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadError
@@ -17,6 +17,9 @@ from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadErro
 from fma_core.errors import InvalidWeights, ObjectNotFound
 from fma_core.weights import ByteSource
 from fma_s3.errors import error_code, is_missing
+
+if TYPE_CHECKING:
+    from fma_s3.read_ahead import ReadAhead
 
 HEADER_PREFETCH = 64 * 1024
 """Bytes of the first GET of ``open_weights``: the length and the JSON header of most models."""
@@ -78,7 +81,9 @@ class ObjectVersion:
 
         botocore retries a request that fails before its answer, not a body that breaks while it
         streams; here a broken body is resumed where it broke (``READ_ATTEMPTS`` GETs at most), so a
-        network blip does not make a round quarantine a good update.
+        network blip does not make a round quarantine a good update. The body is read 1 MiB at a
+        time: urllib3's ``readinto`` reads into a temporary ``bytes`` of the size asked first, which
+        for a whole 8 MiB chunk would double the memory of every GET in flight.
         """
         done = attempts = 0
         while done < len(view):
@@ -86,7 +91,7 @@ class ObjectVersion:
             body = self.get(first + done, len(view) - done)
             try:
                 while done < len(view):
-                    got = body.readinto(view[done:])
+                    got = body.readinto(view[done : done + _CHUNK])
                     if not got:
                         raise InvalidWeights(f"object {self.key!r} ended while it was read")
                     done += got
@@ -102,25 +107,28 @@ class RangedSource(ByteSource):
 
     The first GET fetches the first ``HEADER_PREFETCH`` bytes (the object's size and ETag come
     with it); the header is parsed from them (one more GET if it is longer) and checked against
-    the size before any tensor is read. Each block of a tensor is then its own ranged GET into
-    the caller's buffer: memory is one block per reading thread, whatever the object's size.
-    boto3 clients are thread-safe, so blocks are fetched in parallel without a lock.
+    the size before any tensor is read. Tensor blocks come through the store's read-ahead
+    (``fma_s3.read_ahead``): once the reads run forward, large GETs of the bytes after them are
+    fetched in the background, within the store's memory budget; a read they do not cover is a
+    GET of its own range straight into the caller's buffer. boto3 clients are thread-safe, so
+    blocks are read from many threads without a lock.
     """
 
-    def __init__(self, version: ObjectVersion, prefix: bytes) -> None:
+    def __init__(self, version: ObjectVersion, prefix: bytes, read_ahead: ReadAhead) -> None:
         self._version = version
         self._prefix = prefix
+        self._prefetcher = read_ahead.prefetcher(version)
         self.size = version.size
 
     @classmethod
-    def open(cls, client: Any, bucket: str, key: str) -> RangedSource:
+    def open(cls, client: Any, bucket: str, key: str, read_ahead: ReadAhead) -> RangedSource:
         try:
             response = client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{HEADER_PREFETCH - 1}")
         except ClientError as error:
             if is_missing(error):
                 raise ObjectNotFound(f"no weights stored under {key!r}") from None
             if error_code(error) == "InvalidRange":  # the object is empty: no byte 0 to start from
-                return cls(ObjectVersion.head(client, bucket, key), b"")
+                return cls(ObjectVersion.head(client, bucket, key), b"", read_ahead)
             raise
         if response["ContentLength"] > HEADER_PREFETCH:  # an endpoint that ignores Range
             response["Body"].close()
@@ -129,7 +137,7 @@ class RangedSource(ByteSource):
             prefix = body.read()
         content_range = response.get("ContentRange")  # "bytes 0-65535/123456"
         size = int(content_range.rpartition("/")[2]) if content_range else len(prefix)
-        return cls(ObjectVersion(client, bucket, key, response["ETag"], size), prefix)
+        return cls(ObjectVersion(client, bucket, key, response["ETag"], size), prefix, read_ahead)
 
     def read_bytes(self, offset: int, count: int) -> bytes:
         if offset + count <= len(self._prefix):
@@ -140,8 +148,11 @@ class RangedSource(ByteSource):
 
     def read_array(self, offset: int, count: int, dtype: np.dtype, buffer: np.ndarray | None) -> np.ndarray:
         out = np.empty(count, dtype) if buffer is None else buffer[:count]
-        self._version.read_into(offset, memoryview(out).cast("B"))
+        self._prefetcher.read_into(offset, memoryview(out).cast("B"))
         return out
+
+    def close(self) -> None:
+        self._prefetcher.close()
 
 
 class ObjectStream(io.RawIOBase):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import BinaryIO, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 import boto3
 from botocore.config import Config
@@ -19,6 +21,7 @@ from fma_core.errors import ConfigurationError, InvalidKey, InvalidWeights, Obje
 from fma_core.weights import SafetensorsReader
 from fma_s3.config import options_from_env
 from fma_s3.errors import error_code, is_missing
+from fma_s3.read_ahead import DEFAULT_BUDGET, DEFAULT_CONCURRENCY, ReadAhead
 from fma_s3.reading import ObjectStream, ObjectVersion, RangedSource
 
 MIN_PART_SIZE = 5 * 1024**2
@@ -28,6 +31,13 @@ MAX_PARTS = 10_000
 DEFAULT_PART_SIZE = 16 * 1024**2
 ENCRYPTIONS = ("AES256", "aws:kms", "none")
 ADDRESSING_STYLES = ("auto", "path", "virtual")
+
+PARTS_IN_FLIGHT = 4
+"""Parts of one ``put`` sent at once (a round's aggregate, a shard's record): S3 and SeaweedFS
+write several parts at once faster than one after another. Memory: this many parts and the one
+being read, ``part_size`` each."""
+CALLER_CONNECTIONS = 10
+"""Connections kept for the callers' own requests (botocore's default pool), besides the read-ahead's."""
 
 _SPOOL_IN_MEMORY = 8 * 1024**2
 _CHUNK = 1 << 20
@@ -42,8 +52,12 @@ class S3WeightStore(WeightStore):
       whole object or none. ``put`` sends a stream of any length as a multipart upload of
       ``part_size`` parts (one PUT when it fits in one part), hashing it on the way, and aborts
       the upload when the stream is over ``max_bytes``.
-    - ``open_weights`` reads the safetensors header with one small ranged GET, then each block of
-      a tensor with its own (``RangedSource``): an aggregator holds blocks, never an update.
+    - ``open_weights`` reads the safetensors header with one small ranged GET, then the tensors'
+      blocks through the store's read-ahead (``RangedSource``, ``fma_s3.read_ahead``): up to
+      ``read_concurrency`` GETs of up to 8 MiB in flight, fetched ahead of the blocks read, holding
+      at most ``read_ahead_bytes`` over all open objects. An aggregator holds blocks and that
+      budget, never an update. The client's connection pool has room for the read-ahead's GETs
+      and ``CALLER_CONNECTIONS`` more.
     - Multipart uploads are S3's. Clients PUT parts straight to presigned part URLs; completion
       checks the parts against S3's listing; the caller reads the joined object once to
       measure it. An upload id names its key (``<S3 upload id>~<tag>``): S3 refuses a part
@@ -73,6 +87,8 @@ class S3WeightStore(WeightStore):
         kms_key_id: str | None = None,
         part_size: int = DEFAULT_PART_SIZE,
         addressing_style: str = "auto",
+        read_ahead_bytes: int = DEFAULT_BUDGET,
+        read_concurrency: int = DEFAULT_CONCURRENCY,
         client_config: Config | None = None,
     ) -> None:
         if not isinstance(bucket, str) or not bucket:
@@ -94,8 +110,15 @@ class S3WeightStore(WeightStore):
             raise ConfigurationError(
                 f"addressing_style must be one of {', '.join(ADDRESSING_STYLES)}, not {addressing_style!r}"
             )
+        if not _whole(read_ahead_bytes, at_least=0):
+            raise ConfigurationError(
+                f"read_ahead_bytes must be a whole number of bytes (0: no read-ahead), not {read_ahead_bytes!r}"
+            )
+        if not _whole(read_concurrency, at_least=1):
+            raise ConfigurationError(f"read_concurrency must be a whole number ≥ 1, not {read_concurrency!r}")
         self.bucket = bucket
         self.prefix = _prefix(prefix)
+        self.read_ahead = ReadAhead(budget=read_ahead_bytes, concurrency=read_concurrency)
         self.part_size = part_size
         self._encryption = {} if encryption == "none" else {"ServerSideEncryption": encryption}
         if kms_key_id:
@@ -104,6 +127,7 @@ class S3WeightStore(WeightStore):
             signature_version="s3v4",  # presigned URLs in every region
             s3={"addressing_style": addressing_style},
             retries={"mode": "standard"},
+            max_pool_connections=read_concurrency + CALLER_CONNECTIONS,
         )
         self.client = boto3.session.Session().client(
             "s3",
@@ -137,18 +161,23 @@ class S3WeightStore(WeightStore):
             return StoredObject(key=key, size=size, sha256=digest.hexdigest())
         upload_id = self._create_upload(name)
         try:
-            parts = []
-            while data:
-                number = len(parts) + 1
-                if number > MAX_PARTS:
-                    raise InvalidWeights(
-                        f"upload is larger than S3's {MAX_PARTS:,} parts of {self.part_size:,} bytes"
-                    )
-                sent = self.client.upload_part(
-                    Bucket=self.bucket, Key=name, UploadId=upload_id, PartNumber=number, Body=data
-                )
-                parts.append({"PartNumber": number, "ETag": sent["ETag"]})
-                data = next_part()
+            # the next part is read (and hashed) while up to PARTS_IN_FLIGHT are sent; leaving the
+            # block waits for every part sent, so an abort never races with an upload of a part
+            with ThreadPoolExecutor(PARTS_IN_FLIGHT, thread_name_prefix="fma-s3-write") as pool:
+                sending: deque[Future[dict[str, Any]]] = deque()
+                parts = []
+                number = 0
+                while data:
+                    number += 1
+                    if number > MAX_PARTS:
+                        raise InvalidWeights(
+                            f"upload is larger than S3's {MAX_PARTS:,} parts of {self.part_size:,} bytes"
+                        )
+                    if len(sending) == PARTS_IN_FLIGHT:
+                        parts.append(sending.popleft().result())
+                    sending.append(pool.submit(self._send_part, name, upload_id, number, data))
+                    data = next_part()
+                parts += [part.result() for part in sending]
             self.client.complete_multipart_upload(
                 Bucket=self.bucket, Key=name, UploadId=upload_id, MultipartUpload={"Parts": parts}
             )
@@ -162,7 +191,8 @@ class S3WeightStore(WeightStore):
 
     def open_weights(self, key: str, *, max_bytes: int | None = None) -> SafetensorsReader:
         return SafetensorsReader(
-            RangedSource.open(self.client, self.bucket, self._name(key)), max_bytes=max_bytes
+            RangedSource.open(self.client, self.bucket, self._name(key), self.read_ahead),
+            max_bytes=max_bytes,
         )
 
     def exists(self, key: str) -> bool:
@@ -331,6 +361,12 @@ class S3WeightStore(WeightStore):
         except InvalidKey:
             return None
 
+    def _send_part(self, name: str, upload_id: str, number: int, data: bytes) -> dict[str, Any]:
+        sent = self.client.upload_part(
+            Bucket=self.bucket, Key=name, UploadId=upload_id, PartNumber=number, Body=data
+        )
+        return {"PartNumber": number, "ETag": sent["ETag"]}
+
     def _create_upload(self, name: str) -> str:
         created = self.client.create_multipart_upload(Bucket=self.bucket, Key=name, **self._encryption)
         return created["UploadId"]
@@ -368,6 +404,10 @@ def _counted(number: int, latest: Sequence[_Copy]) -> UploadedPart:
     upload completes (``complete_upload``)."""
     chosen = max(latest, key=lambda copy: (copy.size, copy.etag))
     return UploadedPart(number=number, size=chosen.size, etag=chosen.etag)
+
+
+def _whole(value: object, *, at_least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= at_least
 
 
 def _prefix(prefix: str) -> str:
