@@ -360,12 +360,18 @@ def round_rows(experiment: Experiment, *, only: Q | None = None, with_inputs: bo
 
 def _listed_inputs(experiment: Experiment, chosen: dict[str, QuerySet]) -> QuerySet:
     """Each round's first INPUTS_SHOWN updates in canonical order, as the columns the lineage shows:
-    (aggregate, update, client's UUID, examples, share, content hash), in one statement."""
+    (aggregate, update, client's UUID, examples, share, content hash), in one statement. The
+    database ranks the rounds' updates by their own columns and joins the clients of those listed
+    only."""
     canonical = (F("content_id").asc(), F("id").asc())
-    return (
+    listed = (
         ModelUpdate.objects.filter(experiment=experiment, aggregate__isnull=False, **chosen)
         .annotate(place=Window(RowNumber(), partition_by=F("aggregate_id"), order_by=canonical))
         .filter(place__lte=INPUTS_SHOWN)
+        .values("pk")
+    )
+    return (
+        ModelUpdate.objects.filter(pk__in=listed)
         .order_by("aggregate_id", *canonical)
         .values_list(
             "aggregate_id", "id", UUIDText("client__uuid"), "num_examples", "aggregate_weight", "content_id"
