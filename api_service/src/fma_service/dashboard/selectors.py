@@ -37,7 +37,7 @@ from fma_django.models import (
 ACTIVE_WINDOW = timedelta(minutes=15)
 PROBLEM_KINDS = (EventKind.UPDATE_REJECTED, EventKind.UPDATE_QUARANTINED, EventKind.ROUND_FAILED)
 # How many of a round's updates the lineage lists, the first in the round's canonical order: a round
-# of 10,000 updates would otherwise put 10,000 lines in the page (about 4 MB of HTML) and read as many
+# of 10,000 updates would otherwise put 10,000 lines in the page (about 3 MB of HTML) and read as many
 # rows each time it is shown. The aggregate's record in the API lists them all.
 INPUTS_SHOWN = 100
 
