@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Count, Max, Q, QuerySet, Sum
+from django.db.models import Count, F, Max, Q, QuerySet, Sum, Window
+from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from fma_django import privacy, selectors, services
+from fma_django.columns import UUIDText
 from fma_django.models import (
     Evaluation,
     Event,
@@ -34,6 +36,10 @@ from fma_django.models import (
 # refreshed at most once a minute by the authentication classes).
 ACTIVE_WINDOW = timedelta(minutes=15)
 PROBLEM_KINDS = (EventKind.UPDATE_REJECTED, EventKind.UPDATE_QUARANTINED, EventKind.ROUND_FAILED)
+# How many of a round's updates the lineage lists, the first in the round's canonical order: a round
+# of 10,000 updates would otherwise put 10,000 lines in the page (about 3 MB of HTML) and read as many
+# rows each time it is shown. The aggregate's record in the API lists them all.
+INPUTS_SHOWN = 100
 
 
 @dataclass(frozen=True)
@@ -56,11 +62,16 @@ class ExperimentSummary:
 
 @dataclass(frozen=True)
 class RoundInput:
-    """One update of a round, with what the round's algorithm decided of it when its report says
-    (Krum, Bulyan): its score (6 significant digits), and its place in the selection (0: not selected;
-    None: the algorithm selects nothing)."""
+    """One update of a round as the lineage lists it (read as plain values: no model instance), with
+    what the round's algorithm decided of it when its report says (Krum, Bulyan): its score (6
+    significant digits), and its place in the selection (0: not selected; None: the algorithm selects
+    nothing)."""
 
-    update: ModelUpdate
+    update_id: int
+    client: str  # the sending client's UUID
+    num_examples: int
+    weight: float | None  # its share of the aggregate
+    content_id: str
     score: str | None = None
     place: int | None = None
     figures: dict | None = (
@@ -78,7 +89,9 @@ class RoundRow:
     examples: int
     bytes_in: int
     versions: tuple[str, ...]
-    inputs: tuple[RoundInput, ...]  # in the canonical (content hash) order the round used
+    # the first INPUTS_SHOWN of its updates (all of them with ``updates`` ≤ INPUTS_SHOWN), in the
+    # canonical (content hash) order the round used; none unless round_rows was asked for them
+    inputs: tuple[RoundInput, ...]
     parameters: str  # the algorithm's parameters as the API shows them (JSON); "" when there are none
     norms: RoundNorms | None = None  # the round's norm bound on updates, when the experiment set one
     staleness: RoundStaleness | None = None  # an asynchronous round's staleness mix
@@ -87,14 +100,20 @@ class RoundRow:
 
     @property
     def outliers(self) -> int:
-        """How many of its updates the round flagged as outliers (``report["updates"]``)."""
-        return sum(1 for i in self.inputs if i.figures and i.figures.get("outlier"))
+        """How many of its updates the round flagged as outliers (``report["updates"]``), listed or not."""
+        measured = ((self.aggregate.report or {}).get("updates") or {}).get("per_update") or {}
+        return sum(1 for figures in measured.values() if figures.get("outlier"))
 
     @property
     def selected(self) -> int | None:
         """How many of its updates the round's algorithm selected; None when it selects nothing."""
-        places = [i.place for i in self.inputs if i.place is not None]
-        return sum(1 for place in places if place) if places else None
+        selected = ((self.aggregate.report or {}).get("aggregator") or {}).get("selected")
+        return None if selected is None else len(selected)
+
+    @property
+    def inputs_not_shown(self) -> int:
+        """Its updates past the lineage's first INPUTS_SHOWN (0 when ``inputs`` were not asked for)."""
+        return self.updates - len(self.inputs) if self.inputs else 0
 
 
 @dataclass(frozen=True)
@@ -297,8 +316,9 @@ def experiment_summaries(user: AbstractBaseUser) -> list[ExperimentSummary]:
 
 def round_rows(experiment: Experiment, *, only: Q | None = None, with_inputs: bool = True) -> list[RoundRow]:
     """Every round of the experiment (or those ``only`` selects), oldest first, with its
-    participation and transfer figures, and its input updates unless ``with_inputs`` is false
-    (only the lineage lists them: a round of 100 clients is 100 records to read)."""
+    participation and transfer figures, and the first INPUTS_SHOWN of its input updates unless
+    ``with_inputs`` is false (only the lineage lists them). Three statements however many rounds
+    and updates: the rounds, their published versions, their listed inputs."""
     aggregates = (
         experiment.aggregates.filter(only or Q())
         .select_related("parent")
@@ -317,15 +337,9 @@ def round_rows(experiment: Experiment, *, only: Q | None = None, with_inputs: bo
         experiment=experiment, aggregate__isnull=False, **chosen
     ).values_list("aggregate_id", "version"):
         versions.setdefault(aggregate_id, []).append(version)
-    inputs: dict[int, list[ModelUpdate]] = {}
-    for update in (
-        ModelUpdate.objects.filter(experiment=experiment, aggregate__isnull=False, **chosen)
-        .select_related("client")
-        .order_by("content_id", "id")
-        if with_inputs
-        else ()
-    ):
-        inputs.setdefault(update.aggregate_id, []).append(update)
+    inputs: dict[int, list[tuple]] = {}
+    for aggregate_id, *shown in _listed_inputs(experiment, chosen) if with_inputs else ():
+        inputs.setdefault(aggregate_id, []).append(shown)
     return [
         RoundRow(
             aggregate=a,
@@ -344,8 +358,30 @@ def round_rows(experiment: Experiment, *, only: Q | None = None, with_inputs: bo
     ]
 
 
-def round_inputs(aggregate: ModelAggregate, updates: list[ModelUpdate]) -> tuple[RoundInput, ...]:
-    """The round's updates with the scores and selection its algorithm reported (``report["aggregator"]``)."""
+def _listed_inputs(experiment: Experiment, chosen: dict[str, QuerySet]) -> QuerySet:
+    """Each round's first INPUTS_SHOWN updates in canonical order, as the columns the lineage shows:
+    (aggregate, update, client's UUID, examples, share, content hash), in one statement. The
+    database ranks the rounds' updates by their own columns and joins the clients of those listed
+    only."""
+    canonical = (F("content_id").asc(), F("id").asc())
+    listed = (
+        ModelUpdate.objects.filter(experiment=experiment, aggregate__isnull=False, **chosen)
+        .annotate(place=Window(RowNumber(), partition_by=F("aggregate_id"), order_by=canonical))
+        .filter(place__lte=INPUTS_SHOWN)
+        .values("pk")
+    )
+    return (
+        ModelUpdate.objects.filter(pk__in=listed)
+        .order_by("aggregate_id", *canonical)
+        .values_list(
+            "aggregate_id", "id", UUIDText("client__uuid"), "num_examples", "aggregate_weight", "content_id"
+        )
+    )
+
+
+def round_inputs(aggregate: ModelAggregate, updates: list[tuple]) -> tuple[RoundInput, ...]:
+    """The round's listed updates (``_listed_inputs``' columns after the aggregate) with the scores
+    and selection its algorithm reported (``report["aggregator"]``)."""
     decided = (aggregate.report or {}).get("aggregator") or {}
     scores = decided.get("scores") or {}
     selected = decided.get("selected")
@@ -353,12 +389,16 @@ def round_inputs(aggregate: ModelAggregate, updates: list[ModelUpdate]) -> tuple
     measured = ((aggregate.report or {}).get("updates") or {}).get("per_update") or {}
     return tuple(
         RoundInput(
-            update=u,
-            score=f"{scores[str(u.pk)]:.6g}" if str(u.pk) in scores else None,
-            place=places.get(str(u.pk), 0) if selected is not None else None,
-            figures=measured.get(str(u.pk)),
+            update_id=pk,
+            client=client,
+            num_examples=examples,
+            weight=weight,
+            content_id=content_id,
+            score=f"{scores[str(pk)]:.6g}" if str(pk) in scores else None,
+            place=places.get(str(pk), 0) if selected is not None else None,
+            figures=measured.get(str(pk)),
         )
-        for u in updates
+        for pk, client, examples, weight, content_id in updates
     )
 
 

@@ -18,6 +18,7 @@ from rest_framework import serializers
 from fma_core.aggregators import available
 from fma_django import ingestion, privacy, selectors
 from fma_django.api.parsers import NestedTooDeeply, check_depth
+from fma_django.columns import UUIDText
 from fma_django.lifecycle import REQUESTABLE
 from fma_django.limits import (
     IDEMPOTENCY_KEY_PATTERN,
@@ -625,7 +626,7 @@ class ModelAggregateDetailSerializer(ModelAggregateSerializer):
         return [
             {
                 "id": pk,
-                "client": str(client),
+                "client": client,
                 "weight": weight,
                 **{
                     name: measured.get(str(pk), {}).get(name)
@@ -633,6 +634,6 @@ class ModelAggregateDetailSerializer(ModelAggregateSerializer):
                 },
             }
             for pk, client, weight in aggregate.updates.order_by("id").values_list(
-                "id", "client__uuid", "aggregate_weight"
+                "id", UUIDText("client__uuid"), "aggregate_weight"
             )
         ]
