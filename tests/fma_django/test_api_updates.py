@@ -12,8 +12,8 @@ from django.test.utils import CaptureQueriesContext
 from fma_core.connectors.local import LocalDirectoryWeightStore
 from fma_core.rounds import RoundEngine
 from fma_core.weights import load, to_bytes
-from fma_django import ingestion, lifecycle
-from fma_django.models import Event, EventKind, Experiment, ExperimentState, ModelUpdate, UpdateStatus
+from fma_django import ingestion, lifecycle, services
+from fma_django.models import Client, Event, EventKind, Experiment, ExperimentState, ModelUpdate, UpdateStatus
 from fma_django.storage import weight_store
 from fma_django.store import DjangoMetadataStore
 
@@ -106,6 +106,18 @@ def test_an_experiment_stopped_while_the_bytes_are_stored_refuses_the_push(
     assert (response.status_code, response.json()["code"]) == (409, "experiment_ended")
     assert (ModelUpdate.objects.count(), stored_files()) == (0, before)
     assert Event.objects.filter(kind=EventKind.UPDATE_REJECTED).count() == 1
+
+
+def test_a_push_after_the_enrollment_or_the_client_is_revoked_is_refused_and_stores_nothing(
+    experiment, client_api, uploader, safetensors, before, stored_files
+):
+    """The experiment's lookup through the client's live enrollment is the push's enrollment check."""
+    client = Client.objects.get(uuid=client_api.uuid)
+    services.enrollment_revoke(experiment=experiment, client=client, user=experiment.developer)
+    assert uploader(client_api, experiment.pk, safetensors(0.25)).status_code == 404
+    services.client_revoke(client=client)
+    assert uploader(client_api, experiment.pk, safetensors(0.25)).status_code == 401
+    assert (ModelUpdate.objects.count(), stored_files()) == (0, before)
 
 
 def test_v1_json_update_is_converted_to_the_experiments_tensors(experiment, client_api):
