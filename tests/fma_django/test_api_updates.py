@@ -6,12 +6,14 @@ import hashlib
 
 import numpy as np
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from fma_core.connectors.local import LocalDirectoryWeightStore
 from fma_core.rounds import RoundEngine
 from fma_core.weights import load, to_bytes
-from fma_django import ingestion
-from fma_django.models import Event, EventKind, ModelUpdate, UpdateStatus
+from fma_django import ingestion, lifecycle, services
+from fma_django.models import Client, Event, EventKind, Experiment, ExperimentState, ModelUpdate, UpdateStatus
 from fma_django.storage import weight_store
 from fma_django.store import DjangoMetadataStore
 
@@ -72,6 +74,50 @@ def test_binary_upload_is_stored_and_downloadable(
     assert download["ETag"] == f'"{data["content_id"]}"'
     assert b"".join(download.streaming_content) == body
     assert Event.objects.filter(kind=EventKind.UPDATE_ACCEPTED).count() == 1
+
+
+def test_a_push_in_one_request_takes_nine_statements(experiment, client_api, uploader, safetensors):
+    """What a push reads and writes, pinned so that no statement creeps back in: the client
+    (authentication) and its last_seen, never written before; the experiment through the client's
+    live enrollment (the enrollment and the early state check use that row); the idempotency key;
+    the twin and the experiment's state, read again, in one statement; the update and its event
+    in one transaction (SAVEPOINT and RELEASE inside the test's own transaction)."""
+    with CaptureQueriesContext(connection) as queries:
+        response = uploader(client_api, experiment.pk, safetensors(0.25), IDEMPOTENCY_KEY="k1")
+    assert response.status_code == 201, response.content
+    assert len(queries.captured_queries) == 9, "\n".join(q["sql"][:120] for q in queries.captured_queries)
+
+
+def test_an_experiment_stopped_while_the_bytes_are_stored_refuses_the_push(
+    experiment, developer, client_api, uploader, safetensors, before, stored_files, monkeypatch
+):
+    """The early check reads the state the request began with; the state is read again before the
+    insert, so a stop that commits in between refuses the update and leaves no bytes behind."""
+    put = LocalDirectoryWeightStore.put
+
+    def stopped_meanwhile(self, key, stream, **kwargs):
+        lifecycle.experiment_set_state(
+            experiment=Experiment.objects.get(pk=experiment.pk), state=ExperimentState.STOPPED, user=developer
+        )
+        return put(self, key, stream, **kwargs)
+
+    monkeypatch.setattr(LocalDirectoryWeightStore, "put", stopped_meanwhile)
+    response = uploader(client_api, experiment.pk, safetensors(0.25))
+    assert (response.status_code, response.json()["code"]) == (409, "experiment_ended")
+    assert (ModelUpdate.objects.count(), stored_files()) == (0, before)
+    assert Event.objects.filter(kind=EventKind.UPDATE_REJECTED).count() == 1
+
+
+def test_a_push_after_the_enrollment_or_the_client_is_revoked_is_refused_and_stores_nothing(
+    experiment, client_api, uploader, safetensors, before, stored_files
+):
+    """The experiment's lookup through the client's live enrollment is the push's enrollment check."""
+    client = Client.objects.get(uuid=client_api.uuid)
+    services.enrollment_revoke(experiment=experiment, client=client, user=experiment.developer)
+    assert uploader(client_api, experiment.pk, safetensors(0.25)).status_code == 404
+    services.client_revoke(client=client)
+    assert uploader(client_api, experiment.pk, safetensors(0.25)).status_code == 401
+    assert (ModelUpdate.objects.count(), stored_files()) == (0, before)
 
 
 def test_v1_json_update_is_converted_to_the_experiments_tensors(experiment, client_api):

@@ -29,7 +29,7 @@ from typing import Any, BinaryIO, NamedTuple
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Q
+from django.db.models import Q, Subquery
 from django.utils import timezone
 
 from fma_core.connectors import StoredObject, UploadedPart
@@ -88,9 +88,11 @@ def update_check_metadata(
     client the current round did not select is refused first (``sampling``), before it sends a byte.
     ``update_kind`` is what the client says it sends: weights read as a delta (or the reverse)
     would aggregate into garbage, so a client that has not learnt the experiment's kind is told.
+    Whether the experiment still takes updates is checked on ``experiment`` as the request read it;
+    ``update_accept`` reads its state again before the insert.
     """
     try:
-        lifecycle.accepting_require(experiment)
+        lifecycle.accepting_require(experiment, afresh=False)
         plain_updates_require(experiment)
         sampling.participation_require(experiment, client)
         if update_kind != experiment.update_kind:
@@ -185,14 +187,16 @@ def update_accept(
     concurrent retry returns the first update and drops these bytes; otherwise the update is
     created and the round announced once the transaction commits, if the client takes part in the
     current round (``sampling``: checked again here, since the round may have moved on since the
-    upload began). The caller checked the metadata and the bytes.
+    upload began). The caller checked the metadata and the bytes. The twin and the experiment's
+    state are one read (``_current``).
     """
     twin = Q(experiment=experiment, client=client, base_round=base_round, content_id=stored.sha256)
     with removed_on_failure(stored.key):
-        first = ModelUpdate.objects.filter(twin).first()
+        current = _current(experiment, twin)
+        first = None if current.twin_pk is None else ModelUpdate.objects.get(pk=current.twin_pk)
         if first is None:
             try:  # the round may have moved on, or the experiment ended, since the metadata was checked
-                lifecycle.accepting_require(experiment)
+                lifecycle.accepting_require(current, afresh=False)
                 plain_updates_require(experiment)
                 sampling.participation_require(experiment, client)
             except DomainError as error:
@@ -230,6 +234,18 @@ def update_accept(
     return first, False
 
 
+def _current(experiment: Experiment, twin: Q) -> Experiment:
+    """The experiment's state as it is now, with the id of the first update matching ``twin``
+    (``twin_pk``, None if there is none yet): one statement where two separate reads would be."""
+    first_twin = ModelUpdate.objects.filter(twin).values("pk")[:1]  # a unique constraint: one at most
+    return (
+        Experiment.objects.filter(pk=experiment.pk)
+        .only("state", "state_reason")
+        .annotate(twin_pk=Subquery(first_twin))
+        .get()
+    )
+
+
 # One request
 
 
@@ -245,6 +261,7 @@ def update_submit(
     content_length: int | None = None,
     update_kind: str = UpdateKind.WEIGHTS,
     sha256: str | None = None,
+    enrollment_checked: bool = False,
 ) -> tuple[ModelUpdate, bool]:
     """Accept one update from a safetensors stream; returns ``(update, created)``.
 
@@ -254,8 +271,12 @@ def update_submit(
     idempotency key, or same client, base and content) returns the first update. ``sha256``,
     when the client declares it (fma-client does), must be the hash of the bytes received, as an
     upload session's is; it is checked before the tensors, so corrupted bytes are called that.
+    ``enrollment_checked``: the caller found ``experiment`` among those the client sees
+    (``selectors.experiments_visible``, which joins its live enrollment, as the API's lookup does),
+    so checking the enrollment here would read the same rows again.
     """
-    check_enrolled(experiment, client)
+    if not enrollment_checked:
+        check_enrolled(experiment, client)
     check_idempotency_key(idempotency_key)
     declared = _declared_sha256(sha256, experiment, client)
     if idempotency_key:

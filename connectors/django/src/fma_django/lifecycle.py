@@ -120,9 +120,14 @@ def finish_when_check(config: Any) -> Any:
     return config
 
 
-def accepting_require(experiment: Experiment) -> None:
-    """Refuse an update for an ended experiment (read afresh: it may have ended since the request began)."""
-    state, reason = Experiment.objects.filter(pk=experiment.pk).values_list("state", "state_reason").get()
+def accepting_require(experiment: Experiment, *, afresh: bool = True) -> None:
+    """Refuse an update for an ended experiment. Its state is read afresh (it may have ended since the
+    request began) unless ``afresh`` is False: then ``experiment`` was read for this check (at the
+    request's start, or together with what the caller reads next to it)."""
+    if afresh:
+        state, reason = Experiment.objects.filter(pk=experiment.pk).values_list("state", "state_reason").get()
+    else:
+        state, reason = experiment.state, experiment.state_reason
     if state in ENDED:
         raise Conflict(
             f"experiment {experiment.pk} is {ExperimentState(state).label.lower()}"

@@ -390,6 +390,7 @@ class ExperimentViewSet(viewsets.ModelViewSet):
                 client=request.user.client,
                 stream=stream,
                 content_length=body.length,
+                enrollment_checked=True,  # _visible found it through the client's live enrollment
                 **options,
             )
         data = s.ModelUpdateSerializer(update, context=self.get_serializer_context()).data
@@ -428,6 +429,7 @@ class ModelUpdateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
             num_examples=data["num_examples"],
             metrics=data["metrics"],
             idempotency_key=data["idempotency_key"] or None,
+            enrollment_checked=True,  # _visible found it through the client's live enrollment
         )
         # 201 on a replay too: fma-connect treats anything else as an error.
         return Response(self.get_serializer(update).data, status=status.HTTP_201_CREATED)
