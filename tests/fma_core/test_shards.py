@@ -311,7 +311,9 @@ def test_an_update_found_invalid_mid_round_is_quarantined_and_the_round_runs_aga
 
 @FAILING_MID_ROUND
 @pytest.mark.parametrize(
-    "error", [OSError(5, "Input/output error"), StoreUnavailable("S3 answered 503 SlowDown")], ids=["eio", "s3"]
+    "error",
+    [OSError(5, "Input/output error"), StoreUnavailable("S3 answered 503 SlowDown")],
+    ids=["eio", "s3"],
 )
 def test_a_store_failing_mid_round_gives_the_round_back_and_loses_no_update(
     tmp_path, shard_bytes, fail_from, error
