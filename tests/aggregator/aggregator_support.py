@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import signal
@@ -19,7 +20,8 @@ import numpy as np
 import pytest
 
 from fma_aggregator import lambda_invoke
-from fma_core.weights import to_bytes
+from fma_core.connectors import LocalDirectoryWeightStore
+from fma_core.weights import WeightsReader, to_bytes
 from fma_django import ingestion, services
 from fma_django.models import Experiment, ModelUpdate
 
@@ -208,3 +210,30 @@ def use_lambda_api(monkeypatch: pytest.MonkeyPatch, settings: Any, url: str, fun
         monkeypatch.setenv(name, value)
     lambda_invoke.lambda_client.cache_clear()
     settings.FMA_AGGREGATOR_RUNNER = "lambda"
+
+
+class FlakyStore(LocalDirectoryWeightStore):
+    """A local store whose first ``failures`` block reads of weights opened by the in-process runner's
+    thread (its rounds) fail with EIO: a disk or a network share failing for a moment. The service's own
+    reads (the checks of pushed updates) are left alone. ``FMA_WEIGHT_STORE = "aggregator_support.FlakyStore"``."""
+
+    def __init__(self, root: Path, failures: int = 1, thread: str = "fma-inprocess-runner") -> None:
+        super().__init__(root)
+        self.failures, self.thread = failures, thread
+        self._lock = threading.Lock()
+
+    def open_weights(self, key: str, *, max_bytes: int | None = None) -> WeightsReader:
+        reader = super().open_weights(key, max_bytes=max_bytes)
+        if threading.current_thread().name != self.thread:
+            return reader
+        read_block = reader.read_block
+
+        def flaky(*args: Any, **kwargs: Any) -> np.ndarray:
+            with self._lock:
+                failing, self.failures = self.failures > 0, self.failures - 1
+            if failing:
+                raise OSError(errno.EIO, "Input/output error")
+            return read_block(*args, **kwargs)
+
+        reader.read_block = flaky  # type: ignore[method-assign]
+        return reader

@@ -19,7 +19,14 @@ from fma_core.aggregators import (
     create_aggregator,
     registry,
 )
-from fma_core.errors import ConfigurationError, UnknownAggregator, UpdateUnreadable
+from fma_core.errors import (
+    ConfigurationError,
+    InvalidWeights,
+    ObjectNotFound,
+    StoreUnavailable,
+    UnknownAggregator,
+    UpdateUnreadable,
+)
 from fma_core.shards import aggregate_shard, balance_shards
 from fma_core.weights import ArrayReader, TensorSpec, open_weights, to_bytes
 
@@ -258,16 +265,50 @@ def test_peak_extra_memory_is_one_model_plus_small_blocks_whatever_the_number_of
     assert peak < 1.5 * 16_000_000 + stacks
 
 
-def test_an_unreadable_update_is_named():
+@pytest.mark.parametrize(
+    "failure", [InvalidWeights("header is not valid JSON"), ObjectNotFound("no weights stored under 'x'")]
+)
+def test_an_update_at_fault_is_named_unreadable(failure):
     updates = make_updates(3)
 
     def broken():
-        raise OSError("disk gone")
+        raise failure
 
     updates.append(UpdateInput("bad", "00", 1, broken))
     with pytest.raises(UpdateUnreadable) as error:
         create_aggregator("fedavg").aggregate(updates, spec_of(updates))
     assert error.value.update_id == "bad"
+
+
+@pytest.mark.parametrize("failure", [OSError(5, "Input/output error"), StoreUnavailable("S3 answered 503")])
+@pytest.mark.parametrize("when", ["opening", "reading"])
+def test_a_store_failure_is_the_stores_not_the_updates(failure, when):
+    updates = make_updates(3)
+    good = updates[0].open
+
+    class FailingReader:
+        def __init__(self, reader):
+            self.reader = reader
+            self.tensors = reader.tensors
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc_info):
+            self.reader.close()
+
+        def read_block(self, *args):
+            raise failure
+
+    def broken():
+        if when == "opening":
+            raise failure
+        return FailingReader(good())
+
+    updates.append(UpdateInput("bad", "00", 1, broken))
+    with pytest.raises(StoreUnavailable, match="update bad") as error:
+        create_aggregator("fedavg").aggregate(updates, spec_of(updates))
+    assert not isinstance(error.value, UpdateUnreadable)
 
 
 def test_nothing_to_aggregate_is_an_error():

@@ -18,7 +18,7 @@ from fma_core.connectors import (
     InMemoryMetadataStore,
     LocalDirectoryWeightStore,
 )
-from fma_core.errors import LeaseLost
+from fma_core.errors import InvalidWeights, LeaseLost, StoreUnavailable
 from fma_core.peak_memory import PeakMemory
 from fma_core.rounds import RoundEngine, RoundOutcome
 from fma_core.shards import ALIGN_ELEMENTS, Piece, RoundPlan, balance_shards, shard_nbytes
@@ -268,28 +268,37 @@ def test_a_zombie_shard_finishing_after_the_commit_leaves_nothing(tmp_path):
 
 
 class FailingStore(LocalDirectoryWeightStore):
-    """Opening ``victim`` fails from its ``fail_from``-th time on (the header check is the first)."""
+    """Opening ``victim`` raises ``error`` from its ``fail_from``-th time on (the header check is the
+    first), ``times`` times at most."""
 
-    def __init__(self, root, victim: str, fail_from: int) -> None:
+    def __init__(self, root, victim: str, fail_from: int, error: Exception, times: int | None = None) -> None:
         super().__init__(root)
-        self.victim, self.fail_from, self.opened = victim, fail_from, 0
+        self.victim, self.fail_from, self.error, self.times = victim, fail_from, error, times
+        self.opened = self.failed = 0
 
     def open_weights(self, key, *, max_bytes=None):
         if key == self.victim:
             self.opened += 1
-            if self.opened >= self.fail_from:
-                raise OSError("the disk went away")
+            if self.opened >= self.fail_from and (self.times is None or self.failed < self.times):
+                self.failed += 1
+                raise self.error
         return super().open_weights(key, max_bytes=max_bytes)
 
 
 # the header check opens each update once; then a whole round opens it once, a round of two shards twice
-@pytest.mark.parametrize(("shard_bytes", "fail_from"), [(None, 2), (SPEC.nbytes // 2, 3)])
-def test_an_update_failing_mid_round_is_quarantined_and_the_round_runs_again_without_it(
+FAILING_MID_ROUND = pytest.mark.parametrize(
+    ("shard_bytes", "fail_from"), [(None, 2), (SPEC.nbytes // 2, 3)], ids=["whole", "sharded"]
+)
+
+
+@FAILING_MID_ROUND
+def test_an_update_found_invalid_mid_round_is_quarantined_and_the_round_runs_again_without_it(
     tmp_path, shard_bytes, fail_from
 ):
     _, meta, _ = world(tmp_path)
     victim = meta.pending_updates("e")[0]
-    store = FailingStore(tmp_path, victim.weights_key, fail_from=fail_from)
+    error = InvalidWeights("file is truncated: it ended while being read")
+    store = FailingStore(tmp_path, victim.weights_key, fail_from=fail_from, error=error)
     outcome = RoundEngine(meta, store, shard_bytes=shard_bytes).run_round("e")
     assert outcome.status == "committed"
     assert victim.update_id not in outcome.aggregate.draft.update_ids
@@ -298,6 +307,51 @@ def test_an_update_failing_mid_round_is_quarantined_and_the_round_runs_again_wit
     (failure,) = meta.failures("e")
     assert victim.update_id in failure
     assert stored_files(tmp_path, "shards") == stored_files(tmp_path, ".uploads") == []
+
+
+@FAILING_MID_ROUND
+@pytest.mark.parametrize(
+    "error",
+    [OSError(5, "Input/output error"), StoreUnavailable("S3 answered 503 SlowDown")],
+    ids=["eio", "s3"],
+)
+def test_a_store_failing_mid_round_gives_the_round_back_and_loses_no_update(
+    tmp_path, shard_bytes, fail_from, error
+):
+    _, meta, _ = world(tmp_path)
+    updates = sorted(u.update_id for u in meta.pending_updates("e"))
+    victim = meta.pending_updates("e")[0]
+    store = FailingStore(tmp_path, victim.weights_key, fail_from=fail_from, error=error, times=1)
+    engine = RoundEngine(meta, store, shard_bytes=shard_bytes)
+
+    given_back = engine.run_round("e")
+    assert given_back.status == "failed"
+    assert given_back.quarantined == ()
+    assert "the weight store is unavailable" in given_back.reason
+    assert sorted(u.update_id for u in meta.pending_updates("e")) == updates
+    assert meta.aggregates("e") == []
+    (failure,) = meta.failures("e")
+    assert "StoreUnavailable" in failure
+    assert stored_files(tmp_path, "shards") == stored_files(tmp_path, ".uploads") == []
+
+    again = engine.run_round("e")  # the sweep's next run, the store back
+    assert again.status == "committed"
+    assert sorted(again.aggregate.draft.update_ids) == updates
+    assert [meta.update_status(u)[0] for u in updates] == ["consumed"] * len(updates)
+    assert len(meta.aggregates("e")) == 1
+    assert engine.run_round("e").status == "idle"
+
+
+def test_a_store_failing_while_checking_headers_quarantines_nothing(tmp_path):
+    _, meta, _ = world(tmp_path)
+    updates = sorted(u.update_id for u in meta.pending_updates("e"))
+    victim = meta.pending_updates("e")[-1]
+    store = FailingStore(tmp_path, victim.weights_key, fail_from=1, error=TimeoutError("timed out"), times=1)
+    engine = RoundEngine(meta, store)
+    outcome = engine.run_round("e")
+    assert (outcome.status, outcome.quarantined) == ("failed", ())
+    assert sorted(u.update_id for u in meta.pending_updates("e")) == updates
+    assert sorted(engine.run_round("e").aggregate.draft.update_ids) == updates
 
 
 def test_two_shards_finishing_together_join_the_parts_once_and_commit_once(tmp_path):

@@ -15,6 +15,7 @@ import requests
 from django.db import connections
 from django.utils import timezone
 
+from fma_core.errors import StoreUnavailable
 from fma_core.rounds import RoundEngine
 from fma_core.weights import to_bytes
 from fma_django import ingestion, services
@@ -448,3 +449,32 @@ def test_concurrent_completes_create_one_update(
     assert len({update for _, update in answers}) == 1
     assert ModelUpdate.objects.filter(experiment=experiment).count() == 1
     assert Event.objects.filter(kind=EventKind.UPDATE_ACCEPTED).count() == 1
+
+
+def test_a_store_failing_while_a_complete_request_checks_answers_503_and_refuses_nothing(
+    experiment, client_api, safetensors, monkeypatch
+):
+    body = safetensors(0.5)
+    session = start(client_api, experiment.pk, body).json()
+    send(client_api, session, body)
+    store = weight_store()
+    opened = store.open
+    failures = [StoreUnavailable("the S3 store failed: InternalError (HTTP 500) in GetObject")]
+
+    def open_once_failing(key):
+        if failures:
+            raise failures.pop()
+        return opened(key)
+
+    monkeypatch.setattr(store, "open", open_once_failing)
+    failed = complete(client_api, session)
+    assert failed.status_code == 503, failed.content
+    assert failed.json()["code"] == "store_unavailable"
+    assert int(failed.headers["Retry-After"]) > 0
+    assert "S3" not in failed.json()["detail"]  # the store's details stay in the server's log
+    assert status(client_api, session).json()["state"] == "open"
+    assert not Event.objects.filter(kind=EventKind.UPDATE_REJECTED).exists()
+
+    done = complete(client_api, session)  # the client's retry
+    assert done.status_code == 201, done.content
+    assert done.json()["content_id"] == hashlib.sha256(body).hexdigest()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from botocore.exceptions import ResponseStreamingError
 
-from fma_core.errors import InvalidWeights
+from fma_core.errors import InvalidWeights, StoreUnavailable
 from fma_core.weights import load, to_bytes
 from fma_s3.read_ahead import DEFAULT_CHUNK
 from fma_s3.reading import HEADER_PREFETCH, READ_ATTEMPTS
@@ -217,5 +217,6 @@ def test_a_block_that_keeps_breaking_fails_after_the_last_attempt(make_store):
     store.put(KEY, io.BytesIO(to_bytes(weights())))
     with store.open_weights(KEY) as reader:
         break_bodies(store.client, count=READ_ATTEMPTS, after=100_000)
-        with pytest.raises(ResponseStreamingError):
+        with pytest.raises(StoreUnavailable) as failed:  # the store's failure, never the update's
             reader.read_block("big", 0, 1 << 18)
+    assert isinstance(failed.value.__cause__, ResponseStreamingError)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
 from fma_core.aggregators import Aggregator, registry
 from fma_core.aggregators.base import Block
@@ -33,15 +34,10 @@ def model(seed: int, rows: int) -> dict[str, np.ndarray]:
     }
 
 
-def run_round(
-    weights: WeightStore,
-    aggregator: str,
-    *,
-    shard_bytes: int | None,
-    rows: int,
-    seeds: Sequence[int] = (0, 1, 2),
-) -> RoundOutcome:
-    """A round over update ``u<seed>`` (``model(seed, rows)``) for each seed, and ``u3``, not safetensors."""
+def experiment(
+    weights: WeightStore, aggregator: str, *, rows: int, seeds: Sequence[int] = (0, 1, 2)
+) -> InMemoryMetadataStore:
+    """Experiment "e" with update ``u<seed>`` (``model(seed, rows)``) for each seed, and ``u3``, not safetensors."""
     metadata = InMemoryMetadataStore()
     metadata.create_experiment(ExperimentConfig("e", aggregator=aggregator), clients=["c0", "c1", "c2", "c3"])
     updates = {seed: to_bytes(model(seed, rows)) for seed in seeds} | {3: b"not safetensors"}
@@ -55,6 +51,19 @@ def run_round(
             num_examples=10 * (number + 1),
             update_id=f"u{number}",
         )
+    return metadata
+
+
+def run_round(
+    weights: WeightStore,
+    aggregator: str,
+    *,
+    shard_bytes: int | None,
+    rows: int,
+    seeds: Sequence[int] = (0, 1, 2),
+) -> RoundOutcome:
+    """A round of ``experiment``."""
+    metadata = experiment(weights, aggregator, rows=rows, seeds=seeds)
     return RoundEngine(metadata, weights, threads=2, shard_bytes=shard_bytes).run_round("e")
 
 
@@ -86,7 +95,7 @@ def test_a_round_over_s3_equals_the_same_round_over_the_local_store(
     assert not store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads")
 
 
-def test_a_get_fetched_ahead_that_fails_fails_that_update_and_nothing_of_the_attempt_is_kept(store, tmp_path):
+def test_a_get_fetched_ahead_that_fails_gives_the_round_back_and_loses_no_update(store, tmp_path):
     failed = []
 
     def fail_ahead(**kwargs) -> None:  # the read-ahead's GETs of update 1 break; its own reads do not
@@ -97,19 +106,77 @@ def test_a_get_fetched_ahead_that_fails_fails_that_update_and_nothing_of_the_att
 
     store.client.meta.events.register("before-call.s3.GetObject", fail_ahead)
     rows = 15_000  # 12 MB an update: several chunks fetched ahead
-    on_s3 = run_round(store, "fedavg", shard_bytes=None, rows=rows)
+    metadata = experiment(store, "fedavg", rows=rows)
+    engine = RoundEngine(metadata, store, threads=2)
+    given_back = engine.run_round("e")
     assert failed
-    # u1 is given up as unreadable, the round planned again without it (and u3), and committed
-    assert on_s3.status == "committed"
-    assert sorted(on_s3.aggregate.draft.update_ids) == ["u0", "u2"]
-    without = run_round(
-        LocalDirectoryWeightStore(tmp_path), "fedavg", shard_bytes=None, rows=rows, seeds=(0, 2)
-    )
-    assert on_s3.aggregate.draft.content_id == without.aggregate.draft.content_id
+    # the store failed, not u1: nothing but the invalid u3 is quarantined, and nothing is committed
+    assert given_back.status == "failed"
+    assert "the weight store is unavailable" in given_back.reason
+    assert [metadata.update_status(f"u{n}")[0] for n in range(4)] == ["pending"] * 3 + ["quarantined"]
     listed = store.client.list_objects_v2(Bucket=store.bucket, Prefix="fma/")["Contents"]
-    kept = [item["Key"] for item in listed if not item["Key"].startswith("fma/updates/")]
-    assert kept == [f"fma/{on_s3.aggregate.draft.weights_key}"]  # the failed attempt wrote nothing
+    assert all(item["Key"].startswith("fma/updates/") for item in listed)  # the attempt wrote nothing
     assert store.read_ahead.reserved == 0
+
+    store.client.meta.events.unregister("before-call.s3.GetObject", fail_ahead)
+    on_s3 = engine.run_round("e")  # the sweep's next run, the gateway back
+    assert on_s3.status == "committed"
+    assert sorted(on_s3.aggregate.draft.update_ids) == ["u0", "u1", "u2"]
+    on_disk = run_round(LocalDirectoryWeightStore(tmp_path), "fedavg", shard_bytes=None, rows=rows)
+    assert on_s3.aggregate.draft.content_id == on_disk.aggregate.draft.content_id
+    assert len(metadata.aggregates("e")) == 1
+
+
+def _slow_down(**kwargs) -> None:
+    raise ClientError(
+        {
+            "Error": {"Code": "SlowDown", "Message": "Please reduce your request rate."},
+            "ResponseMetadata": {"HTTPStatusCode": 503},
+        },
+        "GetObject",
+    )
+
+
+def _unreachable(**kwargs) -> None:
+    raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+
+
+def _timed_out(**kwargs) -> None:
+    raise ReadTimeoutError(endpoint_url="http://127.0.0.1:1")
+
+
+@pytest.mark.parametrize(
+    "failure", [_slow_down, _unreachable, _timed_out], ids=["503", "connection", "timeout"]
+)
+@pytest.mark.parametrize("shard_bytes", [None, 5_000_000], ids=["whole", "sharded"])
+def test_a_get_failing_after_botocores_retries_quarantines_nothing_and_the_next_run_commits_all(
+    store, failure, shard_bytes
+):
+    rows = 15_000  # 12 MB an update: two shards of 5 MB
+    metadata = experiment(store, "fedavg", rows=rows)
+    gets = []
+
+    def nth_get_fails(**kwargs) -> None:  # the header checks are GETs 1 to 4; a round's reads follow
+        gets.append(kwargs["params"]["url_path"])
+        if len(gets) == 7:
+            failure(**kwargs)
+
+    store.client.meta.events.register("before-call.s3.GetObject", nth_get_fails)
+    engine = RoundEngine(metadata, store, threads=2, shard_bytes=shard_bytes)
+    given_back = engine.run_round("e")
+    assert len(gets) >= 7
+    assert given_back.status == "failed"
+    assert "the weight store is unavailable: " in given_back.reason
+    assert [metadata.update_status(f"u{n}")[0] for n in range(4)] == ["pending"] * 3 + ["quarantined"]
+    assert metadata.aggregates("e") == []
+    assert not store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads")
+
+    again = engine.run_round("e")
+    assert again.status == "committed"
+    assert sorted(again.aggregate.draft.update_ids) == ["u0", "u1", "u2"]
+    assert [metadata.update_status(f"u{n}")[0] for n in range(3)] == ["consumed"] * 3
+    assert len(metadata.aggregates("e")) == 1
+    assert engine.run_round("e").status == "idle"
 
 
 class TwoMoments(Aggregator):

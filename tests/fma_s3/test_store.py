@@ -11,8 +11,9 @@ import time
 
 import pytest
 import requests
+from botocore.exceptions import ClientError, EndpointConnectionError
 
-from fma_core.errors import ConfigurationError, InvalidKey, InvalidWeights, ObjectNotFound
+from fma_core.errors import ConfigurationError, InvalidKey, InvalidWeights, ObjectNotFound, StoreUnavailable
 from fma_s3 import S3WeightStore
 from fma_s3.store import MIN_PART_SIZE, PARTS_IN_FLIGHT
 
@@ -312,3 +313,57 @@ def test_the_prefix_is_optional_and_normalized(make_store, s3, bucket):
     assert make_store(prefix="/team/fma").prefix == "team/fma/"
     make_store(prefix="").put("updates/1/a.safetensors", io.BytesIO(b"a"))
     assert object_keys(s3, bucket) == ["updates/1/a.safetensors"]
+
+
+def _answered(status: int, code: str):
+    def answer(**kwargs):
+        raise ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "S3")
+
+    return answer
+
+
+def _unreachable(**kwargs):
+    raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        _answered(503, "SlowDown"),
+        _answered(500, "InternalError"),
+        _answered(403, "AccessDenied"),
+        _unreachable,
+    ],
+    ids=["503", "500", "403", "connection"],
+)
+def test_a_request_s3_fails_is_the_stores_failure_said_in_fma_cores_terms(store, failure):
+    key = "updates/e/1.safetensors"
+    store.put(key, io.BytesIO(b"x" * 100))
+    store.client.meta.events.register("before-call.s3", failure)
+    calls = {
+        "open_weights": lambda: store.open_weights(key),
+        "open": lambda: store.open(key),
+        "exists": lambda: store.exists(key),
+        "put": lambda: store.put("other", io.BytesIO(b"y")),
+        "delete": lambda: store.delete(key),
+        "list_objects": lambda: list(store.list_objects("updates/")),
+    }
+    for name, call in calls.items():
+        with pytest.raises(StoreUnavailable) as raised:
+            call()
+        assert not isinstance(raised.value, InvalidWeights | ObjectNotFound), name
+        assert isinstance(raised.value.__cause__, ClientError | EndpointConnectionError), name
+
+
+def test_a_read_of_an_open_object_that_fails_is_the_stores_failure(store):
+    key = "updates/e/1.safetensors"
+    store.put(key, io.BytesIO(b"x" * 100_000))
+    with store.open(key) as stream:
+        store.client.meta.events.register("before-call.s3.GetObject", _unreachable)
+        with pytest.raises(StoreUnavailable):
+            stream.read()
+    store.client.meta.events.unregister("before-call.s3.GetObject", _unreachable)
+    missing = "updates/e/none.safetensors"
+    with pytest.raises(ObjectNotFound):  # what is the data's stays the data's
+        store.open_weights(missing)
+    assert not store.exists(missing)

@@ -34,7 +34,9 @@ class TooFewUpdates(FmaError):
 
 
 class UpdateUnreadable(FmaError):
-    """One update's weights could not be read while aggregating; the round goes on without it."""
+    """One update's weights are at fault while aggregating: invalid (``InvalidWeights``), gone
+    (``ObjectNotFound``), or a change from a model the round does not know. The update is quarantined
+    and the round goes on without it."""
 
     def __init__(self, update_id: str, reason: str) -> None:
         super().__init__(f"update {update_id}: {reason}")
@@ -52,3 +54,11 @@ class InvalidKey(FmaError, ValueError):
 
 class ObjectNotFound(FmaError, LookupError):
     """The weight store holds no object under the requested key."""
+
+
+class StoreUnavailable(FmaError):
+    """The weight store could not serve a request for a reason that is not the data's: a connection
+    refused or broken, a timeout, throttling, a server error after the client's own retries, a local
+    I/O error. Stores raise it for their own transport errors (the S3 store translates botocore's);
+    the round engine treats an ``OSError`` from a store the same way. Nothing is quarantined or refused
+    for it: the round is given back with its updates pending, and runs again later."""

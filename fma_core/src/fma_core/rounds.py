@@ -11,7 +11,10 @@ dead claim left in the weight store (shard records and parts, an uncommitted agg
 
 An update that cannot be used (missing object, malformed file, tensors that don't match the
 spec, too stale) is quarantined with its reason and the round goes on without it: one bad
-client never blocks an experiment.
+client never blocks an experiment. Only the update's own fault quarantines it: a store that fails
+to serve its bytes (``StoreUnavailable``: a broken connection, a timeout, S3 throttling or a 5xx, a
+disk's I/O error) gives the round back with every update pending, for the sweep to run again, so a
+network blip never drops an update.
 
 An algorithm's minimum number of updates (``Aggregator.min_updates``: Krum's 2f + 3) joins the round
 policy: below it, also after quarantines, the round is given back "not_ready" with the reason, and
@@ -67,6 +70,7 @@ from fma_core.errors import (
     InvalidWeights,
     LeaseLost,
     ObjectNotFound,
+    StoreUnavailable,
     TooFewUpdates,
     UpdateUnreadable,
 )
@@ -521,7 +525,7 @@ class RoundEngine:
                     if spec is None:  # no declared spec: the first readable update sets it
                         spec = TensorSpec.from_reader(reader)
                     spec.check(reader.tensors)
-            except (FmaError, OSError) as error:
+            except (InvalidWeights, ObjectNotFound) as error:  # the update's fault; the store's is raised
                 quarantine(update.update_id, f"unusable weights: {error}")
                 continue
             usable.append(update)
@@ -930,10 +934,29 @@ class RoundEngine:
 
     def _failed(self, plan: RoundPlan, error: Exception, *, where: str = "") -> RoundOutcome:
         """Give the round back now rather than at lease expiry, with the reason; its updates stay pending.
-        An error that is not FMA's own (a bug) is raised once the round is given back."""
+        A store that failed (``StoreUnavailable``, or an ``OSError``: a disk's, a socket's) quarantines
+        nothing: the sweep runs the round again, with every update. An error that is not FMA's own (a
+        bug) is raised once the round is given back."""
+        if isinstance(error, OSError):
+            error = StoreUnavailable(f"{type(error).__name__}: {error}")
         self.fail_round(plan, f"{where}{type(error).__name__}: {error}")
         if not isinstance(error, FmaError):
             raise error
+        if isinstance(error, StoreUnavailable):
+            logger.warning(
+                "round %s of %s given back, the weight store is unavailable: %s; its %s updates stay "
+                "pending and the sweep runs it again",
+                plan.claim.round_number,
+                plan.experiment_id,
+                error,
+                len(plan.claim.updates),
+            )
+            return RoundOutcome(
+                "failed",
+                plan.experiment_id,
+                quarantined=plan.quarantined,
+                reason=f"{where}the weight store is unavailable: {error}",
+            )
         logger.warning("round %s of %s failed: %s", plan.claim.round_number, plan.experiment_id, error)
         unreadable = (error.update_id,) if isinstance(error, UpdateUnreadable) else ()
         return RoundOutcome(

@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadErro
 
 from fma_core.errors import InvalidWeights, ObjectNotFound
 from fma_core.weights import ByteSource
-from fma_s3.errors import error_code, is_missing
+from fma_s3.errors import error_code, is_missing, translated
 
 if TYPE_CHECKING:
     from fma_s3.read_ahead import ReadAhead
@@ -43,6 +43,7 @@ class ObjectVersion:
     size: int
 
     @classmethod
+    @translated
     def head(cls, client: Any, bucket: str, key: str) -> ObjectVersion:
         """The object's current version; ObjectNotFound if there is none."""
         try:
@@ -53,6 +54,7 @@ class ObjectVersion:
             raise
         return cls(client, bucket, key, head["ETag"], head["ContentLength"])
 
+    @translated
     def get(self, first: int, count: int) -> Any:
         """The body of a GET of ``count`` bytes from ``first``, checked to be exactly that range."""
         try:
@@ -76,6 +78,7 @@ class ObjectVersion:
             )
         return response["Body"]
 
+    @translated
     def read_into(self, first: int, view: memoryview) -> None:
         """Fill ``view`` with the bytes from ``first``: one GET, read straight into the buffer.
 
@@ -121,6 +124,7 @@ class RangedSource(ByteSource):
         self.size = version.size
 
     @classmethod
+    @translated
     def open(cls, client: Any, bucket: str, key: str, read_ahead: ReadAhead) -> RangedSource:
         try:
             response = client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{HEADER_PREFETCH - 1}")
@@ -187,6 +191,7 @@ class ObjectStream(io.RawIOBase):
             self._position = base + offset
         return self._position
 
+    @translated
     def readinto(self, buffer: Any) -> int:
         if self.closed:
             raise ValueError("read from a closed S3 object stream")

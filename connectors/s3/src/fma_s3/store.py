@@ -20,7 +20,7 @@ from fma_core.connectors.weight_store import ListedObject, ListedUpload
 from fma_core.errors import ConfigurationError, InvalidKey, InvalidWeights, ObjectNotFound
 from fma_core.weights import SafetensorsReader
 from fma_s3.config import options_from_env
-from fma_s3.errors import error_code, is_missing
+from fma_s3.errors import error_code, is_missing, translated
 from fma_s3.read_ahead import DEFAULT_BUDGET, DEFAULT_CONCURRENCY, ReadAhead
 from fma_s3.reading import ObjectStream, ObjectVersion, RangedSource
 
@@ -141,6 +141,7 @@ class S3WeightStore(WeightStore):
         """The store the ``FMA_S3_*`` variables describe (see ``fma_s3.config``)."""
         return cls(**options_from_env(os.environ if environ is None else environ))
 
+    @translated
     def put(self, key: str, stream: BinaryIO, *, max_bytes: int | None = None) -> StoredObject:
         name = self._name(key)
         digest = hashlib.sha256()
@@ -186,15 +187,18 @@ class S3WeightStore(WeightStore):
             raise
         return StoredObject(key=key, size=size, sha256=digest.hexdigest())
 
+    @translated
     def open(self, key: str) -> BinaryIO:
         return ObjectStream(ObjectVersion.head(self.client, self.bucket, self._name(key)))
 
+    @translated
     def open_weights(self, key: str, *, max_bytes: int | None = None) -> SafetensorsReader:
         return SafetensorsReader(
             RangedSource.open(self.client, self.bucket, self._name(key), self.read_ahead),
             max_bytes=max_bytes,
         )
 
+    @translated
     def exists(self, key: str) -> bool:
         try:
             self.client.head_object(Bucket=self.bucket, Key=self._name(key))
@@ -204,6 +208,7 @@ class S3WeightStore(WeightStore):
             raise
         return True
 
+    @translated
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._name(key))
 
@@ -212,6 +217,7 @@ class S3WeightStore(WeightStore):
             "get_object", Params={"Bucket": self.bucket, "Key": self._name(key)}, ExpiresIn=expires_in
         )
 
+    @translated
     def start_upload(self, key: str, part_sizes: Sequence[int]) -> str:
         """S3 keeps the parts apart until it joins them, so the sizes serve only to refuse at once an
         upload S3 would refuse at the end: a part before the last one smaller than S3's minimum."""
@@ -224,6 +230,7 @@ class S3WeightStore(WeightStore):
         name = self._name(key)
         return _bind(name, self._create_upload(name))
 
+    @translated
     def put_part(
         self, key: str, upload_id: str, number: int, stream: BinaryIO, *, max_bytes: int | None = None
     ) -> UploadedPart:
@@ -249,11 +256,13 @@ class S3WeightStore(WeightStore):
                 )
         return UploadedPart(number=number, size=size, etag=_etag(sent["ETag"]))
 
+    @translated
     def uploaded_parts(self, key: str, upload_id: str) -> list[UploadedPart]:
         """The parts received, one per number: its latest copy listed (``_latest``, ``_counted``)."""
         copies = self._listed_copies(key, upload_id)
         return [_counted(number, _latest(copies[number])) for number in sorted(copies)]
 
+    @translated
     def complete_upload(self, key: str, upload_id: str, parts: Sequence[UploadedPart]) -> None:
         """Join the parts once each matches the listing (ETags quoted or not); S3 joins them itself.
 
@@ -303,6 +312,7 @@ class S3WeightStore(WeightStore):
                     copies.setdefault(part["PartNumber"], {})[copy] = None
         return {number: list(found) for number, found in copies.items()}
 
+    @translated
     def abort_upload(self, key: str, upload_id: str) -> None:
         name = self._name(key)
         try:
@@ -321,6 +331,7 @@ class S3WeightStore(WeightStore):
             ExpiresIn=expires_in,
         )
 
+    @translated
     def list_objects(self, prefix: str) -> Iterator[ListedObject]:
         """One ListObjectsV2 page (1,000 keys) at a time, under this store's prefix only."""
         pages = self.client.get_paginator("list_objects_v2").paginate(
@@ -332,6 +343,7 @@ class S3WeightStore(WeightStore):
                 if key is not None:
                     yield ListedObject(key=key, size=item["Size"], modified=item["LastModified"].timestamp())
 
+    @translated
     def list_uploads(self, prefix: str) -> Iterator[ListedUpload]:
         """One ListMultipartUploads page at a time. S3 dates an upload by its start (``Initiated``), the
         only time it gives."""

@@ -41,7 +41,14 @@ import numpy as np
 
 from fma_core import update_stats
 from fma_core.aggregators.axpy import fused_axpy, one_blas_thread
-from fma_core.errors import ConfigurationError, FmaError, UpdateUnreadable
+from fma_core.errors import (
+    ConfigurationError,
+    FmaError,
+    InvalidWeights,
+    ObjectNotFound,
+    StoreUnavailable,
+    UpdateUnreadable,
+)
 from fma_core.weights import TensorInfo, TensorSpec, Weights, WeightsReader
 
 THREADS_ENV = "FMA_AGGREGATION_THREADS"
@@ -575,43 +582,56 @@ def blocks(
 
 
 class _Opened:
-    """A reader opened for the whole aggregation, turning read errors into UpdateUnreadable (an update's)
-    or FmaError (the round's own models)."""
+    """A reader opened for the whole aggregation, its read errors said as the round engine acts on them:
 
-    def __init__(self, reader: WeightsReader, fail: Callable[[str], FmaError]) -> None:
-        self._reader, self._fail = reader, fail
+    - the update's own fault (invalid bytes, an object gone): ``UpdateUnreadable``, which quarantines it;
+    - the store's (``StoreUnavailable``, an ``OSError``): ``StoreUnavailable``, which gives the round
+      back with every update pending, so a network blip never drops an update;
+    - the round's own models (the global model, the server state) at fault: ``FmaError``, the round fails.
+
+    Any other error is a bug, raised as it is (the round is given back too)."""
+
+    def __init__(self, reader: WeightsReader, what: str, update_id: str | None) -> None:
+        self._reader, self._what, self._update_id = reader, what, update_id
 
     @classmethod
     def update(cls, update: UpdateInput, stack: ExitStack, *, change: bool) -> _Opened:
-        def fail(reason: str) -> FmaError:
-            return UpdateUnreadable(update.update_id, reason)
-
         opener = update.open_change if change else update.open
         if opener is None:
-            raise fail("the model it was trained from is unknown, so its change cannot be read")
-        return cls._entered(opener, stack, fail)
+            raise UpdateUnreadable(
+                update.update_id, "the model it was trained from is unknown, so its change cannot be read"
+            )
+        return cls._entered(opener, stack, f"update {update.update_id}", update.update_id)
 
     @classmethod
     def model(cls, what: str, opener: Callable[[], WeightsReader] | None, stack: ExitStack) -> _Opened:
-        def fail(reason: str) -> FmaError:
-            return FmaError(f"{what}: {reason}")
-
         if opener is None:
-            raise fail("there is none yet (publish an initial model before the first round)")
-        return cls._entered(opener, stack, fail)
+            raise FmaError(f"{what}: there is none yet (publish an initial model before the first round)")
+        return cls._entered(opener, stack, what, None)
 
     @classmethod
     def _entered(
-        cls, opener: Callable[[], WeightsReader], stack: ExitStack, fail: Callable[[str], FmaError]
+        cls, opener: Callable[[], WeightsReader], stack: ExitStack, what: str, update_id: str | None
     ) -> _Opened:
         try:
             reader = stack.enter_context(opener())
         except Exception as error:
-            raise fail(f"cannot be opened: {error}") from error
-        return cls(reader, fail)
+            raise _said(error, what, update_id, "cannot be opened") from error
+        return cls(reader, what, update_id)
 
     def read_block(self, name: str, start: int, stop: int, buffer: np.ndarray | None) -> np.ndarray:
         try:
             return self._reader.read_block(name, start, stop, buffer)
         except Exception as error:
-            raise self._fail(f"tensor {name!r} cannot be read: {error}") from error
+            raise _said(error, self._what, self._update_id, f"tensor {name!r} cannot be read") from error
+
+
+def _said(error: Exception, what: str, update_id: str | None, reason: str) -> Exception:
+    """``error``, raised while reading ``what``, as the round engine acts on it (see ``_Opened``)."""
+    if isinstance(error, StoreUnavailable | OSError):
+        return StoreUnavailable(f"{what}: {reason}: {error}")
+    if isinstance(error, InvalidWeights | ObjectNotFound):
+        if update_id is not None:
+            return UpdateUnreadable(update_id, f"{reason}: {error}")
+        return FmaError(f"{what}: {reason}: {error}")
+    return error

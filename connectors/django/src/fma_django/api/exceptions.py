@@ -18,8 +18,11 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from fma_core.errors import ConfigurationError, InvalidWeights
+from fma_core.errors import ConfigurationError, InvalidWeights, StoreUnavailable
 from fma_django import errors
+
+STORE_RETRY_AFTER_SECONDS = 5
+"""When a request that found the weight store failing (503) is worth sending again."""
 
 # Each domain error's status, by its nearest type here: a subtype (``WeightsInvalid``,
 # ``UploadIncomplete``) answers as its parent, with its own code.
@@ -72,6 +75,15 @@ def _refusal(exc: Exception, context: dict[str, Any]) -> Response | None:
         retry_after = getattr(exc, "retry_after", None)  # NotSelected: when to ask again
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
         return Response({"detail": exc.detail, "code": exc.code}, status=status_of(exc), headers=headers)
+    if isinstance(exc, StoreUnavailable):  # the store's moment, not the request's fault: nothing was refused
+        return Response(
+            {
+                "detail": "the weight store is unavailable for a moment: send the request again",
+                "code": "store_unavailable",
+            },
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": str(STORE_RETRY_AFTER_SECONDS)},
+        )
     if isinstance(exc, InvalidWeights):
         return Response({"detail": str(exc), "code": "invalid_weights"}, status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, ConfigurationError):
