@@ -244,3 +244,16 @@ def test_field_capacity_and_encoding_limits():
     assert RoundParams.from_json(RoundParams("e", 2, 3, field=field).as_json()) == RoundParams(
         "e", 2, 3, field=field
     )
+
+
+@pytest.mark.parametrize(
+    ("kind", "value", "says"),
+    [
+        ("self_mask", b"\x01" * 24, "66 bytes"),
+        ("mask_key", b"\xff" * 66, "field"),
+        ("seed", b"\x01" * 66, "kind"),
+    ],
+)
+def test_a_malformed_share_cannot_be_made(kind, value, says):
+    with pytest.raises(ValueError, match=says):
+        Share("client", kind, value)

@@ -316,3 +316,26 @@ def test_workers_summing_at_once_record_one_aggregate(require_postgresql, secure
     assert not [r for r in results if isinstance(r, Exception)]
     assert len([r for r in results if r is not None]) == 1
     assert ModelAggregate.objects.filter(experiment=secure).count() == 1
+
+
+def test_a_malformed_share_is_refused_when_sent_and_the_round_still_unmasks(make_experiment, enroll):
+    """A share is checked when a survivor reveals it (66 bytes, in the field, of a known kind): before,
+    a short one was stored and the request closing the stage answered 500, as did every later one."""
+    experiment = make_experiment(secure_aggregation={"stage_seconds": 60})
+    apis = [enroll(experiment) for _ in range(3)]
+    one = Round(apis, experiment.pk)
+    one.through("masked_input")
+    survivors = one.view(apis[0])["survivors"]
+    url = f"{one.base}{one.id}/unmasking/"
+    for owner, kind, value in [
+        (survivors[1], "self_mask", b"\x01" * 24),  # short
+        (survivors[1], "self_mask", b"\xff" * 66),  # beyond the field's prime
+        (survivors[1], "seed", b"\x01" * 66),  # no such kind
+    ]:
+        before = SecureRoundRow.objects.values().get(pk=one.id)
+        refused = apis[0].post(url, {"shares": [[owner, kind, b64(value)]]}, format="json")
+        assert (refused.status_code, refused.json()["code"]) == (400, "secagg_invalid"), refused.content
+        assert SecureRoundRow.objects.values().get(pk=one.id) == before
+    assert all(answer.status_code == 200 for answer in one.stage("unmasking"))
+    assert secure_rounds.secure_round_unmask(one.id) is not None
+    assert one.view(apis[0])["action"] == "done"

@@ -40,6 +40,9 @@ class PublicKeys:
             raise ValueError("the two public keys must differ")
 
 
+SHARE_KINDS = ("self_mask", "mask_key")
+
+
 @dataclass(frozen=True)
 class Share:
     """One share revealed at unmasking: whose secret, which one (``self_mask`` or ``mask_key``), y."""
@@ -47,6 +50,13 @@ class Share:
     owner: str
     kind: str
     value: bytes
+
+    def __post_init__(self) -> None:
+        # checked when a client sends it, so that a malformed share is refused then (400), not met
+        # when the unmasking stage closes and every survivor's round depends on it
+        if self.kind not in SHARE_KINDS:
+            raise ValueError(f"a share's kind is {' or '.join(SHARE_KINDS)}, not {self.kind[:40]!r}")
+        shamir.from_bytes(self.value)  # 66 bytes, in the field
 
 
 def share_aad(params: RoundParams, sender: str, receiver: str) -> bytes:
