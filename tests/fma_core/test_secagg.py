@@ -17,7 +17,7 @@ from fma_core.secagg import (
     reconstruct_secrets,
     shamir,
 )
-from fma_core.secagg.client import Share
+from fma_core.secagg.client import PublicKeys, Share
 from fma_core.secagg.server import InconsistentShares
 
 BLOCK = 37  # not a multiple of anything, so blocks straddle AES counter blocks
@@ -257,3 +257,9 @@ def test_field_capacity_and_encoding_limits():
 def test_a_malformed_share_cannot_be_made(kind, value, says):
     with pytest.raises(ValueError, match=says):
         Share("client", kind, value)
+
+
+def test_a_low_order_public_key_cannot_be_advertised():
+    usable = crypto.public_bytes(crypto.new_private_key())
+    with pytest.raises(ValueError, match="not a usable X25519 key"):
+        PublicKeys(bytes(32), usable)

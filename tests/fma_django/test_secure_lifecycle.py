@@ -339,3 +339,24 @@ def test_a_malformed_share_is_refused_when_sent_and_the_round_still_unmasks(make
     assert all(answer.status_code == 200 for answer in one.stage("unmasking"))
     assert secure_rounds.secure_round_unmask(one.id) is not None
     assert one.view(apis[0])["action"] == "done"
+
+
+def test_a_public_key_no_exchange_can_use_is_refused_when_advertised(make_experiment, enroll):
+    """An all-zero (low-order) X25519 key made every neighbour's exchange with it fail, so one client
+    could break a round for all; it is refused at the advertise stage, and the round goes on."""
+    experiment = make_experiment(secure_aggregation={"stage_seconds": 60})
+    apis = [enroll(experiment) for _ in range(3)]
+    one = Round(apis, experiment.pk)
+    before = SecureRoundRow.objects.values().get(pk=one.id)
+    url = f"{one.base}{one.id}/advertise/"
+    usable = b64(one.sessions[apis[0].uuid].advertise().masking)
+    for body in (
+        {"encryption": b64(bytes(32)), "masking": usable},
+        {"encryption": usable, "masking": b64(bytes(32))},
+    ):
+        refused = apis[0].post(url, body, format="json")
+        assert (refused.status_code, refused.json()["code"]) == (400, "secagg_invalid"), refused.content
+        assert "not a usable X25519 key" in refused.json()["detail"]
+    assert SecureRoundRow.objects.values().get(pk=one.id) == before
+    assert secure_rounds.secure_round_unmask(one.id) is None  # nothing to sum yet
+    assert Round.finish(one)["action"] == "done"

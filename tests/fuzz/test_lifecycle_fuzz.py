@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -174,7 +175,12 @@ def without_secure_rounds(state: dict[str, Any]) -> dict[str, Any]:
 
 # -- generated values ------------------------------------------------------------------------------
 
-NAN, INF = float("nan"), float("inf")
+
+def _base64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+BASE64S = [_base64(bytes(n)) for n in (0, 1, 24, 32, 66)] + [_base64(b"\xff" * 66)]  # keys, shares, wrong
 LEAVES = st.one_of(
     st.none(),
     st.booleans(),
@@ -184,6 +190,9 @@ LEAVES = st.one_of(
     st.sampled_from([0.0, -0.0, 1e-320, 1e308, 0.5, 0.99, 1.0]),
     st.text(max_size=12),
     st.sampled_from(["1", "8", "max", "nan", "Infinity", "", "\x00", "accuracy"]),
+    st.sampled_from(
+        [_base64(bytes(n)) for n in (0, 1, 24, 32, 66)] + [_base64(b"\xff" * 66)]
+    ),  # keys, shares
     st.just([]),
     st.just({}),
     st.lists(st.integers(), max_size=3),
@@ -228,32 +237,47 @@ VALID_SETTINGS: dict[str, list[Any]] = {
 }
 
 
+def _places(value: Any, path: tuple = ()) -> list[tuple]:
+    """The path of every value inside ``value`` (itself excluded), containers and leaves alike."""
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else []
+    found = []
+    for key, child in items:
+        found.append((*path, key))
+        found += _places(child, (*path, key))
+    return found
+
+
+def _near(old: Any) -> st.SearchStrategy:
+    """A replacement for ``old``: any JSON value, or one close to it (base64 of the wrong bytes for
+    base64 text, a boolean, text or an extreme for a number)."""
+    if isinstance(old, str):
+        return st.one_of(st.sampled_from(BASE64S), LEAVES)
+    if isinstance(old, int | float) and not isinstance(old, bool):
+        return st.one_of(st.sampled_from([True, False, str(old), -old, 0, 10**400, 2**63, 1e308]), LEAVES)
+    return LEAVES
+
+
 @st.composite
 def mangled(draw: st.DrawFn, value: Any) -> Any:
-    """``value`` (JSON) with one place changed: a leaf replaced, a key added or removed, or as is."""
-    how = draw(st.sampled_from(["as is", "leaf", "leaf", "add key", "drop key", "whole"]))
-    if how == "whole" or (how != "as is" and not isinstance(value, dict | list)):
+    """``value`` (JSON) with one place changed (any place alike: a leaf or a container replaced, a key
+    added or removed), or replaced whole, or as is."""
+    how = draw(st.sampled_from(["as is", "replace", "replace", "replace", "add key", "drop key", "whole"]))
+    places = _places(value)
+    if how == "whole" or (how != "as is" and not places):
         return draw(LEAVES)
     if how == "as is":
         return value
     value = json.loads(json.dumps(value))  # a copy
+    *route, last = draw(st.sampled_from(places))
     parent: Any = value
-    while True:  # walk down to a container to change
-        keys = list(parent) if isinstance(parent, dict) else list(range(len(parent)))
-        if not keys:
-            break
-        key = draw(st.sampled_from(keys))
-        child = parent[key]
-        if not isinstance(child, dict | list) or draw(st.booleans()):
-            break
-        parent = child
-    keys = list(parent) if isinstance(parent, dict) else list(range(len(parent)))
+    for key in route:
+        parent = parent[key]
     if how == "add key" and isinstance(parent, dict):
         parent[draw(st.sampled_from(["extra", "Rounds", "", "buffer_size", "goal"]))] = draw(LEAVES)
-    elif how == "drop key" and keys:
-        del parent[draw(st.sampled_from(keys))]
-    elif keys:
-        parent[draw(st.sampled_from(keys))] = draw(LEAVES)
+    elif how == "drop key":
+        del parent[last]
+    else:
+        parent[last] = draw(_near(parent[last]))
     return value
 
 
@@ -266,6 +290,10 @@ def settings_body(draw: st.DrawFn) -> dict[str, Any]:
     if draw(st.integers(0, 9)) == 0:
         body["allow_aggregation"] = draw(st.one_of(st.booleans(), LEAVES))
     return body
+
+
+def b64encode(data: bytes) -> str:
+    return base64.b64encode(data).decode()
 
 
 def b64(size: int) -> str:
@@ -487,6 +515,220 @@ def test_lifecycle_evaluations_secure_rounds_and_settings_hold_their_invariants(
     if SEED:
         seed = random.randrange(2**32) if SEED == "random" else int(SEED)
         print(f"lifecycle: FMA_FUZZ_SEED={seed}")
+        examples = hypothesis.seed(seed)(examples)
+    try:
+        examples()
+    finally:
+        logging.getLogger("django.request").removeHandler(errors)
+    distinct = sorted(set(failures))
+    assert not distinct, f"{len(distinct)} distinct failures:\n" + "\n".join(distinct[:40])
+
+
+# -- secure rounds run by real clients ---------------------------------------------------------------
+
+
+@dataclass
+class Twist:
+    """How one client strays from the protocol in a secure round the others run honestly."""
+
+    stage: str  # advertise, share_keys, masked_input, unmasking
+    client: int  # which of the three
+    how: str  # mangle (its answer changed), skip (it drops out), twice (a retry), other (a second, different answer)
+
+
+def b64_decode(text: str) -> bytes:
+    return base64.b64decode(text)
+
+
+@st.composite
+def twists(draw: st.DrawFn) -> list[Twist]:
+    return draw(
+        st.lists(
+            st.builds(
+                Twist,
+                stage=st.sampled_from(["advertise", "share_keys", "masked_input", "unmasking"]),
+                client=st.integers(0, 2),
+                how=st.sampled_from(["mangle", "mangle", "skip", "twice", "other"]),
+            ),
+            min_size=1,
+            max_size=3,
+        )
+    )
+
+
+class SecureWalk:
+    """Three enrolled clients running one secure round over HTTP, each answer checked as it comes."""
+
+    def __init__(
+        self, server: str, experiment: Experiment, data: st.DataObject, errors: ServerErrors
+    ) -> None:
+        from fma_core.secagg import ClientSession, RoundParams
+
+        self.server, self.experiment, self.data, self.errors = server, experiment, data, errors
+        self.failures: list[str] = []
+        self.base = f"{server}/api/v1/models/{experiment.pk}/secure_round/"
+        self.clients = [enrolled(server, experiment) for _ in range(3)]
+        view = self.get(0)
+        self.round = view["id"]
+        params = RoundParams.from_json(view["params"])
+        self.sessions = [ClientSession(uuid, params) for _, uuid in self.clients]
+        self.dropped: set[int] = set()
+
+    def auth(self, client: int) -> dict[str, str]:
+        return {"Authorization": f"Client {self.clients[client][0]}", "Connection": "close"}
+
+    def get(self, client: int) -> dict[str, Any]:
+        answer = requests.get(
+            self.base,
+            params={"id": self.round} if hasattr(self, "round") else None,
+            headers=self.auth(client),
+            timeout=TIMEOUT,
+        )
+        self.judge(f"GET secure_round as client {client}", answer, before=None)
+        return answer.json() if answer.status_code == 200 else {}
+
+    def judge(self, what: str, answer: requests.Response, before: dict | None) -> None:
+        tracebacks = self.errors.take()
+        told = f"{what} -> {answer.status_code} {answer.text[:300]}"
+        if answer.status_code >= 500:
+            self.failures.append(f"5xx: {told} {tracebacks[:1]}")
+        elif answer.status_code >= 400:
+            body = (
+                answer.json() if answer.headers.get("Content-Type", "").startswith("application/json") else {}
+            )
+            if not (body.get("detail") and body.get("code")):
+                self.failures.append(f"a refusal without detail and code: {told}")
+            if before is not None and snapshot() != before:
+                self.failures.append(f"a refused stage answer changed rows: {told}")
+
+    def send(self, client: int, stage: str, payload: Any) -> None:
+        forget_throttles()
+        before = snapshot()
+        url = f"{self.base}{self.round}/{stage}/"
+        if stage == "masked_input":
+            answer = requests.put(
+                url,
+                data=payload,
+                headers={**self.auth(client), "Content-Type": "application/octet-stream"},
+                timeout=TIMEOUT,
+            )
+            shown = f"<{len(payload)} bytes>"
+        else:
+            answer = requests.post(
+                url,
+                data=json.dumps(payload, allow_nan=True),
+                headers={**self.auth(client), "Content-Type": "application/json"},
+                timeout=TIMEOUT,
+            )
+            shown = json.dumps(payload, allow_nan=True)[:200]
+        self.judge(f"client {client} {stage} {shown}", answer, before)
+
+    def answer(self, client: int, stage: str, view: dict[str, Any]) -> Any:
+        """The honest answer of ``client`` at ``stage``, from its view of the round."""
+        from fma_core.secagg import PublicKeys
+
+        session = self.sessions[client]
+        if stage == "advertise":
+            keys = session.advertise()
+            return {"encryption": b64encode(keys.encryption), "masking": b64encode(keys.masking)}
+        if stage == "share_keys":
+            roster = {c: PublicKeys(b64_decode(e), b64_decode(m)) for c, (e, m) in view["roster"].items()}
+            return {"shares": {j: b64encode(ct) for j, ct in session.share_keys(roster).items()}}
+        if stage == "masked_input":
+            session.receive_shares({c: b64_decode(ct) for c, ct in view["inbox"].items()})
+            update = weights(0.25)
+            blocks = (update[name].astype("float64").ravel() for name in view["tensors"])
+            return b"".join(block.astype("<u8").tobytes() for block in session.masked_input(blocks, 1))
+        return {"shares": [[s.owner, s.kind, b64encode(s.value)] for s in session.unmask(view["survivors"])]}
+
+    def stray(self, client: int, stage: str, honest: Any, how: str) -> Any:
+        """What a straying client sends instead of (or besides) ``honest``; None: nothing (it dropped)."""
+        if how == "skip":
+            self.dropped.add(client)
+            return None
+        if how == "twice":
+            self.send(client, stage, honest)
+            return honest
+        if stage == "masked_input":
+            size = self.data.draw(st.sampled_from([len(honest), len(honest) - 8, 0]), label="size")
+            return (b"\xff" * size) if how == "other" else honest[:size]
+        changed = self.data.draw(mangled(honest), label=f"{stage} answer")
+        if how == "other":  # the honest answer first, then a different one
+            self.send(client, stage, honest)
+        return changed
+
+    def run(self, plan: list[Twist]) -> None:
+        for stage in ("advertise", "share_keys", "masked_input", "unmasking"):
+            for client in range(3):
+                if client in self.dropped:
+                    continue
+                view = self.get(client)
+                if view.get("action") != stage:
+                    continue  # dropped by the round, or the round failed: its view says so
+                honest = self.answer(client, stage, view)
+                sent = honest
+                for twist in plan:
+                    if (twist.stage, twist.client) == (stage, client) and sent is not None:
+                        sent = self.stray(client, stage, sent, twist.how)
+                if sent is not None:
+                    self.send(client, stage, sent)
+        # the deadlines pass and the runner sums: a round ends unmasked or failed, never stuck in an error
+        from fma_django import secure_rounds
+
+        try:
+            for later in range(1, 6):  # each sweep closes one stage whose deadline has passed
+                secure_rounds.secure_rounds_advance(now=time.time() + later * 10**6)
+            secure_rounds.secure_round_unmask(self.round)
+        except Exception as error:  # the runner's job must end the round, whatever the clients sent
+            self.failures.append(
+                f"the round's sweep or sum raised {type(error).__name__}: {error}; plan {plan}"
+            )
+        stage = SecureRoundRow.objects.values_list("stage", flat=True).get(pk=self.round)
+        if stage not in ("unmasked", "failed"):
+            self.failures.append(
+                f"the round ended at stage {stage!r}, neither unmasked nor failed; plan {plan}"
+            )
+        self.get(0)
+
+
+@pytest.fixture
+def make_secure_experiment(server: str, developer) -> Callable[[], Experiment]:
+    numbers = iter(range(1, 10**6))
+
+    def create() -> Experiment:
+        forget_throttles()
+        return services.experiment_create(
+            developer=developer,
+            name=f"secure walk {next(numbers)}",
+            initial_model=weights(0.0),
+            secure_aggregation={"stage_seconds": 600, "clip": 1.0},
+        )
+
+    return create
+
+
+def test_secure_rounds_hold_their_invariants_whatever_one_client_sends(server, make_secure_experiment):
+    errors, failures = ServerErrors(), []
+    logging.getLogger("django.request").addHandler(errors)
+
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+        derandomize=not SEED,
+        print_blob=False,
+    )
+    @given(plan=twists(), data=st.data())
+    def examples(plan: list[Twist], data: st.DataObject) -> None:
+        walk = SecureWalk(server, make_secure_experiment(), data, errors)
+        walk.run(plan)
+        failures.extend(walk.failures)
+
+    if SEED:
+        seed = random.randrange(2**32) if SEED == "random" else int(SEED)
+        print(f"secure walk: FMA_FUZZ_SEED={seed}")
         examples = hypothesis.seed(seed)(examples)
     try:
         examples()

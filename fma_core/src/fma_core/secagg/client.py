@@ -38,6 +38,8 @@ class PublicKeys:
             raise ValueError("a public key is 32 bytes")
         if self.encryption == self.masking:
             raise ValueError("the two public keys must differ")
+        crypto.check_public(self.encryption)
+        crypto.check_public(self.masking)
 
 
 SHARE_KINDS = ("self_mask", "mask_key")
