@@ -360,3 +360,31 @@ def test_a_public_key_no_exchange_can_use_is_refused_when_advertised(make_experi
     assert SecureRoundRow.objects.values().get(pk=one.id) == before
     assert secure_rounds.secure_round_unmask(one.id) is None  # nothing to sum yet
     assert Round.finish(one)["action"] == "done"
+
+
+def test_a_round_whose_weights_sum_to_nothing_fails_instead_of_being_summed_again(
+    make_experiment, enroll, stored_files
+):
+    """A survivor can shift its weight element so that the unmasked weights sum to 0 (the masks cancel
+    whatever it sends): no mean exists, and the round fails with why; before, the sum raised and the
+    round stayed ``summing``, handed out again by every sweep."""
+    experiment = make_experiment(secure_aggregation={"stage_seconds": 60})
+    apis = [enroll(experiment) for _ in range(3)]
+    one = Round(apis, experiment.pk)
+    one.through("masked_input")
+    row = SecureRoundRow.objects.get(pk=one.id)
+    state = row.state
+    first = state["survivors"][0]
+    store = weight_store()
+    with store.open(state["inputs"][first]) as stream:
+        body = bytearray(stream.read())
+    weight = np.frombuffer(bytes(body[:8]), dtype="<u8")[0] - np.uint64(3)  # the three weights of 1
+    body[:8] = np.array([weight], dtype="<u8").tobytes()
+    store.put(state["inputs"][first], io.BytesIO(bytes(body)))
+    assert all(answer.status_code == 200 for answer in one.stage("unmasking"))
+    ended = secure_rounds.secure_round_unmask(one.id)
+    assert ended is not None
+    assert (ended.stage, ended.aggregate_id) == ("failed", None)
+    assert "unmasking: the unmasked sum of weights is not positive" in ended.reason
+    assert secure_rounds.secure_rounds_summing() == []
+    assert masked_files(stored_files) == []
