@@ -47,6 +47,7 @@ import requests
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from fma_core.secagg import SecAggAbort
 from fma_django import services
 from fma_django.models import Evaluation, Event, Experiment, SecureRoundRow
 
@@ -58,6 +59,15 @@ SEED = os.environ.get("FMA_FUZZ_SEED", "")
 MISSING = 2**62  # an experiment, round or aggregate id no world has
 STATES = ["collecting", "paused", "stopped", "finished", "budget_spent"]
 STAGES = ["advertise", "share_keys", "unmasking"]
+# the experiments each caller may reach: any other must answer as one that does not exist
+BELONGS = {
+    "developer": ("own", "secure"),
+    "client": ("own",),
+    "secure_client": ("secure",),
+    "stranger": ("other",),
+    "stranger_client": ("other",),
+    "anonymous": (),
+}
 
 
 # -- the world -------------------------------------------------------------------------------------
@@ -462,7 +472,7 @@ def check(server: str, world: World, call: Call, errors: ServerErrors, failures:
         )
         if compared[0] != compared[1]:
             failures.append(f"a refused request changed rows: {what}")
-    if call.target == "other" and call.caller not in ("stranger", "stranger_client"):
+    if call.target != "missing" and call.target not in BELONGS[call.caller]:
         forget_throttles()
         missing = send(server, world, call, MISSING)
         if missing.status_code != response.status_code or (
@@ -665,7 +675,13 @@ class SecureWalk:
                 view = self.get(client)
                 if view.get("action") != stage:
                     continue  # dropped by the round, or the round failed: its view says so
-                honest = self.answer(client, stage, view)
+                try:
+                    honest = self.answer(client, stage, view)
+                except (
+                    SecAggAbort
+                ):  # a straying neighbour's share does not authenticate: it stops, as fma-client does
+                    self.dropped.add(client)
+                    continue
                 sent = honest
                 for twist in plan:
                     if (twist.stage, twist.client) == (stage, client) and sent is not None:
