@@ -388,3 +388,22 @@ def test_a_round_whose_weights_sum_to_nothing_fails_instead_of_being_summed_agai
     assert "unmasking: the unmasked sum of weights is not positive" in ended.reason
     assert secure_rounds.secure_rounds_summing() == []
     assert masked_files(stored_files) == []
+
+
+def test_encrypted_shares_of_the_wrong_size_are_refused_when_sent(make_experiment, enroll):
+    """Each neighbour's sealed pair of shares has one size; another is refused at share_keys (400)
+    instead of being relayed to a neighbour that could only abort the round on it."""
+    experiment = make_experiment(secure_aggregation={"stage_seconds": 60})
+    apis = [enroll(experiment) for _ in range(3)]
+    one = Round(apis, experiment.pk)
+    one.through("advertise")
+    roster = one.view(apis[0])["roster"]
+    neighbours = [uuid for uuid in roster if uuid != apis[0].uuid]
+    before = SecureRoundRow.objects.values().get(pk=one.id)
+    for size in (0, 1, 159, 161):
+        shares = {j: b64(bytes(size if j == neighbours[0] else 160)) for j in neighbours}
+        refused = apis[0].post(f"{one.base}{one.id}/share_keys/", {"shares": shares}, format="json")
+        assert (refused.status_code, refused.json()["code"]) == (400, "secagg_invalid"), refused.content
+        assert "are not 160 bytes" in refused.json()["detail"]
+    assert SecureRoundRow.objects.values().get(pk=one.id) == before
+    assert all(answer.status_code == 200 for answer in one.stage("share_keys"))

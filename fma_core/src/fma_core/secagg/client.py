@@ -43,6 +43,8 @@ class PublicKeys:
 
 
 SHARE_KINDS = ("self_mask", "mask_key")
+# what a client sends each neighbour at share_keys: its two shares for it, sealed (nonce, text, GCM tag)
+SEALED_SHARES_BYTES = crypto.NONCE_BYTES + 2 * shamir.SHARE_BYTES + 16
 
 
 @dataclass(frozen=True)
