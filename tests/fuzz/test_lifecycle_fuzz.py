@@ -25,7 +25,7 @@ Every answer must hold:
 - a retry of an accepted request is accepted again and changes nothing more;
 - after every request, the developer can still read her experiments.
 
-FMA_FUZZ_EXAMPLES (4 in the suite: about 15 s) worlds, each with up to 6 requests; FMA_FUZZ_SEED as in
+FMA_FUZZ_EXAMPLES (4 in the suite: both tests about 17 s at a load average of 6) worlds, each with up to 6 requests; FMA_FUZZ_SEED as in
 test_fuzz.py (``random``: a new seed, printed).
 """
 
