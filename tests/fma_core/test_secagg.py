@@ -17,7 +17,7 @@ from fma_core.secagg import (
     reconstruct_secrets,
     shamir,
 )
-from fma_core.secagg.client import Share
+from fma_core.secagg.client import PublicKeys, Share
 from fma_core.secagg.server import InconsistentShares
 
 BLOCK = 37  # not a multiple of anything, so blocks straddle AES counter blocks
@@ -244,3 +244,22 @@ def test_field_capacity_and_encoding_limits():
     assert RoundParams.from_json(RoundParams("e", 2, 3, field=field).as_json()) == RoundParams(
         "e", 2, 3, field=field
     )
+
+
+@pytest.mark.parametrize(
+    ("kind", "value", "says"),
+    [
+        ("self_mask", b"\x01" * 24, "66 bytes"),
+        ("mask_key", b"\xff" * 66, "field"),
+        ("seed", b"\x01" * 66, "kind"),
+    ],
+)
+def test_a_malformed_share_cannot_be_made(kind, value, says):
+    with pytest.raises(ValueError, match=says):
+        Share("client", kind, value)
+
+
+def test_a_low_order_public_key_cannot_be_advertised():
+    usable = crypto.public_bytes(crypto.new_private_key())
+    with pytest.raises(ValueError, match="not a usable X25519 key"):
+        PublicKeys(bytes(32), usable)

@@ -26,6 +26,12 @@ def test_defaults_and_round_trip():
         ({"clip": -1}, "clip"),
         ({"rounding": "up"}, "rounding"),
         ({"stage_seconds": 0}, "stage_seconds"),
+        ({"stage_seconds": True}, "stage_seconds"),  # a boolean is no number of seconds
+        ({"clip": "8"}, "clip"),  # nor is text
+        ({"clip": 1e308}, "clip"),  # 2·clip overflows
+        ({"clip": 1e-300}, "clip"),  # the scale overflows
+        ({"bits": 20.5}, "bits"),
+        ({"max_weight": True}, "max_weight"),
         ({"treshold": 0.7}, "unknown"),
         ([], "an object"),
     ],

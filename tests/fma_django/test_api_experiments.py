@@ -405,3 +405,61 @@ def test_enrollment_token_limits_out_of_range_are_refused(experiment, dev_api, b
     assert response.status_code == 400, response.content
     assert set(body) <= set(response.json())
     assert not experiment.enrollment_tokens.exists()
+
+
+HUGE = 10**400  # valid JSON; no float holds it
+PRIVACY = {
+    "clip": {"bound": 1.0},
+    "noise_multiplier": 1.0,
+    "expected_clients": 20,
+    "epsilon": 8,
+    "delta": 1e-5,
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "code", "says"),
+    [
+        (
+            {"aggregator": "fedavgm", "aggregator_params": {"momentum": HUGE}},
+            "invalid_aggregator",
+            "momentum",
+        ),
+        (
+            {"asynchronous": {"buffer": 2, "server_learning_rate": HUGE}},
+            "invalid_asynchronous",
+            "learning_rate",
+        ),
+        (
+            {"asynchronous": {"buffer": 2, "staleness": {"function": "polynomial", "a": HUGE}}},
+            "invalid_asynchronous",
+            "'a' must be a number",
+        ),
+        ({"asynchronous": {"buffer": True}}, "invalid_asynchronous", "buffer"),
+        ({"privacy": {**PRIVACY, "epsilon": HUGE}}, "invalid_privacy", "epsilon"),
+        ({"privacy": {**PRIVACY, "expected_clients": True}}, "invalid_privacy", "expected_clients"),
+        ({"secure_aggregation": {"clip": HUGE}}, "invalid_secure_aggregation", "clip"),
+        ({"secure_aggregation": {"clip": 1e308}}, "invalid_secure_aggregation", "clip"),  # 2·clip is no float
+        ({"secure_aggregation": {"clip": 1e-300}}, "invalid_secure_aggregation", "clip"),  # its scale is none
+        ({"secure_aggregation": {"clip": True}}, "invalid_secure_aggregation", "clip"),
+        ({"secure_aggregation": {"clip": "8"}}, "invalid_secure_aggregation", "clip"),
+        ({"secure_aggregation": {"bits": 20.5}}, "invalid_secure_aggregation", "bits"),
+        ({"secure_aggregation": {"bits": "20"}}, "invalid_secure_aggregation", "bits"),
+        ({"secure_aggregation": {"max_weight": True}}, "invalid_secure_aggregation", "max_weight"),
+        ({"secure_aggregation": {"threshold": True}}, "invalid_secure_aggregation", "threshold"),
+        ({"secure_aggregation": {"stage_seconds": True}}, "invalid_secure_aggregation", "stage_seconds"),
+        ({"secure_aggregation": {"stage_seconds": HUGE}}, "invalid_secure_aggregation", "stage_seconds"),
+        ({"finish_when": {"metric": "accuracy", "at_least": HUGE}}, "invalid_finish_when", "at_least"),
+        ({"finish_when": {"rounds": 2**63}}, "invalid_finish_when", "rounds"),
+    ],
+)
+def test_a_setting_holding_a_boolean_text_or_a_number_no_float_holds_is_refused_and_nothing_stored(
+    dev_api, experiment, change, code, says
+):
+    """Each setting's numbers are numbers of the kind it takes (a boolean or "8" is not one, nor
+    1e400 written out in digits, which no float holds): a 400 naming it, never a 500, nothing saved."""
+    before = Experiment.objects.filter(pk=experiment.pk).values().get()
+    response = dev_api.patch(f"/api/v1/models/{experiment.pk}/", change, format="json")
+    assert (response.status_code, response.json()["code"]) == (400, code), response.content
+    assert says in response.json()["detail"]
+    assert Experiment.objects.filter(pk=experiment.pk).values().get() == before

@@ -316,3 +316,94 @@ def test_workers_summing_at_once_record_one_aggregate(require_postgresql, secure
     assert not [r for r in results if isinstance(r, Exception)]
     assert len([r for r in results if r is not None]) == 1
     assert ModelAggregate.objects.filter(experiment=secure).count() == 1
+
+
+def test_a_malformed_share_is_refused_when_sent_and_the_round_still_unmasks(make_experiment, enroll):
+    """A share is checked when a survivor reveals it (66 bytes, in the field, of a known kind): before,
+    a short one was stored and the request closing the stage answered 500, as did every later one."""
+    experiment = make_experiment(secure_aggregation={"stage_seconds": 60})
+    apis = [enroll(experiment) for _ in range(3)]
+    one = Round(apis, experiment.pk)
+    one.through("masked_input")
+    survivors = one.view(apis[0])["survivors"]
+    url = f"{one.base}{one.id}/unmasking/"
+    for owner, kind, value in [
+        (survivors[1], "self_mask", b"\x01" * 24),  # short
+        (survivors[1], "self_mask", b"\xff" * 66),  # beyond the field's prime
+        (survivors[1], "seed", b"\x01" * 66),  # no such kind
+    ]:
+        before = SecureRoundRow.objects.values().get(pk=one.id)
+        refused = apis[0].post(url, {"shares": [[owner, kind, b64(value)]]}, format="json")
+        assert (refused.status_code, refused.json()["code"]) == (400, "secagg_invalid"), refused.content
+        assert SecureRoundRow.objects.values().get(pk=one.id) == before
+    assert all(answer.status_code == 200 for answer in one.stage("unmasking"))
+    assert secure_rounds.secure_round_unmask(one.id) is not None
+    assert one.view(apis[0])["action"] == "done"
+
+
+def test_a_public_key_no_exchange_can_use_is_refused_when_advertised(make_experiment, enroll):
+    """An all-zero (low-order) X25519 key made every neighbour's exchange with it fail, so one client
+    could break a round for all; it is refused at the advertise stage, and the round goes on."""
+    experiment = make_experiment(secure_aggregation={"stage_seconds": 60})
+    apis = [enroll(experiment) for _ in range(3)]
+    one = Round(apis, experiment.pk)
+    before = SecureRoundRow.objects.values().get(pk=one.id)
+    url = f"{one.base}{one.id}/advertise/"
+    usable = b64(one.sessions[apis[0].uuid].advertise().masking)
+    for body in (
+        {"encryption": b64(bytes(32)), "masking": usable},
+        {"encryption": usable, "masking": b64(bytes(32))},
+    ):
+        refused = apis[0].post(url, body, format="json")
+        assert (refused.status_code, refused.json()["code"]) == (400, "secagg_invalid"), refused.content
+        assert "not a usable X25519 key" in refused.json()["detail"]
+    assert SecureRoundRow.objects.values().get(pk=one.id) == before
+    assert secure_rounds.secure_round_unmask(one.id) is None  # nothing to sum yet
+    assert Round.finish(one)["action"] == "done"
+
+
+def test_a_round_whose_weights_sum_to_nothing_fails_instead_of_being_summed_again(
+    make_experiment, enroll, stored_files
+):
+    """A survivor can shift its weight element so that the unmasked weights sum to 0 (the masks cancel
+    whatever it sends): no mean exists, and the round fails with why; before, the sum raised and the
+    round stayed ``summing``, handed out again by every sweep."""
+    experiment = make_experiment(secure_aggregation={"stage_seconds": 60})
+    apis = [enroll(experiment) for _ in range(3)]
+    one = Round(apis, experiment.pk)
+    one.through("masked_input")
+    row = SecureRoundRow.objects.get(pk=one.id)
+    state = row.state
+    first = state["survivors"][0]
+    store = weight_store()
+    with store.open(state["inputs"][first]) as stream:
+        body = bytearray(stream.read())
+    weight = np.frombuffer(bytes(body[:8]), dtype="<u8")[0] - np.uint64(3)  # the three weights of 1
+    body[:8] = np.array([weight], dtype="<u8").tobytes()
+    store.put(state["inputs"][first], io.BytesIO(bytes(body)))
+    assert all(answer.status_code == 200 for answer in one.stage("unmasking"))
+    ended = secure_rounds.secure_round_unmask(one.id)
+    assert ended is not None
+    assert (ended.stage, ended.aggregate_id) == ("failed", None)
+    assert "unmasking: the unmasked sum of weights is not positive" in ended.reason
+    assert secure_rounds.secure_rounds_summing() == []
+    assert masked_files(stored_files) == []
+
+
+def test_encrypted_shares_of_the_wrong_size_are_refused_when_sent(make_experiment, enroll):
+    """Each neighbour's sealed pair of shares has one size; another is refused at share_keys (400)
+    instead of being relayed to a neighbour that could only abort the round on it."""
+    experiment = make_experiment(secure_aggregation={"stage_seconds": 60})
+    apis = [enroll(experiment) for _ in range(3)]
+    one = Round(apis, experiment.pk)
+    one.through("advertise")
+    roster = one.view(apis[0])["roster"]
+    neighbours = [uuid for uuid in roster if uuid != apis[0].uuid]
+    before = SecureRoundRow.objects.values().get(pk=one.id)
+    for size in (0, 1, 159, 161):
+        shares = {j: b64(bytes(size if j == neighbours[0] else 160)) for j in neighbours}
+        refused = apis[0].post(f"{one.base}{one.id}/share_keys/", {"shares": shares}, format="json")
+        assert (refused.status_code, refused.json()["code"]) == (400, "secagg_invalid"), refused.content
+        assert "are not 160 bytes" in refused.json()["detail"]
+    assert SecureRoundRow.objects.values().get(pk=one.id) == before
+    assert all(answer.status_code == 200 for answer in one.stage("share_keys"))

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fma_core.errors import ConfigurationError
+from fma_core.numbers import finite_number, is_whole
 from fma_core.policies import Deadline, RoundPolicy, policy_from_config
 
 REPORT_SECTION = "staleness"
@@ -93,7 +94,7 @@ class Staleness:
         if missing:
             raise ConfigurationError(f"asynchronous.staleness: {name!r} needs {', '.join(missing)}")
         for param, value in values.items():
-            if not _is_number(value) or not math.isfinite(value):
+            if finite_number(value) is None:
                 raise ConfigurationError(f"asynchronous.staleness: {param!r} must be a number, not {value!r}")
         if "a" in values and values["a"] <= 0:
             raise ConfigurationError(f"asynchronous.staleness: 'a' must be above 0, not {values['a']!r}")
@@ -144,17 +145,17 @@ class AsyncMode:
                 f"asynchronous: unknown setting(s) {', '.join(unknown)}; known: {', '.join(known)}"
             )
         buffer = config.get("buffer")
-        if not _is_whole(buffer) or buffer < 1:
+        if not is_whole(buffer) or buffer < 1:
             raise ConfigurationError(
                 f"asynchronous.buffer (K, the updates a round takes) must be a whole number of at least 1, not {buffer!r}"
             )
         max_staleness = config.get("max_staleness")
-        if max_staleness is not None and (not _is_whole(max_staleness) or max_staleness < 0):
+        if max_staleness is not None and (not is_whole(max_staleness) or max_staleness < 0):
             raise ConfigurationError(
                 f"asynchronous.max_staleness must be a whole number of at least 0, not {max_staleness!r}"
             )
         rate = config.get("server_learning_rate")
-        if rate is not None and (not _is_number(rate) or not math.isfinite(rate) or rate <= 0):
+        if rate is not None and (finite_number(rate) is None or rate <= 0):
             raise ConfigurationError(f"asynchronous.server_learning_rate must be above 0, not {rate!r}")
         return cls(
             buffer=buffer,
@@ -231,11 +232,3 @@ def report(mode: AsyncMode, taus: Mapping[str, int]) -> dict[str, Any]:
         "updates": {u: {"tau": tau, "discount": mode.staleness(tau)} for u, tau in taus.items()},
         "mix": mix,
     }
-
-
-def _is_whole(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)

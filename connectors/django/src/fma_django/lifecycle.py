@@ -13,7 +13,6 @@ two in step). Updates are accepted while collecting or paused; an ended experime
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +21,9 @@ from django.db import transaction
 from django.db.models import Max, Q
 from django.utils import timezone
 
+from fma_core.numbers import finite_number, is_whole
 from fma_django.errors import Conflict, ValidationFailed
+from fma_django.limits import MAX_BIGINT, whole_number_range
 from fma_django.models import EventKind, Experiment, ExperimentState
 from fma_django.selectors import aggregate_metrics, evaluation_latest
 
@@ -62,9 +63,11 @@ class FinishWhen:
                 code="invalid_finish_when",
             )
         rounds = config.get("rounds")
-        if rounds is not None and (isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1):
+        if rounds is not None and (not is_whole(rounds) or not 1 <= rounds <= MAX_BIGINT):
             raise ValidationFailed(
-                f"finish_when.rounds must be a whole number ≥ 1, not {rounds!r}", code="invalid_finish_when"
+                f"finish_when.rounds must be {whole_number_range(1, MAX_BIGINT)} (a round number), not "
+                f"{str(rounds)[:40]}",
+                code="invalid_finish_when",
             )
         metric = config.get("metric")
         goals = [goal for goal in ("at_least", "at_most") if goal in config]
@@ -92,12 +95,13 @@ class FinishWhen:
                 "finish_when with a metric needs exactly one of at_least and at_most",
                 code="invalid_finish_when",
             )
-        target = config[goals[0]]
-        if isinstance(target, bool) or not isinstance(target, int | float) or not math.isfinite(target):
+        target = finite_number(config[goals[0]])
+        if target is None:
             raise ValidationFailed(
-                f"finish_when.{goals[0]} must be a finite number, not {target!r}", code="invalid_finish_when"
+                f"finish_when.{goals[0]} must be a finite number, not {str(config[goals[0]])[:40]}",
+                code="invalid_finish_when",
             )
-        return cls(rounds=rounds, metric=metric, source=source, goal=goals[0], target=float(target))
+        return cls(rounds=rounds, metric=metric, source=source, goal=goals[0], target=target)
 
     def reached(self, *, rounds: int, metric_value: float | None) -> str | None:
         """Why the experiment is finished after ``rounds`` aggregates whose latest measured

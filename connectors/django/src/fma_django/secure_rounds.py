@@ -41,6 +41,7 @@ from django.db import IntegrityError, connection, transaction
 
 from fma_core.secagg import PublicKeys, RoundParams, SecureRound, Share, StageError
 from fma_core.secagg.config import SecureAggregation
+from fma_core.secagg.server import InconsistentShares
 from fma_core.weights import TensorSpec, open_weights, to_bytes
 from fma_django import lifecycle, sampling, selectors
 from fma_django.errors import Conflict, NotFound, ValidationFailed
@@ -199,7 +200,11 @@ def secure_round_unmask(round_id: int) -> SecureRoundRow | None:
         if row is None:
             return None
         state = SecureRound.from_json(row.state)
-        row.aggregate = _commit_mean(row, state, state.unmasker())
+        try:
+            row.aggregate = _commit_mean(row, state, state.unmasker())
+        except InconsistentShares as error:  # no mean to record (the weights' sum is not positive):
+            row.aggregate = None  # the round fails with why, instead of every sweep summing it again
+            state.end(f"unmasking: {error}")
         if row.aggregate is None:
             _end_if_ended(row, state)
             _failed(row, state)

@@ -137,7 +137,13 @@ class AggregatorParams:
                     f"parameter {name!r}{where} must be a {expected.__name__}, not {value!r}"
                 )
             if expected is float:
-                values[name] = float(value)
+                try:
+                    values[name] = float(value)
+                except OverflowError:  # a whole number no float holds (JSON allows 1 and 400 zeros)
+                    shown = f"{str(value)[:20]}… ({len(str(value))} digits)"
+                    raise ConfigurationError(
+                        f"parameter {name!r}{where} must be a finite number, not {shown}"
+                    ) from None
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:

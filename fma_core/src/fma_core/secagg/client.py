@@ -38,6 +38,13 @@ class PublicKeys:
             raise ValueError("a public key is 32 bytes")
         if self.encryption == self.masking:
             raise ValueError("the two public keys must differ")
+        crypto.check_public(self.encryption)
+        crypto.check_public(self.masking)
+
+
+SHARE_KINDS = ("self_mask", "mask_key")
+# what a client sends each neighbour at share_keys: its two shares for it, sealed (nonce, text, GCM tag)
+SEALED_SHARES_BYTES = crypto.NONCE_BYTES + 2 * shamir.SHARE_BYTES + 16
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,13 @@ class Share:
     owner: str
     kind: str
     value: bytes
+
+    def __post_init__(self) -> None:
+        # checked when a client sends it, so that a malformed share is refused then (400), not met
+        # when the unmasking stage closes and every survivor's round depends on it
+        if self.kind not in SHARE_KINDS:
+            raise ValueError(f"a share's kind is {' or '.join(SHARE_KINDS)}, not {self.kind[:40]!r}")
+        shamir.from_bytes(self.value)  # 66 bytes, in the field
 
 
 def share_aad(params: RoundParams, sender: str, receiver: str) -> bytes:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fma_core.errors import ConfigurationError
+from fma_core.numbers import finite_number, is_whole
 from fma_core.secagg.field import FieldParams
 
 # The aggregators whose result is a function of the (weighted) sum of the updates alone.
@@ -51,28 +52,38 @@ class SecureAggregation:
         rounding = config.get("rounding", "stochastic")
         if rounding not in ("stochastic", "nearest"):
             raise ConfigurationError("secure_aggregation.rounding: 'stochastic' or 'nearest'")
+        clip = finite_number(config.get("clip", 8.0))
+        if clip is None:
+            raise ConfigurationError(f"secure_aggregation.clip: a number, not {_shown(config['clip'])}")
+        for name in ("bits", "max_weight"):
+            if name in config and not is_whole(config[name]):
+                raise ConfigurationError(
+                    f"secure_aggregation.{name}: a whole number, not {_shown(config[name])}"
+                )
         try:
             field = FieldParams(
-                clip=float(config.get("clip", 8.0)),
-                bits=int(config.get("bits", 24)),
-                max_weight=int(config.get("max_weight", 2**20)),
+                clip=clip,
+                bits=config.get("bits", 24),
+                max_weight=config.get("max_weight", 2**20),
                 stochastic=rounding == "stochastic",
             )
-        except (TypeError, ValueError) as error:
+        except ValueError as error:
             raise ConfigurationError(f"secure_aggregation: {error}") from None
-        threshold = config.get("threshold", 0.6)
-        if not isinstance(threshold, int | float) or not 0.5 < threshold <= 1:
+        threshold = finite_number(config.get("threshold", 0.6))
+        if threshold is None or not 0.5 < threshold <= 1:
             raise ConfigurationError(
                 "secure_aggregation.threshold: a fraction of each neighbourhood in (0.5, 1]; above one half, "
                 "no two disjoint groups of neighbours can each rebuild one of a client's secrets"
             )
         degree = config.get("degree")
-        if degree is not None and (not isinstance(degree, int) or degree < 2 or degree % 2):
+        if degree is not None and (not is_whole(degree) or degree < 2 or degree % 2):
             raise ConfigurationError("secure_aggregation.degree: an even number of neighbours, at least 2")
-        stage_seconds = config.get("stage_seconds", 300)
-        if not isinstance(stage_seconds, int | float) or not 1 <= stage_seconds <= 86400:
-            raise ConfigurationError("secure_aggregation.stage_seconds: between 1 and 86400")
-        return cls(field, float(threshold), degree, float(stage_seconds))
+        stage_seconds = finite_number(config.get("stage_seconds", 300))
+        if stage_seconds is None or not 1 <= stage_seconds <= 86400:
+            raise ConfigurationError(
+                "secure_aggregation.stage_seconds: a number of seconds between 1 and 86400"
+            )
+        return cls(field, threshold, degree, stage_seconds)
 
     def to_config(self) -> dict[str, Any]:
         return {
@@ -126,3 +137,8 @@ def conflicts(
             "secure aggregation keeps from it (noise added by the clients is not built yet)"
         )
     return found
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:40]}…"

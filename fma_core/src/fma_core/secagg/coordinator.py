@@ -15,7 +15,7 @@ import base64
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from fma_core.secagg.client import PublicKeys, Share
+from fma_core.secagg.client import SEALED_SHARES_BYTES, PublicKeys, Share
 from fma_core.secagg.params import RoundParams
 from fma_core.secagg.server import InconsistentShares, NotEnoughShares, Unmasker, reconstruct_secrets
 
@@ -90,6 +90,11 @@ class SecureRound:
         if set(ciphertexts) != set(neighbours):
             raise StageError(
                 "one encrypted share per neighbour is expected, no more, no fewer", "secagg_invalid"
+            )
+        wrong = sorted(j for j, sealed in ciphertexts.items() if len(sealed) != SEALED_SHARES_BYTES)
+        if wrong:  # refused now, not relayed to a neighbour that could only abort on it
+            raise ValueError(
+                f"the encrypted shares for {', '.join(wrong[:3])} are not {SEALED_SHARES_BYTES} bytes"
             )
         known = self.outbox.get(client)
         if known is not None and known != dict(ciphertexts):

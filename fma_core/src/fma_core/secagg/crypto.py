@@ -40,6 +40,16 @@ def public_bytes(key: X25519PrivateKey | X25519PublicKey) -> bytes:
     return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
+def check_public(data: bytes) -> None:
+    """Refuse (ValueError) 32 bytes that no key agreement can use: a low-order point, such as all
+    zeros, makes every X25519 exchange with it zero, which ``cryptography`` refuses; one advertised
+    would fail each neighbour's share of keys, and the server's unmasking."""
+    try:
+        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(data))
+    except ValueError:
+        raise ValueError("a public key is not a usable X25519 key (a low-order point)") from None
+
+
 def private_from_bytes(data: bytes) -> X25519PrivateKey:
     return X25519PrivateKey.from_private_bytes(data)
 

@@ -31,10 +31,13 @@ class FieldParams:
     stochastic: bool = True
 
     def __post_init__(self) -> None:
-        if not (np.isfinite(self.clip) and self.clip > 0):
-            raise ValueError("clip must be a positive number")
         if not 1 <= self.bits <= 52:
             raise ValueError("bits must be between 1 and 52 (a float64 holds them exactly)")
+        if not (np.isfinite(self.clip) and self.clip > 0):
+            raise ValueError("clip must be a positive number")
+        # the range 2·clip, and the scale times the largest sum (the mean divides by it), stay floats
+        if not (np.isfinite(2.0 * self.clip) and np.isfinite(self.scale * 2.0**MODULUS_BITS)):
+            raise ValueError(f"clip {self.clip:g} is too {'large' if self.clip > 1 else 'small'} to encode")
         if self.max_weight < 1:
             raise ValueError("max_weight must be at least 1")
         if self.capacity() < 1:
