@@ -261,13 +261,17 @@ def test_an_upload_started_without_its_sha256_is_checked_against_the_one_its_com
     done = complete(client_api, session, sha256=sha256.upper())
     assert done.status_code == 201, done.content
     assert done.json()["content_id"] == sha256
-    assert (UploadSession.objects.get().sha256, status(client_api, session).json()["sha256"]) == (sha256, sha256)
+    assert (UploadSession.objects.get().sha256, status(client_api, session).json()["sha256"]) == (
+        sha256,
+        sha256,
+    )
     assert len(stored_files()) == len(before) + 1
 
     # Completing again: with the same hash, or none, the first update; with another, a conflict.
-    assert {complete(client_api, session, sha256).json()["id"], complete(client_api, session).json()["id"]} == {
-        done.json()["id"]
-    }
+    assert {
+        complete(client_api, session, sha256).json()["id"],
+        complete(client_api, session).json()["id"],
+    } == {done.json()["id"]}
     other = complete(client_api, session, sha256=hashlib.sha256(b"other").hexdigest())
     assert (other.status_code, other.json()["code"]) == (409, "conflict")
     assert (ModelUpdate.objects.count(), len(stored_files())) == (1, len(before) + 1)
