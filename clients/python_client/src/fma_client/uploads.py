@@ -20,9 +20,9 @@ and records the joined object).
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
 import os
+import queue
 import threading
 import time
 import uuid
@@ -227,14 +227,17 @@ class Upload:
         size. The bytes between the targets (parts the session holds) are read for the hash only.
         """
         digest = hashlib.sha256()
-        slots = threading.BoundedSemaphore(max(1, self._threads))
+        buffers = _Buffers(self._threads + 1, max((t["size"] for t in targets), default=0))
         sent: list[Future] = []
         fatal: list[BaseException] = []
 
-        def done(future: Future) -> None:
-            if future.exception() is not None:
-                fatal.append(future.exception())
-            slots.release()
+        def done(buffer: bytearray) -> Callable[[Future], None]:
+            def release(future: Future) -> None:
+                if future.exception() is not None:
+                    fatal.append(future.exception())
+                buffers.put(buffer)
+
+            return release
 
         reader = source.open()
         try:
@@ -247,15 +250,15 @@ class Upload:
                 position = 0
                 for target in sorted(targets, key=lambda t: t["offset"]):
                     _hash(reader, target["offset"] - position, digest)
-                    data = _read(reader, target["size"])
-                    digest.update(data)
-                    position = target["offset"] + target["size"]
-                    slots.acquire()
+                    buffer = buffers.get()  # waits while every buffer is in flight
                     if fatal:
                         raise fatal[0]
-                    future = pool.submit(send, target, io.BytesIO(data), 0)
-                    del data  # the sender's copy is the only one: freed once the part is sent
-                    future.add_done_callback(done)
+                    view = memoryview(buffer)[: target["size"]]
+                    _read_into(reader, view)
+                    digest.update(view)
+                    position = target["offset"] + target["size"]
+                    future = pool.submit(send, target, _Held(view), 0)
+                    future.add_done_callback(done(buffer))
                     sent.append(future)
                 _hash(reader, source.size - position, digest)
         finally:
@@ -342,15 +345,54 @@ def _hash(reader: Any, size: int, digest: Any) -> None:
         size -= len(chunk)
 
 
-def _read(reader: Any, size: int) -> bytes:
-    """The next ``size`` bytes of ``reader``."""
-    data = reader.read(size)
-    while len(data) < size:
-        more = reader.read(size - len(data))
-        if not more:
+def _read_into(reader: Any, view: memoryview) -> None:
+    """Fill ``view`` with the next bytes of ``reader`` (straight into it where the reader can)."""
+    filled = 0
+    while filled < len(view):
+        if hasattr(reader, "readinto"):
+            count = reader.readinto(view[filled:])
+        else:
+            chunk = reader.read(len(view) - filled)
+            count = len(chunk)
+            view[filled : filled + count] = chunk
+        if not count:
             raise FmaClientError("the update's source ended before its size: was it changed while pushed?")
-        data += more
-    return data
+        filled += count
+
+
+class _Buffers:
+    """Up to ``count`` part buffers, made when first needed and reused: parts read into them fault
+    in no fresh pages, and taking one waits while all are in flight."""
+
+    def __init__(self, count: int, size: int) -> None:
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        self._left, self._size = count, size
+
+    def get(self) -> bytearray:
+        if self._free.empty() and self._left > 0:
+            self._left -= 1
+            return bytearray(self._size)
+        return self._free.get()
+
+    def put(self, buffer: bytearray) -> None:
+        self._free.put(buffer)
+
+
+class _Held:
+    """A part's bytes held in memory, read like a file: each read is a slice of them, not a copy."""
+
+    def __init__(self, view: memoryview) -> None:
+        self._view, self._position = view, 0
+
+    def read(self, size: int = -1) -> memoryview:
+        end = len(self._view) if size is None or size < 0 else min(self._position + size, len(self._view))
+        chunk = self._view[self._position : end]
+        self._position = end
+        return chunk
+
+    def seek(self, position: int, whence: int = os.SEEK_SET) -> int:
+        self._position = position
+        return position
 
 
 def _close(reader: Any) -> None:
