@@ -130,6 +130,7 @@ class UploadService:
         self.fail = fail or (lambda handler, number, recorded: False)
         self.storage = storage
         self.start: dict = {}
+        self.completion: dict = {}
         self.parts: dict[int, bytes] = {}
 
     def session(self, base: str) -> dict:
@@ -166,7 +167,8 @@ class UploadService:
             reply(handler, 201, self.session(base))
         elif path.endswith("/complete/"):
             joined = b"".join(self.parts[n] for n in sorted(self.parts))
-            assert hashlib.sha256(joined).hexdigest() == self.start["sha256"]
+            self.completion = json.loads(body)
+            assert hashlib.sha256(joined).hexdigest() == self.completion["sha256"]
             reply(handler, 201, {"id": 1, "status": "pending", "size_bytes": len(joined)})
         else:
             reply(handler, 200, self.session(base))
@@ -189,7 +191,8 @@ def test_a_part_is_retried_on_5xx_with_its_whole_body_under_one_idempotency_key(
         assert client.push(WEIGHTS, num_examples=4)["id"] == 1
     assert recorded.requests[0][1] == "/api/v1/models/7/uploads/"
     assert (service.start["num_examples"], service.start["size"]) == (4, len(BLOB))
-    assert service.start["sha256"] == hashlib.sha256(BLOB).hexdigest()
+    assert "sha256" not in service.start  # declared when completing, hashed as the parts were read
+    assert service.completion["sha256"] == hashlib.sha256(BLOB).hexdigest()
     second = [body for method, path, _, body in recorded.requests if path.endswith("/parts/2/")]
     assert second == [BLOB[UploadService.PART : 2 * UploadService.PART]] * 3
     assert b"".join(service.parts[n] for n in sorted(service.parts)) == BLOB

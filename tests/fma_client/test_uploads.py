@@ -11,7 +11,7 @@ import pytest
 import requests
 from django.core.signals import request_started
 
-from fma_client import Client, ValidationError, write_file
+from fma_client import Client, ConflictError, ValidationError, uploads, write_file
 from fma_client.weights import encode
 from fma_django.models import ModelUpdate, UploadSession
 
@@ -46,6 +46,44 @@ def trained(value: float) -> dict[str, np.ndarray]:
     return {name: np.full_like(array, value) for name, array in INITIAL.items()}
 
 
+@pytest.fixture
+def bytes_read(monkeypatch) -> list[int]:
+    """The bytes every reader of a pushed file returned, in all (each part's reader, each pass)."""
+    counted = [0]
+    plain_open = uploads.FileSource.open
+
+    class Counting:
+        def __init__(self, reader) -> None:
+            self._reader = reader
+
+        def read(self, size: int = -1) -> bytes:
+            data = self._reader.read(size)
+            counted[0] += len(data)
+            return data
+
+        def seek(self, *args) -> int:
+            return self._reader.seek(*args)
+
+        def close(self) -> None:
+            self._reader.close()
+
+    monkeypatch.setattr(uploads.FileSource, "open", lambda self: Counting(plain_open(self)))
+    return counted
+
+
+@pytest.fixture
+def requests_seen() -> Iterator[list[tuple[str, str]]]:
+    """(method, path) of every request the live server was sent."""
+    seen: list[tuple[str, str]] = []
+
+    def record(environ, **kwargs) -> None:
+        seen.append((environ["REQUEST_METHOD"], environ["PATH_INFO"]))
+
+    request_started.connect(record)
+    yield seen
+    request_started.disconnect(record)
+
+
 def test_push_sends_each_part_once_in_parallel_and_the_update_is_the_bytes(
     server, experiment, enrollment_token, small_parts, received_parts
 ):
@@ -63,28 +101,32 @@ def test_push_sends_each_part_once_in_parallel_and_the_update_is_the_bytes(
     assert UploadSession.objects.get().state == "completed"
 
 
+@pytest.mark.parametrize("declared", [True, False], ids=["sha256-at-start", "sha256-at-completion"])
 def test_a_push_resumes_an_interrupted_upload_sending_only_the_missing_parts(
-    server, experiment, enrollment_token, small_parts, received_parts
+    server, experiment, enrollment_token, small_parts, received_parts, bytes_read, tmp_path, declared
 ):
     weights = trained(2.5)
-    blob = encode(weights)
+    path = tmp_path / "update.safetensors"
+    write_file(weights, path)
+    blob = path.read_bytes()
     client = Client.enroll(server, experiment.pk, enrollment_token=enrollment_token, quiet=True)
-    # A first push that died after two parts: its session holds parts 1 and 3.
+    # A first push that died after two parts: its session holds parts 1 and 3 (an older client
+    # declared the SHA-256 at the start; this one declares it when it completes).
     http = requests.Session()
     http.headers["Authorization"] = f"Client {client.token}"
-    session = http.post(
-        f"{server}/api/v1/models/{experiment.pk}/uploads/",
-        json={"size": len(blob), "sha256": hashlib.sha256(blob).hexdigest(), "idempotency_key": "push-7"},
-        timeout=30,
-    ).json()
+    start = {"size": len(blob), "idempotency_key": "push-7"}
+    if declared:
+        start["sha256"] = hashlib.sha256(blob).hexdigest()
+    session = http.post(f"{server}/api/v1/models/{experiment.pk}/uploads/", json=start, timeout=30).json()
     for target in session["targets"][0], session["targets"][2]:
         part = blob[target["offset"] : target["offset"] + target["size"]]
         assert http.put(target["url"], data=part, headers=target["headers"], timeout=30).status_code == 200
     received_parts.clear()
 
     with client:
-        update = client.push(weights, num_examples=1, idempotency_key="push-7")
+        update = client.push_file(path, num_examples=1, idempotency_key="push-7")
     assert sorted(received_parts) == [n for n in range(1, session["part_count"] + 1) if n not in (1, 3)]
+    assert bytes_read[0] == len(blob)  # parts 1 and 3 read for the hash only, and nothing twice
     assert update["content_id"] == hashlib.sha256(blob).hexdigest()
     assert update["idempotency_key"] == "push-7"
     assert UploadSession.objects.count() == 1
@@ -102,6 +144,40 @@ def test_push_file_streams_a_safetensors_file_from_disk(
         again = client.push_file(path, num_examples=3)  # the same bytes from the same base: one update
     assert again["id"] == update["id"]
     assert ModelUpdate.objects.count() == 1
+
+
+def test_push_file_reads_its_file_once_and_declares_its_sha256_when_completing(
+    server, experiment, enrollment_token, small_parts, received_parts, bytes_read, requests_seen, tmp_path
+):
+    path = tmp_path / "update.safetensors"
+    write_file(trained(0.75), path)
+    with Client.enroll(
+        server, experiment.pk, enrollment_token=enrollment_token, quiet=True, threads=2
+    ) as client:
+        update = client.push_file(path, num_examples=2)
+    size = path.stat().st_size
+    assert bytes_read[0] == size
+    assert len(received_parts) == -(-size // PART) > 2
+    assert update["content_id"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert [method for method, p in requests_seen if p.endswith("/complete/")] == ["POST"]
+    assert UploadSession.objects.get().sha256 == update["content_id"]
+
+
+def test_a_key_reused_for_other_bytes_is_refused_and_the_same_bytes_find_the_first_update(
+    server, experiment, enrollment_token, small_parts, tmp_path
+):
+    first, other = tmp_path / "first.safetensors", tmp_path / "other.safetensors"
+    write_file(trained(0.25), first)
+    write_file(trained(0.5), other)
+    assert first.stat().st_size == other.stat().st_size
+    with Client.enroll(server, experiment.pk, enrollment_token=enrollment_token, quiet=True) as client:
+        update = client.push_file(first, num_examples=1, idempotency_key="twin")
+        with pytest.raises(ConflictError) as refused:
+            client.push_file(other, num_examples=1, idempotency_key="twin")
+        again = client.push_file(first, num_examples=1, idempotency_key="twin")
+    assert "other bytes" in refused.value.detail
+    assert again["id"] == update["id"]
+    assert (ModelUpdate.objects.count(), UploadSession.objects.count()) == (1, 1)
 
 
 def test_a_file_that_does_not_fit_the_experiment_is_refused_and_nothing_kept(

@@ -64,8 +64,17 @@ def send(api, session, body, numbers=None):
         assert response.status_code == 200, response.content
 
 
-def complete(api, session):
-    return api.post(f"/api/v1/models/{session['federated_model']}/uploads/{session['id']}/complete/")
+def start_late(api, experiment_id, body, **fields):
+    """Start an upload without its SHA-256: the completion declares it."""
+    return api.post(f"/api/v1/models/{experiment_id}/uploads/", {"size": len(body), **fields}, format="json")
+
+
+def complete(api, session, sha256=None):
+    return api.post(
+        f"/api/v1/models/{session['federated_model']}/uploads/{session['id']}/complete/",
+        {} if sha256 is None else {"sha256": sha256},
+        format="json",
+    )
 
 
 def status(api, session):
@@ -229,6 +238,106 @@ def test_start_and_complete_are_idempotent(experiment, client_api, safetensors):
     ids = {complete(client_api, first.json()).json()["id"] for _ in range(3)}
     assert len(ids) == 1
     assert ModelUpdate.objects.count() == 1
+
+
+def test_an_upload_started_without_its_sha256_is_checked_against_the_one_its_completion_declares(
+    experiment, client_api, safetensors, before, stored_files
+):
+    body = safetensors(0.5)
+    started = start_late(client_api, experiment.pk, body, idempotency_key="late")
+    assert started.status_code == 201, started.content
+    session = started.json()
+    assert session["sha256"] == ""
+    send(client_api, session, body)
+
+    undeclared = complete(client_api, session)
+    assert (undeclared.status_code, undeclared.json()["code"]) == (400, "sha256_required")
+    malformed = complete(client_api, session, sha256="not-a-hash")
+    assert malformed.status_code == 400
+    assert malformed.json()["detail"].startswith("sha256:")
+    assert (ModelUpdate.objects.count(), UploadSession.objects.get().state) == (0, UploadState.OPEN)
+
+    sha256 = hashlib.sha256(body).hexdigest()
+    done = complete(client_api, session, sha256=sha256.upper())
+    assert done.status_code == 201, done.content
+    assert done.json()["content_id"] == sha256
+    assert (UploadSession.objects.get().sha256, status(client_api, session).json()["sha256"]) == (
+        sha256,
+        sha256,
+    )
+    assert len(stored_files()) == len(before) + 1
+
+    # Completing again: with the same hash, or none, the first update; with another, a conflict.
+    assert {
+        complete(client_api, session, sha256).json()["id"],
+        complete(client_api, session).json()["id"],
+    } == {done.json()["id"]}
+    other = complete(client_api, session, sha256=hashlib.sha256(b"other").hexdigest())
+    assert (other.status_code, other.json()["code"]) == (409, "conflict")
+    assert (ModelUpdate.objects.count(), len(stored_files())) == (1, len(before) + 1)
+
+
+def test_a_wrong_sha256_declared_at_completion_rejects_the_upload_and_removes_its_bytes(
+    experiment, client_api, safetensors, before, stored_files
+):
+    body = safetensors(0.5)
+    session = start_late(client_api, experiment.pk, body).json()
+    send(client_api, session, body)
+    refused = complete(client_api, session, sha256=hashlib.sha256(safetensors(0.6)).hexdigest())
+    assert (refused.status_code, refused.json()["code"]) == (400, "hash_mismatch")
+    assert (ModelUpdate.objects.count(), stored_files()) == (0, before)
+    assert UploadSession.objects.get().state == UploadState.REJECTED
+    again = complete(client_api, session, sha256=hashlib.sha256(body).hexdigest())
+    assert (again.status_code, again.json()["code"]) == (409, "upload_rejected")
+
+
+def test_a_sha256_declared_at_start_and_at_completion_must_be_the_same(experiment, client_api, safetensors):
+    body = safetensors(0.5)
+    session = start(client_api, experiment.pk, body).json()
+    send(client_api, session, body)
+    contradicting = complete(client_api, session, sha256=hashlib.sha256(b"other").hexdigest())
+    assert (contradicting.status_code, contradicting.json()["code"]) == (400, "hash_mismatch")
+    assert (UploadSession.objects.get().state, ModelUpdate.objects.count()) == (UploadState.OPEN, 0)
+    done = complete(client_api, session, sha256=hashlib.sha256(body).hexdigest())
+    assert done.status_code == 201, done.content
+
+
+def test_an_idempotency_key_reused_for_other_bytes_is_refused_when_their_hash_comes_late(
+    experiment, client_api, safetensors, before, stored_files
+):
+    body, other = safetensors(0.5), safetensors(0.6)
+    assert len(body) == len(other)
+    first = start_late(client_api, experiment.pk, body, idempotency_key="twin").json()
+    send(client_api, first, body)
+    update = complete(client_api, first, sha256=hashlib.sha256(body).hexdigest()).json()
+
+    # The same key and size: the start answers with the first session, completed; its hash decides.
+    retry = start_late(client_api, experiment.pk, other, idempotency_key="twin")
+    assert (retry.status_code, retry.json()["id"], retry.json()["state"]) == (200, first["id"], "completed")
+    reused = complete(client_api, retry.json(), sha256=hashlib.sha256(other).hexdigest())
+    assert (reused.status_code, reused.json()["code"]) == (409, "conflict")
+    same = complete(client_api, retry.json(), sha256=hashlib.sha256(body).hexdigest())
+    assert (same.status_code, same.json()["id"]) == (200, update["id"])
+    # A start that declares a hash is compared at once, as before.
+    declared = start(client_api, experiment.pk, other, idempotency_key="twin")
+    assert declared.status_code == 409
+    assert (UploadSession.objects.count(), ModelUpdate.objects.count()) == (1, 1)
+    assert len(stored_files()) == len(before) + 1
+
+
+def test_a_session_resumed_with_other_bytes_is_rejected_at_completion(
+    experiment, client_api, safetensors, before, stored_files
+):
+    body, other = safetensors(0.5), safetensors(0.6)
+    session = start_late(client_api, experiment.pk, body, idempotency_key="mixed").json()
+    last = session["part_count"]
+    send(client_api, session, body, numbers=list(range(1, last)))
+    resumed = start_late(client_api, experiment.pk, other, idempotency_key="mixed").json()
+    assert resumed["id"] == session["id"]
+    send(client_api, resumed, other, numbers=[last])  # the values differ in every part after the header
+    refused = complete(client_api, resumed, sha256=hashlib.sha256(other).hexdigest())
+    assert (refused.status_code, refused.json()["code"]) == (400, "hash_mismatch")
+    assert (ModelUpdate.objects.count(), stored_files()) == (0, before)
 
 
 class Crash(Exception):

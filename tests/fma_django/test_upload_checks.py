@@ -15,7 +15,7 @@ from fma_django.housekeeping import housekeeping_sweep
 from fma_django.models import Event, EventKind, ModelUpdate, UploadSession, UploadState
 from fma_django.signals import upload_check_requested
 
-from .test_api_uploads import PART, complete, send, start, status
+from .test_api_uploads import PART, complete, send, start, start_late, status
 
 
 @pytest.fixture(autouse=True)
@@ -49,6 +49,27 @@ def sent_and_completed(api, experiment, body, **fields):
     session = start(api, experiment.pk, body, **fields).json()
     send(api, session, body)
     return session, complete(api, session)
+
+
+@pytest.mark.parametrize("right", [True, False], ids=["its-hash", "another-hash"])
+def test_the_runner_checks_a_large_upload_against_the_sha256_its_completion_declared(
+    checked_later, experiment, client_api, safetensors, before, stored_files, right
+):
+    body = safetensors(0.25)
+    session = start_late(client_api, experiment.pk, body).json()
+    send(client_api, session, body)
+    declared = hashlib.sha256(body if right else safetensors(0.3)).hexdigest()
+    accepted = complete(client_api, session, sha256=declared)
+    assert (accepted.status_code, accepted.json()["sha256"]) == (202, declared)
+    other = complete(client_api, session, sha256=hashlib.sha256(b"other").hexdigest())
+    assert (other.status_code, other.json()["code"]) == (409, "conflict")
+
+    checked = ingestion.upload_check(session["id"])
+    if right:
+        assert (checked.state, ModelUpdate.objects.get().content_id) == (UploadState.COMPLETED, declared)
+    else:
+        assert (checked.state, checked.reason_code) == (UploadState.REJECTED, "hash_mismatch")
+        assert (ModelUpdate.objects.count(), stored_files()) == (0, before)
 
 
 def test_a_large_upload_is_checked_after_its_complete_request_answers_202(

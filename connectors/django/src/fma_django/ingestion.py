@@ -423,7 +423,7 @@ def upload_start(
     experiment: Experiment,
     client: Client,
     size: int,
-    sha256: str,
+    sha256: str | None,
     num_examples: int = 1,
     base_aggregate_id: int | None = None,
     metrics: Any = None,
@@ -434,11 +434,12 @@ def upload_start(
 
     The metadata is checked now, so a client learns before sending any byte that its update
     would be refused (413 above the size limit). A retry with the same idempotency key
-    returns the first session.
+    returns the first session. ``sha256`` None leaves the hash to the completion
+    (``upload_complete``), so that a client hashes its file in the same read that sends it.
     """
     check_enrolled(experiment, client)
     check_idempotency_key(idempotency_key)
-    sha256 = sha256.lower()
+    sha256 = sha256.lower() if sha256 else None
     if idempotency_key:
         first = UploadSession.objects.filter(client=client, idempotency_key=idempotency_key).first()
         if first is not None:
@@ -465,7 +466,7 @@ def upload_start(
         client=client,
         weights_key=key,
         size_bytes=size,
-        sha256=sha256,
+        sha256=sha256 or "",
         part_bytes=upload_part_bytes(size),
         num_examples=num_examples,
         base_aggregate=base,
@@ -489,16 +490,51 @@ def upload_start(
     return _same_upload(first, experiment, size, sha256), False
 
 
-def _same_upload(session: UploadSession, experiment: Experiment, size: int, sha256: str) -> UploadSession:
-    """The first session of an idempotency key, if the retry describes the same bytes."""
+def _same_upload(
+    session: UploadSession, experiment: Experiment, size: int, sha256: str | None
+) -> UploadSession:
+    """The first session of an idempotency key, if the retry describes the same bytes.
+
+    A retry that declares no hash is compared by size only: its hash is compared when it
+    completes (``_same_hash``).
+    """
     if session.experiment_id != experiment.pk:
         raise Conflict("this idempotency key was used for an upload to another experiment")
-    if (session.size_bytes, session.sha256) != (size, sha256):
-        raise Conflict(
-            "this idempotency key was used for an upload of other bytes (another size or SHA-256); "
-            "use a new key for a new update"
-        )
+    if session.size_bytes != size or (sha256 is not None and session.sha256 != sha256):
+        raise _other_bytes()
     return session
+
+
+def _other_bytes() -> Conflict:
+    return Conflict(
+        "this idempotency key was used for an upload of other bytes (another size or SHA-256); "
+        "use a new key for a new update"
+    )
+
+
+def _declare_hash(session: UploadSession, sha256: str | None) -> None:
+    """Record on the locked open session the hash its completion declares, if it was not declared
+    at the start; a hash declared twice must be the same. Saved with the outcome of the completion."""
+    if sha256 is None:
+        if not session.sha256:
+            raise ValidationFailed(
+                "this upload was started without its SHA-256: complete it with sha256, the hash of the whole file",
+                code="sha256_required",
+            )
+        return
+    if session.sha256 and session.sha256 != sha256:
+        raise ValidationFailed(
+            f"the completion declares SHA-256 {sha256}, but the upload was started with {session.sha256}",
+            code="hash_mismatch",
+        )
+    session.sha256 = sha256
+
+
+def _same_hash(session: UploadSession, sha256: str | None) -> None:
+    """A completion repeated after the session ended must describe the bytes it ended with: an
+    idempotency key reused for other bytes of the same size is refused, not answered with the first update."""
+    if sha256 is not None and session.sha256 != sha256:
+        raise _other_bytes()
 
 
 def upload_expires_at(session: UploadSession) -> datetime:
@@ -590,8 +626,13 @@ class Completion(NamedTuple):
     created: bool = False
 
 
-def upload_complete(*, session: UploadSession) -> Completion:
+def upload_complete(*, session: UploadSession, sha256: str | None = None) -> Completion:
     """Complete an upload: join its parts and accept the update now, or hand the check to a runner.
+
+    ``sha256`` is the whole file's hash, required here if the upload was started without it
+    (``sha256_required``); the joined bytes are checked against it as against one declared at the
+    start. Completing an ended session again with another hash is a conflict (409): the
+    idempotency key was reused for other bytes.
 
     Missing or mis-sized parts leave the session open (``UploadIncomplete``: send them, then
     complete again). An upload above ``FMA_UPLOAD_INLINE_CHECK_BYTES`` moves to ``checking`` and,
@@ -606,12 +647,16 @@ def upload_complete(*, session: UploadSession) -> Completion:
         # No joins in the locking query: on PostgreSQL a query that waited for the lock sees the
         # row as committed, but joined rows as they were before, i.e. without the update.
         session = UploadSession.objects.select_for_update().get(pk=session.pk)
+        sha256 = sha256.lower() if sha256 else None
         if session.state == UploadState.COMPLETED and session.update is not None:
+            _same_hash(session, sha256)
             return Completion(session, session.update)
         if session.state == UploadState.CHECKING:
+            _same_hash(session, sha256)
             return Completion(session, None)
         _require_open(session)
         check_enrolled(session.experiment, session.client)
+        _declare_hash(session, sha256)
         try:
             inline_limit = getattr(settings, "FMA_UPLOAD_INLINE_CHECK_BYTES", None)  # None: any size
             if inline_limit is not None and session.size_bytes > int(inline_limit):
@@ -662,7 +707,7 @@ def _hand_to_runner(session: UploadSession) -> None:
     listed first, so a client that missed some learns it now, when it can still send them."""
     _parts_received(session)
     session.state = UploadState.CHECKING
-    session.save(update_fields=["state", "updated_on"])
+    session.save(update_fields=["state", "sha256", "updated_on"])
     transaction.on_commit(partial(announce_upload_check_requested, str(session.uuid)))
 
 
@@ -692,7 +737,7 @@ def _check(session: UploadSession) -> tuple[ModelUpdate, bool]:
         idempotency_key=session.idempotency_key,
     )
     session.state, session.update = UploadState.COMPLETED, update
-    session.save(update_fields=["state", "update", "updated_on"])
+    session.save(update_fields=["state", "update", "sha256", "updated_on"])
     return update, created
 
 
@@ -767,7 +812,7 @@ def _check_scanned(session: UploadSession, scanned: Scanned) -> None:
 def _refuse(session: UploadSession, error: DomainError) -> DomainError:
     """Mark the locked session rejected with the refusal's reason and code; the error, to raise."""
     session.state, session.reason, session.reason_code = UploadState.REJECTED, error.detail, error.code
-    session.save(update_fields=["state", "reason", "reason_code", "updated_on"])
+    session.save(update_fields=["state", "reason", "reason_code", "sha256", "updated_on"])
     return error
 
 

@@ -303,7 +303,12 @@ class UploadStartSerializer(serializers.Serializer):
     """Starting an upload session: the update's metadata and what its bytes will be."""
 
     size = whole_number(help_text="bytes of the safetensors file")
-    sha256 = serializers.RegexField(r"^[0-9a-fA-F]{64}$", help_text="SHA-256 of the whole file, in hex")
+    sha256 = serializers.RegexField(
+        r"^[0-9a-fA-F]{64}$",
+        required=False,
+        default=None,
+        help_text="SHA-256 of the whole file, in hex; or given when completing, so the file is read once",
+    )
     num_examples = whole_number(required=False, default=1)
     base_aggregate = whole_number(required=False, allow_null=True, default=None)
     metrics = JSONField(required=False, allow_null=True, default=None)
@@ -312,6 +317,17 @@ class UploadStartSerializer(serializers.Serializer):
         choices=UpdateKind.choices,
         default=UpdateKind.WEIGHTS,
         help_text="what the bytes are: the trained weights, or (experiments that take deltas) the change",
+    )
+
+
+class UploadCompleteSerializer(serializers.Serializer):
+    """Completing an upload session: the file's hash, if it was not declared at the start."""
+
+    sha256 = serializers.RegexField(
+        r"^[0-9a-fA-F]{64}$",
+        required=False,
+        default=None,
+        help_text="SHA-256 of the whole file, in hex: required if the upload was started without it",
     )
 
 

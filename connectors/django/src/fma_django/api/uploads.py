@@ -1,9 +1,11 @@
 """``/api/v1/models/{id}/uploads/``: upload sessions, an update's bytes sent in parts (``fma_django.ingestion``).
 
-    POST   uploads/                         start: metadata, size, SHA-256 → targets (201; 200 on a retry)
+    POST   uploads/                         start: metadata, size, SHA-256 (or at complete) → targets
+                                            (201; 200 on a retry)
     GET    uploads/{upload}/                state, parts received, fresh targets (resume)
     PUT    uploads/{upload}/parts/{n}/      one part's bytes, for stores without presigned URLs
-    POST   uploads/{upload}/complete/       join, check, accept → the update (201; 200 again), or,
+    POST   uploads/{upload}/complete/       {sha256} if not given at start; join, check, accept →
+                                            the update (201; 200 again, 409 with another SHA-256), or,
                                             above FMA_UPLOAD_INLINE_CHECK_BYTES, 202 with the session
                                             while a runner checks it: poll GET until completed/rejected
     DELETE uploads/{upload}/                abort
@@ -65,7 +67,11 @@ class UploadViewSet(viewsets.ViewSet):
         responses={201: s.UploadSessionSerializer, 200: s.UploadSessionSerializer, **errors(409)},
     )
     def create(self, request: Request, experiment_pk: int) -> Response:
-        """Start an upload: the update's metadata, size and SHA-256 are checked before any byte is sent."""
+        """Start an upload: the update's metadata and size are checked before any byte is sent.
+
+        The SHA-256 is given here or when completing: a client that hashes its file while sending
+        its parts reads it once.
+        """
         experiment = self._experiment(experiment_pk)
         body = s.UploadStartSerializer(data=request.data)
         body.is_valid(raise_exception=True)
@@ -103,7 +109,7 @@ class UploadViewSet(viewsets.ViewSet):
         return Response(s.UploadedPartSerializer(part).data)
 
     @extend_schema(
-        request=None,
+        request=s.UploadCompleteSerializer,
         responses={
             201: s.ModelUpdateSerializer,
             200: s.ModelUpdateSerializer,
@@ -121,7 +127,11 @@ class UploadViewSet(viewsets.ViewSet):
         An upload above the service's inline limit is checked by the aggregator's runner instead:
         202 with the session, whose state is ``checking`` until it is completed or rejected.
         """
-        completion = ingestion.upload_complete(session=self._session(experiment_pk, upload_id))
+        body = s.UploadCompleteSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        completion = ingestion.upload_complete(
+            session=self._session(experiment_pk, upload_id), sha256=body.validated_data["sha256"]
+        )
         if completion.update is None:
             return self._answer(completion.session, status.HTTP_202_ACCEPTED)
         return Response(
