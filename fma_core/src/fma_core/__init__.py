@@ -4,4 +4,4 @@ Imports nothing but numpy and safetensors, so it runs inside a Django service, a
 a Lambda function or a plain training script alike.
 """
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"

@@ -5,7 +5,7 @@ participation) and, for asynchronous experiments, ``train_loop`` (pull, train, p
 ``Developer``; scripts written for the original fma-connect use ``WebClient`` unchanged.
 """
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 from fma_client.client import Client, Model, Participation
 from fma_client.compat import WebClient
