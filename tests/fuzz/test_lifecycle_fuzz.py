@@ -502,19 +502,23 @@ def check(server: str, world: World, call: Call, errors: ServerErrors, failures:
     errors.take()
 
 
+# How both tests run their examples: FMA_FUZZ_EXAMPLES of them, from FMA_FUZZ_SEED when it is set.
+RUNS = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=list(HealthCheck),
+    derandomize=not SEED,
+    print_blob=False,
+)
+
+
 def test_lifecycle_evaluations_secure_rounds_and_settings_hold_their_invariants(server, make_world):
     errors, failures = ServerErrors(), []
     logging.getLogger("django.request").addHandler(errors)
 
-    @settings(
-        max_examples=EXAMPLES,
-        deadline=None,
-        database=None,
-        phases=[Phase.explicit, Phase.generate],
-        suppress_health_check=list(HealthCheck),
-        derandomize=not SEED,
-        print_blob=False,
-    )
+    @RUNS
     @given(data=st.data())
     def examples(data: st.DataObject) -> None:
         world = make_world()
@@ -727,15 +731,7 @@ def test_secure_rounds_hold_their_invariants_whatever_one_client_sends(server, m
     errors, failures = ServerErrors(), []
     logging.getLogger("django.request").addHandler(errors)
 
-    @settings(
-        max_examples=EXAMPLES,
-        deadline=None,
-        database=None,
-        phases=[Phase.explicit, Phase.generate],
-        suppress_health_check=list(HealthCheck),
-        derandomize=not SEED,
-        print_blob=False,
-    )
+    @RUNS
     @given(plan=twists(), data=st.data())
     def examples(plan: list[Twist], data: st.DataObject) -> None:
         walk = SecureWalk(server, make_secure_experiment(), data, errors)
