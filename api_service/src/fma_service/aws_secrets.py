@@ -83,5 +83,6 @@ def database_settings(arn: str, conn_max_age: int, environ: Mapping[str, str] = 
         "HOST": environ["FMA_DATABASE_HOST"],
         "PORT": environ["FMA_DATABASE_PORT"],
         "CONN_MAX_AGE": conn_max_age,
+        "CONN_HEALTH_CHECKS": True,  # a kept connection closed by RDS meanwhile is replaced, not failed on
         "OPTIONS": {"sslmode": "verify-full", "sslrootcert": environ["FMA_DATABASE_CA_FILE"]},
     }

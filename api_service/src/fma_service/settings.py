@@ -83,6 +83,9 @@ def _database(url: str) -> dict:
         "HOST": parts.hostname or "",
         "PORT": str(parts.port or ""),
         "CONN_MAX_AGE": int(os.environ.get("FMA_DB_CONN_MAX_AGE", "60")),
+        # A kept connection is pinged before a request reuses it: one the database (or a proxy,
+        # or a failover) closed meanwhile is replaced, instead of failing that request.
+        "CONN_HEALTH_CHECKS": True,
     }
     pool = int(os.environ.get("FMA_DB_POOL_SIZE", "0") or 0)
     if pool:  # psycopg's pool (Django's "pool" option): at most this many connections per process
