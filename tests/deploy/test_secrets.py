@@ -78,6 +78,7 @@ def test_the_database_comes_from_the_environment_and_the_secret_key_from_secrets
         "HOST": "fma.abc123.us-east-1.rds.amazonaws.com",
         "PORT": "5432",
         "CONN_MAX_AGE": 60,
+        "CONN_HEALTH_CHECKS": True,
         "OPTIONS": {"sslmode": "verify-full", "sslrootcert": "/opt/rds-ca/us-east-1-bundle.pem"},
     }
 
