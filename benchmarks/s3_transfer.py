@@ -284,16 +284,8 @@ def child_read() -> None:
     """The round's floor, in a fresh process with the service's S3 variables: every update object
     under the store's prefix, cut in ``READ_RANGE`` ranged GETs, fetched by ``READ_THREADS`` threads
     of one boto3 client into a buffer each; prints the bytes and seconds."""
-    import boto3
-    from botocore.config import Config
-
     env = os.environ
-    s3 = boto3.session.Session().client(
-        "s3",
-        region_name=env["FMA_S3_REGION"],
-        endpoint_url=env["FMA_S3_ENDPOINT_URL"],
-        config=Config(s3={"addressing_style": "path"}, max_pool_connections=READ_THREADS),
-    )
+    s3 = _gateway_client()
     pages = s3.get_paginator("list_objects_v2").paginate(
         Bucket=env["FMA_S3_BUCKET"], Prefix=env["FMA_S3_PREFIX"] + "updates/"
     )
@@ -330,17 +322,10 @@ def child_write(size: int) -> None:
     """The round's write floor, in a fresh process with the service's S3 variables: one object of
     ``size`` bytes written as a multipart upload of ``WRITE_PART`` parts, ``READ_THREADS`` parts at
     once (boto3's managed transfer), then deleted; prints the bytes and seconds."""
-    import boto3
     from boto3.s3.transfer import TransferConfig
-    from botocore.config import Config
 
     env = os.environ
-    s3 = boto3.session.Session().client(
-        "s3",
-        region_name=env["FMA_S3_REGION"],
-        endpoint_url=env["FMA_S3_ENDPOINT_URL"],
-        config=Config(s3={"addressing_style": "path"}, max_pool_connections=READ_THREADS),
-    )
+    s3 = _gateway_client()
     data = np.random.default_rng(0).bytes(size)
     key = env["FMA_S3_PREFIX"] + "plain-write"
     config = TransferConfig(
@@ -351,6 +336,19 @@ def child_write(size: int) -> None:
     seconds = time.perf_counter() - started
     s3.delete_object(Bucket=env["FMA_S3_BUCKET"], Key=key)
     print(json.dumps({"bytes": size, "seconds": seconds}))
+
+
+def _gateway_client():
+    """A boto3 client of the gateway the store's environment names, with a connection per read thread."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.session.Session().client(
+        "s3",
+        region_name=os.environ["FMA_S3_REGION"],
+        endpoint_url=os.environ["FMA_S3_ENDPOINT_URL"],
+        config=Config(s3={"addressing_style": "path"}, max_pool_connections=READ_THREADS),
+    )
 
 
 def aws_environment() -> dict[str, str]:

@@ -7,12 +7,13 @@ runners would do in a deployment.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from django.contrib.auth.models import User
+from django.core.signals import request_started
 
 from fma_client.cli import main
 from fma_core.rounds import RoundEngine
@@ -85,3 +86,16 @@ def upload_sessions_only(monkeypatch):
     from fma_client import Client
 
     monkeypatch.setattr(Client, "single_request_bytes", 0)
+
+
+@pytest.fixture
+def requests_seen() -> Iterator[list[tuple[str, str]]]:
+    """(method, path) of every request the live server was sent."""
+    seen: list[tuple[str, str]] = []
+
+    def record(environ, **kwargs) -> None:
+        seen.append((environ["REQUEST_METHOD"], environ["PATH_INFO"]))
+
+    request_started.connect(record)
+    yield seen
+    request_started.disconnect(record)

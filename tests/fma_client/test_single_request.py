@@ -5,31 +5,16 @@ exactly once; a larger one still goes through a session. Against the live servic
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import requests
-from django.core.signals import request_started
 
 from fma_client import Client, ServerUnavailable, ValidationError
 from fma_client.weights import encode
 from fma_django.models import ModelUpdate, UploadSession
 
 from .conftest import INITIAL
-
-
-@pytest.fixture
-def requests_seen() -> Iterator[list[tuple[str, str]]]:
-    """(method, path) of every request the live server was sent."""
-    seen: list[tuple[str, str]] = []
-
-    def record(environ, **kwargs) -> None:
-        seen.append((environ["REQUEST_METHOD"], environ["PATH_INFO"]))
-
-    request_started.connect(record)
-    yield seen
-    request_started.disconnect(record)
 
 
 def trained(value: float) -> dict[str, np.ndarray]:

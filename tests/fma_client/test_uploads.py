@@ -71,19 +71,6 @@ def bytes_read(monkeypatch) -> list[int]:
     return counted
 
 
-@pytest.fixture
-def requests_seen() -> Iterator[list[tuple[str, str]]]:
-    """(method, path) of every request the live server was sent."""
-    seen: list[tuple[str, str]] = []
-
-    def record(environ, **kwargs) -> None:
-        seen.append((environ["REQUEST_METHOD"], environ["PATH_INFO"]))
-
-    request_started.connect(record)
-    yield seen
-    request_started.disconnect(record)
-
-
 def test_push_sends_each_part_once_in_parallel_and_the_update_is_the_bytes(
     server, experiment, enrollment_token, small_parts, received_parts
 ):

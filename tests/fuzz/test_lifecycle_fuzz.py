@@ -514,6 +514,21 @@ RUNS = settings(
 )
 
 
+def _run(examples, name: str, errors: ServerErrors, failures: list[str]) -> None:
+    """Run a Hypothesis test (from FMA_FUZZ_SEED when set, printed so a failure can be replayed),
+    then fail with every distinct failure it collected."""
+    if SEED:
+        seed = random.randrange(2**32) if SEED == "random" else int(SEED)
+        print(f"{name}: FMA_FUZZ_SEED={seed}")
+        examples = hypothesis.seed(seed)(examples)
+    try:
+        examples()
+    finally:
+        logging.getLogger("django.request").removeHandler(errors)
+    distinct = sorted(set(failures))
+    assert not distinct, f"{len(distinct)} distinct failures:\n" + "\n".join(distinct[:40])
+
+
 def test_lifecycle_evaluations_secure_rounds_and_settings_hold_their_invariants(server, make_world):
     errors, failures = ServerErrors(), []
     logging.getLogger("django.request").addHandler(errors)
@@ -526,16 +541,7 @@ def test_lifecycle_evaluations_secure_rounds_and_settings_hold_their_invariants(
             forget_throttles()
             check(server, world, call, errors, failures)
 
-    if SEED:
-        seed = random.randrange(2**32) if SEED == "random" else int(SEED)
-        print(f"lifecycle: FMA_FUZZ_SEED={seed}")
-        examples = hypothesis.seed(seed)(examples)
-    try:
-        examples()
-    finally:
-        logging.getLogger("django.request").removeHandler(errors)
-    distinct = sorted(set(failures))
-    assert not distinct, f"{len(distinct)} distinct failures:\n" + "\n".join(distinct[:40])
+    _run(examples, "lifecycle", errors, failures)
 
 
 # -- secure rounds run by real clients ---------------------------------------------------------------
@@ -738,13 +744,4 @@ def test_secure_rounds_hold_their_invariants_whatever_one_client_sends(server, m
         walk.run(plan)
         failures.extend(walk.failures)
 
-    if SEED:
-        seed = random.randrange(2**32) if SEED == "random" else int(SEED)
-        print(f"secure walk: FMA_FUZZ_SEED={seed}")
-        examples = hypothesis.seed(seed)(examples)
-    try:
-        examples()
-    finally:
-        logging.getLogger("django.request").removeHandler(errors)
-    distinct = sorted(set(failures))
-    assert not distinct, f"{len(distinct)} distinct failures:\n" + "\n".join(distinct[:40])
+    _run(examples, "secure walk", errors, failures)
